@@ -1,0 +1,398 @@
+"""The ``posthog-customerio`` command line (typer)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Annotated, Any, Optional
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from . import __version__
+from .config import ConfigError, Settings, load_settings
+from .customerio import AuthError, TrackClient, resolve_track_url
+from .pipeline import IngestReport
+from .runtime import SANDBOX_CREDENTIALS, DeliveryLockError, Runtime
+from .sources import ParsedItem, read_events
+
+app = typer.Typer(
+    name="posthog-customerio",
+    help="Keep a Customer.io workspace in sync with a PostHog project.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+_CHUNK = 2000
+_SHOWN_ERRORS = 20
+
+# -- shared options (each also an environment variable) ------------------------------
+SiteId = Annotated[Optional[str], typer.Option("--site-id", help="Track API site ID [env CUSTOMERIO_SITE_ID]", show_default=False)]
+ApiKey = Annotated[Optional[str], typer.Option("--api-key", help="Track API key [env CUSTOMERIO_API_KEY]", show_default=False)]
+Region = Annotated[Optional[str], typer.Option("--region", help="us, eu or auto [env CUSTOMERIO_REGION; default auto]", show_default=False)]
+TrackUrl = Annotated[Optional[str], typer.Option("--track-url", help="Track API base URL override [env CUSTOMERIO_TRACK_URL]", show_default=False)]
+Api = Annotated[Optional[str], typer.Option("--api", help="v1 or v2 [env CUSTOMERIO_API; default v2]", show_default=False)]
+ByEmail = Annotated[Optional[bool], typer.Option("--identify-by-email/--no-identify-by-email", help="Address people by email once known [env IDENTIFY_BY_EMAIL; default false]", show_default=False)]
+Anonymous = Annotated[Optional[str], typer.Option("--send-events-from-anonymous-users", help="all, identified or with_email [env SEND_EVENTS_FROM_ANONYMOUS_USERS; default all]", show_default=False)]
+Allowlist = Annotated[Optional[str], typer.Option("--events-to-send", help="Comma-separated allowlist; empty = all [env EVENTS_TO_SEND]", show_default=False)]
+DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Where state and outbox live [env POSTHOG_CUSTOMERIO_DATA_DIR; default ./.posthog-customerio]", show_default=False)]
+MaxRps = Annotated[Optional[float], typer.Option("--max-rps", help="Client-side request limit to Customer.io [env CUSTOMERIO_MAX_RPS; default 100]", show_default=False)]
+Concurrency = Annotated[Optional[int], typer.Option("--concurrency", help="Delivery workers [env DELIVERY_CONCURRENCY; default 4]", show_default=False)]
+PluginConfig = Annotated[Optional[Path], typer.Option("--plugin-config", help="The original PostHog plugin's config JSON", show_default=False)]
+Sandbox = Annotated[bool, typer.Option("--sandbox", help="Use an in-process Customer.io sandbox instead of Customer.io")]
+
+
+def _settings(plugin_config: Path | None = None, **flags: Any) -> Settings:
+    names = {
+        "site_id": "customerio_site_id",
+        "api_key": "customerio_api_key",
+        "region": "customerio_region",
+        "track_url": "customerio_track_url",
+        "api": "customerio_api",
+        "identify_by_email": "identify_by_email",
+        "anonymous": "send_events_from_anonymous_users",
+        "events_to_send": "events_to_send",
+        "data_dir": "posthog_customerio_data_dir",
+        "max_rps": "customerio_max_rps",
+        "concurrency": "delivery_concurrency",
+    }
+    return load_settings({names[key]: value for key, value in flags.items()}, plugin_config)
+
+
+def _sandbox_data_dir(sandbox: bool, data_dir: Path | None) -> Path | None:
+    """With ``--sandbox`` and no data dir chosen, use a throwaway one.
+
+    The sandbox starts empty, so remembered state ("this person exists in
+    Customer.io") from an earlier run must not be applied to it.
+    """
+    if sandbox and data_dir is None and not os.environ.get("POSTHOG_CUSTOMERIO_DATA_DIR"):
+        return Path(tempfile.mkdtemp(prefix="posthog-customerio-sandbox-"))
+    return data_dir
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    err.print(f"error: {message}", markup=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit", is_eager=True)] = False,
+) -> None:
+    if version:
+        out.print(__version__)
+        raise typer.Exit(EXIT_OK)
+
+
+# -- check -----------------------------------------------------------------------------
+@app.command()
+def check(
+    site_id: SiteId = None, api_key: ApiKey = None, region: Region = None, track_url: TrackUrl = None,
+    plugin_config: PluginConfig = None, sandbox: Sandbox = False,
+) -> None:
+    """Verify the credentials; print the region and the Track API URL.
+
+    Exit 0 when Customer.io accepts them, 1 when it does not (or is unreachable),
+    2 for bad configuration.
+    """
+    try:
+        settings = _settings(plugin_config, site_id=site_id, api_key=api_key, region=region, track_url=track_url)
+        with contextlib.ExitStack() as stack:
+            if sandbox:
+                from .sandbox import SandboxServer
+
+                site, key = SANDBOX_CREDENTIALS
+                box = stack.enter_context(SandboxServer(port=0, site_id=site, api_key=key))
+                url = box.url
+            else:
+                site, key = settings.credentials()
+                url = resolve_track_url(
+                    site, key, settings.customerio_region, settings.customerio_track_url,
+                    timeout=settings.customerio_timeout_s,
+                )
+            with TrackClient(site, key, url, timeout=settings.customerio_timeout_s) as client:
+                answer = client.account_region()
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_CONFIG) from None
+    except AuthError as exc:
+        raise _fail(str(exc), EXIT_FAILED) from None
+    except httpx.HTTPError as exc:
+        raise _fail(f"cannot reach Customer.io: {exc}", EXIT_FAILED) from None
+    out.print(f"credentials OK\nregion     {answer.get('region', '?')}\ntrack URL  {url}", markup=False)
+
+
+# -- send ------------------------------------------------------------------------------
+@app.command()
+def send(
+    file: Annotated[str, typer.Argument(help="JSONL or JSON-array file of PostHog events, or - for stdin")],
+    site_id: SiteId = None, api_key: ApiKey = None, region: Region = None, track_url: TrackUrl = None,
+    api: Api = None, identify_by_email: ByEmail = None, anonymous: Anonymous = None,
+    events_to_send: Allowlist = None, data_dir: DataDir = None, max_rps: MaxRps = None,
+    concurrency: Concurrency = None, plugin_config: PluginConfig = None, sandbox: Sandbox = False,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Give up waiting for delivery after this many seconds (the rest stays queued)", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
+) -> None:
+    """Read events, map, enqueue, deliver, and wait until the outbox is empty.
+
+    Exit 0 when nothing was dead-lettered, 1 otherwise (or when delivery stopped),
+    2 for bad configuration.
+    """
+    throwaway = _sandbox_data_dir(sandbox, data_dir)
+    data_dir = throwaway or data_dir
+    try:
+        settings = _settings(
+            plugin_config, site_id=site_id, api_key=api_key, region=region, track_url=track_url, api=api,
+            identify_by_email=identify_by_email, anonymous=anonymous, events_to_send=events_to_send,
+            data_dir=data_dir, max_rps=max_rps, concurrency=concurrency,
+        )
+        stream = _open_input(file)
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_CONFIG) from None
+    try:
+        with Runtime(settings, sandbox=sandbox) as runtime:
+            summary = _run_send(runtime, stream, timeout)
+            if sandbox and runtime.sandbox is not None:
+                summary["sandbox"] = _sandbox_summary(runtime.sandbox)
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_CONFIG) from None
+    except (AuthError, DeliveryLockError) as exc:
+        raise _fail(f"{exc} (everything not delivered stays queued in the outbox)", EXIT_FAILED) from None
+    except httpx.HTTPError as exc:
+        raise _fail(f"cannot reach Customer.io: {exc}", EXIT_FAILED) from None
+    finally:
+        if stream is not sys.stdin:
+            stream.close()
+        if throwaway is not None:
+            shutil.rmtree(throwaway, ignore_errors=True)
+    _print_send_summary(summary, as_json)
+    code = EXIT_OK if summary["dead_lettered"] == 0 and summary["queued"] == 0 else EXIT_FAILED
+    raise typer.Exit(code)
+
+
+def _open_input(file: str) -> IO[str]:
+    if file == "-":
+        return sys.stdin
+    try:
+        return open(file, encoding="utf-8", errors="replace")  # noqa: SIM115 - closed by caller
+    except OSError as exc:
+        raise ConfigError(f"cannot read {file}: {exc.strerror}") from None
+
+
+class _CountingLines:
+    """Iterate a text stream's lines while counting the bytes read (for progress)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.bytes = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for line in self.stream:
+            self.bytes += len(line)
+            yield line
+
+
+def _run_send(runtime: Runtime, stream: IO[str], timeout: float | None) -> dict[str, Any]:
+    started = time.monotonic()
+    deliverer = runtime.deliverer()
+    backlog = runtime.outbox.depth()
+    dead_before = runtime.outbox.dead_letter_count()
+    deliverer.start()
+    report, invalid, errors = IngestReport(), 0, []
+    lines = _CountingLines(stream)
+    total_bytes = _size_of(stream)
+    with _progress() as progress:
+        reading = progress.add_task("reading", total=total_bytes)
+        delivering = progress.add_task("delivering", total=backlog)
+        chunk = []
+
+        def flush() -> None:
+            report.add(runtime.ingestor.ingest(chunk))
+            chunk.clear()
+            deliverer.notify()
+            progress.update(delivering, total=backlog + report.operations, completed=deliverer.stats.delivered)
+
+        for item in read_events(lines):
+            if item.event is None:
+                invalid += 1
+                errors.append(item)
+                _report_invalid(item, invalid)
+            else:
+                chunk.append(item.event)
+                if len(chunk) >= _CHUNK:
+                    flush()
+                    progress.update(reading, completed=lines.bytes)
+        flush()
+        progress.update(reading, completed=total_bytes or lines.bytes, total=total_bytes or lines.bytes)
+        finished = deliverer.wait_until_empty(
+            timeout,
+            tick=lambda: progress.update(delivering, completed=deliverer.stats.delivered),
+        )
+    deliverer.stop()
+    stats = deliverer.stats
+    return {
+        "read": report.events + invalid,
+        "invalid": invalid,
+        "skipped": dict(report.skipped),
+        "operations_enqueued": report.operations,
+        "backlog_before": backlog,
+        "operations_delivered": stats.delivered,
+        "requests": stats.requests,
+        "requests_by_status": dict(stats.requests_by_status),
+        "retries": stats.retries,
+        "dead_lettered": runtime.outbox.dead_letter_count() - dead_before,
+        "queued": 0 if finished else runtime.outbox.depth(),
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+def _size_of(stream: IO[str]) -> int | None:
+    try:
+        return Path(stream.name).stat().st_size if stream is not sys.stdin else None
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+def _report_invalid(item: ParsedItem, count: int) -> None:
+    if count <= _SHOWN_ERRORS:
+        err.print(f"skipped {item.location}: {item.error}", markup=False, soft_wrap=True)
+    elif count == _SHOWN_ERRORS + 1:
+        err.print("(more invalid lines are counted but not shown)", markup=False)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description:>10}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    )
+
+
+def _sandbox_summary(sandbox: Any) -> dict[str, Any]:
+    people = sandbox.state.people()
+    stats = sandbox.state.stats()
+    return {
+        "people": len(people),
+        "events": stats.get("events", 0),
+        "url": sandbox.url,
+        "sample": [
+            {"id": p.get("id"), "email": p.get("email"), "attributes": len(p.get("attributes") or {}),
+             "events": p.get("event_count", 0)}
+            for p in people[:10]
+        ],
+    }
+
+
+def _print_send_summary(summary: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    skipped = summary["skipped"]
+    skipped_text = ", ".join(f"{reason} {count}" for reason, count in sorted(skipped.items())) or "none"
+    lines = [
+        f"events read        {summary['read']} ({summary['invalid']} invalid)",
+        f"skipped by filter  {sum(skipped.values())} ({skipped_text})",
+        f"operations         {summary['operations_enqueued']} enqueued"
+        + (f" (+{summary['backlog_before']} already queued)" if summary["backlog_before"] else ""),
+        f"operations sent    {summary['operations_delivered']} in {summary['requests']} requests"
+        f" ({summary['retries']} retried)",
+        f"dead-lettered      {summary['dead_lettered']}",
+    ]
+    if summary["queued"]:
+        lines.append(f"still queued       {summary['queued']} (timed out; run send again to deliver)")
+    lines.append(f"time               {summary['seconds']}s")
+    if "sandbox" in summary:
+        box = summary["sandbox"]
+        lines.append(f"sandbox            {box['people']} people, {box['events']} events")
+        for person in box["sample"]:
+            lines.append(
+                f"  {person['id'] or '-':<28} {person['email'] or '-':<36} "
+                f"{person['attributes']:>3} attributes {person['events']:>4} events"
+            )
+    out.print("\n".join(lines), markup=False, soft_wrap=True)
+
+
+# -- dead letters ----------------------------------------------------------------------
+@app.command("dead-letters")
+def dead_letters(
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines")] = False,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Show at most this many")] = None,
+) -> None:
+    """List dead-lettered operations with the reason Customer.io gave."""
+    try:
+        settings = _settings(data_dir=data_dir)
+        with Runtime(settings) as runtime:
+            letters = runtime.outbox.dead_letters(limit)
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_CONFIG) from None
+    if as_json:
+        for letter in letters:
+            typer.echo(json.dumps(letter.as_dict()))
+        return
+    if not letters:
+        out.print("no dead letters")
+        return
+    for letter in letters:
+        payload = json.loads(letter.payload)
+        what = f"{payload.get('action')} {payload.get('name', '')}".strip()
+        out.print(f"#{letter.id} {letter.person_key} {what}: {letter.reason}", markup=False, soft_wrap=True)
+    out.print(f"{len(letters)} dead letters; re-queue them with: posthog-customerio retry-dead-letters")
+
+
+@app.command("retry-dead-letters")
+def retry_dead_letters(
+    data_dir: DataDir = None,
+    ids: Annotated[Optional[list[int]], typer.Argument(help="Dead-letter ids (default: all)", show_default=False)] = None,
+) -> None:
+    """Re-queue dead-lettered operations (delivered by the next send or the running server)."""
+    try:
+        settings = _settings(data_dir=data_dir)
+        with Runtime(settings) as runtime:
+            count = runtime.outbox.retry_dead_letters(ids or None)
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_CONFIG) from None
+    out.print(f"re-queued {count} operations")
+
+
+# -- sandbox ---------------------------------------------------------------------------
+@app.command("sandbox")
+def sandbox_command(
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1")] = 8765,
+    host: Annotated[str, typer.Option("--host", help="Interface to bind")] = "127.0.0.1",
+    site_id: Annotated[str, typer.Option("--site-id", help="Accepted site ID")] = "sandbox",
+    api_key: Annotated[str, typer.Option("--api-key", help="Accepted API key")] = "sandbox",
+    region: Annotated[str, typer.Option("--region", help="Region it reports")] = "us",
+) -> None:
+    """Run the local Customer.io-compatible Track API (people and events kept in memory)."""
+    from .sandbox import serve
+
+    err.print(
+        f"sandbox Track API on http://{host}:{port} (site ID {site_id!r}, API key {api_key!r});"
+        f" see http://{host}:{port}/_sandbox/people",
+        markup=False,
+    )
+    serve(host=host, port=port, site_id=site_id, api_key=api_key, region=region)

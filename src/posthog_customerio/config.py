@@ -1,0 +1,175 @@
+"""Configuration from environment variables, CLI flags and the original plugin's JSON.
+
+Precedence: CLI flags, then ``--plugin-config`` file, then environment variables,
+then defaults. Secrets are ``SecretStr`` and never printed. A bad value becomes a
+:class:`ConfigError` whose one-line message names the variable.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .mapping import AnonymousMode, MappingConfig
+
+__all__ = ["ConfigError", "Settings", "load_settings", "plugin_config_values", "ENV_NAMES"]
+
+
+class ConfigError(ValueError):
+    """Invalid or missing configuration (the CLI exits with code 2)."""
+
+
+_ANONYMOUS_LABELS: dict[str, AnonymousMode] = {
+    "all": "all",
+    "send all events": "all",
+    "identified": "identified",
+    "only send events from users that have been identified": "identified",
+    "with_email": "with_email",
+    "with-email": "with_email",
+    "only send events from users with emails": "with_email",
+}
+_REGION_ALIASES = {
+    "us": "us",
+    "eu": "eu",
+    "auto": "auto",
+    "track.customer.io": "us",
+    "track-eu.customer.io": "eu",
+}
+
+
+class Settings(BaseSettings):
+    """All settings; field ``x`` is read from the environment variable ``X``."""
+
+    model_config = SettingsConfigDict(extra="forbid", validate_default=True)
+
+    customerio_site_id: SecretStr | None = None
+    customerio_api_key: SecretStr | None = None
+    customerio_region: Literal["us", "eu", "auto"] = "auto"
+    customerio_track_url: str | None = None
+    customerio_api: Literal["v1", "v2"] = "v2"
+    identify_by_email: bool = False
+    send_events_from_anonymous_users: AnonymousMode = "all"
+    events_to_send: str = ""
+    posthog_customerio_data_dir: Path = Path(".posthog-customerio")
+    customerio_max_rps: float = Field(100.0, gt=0)
+    customerio_timeout_s: float = Field(30.0, gt=0)
+    delivery_concurrency: int = Field(4, ge=1, le=64)
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+    @field_validator("customerio_region", mode="before")
+    @classmethod
+    def _region(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return _REGION_ALIASES.get(value.strip().lower().removeprefix("https://").rstrip("/"), value)
+        return value
+
+    @field_validator("send_events_from_anonymous_users", mode="before")
+    @classmethod
+    def _anonymous(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return _ANONYMOUS_LABELS.get(value.strip().lower(), value)
+        return value
+
+    @field_validator("customerio_track_url")
+    @classmethod
+    def _track_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("sqlite_synchronous", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @property
+    def allowlist(self) -> frozenset[str]:
+        """``EVENTS_TO_SEND`` split on commas, trimmed, empties dropped."""
+        return frozenset(name.strip() for name in self.events_to_send.split(",") if name.strip())
+
+    def mapping_config(self) -> MappingConfig:
+        """The options the pure mapping needs."""
+        return MappingConfig(
+            identify_by_email=self.identify_by_email,
+            anonymous_mode=self.send_events_from_anonymous_users,
+            events_to_send=self.allowlist,
+        )
+
+    def credentials(self) -> tuple[str, str]:
+        """Site ID and API key, or :class:`ConfigError` naming the missing one."""
+        for name in ("customerio_site_id", "customerio_api_key"):
+            secret = getattr(self, name)
+            if secret is None or not secret.get_secret_value().strip():
+                raise ConfigError(f"{name.upper()} is required (or run with --sandbox)")
+        return (
+            self.customerio_site_id.get_secret_value().strip(),  # type: ignore[union-attr]
+            self.customerio_api_key.get_secret_value().strip(),  # type: ignore[union-attr]
+        )
+
+    @property
+    def database_path(self) -> Path:
+        """The SQLite file holding state and outbox."""
+        return self.posthog_customerio_data_dir / "posthog-customerio.sqlite"
+
+
+ENV_NAMES = {name: name.upper() for name in Settings.model_fields}
+
+_PLUGIN_KEYS = {
+    "customerioSiteId": "customerio_site_id",
+    "customerioToken": "customerio_api_key",
+    "host": "customerio_region",
+    "identifyByEmail": "identify_by_email",
+    "sendEventsFromAnonymousUsers": "send_events_from_anonymous_users",
+    "eventsToSend": "events_to_send",
+}
+
+
+def plugin_config_values(path: Path) -> dict[str, Any]:
+    """Settings from the original PostHog plugin's config JSON (its ``plugin.json`` keys).
+
+    Accepts the keys at the top level or under ``"config"``; unknown keys are ignored.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"--plugin-config: cannot read {path}: {exc.strerror}") from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--plugin-config: {path} is not valid JSON ({exc.msg}, line {exc.lineno})") from exc
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):
+        data = data["config"]
+    if not isinstance(data, dict):
+        raise ConfigError(f"--plugin-config: {path} must hold a JSON object")
+    values = {field: data[key] for key, field in _PLUGIN_KEYS.items() if data.get(key) not in (None, "")}
+    if isinstance(values.get("identify_by_email"), str):
+        values["identify_by_email"] = values["identify_by_email"].strip().lower() in ("yes", "true", "1")
+    return values
+
+
+def load_settings(flags: dict[str, Any] | None = None, plugin_config: Path | None = None) -> Settings:
+    """Build :class:`Settings` from flags (non-None values), plugin JSON and the environment."""
+    values: dict[str, Any] = {}
+    if plugin_config is not None:
+        values.update(plugin_config_values(plugin_config))
+    values.update({key: value for key, value in (flags or {}).items() if value is not None})
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        name = ENV_NAMES.get(field, field)
+        given = error.get("input")
+        shown = "" if "secret" in field or "api_key" in field or "site_id" in field else f" (got {given!r})"
+        message = error["msg"].removeprefix("Value error, ")
+        problems.append(f"{name}: {message}{shown}")
+    return "; ".join(problems)

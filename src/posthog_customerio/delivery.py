@@ -1,0 +1,329 @@
+"""Delivery workers: outbox -> Customer.io, with batching, retries and rate limiting.
+
+Each worker claims the oldest deliverable operations (per-person order is kept by
+the outbox), packs them into one v2 ``/api/v2/batch`` request by bytes (or sends
+them one by one through v1), and settles them from the answer:
+
+* 200: acknowledged; 207: the listed items dead-lettered, the rest acknowledged;
+* 400/404/413/422 on a batch: split in halves to isolate the bad operation, which
+  is dead-lettered with the response;
+* network errors, 408, 429, 5xx: kept queued, every worker waits (exponential
+  backoff with jitter, or exactly ``Retry-After`` when Customer.io sends it);
+* 401/403: delivery stops (``send``) or pauses and re-checks the credentials
+  (``serve``); nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .customerio import AuthError, Outcome, SendResult, TrackClient
+from .operations import MAX_BATCH_BYTES, MAX_OP_BYTES
+from .outbox import Claimed, Outbox
+
+__all__ = ["Deliverer", "DeliveryStats", "RateLimiter", "Backoff"]
+
+log = logging.getLogger(__name__)
+
+_BATCH_ENVELOPE = len('{"batch":[]}')
+
+
+class RateLimiter:
+    """Paces requests to at most ``rate`` per second across all workers.
+
+    ``hold_until`` makes every caller wait until a moment (used for ``Retry-After``).
+    """
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = 1.0 / rate
+        self._clock = clock
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def reserve(self) -> float:
+        """Reserve a slot; returns how long the caller must sleep before using it."""
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+            return slot - now
+
+    def hold_until(self, moment: float) -> None:
+        """No slot before ``moment`` (a clock value)."""
+        with self._lock:
+            self._next = max(self._next, moment)
+
+    def acquire(self, stop: threading.Event | None = None) -> bool:
+        """Wait for a slot; False if ``stop`` was set while waiting."""
+        delay = self.reserve()
+        if delay <= 0:
+            return True
+        if stop is None:
+            time.sleep(delay)
+            return True
+        return not stop.wait(delay)
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Exponential backoff with jitter: ``base * 2**n`` capped, randomised in [½, 1]."""
+
+    base: float = 0.5
+    cap: float = 60.0
+    failures: int = 0
+
+    def next_delay(self, retry_after: float | None = None) -> float:
+        """Delay after one more failure; ``Retry-After`` wins when given."""
+        self.failures += 1
+        if retry_after is not None:
+            return retry_after
+        ceiling = min(self.cap, self.base * 2 ** (self.failures - 1))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+    def reset(self) -> None:
+        """A success: start over."""
+        self.failures = 0
+
+
+@dataclass(slots=True)
+class DeliveryStats:
+    """Counters for one Deliverer (summary lines, status page, metrics)."""
+
+    requests: int = 0
+    requests_by_status: Counter[str] = field(default_factory=Counter)
+    delivered: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+    bytes_sent: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+
+class Deliverer:
+    """A pool of worker threads draining an :class:`Outbox` into Customer.io."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        client: TrackClient,
+        *,
+        api: str = "v2",
+        concurrency: int = 4,
+        max_rps: float = 100.0,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
+        max_op_bytes: int = MAX_OP_BYTES,
+        max_batch_items: int = 1000,
+        backoff: Backoff | None = None,
+        pause_on_auth_error: bool = False,
+        auth_retry_s: float = 60.0,
+        idle_poll_s: float = 0.2,
+    ) -> None:
+        self.outbox = outbox
+        self.client = client
+        self.api = api
+        self.concurrency = concurrency
+        self.limiter = RateLimiter(max_rps)
+        self.max_batch_bytes = max_batch_bytes - _BATCH_ENVELOPE
+        self.max_op_bytes = max_op_bytes
+        self.max_batch_items = max_batch_items
+        self.backoff = backoff or Backoff()
+        self.pause_on_auth_error = pause_on_auth_error
+        self.auth_retry_s = auth_retry_s
+        self.idle_poll_s = idle_poll_s
+        self.stats = DeliveryStats()
+        self.auth_error: str | None = None
+        self._stats_lock = threading.Lock()
+        self._backoff_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Condition()
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle -------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker threads (idempotent)."""
+        if self._threads:
+            return
+        self._stop.clear()
+        for number in range(self.concurrency):
+            thread = threading.Thread(target=self._work, name=f"delivery-{number}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the workers; in-flight requests finish, unsent work stays queued."""
+        self._stop.set()
+        self.notify()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads = [thread for thread in self._threads if thread.is_alive()]
+
+    def notify(self) -> None:
+        """Wake idle workers (new operations were enqueued)."""
+        with self._wake:
+            self._wake.notify_all()
+
+    def wait_until_empty(self, timeout: float | None = None, tick: Callable[[], None] | None = None) -> bool:
+        """Block until the outbox is empty; False on timeout.
+
+        Raises :class:`AuthError` when credentials are rejected and delivery is not
+        set to pause.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if tick is not None:
+                tick()
+            if self.auth_error and not self.pause_on_auth_error:
+                raise AuthError(self.auth_error)
+            if self.outbox.depth() == 0 and self.outbox.in_flight() == 0:
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+    # -- the worker ------------------------------------------------------------
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            if self.auth_error:
+                self._wait_for_credentials()
+                continue
+            items = self.outbox.claim(self.max_batch_items, self.max_batch_bytes, self.max_op_bytes)
+            if not items:
+                with self._wake:
+                    self._wake.wait(self.idle_poll_s)
+                continue
+            try:
+                self._deliver(items)
+            except Exception as exc:  # never lose the claim on a bug: release and go on
+                log.exception("delivery worker error")
+                self.outbox.release(items, f"internal error: {type(exc).__name__}")
+                self._note_error(f"internal error: {type(exc).__name__}: {exc}")
+                self._stop.wait(1.0)
+
+    def _deliver(self, items: list[Claimed]) -> None:
+        if self.api == "v1":
+            self._send_v1(items)
+        else:
+            self._send_v2(items)
+
+    def _send_v2(self, items: Sequence[Claimed]) -> Outcome:
+        if not self.limiter.acquire(self._stop):
+            self.outbox.release(items, "stopped before sending")
+            return Outcome.TRANSIENT
+        body_bytes = sum(item.size for item in items) + len(items) - 1 + _BATCH_ENVELOPE
+        result = self.client.send_batch([item.payload for item in items])
+        self._count(result, body_bytes)
+        if result.outcome is Outcome.OK:
+            self._accepted(items)
+        elif result.outcome is Outcome.PARTIAL:
+            self._partially_accepted(items, result)
+        elif result.outcome is Outcome.PERMANENT:
+            self._rejected(items, result)
+        else:
+            self._not_delivered(items, result)
+        return result.outcome
+
+    def _partially_accepted(self, items: Sequence[Claimed], result: SendResult) -> None:
+        failed = []
+        for index, error in result.item_errors.items():
+            if 0 <= index < len(items):
+                reason = str(error.get("message") or error.get("reason") or "rejected by Customer.io")
+                failed.append((items[index], reason, result.status, json.dumps(error)))
+        failed_seqs = {item.seq for item, *_ in failed}
+        self.outbox.dead_letter(failed)
+        self._accepted([item for item in items if item.seq not in failed_seqs], dead=len(failed))
+
+    def _rejected(self, items: Sequence[Claimed], result: SendResult) -> None:
+        """A whole request was refused: isolate the bad operation by halving."""
+        if len(items) == 1:
+            self.outbox.dead_letter([(items[0], result.describe(), result.status, result.body)])
+            with self._stats_lock:
+                self.stats.dead_lettered += 1
+            return
+        middle = len(items) // 2
+        first, second = items[:middle], items[middle:]
+        if self._send_v2(first) in (Outcome.TRANSIENT, Outcome.AUTH):
+            self.outbox.release(second, "held back: an earlier part of the batch was not delivered")
+            return
+        self._send_v2(second)
+
+    def _send_v1(self, items: Sequence[Claimed]) -> None:
+        for position, item in enumerate(items):
+            if not self.limiter.acquire(self._stop):
+                self.outbox.release(items[position:], "stopped before sending")
+                return
+            payload = json.loads(item.payload)
+            try:
+                result = self.client.send_v1(payload)
+            except ValueError:  # no v1 equivalent (objects, ...): use v2 for this one
+                if self._send_v2([item]) in (Outcome.TRANSIENT, Outcome.AUTH):
+                    self.outbox.release(items[position + 1 :], "held back")
+                    return
+                continue
+            self._count(result, item.size)
+            if result.outcome in (Outcome.OK, Outcome.PARTIAL):
+                self._accepted([item])
+            elif result.outcome is Outcome.PERMANENT:
+                self._rejected([item], result)
+            else:
+                self._not_delivered(items[position:], result)
+                return
+
+    # -- settling helpers --------------------------------------------------------
+    def _accepted(self, items: Sequence[Claimed], dead: int = 0) -> None:
+        self.outbox.ack(items)
+        with self._stats_lock:
+            self.stats.delivered += len(items)
+            self.stats.dead_lettered += dead
+        with self._backoff_lock:
+            self.backoff.reset()
+
+    def _not_delivered(self, items: Sequence[Claimed], result: SendResult) -> None:
+        self.outbox.release(items, result.describe())
+        self._note_error(result.error or result.describe())
+        if result.outcome is Outcome.AUTH:
+            self.auth_error = result.error or result.describe()
+            log.error("Customer.io rejected the credentials: delivery paused, %d operations kept", self.outbox.depth())
+            return
+        with self._backoff_lock:
+            delay = self.backoff.next_delay(result.retry_after)
+        with self._stats_lock:
+            self.stats.retries += len(items)
+        self.limiter.hold_until(time.monotonic() + delay)
+        log.warning("Customer.io unavailable (%s); retrying in %.1fs", result.describe()[:120], delay)
+
+    def _count(self, result: SendResult, sent_bytes: int) -> None:
+        with self._stats_lock:
+            self.stats.requests += 1
+            self.stats.bytes_sent += sent_bytes
+            self.stats.requests_by_status[str(result.status or "error")] += 1
+
+    def _note_error(self, message: str) -> None:
+        with self._stats_lock:
+            self.stats.last_error = message[:500]
+            self.stats.last_error_at = time.time()
+
+    def _wait_for_credentials(self) -> None:
+        """While paused on 401/403: stop (``send``) or re-check every ``auth_retry_s``."""
+        if not self.pause_on_auth_error:
+            self._stop.wait(self.idle_poll_s)
+            return
+        if self._stop.wait(self.auth_retry_s):
+            return
+        try:
+            self.client.account_region()
+        except AuthError:
+            log.error("credentials still rejected; next check in %.0fs", self.auth_retry_s)
+            return
+        except Exception as exc:  # network trouble: try again later
+            log.warning("credential check failed: %s", exc)
+            return
+        log.info("credentials accepted again: delivery resumes")
+        self.auth_error = None

@@ -1,0 +1,37 @@
+"""The unit of work between mapping and delivery: one Customer.io v2 entity operation."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Operation", "encode_payload", "MAX_OP_BYTES", "MAX_BATCH_BYTES"]
+
+#: Customer.io's per-operation limit for v2 (bytes of the operation's JSON).
+MAX_OP_BYTES = 32_000
+#: Customer.io's per-request limit for ``/api/v2/batch`` (bytes of the whole body).
+MAX_BATCH_BYTES = 500_000
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One Customer.io operation, as the v2 ``batch`` item it becomes.
+
+    ``person_key`` orders delivery: operations with the same key are delivered in
+    the order they were enqueued. ``payload`` is the v2 entity operation; the v1
+    client translates it into the matching v1 request.
+    """
+
+    person_key: str
+    payload: dict[str, Any]
+
+    @property
+    def action(self) -> str:
+        """The v2 action (identify, event, page, screen, ...)."""
+        return str(self.payload.get("action", ""))
+
+
+def encode_payload(payload: dict[str, Any]) -> str:
+    """Compact JSON text of a payload, the form stored in the outbox and sent."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str)

@@ -1,0 +1,256 @@
+"""Durable queue of Customer.io operations (SQLite, WAL) with a dead-letter table.
+
+Operations are written before any send and deleted only after Customer.io accepted
+them. Workers *claim* operations; a person whose operation is in flight has none of
+its later operations handed out, so each person's operations reach Customer.io in
+the order they were enqueued. Permanent failures move to ``dead_letters`` with the
+response that rejected them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .db import Database
+from .operations import Operation, encode_payload
+
+__all__ = ["Claimed", "DeadLetter", "Outbox"]
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """An operation handed to a worker; it stays in the table until acked."""
+
+    seq: int
+    person_key: str
+    payload: str
+    size: int
+    attempts: int
+    enqueued_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An operation Customer.io rejected for good, with why."""
+
+    id: int
+    seq: int
+    person_key: str
+    payload: str
+    reason: str
+    status: int | None
+    response: str | None
+    attempts: int
+    enqueued_at: float
+    failed_at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (for ``dead-letters --json`` and the HTTP API)."""
+        return {
+            "id": self.id,
+            "seq": self.seq,
+            "person_key": self.person_key,
+            "payload": self.payload,
+            "reason": self.reason,
+            "status": self.status,
+            "response": self.response,
+            "attempts": self.attempts,
+            "enqueued_at": self.enqueued_at,
+            "failed_at": self.failed_at,
+        }
+
+
+class Outbox:
+    """The outbox tables of a :class:`Database`, plus the in-process claim book."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._claim_lock = threading.Lock()
+        self._in_flight: set[int] = set()
+        self._busy_persons: dict[str, int] = {}
+
+    # -- writing ---------------------------------------------------------------
+    @staticmethod
+    def enqueue(conn: sqlite3.Connection, operations: Iterable[Operation], now: float | None = None) -> int:
+        """Append operations inside the caller's transaction; returns how many."""
+        stamp = now if now is not None else time.time()
+        rows = []
+        for operation in operations:
+            text = encode_payload(operation.payload)
+            rows.append((operation.person_key, text, len(text.encode()), stamp))
+        conn.executemany(
+            "INSERT INTO outbox (person_key, payload, size, enqueued_at) VALUES (?,?,?,?)", rows
+        )
+        return len(rows)
+
+    def put(self, operations: Iterable[Operation]) -> int:
+        """Enqueue operations in their own transaction."""
+        with self.db.transaction() as conn:
+            return self.enqueue(conn, operations)
+
+    # -- claiming --------------------------------------------------------------
+    def claim(self, max_items: int, max_bytes: int, max_op_bytes: int) -> list[Claimed]:
+        """Hand out the oldest deliverable operations, in order, within the limits.
+
+        Operations bigger than ``max_op_bytes`` are dead-lettered on the way (they
+        can never be accepted). A person with an operation in flight, or whose
+        earlier operation did not fit this claim, gets nothing more this time.
+        """
+        with self._claim_lock:
+            claimed: list[Claimed] = []
+            oversized: list[Claimed] = []
+            blocked: set[str] = set(self._busy_persons)
+            budget = max_bytes
+            for row in self._candidates():
+                item = Claimed(*row)
+                if item.seq in self._in_flight or item.person_key in blocked:
+                    continue
+                if item.size > max_op_bytes:
+                    oversized.append(item)
+                    continue
+                if item.size + 1 > budget or len(claimed) >= max_items:
+                    blocked.add(item.person_key)
+                    if len(claimed) >= max_items or budget < 64:
+                        break
+                    continue
+                budget -= item.size + 1
+                claimed.append(item)
+            for item in claimed:
+                self._in_flight.add(item.seq)
+                self._busy_persons[item.person_key] = self._busy_persons.get(item.person_key, 0) + 1
+        if oversized:
+            self.dead_letter(
+                [
+                    (item, f"operation is {item.size} bytes, over Customer.io's {max_op_bytes}-byte limit", None, None)
+                    for item in oversized
+                ],
+                claimed=False,
+            )
+        return claimed
+
+    def _candidates(self, page: int = 1000, scan_limit: int = 50_000) -> Iterator[tuple[Any, ...]]:
+        """Rows in queue order, a page at a time, up to ``scan_limit`` rows."""
+        last = 0
+        for _ in range(0, scan_limit, page):
+            with self.db.reading() as conn:
+                rows = conn.execute(
+                    "SELECT seq, person_key, payload, size, attempts, enqueued_at"
+                    " FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (last, page),
+                ).fetchall()
+            yield from rows
+            if len(rows) < page:
+                return
+            last = rows[-1][0]
+
+    def _unclaim(self, items: Iterable[Claimed]) -> None:
+        with self._claim_lock:
+            for item in items:
+                if item.seq in self._in_flight:
+                    self._in_flight.discard(item.seq)
+                    left = self._busy_persons.get(item.person_key, 0) - 1
+                    if left > 0:
+                        self._busy_persons[item.person_key] = left
+                    else:
+                        self._busy_persons.pop(item.person_key, None)
+
+    # -- settling --------------------------------------------------------------
+    def ack(self, items: Sequence[Claimed]) -> None:
+        """Customer.io accepted these: delete them."""
+        if items:
+            with self.db.transaction() as conn:
+                conn.executemany("DELETE FROM outbox WHERE seq = ?", [(item.seq,) for item in items])
+        self._unclaim(items)
+
+    def release(self, items: Sequence[Claimed], error: str) -> None:
+        """Not delivered (transient failure): keep them queued, count the attempt."""
+        if items:
+            with self.db.transaction() as conn:
+                conn.executemany(
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?",
+                    [(error[:500], item.seq) for item in items],
+                )
+        self._unclaim(items)
+
+    def dead_letter(
+        self,
+        failures: Sequence[tuple[Claimed, str, int | None, str | None]],
+        claimed: bool = True,
+    ) -> None:
+        """Move operations to the dead-letter table: ``(item, reason, status, response)``."""
+        if not failures:
+            return
+        now = time.time()
+        with self.db.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO dead_letters (seq, person_key, payload, reason, status, response,"
+                " attempts, enqueued_at, failed_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                [
+                    (item.seq, item.person_key, item.payload, reason, status, response,
+                     item.attempts + 1, item.enqueued_at, now)
+                    for item, reason, status, response in failures
+                ],
+            )
+            conn.executemany("DELETE FROM outbox WHERE seq = ?", [(item.seq,) for item, *_ in failures])
+        if claimed:
+            self._unclaim([item for item, *_ in failures])
+
+    # -- reading ---------------------------------------------------------------
+    def depth(self) -> int:
+        """Operations waiting (including those in flight)."""
+        with self.db.reading() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def oldest_age(self, now: float | None = None) -> float:
+        """Seconds since the oldest waiting operation was enqueued (0 if empty)."""
+        with self.db.reading() as conn:
+            oldest = conn.execute("SELECT MIN(enqueued_at) FROM outbox").fetchone()[0]
+        return 0.0 if oldest is None else max(0.0, (now or time.time()) - oldest)
+
+    def in_flight(self) -> int:
+        """Operations currently claimed by workers."""
+        with self._claim_lock:
+            return len(self._in_flight)
+
+    def dead_letter_count(self) -> int:
+        """How many operations are dead-lettered."""
+        with self.db.reading() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
+
+    def dead_letters(self, limit: int | None = None) -> list[DeadLetter]:
+        """Dead-lettered operations, oldest first."""
+        with self.db.reading() as conn:
+            rows = conn.execute(
+                "SELECT id, seq, person_key, payload, reason, status, response, attempts,"
+                " enqueued_at, failed_at FROM dead_letters ORDER BY id LIMIT ?",
+                (-1 if limit is None else limit,),
+            ).fetchall()
+        return [DeadLetter(*row) for row in rows]
+
+    def retry_dead_letters(self, ids: Iterable[int] | None = None) -> int:
+        """Re-queue dead-lettered operations (all, or the given ids); returns how many.
+
+        They go to the back of the queue, behind operations enqueued since.
+        """
+        wanted = None if ids is None else list(ids)
+        with self.db.transaction() as conn:
+            if wanted is None:
+                rows = conn.execute("SELECT id, person_key, payload FROM dead_letters ORDER BY id").fetchall()
+            else:
+                marks = ",".join("?" * len(wanted)) or "NULL"
+                rows = conn.execute(
+                    f"SELECT id, person_key, payload FROM dead_letters WHERE id IN ({marks}) ORDER BY id",
+                    wanted,
+                ).fetchall()
+            now = time.time()
+            conn.executemany(
+                "INSERT INTO outbox (person_key, payload, size, enqueued_at) VALUES (?,?,?,?)",
+                [(person_key, payload, len(payload.encode()), now) for _, person_key, payload in rows],
+            )
+            conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(row[0],) for row in rows])
+        return len(rows)

@@ -1,0 +1,146 @@
+"""Wiring: build the database, outbox, ingestor, client and workers from settings.
+
+Shared by the CLI commands and the HTTP service so both run the same pipeline.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from .config import ConfigError, Settings
+from .customerio import TrackClient, resolve_track_url
+from .db import Database
+from .delivery import Deliverer
+from .outbox import Outbox
+from .pipeline import Ingestor
+
+__all__ = ["Runtime", "DeliveryLockError", "SANDBOX_CREDENTIALS"]
+
+log = logging.getLogger(__name__)
+
+#: Credentials of the in-process sandbox (``--sandbox``).
+SANDBOX_CREDENTIALS = ("sandbox-site", "sandbox-key")
+
+
+class DeliveryLockError(RuntimeError):
+    """Another process already delivers from this data directory."""
+
+
+class Runtime:
+    """Everything one process needs, opened from :class:`Settings`.
+
+    With ``sandbox=True`` an in-process Customer.io sandbox is started on a free
+    loopback port and used instead of the real Customer.io.
+    """
+
+    def __init__(self, settings: Settings, *, sandbox: bool = False) -> None:
+        self.settings = settings
+        ensure_data_dir(settings)
+        self.db = Database(settings.database_path, synchronous=settings.sqlite_synchronous)
+        self.outbox = Outbox(self.db)
+        self.ingestor = Ingestor(self.db, self.outbox, settings.mapping_config())
+        self.sandbox = None
+        self._client: TrackClient | None = None
+        self._deliverer: Deliverer | None = None
+        self._lock_file: IO[str] | None = None
+        if sandbox:
+            from .sandbox import SandboxServer
+
+            site_id, api_key = SANDBOX_CREDENTIALS
+            self.sandbox = SandboxServer(port=0, site_id=site_id, api_key=api_key)
+            self.sandbox.start()
+
+    # -- Customer.io ---------------------------------------------------------------
+    def credentials(self) -> tuple[str, str]:
+        """Site ID and API key (the sandbox's with ``--sandbox``)."""
+        return SANDBOX_CREDENTIALS if self.sandbox else self.settings.credentials()
+
+    def track_url(self) -> str:
+        """The Track API base URL (asks Customer.io once when the region is ``auto``)."""
+        if self.sandbox is not None:
+            return self.sandbox.url
+        site_id, api_key = self.credentials()
+        return resolve_track_url(
+            site_id,
+            api_key,
+            self.settings.customerio_region,
+            self.settings.customerio_track_url,
+            timeout=self.settings.customerio_timeout_s,
+        )
+
+    @property
+    def client(self) -> TrackClient:
+        """The Track API client (created on first use)."""
+        if self._client is None:
+            site_id, api_key = self.credentials()
+            self._client = TrackClient(
+                site_id, api_key, self.track_url(), timeout=self.settings.customerio_timeout_s
+            )
+        return self._client
+
+    def deliverer(self, *, pause_on_auth_error: bool = False) -> Deliverer:
+        """The delivery workers (one set per data directory: takes the delivery lock)."""
+        if self._deliverer is None:
+            self._take_delivery_lock()
+            self._deliverer = Deliverer(
+                self.outbox,
+                self.client,
+                api=self.settings.customerio_api,
+                concurrency=self.settings.delivery_concurrency,
+                max_rps=self.settings.customerio_max_rps,
+                pause_on_auth_error=pause_on_auth_error,
+            )
+        return self._deliverer
+
+    def _take_delivery_lock(self) -> None:
+        path = Path(self.settings.posthog_customerio_data_dir) / "delivery.lock"
+        handle = open(path, "a+")  # noqa: SIM115 - held for the process lifetime
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise DeliveryLockError(
+                f"another posthog-customerio process is delivering from {path.parent};"
+                " stop it or use another POSTHOG_CUSTOMERIO_DATA_DIR"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock_file = handle
+
+    # -- lifecycle -------------------------------------------------------------------
+    def close(self, grace_s: float = 10.0) -> None:
+        """Stop workers, close connections and the sandbox."""
+        if self._deliverer is not None:
+            self._deliverer.stop(grace_s)
+        if self._client is not None:
+            self._client.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+        self.db.close()
+        if self.sandbox is not None:
+            self.sandbox.stop()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def ensure_data_dir(settings: Settings) -> None:
+    """Create the data directory or fail with a clear :class:`ConfigError`."""
+    try:
+        Path(settings.posthog_customerio_data_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"POSTHOG_CUSTOMERIO_DATA_DIR: cannot create {settings.posthog_customerio_data_dir}: {exc.strerror}"
+        ) from None

@@ -1,0 +1,357 @@
+"""Turn every PostHog input shape into one typed :class:`PostHogEvent`.
+
+Accepted shapes (see ``posthog-events.md``):
+
+* Hog globals / HTTP webhook body: ``{"event": {...}, "person": {...}}``
+* plugin-style events: ``distinct_id``, ``event``, ``properties``, ``timestamp``,
+  ``$set``, ``$set_once``, ``uuid``, ``person``
+* batch-export JSONL lines: ``person_properties``, ``set``, ``set_once``
+* capture-API events: ``{"event", "distinct_id", "properties", "timestamp"}``, single
+  or inside ``{"api_key", "batch": [...]}``
+
+Parsing is strict: a bad event raises :class:`EventParseError` with a message that
+names the problem, and :func:`parse_payload` is all-or-nothing so an HTTP request is
+never half-enqueued.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import IO, Any
+
+__all__ = [
+    "EventParseError",
+    "PostHogEvent",
+    "ParsedItem",
+    "parse_event",
+    "parse_payload",
+    "read_events",
+    "to_unix_seconds",
+]
+
+
+class EventParseError(ValueError):
+    """An input could not be turned into a PostHog event."""
+
+
+@dataclass(frozen=True, slots=True)
+class PostHogEvent:
+    """One PostHog event, whatever shape it arrived in."""
+
+    event: str
+    distinct_id: str
+    timestamp: datetime
+    properties: dict[str, Any] = field(default_factory=dict)
+    uuid: str | None = None
+    set: dict[str, Any] = field(default_factory=dict)
+    set_once: dict[str, Any] = field(default_factory=dict)
+    unset: tuple[str, ...] = ()
+    person_properties: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def timestamp_s(self) -> int:
+        """Event time as integer Unix seconds."""
+        return int(self.timestamp.timestamp())
+
+    @property
+    def timestamp_ms(self) -> int:
+        """Event time as integer Unix milliseconds."""
+        return int(self.timestamp.timestamp() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedItem:
+    """One input record of a file: an event or the error that rejected it."""
+
+    location: str
+    event: PostHogEvent | None = None
+    error: str | None = None
+
+
+_MS_THRESHOLD = 100_000_000_000  # numbers above this are milliseconds (year 5138 in seconds)
+_ISO_Z = re.compile(r"Z$")
+
+
+def to_unix_seconds(value: Any) -> int | None:
+    """Convert an ISO string, Unix seconds or Unix milliseconds to integer seconds.
+
+    Returns ``None`` for anything that is not a recognisable time (never NaN).
+    """
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, datetime):
+        return int(_aware(value).timestamp())
+    if isinstance(value, (int, float)):
+        if value != value or value in (float("inf"), float("-inf")):
+            return None
+        return int(value / 1000) if abs(value) >= _MS_THRESHOLD else int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        try:
+            return to_unix_seconds(float(text))
+        except ValueError:
+            pass
+        try:
+            return int(_parse_iso(text).timestamp())
+        except ValueError:
+            return None
+    return None
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _parse_iso(text: str) -> datetime:
+    text = _ISO_Z.sub("+00:00", text)
+    if " " in text and "T" not in text:
+        text = text.replace(" ", "T", 1)
+    return _aware(datetime.fromisoformat(text))
+
+
+def _parse_timestamp(value: Any, now: datetime) -> datetime:
+    if value is None or value == "":
+        return now
+    if isinstance(value, bool):
+        raise EventParseError("timestamp must be an ISO 8601 string or a Unix time number")
+    if isinstance(value, (int, float)):
+        seconds = to_unix_seconds(value)
+        if seconds is None:
+            raise EventParseError(f"timestamp {value!r} is not a valid time")
+        scaled = value / 1000 if abs(value) >= _MS_THRESHOLD else value
+        try:
+            return datetime.fromtimestamp(scaled, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError) as exc:
+            raise EventParseError(f"timestamp {value!r} is out of range") from exc
+    if isinstance(value, str):
+        try:
+            return _parse_iso(value.strip())
+        except ValueError as exc:
+            raise EventParseError(f"timestamp {value[:60]!r} is not ISO 8601") from exc
+    raise EventParseError("timestamp must be an ISO 8601 string or a Unix time number")
+
+
+def _object(value: Any, name: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise EventParseError(f"{name} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _unset_keys(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, dict):
+        return tuple(str(key) for key in value)
+    if isinstance(value, list):
+        return tuple(str(key) for key in value if isinstance(key, str))
+    raise EventParseError("$unset must be a list of property names or an object")
+
+
+def _distinct_id(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        raise EventParseError("missing distinct_id")
+    if isinstance(value, (int, float)):
+        value = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+    if not isinstance(value, str):
+        raise EventParseError(f"distinct_id must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise EventParseError("distinct_id is empty")
+    return value
+
+
+def _event_name(value: Any) -> str:
+    if value is None:
+        raise EventParseError("missing event name")
+    if not isinstance(value, str):
+        raise EventParseError(f"event name must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise EventParseError("event name is empty")
+    return value
+
+
+def _uuid(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise EventParseError(f"uuid must be a string, got {type(value).__name__}")
+    return value
+
+
+def parse_event(obj: Any, now: datetime | None = None) -> PostHogEvent:
+    """Parse one event of any accepted shape, or raise :class:`EventParseError`."""
+    if not isinstance(obj, dict):
+        raise EventParseError(f"an event must be a JSON object, got {type(obj).__name__}")
+    now = now or datetime.now(timezone.utc)
+    if isinstance(obj.get("event"), dict):
+        return _parse_hog_globals(obj, now)
+    return _parse_flat(obj, now)
+
+
+def _parse_hog_globals(obj: dict[str, Any], now: datetime) -> PostHogEvent:
+    inner = obj["event"]
+    person = _object(obj.get("person"), "person")
+    return _build(
+        name=inner.get("event", inner.get("name")),
+        distinct_id=inner.get("distinct_id"),
+        properties=_object(inner.get("properties"), "event.properties"),
+        timestamp=inner.get("timestamp"),
+        uuid=inner.get("uuid"),
+        top_set=None,
+        top_set_once=None,
+        person_properties=_object(person.get("properties"), "person.properties"),
+        now=now,
+    )
+
+
+def _parse_flat(obj: dict[str, Any], now: datetime) -> PostHogEvent:
+    properties = _object(obj.get("properties"), "properties")
+    person = _object(obj.get("person"), "person")
+    person_properties = {
+        **_object(person.get("properties"), "person.properties"),
+        **_object(obj.get("person_properties"), "person_properties"),
+    }
+    distinct_id = obj.get("distinct_id")
+    if distinct_id is None:
+        distinct_id = properties.get("distinct_id")
+    top_set = obj.get("$set", obj.get("set"))
+    top_set_once = obj.get("$set_once", obj.get("set_once"))
+    return _build(
+        name=obj.get("event"),
+        distinct_id=distinct_id,
+        properties=properties,
+        timestamp=obj.get("timestamp"),
+        uuid=obj.get("uuid"),
+        top_set=top_set,
+        top_set_once=top_set_once,
+        person_properties=person_properties,
+        now=now,
+    )
+
+
+def _build(
+    *,
+    name: Any,
+    distinct_id: Any,
+    properties: dict[str, Any],
+    timestamp: Any,
+    uuid: Any,
+    top_set: Any,
+    top_set_once: Any,
+    person_properties: dict[str, Any],
+    now: datetime,
+) -> PostHogEvent:
+    set_props = {
+        **_object(properties.get("$set"), "properties.$set"),
+        **_object(top_set, "$set"),
+    }
+    set_once_props = {
+        **_object(properties.get("$set_once"), "properties.$set_once"),
+        **_object(top_set_once, "$set_once"),
+    }
+    return PostHogEvent(
+        event=_event_name(name),
+        distinct_id=_distinct_id(distinct_id),
+        timestamp=_parse_timestamp(timestamp, now),
+        properties=properties,
+        uuid=_uuid(uuid),
+        set=set_props,
+        set_once=set_once_props,
+        unset=_unset_keys(properties.get("$unset")),
+        person_properties=person_properties,
+    )
+
+
+def parse_payload(obj: Any, now: datetime | None = None) -> list[PostHogEvent]:
+    """Parse an HTTP body or file record holding one or more events, all or nothing.
+
+    Accepts a single event, a JSON array of events, or a capture batch
+    ``{"batch": [...]}``. The first bad event raises :class:`EventParseError` naming
+    its position, so callers never enqueue part of a rejected payload.
+    """
+    now = now or datetime.now(timezone.utc)
+    items = _payload_items(obj)
+    events = []
+    for index, item in enumerate(items):
+        try:
+            events.append(parse_event(item, now))
+        except EventParseError as exc:
+            if len(items) == 1 and items[0] is obj:
+                raise
+            raise EventParseError(f"event {index}: {exc}") from exc
+    return events
+
+
+def _payload_items(obj: Any) -> list[Any]:
+    if isinstance(obj, list):
+        return obj
+    if isinstance(obj, dict) and "batch" in obj and "event" not in obj:
+        batch = obj["batch"]
+        if not isinstance(batch, list):
+            raise EventParseError("batch must be a JSON array of events")
+        return batch
+    if isinstance(obj, dict):
+        return [obj]
+    raise EventParseError(f"expected a JSON object or array, got {type(obj).__name__}")
+
+
+def read_events(stream: IO[str] | Iterable[str], now: datetime | None = None) -> Iterator[ParsedItem]:
+    """Read JSONL (one event per line) or one JSON array from a text stream.
+
+    Yields one :class:`ParsedItem` per event; a bad line yields an error naming its
+    line number and the run goes on with the next line.
+    """
+    now = now or datetime.now(timezone.utc)
+    lines = iter(stream)
+    first: str | None = None
+    first_number = 0
+    for first_number, line in enumerate(lines, start=1):
+        if line.strip():
+            first = line
+            break
+    if first is None:
+        return
+    if first.lstrip().startswith("["):
+        yield from _read_json_array(first + "".join(lines), now)
+        return
+    yield from _read_jsonl_line(first, first_number, now)
+    for number, line in enumerate(lines, start=first_number + 1):
+        if line.strip():
+            yield from _read_jsonl_line(line, number, now)
+
+
+def _read_jsonl_line(line: str, number: int, now: datetime) -> Iterator[ParsedItem]:
+    location = f"line {number}"
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        yield ParsedItem(location, error=f"invalid JSON: {exc.msg} (column {exc.colno})")
+        return
+    try:
+        events = parse_payload(obj, now)
+    except EventParseError as exc:
+        yield ParsedItem(location, error=str(exc))
+        return
+    for event in events:
+        yield ParsedItem(location, event=event)
+
+
+def _read_json_array(text: str, now: datetime) -> Iterator[ParsedItem]:
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        yield ParsedItem(f"line {exc.lineno}", error=f"invalid JSON array: {exc.msg} (column {exc.colno})")
+        return
+    for index, item in enumerate(items):
+        location = f"item {index}"
+        try:
+            yield ParsedItem(location, event=parse_event(item, now))
+        except EventParseError as exc:
+            yield ParsedItem(location, error=str(exc))

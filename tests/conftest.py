@@ -1,0 +1,76 @@
+"""Shared fixtures: a Customer.io sandbox on loopback, a data dir, a CLI runner."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from posthog_customerio.cli import app
+from posthog_customerio.sandbox import SandboxServer
+
+SITE_ID = "site-e2e-1234"
+API_KEY = "key-e2e-secret-5678"
+CONFIG_ENV = (
+    "CUSTOMERIO_SITE_ID", "CUSTOMERIO_API_KEY", "CUSTOMERIO_REGION", "CUSTOMERIO_TRACK_URL", "CUSTOMERIO_API",
+    "IDENTIFY_BY_EMAIL", "SEND_EVENTS_FROM_ANONYMOUS_USERS", "EVENTS_TO_SEND", "POSTHOG_CUSTOMERIO_DATA_DIR",
+    "CUSTOMERIO_MAX_RPS", "DELIVERY_CONCURRENCY", "CUSTOMERIO_TIMEOUT_S", "SQLITE_SYNCHRONOUS",
+)
+SAMPLE_FILE = Path(__file__).resolve().parents[1] / "src" / "posthog_customerio" / "data" / "sample_events.jsonl"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's own configuration."""
+    for name in CONFIG_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="session")
+def _sandbox_server() -> Iterator[SandboxServer]:
+    with SandboxServer(port=0, site_id=SITE_ID, api_key=API_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def sandbox(_sandbox_server: SandboxServer) -> SandboxServer:
+    """The sandbox, emptied for this test."""
+    _sandbox_server.state.reset()
+    return _sandbox_server
+
+
+@pytest.fixture
+def env(sandbox: SandboxServer, tmp_path: Path) -> dict[str, str]:
+    """Environment pointing the CLI at the sandbox with a fresh data dir."""
+    return {
+        "CUSTOMERIO_SITE_ID": SITE_ID,
+        "CUSTOMERIO_API_KEY": API_KEY,
+        "CUSTOMERIO_TRACK_URL": sandbox.url,
+        "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data"),
+        "SQLITE_SYNCHRONOUS": "NORMAL",
+    }
+
+
+class Cli:
+    """Runs ``posthog-customerio`` in-process (real HTTP to the sandbox)."""
+
+    def __init__(self) -> None:
+        self.runner = CliRunner()
+
+    def __call__(self, *args: str, env: dict[str, str] | None = None, input: str | None = None) -> Any:
+        return self.runner.invoke(app, list(args), env=env, input=input, catch_exceptions=False)
+
+
+@pytest.fixture
+def cli() -> Cli:
+    return Cli()
+
+
+def write_jsonl(path: Path, events: list[Any]) -> Path:
+    """Write events (dicts, or raw strings for bad lines) as JSONL."""
+    path.write_text("".join((e if isinstance(e, str) else json.dumps(e)) + "\n" for e in events))
+    return path

@@ -1,0 +1,123 @@
+"""The SQLite outbox: durability, per-person order, byte packing, dead letters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from posthog_customerio.db import Database
+from posthog_customerio.operations import Operation
+from posthog_customerio.outbox import Outbox
+from posthog_customerio.state import PersonState, load_states, save_states
+
+
+def op(person: str, n: int, pad: int = 0) -> Operation:
+    return Operation(person, {"type": "person", "identifiers": {"id": person}, "action": "event", "name": f"e{n}", "attributes": {"pad": "x" * pad}})
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Outbox:
+    return Outbox(Database(tmp_path / "db.sqlite"))
+
+
+def names(items) -> list[str]:
+    import json
+
+    return [f"{item.person_key}:{json.loads(item.payload)['name']}" for item in items]
+
+
+def test_claim_returns_operations_in_enqueue_order(outbox: Outbox) -> None:
+    outbox.put([op("a", 1), op("b", 1), op("a", 2)])
+    assert names(outbox.claim(10, 100_000, 32_000)) == ["a:e1", "b:e1", "a:e2"]
+
+
+def test_a_person_in_flight_gets_nothing_more_until_settled(outbox: Outbox) -> None:
+    outbox.put([op("a", 1), op("a", 2), op("b", 1)])
+    first = outbox.claim(1, 100_000, 32_000)
+    assert names(first) == ["a:e1"]
+    # a:e2 must wait for a:e1; b is free
+    assert names(outbox.claim(10, 100_000, 32_000)) == ["b:e1"]
+    assert outbox.claim(10, 100_000, 32_000) == []
+    outbox.ack(first)
+    assert names(outbox.claim(10, 100_000, 32_000)) == ["a:e2"]
+
+
+def test_byte_budget_blocks_the_person_whose_operation_did_not_fit(outbox: Outbox) -> None:
+    outbox.put([op("a", 1, pad=400), op("b", 1, pad=900), op("a", 2), op("c", 1)])
+    claimed = outbox.claim(10, 1000, 32_000)
+    # b:e1 does not fit in what is left; a:e2 and c:e1 do (b is blocked, not a)
+    assert names(claimed) == ["a:e1", "a:e2", "c:e1"]
+    assert sum(item.size + 1 for item in claimed) <= 1000
+
+
+def test_max_items_is_respected(outbox: Outbox) -> None:
+    outbox.put([op(f"p{i}", 1) for i in range(10)])
+    assert len(outbox.claim(3, 100_000, 32_000)) == 3
+
+
+def test_oversized_operation_is_dead_lettered_with_the_reason(outbox: Outbox) -> None:
+    outbox.put([op("a", 1, pad=40_000), op("a", 2)])
+    assert names(outbox.claim(10, 500_000, 32_000)) == ["a:e2"]
+    (letter,) = outbox.dead_letters()
+    assert "32000-byte limit" in letter.reason and letter.person_key == "a"
+
+
+def test_release_keeps_the_operation_and_counts_the_attempt(outbox: Outbox) -> None:
+    outbox.put([op("a", 1)])
+    items = outbox.claim(10, 100_000, 32_000)
+    outbox.release(items, "HTTP 500")
+    again = outbox.claim(10, 100_000, 32_000)
+    assert names(again) == ["a:e1"] and again[0].attempts == 1
+
+
+def test_ack_deletes_and_dead_letter_moves(outbox: Outbox) -> None:
+    outbox.put([op("a", 1), op("b", 1)])
+    a, b = outbox.claim(10, 100_000, 32_000)
+    outbox.ack([a])
+    outbox.dead_letter([(b, "bad attribute", 207, '{"reason":"x"}')])
+    assert outbox.depth() == 0 and outbox.in_flight() == 0
+    (letter,) = outbox.dead_letters()
+    assert (letter.reason, letter.status, letter.attempts) == ("bad attribute", 207, 1)
+
+
+def test_retry_dead_letters_requeues_them(outbox: Outbox) -> None:
+    outbox.put([op("a", 1), op("b", 1)])
+    items = outbox.claim(10, 100_000, 32_000)
+    outbox.dead_letter([(item, "nope", 400, None) for item in items])
+    first_id = outbox.dead_letters()[0].id
+    assert outbox.retry_dead_letters([first_id]) == 1
+    assert outbox.dead_letter_count() == 1
+    assert outbox.retry_dead_letters() == 1
+    assert names(outbox.claim(10, 100_000, 32_000)) == ["a:e1", "b:e1"]
+
+
+def test_operations_survive_reopening_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    first = Outbox(Database(path))
+    first.put([op("a", 1), op("a", 2)])
+    first.claim(10, 100_000, 32_000)  # claimed but never acked: a crash
+    first.db.close()
+    reopened = Outbox(Database(path))
+    assert names(reopened.claim(10, 100_000, 32_000)) == ["a:e1", "a:e2"]
+
+
+def test_state_and_operations_commit_together_or_not_at_all(tmp_path: Path) -> None:
+    db = Database(tmp_path / "db.sqlite")
+    with pytest.raises(RuntimeError):
+        with db.transaction() as conn:
+            save_states(conn, [PersonState("a", created=True)])
+            Outbox.enqueue(conn, [op("a", 1)])
+            raise RuntimeError("crash before commit")
+    assert Outbox(db).depth() == 0
+    with db.reading() as conn:
+        assert load_states(conn, ["a"]) == {}
+
+
+def test_schema_migration_is_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    Database(path).close()
+    db = Database(path)
+    with db.reading() as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] >= 1
