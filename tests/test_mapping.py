@@ -316,3 +316,19 @@ def test_state_remembers_email_and_identification() -> None:
     mapped = map_event(parse_event(IDENTIFY), {}, MappingConfig())
     state = mapped.states["u1"]
     assert state.identified and state.email == "ann@example.com" and state.created
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("https://x.io/a?b=c", "https://x.io/a?b=c"),
+        ("https://x.io/blog/post?utm_source=google&utm_medium=cpc&utm_campaign=winter_launch_2026_final_extended_edition#top",
+         "https://x.io/blog/post"),
+        ("https://x.io/" + "é" * 80, ("https://x.io/" + "é" * 80).encode()[:100].decode(errors="ignore")),
+    ],
+)
+def test_long_page_urls_become_names_within_100_bytes(url: str, name: str) -> None:
+    mapped = map_event(parse_event(ev("$pageview", properties={"$current_url": url})), {}, MappingConfig())
+    page = mapped.operations[-1].payload
+    assert page["name"] == name and len(page["name"].encode()) <= 100
+    assert page["attributes"]["$current_url"] == url

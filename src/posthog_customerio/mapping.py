@@ -47,6 +47,9 @@ ALIAS_EVENTS = frozenset({"$create_alias"})
 #: Properties that are instructions to PostHog, not event data.
 PERSON_UPDATE_KEYS = frozenset({"$set", "$set_once", "$unset"})
 
+#: Customer.io's limit on event names, in UTF-8 bytes.
+MAX_EVENT_NAME_BYTES = 100
+
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -231,10 +234,30 @@ def _event_operation(
 
 def _event_action_and_name(event: PostHogEvent) -> tuple[str, str]:
     if event.event == "$pageview":
-        return "page", _text_or(event.properties.get("$current_url"), event.event)
+        return "page", page_name(_text_or(event.properties.get("$current_url"), event.event))
     if event.event == "$screen":
         return "screen", _text_or(event.properties.get("$screen_name"), event.event)
     return "event", event.event
+
+
+def page_name(url: str) -> str:
+    """A page event's name: the URL, without query and fragment if it is over 100 bytes.
+
+    Customer.io limits event names to 100 bytes; marketing URLs with UTM parameters
+    often exceed it. The full URL stays in the event data (``$current_url``).
+    """
+    if len(url.encode()) <= MAX_EVENT_NAME_BYTES:
+        return url
+    short = url.split("#", 1)[0].split("?", 1)[0]
+    return truncate_utf8(short, MAX_EVENT_NAME_BYTES)
+
+
+def truncate_utf8(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` UTF-8 bytes, never inside a character."""
+    encoded = text.encode()
+    if len(encoded) <= limit:
+        return text
+    return encoded[:limit].decode("utf-8", errors="ignore")
 
 
 def _text_or(value: Any, fallback: str) -> str:

@@ -73,6 +73,9 @@ class Outbox:
         self._claim_lock = threading.Lock()
         self._in_flight: set[int] = set()
         self._busy_persons: dict[str, int] = {}
+        self._depth_cache: tuple[float, int] | None = None
+        #: operations this process moved to the dead-letter table
+        self.dead_lettered_total = 0
 
     # -- writing ---------------------------------------------------------------
     @staticmethod
@@ -197,20 +200,31 @@ class Outbox:
                 ],
             )
             conn.executemany("DELETE FROM outbox WHERE seq = ?", [(item.seq,) for item, *_ in failures])
+        self.dead_lettered_total += len(failures)
         if claimed:
             self._unclaim([item for item, *_ in failures])
 
     # -- reading ---------------------------------------------------------------
-    def depth(self) -> int:
-        """Operations waiting (including those in flight)."""
+    def depth(self, max_age_s: float = 0.0) -> int:
+        """Operations waiting (including those in flight).
+
+        ``max_age_s`` > 0 allows a count up to that old (counting a big table costs
+        milliseconds; the HTTP receiver checks it on every request).
+        """
+        now = time.monotonic()
+        cached = self._depth_cache
+        if max_age_s > 0 and cached is not None and now - cached[0] < max_age_s:
+            return cached[1]
         with self.db.reading() as conn:
-            return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+            count = int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        self._depth_cache = (now, count)
+        return count
 
     def oldest_age(self, now: float | None = None) -> float:
         """Seconds since the oldest waiting operation was enqueued (0 if empty)."""
         with self.db.reading() as conn:
-            oldest = conn.execute("SELECT MIN(enqueued_at) FROM outbox").fetchone()[0]
-        return 0.0 if oldest is None else max(0.0, (now or time.time()) - oldest)
+            row = conn.execute("SELECT enqueued_at FROM outbox ORDER BY seq LIMIT 1").fetchone()
+        return 0.0 if row is None else max(0.0, (now or time.time()) - row[0])
 
     def in_flight(self) -> int:
         """Operations currently claimed by workers."""
