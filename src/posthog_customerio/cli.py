@@ -69,6 +69,12 @@ def _settings(plugin_config: Path | None = None, **flags: Any) -> Settings:
         "data_dir": "posthog_customerio_data_dir",
         "max_rps": "customerio_max_rps",
         "concurrency": "delivery_concurrency",
+        "webhook_token": "webhook_token",
+        "webhook_signing_secret": "webhook_signing_secret",
+        "max_body_bytes": "max_body_bytes",
+        "max_queue": "max_queue",
+        "shutdown_grace_s": "shutdown_grace_s",
+        "log_format": "log_format",
     }
     return load_settings({names[key]: value for key, value in flags.items()}, plugin_config)
 
@@ -333,6 +339,112 @@ def _print_send_summary(summary: dict[str, Any], as_json: bool) -> None:
                 f"{person['attributes']:>3} attributes {person['events']:>4} events"
             )
     out.print("\n".join(lines), markup=False, soft_wrap=True)
+
+
+# -- serve -----------------------------------------------------------------------------
+WebhookToken = Annotated[Optional[str], typer.Option("--webhook-token", help="Require Authorization: Bearer <token> [env WEBHOOK_TOKEN]", show_default=False)]
+SigningSecret = Annotated[Optional[str], typer.Option("--webhook-signing-secret", help="Verify Standard Webhooks signatures [env WEBHOOK_SIGNING_SECRET]", show_default=False)]
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port")] = 8080,
+    site_id: SiteId = None, api_key: ApiKey = None, region: Region = None, track_url: TrackUrl = None,
+    api: Api = None, identify_by_email: ByEmail = None, anonymous: Anonymous = None,
+    events_to_send: Allowlist = None, data_dir: DataDir = None, max_rps: MaxRps = None,
+    concurrency: Concurrency = None, plugin_config: PluginConfig = None, sandbox: Sandbox = False,
+    webhook_token: WebhookToken = None, webhook_signing_secret: SigningSecret = None,
+    max_body_bytes: Annotated[Optional[int], typer.Option("--max-body-bytes", help="[env MAX_BODY_BYTES; default 5000000]", show_default=False)] = None,
+    max_queue: Annotated[Optional[int], typer.Option("--max-queue", help="Answer 503 above this outbox depth [env MAX_QUEUE; default 1000000]", show_default=False)] = None,
+    shutdown_grace_s: Annotated[Optional[float], typer.Option("--shutdown-grace-s", help="Flush time on SIGTERM [env SHUTDOWN_GRACE_S; default 10]", show_default=False)] = None,
+    log_format: Annotated[Optional[str], typer.Option("--log-format", help="json, text or auto [env LOG_FORMAT]", show_default=False)] = None,
+) -> None:
+    """Run the HTTP service: PostHog webhook + capture receivers, delivery in the background."""
+    import uvicorn
+
+    from .logs import configure_logging
+    from .server import create_app
+
+    throwaway = _sandbox_data_dir(sandbox, data_dir)
+    try:
+        settings = _settings(
+            plugin_config, site_id=site_id, api_key=api_key, region=region, track_url=track_url, api=api,
+            identify_by_email=identify_by_email, anonymous=anonymous, events_to_send=events_to_send,
+            data_dir=throwaway or data_dir, max_rps=max_rps, concurrency=concurrency,
+            webhook_token=webhook_token, webhook_signing_secret=webhook_signing_secret,
+            max_body_bytes=max_body_bytes, max_queue=max_queue, shutdown_grace_s=shutdown_grace_s,
+            log_format=log_format,
+        )
+        if not sandbox:
+            settings.credentials()
+        configure_logging(settings.log_format, settings.log_level, settings.secret_values())
+        runtime = Runtime(settings, sandbox=sandbox, fallback_to_us=True)
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_CONFIG) from None
+    try:
+        application = create_app(runtime)
+        if runtime.sandbox is not None:
+            logging.getLogger(__name__).info("sandbox Customer.io at %s/_sandbox/people", runtime.sandbox.url)
+        config = uvicorn.Config(
+            application, host=host, port=port, log_config=None, access_log=False,
+            timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
+        )
+        uvicorn.Server(config).run()
+    except DeliveryLockError as exc:
+        raise _fail(str(exc), EXIT_FAILED) from None
+    finally:
+        runtime.close(grace_s=0)
+        if throwaway is not None:
+            shutil.rmtree(throwaway, ignore_errors=True)
+
+
+@app.command()
+def status(
+    data_dir: DataDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """Show queue depth, dead letters and the service's last figures, from the data dir."""
+    from .status import offline_status
+
+    try:
+        settings = _settings(data_dir=data_dir)
+        with Runtime(settings) as runtime:
+            report = offline_status(runtime)
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_CONFIG) from None
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    out.print(_status_text(report), markup=False, soft_wrap=True)
+
+
+def _status_text(report: dict[str, Any]) -> str:
+    outbox, delivery, ingest = report["outbox"], report["delivery"] or {}, report["ingest"] or {}
+    service = report.get("service")
+    lines = [
+        f"outbox             {outbox['depth']} queued, oldest {outbox['oldest_age_s']:.0f}s",
+        f"dead letters       {outbox['dead_letters']}",
+        f"people known       {report['persons']}",
+    ]
+    if service:
+        rates = report.get("throughput") or {}
+        lines += [
+            f"service snapshot   {service['snapshot_age_s']:.0f}s ago, delivery {delivery.get('state')}",
+            f"throughput         {rates.get('events_per_s', 0)} events/s in,"
+            f" {rates.get('operations_delivered_per_s', 0)} operations/s delivered",
+            f"received           {ingest.get('events_received', 0)} events ({ingest.get('events_invalid', 0)} invalid)",
+            f"delivered          {delivery.get('delivered', 0)} operations in {delivery.get('requests', 0)} requests",
+        ]
+        if delivery.get("auth_error"):
+            lines.append(f"PAUSED             {delivery['auth_error']}")
+    else:
+        lines.append("service            no snapshot (the service has not run with this data dir)")
+    for error in (report.get("recent_errors") or [])[-5:]:
+        lines.append(f"error              {time.strftime('%H:%M:%S', time.localtime(error['at']))} {error['message']}")
+    for letter in report["dead_letters"][:10]:
+        lines.append(f"  #{letter['id']} {letter['person_key']} {letter['action']} {letter['name'] or ''}: {letter['reason']}")
+    return "\n".join(lines)
 
 
 # -- dead letters ----------------------------------------------------------------------

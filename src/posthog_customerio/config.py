@@ -59,6 +59,14 @@ class Settings(BaseSettings):
     customerio_timeout_s: float = Field(30.0, gt=0)
     delivery_concurrency: int = Field(4, ge=1, le=64)
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    # -- the HTTP service (serve) --
+    webhook_token: SecretStr | None = None
+    webhook_signing_secret: SecretStr | None = None
+    max_body_bytes: int = Field(5_000_000, ge=1_000)
+    max_queue: int = Field(1_000_000, ge=1)
+    shutdown_grace_s: float = Field(10.0, ge=0)
+    log_format: Literal["auto", "json", "text"] = "auto"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("customerio_region", mode="before")
     @classmethod
@@ -83,7 +91,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
 
-    @field_validator("sqlite_synchronous", mode="before")
+    @field_validator("sqlite_synchronous", "log_level", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
@@ -111,6 +119,11 @@ class Settings(BaseSettings):
             self.customerio_site_id.get_secret_value().strip(),  # type: ignore[union-attr]
             self.customerio_api_key.get_secret_value().strip(),  # type: ignore[union-attr]
         )
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret value (for log redaction)."""
+        secrets = (self.customerio_site_id, self.customerio_api_key, self.webhook_token, self.webhook_signing_secret)
+        return [s.get_secret_value() for s in secrets if s is not None and len(s.get_secret_value()) >= 4]
 
     @property
     def database_path(self) -> Path:
@@ -169,7 +182,8 @@ def _describe(exc: ValidationError) -> str:
         field = str(error["loc"][0]) if error["loc"] else "?"
         name = ENV_NAMES.get(field, field)
         given = error.get("input")
-        shown = "" if "secret" in field or "api_key" in field or "site_id" in field else f" (got {given!r})"
+        secret = any(word in field for word in ("secret", "api_key", "site_id", "token"))
+        shown = "" if secret else f" (got {given!r})"
         message = error["msg"].removeprefix("Value error, ")
         problems.append(f"{name}: {message}{shown}")
     return "; ".join(problems)

@@ -48,6 +48,14 @@ _MIGRATIONS: list[str] = [
         failed_at REAL NOT NULL
     );
     """,
+    # 2: the last status snapshot a running service wrote (read by `status`)
+    """
+    CREATE TABLE IF NOT EXISTS status_snapshot (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)

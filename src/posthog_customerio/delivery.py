@@ -20,7 +20,7 @@ import logging
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -54,6 +54,11 @@ class RateLimiter:
             slot = max(now, self._next)
             self._next = slot + self.interval
             return slot - now
+
+    def reserve_delay(self) -> float:
+        """How long a caller would wait now, without reserving."""
+        with self._lock:
+            return max(0.0, self._next - self._clock())
 
     def hold_until(self, moment: float) -> None:
         """No slot before ``moment`` (a clock value)."""
@@ -104,6 +109,7 @@ class DeliveryStats:
     bytes_sent: int = 0
     last_error: str | None = None
     last_error_at: float | None = None
+    recent_errors: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=20))
 
 
 class Deliverer:
@@ -124,6 +130,7 @@ class Deliverer:
         pause_on_auth_error: bool = False,
         auth_retry_s: float = 60.0,
         idle_poll_s: float = 0.2,
+        on_delivered: Callable[[Sequence[Claimed]], None] | None = None,
     ) -> None:
         self.outbox = outbox
         self.client = client
@@ -137,6 +144,7 @@ class Deliverer:
         self.pause_on_auth_error = pause_on_auth_error
         self.auth_retry_s = auth_retry_s
         self.idle_poll_s = idle_poll_s
+        self.on_delivered = on_delivered
         self.stats = DeliveryStats()
         self.auth_error: str | None = None
         self._stats_lock = threading.Lock()
@@ -164,6 +172,26 @@ class Deliverer:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._threads = [thread for thread in self._threads if thread.is_alive()]
+
+    def drain(self, grace_s: float) -> bool:
+        """Deliver what can be delivered within ``grace_s``, then stop; True if emptied."""
+        try:
+            emptied = self.wait_until_empty(grace_s)
+        except AuthError:
+            emptied = False
+        self.stop(timeout=max(1.0, grace_s))
+        return emptied
+
+    @property
+    def state(self) -> str:
+        """``running``, ``paused`` (credentials rejected), ``retrying`` or ``stopped``."""
+        if not self._threads or self._stop.is_set():
+            return "stopped"
+        if self.auth_error:
+            return "paused"
+        if self.limiter.reserve_delay() > 1.0:
+            return "retrying"
+        return "running"
 
     def notify(self) -> None:
         """Wake idle workers (new operations were enqueued)."""
@@ -279,6 +307,8 @@ class Deliverer:
     # -- settling helpers --------------------------------------------------------
     def _accepted(self, items: Sequence[Claimed], dead: int = 0) -> None:
         self.outbox.ack(items)
+        if self.on_delivered is not None and items:
+            self.on_delivered(items)
         with self._stats_lock:
             self.stats.delivered += len(items)
             self.stats.dead_lettered += dead
@@ -309,6 +339,7 @@ class Deliverer:
         with self._stats_lock:
             self.stats.last_error = message[:500]
             self.stats.last_error_at = time.time()
+            self.stats.recent_errors.append((self.stats.last_error_at, self.stats.last_error))
 
     def _wait_for_credentials(self) -> None:
         """While paused on 401/403: stop (``send``) or re-check every ``auth_retry_s``."""

@@ -7,6 +7,7 @@ at all.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,15 +39,31 @@ class IngestReport:
 
 
 class Ingestor:
-    """Maps events and stores the result durably."""
+    """Maps events and stores the result durably; keeps running totals per source."""
 
     def __init__(self, db: Database, outbox: Outbox, config: MappingConfig) -> None:
         self.db = db
         self.outbox = outbox
         self.config = config
+        self.totals = IngestReport()
+        self.received_by_source: Counter[str] = Counter()
+        self.invalid_by_source: Counter[str] = Counter()
+        self._totals_lock = threading.Lock()
 
-    def ingest(self, events: Sequence[PostHogEvent]) -> IngestReport:
+    def count_invalid(self, source: str, count: int = 1) -> None:
+        """Record input that was rejected before ingestion."""
+        with self._totals_lock:
+            self.invalid_by_source[source] += count
+
+    def ingest(self, events: Sequence[PostHogEvent], source: str = "file") -> IngestReport:
         """Map and enqueue ``events`` atomically; returns what they produced."""
+        report = self._ingest(events)
+        with self._totals_lock:
+            self.totals.add(report)
+            self.received_by_source[source] += report.events
+        return report
+
+    def _ingest(self, events: Sequence[PostHogEvent]) -> IngestReport:
         report = IngestReport(events=len(events))
         if not events:
             return report

@@ -8,15 +8,18 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+import httpx
+
 from .config import ConfigError, Settings
-from .customerio import TrackClient, resolve_track_url
+from .customerio import REGION_URLS, AuthError, TrackClient, resolve_track_url
 from .db import Database
 from .delivery import Deliverer
-from .outbox import Outbox
+from .outbox import Claimed, Outbox
 from .pipeline import Ingestor
 
 __all__ = ["Runtime", "DeliveryLockError", "SANDBOX_CREDENTIALS"]
@@ -38,8 +41,9 @@ class Runtime:
     loopback port and used instead of the real Customer.io.
     """
 
-    def __init__(self, settings: Settings, *, sandbox: bool = False) -> None:
+    def __init__(self, settings: Settings, *, sandbox: bool = False, fallback_to_us: bool = False) -> None:
         self.settings = settings
+        self.fallback_to_us = fallback_to_us
         ensure_data_dir(settings)
         self.db = Database(settings.database_path, synchronous=settings.sqlite_synchronous)
         self.outbox = Outbox(self.db)
@@ -61,17 +65,28 @@ class Runtime:
         return SANDBOX_CREDENTIALS if self.sandbox else self.settings.credentials()
 
     def track_url(self) -> str:
-        """The Track API base URL (asks Customer.io once when the region is ``auto``)."""
+        """The Track API base URL (asks Customer.io once when the region is ``auto``).
+
+        With ``fallback_to_us`` set (the service), a failed lookup logs a warning and
+        uses the US host: delivery then pauses on 401 and retries instead of the
+        receiver refusing to start.
+        """
         if self.sandbox is not None:
             return self.sandbox.url
         site_id, api_key = self.credentials()
-        return resolve_track_url(
-            site_id,
-            api_key,
-            self.settings.customerio_region,
-            self.settings.customerio_track_url,
-            timeout=self.settings.customerio_timeout_s,
-        )
+        try:
+            return resolve_track_url(
+                site_id,
+                api_key,
+                self.settings.customerio_region,
+                self.settings.customerio_track_url,
+                timeout=self.settings.customerio_timeout_s,
+            )
+        except (AuthError, httpx.HTTPError) as exc:
+            if not self.fallback_to_us:
+                raise
+            log.warning("region lookup failed (%s); using %s", exc, REGION_URLS["us"])
+            return REGION_URLS["us"]
 
     @property
     def client(self) -> TrackClient:
@@ -83,7 +98,17 @@ class Runtime:
             )
         return self._client
 
-    def deliverer(self, *, pause_on_auth_error: bool = False) -> Deliverer:
+    @property
+    def current_deliverer(self) -> Deliverer | None:
+        """The delivery workers if this process started them."""
+        return self._deliverer
+
+    def deliverer(
+        self,
+        *,
+        pause_on_auth_error: bool = False,
+        on_delivered: Callable[[Sequence[Claimed]], None] | None = None,
+    ) -> Deliverer:
         """The delivery workers (one set per data directory: takes the delivery lock)."""
         if self._deliverer is None:
             self._take_delivery_lock()
@@ -94,6 +119,7 @@ class Runtime:
                 concurrency=self.settings.delivery_concurrency,
                 max_rps=self.settings.customerio_max_rps,
                 pause_on_auth_error=pause_on_auth_error,
+                on_delivered=on_delivered,
             )
         return self._deliverer
 

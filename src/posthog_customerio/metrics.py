@@ -1,0 +1,94 @@
+"""Prometheus metrics (prometheus-client), one registry per service instance.
+
+Counters are read at scrape time from the objects that already count them (the
+ingestor's totals, the delivery stats, the outbox), so the hot paths do no extra
+work; only the delivery latency histogram is observed as operations are acked.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .outbox import Claimed
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = ["Metrics", "CONTENT_TYPE"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_PREFIX = "posthog_customerio"
+
+
+class _RuntimeCollector(Collector):
+    """Exposes the runtime's counters and gauges at scrape time."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Iterator[Metric]:
+        ingestor = self.runtime.ingestor
+        yield _labelled("events_received", "Events received, by source", "source", ingestor.received_by_source)
+        yield _labelled("events_invalid", "Events rejected as invalid input, by source", "source", ingestor.invalid_by_source)
+        yield _labelled("events_filtered", "Events not forwarded, by reason", "reason", ingestor.totals.skipped)
+        yield _labelled("operations_enqueued", "Operations written to the outbox, by action", "action", ingestor.totals.actions)
+        outbox = self.runtime.outbox
+        deliverer = self.runtime.current_deliverer
+        stats = deliverer.stats if deliverer is not None else None
+        yield _counter("operations_delivered", "Operations Customer.io accepted", stats.delivered if stats else 0)
+        yield _counter("operations_dead_lettered", "Operations moved to the dead-letter table", outbox.dead_lettered_total)
+        yield _labelled(
+            "customerio_requests", "Requests to Customer.io, by HTTP status (error = no response)", "status",
+            stats.requests_by_status if stats else {},
+        )
+        yield _counter("delivery_retries", "Operations put back for a retry after a transient failure", stats.retries if stats else 0)
+        yield _gauge("outbox_depth", "Operations waiting in the outbox", outbox.depth(max_age_s=1.0))
+        yield _gauge("outbox_oldest_age_seconds", "Age of the oldest waiting operation", outbox.oldest_age())
+        yield _gauge("dead_letters", "Operations currently in the dead-letter table", outbox.dead_letter_count())
+        paused = 1.0 if deliverer is not None and deliverer.auth_error else 0.0
+        yield _gauge("delivery_paused", "1 while Customer.io rejects the credentials", paused)
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(f"{_PREFIX}_{name}", doc, value=value)
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{_PREFIX}_{name}", doc, value=value)
+
+
+def _labelled(name: str, doc: str, label: str, values: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(f"{_PREFIX}_{name}", doc, labels=[label])
+    for key, value in sorted(dict(values).items()):
+        family.add_metric([str(key)], value)
+    return family
+
+
+class Metrics:
+    """The registry behind ``GET /metrics``."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(_RuntimeCollector(runtime))
+        self.delivery_latency = Histogram(
+            f"{_PREFIX}_delivery_latency_seconds",
+            "Time from enqueue to Customer.io accepting the operation",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+            registry=self.registry,
+        )
+
+    def observe_delivered(self, items: Sequence[Claimed]) -> None:
+        """Record the enqueue-to-ack latency of delivered operations."""
+        now = time.time()
+        for item in items:
+            self.delivery_latency.observe(max(0.0, now - item.enqueued_at))
+
+    def render(self) -> bytes:
+        """The text exposition format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,173 @@
+"""The status report: one JSON document for ``/api/status``, the status page and
+``posthog-customerio status``.
+
+A running service samples its counters every second (throughput over the last
+minute) and saves a snapshot to the database every few seconds, so the ``status``
+command can show the same figures from the data directory alone.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from . import __version__
+from .runtime import Runtime
+from .state import count_persons
+
+__all__ = ["ThroughputSampler", "build_status", "load_snapshot", "save_snapshot", "offline_status"]
+
+_SNAPSHOT_KEY = "service"
+_DEAD_LETTERS_SHOWN = 50
+
+
+class ThroughputSampler:
+    """Samples received/delivered totals each second; rates over a sliding window."""
+
+    def __init__(self, runtime: Runtime, window_s: int = 60, save_every_s: float = 5.0) -> None:
+        self.runtime = runtime
+        self.window_s = window_s
+        self.save_every_s = save_every_s
+        self.samples: deque[tuple[float, int, int]] = deque(maxlen=window_s + 1)
+        self.started_at = time.time()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sample(self) -> None:
+        """Record the current totals."""
+        deliverer = self.runtime.current_deliverer
+        delivered = deliverer.stats.delivered if deliverer else 0
+        self.samples.append((time.monotonic(), self.runtime.ingestor.totals.events, delivered))
+
+    def rates(self) -> dict[str, float]:
+        """Events received and operations delivered per second over the window."""
+        if len(self.samples) < 2:
+            return {"events_per_s": 0.0, "operations_delivered_per_s": 0.0, "window_s": 0.0}
+        (t0, received0, delivered0), (t1, received1, delivered1) = self.samples[0], self.samples[-1]
+        span = max(t1 - t0, 1e-9)
+        return {
+            "events_per_s": round((received1 - received0) / span, 2),
+            "operations_delivered_per_s": round((delivered1 - delivered0) / span, 2),
+            "window_s": round(span, 1),
+        }
+
+    def start(self) -> None:
+        """Sample every second and save a snapshot every ``save_every_s``, in a thread."""
+        self.sample()
+        self._thread = threading.Thread(target=self._run, name="status-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop sampling and save a last snapshot."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self._save()
+
+    def _run(self) -> None:
+        last_save = time.monotonic()
+        while not self._stop.wait(1.0):
+            self.sample()
+            if time.monotonic() - last_save >= self.save_every_s:
+                self._save()
+                last_save = time.monotonic()
+
+    def _save(self) -> None:
+        try:
+            save_snapshot(self.runtime, build_status(self.runtime, self))
+        except Exception:  # a full disk must not kill the sampler; /readyz reports it
+            pass
+
+
+def build_status(runtime: Runtime, sampler: ThroughputSampler | None = None) -> dict[str, Any]:
+    """The live status of this process's runtime."""
+    outbox = runtime.outbox
+    deliverer = runtime.current_deliverer
+    stats = deliverer.stats if deliverer is not None else None
+    ingestor = runtime.ingestor
+    with runtime.db.reading() as conn:
+        persons = count_persons(conn)
+    return {
+        "version": __version__,
+        "generated_at": time.time(),
+        "uptime_s": round(time.time() - sampler.started_at, 1) if sampler else None,
+        "throughput": sampler.rates() if sampler else None,
+        "ingest": {
+            "events_received": ingestor.totals.events,
+            "events_invalid": sum(ingestor.invalid_by_source.values()),
+            "events_filtered": dict(ingestor.totals.skipped),
+            "operations_enqueued": ingestor.totals.operations,
+            "by_source": dict(ingestor.received_by_source),
+        },
+        "delivery": {
+            "state": deliverer.state if deliverer else "stopped",
+            "api": runtime.settings.customerio_api,
+            "auth_error": deliverer.auth_error if deliverer else None,
+            "delivered": stats.delivered if stats else 0,
+            "dead_lettered": outbox.dead_lettered_total,
+            "retries": stats.retries if stats else 0,
+            "requests": stats.requests if stats else 0,
+            "requests_by_status": dict(stats.requests_by_status) if stats else {},
+            "last_error": stats.last_error if stats else None,
+            "last_error_at": stats.last_error_at if stats else None,
+        },
+        "recent_errors": [{"at": at, "message": message} for at, message in (stats.recent_errors if stats else ())],
+        "outbox": {
+            "depth": outbox.depth(max_age_s=1.0),
+            "in_flight": outbox.in_flight(),
+            "oldest_age_s": round(outbox.oldest_age(), 3),
+            "dead_letters": outbox.dead_letter_count(),
+        },
+        "persons": persons,
+        "dead_letters": dead_letter_rows(runtime),
+    }
+
+
+def dead_letter_rows(runtime: Runtime, limit: int = _DEAD_LETTERS_SHOWN) -> list[dict[str, Any]]:
+    """The oldest dead letters, summarised for display."""
+    rows = []
+    for letter in runtime.outbox.dead_letters(limit):
+        payload = json.loads(letter.payload)
+        rows.append({
+            "id": letter.id,
+            "person_key": letter.person_key,
+            "action": payload.get("action"),
+            "name": payload.get("name"),
+            "reason": letter.reason,
+            "status": letter.status,
+            "attempts": letter.attempts,
+            "failed_at": letter.failed_at,
+        })
+    return rows
+
+
+def save_snapshot(runtime: Runtime, status: dict[str, Any]) -> None:
+    """Store a status snapshot for ``posthog-customerio status``."""
+    with runtime.db.transaction() as conn:
+        conn.execute(
+            "INSERT OR REPLACE INTO status_snapshot (key, value, updated_at) VALUES (?,?,?)",
+            (_SNAPSHOT_KEY, json.dumps(status), time.time()),
+        )
+
+
+def load_snapshot(runtime: Runtime) -> tuple[dict[str, Any], float] | None:
+    """The last snapshot a service saved, and when; ``None`` if there is none."""
+    with runtime.db.reading() as conn:
+        row = conn.execute("SELECT value, updated_at FROM status_snapshot WHERE key = ?", (_SNAPSHOT_KEY,)).fetchone()
+    return (json.loads(row[0]), row[1]) if row else None
+
+
+def offline_status(runtime: Runtime) -> dict[str, Any]:
+    """Status from the data directory alone: live queue figures + the last saved snapshot."""
+    status = build_status(runtime)
+    snapshot = load_snapshot(runtime)
+    status["service"] = None
+    if snapshot is not None:
+        saved, updated_at = snapshot
+        for key in ("uptime_s", "throughput", "ingest", "delivery", "recent_errors"):
+            status[key] = saved.get(key)
+        status["service"] = {"snapshot_at": updated_at, "snapshot_age_s": round(time.time() - updated_at, 1)}
+    return status
