@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -390,13 +391,30 @@ def serve(
             application, host=host, port=port, log_config=None, access_log=False,
             timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
         )
-        uvicorn.Server(config).run()
+        _run_until_signalled(uvicorn.Server(config))
     except DeliveryLockError as exc:
         raise _fail(str(exc), EXIT_FAILED) from None
     finally:
         runtime.close(grace_s=0)
         if throwaway is not None:
             shutil.rmtree(throwaway, ignore_errors=True)
+
+
+def _run_until_signalled(server: Any) -> None:
+    """Run uvicorn; SIGTERM/SIGINT shut it down gracefully and the command exits 0.
+
+    uvicorn re-raises the signal it handled once it has shut down; with our own
+    handler installed first, that re-raise lands here instead of killing the
+    process before the outbox is closed cleanly.
+    """
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda number, _frame: received.append(number))
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @app.command()

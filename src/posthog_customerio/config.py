@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(5_000_000, ge=1_000)
     max_queue: int = Field(1_000_000, ge=1)
     shutdown_grace_s: float = Field(10.0, ge=0)
+    auth_retry_s: float = Field(60.0, gt=0)
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

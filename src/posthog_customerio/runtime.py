@@ -119,6 +119,7 @@ class Runtime:
                 concurrency=self.settings.delivery_concurrency,
                 max_rps=self.settings.customerio_max_rps,
                 pause_on_auth_error=pause_on_auth_error,
+                auth_retry_s=self.settings.auth_retry_s,
                 on_delivered=on_delivered,
             )
         return self._deliverer

@@ -116,7 +116,7 @@ def build_status(runtime: Runtime, sampler: ThroughputSampler | None = None) -> 
         },
         "recent_errors": [{"at": at, "message": message} for at, message in (stats.recent_errors if stats else ())],
         "outbox": {
-            "depth": outbox.depth(max_age_s=1.0),
+            "depth": outbox.depth(),
             "in_flight": outbox.in_flight(),
             "oldest_age_s": round(outbox.oldest_age(), 3),
             "dead_letters": outbox.dead_letter_count(),

@@ -1,0 +1,162 @@
+"""`posthog-customerio serve` as a real process: SIGTERM, restart, Customer.io outages."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid as uuidlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from posthog_customerio.sandbox import SandboxServer
+
+from .conftest import API_KEY, SITE_ID
+
+pytestmark = pytest.mark.e2e
+
+SCRIPT = Path(sys.executable).with_name("posthog-customerio")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def service(env: dict[str, str], *extra: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """Run `serve` as a subprocess; yields (base URL, process); SIGTERMs it at the end."""
+    port = free_port()
+    process = subprocess.Popen(
+        [str(SCRIPT), "serve", "--port", str(port), *extra],
+        env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"serve did not start: {process.stdout.read() if process.stdout else ''}")
+            time.sleep(0.05)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def webhook_events(count: int, people: int = 10, start: int = 0) -> list[dict]:
+    return [
+        {"event": {"uuid": str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"ev-{n}")), "event": "clicked",
+                   "distinct_id": f"person-{n % people}", "timestamp": 1_704_067_200 + n,
+                   "properties": {"n": n, "$set": {"last_n": n}}},
+         "person": {"properties": {"email": f"person{n % people}@example.com"}}}
+        for n in range(start, start + count)
+    ]
+
+
+def post_all(url: str, events: list[dict], per_request: int = 50) -> None:
+    with httpx.Client(timeout=10) as client:
+        for i in range(0, len(events), per_request):
+            response = client.post(f"{url}/webhook", json=events[i : i + per_request])
+            assert response.status_code == 200, response.text
+
+
+def wait_for(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def service_env(sandbox: SandboxServer, tmp_path: Path) -> dict[str, str]:
+    return {
+        "CUSTOMERIO_SITE_ID": SITE_ID, "CUSTOMERIO_API_KEY": API_KEY, "CUSTOMERIO_TRACK_URL": sandbox.url,
+        "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data"), "LOG_FORMAT": "json", "SHUTDOWN_GRACE_S": "2",
+    }
+
+
+def event_ids(sandbox: SandboxServer) -> list[str]:
+    return [event["id"] for event in sandbox.state.events()]
+
+
+def test_sigterm_with_a_full_queue_then_restart_delivers_everything_exactly_once(
+    sandbox: SandboxServer, service_env: dict[str, str]
+) -> None:
+    sandbox.state.add_fault(status=503, duration_s=60)  # Customer.io down: the queue fills up
+    with service(service_env) as (url, process):
+        post_all(url, webhook_events(300))
+        depth = httpx.get(f"{url}/api/status").json()["outbox"]["depth"]
+        assert depth == 600  # an identify (last_n changes) + the event, for each of 300 events
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(20) == 0
+    log = process.stdout.read() if process.stdout else ""
+    assert "operations kept for the next start" in log
+    sandbox.state.clear_faults()
+    with service(service_env) as (url, _):
+        wait_for(lambda: len(event_ids(sandbox)) >= 300)
+        wait_for(lambda: httpx.get(f"{url}/api/status").json()["outbox"]["depth"] == 0)
+    ids = event_ids(sandbox)
+    assert len(ids) == len(set(ids)) == 300
+    assert sandbox.state.stats()["duplicates"] == 0
+    person = sandbox.state.person("person-3")
+    assert person["attributes"]["last_n"] == 293 and person["email"] == "person3@example.com"
+
+
+def test_an_outage_of_500s_then_429s_loses_nothing(sandbox: SandboxServer, service_env: dict[str, str]) -> None:
+    sandbox.state.add_fault(status=500, duration_s=2)
+    with service(service_env) as (url, _):
+        post_all(url, webhook_events(100))
+        time.sleep(2.1)
+        sandbox.state.add_fault(status=429, duration_s=1.5, retry_after=1)
+        post_all(url, webhook_events(100, start=100))
+        wait_for(lambda: len(event_ids(sandbox)) >= 200, timeout=60)
+        status = httpx.get(f"{url}/api/status").json()
+    assert sorted(event_ids(sandbox)) == sorted(set(event_ids(sandbox)))
+    assert len(event_ids(sandbox)) == 200
+    by_status = status["delivery"]["requests_by_status"]
+    assert by_status.get("500", 0) >= 1 and status["delivery"]["retries"] > 0
+    # after each 429 the next request waited for Retry-After (1 s)
+    requests = sandbox.state.requests()
+    for earlier, later in zip(requests, requests[1:]):
+        if earlier["status"] == 429:
+            assert later["time"] - earlier["time"] >= 0.95
+
+
+def test_credentials_revoked_pauses_reports_and_resumes(sandbox: SandboxServer, service_env: dict[str, str]) -> None:
+    sandbox.state.set_credentials(SITE_ID, "revoked")
+    with service({**service_env, "AUTH_RETRY_S": "0.5"}) as (url, process):
+        post_all(url, webhook_events(20))
+        wait_for(lambda: httpx.get(f"{url}/healthz").json()["delivery"] == "paused")
+        health = httpx.get(f"{url}/healthz").json()
+        assert "invalid" in health["auth_error"]
+        assert httpx.get(f"{url}/readyz").status_code == 503
+        assert httpx.get(f"{url}/api/status").json()["outbox"]["depth"] == 40
+        metrics = httpx.get(f"{url}/metrics").text
+        assert "posthog_customerio_delivery_paused 1.0" in metrics
+        sandbox.state.set_credentials(SITE_ID, API_KEY)  # the key works again
+        wait_for(lambda: httpx.get(f"{url}/api/status").json()["outbox"]["depth"] == 0)
+        assert httpx.get(f"{url}/healthz").json()["delivery"] == "running"
+    assert len(event_ids(sandbox)) == 20
+    log_lines = [json.loads(line) for line in (process.stdout.read() if process.stdout else "").splitlines() if line.startswith("{")]
+    assert any("credentials" in line["message"] for line in log_lines)
+    for line in log_lines:
+        assert API_KEY not in json.dumps(line) and SITE_ID not in json.dumps(line)
