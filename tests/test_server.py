@@ -58,7 +58,8 @@ def make_service(sandbox: SandboxServer, tmp_path: Path):
     def make(**overrides: Any) -> Iterator[tuple[str, Runtime]]:
         settings = load_settings({
             "customerio_site_id": SITE_ID, "customerio_api_key": API_KEY, "customerio_track_url": sandbox.url,
-            "posthog_customerio_data_dir": tmp_path / "data", "sqlite_synchronous": "NORMAL", **overrides,
+            "posthog_customerio_data_dir": tmp_path / "data", "sqlite_synchronous": "NORMAL",
+            "shutdown_grace_s": 1, **overrides,
         })
         runtime = Runtime(settings)
         with running(runtime) as url:
