@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     def _track_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
+        value = value.strip()
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")

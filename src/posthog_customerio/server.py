@@ -31,7 +31,7 @@ from .config import Settings
 from .customerio import AuthError
 from .metrics import CONTENT_TYPE, Metrics
 from .runtime import Runtime
-from .sources import EventParseError, parse_payload
+from .sources import EventParseError, loads_strict, parse_payload
 from .status import ThroughputSampler, build_status, dead_letter_rows
 
 __all__ = ["create_app", "HttpError"]
@@ -112,13 +112,15 @@ def parse_json(body: bytes) -> Any:
     if not body.strip():
         raise HttpError(400, "empty body: expected JSON")
     try:
-        return json.loads(body)
+        return loads_strict(body)
     except UnicodeDecodeError:
         raise HttpError(400, "body is not UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
         raise HttpError(400, f"malformed JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
     except RecursionError:
         raise HttpError(400, "malformed JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise HttpError(400, f"malformed JSON: {exc}") from None
 
 
 # -- auth ------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ __all__ = [
     "parse_payload",
     "read_events",
     "to_unix_seconds",
+    "loads_strict",
 ]
 
 
@@ -74,6 +75,7 @@ class ParsedItem:
 
 _MS_THRESHOLD = 100_000_000_000  # numbers above this are milliseconds (year 5138 in seconds)
 _ISO_Z = re.compile(r"Z$")
+_NUMBER = re.compile(r"^-?\d+(\.\d+)?$")
 
 
 def to_unix_seconds(value: Any) -> int | None:
@@ -130,8 +132,11 @@ def _parse_timestamp(value: Any, now: datetime) -> datetime:
         except (OverflowError, OSError, ValueError) as exc:
             raise EventParseError(f"timestamp {value!r} is out of range") from exc
     if isinstance(value, str):
+        text = value.strip()
+        if _NUMBER.match(text):
+            return _parse_timestamp(float(text), now)
         try:
-            return _parse_iso(value.strip())
+            return _parse_iso(text)
         except ValueError as exc:
             raise EventParseError(f"timestamp {value[:60]!r} is not ISO 8601") from exc
     raise EventParseError("timestamp must be an ISO 8601 string or a Unix time number")
@@ -302,6 +307,15 @@ def _payload_items(obj: Any) -> list[Any]:
     raise EventParseError(f"expected a JSON object or array, got {type(obj).__name__}")
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def loads_strict(text: str | bytes) -> Any:
+    """``json.loads`` that rejects ``NaN``/``Infinity`` (not JSON, and not a valid id or value)."""
+    return json.loads(text, parse_constant=_reject_constant)
+
+
 def read_events(stream: IO[str] | Iterable[str], now: datetime | None = None) -> Iterator[ParsedItem]:
     """Read JSONL (one event per line) or one JSON array from a text stream.
 
@@ -330,9 +344,12 @@ def read_events(stream: IO[str] | Iterable[str], now: datetime | None = None) ->
 def _read_jsonl_line(line: str, number: int, now: datetime) -> Iterator[ParsedItem]:
     location = f"line {number}"
     try:
-        obj = json.loads(line)
+        obj = loads_strict(line)
     except json.JSONDecodeError as exc:
         yield ParsedItem(location, error=f"invalid JSON: {exc.msg} (column {exc.colno})")
+        return
+    except (ValueError, RecursionError) as exc:
+        yield ParsedItem(location, error=f"invalid JSON: {exc}")
         return
     try:
         events = parse_payload(obj, now)
@@ -345,13 +362,19 @@ def _read_jsonl_line(line: str, number: int, now: datetime) -> Iterator[ParsedIt
 
 def _read_json_array(text: str, now: datetime) -> Iterator[ParsedItem]:
     try:
-        items = json.loads(text)
+        items = loads_strict(text)
     except json.JSONDecodeError as exc:
         yield ParsedItem(f"line {exc.lineno}", error=f"invalid JSON array: {exc.msg} (column {exc.colno})")
+        return
+    except (ValueError, RecursionError) as exc:
+        yield ParsedItem("line 1", error=f"invalid JSON array: {exc}")
         return
     for index, item in enumerate(items):
         location = f"item {index}"
         try:
-            yield ParsedItem(location, event=parse_event(item, now))
+            events = parse_payload(item, now)
         except EventParseError as exc:
             yield ParsedItem(location, error=str(exc))
+            continue
+        for event in events:
+            yield ParsedItem(location, event=event)

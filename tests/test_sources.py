@@ -1,0 +1,421 @@
+"""Parsing of every PostHog input shape into ``PostHogEvent``."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from posthog_customerio.sources import (
+    EventParseError,
+    ParsedItem,
+    PostHogEvent,
+    parse_event,
+    parse_payload,
+    read_events,
+    to_unix_seconds,
+)
+
+NOW = datetime(2023, 6, 1, 12, 0, tzinfo=timezone.utc)
+T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+T0_S = int(T0.timestamp())
+
+
+def _event(**overrides: Any) -> dict[str, Any]:
+    return {"event": "signed_up", "distinct_id": "user-42", "timestamp": "2024-01-01T00:00:00Z", **overrides}
+
+
+# --------------------------------------------------------------------------- shapes
+
+
+def test_hog_globals_shape() -> None:
+    body = {
+        "event": {
+            "uuid": "u-1",
+            "event": "$pageview",
+            "distinct_id": "1234",
+            "properties": {"$current_url": "https://posthog.com", "$set": {"plan": "pro"}},
+            "timestamp": "2024-01-01T00:00:00Z",
+            "elements_chain": "",
+        },
+        "person": {"id": "p-1", "name": "max", "properties": {"email": "max@posthog.com"}},
+        "project": {"id": 1},
+    }
+    event = parse_event(body, NOW)
+    assert event == PostHogEvent(
+        event="$pageview",
+        distinct_id="1234",
+        timestamp=T0,
+        properties={"$current_url": "https://posthog.com", "$set": {"plan": "pro"}},
+        uuid="u-1",
+        set={"plan": "pro"},
+        set_once={},
+        unset=(),
+        person_properties={"email": "max@posthog.com"},
+    )
+
+
+def test_hog_globals_older_name_key_and_no_person() -> None:
+    event = parse_event({"event": {"name": "clicked", "distinct_id": "d"}}, NOW)
+    assert (event.event, event.distinct_id, event.timestamp, event.person_properties) == ("clicked", "d", NOW, {})
+
+
+def test_plugin_style_shape() -> None:
+    obj = {
+        "uuid": "0190b7c2",
+        "team_id": 1,
+        "distinct_id": "user-42",
+        "ip": "1.2.3.4",
+        "event": "signed_up",
+        "timestamp": "2024-01-01T00:00:00.000Z",
+        "properties": {"$lib": "web", "$set": {"email": "a@b.com"}},
+        "$set": {"email": "a@b.com", "name": "A"},
+        "$set_once": {"$initial_referrer": "$direct"},
+        "person": {"uuid": "p", "properties": {"email": "old@b.com"}},
+    }
+    event = parse_event(obj, NOW)
+    assert event.uuid == "0190b7c2"
+    assert event.event == "signed_up" and event.distinct_id == "user-42" and event.timestamp == T0
+    assert event.set == {"email": "a@b.com", "name": "A"}
+    assert event.set_once == {"$initial_referrer": "$direct"}
+    assert event.person_properties == {"email": "old@b.com"}
+    assert event.properties["$lib"] == "web"
+
+
+def test_batch_export_line_shape() -> None:
+    obj = {
+        "uuid": "u",
+        "event": "$identify",
+        "distinct_id": "user-42",
+        "person_id": "7f3c",
+        "properties": {"$anon_distinct_id": "anon-1"},
+        "person_properties": {"email": "a@b.com"},
+        "set": {"name": "A"},
+        "set_once": {"first": 1},
+        "timestamp": "2024-01-01 00:00:00.123456",
+    }
+    event = parse_event(obj, NOW)
+    assert event.person_properties == {"email": "a@b.com"}
+    assert event.set == {"name": "A"}
+    assert event.set_once == {"first": 1}
+    assert event.timestamp == T0 + timedelta(microseconds=123456)
+    assert event.properties == {"$anon_distinct_id": "anon-1"}
+
+
+def test_capture_api_shape_with_distinct_id_in_properties() -> None:
+    obj = {
+        "api_key": "phc_x",
+        "event": "$set",
+        "properties": {"distinct_id": "from-props", "$set": {"email": "a@b.com"}, "$set_once": {"x": 1}},
+    }
+    event = parse_event(obj, NOW)
+    assert event.distinct_id == "from-props"
+    assert event.set == {"email": "a@b.com"} and event.set_once == {"x": 1}
+    assert event.timestamp == NOW and event.uuid is None
+
+
+def test_top_level_distinct_id_beats_properties() -> None:
+    assert parse_event(_event(properties={"distinct_id": "other"}), NOW).distinct_id == "user-42"
+
+
+def test_set_merged_top_level_wins() -> None:
+    obj = _event(
+        properties={"$set": {"a": 1, "b": 1}, "$set_once": {"c": 1, "d": 1}},
+        **{"$set": {"b": 2, "e": 2}, "$set_once": {"d": 2}},
+    )
+    event = parse_event(obj, NOW)
+    assert event.set == {"a": 1, "b": 2, "e": 2}
+    assert event.set_once == {"c": 1, "d": 2}
+
+
+@pytest.mark.parametrize(
+    ("unset", "expected"),
+    [(["a", "b"], ("a", "b")), ({"a": None, "b": 1}, ("a", "b")), ([], ()), (None, ())],
+)
+def test_unset_list_or_dict(unset: Any, expected: tuple[str, ...]) -> None:
+    assert parse_event(_event(properties={"$unset": unset}), NOW).unset == expected
+
+
+# --------------------------------------------------------------------------- timestamps
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2024-01-01T00:00:00Z", T0),
+        ("2024-01-01T02:00:00+02:00", T0),
+        ("2023-12-31T19:00:00-05:00", T0),
+        ("2024-01-01T00:00:00", T0),
+        ("2024-01-01 00:00:00", T0),
+        ("2024-01-01T00:00:00.123456Z", T0 + timedelta(microseconds=123456)),
+        ("2024-01-01T00:00:00.123+00:00", T0 + timedelta(milliseconds=123)),
+        (T0_S, T0),
+        (float(T0_S) + 0.5, T0 + timedelta(milliseconds=500)),
+        (T0_S * 1000, T0),
+        (T0_S * 1000 + 250, T0 + timedelta(milliseconds=250)),
+        (None, NOW),
+        ("", NOW),
+    ],
+)
+def test_timestamps(value: Any, expected: datetime) -> None:
+    event = parse_event(_event(timestamp=value), NOW)
+    assert event.timestamp == expected
+    assert event.timestamp.tzinfo is not None
+    assert event.timestamp_s == int(expected.timestamp())
+
+
+@pytest.fixture
+def non_utc_local_time(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run with a local time zone far from UTC so "naive = local" bugs show."""
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.usefixtures("non_utc_local_time")
+@pytest.mark.parametrize("value", ["2024-01-01T00:00:00", "2024-01-01 00:00:00"])
+def test_naive_timestamps_are_utc_whatever_the_local_zone(value: str) -> None:
+    assert parse_event(_event(timestamp=value), NOW).timestamp == T0
+    assert to_unix_seconds(value) == T0_S
+    assert to_unix_seconds(T0.replace(tzinfo=None)) == T0_S
+
+
+def test_missing_timestamp_uses_now() -> None:
+    obj = _event()
+    del obj["timestamp"]
+    assert parse_event(obj, NOW).timestamp == NOW
+
+
+def test_timestamp_ms_property() -> None:
+    assert parse_event(_event(timestamp="2024-01-01T00:00:00.123Z"), NOW).timestamp_ms == T0_S * 1000 + 123
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [
+        ("yesterday", "not ISO 8601"),
+        ("2024-13-01T00:00:00Z", "not ISO 8601"),
+        (True, "timestamp must be"),
+        ({"t": 1}, "timestamp must be"),
+        ([T0_S], "timestamp must be"),
+        (float("nan"), "not a valid time"),
+        (float("inf"), "not a valid time"),
+        (1e300, "out of range"),
+    ],
+)
+def test_invalid_timestamps(value: Any, fragment: str) -> None:
+    with pytest.raises(EventParseError, match="timestamp") as info:
+        parse_event(_event(timestamp=value), NOW)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2024-01-01T00:00:00Z", T0_S),
+        ("2024-01-01T01:00:00+01:00", T0_S),
+        ("2024-01-01T00:00:00", T0_S),
+        (T0_S, T0_S),
+        (T0_S + 0.9, T0_S),
+        (T0_S * 1000, T0_S),
+        (str(T0_S), T0_S),
+        (str(T0_S * 1000), T0_S),
+        (f" {T0_S}.5 ", T0_S),
+        (T0, T0_S),
+        (T0.replace(tzinfo=None), T0_S),
+        ("garbage", None),
+        ("", None),
+        ("   ", None),
+        (float("nan"), None),
+        ("nan", None),
+        (float("inf"), None),
+        (float("-inf"), None),
+        ("inf", None),
+        (True, None),
+        (False, None),
+        (None, None),
+        ({}, None),
+    ],
+)
+def test_to_unix_seconds(value: Any, expected: int | None) -> None:
+    assert to_unix_seconds(value) == expected
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("obj", "fragment"),
+    [
+        ("not an event", "must be a JSON object, got str"),
+        (42, "must be a JSON object, got int"),
+        (None, "must be a JSON object, got NoneType"),
+        ({"event": "x"}, "missing distinct_id"),
+        ({"event": "x", "distinct_id": None}, "missing distinct_id"),
+        ({"event": "x", "distinct_id": True}, "missing distinct_id"),
+        ({"event": "x", "distinct_id": ""}, "distinct_id is empty"),
+        ({"event": "x", "distinct_id": "  "}, "distinct_id is empty"),
+        ({"event": "x", "distinct_id": ["a"]}, "distinct_id must be a string, got list"),
+        ({"event": "x", "distinct_id": {"id": 1}}, "distinct_id must be a string, got dict"),
+        ({"distinct_id": "d"}, "missing event name"),
+        ({"distinct_id": "d", "event": ""}, "event name is empty"),
+        ({"distinct_id": "d", "event": 5}, "event name must be a string"),
+        ({"event": {"distinct_id": "d"}}, "missing event name"),
+        ({"event": {"event": "x"}}, "missing distinct_id"),
+        (_event(properties=[1, 2]), "properties must be a JSON object, got list"),
+        (_event(properties="x"), "properties must be a JSON object, got str"),
+        ({"event": {"event": "x", "distinct_id": "d", "properties": 1}}, "event.properties must be a JSON object"),
+        ({"event": {"event": "x", "distinct_id": "d"}, "person": "p"}, "person must be a JSON object"),
+        (_event(**{"$set": ["email"]}), "$set must be a JSON object, got list"),
+        (_event(**{"$set_once": "x"}), "$set_once must be a JSON object, got str"),
+        (_event(properties={"$set": "x"}), "properties.$set must be a JSON object"),
+        (_event(set=1), "$set must be a JSON object, got int"),
+        (_event(properties={"$unset": "a"}), "$unset must be"),
+        (_event(uuid=123), "uuid must be a string"),
+        (_event(person_properties=[]), "person_properties must be a JSON object"),
+    ],
+)
+def test_parse_errors(obj: Any, fragment: str) -> None:
+    with pytest.raises(EventParseError) as info:
+        parse_event(obj, NOW)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(("value", "expected"), [(42, "42"), (42.0, "42"), (4.5, "4.5"), (0, "0")])
+def test_numeric_distinct_id_becomes_string(value: Any, expected: str) -> None:
+    assert parse_event(_event(distinct_id=value), NOW).distinct_id == expected
+
+
+# --------------------------------------------------------------------------- parse_payload
+
+
+def test_parse_payload_single_list_and_batch() -> None:
+    single = parse_payload(_event(), NOW)
+    assert [e.distinct_id for e in single] == ["user-42"]
+
+    listed = parse_payload([_event(distinct_id="a"), _event(distinct_id="b")], NOW)
+    assert [e.distinct_id for e in listed] == ["a", "b"]
+
+    batch = {"api_key": "phc_x", "batch": [_event(distinct_id="c"), {"event": "e", "properties": {"distinct_id": "d"}}]}
+    assert [(e.event, e.distinct_id) for e in parse_payload(batch, NOW)] == [("signed_up", "c"), ("e", "d")]
+
+    assert parse_payload([], NOW) == []
+
+
+def test_parse_payload_hog_globals_is_one_event() -> None:
+    events = parse_payload({"event": {"event": "x", "distinct_id": "d"}, "person": {"properties": {}}}, NOW)
+    assert [(e.event, e.distinct_id) for e in events] == [("x", "d")]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        [_event(), _event(), {"event": "x"}],
+        {"api_key": "k", "batch": [_event(), _event(), {"event": "x"}]},
+    ],
+)
+def test_parse_payload_all_or_nothing_names_index(payload: Any) -> None:
+    with pytest.raises(EventParseError, match=r"^event 2: missing distinct_id$"):
+        parse_payload(payload, NOW)
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        ({"event": "x"}, "missing distinct_id"),
+        ({"batch": "nope"}, "batch must be a JSON array"),
+        ("text", "expected a JSON object or array, got str"),
+        (7, "expected a JSON object or array, got int"),
+    ],
+)
+def test_parse_payload_errors(payload: Any, fragment: str) -> None:
+    with pytest.raises(EventParseError) as info:
+        parse_payload(payload, NOW)
+    assert fragment in str(info.value)
+    assert not str(info.value).startswith("event 0")  # a single object is not numbered
+
+
+# --------------------------------------------------------------------------- read_events
+
+
+def _summary(items: list[ParsedItem]) -> list[tuple[str, str | None, str | None]]:
+    return [(i.location, i.event.distinct_id if i.event else None, i.error) for i in items]
+
+
+def test_read_events_jsonl() -> None:
+    text = "\n".join(
+        [
+            "",
+            json.dumps(_event(distinct_id="a")),
+            "   ",
+            '{"event": "broken", ',
+            json.dumps({"event": "no-id"}),
+            json.dumps(_event(distinct_id="b")),
+            "",
+        ]
+    )
+    items = list(read_events(io.StringIO(text), NOW))
+    assert [i.location for i in items] == ["line 2", "line 4", "line 5", "line 6"]
+    assert [i.event.distinct_id if i.event else None for i in items] == ["a", None, None, "b"]
+    assert items[1].error is not None and items[1].error.startswith("invalid JSON")
+    assert items[2].error == "missing distinct_id"
+    assert items[0].error is None and items[3].error is None
+
+
+def test_read_events_json_array_file() -> None:
+    text = json.dumps([_event(distinct_id="a"), {"event": "x"}, _event(distinct_id="c")], indent=2)
+    assert text.count("\n") > 3
+    items = list(read_events(io.StringIO("\n" + text + "\n"), NOW))
+    assert _summary(items) == [
+        ("item 0", "a", None),
+        ("item 1", None, "missing distinct_id"),
+        ("item 2", "c", None),
+    ]
+
+
+def test_read_events_broken_json_array() -> None:
+    items = list(read_events(io.StringIO('[\n{"event": "x",\n'), NOW))
+    assert len(items) == 1 and items[0].event is None
+    assert items[0].error is not None and items[0].error.startswith("invalid JSON array")
+    assert items[0].location.startswith("line ")
+
+
+@pytest.mark.parametrize("text", ["", "\n\n  \n"])
+def test_read_events_empty(text: str) -> None:
+    assert list(read_events(io.StringIO(text), NOW)) == []
+
+
+def test_read_events_capture_batch_line_expands() -> None:
+    batch = {"api_key": "k", "batch": [_event(distinct_id="a"), _event(distinct_id="b")]}
+    lines = [json.dumps(batch), json.dumps(_event(distinct_id="c"))]
+    items = list(read_events(lines, NOW))
+    assert _summary(items) == [("line 1", "a", None), ("line 1", "b", None), ("line 2", "c", None)]
+
+
+def test_read_events_bad_capture_batch_line_is_one_error() -> None:
+    batch = {"api_key": "k", "batch": [_event(distinct_id="a"), {"event": "x"}]}
+    items = list(read_events([json.dumps(batch)], NOW))
+    assert _summary(items) == [("line 1", None, "event 1: missing distinct_id")]
+
+
+def test_numeric_string_timestamps_are_accepted() -> None:
+    event = parse_event({"event": "x", "distinct_id": "a", "timestamp": "1700000000"})
+    assert event.timestamp_s == 1_700_000_000
+    assert parse_event({"event": "x", "distinct_id": "a", "timestamp": "1700000000000"}).timestamp_s == 1_700_000_000
+
+
+def test_nan_and_infinity_are_not_json() -> None:
+    (item,) = list(read_events(['{"event": "x", "distinct_id": NaN}\n']))
+    assert item.event is None and "NaN is not valid JSON" in (item.error or "")
+
+
+def test_json_array_items_may_be_capture_batches() -> None:
+    text = '[{"batch": [{"event": "a", "distinct_id": "d"}, {"event": "b", "distinct_id": "d"}]}]'
+    assert [item.event.event for item in read_events([text]) if item.event] == ["a", "b"]
