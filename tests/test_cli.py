@@ -109,6 +109,7 @@ def test_restart_with_a_non_empty_outbox_delivers_the_backlog(cli: Cli, env: dic
 
 def test_dead_letters_are_listed_and_can_be_retried(cli: Cli, env: dict, sandbox: SandboxServer, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "events.jsonl", [event("a" * 101, "u1", 0)])  # event name over 100 bytes
+    env = {**env, "LIMITS": "dead-letter"}  # let Customer.io reject it instead of cutting the name
     result = cli("send", str(path), env=env)
     assert result.exit_code == 1
     assert "dead-lettered      1" in result.output
@@ -153,7 +154,8 @@ def test_send_sandbox_runs_the_bundled_sample(cli: Cli) -> None:
     assert "(2 invalid)" in result.output
     people_line = next(line for line in result.output.splitlines() if line.startswith("sandbox"))
     people = int(people_line.split()[1])
-    assert people >= 20
+    assert people >= 15  # the identified users; anonymous visitors stay anonymous events
+    assert "anonymous" in people_line
 
 
 def test_console_script_runs_as_a_process(sandbox: SandboxServer, env: dict, tmp_path: Path) -> None:

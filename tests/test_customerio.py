@@ -232,7 +232,7 @@ def test_v1_identify() -> None:
 
 def test_v1_identify_by_email() -> None:
     method, path, body = v1_request({"action": "identify", "identifiers": {"email": "a+b@c.com"}, "attributes": {}})
-    assert (method, path, body) == ("PUT", "/api/v1/customers/a%2Bb%40c.com", {})
+    assert (method, path, body) == ("PUT", "/api/v1/customers/a%2Bb%40c.com", {"email": "a+b@c.com"})
 
 
 def test_v1_identify_by_cio_id() -> None:
@@ -315,8 +315,8 @@ def test_v1_body_less_actions(action: str, method: str, suffix: str) -> None:
 
 
 def test_v1_unknown_action() -> None:
-    with pytest.raises(ValueError, match="add_device"):
-        v1_request({"action": "add_device", "identifiers": {"id": "u1"}})
+    with pytest.raises(ValueError, match="add_relationships"):
+        v1_request({"action": "add_relationships", "identifiers": {"id": "u1"}})
 
 
 # --------------------------------------------------------------------------- account region

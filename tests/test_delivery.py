@@ -114,7 +114,7 @@ def test_207_dead_letters_only_the_rejected_operation(sandbox: SandboxServer, tm
     events = events_for(people=3, per_person=1)
     bad = parse_event({"event": "x", "distinct_id": "user-bad", "timestamp": 1_704_067_200,
                        "properties": {"$set": {"bio": "é" * 600}}})  # 1,200 bytes: over the 1,000-byte value limit
-    with make_runtime(sandbox, tmp_path) as runtime:
+    with make_runtime(sandbox, tmp_path, limits="dead-letter") as runtime:
         deliver(runtime, [*events, bad])
         letters = runtime.outbox.dead_letters()
     assert [json.loads(letter.payload)["action"] for letter in letters] == ["identify"]

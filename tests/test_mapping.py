@@ -161,8 +161,9 @@ CASES = [
     Case(
         "identified filter: the target of an alias is identified",
         [ev("$create_alias", "u3", properties={"alias": "u3-alias"}), ev("clicked", "u3", t=1), ev("clicked", "u3-alias", t=2)],
+        # the alias is merged into u3: its events belong to u3
         [[], [ident(None, distinct_id="u3", t=1), track(ev("clicked", "u3", t=1), t=1)],
-         [ident(None, distinct_id="u3-alias", t=2), track(ev("clicked", "u3-alias", t=2), t=2)]],
+         [track(ev("clicked", "u3-alias", t=2), who={"id": "u3"}, t=2)]],
         MappingConfig(anonymous_mode="identified"),
         ["alias", None, None],
     ),

@@ -76,6 +76,7 @@ def _settings(plugin_config: Path | None = None, **flags: Any) -> Settings:
         "max_queue": "max_queue",
         "shutdown_grace_s": "shutdown_grace_s",
         "log_format": "log_format",
+        "suppress_on_delete": "suppress_on_delete",
     }
     return load_settings({names[key]: value for key, value in flags.items()}, plugin_config)
 
@@ -304,6 +305,7 @@ def _sandbox_summary(sandbox: Any) -> dict[str, Any]:
     return {
         "people": len(people),
         "events": stats.get("events", 0),
+        "anonymous_events": stats.get("anonymous_events", 0),
         "url": sandbox.url,
         "sample": [
             {"id": p.get("id"), "email": p.get("email"), "attributes": len(p.get("attributes") or {}),
@@ -333,13 +335,64 @@ def _print_send_summary(summary: dict[str, Any], as_json: bool) -> None:
     lines.append(f"time               {summary['seconds']}s")
     if "sandbox" in summary:
         box = summary["sandbox"]
-        lines.append(f"sandbox            {box['people']} people, {box['events']} events")
+        lines.append(
+            f"sandbox            {box['people']} people, {box['events']} events"
+            f" (+{box['anonymous_events']} anonymous events of visitors never identified)"
+        )
         for person in box["sample"]:
             lines.append(
                 f"  {person['id'] or '-':<28} {person['email'] or '-':<36} "
                 f"{person['attributes']:>3} attributes {person['events']:>4} events"
             )
     out.print("\n".join(lines), markup=False, soft_wrap=True)
+
+
+# -- delete-person -----------------------------------------------------------------------
+@app.command("delete-person")
+def delete_person(
+    distinct_id: Annotated[str, typer.Argument(help="The PostHog distinct_id of the person to delete")],
+    site_id: SiteId = None, api_key: ApiKey = None, region: Region = None, track_url: TrackUrl = None,
+    api: Api = None, identify_by_email: ByEmail = None, data_dir: DataDir = None,
+    plugin_config: PluginConfig = None,
+    suppress: Annotated[Optional[bool], typer.Option("--suppress/--no-suppress", help="Suppress instead of delete [env SUPPRESS_ON_DELETE]", show_default=False)] = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Give up waiting after this many seconds (it stays queued)", show_default=False)] = 60.0,
+) -> None:
+    """Delete (or suppress) a person in Customer.io, as a PostHog person deletion would.
+
+    Goes through the outbox like any event (``$delete_person``), after the person's
+    queued operations. With a server running on the same data dir, it only enqueues.
+    """
+    from datetime import datetime, timezone
+
+    from .sources import PostHogEvent
+
+    try:
+        settings = _settings(
+            plugin_config, site_id=site_id, api_key=api_key, region=region, track_url=track_url, api=api,
+            identify_by_email=identify_by_email, data_dir=data_dir, suppress_on_delete=suppress,
+        )
+        with Runtime(settings) as runtime:
+            event = PostHogEvent("$delete_person", distinct_id, datetime.now(timezone.utc))
+            report = runtime.ingestor.ingest([event], source="cli")
+            if not report.operations:
+                out.print(f"{distinct_id}: not known in Customer.io; nothing to delete", markup=False)
+                return
+            try:
+                deliverer = runtime.deliverer()
+            except DeliveryLockError:
+                out.print("queued; the running service will deliver it", markup=False)
+                return
+            deliverer.start()
+            finished = deliverer.wait_until_empty(timeout)
+            deliverer.stop()
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_CONFIG) from None
+    except AuthError as exc:
+        raise _fail(f"{exc} (the deletion stays queued)", EXIT_FAILED) from None
+    if not finished:
+        raise _fail("timed out; the deletion stays queued", EXIT_FAILED)
+    action = "suppressed" if settings.suppress_on_delete else "deleted"
+    out.print(f"{distinct_id}: {action} in Customer.io", markup=False)
 
 
 # -- serve -----------------------------------------------------------------------------

@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     identify_by_email: bool = False
     send_events_from_anonymous_users: AnonymousMode = "all"
     events_to_send: str = ""
+    merge_people: bool = True
+    anonymous_events: Literal["anonymous", "person"] = "anonymous"
+    group_type_map: str = ""
+    suppress_on_delete: bool = False
+    limits: Literal["truncate", "dead-letter"] = "truncate"
+    properties_to_exclude: str = ""
+    properties_to_include: str = ""
+    event_name_map: str = ""
     posthog_customerio_data_dir: Path = Path(".posthog-customerio")
     customerio_max_rps: float = Field(100.0, gt=0)
     customerio_timeout_s: float = Field(30.0, gt=0)
@@ -98,6 +106,12 @@ class Settings(BaseSettings):
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("group_type_map", "event_name_map")
+    @classmethod
+    def _pairs(cls, value: str) -> str:
+        parse_pairs(value)
+        return value
+
     @property
     def allowlist(self) -> frozenset[str]:
         """``EVENTS_TO_SEND`` split on commas, trimmed, empties dropped."""
@@ -109,6 +123,14 @@ class Settings(BaseSettings):
             identify_by_email=self.identify_by_email,
             anonymous_mode=self.send_events_from_anonymous_users,
             events_to_send=self.allowlist,
+            merge_people=self.merge_people,
+            anonymous_events=self.anonymous_events,
+            group_type_map=parse_pairs(self.group_type_map),
+            suppress_on_delete=self.suppress_on_delete,
+            truncate=self.limits == "truncate",
+            properties_to_include=_globs(self.properties_to_include),
+            properties_to_exclude=_globs(self.properties_to_exclude),
+            event_name_map=parse_pairs(self.event_name_map),
         )
 
     def credentials(self) -> tuple[str, str]:
@@ -131,6 +153,21 @@ class Settings(BaseSettings):
     def database_path(self) -> Path:
         """The SQLite file holding state and outbox."""
         return self.posthog_customerio_data_dir / "posthog-customerio.sqlite"
+
+
+def parse_pairs(text: str) -> dict[str, str]:
+    """``"a=1, b=2"`` -> ``{"a": "1", "b": "2"}``; raises ValueError naming a bad pair."""
+    pairs: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"expected name=value pairs separated by commas, got {part!r}")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def _globs(text: str) -> tuple[str, ...]:
+    return tuple(g.strip() for g in text.split(",") if g.strip())
 
 
 ENV_NAMES = {name: name.upper() for name in Settings.model_fields}

@@ -132,6 +132,15 @@ def _person_path(identifiers: dict[str, str]) -> str:
 def v1_request(payload: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None]:
     """Translate a v2 person operation into the v1 ``(method, path, body)``."""
     action = payload["action"]
+    if payload.get("type") == "anonymous":
+        body = {"anonymous_id": payload["anonymous_id"], "name": payload["name"], "type": action,
+                "data": payload.get("attributes") or {}}
+        for key in ("id", "timestamp"):
+            if key in payload:
+                body[key] = payload[key]
+        return "POST", "/api/v1/events", body
+    if payload.get("type", "person") != "person":
+        raise ValueError(f"no v1 equivalent for {payload.get('type')} operations")
     if action == "merge":
         return "POST", "/api/v1/merge_customers", {
             "primary": payload["primary"],
@@ -143,6 +152,8 @@ def v1_request(payload: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None
         body = dict(payload.get("attributes") or {})
         if "id" in identifiers:
             body["id"] = identifiers["id"]
+        elif "email" in identifiers:
+            body.setdefault("email", identifiers["email"])
         if "timestamp" in payload:
             body["_timestamp"] = payload["timestamp"]
         return "PUT", base, body
@@ -156,6 +167,10 @@ def v1_request(payload: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None
         return "DELETE", base, None
     if action in ("suppress", "unsuppress"):
         return "POST", f"{base}/{action}", None
+    if action == "add_device":
+        device = dict(payload["device"])
+        device["id"] = device.pop("token")
+        return "PUT", f"{base}/devices", {"device": device}
     raise ValueError(f"no v1 equivalent for action {action!r}")
 
 

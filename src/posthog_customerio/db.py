@@ -56,6 +56,13 @@ _MIGRATIONS: list[str] = [
         updated_at REAL NOT NULL
     );
     """,
+    # 3: identity merges and anonymous events: person aliases, extra state, multi-person ordering
+    """
+    ALTER TABLE persons ADD COLUMN merged_into TEXT;
+    ALTER TABLE persons ADD COLUMN extra TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE outbox ADD COLUMN after_keys TEXT;
+    ALTER TABLE dead_letters ADD COLUMN after_keys TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -238,8 +238,16 @@ class Deliverer:
     def _deliver(self, items: list[Claimed]) -> None:
         if self.api == "v1":
             self._send_v1(items)
-        else:
-            self._send_v2(items)
+            return
+        # anonymous events exist only in v1; everything else goes in one v2 batch.
+        # Operations that depend on anonymous events are never in the same claim.
+        v1_only = [item for item in items if item.payload.startswith('{"type":"anonymous"')]
+        batch = [item for item in items if not item.payload.startswith('{"type":"anonymous"')]
+        if batch and self._send_v2(batch) in (Outcome.TRANSIENT, Outcome.AUTH):
+            self.outbox.release(v1_only, "held back: the batch before it was not delivered")
+            return
+        if v1_only:
+            self._send_v1(v1_only)
 
     def _send_v2(self, items: Sequence[Claimed]) -> Outcome:
         if not self.limiter.acquire(self._stop):
@@ -266,12 +274,15 @@ class Deliverer:
                 failed.append((items[index], reason, result.status, json.dumps(error)))
         failed_seqs = {item.seq for item, *_ in failed}
         self.outbox.dead_letter(failed)
+        for _, reason, *_ in failed[:3]:
+            self._note_error(f"dead-lettered: {reason}")
         self._accepted([item for item in items if item.seq not in failed_seqs], dead=len(failed))
 
     def _rejected(self, items: Sequence[Claimed], result: SendResult) -> None:
         """A whole request was refused: isolate the bad operation by halving."""
         if len(items) == 1:
             self.outbox.dead_letter([(items[0], result.describe(), result.status, result.body)])
+            self._note_error(f"dead-lettered: {result.describe()}")
             with self._stats_lock:
                 self.stats.dead_lettered += 1
             return
@@ -317,11 +328,13 @@ class Deliverer:
 
     def _not_delivered(self, items: Sequence[Claimed], result: SendResult) -> None:
         self.outbox.release(items, result.describe())
-        self._note_error(result.error or result.describe())
         if result.outcome is Outcome.AUTH:
+            if self.auth_error is None:
+                self._note_error(result.error or result.describe())
             self.auth_error = result.error or result.describe()
             log.error("Customer.io rejected the credentials: delivery paused, %d operations kept", self.outbox.depth())
             return
+        self._note_error(result.error or result.describe())
         with self._backoff_lock:
             delay = self.backoff.next_delay(result.retry_after)
         with self._stats_lock:

@@ -1,28 +1,37 @@
 """Pure mapping: a PostHog event plus remembered person state -> Customer.io operations.
 
-No I/O happens here. Every option of the original PostHog Customer.io destination
-and every Customer.io rule lives in this module:
+No I/O happens here. Every option and every Customer.io rule lives in this module:
 
-* ``EVENTS_TO_SEND`` allowlist: other events send nothing, but what they tell us
-  (an email, that the person is identified) is remembered;
-* ``SEND_EVENTS_FROM_ANONYMOUS_USERS``: ``all``, ``identified`` or ``with_email``;
-* ``IDENTIFY_BY_EMAIL``: once an email is known, the person is addressed by it;
-* the first operation for a person creates it; later identifies carry only the
-  attributes whose values changed since they were last sent, and are skipped when
-  nothing changed;
-* events carry a deterministic ULID ``id`` (dedupe), integer ``timestamp`` seconds,
-  ``page``/``screen`` types, and data = properties without ``$set``/``$set_once``.
+* the seed destination's options: ``EVENTS_TO_SEND`` (allowlist),
+  ``SEND_EVENTS_FROM_ANONYMOUS_USERS`` (all / identified / with_email),
+  ``IDENTIFY_BY_EMAIL``;
+* people: the first operation creates the person; later identifies carry only the
+  attributes that changed (person properties overlaid by ``$set``, ``$set_once``
+  keys never sent, ``$unset`` keys cleared) with the event time as ``timestamp``;
+* identity (``MERGE_PEOPLE``): ``$identify`` with ``$anon_distinct_id``,
+  ``$create_alias`` and ``$merge_dangerously`` merge the other person into this one,
+  in our state and (when it exists there) in Customer.io, following PostHog's rule
+  that an already identified person is not merged (except ``$merge_dangerously``);
+* anonymous people (``ANONYMOUS_EVENTS``): events of not-yet-identified people are
+  sent as anonymous events and attached by the identify that follows;
+* groups (``GROUP_TYPE_MAP``), deletes (``SUPPRESS_ON_DELETE``), push devices,
+  property filters (``PROPERTIES_TO_INCLUDE`` / ``_EXCLUDE``), ``EVENT_NAME_MAP``;
+* Customer.io's byte limits (``LIMITS``, see :mod:`.limits`);
+* events carry a deterministic ULID ``id`` (dedupe) and integer ``timestamp``.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from . import limits
 from .ids import event_ulid
 from .operations import Operation
 from .sources import PostHogEvent, to_unix_seconds
@@ -30,45 +39,77 @@ from .state import PersonState
 
 __all__ = [
     "AnonymousMode",
+    "AnonymousEvents",
     "MappingConfig",
     "Mapped",
     "map_event",
     "involved_distinct_ids",
     "is_email",
     "value_digest",
+    "page_name",
+    "DEVICE_TOKEN_PROPERTIES",
 ]
 
 AnonymousMode = Literal["all", "identified", "with_email"]
+AnonymousEvents = Literal["anonymous", "person"]
 
 #: Events that make their distinct_id an identified person.
 IDENTIFYING_EVENTS = frozenset({"$identify", "$create_alias", "$merge_dangerously"})
-#: Alias events are not forwarded (a later version turns them into merges).
-ALIAS_EVENTS = frozenset({"$create_alias"})
+#: Identity events that only merge people and are not forwarded as events.
+ALIAS_EVENTS = frozenset({"$create_alias", "$merge_dangerously"})
 #: Properties that are instructions to PostHog, not event data.
 PERSON_UPDATE_KEYS = frozenset({"$set", "$set_once", "$unset"})
-
+#: Push-token properties (in ``$set``) and the platform each implies (None: from ``$os``).
+DEVICE_TOKEN_PROPERTIES: dict[str, str | None] = {
+    "$device_token": None,
+    "$push_token": None,
+    "$ios_push_token": "ios",
+    "$apns_token": "ios",
+    "$android_push_token": "android",
+    "$fcm_token": "android",
+}
+#: distinct_ids PostHog refuses to merge (``cannot_merge_with_illegal_distinct_id``).
+ILLEGAL_DISTINCT_IDS = frozenset({
+    "", "anonymous", "guest", "distinctid", "distinct_id", "id", "not_authenticated", "email",
+    "undefined", "true", "false", "[object object]", "nan", "none", "null", "0",
+})
 #: Customer.io's limit on event names, in UTF-8 bytes.
-MAX_EVENT_NAME_BYTES = 100
+MAX_EVENT_NAME_BYTES = limits.MAX_EVENT_NAME_BYTES
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 @dataclass(frozen=True, slots=True)
 class MappingConfig:
-    """The mapping's options (the seed destination's, with the same meaning)."""
+    """The mapping's options (defaults = the service's defaults)."""
 
     identify_by_email: bool = False
     anonymous_mode: AnonymousMode = "all"
     events_to_send: frozenset[str] = frozenset()
+    merge_people: bool = True
+    anonymous_events: AnonymousEvents = "anonymous"
+    group_type_map: Mapping[str, str] = field(default_factory=dict)
+    suppress_on_delete: bool = False
+    truncate: bool = True
+    properties_to_include: tuple[str, ...] = ()
+    properties_to_exclude: tuple[str, ...] = ()
+    event_name_map: Mapping[str, str] = field(default_factory=dict)
+
+    def keeps(self, key: str) -> bool:
+        """Whether a property passes ``PROPERTIES_TO_INCLUDE`` / ``PROPERTIES_TO_EXCLUDE``."""
+        if self.properties_to_include and not any(fnmatch.fnmatchcase(key, g) for g in self.properties_to_include):
+            return False
+        return not any(fnmatch.fnmatchcase(key, g) for g in self.properties_to_exclude)
 
 
 @dataclass(slots=True)
 class Mapped:
-    """What one event produced: operations, changed person states, skip reason."""
+    """What one event produced: operations, changed person states, skip reason, notes."""
 
     operations: list[Operation] = field(default_factory=list)
     states: dict[str, PersonState] = field(default_factory=dict)
     skipped: str | None = None
+    notes: Counter[str] = field(default_factory=Counter)
 
 
 def is_email(value: Any) -> bool:
@@ -85,46 +126,102 @@ def value_digest(value: Any) -> str:
 def involved_distinct_ids(event: PostHogEvent) -> list[str]:
     """The distinct_ids whose state :func:`map_event` may read or change."""
     ids = [event.distinct_id]
-    alias = event.properties.get("alias")
-    if event.event in IDENTIFYING_EVENTS and isinstance(alias, str) and alias:
-        ids.append(alias)
+    other = _other_identity(event)
+    if other is not None:
+        ids.append(other)
     return ids
 
 
-def map_event(
-    event: PostHogEvent, states: Mapping[str, PersonState], config: MappingConfig
-) -> Mapped:
+def _other_identity(event: PostHogEvent) -> str | None:
+    """The distinct_id an identity event merges into this one, if any."""
+    if event.event == "$identify":
+        other = event.properties.get("$anon_distinct_id")
+    elif event.event in ALIAS_EVENTS:
+        other = event.properties.get("alias")
+    else:
+        return None
+    if isinstance(other, (int, float)) and not isinstance(other, bool):
+        other = str(other)
+    if not isinstance(other, str) or other == event.distinct_id or not other.strip():
+        return None
+    return other
+
+
+class _Book:
+    """The states one event reads and changes (copies; inputs are never mutated)."""
+
+    def __init__(self, states: Mapping[str, PersonState], result: Mapped) -> None:
+        self.states = states
+        self.result = result
+
+    def get(self, distinct_id: str) -> PersonState:
+        """The (copied) state of exactly this distinct_id."""
+        if distinct_id in self.result.states:
+            return self.result.states[distinct_id]
+        known = self.states.get(distinct_id)
+        state = known.copy() if known is not None else PersonState(distinct_id)
+        self.result.states[distinct_id] = state
+        return state
+
+    def person(self, distinct_id: str) -> PersonState:
+        """The state of the person this distinct_id belongs to (following merges)."""
+        state = self.get(distinct_id)
+        for _ in range(8):
+            if not state.merged_into or state.merged_into == state.distinct_id:
+                break
+            state = self.get(state.merged_into)
+        return state
+
+
+def map_event(event: PostHogEvent, states: Mapping[str, PersonState], config: MappingConfig) -> Mapped:
     """Map one event to Customer.io operations, given the remembered states.
 
-    ``states`` holds the known states of :func:`involved_distinct_ids` (absent =
-    never seen). It is not modified; changed states are returned in ``Mapped.states``.
+    ``states`` holds the known states of :func:`involved_distinct_ids` and of the
+    people they were merged into (absent = never seen). It is not modified; changed
+    states are returned in ``Mapped.states``.
     """
-    state = _current(states, event.distinct_id)
-    result = Mapped(states={state.distinct_id: state})
-    _remember(event, state)
-    if event.event in IDENTIFYING_EVENTS:
-        _mark_alias_identified(event, states, result)
-    if event.event in ALIAS_EVENTS:
-        result.skipped = "alias"
+    result = Mapped()
+    book = _Book(states, result)
+    if event.event == "$groupidentify":
+        _group_identify(event, config, result)
         return result
-    if config.events_to_send and event.event not in config.events_to_send:
-        result.skipped = "not_in_allowlist"
+    person = book.person(event.distinct_id)
+    if event.event == "$delete_person":
+        _delete_person(event, person, config, result)
         return result
-    if not _passes_anonymous_filter(state, config.anonymous_mode):
-        result.skipped = "anonymous_user"
+    _remember(event, person)
+    merged = _merge_identities(event, person, book, config, result)
+    skip = _skip_reason(event, person, config)
+    if skip is None and config.anonymous_events == "anonymous" and _is_anonymous(event, person):
+        result.operations.append(_anonymous_event_operation(event, person, config, result))
+        person.anonymous_sent = True
+        person.pending.update(_profile_attributes(event, person, config))
         return result
-    identify = _identify_operation(event, state, config)
-    if identify is not None:
-        result.operations.append(identify)
-    result.operations.append(_event_operation(event, state, config, identify))
+    result.skipped = skip
+    if skip is not None and merged is None:
+        return result
+    identifies = _identify_operations(event, person, config, result)
+    result.operations.extend(identifies)
+    if merged is not None:
+        result.operations.append(_merge_operation(person, merged, config))
+    if skip is None:
+        result.operations.extend(_device_operations(event, person, config))
+        result.operations.extend(_relationship_operations(event, person, config, result))
+        result.operations.append(_event_operation(event, person, config, identifies, result))
     return result
 
 
-def _current(states: Mapping[str, PersonState], distinct_id: str) -> PersonState:
-    known = states.get(distinct_id)
-    return known.copy() if known is not None else PersonState(distinct_id)
+def _skip_reason(event: PostHogEvent, person: PersonState, config: MappingConfig) -> str | None:
+    if event.event in ALIAS_EVENTS:
+        return "alias"
+    if config.events_to_send and event.event not in config.events_to_send:
+        return "not_in_allowlist"
+    if not _passes_anonymous_filter(person, config.anonymous_mode):
+        return "anonymous_user"
+    return None
 
 
+# -- what an event tells us -----------------------------------------------------------
 def _remember(event: PostHogEvent, state: PersonState) -> None:
     email = _email_of(event)
     if email is not None:
@@ -133,25 +230,31 @@ def _remember(event: PostHogEvent, state: PersonState) -> None:
         state.identified = True
 
 
-def _mark_alias_identified(
-    event: PostHogEvent, states: Mapping[str, PersonState], result: Mapped
-) -> None:
-    for other in involved_distinct_ids(event)[1:]:
-        alias_state = _current(states, other)
-        alias_state.identified = True
-        result.states[other] = alias_state
-
-
 def _email_of(event: PostHogEvent) -> str | None:
     """The email this event tells us: ``$set.email``, person properties, distinct_id."""
-    for candidate in (
-        event.set.get("email"),
-        event.person_properties.get("email"),
-        event.distinct_id,
-    ):
+    for candidate in (event.set.get("email"), event.person_properties.get("email"), event.distinct_id):
         if is_email(candidate):
             return candidate.strip()
     return None
+
+
+def _is_anonymous(event: PostHogEvent, person: PersonState) -> bool:
+    """Whether an event comes from a not-yet-identified visitor (``ANONYMOUS_EVENTS``).
+
+    The person is not identified (same rule as the identified filter) *and* the
+    event says it is anonymous, as PostHog's client SDKs do: ``$is_identified``
+    false, ``$process_person_profile`` false, or ``$device_id`` equal to the
+    distinct_id. Server-side SDKs send none of these for their (known) users, so
+    their events still create people.
+    """
+    if person.identified:
+        return False
+    properties = event.properties
+    return (
+        properties.get("$is_identified") is False
+        or properties.get("$process_person_profile") is False
+        or properties.get("$device_id") == event.distinct_id
+    )
 
 
 def _passes_anonymous_filter(state: PersonState, mode: AnonymousMode) -> bool:
@@ -162,12 +265,66 @@ def _passes_anonymous_filter(state: PersonState, mode: AnonymousMode) -> bool:
     return True
 
 
-def _profile_attributes(event: PostHogEvent, state: PersonState) -> dict[str, Any]:
-    """Everything we know of the person: person properties, ``$set``, new ``$set_once``."""
-    attributes = {**event.person_properties, **event.set}
+# -- identity ------------------------------------------------------------------------------
+def _merge_identities(
+    event: PostHogEvent, person: PersonState, book: _Book, config: MappingConfig, result: Mapped
+) -> PersonState | None:
+    """Merge the other person of an identity event into ``person``.
+
+    Returns the other person's state when Customer.io must merge profiles too (it
+    has a profile there), else ``None``.
+    """
+    other_id = _other_identity(event)
+    if other_id is None or not config.merge_people:
+        return None
+    if other_id.strip().lower() in ILLEGAL_DISTINCT_IDS or event.distinct_id.strip().lower() in ILLEGAL_DISTINCT_IDS:
+        result.notes["merge_illegal_id"] += 1
+        return None
+    other = book.person(other_id)
+    if other.distinct_id == person.distinct_id:
+        return None
+    if other.identified and event.event != "$merge_dangerously":
+        result.notes["merge_blocked_already_identified"] += 1
+        return None
+    person.identified = True
+    person.email = person.email or other.email
+    person.relationships = sorted(set(person.relationships) | set(other.relationships))
+    person.pending = {**other.pending, **person.pending}
+    if other.anonymous_sent:
+        person.pending_anonymous_ids.append(other.distinct_id)
+    person.pending_anonymous_ids.extend(i for i in other.pending_anonymous_ids if i not in person.pending_anonymous_ids)
+    other.merged_into = person.distinct_id
+    other.pending_anonymous_ids, other.pending = [], {}
+    if not other.created:
+        return None
+    for key, digest in other.digests.items():  # Customer.io copies what the primary lacks
+        person.digests.setdefault(key, digest)
+    return other
+
+
+def _merge_operation(person: PersonState, other: PersonState, config: MappingConfig) -> Operation:
+    payload = {
+        "type": "person",
+        "action": "merge",
+        "primary": _identifiers(person, config),
+        "secondary": _identifiers(other, config),
+    }
+    other.created = False
+    return Operation(person.distinct_id, payload, after=(other.distinct_id,))
+
+
+# -- people --------------------------------------------------------------------------------
+def _profile_attributes(event: PostHogEvent, state: PersonState, config: MappingConfig) -> dict[str, Any]:
+    """What we know of the person: person properties, ``$set``, new ``$set_once``, pending."""
+    attributes = {**state.pending, **event.person_properties, **event.set}
     for key, value in event.set_once.items():
         if key not in attributes and key not in state.digests:
             attributes[key] = value
+    for key in event.unset:
+        attributes.pop(key, None)
+    for key in DEVICE_TOKEN_PROPERTIES:
+        attributes.pop(key, None)
+    attributes = {key: value for key, value in attributes.items() if key == "email" or config.keeps(key)}
     if state.email is not None:
         attributes["email"] = state.email
     if "created_at" in attributes:
@@ -185,14 +342,22 @@ def _identifiers(state: PersonState, config: MappingConfig) -> dict[str, str]:
     return {"id": state.distinct_id}
 
 
-def _identify_operation(
-    event: PostHogEvent, state: PersonState, config: MappingConfig
-) -> Operation | None:
-    attributes = _profile_attributes(event, state)
+def _identify_operations(
+    event: PostHogEvent, state: PersonState, config: MappingConfig, result: Mapped
+) -> list[Operation]:
+    attributes = _profile_attributes(event, state, config)
+    if config.truncate:
+        attributes, cuts = limits.fit_attributes(attributes)
+        result.notes["limits_truncated"] += cuts
     digests = {key: value_digest(value) for key, value in attributes.items()}
     changed = {key: value for key, value in attributes.items() if state.digests.get(key) != digests[key]}
-    if state.created and not changed:
-        return None
+    for key in event.unset:
+        if key in state.digests:
+            changed[key] = ""
+            del state.digests[key]
+    anonymous_ids = list(dict.fromkeys(state.pending_anonymous_ids))
+    if state.created and not changed and not anonymous_ids:
+        return []
     if not state.created and config.identify_by_email and state.email:
         identifiers = {"email": state.email}
         state.email_sent = state.email
@@ -202,33 +367,165 @@ def _identify_operation(
         state.email_sent = state.email
     state.created = True
     for key in changed:
-        state.digests[key] = digests[key]
-    payload: dict[str, Any] = {
-        "type": "person",
-        "identifiers": identifiers,
-        "action": "identify",
-        "timestamp": event.timestamp_s,
-    }
-    if changed:
-        payload["attributes"] = changed
-    return Operation(state.distinct_id, payload)
+        if key in digests:
+            state.digests[key] = digests[key]
+    state.pending, state.pending_anonymous_ids = {}, []
+    operations = []
+    chunks = limits.chunk_attributes(changed) if changed else [{}]
+    for index, chunk in enumerate(chunks):
+        payload: dict[str, Any] = {"type": "person", "identifiers": identifiers, "action": "identify",
+                                   "timestamp": event.timestamp_s}
+        if index == 0 and anonymous_ids:
+            chunk = {**chunk, "anonymous_id": anonymous_ids[0]}
+        if chunk:
+            payload["attributes"] = chunk
+        after = tuple(anonymous_ids) if index == 0 else ()
+        operations.append(Operation(state.distinct_id, payload, after=after))
+    for anonymous_id in anonymous_ids[1:]:  # one anonymous_id per identify
+        payload = {"type": "person", "identifiers": identifiers, "action": "identify",
+                   "timestamp": event.timestamp_s, "attributes": {"anonymous_id": anonymous_id}}
+        operations.append(Operation(state.distinct_id, payload, after=(anonymous_id,)))
+    return operations
+
+
+def _delete_person(event: PostHogEvent, person: PersonState, config: MappingConfig, result: Mapped) -> None:
+    result.skipped = "delete_person"
+    if not person.created:
+        result.notes["delete_unknown_person"] += 1
+    else:
+        action = "suppress" if config.suppress_on_delete else "delete"
+        payload = {"type": "person", "identifiers": _identifiers(person, config), "action": action}
+        result.operations.append(Operation(person.distinct_id, payload))
+    if not config.suppress_on_delete:
+        fresh = PersonState(person.distinct_id)
+        for name in PersonState.__slots__:
+            setattr(person, name, getattr(fresh, name))
+
+
+def _device_operations(event: PostHogEvent, person: PersonState, config: MappingConfig) -> list[Operation]:
+    operations = []
+    for key, platform in DEVICE_TOKEN_PROPERTIES.items():
+        token = event.set.get(key)
+        if not isinstance(token, str) or not token.strip():
+            continue
+        platform = platform or _platform(event)
+        digest_key = f"\x00device:{platform}:{token}"
+        if platform is None or digest_key in person.digests:
+            continue
+        person.digests[digest_key] = "1"
+        device = {"token": token, "platform": platform, "last_used": event.timestamp_s}
+        payload = {"type": "person", "identifiers": _identifiers(person, config), "action": "add_device", "device": device}
+        operations.append(Operation(person.distinct_id, payload))
+    return operations
+
+
+def _platform(event: PostHogEvent) -> str | None:
+    os_name = str(event.properties.get("$os") or event.set.get("$os") or "").lower()
+    if os_name in ("ios", "ipados", "tvos", "watchos", "visionos"):
+        return "ios"
+    if os_name == "android":
+        return "android"
+    return None
+
+
+# -- groups ----------------------------------------------------------------------------------
+def _group_key(value: Any) -> str | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip() or len(value) > 400:
+        return None
+    return value
+
+
+def _object_key(type_id: str, object_id: str) -> str:
+    return f"\x00object:{type_id}:{object_id}"
+
+
+def _group_identify(event: PostHogEvent, config: MappingConfig, result: Mapped) -> None:
+    result.skipped = "group_identify"
+    group_type = event.properties.get("$group_type")
+    key = _group_key(event.properties.get("$group_key"))
+    type_id = config.group_type_map.get(group_type) if isinstance(group_type, str) else None
+    if type_id is None or key is None:
+        result.notes["unmapped_group_type" if key is not None else "invalid_group_key"] += 1
+        return
+    attributes = event.properties.get("$group_set")
+    attributes = {k: v for k, v in attributes.items() if config.keeps(k)} if isinstance(attributes, dict) else {}
+    if config.truncate:
+        attributes, cuts = limits.fit_attributes(attributes)
+        result.notes["limits_truncated"] += cuts
+    payload: dict[str, Any] = {"type": "object", "identifiers": {"object_type_id": type_id, "object_id": key},
+                               "action": "identify"}
+    if attributes:
+        payload["attributes"] = attributes
+    result.operations.append(Operation(_object_key(type_id, key), payload))
+
+
+def _relationship_operations(
+    event: PostHogEvent, person: PersonState, config: MappingConfig, result: Mapped
+) -> list[Operation]:
+    groups = event.properties.get("$groups")
+    if not isinstance(groups, dict) or not groups:
+        return []
+    operations = []
+    for group_type, raw_key in groups.items():
+        type_id = config.group_type_map.get(group_type)
+        key = _group_key(raw_key)
+        if type_id is None or key is None:
+            result.notes["unmapped_group_type"] += 1
+            continue
+        relationship = f"{type_id}:{key}"
+        if relationship in person.relationships:
+            continue
+        person.relationships = sorted({*person.relationships, relationship})
+        payload = {"type": "person", "identifiers": _identifiers(person, config), "action": "add_relationships",
+                   "cio_relationships": [{"identifiers": {"object_type_id": type_id, "object_id": key}}]}
+        operations.append(Operation(person.distinct_id, payload, after=(_object_key(type_id, key),)))
+    return operations
+
+
+# -- events -----------------------------------------------------------------------------------
+def _event_fields(event: PostHogEvent, config: MappingConfig, result: Mapped) -> tuple[str, str, dict[str, Any]]:
+    """(action, name, data) of the event, with renames, filters and limits applied."""
+    action, name = _event_action_and_name(event)
+    if action == "event":
+        name = config.event_name_map.get(name, name)
+    if config.truncate and limits.utf8_len(name) > MAX_EVENT_NAME_BYTES:
+        name = limits.truncate_utf8(name, MAX_EVENT_NAME_BYTES)
+        result.notes["limits_truncated"] += 1
+    data = {k: v for k, v in event.properties.items() if k not in PERSON_UPDATE_KEYS and config.keeps(k)}
+    return action, name, data
+
+
+def _fit_data(payload: dict[str, Any], data: dict[str, Any], config: MappingConfig, result: Mapped) -> dict[str, Any]:
+    if not config.truncate:
+        return data
+    overhead = limits.json_len(payload) + 20
+    fitted, dropped = limits.fit_event_data(data, min(limits.MAX_EVENT_DATA_BYTES, limits.MAX_OP_BYTES - overhead))
+    if dropped:
+        result.notes["limits_truncated"] += len(dropped)
+        fitted["_truncated_properties"] = dropped
+    return fitted
 
 
 def _event_operation(
-    event: PostHogEvent, state: PersonState, config: MappingConfig, identify: Operation | None
+    event: PostHogEvent, state: PersonState, config: MappingConfig, identifies: list[Operation], result: Mapped
 ) -> Operation:
-    action, name = _event_action_and_name(event)
-    identifiers = identify.payload["identifiers"] if identify else _identifiers(state, config)
-    data = {key: value for key, value in event.properties.items() if key not in PERSON_UPDATE_KEYS}
-    payload: dict[str, Any] = {
-        "type": "person",
-        "identifiers": identifiers,
-        "action": action,
-        "name": name,
-        "id": event_ulid(event),
-        "timestamp": event.timestamp_s,
-        "attributes": data,
-    }
+    action, name, data = _event_fields(event, config, result)
+    identifiers = identifies[0].payload["identifiers"] if identifies else _identifiers(state, config)
+    payload: dict[str, Any] = {"type": "person", "identifiers": identifiers, "action": action, "name": name,
+                               "id": event_ulid(event), "timestamp": event.timestamp_s}
+    payload["attributes"] = _fit_data(payload, data, config, result)
+    return Operation(state.distinct_id, payload)
+
+
+def _anonymous_event_operation(
+    event: PostHogEvent, state: PersonState, config: MappingConfig, result: Mapped
+) -> Operation:
+    action, name, data = _event_fields(event, config, result)
+    payload: dict[str, Any] = {"type": "anonymous", "action": action, "anonymous_id": state.distinct_id,
+                               "name": name, "id": event_ulid(event), "timestamp": event.timestamp_s}
+    payload["attributes"] = _fit_data(payload, data, config, result)
     return Operation(state.distinct_id, payload)
 
 
@@ -246,18 +543,10 @@ def page_name(url: str) -> str:
     Customer.io limits event names to 100 bytes; marketing URLs with UTM parameters
     often exceed it. The full URL stays in the event data (``$current_url``).
     """
-    if len(url.encode()) <= MAX_EVENT_NAME_BYTES:
+    if limits.utf8_len(url) <= MAX_EVENT_NAME_BYTES:
         return url
     short = url.split("#", 1)[0].split("?", 1)[0]
-    return truncate_utf8(short, MAX_EVENT_NAME_BYTES)
-
-
-def truncate_utf8(text: str, limit: int) -> str:
-    """``text`` cut to at most ``limit`` UTF-8 bytes, never inside a character."""
-    encoded = text.encode()
-    if len(encoded) <= limit:
-        return text
-    return encoded[:limit].decode("utf-8", errors="ignore")
+    return limits.truncate_utf8(short, MAX_EVENT_NAME_BYTES)
 
 
 def _text_or(value: Any, fallback: str) -> str:

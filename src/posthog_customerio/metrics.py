@@ -37,6 +37,7 @@ class _RuntimeCollector(Collector):
         yield _labelled("events_received", "Events received, by source", "source", ingestor.received_by_source)
         yield _labelled("events_invalid", "Events rejected as invalid input, by source", "source", ingestor.invalid_by_source)
         yield _labelled("events_filtered", "Events not forwarded, by reason", "reason", ingestor.totals.skipped)
+        yield _labelled("mapping_adjustments", "Limits truncations, unmapped group types, blocked merges…, by kind", "kind", ingestor.totals.notes)
         yield _labelled("operations_enqueued", "Operations written to the outbox, by action", "action", ingestor.totals.actions)
         outbox = self.runtime.outbox
         deliverer = self.runtime.current_deliverer

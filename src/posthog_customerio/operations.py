@@ -19,12 +19,22 @@ class Operation:
     """One Customer.io operation, as the v2 ``batch`` item it becomes.
 
     ``person_key`` orders delivery: operations with the same key are delivered in
-    the order they were enqueued. ``payload`` is the v2 entity operation; the v1
-    client translates it into the matching v1 request.
+    the order they were enqueued. ``after`` names other keys whose earlier
+    operations must be *accepted* first (a merge waits for both people; an identify
+    attaching anonymous events waits for those events): such an operation is never
+    sent in the same request as an earlier operation of any of its keys.
+    ``payload`` is the v2 entity operation (``type: anonymous`` for anonymous
+    events, which only v1 supports); the v1 client translates it.
     """
 
     person_key: str
     payload: dict[str, Any]
+    after: tuple[str, ...] = ()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every ordering key this operation waits on (its own first)."""
+        return (self.person_key, *self.after)
 
     @property
     def action(self) -> str:

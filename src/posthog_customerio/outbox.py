@@ -9,6 +9,7 @@ response that rejected them.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
@@ -32,6 +33,12 @@ class Claimed:
     size: int
     attempts: int
     enqueued_at: float
+    after_keys: str | None = None
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """All ordering keys: the person's, then those it must wait for."""
+        return (self.person_key, *json.loads(self.after_keys)) if self.after_keys else (self.person_key,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +92,10 @@ class Outbox:
         rows = []
         for operation in operations:
             text = encode_payload(operation.payload)
-            rows.append((operation.person_key, text, len(text.encode()), stamp))
+            after = json.dumps(list(operation.after)) if operation.after else None
+            rows.append((operation.person_key, text, len(text.encode()), stamp, after))
         conn.executemany(
-            "INSERT INTO outbox (person_key, payload, size, enqueued_at) VALUES (?,?,?,?)", rows
+            "INSERT INTO outbox (person_key, payload, size, enqueued_at, after_keys) VALUES (?,?,?,?,?)", rows
         )
         return len(rows)
 
@@ -108,24 +116,33 @@ class Outbox:
             claimed: list[Claimed] = []
             oversized: list[Claimed] = []
             blocked: set[str] = set(self._busy_persons)
+            claimed_keys: set[str] = set()
             budget = max_bytes
             for row in self._candidates():
                 item = Claimed(*row)
-                if item.seq in self._in_flight or item.person_key in blocked:
+                if item.seq in self._in_flight:
+                    continue
+                keys = item.keys
+                if any(key in blocked for key in keys) or (
+                    item.after_keys and any(key in claimed_keys for key in keys)
+                ):
+                    blocked.update(keys)
                     continue
                 if item.size > max_op_bytes:
                     oversized.append(item)
                     continue
                 if item.size + 1 > budget or len(claimed) >= max_items:
-                    blocked.add(item.person_key)
+                    blocked.update(keys)
                     if len(claimed) >= max_items or budget < 64:
                         break
                     continue
                 budget -= item.size + 1
                 claimed.append(item)
+                claimed_keys.update(keys)
             for item in claimed:
                 self._in_flight.add(item.seq)
-                self._busy_persons[item.person_key] = self._busy_persons.get(item.person_key, 0) + 1
+                for key in item.keys:
+                    self._busy_persons[key] = self._busy_persons.get(key, 0) + 1
         if oversized:
             self.dead_letter(
                 [
@@ -142,7 +159,7 @@ class Outbox:
         for _ in range(0, scan_limit, page):
             with self.db.reading() as conn:
                 rows = conn.execute(
-                    "SELECT seq, person_key, payload, size, attempts, enqueued_at"
+                    "SELECT seq, person_key, payload, size, attempts, enqueued_at, after_keys"
                     " FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
                     (last, page),
                 ).fetchall()
@@ -156,11 +173,12 @@ class Outbox:
             for item in items:
                 if item.seq in self._in_flight:
                     self._in_flight.discard(item.seq)
-                    left = self._busy_persons.get(item.person_key, 0) - 1
-                    if left > 0:
-                        self._busy_persons[item.person_key] = left
-                    else:
-                        self._busy_persons.pop(item.person_key, None)
+                    for key in item.keys:
+                        left = self._busy_persons.get(key, 0) - 1
+                        if left > 0:
+                            self._busy_persons[key] = left
+                        else:
+                            self._busy_persons.pop(key, None)
 
     # -- settling --------------------------------------------------------------
     def ack(self, items: Sequence[Claimed]) -> None:
@@ -192,10 +210,10 @@ class Outbox:
         with self.db.transaction() as conn:
             conn.executemany(
                 "INSERT INTO dead_letters (seq, person_key, payload, reason, status, response,"
-                " attempts, enqueued_at, failed_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                " attempts, enqueued_at, failed_at, after_keys) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 [
                     (item.seq, item.person_key, item.payload, reason, status, response,
-                     item.attempts + 1, item.enqueued_at, now)
+                     item.attempts + 1, item.enqueued_at, now, item.after_keys)
                     for item, reason, status, response in failures
                 ],
             )
@@ -253,18 +271,18 @@ class Outbox:
         """
         wanted = None if ids is None else list(ids)
         with self.db.transaction() as conn:
+            columns = "id, person_key, payload, after_keys"
             if wanted is None:
-                rows = conn.execute("SELECT id, person_key, payload FROM dead_letters ORDER BY id").fetchall()
+                rows = conn.execute(f"SELECT {columns} FROM dead_letters ORDER BY id").fetchall()
             else:
                 marks = ",".join("?" * len(wanted)) or "NULL"
                 rows = conn.execute(
-                    f"SELECT id, person_key, payload FROM dead_letters WHERE id IN ({marks}) ORDER BY id",
-                    wanted,
+                    f"SELECT {columns} FROM dead_letters WHERE id IN ({marks}) ORDER BY id", wanted
                 ).fetchall()
             now = time.time()
             conn.executemany(
-                "INSERT INTO outbox (person_key, payload, size, enqueued_at) VALUES (?,?,?,?)",
-                [(person_key, payload, len(payload.encode()), now) for _, person_key, payload in rows],
+                "INSERT INTO outbox (person_key, payload, size, enqueued_at, after_keys) VALUES (?,?,?,?,?)",
+                [(key, payload, len(payload.encode()), now, after) for _, key, payload, after in rows],
             )
             conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(row[0],) for row in rows])
         return len(rows)

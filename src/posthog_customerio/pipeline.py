@@ -29,6 +29,7 @@ class IngestReport:
     operations: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     actions: Counter[str] = field(default_factory=Counter)
+    notes: Counter[str] = field(default_factory=Counter)
 
     def add(self, other: IngestReport) -> None:
         """Accumulate another report into this one."""
@@ -36,6 +37,7 @@ class IngestReport:
         self.operations += other.operations
         self.skipped.update(other.skipped)
         self.actions.update(other.actions)
+        self.notes.update(other.notes)
 
 
 class Ingestor:
@@ -79,6 +81,7 @@ class Ingestor:
                 operations.extend(mapped.operations)
                 if mapped.skipped:
                     report.skipped[mapped.skipped] += 1
+                report.notes.update(mapped.notes)
             save_states(conn, changed.values())
             report.operations = self.outbox.enqueue(conn, operations)
         for operation in operations:

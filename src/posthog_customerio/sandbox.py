@@ -20,8 +20,9 @@ Behaviour choices where Customer.io is vague:
   failure (200, nothing applied).
 * Attribute ordering: a timestamped write records its timestamp per attribute
   (also for removals); an untimestamped write always applies and clears it.
-* Anonymous events attach on identify when their ``timestamp`` (else their
-  receipt time) is within the last 30 days.
+* Anonymous events attach on identify when they were received in the last 30
+  days (a backfill of old events still attaches, as the real workspace does for
+  events it received recently).
 * Merge copies attributes, devices, relationships and the email (when the primary
   has none) from the secondary, moves its events, then deletes it.
 * Fault rules apply first-in-first-out, one rule per request; a rule without
@@ -764,8 +765,7 @@ class SandboxState:
         cutoff, kept = now - ANONYMOUS_WINDOW_S, []
         for key in keys:
             event = self._events[key]
-            moment = event["timestamp"] if event["timestamp"] is not None else event["received_at"]
-            if moment >= cutoff:
+            if event["received_at"] >= cutoff:
                 event["person"] = person.cio_id
                 person.event_keys.append(key)
             else:

@@ -2,7 +2,9 @@
 
 ``identified`` and ``email`` drive the anonymous-user filter and identify-by-email;
 ``created``, ``email_sent`` and the per-attribute ``digests`` let the mapping skip
-identify calls that would change nothing.
+identify calls that would change nothing; ``merged_into`` makes a distinct_id that
+PostHog merged into another person resolve to that person; the rest supports
+anonymous events and group relationships.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 __all__ = ["PersonState", "load_states", "save_states", "count_persons"]
 
@@ -25,47 +28,77 @@ class PersonState:
     created: bool = False
     email_sent: str | None = None
     digests: dict[str, str] = field(default_factory=dict)
+    merged_into: str | None = None
+    #: anonymous events were sent with this distinct_id as ``anonymous_id``
+    anonymous_sent: bool = False
+    #: anonymous_ids whose events the next identify must attach
+    pending_anonymous_ids: list[str] = field(default_factory=list)
+    #: attributes learnt while the person could not be sent (anonymous mode)
+    pending: dict[str, Any] = field(default_factory=dict)
+    #: "object_type_id:object_id" of relationships already added
+    relationships: list[str] = field(default_factory=list)
 
     def copy(self) -> PersonState:
         """An independent copy (the mapping never mutates its inputs)."""
-        return replace(self, digests=dict(self.digests))
+        return replace(
+            self,
+            digests=dict(self.digests),
+            pending_anonymous_ids=list(self.pending_anonymous_ids),
+            pending=dict(self.pending),
+            relationships=list(self.relationships),
+        )
+
+    def _extra(self) -> str:
+        extra: dict[str, Any] = {}
+        if self.anonymous_sent:
+            extra["a"] = 1
+        if self.pending_anonymous_ids:
+            extra["p"] = self.pending_anonymous_ids
+        if self.pending:
+            extra["u"] = self.pending
+        if self.relationships:
+            extra["r"] = self.relationships
+        return json.dumps(extra, separators=(",", ":"), sort_keys=True)
 
 
 _CHUNK = 500
+_COLUMNS = "distinct_id, identified, email, created, email_sent, digests, merged_into, extra"
+
+
+def _from_row(row: tuple[Any, ...]) -> PersonState:
+    distinct_id, identified, email, created, email_sent, digests, merged_into, extra = row
+    more = json.loads(extra) if extra and extra != "{}" else {}
+    return PersonState(
+        distinct_id, bool(identified), email, bool(created), email_sent, json.loads(digests), merged_into,
+        bool(more.get("a")), list(more.get("p", ())), dict(more.get("u", {})), list(more.get("r", ())),
+    )
 
 
 def load_states(conn: sqlite3.Connection, distinct_ids: Iterable[str]) -> dict[str, PersonState]:
-    """Load the states of the given distinct_ids (absent ones are left out)."""
-    wanted = list(dict.fromkeys(distinct_ids))
+    """Load the states of the given distinct_ids and of everyone they were merged into."""
     found: dict[str, PersonState] = {}
-    for start in range(0, len(wanted), _CHUNK):
-        chunk = wanted[start : start + _CHUNK]
-        marks = ",".join("?" * len(chunk))
-        rows = conn.execute(
-            "SELECT distinct_id, identified, email, created, email_sent, digests"
-            f" FROM persons WHERE distinct_id IN ({marks})",
-            chunk,
-        )
-        for distinct_id, identified, email, created, email_sent, digests in rows:
-            found[distinct_id] = PersonState(
-                distinct_id, bool(identified), email, bool(created), email_sent, json.loads(digests)
-            )
+    wanted = list(dict.fromkeys(distinct_ids))
+    for _ in range(8):  # merge chains are short; bound the walk
+        missing = [distinct_id for distinct_id in wanted if distinct_id not in found]
+        if not missing:
+            break
+        for start in range(0, len(missing), _CHUNK):
+            chunk = missing[start : start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in conn.execute(f"SELECT {_COLUMNS} FROM persons WHERE distinct_id IN ({marks})", chunk):
+                found[row[0]] = _from_row(row)
+        wanted = [s.merged_into for s in found.values() if s.merged_into and s.merged_into not in found]
     return found
 
 
 def save_states(conn: sqlite3.Connection, states: Iterable[PersonState]) -> None:
     """Insert or replace the given states (inside the caller's transaction)."""
     conn.executemany(
-        "INSERT OR REPLACE INTO persons"
-        " (distinct_id, identified, email, created, email_sent, digests) VALUES (?,?,?,?,?,?)",
+        f"INSERT OR REPLACE INTO persons ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
         [
             (
-                s.distinct_id,
-                int(s.identified),
-                s.email,
-                int(s.created),
-                s.email_sent,
-                json.dumps(s.digests, separators=(",", ":"), sort_keys=True),
+                s.distinct_id, int(s.identified), s.email, int(s.created), s.email_sent,
+                json.dumps(s.digests, separators=(",", ":"), sort_keys=True), s.merged_into, s._extra(),
             )
             for s in states
         ],

@@ -1,0 +1,58 @@
+"""Run the HTTP service in-process for tests: uvicorn in a thread on a free loopback port."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+
+from posthog_customerio.runtime import Runtime
+from posthog_customerio.server import create_app
+
+__all__ = ["running_service"]
+
+
+@contextmanager
+def running_service(
+    runtime: Runtime, *, deliver: bool = True, close_runtime: bool = True, start_timeout_s: float = 15.0
+) -> Iterator[str]:
+    """Serve ``create_app(runtime)`` on ``127.0.0.1:<free port>``; yields the base URL.
+
+    The app's lifespan runs (delivery workers and the throughput sampler start).
+    On exit the server shuts down (its lifespan drains the outbox for up to
+    ``SHUTDOWN_GRACE_S``) and, unless ``close_runtime`` is false, the runtime is closed.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(runtime, deliver=deliver),
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn-test", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("the service thread exited before it started serving (see the log)")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the service did not start within {start_timeout_s:.0f} s")
+            time.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+        if close_runtime:
+            runtime.close()
