@@ -297,8 +297,9 @@ def _merge_identities(
     other.pending_anonymous_ids, other.pending = [], {}
     if not other.created:
         return None
-    for key, digest in other.digests.items():  # Customer.io copies what the primary lacks
-        person.digests.setdefault(key, digest)
+    for key, digest in other.digests.items():  # Customer.io copies what the primary lacks...
+        if key != "email":  # ...but an identifier is sent explicitly
+            person.digests.setdefault(key, digest)
     return other
 
 
