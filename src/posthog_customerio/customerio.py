@@ -117,6 +117,17 @@ def classify(response: httpx.Response) -> SendResult:
     return SendResult(Outcome.PERMANENT, status, body)
 
 
+def _v1_attribute(value: Any) -> Any:
+    """v1 identify takes string, integer or boolean values: anything else becomes JSON text."""
+    if isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, float):
+        return repr(value)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
 def _encode(identifier: str) -> str:
     return quote(identifier, safe="")
 
@@ -149,7 +160,7 @@ def v1_request(payload: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None
     identifiers = payload["identifiers"]
     base = f"/api/v1/customers/{_person_path(identifiers)}"
     if action == "identify":
-        body = dict(payload.get("attributes") or {})
+        body = {key: _v1_attribute(value) for key, value in (payload.get("attributes") or {}).items()}
         if "id" in identifiers:
             body["id"] = identifiers["id"]
         elif "email" in identifiers:

@@ -328,6 +328,9 @@ def _profile_attributes(event: PostHogEvent, state: PersonState, config: Mapping
     attributes = {key: value for key, value in attributes.items() if key == "email" or config.keeps(key)}
     if state.email is not None:
         attributes["email"] = state.email
+    for key, value in attributes.items():
+        if value is None:  # PostHog null = no value; Customer.io clears an attribute set to ""
+            attributes[key] = ""
     if "created_at" in attributes:
         created_at = to_unix_seconds(attributes["created_at"])
         if created_at is None:
