@@ -137,6 +137,10 @@ KNOWN_SPEC_DEFECTS = {
         "the path identifier is oneOf three plain strings (id, email, cio_id), so every identifier "
         "matches all three and fails oneOf. Validated as anyOf (any string)."
     ),
+    "POST /api/v1/merge_customers primary / secondary": (
+        "oneOf id / email / cio_id alternatives without 'required', so {\"id\": ...} matches several "
+        "and fails oneOf. Validated as anyOf (maxProperties 1 still allows one identifier only)."
+    ),
     "eventsRequest (v1 person events), 'Mobile screen view'": (
         "requires anonymous_id, copied from the anonymous-event schema: a screen event of the person "
         "named in the path has no anonymous id. Validated without that requirement."
@@ -144,9 +148,24 @@ KNOWN_SPEC_DEFECTS = {
 }
 
 
+def _resolve_ref(spec: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in node:
+        target: Any = spec
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
 def _correct(spec: dict[str, Any]) -> dict[str, Any]:
     schemas = [spec["components"]["schemas"]["anonymousEventsRequest"]]
     schemas += [spec["components"]["parameters"][name]["schema"] for name in ("track_customer_id", "trackEvent_customer_id")]
+    for schema in schemas:
+        if "oneOf" in schema:
+            schema["anyOf"] = schema.pop("oneOf")
+    merge = spec["paths"]["/api/v1/merge_customers"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    merge = _resolve_ref(spec, merge)
+    schemas += [_resolve_ref(spec, merge["properties"][side]) for side in ("primary", "secondary")]
     for schema in schemas:
         if "oneOf" in schema:
             schema["anyOf"] = schema.pop("oneOf")

@@ -23,8 +23,10 @@ from .openapi_check import get_validator, requires_spec
 pytestmark = [pytest.mark.e2e, requires_spec]
 
 
-def _deliver_sample(sandbox: SandboxServer, tmp_path: Path, api: str, identify_by_email: bool) -> None:
+def _deliver_sample(sandbox: SandboxServer, tmp_path: Path, api: str, identify_by_email: bool,
+                    anonymous_events: str = "anonymous") -> None:
     settings = load_settings({
+        "anonymous_events": anonymous_events, "group_type_map": "company=1",
         "customerio_site_id": SITE_ID, "customerio_api_key": API_KEY, "customerio_track_url": sandbox.url,
         "posthog_customerio_data_dir": tmp_path / api, "sqlite_synchronous": "NORMAL", "customerio_api": api,
         "identify_by_email": identify_by_email, "customerio_max_rps": 10_000,
@@ -45,6 +47,7 @@ def test_every_request_validates_against_the_official_spec(
     sandbox: SandboxServer, tmp_path: Path, api: str, identify_by_email: bool
 ) -> None:
     _deliver_sample(sandbox, tmp_path, api, identify_by_email)
+    _deliver_sample(sandbox, tmp_path / "person-mode", api, identify_by_email, anonymous_events="person")
     requests = sandbox.state.requests()
     assert requests, "nothing was sent"
     validator = get_validator()
