@@ -121,3 +121,22 @@ def test_schema_migration_is_idempotent(tmp_path: Path) -> None:
     with db.reading() as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA user_version").fetchone()[0] >= 1
+
+
+def test_an_operation_waiting_on_other_keys_is_never_sent_with_their_earlier_operations(outbox: Outbox) -> None:
+    merge = Operation("user", {"type": "person", "action": "merge", "name": "merge"}, after=("anon",))
+    outbox.put([op("anon", 1), op("user", 1), merge, op("other", 1)])
+    first = outbox.claim(10, 100_000, 32_000)
+    assert names(first) == ["anon:e1", "user:e1", "other:e1"]  # the merge waits for anon and user
+    assert outbox.claim(10, 100_000, 32_000) == []  # both still in flight
+    outbox.ack(first)
+    (claimed,) = outbox.claim(10, 100_000, 32_000)
+    assert claimed.keys == ("user", "anon")
+
+
+def test_dead_letters_keep_their_wait_keys_when_retried(outbox: Outbox) -> None:
+    outbox.put([Operation("user", {"action": "merge", "name": "m"}, after=("anon",))])
+    items = outbox.claim(10, 100_000, 32_000)
+    outbox.dead_letter([(items[0], "nope", 400, None)])
+    outbox.retry_dead_letters()
+    assert outbox.claim(10, 100_000, 32_000)[0].keys == ("user", "anon")

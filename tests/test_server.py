@@ -248,3 +248,18 @@ def test_secrets_appear_in_no_response(make_service) -> None:
         texts.append(httpx.post(f"{url}/webhook", json=hog("s1")).text)
     for text in texts:
         assert API_KEY not in text and SITE_ID not in text and TOKEN not in text
+
+
+def test_dead_letter_api_lists_and_requeues_json_only(make_service, sandbox: SandboxServer) -> None:
+    with make_service(limits="dead-letter") as (url, runtime):
+        httpx.post(f"{url}/webhook", json=hog("dl", "n" * 120))  # name over 100 bytes: rejected
+        deadline = time.monotonic() + 10
+        while runtime.outbox.dead_letter_count() == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (letter,) = httpx.get(f"{url}/api/dead-letters").json()
+        assert letter["name"] == "n" * 120 and "100 bytes" in letter["reason"]
+        form = httpx.post(f"{url}/api/dead-letters/retry", data={"x": "1"})  # what a cross-site form could send
+        assert form.status_code == 415 and runtime.outbox.dead_letter_count() == 1
+        assert httpx.post(f"{url}/api/dead-letters/retry", json={"ids": [True]}).json() == {"requeued": 0}
+        assert httpx.post(f"{url}/api/dead-letters/retry", json={"ids": [letter["id"]]}).json() == {"requeued": 1}

@@ -281,8 +281,11 @@ def create_app(runtime: Runtime, *, deliver: bool = True) -> FastAPI:
     def api_dead_letters(limit: int = 100) -> JSONResponse:
         return JSONResponse(dead_letter_rows(runtime, max(1, min(limit, 10_000))))
 
-    @app.post("/api/dead-letters/retry", summary="Re-queue dead letters (all, or {\"ids\": [...]})")
+    @app.post("/api/dead-letters/retry", summary="Re-queue dead letters: {} for all, or {\"ids\": [...]} (JSON only)")
     async def api_retry(request: Request) -> JSONResponse:
+        if not request.headers.get("content-type", "").lower().startswith("application/json"):
+            # a JSON content type cannot be sent cross-site without a CORS preflight (which we never allow)
+            raise HttpError(415, "send Content-Type: application/json (an empty object re-queues all)")
         raw = await read_body(request, 1_000_000)
         ids = None
         if raw.strip():
@@ -290,7 +293,7 @@ def create_app(runtime: Runtime, *, deliver: bool = True) -> FastAPI:
             if not isinstance(body, dict) or not isinstance(body.get("ids", []), list):
                 raise HttpError(400, 'expected {"ids": [1, 2, ...]} or an empty body')
             if "ids" in body:
-                ids = [i for i in body["ids"] if isinstance(i, int)]
+                ids = [i for i in body["ids"] if isinstance(i, int) and not isinstance(i, bool)]
         count = await run_in_threadpool(runtime.outbox.retry_dead_letters, ids)
         if runtime.current_deliverer is not None:
             runtime.current_deliverer.notify()

@@ -56,6 +56,7 @@ class ThroughputSampler:
 
     def start(self) -> None:
         """Sample every second and save a snapshot every ``save_every_s``, in a thread."""
+        self.started_at = time.time()
         self.sample()
         self._thread = threading.Thread(target=self._run, name="status-sampler", daemon=True)
         self._thread.start()
