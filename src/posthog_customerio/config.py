@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     customerio_timeout_s: float = Field(30.0, gt=0)
     delivery_concurrency: int = Field(4, ge=1, le=64)
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    outbox_url: str | None = None
+    lease_s: float = Field(30.0, ge=2)
     # -- the HTTP service (serve) --
     webhook_token: SecretStr | None = None
     webhook_signing_secret: SecretStr | None = None
@@ -105,6 +107,16 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("outbox_url")
+    @classmethod
+    def _outbox_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("must be sqlite:///path or postgresql://user@host/db")
+        return value
 
     @field_validator("group_type_map", "event_name_map")
     @classmethod
@@ -221,7 +233,7 @@ def _describe(exc: ValidationError) -> str:
         field = str(error["loc"][0]) if error["loc"] else "?"
         name = ENV_NAMES.get(field, field)
         given = error.get("input")
-        secret = any(word in field for word in ("secret", "api_key", "site_id", "token"))
+        secret = any(word in field for word in ("secret", "api_key", "site_id", "token", "outbox_url"))
         shown = "" if secret else f" (got {given!r})"
         message = error["msg"].removeprefix("Value error, ")
         problems.append(f"{name}: {message}{shown}")

@@ -45,6 +45,7 @@ class RateLimiter:
         self.interval = 1.0 / rate
         self._clock = clock
         self._next = 0.0
+        self._hold = 0.0
         self._lock = threading.Lock()
 
     def reserve(self) -> float:
@@ -60,10 +61,21 @@ class RateLimiter:
         with self._lock:
             return max(0.0, self._next - self._clock())
 
+    def refund(self) -> None:
+        """Give back the last reserved slot (it was not used)."""
+        with self._lock:
+            self._next = max(self._clock(), self._next - self.interval)
+
     def hold_until(self, moment: float) -> None:
-        """No slot before ``moment`` (a clock value)."""
+        """No slot before ``moment`` (a clock value); slots already handed out are void."""
         with self._lock:
             self._next = max(self._next, moment)
+            self._hold = max(self._hold, moment)
+
+    def held(self) -> bool:
+        """Whether a hold (``Retry-After``, back-off) is in force now."""
+        with self._lock:
+            return self._clock() < self._hold
 
     def acquire(self, stop: threading.Event | None = None) -> bool:
         """Wait for a slot; False if ``stop`` was set while waiting."""
@@ -152,6 +164,7 @@ class Deliverer:
         self._stop = threading.Event()
         self._wake = threading.Condition()
         self._threads: list[threading.Thread] = []
+        self._local = threading.local()
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -222,11 +235,17 @@ class Deliverer:
             if self.auth_error:
                 self._wait_for_credentials()
                 continue
-            items = self.outbox.claim(self.max_batch_items, self.max_batch_bytes, self.max_op_bytes)
+            # wait for a request slot *before* claiming: a claim (a lease, with replicas)
+            # is only held for the length of one request, never across a back-off
+            if not self.limiter.acquire(self._stop):
+                break
+            items = self.outbox.claim(self._claim_size(), self.max_batch_bytes, self.max_op_bytes)
             if not items:
+                self.limiter.refund()
                 with self._wake:
                     self._wake.wait(self.idle_poll_s)
                 continue
+            self._local.paced = True
             try:
                 self._deliver(items)
             except Exception as exc:  # never lose the claim on a bug: release and go on
@@ -249,9 +268,23 @@ class Deliverer:
         if v1_only:
             self._send_v1(v1_only)
 
+    def _claim_size(self) -> int:
+        """v2: up to ``max_batch_items``; v1: what a few seconds of requests can send."""
+        if self.api == "v1":
+            return max(1, min(self.max_batch_items, int(5 / self.limiter.interval)))
+        return self.max_batch_items
+
+    def _pace(self) -> bool:
+        """Take a request slot, unless the worker already took one for this claim."""
+        paced = getattr(self._local, "paced", False)
+        self._local.paced = False
+        if self.limiter.held():  # back off without holding a claim: release, wait, claim again
+            return False
+        return paced or self.limiter.acquire(self._stop)
+
     def _send_v2(self, items: Sequence[Claimed]) -> Outcome:
-        if not self.limiter.acquire(self._stop):
-            self.outbox.release(items, "stopped before sending")
+        if not self._pace():
+            self.outbox.release(items, "not sent: stopping or backing off")
             return Outcome.TRANSIENT
         body_bytes = sum(item.size for item in items) + len(items) - 1 + _BATCH_ENVELOPE
         result = self.client.send_batch([item.payload for item in items])
@@ -295,8 +328,8 @@ class Deliverer:
 
     def _send_v1(self, items: Sequence[Claimed]) -> None:
         for position, item in enumerate(items):
-            if not self.limiter.acquire(self._stop):
-                self.outbox.release(items[position:], "stopped before sending")
+            if not self._pace():
+                self.outbox.release(items[position:], "not sent: stopping or backing off")
                 return
             payload = json.loads(item.payload)
             try:

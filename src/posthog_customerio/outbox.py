@@ -13,14 +13,63 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .db import Database
+from .db import Database, PostgresDatabase
 from .operations import Operation, encode_payload
 
 __all__ = ["Claimed", "DeadLetter", "Outbox"]
+
+_CANDIDATES_SQL = (
+    "SELECT seq, person_key, payload, size, attempts, enqueued_at, after_keys, lease_owner, lease_until"
+    " FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?"
+)
+_CLAIM_LOCK = 7_274_135_002  # pg_advisory_xact_lock key: one claimer at a time across replicas
+
+
+def _select(
+    rows: Iterable[tuple[Any, ...]],
+    taken: Callable[[tuple[Any, ...]], bool],
+    max_items: int,
+    max_bytes: int,
+    max_op_bytes: int,
+) -> tuple[list[Claimed], list[Claimed]]:
+    """Pick deliverable rows in queue order: (claimed, oversized).
+
+    A row already taken (in flight here or leased elsewhere) blocks its keys; a
+    person blocked once gets nothing later in this pass; an operation waiting on
+    other keys is never picked together with an earlier operation of those keys.
+    """
+    claimed: list[Claimed] = []
+    oversized: list[Claimed] = []
+    blocked: set[str] = set()
+    claimed_keys: set[str] = set()
+    budget = max_bytes
+    for row in rows:
+        item = Claimed(*row[:7])
+        keys = item.keys
+        if taken(row) or any(key in blocked for key in keys) or (
+            item.after_keys and any(key in claimed_keys for key in keys)
+        ):
+            blocked.update(keys)
+            continue
+        if item.size > max_op_bytes:
+            oversized.append(item)
+            continue
+        if item.size + 1 > budget or len(claimed) >= max_items:
+            blocked.update(keys)
+            if len(claimed) >= max_items or budget < 64:
+                break
+            continue
+        budget -= item.size + 1
+        claimed.append(item)
+        claimed_keys.update(keys)
+    return claimed, oversized
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +124,11 @@ class DeadLetter:
 class Outbox:
     """The outbox tables of a :class:`Database`, plus the in-process claim book."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database | PostgresDatabase, lease_s: float = 30.0) -> None:
         self.db = db
+        self.lease_s = lease_s
+        #: who holds a lease (PostgreSQL): host, pid and a random part
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._claim_lock = threading.Lock()
         self._in_flight: set[int] = set()
         self._busy_persons: dict[str, int] = {}
@@ -109,36 +161,16 @@ class Outbox:
         """Hand out the oldest deliverable operations, in order, within the limits.
 
         Operations bigger than ``max_op_bytes`` are dead-lettered on the way (they
-        can never be accepted). A person with an operation in flight, or whose
-        earlier operation did not fit this claim, gets nothing more this time.
+        can never be accepted). A person with an operation in flight (here, or
+        leased by another replica), or whose earlier operation did not fit this
+        claim, gets nothing more this time.
         """
         with self._claim_lock:
-            claimed: list[Claimed] = []
-            oversized: list[Claimed] = []
-            blocked: set[str] = set(self._busy_persons)
-            claimed_keys: set[str] = set()
-            budget = max_bytes
-            for row in self._candidates():
-                item = Claimed(*row)
-                if item.seq in self._in_flight:
-                    continue
-                keys = item.keys
-                if any(key in blocked for key in keys) or (
-                    item.after_keys and any(key in claimed_keys for key in keys)
-                ):
-                    blocked.update(keys)
-                    continue
-                if item.size > max_op_bytes:
-                    oversized.append(item)
-                    continue
-                if item.size + 1 > budget or len(claimed) >= max_items:
-                    blocked.update(keys)
-                    if len(claimed) >= max_items or budget < 64:
-                        break
-                    continue
-                budget -= item.size + 1
-                claimed.append(item)
-                claimed_keys.update(keys)
+            if self.db.shared:
+                claimed, oversized = self._claim_leased(max_items, max_bytes, max_op_bytes)
+            else:
+                taken = lambda row: row[0] in self._in_flight  # noqa: E731
+                claimed, oversized = _select(self._candidates(self.db), taken, max_items, max_bytes, max_op_bytes)
             for item in claimed:
                 self._in_flight.add(item.seq)
                 for key in item.keys:
@@ -153,16 +185,33 @@ class Outbox:
             )
         return claimed
 
-    def _candidates(self, page: int = 1000, scan_limit: int = 50_000) -> Iterator[tuple[Any, ...]]:
+    def _claim_leased(self, max_items: int, max_bytes: int, max_op_bytes: int) -> tuple[list[Claimed], list[Claimed]]:
+        """Claim across replicas: one claimer at a time (advisory lock), leases with expiry.
+
+        A row leased by anyone (lease not expired) blocks its people, exactly like an
+        in-flight row in one process; a dead replica's leases expire after
+        ``lease_s`` and its rows are claimed again.
+        """
+        with self.db.transaction() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(?)", (_CLAIM_LOCK,))
+            now = time.time()
+            taken = lambda row: row[8] is not None and row[8] > now  # noqa: E731
+            claimed, oversized = _select(self._candidates(conn), taken, max_items, max_bytes, max_op_bytes)
+            conn.executemany(
+                "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE seq = ?",
+                [(self.owner, now + self.lease_s, item.seq) for item in claimed],
+            )
+        return claimed, oversized
+
+    def _candidates(self, db_or_conn: Any, page: int = 1000, scan_limit: int = 50_000) -> Iterator[tuple[Any, ...]]:
         """Rows in queue order, a page at a time, up to ``scan_limit`` rows."""
         last = 0
         for _ in range(0, scan_limit, page):
-            with self.db.reading() as conn:
-                rows = conn.execute(
-                    "SELECT seq, person_key, payload, size, attempts, enqueued_at, after_keys"
-                    " FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (last, page),
-                ).fetchall()
+            if isinstance(db_or_conn, (Database, PostgresDatabase)):
+                with db_or_conn.reading() as conn:
+                    rows = conn.execute(_CANDIDATES_SQL, (last, page)).fetchall()
+            else:
+                rows = db_or_conn.execute(_CANDIDATES_SQL, (last, page)).fetchall()
             yield from rows
             if len(rows) < page:
                 return
@@ -193,7 +242,8 @@ class Outbox:
         if items:
             with self.db.transaction() as conn:
                 conn.executemany(
-                    "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?",
+                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?, lease_owner = NULL,"
+                    " lease_until = NULL WHERE seq = ?",
                     [(error[:500], item.seq) for item in items],
                 )
         self._unclaim(items)
@@ -260,7 +310,7 @@ class Outbox:
             rows = conn.execute(
                 "SELECT id, seq, person_key, payload, reason, status, response, attempts,"
                 " enqueued_at, failed_at FROM dead_letters ORDER BY id LIMIT ?",
-                (-1 if limit is None else limit,),
+                (1 << 62 if limit is None else limit,),
             ).fetchall()
         return [DeadLetter(*row) for row in rows]
 

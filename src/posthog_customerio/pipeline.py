@@ -72,6 +72,9 @@ class Ingestor:
         with self.db.transaction() as conn:
             wanted = [distinct_id for event in events for distinct_id in involved_distinct_ids(event)]
             states: dict[str, PersonState] = load_states(conn, wanted)
+            if self.db.shared:  # replicas: lock these people (and whom they merged into), then re-read
+                self.db.lock_keys(conn, {*wanted, *states})
+                states = load_states(conn, wanted)
             changed: dict[str, PersonState] = {}
             operations = []
             for event in events:

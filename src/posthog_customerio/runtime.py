@@ -17,7 +17,7 @@ import httpx
 
 from .config import ConfigError, Settings
 from .customerio import REGION_URLS, AuthError, TrackClient, resolve_track_url
-from .db import Database
+from .db import open_database
 from .delivery import Deliverer
 from .outbox import Claimed, Outbox
 from .pipeline import Ingestor
@@ -45,8 +45,11 @@ class Runtime:
         self.settings = settings
         self.fallback_to_us = fallback_to_us
         ensure_data_dir(settings)
-        self.db = Database(settings.database_path, synchronous=settings.sqlite_synchronous)
-        self.outbox = Outbox(self.db)
+        try:
+            self.db = open_database(settings.outbox_url, settings.database_path, settings.sqlite_synchronous)
+        except Exception as exc:  # unreachable server, bad URL: a configuration problem
+            raise ConfigError(f"OUTBOX_URL: cannot open the outbox: {type(exc).__name__}: {exc}") from None
+        self.outbox = Outbox(self.db, lease_s=settings.lease_s)
         self.ingestor = Ingestor(self.db, self.outbox, settings.mapping_config())
         self.sandbox = None
         self._client: TrackClient | None = None
@@ -93,15 +96,19 @@ class Runtime:
         """The Track API client (created on first use)."""
         if self._client is None:
             site_id, api_key = self.credentials()
-            self._client = TrackClient(
-                site_id, api_key, self.track_url(), timeout=self.settings.customerio_timeout_s
-            )
+            self._client = TrackClient(site_id, api_key, self.track_url(), timeout=self._timeout())
         return self._client
 
     @property
     def current_deliverer(self) -> Deliverer | None:
         """The delivery workers if this process started them."""
         return self._deliverer
+
+    def _timeout(self) -> float:
+        """HTTP timeout: below the lease when replicas share the outbox (a lease never
+        expires while its request can still be answered)."""
+        timeout = self.settings.customerio_timeout_s
+        return min(timeout, self.settings.lease_s * 0.8) if self.db.shared else timeout
 
     def deliverer(
         self,
@@ -111,7 +118,8 @@ class Runtime:
     ) -> Deliverer:
         """The delivery workers (one set per data directory: takes the delivery lock)."""
         if self._deliverer is None:
-            self._take_delivery_lock()
+            if not self.db.shared:  # one deliverer per SQLite file; PostgreSQL uses leases
+                self._take_delivery_lock()
             self._deliverer = Deliverer(
                 self.outbox,
                 self.client,

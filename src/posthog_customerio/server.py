@@ -39,6 +39,27 @@ __all__ = ["create_app", "HttpError"]
 log = logging.getLogger(__name__)
 
 _CAPTURE_PATHS = ("/batch", "/capture", "/e", "/i/v0/e")
+
+
+def _database_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [sqlite3.Error, OSError]
+    try:
+        import psycopg
+
+        errors.append(psycopg.Error)
+    except ImportError:  # PostgreSQL support not installed
+        pass
+    try:
+        import psycopg_pool
+
+        errors.append(psycopg_pool.PoolTimeout)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+#: errors that mean "the outbox could not store this": answer 503, never 200
+DATABASE_ERRORS = _database_errors()
 _READY_CACHE_S = 30.0
 
 
@@ -225,7 +246,7 @@ def create_app(runtime: Runtime, *, deliver: bool = True) -> FastAPI:
             raise HttpError(400, str(exc)) from None
         try:
             report = await run_in_threadpool(runtime.ingestor.ingest, events, source)
-        except sqlite3.Error as exc:
+        except DATABASE_ERRORS as exc:
             log.error("cannot write to the outbox: %s", exc)
             raise HttpError(503, f"outbox unavailable: {exc}", {"Retry-After": "10"}) from None
         deliverer = runtime.current_deliverer
@@ -258,9 +279,13 @@ def create_app(runtime: Runtime, *, deliver: bool = True) -> FastAPI:
         problems = []
         try:
             with runtime.db.transaction() as conn:
-                conn.execute("INSERT OR REPLACE INTO status_snapshot (key, value, updated_at) VALUES ('readyz', '{}', ?)", (time.time(),))
-        except sqlite3.Error as exc:
-            problems.append(f"outbox not writable: {exc}")
+                conn.execute(
+                    "INSERT INTO status_snapshot (key, value, updated_at) VALUES ('readyz', '{}', ?)"
+                    " ON CONFLICT (key) DO UPDATE SET updated_at = excluded.updated_at",
+                    (time.time(),),
+                )
+        except Exception as exc:  # sqlite3 or psycopg errors alike
+            problems.append(f"outbox not writable: {type(exc).__name__}: {exc}")
         deliverer = runtime.current_deliverer
         if deliverer is not None and deliverer.auth_error:
             problems.append(f"Customer.io: {deliverer.auth_error}")

@@ -94,7 +94,8 @@ def load_states(conn: sqlite3.Connection, distinct_ids: Iterable[str]) -> dict[s
 def save_states(conn: sqlite3.Connection, states: Iterable[PersonState]) -> None:
     """Insert or replace the given states (inside the caller's transaction)."""
     conn.executemany(
-        f"INSERT OR REPLACE INTO persons ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)",
+        f"INSERT INTO persons ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (distinct_id) DO UPDATE SET "
+        + ", ".join(f"{column} = excluded.{column}" for column in _COLUMNS.split(", ")[1:]),
         [
             (
                 s.distinct_id, int(s.identified), s.email, int(s.created), s.email_sent,

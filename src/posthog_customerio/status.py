@@ -149,7 +149,8 @@ def save_snapshot(runtime: Runtime, status: dict[str, Any]) -> None:
     """Store a status snapshot for ``posthog-customerio status``."""
     with runtime.db.transaction() as conn:
         conn.execute(
-            "INSERT OR REPLACE INTO status_snapshot (key, value, updated_at) VALUES (?,?,?)",
+            "INSERT INTO status_snapshot (key, value, updated_at) VALUES (?,?,?)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
             (_SNAPSHOT_KEY, json.dumps(status), time.time()),
         )
 
