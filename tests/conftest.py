@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,3 +79,37 @@ def write_jsonl(path: Path, events: list[Any]) -> Path:
     """Write events (dicts, or raw strings for bad lines) as JSONL."""
     path.write_text("".join((e if isinstance(e, str) else json.dumps(e)) + "\n" for e in events))
     return path
+
+
+# -- PostgreSQL (the shared outbox backend) ------------------------------------------------
+TEST_POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema (dropped afterwards).
+
+    Skips with a clear message when the server is unreachable outside CI; in CI
+    (CI=true) an unreachable server fails the test.
+    """
+    try:
+        import psycopg
+
+        admin = psycopg.connect(TEST_POSTGRES_URL, autocommit=True, connect_timeout=3)
+    except Exception as exc:  # noqa: BLE001 - any connection problem
+        message = f"PostgreSQL not reachable at {TEST_POSTGRES_URL} ({type(exc).__name__}); set TEST_POSTGRES_URL"
+        if _in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE SCHEMA "{schema}"')
+    separator = "&" if "?" in TEST_POSTGRES_URL else "?"
+    try:
+        yield f"{TEST_POSTGRES_URL}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        admin.close()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from posthog_customerio.db import Database
+from posthog_customerio.db import Database, PostgresDatabase
 from posthog_customerio.operations import Operation
 from posthog_customerio.outbox import Outbox
 from posthog_customerio.state import PersonState, load_states, save_states
@@ -16,9 +16,30 @@ def op(person: str, n: int, pad: int = 0) -> Operation:
     return Operation(person, {"type": "person", "identifiers": {"id": person}, "action": "event", "name": f"e{n}", "attributes": {"pad": "x" * pad}})
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_db(request: pytest.FixtureRequest, tmp_path: Path):
+    """Opens the backend under test; calling it again reopens the same data."""
+    opened = []
+
+    def make():
+        if request.param == "sqlite":
+            db = Database(tmp_path / "db.sqlite")
+        else:
+            db = PostgresDatabase(request.getfixturevalue("pg_url"))
+        opened.append(db)
+        return db
+
+    yield make
+    for db in opened:
+        try:
+            db.close()
+        except Exception:  # already closed by the test
+            pass
+
+
 @pytest.fixture
-def outbox(tmp_path: Path) -> Outbox:
-    return Outbox(Database(tmp_path / "db.sqlite"))
+def outbox(open_db) -> Outbox:
+    return Outbox(open_db())
 
 
 def names(items) -> list[str]:
@@ -92,18 +113,22 @@ def test_retry_dead_letters_requeues_them(outbox: Outbox) -> None:
     assert names(outbox.claim(10, 100_000, 32_000)) == ["a:e1", "b:e1"]
 
 
-def test_operations_survive_reopening_the_database(tmp_path: Path) -> None:
-    path = tmp_path / "db.sqlite"
-    first = Outbox(Database(path))
+def test_operations_survive_reopening_the_database(open_db) -> None:
+    first = Outbox(open_db(), lease_s=2)
     first.put([op("a", 1), op("a", 2)])
     first.claim(10, 100_000, 32_000)  # claimed but never acked: a crash
     first.db.close()
-    reopened = Outbox(Database(path))
+    reopened = Outbox(open_db())
+    if reopened.db.shared:  # another replica: the dead one's lease must expire first
+        assert reopened.claim(10, 100_000, 32_000) == []
+        import time
+
+        time.sleep(2.1)
     assert names(reopened.claim(10, 100_000, 32_000)) == ["a:e1", "a:e2"]
 
 
-def test_state_and_operations_commit_together_or_not_at_all(tmp_path: Path) -> None:
-    db = Database(tmp_path / "db.sqlite")
+def test_state_and_operations_commit_together_or_not_at_all(open_db) -> None:
+    db = open_db()
     with pytest.raises(RuntimeError):
         with db.transaction() as conn:
             save_states(conn, [PersonState("a", created=True)])
@@ -114,13 +139,45 @@ def test_state_and_operations_commit_together_or_not_at_all(tmp_path: Path) -> N
         assert load_states(conn, ["a"]) == {}
 
 
-def test_schema_migration_is_idempotent(tmp_path: Path) -> None:
-    path = tmp_path / "db.sqlite"
-    Database(path).close()
-    db = Database(path)
+def test_schema_migration_is_idempotent(open_db) -> None:
+    open_db().close()
+    db = open_db()
     with db.reading() as conn:
-        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] >= 1
+        if db.dialect == "sqlite":
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert conn.execute("PRAGMA user_version").fetchone()[0] >= 1
+        else:
+            versions = [row[0] for row in conn.execute("SELECT version FROM schema_migrations ORDER BY version")]
+            assert versions == list(range(1, len(versions) + 1)) and versions
+
+
+def test_two_replicas_never_claim_the_same_operation_nor_a_person_out_of_order(open_db) -> None:
+    first_db = open_db()
+    if not first_db.shared:
+        pytest.skip("one process delivers from a SQLite file")
+    replica_a, replica_b = Outbox(first_db), Outbox(open_db())
+    replica_a.put([op("p", 1), op("p", 2), op("q", 1), op("r", 1)])
+    taken_a = replica_a.claim(1, 100_000, 32_000)
+    taken_b = replica_b.claim(10, 100_000, 32_000)
+    assert names(taken_a) == ["p:e1"]
+    assert names(taken_b) == ["q:e1", "r:e1"]  # p:e2 waits for p:e1, leased by replica A
+    assert replica_b.claim(10, 100_000, 32_000) == []
+    replica_a.ack(taken_a)
+    assert names(replica_b.claim(10, 100_000, 32_000)) == ["p:e2"]
+
+
+def test_a_dead_replicas_leases_expire(open_db) -> None:
+    first_db = open_db()
+    if not first_db.shared:
+        pytest.skip("leases are the PostgreSQL backend's")
+    dead, alive = Outbox(first_db, lease_s=2), Outbox(open_db(), lease_s=2)
+    dead.put([op("p", 1)])
+    assert names(dead.claim(10, 100_000, 32_000)) == ["p:e1"]
+    assert alive.claim(10, 100_000, 32_000) == []
+    import time
+
+    time.sleep(2.1)
+    assert names(alive.claim(10, 100_000, 32_000)) == ["p:e1"]
 
 
 def test_an_operation_waiting_on_other_keys_is_never_sent_with_their_earlier_operations(outbox: Outbox) -> None:

@@ -77,6 +77,7 @@ def _settings(plugin_config: Path | None = None, **flags: Any) -> Settings:
         "shutdown_grace_s": "shutdown_grace_s",
         "log_format": "log_format",
         "suppress_on_delete": "suppress_on_delete",
+        "outbox_url": "outbox_url",
     }
     return load_settings({names[key]: value for key, value in flags.items()}, plugin_config)
 
@@ -413,8 +414,12 @@ def serve(
     max_queue: Annotated[Optional[int], typer.Option("--max-queue", help="Answer 503 above this outbox depth [env MAX_QUEUE; default 1000000]", show_default=False)] = None,
     shutdown_grace_s: Annotated[Optional[float], typer.Option("--shutdown-grace-s", help="Flush time on SIGTERM [env SHUTDOWN_GRACE_S; default 10]", show_default=False)] = None,
     log_format: Annotated[Optional[str], typer.Option("--log-format", help="json, text or auto [env LOG_FORMAT]", show_default=False)] = None,
+    outbox_url: Annotated[Optional[str], typer.Option("--outbox-url", help="sqlite:///path or postgresql://user@host/db [env OUTBOX_URL]", show_default=False)] = None,
+    role: Annotated[str, typer.Option("--role", help="all, ingest (receivers only) or deliver (workers only)")] = "all",
 ) -> None:
     """Run the HTTP service: PostHog webhook + capture receivers, delivery in the background."""
+    if role not in ("all", "ingest", "deliver"):
+        raise _fail(f"--role must be all, ingest or deliver (got {role!r})", EXIT_CONFIG)
     import uvicorn
 
     from .logs import configure_logging
@@ -428,7 +433,7 @@ def serve(
             data_dir=throwaway or data_dir, max_rps=max_rps, concurrency=concurrency,
             webhook_token=webhook_token, webhook_signing_secret=webhook_signing_secret,
             max_body_bytes=max_body_bytes, max_queue=max_queue, shutdown_grace_s=shutdown_grace_s,
-            log_format=log_format,
+            log_format=log_format, outbox_url=outbox_url,
         )
         if not sandbox:
             settings.credentials()
@@ -437,7 +442,7 @@ def serve(
     except ConfigError as exc:
         raise _fail(str(exc), EXIT_CONFIG) from None
     try:
-        application = create_app(runtime)
+        application = create_app(runtime, deliver=role in ("all", "deliver"), ingest=role in ("all", "ingest"))
         if runtime.sandbox is not None:
             logging.getLogger(__name__).info("sandbox Customer.io at %s/_sandbox/people", runtime.sandbox.url)
         config = uvicorn.Config(

@@ -190,8 +190,12 @@ class Authenticator:
 
 
 # -- the app ---------------------------------------------------------------------------
-def create_app(runtime: Runtime, *, deliver: bool = True) -> FastAPI:
-    """The FastAPI app around a :class:`Runtime` (delivery starts with the app)."""
+def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -> FastAPI:
+    """The FastAPI app around a :class:`Runtime`.
+
+    ``ingest``: serve the receivers (webhook, capture); ``deliver``: run the
+    delivery workers. ``serve --role`` chooses (both by default).
+    """
     settings = runtime.settings
     metrics = Metrics(runtime)
     sampler = ThroughputSampler(runtime)
@@ -254,16 +258,23 @@ def create_app(runtime: Runtime, *, deliver: bool = True) -> FastAPI:
             deliverer.notify()
         return JSONResponse({"status": 1, "accepted": report.events, "operations": report.operations})
 
-    @app.post("/webhook", summary="PostHog webhook / Hog destination body, plugin-style or export-style events")
     async def webhook(request: Request) -> JSONResponse:
         return await receive(request, "webhook", capture=False)
 
     async def capture(request: Request) -> JSONResponse:
         return await receive(request, "capture", capture=True)
 
-    for path in _CAPTURE_PATHS:
-        for variant in (path, path + "/"):
-            app.add_api_route(variant, capture, methods=["POST"], summary="PostHog capture API", include_in_schema=not variant.endswith("/"))
+    if ingest:
+        app.add_api_route(
+            "/webhook", webhook, methods=["POST"],
+            summary="PostHog webhook / Hog destination body, plugin-style or export-style events",
+        )
+        for path in _CAPTURE_PATHS:
+            for variant in (path, path + "/"):
+                app.add_api_route(
+                    variant, capture, methods=["POST"], summary="PostHog capture API",
+                    include_in_schema=not variant.endswith("/"),
+                )
 
     @app.get("/healthz", summary="Liveness (and delivery state)")
     def healthz() -> JSONResponse:
