@@ -195,3 +195,17 @@ def test_replaying_the_same_events_creates_no_duplicates(sandbox: SandboxServer,
         deliver(runtime, events)
     stats = sandbox.state.stats()
     assert stats["events"] == 6 and stats["duplicates"] == 6
+
+
+def test_client_side_rate_limit_is_shared_by_all_workers(sandbox: SandboxServer, tmp_path: Path) -> None:
+    events = [parse_event({"event": "e", "distinct_id": f"p{i}", "timestamp": 1_704_067_200, "uuid": str(uuidlib.uuid4()),
+                           "properties": {"$is_identified": False}}) for i in range(12)]
+    # anonymous events: one request each; 12 requests at 5 per second need at least ~2.2 s
+    with make_runtime(sandbox, tmp_path, customerio_max_rps=5, delivery_concurrency=4) as runtime:
+        started = time.monotonic()
+        deliver(runtime, events)
+        elapsed = time.monotonic() - started
+    times = sorted(r["time"] for r in sandbox.state.requests())
+    assert len(times) == 12 and elapsed >= 2.0
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert min(gaps) >= 0.15  # never two requests closer than the 0.2 s pacing (minus jitter)

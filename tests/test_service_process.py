@@ -110,8 +110,20 @@ def test_sigterm_with_a_full_queue_then_restart_delivers_everything_exactly_once
         assert process.wait(20) == 0
     log = process.stdout.read() if process.stdout else ""
     assert "operations kept for the next start" in log
+    # `status` reads the same figures from the data dir, with no server running
+    status = subprocess.run([str(SCRIPT), "status", "--json"], env={**os.environ, **service_env},
+                            capture_output=True, text=True, timeout=30)
+    report = json.loads(status.stdout)
+    assert report["outbox"]["depth"] == 600 and report["ingest"]["events_received"] == 300
+    assert report["service"]["snapshot_age_s"] < 60 and any("503" in e["message"] for e in report["recent_errors"])
+    text = subprocess.run([str(SCRIPT), "status"], env={**os.environ, **service_env}, capture_output=True, text=True, timeout=30)
+    assert "600 queued" in text.stdout
     sandbox.state.clear_faults()
     with service(service_env) as (url, _):
+        # the CLI works beside the running service (SQLite WAL, one deliverer)
+        listing = subprocess.run([str(SCRIPT), "dead-letters"], env={**os.environ, **service_env},
+                                 capture_output=True, text=True, timeout=30)
+        assert listing.returncode == 0 and "no dead letters" in listing.stdout
         wait_for(lambda: len(event_ids(sandbox)) >= 300)
         wait_for(lambda: httpx.get(f"{url}/api/status").json()["outbox"]["depth"] == 0)
     ids = event_ids(sandbox)

@@ -61,11 +61,6 @@ class RateLimiter:
         with self._lock:
             return max(0.0, self._next - self._clock())
 
-    def refund(self) -> None:
-        """Give back the last reserved slot (it was not used)."""
-        with self._lock:
-            self._next = max(self._clock(), self._next - self.interval)
-
     def hold_until(self, moment: float) -> None:
         """No slot before ``moment`` (a clock value); slots already handed out are void."""
         with self._lock:
@@ -74,8 +69,12 @@ class RateLimiter:
 
     def held(self) -> bool:
         """Whether a hold (``Retry-After``, back-off) is in force now."""
+        return self.hold_remaining() > 0
+
+    def hold_remaining(self) -> float:
+        """Seconds until the current hold ends (0 when none)."""
         with self._lock:
-            return self._clock() < self._hold
+            return max(0.0, self._hold - self._clock())
 
     def acquire(self, stop: threading.Event | None = None) -> bool:
         """Wait for a slot; False if ``stop`` was set while waiting."""
@@ -164,7 +163,6 @@ class Deliverer:
         self._stop = threading.Event()
         self._wake = threading.Condition()
         self._threads: list[threading.Thread] = []
-        self._local = threading.local()
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -235,17 +233,17 @@ class Deliverer:
             if self.auth_error:
                 self._wait_for_credentials()
                 continue
-            # wait for a request slot *before* claiming: a claim (a lease, with replicas)
-            # is only held for the length of one request, never across a back-off
-            if not self.limiter.acquire(self._stop):
-                break
+            # back off without holding a claim (with replicas, a claim is a lease: it is
+            # held for the length of a request, never across a Retry-After)
+            hold = self.limiter.hold_remaining()
+            if hold > 0:
+                self._stop.wait(hold)
+                continue
             items = self.outbox.claim(self._claim_size(), self.max_batch_bytes, self.max_op_bytes)
             if not items:
-                self.limiter.refund()
                 with self._wake:
                     self._wake.wait(self.idle_poll_s)
                 continue
-            self._local.paced = True
             try:
                 self._deliver(items)
             except Exception as exc:  # never lose the claim on a bug: release and go on
@@ -275,12 +273,10 @@ class Deliverer:
         return self.max_batch_items
 
     def _pace(self) -> bool:
-        """Take a request slot, unless the worker already took one for this claim."""
-        paced = getattr(self._local, "paced", False)
-        self._local.paced = False
-        if self.limiter.held():  # back off without holding a claim: release, wait, claim again
+        """Take a request slot; False (release the claim) while a back-off is in force."""
+        if self.limiter.held():
             return False
-        return paced or self.limiter.acquire(self._stop)
+        return self.limiter.acquire(self._stop) and not self.limiter.held()
 
     def _send_v2(self, items: Sequence[Claimed]) -> Outcome:
         if not self._pace():
