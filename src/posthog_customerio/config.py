@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     customerio_max_rps: float = Field(100.0, gt=0)
     customerio_timeout_s: float = Field(30.0, gt=0)
     delivery_concurrency: int = Field(4, ge=1, le=64)
+    delivery_linger_s: float = Field(0.1, ge=0, le=10)
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     outbox_url: str | None = None
     lease_s: float = Field(30.0, ge=2)

@@ -142,6 +142,7 @@ class Deliverer:
         auth_retry_s: float = 60.0,
         idle_poll_s: float = 0.2,
         on_delivered: Callable[[Sequence[Claimed]], None] | None = None,
+        linger_s: float = 0.0,
     ) -> None:
         self.outbox = outbox
         self.client = client
@@ -156,6 +157,7 @@ class Deliverer:
         self.auth_retry_s = auth_retry_s
         self.idle_poll_s = idle_poll_s
         self.on_delivered = on_delivered
+        self.linger_s = linger_s
         self.stats = DeliveryStats()
         self.auth_error: str | None = None
         self._stats_lock = threading.Lock()
@@ -229,6 +231,7 @@ class Deliverer:
 
     # -- the worker ------------------------------------------------------------
     def _work(self) -> None:
+        lingered = False
         while not self._stop.is_set():
             if self.auth_error:
                 self._wait_for_credentials()
@@ -244,6 +247,14 @@ class Deliverer:
                 with self._wake:
                     self._wake.wait(self.idle_poll_s)
                 continue
+            if self.linger_s and len(items) < self._claim_size() // 4 and not lingered:
+                # a trickle: let a fuller batch build up (fewer requests per event) — but
+                # never hold a claim while waiting
+                self.outbox.unclaim(items)
+                lingered = True
+                self._stop.wait(self.linger_s)
+                continue
+            lingered = False
             try:
                 self._deliver(items)
             except Exception as exc:  # never lose the claim on a bug: release and go on

@@ -237,6 +237,16 @@ class Outbox:
                 conn.executemany("DELETE FROM outbox WHERE seq = ?", [(item.seq,) for item in items])
         self._unclaim(items)
 
+    def unclaim(self, items: Sequence[Claimed]) -> None:
+        """Give claimed operations back untouched (not attempted)."""
+        if items and self.db.shared:
+            with self.db.transaction() as conn:
+                conn.executemany(
+                    "UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE seq = ?",
+                    [(item.seq,) for item in items],
+                )
+        self._unclaim(items)
+
     def release(self, items: Sequence[Claimed], error: str) -> None:
         """Not delivered (transient failure): keep them queued, count the attempt."""
         if items:

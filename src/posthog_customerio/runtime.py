@@ -128,6 +128,7 @@ class Runtime:
                 max_rps=self.settings.customerio_max_rps,
                 pause_on_auth_error=pause_on_auth_error,
                 auth_retry_s=self.settings.auth_retry_s,
+                linger_s=self.settings.delivery_linger_s,
                 on_delivered=on_delivered,
             )
         return self._deliverer

@@ -1,0 +1,474 @@
+"""Kafka source: PostHog events from a Kafka topic into the outbox (self-hosted PostHog).
+
+Works with any broker that speaks the Kafka protocol — Apache Kafka, Redpanda, and other
+Kafka-compatible brokers (the tests run against Tansu) — through ``confluent-kafka``
+(librdkafka).
+
+Delivery guarantee: **at least once, never lost.** Auto-commit is off. For every batch
+polled from the topic, the events are mapped and committed to the outbox in one SQLite
+transaction *first*; only then are the Kafka offsets of that batch committed
+(synchronously). A crash between the two re-reads the batch on the next start; replays are
+harmless because every Customer.io event carries a dedupe id derived from the PostHog event
+``uuid`` (and identifies are idempotent). A message that is not a valid event is counted,
+logged with its partition and offset, and skipped: it never blocks its partition.
+
+Message values may hold one event or a JSON array of events, in any shape
+:func:`posthog_customerio.sources.parse_payload` accepts. PostHog's own topics are
+understood too:
+
+* ``clickhouse_events_json`` (and ``events_json``): one processed event per message, with
+  ``properties`` and ``person_properties`` as JSON *strings* and ClickHouse timestamps
+  (``2024-01-01 12:00:00.123456``, UTC);
+* ``events_plugin_ingestion`` (capture output): an envelope whose ``data`` is the event as a
+  JSON string.
+
+The public entry point is :func:`consume`; the ``posthog-customerio consume`` command is a
+thin wrapper around it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from .pipeline import IngestReport
+from .sources import EventParseError, PostHogEvent, loads_strict, parse_payload
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+__all__ = [
+    "BatchResult",
+    "ConsumeReport",
+    "KafkaConsumeError",
+    "consume",
+    "consumer_config",
+    "decode_message",
+    "load_kafka_config",
+    "normalize_event",
+    "secret_values",
+]
+
+log = logging.getLogger(__name__)
+#: librdkafka's own log lines (connection failures, rebalances…) go to this logger.
+librdkafka_log = logging.getLogger(__name__ + ".librdkafka")
+
+SOURCE = "kafka"
+
+#: Event fields PostHog's topics may carry as JSON-encoded strings.
+JSON_STRING_FIELDS = ("properties", "person_properties", "$set", "set", "$set_once", "set_once")
+
+#: Settings the at-least-once guarantee depends on: a caller cannot override them.
+_FIXED = {"enable.auto.commit": False, "enable.auto.offset.store": False}
+
+_COMMIT_ATTEMPTS = 3
+_MAX_BACKOFF_S = 10.0
+
+
+class KafkaConsumeError(RuntimeError):
+    """Consuming stopped on an error; offsets of unstored messages were not committed."""
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What one polled batch produced (passed to ``on_batch``)."""
+
+    messages: int
+    events: int
+    invalid: int
+    operations: int
+    #: ``{(topic, partition): next offset}`` committed for this batch (empty if the commit failed).
+    committed: dict[tuple[str, int], int]
+
+
+@dataclass(slots=True)
+class ConsumeReport:
+    """Totals of one :func:`consume` run."""
+
+    messages: int = 0
+    events: int = 0
+    invalid: int = 0
+    batches: int = 0
+    commits: int = 0
+    commit_failures: int = 0
+    ingest_failures: int = 0
+    broker_errors: int = 0
+    ingest: IngestReport = field(default_factory=IngestReport)
+    #: Last committed next-offset per ``(topic, partition)``.
+    committed: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: ``"stop"`` (the stop event was set) or ``"max_messages"``.
+    stopped_by: str = ""
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-friendly summary."""
+        data = asdict(self)
+        data["ingest"] = {
+            "events": self.ingest.events,
+            "operations": self.ingest.operations,
+            "skipped": dict(self.ingest.skipped),
+        }
+        data["committed"] = {f"{topic}[{partition}]": offset for (topic, partition), offset in self.committed.items()}
+        return data
+
+
+# -- message decoding ------------------------------------------------------------------------------
+def _decode_json_field(obj: dict[str, Any], name: str) -> None:
+    value = obj.get(name)
+    if not isinstance(value, str):
+        return
+    if not value.strip():
+        del obj[name]  # ClickHouse writes '' for "no person properties"
+        return
+    try:
+        obj[name] = loads_strict(value)
+    except (ValueError, RecursionError) as exc:
+        raise EventParseError(f"{name} is a string but not valid JSON: {exc}") from None
+
+
+def normalize_event(obj: Any) -> Any:
+    """Undo the JSON-in-JSON encodings of PostHog's Kafka topics; other shapes pass through.
+
+    * ``properties``, ``person_properties``, ``$set``/``set``, ``$set_once``/``set_once``
+      given as JSON strings are decoded (an empty string means absent);
+    * an ``events_plugin_ingestion`` envelope (``data`` is the event as a JSON string) is
+      unwrapped, its ``distinct_id``/``uuid`` filling in what the event lacks, and its
+      ``now`` standing in for a missing ``timestamp``.
+
+    Raises :class:`EventParseError` when such a string is not valid JSON.
+    """
+    if not isinstance(obj, dict):
+        return obj
+    obj = dict(obj)
+    if isinstance(obj.get("data"), str) and "event" not in obj:
+        try:
+            inner = loads_strict(obj["data"])
+        except (ValueError, RecursionError) as exc:
+            raise EventParseError(f"data is a string but not valid JSON: {exc}") from None
+        if not isinstance(inner, dict):
+            raise EventParseError(f"data must hold a JSON object, got {type(inner).__name__}")
+        for key in ("distinct_id", "uuid"):
+            if inner.get(key) in (None, "") and obj.get(key) not in (None, ""):
+                inner[key] = obj[key]
+        if inner.get("timestamp") in (None, "") and obj.get("now"):
+            inner["timestamp"] = obj["now"]
+        obj = dict(inner)
+    if isinstance(obj.get("event"), dict):  # Hog globals body: {"event": {...}, "person": {...}}
+        obj["event"] = normalize_event(obj["event"])
+        if isinstance(obj.get("person"), dict):
+            person = dict(obj["person"])
+            _decode_json_field(person, "properties")
+            obj["person"] = person
+        return obj
+    for name in JSON_STRING_FIELDS:
+        _decode_json_field(obj, name)
+    if isinstance(obj.get("person"), dict):
+        person = dict(obj["person"])
+        _decode_json_field(person, "properties")
+        obj["person"] = person
+    return obj
+
+
+def decode_message(value: bytes | str | None) -> list[PostHogEvent]:
+    """Turn one Kafka message value into events (one event or a JSON array of them).
+
+    All or nothing, like :func:`parse_payload`; raises :class:`EventParseError` naming the
+    problem for an empty value, invalid JSON or an invalid event.
+    """
+    if value is None or (isinstance(value, (bytes, str)) and not value.strip()):
+        raise EventParseError("empty message")
+    try:
+        obj = loads_strict(value)
+    except json.JSONDecodeError as exc:
+        raise EventParseError(f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:  # includes UnicodeDecodeError
+        raise EventParseError(f"invalid JSON: {exc}") from None
+    if isinstance(obj, list):
+        obj = [normalize_event(item) for item in obj]
+    elif isinstance(obj, dict) and isinstance(obj.get("batch"), list) and "event" not in obj:
+        obj = {**obj, "batch": [normalize_event(item) for item in obj["batch"]]}
+    else:
+        obj = normalize_event(obj)
+    return parse_payload(obj)
+
+
+# -- configuration -----------------------------------------------------------------------------------
+def load_kafka_config(pairs: Iterable[str] = (), file: str | Path | None = None) -> dict[str, str]:
+    """librdkafka settings from ``KEY=VALUE`` strings and/or a properties file.
+
+    The file holds one ``key=value`` per line (``#`` comments and blank lines ignored), so
+    secrets such as ``sasl.password`` need not appear on the command line. Pairs win over
+    the file. Raises :class:`ValueError` naming a malformed entry.
+    """
+    config: dict[str, str] = {}
+    if file is not None:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ValueError(f"cannot read Kafka config file {file}: {exc.strerror}") from None
+        for number, line in enumerate(text.splitlines(), start=1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            key, sep, value = line.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"{file} line {number}: expected key=value")
+            config[key.strip()] = value.strip()
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"Kafka setting {pair.split('=')[0]!r}: expected KEY=VALUE")
+        config[key.strip()] = value.strip()
+    return config
+
+
+_SECRET_KEY_PARTS = ("password", "secret", "key.pem", "oauthbearer.config", "keystore")
+
+
+def secret_values(config: Mapping[str, Any]) -> list[str]:
+    """Values of secret librdkafka settings (``sasl.password``, ``ssl.key.password``…), for log redaction."""
+    return [str(value) for key, value in config.items()
+            if any(part in key for part in _SECRET_KEY_PARTS) and len(str(value)) >= 4]
+
+
+def consumer_config(bootstrap: str, group: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The librdkafka consumer configuration :func:`consume` uses.
+
+    ``extra`` (TLS, SASL, timeouts…) is applied over the defaults; auto-commit and the
+    automatic offset store stay off whatever it says (the guarantee depends on it).
+    """
+    if not bootstrap.strip():
+        raise ValueError("Kafka bootstrap servers are empty (expected HOST:PORT[,HOST:PORT…])")
+    if not group.strip():
+        raise ValueError("Kafka consumer group is empty")
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "client.id": "posthog-customerio",
+        "logger": librdkafka_log,
+    }
+    for key, value in (extra or {}).items():
+        if key in _FIXED and str(value).lower() not in ("false", "0"):
+            raise ValueError(f"{key} cannot be enabled: offsets are committed only after the events are stored")
+        config[key] = value
+    config.update(_FIXED)
+    return config
+
+
+# -- the consumer loop -----------------------------------------------------------------------------------
+def consume(
+    runtime: Runtime,
+    bootstrap: str,
+    topic: str,
+    group: str,
+    *,
+    batch_size: int = 500,
+    poll_timeout_s: float = 1.0,
+    stop: threading.Event | None = None,
+    max_messages: int | None = None,
+    on_batch: Callable[[BatchResult], None] | None = None,
+    config: Mapping[str, Any] | None = None,
+    ingest_retries: int = 5,
+    retry_backoff_s: float = 0.5,
+) -> ConsumeReport:
+    """Read PostHog events from ``topic`` as member of consumer group ``group`` until stopped.
+
+    Each batch (up to ``batch_size`` messages, waiting at most ``poll_timeout_s``) is parsed,
+    ingested in one transaction (``runtime.ingestor.ingest(..., source="kafka")``), the
+    delivery workers are woken if this process runs them, and only then are the batch's
+    offsets committed synchronously. Invalid messages are counted, logged with partition and
+    offset, and skipped (their offsets are committed with the batch).
+
+    Stops when ``stop`` is set (after finishing the batch in hand: set it from a SIGTERM
+    handler) or once ``max_messages`` messages were read. A failed ingest (database error)
+    is retried ``ingest_retries`` times with exponential backoff from ``retry_backoff_s``;
+    then :class:`KafkaConsumeError` is raised without committing, so the messages are read
+    again by the next consumer of the group. A failed commit is logged and counted: the
+    events are already stored, and a later commit (or a replay, harmless thanks to the
+    dedupe ids) covers them. Fatal librdkafka errors raise :class:`KafkaConsumeError`.
+
+    ``config`` adds librdkafka settings (``security.protocol``, ``sasl.*``, ``ssl.*``,
+    ``session.timeout.ms``…); invalid ones raise :class:`ValueError`. ``on_batch`` is called
+    after each batch was stored and its commit attempted.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    if not topic.strip():
+        raise ValueError("Kafka topic is empty")
+    stop = stop or threading.Event()
+    report = ConsumeReport()
+    started = time.monotonic()
+    try:
+        consumer = Consumer(consumer_config(bootstrap, group, config))
+    except KafkaException as exc:  # e.g. "No such configuration property"
+        raise ValueError(f"invalid Kafka settings: {_kafka_message(exc)}") from None
+    try:
+        consumer.subscribe(
+            [topic],
+            on_assign=lambda _c, partitions: log.info("kafka: assigned %s", _describe(partitions)),
+            on_revoke=lambda _c, partitions: log.info("kafka: revoked %s", _describe(partitions)),
+            on_lost=lambda _c, partitions: log.warning(
+                "kafka: lost %s (their messages since the last commit will be read again)", _describe(partitions)
+            ),
+        )
+        log.info("kafka: consuming %s as group %s from %s", topic, group, bootstrap)
+        while not stop.is_set():
+            wanted = batch_size
+            if max_messages is not None:
+                wanted = min(batch_size, max_messages - report.messages)
+                if wanted <= 0:
+                    report.stopped_by = "max_messages"
+                    break
+            try:
+                messages = consumer.consume(num_messages=wanted, timeout=poll_timeout_s)
+            except KafkaException as exc:
+                raise KafkaConsumeError(f"Kafka consumer failed: {_kafka_message(exc)}") from exc
+            if messages:
+                result = _process_batch(
+                    runtime, consumer, messages, report, stop, ingest_retries, retry_backoff_s
+                )
+                if result is not None and on_batch is not None:
+                    on_batch(result)
+        else:
+            report.stopped_by = "stop"
+    finally:
+        report.seconds = round(time.monotonic() - started, 3)
+        try:
+            consumer.close()  # leaves the group; commits nothing (auto-commit is off)
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("kafka: closing the consumer failed: %s", exc)
+    return report
+
+
+def _process_batch(
+    runtime: Runtime,
+    consumer: Consumer,
+    messages: Sequence[Message],
+    report: ConsumeReport,
+    stop: threading.Event,
+    ingest_retries: int,
+    retry_backoff_s: float,
+) -> BatchResult | None:
+    events: list[PostHogEvent] = []
+    next_offsets: dict[tuple[str, int], int] = {}
+    read = invalid = 0
+    for message in messages:
+        error = message.error()
+        if error is not None:
+            _broker_error(error, report)
+            continue
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        if topic is None or partition is None or offset is None:  # not a fetched message
+            continue
+        read += 1
+        next_offsets[(topic, partition)] = offset + 1
+        try:
+            events.extend(decode_message(message.value()))
+        except EventParseError as exc:
+            invalid += 1
+            log.warning("kafka: skipped the message at %s[%d] offset %d: %s", topic, partition, offset, exc)
+    if not read:
+        return None
+    report.messages += read
+    report.invalid += invalid
+    report.batches += 1
+    if invalid:
+        runtime.ingestor.count_invalid(SOURCE, invalid)
+    ingested = _ingest(runtime, events, report, stop, ingest_retries, retry_backoff_s)
+    report.events += ingested.events
+    report.ingest.add(ingested)
+    deliverer = runtime.current_deliverer
+    if deliverer is not None and ingested.operations:
+        deliverer.notify()
+    committed = _commit(consumer, next_offsets, report)
+    return BatchResult(read, ingested.events, invalid, ingested.operations, committed)
+
+
+def _broker_error(error: KafkaError, report: ConsumeReport) -> None:
+    if error.code() == KafkaError._PARTITION_EOF:
+        return
+    if error.fatal():
+        raise KafkaConsumeError(f"Kafka consumer failed: {error.str()}")
+    report.broker_errors += 1
+    log.warning("kafka: %s (librdkafka retries by itself)", error.str())
+
+
+def _ingest(
+    runtime: Runtime,
+    events: list[PostHogEvent],
+    report: ConsumeReport,
+    stop: threading.Event,
+    retries: int,
+    backoff_s: float,
+) -> IngestReport:
+    if not events:
+        return IngestReport()
+    attempt = 0
+    while True:
+        try:
+            return runtime.ingestor.ingest(events, source=SOURCE)
+        except Exception as exc:  # database errors: nothing of the batch was stored
+            report.ingest_failures += 1
+            attempt += 1
+            if attempt > retries or stop.is_set():
+                raise KafkaConsumeError(
+                    f"could not store {len(events)} events from Kafka: {exc}"
+                    " (offsets not committed: the messages will be read again)"
+                ) from exc
+            delay = min(_MAX_BACKOFF_S, backoff_s * 2 ** (attempt - 1))
+            log.warning("kafka: storing %d events failed (%s); retry %d/%d in %.1fs",
+                        len(events), exc, attempt, retries, delay)
+            stop.wait(delay)
+
+
+def _commit(consumer: Consumer, next_offsets: dict[tuple[str, int], int],
+            report: ConsumeReport) -> dict[tuple[str, int], int]:
+    offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in next_offsets.items()]
+    for attempt in range(1, _COMMIT_ATTEMPTS + 1):
+        try:
+            answered = consumer.commit(offsets=offsets, asynchronous=False) or []
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if error is not None and error.fatal():
+                raise KafkaConsumeError(f"Kafka offset commit failed: {error.str()}") from exc
+            if error is not None and error.retriable() and attempt < _COMMIT_ATTEMPTS:
+                time.sleep(0.1 * attempt)
+                continue
+            report.commit_failures += 1
+            log.warning("kafka: committing offsets %s failed: %s (the events are stored; these messages may"
+                        " be read again, which is harmless)", _describe(offsets), exc)
+            return {}
+        failed = [tp for tp in answered if tp.error is not None]
+        committed = {key: offset for key, offset in next_offsets.items()
+                     if not any((tp.topic, tp.partition) == key for tp in failed)}
+        if failed:
+            report.commit_failures += 1
+            log.warning("kafka: committing offsets failed for %s: %s", _describe(failed),
+                        "; ".join(str(tp.error) for tp in failed))
+        if committed:
+            report.commits += 1
+            report.committed.update(committed)
+        return committed
+    return {}  # pragma: no cover - the loop always returns
+
+
+def _kafka_message(exc: KafkaException) -> str:
+    error = exc.args[0] if exc.args else None
+    return error.str() if isinstance(error, KafkaError) else str(exc)
+
+
+def _describe(partitions: Iterable[TopicPartition]) -> str:
+    parts = [
+        f"{tp.topic}[{tp.partition}]" + (f"@{tp.offset}" if tp.offset >= 0 else "")
+        for tp in partitions
+    ]
+    return ", ".join(parts) or "nothing"
