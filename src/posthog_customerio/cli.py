@@ -458,6 +458,91 @@ def serve(
             shutil.rmtree(throwaway, ignore_errors=True)
 
 
+# -- consume (Kafka) ---------------------------------------------------------------------------
+@app.command()
+def consume(
+    kafka_bootstrap: Annotated[str, typer.Option("--kafka-bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", help="HOST:PORT[,HOST:PORT...] of the Kafka / Redpanda brokers", show_default=False)],
+    topic: Annotated[str, typer.Option("--topic", envvar="KAFKA_TOPIC", help="Topic of PostHog events, e.g. clickhouse_events_json", show_default=False)],
+    group: Annotated[str, typer.Option("--group", envvar="KAFKA_GROUP_ID", help="Consumer group; offsets are committed for it")] = "posthog-customerio",
+    kafka_config: Annotated[Optional[list[str]], typer.Option("--kafka-config", help="librdkafka setting KEY=VALUE, repeatable (e.g. security.protocol=SASL_SSL)", show_default=False)] = None,
+    kafka_config_file: Annotated[Optional[Path], typer.Option("--kafka-config-file", envvar="KAFKA_CONFIG_FILE", help="File of key=value librdkafka settings, keeps sasl.password off the command line", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Messages per outbox transaction and offset commit")] = 500,
+    max_messages: Annotated[Optional[int], typer.Option("--max-messages", min=1, help="Stop after this many messages (backfills, tests)", show_default=False)] = None,
+    site_id: SiteId = None, api_key: ApiKey = None, region: Region = None, track_url: TrackUrl = None,
+    api: Api = None, identify_by_email: ByEmail = None, anonymous: Anonymous = None,
+    events_to_send: Allowlist = None, data_dir: DataDir = None, max_rps: MaxRps = None,
+    concurrency: Concurrency = None, plugin_config: PluginConfig = None, sandbox: Sandbox = False,
+    shutdown_grace_s: Annotated[Optional[float], typer.Option("--shutdown-grace-s", help="On stop, keep delivering this long [env SHUTDOWN_GRACE_S; default 10]", show_default=False)] = None,
+    log_format: Annotated[Optional[str], typer.Option("--log-format", help="json, text or auto [env LOG_FORMAT]", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
+) -> None:
+    """Read PostHog events from a Kafka topic (self-hosted PostHog) and deliver them.
+
+    Works with Apache Kafka, Redpanda and other Kafka-compatible brokers. Offsets are
+    committed only after the events are in the outbox (at least once; dedupe ids make
+    replays harmless). Runs until SIGTERM/SIGINT (or --max-messages), then delivers for
+    SHUTDOWN_GRACE_S and keeps the rest queued. Exit 0 after a graceful stop, 1 when
+    consuming failed (nothing unstored was committed), 2 for bad configuration.
+    """
+    import threading
+
+    from .kafka_source import KafkaConsumeError, load_kafka_config, secret_values
+    from .kafka_source import consume as consume_topic
+    from .logs import configure_logging
+
+    throwaway = _sandbox_data_dir(sandbox, data_dir)
+    try:
+        settings = _settings(
+            plugin_config, site_id=site_id, api_key=api_key, region=region, track_url=track_url, api=api,
+            identify_by_email=identify_by_email, anonymous=anonymous, events_to_send=events_to_send,
+            data_dir=throwaway or data_dir, max_rps=max_rps, concurrency=concurrency,
+            shutdown_grace_s=shutdown_grace_s, log_format=log_format,
+        )
+        if not sandbox:
+            settings.credentials()
+        extra = load_kafka_config(kafka_config or (), kafka_config_file)
+    except ValueError as exc:  # ConfigError is a ValueError
+        raise _fail(str(exc), EXIT_CONFIG) from None
+    configure_logging(settings.log_format, settings.log_level, [*settings.secret_values(), *secret_values(extra)])
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda _number, _frame: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    failure, report = None, None
+    try:
+        with Runtime(settings, sandbox=sandbox, fallback_to_us=True) as runtime:
+            deliverer = runtime.deliverer(pause_on_auth_error=True)
+            deliverer.start()
+            try:
+                report = consume_topic(runtime, kafka_bootstrap, topic, group, batch_size=batch_size,
+                                       stop=stop, max_messages=max_messages, config=extra)
+            except KafkaConsumeError as exc:
+                failure = str(exc)
+            deliverer.wait_until_empty(settings.shutdown_grace_s)
+            summary = {**(report.as_dict() if report else {}), "operations_delivered": deliverer.stats.delivered,
+                       "queued": runtime.outbox.depth(), "error": failure}
+    except ValueError as exc:  # ConfigError, or librdkafka refusing a setting
+        raise _fail(str(exc), EXIT_CONFIG) from None
+    except DeliveryLockError as exc:
+        raise _fail(str(exc), EXIT_FAILED) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if throwaway is not None:
+            shutil.rmtree(throwaway, ignore_errors=True)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        out.print(
+            f"messages read      {summary.get('messages', 0)} ({summary.get('invalid', 0)} invalid, skipped)\n"
+            f"events stored      {summary.get('events', 0)}\n"
+            f"offsets committed  {summary.get('commits', 0)} commits ({summary.get('commit_failures', 0)} failed)\n"
+            f"operations sent    {summary['operations_delivered']}, still queued {summary['queued']}",
+            markup=False, soft_wrap=True,
+        )
+    if failure:
+        raise _fail(failure, EXIT_FAILED)
+    raise typer.Exit(EXIT_OK)
+
+
 def _run_until_signalled(server: Any) -> None:
     """Run uvicorn; SIGTERM/SIGINT shut it down gracefully and the command exits 0.
 
