@@ -18,7 +18,7 @@ from typing import IO, Annotated, Any, Optional
 import httpx
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings
@@ -230,15 +230,16 @@ def _run_send(runtime: Runtime, stream: IO[str], timeout: float | None) -> dict[
     lines = _CountingLines(stream)
     total_bytes = _size_of(stream)
     with _progress() as progress:
-        reading = progress.add_task("reading", total=total_bytes)
-        delivering = progress.add_task("delivering", total=backlog)
+        reading = progress.add_task("reading", total=total_bytes, detail="")
+        delivering = progress.add_task("delivering", total=backlog, detail="")
         chunk = []
 
         def flush() -> None:
             report.add(runtime.ingestor.ingest(chunk))
             chunk.clear()
             deliverer.notify()
-            progress.update(delivering, total=backlog + report.operations, completed=deliverer.stats.delivered)
+            progress.update(delivering, total=backlog + report.operations, completed=deliverer.stats.delivered,
+                            detail=f"{deliverer.stats.delivered:,} operations")
 
         for item in read_events(lines):
             if item.event is None:
@@ -249,12 +250,13 @@ def _run_send(runtime: Runtime, stream: IO[str], timeout: float | None) -> dict[
                 chunk.append(item.event)
                 if len(chunk) >= _CHUNK:
                     flush()
-                    progress.update(reading, completed=lines.bytes)
+                    progress.update(reading, completed=lines.bytes, detail=f"{report.events:,} events")
         flush()
         progress.update(reading, completed=total_bytes or lines.bytes, total=total_bytes or lines.bytes)
         finished = deliverer.wait_until_empty(
             timeout,
-            tick=lambda: progress.update(delivering, completed=deliverer.stats.delivered),
+            tick=lambda: progress.update(delivering, completed=deliverer.stats.delivered,
+                                         detail=f"{deliverer.stats.delivered:,} operations"),
         )
     deliverer.stop()
     stats = deliverer.stats
@@ -292,7 +294,8 @@ def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description:>10}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[detail]}"),
         TimeElapsedColumn(),
         console=err,
         transient=True,
