@@ -32,6 +32,14 @@ SITE_ID, API_KEY = "bench-site", "bench-key"
 MAX_RPS = "100000"
 
 
+def cli_command() -> list[str]:
+    """The command under test: ``posthog-customerio``, or bench/patched_cli.py when
+    ``BENCH_PATCHES`` names what-if patches (bench/patches.py) to apply first."""
+    if os.environ.get("BENCH_PATCHES", "").strip():
+        return [sys.executable, str(Path(__file__).resolve().parent / "patched_cli.py")]
+    return [str(CLI)]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -50,7 +58,22 @@ def machine() -> str:
     with contextlib.suppress(OSError, ValueError, IndexError):
         kb = int(Path("/proc/meminfo").read_text().split()[1])
         mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
-    return f"{os.cpu_count()} cores ({model or platform.machine()}){mem}, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    return (f"{os.cpu_count()} cores ({model or platform.machine()}){mem}, Python {platform.python_version()},"
+            f" {platform.system()} {platform.release()}; code {code_version()}")
+
+
+def code_version() -> str:
+    """The commit under test, and whether src/ differs from it."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"], capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (no git)"
+    patched = os.environ.get("BENCH_PATCHES", "").strip()
+    return (f"{head or 'unknown'}{' + uncommitted changes in src/' if dirty else ''}"
+            f"{f' + what-if patches {patched}' if patched else ''}")
 
 
 # -- the sandbox in its own process --------------------------------------------------------
@@ -149,25 +172,27 @@ class Finished:
 
 
 def run_measured(args: list[str], env: dict[str, str], timeout: float = 1800.0) -> Finished:
-    """Run a child to completion; wall time and peak RSS (from wait4's rusage)."""
+    """Run a child to completion; wall time and peak RSS."""
+    # Peak RSS is read from /proc/PID/status (VmHWM, the high-water mark of the
+    # process's own memory since exec) while it runs: wait4's ru_maxrss would include
+    # the RSS this (bigger) parent process had when it forked the child.
     started = time.monotonic()
+    peak = 0.0
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         process = subprocess.Popen(args, env=env, stdout=out, stderr=err)
         deadline = started + timeout
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
+        while process.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                peak = max(peak, peak_rss_mb(process.pid))
             if time.monotonic() > deadline:
                 process.kill()
                 raise RuntimeError(f"{args[:3]} did not finish within {timeout:.0f}s")
-            time.sleep(0.01)
-        process.returncode = os.waitstatus_to_exitcode(status)
+            time.sleep(0.02)
         seconds = time.monotonic() - started
         out.seek(0)
         err.seek(0)
         return Finished(process.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
-                        seconds, usage.ru_maxrss / 1024)
+                        seconds, peak)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -180,7 +205,7 @@ def peak_rss_mb(pid: int) -> float:
 
 def send(file: Path, env: dict[str, str], timeout: float = 1800.0) -> tuple[dict[str, Any], Finished]:
     """``posthog-customerio send FILE --json``: (summary, process figures)."""
-    finished = run_measured([str(CLI), "send", str(file), "--json"], env, timeout)
+    finished = run_measured([*cli_command(), "send", str(file), "--json"], env, timeout)
     if finished.returncode != 0:
         raise RuntimeError(f"send exited {finished.returncode}: {finished.stderr[-2000:]}")
     return json.loads(finished.stdout), finished

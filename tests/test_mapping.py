@@ -333,3 +333,15 @@ def test_long_page_urls_become_names_within_100_bytes(url: str, name: str) -> No
     page = mapped.operations[-1].payload
     assert page["name"] == name and len(page["name"].encode()) <= 100
     assert page["attributes"]["$current_url"] == url
+
+
+@pytest.mark.parametrize("value", ["plain", "é ünïcode \\u2028 \"quoted\"", "", 0, -12, 10**20, True, False, None,
+                                   1.5, float("nan"), [1, "a"], {"b": 1, "a": [None]}])
+def test_value_digest_fast_path_matches_canonical_json(value: object) -> None:
+    import hashlib
+    import json
+
+    from posthog_customerio.mapping import value_digest
+
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    assert value_digest(value) == hashlib.blake2b(canonical.encode(), digest_size=8).hexdigest()

@@ -235,7 +235,16 @@ def _run_send(runtime: Runtime, stream: IO[str], timeout: float | None) -> dict[
         chunk = []
 
         def flush() -> None:
-            report.add(runtime.ingestor.ingest(chunk))
+            nonlocal invalid
+            try:
+                report.add(runtime.ingestor.ingest(chunk))
+            except (ValueError, RecursionError, UnicodeError):  # isolate the event that cannot be stored
+                for event in chunk:
+                    try:
+                        report.add(runtime.ingestor.ingest([event]))
+                    except (ValueError, RecursionError, UnicodeError) as exc:
+                        invalid += 1
+                        _report_invalid(ParsedItem(f"event {event.uuid or event.distinct_id}", error=str(exc)[:200]), invalid)
             chunk.clear()
             deliverer.notify()
             progress.update(delivering, total=backlog + report.operations, completed=deliverer.stats.delivered,

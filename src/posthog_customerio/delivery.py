@@ -223,7 +223,7 @@ class Deliverer:
                 tick()
             if self.auth_error and not self.pause_on_auth_error:
                 raise AuthError(self.auth_error)
-            if self.outbox.depth() == 0 and self.outbox.in_flight() == 0:
+            if self.outbox.in_flight() == 0 and self.outbox.is_empty():
                 return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
@@ -257,10 +257,13 @@ class Deliverer:
             lingered = False
             try:
                 self._deliver(items)
-            except Exception as exc:  # never lose the claim on a bug: release and go on
-                log.exception("delivery worker error")
-                self.outbox.release(items, f"internal error: {type(exc).__name__}")
+            except Exception as exc:  # a bug or a full disk: keep the claim's rows, back off, go on
+                log.error("delivery worker error: %s: %s", type(exc).__name__, exc)
                 self._note_error(f"internal error: {type(exc).__name__}: {exc}")
+                try:
+                    self.outbox.release(items, f"internal error: {type(exc).__name__}")
+                except Exception:  # the database itself failed: forget the claim in memory only
+                    self.outbox.forget_claims(items)
                 self._stop.wait(1.0)
 
     def _deliver(self, items: list[Claimed]) -> None:
@@ -396,8 +399,8 @@ class Deliverer:
 
     def _wait_for_credentials(self) -> None:
         """While paused on 401/403: stop (``send``) or re-check every ``auth_retry_s``."""
-        if not self.pause_on_auth_error:
-            self._stop.wait(self.idle_poll_s)
+        if not self.pause_on_auth_error or threading.current_thread().name != "delivery-0":
+            self._stop.wait(self.idle_poll_s)  # one worker re-checks; the others wait for it
             return
         if self._stop.wait(self.auth_retry_s):
             return

@@ -25,6 +25,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+from json.encoder import encode_basestring_ascii as _encode_string
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -97,6 +98,8 @@ class MappingConfig:
 
     def keeps(self, key: str) -> bool:
         """Whether a property passes ``PROPERTIES_TO_INCLUDE`` / ``PROPERTIES_TO_EXCLUDE``."""
+        if not self.properties_to_include and not self.properties_to_exclude:
+            return True
         if self.properties_to_include and not any(fnmatch.fnmatchcase(key, g) for g in self.properties_to_include):
             return False
         return not any(fnmatch.fnmatchcase(key, g) for g in self.properties_to_exclude)
@@ -118,8 +121,22 @@ def is_email(value: Any) -> bool:
 
 
 def value_digest(value: Any) -> str:
-    """A short stable digest of an attribute value (to detect changes)."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    """A short stable digest of an attribute value (to detect changes).
+
+    The digest is of the value's canonical JSON; scalars take a fast path that
+    produces exactly the text ``json.dumps`` would.
+    """
+    kind = type(value)
+    if kind is str:
+        text = _encode_string(value)
+    elif kind is bool:
+        text = "true" if value else "false"
+    elif kind is int:
+        text = int.__repr__(value)
+    elif value is None:
+        text = "null"
+    else:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 

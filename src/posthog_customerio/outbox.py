@@ -25,11 +25,20 @@ from .operations import Operation, encode_payload
 
 __all__ = ["Claimed", "DeadLetter", "Outbox"]
 
+# candidates are read without their payloads (the claim reads many rows; it sends few)
 _CANDIDATES_SQL = (
-    "SELECT seq, person_key, payload, size, attempts, enqueued_at, after_keys, lease_owner, lease_until"
+    "SELECT seq, person_key, size, attempts, enqueued_at, after_keys, lease_owner, lease_until"
     " FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?"
 )
 _CLAIM_LOCK = 7_274_135_002  # pg_advisory_xact_lock key: one claimer at a time across replicas
+#: stop a claim's scan after this many rows in a row that could not be taken, once it holds something
+_FRUITLESS_ROWS = 256
+#: a claim holding something stops when less than this is left of its byte budget
+_NEARLY_FULL = 4_096
+
+
+def _keys(person_key: str, after_keys: str | None) -> tuple[str, ...]:
+    return (person_key, *json.loads(after_keys)) if after_keys else (person_key,)
 
 
 def _select(
@@ -38,38 +47,43 @@ def _select(
     max_items: int,
     max_bytes: int,
     max_op_bytes: int,
-) -> tuple[list[Claimed], list[Claimed]]:
-    """Pick deliverable rows in queue order: (claimed, oversized).
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Pick deliverable candidate rows in queue order: (chosen, oversized).
 
     A row already taken (in flight here or leased elsewhere) blocks its keys; a
     person blocked once gets nothing later in this pass; an operation waiting on
     other keys is never picked together with an earlier operation of those keys.
+    Once something is chosen, the scan stops when the budget is nearly used or
+    after a run of rows that could not be taken.
     """
-    claimed: list[Claimed] = []
-    oversized: list[Claimed] = []
+    chosen: list[tuple[Any, ...]] = []
+    oversized: list[tuple[Any, ...]] = []
     blocked: set[str] = set()
-    claimed_keys: set[str] = set()
+    chosen_keys: set[str] = set()
     budget = max_bytes
+    fruitless = 0
     for row in rows:
-        item = Claimed(*row[:7])
-        keys = item.keys
+        seq, person_key, size, _, _, after_keys = row[:6]
+        keys = _keys(person_key, after_keys)
         if taken(row) or any(key in blocked for key in keys) or (
-            item.after_keys and any(key in claimed_keys for key in keys)
+            after_keys and any(key in chosen_keys for key in keys)
         ):
             blocked.update(keys)
-            continue
-        if item.size > max_op_bytes:
-            oversized.append(item)
-            continue
-        if item.size + 1 > budget or len(claimed) >= max_items:
+            fruitless += 1
+        elif size > max_op_bytes:
+            oversized.append(row)
+        elif size + 1 > budget:
             blocked.update(keys)
-            if len(claimed) >= max_items or budget < 64:
-                break
-            continue
-        budget -= item.size + 1
-        claimed.append(item)
-        claimed_keys.update(keys)
-    return claimed, oversized
+            fruitless += 1
+        else:
+            budget -= size + 1
+            chosen.append(row)
+            chosen_keys.update(keys)
+            fruitless = 0
+        nearly_full = budget < min(_NEARLY_FULL, max_bytes // 8)
+        if len(chosen) >= max_items or (chosen and (nearly_full or fruitless >= _FRUITLESS_ROWS)):
+            break
+    return chosen, oversized
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +184,9 @@ class Outbox:
                 claimed, oversized = self._claim_leased(max_items, max_bytes, max_op_bytes)
             else:
                 taken = lambda row: row[0] in self._in_flight  # noqa: E731
-                claimed, oversized = _select(self._candidates(self.db), taken, max_items, max_bytes, max_op_bytes)
+                chosen, too_big = _select(self._candidates(self.db), taken, max_items, max_bytes, max_op_bytes)
+                with self.db.reading() as conn:
+                    claimed, oversized = self._hydrate(conn, chosen), self._hydrate(conn, too_big)
             for item in claimed:
                 self._in_flight.add(item.seq)
                 for key in item.keys:
@@ -195,13 +211,31 @@ class Outbox:
         with self.db.transaction() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(?)", (_CLAIM_LOCK,))
             now = time.time()
-            taken = lambda row: row[8] is not None and row[8] > now  # noqa: E731
-            claimed, oversized = _select(self._candidates(conn), taken, max_items, max_bytes, max_op_bytes)
+            taken = lambda row: row[7] is not None and row[7] > now  # noqa: E731
+            chosen, too_big = _select(self._candidates(conn), taken, max_items, max_bytes, max_op_bytes)
+            claimed, oversized = self._hydrate(conn, chosen), self._hydrate(conn, too_big)
             conn.executemany(
                 "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE seq = ?",
                 [(self.owner, now + self.lease_s, item.seq) for item in claimed],
             )
         return claimed, oversized
+
+    @staticmethod
+    def _hydrate(conn: Any, rows: list[tuple[Any, ...]]) -> list[Claimed]:
+        """Claimed operations for candidate rows, with their payloads (in queue order)."""
+        if not rows:
+            return []
+        payloads: dict[int, str] = {}
+        seqs = [row[0] for row in rows]
+        for start in range(0, len(seqs), 500):
+            chunk = seqs[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            payloads.update(conn.execute(f"SELECT seq, payload FROM outbox WHERE seq IN ({marks})", chunk).fetchall())
+        return [
+            Claimed(seq, person_key, payloads[seq], size, attempts, enqueued_at, after_keys)
+            for seq, person_key, size, attempts, enqueued_at, after_keys, *_ in rows
+            if seq in payloads
+        ]
 
     def _candidates(self, db_or_conn: Any, page: int = 1000, scan_limit: int = 50_000) -> Iterator[tuple[Any, ...]]:
         """Rows in queue order, a page at a time, up to ``scan_limit`` rows."""
@@ -235,6 +269,11 @@ class Outbox:
         if items:
             with self.db.transaction() as conn:
                 conn.executemany("DELETE FROM outbox WHERE seq = ?", [(item.seq,) for item in items])
+        self._unclaim(items)
+
+    def forget_claims(self, items: Sequence[Claimed]) -> None:
+        """Drop claims from memory only (when the database cannot be written): the rows
+        stay queued, and with PostgreSQL their leases expire."""
         self._unclaim(items)
 
     def unclaim(self, items: Sequence[Claimed]) -> None:
@@ -297,6 +336,11 @@ class Outbox:
             count = int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
         self._depth_cache = (now, count)
         return count
+
+    def is_empty(self) -> bool:
+        """Whether nothing waits (cheap: no count)."""
+        with self.db.reading() as conn:
+            return conn.execute("SELECT seq FROM outbox LIMIT 1").fetchone() is None
 
     def oldest_age(self, now: float | None = None) -> float:
         """Seconds since the oldest waiting operation was enqueued (0 if empty)."""

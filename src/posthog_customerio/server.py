@@ -253,6 +253,9 @@ def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -
         except DATABASE_ERRORS as exc:
             log.error("cannot write to the outbox: %s", exc)
             raise HttpError(503, f"outbox unavailable: {exc}", {"Retry-After": "10"}) from None
+        except (ValueError, RecursionError, UnicodeError) as exc:  # an event that cannot be encoded
+            runtime.ingestor.count_invalid(source)
+            raise HttpError(400, f"event cannot be stored: {type(exc).__name__}: {str(exc)[:200]}") from None
         deliverer = runtime.current_deliverer
         if deliverer is not None:
             deliverer.notify()

@@ -311,9 +311,48 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:30]} is out of range")
+    return value
+
+
+#: a JSON escape of a UTF-16 surrogate; only pairs of them are text
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_MAX_DEPTH = 100
+
+
+def _check_depth(obj: Any) -> None:
+    """Refuse structures nested deeper than ``_MAX_DEPTH`` (iteratively: no recursion)."""
+    stack = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            raise ValueError(f"nested more than {_MAX_DEPTH} levels deep")
+        if isinstance(node, dict):
+            stack.extend((child, depth + 1) for child in node.values() if isinstance(child, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((child, depth + 1) for child in node if isinstance(child, (dict, list)))
+
+
 def loads_strict(text: str | bytes) -> Any:
-    """``json.loads`` that rejects ``NaN``/``Infinity`` (not JSON, and not a valid id or value)."""
-    return json.loads(text, parse_constant=_reject_constant)
+    """``json.loads`` for untrusted input.
+
+    Rejects ``NaN``/``Infinity`` and numbers that overflow to infinity, strings
+    holding an unpaired UTF-16 surrogate (they cannot be encoded as UTF-8), and
+    structures nested more than 100 levels deep; raises ValueError naming it.
+    """
+    obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    raw = text if isinstance(text, str) else text.decode("utf-8", errors="replace")
+    if _SURROGATE_ESCAPE.search(raw):
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("a string holds an unpaired UTF-16 surrogate (\\uD800-\\uDFFF)") from None
+    if raw.count("[") + raw.count("{") > _MAX_DEPTH:
+        _check_depth(obj)
+    return obj
 
 
 def read_events(stream: IO[str] | Iterable[str], now: datetime | None = None) -> Iterator[ParsedItem]:

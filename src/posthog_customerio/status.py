@@ -89,8 +89,7 @@ def build_status(runtime: Runtime, sampler: ThroughputSampler | None = None) -> 
     deliverer = runtime.current_deliverer
     stats = deliverer.stats if deliverer is not None else None
     ingestor = runtime.ingestor
-    with runtime.db.reading() as conn:
-        persons = count_persons(conn)
+    persons = _persons(runtime)
     return {
         "version": __version__,
         "generated_at": time.time(),
@@ -125,6 +124,17 @@ def build_status(runtime: Runtime, sampler: ThroughputSampler | None = None) -> 
         "persons": persons,
         "dead_letters": dead_letter_rows(runtime),
     }
+
+
+def _persons(runtime: Runtime, max_age_s: float = 60.0) -> int:
+    """How many people we know, counted at most once a minute (a big table takes a while)."""
+    cached: tuple[float, int] | None = getattr(runtime, "_persons_counted", None)
+    if cached is not None and time.monotonic() - cached[0] < max_age_s:
+        return cached[1]
+    with runtime.db.reading() as conn:
+        count = count_persons(conn)
+    runtime._persons_counted = (time.monotonic(), count)  # type: ignore[attr-defined]
+    return count
 
 
 def dead_letter_rows(runtime: Runtime, limit: int = _DEAD_LETTERS_SHOWN) -> list[dict[str, Any]]:
