@@ -92,6 +92,7 @@ class SqliteDatabase:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
+        self._local = threading.local()
         self.conn = sqlite3.connect(
             str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0
         )
@@ -110,14 +111,43 @@ class SqliteDatabase:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``), committed on success."""
+        """A write transaction (``BEGIN IMMEDIATE``), committed on success.
+
+        Inside :meth:`group` (same thread) it is a savepoint of the group's
+        transaction instead: it rolls back alone, and commits with the group.
+        """
         with self.lock:
+            if getattr(self._local, "grouped", False):
+                self.conn.execute("SAVEPOINT part")
+                try:
+                    yield self.conn
+                except BaseException:
+                    self.conn.execute("ROLLBACK TO part")
+                    self.conn.execute("RELEASE part")
+                    raise
+                self.conn.execute("RELEASE part")
+                return
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.conn
             except BaseException:
                 self.conn.execute("ROLLBACK")
                 raise
+            self.conn.execute("COMMIT")
+
+    @contextmanager
+    def group(self) -> Iterator[None]:
+        """One transaction (one commit, one fsync) for several :meth:`transaction` blocks."""
+        with self.lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._local.grouped = True
+            try:
+                yield
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            finally:
+                self._local.grouped = False
             self.conn.execute("COMMIT")
 
     @contextmanager

@@ -7,8 +7,10 @@ at all.
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections import Counter
+from concurrent.futures import Future
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -18,7 +20,7 @@ from .outbox import Outbox
 from .sources import PostHogEvent
 from .state import PersonState, load_states, save_states
 
-__all__ = ["IngestReport", "Ingestor"]
+__all__ = ["IngestReport", "Ingestor", "GroupCommitter"]
 
 
 @dataclass(slots=True)
@@ -60,10 +62,14 @@ class Ingestor:
     def ingest(self, events: Sequence[PostHogEvent], source: str = "file") -> IngestReport:
         """Map and enqueue ``events`` atomically; returns what they produced."""
         report = self._ingest(events)
+        self.record(report, source)
+        return report
+
+    def record(self, report: IngestReport, source: str) -> None:
+        """Add a committed ingestion to the running totals."""
         with self._totals_lock:
             self.totals.add(report)
             self.received_by_source[source] += report.events
-        return report
 
     def _ingest(self, events: Sequence[PostHogEvent]) -> IngestReport:
         report = IngestReport(events=len(events))
@@ -90,3 +96,55 @@ class Ingestor:
         for operation in operations:
             report.actions[operation.action] += 1
         return report
+
+
+class GroupCommitter:
+    """Concurrent ingestions share one SQLite transaction: one commit (one fsync) for many.
+
+    Each request still lands all or nothing (its own savepoint), and its caller is
+    answered only after the group committed. With PostgreSQL, requests commit on
+    their own pooled connections and this is not used.
+    """
+
+    def __init__(self, ingestor: Ingestor, max_group: int = 256) -> None:
+        self.ingestor = ingestor
+        self.max_group = max_group
+        self._queue: queue.Queue[tuple[Sequence[PostHogEvent], str, Future[IngestReport]]] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self._thread.start()
+
+    def ingest(self, events: Sequence[PostHogEvent], source: str) -> IngestReport:
+        """Ingest as part of the next group; raises what ingesting these events raised."""
+        future: Future[IngestReport] = Future()
+        self._queue.put((events, source, future))
+        return future.result()
+
+    def _run(self) -> None:
+        while True:
+            group = [self._queue.get()]
+            while len(group) < self.max_group:
+                try:
+                    group.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._commit(group)
+
+    def _commit(self, group: list[tuple[Sequence[PostHogEvent], str, Future[IngestReport]]]) -> None:
+        outcomes: list[tuple[Future[IngestReport], str, IngestReport | None, BaseException | None]] = []
+        try:
+            with self.ingestor.db.group():  # type: ignore[attr-defined]
+                for events, source, future in group:
+                    try:
+                        outcomes.append((future, source, self.ingestor._ingest(events), None))
+                    except Exception as exc:  # this request's savepoint was rolled back
+                        outcomes.append((future, source, None, exc))
+        except BaseException as exc:  # the commit failed: every request of the group fails
+            for _, _, future in group:
+                future.set_exception(exc)
+            return
+        for future, source, report, error in outcomes:
+            if report is not None:
+                self.ingestor.record(report, source)
+                future.set_result(report)
+            else:
+                future.set_exception(error or RuntimeError("ingestion failed"))

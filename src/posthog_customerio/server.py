@@ -30,6 +30,7 @@ from . import __version__
 from .config import Settings
 from .customerio import AuthError
 from .metrics import CONTENT_TYPE, Metrics
+from .pipeline import GroupCommitter
 from .runtime import Runtime
 from .sources import EventParseError, loads_strict, parse_payload
 from .status import ThroughputSampler, build_status, dead_letter_rows
@@ -200,6 +201,8 @@ def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -
     metrics = Metrics(runtime)
     sampler = ThroughputSampler(runtime)
     auth = Authenticator(settings)
+    # SQLite: concurrent requests share one commit; PostgreSQL commits them side by side
+    ingest = runtime.ingestor.ingest if runtime.db.shared else GroupCommitter(runtime.ingestor).ingest
     ready_cache: dict[str, Any] = {"at": 0.0, "ok": False, "reason": "not checked yet"}
 
     @asynccontextmanager
@@ -249,7 +252,7 @@ def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -
             runtime.ingestor.count_invalid(source)
             raise HttpError(400, str(exc)) from None
         try:
-            report = await run_in_threadpool(runtime.ingestor.ingest, events, source)
+            report = await run_in_threadpool(ingest, events, source)
         except DATABASE_ERRORS as exc:
             log.error("cannot write to the outbox: %s", exc)
             raise HttpError(503, f"outbox unavailable: {exc}", {"Retry-After": "10"}) from None

@@ -1,0 +1,65 @@
+"""Ingestion: atomic per request; concurrent requests share one commit on SQLite."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from posthog_customerio.db import Database
+from posthog_customerio.mapping import MappingConfig
+from posthog_customerio.outbox import Outbox
+from posthog_customerio.pipeline import GroupCommitter, Ingestor
+from posthog_customerio.sources import PostHogEvent
+
+NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+def event(distinct_id: str, **set_props: object) -> PostHogEvent:
+    return PostHogEvent("clicked", distinct_id, NOW, {}, set=dict(set_props))
+
+
+def test_concurrent_requests_share_commits_and_fail_alone(tmp_path: Path) -> None:
+    db = Database(tmp_path / "db.sqlite", synchronous="NORMAL")
+    ingestor = Ingestor(db, Outbox(db), MappingConfig(anonymous_events="person"))
+    committer = GroupCommitter(ingestor)
+    commits = []
+    original_group = db.group
+
+    def counting_group():  # count the transactions the committer opens
+        commits.append(1)
+        return original_group()
+
+    db.group = counting_group  # type: ignore[method-assign]
+    results: dict[int, object] = {}
+
+    def request(n: int) -> None:
+        bad = n == 7
+        try:
+            results[n] = committer.ingest([event(f"p{n}", plan="\ud800" if bad else "pro")], "webhook")
+        except Exception as exc:  # noqa: BLE001 - the bad request's own error
+            results[n] = exc
+
+    threads = [threading.Thread(target=request, args=(n,)) for n in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert isinstance(results[7], UnicodeEncodeError)  # the bad request alone failed...
+    assert all(not isinstance(r, Exception) for n, r in results.items() if n != 7)
+    assert Outbox(db).depth() == 39 * 2  # ...and the 39 others landed: identify + event each
+    with db.reading() as conn:
+        stored = {row[0] for row in conn.execute("SELECT distinct_id FROM persons")}
+    assert "p7" not in stored and len(stored) == 39
+    assert len(commits) < 40  # requests were grouped
+    assert ingestor.totals.events == 39
+
+
+def test_a_failed_ingest_leaves_nothing_behind(tmp_path: Path) -> None:
+    db = Database(tmp_path / "db.sqlite")
+    ingestor = Ingestor(db, Outbox(db), MappingConfig(anonymous_events="person"))
+    with pytest.raises(UnicodeEncodeError):
+        ingestor.ingest([event("a", plan="ok"), event("b", plan="\udc00")])
+    assert Outbox(db).depth() == 0 and ingestor.totals.events == 0
