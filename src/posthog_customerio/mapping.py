@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from . import limits
 from .ids import event_ulid
-from .operations import Operation
+from .operations import Operation, encode_payload
 from .sources import PostHogEvent, to_unix_seconds
 from .state import PersonState
 
@@ -518,15 +518,31 @@ def _event_fields(event: PostHogEvent, config: MappingConfig, result: Mapped) ->
     return action, name, data
 
 
-def _fit_data(payload: dict[str, Any], data: dict[str, Any], config: MappingConfig, result: Mapped) -> dict[str, Any]:
-    if not config.truncate:
-        return data
+def _event_op(person_key: str, payload: dict[str, Any], data: dict[str, Any], config: MappingConfig,
+              result: Mapped) -> Operation:
+    """The operation for an event payload, its data fitted to Customer.io's limits.
+
+    The payload is encoded once; that text goes to the outbox as is. Only an event
+    over the limits takes the slow path (drop the largest properties, encode again).
+    """
+    payload["attributes"] = data
+    text = encode_payload(payload)
+    if not config.truncate or len(text) <= _FAST_OP_CHARS:  # chars ≤ bytes ≤ 4 × chars: surely within
+        return Operation(person_key, payload, text=text)
+    size = len(text.encode())
+    if size <= limits.MAX_OP_BYTES:
+        return Operation(person_key, payload, text=text)
+    del payload["attributes"]
     overhead = limits.json_len(payload) + 20
     fitted, dropped = limits.fit_event_data(data, min(limits.MAX_EVENT_DATA_BYTES, limits.MAX_OP_BYTES - overhead))
-    if dropped:
-        result.notes["limits_truncated"] += len(dropped)
-        fitted["_truncated_properties"] = dropped
-    return fitted
+    result.notes["limits_truncated"] += len(dropped)
+    fitted["_truncated_properties"] = dropped
+    payload["attributes"] = fitted
+    return Operation(person_key, payload)
+
+
+#: an operation this many characters long is under 32,000 UTF-8 bytes whatever its characters
+_FAST_OP_CHARS = limits.MAX_OP_BYTES // 4
 
 
 def _event_operation(
@@ -536,8 +552,7 @@ def _event_operation(
     identifiers = identifies[0].payload["identifiers"] if identifies else _identifiers(state, config)
     payload: dict[str, Any] = {"type": "person", "identifiers": identifiers, "action": action, "name": name,
                                "id": event_ulid(event), "timestamp": event.timestamp_s}
-    payload["attributes"] = _fit_data(payload, data, config, result)
-    return Operation(state.distinct_id, payload)
+    return _event_op(state.distinct_id, payload, data, config, result)
 
 
 def _anonymous_event_operation(
@@ -546,8 +561,7 @@ def _anonymous_event_operation(
     action, name, data = _event_fields(event, config, result)
     payload: dict[str, Any] = {"type": "anonymous", "action": action, "anonymous_id": state.distinct_id,
                                "name": name, "id": event_ulid(event), "timestamp": event.timestamp_s}
-    payload["attributes"] = _fit_data(payload, data, config, result)
-    return Operation(state.distinct_id, payload)
+    return _event_op(state.distinct_id, payload, data, config, result)
 
 
 def _event_action_and_name(event: PostHogEvent) -> tuple[str, str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["Operation", "encode_payload", "MAX_OP_BYTES", "MAX_BATCH_BYTES"]
@@ -30,6 +30,8 @@ class Operation:
     person_key: str
     payload: dict[str, Any]
     after: tuple[str, ...] = ()
+    #: the payload already encoded (:func:`encode_payload`), when the mapping had it
+    text: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def keys(self) -> tuple[str, ...]:

@@ -157,7 +157,7 @@ class Outbox:
         stamp = now if now is not None else time.time()
         rows = []
         for operation in operations:
-            text = encode_payload(operation.payload)
+            text = operation.text or encode_payload(operation.payload)
             after = json.dumps(list(operation.after)) if operation.after else None
             rows.append((operation.person_key, text, len(text.encode()), stamp, after))
         conn.executemany(

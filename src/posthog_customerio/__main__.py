@@ -1,0 +1,5 @@
+"""`python -m posthog_customerio` = the `posthog-customerio` command."""
+
+from .cli import main
+
+main()
