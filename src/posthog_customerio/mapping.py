@@ -367,9 +367,7 @@ def _identify_operations(
     event: PostHogEvent, state: PersonState, config: MappingConfig, result: Mapped
 ) -> list[Operation]:
     attributes = _profile_attributes(event, state, config)
-    if config.truncate:
-        attributes, cuts = limits.fit_attributes(attributes)
-        result.notes["limits_truncated"] += cuts
+    # digests are of the values as PostHog has them; only what changed is fitted to the limits
     digests = {key: value_digest(value) for key, value in attributes.items()}
     changed = {key: value for key, value in attributes.items() if state.digests.get(key) != digests[key]}
     for key in event.unset:
@@ -391,6 +389,9 @@ def _identify_operations(
         if key in digests:
             state.digests[key] = digests[key]
     state.pending, state.pending_anonymous_ids = {}, []
+    if config.truncate and changed:
+        changed, cuts = limits.fit_attributes(changed)
+        result.notes["limits_truncated"] += cuts
     operations = []
     chunks = limits.chunk_attributes(changed) if changed else [{}]
     for index, chunk in enumerate(chunks):
