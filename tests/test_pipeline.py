@@ -63,3 +63,31 @@ def test_a_failed_ingest_leaves_nothing_behind(tmp_path: Path) -> None:
     with pytest.raises(UnicodeEncodeError):
         ingestor.ingest([event("a", plan="ok"), event("b", plan="\udc00")])
     assert Outbox(db).depth() == 0 and ingestor.totals.events == 0
+
+
+def test_queued_anonymous_events_become_the_identified_persons_events(tmp_path: Path) -> None:
+    import json
+
+    db = Database(tmp_path / "db.sqlite")
+    outbox = Outbox(db)
+    ingestor = Ingestor(db, outbox, MappingConfig())  # ANONYMOUS_EVENTS=anonymous
+    browse = [PostHogEvent("$pageview", "anon-1", NOW, {"$is_identified": False, "$current_url": f"https://x.io/{n}"})
+              for n in range(3)]
+    ingestor.ingest(browse[:2])
+    in_flight = outbox.claim(1, 100_000, 32_000)  # the first one is being sent as an anonymous event
+    identify = PostHogEvent("$identify", "user-1", NOW, {"$anon_distinct_id": "anon-1"})
+    report = ingestor.ingest([browse[2], identify])
+    assert report.notes["anonymous_events_adopted"] == 2
+    with db.reading() as conn:
+        rows = [(key, json.loads(payload)) for key, payload in
+                conn.execute("SELECT person_key, payload FROM outbox ORDER BY seq")]
+    assert rows[0] == ("anon-1", json.loads(in_flight[0].payload))  # in flight: left alone
+    key, first = rows[1]
+    assert key == "user-1" and first["action"] == "identify" and first["attributes"]["anonymous_id"] == "anon-1"
+    assert rows[2][1]["name"] == "$identify"  # the identify event, then the adopted ones
+    adopted = rows[3:]
+    assert [(k, p["type"], p["identifiers"], p["name"]) for k, p in adopted] == [
+        ("user-1", "person", {"id": "user-1"}, "https://x.io/1"),
+        ("user-1", "person", {"id": "user-1"}, "https://x.io/2"),
+    ]
+    assert "anonymous_id" not in adopted[0][1]

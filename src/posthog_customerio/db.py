@@ -72,6 +72,10 @@ _MIGRATIONS: list[str] = [
     ALTER TABLE outbox ADD COLUMN lease_owner TEXT;
     ALTER TABLE outbox ADD COLUMN lease_until REAL;
     """,
+    # 5: find a visitor's queued anonymous events when they identify
+    """
+    CREATE INDEX IF NOT EXISTS outbox_person_key ON outbox (person_key);
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -215,6 +219,10 @@ _PG_MIGRATIONS: list[str] = [
         value TEXT NOT NULL,
         updated_at DOUBLE PRECISION NOT NULL
     )
+    """,
+    # 2: find a visitor's queued anonymous events when they identify
+    """
+    CREATE INDEX IF NOT EXISTS outbox_person_key ON outbox (person_key)
     """,
 ]
 _MIGRATION_LOCK = 7_274_135_001  # pg_advisory_lock key: one replica migrates at a time

@@ -113,6 +113,9 @@ class Mapped:
     states: dict[str, PersonState] = field(default_factory=dict)
     skipped: str | None = None
     notes: Counter[str] = field(default_factory=Counter)
+    #: (anonymous_id, identifiers, person_key): anonymous events of that visitor still
+    #: queued become this person's events, queued after these operations
+    adopt: list[tuple[str, dict[str, str], str]] = field(default_factory=list)
 
 
 def is_email(value: Any) -> bool:
@@ -403,6 +406,9 @@ def _identify_operations(
             payload["attributes"] = chunk
         after = tuple(anonymous_ids) if index == 0 else ()
         operations.append(Operation(state.distinct_id, payload, after=after))
+    # what is still queued of the visitor's anonymous events is sent as this person's
+    # events (batched) instead; the anonymous_id above attaches those already sent
+    result.adopt.extend((anonymous_id, identifiers, state.distinct_id) for anonymous_id in anonymous_ids)
     for anonymous_id in anonymous_ids[1:]:  # one anonymous_id per identify
         payload = {"type": "person", "identifiers": identifiers, "action": "identify",
                    "timestamp": event.timestamp_s, "attributes": {"anonymous_id": anonymous_id}}

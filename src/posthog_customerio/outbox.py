@@ -165,6 +165,41 @@ class Outbox:
         )
         return len(rows)
 
+    def adopt_anonymous(self, conn: Any, anonymous_id: str, identifiers: dict[str, str], person_key: str) -> int:
+        """Turn a visitor's still-queued anonymous events into events of a person.
+
+        Inside the caller's transaction: the rows of ``anonymous_id`` that are not in
+        flight are re-queued (at the back) as person events for ``identifiers``,
+        ordered under ``person_key``; they then travel in v2 batches instead of one
+        v1 request each. Returns how many were adopted.
+        """
+        now = time.time()
+        rows = conn.execute(
+            "SELECT seq, payload, enqueued_at, lease_until FROM outbox WHERE person_key = ? ORDER BY seq",
+            (anonymous_id,),
+        ).fetchall()
+        adopted = []
+        for seq, payload, enqueued_at, lease_until in rows:
+            if not payload.startswith('{"type":"anonymous"') or seq in self._in_flight:
+                continue
+            if lease_until is not None and lease_until > now:
+                continue
+            anonymous = json.loads(payload)
+            event = {"type": "person", "identifiers": identifiers, "action": anonymous["action"],
+                     "name": anonymous["name"]}
+            for key in ("id", "timestamp", "attributes"):
+                if key in anonymous:
+                    event[key] = anonymous[key]
+            text = encode_payload(event)
+            adopted.append((seq, (person_key, text, len(text.encode()), enqueued_at, None)))
+        if adopted:
+            conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _ in adopted])
+            conn.executemany(
+                "INSERT INTO outbox (person_key, payload, size, enqueued_at, after_keys) VALUES (?,?,?,?,?)",
+                [row for _, row in adopted],
+            )
+        return len(adopted)
+
     def put(self, operations: Iterable[Operation]) -> int:
         """Enqueue operations in their own transaction."""
         with self.db.transaction() as conn:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from .db import Database
 from .mapping import MappingConfig, involved_distinct_ids, map_event
+from .operations import Operation
 from .outbox import Outbox
 from .sources import PostHogEvent
 from .state import PersonState, load_states, save_states
@@ -82,7 +83,8 @@ class Ingestor:
                 self.db.lock_keys(conn, {*wanted, *states})
                 states = load_states(conn, wanted)
             changed: dict[str, PersonState] = {}
-            operations = []
+            operations: list[Operation] = []
+            all_operations: list[Operation] = []
             for event in events:
                 mapped = map_event(event, states, self.config)
                 states.update(mapped.states)
@@ -91,8 +93,18 @@ class Ingestor:
                 if mapped.skipped:
                     report.skipped[mapped.skipped] += 1
                 report.notes.update(mapped.notes)
+                if mapped.adopt:  # queue what came before, then move the visitor's events behind it
+                    report.operations += self.outbox.enqueue(conn, operations)
+                    all_operations.extend(operations)
+                    operations = []
+                    for anonymous_id, identifiers, person_key in mapped.adopt:
+                        report.notes["anonymous_events_adopted"] += self.outbox.adopt_anonymous(
+                            conn, anonymous_id, identifiers, person_key
+                        )
             save_states(conn, changed.values())
-            report.operations = self.outbox.enqueue(conn, operations)
+            report.operations += self.outbox.enqueue(conn, operations)
+            all_operations.extend(operations)
+        operations = all_operations
         for operation in operations:
             report.actions[operation.action] += 1
         return report
