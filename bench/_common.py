@@ -33,10 +33,7 @@ MAX_RPS = "100000"
 
 
 def cli_command() -> list[str]:
-    """The command under test: ``posthog-customerio``, or bench/patched_cli.py when
-    ``BENCH_PATCHES`` names what-if patches (bench/patches.py) to apply first."""
-    if os.environ.get("BENCH_PATCHES", "").strip():
-        return [sys.executable, str(Path(__file__).resolve().parent / "patched_cli.py")]
+    """The command under test."""
     return [str(CLI)]
 
 
@@ -71,9 +68,7 @@ def code_version() -> str:
                                text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown (no git)"
-    patched = os.environ.get("BENCH_PATCHES", "").strip()
-    return (f"{head or 'unknown'}{' + uncommitted changes in src/' if dirty else ''}"
-            f"{f' + what-if patches {patched}' if patched else ''}")
+    return f"{head or 'unknown'}{' + uncommitted changes in src/' if dirty else ''}"
 
 
 # -- the sandbox in its own process --------------------------------------------------------
