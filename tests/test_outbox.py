@@ -151,11 +151,9 @@ def test_schema_migration_is_idempotent(open_db) -> None:
             assert versions == list(range(1, len(versions) + 1)) and versions
 
 
-def test_two_replicas_never_claim_the_same_operation_nor_a_person_out_of_order(open_db) -> None:
-    first_db = open_db()
-    if not first_db.shared:
-        pytest.skip("one process delivers from a SQLite file")
-    replica_a, replica_b = Outbox(first_db), Outbox(open_db())
+def test_two_replicas_never_claim_the_same_operation_nor_a_person_out_of_order(pg_url: str) -> None:
+    """PostgreSQL only: one process delivers from a SQLite file."""
+    replica_a, replica_b = Outbox(PostgresDatabase(pg_url)), Outbox(PostgresDatabase(pg_url))
     replica_a.put([op("p", 1), op("p", 2), op("q", 1), op("r", 1)])
     taken_a = replica_a.claim(1, 100_000, 32_000)
     taken_b = replica_b.claim(10, 100_000, 32_000)
@@ -164,13 +162,13 @@ def test_two_replicas_never_claim_the_same_operation_nor_a_person_out_of_order(o
     assert replica_b.claim(10, 100_000, 32_000) == []
     replica_a.ack(taken_a)
     assert names(replica_b.claim(10, 100_000, 32_000)) == ["p:e2"]
+    replica_a.db.close()
+    replica_b.db.close()
 
 
-def test_a_dead_replicas_leases_expire(open_db) -> None:
-    first_db = open_db()
-    if not first_db.shared:
-        pytest.skip("leases are the PostgreSQL backend's")
-    dead, alive = Outbox(first_db, lease_s=2), Outbox(open_db(), lease_s=2)
+def test_a_dead_replicas_leases_expire(pg_url: str) -> None:
+    """PostgreSQL only: leases are that backend's."""
+    dead, alive = Outbox(PostgresDatabase(pg_url), lease_s=2), Outbox(PostgresDatabase(pg_url), lease_s=2)
     dead.put([op("p", 1)])
     assert names(dead.claim(10, 100_000, 32_000)) == ["p:e1"]
     assert alive.claim(10, 100_000, 32_000) == []
@@ -178,6 +176,8 @@ def test_a_dead_replicas_leases_expire(open_db) -> None:
 
     time.sleep(2.1)
     assert names(alive.claim(10, 100_000, 32_000)) == ["p:e1"]
+    dead.db.close()
+    alive.db.close()
 
 
 def test_an_operation_waiting_on_other_keys_is_never_sent_with_their_earlier_operations(outbox: Outbox) -> None:
