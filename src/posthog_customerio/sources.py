@@ -320,6 +320,7 @@ def _finite_float(text: str) -> float:
 
 #: a JSON escape of a UTF-16 surrogate; only pairs of them are text
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_ESCAPE_BYTES = re.compile(_SURROGATE_ESCAPE.pattern.encode())
 _MAX_DEPTH = 100
 
 
@@ -344,13 +345,14 @@ def loads_strict(text: str | bytes) -> Any:
     structures nested more than 100 levels deep; raises ValueError naming it.
     """
     obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
-    raw = text if isinstance(text, str) else text.decode("utf-8", errors="replace")
-    if _SURROGATE_ESCAPE.search(raw):
+    escape = _SURROGATE_ESCAPE if isinstance(text, str) else _SURROGATE_ESCAPE_BYTES
+    if escape.search(text):  # type: ignore[arg-type]
         try:
             json.dumps(obj, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError("a string holds an unpaired UTF-16 surrogate (\\uD800-\\uDFFF)") from None
-    if raw.count("[") + raw.count("{") > _MAX_DEPTH:
+    brackets = text.count("[") + text.count("{") if isinstance(text, str) else text.count(b"[") + text.count(b"{")
+    if brackets > _MAX_DEPTH:
         _check_depth(obj)
     return obj
 
