@@ -378,7 +378,7 @@ def _delivery_op(raw: dict[str, Any]) -> _Op:
     if not isinstance(token, str) or not token:
         raise OpError("required", "attributes.device_token", "attributes.device_token is required")
     op = _Op("delivery", "event", who=("delivery", delivery_id), name=name, timestamp=_opt_int(raw, "timestamp"))
-    op.attributes = dict(attributes)  # type: ignore[arg-type]
+    op.attributes = dict(attributes)
     return op
 
 
