@@ -9,22 +9,41 @@ Inspection and control endpoints live under ``/_sandbox/`` (no auth): people,
 events, requests, stats, reset, fault injection (429/5xx/401/delays) and credential
 changes. The same state is readable from Python through :class:`SandboxState`.
 
+Customer.io rules it reproduces (Track API reference, https://docs.customer.io/integrations/api/track/ --
+the OpenAPI operation named in brackets; the rule is also cited where it is implemented):
+
+* Suppress [suppress, .../track-customers/suppress/] deletes the profile and suppresses the path identifier
+  and the person's id and email; "any future API calls or operations referencing the specified ID are
+  ignored": answered 200, not applied (``/_sandbox/ignored``). Unsuppress [unsuppress] frees the id and
+  email together and does not recreate the profile. See also
+  https://docs.customer.io/journeys/deleting-users/.
+* Identifiers are unique across profiles [identify, .../track-customers/identify/]: "If the identifier in
+  the path and request body belong to different people, your request may return 200 OK but produce an
+  Attribute Update Failure"; identifiers change only through ``cio_id`` (or the email by id when the
+  workspace setting "Allow updates to email using ID" is on); an unknown ``cio_id`` drops the request; an
+  unknown path identifier with a body identifier of an existing person updates that person and assigns
+  the path identifier.
+* ``_timestamp``/``timestamp`` is "when the attribute update occurred" and orders updates: an older write
+  never overwrites a newer value (an untimestamped write is stamped with its receipt time).
+* Merge [merge_customers]: a missing primary means "your request won't do anything" (200); the primary gets
+  "attributes that are not set, or are empty, on the primary", the events and manual segments.
+* Push metrics [pushMetrics, .../track-events/pushmetrics/], metrics [metrics] and v2 ``delivery``
+  operations [delivery_operations, .../tag/track_v2/] are validated and recorded; pushMetrics and metrics
+  need no authentication.
+
 Behaviour choices where Customer.io is vague:
 
 * Deleting a person removes the person and their events; the dedupe memory of
   event ids is kept, so a replayed event id stays a duplicate.
 * A repeated event ``id`` (case-insensitive) is a no-op: it creates nobody.
 * ``id``/``email`` are identifiers, stored on the person, not in ``attributes``;
-  ``null``/``""`` for them is ignored. Changing the identifier a request addresses
-  the person by, or claiming another person's id/email, is an attribute update
-  failure (200, nothing applied).
-* Attribute ordering: a timestamped write records its timestamp per attribute
-  (also for removals); an untimestamped write always applies and clears it.
+  ``null``/``""`` for them is ignored.
 * Anonymous events attach on identify when they were received in the last 30
   days (a backfill of old events still attaches, as the real workspace does for
   events it received recently).
-* Merge copies attributes, devices, relationships and the email (when the primary
-  has none) from the secondary, moves its events, then deletes it.
+* Merge also moves devices, relationships and the email (when the primary has none).
+* Manual segments exist once people are added (no App API here to create them); the
+  sandbox sends no messages, so delivery metrics and ``/unsubscribe`` change no profile.
 * Fault rules apply first-in-first-out, one rule per request; a rule without
   ``count`` or ``duration_s`` applies once.
 """
@@ -80,12 +99,23 @@ _PERSON_ACTIONS = frozenset(
     }
 )
 _OBJECT_ACTIONS = frozenset({"identify", "delete", "add_relationships", "delete_relationships"})
+#: Delivery metrics, by where they are reported (Track API spec: ``pushMetrics``, ``metrics``, v2
+#: ``delivery_operations``): push/v2 take opened|converted|delivered; /api/v1/metrics any channel's metric.
+_PUSH_METRICS = frozenset({"opened", "converted", "delivered"})
+_CHANNEL_METRICS = frozenset(
+    {"bounced", "clicked", "converted", "deferred", "delivered", "dropped", "opened", "spammed"}
+)
+#: Form keys Customer.io reserves and ignores (spec: ``submitForm``).
+_FORM_RESERVED = frozenset({"form_id", "form_name", "form_type", "form_url", "form_url_param"})
+MAX_SEGMENT_IDS = 1000
 _PERSON_KEYS = ("id", "email", "cio_id")
 #: Keys of an identify body that are not stored as attributes.
 _RESERVED = frozenset({"id", "email", "cio_id", "anonymous_id", "_update", "_timestamp", "cio_relationships"})
 _ULID_RE = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}", re.IGNORECASE)
 _EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+")
 _UNAUTHORIZED = {"meta": {"error": "Unauthorized request"}}
+#: Track API routes that need no credentials (spec: pushMetrics and metrics have ``security: []``).
+_OPEN_ROUTES = (["v1", "push", "events"], ["v1", "metrics"])
 _JSON = "application/json"
 
 #: A relationship: the other side's identifiers and the relationship attributes.
@@ -298,9 +328,11 @@ def parse_v2_op(raw: Any) -> _Op:
     if not isinstance(raw, dict):
         raise OpError("invalid", "", "operation must be a JSON object")
     kind, action = raw.get("type"), raw.get("action")
+    if kind == "delivery":
+        return _delivery_op(raw)
     allowed = _PERSON_ACTIONS if kind == "person" else _OBJECT_ACTIONS if kind == "object" else None
     if allowed is None:
-        raise OpError("invalid", "type", f"type must be 'person' or 'object', got {kind!r}")
+        raise OpError("invalid", "type", f"type must be 'person', 'object' or 'delivery', got {kind!r}")
     if action not in allowed:
         raise OpError("invalid", "action", f"unsupported action {action!r} for type {kind!r}")
     op = _Op(kind, action, timestamp=_opt_int(raw, "timestamp"))
@@ -327,6 +359,42 @@ def parse_v2_op(raw: Any) -> _Op:
         raise OpError("required", "cio_relationships", "cio_relationships is required")
     op.relationships = _relationships(raw.get("cio_relationships"), to_people=kind == "object")
     return op
+
+
+def _delivery_op(raw: dict[str, Any]) -> _Op:
+    """A v2 ``delivery`` op: ``action`` event, ``identifiers.id`` (the delivery id), ``name`` a push metric,
+    ``attributes.device_token`` (spec: ``delivery_operations``, all required)."""
+    if raw.get("action") != "event":
+        raise OpError("invalid", "action", f"unsupported action {raw.get('action')!r} for type 'delivery'")
+    identifiers = raw.get("identifiers")
+    delivery_id = identifiers.get("id") if isinstance(identifiers, dict) else None
+    if not isinstance(delivery_id, str) or not delivery_id:
+        raise OpError("required", "identifiers.id", "identifiers.id (the delivery id) is required")
+    name = raw.get("name")
+    if name not in _PUSH_METRICS:
+        raise OpError("invalid", "name", f"name must be one of {sorted(_PUSH_METRICS)}, got {name!r}")
+    attributes = raw.get("attributes")
+    token = attributes.get("device_token") if isinstance(attributes, dict) else None
+    if not isinstance(token, str) or not token:
+        raise OpError("required", "attributes.device_token", "attributes.device_token is required")
+    op = _Op("delivery", "event", who=("delivery", delivery_id), name=name, timestamp=_opt_int(raw, "timestamp"))
+    op.attributes = dict(attributes)
+    return op
+
+
+def _metric_record(body: Any, field_name: str, allowed: frozenset[str]) -> dict[str, Any]:
+    """Validate a v1 ``/push/events`` or ``/metrics`` body into a delivery-metric record."""
+    if not isinstance(body, dict):
+        raise OpError("invalid", "body", "request body must be a JSON object")
+    delivery_id = body.get("delivery_id")
+    if not isinstance(delivery_id, str) or not delivery_id:
+        raise OpError("required", "delivery_id", "delivery_id is required")
+    metric = body.get(field_name)
+    if metric not in allowed:
+        raise OpError("invalid", field_name, f"{field_name} must be one of {sorted(allowed)}, got {metric!r}")
+    timestamp = _opt_int(body, "timestamp")
+    extra = {key: value for key, value in body.items() if key not in ("delivery_id", field_name, "timestamp")}
+    return {"delivery_id": delivery_id, "metric": metric, "timestamp": timestamp, **extra}
 
 
 def _path_identifier(identifier: str) -> tuple[str, str]:
@@ -387,7 +455,6 @@ class _Person:
     created_at: int
     attributes: dict[str, Any] = field(default_factory=dict)
     attribute_timestamps: dict[str, int] = field(default_factory=dict)
-    suppressed: bool = False
     devices: dict[str, dict[str, Any]] = field(default_factory=dict)
     event_keys: list[int] = field(default_factory=list)
 
@@ -421,6 +488,9 @@ class SandboxState:
 
     def __init__(self, site_id: str = "sandbox", api_key: str = "sandbox") -> None:
         self._lock = threading.Lock()
+        #: The workspace setting "Allow updates to email using ID": on, an identify addressed by id may change the
+        #: person's email; off, only a ``cio_id`` identify may (spec ``identify``).
+        self.allow_email_update_by_id = True
         self._initial_credentials = (site_id, api_key)
         self._fault_ids = itertools.count(1)
         self._clear()
@@ -434,7 +504,7 @@ class SandboxState:
             ("person", "delete_device"): self._person_delete_device,
             ("person", "merge"): self._person_merge,
             ("person", "suppress"): self._person_suppress,
-            ("person", "unsuppress"): self._person_suppress,
+            ("person", "unsuppress"): self._person_unsuppress,
             ("person", "add_relationships"): self._person_relationships,
             ("person", "delete_relationships"): self._person_relationships,
             ("object", "identify"): self._object_identify,
@@ -444,6 +514,7 @@ class SandboxState:
             ("anonymous", "event"): self._anonymous_event,
             ("anonymous", "page"): self._anonymous_event,
             ("anonymous", "screen"): self._anonymous_event,
+            ("delivery", "event"): self._delivery_event,
         }
 
     def _clear(self) -> None:
@@ -459,6 +530,15 @@ class SandboxState:
         self._objects: dict[tuple[str, str], dict[str, Any]] = {}
         self._relations: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}  # object -> cio_id -> attrs
         self._failures: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_LOGGED_FAILURES)
+        # suppressed identifiers ("id", value) / ("email", lowercased) -> suppression number; the numbers'
+        # identifier sets (a person's id and email are suppressed, and unsuppressed, together)
+        self._suppressed: dict[tuple[str, str], int] = {}
+        self._suppressions: dict[int, list[tuple[str, str]]] = {}
+        self._suppression_seq = itertools.count(1)
+        self._ignored: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_LOGGED_FAILURES)
+        self._metrics: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_LOGGED_REQUESTS)
+        self._forms: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_LOGGED_REQUESTS)
+        self._segments: dict[str, dict[str, None]] = {}  # manual segment id -> cio_ids (ordered)
         self._requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_LOGGED_REQUESTS)
         self._faults: list[_Fault] = []
         self._counts: collections.Counter[str] = collections.Counter()
@@ -512,6 +592,31 @@ class SandboxState:
         with self._lock:
             return [dict(entry) for entry in self._requests]
 
+    def suppressions(self) -> list[dict[str, Any]]:
+        """Suppressed identifiers, one entry per suppression: ``{"id": ..., "email": ...}`` (absent = none)."""
+        with self._lock:
+            return [dict(keys) for keys in self._suppressions.values()]
+
+    def ignored(self) -> list[dict[str, Any]]:
+        """Operations accepted with 200 but ignored because they reference a suppressed identifier."""
+        with self._lock:
+            return [dict(entry) for entry in self._ignored]
+
+    def delivery_metrics(self) -> list[dict[str, Any]]:
+        """Reported delivery metrics (v1 ``/push/events``, ``/metrics``, ``/unsubscribe``, v2 ``delivery``)."""
+        with self._lock:
+            return [dict(entry) for entry in self._metrics]
+
+    def form_submissions(self) -> list[dict[str, Any]]:
+        """Form submissions (``/api/v1/forms/{form_id}/submit``) that identified a person."""
+        with self._lock:
+            return [dict(entry) for entry in self._forms]
+
+    def segments(self) -> dict[str, list[str]]:
+        """Manual segments: segment id -> member cio_ids."""
+        with self._lock:
+            return {segment: list(members) for segment, members in self._segments.items()}
+
     def attribute_update_failures(self) -> list[dict[str, Any]]:
         """Identifies (and other ops) accepted with 200 but not applied."""
         with self._lock:
@@ -530,6 +635,9 @@ class SandboxState:
                 "anonymous_events": counts["anonymous_events"],
                 "attribute_update_failures": counts["failures"],
                 "attribute_update_failure_details": list(self._failures)[-100:],
+                "suppressed_identifiers": len(self._suppressed),
+                "ignored_suppressed": counts["ignored_suppressed"],
+                "delivery_metrics": len(self._metrics),
                 "objects": len(self._objects),
                 "relationships": sum(len(people) for people in self._relations.values()),
                 "faults": len(self._faults),
@@ -618,7 +726,7 @@ class SandboxState:
     def apply(self, op: _Op) -> None:
         """Apply one operation (raises :class:`OpError` for state-dependent errors)."""
         with self._lock:
-            self._handlers[(op.type, op.action)](op, time.time())
+            self._run(op, time.time())
 
     def apply_batch(self, ops: list[tuple[int, _Op]]) -> list[dict[str, Any]]:
         """Apply indexed operations in order; the v2 errors of those that failed."""
@@ -627,12 +735,82 @@ class SandboxState:
         with self._lock:
             for index, op in ops:
                 try:
-                    self._handlers[(op.type, op.action)](op, now)
+                    self._run(op, now)
                 except OpError as exc:
                     errors.append(exc.as_dict(index))
         return errors
 
+    def record_metric(self, source: str, record: dict[str, Any]) -> None:
+        """Store a delivery metric reported through a v1 endpoint."""
+        with self._lock:
+            self._metrics.append({"source": source, **record, "received_at": time.time()})
+
+    def submit_form(self, form_id: str, data: dict[str, Any]) -> None:
+        """``/forms/{form_id}/submit``: identify the respondent (created if new) with the form fields."""
+        with self._lock:
+            now = time.time()
+            kinds = [kind for kind in ("id", "email") if data.get(kind)]
+            if len(kinds) != 1:
+                raise OpError("invalid", "data", "data must hold exactly one of id or email")
+            fields = {key: value for key, value in data.items() if key not in _FORM_RESERVED}
+            op = _Op("person", "identify", who=(kinds[0], str(fields[kinds[0]])))
+            _fill_identify(op, fields)
+            self._run(op, now)
+            self._forms.append({"form_id": form_id, "data": fields, "received_at": now})
+
+    def segment_members(self, segment_id: str, ids: Any, id_type: str, add: bool) -> None:
+        """Add people to (or remove them from) a manual segment; unknown people and mistyped values are ignored."""
+        if id_type not in _PERSON_KEYS:
+            raise OpError("invalid", "id_type", "id_type must be id, email or cio_id")
+        if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_SEGMENT_IDS:
+            raise OpError("invalid", "ids", f"ids must be a list of 1 to {MAX_SEGMENT_IDS} identifiers")
+        with self._lock:
+            members = self._segments.setdefault(segment_id, {})
+            for value in ids:
+                if not isinstance(value, str) or not value:
+                    continue
+                if id_type == "email" and not _EMAIL_RE.fullmatch(value):
+                    continue  # "values in the ids array that don't match the id_type" are ignored
+                person = self._find((id_type, value))
+                if person is None:
+                    continue
+                if add:
+                    members[person.cio_id] = None
+                else:
+                    members.pop(person.cio_id, None)
+
     # ----------------------------------------------------------------- internals (lock held)
+
+    def _run(self, op: _Op, now: float) -> None:
+        """Apply ``op`` unless it references a suppressed identifier (then it is ignored: still 200)."""
+        if op.type == "person" and op.action != "unsuppress":
+            blocked = self._suppressed_reference(op)
+            if blocked is not None:
+                self._counts["ignored_suppressed"] += 1
+                self._ignored.append({
+                    "time": now, "type": op.type, "action": op.action,
+                    "identifiers": {blocked[0]: blocked[1]}, "message": f"{blocked[0]} is suppressed",
+                })
+                return
+        self._handlers[(op.type, op.action)](op, now)
+
+    def _suppression_key(self, kind: str, value: str) -> tuple[str, str] | None:
+        if kind == "id":
+            return ("id", value)
+        if kind == "email":
+            return ("email", value.lower())
+        return None
+
+    def _suppressed_reference(self, op: _Op) -> tuple[str, str] | None:
+        """The first suppressed identifier ``op`` addresses or sets, else ``None``."""
+        candidates = [op.who, op.primary, op.secondary, *op.ids.items()]
+        for candidate in candidates:
+            if candidate is None:
+                continue
+            key = self._suppression_key(*candidate)
+            if key is not None and key in self._suppressed:
+                return candidate
+        return None
 
     def _person_view(self, person: _Person) -> dict[str, Any]:
         return {
@@ -641,7 +819,6 @@ class SandboxState:
             "email": person.email,
             "attributes": dict(person.attributes),
             "created_at": person.created_at,
-            "suppressed": person.suppressed,
             "devices": [dict(device) for device in person.devices.values()],
             "event_count": len(person.event_keys),
         }
@@ -707,23 +884,71 @@ class SandboxState:
         identifiers = {who[0]: who[1]} if who else None
         self._failures.append({"time": now, "action": op.action, "identifiers": identifiers, "message": message})
 
+    def _owner(self, kind: str, value: str) -> str | None:
+        """The cio_id holding identifier ``value`` of ``kind`` (id or email), else ``None``."""
+        return self._by_id.get(value) if kind == "id" else self._by_email.get(value.lower())
+
     def _identifier_conflict(self, person: _Person | None, op: _Op) -> str | None:
+        """Why ``op`` may not give ``person`` its identifiers (``None``: it may).
+
+        Identifiers are unique across profiles; after they are set, only a request addressing the person by
+        ``cio_id`` may change them (spec ``identify``) -- except the email when addressed by id, if the
+        workspace setting "Allow updates to email using ID" is on (:attr:`SandboxState.allow_email_update_by_id`).
+        """
+        assert op.who is not None
+        addressed_kind = op.who[0]
         for kind, value in op.ids.items():
-            owner = self._by_id.get(value) if kind == "id" else self._by_email.get(value.lower())
+            owner = self._owner(kind, value)
             if owner is not None and (person is None or owner != person.cio_id):
                 return f"{kind} {value!r} belongs to another person"
-            assert op.who is not None
-            addressed_kind, addressed = op.who
-            same = value == addressed if kind == "id" else value.lower() == addressed.lower()
-            if addressed_kind == kind and not same:
-                return f"cannot change the {kind} of a person addressed by {kind}"
+            if addressed_kind == kind:
+                current: str | None = op.who[1]
+            else:
+                current = None if person is None else (person.id if kind == "id" else person.email)
+            if current is None or addressed_kind == "cio_id":
+                continue
+            same = value == current if kind == "id" else value.lower() == current.lower()
+            if same:
+                continue
+            if kind == "email" and addressed_kind == "id" and self.allow_email_update_by_id:
+                continue
+            return f"cannot change the {kind} of a person addressed by {addressed_kind} (use cio_id)"
         return None
+
+    def _body_owner(self, op: _Op, now: float) -> tuple[_Person | None, bool]:
+        """For an identify whose path identifier nobody holds: the person a body identifier names, if any.
+
+        Spec ``identify``: "If the identifier in the path does not belong to a person but you use an identifier in
+        your request body that does belong to a person, your request updates the person and assigns them the
+        identifier in the path." ``(person, ok)``; ``ok`` is False when that is a failure (already recorded).
+        """
+        assert op.who is not None
+        owners = {owner for owner in (self._owner(kind, value) for kind, value in op.ids.items()) if owner}
+        if not owners:
+            return None, True
+        if len(owners) > 1:
+            self._fail(op, op.who, "the identifiers in the request belong to different people", now)
+            return None, False
+        person = self._people[owners.pop()]
+        kind = op.who[0]
+        if (person.id if kind == "id" else person.email) is not None:
+            self._fail(op, op.who, f"the person holding the body identifiers already has another {kind}", now)
+            return None, False
+        return person, True
 
     def _person_identify(self, op: _Op, now: float) -> None:
         assert op.who is not None
         person = self._find(op.who)
-        if person is None and (op.update_only or op.who[0] == "cio_id"):
-            self._fail(op, op.who, "no such person (not created: _update or cio_id)", now)
+        if person is None and op.who[0] == "cio_id":
+            # spec: "If the cio_id does not exist or belongs to a person who was deleted, we'll drop the request."
+            self._fail(op, op.who, "no person has this cio_id (request dropped)", now)
+            return
+        if person is None:
+            person, ok = self._body_owner(op, now)
+            if not ok:
+                return
+        if person is None and op.update_only:
+            self._fail(op, op.who, "no such person (not created: _update)", now)
             return
         conflict = self._identifier_conflict(person, op)
         if conflict is not None:
@@ -731,24 +956,31 @@ class SandboxState:
             return
         if person is None:
             person = self._create(op.who, now)
+        elif op.who[0] != "cio_id":
+            self._set_identifier(person, *op.who)
         for kind, value in op.ids.items():
             self._set_identifier(person, kind, value)
-        self._write_attributes(person, op.attributes, op.timestamp)
+        self._write_attributes(person, op.attributes, op.timestamp, now)
         if op.anonymous_id:
             self._attach_anonymous(person, op.anonymous_id, now)
         self._relate(person.cio_id, op.relationships, add=op.relationships_add, now=now)
 
-    def _write_attributes(self, person: _Person, attributes: dict[str, Any], timestamp: int | None) -> None:
-        """Set (or remove, for null/"") attributes, honouring per-attribute timestamps."""
+    def _write_attributes(
+        self, person: _Person, attributes: dict[str, Any], timestamp: int | None, now: float,
+    ) -> None:
+        """Set (or remove, for null/"") attributes, honouring per-attribute timestamps.
+
+        ``_timestamp`` (v1) / ``timestamp`` (v2) is "when the attribute update occurred" and orders updates sent
+        in rapid succession (spec ``identify``): a value never yields to an older update. An update without one
+        occurred when it was received, so it is stamped with the receipt time.
+        """
         current, stamps = person.attributes, person.attribute_timestamps
+        stamp = int(now) if timestamp is None else timestamp
         for key, value in attributes.items():
-            if timestamp is not None:
-                last = stamps.get(key)
-                if last is not None and timestamp < last:
-                    continue
-                stamps[key] = timestamp
-            elif stamps:
-                stamps.pop(key, None)
+            last = stamps.get(key)
+            if last is not None and stamp < last:
+                continue
+            stamps[key] = stamp
             if value is None or (isinstance(value, str) and not value):
                 current.pop(key, None)
             else:
@@ -830,6 +1062,8 @@ class SandboxState:
             self._by_email.pop(person.email.lower(), None)
         for people in self._relations.values():
             people.pop(person.cio_id, None)
+        for members in self._segments.values():
+            members.pop(person.cio_id, None)
         del self._people[person.cio_id]
 
     def _person_delete(self, op: _Op, now: float) -> None:
@@ -839,10 +1073,50 @@ class SandboxState:
             self._remove_person(person)
 
     def _person_suppress(self, op: _Op, now: float) -> None:
+        """Delete the profile and suppress the addressed identifier, plus the person's id and email.
+
+        Spec ``suppress``: "Delete a customer profile and prevent the person's identifier(s) from being re-added
+        to your workspace. Any future API calls or operations referencing the specified ID are ignored" and
+        "both the person's email and ID are suppressed". An identifier nobody holds is suppressed too.
+        """
         assert op.who is not None
+        keys = []
+        addressed = self._suppression_key(*op.who)
+        if addressed is not None:
+            keys.append(addressed)
         person = self._find(op.who)
         if person is not None:
-            person.suppressed = op.action == "suppress"
+            for kind, value in (("id", person.id), ("email", person.email)):
+                key = None if value is None else self._suppression_key(kind, value)
+                if key is not None and key not in keys:
+                    keys.append(key)
+            self._remove_person(person)
+        keys = [key for key in keys if key not in self._suppressed]
+        if keys:
+            number = next(self._suppression_seq)
+            self._suppressions[number] = keys
+            for key in keys:
+                self._suppressed[key] = number
+
+    def _person_unsuppress(self, op: _Op, now: float) -> None:
+        """Make the identifier (and the id/email suppressed with it) usable again; the profile stays deleted.
+
+        Spec ``unsuppress``: "both the person's email and ID are unsuppressed"; "does not recreate the profile".
+        """
+        assert op.who is not None
+        key = self._suppression_key(*op.who)
+        number = None if key is None else self._suppressed.get(key)
+        if number is None:
+            return
+        for other in self._suppressions.pop(number):
+            self._suppressed.pop(other, None)
+
+    def _delivery_event(self, op: _Op, now: float) -> None:
+        assert op.who is not None
+        self._metrics.append({
+            "source": "v2", "delivery_id": op.who[1], "metric": op.name, "timestamp": op.timestamp,
+            "device_token": op.attributes.get("device_token"), "attributes": dict(op.attributes), "received_at": now,
+        })
 
     def _person_add_device(self, op: _Op, now: float) -> None:
         assert op.who is not None and op.device is not None
@@ -863,10 +1137,13 @@ class SandboxState:
         assert op.primary is not None and op.secondary is not None
         primary = self._find(op.primary)
         if primary is None:
-            raise OpError("not_found", "primary", "the primary person does not exist")
+            # spec merge_customers: "If the primary profile doesn't exist, your request won't do anything."
+            self._fail(op, op.primary, "the primary person does not exist (merge did nothing)", now)
+            return
         secondary = self._find(op.secondary)
         if secondary is None or secondary is primary:
             return
+        # merged: "Attributes that are not set, or are empty, on the primary", event history, manual segments
         for key, value in secondary.attributes.items():
             if key not in primary.attributes:
                 primary.attributes[key] = value
@@ -877,6 +1154,9 @@ class SandboxState:
         for people in self._relations.values():
             if secondary.cio_id in people:
                 people.setdefault(primary.cio_id, people[secondary.cio_id])
+        for members in self._segments.values():
+            if secondary.cio_id in members:
+                members[primary.cio_id] = None
         for key in secondary.event_keys:
             self._events[key]["person"] = primary.cio_id
         primary.event_keys.extend(secondary.event_keys)
@@ -931,6 +1211,14 @@ class SandboxState:
     def _object_people(self, op: _Op, add: bool, now: float) -> None:
         assert op.who is not None
         for who, attributes in op.relationships:
+            key = self._suppression_key(*who)
+            if key is not None and key in self._suppressed:
+                self._counts["ignored_suppressed"] += 1
+                self._ignored.append({
+                    "time": now, "type": op.type, "action": op.action, "identifiers": {who[0]: who[1]},
+                    "message": f"{who[0]} is suppressed",
+                })
+                continue
             person = self._find_or_create(op, who, now) if add else self._find(who)
             if person is not None:
                 self._relate(person.cio_id, [(op.who, attributes)], add, now)
@@ -1034,6 +1322,7 @@ class _Call:
     parsed: Any
     base_url: str
     region: str
+    query: dict[str, str] = field(default_factory=dict)
 
 
 def _v1_error(exc: OpError) -> tuple[int, Any]:
@@ -1119,6 +1408,27 @@ def _v1(state: SandboxState, call: _Call, rest: list[str]) -> tuple[int, Any] | 
         op = _Op("anonymous", "event", anonymous_id=_opt_str(body, "anonymous_id") or None)
         state.apply(_v1_event(op, body))
         return 200, {}
+    if rest == ["push", "events"] and method == "POST":
+        # spec pushMetrics (deprecated, still works): delivery_id, event opened|converted|delivered, device_id
+        state.record_metric("push/events", _metric_record(call.parsed, "event", _PUSH_METRICS))
+        return 200, {}
+    if rest == ["metrics"] and method == "POST":
+        # spec metrics: delivery_id (required), metric per channel, recipient/reason/href
+        state.record_metric("metrics", _metric_record(call.parsed, "metric", _CHANNEL_METRICS))
+        return 200, {}
+    if len(rest) == 3 and rest[0] == "forms" and rest[2] == "submit" and method == "POST":
+        data = _v1_body(call.parsed).get("data")
+        if not isinstance(data, dict):
+            raise OpError("required", "data", "data must be an object of form fields")
+        state.submit_form(unquote(rest[1]), data)
+        return 200, {}
+    if len(rest) == 3 and rest[0] == "segments" and rest[2] in ("add_customers", "remove_customers"):
+        if method != "POST":
+            return None
+        body = _v1_body(call.parsed)
+        add = rest[2] == "add_customers"
+        state.segment_members(unquote(rest[1]), body.get("ids"), call.query.get("id_type", "id"), add)
+        return 200, {}
     if rest == ["merge_customers"] and method == "POST":
         body = _v1_body(call.parsed)
         op = _Op("person", "merge")
@@ -1187,14 +1497,15 @@ async def _api(request: Request) -> Response:
     fault = state.take_fault()
     if fault is not None and fault.delay_s:
         await asyncio.sleep(fault.delay_s)
+    segments = raw_path.split("/")[2:]
     if fault is not None and fault.status is not None:
         response = _fault_response(fault)
-    elif not state.authorized(request.headers.get("authorization")):
+    elif segments not in _OPEN_ROUTES and not state.authorized(request.headers.get("authorization")):
         response = _json_response(401, _UNAUTHORIZED)
     else:
         call = _Call(
-            request.method, raw_path.split("/")[2:], body, parsed,
-            str(request.base_url).rstrip("/"), request.app.state.region,
+            request.method, segments, body, parsed,
+            str(request.base_url).rstrip("/"), request.app.state.region, dict(request.query_params),
         )
         try:
             status, payload = _dispatch(state, call)
@@ -1213,6 +1524,55 @@ async def _api(request: Request) -> Response:
         "bytes": len(body),
     })
     return response
+
+
+async def _unsubscribe(request: Request) -> Response:
+    """``POST /unsubscribe/{delivery_id}`` (spec ``unsubscribe``): no auth, JSON content type required.
+
+    The sandbox sends no messages, so it cannot know whose delivery this is: it records the request as an
+    ``unsubscribed`` delivery metric (with the ``unsubscribe`` flag) instead of setting an attribute.
+    """
+    state = _state(request)
+    body = await request.body()
+    parsed = _parse_body(body)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    delivery_id = unquote(_raw_path(request.scope).split("/")[2])
+    if content_type != _JSON or not isinstance(parsed, dict) or not delivery_id:
+        message = "a JSON body with Content-Type: application/json is required"
+        response = _json_response(400, {"meta": {"error": message}})
+    elif "unsubscribe" in parsed and not isinstance(parsed["unsubscribe"], bool):
+        response = _json_response(400, {"meta": {"error": "unsubscribe must be a boolean"}})
+    else:
+        state.record_metric("unsubscribe", {
+            "delivery_id": delivery_id, "metric": "unsubscribed", "unsubscribe": parsed.get("unsubscribe", True),
+        })
+        response = _json_response(200, {})
+    state.log_request({
+        "method": request.method, "path": _raw_path(request.scope),
+        "query": request.scope.get("query_string", b"").decode("latin-1"), "body": _log_body(body, parsed),
+        "status": response.status_code, "time": time.time(), "bytes": len(body),
+    })
+    return response
+
+
+async def _suppressions(request: Request) -> Response:
+    return _json_response(200, _state(request).suppressions())
+
+
+async def _ignored(request: Request) -> Response:
+    return _json_response(200, _state(request).ignored())
+
+
+async def _delivery_metrics(request: Request) -> Response:
+    return _json_response(200, _state(request).delivery_metrics())
+
+
+async def _forms(request: Request) -> Response:
+    return _json_response(200, _state(request).form_submissions())
+
+
+async def _segments(request: Request) -> Response:
+    return _json_response(200, _state(request).segments())
 
 
 def _state(request: Request) -> SandboxState:
@@ -1313,6 +1673,12 @@ def create_app(
         Route("/_sandbox/requests", _requests),
         Route("/_sandbox/stats", _stats),
         Route("/_sandbox/attribute_update_failures", _failures),
+        Route("/_sandbox/suppressions", _suppressions),
+        Route("/_sandbox/ignored", _ignored),
+        Route("/_sandbox/delivery_metrics", _delivery_metrics),
+        Route("/_sandbox/forms", _forms),
+        Route("/_sandbox/segments", _segments),
+        Route("/unsubscribe/{delivery_id}", _unsubscribe, methods=["POST"]),
         Route("/_sandbox/reset", _reset, methods=["POST"]),
         Route("/_sandbox/faults", _faults, methods=["GET", "POST", "DELETE"]),
         Route("/_sandbox/credentials", _credentials, methods=["POST"]),
@@ -1327,7 +1693,11 @@ def create_app(
 
 
 class SandboxServer:
-    """The sandbox under uvicorn in a daemon thread on ``host`` (127.0.0.1); port 0 = any free."""
+    """The sandbox under uvicorn in a daemon thread on ``host`` (127.0.0.1); port 0 = any free.
+
+    With ``ssl_certfile``/``ssl_keyfile`` (PEM) it serves HTTPS, for clients that only speak HTTPS (PyPI
+    ``customerio`` builds ``https://{host}:{port}`` URLs).
+    """
 
     def __init__(
         self,
@@ -1336,9 +1706,13 @@ class SandboxServer:
         api_key: str = "sandbox",
         region: str = "us",
         host: str = "127.0.0.1",
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
+        self.ssl_certfile = ssl_certfile
+        self.ssl_keyfile = ssl_keyfile
         self.state = SandboxState(site_id, api_key)
         self.app = create_app(self.state, region=region)
         self._server: uvicorn.Server | None = None
@@ -1348,7 +1722,8 @@ class SandboxServer:
     @property
     def url(self) -> str:
         """Base URL, e.g. ``http://127.0.0.1:54321``."""
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.ssl_certfile else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     def start(self, timeout: float = 10.0) -> SandboxServer:
         """Start serving; returns once the server accepts connections."""
@@ -1361,6 +1736,7 @@ class SandboxServer:
         config = uvicorn.Config(
             self.app, log_level="warning", access_log=False, log_config=None,
             lifespan="off", ws="none", timeout_graceful_shutdown=1,
+            ssl_certfile=self.ssl_certfile, ssl_keyfile=self.ssl_keyfile,
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(
