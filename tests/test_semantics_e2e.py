@@ -139,4 +139,6 @@ def test_delete_person_command(cli, env: dict[str, str], sandbox: SandboxServer,
     suppressed = cli("send", str(path), env=env)
     assert suppressed.exit_code == 0
     assert "suppressed" in cli("delete-person", "gone-1", "--suppress", env=env).output
-    assert sandbox.state.person("gone-1")["suppressed"] is True
+    # Customer.io deletes a suppressed profile and blocks its identifier
+    assert sandbox.state.person("gone-1") is None
+    assert {"id": "gone-1"} in sandbox.state.suppressions()
