@@ -320,13 +320,11 @@ class PipelinesState:
 
     # ----------------------------------------------------------------- applying
 
-    def apply(self, calls: list[_Call], context: dict[str, Any] | None = None) -> None:
-        """Apply validated calls in order (a batch-level ``context`` fills each call's missing keys)."""
+    def apply(self, calls: list[_Call]) -> None:
+        """Apply validated calls in order (a repeated ``messageId`` is a no-op)."""
         now = time.time()
         with self._lock:
             for call in calls:
-                if context:
-                    call.raw["context"] = {**context, **_dict(call.raw, "context")}
                 if call.message_id is not None:
                     if call.message_id in self._seen:
                         self._counts["duplicates"] += 1
@@ -506,7 +504,7 @@ def _state(request: Request) -> PipelinesState:
     return request.app.state.pipelines  # type: ignore[no-any-return]
 
 
-def _parse(body: bytes, path: str) -> tuple[list[_Call], dict[str, Any] | None]:
+def _parse(body: bytes, path: str) -> list[_Call]:
     """Validate a whole request body; raises :class:`PipelinesError`."""
     if len(body) > MAX_REQUEST_BYTES:
         raise PipelinesError("request_too_large", f"request exceeds {MAX_REQUEST_BYTES} bytes")
@@ -523,12 +521,17 @@ def _parse(body: bytes, path: str) -> tuple[list[_Call], dict[str, Any] | None]:
         parsed.setdefault("type", kind)
         if parsed["type"] != kind:
             raise PipelinesError("invalid_type", f"type must be {kind!r} on /v1/{kind}")
-        return [validate_call(parsed)], None
+        return [validate_call(parsed)]
     batch = parsed.get("batch")
     if not isinstance(batch, list):
         raise PipelinesError("invalid_body", 'request body must have a "batch" list')
     context = _dict(parsed, "context")
-    return [validate_call(raw, f"batch[{index}]") for index, raw in enumerate(batch)], context or None
+    calls = []
+    for index, raw in enumerate(batch):
+        if context and isinstance(raw, dict) and isinstance(raw.get("context", {}), dict):
+            raw["context"] = {**context, **(raw.get("context") or {})}  # batch context applies to every call
+        calls.append(validate_call(raw, f"batch[{index}]"))
+    return calls
 
 
 async def _v1(request: Request) -> Response:
@@ -546,12 +549,12 @@ async def _v1(request: Request) -> Response:
         response = _json_response(401 if strict else 200, payload if strict else {})
     else:
         try:
-            calls, context = _parse(body, request.url.path)
+            calls = _parse(body, request.url.path)
         except PipelinesError as exc:
             error = {"code": exc.code, "message": exc.message}
             response = _json_response(400 if strict else 200, error if strict else {})
         else:
-            state.apply(calls, context)
+            state.apply(calls)
             applied = len(calls)
             response = _json_response(200, {})
     try:
