@@ -75,6 +75,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .sandbox_pipelines import PipelinesState, pipelines_routes
+
 __all__ = ["SandboxServer", "SandboxState", "create_app", "serve"]
 
 logger = logging.getLogger(__name__)
@@ -1661,8 +1663,10 @@ def create_app(
     site_id: str = "sandbox",
     api_key: str = "sandbox",
     region: str = "us",
+    pipelines: PipelinesState | None = None,
+    pipelines_key: str = "sandbox",
 ) -> Starlette:
-    """The sandbox ASGI app; a given ``state`` keeps its own credentials."""
+    """The sandbox ASGI app; a given ``state`` keeps its own credentials (``pipelines`` its own key)."""
     routes = [
         Route("/api/{rest:path}", _api, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
         Route("/_sandbox/people", _people),
@@ -1683,9 +1687,11 @@ def create_app(
         Route("/_sandbox/faults", _faults, methods=["GET", "POST", "DELETE"]),
         Route("/_sandbox/credentials", _credentials, methods=["POST"]),
     ]
+    routes.extend(pipelines_routes())
     app = Starlette(routes=routes)
     app.state.sandbox = state if state is not None else SandboxState(site_id, api_key)
     app.state.region = region
+    app.state.pipelines = pipelines if pipelines is not None else PipelinesState(pipelines_key)
     return app
 
 
@@ -1708,13 +1714,15 @@ class SandboxServer:
         host: str = "127.0.0.1",
         ssl_certfile: str | None = None,
         ssl_keyfile: str | None = None,
+        pipelines_key: str = "sandbox",
     ) -> None:
         self.host = host
         self.port = port
         self.ssl_certfile = ssl_certfile
         self.ssl_keyfile = ssl_keyfile
         self.state = SandboxState(site_id, api_key)
-        self.app = create_app(self.state, region=region)
+        self.pipelines = PipelinesState(pipelines_key)
+        self.app = create_app(self.state, region=region, pipelines=self.pipelines)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
