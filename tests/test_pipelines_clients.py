@@ -84,6 +84,39 @@ def cdp_node() -> Path:
     return NODE_DIR
 
 
+CDP_PYTHON_DIR = Path(__file__).parent / ".cdp_python"
+CDP_PYTHON_REQUIREMENT = "customerio-cdp-analytics>=1.1"
+
+
+@pytest.fixture(scope="session")
+def cdp_python() -> Any:
+    """Customer.io's Pipelines Python client, installed from PyPI beside the Track client.
+
+    Both official packages ship a top-level ``customerio/__init__.py`` (the Pipelines one empty), so
+    installing them into one environment breaks whichever was installed first. The Pipelines client is
+    installed into its own directory (``pip install --target``) and its ``customerio.analytics``
+    subpackage is added to the Track package's path.
+    """
+    import sys
+
+    if not (CDP_PYTHON_DIR / "customerio" / "analytics").is_dir():
+        try:
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(CDP_PYTHON_DIR),
+                            CDP_PYTHON_REQUIREMENT], check=True, capture_output=True, text=True, timeout=600)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            _unavailable(f"pip install {CDP_PYTHON_REQUIREMENT} failed: {getattr(exc, 'stderr', '') or exc}")
+    import customerio
+
+    extra = str(CDP_PYTHON_DIR / "customerio")
+    if extra not in customerio.__path__:
+        customerio.__path__.append(extra)
+    if str(CDP_PYTHON_DIR) not in sys.path:
+        sys.path.append(str(CDP_PYTHON_DIR))  # its own dependencies (backoff, dateutil, ...)
+    from customerio import analytics
+
+    return analytics
+
+
 @pytest.fixture
 def pipes(sandbox: SandboxServer) -> SandboxServer:
     sandbox.pipelines.reset()
@@ -139,8 +172,8 @@ def _assert_same_shape(theirs: list[dict[str, Any]]) -> None:
         assert _comparable(our) == _comparable(their), f"call {index} ({SEQUENCE[index][0]}) differs"
 
 
-def test_python_client_against_sandbox(pipes: SandboxServer) -> None:
-    from customerio.analytics import Client
+def test_python_client_against_sandbox(pipes: SandboxServer, cdp_python: Any) -> None:
+    Client = cdp_python.Client  # noqa: N806 - the client's class
 
     client = Client(KEY, host=pipes.url, sync_mode=True)  # sync: each call is POSTed, errors raise
     for method, kwargs in SEQUENCE:
@@ -169,9 +202,10 @@ def test_our_encoders_reach_the_same_state(pipes: SandboxServer) -> None:
     _assert_documented_state(pipes)
 
 
-def test_python_client_bad_key_is_refused_in_strict_mode_only(pipes: SandboxServer) -> None:
-    from customerio.analytics import Client
+def test_python_client_bad_key_is_refused_in_strict_mode_only(pipes: SandboxServer, cdp_python: Any) -> None:
     from customerio.analytics.request import APIError
+
+    Client = cdp_python.Client  # noqa: N806 - the client's class
 
     Client("wrong", host=pipes.url, sync_mode=True).track(user_id="u1", event="E")  # permissive: 200, dropped
     assert _view(pipes, "events") == []
