@@ -135,7 +135,8 @@ def test_delete_person_command(cli, env: dict[str, str], sandbox: SandboxServer,
     assert result.exit_code == 0 and "gone-1: deleted" in result.output
     assert [p["id"] for p in sandbox.state.people()] == ["stays-1"]
     unknown = cli("delete-person", "nobody", env=env)
-    assert unknown.exit_code == 0 and "nothing to delete" in unknown.output
+    assert unknown.exit_code == 0 and "sending the delete anyway" in unknown.output
+    assert "nobody: deleted in Customer.io (sent delete by id nobody)" in unknown.output
     suppressed = cli("send", str(path), env=env)
     assert suppressed.exit_code == 0
     assert "suppressed" in cli("delete-person", "gone-1", "--suppress", env=env).output
