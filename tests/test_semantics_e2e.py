@@ -209,3 +209,27 @@ def test_delete_person_reaches_profiles_this_data_dir_never_created(
     result = cli("delete-person", "ida-9", env=env)
     assert "sent delete by id ida-9, email ida@example.com" in result.output
     assert sandbox.state.people() == []
+
+
+@pytest.mark.parametrize("api", ["v2", "v1"])
+def test_unsuppress_command_sends_every_known_identifier(
+    cli, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path, api: str
+) -> None:
+    from .conftest import write_jsonl
+
+    env = {**env, "CUSTOMERIO_API": api}
+    path = write_jsonl(tmp_path / "e.jsonl", [ev("a", "sup-1", 0, **{"$set": {"email": "sup@example.com"}})])
+    assert cli("send", str(path), env=env).exit_code == 0
+    suppressed = cli("delete-person", "sup-1", "--suppress", env=env)
+    assert "sent suppress by id sup-1, email sup@example.com" in suppressed.output
+    result = cli("unsuppress", "sup-1", env=env)
+    assert result.exit_code == 0, result.output
+    assert "sup-1: unsuppressed in Customer.io (sent unsuppress by id sup-1, email sup@example.com)" in result.output
+    requests = sandbox.state.requests()
+    if api == "v1":
+        sent = [r["path"] for r in requests if r["path"].endswith("/unsuppress")]
+        assert sent == ["/api/v1/customers/sup-1/unsuppress", "/api/v1/customers/sup%40example.com/unsuppress"]
+    else:
+        sent = [op["identifiers"] for r in requests if isinstance(r["body"], dict)
+                for op in r["body"].get("batch", [r["body"]]) if op.get("action") == "unsuppress"]
+        assert sent == [{"id": "sup-1"}, {"email": "sup@example.com"}]

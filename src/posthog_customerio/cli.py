@@ -423,15 +423,17 @@ def delete_person(
         raise _fail(f"{exc} (the deletion stays queued)", EXIT_FAILED) from None
     action = "suppress" if settings.suppress_on_delete else "delete"
     if preview.notes["delete_unknown_person"]:
-        out.print(f"{distinct_id}: not created by this data dir; sending the {action} anyway", markup=False)
+        out.print(f"{distinct_id}: not created by this data dir; sending the {action} anyway",
+                  markup=False, soft_wrap=True)
     if finished is None:
         out.print(f"queued {action} by {_describe_identifiers(sent)}; the running service will deliver it",
-                  markup=False)
+                  markup=False, soft_wrap=True)
         return
     if not finished:
         raise _fail("timed out; the deletion stays queued", EXIT_FAILED)
     done = "suppressed" if action == "suppress" else "deleted"
-    out.print(f"{distinct_id}: {done} in Customer.io (sent {action} by {_describe_identifiers(sent)})", markup=False)
+    out.print(f"{distinct_id}: {done} in Customer.io (sent {action} by {_describe_identifiers(sent)})",
+              markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -471,12 +473,12 @@ def unsuppress(
         raise _fail(f"{exc} (the unsuppress stays queued)", EXIT_FAILED) from None
     if finished is None:
         out.print(f"queued unsuppress by {_describe_identifiers(sent)}; the running service will deliver it",
-                  markup=False)
+                  markup=False, soft_wrap=True)
         return
     if not finished:
         raise _fail("timed out; the unsuppress stays queued", EXIT_FAILED)
     out.print(f"{distinct_id}: unsuppressed in Customer.io (sent unsuppress by {_describe_identifiers(sent)})",
-              markup=False)
+              markup=False, soft_wrap=True)
 
 
 # -- serve -----------------------------------------------------------------------------
