@@ -220,3 +220,10 @@ def test_hog_groups_parse_key_or_id_and_reject_bad_shapes() -> None:
     assert event.groups == {"company": ("c-1", {"n": 1})}
     with pytest.raises(EventParseError, match="groups.company must be a JSON object"):
         parse_event(hog("a", "u", 0, {"company": "c-1"}))
+
+
+def test_a_bad_convert_dates_value_names_the_variable() -> None:
+    from posthog_customerio.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^CONVERT_DATES: "):
+        load_settings({"convert_dates": "sometimes"})
