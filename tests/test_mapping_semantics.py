@@ -68,9 +68,11 @@ def test_an_already_identified_person_is_not_merged_by_identify() -> None:
 
 def test_merge_dangerously_merges_identified_people_too() -> None:
     known = ev("$identify", "old-1", 0, **{"$anon_distinct_id": "y"})
+    user = ev("$identify", "user-1", 1, **{"$anon_distinct_id": "z"})
     dangerous = ev("$merge_dangerously", "user-1", 5, alias="old-1")
-    (_, merged), _ = run([known, dangerous], PERSON)
-    assert [s[2] for s in shapes(merged)] == ["identify", "merge"]
+    (_, _, merged), _ = run([known, user, dangerous], PERSON)
+    assert shapes(merged) == [("user-1", "person", "merge")]  # both identified: a tie, the distinct_id survives
+    assert merged.operations[0].payload["secondary"] == {"id": "old-1"}
     assert merged.skipped == "alias"  # merged, not forwarded as an event
 
 
@@ -98,8 +100,13 @@ def test_state_merge_carries_email_and_attribute_digests() -> None:
     (_, merged), states = run([anon_set, ev("$identify", "user-1", 1, **{"$anon_distinct_id": "anon-1"})], PERSON)
     user = states["user-1"]
     assert user.email == "a@x.io" and "plan" in user.digests
-    identify = merged.operations[0].payload
-    assert identify["attributes"] == {"email": "a@x.io"}  # plan comes over with the Customer.io merge
+    # anon-1's profile holds the email until the merge deletes it: user-1 is created without
+    # it, the merge follows, and only then does user-1 get the email (plan comes with the merge)
+    assert shapes(merged) == [("user-1", "person", "identify"), ("user-1", "person", "merge"),
+                              ("user-1", "person", "identify"), ("user-1", "person", "event")]
+    first, merge, then, _ = (op.payload for op in merged.operations)
+    assert "attributes" not in first and merge["secondary"] == {"id": "anon-1"}
+    assert then["attributes"] == {"email": "a@x.io"} and merged.operations[2].after == ("anon-1",)
 
 
 # -- anonymous events -----------------------------------------------------------------------
@@ -188,9 +195,10 @@ def test_suppress_on_delete_suppresses_instead() -> None:
     assert shapes(suppressed) == [("u", "person", "suppress")]
 
 
-def test_deleting_an_unknown_person_sends_nothing() -> None:
+def test_deleting_an_unknown_person_still_sends_the_delete() -> None:
+    """Profiles made by the old plugin or another data dir exist without our state knowing."""
     (mapped,), _ = run([ev("$delete_person", "nobody", 0)], PERSON)
-    assert mapped.operations == [] and mapped.notes["delete_unknown_person"] == 1
+    assert shapes(mapped) == [("nobody", "person", "delete")] and mapped.notes["delete_unknown_person"] == 1
 
 
 def test_push_tokens_add_a_device_once_with_the_platform() -> None:

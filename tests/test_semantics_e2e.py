@@ -10,6 +10,7 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from posthog_customerio.config import load_settings
@@ -135,10 +136,102 @@ def test_delete_person_command(cli, env: dict[str, str], sandbox: SandboxServer,
     assert result.exit_code == 0 and "gone-1: deleted" in result.output
     assert [p["id"] for p in sandbox.state.people()] == ["stays-1"]
     unknown = cli("delete-person", "nobody", env=env)
-    assert unknown.exit_code == 0 and "nothing to delete" in unknown.output
+    assert unknown.exit_code == 0 and "sending the delete anyway" in unknown.output
+    assert "nobody: deleted in Customer.io (sent delete by id nobody)" in unknown.output
     suppressed = cli("send", str(path), env=env)
     assert suppressed.exit_code == 0
     assert "suppressed" in cli("delete-person", "gone-1", "--suppress", env=env).output
     # Customer.io deletes a suppressed profile and blocks its identifier
     assert sandbox.state.person("gone-1") is None
     assert {"id": "gone-1"} in sandbox.state.suppressions()
+
+
+# -- issue 9: identity by identity, merge with an email, deletes that always go out -----------
+def test_merge_with_the_email_on_the_visitor_ends_as_one_profile(sandbox: SandboxServer, tmp_path: Path) -> None:
+    """ANONYMOUS_EVENTS=person: the visitor's profile holds the email when the identify merges it.
+
+    Customer.io refuses to give that email to the primary while the visitor still has it; the
+    merge must come first, then the email. Before the fix: two profiles, the merge dead-lettered.
+    """
+    events = [
+        anon("$pageview", "device-5", 0, **{"$current_url": "https://x.io/"}),
+        anon("subscribed", "device-5", 10, **{"$set": {"email": "eve@example.com", "plan": "free"}}),
+        ev("$identify", "user-5", 20, **{"$anon_distinct_id": "device-5", "$is_identified": True,
+                                         "$set": {"name": "Eve"}}),
+        ev("upgraded", "user-5", 30, plan="pro"),
+    ]
+    deliver(sandbox, tmp_path, events, anonymous_events="person")  # also asserts: no dead letters
+    assert [(p["id"], p["email"]) for p in sandbox.state.people()] == [("user-5", "eve@example.com")]
+    person = sandbox.state.person("user-5")
+    assert person["attributes"]["plan"] == "free" and person["attributes"]["name"] == "Eve"
+    assert sorted(name for _, name in events_of(sandbox, "user-5")) == sorted(
+        ["https://x.io/", "subscribed", "$identify", "upgraded"])
+    assert sandbox.state.attribute_update_failures() == []
+
+
+@pytest.mark.parametrize("sdk", ["posthog-js/node", "posthog-python"])
+def test_alias_keeps_the_identified_users_profile_whatever_the_argument_order(
+    sandbox: SandboxServer, tmp_path: Path, sdk: str
+) -> None:
+    """posthog-js/node: distinct_id=user, alias=other; posthog-python: distinct_id=previous id, alias=user."""
+    alias = ev("$create_alias", "user-7", 20, alias="legacy-7")
+    if sdk == "posthog-python":  # alias(previous_id="legacy-7", distinct_id="user-7")
+        alias = {**alias, "distinct_id": "legacy-7", "properties": {"distinct_id": "legacy-7", "alias": "user-7"}}
+    events = [
+        ev("browsed", "legacy-7", 0, page="a"),  # a profile made before the alias (server-side)
+        ev("$identify", "user-7", 10, **{"$set": {"email": "max@example.com"}}),
+        alias,
+        ev("clicked", "legacy-7", 30, button="b"),  # a later event of the merged id
+    ]
+    deliver(sandbox, tmp_path, events, anonymous_events="person")
+    assert [(p["id"], p["email"]) for p in sandbox.state.people()] == [("user-7", "max@example.com")]
+    assert [name for _, name in events_of(sandbox, "user-7")] == ["$identify", "browsed", "clicked"]
+
+
+def test_delete_person_reaches_profiles_this_data_dir_never_created(
+    cli, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """Profiles made by the old plugin (by email) or another data dir are deleted too."""
+    from .conftest import write_jsonl
+
+    other = {**env, "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "other")}
+    made_elsewhere = write_jsonl(tmp_path / "elsewhere.jsonl", [ev("a", "old-8", 0)])
+    assert cli("send", str(made_elsewhere), env=other).exit_code == 0
+    result = cli("delete-person", "old-8", env=env)  # this data dir never saw old-8
+    assert result.exit_code == 0, result.output
+    assert "old-8: deleted in Customer.io (sent delete by id old-8)" in result.output
+    assert sandbox.state.people() == []
+    # the old plugin identified by email; Customer.io gives that profile our id when ours carries the email
+    plugin = httpx.put(f"{sandbox.url}/api/v1/customers/ida%40example.com", json={"plan": "legacy"},
+                       auth=(SITE_ID, API_KEY))
+    assert plugin.status_code == 200
+    ours = write_jsonl(tmp_path / "ours.jsonl", [ev("b", "ida-9", 1, **{"$set": {"email": "ida@example.com"}})])
+    assert cli("send", str(ours), env=env).exit_code == 0
+    assert [(p["id"], p["email"]) for p in sandbox.state.people()] == [("ida-9", "ida@example.com")]
+    result = cli("delete-person", "ida-9", env=env)
+    assert "sent delete by id ida-9, email ida@example.com" in result.output
+    assert sandbox.state.people() == []
+
+
+@pytest.mark.parametrize("api", ["v2", "v1"])
+def test_unsuppress_command_sends_every_known_identifier(
+    cli, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path, api: str
+) -> None:
+    from .conftest import write_jsonl
+
+    env = {**env, "CUSTOMERIO_API": api}
+    path = write_jsonl(tmp_path / "e.jsonl", [ev("a", "sup-1", 0, **{"$set": {"email": "sup@example.com"}})])
+    assert cli("send", str(path), env=env).exit_code == 0
+    suppressed = cli("delete-person", "sup-1", "--suppress", env=env)
+    assert "sent suppress by id sup-1, email sup@example.com" in suppressed.output
+    result = cli("unsuppress", "sup-1", env=env)
+    assert result.exit_code == 0, result.output
+    assert "sup-1: unsuppressed in Customer.io (sent unsuppress by id sup-1, email sup@example.com)" in result.output
+    requests = sandbox.state.requests()
+    if api == "v1":
+        sent = [r["path"] for r in requests if r["path"].endswith("/unsuppress")]
+        assert sent == ["/api/v1/customers/sup-1/unsuppress", "/api/v1/customers/sup%40example.com/unsuppress"]
+    else:
+        sent = [op["identifiers"] for r in requests if isinstance(r["body"], dict)
+                for op in r["body"].get("batch", [r["body"]]) if op.get("action") == "unsuppress"]
+        assert sent == [{"id": "sup-1"}, {"email": "sup@example.com"}]

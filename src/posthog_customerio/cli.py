@@ -50,6 +50,8 @@ Api = Annotated[Optional[str], typer.Option("--api", help="v1 or v2 [env CUSTOME
 ByEmail = Annotated[Optional[bool], typer.Option("--identify-by-email/--no-identify-by-email", help="Address people by email once known [env IDENTIFY_BY_EMAIL; default false]", show_default=False)]
 Anonymous = Annotated[Optional[str], typer.Option("--send-events-from-anonymous-users", help="all, identified or with_email [env SEND_EVENTS_FROM_ANONYMOUS_USERS; default all]", show_default=False)]
 Allowlist = Annotated[Optional[str], typer.Option("--events-to-send", help="Comma-separated allowlist; empty = all [env EVENTS_TO_SEND]", show_default=False)]
+Skiplist = Annotated[Optional[str], typer.Option("--events-to-skip", help="Comma-separated event names or globs not sent (after --events-to-send); empty = none [env EVENTS_TO_SKIP; default PostHog's internal events]", show_default=False)]
+ConvertDates = Annotated[Optional[bool], typer.Option("--convert-dates/--no-convert-dates", help="ISO 8601 date-time attributes become Unix seconds [env CONVERT_DATES; default true]", show_default=False)]
 DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Where state and outbox live [env POSTHOG_CUSTOMERIO_DATA_DIR; default ./.posthog-customerio]", show_default=False)]
 MaxRps = Annotated[Optional[float], typer.Option("--max-rps", help="Client-side request limit to Customer.io [env CUSTOMERIO_MAX_RPS; default 100]", show_default=False)]
 Concurrency = Annotated[Optional[int], typer.Option("--concurrency", help="Delivery workers [env DELIVERY_CONCURRENCY; default 4]", show_default=False)]
@@ -67,6 +69,8 @@ def _settings(plugin_config: Path | None = None, **flags: Any) -> Settings:
         "identify_by_email": "identify_by_email",
         "anonymous": "send_events_from_anonymous_users",
         "events_to_send": "events_to_send",
+        "events_to_skip": "events_to_skip",
+        "convert_dates": "convert_dates",
         "data_dir": "posthog_customerio_data_dir",
         "max_rps": "customerio_max_rps",
         "concurrency": "delivery_concurrency",
@@ -156,7 +160,7 @@ def send(
     file: Annotated[str, typer.Argument(help="JSONL or JSON-array file of PostHog events, or - for stdin")],
     site_id: SiteId = None, api_key: ApiKey = None, region: Region = None, track_url: TrackUrl = None,
     api: Api = None, identify_by_email: ByEmail = None, anonymous: Anonymous = None,
-    events_to_send: Allowlist = None, data_dir: DataDir = None, max_rps: MaxRps = None,
+    events_to_send: Allowlist = None, events_to_skip: Skiplist = None, convert_dates: ConvertDates = None, data_dir: DataDir = None, max_rps: MaxRps = None,
     concurrency: Concurrency = None, plugin_config: PluginConfig = None, sandbox: Sandbox = False,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Give up waiting for delivery after this many seconds (the rest stays queued)", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
@@ -172,6 +176,7 @@ def send(
         settings = _settings(
             plugin_config, site_id=site_id, api_key=api_key, region=region, track_url=track_url, api=api,
             identify_by_email=identify_by_email, anonymous=anonymous, events_to_send=events_to_send,
+            events_to_skip=events_to_skip, convert_dates=convert_dates,
             data_dir=data_dir, max_rps=max_rps, concurrency=concurrency,
         )
         stream = _open_input(file)
@@ -360,7 +365,23 @@ def _print_send_summary(summary: dict[str, Any], as_json: bool) -> None:
     out.print("\n".join(lines), markup=False, soft_wrap=True)
 
 
-# -- delete-person -----------------------------------------------------------------------
+# -- delete-person, unsuppress --------------------------------------------------------------
+def _describe_identifiers(identifiers: list[dict[str, str]]) -> str:
+    return ", ".join(f"{kind} {value}" for item in identifiers for kind, value in item.items())
+
+
+def _deliver_now(runtime: Runtime, timeout: float | None) -> bool | None:
+    """Deliver what is queued; ``None`` when a running service holds the delivery lock."""
+    try:
+        deliverer = runtime.deliverer()
+    except DeliveryLockError:
+        return None
+    deliverer.start()
+    finished = deliverer.wait_until_empty(timeout)
+    deliverer.stop()
+    return finished
+
+
 @app.command("delete-person")
 def delete_person(
     distinct_id: Annotated[str, typer.Argument(help="The PostHog distinct_id of the person to delete")],
@@ -372,12 +393,16 @@ def delete_person(
 ) -> None:
     """Delete (or suppress) a person in Customer.io, as a PostHog person deletion would.
 
-    Goes through the outbox like any event (``$delete_person``), after the person's
-    queued operations. With a server running on the same data dir, it only enqueues.
+    Sent by every identifier known (the id, and each email we know), whether or not
+    this data dir created the person. Goes through the outbox like any event
+    (``$delete_person``), after the person's queued operations. With a server running
+    on the same data dir, it only enqueues. Prints what it sent.
     """
     from datetime import datetime, timezone
 
+    from .mapping import involved_distinct_ids, map_event
     from .sources import PostHogEvent
+    from .state import load_states
 
     try:
         settings = _settings(
@@ -386,26 +411,74 @@ def delete_person(
         )
         with Runtime(settings) as runtime:
             event = PostHogEvent("$delete_person", distinct_id, datetime.now(timezone.utc))
-            report = runtime.ingestor.ingest([event], source="cli")
-            if not report.operations:
-                out.print(f"{distinct_id}: not known in Customer.io; nothing to delete", markup=False)
-                return
-            try:
-                deliverer = runtime.deliverer()
-            except DeliveryLockError:
-                out.print("queued; the running service will deliver it", markup=False)
-                return
-            deliverer.start()
-            finished = deliverer.wait_until_empty(timeout)
-            deliverer.stop()
+            with runtime.db.transaction() as conn:  # what the deletion will send (the mapping is pure)
+                states = load_states(conn, involved_distinct_ids(event))
+            preview = map_event(event, states, settings.mapping_config())
+            sent = [op.payload["identifiers"] for op in preview.operations]
+            runtime.ingestor.ingest([event], source="cli")
+            finished = _deliver_now(runtime, timeout)
     except ConfigError as exc:
         raise _fail(str(exc), EXIT_CONFIG) from None
     except AuthError as exc:
         raise _fail(f"{exc} (the deletion stays queued)", EXIT_FAILED) from None
+    action = "suppress" if settings.suppress_on_delete else "delete"
+    if preview.notes["delete_unknown_person"]:
+        out.print(f"{distinct_id}: not created by this data dir; sending the {action} anyway",
+                  markup=False, soft_wrap=True)
+    if finished is None:
+        out.print(f"queued {action} by {_describe_identifiers(sent)}; the running service will deliver it",
+                  markup=False, soft_wrap=True)
+        return
     if not finished:
         raise _fail("timed out; the deletion stays queued", EXIT_FAILED)
-    action = "suppressed" if settings.suppress_on_delete else "deleted"
-    out.print(f"{distinct_id}: {action} in Customer.io", markup=False)
+    done = "suppressed" if action == "suppress" else "deleted"
+    out.print(f"{distinct_id}: {done} in Customer.io (sent {action} by {_describe_identifiers(sent)})",
+              markup=False, soft_wrap=True)
+
+
+@app.command()
+def unsuppress(
+    distinct_id: Annotated[str, typer.Argument(help="The PostHog distinct_id (or email) to unsuppress")],
+    site_id: SiteId = None, api_key: ApiKey = None, region: Region = None, track_url: TrackUrl = None,
+    api: Api = None, data_dir: DataDir = None, plugin_config: PluginConfig = None,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Give up waiting after this many seconds (it stays queued)", show_default=False)] = 60.0,
+) -> None:
+    """Unsuppress a person's identifiers in Customer.io (v1 ``POST .../unsuppress``, v2 ``unsuppress``).
+
+    Sent by every identifier known (the id, and each email we know). Customer.io then
+    accepts those identifiers again; the profile itself was deleted by the suppression
+    and comes back with the person's next event.
+    """
+    from .mapping import known_identifiers
+    from .operations import Operation
+    from .state import PersonState, load_states
+
+    try:
+        settings = _settings(plugin_config, site_id=site_id, api_key=api_key, region=region, track_url=track_url,
+                             api=api, data_dir=data_dir)
+        with Runtime(settings) as runtime:
+            with runtime.db.transaction() as conn:
+                states = load_states(conn, [distinct_id])
+                person = states.get(distinct_id) or PersonState(distinct_id)
+                while person.merged_into and person.merged_into in states and person.merged_into != person.distinct_id:
+                    person = states[person.merged_into]
+                sent = known_identifiers(distinct_id, person)
+                operations = [Operation(person.distinct_id, {"type": "person", "identifiers": identifiers,
+                                                             "action": "unsuppress"}) for identifiers in sent]
+                runtime.outbox.enqueue(conn, operations)
+            finished = _deliver_now(runtime, timeout)
+    except ConfigError as exc:
+        raise _fail(str(exc), EXIT_CONFIG) from None
+    except AuthError as exc:
+        raise _fail(f"{exc} (the unsuppress stays queued)", EXIT_FAILED) from None
+    if finished is None:
+        out.print(f"queued unsuppress by {_describe_identifiers(sent)}; the running service will deliver it",
+                  markup=False, soft_wrap=True)
+        return
+    if not finished:
+        raise _fail("timed out; the unsuppress stays queued", EXIT_FAILED)
+    out.print(f"{distinct_id}: unsuppressed in Customer.io (sent unsuppress by {_describe_identifiers(sent)})",
+              markup=False, soft_wrap=True)
 
 
 # -- serve -----------------------------------------------------------------------------
@@ -419,7 +492,7 @@ def serve(
     port: Annotated[int, typer.Option("--port", help="Port")] = 8080,
     site_id: SiteId = None, api_key: ApiKey = None, region: Region = None, track_url: TrackUrl = None,
     api: Api = None, identify_by_email: ByEmail = None, anonymous: Anonymous = None,
-    events_to_send: Allowlist = None, data_dir: DataDir = None, max_rps: MaxRps = None,
+    events_to_send: Allowlist = None, events_to_skip: Skiplist = None, convert_dates: ConvertDates = None, data_dir: DataDir = None, max_rps: MaxRps = None,
     concurrency: Concurrency = None, plugin_config: PluginConfig = None, sandbox: Sandbox = False,
     webhook_token: WebhookToken = None, webhook_signing_secret: SigningSecret = None,
     max_body_bytes: Annotated[Optional[int], typer.Option("--max-body-bytes", help="[env MAX_BODY_BYTES; default 5000000]", show_default=False)] = None,
@@ -442,6 +515,7 @@ def serve(
         settings = _settings(
             plugin_config, site_id=site_id, api_key=api_key, region=region, track_url=track_url, api=api,
             identify_by_email=identify_by_email, anonymous=anonymous, events_to_send=events_to_send,
+            events_to_skip=events_to_skip, convert_dates=convert_dates,
             data_dir=throwaway or data_dir, max_rps=max_rps, concurrency=concurrency,
             webhook_token=webhook_token, webhook_signing_secret=webhook_signing_secret,
             max_body_bytes=max_body_bytes, max_queue=max_queue, shutdown_grace_s=shutdown_grace_s,
@@ -482,7 +556,7 @@ def consume(
     max_messages: Annotated[Optional[int], typer.Option("--max-messages", min=1, help="Stop after this many messages (backfills, tests)", show_default=False)] = None,
     site_id: SiteId = None, api_key: ApiKey = None, region: Region = None, track_url: TrackUrl = None,
     api: Api = None, identify_by_email: ByEmail = None, anonymous: Anonymous = None,
-    events_to_send: Allowlist = None, data_dir: DataDir = None, max_rps: MaxRps = None,
+    events_to_send: Allowlist = None, events_to_skip: Skiplist = None, convert_dates: ConvertDates = None, data_dir: DataDir = None, max_rps: MaxRps = None,
     concurrency: Concurrency = None, plugin_config: PluginConfig = None, sandbox: Sandbox = False,
     shutdown_grace_s: Annotated[Optional[float], typer.Option("--shutdown-grace-s", help="On stop, keep delivering this long [env SHUTDOWN_GRACE_S; default 10]", show_default=False)] = None,
     log_format: Annotated[Optional[str], typer.Option("--log-format", help="json, text or auto [env LOG_FORMAT]", show_default=False)] = None,
@@ -507,6 +581,7 @@ def consume(
         settings = _settings(
             plugin_config, site_id=site_id, api_key=api_key, region=region, track_url=track_url, api=api,
             identify_by_email=identify_by_email, anonymous=anonymous, events_to_send=events_to_send,
+            events_to_skip=events_to_skip, convert_dates=convert_dates,
             data_dir=throwaway or data_dir, max_rps=max_rps, concurrency=concurrency,
             shutdown_grace_s=shutdown_grace_s, log_format=log_format,
         )

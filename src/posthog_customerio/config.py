@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .mapping import AnonymousMode, MappingConfig
+from .mapping import DEFAULT_EVENTS_TO_SKIP, AnonymousMode, MappingConfig
 
 __all__ = ["ConfigError", "Settings", "load_settings", "plugin_config_values", "ENV_NAMES"]
 
@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     identify_by_email: bool = False
     send_events_from_anonymous_users: AnonymousMode = "all"
     events_to_send: str = ""
+    events_to_skip: str = ",".join(DEFAULT_EVENTS_TO_SKIP)
+    convert_dates: bool = True
     merge_people: bool = True
     anonymous_events: Literal["anonymous", "person"] = "anonymous"
     group_type_map: str = ""
@@ -144,6 +146,8 @@ class Settings(BaseSettings):
             properties_to_include=_globs(self.properties_to_include),
             properties_to_exclude=_globs(self.properties_to_exclude),
             event_name_map=parse_pairs(self.event_name_map),
+            events_to_skip=_globs(self.events_to_skip),
+            convert_dates=self.convert_dates,
         )
 
     def credentials(self) -> tuple[str, str]:

@@ -182,6 +182,8 @@ def v1_request(payload: dict[str, Any]) -> tuple[str, str, dict[str, Any] | None
         device = dict(payload["device"])
         device["id"] = device.pop("token")
         return "PUT", f"{base}/devices", {"device": device}
+    if action == "delete_device":
+        return "DELETE", f"{base}/devices/{_encode(payload['device']['token'])}", None
     raise ValueError(f"no v1 equivalent for action {action!r}")
 
 

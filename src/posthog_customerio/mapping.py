@@ -14,7 +14,15 @@ No I/O happens here. Every option and every Customer.io rule lives in this modul
   that an already identified person is not merged (except ``$merge_dangerously``);
 * anonymous people (``ANONYMOUS_EVENTS``): events of not-yet-identified people are
   sent as anonymous events and attached by the identify that follows;
-* groups (``GROUP_TYPE_MAP``), deletes (``SUPPRESS_ON_DELETE``), push devices,
+* which side of a merge survives: the identified one, else the one with an email,
+  else the one never seen as anonymous, else the event's distinct_id (SDKs put the
+  ids of ``alias`` in different places);
+* not events: ``$set``/``$set_once`` only update the person; ``EVENTS_TO_SKIP`` drops
+  events by name or glob after ``EVENTS_TO_SEND``;
+* ISO 8601 date-time attributes become Unix seconds (``CONVERT_DATES``);
+* groups (``GROUP_TYPE_MAP``, ``$groups`` and Hog globals ``groups``), deletes and
+  suppressions by every identifier we know (``SUPPRESS_ON_DELETE``), push devices
+  (added, and deleted when their token is set to null or unset),
   property filters (``PROPERTIES_TO_INCLUDE`` / ``_EXCLUDE``), ``EVENT_NAME_MAP``;
 * Customer.io's byte limits (``LIMITS``, see :mod:`.limits`);
 * events carry a deterministic ULID ``id`` (dedupe) and integer ``timestamp``.
@@ -28,6 +36,7 @@ import json
 from json.encoder import encode_basestring_ascii as _encode_string
 import re
 from collections import Counter
+from datetime import datetime, timezone
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -58,6 +67,10 @@ AnonymousEvents = Literal["anonymous", "person"]
 IDENTIFYING_EVENTS = frozenset({"$identify", "$create_alias", "$merge_dangerously"})
 #: Identity events that only merge people and are not forwarded as events.
 ALIAS_EVENTS = frozenset({"$create_alias", "$merge_dangerously"})
+#: Events that only update the person: never forwarded as Customer.io events.
+PERSON_UPDATE_EVENTS = frozenset({"$set", "$set_once"})
+#: ``EVENTS_TO_SKIP``'s default: PostHog's own instrumentation, never a messaging signal.
+DEFAULT_EVENTS_TO_SKIP = ("$pageleave", "$web_vitals", "$feature_flag_called", "$$heatmap", "$snapshot")
 #: Properties that are instructions to PostHog, not event data.
 PERSON_UPDATE_KEYS = frozenset({"$set", "$set_once", "$unset"})
 #: Push-token properties (in ``$set``) and the platform each implies (None: from ``$os``).
@@ -78,6 +91,10 @@ ILLEGAL_DISTINCT_IDS = frozenset({
 MAX_EVENT_NAME_BYTES = limits.MAX_EVENT_NAME_BYTES
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+#: a full ISO 8601 date-time: date, time (at least hh:mm), optional fraction and zone
+_ISO_DATETIME = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}([.,]\d{1,9})?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +112,12 @@ class MappingConfig:
     properties_to_include: tuple[str, ...] = ()
     properties_to_exclude: tuple[str, ...] = ()
     event_name_map: Mapping[str, str] = field(default_factory=dict)
+    events_to_skip: tuple[str, ...] = ()
+    convert_dates: bool = True
+
+    def skips(self, name: str) -> bool:
+        """Whether ``EVENTS_TO_SKIP`` (names or globs) drops this event name."""
+        return any(fnmatch.fnmatchcase(name, glob) for glob in self.events_to_skip)
 
     def keeps(self, key: str) -> bool:
         """Whether a property passes ``PROPERTIES_TO_INCLUDE`` / ``PROPERTIES_TO_EXCLUDE``."""
@@ -149,6 +172,7 @@ def involved_distinct_ids(event: PostHogEvent) -> list[str]:
     other = _other_identity(event)
     if other is not None:
         ids.append(other)
+    ids.extend(_group_state_key(group_type, key) for group_type, (key, _) in event.groups.items())
     return ids
 
 
@@ -209,23 +233,36 @@ def map_event(event: PostHogEvent, states: Mapping[str, PersonState], config: Ma
     if event.event == "$delete_person":
         _delete_person(event, person, config, result)
         return result
+    if not person.identified and _has_anonymous_markers(event):
+        person.anonymous_seen = True
+    person = _survivor(event, person, book, config)
     _remember(event, person)
     merged = _merge_identities(event, person, book, config, result)
     skip = _skip_reason(event, person, config)
-    if skip is None and config.anonymous_events == "anonymous" and _is_anonymous(event, person):
-        result.operations.append(_anonymous_event_operation(event, person, config, result))
-        person.anonymous_sent = True
+    update_only = skip == "person_update"  # $set / $set_once: the person changes, no event
+    if (skip is None or update_only) and config.anonymous_events == "anonymous" and _is_anonymous(event, person):
+        if skip is None:
+            result.operations.append(_anonymous_event_operation(event, person, config, result))
+            person.anonymous_sent = True
         person.pending.update(_profile_attributes(event, person, config))
+        result.skipped = skip
         return result
     result.skipped = skip
-    if skip is not None and merged is None:
+    if skip is not None and merged is None and not update_only:
         return result
-    identifies = _identify_operations(event, person, config, result)
+    # the secondary's Customer.io profile holds its email until the merge deletes it: the
+    # primary gets that identifier only after the merge (Customer.io refuses a duplicate)
+    hold = frozenset({"email"}) if merged is not None and merged.email_sent else frozenset()
+    identifies = _identify_operations(event, person, config, result, hold=hold)
     result.operations.extend(identifies)
     if merged is not None:
         result.operations.append(_merge_operation(person, merged, config))
-    if skip is None:
+        if hold:
+            result.operations.extend(_identify_operations(event, person, config, result, after=(merged.distinct_id,)))
+    if skip is None or update_only:
         result.operations.extend(_device_operations(event, person, config))
+    if skip is None:
+        result.operations.extend(_hog_group_operations(event, book, config, result))
         result.operations.extend(_relationship_operations(event, person, config, result))
         result.operations.append(_event_operation(event, person, config, identifies, result))
     return result
@@ -234,8 +271,12 @@ def map_event(event: PostHogEvent, states: Mapping[str, PersonState], config: Ma
 def _skip_reason(event: PostHogEvent, person: PersonState, config: MappingConfig) -> str | None:
     if event.event in ALIAS_EVENTS:
         return "alias"
+    if event.event in PERSON_UPDATE_EVENTS and _passes_anonymous_filter(person, config.anonymous_mode):
+        return "person_update"
     if config.events_to_send and event.event not in config.events_to_send:
         return "not_in_allowlist"
+    if config.events_to_skip and config.skips(event.event):
+        return "events_to_skip"
     if not _passes_anonymous_filter(person, config.anonymous_mode):
         return "anonymous_user"
     return None
@@ -269,6 +310,11 @@ def _is_anonymous(event: PostHogEvent, person: PersonState) -> bool:
     """
     if person.identified:
         return False
+    return _has_anonymous_markers(event)
+
+
+def _has_anonymous_markers(event: PostHogEvent) -> bool:
+    """The event says its distinct_id is an anonymous visitor (client SDK markers)."""
     properties = event.properties
     return (
         properties.get("$is_identified") is False
@@ -286,6 +332,29 @@ def _passes_anonymous_filter(state: PersonState, mode: AnonymousMode) -> bool:
 
 
 # -- identity ------------------------------------------------------------------------------
+def _survivor(event: PostHogEvent, person: PersonState, book: _Book, config: MappingConfig) -> PersonState:
+    """The person whose Customer.io profile survives an alias or dangerous merge.
+
+    By identity, not position (posthog-python's ``alias`` puts the previous id in the
+    event's distinct_id, posthog-js and posthog-node the other way round): the side
+    that is identified, else the one with an email, else the one never seen as an
+    anonymous visitor; on a tie the event's distinct_id.
+    """
+    other_id = _other_identity(event)
+    if event.event not in ALIAS_EVENTS or other_id is None or not config.merge_people:
+        return person
+    other = book.person(other_id)
+    if other.distinct_id == person.distinct_id:
+        return person
+    event_says = event.properties.get("$is_identified") is True
+
+    def rank(state: PersonState, distinct_id: str, own: bool) -> tuple[bool, bool, bool]:
+        identified = state.identified or (own and event_says)
+        return identified, state.email is not None or is_email(distinct_id), not state.anonymous_seen
+
+    return other if rank(other, other_id, False) > rank(person, event.distinct_id, True) else person
+
+
 def _merge_identities(
     event: PostHogEvent, person: PersonState, book: _Book, config: MappingConfig, result: Mapped
 ) -> PersonState | None:
@@ -301,6 +370,8 @@ def _merge_identities(
         result.notes["merge_illegal_id"] += 1
         return None
     other = book.person(other_id)
+    if other.distinct_id == person.distinct_id:  # the alias side survives: merge the distinct_id's person
+        other = book.person(event.distinct_id)
     if other.distinct_id == person.distinct_id:
         return None
     if other.identified and event.event != "$merge_dangerously":
@@ -351,6 +422,10 @@ def _profile_attributes(event: PostHogEvent, state: PersonState, config: Mapping
     for key, value in attributes.items():
         if value is None:  # PostHog null = no value; Customer.io clears an attribute set to ""
             attributes[key] = ""
+        elif config.convert_dates and isinstance(value, str) and key != "created_at":
+            seconds = iso_datetime_seconds(value)
+            if seconds is not None:
+                attributes[key] = seconds
     if "created_at" in attributes:
         created_at = to_unix_seconds(attributes["created_at"])
         if created_at is None:
@@ -360,6 +435,25 @@ def _profile_attributes(event: PostHogEvent, state: PersonState, config: Mapping
     return attributes
 
 
+def iso_datetime_seconds(value: str) -> int | None:
+    """Unix seconds of a full ISO 8601 date-time string (date and time), else ``None``.
+
+    Bare dates, numbers and other strings are not date-times and stay as they are;
+    a date-time without a zone is UTC.
+    """
+    if len(value) > 40 or not _ISO_DATETIME.match(value):
+        return None
+    text = value.replace(",", ".")
+    text = text[:-1] + "+00:00" if text.endswith("Z") else text
+    try:
+        moment = datetime.fromisoformat(text.replace(" ", "T", 1))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp())
+
+
 def _identifiers(state: PersonState, config: MappingConfig) -> dict[str, str]:
     if config.identify_by_email and state.email_sent:
         return {"email": state.email_sent}
@@ -367,12 +461,15 @@ def _identifiers(state: PersonState, config: MappingConfig) -> dict[str, str]:
 
 
 def _identify_operations(
-    event: PostHogEvent, state: PersonState, config: MappingConfig, result: Mapped
+    event: PostHogEvent, state: PersonState, config: MappingConfig, result: Mapped,
+    hold: frozenset[str] = frozenset(), after: tuple[str, ...] = (),
 ) -> list[Operation]:
+    """The identifies for what changed; ``hold`` keys wait for a later call, ``after`` orders it."""
     attributes = _profile_attributes(event, state, config)
     # digests are of the values as PostHog has them; only what changed is fitted to the limits
     digests = {key: value_digest(value) for key, value in attributes.items()}
-    changed = {key: value for key, value in attributes.items() if state.digests.get(key) != digests[key]}
+    changed = {key: value for key, value in attributes.items()
+               if state.digests.get(key) != digests[key] and key not in hold}
     for key in event.unset:
         if key in state.digests:
             changed[key] = ""
@@ -380,7 +477,7 @@ def _identify_operations(
     anonymous_ids = list(dict.fromkeys(state.pending_anonymous_ids))
     if state.created and not changed and not anonymous_ids:
         return []
-    if not state.created and config.identify_by_email and state.email:
+    if not state.created and config.identify_by_email and state.email and "email" not in hold:
         identifiers = {"email": state.email}
         state.email_sent = state.email
     else:
@@ -404,7 +501,7 @@ def _identify_operations(
             chunk = {**chunk, "anonymous_id": anonymous_ids[0]}
         if chunk:
             payload["attributes"] = chunk
-        after = tuple(anonymous_ids) if index == 0 else ()
+        after = (*after, *anonymous_ids) if index == 0 else after
         operations.append(Operation(state.distinct_id, payload, after=after))
     # what is still queued of the visitor's anonymous events is sent as this person's
     # events (batched) instead; the anonymous_id above attaches those already sent
@@ -416,13 +513,30 @@ def _identify_operations(
     return operations
 
 
+def known_identifiers(distinct_id: str, person: PersonState) -> list[dict[str, str]]:
+    """Every Customer.io identifier a person may have: its ids, and each email we know."""
+    ids = [{"id": i} for i in dict.fromkeys((person.distinct_id, distinct_id))]
+    emails = (person.email_sent, person.email, *(i for i in (person.distinct_id, distinct_id) if is_email(i)))
+    seen: set[str] = set()
+    for email in emails:
+        if email and email.lower() not in seen:
+            seen.add(email.lower())
+            ids.append({"email": email})
+    return ids
+
+
 def _delete_person(event: PostHogEvent, person: PersonState, config: MappingConfig, result: Mapped) -> None:
+    """Delete (or suppress) by every identifier we know, whether or not we created the person.
+
+    Profiles made by the old plugin, another data dir or before a restore exist in
+    Customer.io without our state saying so; a deletion must reach them too.
+    """
     result.skipped = "delete_person"
     if not person.created:
         result.notes["delete_unknown_person"] += 1
-    else:
-        action = "suppress" if config.suppress_on_delete else "delete"
-        payload = {"type": "person", "identifiers": _identifiers(person, config), "action": action}
+    action = "suppress" if config.suppress_on_delete else "delete"
+    for identifiers in known_identifiers(event.distinct_id, person):
+        payload = {"type": "person", "identifiers": identifiers, "action": action}
         result.operations.append(Operation(person.distinct_id, payload))
     if not config.suppress_on_delete:
         fresh = PersonState(person.distinct_id)
@@ -434,6 +548,16 @@ def _device_operations(event: PostHogEvent, person: PersonState, config: Mapping
     operations = []
     for key, platform in DEVICE_TOKEN_PROPERTIES.items():
         token = event.set.get(key)
+        removed = (key in event.set and token is None) or key in event.unset
+        known = person.digests.get(f"\x00devprop:{key}")
+        if removed and known is not None:  # token set to null or unset: the device goes away
+            del person.digests[f"\x00devprop:{key}"]
+            for digest_key in [k for k in person.digests if k.startswith("\x00device:") and k.endswith(f":{known}")]:
+                del person.digests[digest_key]
+            payload = {"type": "person", "identifiers": _identifiers(person, config), "action": "delete_device",
+                       "device": {"token": known}}
+            operations.append(Operation(person.distinct_id, payload))
+            continue
         if not isinstance(token, str) or not token.strip():
             continue
         platform = platform or _platform(event)
@@ -441,6 +565,7 @@ def _device_operations(event: PostHogEvent, person: PersonState, config: Mapping
         if platform is None or digest_key in person.digests:
             continue
         person.digests[digest_key] = "1"
+        person.digests[f"\x00devprop:{key}"] = token
         device = {"token": token, "platform": platform, "last_used": event.timestamp_s}
         payload = {"type": "person", "identifiers": _identifiers(person, config), "action": "add_device", "device": device}
         operations.append(Operation(person.distinct_id, payload))
@@ -489,11 +614,56 @@ def _group_identify(event: PostHogEvent, config: MappingConfig, result: Mapped) 
     result.operations.append(Operation(_object_key(type_id, key), payload))
 
 
+def _group_state_key(group_type: str, key: Any) -> str:
+    """The state row remembering what a Hog-globals group's object was sent with."""
+    return f"\x00group:{group_type}:{key}"
+
+
+def _hog_group_operations(event: PostHogEvent, book: _Book, config: MappingConfig, result: Mapped) -> list[Operation]:
+    """Hog globals ``groups``: each mapped group's object, identified with its changed properties.
+
+    What was sent is remembered per group (a state row keyed by :func:`_group_state_key`),
+    so an object is identified again only when its properties change. The person's
+    relationship to it comes from :func:`_relationship_operations` (see :func:`_event_groups`).
+    """
+    operations = []
+    for group_type, (raw_key, properties) in event.groups.items():
+        type_id = config.group_type_map.get(group_type)
+        key = _group_key(raw_key)
+        if type_id is None or key is None:
+            continue  # counted with the relationship
+        state = book.get(_group_state_key(group_type, raw_key))
+        attributes = {k: v for k, v in properties.items() if config.keeps(k)}
+        changed = {k: v for k, v in attributes.items() if state.digests.get(k) != value_digest(v)}
+        if state.created and not changed:
+            continue
+        state.created = True
+        state.digests.update((k, value_digest(v)) for k, v in changed.items())
+        if config.truncate:
+            changed, cuts = limits.fit_attributes(changed)
+            result.notes["limits_truncated"] += cuts
+        payload: dict[str, Any] = {"type": "object", "identifiers": {"object_type_id": type_id, "object_id": key},
+                                   "action": "identify"}
+        if changed:
+            payload["attributes"] = changed
+        operations.append(Operation(_object_key(type_id, key), payload))
+    return operations
+
+
+def _event_groups(event: PostHogEvent) -> dict[str, Any]:
+    """group type -> key of the event: ``$groups``, then Hog globals ``groups``."""
+    groups = event.properties.get("$groups")
+    merged = dict(groups) if isinstance(groups, dict) else {}
+    for group_type, (key, _) in event.groups.items():
+        merged.setdefault(group_type, key)
+    return merged
+
+
 def _relationship_operations(
     event: PostHogEvent, person: PersonState, config: MappingConfig, result: Mapped
 ) -> list[Operation]:
-    groups = event.properties.get("$groups")
-    if not isinstance(groups, dict) or not groups:
+    groups = _event_groups(event)
+    if not groups:
         return []
     operations = []
     for group_type, raw_key in groups.items():

@@ -2,7 +2,7 @@
 
 Accepted shapes (see ``posthog-events.md``):
 
-* Hog globals / HTTP webhook body: ``{"event": {...}, "person": {...}}``
+* Hog globals / HTTP webhook body: ``{"event": {...}, "person": {...}, "groups": {...}}``
 * plugin-style events: ``distinct_id``, ``event``, ``properties``, ``timestamp``,
   ``$set``, ``$set_once``, ``uuid``, ``person``
 * batch-export JSONL lines: ``person_properties``, ``set``, ``set_once``
@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import IO, Any
 
@@ -52,6 +52,8 @@ class PostHogEvent:
     set_once: dict[str, Any] = field(default_factory=dict)
     unset: tuple[str, ...] = ()
     person_properties: dict[str, Any] = field(default_factory=dict)
+    #: Hog globals ``groups``: group type -> (group key, group properties)
+    groups: dict[str, tuple[Any, dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def timestamp_s(self) -> int:
@@ -200,10 +202,25 @@ def parse_event(obj: Any, now: datetime | None = None) -> PostHogEvent:
     return _parse_flat(obj, now)
 
 
+def _hog_groups(value: Any) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Hog globals ``groups`` (``{type: {id|key, type, index, url, properties}}``) -> type -> (key, properties).
+
+    A group without a key is left out (nothing to address); a wrong shape is an error.
+    """
+    groups: dict[str, tuple[Any, dict[str, Any]]] = {}
+    for name, group in _object(value, "groups").items():
+        group = _object(group, f"groups.{name}")
+        key = group.get("id", group.get("key"))
+        if key is None or isinstance(key, (bool, dict, list)):
+            continue
+        groups[name] = (key, _object(group.get("properties"), f"groups.{name}.properties"))
+    return groups
+
+
 def _parse_hog_globals(obj: dict[str, Any], now: datetime) -> PostHogEvent:
     inner = obj["event"]
     person = _object(obj.get("person"), "person")
-    return _build(
+    event = _build(
         name=inner.get("event", inner.get("name")),
         distinct_id=inner.get("distinct_id"),
         properties=_object(inner.get("properties"), "event.properties"),
@@ -214,6 +231,8 @@ def _parse_hog_globals(obj: dict[str, Any], now: datetime) -> PostHogEvent:
         person_properties=_object(person.get("properties"), "person.properties"),
         now=now,
     )
+    groups = _hog_groups(obj.get("groups"))
+    return replace(event, groups=groups) if groups else event
 
 
 def _parse_flat(obj: dict[str, Any], now: datetime) -> PostHogEvent:

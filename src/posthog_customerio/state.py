@@ -37,6 +37,8 @@ class PersonState:
     pending: dict[str, Any] = field(default_factory=dict)
     #: "object_type_id:object_id" of relationships already added
     relationships: list[str] = field(default_factory=list)
+    #: an event marked this distinct_id as an anonymous visitor (device id, ``$is_identified`` false)
+    anonymous_seen: bool = False
 
     def copy(self) -> PersonState:
         """An independent copy (the mapping never mutates its inputs)."""
@@ -58,6 +60,8 @@ class PersonState:
             extra["u"] = self.pending
         if self.relationships:
             extra["r"] = self.relationships
+        if self.anonymous_seen:
+            extra["s"] = 1
         return json.dumps(extra, separators=(",", ":"), sort_keys=True)
 
 
@@ -71,6 +75,7 @@ def _from_row(row: tuple[Any, ...]) -> PersonState:
     return PersonState(
         distinct_id, bool(identified), email, bool(created), email_sent, json.loads(digests), merged_into,
         bool(more.get("a")), list(more.get("p", ())), dict(more.get("u", {})), list(more.get("r", ())),
+        bool(more.get("s")),
     )
 
 
