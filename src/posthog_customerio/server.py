@@ -301,7 +301,7 @@ def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -
         else:
             auth.check_webhook_header(request)
             header_ok = True
-        depth = runtime.outbox.depth(max_age_s=1.0)
+        depth = await run_in_threadpool(runtime.outbox.depth, 1.0)  # may wait for the database lock
         if depth >= settings.max_queue:
             raise HttpError(503, f"outbox holds {depth} operations (MAX_QUEUE {settings.max_queue}); retry later", {"Retry-After": "30"})
         raw = await read_body(request, settings.max_body_bytes)
