@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import uvicorn
 
+from posthog_customerio.http_timeouts import uvicorn_config
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.server import create_app
 
@@ -30,14 +31,7 @@ def running_service(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(runtime, deliver=deliver),
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-    )
+    config = uvicorn_config(create_app(runtime, deliver=deliver), "127.0.0.1", port, runtime.settings, lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn-test", daemon=True)
     thread.start()

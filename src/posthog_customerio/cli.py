@@ -82,6 +82,9 @@ def _settings(plugin_config: Path | None = None, **flags: Any) -> Settings:
         "log_format": "log_format",
         "suppress_on_delete": "suppress_on_delete",
         "outbox_url": "outbox_url",
+        "max_events_per_request": "max_events_per_request",
+        "http_keep_alive_s": "http_keep_alive_s",
+        "http_read_timeout_s": "http_read_timeout_s",
     }
     return load_settings({names[key]: value for key, value in flags.items()}, plugin_config)
 
@@ -501,12 +504,16 @@ def serve(
     log_format: Annotated[Optional[str], typer.Option("--log-format", help="json, text or auto [env LOG_FORMAT]", show_default=False)] = None,
     outbox_url: Annotated[Optional[str], typer.Option("--outbox-url", help="sqlite:///path or postgresql://user@host/db [env OUTBOX_URL]", show_default=False)] = None,
     role: Annotated[str, typer.Option("--role", help="all, ingest (receivers only) or deliver (workers only)")] = "all",
+    max_events_per_request: Annotated[Optional[int], typer.Option("--max-events-per-request", help="Answer 413 above this many events in one request [env MAX_EVENTS_PER_REQUEST; default 10000]", show_default=False)] = None,
+    timeout_keep_alive: Annotated[Optional[float], typer.Option("--timeout-keep-alive", help="Close idle keep-alive connections after this many seconds [env HTTP_KEEP_ALIVE_S; default 5]", show_default=False)] = None,
+    http_read_timeout_s: Annotated[Optional[float], typer.Option("--http-read-timeout-s", help="Close a connection whose request (headers and body) takes longer [env HTTP_READ_TIMEOUT_S; default 30]", show_default=False)] = None,
 ) -> None:
     """Run the HTTP service: PostHog webhook + capture receivers, delivery in the background."""
     if role not in ("all", "ingest", "deliver"):
         raise _fail(f"--role must be all, ingest or deliver (got {role!r})", EXIT_CONFIG)
     import uvicorn
 
+    from .http_timeouts import uvicorn_config
     from .logs import configure_logging
     from .server import create_app
 
@@ -519,7 +526,8 @@ def serve(
             data_dir=throwaway or data_dir, max_rps=max_rps, concurrency=concurrency,
             webhook_token=webhook_token, webhook_signing_secret=webhook_signing_secret,
             max_body_bytes=max_body_bytes, max_queue=max_queue, shutdown_grace_s=shutdown_grace_s,
-            log_format=log_format, outbox_url=outbox_url,
+            log_format=log_format, outbox_url=outbox_url, max_events_per_request=max_events_per_request,
+            http_keep_alive_s=timeout_keep_alive, http_read_timeout_s=http_read_timeout_s,
         )
         if not sandbox:
             settings.credentials()
@@ -531,9 +539,8 @@ def serve(
         application = create_app(runtime, deliver=role in ("all", "deliver"), ingest=role in ("all", "ingest"))
         if runtime.sandbox is not None:
             logging.getLogger(__name__).info("sandbox Customer.io at %s/_sandbox/people", runtime.sandbox.url)
-        config = uvicorn.Config(
-            application, host=host, port=port, log_config=None, access_log=False,
-            timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
+        config = uvicorn_config(
+            application, host, port, settings, timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
         )
         _run_until_signalled(uvicorn.Server(config))
     except DeliveryLockError as exc:

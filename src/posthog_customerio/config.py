@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     webhook_signing_secret: SecretStr | None = None
     max_body_bytes: int = Field(5_000_000, ge=1_000)
     max_queue: int = Field(1_000_000, ge=1)
+    max_events_per_request: int = Field(10_000, ge=1)
+    http_keep_alive_s: float = Field(5.0, gt=0, le=3600)
+    http_read_timeout_s: float = Field(30.0, gt=0, le=3600)
     shutdown_grace_s: float = Field(10.0, ge=0)
     auth_retry_s: float = Field(60.0, gt=0)
     log_format: Literal["auto", "json", "text"] = "auto"

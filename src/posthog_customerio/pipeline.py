@@ -23,6 +23,9 @@ from .state import PersonState, load_states, save_states
 
 __all__ = ["IngestReport", "Ingestor", "GroupCommitter"]
 
+#: one waiting ingestion: its events, its source, and the future its caller waits on
+_Request = tuple[Sequence[PostHogEvent], str, "Future[IngestReport]"]
+
 
 @dataclass(slots=True)
 class IngestReport:
@@ -116,11 +119,18 @@ class GroupCommitter:
     Each request still lands all or nothing (its own savepoint), and its caller is
     answered only after the group committed. With PostgreSQL, requests commit on
     their own pooled connections and this is not used.
+
+    A group holds at most ``max_group`` requests and ``max_group_events`` events; a
+    request bigger than that commits alone, after the small requests that were
+    waiting with it, so one big request never holds a crowd of small ones in its
+    transaction. Everything taken from the queue commits before the next look at
+    the queue: nothing waits more than one round.
     """
 
-    def __init__(self, ingestor: Ingestor, max_group: int = 256) -> None:
+    def __init__(self, ingestor: Ingestor, max_group: int = 256, max_group_events: int = 2_000) -> None:
         self.ingestor = ingestor
         self.max_group = max_group
+        self.max_group_events = max_group_events
         self._queue: queue.Queue[tuple[Sequence[PostHogEvent], str, Future[IngestReport]]] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._thread.start()
@@ -133,15 +143,36 @@ class GroupCommitter:
 
     def _run(self) -> None:
         while True:
-            group = [self._queue.get()]
-            while len(group) < self.max_group:
+            waiting = [self._queue.get()]
+            while True:
                 try:
-                    group.append(self._queue.get_nowait())
+                    waiting.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            self._commit(group)
+            for group in self._groups(waiting):
+                self._commit(group)
 
-    def _commit(self, group: list[tuple[Sequence[PostHogEvent], str, Future[IngestReport]]]) -> None:
+    def _groups(self, waiting: list[_Request]) -> list[list[_Request]]:
+        """Small requests packed into groups (in arrival order), then each big one alone."""
+        groups: list[list[_Request]] = []
+        big: list[list[_Request]] = []
+        group: list[_Request] = []
+        events = 0
+        for request in waiting:
+            size = len(request[0])
+            if size > self.max_group_events:
+                big.append([request])
+                continue
+            if group and (len(group) >= self.max_group or events + size > self.max_group_events):
+                groups.append(group)
+                group, events = [], 0
+            group.append(request)
+            events += size
+        if group:
+            groups.append(group)
+        return groups + big
+
+    def _commit(self, group: list[_Request]) -> None:
         outcomes: list[tuple[Future[IngestReport], str, IngestReport | None, BaseException | None]] = []
         try:
             with self.ingestor.db.group():  # type: ignore[attr-defined]

@@ -24,6 +24,7 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 from standardwebhooks.webhooks import Webhook
 
 from . import __version__
@@ -32,7 +33,7 @@ from .customerio import AuthError
 from .metrics import CONTENT_TYPE, Metrics
 from .pipeline import GroupCommitter
 from .runtime import Runtime
-from .sources import EventParseError, loads_strict, parse_payload
+from .sources import EventParseError, PostHogEvent, TooManyEvents, loads_strict, parse_payload, parse_v1_batch
 from .status import ThroughputSampler, build_status, dead_letter_rows
 
 __all__ = ["create_app", "HttpError"]
@@ -40,6 +41,8 @@ __all__ = ["create_app", "HttpError"]
 log = logging.getLogger(__name__)
 
 _CAPTURE_PATHS = ("/batch", "/capture", "/e", "/i/v0/e")
+#: posthog-python's ``capture_mode="v1"`` endpoint (Bearer auth, ``{"batch": [...]}``, per-event results)
+_CAPTURE_V1_PATH = "/i/v1/analytics/events"
 
 
 def _database_errors() -> tuple[type[BaseException], ...]:
@@ -85,11 +88,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared and declared.isdigit() and int(declared) > limit:
         raise HttpError(413, f"body is {declared} bytes, over MAX_BODY_BYTES ({limit})")
     chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise HttpError(413, f"body is over MAX_BODY_BYTES ({limit})")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise HttpError(413, f"body is over MAX_BODY_BYTES ({limit})")
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client went away, or HTTP_READ_TIMEOUT_S closed a slow one
+        raise HttpError(400, "the connection closed before the whole body arrived") from None
     return b"".join(chunks)
 
 
@@ -129,12 +135,14 @@ def _form_data(body: bytes) -> bytes:
         raise HttpError(400, f"form body is not base64 data: {exc}") from None
 
 
-def parse_json(body: bytes) -> Any:
-    """JSON from bytes, or a 400 naming the problem."""
+def parse_json(body: bytes, max_events: int | None = None) -> Any:
+    """JSON from bytes, or a 400 naming the problem (413 past ``max_events`` top-level items)."""
     if not body.strip():
         raise HttpError(400, "empty body: expected JSON")
     try:
-        return loads_strict(body)
+        return loads_strict(body, max_events)
+    except TooManyEvents as exc:
+        raise HttpError(413, _too_many(exc.limit)) from None
     except UnicodeDecodeError:
         raise HttpError(400, "body is not UTF-8 JSON") from None
     except json.JSONDecodeError as exc:
@@ -143,6 +151,10 @@ def parse_json(body: bytes) -> Any:
         raise HttpError(400, "malformed JSON: nested too deeply") from None
     except ValueError as exc:
         raise HttpError(400, f"malformed JSON: {exc}") from None
+
+
+def _too_many(limit: int) -> str:
+    return f"more than {limit} events in one request (MAX_EVENTS_PER_REQUEST); send them in batches of at most {limit}"
 
 
 # -- auth ------------------------------------------------------------------------------
@@ -166,13 +178,39 @@ class Authenticator:
 
     def check_webhook(self, request: Request, body: bytes) -> None:
         """Every configured mechanism must pass."""
+        self.check_webhook_header(request)
+        self.check_signature(request, body)
+
+    def check_webhook_header(self, request: Request) -> None:
+        """The Bearer part of :meth:`check_webhook`: needs no body, so it runs before the body is read."""
         if self.token and not self._bearer_ok(request):
             raise HttpError(401, "missing or wrong Authorization: Bearer token", {"WWW-Authenticate": "Bearer"})
+
+    def check_signature(self, request: Request, body: bytes) -> None:
+        """The Standard Webhooks part of :meth:`check_webhook` (a no-op without a signing secret)."""
         if self.verifier is not None:
             try:
                 self.verifier.verify(body, dict(request.headers), json_parse=False)
             except Exception:  # any malformed header or bad signature
                 raise HttpError(401, "missing, stale or wrong webhook signature") from None
+
+    def capture_header_ok(self, request: Request) -> bool:
+        """Before the body: True when the headers already authorise a capture request.
+
+        False means only the payload's ``api_key`` / ``token`` can; with no
+        ``WEBHOOK_TOKEN`` at all (only a signing secret) the request is refused here.
+        """
+        if not self.enabled:
+            return True
+        if not self.token:
+            raise HttpError(401, "capture endpoints need WEBHOOK_TOKEN (SDKs cannot sign requests)")
+        return self._bearer_ok(request)
+
+    def check_token_present(self, body: bytes) -> None:
+        """Refuse, without parsing, a decoded body in which the token does not occur at all."""
+        escaped = json.dumps(self.token.decode())[1:-1].encode()
+        if self.token not in body and escaped not in body:
+            raise HttpError(401, "missing or wrong token (Authorization: Bearer, or api_key = WEBHOOK_TOKEN)")
 
     def check_capture(self, request: Request, payload: Any) -> None:
         """Capture endpoints: Bearer token, or the token as the payload's ``api_key``."""
@@ -236,21 +274,40 @@ def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -
     async def _http_error(_: Request, exc: HttpError) -> JSONResponse:
         return exc.response()
 
-    async def receive(request: Request, source: str, capture: bool) -> JSONResponse:
-        depth = runtime.outbox.depth(max_age_s=1.0)
-        if depth >= settings.max_queue:
-            raise HttpError(503, f"outbox holds {depth} operations (MAX_QUEUE {settings.max_queue}); retry later", {"Retry-After": "30"})
-        raw = await read_body(request, settings.max_body_bytes)
-        if not capture:
-            auth.check_webhook(request, raw)
-        payload = parse_json(decode_body(request, raw, settings.max_body_bytes))
-        if capture:
+    def parse_events(request: Request, raw: bytes, source: str, header_ok: bool, v1: bool) -> list[PostHogEvent]:
+        """Decode, authorise by payload token if needed, parse: CPU work, run in the thread pool."""
+        body = decode_body(request, raw, settings.max_body_bytes)
+        if not header_ok:
+            auth.check_token_present(body)
+        payload = parse_json(body, settings.max_events_per_request)
+        if not header_ok:
             auth.check_capture(request, payload)
         try:
-            events = parse_payload(payload)
+            if v1:
+                events = parse_v1_batch(payload, request.headers.get("posthog-sdk-info"))
+            else:
+                events = parse_payload(payload)
         except EventParseError as exc:
             runtime.ingestor.count_invalid(source)
             raise HttpError(400, str(exc)) from None
+        if len(events) > settings.max_events_per_request:
+            raise HttpError(413, _too_many(settings.max_events_per_request))
+        return events
+
+    async def receive(request: Request, source: str, capture: bool, v1: bool = False) -> JSONResponse:
+        # credentials first: a request the headers already refuse is answered before its body is read
+        if capture:
+            header_ok = auth.capture_header_ok(request)
+        else:
+            auth.check_webhook_header(request)
+            header_ok = True
+        depth = await run_in_threadpool(runtime.outbox.depth, 1.0)  # may wait for the database lock
+        if depth >= settings.max_queue:
+            raise HttpError(503, f"outbox holds {depth} operations (MAX_QUEUE {settings.max_queue}); retry later", {"Retry-After": "30"})
+        raw = await read_body(request, settings.max_body_bytes)
+        if not capture and auth.verifier is not None:
+            await run_in_threadpool(auth.check_signature, request, raw)
+        events = await run_in_threadpool(parse_events, request, raw, source, header_ok, v1)
         try:
             report = await run_in_threadpool(ingest, events, source)
         except DATABASE_ERRORS as exc:
@@ -262,13 +319,19 @@ def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -
         deliverer = runtime.current_deliverer
         if deliverer is not None:
             deliverer.notify()
-        return JSONResponse({"status": 1, "accepted": report.events, "operations": report.operations})
+        answer: dict[str, Any] = {"status": 1, "accepted": report.events, "operations": report.operations}
+        if v1:  # capture v1 clients read a per-event verdict keyed by uuid
+            answer["results"] = {event.uuid: {"result": "ok"} for event in events if event.uuid}
+        return JSONResponse(answer)
 
     async def webhook(request: Request) -> JSONResponse:
         return await receive(request, "webhook", capture=False)
 
     async def capture(request: Request) -> JSONResponse:
         return await receive(request, "capture", capture=True)
+
+    async def capture_v1(request: Request) -> JSONResponse:
+        return await receive(request, "capture", capture=True, v1=True)
 
     if ingest:
         app.add_api_route(
@@ -281,6 +344,11 @@ def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -
                     variant, capture, methods=["POST"], summary="PostHog capture API",
                     include_in_schema=not variant.endswith("/"),
                 )
+        for variant in (_CAPTURE_V1_PATH, _CAPTURE_V1_PATH + "/"):
+            app.add_api_route(
+                variant, capture_v1, methods=["POST"], include_in_schema=not variant.endswith("/"),
+                summary="PostHog capture v1 (posthog-python capture_mode=\"v1\"): {\"batch\": [...]}, Bearer token",
+            )
 
     @app.get("/healthz", summary="Liveness (and delivery state)")
     def healthz() -> JSONResponse:

@@ -32,11 +32,21 @@ __all__ = [
     "read_events",
     "to_unix_seconds",
     "loads_strict",
+    "TooManyEvents",
+    "parse_v1_batch",
 ]
 
 
 class EventParseError(ValueError):
     """An input could not be turned into a PostHog event."""
+
+
+class TooManyEvents(ValueError):
+    """A payload holds more events than one request may carry (``MAX_EVENTS_PER_REQUEST``)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"more than {limit} events in one request")
+        self.limit = limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,6 +323,52 @@ def parse_payload(obj: Any, now: datetime | None = None) -> list[PostHogEvent]:
     return events
 
 
+#: capture v1 ``options`` fields and the event properties they stand for
+_V1_OPTIONS = {
+    "process_person_profile": "$process_person_profile",
+    "cookieless_mode": "$cookieless_mode",
+    "disable_skew_correction": "$ignore_sent_at",
+    "product_tour_id": "$product_tour_id",
+}
+_V1_TOP_LEVEL = {"session_id": "$session_id", "window_id": "$window_id"}
+
+
+def parse_v1_batch(obj: Any, sdk_info: str | None = None, now: datetime | None = None) -> list[PostHogEvent]:
+    """Parse a capture v1 body (``POST /i/v1/analytics/events``), all or nothing.
+
+    The body is ``{"created_at", "batch": [event, ...], "historical_migration"?}``; each
+    event is ``{"event", "uuid", "distinct_id", "timestamp", "options", "properties"}`` with
+    optional ``session_id`` / ``window_id``. Those and ``options`` go back into the
+    properties PostHog stores them as (``$session_id``, ``$process_person_profile`` ...),
+    and ``$lib`` / ``$lib_version`` come from the ``PostHog-Sdk-Info`` header
+    (``posthog-python/7.1.0``), as PostHog's capture service does.
+    """
+    if not isinstance(obj, dict) or not isinstance(obj.get("batch"), list):
+        raise EventParseError('a capture v1 body is {"batch": [...]} (a JSON object with an array of events)')
+    lib, _, lib_version = (sdk_info or "").strip().partition("/")
+    now = now or datetime.now(timezone.utc)
+    events = []
+    for index, item in enumerate(obj["batch"]):
+        try:
+            if not isinstance(item, dict):
+                raise EventParseError(f"an event must be a JSON object, got {type(item).__name__}")
+            properties = dict(_object(item.get("properties"), "properties"))
+            for name, prop in _V1_TOP_LEVEL.items():
+                if isinstance(item.get(name), str):
+                    properties.setdefault(prop, item[name])
+            for name, value in _object(item.get("options"), "options").items():
+                if name in _V1_OPTIONS:
+                    properties.setdefault(_V1_OPTIONS[name], value)
+            if lib:
+                properties.setdefault("$lib", lib)
+                if lib_version:
+                    properties.setdefault("$lib_version", lib_version)
+            events.append(_parse_flat({**item, "properties": properties}, now))
+        except EventParseError as exc:
+            raise EventParseError(f"event {index}: {exc}") from exc
+    return events
+
+
 def _payload_items(obj: Any) -> list[Any]:
     if isinstance(obj, list):
         return obj
@@ -356,14 +412,20 @@ def _check_depth(obj: Any) -> None:
             stack.extend((child, depth + 1) for child in node if isinstance(child, (dict, list)))
 
 
-def loads_strict(text: str | bytes) -> Any:
+def loads_strict(text: str | bytes, max_items: int | None = None) -> Any:
     """``json.loads`` for untrusted input.
 
     Rejects ``NaN``/``Infinity`` and numbers that overflow to infinity, strings
     holding an unpaired UTF-16 surrogate (they cannot be encoded as UTF-8), and
     structures nested more than 100 levels deep; raises ValueError naming it.
+    With ``max_items``, a top-level array (or the ``batch`` array of a top-level
+    object) is decoded one element at a time and :class:`TooManyEvents` is raised
+    at element ``max_items + 1``, before the rest is ever materialised.
     """
-    obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    if max_items is None:
+        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    else:
+        obj = _loads_bounded(text, max_items)
     escape = _SURROGATE_ESCAPE if isinstance(text, str) else _SURROGATE_ESCAPE_BYTES
     if escape.search(text):  # type: ignore[arg-type]
         try:
@@ -374,6 +436,73 @@ def loads_strict(text: str | bytes) -> Any:
     if brackets > _MAX_DEPTH:
         _check_depth(obj)
     return obj
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_WHITESPACE = json.decoder.WHITESPACE  # type: ignore[attr-defined]
+
+
+def _loads_bounded(text: str | bytes, max_items: int) -> Any:
+    """``json.loads`` that counts the elements of the top-level list while it decodes them."""
+    if isinstance(text, bytes):
+        text = text.decode(json.detect_encoding(text), "surrogatepass")  # what json.loads does with bytes
+    index = _WHITESPACE.match(text, 0).end()
+    if text.startswith("[", index):
+        obj, index = _decode_array(text, index, max_items)
+    elif text.startswith("{", index):
+        obj, index = _decode_object(text, index, max_items)
+    else:
+        obj, index = _DECODER.raw_decode(text, index)
+    index = _WHITESPACE.match(text, index).end()
+    if index != len(text):
+        raise json.JSONDecodeError("Extra data", text, index)
+    return obj
+
+
+def _decode_array(text: str, index: int, max_items: int) -> tuple[list[Any], int]:
+    items: list[Any] = []
+    index = _WHITESPACE.match(text, index + 1).end()
+    if text.startswith("]", index):
+        return items, index + 1
+    while True:
+        if len(items) >= max_items:
+            raise TooManyEvents(max_items)
+        value, index = _DECODER.raw_decode(text, index)
+        items.append(value)
+        index = _WHITESPACE.match(text, index).end()
+        if text.startswith(",", index):
+            index = _WHITESPACE.match(text, index + 1).end()
+        elif text.startswith("]", index):
+            return items, index + 1
+        else:
+            raise json.JSONDecodeError("Expecting ',' delimiter", text, index)
+
+
+def _decode_object(text: str, index: int, max_items: int) -> tuple[dict[str, Any], int]:
+    """A top-level object; its ``batch`` array is decoded with :func:`_decode_array`."""
+    obj: dict[str, Any] = {}
+    index = _WHITESPACE.match(text, index + 1).end()
+    if text.startswith("}", index):
+        return obj, index + 1
+    while True:
+        if not text.startswith('"', index):
+            raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, index)
+        key, index = json.decoder.scanstring(text, index + 1)  # type: ignore[attr-defined]
+        index = _WHITESPACE.match(text, index).end()
+        if not text.startswith(":", index):
+            raise json.JSONDecodeError("Expecting ':' delimiter", text, index)
+        index = _WHITESPACE.match(text, index + 1).end()
+        if key == "batch" and text.startswith("[", index):
+            obj[key], index = _decode_array(text, index, max_items)
+        else:
+            obj[key], index = _DECODER.raw_decode(text, index)
+        index = _WHITESPACE.match(text, index).end()
+        if text.startswith(",", index):
+            index = _WHITESPACE.match(text, index + 1).end()
+        elif text.startswith("}", index):
+            return obj, index + 1
+        else:
+            raise json.JSONDecodeError("Expecting ',' delimiter", text, index)
 
 
 def read_events(stream: IO[str] | Iterable[str], now: datetime | None = None) -> Iterator[ParsedItem]:
