@@ -78,6 +78,8 @@ def _settings(plugin_config: Path | None = None, **flags: Any) -> Settings:
         "log_format": "log_format",
         "suppress_on_delete": "suppress_on_delete",
         "outbox_url": "outbox_url",
+        "posthog_host": "posthog_host",
+        "cors_origins": "cors_origins",
     }
     return load_settings({names[key]: value for key, value in flags.items()}, plugin_config)
 
@@ -428,6 +430,8 @@ def serve(
     log_format: Annotated[Optional[str], typer.Option("--log-format", help="json, text or auto [env LOG_FORMAT]", show_default=False)] = None,
     outbox_url: Annotated[Optional[str], typer.Option("--outbox-url", help="sqlite:///path or postgresql://user@host/db [env OUTBOX_URL]", show_default=False)] = None,
     role: Annotated[str, typer.Option("--role", help="all, ingest (receivers only) or deliver (workers only)")] = "all",
+    posthog_host: Annotated[Optional[str], typer.Option("--posthog-host", help="Forward PostHog paths to this PostHog, e.g. https://us.i.posthog.com [env POSTHOG_HOST]", show_default=False)] = None,
+    cors_origins: Annotated[Optional[str], typer.Option("--cors-origins", help="Origins allowed on the browser-facing paths, comma list or * [env CORS_ORIGINS; default *]", show_default=False)] = None,
 ) -> None:
     """Run the HTTP service: PostHog webhook + capture receivers, delivery in the background."""
     if role not in ("all", "ingest", "deliver"):
@@ -445,7 +449,7 @@ def serve(
             data_dir=throwaway or data_dir, max_rps=max_rps, concurrency=concurrency,
             webhook_token=webhook_token, webhook_signing_secret=webhook_signing_secret,
             max_body_bytes=max_body_bytes, max_queue=max_queue, shutdown_grace_s=shutdown_grace_s,
-            log_format=log_format, outbox_url=outbox_url,
+            log_format=log_format, outbox_url=outbox_url, posthog_host=posthog_host, cors_origins=cors_origins,
         )
         if not sandbox:
             settings.credentials()
