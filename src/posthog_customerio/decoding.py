@@ -184,11 +184,12 @@ def decode_body(headers: Mapping[str, str] | None, query: Mapping[str, str] | No
         body = gunzip_all(body, limit)
     elif compression in ("gzip", "gzip-js"):
         raise DecodeError(400, "bad_gzip", f"compression={compression} but the body is not gzip (no 1f 8b magic)")
-    is_form = content_type.startswith("application/x-www-form-urlencoded") and body.lstrip().startswith(b"data=")
+    has_data = body.lstrip().startswith(b"data=") or b"&data=" in body
+    is_form = content_type.startswith("application/x-www-form-urlencoded") and has_data
     if compression == "lz64":
-        body = _lz64(_form_field(body) if body.lstrip().startswith(b"data=") else body.decode("ascii", "replace"), limit)
+        body = _lz64(_form_field(body) if has_data else body.decode("ascii", "replace"), limit)
     elif compression == "base64" or is_form:
-        body = _base64(_form_field(body) if body.lstrip().startswith(b"data=") else body.decode("ascii", "replace"))
+        body = _base64(_form_field(body) if has_data else body.decode("ascii", "replace"))
         if len(body) > limit:
             raise _too_large(limit)
     return body

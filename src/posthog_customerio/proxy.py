@@ -93,9 +93,11 @@ class PostHogProxy:
                        if not (n.lower() == "authorization" and v.partition(" ")[2].strip().encode() == self.drop_authorization)]
         client_ip = request.client.host if request.client else None
         if client_ip:
-            prior = [v for n, v in headers if n.lower() == "x-forwarded-for"]
+            prior = [h.strip() for n, v in headers if n.lower() == "x-forwarded-for" for h in v.split(",") if h.strip()]
             headers = [(n, v) for n, v in headers if n.lower() != "x-forwarded-for"]
-            headers.append(("x-forwarded-for", ", ".join([*prior, client_ip])))
+            # uvicorn's --proxy-headers may have set the client from a trusted X-Forwarded-For already
+            chain = prior if prior and prior[-1] == client_ip else [*prior, client_ip]
+            headers.append(("x-forwarded-for", ", ".join(chain)))
         if not any(n.lower() == "x-forwarded-proto" for n, _ in headers):
             headers.append(("x-forwarded-proto", request.url.scheme))
         if request.headers.get("host") and not any(n.lower() == "x-forwarded-host" for n, _ in headers):
