@@ -61,8 +61,12 @@ class FakePostHog:
                 config = {"token": path.split("/")[2], "supportedCompression": ["gzip", "gzip-js"], "hasFeatureFlags": True,
                           "sessionRecording": False, "heatmaps": False, "surveys": False, "siteApps": []}
                 return Response(json.dumps(config), 200, headers, "application/json")
-            if path.endswith("config.js"):
-                return Response("/* no remote config script */", 404, headers, "application/javascript")
+            if path.startswith("/array/") and path.endswith("/config.js"):
+                config = {"token": path.split("/")[2], "supportedCompression": ["gzip", "gzip-js"], "hasFeatureFlags": True,
+                          "sessionRecording": False, "heatmaps": False, "surveys": False, "siteApps": []}
+                script = ("window._POSTHOG_REMOTE_CONFIG = window._POSTHOG_REMOTE_CONFIG || {};"
+                          f"window._POSTHOG_REMOTE_CONFIG[{json.dumps(config['token'])}] = {{config: {json.dumps(config)}, siteApps: []}};")
+                return Response(script, 200, headers, "application/javascript")
             return Response(json.dumps({"echo": path}), 200, headers, "application/json")
 
         return Starlette(routes=[Route("/{path:path}", anything, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"])])
