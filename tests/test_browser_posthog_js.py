@@ -168,15 +168,16 @@ def test_posthog_js_in_chromium_reaches_customerio_while_the_page_is_open(
             bad: list[str] = []
             errors: list[str] = []
 
-            def finished(request: Any) -> None:
-                if request.url.startswith(api_host):
-                    response = request.response()
-                    if response is not None and response.status >= 400:
-                        bad.append(f"{request.method} {request.url} -> {response.status}")
-                    if request.method == "POST" and urlsplit(request.url).path in CAPTURE_PATHS:
-                        sent.append((urlsplit(request.url).path, urlsplit(request.url).query, request.post_data_buffer or b""))
+            def started(request: Any) -> None:
+                if request.url.startswith(api_host) and request.method == "POST" and urlsplit(request.url).path in CAPTURE_PATHS:
+                    sent.append((urlsplit(request.url).path, urlsplit(request.url).query, request.post_data_buffer or b""))
 
-            page.on("requestfinished", finished)
+            def answered(response: Any) -> None:
+                if response.url.startswith(api_host) and response.status >= 400:
+                    bad.append(f"{response.request.method} {response.url} -> {response.status}")
+
+            page.on("request", started)
+            page.on("response", answered)
             page.on("requestfailed", lambda request: bad.append(f"failed {request.method} {request.url}: {request.failure}"))
             page.on("pageerror", lambda error: errors.append(str(error)))
             try:
