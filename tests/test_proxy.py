@@ -238,3 +238,15 @@ def test_posthog_unreachable_answers_502_and_stores_nothing(tmp_path: Path) -> N
         assert metric(url, "proxy_requests_total", 'status="error"') == 3
         messages = [e["message"] for e in httpx.get(f"{url}/api/status", timeout=10).json()["recent_errors"]]
         assert any("unreachable" in m for m in messages)
+
+
+def test_bad_posthog_host_and_cors_origins_are_one_line_config_errors() -> None:
+    from posthog_customerio.config import ConfigError
+
+    with pytest.raises(ConfigError, match="^POSTHOG_HOST: must be a base URL"):
+        load_settings({"posthog_host": "us.i.posthog.com"})
+    with pytest.raises(ConfigError, match="^CORS_ORIGINS: each entry must be an origin"):
+        load_settings({"cors_origins": "https://shop.example/path"})
+    assert load_settings({"cors_origins": " https://a.example/ ,https://b.example:8443"}).cors_origin_list == [
+        "https://a.example", "https://b.example:8443"]
+    assert load_settings({"posthog_host": "https://eu.i.posthog.com/"}).posthog_host == "https://eu.i.posthog.com"
