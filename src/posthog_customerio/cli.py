@@ -85,6 +85,8 @@ def _settings(plugin_config: Path | None = None, **flags: Any) -> Settings:
         "max_events_per_request": "max_events_per_request",
         "http_keep_alive_s": "http_keep_alive_s",
         "http_read_timeout_s": "http_read_timeout_s",
+        "posthog_host": "posthog_host",
+        "cors_origins": "cors_origins",
     }
     return load_settings({names[key]: value for key, value in flags.items()}, plugin_config)
 
@@ -507,6 +509,8 @@ def serve(
     max_events_per_request: Annotated[Optional[int], typer.Option("--max-events-per-request", help="Answer 413 above this many events in one request [env MAX_EVENTS_PER_REQUEST; default 10000]", show_default=False)] = None,
     timeout_keep_alive: Annotated[Optional[float], typer.Option("--timeout-keep-alive", help="Close idle keep-alive connections after this many seconds [env HTTP_KEEP_ALIVE_S; default 5]", show_default=False)] = None,
     http_read_timeout_s: Annotated[Optional[float], typer.Option("--http-read-timeout-s", help="Close a connection whose request (headers and body) takes longer [env HTTP_READ_TIMEOUT_S; default 30]", show_default=False)] = None,
+    posthog_host: Annotated[Optional[str], typer.Option("--posthog-host", help="Forward PostHog paths to this PostHog, e.g. https://us.i.posthog.com [env POSTHOG_HOST]", show_default=False)] = None,
+    cors_origins: Annotated[Optional[str], typer.Option("--cors-origins", help="Origins allowed on the browser-facing paths, comma list or * [env CORS_ORIGINS; default *]", show_default=False)] = None,
 ) -> None:
     """Run the HTTP service: PostHog webhook + capture receivers, delivery in the background."""
     if role not in ("all", "ingest", "deliver"):
@@ -528,6 +532,7 @@ def serve(
             max_body_bytes=max_body_bytes, max_queue=max_queue, shutdown_grace_s=shutdown_grace_s,
             log_format=log_format, outbox_url=outbox_url, max_events_per_request=max_events_per_request,
             http_keep_alive_s=timeout_keep_alive, http_read_timeout_s=http_read_timeout_s,
+            posthog_host=posthog_host, cors_origins=cors_origins,
         )
         if not sandbox:
             settings.credentials()

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     http_read_timeout_s: float = Field(30.0, gt=0, le=3600)
     shutdown_grace_s: float = Field(10.0, ge=0)
     auth_retry_s: float = Field(60.0, gt=0)
+    posthog_host: str | None = None
+    posthog_timeout_s: float = Field(30.0, gt=0)
+    cors_origins: str = "*"
     log_format: Literal["auto", "json", "text"] = "auto"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -108,6 +111,33 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("posthog_host")
+    @classmethod
+    def _posthog_host(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")) or "?" in value or "#" in value:
+            raise ValueError("must be a base URL starting with http:// or https://, e.g. https://us.i.posthog.com")
+        return value
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _cors_origins(cls, value: str) -> str:
+        origins = [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        if not origins:
+            raise ValueError("must be * or a comma-separated list of origins such as https://www.example.com")
+        for origin in origins:
+            if origin != "*" and (not origin.startswith(("http://", "https://")) or origin.count("/") != 2):
+                raise ValueError("each entry must be an origin (scheme://host[:port], no path) or *")
+        return ",".join(origins)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """``CORS_ORIGINS`` as a list (``["*"]`` for any origin)."""
+        origins = self.cors_origins.split(",")
+        return ["*"] if "*" in origins else origins
 
     @field_validator("sqlite_synchronous", "log_level", mode="before")
     @classmethod

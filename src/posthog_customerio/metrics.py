@@ -19,6 +19,7 @@ from .outbox import Claimed
 
 if TYPE_CHECKING:
     from .runtime import Runtime
+    from .status import RequestLog
 
 __all__ = ["Metrics", "CONTENT_TYPE"]
 
@@ -29,8 +30,9 @@ _PREFIX = "posthog_customerio"
 class _RuntimeCollector(Collector):
     """Exposes the runtime's counters and gauges at scrape time."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, requests: RequestLog | None = None) -> None:
         self.runtime = runtime
+        self.requests = requests
 
     def collect(self) -> Iterator[Metric]:
         ingestor = self.runtime.ingestor
@@ -39,6 +41,16 @@ class _RuntimeCollector(Collector):
         yield _labelled("events_filtered", "Events not forwarded, by reason", "reason", ingestor.totals.skipped)
         yield _labelled("mapping_adjustments", "Limits truncations, unmapped group types, blocked merges…, by kind", "kind", ingestor.totals.notes)
         yield _labelled("operations_enqueued", "Operations written to the outbox, by action", "action", ingestor.totals.actions)
+        if self.requests is not None:
+            yield _labelled("requests_rejected", "Requests answered 4xx by the receivers, by reason", "reason", self.requests.rejected)
+            yield _labelled(
+                "proxy_requests", "Requests forwarded to POSTHOG_HOST, by PostHog's status (error = unreachable)", "status",
+                self.requests.proxied,
+            )
+            yield _labelled(
+                "proxy_events_not_stored", "Capture requests forwarded to PostHog but not stored for Customer.io, by reason",
+                "reason", self.requests.not_stored,
+            )
         outbox = self.runtime.outbox
         deliverer = self.runtime.current_deliverer
         stats = deliverer.stats if deliverer is not None else None
@@ -74,9 +86,9 @@ def _labelled(name: str, doc: str, label: str, values: dict[str, int]) -> Counte
 class Metrics:
     """The registry behind ``GET /metrics``."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, requests: RequestLog | None = None) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(_RuntimeCollector(runtime))
+        self.registry.register(_RuntimeCollector(runtime, requests))
         self.delivery_latency = Histogram(
             f"{_PREFIX}_delivery_latency_seconds",
             "Time from enqueue to Customer.io accepting the operation",

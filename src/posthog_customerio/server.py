@@ -7,34 +7,36 @@ Delivery runs in background threads of the same process.
 
 from __future__ import annotations
 
-import base64
 import hmac
 import json
 import logging
 import sqlite3
 import time
-import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs
 
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 from standardwebhooks.webhooks import Webhook
 
 from . import __version__
 from .config import Settings
 from .customerio import AuthError
+from .decoding import DecodeError
+from .decoding import decode_body as _decode
 from .metrics import CONTENT_TYPE, Metrics
 from .pipeline import GroupCommitter
+from .proxy import PostHogProxy, ProxyError
 from .runtime import Runtime
 from .sources import EventParseError, PostHogEvent, TooManyEvents, loads_strict, parse_payload, parse_v1_batch
-from .status import ThroughputSampler, build_status, dead_letter_rows
+from .status import RequestLog, ThroughputSampler, build_status, dead_letter_rows
 
 __all__ = ["create_app", "HttpError"]
 
@@ -43,6 +45,42 @@ log = logging.getLogger(__name__)
 _CAPTURE_PATHS = ("/batch", "/capture", "/e", "/i/v0/e")
 #: posthog-python's ``capture_mode="v1"`` endpoint (Bearer auth, ``{"batch": [...]}``, per-event results)
 _CAPTURE_V1_PATH = "/i/v1/analytics/events"
+#: PostHog paths besides capture: exact (with or without "/") and prefixes; with POSTHOG_HOST all are forwarded
+_POSTHOG_EXACT = ("/flags", "/decide", "/s")
+_POSTHOG_PREFIXES = ("/array/", "/s/", "/static/", "/i/", "/api/")
+#: this service's own paths under /api/: never forwarded, never CORS-enabled
+_OWN_API = ("/api/status", "/api/dead-letters")
+_MAX_CAPTURE_ANSWER = 1_000_000
+
+
+def is_posthog_path(path: str) -> bool:
+    """Whether ``path`` is one of PostHog's browser-facing paths (capture, flags, config, recordings, assets)."""
+    bare = path.rstrip("/") or "/"
+    if bare in _CAPTURE_PATHS or bare in _POSTHOG_EXACT:
+        return True
+    if any(bare == own or bare.startswith(own + "/") for own in _OWN_API):
+        return False
+    return path.startswith(_POSTHOG_PREFIXES)
+
+
+class BrowserCors:
+    """Starlette's CORS middleware on PostHog's browser-facing paths only (not on the operations API)."""
+
+    def __init__(self, app: ASGIApp, origins: list[str], proxying: bool) -> None:
+        self.app = app
+        self.proxying = proxying
+        any_origin = origins == ["*"]
+        self.cors = CORSMiddleware(
+            app, allow_origins=origins, allow_methods=["GET", "POST", "OPTIONS"], allow_headers=["*"],
+            allow_credentials=not any_origin, max_age=86400,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path and is_posthog_path(path) and (self.proxying or not path.startswith("/api/")):
+            await self.cors(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 def _database_errors() -> tuple[type[BaseException], ...]:
@@ -70,11 +108,12 @@ _READY_CACHE_S = 30.0
 class HttpError(Exception):
     """An HTTP error answer with a JSON body ``{"error": message}``."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, reason: str = "") -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        self.reason = reason or {400: "bad_request", 401: "auth", 413: "too_large", 415: "unsupported_media"}.get(status, str(status))
 
     def response(self) -> JSONResponse:
         """The JSON response for this error."""
@@ -86,71 +125,43 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The raw body, refusing more than ``limit`` bytes (413) before reading it all."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise HttpError(413, f"body is {declared} bytes, over MAX_BODY_BYTES ({limit})")
+        raise HttpError(413, f"body is {declared} bytes, over MAX_BODY_BYTES ({limit})", reason="body_too_large")
     chunks, total = [], 0
     try:
         async for chunk in request.stream():
             total += len(chunk)
             if total > limit:
-                raise HttpError(413, f"body is over MAX_BODY_BYTES ({limit})")
+                raise HttpError(413, f"body is over MAX_BODY_BYTES ({limit})", reason="body_too_large")
             chunks.append(chunk)
     except ClientDisconnect:  # the client went away, or HTTP_READ_TIMEOUT_S closed a slow one
-        raise HttpError(400, "the connection closed before the whole body arrived") from None
+        raise HttpError(400, "the connection closed before the whole body arrived", reason="client_disconnect") from None
     return b"".join(chunks)
 
 
-def _gunzip(body: bytes, limit: int) -> bytes:
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        data = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise HttpError(400, f"body is not valid gzip: {exc}") from None
-    if len(data) > limit or inflater.unconsumed_tail:
-        raise HttpError(413, f"decompressed body is over MAX_BODY_BYTES ({limit})")
-    return data
-
-
 def decode_body(request: Request, body: bytes, limit: int) -> bytes:
-    """Undo the encodings PostHog SDKs use: gzip (header or ``?compression=gzip-js``), base64 forms."""
-    encoding = request.headers.get("content-encoding", "").strip().lower()
-    compression = request.query_params.get("compression", "").lower()
-    if encoding == "gzip" or compression == "gzip-js":
-        body = _gunzip(body, limit)
-    elif encoding not in ("", "identity"):
-        raise HttpError(415, f"unsupported Content-Encoding {encoding!r} (use gzip)")
-    content_type = request.headers.get("content-type", "").lower()
-    is_form = content_type.startswith("application/x-www-form-urlencoded") and body.startswith(b"data=")
-    if is_form or compression == "base64":
-        body = _form_data(body)
-    return body
-
-
-def _form_data(body: bytes) -> bytes:
-    """posthog-js's legacy ``data=<base64 JSON>`` form body."""
+    """Undo the encodings PostHog SDKs use (see :mod:`posthog_customerio.decoding`), or a 4xx."""
     try:
-        fields = parse_qs(body.decode("ascii"), strict_parsing=False)
-        data = fields.get("data", [""])[0]
-        return base64.b64decode(data + "=" * (-len(data) % 4), validate=False)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise HttpError(400, f"form body is not base64 data: {exc}") from None
+        return _decode(request.headers, request.query_params, body, limit)
+    except DecodeError as exc:
+        raise HttpError(exc.status, exc.message, reason=exc.reason) from None
 
 
 def parse_json(body: bytes, max_events: int | None = None) -> Any:
     """JSON from bytes, or a 400 naming the problem (413 past ``max_events`` top-level items)."""
     if not body.strip():
-        raise HttpError(400, "empty body: expected JSON")
+        raise HttpError(400, "empty body: expected JSON", reason="empty_body")
     try:
         return loads_strict(body, max_events)
     except TooManyEvents as exc:
-        raise HttpError(413, _too_many(exc.limit)) from None
+        raise HttpError(413, _too_many(exc.limit), reason="too_many_events") from None
     except UnicodeDecodeError:
-        raise HttpError(400, "body is not UTF-8 JSON") from None
+        raise HttpError(400, "body is not UTF-8 JSON", reason="not_utf8") from None
     except json.JSONDecodeError as exc:
-        raise HttpError(400, f"malformed JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+        raise HttpError(400, f"malformed JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})", reason="malformed_json") from None
     except RecursionError:
-        raise HttpError(400, "malformed JSON: nested too deeply") from None
+        raise HttpError(400, "malformed JSON: nested too deeply", reason="malformed_json") from None
     except ValueError as exc:
-        raise HttpError(400, f"malformed JSON: {exc}") from None
+        raise HttpError(400, f"malformed JSON: {str(exc)[:200]}", reason="malformed_json") from None
 
 
 def _too_many(limit: int) -> str:
@@ -192,7 +203,7 @@ class Authenticator:
             try:
                 self.verifier.verify(body, dict(request.headers), json_parse=False)
             except Exception:  # any malformed header or bad signature
-                raise HttpError(401, "missing, stale or wrong webhook signature") from None
+                raise HttpError(401, "missing, stale or wrong webhook signature", reason="signature") from None
 
     def capture_header_ok(self, request: Request) -> bool:
         """Before the body: True when the headers already authorise a capture request.
@@ -236,9 +247,13 @@ def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -
     delivery workers. ``serve --role`` chooses (both by default).
     """
     settings = runtime.settings
-    metrics = Metrics(runtime)
+    requests_log = RequestLog()
+    metrics = Metrics(runtime, requests_log)
     sampler = ThroughputSampler(runtime)
+    sampler.requests = requests_log
     auth = Authenticator(settings)
+    proxy = PostHogProxy(settings.posthog_host, timeout_s=settings.posthog_timeout_s, drop_authorization=auth.token or None) \
+        if settings.posthog_host else None
     # SQLite: concurrent requests share one commit; PostgreSQL commits them side by side
     ingest = runtime.ingestor.ingest if runtime.db.shared else GroupCommitter(runtime.ingestor).ingest
     ready_cache: dict[str, Any] = {"at": 0.0, "ok": False, "reason": "not checked yet"}
@@ -258,6 +273,8 @@ def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -
                 emptied = await run_in_threadpool(deliverer.drain, settings.shutdown_grace_s)
                 log.info("shutdown: %s", "outbox empty" if emptied else f"{runtime.outbox.depth()} operations kept for the next start")
             sampler.stop()
+            if proxy is not None:
+                await proxy.aclose()
 
     app = FastAPI(
         title="posthog-customerio",
@@ -269,10 +286,83 @@ def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -
     )
     app.state.runtime = runtime
     app.state.metrics = metrics
+    app.state.requests = requests_log
+    app.add_middleware(BrowserCors, origins=settings.cors_origin_list, proxying=proxy is not None)
 
     @app.exception_handler(HttpError)
-    async def _http_error(_: Request, exc: HttpError) -> JSONResponse:
+    async def _http_error(request: Request, exc: HttpError) -> JSONResponse:
+        if 400 <= exc.status < 500:  # counted by reason, logged without the body, shown in /status
+            message = f"rejected {request.method} {request.url.path}: {exc.status} {exc.message}"[:300]
+            requests_log.rejection(exc.reason, message)
+            log.warning("%s", message)
         return exc.response()
+
+    def parse_capture(request: Request, raw: bytes, v1: bool) -> list[PostHogEvent]:
+        """Decode, authenticate and parse a proxied capture body (run in a worker thread)."""
+        payload = parse_json(decode_body(request, raw, settings.max_body_bytes), settings.max_events_per_request)
+        auth.check_capture(request, payload)
+        try:
+            if v1:
+                return parse_v1_batch(payload, request.headers.get("posthog-sdk-info"))
+            return parse_payload(payload)
+        except EventParseError as exc:
+            runtime.ingestor.count_invalid("capture")
+            raise HttpError(400, str(exc)[:300], reason="invalid_event") from None
+
+    async def store(events: list[Any], source: str) -> Any:
+        try:
+            report = await run_in_threadpool(ingest, events, source)
+        except DATABASE_ERRORS as exc:
+            log.error("cannot write to the outbox: %s", exc)
+            raise HttpError(503, f"outbox unavailable: {exc}", {"Retry-After": "10"}) from None
+        except (ValueError, RecursionError, UnicodeError) as exc:  # an event that cannot be encoded
+            runtime.ingestor.count_invalid(source)
+            raise HttpError(400, f"event cannot be stored: {type(exc).__name__}: {str(exc)[:200]}", reason="unencodable_event") from None
+        deliverer = runtime.current_deliverer
+        if deliverer is not None:
+            deliverer.notify()
+        return report
+
+    async def proxy_capture(request: Request, v1: bool = False) -> Response:
+        """Forward to PostHog first; store for Customer.io only what PostHog accepted (2xx)."""
+        assert proxy is not None
+        raw = await read_body(request, settings.max_body_bytes)
+        try:
+            upstream = await proxy.fetch(request, raw, _MAX_CAPTURE_ANSWER)
+        except ProxyError as exc:
+            requests_log.proxied_request("error", f"proxy {request.url.path}: {exc}")
+            log.warning("proxy %s: %s", request.url.path, exc)
+            raise HttpError(502, f"{exc}; retry later", {"Retry-After": "5"}) from None
+        requests_log.proxied_request(str(upstream.status))
+        if not 200 <= upstream.status < 300:
+            return upstream.response()  # PostHog refused it: so do we
+        try:
+            events = await run_in_threadpool(parse_capture, request, raw, v1)
+        except HttpError as exc:  # forwarded, PostHog decided; we cannot store it
+            message = f"proxied {request.url.path} not stored for Customer.io: {exc.status} {exc.message}"[:300]
+            requests_log.not_stored_event(exc.reason, message)
+            log.warning("%s", message)
+            return upstream.response()
+        depth = await run_in_threadpool(runtime.outbox.depth, 1.0)
+        if depth >= settings.max_queue:  # PostHog has it; the SDK's retry is deduplicated by event uuid
+            raise HttpError(503, f"outbox holds {depth} operations (MAX_QUEUE {settings.max_queue}); retry later", {"Retry-After": "30"})
+        await store(events, "capture")
+        return upstream.response()
+
+    async def forward(request: Request) -> Response:
+        """Any other PostHog path: forwarded, PostHog's answer streamed back."""
+        assert proxy is not None
+        if not is_posthog_path(request.url.path):
+            return JSONResponse({"error": "not found"}, status_code=404)
+        body = b"" if request.method in ("GET", "HEAD") else await read_body(request, settings.max_body_bytes)
+        try:
+            response = await proxy.stream(request, body)
+        except ProxyError as exc:
+            requests_log.proxied_request("error", f"proxy {request.url.path}: {exc}")
+            log.warning("proxy %s: %s", request.url.path, exc)
+            return JSONResponse({"error": f"{exc}; retry later"}, status_code=502, headers={"Retry-After": "5"})
+        requests_log.proxied_request(str(response.status_code))
+        return response
 
     def parse_events(request: Request, raw: bytes, source: str, header_ok: bool, v1: bool) -> list[PostHogEvent]:
         """Decode, authorise by payload token if needed, parse: CPU work, run in the thread pool."""
@@ -289,12 +379,14 @@ def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -
                 events = parse_payload(payload)
         except EventParseError as exc:
             runtime.ingestor.count_invalid(source)
-            raise HttpError(400, str(exc)) from None
+            raise HttpError(400, str(exc)[:300], reason="invalid_event") from None
         if len(events) > settings.max_events_per_request:
-            raise HttpError(413, _too_many(settings.max_events_per_request))
+            raise HttpError(413, _too_many(settings.max_events_per_request), reason="too_many_events")
         return events
 
-    async def receive(request: Request, source: str, capture: bool, v1: bool = False) -> JSONResponse:
+    async def receive(request: Request, source: str, capture: bool, v1: bool = False) -> Response:
+        if capture and proxy is not None:  # PostHog decides first; we store what it accepted
+            return await proxy_capture(request, v1)
         # credentials first: a request the headers already refuse is answered before its body is read
         if capture:
             header_ok = auth.capture_header_ok(request)
@@ -324,13 +416,13 @@ def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -
             answer["results"] = {event.uuid: {"result": "ok"} for event in events if event.uuid}
         return JSONResponse(answer)
 
-    async def webhook(request: Request) -> JSONResponse:
+    async def webhook(request: Request) -> Response:
         return await receive(request, "webhook", capture=False)
 
-    async def capture(request: Request) -> JSONResponse:
+    async def capture(request: Request) -> Response:
         return await receive(request, "capture", capture=True)
 
-    async def capture_v1(request: Request) -> JSONResponse:
+    async def capture_v1(request: Request) -> Response:
         return await receive(request, "capture", capture=True, v1=True)
 
     if ingest:
@@ -349,6 +441,12 @@ def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -
                 variant, capture_v1, methods=["POST"], include_in_schema=not variant.endswith("/"),
                 summary="PostHog capture v1 (posthog-python capture_mode=\"v1\"): {\"batch\": [...]}, Bearer token",
             )
+        if proxy is None:
+            _add_standalone_posthog_routes(app, settings.max_body_bytes)
+        else:
+            for path in ("/flags", "/flags/", "/decide", "/decide/", "/s", "/s/{rest:path}", "/array/{rest:path}",
+                         "/static/{rest:path}", "/i/{rest:path}"):
+                app.add_api_route(path, forward, methods=_FORWARDED_METHODS, include_in_schema=False)
 
     @app.get("/healthz", summary="Liveness (and delivery state)")
     def healthz() -> JSONResponse:
@@ -414,7 +512,81 @@ def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -
         page = resources.files("posthog_customerio").joinpath("static/status.html").read_text()
         return HTMLResponse(page)
 
+    if ingest and proxy is not None:  # last: this service's own /api/* routes match first
+        app.add_api_route("/api/{rest:path}", forward, methods=_FORWARDED_METHODS, include_in_schema=False)
     return app
+
+
+_FORWARDED_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_COMPRESSION = ["gzip", "gzip-js"]
+#: standalone answers: no feature flags, session recording and every remote feature off, capture on
+_FLAGS_ANSWER = {"flags": {}, "featureFlags": {}, "featureFlagPayloads": {}, "errorsWhileComputingFlags": False}
+_DECIDE_ANSWER = {
+    **_FLAGS_ANSWER, "config": {"enable_collect_everything": True}, "sessionRecording": False,
+    "supportedCompression": _COMPRESSION, "toolbarParams": {}, "isAuthenticated": False, "siteApps": [],
+    "heatmaps": False, "surveys": False, "autocaptureExceptions": False, "capturePerformance": False,
+}
+
+
+def _remote_config(token: str) -> dict[str, Any]:
+    return {
+        "token": token, "supportedCompression": _COMPRESSION, "hasFeatureFlags": False, "sessionRecording": False,
+        "heatmaps": False, "surveys": False, "siteApps": [], "captureDeadClicks": False, "capturePerformance": False,
+        "autocaptureExceptions": False, "defaultIdentifiedOnly": True, "elementsChainAsString": True,
+    }
+
+
+def _script_json(value: Any) -> str:
+    """JSON that is safe inside a <script> (no closing tags, no line separators)."""
+    text = json.dumps(value, separators=(",", ":"))
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(char, escape)
+    return text
+
+
+def _add_standalone_posthog_routes(app: FastAPI, limit: int) -> None:
+    """Without POSTHOG_HOST: minimal valid answers so posthog-js keeps capturing (PostHog gets nothing)."""
+
+    async def flags(request: Request) -> JSONResponse:
+        if request.method == "POST":
+            await read_body(request, limit)
+        return JSONResponse(_FLAGS_ANSWER)
+
+    async def decide(request: Request) -> JSONResponse:
+        if request.method == "POST":
+            await read_body(request, limit)
+        return JSONResponse(_DECIDE_ANSWER)
+
+    async def remote_config(token: str) -> JSONResponse:
+        return JSONResponse(_remote_config(token))
+
+    async def remote_config_js(token: str) -> Response:
+        config = _script_json(_remote_config(token))
+        script = (
+            "(function(){var w=window;w._POSTHOG_REMOTE_CONFIG=w._POSTHOG_REMOTE_CONFIG||{};"
+            f"w._POSTHOG_REMOTE_CONFIG[{_script_json(token)}]={{config:{config},siteApps:[]}};}})();\n"
+        )
+        return Response(script, media_type="application/javascript")
+
+    async def recordings(request: Request) -> JSONResponse:
+        await read_body(request, limit)  # session recording is off; a recording sent anyway is dropped
+        return JSONResponse({"status": 1})
+
+    for path, handler, summary in (
+        ("/flags", flags, "Feature flags (standalone: none; with POSTHOG_HOST: PostHog's)"),
+        ("/decide", decide, "Legacy decide (standalone: no flags, recording off)"),
+    ):
+        for method in ("GET", "POST"):
+            for variant in (path, path + "/"):
+                app.add_api_route(variant, handler, methods=[method], include_in_schema=variant == path, summary=summary,
+                                  operation_id=f"{path.strip('/')}_{method.lower()}" if variant == path else None)
+    app.add_api_route("/array/{token}/config", remote_config, methods=["GET"],
+                      summary="posthog-js remote config (standalone: every remote feature off)")
+    app.add_api_route("/array/{token}/config.js", remote_config_js, methods=["GET"],
+                      summary="posthog-js remote config script (standalone: every remote feature off)")
+    for path in ("/s", "/s/"):
+        app.add_api_route(path, recordings, methods=["POST"], include_in_schema=path == "/s",
+                          summary="Session recordings (standalone: accepted and dropped)")
 
 
 def _customerio_ok(runtime: Runtime, cache: dict[str, Any]) -> bool:

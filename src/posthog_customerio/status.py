@@ -18,10 +18,40 @@ from . import __version__
 from .runtime import Runtime
 from .state import count_persons
 
-__all__ = ["ThroughputSampler", "build_status", "load_snapshot", "save_snapshot", "offline_status"]
+__all__ = ["ThroughputSampler", "RequestLog", "build_status", "load_snapshot", "save_snapshot", "offline_status"]
 
 _SNAPSHOT_KEY = "service"
 _DEAD_LETTERS_SHOWN = 50
+
+
+class RequestLog:
+    """Rejected requests (by reason), events the proxy could not store, PostHog answers: counts + recent errors."""
+
+    def __init__(self, keep: int = 20) -> None:
+        self._lock = threading.Lock()
+        self.rejected: dict[str, int] = {}
+        self.not_stored: dict[str, int] = {}
+        self.proxied: dict[str, int] = {}
+        self.recent: deque[tuple[float, str]] = deque(maxlen=keep)
+
+    def rejection(self, reason: str, message: str) -> None:
+        """A request answered 4xx by our receivers."""
+        with self._lock:
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+            self.recent.append((time.time(), message))
+
+    def not_stored_event(self, reason: str, message: str) -> None:
+        """A proxied capture request forwarded to PostHog but not stored for Customer.io."""
+        with self._lock:
+            self.not_stored[reason] = self.not_stored.get(reason, 0) + 1
+            self.recent.append((time.time(), message))
+
+    def proxied_request(self, status: str, message: str | None = None) -> None:
+        """A request forwarded to PostHog, by PostHog's status (``error`` = unreachable)."""
+        with self._lock:
+            self.proxied[status] = self.proxied.get(status, 0) + 1
+            if message:
+                self.recent.append((time.time(), message))
 
 
 class ThroughputSampler:
@@ -35,6 +65,7 @@ class ThroughputSampler:
         self.started_at = time.time()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.requests: RequestLog | None = None  # set by the service: rejections join the recent errors
 
     def sample(self) -> None:
         """Record the current totals."""
@@ -114,7 +145,8 @@ def build_status(runtime: Runtime, sampler: ThroughputSampler | None = None) -> 
             "last_error": stats.last_error if stats else None,
             "last_error_at": stats.last_error_at if stats else None,
         },
-        "recent_errors": [{"at": at, "message": message} for at, message in (stats.recent_errors if stats else ())],
+        "recent_errors": _recent_errors(stats, sampler.requests if sampler else None),
+        "requests_rejected": dict(sampler.requests.rejected) if sampler and sampler.requests else {},
         "outbox": {
             "depth": outbox.depth(),
             "in_flight": outbox.in_flight(),
@@ -124,6 +156,15 @@ def build_status(runtime: Runtime, sampler: ThroughputSampler | None = None) -> 
         "persons": persons,
         "dead_letters": dead_letter_rows(runtime),
     }
+
+
+def _recent_errors(stats: Any, requests: RequestLog | None) -> list[dict[str, Any]]:
+    """Delivery errors and rejected requests, oldest first."""
+    errors = list(stats.recent_errors if stats else ())
+    if requests is not None:
+        errors.extend(requests.recent)
+        errors.sort(key=lambda item: item[0])
+    return [{"at": at, "message": message} for at, message in errors]
 
 
 def _persons(runtime: Runtime, max_age_s: float = 60.0) -> int:
@@ -179,7 +220,7 @@ def offline_status(runtime: Runtime) -> dict[str, Any]:
     status["service"] = None
     if snapshot is not None:
         saved, updated_at = snapshot
-        for key in ("uptime_s", "throughput", "ingest", "delivery", "recent_errors"):
+        for key in ("uptime_s", "throughput", "ingest", "delivery", "recent_errors", "requests_rejected"):
             status[key] = saved.get(key)
         status["service"] = {"snapshot_at": updated_at, "snapshot_age_s": round(time.time() - updated_at, 1)}
     return status

@@ -1,0 +1,195 @@
+"""Undo every body encoding PostHog SDKs use, all or nothing, within a size limit.
+
+A pure function of the request's headers, query and raw body (no I/O, no event loop),
+so a caller may run it in a worker thread:
+
+- native gzip, recognised by its magic bytes ``1f 8b`` whatever the content type and
+  query (posthog-js sends it as ``text/plain`` with no ``compression`` parameter),
+  ``Content-Encoding: gzip`` and ``?compression=gzip-js`` / ``gzip``. A gzip stream is
+  the concatenation of *all* its members: every member is decoded; anything after the
+  last member that is not another member is an error.
+- the base64 form ``data=<base64 JSON>`` (``application/x-www-form-urlencoded`` or
+  ``?compression=base64``), as posthog-js's ``sendBeacon`` sends it.
+- ``?compression=lz64``: ``data=<LZString base64>``, sent by older posthog-js versions
+  (decoded with the ``lzstring`` package, the one PostHog's own capture used).
+
+Invalid input raises :class:`DecodeError` (400, or 415 for an unknown
+``Content-Encoding``); a decoded body over ``limit`` bytes raises it with 413.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import sys
+import zlib
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import parse_qs
+
+__all__ = ["DecodeError", "decode_body", "gunzip_all", "GZIP_MAGIC"]
+
+GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 64 * 1024
+_B64_ALPHABET = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")}
+
+
+class DecodeError(ValueError):
+    """A body that cannot be decoded: ``status`` is the HTTP answer, ``reason`` a metrics label."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+def _too_large(limit: int) -> DecodeError:
+    return DecodeError(413, "decompressed_too_large", f"decompressed body is over MAX_BODY_BYTES ({limit})")
+
+
+def gunzip_all(data: bytes, limit: int) -> bytes:
+    """Every member of a gzip stream, concatenated; at most ``limit`` bytes of output.
+
+    Raises :class:`DecodeError`: 400 for a corrupt or truncated member or trailing bytes
+    that are not a gzip member, 413 when the output would exceed ``limit``.
+    """
+    out = bytearray()
+    rest = data
+    members = 0
+    while True:
+        if not rest.startswith(GZIP_MAGIC):
+            what = "body is not gzip" if members == 0 else f"{len(rest)} bytes of trailing garbage after gzip member {members}"
+            raise DecodeError(400, "bad_gzip", f"{what} (no 1f 8b magic)")
+        inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        pending = rest
+        try:
+            while not inflater.eof:
+                # bounded steps: never more than limit + 1 bytes of output in memory
+                chunk = inflater.decompress(pending, max(1, min(_CHUNK, limit + 1 - len(out))))
+                out += chunk
+                if len(out) > limit:
+                    raise _too_large(limit)
+                pending = inflater.unconsumed_tail
+                if not chunk and not pending:
+                    break  # the member needs more input than there is
+        except zlib.error as exc:
+            raise DecodeError(400, "bad_gzip", f"body is not valid gzip (member {members + 1}): {exc}") from None
+        if not inflater.eof:
+            raise DecodeError(400, "bad_gzip", f"gzip member {members + 1} is truncated")
+        members += 1
+        rest = inflater.unused_data
+        if not rest:
+            return bytes(out)
+
+
+def _form_field(body: bytes, name: str = "data") -> str:
+    """The ``data`` field of a urlencoded form body (``+`` kept as PostHog does: it is base64)."""
+    try:
+        text = body.decode("ascii")
+    except UnicodeDecodeError:
+        raise DecodeError(400, "bad_form", "form body is not ASCII (expected data=<base64>)") from None
+    try:
+        fields = parse_qs(text, keep_blank_values=True, strict_parsing=True)
+    except ValueError as exc:
+        raise DecodeError(400, "bad_form", f"form body is not urlencoded: {exc}") from None
+    values = fields.get(name)
+    if not values or not values[0].strip():
+        raise DecodeError(400, "bad_form", f"form body has no {name}= field")
+    # parse_qs turns a literal "+" into a space; base64 has no spaces, so undo it
+    return values[0].strip().replace(" ", "+")
+
+
+def _base64(text: str) -> bytes:
+    compact = "".join(text.split())
+    try:
+        return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise DecodeError(400, "bad_base64", f"data= is not valid base64: {exc}") from None
+
+
+def _lz64(text: str, limit: int) -> bytes:
+    """LZString ``decompressFromBase64`` with the output bounded by ``limit`` characters.
+
+    The ``lzstring`` package has no output limit and LZString output can grow
+    quadratically with its input (a "bomb"), so the character reader handed to its
+    decompressor also watches the output list the decompressor builds, and stops it
+    once the output is over the limit.
+    """
+    import lzstring
+
+    decompress: Any = getattr(lzstring, "_decompress", None)
+    if decompress is None:  # pragma: no cover - a future lzstring without the pure-Python core
+        raise DecodeError(415, "unsupported_encoding", "compression=lz64 is not supported by the installed lzstring")
+    compact = text.strip()
+    if not compact:
+        raise DecodeError(400, "bad_lz64", "data= is empty")
+    watch: dict[str, Any] = {"result": None, "counted": 0, "size": 0}
+
+    def next_value(index: int) -> int:
+        result = watch["result"]
+        if result is None:  # first call: the decompressor's output list already exists
+            watch["result"] = result = sys._getframe(1).f_locals.get("result")
+        if isinstance(result, list):
+            for piece in result[watch["counted"]:]:
+                watch["size"] += len(piece)
+            watch["counted"] = len(result)
+            if watch["size"] > limit:
+                raise _too_large(limit)
+        if index >= len(compact):
+            raise DecodeError(400, "bad_lz64", "lz64 data is truncated")
+        value = _B64_ALPHABET.get(compact[index])
+        if value is None:
+            raise DecodeError(400, "bad_lz64", f"lz64 data has a character outside base64 at {index}")
+        return value
+
+    try:
+        decoded = decompress(len(compact), 32, next_value)
+    except DecodeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the package raises assorted errors on corrupt input
+        raise DecodeError(400, "bad_lz64", f"lz64 data is corrupt ({type(exc).__name__})") from None
+    if not decoded:
+        raise DecodeError(400, "bad_lz64", "lz64 data is corrupt or truncated")
+    try:
+        out = decoded.encode("utf-8")
+    except UnicodeEncodeError:
+        raise DecodeError(400, "bad_lz64", "lz64 data decodes to invalid text (lone surrogates)") from None
+    if len(out) > limit:
+        raise _too_large(limit)
+    return out
+
+
+def _get(mapping: Mapping[str, str] | None, name: str) -> str:
+    if not mapping:
+        return ""
+    value = mapping.get(name)
+    if value is None:  # plain dicts with other casing
+        value = next((v for k, v in mapping.items() if k.lower() == name), "")
+    return str(value).strip().lower()
+
+
+def decode_body(headers: Mapping[str, str] | None, query: Mapping[str, str] | None, body: bytes, limit: int) -> bytes:
+    """The JSON bytes inside a capture request body (see the module docstring).
+
+    ``headers``: the request headers (``Content-Encoding``, ``Content-Type``);
+    ``query``: the query parameters (``compression``); ``limit``: the largest decoded size.
+    """
+    encoding = _get(headers, "content-encoding")
+    compression = _get(query, "compression")
+    content_type = _get(headers, "content-type")
+    if encoding not in ("", "identity", "gzip", "x-gzip"):
+        raise DecodeError(415, "unsupported_encoding", f"unsupported Content-Encoding {encoding[:40]!r} (use gzip)")
+    if encoding in ("gzip", "x-gzip") or body.startswith(GZIP_MAGIC):
+        body = gunzip_all(body, limit)
+    elif compression in ("gzip", "gzip-js"):
+        raise DecodeError(400, "bad_gzip", f"compression={compression} but the body is not gzip (no 1f 8b magic)")
+    has_data = body.lstrip().startswith(b"data=") or b"&data=" in body
+    is_form = content_type.startswith("application/x-www-form-urlencoded") and has_data
+    if compression == "lz64":
+        body = _lz64(_form_field(body) if has_data else body.decode("ascii", "replace"), limit)
+    elif compression == "base64" or is_form:
+        body = _base64(_form_field(body) if has_data else body.decode("ascii", "replace"))
+        if len(body) > limit:
+            raise _too_large(limit)
+    return body

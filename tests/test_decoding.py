@@ -1,0 +1,118 @@
+"""Every body encoding PostHog SDKs send, decoded all or nothing (unit, and end to end through /e/)."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import uuid as uuidlib
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import lzstring
+import pytest
+
+from posthog_customerio.config import load_settings
+from posthog_customerio.decoding import DecodeError, decode_body
+from posthog_customerio.runtime import Runtime
+
+from .service import running_service
+
+LIMIT = 1_000_000
+FORM = {"content-type": "application/x-www-form-urlencoded"}
+
+
+def batch(*names: str) -> bytes:
+    return json.dumps([{"event": n, "distinct_id": "dec-1", "uuid": str(uuidlib.uuid4())} for n in names]).encode()
+
+
+def rejected(headers: dict[str, str], query: dict[str, str], body: bytes, limit: int = LIMIT) -> DecodeError:
+    with pytest.raises(DecodeError) as caught:
+        decode_body(headers, query, body, limit)
+    return caught.value
+
+
+def test_native_gzip_is_recognised_by_its_magic_whatever_the_content_type() -> None:
+    body = batch("a")
+    assert decode_body({"content-type": "text/plain"}, {}, gzip.compress(body), LIMIT) == body
+    assert decode_body({"content-type": "application/json"}, {"compression": "gzip-js"}, gzip.compress(body), LIMIT) == body
+    assert decode_body({"content-encoding": "gzip"}, {}, gzip.compress(body), LIMIT) == body
+
+
+def test_every_gzip_member_is_decoded() -> None:
+    first, second = b'[{"event": "a", "distinct_id": "x"},', b'{"event": "b", "distinct_id": "x"}]'
+    assert decode_body({}, {}, gzip.compress(first) + gzip.compress(second), LIMIT) == first + second
+
+
+@pytest.mark.parametrize("tail", [b"x", b"\x00\x00", b"\x1f\x8bgarbage", gzip.compress(b"ok")[:-4]])
+def test_trailing_bytes_after_gzip_are_a_400(tail: bytes) -> None:
+    error = rejected({"content-type": "text/plain"}, {}, gzip.compress(b"[]") + tail)
+    assert error.status == 400 and error.reason == "bad_gzip"
+
+
+def test_truncated_or_fake_gzip_is_a_400() -> None:
+    assert rejected({}, {}, gzip.compress(batch("a"))[:-6]).status == 400
+    error = rejected({}, {"compression": "gzip-js"}, b'{"event": "a"}')
+    assert error.status == 400 and "not gzip" in error.message
+    assert rejected({"content-encoding": "br"}, {}, b"{}").status == 415
+
+
+def test_decompressed_size_is_bounded_across_members() -> None:
+    half = gzip.compress(b" " * 600_000)
+    assert rejected({}, {}, half + half).status == 413
+    assert rejected({}, {}, gzip.compress(b"a" * 50_000_000)).status == 413
+
+
+def test_base64_form_bodies() -> None:
+    body = batch("a", "b")
+    form = b"data=" + quote(base64.b64encode(body).decode(), safe="").encode()
+    assert decode_body(FORM, {}, form, LIMIT) == body
+    assert decode_body({}, {"compression": "base64"}, form + b"&ver=1", LIMIT) == body
+    unquoted = b"data=" + base64.b64encode(body)  # a literal "+" parses as a space: still base64
+    assert decode_body(FORM, {}, unquoted, LIMIT) == body
+    assert rejected(FORM, {}, b"data=not*base64!").reason == "bad_base64"
+    assert decode_body(FORM, {}, b"ver=1&" + form, LIMIT) == body
+    assert rejected({}, {"compression": "base64"}, b"ver=1").reason == "bad_base64"  # a raw body: not base64
+    assert rejected(FORM, {"compression": "base64"}, b"ver=1&data=").reason == "bad_form"
+
+
+def test_lz64_bodies() -> None:
+    body = batch("a", "ü", "😀")
+    packed = lzstring.LZString.compressToBase64(body.decode())
+    assert decode_body(FORM, {"compression": "lz64"}, b"data=" + quote(packed, safe="").encode(), LIMIT) == body
+    assert decode_body(FORM, {"compression": "lz64"}, b"data=" + packed.encode(), LIMIT) == body
+    for bad in (packed[: len(packed) // 2], "!!!!" + packed, "AAAA"):
+        error = rejected(FORM, {"compression": "lz64"}, b"data=" + quote(bad, safe="").encode())
+        assert error.status == 400 and error.reason in ("bad_lz64", "bad_form"), error.message
+
+
+def test_an_lz64_bomb_stops_at_the_limit() -> None:
+    bomb = lzstring.LZString.compressToBase64("a" * 2_000_000)
+    assert len(bomb) < 4_000
+    error = rejected(FORM, {"compression": "lz64"}, b"data=" + bomb.encode())
+    assert error.status == 413
+
+
+@pytest.mark.e2e
+def test_every_encoding_is_accepted_on_the_capture_paths(tmp_path: Path) -> None:
+    settings = load_settings({"posthog_customerio_data_dir": tmp_path / "data", "sqlite_synchronous": "NORMAL",
+                              "shutdown_grace_s": 1, "max_body_bytes": 100_000})
+    runtime = Runtime(settings, sandbox=True)
+    body = batch("one", "two")
+    lz = lzstring.LZString.compressToBase64(body.decode())
+    with running_service(runtime) as url:
+        cases = [
+            ("/e/", {}, {"Content-Type": "text/plain"}, gzip.compress(body[:20]) + gzip.compress(body[20:])),
+            ("/i/v0/e/", {"compression": "gzip-js"}, {}, gzip.compress(body)),
+            ("/batch/", {}, FORM, b"data=" + quote(base64.b64encode(body).decode(), safe="").encode()),
+            ("/e/", {"compression": "lz64"}, FORM, b"data=" + quote(lz, safe="").encode()),
+        ]
+        for path, query, headers, content in cases:
+            answer = httpx.post(f"{url}{path}", params=query, headers=headers, content=content, timeout=10)
+            assert answer.status_code == 200 and answer.json()["accepted"] == 2, (path, query, answer.text)
+        bad = httpx.post(f"{url}/e/", content=gzip.compress(body) + b"junk", headers={"Content-Type": "text/plain"})
+        assert bad.status_code == 400 and "trailing garbage" in bad.json()["error"]
+        bomb = lzstring.LZString.compressToBase64("a" * 200_000)
+        assert httpx.post(f"{url}/e/", params={"compression": "lz64"}, headers=FORM,
+                          content=b"data=" + bomb.encode(), timeout=10).status_code == 413
