@@ -96,7 +96,10 @@ class Runtime:
         """The Track API client (created on first use)."""
         if self._client is None:
             site_id, api_key = self.credentials()
-            self._client = TrackClient(site_id, api_key, self.track_url(), timeout=self._timeout())
+            self._client = TrackClient(
+                site_id, api_key, self.track_url(), timeout=self._timeout(),
+                retry_after_max_s=self.settings.retry_after_max_s,
+            )
         return self._client
 
     @property
