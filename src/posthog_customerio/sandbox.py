@@ -1210,6 +1210,7 @@ async def _api(request: Request) -> Response:
         "body": _log_body(body, parsed),
         "status": response.status_code,
         "time": received,
+        "answered": time.time(),
         "bytes": len(body),
     })
     return response
