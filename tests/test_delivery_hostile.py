@@ -171,3 +171,12 @@ def test_healthz_is_not_ok_while_no_worker_is_alive(sandbox: SandboxServer, tmp_
         while len(sandbox.state.events()) < 4 or httpx.get(f"{url}/healthz").json()["status"] != "ok":
             assert time.monotonic() < deadline, "delivery did not come back once the fault was gone"
             time.sleep(0.1)
+
+
+def test_sandbox_fault_sends_any_retry_after_text(sandbox: SandboxServer) -> None:
+    cases = [('"inf"', "inf"), ("1e400", "inf"), ("2", "2"), ("1.5", "1.5"), (f'"{FAR_DATE}"', FAR_DATE)]
+    for given, sent in cases:  # given: the raw JSON value (1e400 parses as infinity)
+        added = httpx.post(f"{sandbox.url}/_sandbox/faults", content=f'{{"status": 429, "retry_after": {given}}}')
+        assert added.status_code == 200, added.text
+        answer = httpx.post(f"{sandbox.url}/api/v2/batch", json={"batch": []})
+        assert answer.status_code == 429 and answer.headers["retry-after"] == sent

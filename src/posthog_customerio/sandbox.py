@@ -973,7 +973,7 @@ def _make_fault(
         count = 1
     header = None
     if retry_after is not None:
-        whole = _is_number(retry_after) and retry_after == int(retry_after)
+        whole = _is_number(retry_after) and float(retry_after).is_integer()  # inf/nan: sent as text
         header = str(int(retry_after)) if whole else str(retry_after)
     until = None if duration_s is None else time.monotonic() + float(duration_s)
     return _Fault(fault_id, status, count, until, header, float(delay_s), body)
