@@ -6,6 +6,7 @@ a loaded machine can delay a request, never make it early.
 
 from __future__ import annotations
 
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from posthog_customerio.config import load_settings
+from posthog_customerio.db import PostgresDatabase
 from posthog_customerio.pacing import PostgresPacer
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
@@ -93,16 +95,14 @@ def test_replicas_share_customerio_max_rps(sandbox: SandboxServer, pg_url: str, 
     assert time.monotonic() - started >= (len(times) - 4) / rps
 
 
-def test_pacing_row_is_per_workspace_and_holds_use_the_database_clock(pg_url: str, tmp_path: Path) -> None:
-    from posthog_customerio.db import PostgresDatabase
-
+def test_pacing_row_is_per_workspace_and_a_pause_reaches_every_replica(pg_url: str) -> None:
     db = PostgresDatabase(pg_url)
     try:
         first = PostgresPacer(db, "workspace-1", rate=1000)
         other = PostgresPacer(db, "workspace-2", rate=1000)
         twin = PostgresPacer(db, "workspace-1", rate=1000)  # another replica of workspace 1
         first.hold_for(float("inf"))  # clamped, never an OverflowError
-        stop = __import__("threading").Event()
+        stop = threading.Event()
         assert not twin.take(stop) and 0 < twin.hold_remaining() <= 3600
         assert other.take(stop) and other.hold_remaining() == 0
         with db.reading() as conn:
