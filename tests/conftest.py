@@ -28,6 +28,7 @@ CONFIG_ENV = (
     "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC", "KAFKA_GROUP_ID", "KAFKA_CONFIG_FILE",
     "EVENTS_TO_SKIP", "CONVERT_DATES",
     "MAX_EVENTS_PER_REQUEST", "HTTP_KEEP_ALIVE_S", "HTTP_READ_TIMEOUT_S",
+    "RETRY_AFTER_MAX_S",
 )
 SAMPLE_FILE = Path(__file__).resolve().parents[1] / "src" / "posthog_customerio" / "data" / "sample_events.jsonl"
 

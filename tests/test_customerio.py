@@ -107,10 +107,13 @@ def test_classify_retry_after_seconds(status: int, header: str, expected: float)
 
 
 def test_classify_retry_after_http_date() -> None:
-    header = email.utils.formatdate(time.time() + 120, usegmt=True)
+    header = email.utils.formatdate(time.time() + 45, usegmt=True)
     result = classify(_response(429, "", {"Retry-After": header}))
     assert result.outcome is Outcome.TRANSIENT
-    assert result.retry_after is not None and 115 <= result.retry_after <= 121
+    assert result.retry_after is not None and 40 <= result.retry_after <= 46
+    far = email.utils.formatdate(time.time() + 120, usegmt=True)  # beyond RETRY_AFTER_MAX_S: clamped
+    assert classify(_response(429, "", {"Retry-After": far})).retry_after == 60.0
+    assert classify(_response(429, "", {"Retry-After": far}), retry_after_max_s=5).retry_after == 5.0
 
 
 def test_classify_transient_without_retry_after() -> None:
@@ -126,7 +129,8 @@ def test_classify_transient_without_retry_after() -> None:
         (" 2 ", None, 2.0),
         ("-5", None, 0.0),
         ("soon", None, None),
-        ("Wed, 21 Oct 2015 07:28:00 GMT", 1445412400.0, 80.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 1445412440.0, 40.0),
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 1445412400.0, 60.0),  # 80 s: clamped to RETRY_AFTER_MAX_S
         ("Wed, 21 Oct 2015 07:28:00 GMT", 1445412600.0, 0.0),  # in the past
     ],
 )

@@ -526,7 +526,8 @@ def test_request_log_never_records_authorization(
     api.post("/api/v2/batch", content=b"not json")
     entries = control.get("/_sandbox/requests").json()
     first, second = entries
-    assert set(first) == {"method", "path", "query", "body", "status", "time", "bytes"}
+    assert set(first) == {"method", "path", "query", "body", "status", "time", "answered", "bytes"}
+    assert first["time"] <= first["answered"] <= second["time"]
     assert (first["method"], first["path"], first["query"]) == ("PUT", "/api/v1/customers/a%2Fb", "x=1")
     assert (first["body"], first["status"], first["bytes"]) == ({"plan": "pro"}, 200, len(b'{"plan":"pro"}'))
     assert (second["body"], second["status"]) == ("not json", 400)

@@ -67,6 +67,7 @@ class Settings(BaseSettings):
     posthog_customerio_data_dir: Path = Path(".posthog-customerio")
     customerio_max_rps: float = Field(100.0, gt=0)
     customerio_timeout_s: float = Field(30.0, gt=0)
+    retry_after_max_s: float = Field(60.0, ge=0, le=3600, allow_inf_nan=False)
     delivery_concurrency: int = Field(4, ge=1, le=64)
     delivery_linger_s: float = Field(0.1, ge=0, le=10)
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import email.utils
 import enum
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,12 +27,15 @@ __all__ = [
     "REGION_URLS",
     "v1_request",
     "parse_retry_after",
+    "RETRY_AFTER_MAX_S",
 ]
 
 REGION_URLS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
 _TRANSIENT_STATUSES = frozenset({408, 425, 429})
 _AUTH_STATUSES = frozenset({401, 403})
 _BODY_KEEP = 2000
+#: the longest pause a ``Retry-After`` may impose by default (``RETRY_AFTER_MAX_S``; = the backoff cap)
+RETRY_AFTER_MAX_S = 60.0
 
 
 class Outcome(enum.Enum):
@@ -66,22 +70,31 @@ class SendResult:
         return f"HTTP {self.status}: {self.body[:300]}" if self.body else f"HTTP {self.status}"
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta seconds or HTTP date)."""
+def parse_retry_after(value: str | None, now: float | None = None, limit: float = RETRY_AFTER_MAX_S) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta seconds or HTTP date), within ``[0, limit]``.
+
+    Negative values and past dates give 0; ``inf``, huge numbers and far dates give ``limit``;
+    garbage (and ``nan``) gives None, so the caller's own backoff applies.
+    """
     if not value:
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds: float | None = float(value)
     except ValueError:
-        pass
+        seconds = _seconds_until(value, time.time() if now is None else now)
+    if seconds is None or math.isnan(seconds):
+        return None
+    return min(max(0.0, seconds), max(0.0, limit))
+
+
+def _seconds_until(value: str, now: float) -> float | None:
+    """Seconds from ``now`` to an HTTP date, or None when it is not one."""
     try:
         moment = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        return moment.timestamp() - now if moment is not None else None
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    if moment is None:
-        return None
-    return max(0.0, moment.timestamp() - (now if now is not None else time.time()))
 
 
 def _item_errors(body: str) -> dict[int, dict[str, Any]]:
@@ -97,11 +110,11 @@ def _item_errors(body: str) -> dict[int, dict[str, Any]]:
     return found
 
 
-def classify(response: httpx.Response) -> SendResult:
-    """Turn an HTTP response into a :class:`SendResult`."""
+def classify(response: httpx.Response, retry_after_max_s: float = RETRY_AFTER_MAX_S) -> SendResult:
+    """Turn an HTTP response into a :class:`SendResult` (``Retry-After`` clamped to ``retry_after_max_s``)."""
     status = response.status_code
     body = response.text[:_BODY_KEEP]
-    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    retry_after = parse_retry_after(response.headers.get("retry-after"), limit=retry_after_max_s)
     if 200 <= status < 300:
         errors = _item_errors(response.text) if response.content else {}
         outcome = Outcome.PARTIAL if errors else Outcome.OK
@@ -198,8 +211,10 @@ class TrackClient:
         *,
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
+        retry_after_max_s: float = RETRY_AFTER_MAX_S,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.retry_after_max_s = retry_after_max_s
         self._http = httpx.Client(
             base_url=self.base_url,
             auth=httpx.BasicAuth(site_id, api_key),
@@ -243,7 +258,7 @@ class TrackClient:
             response = self._http.request(method, path, content=body.encode() if body is not None else None)
         except httpx.HTTPError as exc:
             return SendResult(Outcome.TRANSIENT, error=f"{type(exc).__name__}: {exc}")
-        return classify(response)
+        return classify(response, self.retry_after_max_s)
 
     def send_batch(self, payload_texts: list[str]) -> SendResult:
         """``POST /api/v2/batch`` with already-encoded operations (in order)."""

@@ -224,6 +224,15 @@ _PG_MIGRATIONS: list[str] = [
     """
     CREATE INDEX IF NOT EXISTS outbox_person_key ON outbox (person_key)
     """,
+    # 3: request pacing shared by replicas: per workspace, the next request slot and the end of a pause
+    # (epoch seconds on the database's clock; see pacing.py)
+    """
+    CREATE TABLE IF NOT EXISTS delivery_pacing (
+        workspace TEXT PRIMARY KEY,
+        next_slot DOUBLE PRECISION NOT NULL DEFAULT 0,
+        hold_until DOUBLE PRECISION NOT NULL DEFAULT 0
+    )
+    """,
 ]
 _MIGRATION_LOCK = 7_274_135_001  # pg_advisory_lock key: one replica migrates at a time
 

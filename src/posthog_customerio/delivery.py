@@ -8,31 +8,63 @@ them one by one through v1), and settles them from the answer:
 * 400/404/413/422 on a batch: split in halves to isolate the bad operation, which
   is dead-lettered with the response;
 * network errors, 408, 429, 5xx: kept queued, every worker waits (exponential
-  backoff with jitter, or exactly ``Retry-After`` when Customer.io sends it);
+  backoff with jitter, or ``Retry-After`` when Customer.io sends it, clamped to
+  ``[0, RETRY_AFTER_MAX_S]``); with PostgreSQL the pause and the rate limit are
+  shared by every replica (:mod:`.pacing`);
 * 401/403: delivery stops (``send``) or pauses and re-checks the credentials
   (``serve``); nothing is dropped.
+
+A supervisor thread restarts a worker that dies for any reason (counted, reported
+by ``/healthz`` and ``/metrics``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from .customerio import AuthError, Outcome, SendResult, TrackClient
 from .operations import MAX_BATCH_BYTES, MAX_OP_BYTES
 from .outbox import Claimed, Outbox
 
-__all__ = ["Deliverer", "DeliveryStats", "RateLimiter", "Backoff"]
+__all__ = ["Deliverer", "DeliveryStats", "Pacer", "RateLimiter", "Backoff"]
 
 log = logging.getLogger(__name__)
 
 _BATCH_ENVELOPE = len('{"batch":[]}')
+#: no pause is ever longer than this, whatever computed it (a wait of ``inf`` raises OverflowError)
+MAX_HOLD_S = 3600.0
+
+
+def finite_delay(seconds: float) -> float:
+    """``seconds`` within ``[0, MAX_HOLD_S]`` (``nan`` -> 0)."""
+    return 0.0 if math.isnan(seconds) else min(max(0.0, seconds), MAX_HOLD_S)
+
+
+class Pacer(Protocol):
+    """Request slots and pauses shared by the workers (:class:`RateLimiter`, or the PostgreSQL pacer)."""
+
+    interval: float
+
+    def take(self, stop: threading.Event) -> bool:
+        """Wait for a request slot; False while a pause is in force or when ``stop`` is set."""
+        ...
+
+    def hold_for(self, seconds: float) -> None:
+        """No request for ``seconds`` from now."""
+        ...
+
+    def hold_remaining(self) -> float:
+        """Seconds left of the current pause, as last known (0 when none)."""
+        ...
 
 
 class RateLimiter:
@@ -64,8 +96,13 @@ class RateLimiter:
     def hold_until(self, moment: float) -> None:
         """No slot before ``moment`` (a clock value); slots already handed out are void."""
         with self._lock:
+            moment = self._clock() + finite_delay(moment - self._clock())
             self._next = max(self._next, moment)
             self._hold = max(self._hold, moment)
+
+    def hold_for(self, seconds: float) -> None:
+        """No slot for ``seconds`` from now."""
+        self.hold_until(self._clock() + finite_delay(seconds))
 
     def held(self) -> bool:
         """Whether a hold (``Retry-After``, back-off) is in force now."""
@@ -86,6 +123,12 @@ class RateLimiter:
             return True
         return not stop.wait(delay)
 
+    def take(self, stop: threading.Event) -> bool:
+        """A slot, unless a pause is (or comes) in force or ``stop`` is set."""
+        if self.held():
+            return False
+        return self.acquire(stop) and not self.held()
+
 
 @dataclass(slots=True)
 class Backoff:
@@ -98,8 +141,8 @@ class Backoff:
     def next_delay(self, retry_after: float | None = None) -> float:
         """Delay after one more failure; ``Retry-After`` wins when given."""
         self.failures += 1
-        if retry_after is not None:
-            return retry_after
+        if retry_after is not None and math.isfinite(retry_after):
+            return max(0.0, retry_after)
         ceiling = min(self.cap, self.base * 2 ** (self.failures - 1))
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
@@ -121,6 +164,10 @@ class DeliveryStats:
     last_error: str | None = None
     last_error_at: float | None = None
     recent_errors: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=20))
+    worker_restarts: int = 0
+    #: exception type of the last worker that died (no message: it may carry people's data)
+    last_crash: str | None = None
+    last_crash_at: float | None = None
 
 
 class Deliverer:
@@ -143,12 +190,14 @@ class Deliverer:
         idle_poll_s: float = 0.2,
         on_delivered: Callable[[Sequence[Claimed]], None] | None = None,
         linger_s: float = 0.0,
+        pacer: Pacer | None = None,
+        supervise_s: float = 0.5,
     ) -> None:
         self.outbox = outbox
         self.client = client
         self.api = api
         self.concurrency = concurrency
-        self.limiter = RateLimiter(max_rps)
+        self.limiter: Pacer = pacer if pacer is not None else RateLimiter(max_rps)
         self.max_batch_bytes = max_batch_bytes - _BATCH_ENVELOPE
         self.max_op_bytes = max_op_bytes
         self.max_batch_items = max_batch_items
@@ -165,26 +214,90 @@ class Deliverer:
         self._stop = threading.Event()
         self._wake = threading.Condition()
         self._threads: list[threading.Thread] = []
+        self._threads_lock = threading.Lock()
+        self._supervisor: threading.Thread | None = None
+        self.supervise_s = supervise_s
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
-        """Start the worker threads (idempotent)."""
+        """Start the worker threads and their supervisor (idempotent)."""
         if self._threads:
             return
         self._stop.clear()
-        for number in range(self.concurrency):
-            thread = threading.Thread(target=self._work, name=f"delivery-{number}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        with self._threads_lock:
+            self._threads = [self._spawn(number) for number in range(self.concurrency)]
+        self._supervisor = threading.Thread(target=self._supervise, name="delivery-supervisor", daemon=True)
+        self._supervisor.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the workers; in-flight requests finish, unsent work stays queued."""
         self._stop.set()
         self.notify()
         deadline = time.monotonic() + timeout
-        for thread in self._threads:
+        if self._supervisor is not None:
+            self._supervisor.join(max(0.0, deadline - time.monotonic()))
+        with self._threads_lock:
+            threads = list(self._threads)
+        for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        self._threads = [thread for thread in self._threads if thread.is_alive()]
+        with self._threads_lock:
+            self._threads = [thread for thread in self._threads if thread.is_alive()]
+
+    def health(self) -> dict[str, object]:
+        """Worker liveness for ``/healthz`` (no personal data: the crash is its exception type)."""
+        with self._stats_lock:
+            crash = {"error": self.stats.last_crash, "at": self.stats.last_crash_at} if self.stats.last_crash else None
+            restarts = self.stats.worker_restarts
+        return {
+            "delivery_workers_alive": self.alive_workers(),
+            "delivery_worker_restarts": restarts,
+            "delivery_last_crash": crash,
+        }
+
+    def alive_workers(self) -> int:
+        """How many worker threads are running now."""
+        with self._threads_lock:
+            return sum(thread.is_alive() for thread in self._threads)
+
+    def _spawn(self, number: int) -> threading.Thread:
+        thread = threading.Thread(target=self._run_worker, name=f"delivery-{number}", daemon=True)
+        thread.start()
+        return thread
+
+    def _run_worker(self) -> None:
+        """A worker's whole life: whatever kills it is recorded (the supervisor restarts it)."""
+        try:
+            self._work()
+        except BaseException as exc:  # noqa: BLE001 - any death, reported and restarted
+            log.error("delivery worker %s died: %s: %s", threading.current_thread().name, type(exc).__name__, exc,
+                      exc_info=not isinstance(exc, MemoryError))
+            with self._stats_lock:
+                self.stats.last_crash = type(exc).__name__
+                self.stats.last_crash_at = time.time()
+
+    def _supervise(self) -> None:
+        """Restart dead workers; after repeated deaths, wait longer (0.5 s doubling, at most 10 s)."""
+        restarts: deque[float] = deque()
+        while not self._stop.wait(self.supervise_s):
+            try:
+                with self._threads_lock:
+                    dead = [number for number, thread in enumerate(self._threads) if not thread.is_alive()]
+                now = time.monotonic()
+                while restarts and restarts[0] < now - 60:
+                    restarts.popleft()
+                if not dead or (restarts and now - restarts[-1] < min(10.0, 0.5 * 2 ** len(restarts))):
+                    continue
+                with self._threads_lock:
+                    if self._stop.is_set():
+                        return
+                    for number in dead:
+                        self._threads[number] = self._spawn(number)
+                restarts.append(now)
+                with self._stats_lock:
+                    self.stats.worker_restarts += len(dead)
+                log.warning("restarted %d delivery worker(s)", len(dead))
+            except Exception as exc:  # e.g. no thread can be started now: try again next tick
+                log.error("delivery supervisor: %s: %s", type(exc).__name__, exc)
 
     def drain(self, grace_s: float) -> bool:
         """Deliver what can be delivered within ``grace_s``, then stop; True if emptied."""
@@ -197,12 +310,14 @@ class Deliverer:
 
     @property
     def state(self) -> str:
-        """``running``, ``paused`` (credentials rejected), ``retrying`` or ``stopped``."""
+        """``running``, ``paused`` (credentials rejected), ``retrying``, ``down`` (no worker alive) or ``stopped``."""
         if not self._threads or self._stop.is_set():
             return "stopped"
+        if self.alive_workers() == 0:
+            return "down"
         if self.auth_error:
             return "paused"
-        if self.limiter.reserve_delay() > 1.0:
+        if self.limiter.hold_remaining() > 1.0:
             return "retrying"
         return "running"
 
@@ -240,22 +355,22 @@ class Deliverer:
             # held for the length of a request, never across a Retry-After)
             hold = self.limiter.hold_remaining()
             if hold > 0:
-                self._stop.wait(hold)
+                self._stop.wait(finite_delay(hold))
                 continue
             items = self.outbox.claim(self._claim_size(), self.max_batch_bytes, self.max_op_bytes)
             if not items:
                 with self._wake:
                     self._wake.wait(self.idle_poll_s)
                 continue
-            if self.linger_s and len(items) < self._claim_size() // 4 and not lingered:
-                # a trickle: let a fuller batch build up (fewer requests per event) — but
-                # never hold a claim while waiting
-                self.outbox.unclaim(items)
-                lingered = True
-                self._stop.wait(self.linger_s)
-                continue
-            lingered = False
             try:
+                if self.linger_s and len(items) < self._claim_size() // 4 and not lingered:
+                    # a trickle: let a fuller batch build up (fewer requests per event) — but
+                    # never hold a claim while waiting
+                    self.outbox.unclaim(items)
+                    lingered = True
+                    self._stop.wait(self.linger_s)
+                    continue
+                lingered = False
                 self._deliver(items)
             except Exception as exc:  # a bug or a full disk: keep the claim's rows, back off, go on
                 log.error("delivery worker error: %s: %s", type(exc).__name__, exc)
@@ -288,9 +403,7 @@ class Deliverer:
 
     def _pace(self) -> bool:
         """Take a request slot; False (release the claim) while a back-off is in force."""
-        if self.limiter.held():
-            return False
-        return self.limiter.acquire(self._stop) and not self.limiter.held()
+        return self.limiter.take(self._stop)
 
     def _send_v2(self, items: Sequence[Claimed]) -> Outcome:
         if not self._pace():
@@ -382,7 +495,7 @@ class Deliverer:
             delay = self.backoff.next_delay(result.retry_after)
         with self._stats_lock:
             self.stats.retries += len(items)
-        self.limiter.hold_until(time.monotonic() + delay)
+        self.limiter.hold_for(delay)
         log.warning("Customer.io unavailable (%s); retrying in %.1fs", result.describe()[:120], delay)
 
     def _count(self, result: SendResult, sent_bytes: int) -> None:

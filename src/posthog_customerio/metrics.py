@@ -66,6 +66,11 @@ class _RuntimeCollector(Collector):
         yield _gauge("dead_letters", "Operations currently in the dead-letter table", outbox.dead_letter_count())
         paused = 1.0 if deliverer is not None and deliverer.auth_error else 0.0
         yield _gauge("delivery_paused", "1 while Customer.io rejects the credentials", paused)
+        yield _counter(
+            "delivery_worker_restarts", "Delivery workers that died and were restarted", stats.worker_restarts if stats else 0
+        )
+        alive = deliverer.alive_workers() if deliverer is not None else 0
+        yield _gauge("delivery_workers_alive", "Delivery worker threads running now", alive)
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

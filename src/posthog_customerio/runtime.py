@@ -17,9 +17,10 @@ import httpx
 
 from .config import ConfigError, Settings
 from .customerio import REGION_URLS, AuthError, TrackClient, resolve_track_url
-from .db import open_database
+from .db import PostgresDatabase, open_database
 from .delivery import Deliverer
 from .outbox import Claimed, Outbox
+from .pacing import PostgresPacer, workspace_key
 from .pipeline import Ingestor
 
 __all__ = ["Runtime", "DeliveryLockError", "SANDBOX_CREDENTIALS"]
@@ -96,7 +97,10 @@ class Runtime:
         """The Track API client (created on first use)."""
         if self._client is None:
             site_id, api_key = self.credentials()
-            self._client = TrackClient(site_id, api_key, self.track_url(), timeout=self._timeout())
+            self._client = TrackClient(
+                site_id, api_key, self.track_url(), timeout=self._timeout(),
+                retry_after_max_s=self.settings.retry_after_max_s,
+            )
         return self._client
 
     @property
@@ -123,6 +127,7 @@ class Runtime:
             self._deliverer = Deliverer(
                 self.outbox,
                 self.client,
+                pacer=self._shared_pacer(),
                 api=self.settings.customerio_api,
                 concurrency=self.settings.delivery_concurrency,
                 max_rps=self.settings.customerio_max_rps,
@@ -132,6 +137,13 @@ class Runtime:
                 on_delivered=on_delivered,
             )
         return self._deliverer
+
+    def _shared_pacer(self) -> PostgresPacer | None:
+        """With PostgreSQL, the rate limit and pauses shared by all replicas of the workspace."""
+        if not isinstance(self.db, PostgresDatabase):
+            return None
+        workspace = workspace_key(self.credentials()[0], self.client.base_url)
+        return PostgresPacer(self.db, workspace, self.settings.customerio_max_rps)
 
     def _take_delivery_lock(self) -> None:
         path = Path(self.settings.posthog_customerio_data_dir) / "delivery.lock"

@@ -1263,7 +1263,7 @@ def _make_fault(
         count = 1
     header = None
     if retry_after is not None:
-        whole = _is_number(retry_after) and retry_after == int(retry_after)
+        whole = _is_number(retry_after) and float(retry_after).is_integer()  # inf/nan: sent as text
         header = str(int(retry_after)) if whole else str(retry_after)
     until = None if duration_s is None else time.monotonic() + float(duration_s)
     return _Fault(fault_id, status, count, until, header, float(delay_s), body)
@@ -1523,6 +1523,7 @@ async def _api(request: Request) -> Response:
         "body": _log_body(body, parsed),
         "status": response.status_code,
         "time": received,
+        "answered": time.time(),
         "bytes": len(body),
     })
     return response

@@ -451,11 +451,15 @@ def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -
     @app.get("/healthz", summary="Liveness (and delivery state)")
     def healthz() -> JSONResponse:
         deliverer = runtime.current_deliverer
-        return JSONResponse({
+        health = {
             "status": "ok",
             "delivery": deliverer.state if deliverer else "off",
             "auth_error": deliverer.auth_error if deliverer else None,
-        })
+            **(deliverer.health() if deliverer else {}),
+        }
+        if health["delivery"] == "down":  # every worker died (the supervisor keeps restarting them)
+            health["status"] = "degraded"
+        return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
     @app.get("/readyz", summary="Readiness: outbox writable, Customer.io reachable, credentials good")
     def readyz() -> JSONResponse:
