@@ -33,7 +33,7 @@ import httpx
 import pytest
 
 from posthog_customerio.config import Settings
-from posthog_customerio.mapping import map_event
+from posthog_customerio.mapping import iso_datetime_seconds, map_event
 from posthog_customerio.samples import iter_stream
 from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.sources import parse_payload, to_unix_seconds
@@ -191,6 +191,8 @@ def assert_last_attributes(sandbox: SandboxServer, oracle: Oracle) -> int:
             if value is None or key.startswith("$"):
                 continue
             expected = to_unix_seconds(value) if key == "created_at" else value  # integer seconds
+            if isinstance(value, str) and iso_datetime_seconds(value) is not None:  # CONVERT_DATES=true
+                expected = iso_datetime_seconds(value)
             if key == "email":
                 assert (person["email"] or "").lower() == value.lower(), (distinct_id, person["email"], value, SEED)
                 continue
