@@ -269,3 +269,18 @@ def test_people_known_on_the_status_api_is_current(env: dict, sandbox: SandboxSe
             body = [{"event": "clicked", "distinct_id": person, "uuid": str(uuidlib.uuid4())} for person in people]
             assert httpx.post(f"{url}/webhook", json=body, timeout=30).status_code == 200
             assert httpx.get(f"{url}/api/status", timeout=30).json()["persons"] == total
+
+
+def test_send_accepts_clickhouse_lines_with_json_string_properties(
+    cli: Cli, env: dict, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    line = {"uuid": str(uuidlib.uuid4()), "event": "purchase", "distinct_id": "u1", "timestamp": "2024-01-01 00:00:00",
+            "properties": json.dumps({"amount": 30, "$set": {"email": "u1@example.com"}}),
+            "person_properties": json.dumps({"plan": "pro"})}
+    path = write_jsonl(tmp_path / "export.jsonl", [line])
+    result = cli("send", str(path), env=env)
+    assert result.exit_code == 0, result.output
+    assert "(0 invalid)" in result.output
+    person = sandbox.state.person("u1")
+    assert person["attributes"]["plan"] == "pro"
+    assert person["email"] == "u1@example.com" and person["events"][0]["data"] == {"amount": 30}
