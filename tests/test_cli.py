@@ -148,14 +148,28 @@ def test_secrets_are_never_printed(cli: Cli, env: dict, sandbox: SandboxServer, 
 
 
 def test_send_sandbox_runs_the_bundled_sample(cli: Cli) -> None:
-    """The README's first command: no account, no configuration."""
+    """The README's first command: no account, no configuration; it shows what the README promises."""
     result = cli("send", "--sandbox", str(SAMPLE_FILE))
     assert result.exit_code == 0, result.output
-    assert "(2 invalid)" in result.output
-    people_line = next(line for line in result.output.splitlines() if line.startswith("sandbox"))
-    people = int(people_line.split()[1])
-    assert people >= 15  # the identified users; anonymous visitors stay anonymous events
-    assert "anonymous" in people_line
+    assert "(2 invalid)" in result.stdout
+    lines = result.stdout.splitlines()
+    assert "sandbox            25 people: 18 identified, 7 visitors never identified (44 anonymous events)" in lines
+    people = [line for line in lines if line.startswith("  user")]
+    assert len(people) == 18 and all("@example.com" in line.lower() for line in people)
+    assert sum(line.startswith("    attributes  name=") for line in lines) == 18
+    events = [line for line in lines if line.startswith("    events      ")]
+    assert len(events) == 18 and all("$identify" in line and "*" in line for line in events)  # browsing attached
+    assert "… and" not in result.stdout  # nobody left out
+    # the README shows this output: every line it prints (but the time) is the real one, in order
+    readme = (SAMPLE_FILE.parents[3] / "README.md").read_text()
+    block = readme.split("prints (on stderr first")[1].split("```text\n")[1].split("```")[0].splitlines()
+    position = 0
+    for line in block:
+        if line.startswith(("time ", "  …")):
+            continue
+        assert line in lines[position:], f"README line not in the output: {line!r}"
+        position = lines.index(line, position) + 1
+    assert "skipped line 57: invalid JSON" in result.stderr and "skipped line 127: missing distinct_id" in result.stderr
 
 
 def test_console_script_runs_as_a_process(sandbox: SandboxServer, env: dict, tmp_path: Path) -> None:

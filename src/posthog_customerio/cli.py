@@ -396,19 +396,86 @@ def _progress() -> Progress:
 
 
 def _sandbox_summary(sandbox: Any) -> dict[str, Any]:
-    people = sandbox.state.people()
-    stats = sandbox.state.stats()
+    """What the sandbox holds: every identified person with attributes and events, and the
+    visitors who never identified (their events stay anonymous events)."""
+    state = sandbox.state
+    stats = state.stats()
+    visitors = {event["anonymous_id"] for event in state.anonymous_events() if event.get("person") is None}
+    people = []
+    for summary in state.people():
+        person = state.person(summary["id"] or summary["email"]) or summary
+        events = sorted(person.get("events") or [], key=lambda event: event.get("timestamp") or 0)
+        people.append({
+            "id": person.get("id"), "email": person.get("email"), "attributes": person.get("attributes") or {},
+            "events": [{"name": _event_label(event), "anonymous": _was_anonymous(event)} for event in events],
+            "_events": events,
+        })
+    people.sort(key=lambda p: (min((e["timestamp"] or 0 for e in p.pop("_events")), default=0), str(p["id"])))
     return {
         "people": len(people),
+        "visitors_never_identified": len(visitors),
         "events": stats.get("events", 0),
         "anonymous_events": stats.get("anonymous_events", 0),
         "url": sandbox.url,
-        "sample": [
-            {"id": p.get("id"), "email": p.get("email"), "attributes": len(p.get("attributes") or {}),
-             "events": p.get("event_count", 0)}
-            for p in people[:10]
-        ],
+        "identified": people,
     }
+
+
+def _event_label(event: dict[str, Any]) -> str:
+    """``signed_up``, or a page / screen by its path."""
+    name = str(event.get("name") or "")
+    if event.get("type") == "page":
+        from urllib.parse import urlsplit
+
+        return "page " + (urlsplit(name).path or name)
+    return f"screen {name}" if event.get("type") == "screen" else name
+
+
+def _was_anonymous(event: dict[str, Any]) -> bool:
+    """Sent before the person identified (attached by Customer.io or adopted on identify)."""
+    data = event.get("data") or {}
+    return bool(event.get("anonymous_id")) or data.get("$is_identified") is False \
+        or data.get("$process_person_profile") is False
+
+
+def _sandbox_lines(box: dict[str, Any], shown: int = 25) -> list[str]:
+    """The people the sandbox received, with their attributes and events."""
+    browsing = sum(event["anonymous"] for person in box["identified"] for event in person["events"])
+    lines = [
+        f"sandbox            {box['people'] + box['visitors_never_identified']} people: {box['people']} identified,"
+        f" {box['visitors_never_identified']} visitors never identified"
+        f" ({box['anonymous_events']} anonymous events)",
+        f"                   {box['events']} events on the identified people,"
+        f" {browsing} of them (*) from their anonymous browsing before they identified",
+    ]
+    for person in box["identified"][:shown]:
+        attributes = ", ".join(f"{key}={_short(value)}" for key, value in person["attributes"].items()) or "-"
+        lines += [
+            f"  {person['id'] or '-'}  {person['email'] or '-'}",
+            f"    attributes  {attributes}",
+            f"    events      {_event_list(person['events'])}",
+        ]
+    if len(box["identified"]) > shown:
+        lines.append(f"  … and {len(box['identified']) - shown} more (see --json, or {box['url']}/_sandbox/people)")
+    return lines
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _event_list(events: list[dict[str, Any]]) -> str:
+    """``7: $identify, page /signup*, signed_up, page /dashboard ×2`` (repeats folded)."""
+    runs: list[list[Any]] = []
+    for event in events:
+        label = event["name"] + ("*" if event["anonymous"] else "")
+        if runs and runs[-1][0] == label:
+            runs[-1][1] += 1
+        else:
+            runs.append([label, 1])
+    listed = ", ".join(label if count == 1 else f"{label} ×{count}" for label, count in runs)
+    return f"{len(events)}: {listed}" if events else "0"
 
 
 def _print_send_summary(summary: dict[str, Any], as_json: bool) -> None:
@@ -430,16 +497,7 @@ def _print_send_summary(summary: dict[str, Any], as_json: bool) -> None:
         lines.append(f"still queued       {summary['queued']} (timed out; run send again to deliver)")
     lines.append(f"time               {summary['seconds']}s")
     if "sandbox" in summary:
-        box = summary["sandbox"]
-        lines.append(
-            f"sandbox            {box['people']} people, {box['events']} events"
-            f" (+{box['anonymous_events']} anonymous events of visitors never identified)"
-        )
-        for person in box["sample"]:
-            lines.append(
-                f"  {person['id'] or '-':<28} {person['email'] or '-':<36} "
-                f"{person['attributes']:>3} attributes {person['events']:>4} events"
-            )
+        lines += _sandbox_lines(summary["sandbox"])
     out.print("\n".join(lines), markup=False, soft_wrap=True)
 
 
