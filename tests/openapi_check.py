@@ -38,7 +38,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 __all__ = [
-    "SPEC_PATH", "SPEC_URI", "PUBLISHED_SPEC_URL", "KNOWN_SPEC_DEFECTS", "spec_available", "requires_spec", "TrackApiValidator", "get_validator",
+    "SPEC_PATH", "SPEC_URI", "PUBLISHED_SPEC_URL", "KNOWN_SPEC_DEFECTS", "spec_available", "requires_spec",
+    "TrackApiValidator", "get_validator",
 ]
 
 _DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "shared" / "reference" / "customerio-track-openapi.json"
@@ -57,7 +58,8 @@ PUBLISHED_SPEC_URL = "https://docs.customer.io/files/journeys-track.json"
 
 requires_spec = pytest.mark.skipif(
     not spec_available(),
-    reason=f"Customer.io OpenAPI spec not found at {SPEC_PATH} (CI keeps it in ../shared/reference beside the checkout):"
+    reason=f"Customer.io OpenAPI spec not found at {SPEC_PATH}"
+    " (CI keeps it in ../shared/reference beside the checkout):"
     f" download {PUBLISHED_SPEC_URL} and run with CUSTOMERIO_OPENAPI_SPEC=/path/to/journeys-track.json",
 )
 

@@ -240,8 +240,8 @@ def test_status_right_after_serve_starts_shows_the_service(cli: Cli, env: dict, 
 
     from .service import running_service
 
-    settings = load_settings({"posthog_customerio_data_dir": tmp_path / "data", "customerio_track_url": env["CUSTOMERIO_TRACK_URL"],
-                              "customerio_site_id": SITE_ID, "customerio_api_key": API_KEY})
+    settings = load_settings({"posthog_customerio_data_dir": tmp_path / "data", "customerio_site_id": SITE_ID,
+                              "customerio_api_key": API_KEY, "customerio_track_url": env["CUSTOMERIO_TRACK_URL"]})
     with running_service(Runtime(settings)):
         result = cli("status", "--json", env=env)
         assert result.exit_code == 0, result.output
@@ -275,8 +275,8 @@ def test_people_known_on_the_status_api_is_current(env: dict, sandbox: SandboxSe
 
     from .service import running_service
 
-    settings = load_settings({"posthog_customerio_data_dir": tmp_path / "data", "customerio_track_url": env["CUSTOMERIO_TRACK_URL"],
-                              "customerio_site_id": SITE_ID, "customerio_api_key": API_KEY})
+    settings = load_settings({"posthog_customerio_data_dir": tmp_path / "data", "customerio_site_id": SITE_ID,
+                              "customerio_api_key": API_KEY, "customerio_track_url": env["CUSTOMERIO_TRACK_URL"]})
     with running_service(Runtime(settings)) as url:
         assert httpx.get(f"{url}/api/status", timeout=30).json()["persons"] == 0
         for people, total in ((["a", "b", "c"], 3), (["c", "d", "e"], 5), (["a"], 5)):

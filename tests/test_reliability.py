@@ -351,7 +351,8 @@ def test_outage_500s_for_10s_then_429s_with_retry_after_2_for_5s(
                            f" Retry-After: 2 (seed {SEED})")
     # retries bounded: backoff, not a retry storm (15 s of outage, 4 workers)
     outage_s = recovered - outage_start  # 15 s, longer only if a phase had to wait for its first request
-    assert len(during) <= 4 * max(15.0, outage_s), f"{len(during)} requests during the {outage_s:.0f} s outage: {by_status}"
+    assert len(during) <= 4 * max(15.0, outage_s), \
+        f"{len(during)} requests during the {outage_s:.0f} s outage: {by_status}"
     # and delivery resumed promptly once Customer.io recovered
     assert delivered - recovered < 40, f"took {delivered - recovered:.1f}s after recovery to deliver"
 

@@ -98,7 +98,8 @@ def _flag(variable: str, kind: Any, help_text: str, *, boolean: bool = False) ->
 
 
 MAPPING_FLAGS = (
-    _flag("MERGE_PEOPLE", bool, "Merge the anonymous / aliased person into the identified one; default true", boolean=True),
+    _flag("MERGE_PEOPLE", bool, "Merge the anonymous / aliased person into the identified one; default true",
+          boolean=True),
     _flag("ANONYMOUS_EVENTS", str, "anonymous (Customer.io anonymous events) or person; default anonymous"),
     _flag("GROUP_TYPE_MAP", str, "PostHog group type=Customer.io object type id, e.g. company=1"),
     _flag("SUPPRESS_ON_DELETE", bool, "On a person deletion, suppress instead of delete; default false", boolean=True),

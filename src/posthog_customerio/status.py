@@ -138,7 +138,8 @@ def _persons(runtime: Runtime, max_age_s: float = 60.0) -> int:
     with runtime.db.reading() as conn:
         count = count_persons(conn)
     # an ingestion recorded while we counted is (almost surely) in the count already
-    runtime._persons_counted = (time.monotonic(), count, runtime.ingestor.totals.persons_added)  # type: ignore[attr-defined]
+    counted = (time.monotonic(), count, runtime.ingestor.totals.persons_added)
+    runtime._persons_counted = counted  # type: ignore[attr-defined]
     return count
 
 
