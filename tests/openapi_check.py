@@ -1,8 +1,9 @@
 """Validate outgoing requests against Customer.io's official Track API OpenAPI 3.1 spec.
 
 The spec lives beside the checkout (``../shared/reference/customerio-track-openapi.json``)
-or at ``$CUSTOMERIO_OPENAPI_SPEC``; it is not part of the repository, so tests that
-need it are marked :data:`requires_spec` and skip with that reason elsewhere.
+or at ``$CUSTOMERIO_OPENAPI_SPEC`` (download it from :data:`PUBLISHED_SPEC_URL`); it is not
+part of the repository, so tests that need it are marked :data:`requires_spec` and skip
+with that reason elsewhere.
 
 A request is ``(method, raw path, JSON body)``: the path as sent on the wire (still
 percent-encoded, base URL stripped, any query string ignored).  It is matched against
@@ -37,7 +38,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 __all__ = [
-    "SPEC_PATH", "SPEC_URI", "KNOWN_SPEC_DEFECTS", "spec_available", "requires_spec", "TrackApiValidator", "get_validator",
+    "SPEC_PATH", "SPEC_URI", "PUBLISHED_SPEC_URL", "KNOWN_SPEC_DEFECTS", "spec_available", "requires_spec",
+    "TrackApiValidator", "get_validator",
 ]
 
 _DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "shared" / "reference" / "customerio-track-openapi.json"
@@ -50,10 +52,15 @@ def spec_available() -> bool:
     return SPEC_PATH.is_file()
 
 
+#: Where Customer.io publishes the Track API's OpenAPI document (the "Download" link of
+#: https://docs.customer.io/api/track/).
+PUBLISHED_SPEC_URL = "https://docs.customer.io/files/journeys-track.json"
+
 requires_spec = pytest.mark.skipif(
     not spec_available(),
-    reason=f"Customer.io OpenAPI spec not found at {SPEC_PATH}: it lives in ../shared/reference beside the checkout "
-    "(or point CUSTOMERIO_OPENAPI_SPEC at it)",
+    reason=f"Customer.io OpenAPI spec not found at {SPEC_PATH}"
+    " (CI keeps it in ../shared/reference beside the checkout):"
+    f" download {PUBLISHED_SPEC_URL} and run with CUSTOMERIO_OPENAPI_SPEC=/path/to/journeys-track.json",
 )
 
 # --- formats -------------------------------------------------------------------------------------

@@ -163,8 +163,11 @@ def test_paused_delivery_resumes_when_credentials_work_again(sandbox: SandboxSer
         deliverer = runtime.deliverer(pause_on_auth_error=True)
         deliverer.auth_retry_s = 0.2
         deliverer.start()
-        time.sleep(0.5)
-        assert deliverer.auth_error and runtime.outbox.depth() == 3
+        deadline = time.monotonic() + 30
+        while not deliverer.auth_error:  # the first request was rejected (however slowly it went out)
+            assert time.monotonic() < deadline, "delivery never paused"
+            time.sleep(0.05)
+        assert runtime.outbox.depth() == 3
         sandbox.state.set_credentials(SITE_ID, API_KEY)
         assert deliverer.wait_until_empty(10)
         deliverer.stop()

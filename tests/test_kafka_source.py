@@ -407,7 +407,7 @@ def test_a_crash_between_storing_and_committing_redelivers_without_duplicates(
         thread.start()
         wait_for(lambda: committed_offsets(kafka_broker, topic, group) == ends, 30, "the offsets to be committed")
         stop.set()  # as SIGTERM does
-        thread.join(10)
+        thread.join(60)
         assert not thread.is_alive(), "consume did not stop"
         deliver_all(runtime)
     (report,) = reports

@@ -62,6 +62,7 @@ def test_without_the_spec_the_marker_skips_with_a_reason() -> None:
     path, available, condition, reason = out.stdout.strip().split("|")
     assert (path, available, condition) == ("/nonexistent/spec.json", "False", "True")
     assert "not found at /nonexistent/spec.json" in reason and "../shared/reference" in reason
+    assert "https://docs.customer.io/files/journeys-track.json" in reason and "CUSTOMERIO_OPENAPI_SPEC=" in reason
 
 
 # --- v2 --------------------------------------------------------------------------------------

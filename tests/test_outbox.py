@@ -114,16 +114,24 @@ def test_retry_dead_letters_requeues_them(outbox: Outbox) -> None:
 
 
 def test_operations_survive_reopening_the_database(open_db) -> None:
-    first = Outbox(open_db(), lease_s=2)
+    import time
+
+    first = Outbox(open_db(), lease_s=6)
     first.put([op("a", 1), op("a", 2)])
+    claimed_at = time.monotonic()
     first.claim(10, 100_000, 32_000)  # claimed but never acked: a crash
     first.db.close()
     reopened = Outbox(open_db())
     if reopened.db.shared:  # another replica: the dead one's lease must expire first
-        assert reopened.claim(10, 100_000, 32_000) == []
-        import time
-
-        time.sleep(2.1)
+        again = reopened.claim(10, 100_000, 32_000)
+        assert again == [] or time.monotonic() - claimed_at >= 6, "claimed while the lease held"
+        deadline = time.monotonic() + 60
+        while not again:
+            assert time.monotonic() < deadline, "the dead replica's lease never expired"
+            time.sleep(0.2)
+            again = reopened.claim(10, 100_000, 32_000)
+        assert time.monotonic() - claimed_at >= 6 and names(again) == ["a:e1", "a:e2"]
+        return
     assert names(reopened.claim(10, 100_000, 32_000)) == ["a:e1", "a:e2"]
 
 
@@ -168,14 +176,20 @@ def test_two_replicas_never_claim_the_same_operation_nor_a_person_out_of_order(p
 
 def test_a_dead_replicas_leases_expire(pg_url: str) -> None:
     """PostgreSQL only: leases are that backend's."""
-    dead, alive = Outbox(PostgresDatabase(pg_url), lease_s=2), Outbox(PostgresDatabase(pg_url), lease_s=2)
-    dead.put([op("p", 1)])
-    assert names(dead.claim(10, 100_000, 32_000)) == ["p:e1"]
-    assert alive.claim(10, 100_000, 32_000) == []
     import time
 
-    time.sleep(2.1)
-    assert names(alive.claim(10, 100_000, 32_000)) == ["p:e1"]
+    dead, alive = Outbox(PostgresDatabase(pg_url), lease_s=4), Outbox(PostgresDatabase(pg_url), lease_s=4)
+    dead.put([op("p", 1)])
+    claimed_at = time.monotonic()
+    assert names(dead.claim(10, 100_000, 32_000)) == ["p:e1"]
+    again = alive.claim(10, 100_000, 32_000)
+    assert again == [] or time.monotonic() - claimed_at >= 4, "claimed while the lease held"
+    deadline = time.monotonic() + 60
+    while not again:  # until the lease expires
+        assert time.monotonic() < deadline, "the lease never expired"
+        time.sleep(0.2)
+        again = alive.claim(10, 100_000, 32_000)
+    assert time.monotonic() - claimed_at >= 4 and names(again) == ["p:e1"]
     dead.db.close()
     alive.db.close()
 

@@ -472,11 +472,16 @@ def test_count_fault_429_with_retry_after(sandbox: SandboxServer, api: httpx.Cli
 
 
 def test_duration_fault_500(sandbox: SandboxServer, api: httpx.Client, control: httpx.Client) -> None:
-    control.post("/_sandbox/faults", json={"status": 500, "duration_s": 0.3, "body": {"oops": True}})
+    added = time.monotonic()
+    control.post("/_sandbox/faults", json={"status": 500, "duration_s": 2, "body": {"oops": True}})
     first = api.post("/api/v2/batch", json={"batch": []})
-    assert (first.status_code, first.json()) == (500, {"oops": True})
-    assert api.get("/api/v1/accounts/region").status_code == 500
-    time.sleep(0.35)
+    if time.monotonic() - added < 2:  # (on a very loaded machine the window may be over already)
+        assert (first.status_code, first.json()) == (500, {"oops": True})
+    deadline = time.monotonic() + 30
+    while api.get("/api/v1/accounts/region").status_code == 500:  # until the fault expires
+        assert time.monotonic() < deadline, "the duration fault never expired"
+        time.sleep(0.05)
+    assert time.monotonic() - added >= 2  # it lasted its whole duration
     assert api.get("/api/v1/accounts/region").status_code == 200
     sandbox.state.add_fault(status=503, count=1)
     assert api.get("/api/v1/accounts/region").status_code == 503
@@ -489,7 +494,7 @@ def test_duration_fault_500(sandbox: SandboxServer, api: httpx.Client, control: 
 def test_delay_fault_does_not_block_other_requests(
     sandbox: SandboxServer, api: httpx.Client, control: httpx.Client,
 ) -> None:
-    control.post("/_sandbox/faults", json={"delay_s": 0.5, "count": 1})
+    control.post("/_sandbox/faults", json={"delay_s": 3, "count": 1})
     results: dict[str, Any] = {}
 
     def slow() -> None:
@@ -503,11 +508,10 @@ def test_delay_fault_does_not_block_other_requests(
     deadline = time.monotonic() + 5
     while sandbox.state.faults() and time.monotonic() < deadline:  # until the slow request took it
         time.sleep(0.005)
-    started = time.monotonic()
     assert api.put("/api/v1/customers/fast", json={"a": 1}).status_code == 200
-    assert time.monotonic() - started < 0.3
+    assert "status" not in results  # answered while the slow request still waits
     thread.join()
-    assert results["status"] == 200 and results["elapsed"] >= 0.5
+    assert results["status"] == 200 and results["elapsed"] >= 3
     assert sandbox.state.person("slow") is not None
 
 

@@ -270,12 +270,16 @@ def test_to_unix_seconds(value: Any, expected: int | None) -> None:
         ({"event": {"distinct_id": "d"}}, "missing event name"),
         ({"event": {"event": "x"}}, "missing distinct_id"),
         (_event(properties=[1, 2]), "properties must be a JSON object, got list"),
-        (_event(properties="x"), "properties must be a JSON object, got str"),
+        (_event(properties="x"), "properties is a string but not valid JSON"),
+        (_event(properties='"text"'), "properties must be a JSON object, got str"),
+        (_event(person_properties="[1]"), "person_properties must be a JSON object, got list"),
         ({"event": {"event": "x", "distinct_id": "d", "properties": 1}}, "event.properties must be a JSON object"),
-        ({"event": {"event": "x", "distinct_id": "d"}, "person": "p"}, "person must be a JSON object"),
+        ({"event": {"event": "x", "distinct_id": "d"}, "person": 7}, "person must be a JSON object"),
+        ({"event": {"event": "x", "distinct_id": "d"}, "person": "p"}, "person is a string but not valid JSON"),
         (_event(**{"$set": ["email"]}), "$set must be a JSON object, got list"),
-        (_event(**{"$set_once": "x"}), "$set_once must be a JSON object, got str"),
-        (_event(properties={"$set": "x"}), "properties.$set must be a JSON object"),
+        (_event(**{"$set_once": "x"}), "$set_once is a string but not valid JSON"),
+        (_event(properties={"$set": 5}), "properties.$set must be a JSON object"),
+        (_event(properties={"$set": "x"}), "properties.$set is a string but not valid JSON"),
         (_event(set=1), "$set must be a JSON object, got int"),
         (_event(properties={"$unset": "a"}), "$unset must be"),
         (_event(uuid=123), "uuid must be a string"),
@@ -419,3 +423,32 @@ def test_nan_and_infinity_are_not_json() -> None:
 def test_json_array_items_may_be_capture_batches() -> None:
     text = '[{"batch": [{"event": "a", "distinct_id": "d"}, {"event": "b", "distinct_id": "d"}]}]'
     assert [item.event.event for item in read_events([text]) if item.event] == ["a", "b"]
+
+
+# --------------------------------------------------------------------------- JSON-string fields
+
+
+def test_clickhouse_export_lines_with_json_string_fields_parse_like_objects() -> None:
+    """ClickHouse (and PostHog's Kafka topics) write properties as JSON text: every source accepts it."""
+    line = {
+        "uuid": "0190b7c2-8a6f-7b3e-9b1a-1234567890ab", "event": "signed_up", "distinct_id": "u1",
+        "timestamp": "2024-01-01 00:00:00.123456",
+        "properties": json.dumps({"plan": "pro", "$set": {"email": "a@b.c"}, "$set_once": {"first": "ad"}}),
+        "person_properties": json.dumps({"name": "Ann"}), "set": "", "set_once": json.dumps({"source": "x"}),
+    }
+    as_objects = {**line, "properties": json.loads(line["properties"]),
+                  "person_properties": {"name": "Ann"}, "set": None, "set_once": {"source": "x"}}
+    event = parse_event(line, NOW)
+    assert event == parse_event(as_objects, NOW)
+    assert event.properties["plan"] == "pro" and event.set == {"email": "a@b.c"}
+    assert event.set_once == {"first": "ad", "source": "x"} and event.person_properties == {"name": "Ann"}
+    assert event.timestamp_s == 1_704_067_200
+    # the file reader and the webhook / Hog globals shape share the parser
+    (item,) = read_events(io.StringIO(json.dumps(line) + "\n"), NOW)
+    assert item.event == event
+    hog = {"event": {"event": "x", "distinct_id": "d", "properties": json.dumps({"k": 1})},
+           "person": {"properties": json.dumps({"email": "d@e.f"})}}
+    (parsed,) = parse_payload(hog, NOW)
+    assert parsed.properties == {"k": 1} and parsed.person_properties == {"email": "d@e.f"}
+    empty = parse_event({"event": "x", "distinct_id": "d", "properties": "  ", "person_properties": ""}, NOW)
+    assert empty.properties == {} and empty.person_properties == {}

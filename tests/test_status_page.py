@@ -73,7 +73,7 @@ def status_of(url: str) -> dict[str, Any]:
     return response.json()
 
 
-def wait_for(url: str, check: Any, what: str, timeout: float = 10) -> dict[str, Any]:
+def wait_for(url: str, check: Any, what: str, timeout: float = 30) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
         status = status_of(url)

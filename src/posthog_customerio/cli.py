@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import functools
+import inspect
 import json
 import logging
 import os
@@ -11,7 +14,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Annotated, Any, Optional
 
@@ -33,6 +36,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -88,7 +92,77 @@ def _settings(plugin_config: Path | None = None, **flags: Any) -> Settings:
         "posthog_host": "posthog_host",
         "cors_origins": "cors_origins",
     }
-    return load_settings({names[key]: value for key, value in flags.items()}, plugin_config)
+    flags = {**_EXTRA_FLAGS.get(), **flags}
+    return load_settings({names.get(key, key): value for key, value in flags.items()}, plugin_config)
+
+
+# -- settings flags shared by several commands ---------------------------------------
+# Each is ``--kebab-case`` of its environment variable and lands in ``_settings`` by the
+# variable's name; a command gets a group with ``@_setting_flags(GROUP, ...)``.
+def _flag(variable: str, kind: Any, help_text: str, *, boolean: bool = False) -> tuple[str, Any]:
+    name = "--" + variable.lower().replace("_", "-")
+    decls = [f"{name}/--no-{name[2:]}"] if boolean else [name]
+    option = typer.Option(*decls, help=f"{help_text} [env {variable}]", show_default=False)
+    return variable.lower(), Annotated[Optional[kind], option]
+
+
+MAPPING_FLAGS = (
+    _flag("MERGE_PEOPLE", bool, "Merge the anonymous / aliased person into the identified one; default true",
+          boolean=True),
+    _flag("ANONYMOUS_EVENTS", str, "anonymous (Customer.io anonymous events) or person; default anonymous"),
+    _flag("GROUP_TYPE_MAP", str, "PostHog group type=Customer.io object type id, e.g. company=1"),
+    _flag("SUPPRESS_ON_DELETE", bool, "On a person deletion, suppress instead of delete; default false", boolean=True),
+    _flag("LIMITS", str, "truncate or dead-letter; default truncate"),
+    _flag("PROPERTIES_TO_EXCLUDE", str, "Glob list of properties left out, e.g. $geoip_*,$ip"),
+    _flag("PROPERTIES_TO_INCLUDE", str, "Glob list: only matching properties are sent"),
+    _flag("EVENT_NAME_MAP", str, "Rename events, e.g. signed_up=Signed Up"),
+)
+DELIVERY_FLAGS = (
+    _flag("DELIVERY_LINGER_S", float, "Wait this long for a fuller batch; default 0.1"),
+    _flag("CUSTOMERIO_TIMEOUT_S", float, "HTTP timeout per request to Customer.io; default 30"),
+    _flag("RETRY_AFTER_MAX_S", float, "The longest pause a Retry-After can impose (0-3600); default 60"),
+)
+STORE_FLAGS = (
+    _flag("OUTBOX_URL", str, "sqlite:///path or postgresql://user@host/db"),
+    _flag("LEASE_S", float, "PostgreSQL: how long a claim on operations lasts; default 30"),
+    _flag("SQLITE_SYNCHRONOUS", str, "FULL or NORMAL; default FULL"),
+)
+SERVICE_FLAGS = (
+    _flag("AUTH_RETRY_S", float, "While Customer.io rejects the credentials, re-check this often; default 60"),
+    _flag("LOG_LEVEL", str, "DEBUG, INFO, WARNING or ERROR; default INFO"),
+)
+PROXY_FLAGS = (
+    _flag("POSTHOG_TIMEOUT_S", float, "With --posthog-host: timeout of each forwarded request; default 30"),
+)
+_EXTRA_FLAGS: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("extra_flags", default={})
+
+
+def _setting_flags(*groups: tuple[tuple[str, Any], ...]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add settings flags to a command without listing them in its signature.
+
+    The values are handed to :func:`_settings` (a flag the command itself declares wins).
+    """
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(func, eval_str=True)
+        own = list(signature.parameters.values())
+        flags = {name: kind for group in groups for name, kind in group if name not in signature.parameters}
+        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=kind)
+                 for name, kind in flags.items()]
+
+        @functools.wraps(func)
+        def wrapper(**kwargs: Any) -> Any:
+            extra = {name: kwargs.pop(name, None) for name in flags}
+            token = _EXTRA_FLAGS.set({**_EXTRA_FLAGS.get(), **extra})
+            try:
+                return func(**kwargs)
+            finally:
+                _EXTRA_FLAGS.reset(token)
+
+        wrapper.__signature__ = signature.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {**{p.name: p.annotation for p in own}, **flags}
+        return wrapper
+
+    return decorate
 
 
 def _sandbox_data_dir(sandbox: bool, data_dir: Path | None) -> Path | None:
@@ -102,6 +176,12 @@ def _sandbox_data_dir(sandbox: bool, data_dir: Path | None) -> Path | None:
     return data_dir
 
 
+def _check_port(port: int) -> None:
+    """A TCP port is 1..65535; anything else stops the command (exit 2, one line)."""
+    if not 1 <= port <= 65535:
+        raise _fail(f"--port must be between 1 and 65535 (got {port})", EXIT_CONFIG)
+
+
 def _fail(message: str, code: int) -> typer.Exit:
     err.print(f"error: {message}", markup=False, soft_wrap=True)
     return typer.Exit(code)
@@ -113,17 +193,24 @@ def main() -> None:
     app()
 
 
+def _print_version(value: bool) -> None:
+    """``--version``: print and exit while the options are parsed (before "Missing command")."""
+    if value:
+        typer.echo(f"posthog-customerio {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit", is_eager=True)] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit", is_eager=True,
+                                          callback=_print_version, expose_value=False)] = False,
 ) -> None:
-    if version:
-        out.print(__version__)
-        raise typer.Exit(EXIT_OK)
+    """Keep a Customer.io workspace in sync with a PostHog project."""
 
 
 # -- check -----------------------------------------------------------------------------
 @app.command()
+@_setting_flags(DELIVERY_FLAGS[1:])
 def check(
     site_id: SiteId = None, api_key: ApiKey = None, region: Region = None, track_url: TrackUrl = None,
     plugin_config: PluginConfig = None, sandbox: Sandbox = False,
@@ -161,6 +248,7 @@ def check(
 
 # -- send ------------------------------------------------------------------------------
 @app.command()
+@_setting_flags(MAPPING_FLAGS, DELIVERY_FLAGS, STORE_FLAGS)
 def send(
     file: Annotated[str, typer.Argument(help="JSONL or JSON-array file of PostHog events, or - for stdin")],
     site_id: SiteId = None, api_key: ApiKey = None, region: Region = None, track_url: TrackUrl = None,
@@ -323,19 +411,86 @@ def _progress() -> Progress:
 
 
 def _sandbox_summary(sandbox: Any) -> dict[str, Any]:
-    people = sandbox.state.people()
-    stats = sandbox.state.stats()
+    """What the sandbox holds: every identified person with attributes and events, and the
+    visitors who never identified (their events stay anonymous events)."""
+    state = sandbox.state
+    stats = state.stats()
+    visitors = {event["anonymous_id"] for event in state.anonymous_events() if event.get("person") is None}
+    people = []
+    for summary in state.people():
+        person = state.person(summary["id"] or summary["email"]) or summary
+        events = sorted(person.get("events") or [], key=lambda event: event.get("timestamp") or 0)
+        people.append({
+            "id": person.get("id"), "email": person.get("email"), "attributes": person.get("attributes") or {},
+            "events": [{"name": _event_label(event), "anonymous": _was_anonymous(event)} for event in events],
+            "_events": events,
+        })
+    people.sort(key=lambda p: (min((e["timestamp"] or 0 for e in p.pop("_events")), default=0), str(p["id"])))
     return {
         "people": len(people),
+        "visitors_never_identified": len(visitors),
         "events": stats.get("events", 0),
         "anonymous_events": stats.get("anonymous_events", 0),
         "url": sandbox.url,
-        "sample": [
-            {"id": p.get("id"), "email": p.get("email"), "attributes": len(p.get("attributes") or {}),
-             "events": p.get("event_count", 0)}
-            for p in people[:10]
-        ],
+        "identified": people,
     }
+
+
+def _event_label(event: dict[str, Any]) -> str:
+    """``signed_up``, or a page / screen by its path."""
+    name = str(event.get("name") or "")
+    if event.get("type") == "page":
+        from urllib.parse import urlsplit
+
+        return "page " + (urlsplit(name).path or name)
+    return f"screen {name}" if event.get("type") == "screen" else name
+
+
+def _was_anonymous(event: dict[str, Any]) -> bool:
+    """Sent before the person identified (attached by Customer.io or adopted on identify)."""
+    data = event.get("data") or {}
+    return bool(event.get("anonymous_id")) or data.get("$is_identified") is False \
+        or data.get("$process_person_profile") is False
+
+
+def _sandbox_lines(box: dict[str, Any], shown: int = 25) -> list[str]:
+    """The people the sandbox received, with their attributes and events."""
+    browsing = sum(event["anonymous"] for person in box["identified"] for event in person["events"])
+    lines = [
+        f"sandbox            {box['people'] + box['visitors_never_identified']} people: {box['people']} identified,"
+        f" {box['visitors_never_identified']} visitors never identified"
+        f" ({box['anonymous_events']} anonymous events)",
+        f"                   {box['events']} events on the identified people,"
+        f" {browsing} of them (*) from their anonymous browsing before they identified",
+    ]
+    for person in box["identified"][:shown]:
+        attributes = ", ".join(f"{key}={_short(value)}" for key, value in person["attributes"].items()) or "-"
+        lines += [
+            f"  {person['id'] or '-'}  {person['email'] or '-'}",
+            f"    attributes  {attributes}",
+            f"    events      {_event_list(person['events'])}",
+        ]
+    if len(box["identified"]) > shown:
+        lines.append(f"  … and {len(box['identified']) - shown} more (see --json, or {box['url']}/_sandbox/people)")
+    return lines
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _event_list(events: list[dict[str, Any]]) -> str:
+    """``7: $identify, page /signup*, signed_up, page /dashboard ×2`` (repeats folded)."""
+    runs: list[list[Any]] = []
+    for event in events:
+        label = event["name"] + ("*" if event["anonymous"] else "")
+        if runs and runs[-1][0] == label:
+            runs[-1][1] += 1
+        else:
+            runs.append([label, 1])
+    listed = ", ".join(label if count == 1 else f"{label} ×{count}" for label, count in runs)
+    return f"{len(events)}: {listed}" if events else "0"
 
 
 def _print_send_summary(summary: dict[str, Any], as_json: bool) -> None:
@@ -357,16 +512,7 @@ def _print_send_summary(summary: dict[str, Any], as_json: bool) -> None:
         lines.append(f"still queued       {summary['queued']} (timed out; run send again to deliver)")
     lines.append(f"time               {summary['seconds']}s")
     if "sandbox" in summary:
-        box = summary["sandbox"]
-        lines.append(
-            f"sandbox            {box['people']} people, {box['events']} events"
-            f" (+{box['anonymous_events']} anonymous events of visitors never identified)"
-        )
-        for person in box["sample"]:
-            lines.append(
-                f"  {person['id'] or '-':<28} {person['email'] or '-':<36} "
-                f"{person['attributes']:>3} attributes {person['events']:>4} events"
-            )
+        lines += _sandbox_lines(summary["sandbox"])
     out.print("\n".join(lines), markup=False, soft_wrap=True)
 
 
@@ -388,6 +534,7 @@ def _deliver_now(runtime: Runtime, timeout: float | None) -> bool | None:
 
 
 @app.command("delete-person")
+@_setting_flags(DELIVERY_FLAGS, STORE_FLAGS)
 def delete_person(
     distinct_id: Annotated[str, typer.Argument(help="The PostHog distinct_id of the person to delete")],
     site_id: SiteId = None, api_key: ApiKey = None, region: Region = None, track_url: TrackUrl = None,
@@ -492,6 +639,7 @@ SigningSecret = Annotated[Optional[str], typer.Option("--webhook-signing-secret"
 
 
 @app.command()
+@_setting_flags(MAPPING_FLAGS, DELIVERY_FLAGS, STORE_FLAGS, SERVICE_FLAGS, PROXY_FLAGS)
 def serve(
     host: Annotated[str, typer.Option("--host", help="Interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port")] = 8080,
@@ -515,6 +663,7 @@ def serve(
     """Run the HTTP service: PostHog webhook + capture receivers, delivery in the background."""
     if role not in ("all", "ingest", "deliver"):
         raise _fail(f"--role must be all, ingest or deliver (got {role!r})", EXIT_CONFIG)
+    _check_port(port)
     import uvicorn
 
     from .http_timeouts import uvicorn_config
@@ -558,6 +707,7 @@ def serve(
 
 # -- consume (Kafka) ---------------------------------------------------------------------------
 @app.command()
+@_setting_flags(MAPPING_FLAGS, DELIVERY_FLAGS, STORE_FLAGS, SERVICE_FLAGS)
 def consume(
     kafka_bootstrap: Annotated[str, typer.Option("--kafka-bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", help="HOST:PORT[,HOST:PORT...] of the Kafka / Redpanda brokers", show_default=False)],
     topic: Annotated[str, typer.Option("--topic", envvar="KAFKA_TOPIC", help="Topic of PostHog events, e.g. clickhouse_events_json", show_default=False)],
@@ -660,6 +810,7 @@ def _run_until_signalled(server: Any) -> None:
 
 
 @app.command()
+@_setting_flags(STORE_FLAGS)
 def status(
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
@@ -669,6 +820,7 @@ def status(
 
     try:
         settings = _settings(data_dir=data_dir)
+        _require_data(settings)
         with Runtime(settings) as runtime:
             report = offline_status(runtime)
     except ConfigError as exc:
@@ -708,7 +860,22 @@ def _status_text(report: dict[str, Any]) -> str:
 
 
 # -- dead letters ----------------------------------------------------------------------
+def _require_data(settings: Settings) -> None:
+    """The read-only commands never create a data dir: stop (exit 1) when there is no database."""
+    url = settings.outbox_url
+    if url and not url.startswith("sqlite:///"):
+        return  # PostgreSQL: the server says whether it exists
+    path = Path(url.removeprefix("sqlite:///")) if url else settings.database_path
+    if not path.is_file():
+        where = f"OUTBOX_URL {path}" if url else f"{settings.posthog_customerio_data_dir.resolve()}"
+        raise _fail(
+            f"no data in {where}: nothing has run with it yet"
+            " (choose the data dir with --data-dir or POSTHOG_CUSTOMERIO_DATA_DIR)", EXIT_FAILED,
+        )
+
+
 @app.command("dead-letters")
+@_setting_flags(STORE_FLAGS)
 def dead_letters(
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines")] = False,
@@ -717,6 +884,7 @@ def dead_letters(
     """List dead-lettered operations with the reason Customer.io gave."""
     try:
         settings = _settings(data_dir=data_dir)
+        _require_data(settings)
         with Runtime(settings) as runtime:
             letters = runtime.outbox.dead_letters(limit)
     except ConfigError as exc:
@@ -736,6 +904,7 @@ def dead_letters(
 
 
 @app.command("retry-dead-letters")
+@_setting_flags(STORE_FLAGS)
 def retry_dead_letters(
     data_dir: DataDir = None,
     ids: Annotated[Optional[list[int]], typer.Argument(help="Dead-letter ids (default: all)", show_default=False)] = None,
@@ -743,11 +912,16 @@ def retry_dead_letters(
     """Re-queue dead-lettered operations (delivered by the next send or the running server)."""
     try:
         settings = _settings(data_dir=data_dir)
+        _require_data(settings)
         with Runtime(settings) as runtime:
-            count = runtime.outbox.retry_dead_letters(ids or None)
+            requeued = runtime.outbox.requeue_dead_letters(ids or None)
     except ConfigError as exc:
         raise _fail(str(exc), EXIT_CONFIG) from None
-    out.print(f"re-queued {count} operations")
+    out.print(f"re-queued {len(requeued)} operations")
+    unknown = sorted(set(ids or ()) - set(requeued))
+    if unknown:
+        listed = ", ".join(f"#{number}" for number in unknown)
+        raise _fail(f"no dead letter {listed} (see posthog-customerio dead-letters)", EXIT_FAILED)
 
 
 # -- sandbox ---------------------------------------------------------------------------
@@ -760,6 +934,7 @@ def sandbox_command(
     region: Annotated[str, typer.Option("--region", help="Region it reports")] = "us",
 ) -> None:
     """Run the local Customer.io-compatible Track API (people and events kept in memory)."""
+    _check_port(port)
     from .sandbox import serve
 
     err.print(

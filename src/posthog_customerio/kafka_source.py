@@ -63,9 +63,6 @@ librdkafka_log = logging.getLogger(__name__ + ".librdkafka")
 
 SOURCE = "kafka"
 
-#: Event fields PostHog's topics may carry as JSON-encoded strings.
-JSON_STRING_FIELDS = ("properties", "person_properties", "$set", "set", "$set_once", "set_once")
-
 #: Settings the at-least-once guarantee depends on: a caller cannot override them.
 _FIXED = {"enable.auto.commit": False, "enable.auto.offset.store": False}
 
@@ -121,29 +118,14 @@ class ConsumeReport:
 
 
 # -- message decoding ------------------------------------------------------------------------------
-def _decode_json_field(obj: dict[str, Any], name: str) -> None:
-    value = obj.get(name)
-    if not isinstance(value, str):
-        return
-    if not value.strip():
-        del obj[name]  # ClickHouse writes '' for "no person properties"
-        return
-    try:
-        obj[name] = loads_strict(value)
-    except (ValueError, RecursionError) as exc:
-        raise EventParseError(f"{name} is a string but not valid JSON: {exc}") from None
-
-
 def normalize_event(obj: Any) -> Any:
-    """Undo the JSON-in-JSON encodings of PostHog's Kafka topics; other shapes pass through.
+    """Unwrap an ``events_plugin_ingestion`` envelope; other shapes pass through.
 
-    * ``properties``, ``person_properties``, ``$set``/``set``, ``$set_once``/``set_once``
-      given as JSON strings are decoded (an empty string means absent);
-    * an ``events_plugin_ingestion`` envelope (``data`` is the event as a JSON string) is
-      unwrapped, its ``distinct_id``/``uuid`` filling in what the event lacks, and its
-      ``now`` standing in for a missing ``timestamp``.
-
-    Raises :class:`EventParseError` when such a string is not valid JSON.
+    The envelope's ``data`` is the event as a JSON string; its ``distinct_id``/``uuid`` fill
+    in what the event lacks and its ``now`` stands in for a missing ``timestamp``. Raises
+    :class:`EventParseError` when ``data`` is not valid JSON. (``properties``,
+    ``person_properties``, ``$set``… given as JSON strings are decoded by
+    :func:`~posthog_customerio.sources.parse_event`, the same for every source.)
     """
     if not isinstance(obj, dict):
         return obj
@@ -161,19 +143,6 @@ def normalize_event(obj: Any) -> Any:
         if inner.get("timestamp") in (None, "") and obj.get("now"):
             inner["timestamp"] = obj["now"]
         obj = dict(inner)
-    if isinstance(obj.get("event"), dict):  # Hog globals body: {"event": {...}, "person": {...}}
-        obj["event"] = normalize_event(obj["event"])
-        if isinstance(obj.get("person"), dict):
-            person = dict(obj["person"])
-            _decode_json_field(person, "properties")
-            obj["person"] = person
-        return obj
-    for name in JSON_STRING_FIELDS:
-        _decode_json_field(obj, name)
-    if isinstance(obj.get("person"), dict):
-        person = dict(obj["person"])
-        _decode_json_field(person, "properties")
-        obj["person"] = person
     return obj
 
 

@@ -408,6 +408,11 @@ class Outbox:
 
         They go to the back of the queue, behind operations enqueued since.
         """
+        return len(self.requeue_dead_letters(ids))
+
+    def requeue_dead_letters(self, ids: Iterable[int] | None = None) -> list[int]:
+        """Like :meth:`retry_dead_letters`, returning the ids that were re-queued
+        (an id that is not a dead letter is left out)."""
         wanted = None if ids is None else list(ids)
         with self.db.transaction() as conn:
             columns = "id, person_key, payload, after_keys"
@@ -424,4 +429,4 @@ class Outbox:
                 [(key, payload, len(payload.encode()), now, after) for _, key, payload, after in rows],
             )
             conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(row[0],) for row in rows])
-        return len(rows)
+        return [row[0] for row in rows]

@@ -36,6 +36,8 @@ class IngestReport:
     skipped: Counter[str] = field(default_factory=Counter)
     actions: Counter[str] = field(default_factory=Counter)
     notes: Counter[str] = field(default_factory=Counter)
+    #: distinct_ids stored for the first time (keeps the status page's "people known" current)
+    persons_added: int = 0
 
     def add(self, other: IngestReport) -> None:
         """Accumulate another report into this one."""
@@ -44,6 +46,7 @@ class IngestReport:
         self.skipped.update(other.skipped)
         self.actions.update(other.actions)
         self.notes.update(other.notes)
+        self.persons_added += other.persons_added
 
 
 class Ingestor:
@@ -85,6 +88,7 @@ class Ingestor:
             if self.db.shared:  # replicas: lock these people (and whom they merged into), then re-read
                 self.db.lock_keys(conn, {*wanted, *states})
                 states = load_states(conn, wanted)
+            known = set(states)
             changed: dict[str, PersonState] = {}
             operations: list[Operation] = []
             all_operations: list[Operation] = []
@@ -104,6 +108,7 @@ class Ingestor:
                         report.notes["anonymous_events_adopted"] += self.outbox.adopt_anonymous(
                             conn, anonymous_id, identifiers, person_key
                         )
+            report.persons_added = sum(1 for key in changed if key not in known)
             save_states(conn, changed.values())
             report.operations += self.outbox.enqueue(conn, operations)
             all_operations.extend(operations)

@@ -6,6 +6,8 @@ Accepted shapes (see ``posthog-events.md``):
 * plugin-style events: ``distinct_id``, ``event``, ``properties``, ``timestamp``,
   ``$set``, ``$set_once``, ``uuid``, ``person``
 * batch-export JSONL lines: ``person_properties``, ``set``, ``set_once``
+* ClickHouse / Kafka rows: the same with ``properties``, ``person_properties``, ``$set``,
+  ``$set_once`` (and ``person.properties``) as JSON-encoded strings
 * capture-API events: ``{"event", "distinct_id", "properties", "timestamp"}``, single
   or inside ``{"api_key", "batch": [...]}``
 
@@ -155,8 +157,17 @@ def _parse_timestamp(value: Any, now: datetime) -> datetime:
 
 
 def _object(value: Any, name: str) -> dict[str, Any]:
+    """A JSON object field; also given as a JSON *string* (ClickHouse exports and PostHog's
+    Kafka topics encode ``properties``, ``person_properties``, ``$set``… that way; ``""`` = absent)."""
     if value is None:
         return {}
+    if isinstance(value, str):
+        if not value.strip():
+            return {}
+        try:
+            value = loads_strict(value)
+        except (ValueError, RecursionError) as exc:
+            raise EventParseError(f"{name} is a string but not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise EventParseError(f"{name} must be a JSON object, got {type(value).__name__}")
     return value

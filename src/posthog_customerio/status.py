@@ -89,6 +89,7 @@ class ThroughputSampler:
         """Sample every second and save a snapshot every ``save_every_s``, in a thread."""
         self.started_at = time.time()
         self.sample()
+        self._save()  # `posthog-customerio status` sees the service from its first second
         self._thread = threading.Thread(target=self._run, name="status-sampler", daemon=True)
         self._thread.start()
 
@@ -168,13 +169,18 @@ def _recent_errors(stats: Any, requests: RequestLog | None) -> list[dict[str, An
 
 
 def _persons(runtime: Runtime, max_age_s: float = 60.0) -> int:
-    """How many people we know, counted at most once a minute (a big table takes a while)."""
-    cached: tuple[float, int] | None = getattr(runtime, "_persons_counted", None)
+    """How many people we know: a full count at most once a minute (a big table takes a
+    while), plus the people this process stored since (so the figure is always current;
+    other replicas' new people show up at the next full count)."""
+    added = runtime.ingestor.totals.persons_added
+    cached: tuple[float, int, int] | None = getattr(runtime, "_persons_counted", None)
     if cached is not None and time.monotonic() - cached[0] < max_age_s:
-        return cached[1]
+        return cached[1] + added - cached[2]
     with runtime.db.reading() as conn:
         count = count_persons(conn)
-    runtime._persons_counted = (time.monotonic(), count)  # type: ignore[attr-defined]
+    # an ingestion recorded while we counted is (almost surely) in the count already
+    counted = (time.monotonic(), count, runtime.ingestor.totals.persons_added)
+    runtime._persons_counted = counted  # type: ignore[attr-defined]
     return count
 
 
