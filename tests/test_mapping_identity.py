@@ -218,8 +218,11 @@ def test_hog_groups_parse_key_or_id_and_reject_bad_shapes() -> None:
 
     event = parse_event(hog("a", "u", 0, {"company": {"key": "c-1", "properties": {"n": 1}}, "team": {"id": None}}))
     assert event.groups == {"company": ("c-1", {"n": 1})}
-    with pytest.raises(EventParseError, match="groups.company must be a JSON object"):
+    # a string is read as JSON text (the ClickHouse shape), and "c-1" is not JSON
+    with pytest.raises(EventParseError, match="groups.company is a string but not valid JSON"):
         parse_event(hog("a", "u", 0, {"company": "c-1"}))
+    with pytest.raises(EventParseError, match="groups.company must be a JSON object"):
+        parse_event(hog("a", "u", 0, {"company": ["c-1"]}))
 
 
 def test_a_bad_convert_dates_value_names_the_variable() -> None:
