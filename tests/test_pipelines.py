@@ -12,7 +12,7 @@ import pytest
 from posthog_customerio import pipelines as pl
 from posthog_customerio.customerio import AuthError, Outcome
 from posthog_customerio.sandbox import SandboxServer
-from posthog_customerio.sandbox_pipelines import MAX_CALL_BYTES as SANDBOX_CALL_BYTES
+from posthog_customerio.sandbox.pipelines import MAX_CALL_BYTES as SANDBOX_CALL_BYTES
 
 KEY = "sandbox"
 

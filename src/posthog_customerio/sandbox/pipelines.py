@@ -1,6 +1,6 @@
-"""The sandbox's Customer.io Pipelines API: ``/v1/batch``, ``/v1/identify`` ... applied as the Journeys destination does.
+"""The sandbox's Customer.io Pipelines API: ``/v1/batch``, ``/v1/identify`` ... applied as Journeys does.
 
-Mounted into the sandbox app by :func:`posthog_customerio.sandbox.create_app`; state lives in
+Mounted into the sandbox app by :func:`.server.create_app`; state lives in
 :class:`PipelinesState` and is readable under ``/_sandbox/pipelines/`` (people, events, anonymous_events,
 objects, requests, stats; ``POST reset``; ``faults``).
 
@@ -31,8 +31,6 @@ the Customer.io (Journeys) destination reads from each call:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import collections
 import hmac
 import itertools
@@ -40,13 +38,16 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-__all__ = ["PipelinesState", "PipelinesError", "pipelines_routes", "MAX_CALL_BYTES", "MAX_REQUEST_BYTES"]
+from .credentials import decode_basic
+from .wire import json_response
+
+__all__ = ["MAX_CALL_BYTES", "MAX_REQUEST_BYTES", "PipelinesError", "PipelinesState", "routes"]
 
 MAX_CALL_BYTES = 32 * 1024
 MAX_REQUEST_BYTES = 500_000
@@ -57,7 +58,6 @@ _SEMANTIC = frozenset({
     "Relationship Deleted", "Object Deleted", "Report Delivery Event",
 })
 _OBJECT_RESERVED = ("objectTypeId", "object_type_id", "relationshipAttributes")
-_JSON = "application/json"
 
 
 class PipelinesError(Exception):
@@ -302,11 +302,8 @@ class PipelinesState:
 
     def authorized(self, header: str | None) -> bool:
         """Basic auth with the key as username."""
-        if not header or not header.lower().startswith("basic "):
-            return False
-        try:
-            decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        decoded = decode_basic(header)
+        if decoded is None:
             return False
         username = decoded.partition(":")[0]
         return hmac.compare_digest(username.encode(), self.api_key.encode())
@@ -495,13 +492,8 @@ class PipelinesState:
 # --------------------------------------------------------------------------- HTTP
 
 
-def _json_response(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
-    content = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str)
-    return Response(content.encode("utf-8"), status_code=status, media_type=_JSON, headers=headers)
-
-
 def _state(request: Request) -> PipelinesState:
-    return request.app.state.pipelines  # type: ignore[no-any-return]
+    return cast(PipelinesState, request.app.state.pipelines)
 
 
 def _parse(body: bytes, path: str) -> list[_Call]:
@@ -543,20 +535,20 @@ async def _v1(request: Request) -> Response:
     applied = 0
     if fault is not None:
         headers = {"Retry-After": fault["retry_after"]} if fault["retry_after"] is not None else None
-        response = _json_response(fault["status"], {"code": "injected", "message": "sandbox fault"}, headers)
+        response = json_response(fault["status"], {"code": "injected", "message": "sandbox fault"}, headers)
     elif not state.authorized(request.headers.get("authorization")):
         payload = {"code": "unauthorized", "message": "invalid Pipelines API key"}
-        response = _json_response(401 if strict else 200, payload if strict else {})
+        response = json_response(401 if strict else 200, payload if strict else {})
     else:
         try:
             calls = _parse(body, request.url.path)
         except PipelinesError as exc:
             error = {"code": exc.code, "message": exc.message}
-            response = _json_response(400 if strict else 200, error if strict else {})
+            response = json_response(400 if strict else 200, error if strict else {})
         else:
             state.apply(calls)
             applied = len(calls)
-            response = _json_response(200, {})
+            response = json_response(200, {})
     try:
         logged: Any = json.loads(body) if body.strip() else None
     except (ValueError, UnicodeDecodeError):
@@ -569,37 +561,37 @@ async def _v1(request: Request) -> Response:
 
 
 async def _people(request: Request) -> Response:
-    return _json_response(200, _state(request).people())
+    return json_response(200, _state(request).people())
 
 
 async def _person(request: Request) -> Response:
     person = _state(request).person(request.path_params["identifier"])
-    return _json_response(200, person) if person is not None else _json_response(404, {"error": "not found"})
+    return json_response(200, person) if person is not None else json_response(404, {"error": "not found"})
 
 
 async def _events(request: Request) -> Response:
-    return _json_response(200, _state(request).events(request.query_params.get("userId")))
+    return json_response(200, _state(request).events(request.query_params.get("userId")))
 
 
 async def _anonymous_events(request: Request) -> Response:
-    return _json_response(200, _state(request).anonymous_events())
+    return json_response(200, _state(request).anonymous_events())
 
 
 async def _objects(request: Request) -> Response:
-    return _json_response(200, _state(request).objects())
+    return json_response(200, _state(request).objects())
 
 
 async def _requests(request: Request) -> Response:
-    return _json_response(200, _state(request).requests())
+    return json_response(200, _state(request).requests())
 
 
 async def _stats(request: Request) -> Response:
-    return _json_response(200, _state(request).stats())
+    return json_response(200, _state(request).stats())
 
 
 async def _reset(request: Request) -> Response:
     _state(request).reset()
-    return _json_response(200, {})
+    return json_response(200, {})
 
 
 async def _faults(request: Request) -> Response:
@@ -607,11 +599,11 @@ async def _faults(request: Request) -> Response:
         body = json.loads(await request.body())
         _state(request).add_fault(body["status"], body.get("count", 1), body.get("retry_after"))
     except (ValueError, KeyError, TypeError):
-        return _json_response(400, {"error": 'body must be {"status": int, "count"?: int, "retry_after"?: str}'})
-    return _json_response(200, {})
+        return json_response(400, {"error": 'body must be {"status": int, "count"?: int, "retry_after"?: str}'})
+    return json_response(200, {})
 
 
-def pipelines_routes() -> list[Route]:
+def routes() -> list[Route]:
     """The Pipelines API and its ``/_sandbox/pipelines`` views (the app needs ``state.pipelines``)."""
     return [
         *(Route(f"/v1/{kind}", _v1, methods=["POST"]) for kind in ("batch", *_CALL_TYPES)),
