@@ -18,7 +18,8 @@ __all__ = ["running_service"]
 
 @contextmanager
 def running_service(
-    runtime: Runtime, *, deliver: bool = True, close_runtime: bool = True, start_timeout_s: float = 15.0
+    runtime: Runtime, *, deliver: bool = True, ingest: bool = True, close_runtime: bool = True,
+    start_timeout_s: float = 15.0,
 ) -> Iterator[str]:
     """Serve ``create_app(runtime)`` on ``127.0.0.1:<free port>``; yields the base URL.
 
@@ -31,7 +32,7 @@ def running_service(
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_app(runtime, deliver=deliver),
+        create_app(runtime, deliver=deliver, ingest=ingest),
         host="127.0.0.1",
         port=port,
         log_config=None,

@@ -178,7 +178,17 @@ class Settings(BaseSettings):
             self.customerio_site_id, self.customerio_api_key, self.webhook_token, self.webhook_signing_secret,
             self.ops_token,
         )
-        return [s.get_secret_value() for s in secrets if s is not None and len(s.get_secret_value()) >= 4]
+        values = [s.get_secret_value() for s in secrets if s is not None and len(s.get_secret_value()) >= 4]
+        if self.outbox_url:  # a PostgreSQL password inside OUTBOX_URL
+            from urllib.parse import urlsplit
+
+            try:
+                password = urlsplit(self.outbox_url).password
+            except ValueError:
+                password = None
+            if password and len(password) >= 4:
+                values.append(password)
+        return values
 
     @property
     def ops_secret(self) -> str:
