@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import stat
 import time
 import uuid as uuidlib
@@ -119,7 +120,6 @@ def test_without_any_token_loopback_stays_open(serve) -> None:
 def test_open_endpoints_carry_no_personal_data(serve, sandbox: SandboxServer) -> None:
     person, email = "dana-4417", "dana.secret@example.com"
     with serve(ops_token=OPS, auth_retry_s=60, limits="dead-letter") as (url, runtime):
-        wait_for(lambda: httpx.get(f"{url}/healthz").json()["customerio"]["checked_at"], "the first probe")
         # Customer.io's error texts quoting the person: a rejected operation, then a 401 quoting the email
         sandbox.state.add_fault(status=400, count=3, body={"meta": {"error": f"bad identifier {person} <{email}>"}})
         assert httpx.post(f"{url}/webhook", json=hog(person, email=email)).status_code == 200
@@ -162,19 +162,31 @@ def test_readyz_never_blocks_requests_while_customerio_hangs(serve, sandbox: San
         assert all(a.json() == {"ready": True, "problems": []} for a in answers)
 
 
-def test_ready_while_customerio_is_down_and_healthz_says_so(serve, sandbox: SandboxServer) -> None:
+def test_ready_while_customerio_fails_and_healthz_says_so(serve, sandbox: SandboxServer) -> None:
     sandbox.state.add_fault(status=503, duration_s=120)
     try:
         with serve(ops_token=OPS) as (url, _):
             assert httpx.post(f"{url}/webhook", json=hog("down", 0)).status_code == 200
-            health = wait_for(lambda: (h := httpx.get(f"{url}/healthz").json())["customerio"]["reachable"] is False
-                              and h, "the probe to see Customer.io down")
-            assert health["customerio"]["last_error"].startswith("unreachable")
-            assert httpx.get(f"{url}/readyz").status_code == 200
+            health = wait_for(lambda: (h := httpx.get(f"{url}/healthz").json())["customerio"]["last_error"] and h,
+                              "delivery's failures to show in /healthz")
+            assert health["customerio"]["last_error"] == "HTTP 503" and health["customerio"]["reachable"] is True
+            assert httpx.get(f"{url}/readyz").json() == {"ready": True, "problems": []}
             status = httpx.get(f"{url}/api/status", headers=bearer(OPS)).json()
-            assert status["customerio"]["reachable"] is False
+            assert status["customerio"]["last_error"] == "HTTP 503"
     finally:
         sandbox.state.clear_faults()
+
+
+def test_ingest_only_probes_an_unreachable_customerio_in_the_background(serve) -> None:
+    with socket.socket() as closed:  # a port nobody listens on: connection refused
+        closed.bind(("127.0.0.1", 0))
+        track_url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    with serve(deliver=False, customerio_track_url=track_url) as (url, _):
+        health = wait_for(lambda: (h := httpx.get(f"{url}/healthz").json())["customerio"]["checked_at"] and h,
+                          "the background probe")
+        assert health["customerio"]["reachable"] is False and health["customerio"]["last_error"].startswith("unreachable")
+        assert httpx.post(f"{url}/webhook", json=hog("buffered", 0)).status_code == 200
+        assert httpx.get(f"{url}/readyz").status_code == 200
 
 
 def test_ready_while_credentials_are_rejected(serve, sandbox: SandboxServer) -> None:

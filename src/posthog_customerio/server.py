@@ -24,6 +24,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -334,7 +335,9 @@ class Readiness:
 class CustomerioProbe:
     """Customer.io's state for ``/healthz`` and ``/api/status``: credentials, reachability, last error.
 
-    Checked at most every 30 s, one check at a time, in the background: no request waits for it.
+    With delivery running in this process the state comes from delivery's own requests (a probe
+    would only add traffic). Without it (``--role ingest``) Customer.io is asked at most every
+    30 s, one check at a time, in the background: no request waits for it. No personal data.
     """
 
     MAX_AGE_S = _READY_CACHE_S
@@ -343,6 +346,7 @@ class CustomerioProbe:
         self.runtime = runtime
         self.state: dict[str, Any] = {"credentials": "unknown", "reachable": None, "checked_at": None, "last_error": None}
         self.flight = _SingleFlight("customerio-probe", self._check)
+        self._seen: dict[str, int] = {}
 
     def _check(self) -> None:
         state: dict[str, Any] = {"checked_at": time.time()}
@@ -351,18 +355,40 @@ class CustomerioProbe:
             state.update(credentials="ok", reachable=True, last_error=None)
         except AuthError:
             state.update(credentials="rejected", reachable=True, last_error="Customer.io rejected the credentials")
-        except Exception as exc:  # httpx errors, a bad answer, a failed region lookup
+        except httpx.HTTPStatusError as exc:
+            state.update(reachable=True, last_error=f"HTTP {exc.response.status_code}")
+        except Exception as exc:  # no answer, a bad answer, a failed region lookup
             state.update(reachable=False, last_error=f"unreachable: {type(exc).__name__}")
         self.state = {**self.state, **state}
 
+    def _from_delivery(self, auth_error: str | None, by_status: dict[str, int]) -> None:
+        """What the delivery requests since the last look say."""
+        new = {key: count - self._seen.get(key, 0) for key, count in by_status.items() if count > self._seen.get(key, 0)}
+        self._seen = by_status
+        state: dict[str, Any] = {}
+        if new:
+            answered = sorted(int(key) for key in new if key.isdigit())
+            state["checked_at"] = time.time()
+            state["reachable"] = bool(answered)
+            failed = [code for code in answered if code >= 400]
+            if not answered:
+                state["last_error"] = "unreachable: no answer to delivery requests"
+            elif failed:
+                state["last_error"] = f"HTTP {failed[-1]}"
+            if any(200 <= code < 300 for code in answered):
+                state["credentials"] = "ok"
+        if auth_error:
+            state.update(credentials="rejected", last_error="Customer.io rejected the credentials")
+        self.state = {**self.state, **state}
+
     def view(self) -> dict[str, Any]:
-        """The last known state (starts a check if it is old); no personal data in it."""
-        self.flight.refresh(self.MAX_AGE_S)
-        view = dict(self.state)
+        """The last known state (event loop only: may start a background check)."""
         deliverer = self.runtime.current_deliverer
-        if deliverer is not None and deliverer.auth_error:
-            view["credentials"] = "rejected"
-        return view
+        if deliverer is None:
+            self.flight.refresh(self.MAX_AGE_S)
+        else:
+            self._from_delivery(deliverer.auth_error, dict(deliverer.stats.requests_by_status))
+        return dict(self.state)
 
 
 _EMAIL = re.compile(r"[^\s@\"'<>(),;:]+@[^\s@\"'<>(),;:]+")
