@@ -184,7 +184,8 @@ def test_ingest_only_probes_an_unreachable_customerio_in_the_background(serve) -
     with serve(deliver=False, customerio_track_url=track_url) as (url, _):
         health = wait_for(lambda: (h := httpx.get(f"{url}/healthz").json())["customerio"]["checked_at"] and h,
                           "the background probe")
-        assert health["customerio"]["reachable"] is False and health["customerio"]["last_error"].startswith("unreachable")
+        assert health["customerio"]["reachable"] is False
+        assert health["customerio"]["last_error"].startswith("unreachable")
         assert httpx.post(f"{url}/webhook", json=hog("buffered", 0)).status_code == 200
         assert httpx.get(f"{url}/readyz").status_code == 200
 
@@ -206,9 +207,20 @@ def test_not_ready_at_max_queue(serve) -> None:
 
 
 # -- serve refuses to run unauthenticated on a reachable host -----------------------------------
+@pytest.fixture
+def taken_port() -> Iterator[str]:
+    """A port already bound: should ``serve`` wrongly get as far as listening, it fails instead of hanging."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield str(sock.getsockname()[1])
+
+
 @pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.10.5", "example.internal"])
-def test_serve_refuses_a_reachable_host_without_any_token(cli: Cli, env: dict[str, str], host: str) -> None:
-    result = cli("serve", "--host", host, "--port", "1", env=env)
+def test_serve_refuses_a_reachable_host_without_any_token(
+    cli: Cli, env: dict[str, str], host: str, taken_port: str
+) -> None:
+    result = cli("serve", "--host", host, "--port", taken_port, env=env)
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "ALLOW_UNAUTHENTICATED" in lines[0] and "Traceback" not in result.output
@@ -238,20 +250,21 @@ SECRETISH = "sk_live_Pa55w0rdXqZ"  # 17 base64 characters: not a signing secret 
         "SEND_EVENTS_FROM_ANONYMOUS_USERS", "MERGE_PEOPLE", "ANONYMOUS_EVENTS", "GROUP_TYPE_MAP", "SUPPRESS_ON_DELETE",
         "LIMITS", "EVENT_NAME_MAP", "CUSTOMERIO_MAX_RPS", "CUSTOMERIO_TIMEOUT_S", "DELIVERY_CONCURRENCY",
         "DELIVERY_LINGER_S", "SQLITE_SYNCHRONOUS", "OUTBOX_URL", "LEASE_S", "MAX_BODY_BYTES", "MAX_QUEUE",
-        "SHUTDOWN_GRACE_S", "AUTH_RETRY_S", "LOG_FORMAT", "LOG_LEVEL", "ALLOW_UNAUTHENTICATED", "WEBHOOK_SIGNING_SECRET",
+        "SHUTDOWN_GRACE_S", "AUTH_RETRY_S", "LOG_FORMAT", "LOG_LEVEL", "ALLOW_UNAUTHENTICATED",
+        "WEBHOOK_SIGNING_SECRET",
     ],
 )
-def test_a_bad_value_is_named_never_echoed(cli: Cli, env: dict[str, str], variable: str) -> None:
-    result = cli("serve", env={**env, variable: SECRETISH})
+def test_a_bad_value_is_named_never_echoed(cli: Cli, env: dict[str, str], variable: str, taken_port: str) -> None:
+    result = cli("serve", "--port", taken_port, env={**env, variable: SECRETISH})
     assert result.exit_code == 2, result.output
     output = result.output.strip()
     assert output.startswith(f"error: {variable}: ") and "\n" not in output, output
     assert SECRETISH.lower() not in output.lower() and "Pa55w0rd" not in output, output
 
 
-def test_a_malformed_signing_secret_is_one_line_exit_2(cli: Cli, env: dict[str, str]) -> None:
+def test_a_malformed_signing_secret_is_one_line_exit_2(cli: Cli, env: dict[str, str], taken_port: str) -> None:
     for secret in ("whsec_S3CRETVALUE12", "whsec_", "whsec_AAAAA", "S3CRETVALUE12"):
-        result = cli("serve", env={**env, "WEBHOOK_SIGNING_SECRET": secret})
+        result = cli("serve", "--port", taken_port, env={**env, "WEBHOOK_SIGNING_SECRET": secret})
         assert result.exit_code == 2, result.output
         assert result.output.strip().splitlines() == [
             "error: WEBHOOK_SIGNING_SECRET: must be a Standard Webhooks secret: whsec_ followed by base64"

@@ -200,7 +200,8 @@ def test_status_page_behind_the_ops_token_with_basic_auth(browser: Any, tmp_path
     })
     runtime = Runtime(settings, sandbox=True)
     with running_service(runtime) as url:
-        assert httpx.post(f"{url}/webhook", json=[hog("eve", "clicked", n) for n in range(4)], timeout=10).status_code == 200
+        events = [hog("eve", "clicked", n) for n in range(4)]
+        assert httpx.post(f"{url}/webhook", json=events, timeout=10).status_code == 200
         refused = httpx.get(f"{url}/status", timeout=5)
         assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Basic realm=")
         status = httpx.get(f"{url}/api/status", headers={"Authorization": f"Bearer {token}"}, timeout=5).json()

@@ -153,7 +153,10 @@ READY_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: json_response("Not ready: the outbox is not writable or is full", _READY),
 }
 METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "Prometheus text exposition format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+    200: {
+        "description": "Prometheus text exposition format",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
 }
 STATUS_RESPONSES: dict[int | str, dict[str, Any]] = {200: json_response("The status report", _STATUS_SCHEMA)}
 DEAD_LETTER_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -206,7 +206,7 @@ class Authenticator:
         if not self.ops_token:
             message = "the operations endpoints need OPS_TOKEN (or WEBHOOK_TOKEN); only a signing secret is set"
         else:
-            message = "missing or wrong operations token (Authorization: Bearer <OPS_TOKEN>, or Basic with it as password)"
+            message = "missing or wrong operations token (Bearer <OPS_TOKEN>, or Basic with it as the password)"
         raise HttpError(401, message, {"WWW-Authenticate": challenge})
 
     def check_capture(self, request: Request, payload: Any) -> None:
@@ -344,7 +344,9 @@ class CustomerioProbe:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self.state: dict[str, Any] = {"credentials": "unknown", "reachable": None, "checked_at": None, "last_error": None}
+        self.state: dict[str, Any] = {
+            "credentials": "unknown", "reachable": None, "checked_at": None, "last_error": None,
+        }
         self.flight = _SingleFlight("customerio-probe", self._check)
         self._seen: dict[str, int] = {}
 
@@ -363,7 +365,7 @@ class CustomerioProbe:
 
     def _from_delivery(self, auth_error: str | None, by_status: dict[str, int]) -> None:
         """What the delivery requests since the last look say."""
-        new = {key: count - self._seen.get(key, 0) for key, count in by_status.items() if count > self._seen.get(key, 0)}
+        new = {key: count for key, count in by_status.items() if count > self._seen.get(key, 0)}
         self._seen = by_status
         state: dict[str, Any] = {}
         if new:
