@@ -165,7 +165,8 @@ def test_credentials_revoked_pauses_reports_and_resumes(sandbox: SandboxServer, 
         wait_for(lambda: httpx.get(f"{url}/healthz").json()["delivery"] == "paused")
         health = httpx.get(f"{url}/healthz").json()
         assert "invalid" in health["auth_error"]
-        assert httpx.get(f"{url}/readyz").status_code == 503
+        assert httpx.get(f"{url}/readyz").status_code == 200  # still accepting events: buffering is the job
+        wait_for(lambda: httpx.get(f"{url}/healthz").json()["customerio"]["credentials"] == "rejected")
         assert httpx.get(f"{url}/api/status").json()["outbox"]["depth"] == 40
         metrics = httpx.get(f"{url}/metrics").text
         assert "posthog_customerio_delivery_paused 1.0" in metrics

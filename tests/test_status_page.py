@@ -187,3 +187,39 @@ def test_status_page_shows_paused_delivery_with_the_auth_error(browser: Any, tmp
         page.screenshot(path=str(tmp_path / "status-paused.png"), full_page=True)
         page.close()
     assert not console_errors, console_errors
+
+
+def test_status_page_behind_the_ops_token_with_basic_auth(browser: Any, tmp_path: Path) -> None:
+    """With OPS_TOKEN set the browser is asked for it (Basic, any user name); with it the page works."""
+    from playwright.sync_api import expect
+
+    token = "ops-page-4d2f"
+    settings = load_settings({
+        "posthog_customerio_data_dir": tmp_path / "data", "sqlite_synchronous": "NORMAL", "shutdown_grace_s": 0,
+        "ops_token": token,
+    })
+    runtime = Runtime(settings, sandbox=True)
+    with running_service(runtime) as url:
+        events = [hog("eve", "clicked", n) for n in range(4)]
+        assert httpx.post(f"{url}/webhook", json=events, timeout=10).status_code == 200
+        refused = httpx.get(f"{url}/status", timeout=5)
+        assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Basic realm=")
+        status = httpx.get(f"{url}/api/status", headers={"Authorization": f"Bearer {token}"}, timeout=5).json()
+        assert status["ingest"]["events_received"] == 4
+
+        from playwright.sync_api import Error as PlaywrightError
+
+        anonymous = browser.new_context()
+        with pytest.raises(PlaywrightError, match="AUTH"):  # headless cannot prompt: no page, no figures
+            anonymous.new_page().goto(f"{url}/status")
+        anonymous.close()
+
+        context = browser.new_context(http_credentials={"username": "ops", "password": token})
+        page = context.new_page()
+        statuses: list[tuple[str, int]] = []
+        page.on("response", lambda response: statuses.append((urlsplit(response.url).path, response.status)))
+        assert page.goto(f"{url}/status").status == 200
+        expect(page.locator("#events-received")).to_have_text("4")
+        expect(page.locator("#outbox-depth")).to_have_text("0")
+        assert ("/api/status", 200) in statuses  # the page's own requests carry the credentials
+        context.close()

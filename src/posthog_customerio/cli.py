@@ -80,6 +80,8 @@ def _settings(plugin_config: Path | None = None, **flags: Any) -> Settings:
         "concurrency": "delivery_concurrency",
         "webhook_token": "webhook_token",
         "webhook_signing_secret": "webhook_signing_secret",
+        "ops_token": "ops_token",
+        "allow_unauthenticated": "allow_unauthenticated",
         "max_body_bytes": "max_body_bytes",
         "max_queue": "max_queue",
         "shutdown_grace_s": "shutdown_grace_s",
@@ -636,6 +638,36 @@ def unsuppress(
 # -- serve -----------------------------------------------------------------------------
 WebhookToken = Annotated[Optional[str], typer.Option("--webhook-token", help="Require Authorization: Bearer <token> [env WEBHOOK_TOKEN]", show_default=False)]
 SigningSecret = Annotated[Optional[str], typer.Option("--webhook-signing-secret", help="Verify Standard Webhooks signatures [env WEBHOOK_SIGNING_SECRET]", show_default=False)]
+OpsToken = Annotated[Optional[str], typer.Option("--ops-token", help="Guard /status and /api/* (Bearer, or Basic password) [env OPS_TOKEN; default WEBHOOK_TOKEN]", show_default=False)]
+AllowUnauthenticated = Annotated[Optional[bool], typer.Option("--allow-unauthenticated/--no-allow-unauthenticated", help="Serve a non-loopback host with no token [env ALLOW_UNAUTHENTICATED; default false]", show_default=False)]
+_LOOPBACK_NAMES = ("localhost", "localhost.", "ip6-localhost")
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``--host`` only accepts connections from this machine."""
+    import ipaddress
+
+    name = host.strip().strip("[]").lower()
+    if name in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _unauthenticated_host(settings: Settings, host: str) -> str | None:
+    """Why ``serve`` must not start: a non-loopback host with no token at all (``None`` when fine)."""
+    configured = any(
+        secret is not None and secret.get_secret_value().strip()
+        for secret in (settings.ops_token, settings.webhook_token, settings.webhook_signing_secret)
+    )
+    if configured or settings.allow_unauthenticated or _is_loopback(host):
+        return None
+    return (
+        f"--host {host} is reachable from other machines and no OPS_TOKEN, WEBHOOK_TOKEN or"
+        " WEBHOOK_SIGNING_SECRET is set; set one, or ALLOW_UNAUTHENTICATED=true to serve people's data to anyone"
+    )
 
 
 @app.command()
@@ -648,6 +680,7 @@ def serve(
     events_to_send: Allowlist = None, events_to_skip: Skiplist = None, convert_dates: ConvertDates = None, data_dir: DataDir = None, max_rps: MaxRps = None,
     concurrency: Concurrency = None, plugin_config: PluginConfig = None, sandbox: Sandbox = False,
     webhook_token: WebhookToken = None, webhook_signing_secret: SigningSecret = None,
+    ops_token: OpsToken = None, allow_unauthenticated: AllowUnauthenticated = None,
     max_body_bytes: Annotated[Optional[int], typer.Option("--max-body-bytes", help="[env MAX_BODY_BYTES; default 5000000]", show_default=False)] = None,
     max_queue: Annotated[Optional[int], typer.Option("--max-queue", help="Answer 503 above this outbox depth [env MAX_QUEUE; default 1000000]", show_default=False)] = None,
     shutdown_grace_s: Annotated[Optional[float], typer.Option("--shutdown-grace-s", help="Flush time on SIGTERM [env SHUTDOWN_GRACE_S; default 10]", show_default=False)] = None,
@@ -662,7 +695,7 @@ def serve(
 ) -> None:
     """Run the HTTP service: PostHog webhook + capture receivers, delivery in the background."""
     if role not in ("all", "ingest", "deliver"):
-        raise _fail(f"--role must be all, ingest or deliver (got {role!r})", EXIT_CONFIG)
+        raise _fail(f"--role must be all, ingest or deliver", EXIT_CONFIG)
     _check_port(port)
     import uvicorn
 
@@ -678,11 +711,15 @@ def serve(
             events_to_skip=events_to_skip, convert_dates=convert_dates,
             data_dir=throwaway or data_dir, max_rps=max_rps, concurrency=concurrency,
             webhook_token=webhook_token, webhook_signing_secret=webhook_signing_secret,
+            ops_token=ops_token, allow_unauthenticated=allow_unauthenticated,
             max_body_bytes=max_body_bytes, max_queue=max_queue, shutdown_grace_s=shutdown_grace_s,
             log_format=log_format, outbox_url=outbox_url, max_events_per_request=max_events_per_request,
             http_keep_alive_s=timeout_keep_alive, http_read_timeout_s=http_read_timeout_s,
             posthog_host=posthog_host, cors_origins=cors_origins,
         )
+        refusal = _unauthenticated_host(settings, host)
+        if refusal is not None:
+            raise ConfigError(refusal)
         if not sandbox:
             settings.credentials()
         configure_logging(settings.log_format, settings.log_level, settings.secret_values())

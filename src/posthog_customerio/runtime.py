@@ -5,6 +5,7 @@ Shared by the CLI commands and the HTTP service so both run the same pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -46,10 +47,16 @@ class Runtime:
         self.settings = settings
         self.fallback_to_us = fallback_to_us
         ensure_data_dir(settings)
+        sqlite_path = _sqlite_path(settings)
+        if sqlite_path is not None:
+            _private_files(sqlite_path)
         try:
             self.db = open_database(settings.outbox_url, settings.database_path, settings.sqlite_synchronous)
         except Exception as exc:  # unreachable server, bad URL: a configuration problem
-            raise ConfigError(f"OUTBOX_URL: cannot open the outbox: {type(exc).__name__}: {exc}") from None
+            reason = _redact(f"{type(exc).__name__}: {exc}", settings.outbox_url)
+            raise ConfigError(f"OUTBOX_URL: cannot open the outbox: {reason}") from None
+        if sqlite_path is not None:
+            _private_files(sqlite_path)  # the -wal / -shm files SQLite just created
         self.outbox = Outbox(self.db, lease_s=settings.lease_s)
         self.ingestor = Ingestor(self.db, self.outbox, settings.mapping_config())
         self.sandbox = None
@@ -147,7 +154,10 @@ class Runtime:
 
     def _take_delivery_lock(self) -> None:
         path = Path(self.settings.posthog_customerio_data_dir) / "delivery.lock"
-        handle = open(path, "a+")  # noqa: SIM115 - held for the process lifetime
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        handle = open(descriptor, "a+")  # noqa: SIM115 - held for the process lifetime
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o600)
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -185,10 +195,57 @@ class Runtime:
 
 
 def ensure_data_dir(settings: Settings) -> None:
-    """Create the data directory or fail with a clear :class:`ConfigError`."""
+    """Create the data directory (mode 0700: it holds people's data) or fail with a clear :class:`ConfigError`.
+
+    An existing directory is tightened to 0700 when it is ours: created here, or holding our database.
+    """
+    path = Path(settings.posthog_customerio_data_dir)
     try:
-        Path(settings.posthog_customerio_data_dir).mkdir(parents=True, exist_ok=True)
+        existed = path.is_dir()
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not existed or (path / settings.database_path.name).exists():
+            _tighten(path, 0o700)
     except OSError as exc:
-        raise ConfigError(
-            f"POSTHOG_CUSTOMERIO_DATA_DIR: cannot create {settings.posthog_customerio_data_dir}: {exc.strerror}"
-        ) from None
+        raise ConfigError(f"POSTHOG_CUSTOMERIO_DATA_DIR: cannot create that directory: {exc.strerror}") from None
+
+
+def _sqlite_path(settings: Settings) -> Path | None:
+    """The SQLite file the outbox lives in (``None`` with PostgreSQL)."""
+    url = settings.outbox_url
+    if not url:
+        return settings.database_path
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///"))
+    return None
+
+
+def _private_files(database: Path) -> None:
+    """The database and its WAL/SHM files: created 0600, existing ones tightened to 0600."""
+    if not database.exists() and database.parent.is_dir():
+        with contextlib.suppress(OSError):
+            os.close(os.open(database, os.O_RDWR | os.O_CREAT, 0o600))
+    for path in (database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm")):
+        with contextlib.suppress(OSError):
+            _tighten(path, 0o600)
+
+
+def _tighten(path: Path, mode: int) -> None:
+    """``chmod`` to ``mode`` when group or others have any access (only our own files)."""
+    info = path.stat()
+    if info.st_uid == os.getuid() and info.st_mode & 0o077:
+        os.chmod(path, mode)
+
+
+def _redact(text: str, url: str | None) -> str:
+    """An error text without the outbox URL or its password (a driver may quote its connection string)."""
+    if not url:
+        return text
+    from urllib.parse import urlsplit
+
+    secrets = [url]
+    with contextlib.suppress(ValueError):
+        parts = urlsplit(url)
+        secrets += [s for s in (parts.password, parts.netloc, parts.query) if s and len(s) >= 3]
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text

@@ -7,26 +7,32 @@ Delivery runs in background threads of the same process.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
 import hmac
 import json
 import logging
+import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect
+from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Receive, Scope, Send
 from standardwebhooks.webhooks import Webhook
 
-from . import __version__
+from . import __version__, apidoc
 from .config import Settings
 from .customerio import AuthError
 from .decoding import DecodeError
@@ -103,6 +109,7 @@ def _database_errors() -> tuple[type[BaseException], ...]:
 #: errors that mean "the outbox could not store this": answer 503, never 200
 DATABASE_ERRORS = _database_errors()
 _READY_CACHE_S = 30.0
+OPS_REALM = "posthog-customerio operations"
 
 
 class HttpError(Exception):
@@ -177,6 +184,9 @@ class Authenticator:
         secret = settings.webhook_signing_secret.get_secret_value() if settings.webhook_signing_secret else ""
         self.token = token.encode()
         self.verifier = Webhook(secret) if secret else None
+        self.ops_token = settings.ops_secret.encode()
+        #: the operations endpoints need a token once any credential is configured
+        self.ops_guarded = bool(self.ops_token) or self.enabled
 
     @property
     def enabled(self) -> bool:
@@ -223,6 +233,31 @@ class Authenticator:
         if self.token not in body and escaped not in body:
             raise HttpError(401, "missing or wrong token (Authorization: Bearer, or api_key = WEBHOOK_TOKEN)")
 
+    def check_ops(self, headers: Headers, *, page: bool) -> None:
+        """Operations endpoints: ``OPS_TOKEN`` (else ``WEBHOOK_TOKEN``) as Bearer, or as the Basic password.
+
+        ``page``: the HTML status page, whose 401 makes a browser ask for the password.
+        """
+        if not self.ops_guarded:
+            return
+        scheme, _, value = headers.get("authorization", "").partition(" ")
+        given = b""
+        if scheme.lower() == "bearer":
+            given = value.strip().encode()
+        elif scheme.lower() == "basic":
+            try:
+                given = base64.b64decode(value.strip(), validate=True).partition(b":")[2]
+            except ValueError:  # binascii.Error
+                given = b""
+        if self.ops_token and hmac.compare_digest(given, self.ops_token):
+            return
+        challenge = f'Basic realm="{OPS_REALM}", charset="UTF-8"' if page else f'Bearer realm="{OPS_REALM}"'
+        if not self.ops_token:
+            message = "the operations endpoints need OPS_TOKEN (or WEBHOOK_TOKEN); only a signing secret is set"
+        else:
+            message = "missing or wrong operations token (Bearer <OPS_TOKEN>, or Basic with it as the password)"
+        raise HttpError(401, message, {"WWW-Authenticate": challenge})
+
     def check_capture(self, request: Request, payload: Any) -> None:
         """Capture endpoints: Bearer token, or the token as the payload's ``api_key``."""
         if not self.enabled:
@@ -237,6 +272,189 @@ class Authenticator:
                 if isinstance(value, str) and hmac.compare_digest(value.encode(), self.token):
                     return
         raise HttpError(401, "missing or wrong token (Authorization: Bearer, or api_key = WEBHOOK_TOKEN)")
+
+
+def is_ops_path(path: str, proxying: bool = False) -> bool:
+    """``/status`` and ``/api/*``: the endpoints that show or change people's data.
+
+    As a PostHog proxy, only this service's own ``/api/*`` paths; PostHog's are forwarded.
+    """
+    bare = path.rstrip("/")
+    if bare == "/status" or any(bare == own or bare.startswith(own + "/") for own in _OWN_API):
+        return True
+    return not proxying and (bare == "/api" or path.startswith("/api/"))
+
+
+class OpsGuard:
+    """ASGI middleware: every operations endpoint (also ones added later) checks the token first."""
+
+    def __init__(self, app: ASGIApp, auth: Authenticator, proxying: bool = False) -> None:
+        self.app = app
+        self.auth = auth
+        self.proxying = proxying
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and is_ops_path(scope["path"], self.proxying):
+            try:
+                self.auth.check_ops(Headers(scope=scope), page=scope["path"].rstrip("/") == "/status")
+            except HttpError as exc:
+                await exc.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class _SingleFlight:
+    """Runs one check at a time on its own thread (never the request thread pool) and caches the result."""
+
+    def __init__(self, name: str, check: Callable[[], None]) -> None:
+        self.check = check
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.started_at: float | None = None
+        self.finished_at = 0.0
+        self._future: asyncio.Future[None] | None = None
+
+    def _run(self) -> None:
+        try:
+            self.check()
+        finally:
+            self.finished_at = time.monotonic()
+            self.started_at = None
+
+    def refresh(self, max_age_s: float) -> asyncio.Future[None] | None:
+        """Start a check unless one is running or the last is younger than ``max_age_s`` (event loop only)."""
+        if self._future is not None and not self._future.done():
+            return self._future
+        if time.monotonic() - self.finished_at < max_age_s:
+            return None
+        self.started_at = time.monotonic()
+        self._future = asyncio.wrap_future(self.executor.submit(self._run))
+        return self._future
+
+    async def wait(self, max_age_s: float, timeout_s: float) -> None:
+        """Refresh if stale and wait for the running check at most ``timeout_s``."""
+        future = self.refresh(max_age_s)
+        if future is not None:
+            with contextlib.suppress(asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(asyncio.shield(future), timeout_s)
+
+    def running_for(self) -> float:
+        """Seconds the current check has been running (0 when none is)."""
+        started = self.started_at
+        return time.monotonic() - started if started is not None else 0.0
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class Readiness:
+    """``/readyz``: can this process accept events? The outbox takes a write and is below ``MAX_QUEUE``.
+
+    Customer.io's state is not part of it (buffering while Customer.io is down is the job);
+    :class:`CustomerioProbe` reports that in ``/healthz`` and ``/api/status``.
+    """
+
+    FRESH_S = 1.0
+    WAIT_S = 2.0
+    STUCK_S = 5.0
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.problems: list[str] = ["not checked yet"]
+        self.flight = _SingleFlight("readyz", self._check)
+
+    def _check(self) -> None:
+        problems = []
+        try:
+            with self.runtime.db.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO status_snapshot (key, value, updated_at) VALUES ('readyz', '{}', ?)"
+                    " ON CONFLICT (key) DO UPDATE SET updated_at = excluded.updated_at",
+                    (time.time(),),
+                )
+            depth = self.runtime.outbox.depth(max_age_s=1.0)
+            limit = self.runtime.settings.max_queue
+            if depth >= limit:
+                problems.append(f"outbox holds {depth} operations (MAX_QUEUE {limit})")
+        except Exception as exc:  # sqlite3 or psycopg errors alike
+            problems.append(f"outbox not writable: {type(exc).__name__}: {str(exc)[:200]}")
+        self.problems = problems
+
+    async def current(self) -> list[str]:
+        """The problems (none = ready): at most one check runs, however many probes arrive."""
+        await self.flight.wait(self.FRESH_S, self.WAIT_S)
+        stuck = self.flight.running_for()
+        if stuck > self.STUCK_S:
+            return [f"outbox check has not answered for {stuck:.0f} s"]
+        return list(self.problems)
+
+
+class CustomerioProbe:
+    """Customer.io's state for ``/healthz`` and ``/api/status``: credentials, reachability, last error.
+
+    With delivery running in this process the state comes from delivery's own requests (a probe
+    would only add traffic). Without it (``--role ingest``) Customer.io is asked at most every
+    30 s, one check at a time, in the background: no request waits for it. No personal data.
+    """
+
+    MAX_AGE_S = _READY_CACHE_S
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.state: dict[str, Any] = {
+            "credentials": "unknown", "reachable": None, "checked_at": None, "last_error": None,
+        }
+        self.flight = _SingleFlight("customerio-probe", self._check)
+        self._seen: dict[str, int] = {}
+
+    def _check(self) -> None:
+        state: dict[str, Any] = {"checked_at": time.time()}
+        try:
+            self.runtime.client.account_region()
+            state.update(credentials="ok", reachable=True, last_error=None)
+        except AuthError:
+            state.update(credentials="rejected", reachable=True, last_error="Customer.io rejected the credentials")
+        except httpx.HTTPStatusError as exc:
+            state.update(reachable=True, last_error=f"HTTP {exc.response.status_code}")
+        except Exception as exc:  # no answer, a bad answer, a failed region lookup
+            state.update(reachable=False, last_error=f"unreachable: {type(exc).__name__}")
+        self.state = {**self.state, **state}
+
+    def _from_delivery(self, auth_error: str | None, by_status: dict[str, int]) -> None:
+        """What the delivery requests since the last look say."""
+        new = {key: count for key, count in by_status.items() if count > self._seen.get(key, 0)}
+        self._seen = by_status
+        state: dict[str, Any] = {}
+        if new:
+            answered = sorted(int(key) for key in new if key.isdigit())
+            state["checked_at"] = time.time()
+            state["reachable"] = bool(answered)
+            failed = [code for code in answered if code >= 400]
+            if not answered:
+                state["last_error"] = "unreachable: no answer to delivery requests"
+            elif failed:
+                state["last_error"] = f"HTTP {failed[-1]}"
+            if any(200 <= code < 300 for code in answered):
+                state["credentials"] = "ok"
+        if auth_error:
+            state.update(credentials="rejected", last_error="Customer.io rejected the credentials")
+        self.state = {**self.state, **state}
+
+    def view(self) -> dict[str, Any]:
+        """The last known state (event loop only: may start a background check)."""
+        deliverer = self.runtime.current_deliverer
+        if deliverer is None:
+            self.flight.refresh(self.MAX_AGE_S)
+        else:
+            self._from_delivery(deliverer.auth_error, dict(deliverer.stats.requests_by_status))
+        return dict(self.state)
+
+
+_EMAIL = re.compile(r"[^\s@\"'<>(),;:]+@[^\s@\"'<>(),;:]+")
+
+
+def scrub(text: str | None) -> str | None:
+    """A text for the open endpoints: email addresses replaced (an upstream error may quote one)."""
+    return _EMAIL.sub("<email>", text) if text else text
 
 
 # -- the app ---------------------------------------------------------------------------
@@ -255,14 +473,19 @@ def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -
     proxy = PostHogProxy(settings.posthog_host, timeout_s=settings.posthog_timeout_s, drop_authorization=auth.token or None) \
         if settings.posthog_host else None
     # SQLite: concurrent requests share one commit; PostgreSQL commits them side by side
-    ingest = runtime.ingestor.ingest if runtime.db.shared else GroupCommitter(runtime.ingestor).ingest
-    ready_cache: dict[str, Any] = {"at": 0.0, "ok": False, "reason": "not checked yet"}
+    commit_events = runtime.ingestor.ingest if runtime.db.shared else GroupCommitter(runtime.ingestor).ingest
+    readiness = Readiness(runtime)
+    probe = CustomerioProbe(runtime)
+    if auth.ops_guarded and not auth.ops_token:
+        log.warning("only WEBHOOK_SIGNING_SECRET is set: the operations endpoints answer 401 until OPS_TOKEN is set")
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if deliver:
             runtime.deliverer(pause_on_auth_error=True, on_delivered=metrics.observe_delivered).start()
         sampler.start()
+        await readiness.current()
+        probe.view()
         log.info("serving; delivery %s to %s", "on" if deliver else "off", runtime.sandbox.url if runtime.sandbox else "Customer.io")
         try:
             yield
@@ -275,6 +498,8 @@ def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -
             sampler.stop()
             if proxy is not None:
                 await proxy.aclose()
+            readiness.flight.close()
+            probe.flight.close()
 
     app = FastAPI(
         title="posthog-customerio",
@@ -288,6 +513,7 @@ def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -
     app.state.metrics = metrics
     app.state.requests = requests_log
     app.add_middleware(BrowserCors, origins=settings.cors_origin_list, proxying=proxy is not None)
+    app.add_middleware(OpsGuard, auth=auth, proxying=proxy is not None)
 
     @app.exception_handler(HttpError)
     async def _http_error(request: Request, exc: HttpError) -> JSONResponse:
@@ -311,7 +537,7 @@ def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -
 
     async def store(events: list[Any], source: str) -> Any:
         try:
-            report = await run_in_threadpool(ingest, events, source)
+            report = await run_in_threadpool(commit_events, events, source)
         except DATABASE_ERRORS as exc:
             log.error("cannot write to the outbox: %s", exc)
             raise HttpError(503, f"outbox unavailable: {exc}", {"Retry-After": "10"}) from None
@@ -401,7 +627,7 @@ def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -
             await run_in_threadpool(auth.check_signature, request, raw)
         events = await run_in_threadpool(parse_events, request, raw, source, header_ok, v1)
         try:
-            report = await run_in_threadpool(ingest, events, source)
+            report = await run_in_threadpool(commit_events, events, source)
         except DATABASE_ERRORS as exc:
             log.error("cannot write to the outbox: %s", exc)
             raise HttpError(503, f"outbox unavailable: {exc}", {"Retry-After": "10"}) from None
@@ -429,17 +655,20 @@ def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -
         app.add_api_route(
             "/webhook", webhook, methods=["POST"],
             summary="PostHog webhook / Hog destination body, plugin-style or export-style events",
+            responses=apidoc.INGEST_RESPONSES, openapi_extra=apidoc.INGEST_BODY,
         )
         for path in _CAPTURE_PATHS:
             for variant in (path, path + "/"):
                 app.add_api_route(
                     variant, capture, methods=["POST"], summary="PostHog capture API",
                     include_in_schema=not variant.endswith("/"),
+                    responses=apidoc.INGEST_RESPONSES, openapi_extra=apidoc.INGEST_BODY,
                 )
         for variant in (_CAPTURE_V1_PATH, _CAPTURE_V1_PATH + "/"):
             app.add_api_route(
                 variant, capture_v1, methods=["POST"], include_in_schema=not variant.endswith("/"),
                 summary="PostHog capture v1 (posthog-python capture_mode=\"v1\"): {\"batch\": [...]}, Bearer token",
+                responses=apidoc.INGEST_RESPONSES, openapi_extra=apidoc.INGEST_BODY,
             )
         if proxy is None:
             _add_standalone_posthog_routes(app, settings.max_body_bytes)
@@ -448,52 +677,44 @@ def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -
                          "/static/{rest:path}", "/i/{rest:path}"):
                 app.add_api_route(path, forward, methods=_FORWARDED_METHODS, include_in_schema=False)
 
-    @app.get("/healthz", summary="Liveness (and delivery state)")
-    def healthz() -> JSONResponse:
+    @app.get("/healthz", summary="Liveness, delivery state and Customer.io's state (no personal data)",
+             responses=apidoc.HEALTH_RESPONSES)
+    async def healthz() -> JSONResponse:
         deliverer = runtime.current_deliverer
         health = {
             "status": "ok",
             "delivery": deliverer.state if deliverer else "off",
-            "auth_error": deliverer.auth_error if deliverer else None,
+            "auth_error": scrub(deliverer.auth_error) if deliverer else None,
+            "customerio": probe.view(),
             **(deliverer.health() if deliverer else {}),
         }
         if health["delivery"] == "down":  # every worker died (the supervisor keeps restarting them)
             health["status"] = "degraded"
         return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
 
-    @app.get("/readyz", summary="Readiness: outbox writable, Customer.io reachable, credentials good")
-    def readyz() -> JSONResponse:
-        problems = []
-        try:
-            with runtime.db.transaction() as conn:
-                conn.execute(
-                    "INSERT INTO status_snapshot (key, value, updated_at) VALUES ('readyz', '{}', ?)"
-                    " ON CONFLICT (key) DO UPDATE SET updated_at = excluded.updated_at",
-                    (time.time(),),
-                )
-        except Exception as exc:  # sqlite3 or psycopg errors alike
-            problems.append(f"outbox not writable: {type(exc).__name__}: {exc}")
-        deliverer = runtime.current_deliverer
-        if deliverer is not None and deliverer.auth_error:
-            problems.append(f"Customer.io: {deliverer.auth_error}")
-        elif not _customerio_ok(runtime, ready_cache):
-            problems.append(f"Customer.io: {ready_cache['reason']}")
-        status = 503 if problems else 200
-        return JSONResponse({"ready": not problems, "problems": problems}, status_code=status)
+    @app.get("/readyz", summary="Readiness: can accept events (outbox writable, below MAX_QUEUE)",
+             responses=apidoc.READY_RESPONSES)
+    async def readyz() -> JSONResponse:
+        problems = await readiness.current()
+        return JSONResponse({"ready": not problems, "problems": problems}, status_code=503 if problems else 200)
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse,
+             responses=apidoc.METRICS_RESPONSES)
     def metrics_endpoint() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.get("/api/status", summary="Throughput, queue, errors and dead letters as JSON")
-    def api_status() -> JSONResponse:
-        return JSONResponse(build_status(runtime, sampler))
+    @app.get("/api/status", summary="Throughput, queue, errors and dead letters as JSON",
+             responses=apidoc.STATUS_RESPONSES)
+    async def api_status() -> JSONResponse:
+        status = await run_in_threadpool(build_status, runtime, sampler)
+        return JSONResponse({**status, "customerio": probe.view()})
 
-    @app.get("/api/dead-letters", summary="Dead-lettered operations")
+    @app.get("/api/dead-letters", summary="Dead-lettered operations", responses=apidoc.DEAD_LETTER_RESPONSES)
     def api_dead_letters(limit: int = 100) -> JSONResponse:
         return JSONResponse(dead_letter_rows(runtime, max(1, min(limit, 10_000))))
 
-    @app.post("/api/dead-letters/retry", summary="Re-queue dead letters: {} for all, or {\"ids\": [...]} (JSON only)")
+    @app.post("/api/dead-letters/retry", summary="Re-queue dead letters: {} for all, or {\"ids\": [...]} (JSON only)",
+              responses=apidoc.RETRY_RESPONSES, openapi_extra=apidoc.RETRY_BODY)
     async def api_retry(request: Request) -> JSONResponse:
         if not request.headers.get("content-type", "").lower().startswith("application/json"):
             # a JSON content type cannot be sent cross-site without a CORS preflight (which we never allow)
@@ -511,13 +732,21 @@ def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -
             runtime.current_deliverer.notify()
         return JSONResponse({"requeued": count})
 
-    @app.get("/status", response_class=HTMLResponse, summary="Status page")
+    @app.get("/status", response_class=HTMLResponse, summary="Status page", responses=apidoc.PAGE_RESPONSES)
     def status_page() -> HTMLResponse:
         page = resources.files("posthog_customerio").joinpath("static/status.html").read_text()
         return HTMLResponse(page)
 
     if ingest and proxy is not None:  # last: this service's own /api/* routes match first
         app.add_api_route("/api/{rest:path}", forward, methods=_FORWARDED_METHODS, include_in_schema=False)
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = apidoc.add_ops_security(generate_openapi(), is_ops_path)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
@@ -583,27 +812,15 @@ def _add_standalone_posthog_routes(app: FastAPI, limit: int) -> None:
         for method in ("GET", "POST"):
             for variant in (path, path + "/"):
                 app.add_api_route(variant, handler, methods=[method], include_in_schema=variant == path, summary=summary,
-                                  operation_id=f"{path.strip('/')}_{method.lower()}" if variant == path else None)
+                                  operation_id=f"{path.strip('/')}_{method.lower()}" if variant == path else None,
+                                  responses=apidoc.error_responses(400, 413) if method == "POST" else None)
     app.add_api_route("/array/{token}/config", remote_config, methods=["GET"],
                       summary="posthog-js remote config (standalone: every remote feature off)")
-    app.add_api_route("/array/{token}/config.js", remote_config_js, methods=["GET"],
-                      summary="posthog-js remote config script (standalone: every remote feature off)")
+    app.add_api_route("/array/{token}/config.js", remote_config_js, methods=["GET"], response_class=Response,
+                      summary="posthog-js remote config script (standalone: every remote feature off)",
+                      responses={200: {"description": "A script", "content": {"application/javascript": {
+                          "schema": {"type": "string"}}}}})
     for path in ("/s", "/s/"):
         app.add_api_route(path, recordings, methods=["POST"], include_in_schema=path == "/s",
-                          summary="Session recordings (standalone: accepted and dropped)")
-
-
-def _customerio_ok(runtime: Runtime, cache: dict[str, Any]) -> bool:
-    """Credentials check against Customer.io, cached for 30 s."""
-    now = time.monotonic()
-    if now - cache["at"] < _READY_CACHE_S:
-        return bool(cache["ok"])
-    try:
-        runtime.client.account_region()
-        cache.update(ok=True, reason="")
-    except AuthError as exc:
-        cache.update(ok=False, reason=str(exc))
-    except (httpx.HTTPError, ValueError) as exc:
-        cache.update(ok=False, reason=f"unreachable: {type(exc).__name__}")
-    cache["at"] = now
-    return bool(cache["ok"])
+                          summary="Session recordings (standalone: accepted and dropped)",
+                          responses=apidoc.error_responses(400, 413))

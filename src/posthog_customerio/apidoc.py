@@ -1,0 +1,187 @@
+"""What ``/openapi.json`` documents beyond what FastAPI infers from the handlers.
+
+The receivers read their raw bodies (gzip, base64 forms, several event shapes), so
+their request bodies, every error answer and the operations endpoints' security are
+described here and attached to the routes in :mod:`posthog_customerio.server`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ERROR_SCHEMA", "INGEST_BODY", "INGEST_RESPONSES", "RETRY_BODY", "RETRY_RESPONSES", "OPS_SECURITY",
+    "add_ops_security", "error_responses", "json_response",
+]
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string", "description": "What was wrong, in one line"}},
+}
+_ERROR_REF = {"$ref": "#/components/schemas/Error"}
+
+_DESCRIPTIONS = {
+    400: "Malformed body or event (nothing stored)",
+    401: "Missing or wrong credentials",
+    413: "Body over MAX_BODY_BYTES (before or after decompression)",
+    415: "Unsupported Content-Encoding or content type",
+    503: "Outbox full (MAX_QUEUE) or unavailable; retry after Retry-After seconds",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """``{"error": ...}`` answers for these status codes."""
+    return {
+        code: {"description": _DESCRIPTIONS[code], "content": {"application/json": {"schema": _ERROR_REF}}}
+        for code in codes
+    }
+
+
+def json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON response object."""
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_PROPERTIES = {"type": "object", "additionalProperties": True}
+_EVENT = {
+    "type": "object",
+    "description": "One PostHog event: export/capture style (`event`, `distinct_id`, `properties`, `timestamp`,"
+    " `uuid`, `$set`, `$set_once`) or a webhook / Hog destination body (`event` object + `person`)",
+    "properties": {
+        "event": {"oneOf": [{"type": "string"}, {"type": "object", "additionalProperties": True}]},
+        "distinct_id": {"type": "string"},
+        "uuid": {"type": "string"},
+        "timestamp": {"oneOf": [{"type": "string"}, {"type": "number"}]},
+        "properties": _PROPERTIES,
+        "person": _PROPERTIES,
+        "$set": _PROPERTIES,
+        "$set_once": _PROPERTIES,
+        "api_key": {"type": "string", "description": "Capture paths: WEBHOOK_TOKEN, when no Bearer header is sent"},
+    },
+    "additionalProperties": True,
+}
+_PAYLOAD = {
+    "description": "One event, an array of events, or a capture batch `{\"batch\": [...]}`",
+    "oneOf": [
+        {"$ref": "#/components/schemas/Event"},
+        {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+        {
+            "type": "object",
+            "required": ["batch"],
+            "properties": {
+                "batch": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+                "api_key": {"type": "string"},
+            },
+            "additionalProperties": True,
+        },
+    ],
+}
+_RAW = {"type": "string", "format": "binary"}
+
+INGEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "JSON; also gzip (`Content-Encoding: gzip` or `?compression=gzip-js`),"
+        " posthog-js's `data=<base64 JSON>` form, or base64 (`?compression=base64`)",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/Payload"}},
+            "text/plain": {"schema": {"type": "string", "description": "JSON text"}},
+            "application/x-www-form-urlencoded": {
+                "schema": {"type": "object", "properties": {"data": {"type": "string"}}},
+            },
+            "application/octet-stream": {"schema": _RAW},
+        },
+    },
+}
+INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: json_response("Every event committed to the outbox", {
+        "type": "object",
+        "required": ["status", "accepted", "operations"],
+        "properties": {
+            "status": {"type": "integer", "enum": [1]},
+            "accepted": {"type": "integer", "minimum": 0, "description": "Events stored"},
+            "operations": {"type": "integer", "minimum": 0, "description": "Customer.io operations enqueued"},
+        },
+    }),
+    **error_responses(400, 401, 413, 415, 503),
+}
+
+RETRY_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": False,
+        "description": "`{}` (or no body) re-queues every dead letter; `{\"ids\": [...]}` only these",
+        "content": {"application/json": {"schema": {
+            "type": "object",
+            "properties": {"ids": {"type": "array", "items": {"type": "integer"}}},
+        }}},
+    },
+}
+RETRY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: json_response("Dead letters re-queued", {
+        "type": "object", "required": ["requeued"], "properties": {"requeued": {"type": "integer", "minimum": 0}},
+    }),
+    **error_responses(400, 413, 415),
+}
+
+OPS_SECURITY: list[dict[str, list[str]]] = [{"opsBearer": []}, {"opsBasic": []}]
+_SECURITY_SCHEMES = {
+    "opsBearer": {"type": "http", "scheme": "bearer", "description": "OPS_TOKEN (else WEBHOOK_TOKEN)"},
+    "opsBasic": {"type": "http", "scheme": "basic", "description": "Any user name, OPS_TOKEN as the password"},
+}
+
+_STATUS_SCHEMA = {"type": "object", "additionalProperties": True}
+HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: json_response("The process is alive", {
+        "type": "object",
+        "required": ["status", "delivery"],
+        "properties": {
+            "status": {"type": "string"},
+            "delivery": {"type": "string"},
+            "auth_error": {"type": ["string", "null"]},
+            "customerio": {"type": "object", "additionalProperties": True},
+        },
+    }),
+}
+_READY = {
+    "type": "object",
+    "required": ["ready", "problems"],
+    "properties": {"ready": {"type": "boolean"}, "problems": {"type": "array", "items": {"type": "string"}}},
+}
+READY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: json_response("Ready to accept events", _READY),
+    503: json_response("Not ready: the outbox is not writable or is full", _READY),
+}
+METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Prometheus text exposition format",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
+}
+STATUS_RESPONSES: dict[int | str, dict[str, Any]] = {200: json_response("The status report", _STATUS_SCHEMA)}
+DEAD_LETTER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: json_response("The oldest dead letters", {"type": "array", "items": _STATUS_SCHEMA}),
+}
+PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The status page", "content": {"text/html": {"schema": {"type": "string"}}}},
+}
+
+
+def add_ops_security(spec: dict[str, Any], is_ops_path: Any) -> dict[str, Any]:
+    """Schemas, security schemes, and a 401 answer on every operations endpoint, in a generated spec."""
+    components = spec.setdefault("components", {})
+    components.setdefault("schemas", {}).update({"Error": ERROR_SCHEMA, "Event": _EVENT, "Payload": _PAYLOAD})
+    components.setdefault("securitySchemes", {}).update(_SECURITY_SCHEMES)
+    for path, operations in spec.get("paths", {}).items():
+        if not is_ops_path(path):
+            continue
+        for operation in operations.values():
+            operation["security"] = OPS_SECURITY
+            operation.setdefault("responses", {}).update({
+                "401": {
+                    "description": "Missing or wrong operations token",
+                    "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+                    "content": {"application/json": {"schema": _ERROR_REF}},
+                },
+            })
+    return spec
