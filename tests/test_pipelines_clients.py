@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from posthog_customerio import pipelines as pl
+from posthog_customerio.output import pipelines as pl
 from posthog_customerio.customerio import Outcome
 from posthog_customerio.sandbox import SandboxServer
 
