@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from .. import __version__
-from ..operations import MAX_BATCH_BYTES, MAX_OP_BYTES
+from ..operations import MAX_BATCH_BYTES, MAX_OP_BYTES, Kind
 from ..outbox import Claimed
 from .base import AUTH_STATUSES, RETRY_AFTER_MAX_S, AuthError, Outcome, SendResult, Unit, classify
 from .track_v1 import has_v1_equivalent, v1_body_text, v1_request
@@ -92,9 +92,9 @@ class TrackClient:
         """``POST /api/v2/batch`` with already-encoded operations (in order)."""
         return self.request("POST", BATCH_PATH, batch_body(payload_texts))
 
-    def send_v1(self, payload: dict[str, Any]) -> SendResult:
-        """Send one neutral operation through the matching v1 endpoint."""
-        method, path, body = v1_request(payload)
+    def send_v1(self, payload: dict[str, Any], kind: Kind = "person") -> SendResult:
+        """Send one neutral operation of ``kind`` through the matching v1 endpoint."""
+        method, path, body = v1_request(payload, kind)
         return self.request(method, path, v1_body_text(body))
 
 

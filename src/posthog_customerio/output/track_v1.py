@@ -45,9 +45,8 @@ def _person_path(identifiers: dict[str, str]) -> str:
     return _encode(identifiers["id"])
 
 
-def v1_request(payload: dict[str, Any], kind: Kind | None = None) -> tuple[str, str, dict[str, Any] | None]:
-    """Translate a neutral operation (its ``kind``, by default its ``type``) into the v1 ``(method, path, body)``."""
-    kind = kind if kind is not None else payload.get("type", "person")
+def v1_request(payload: dict[str, Any], kind: Kind = "person") -> tuple[str, str, dict[str, Any] | None]:
+    """Translate a neutral operation of ``kind`` into the v1 ``(method, path, body)``."""
     action = payload["action"]
     if kind == "anonymous":
         body = {"anonymous_id": payload["anonymous_id"], "name": payload["name"], "type": action,
