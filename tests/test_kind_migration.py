@@ -4,6 +4,7 @@ through the right endpoint."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -19,15 +20,58 @@ from .conftest import API_KEY, SITE_ID
 
 pytestmark = pytest.mark.e2e
 
-ANONYMOUS = '{"type":"anonymous","action":"event","anonymous_id":"visitor-1","name":"viewed","id":"01HZZZZZZZZZZZZZZZZZZZZZZA","timestamp":1704067200,"attributes":{}}'
-PERSON = '{"type":"person","identifiers":{"id":"user-1"},"action":"identify","timestamp":1704067200,"attributes":{"plan":"pro"}}'
-OBJECT = '{"type":"object","identifiers":{"object_type_id":"1","object_id":"acme"},"action":"identify","attributes":{"seats":3}}'
-DEAD = '{"type":"anonymous","action":"page","anonymous_id":"visitor-2","name":"https://x.io/","id":"01HZZZZZZZZZZZZZZZZZZZZZZB","timestamp":1704067200,"attributes":{}}'
+
+def _old_text(payload: dict[str, Any]) -> str:
+    """A payload as the release before the kind column stored it (compact JSON, ``type`` first)."""
+    return json.dumps(payload, separators=(",", ":"))
+
+
+ANONYMOUS = _old_text(
+    {
+        "type": "anonymous",
+        "action": "event",
+        "anonymous_id": "visitor-1",
+        "name": "viewed",
+        "id": "01HZZZZZZZZZZZZZZZZZZZZZZA",
+        "timestamp": 1704067200,
+        "attributes": {},
+    }
+)
+PERSON = _old_text(
+    {
+        "type": "person",
+        "identifiers": {"id": "user-1"},
+        "action": "identify",
+        "timestamp": 1704067200,
+        "attributes": {"plan": "pro"},
+    }
+)
+OBJECT = _old_text(
+    {
+        "type": "object",
+        "identifiers": {"object_type_id": "1", "object_id": "acme"},
+        "action": "identify",
+        "attributes": {"seats": 3},
+    }
+)
+DEAD = _old_text(
+    {
+        "type": "anonymous",
+        "action": "page",
+        "anonymous_id": "visitor-2",
+        "name": "https://x.io/",
+        "id": "01HZZZZZZZZZZZZZZZZZZZZZZB",
+        "timestamp": 1704067200,
+        "attributes": {},
+    }
+)
 #: (the object's real key starts with NUL, which PostgreSQL text refuses: a plain key here)
 QUEUED = [("visitor-1", ANONYMOUS), ("user-1", PERSON), ("object:1:acme", OBJECT)]
 INSERT_OLD = "INSERT INTO outbox (person_key, payload, size, enqueued_at) VALUES (?,?,?,?)"
-DEAD_OLD = ("INSERT INTO dead_letters (seq, person_key, payload, reason, status, attempts, enqueued_at, failed_at)"
-            " VALUES (99, 'visitor-2', ?, 'HTTP 500', 500, 1, 0, 0)")
+DEAD_OLD = (
+    "INSERT INTO dead_letters (seq, person_key, payload, reason, status, attempts, enqueued_at, failed_at)"
+    " VALUES (99, 'visitor-2', ?, 'HTTP 500', 500, 1, 0, 0)"
+)
 
 
 def _old_sqlite(path: Path) -> None:
@@ -48,7 +92,10 @@ def _old_postgres(url: str) -> None:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        conn.execute(
+            "CREATE TABLE schema_migrations"
+            " (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
         for number, script in enumerate(db_module._PG_MIGRATIONS[:3], start=1):
             for statement in filter(str.strip, script.split(";")):
                 conn.execute(statement)
@@ -63,8 +110,12 @@ def test_rows_queued_before_the_kind_column_still_deliver(
     backend: str, sandbox: SandboxServer, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     values: dict[str, Any] = {
-        "customerio_site_id": SITE_ID, "customerio_api_key": API_KEY, "customerio_track_url": sandbox.url,
-        "posthog_customerio_data_dir": tmp_path / "data", "customerio_max_rps": 1000, "customerio_api": "v2",
+        "customerio_site_id": SITE_ID,
+        "customerio_api_key": API_KEY,
+        "customerio_track_url": sandbox.url,
+        "posthog_customerio_data_dir": tmp_path / "data",
+        "customerio_max_rps": 1000,
+        "customerio_api": "v2",
     }
     if backend == "sqlite":
         (tmp_path / "data").mkdir()
@@ -77,7 +128,10 @@ def test_rows_queued_before_the_kind_column_still_deliver(
     with Runtime(load_settings(values)) as runtime:
         claimed = runtime.outbox.claim(10, 100_000, 32_000)
         assert sorted((item.person_key, item.kind) for item in claimed) == [
-            ("object:1:acme", "object"), ("user-1", "person"), ("visitor-1", "anonymous")]
+            ("object:1:acme", "object"),
+            ("user-1", "person"),
+            ("visitor-1", "anonymous"),
+        ]
         runtime.outbox.unclaim(claimed)
         (letter,) = runtime.outbox.dead_letters()
         assert letter.kind == "anonymous"

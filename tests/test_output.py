@@ -25,30 +25,97 @@ DEVICE = {"token": "tok/1", "platform": "ios", "last_used": 5}
 
 #: (kind, neutral payload, expected v1 (method, path, body)); None: no v1 equivalent
 V1_CASES: list[tuple[Kind, dict[str, Any], tuple[str, str, dict[str, Any] | None] | None]] = [
-    ("person", {"type": "person", "identifiers": PERSON, "action": "identify", "timestamp": 7, "attributes": {"a": 1.0, "l": [1]}},
-     ("PUT", "/api/v1/customers/u1", {"a": 1, "l": "[1]", "id": "u1", "_timestamp": 7})),
-    ("person", {"type": "person", "identifiers": {"email": "a@b.io"}, "action": "identify", "attributes": {}},
-     ("PUT", "/api/v1/customers/a%40b.io", {"email": "a@b.io"})),
-    ("person", {"type": "person", "identifiers": PERSON, "action": "event", "name": "paid", "id": "01H", "timestamp": 9,
-                "attributes": {"x": 1}},
-     ("POST", "/api/v1/customers/u1/events", {"name": "paid", "type": "event", "data": {"x": 1}, "id": "01H", "timestamp": 9})),
-    ("person", {"type": "person", "identifiers": PERSON, "action": "page", "name": "https://x.io/"},
-     ("POST", "/api/v1/customers/u1/events", {"name": "https://x.io/", "type": "page", "data": {}})),
-    ("anonymous", {"type": "anonymous", "action": "screen", "anonymous_id": "v1", "name": "Home", "id": "01J", "timestamp": 3,
-                   "attributes": {"k": "v"}},
-     ("POST", "/api/v1/events", {"anonymous_id": "v1", "name": "Home", "type": "screen", "data": {"k": "v"}, "id": "01J",
-                                 "timestamp": 3})),
-    ("person", {"type": "person", "action": "merge", "primary": PERSON, "secondary": {"id": "anon"}},
-     ("POST", "/api/v1/merge_customers", {"primary": PERSON, "secondary": {"id": "anon"}})),
+    (
+        "person",
+        {
+            "type": "person",
+            "identifiers": PERSON,
+            "action": "identify",
+            "timestamp": 7,
+            "attributes": {"a": 1.0, "l": [1]},
+        },
+        ("PUT", "/api/v1/customers/u1", {"a": 1, "l": "[1]", "id": "u1", "_timestamp": 7}),
+    ),
+    (
+        "person",
+        {"type": "person", "identifiers": {"email": "a@b.io"}, "action": "identify", "attributes": {}},
+        ("PUT", "/api/v1/customers/a%40b.io", {"email": "a@b.io"}),
+    ),
+    (
+        "person",
+        {
+            "type": "person",
+            "identifiers": PERSON,
+            "action": "event",
+            "name": "paid",
+            "id": "01H",
+            "timestamp": 9,
+            "attributes": {"x": 1},
+        },
+        (
+            "POST",
+            "/api/v1/customers/u1/events",
+            {"name": "paid", "type": "event", "data": {"x": 1}, "id": "01H", "timestamp": 9},
+        ),
+    ),
+    (
+        "person",
+        {"type": "person", "identifiers": PERSON, "action": "page", "name": "https://x.io/"},
+        ("POST", "/api/v1/customers/u1/events", {"name": "https://x.io/", "type": "page", "data": {}}),
+    ),
+    (
+        "anonymous",
+        {
+            "type": "anonymous",
+            "action": "screen",
+            "anonymous_id": "v1",
+            "name": "Home",
+            "id": "01J",
+            "timestamp": 3,
+            "attributes": {"k": "v"},
+        },
+        (
+            "POST",
+            "/api/v1/events",
+            {"anonymous_id": "v1", "name": "Home", "type": "screen", "data": {"k": "v"}, "id": "01J", "timestamp": 3},
+        ),
+    ),
+    (
+        "person",
+        {"type": "person", "action": "merge", "primary": PERSON, "secondary": {"id": "anon"}},
+        ("POST", "/api/v1/merge_customers", {"primary": PERSON, "secondary": {"id": "anon"}}),
+    ),
     ("person", {"type": "person", "identifiers": PERSON, "action": "delete"}, ("DELETE", "/api/v1/customers/u1", None)),
-    ("person", {"type": "person", "identifiers": PERSON, "action": "suppress"}, ("POST", "/api/v1/customers/u1/suppress", None)),
-    ("person", {"type": "person", "identifiers": PERSON, "action": "add_device", "device": DEVICE},
-     ("PUT", "/api/v1/customers/u1/devices", {"device": {"id": "tok/1", "platform": "ios", "last_used": 5}})),
-    ("person", {"type": "person", "identifiers": PERSON, "action": "delete_device", "device": {"token": "tok/1"}},
-     ("DELETE", "/api/v1/customers/u1/devices/tok%2F1", None)),
-    ("person", {"type": "person", "identifiers": PERSON, "action": "add_relationships",
-                "cio_relationships": [{"identifiers": {"object_type_id": "1", "object_id": "o"}}]}, None),
-    ("object", {"type": "object", "identifiers": {"object_type_id": "1", "object_id": "o"}, "action": "identify"}, None),
+    (
+        "person",
+        {"type": "person", "identifiers": PERSON, "action": "suppress"},
+        ("POST", "/api/v1/customers/u1/suppress", None),
+    ),
+    (
+        "person",
+        {"type": "person", "identifiers": PERSON, "action": "add_device", "device": DEVICE},
+        ("PUT", "/api/v1/customers/u1/devices", {"device": {"id": "tok/1", "platform": "ios", "last_used": 5}}),
+    ),
+    (
+        "person",
+        {"type": "person", "identifiers": PERSON, "action": "delete_device", "device": {"token": "tok/1"}},
+        ("DELETE", "/api/v1/customers/u1/devices/tok%2F1", None),
+    ),
+    (
+        "person",
+        {
+            "type": "person",
+            "identifiers": PERSON,
+            "action": "add_relationships",
+            "cio_relationships": [{"identifiers": {"object_type_id": "1", "object_id": "o"}}],
+        },
+        None,
+    ),
+    (
+        "object",
+        {"type": "object", "identifiers": {"object_type_id": "1", "object_id": "o"}, "action": "identify"},
+        None,
+    ),
 ]
 
 
@@ -71,11 +138,28 @@ def test_v1_encoder_takes_the_kind_from_the_operation_not_the_payload() -> None:
 #: (kind, neutral payload) -> the v2 batch item is the neutral text itself
 V2_CASES: list[tuple[Kind, dict[str, Any]]] = [
     ("person", {"type": "person", "identifiers": PERSON, "action": "identify", "attributes": {"plan": "pro"}}),
-    ("person", {"type": "person", "identifiers": PERSON, "action": "event", "name": "é", "id": "01H", "timestamp": 1,
-                "attributes": {"n": None}}),
+    (
+        "person",
+        {
+            "type": "person",
+            "identifiers": PERSON,
+            "action": "event",
+            "name": "é",
+            "id": "01H",
+            "timestamp": 1,
+            "attributes": {"n": None},
+        },
+    ),
     ("person", {"type": "person", "action": "merge", "primary": PERSON, "secondary": {"id": "a"}}),
-    ("object", {"type": "object", "identifiers": {"object_type_id": "1", "object_id": "o"}, "action": "identify",
-                "attributes": {"seats": 5}}),
+    (
+        "object",
+        {
+            "type": "object",
+            "identifiers": {"object_type_id": "1", "object_id": "o"},
+            "action": "identify",
+            "attributes": {"seats": 5},
+        },
+    ),
 ]
 
 
@@ -100,7 +184,9 @@ def claimed(seq: int, kind: Kind, payload: dict[str, Any]) -> Claimed:
 MIXED = [
     claimed(1, "person", {"type": "person", "identifiers": PERSON, "action": "event", "name": "a"}),
     claimed(2, "anonymous", {"type": "anonymous", "action": "event", "anonymous_id": "v", "name": "b"}),
-    claimed(3, "object", {"type": "object", "identifiers": {"object_type_id": "1", "object_id": "o"}, "action": "identify"}),
+    claimed(
+        3, "object", {"type": "object", "identifiers": {"object_type_id": "1", "object_id": "o"}, "action": "identify"}
+    ),
     claimed(4, "anonymous", {"type": "anonymous", "action": "page", "anonymous_id": "w", "name": "c"}),
 ]
 
@@ -117,7 +203,11 @@ def test_v2_output_sends_one_batch_then_each_anonymous_event_through_v1() -> Non
     requests: list[httpx.Request] = []
     output = TrackV2Output(_client(requests))
     units = output.units(MIXED)
-    assert [([item.seq for item in unit.items], unit.batch) for unit in units] == [([1, 3], True), ([2], False), ([4], False)]
+    assert [([item.seq for item in unit.items], unit.batch) for unit in units] == [
+        ([1, 3], True),
+        ([2], False),
+        ([4], False),
+    ]
     assert all(output.send(unit).outcome is Outcome.OK for unit in units)
     assert [request.url.path for request in requests] == ["/api/v2/batch", "/api/v1/events", "/api/v1/events"]
     assert [item["action"] for item in json.loads(requests[0].content)["batch"]] == ["event", "identify"]
@@ -126,16 +216,20 @@ def test_v2_output_sends_one_batch_then_each_anonymous_event_through_v1() -> Non
 
 def test_v1_output_sends_one_request_per_operation_and_objects_as_a_batch_of_one() -> None:
     requests: list[httpx.Request] = []
-    relationship = claimed(5, "person", {"type": "person", "identifiers": PERSON, "action": "add_relationships",
-                                         "cio_relationships": []})
+    relationship = claimed(
+        5, "person", {"type": "person", "identifiers": PERSON, "action": "add_relationships", "cio_relationships": []}
+    )
     output = TrackV1Output(_client(requests))
     units = output.units([*MIXED, relationship])
     assert [unit.batch for unit in units] == [False, False, True, False, False]
     for unit in units:
         assert output.send(unit).outcome is Outcome.OK
     assert [(request.method, request.url.path) for request in requests] == [
-        ("POST", "/api/v1/customers/u1/events"), ("POST", "/api/v1/events"), ("POST", "/api/v2/batch"),
-        ("POST", "/api/v1/events"), ("POST", "/api/v2/batch"),  # no v1 equivalent: v2, alone
+        ("POST", "/api/v1/customers/u1/events"),
+        ("POST", "/api/v1/events"),
+        ("POST", "/api/v2/batch"),
+        ("POST", "/api/v1/events"),
+        ("POST", "/api/v2/batch"),  # no v1 equivalent: v2, alone
     ]
     assert output.claim_size(1000, 0.01) == 500  # five seconds of requests at 100/s
 
@@ -163,7 +257,11 @@ def test_mapping_gives_every_operation_its_kind() -> None:
     states: dict[str, PersonState] = {}
     kinds = []
     for raw in (
-        {"event": "$pageview", "distinct_id": "anon-1", "properties": {"$is_identified": False, "$current_url": "https://x.io"}},
+        {
+            "event": "$pageview",
+            "distinct_id": "anon-1",
+            "properties": {"$is_identified": False, "$current_url": "https://x.io"},
+        },
         {"event": "$groupidentify", "distinct_id": "u1", "properties": {"$group_type": "company", "$group_key": "c1"}},
         {"event": "paid", "distinct_id": "u1", "properties": {"$groups": {"company": "c1"}}},
     ):
@@ -179,10 +277,28 @@ def test_mapping_gives_every_operation_its_kind() -> None:
 
 
 def test_adopted_anonymous_events_become_person_events_with_the_same_dedupe_id() -> None:
-    anonymous = Operation("anon-1", {"type": "anonymous", "action": "page", "anonymous_id": "anon-1", "name": "https://x.io",
-                                     "id": "01H", "timestamp": 5, "attributes": {"k": 1}}, kind="anonymous")
+    anonymous = Operation(
+        "anon-1",
+        {
+            "type": "anonymous",
+            "action": "page",
+            "anonymous_id": "anon-1",
+            "name": "https://x.io",
+            "id": "01H",
+            "timestamp": 5,
+            "attributes": {"k": 1},
+        },
+        kind="anonymous",
+    )
     person = Operation("anon-1", {"type": "person", "identifiers": {"id": "anon-1"}, "action": "identify"})
     (adopted,) = adopted_events([anonymous, person], {"id": "u1"}, "u1")
     assert adopted.kind == "person" and adopted.person_key == "u1"
-    assert adopted.payload == {"type": "person", "identifiers": {"id": "u1"}, "action": "page", "name": "https://x.io",
-                               "id": "01H", "timestamp": 5, "attributes": {"k": 1}}
+    assert adopted.payload == {
+        "type": "person",
+        "identifiers": {"id": "u1"},
+        "action": "page",
+        "name": "https://x.io",
+        "id": "01H",
+        "timestamp": 5,
+        "attributes": {"k": 1},
+    }

@@ -35,19 +35,43 @@ NONE: dict[str, Any] = {"ack": [], "dead": [], "release": [], "halves": None, "a
 #: (case, unit size, answer, expected verdict)
 CASES: list[tuple[str, int, SendResult, dict[str, Any]]] = [
     ("200 acks everything", 3, SendResult(Outcome.OK, 200), {**NONE, "ack": [0, 1, 2]}),
-    ("207 dead-letters the listed items, acks the rest", 3,
-     SendResult(Outcome.PARTIAL, 207, item_errors={1: {"reason": "invalid", "batch_index": 1}, 7: {"reason": "x"}}),
-     {**NONE, "ack": [0, 2], "dead": [(1, "invalid", 207)]}),
-    ("a message wins over a reason", 1, SendResult(Outcome.PARTIAL, 207, item_errors={0: {"message": "m", "reason": "r"}}),
-     {**NONE, "dead": [(0, "m", 207)]}),
-    ("a refused batch is halved", 5, SendResult(Outcome.PERMANENT, 400, "bad"), {**NONE, "halves": [[0, 1], [2, 3, 4]]}),
-    ("a refused single operation is dead-lettered", 1, SendResult(Outcome.PERMANENT, 422, "no"),
-     {**NONE, "dead": [(0, "HTTP 422: no", 422)]}),
+    (
+        "207 dead-letters the listed items, acks the rest",
+        3,
+        SendResult(Outcome.PARTIAL, 207, item_errors={1: {"reason": "invalid", "batch_index": 1}, 7: {"reason": "x"}}),
+        {**NONE, "ack": [0, 2], "dead": [(1, "invalid", 207)]},
+    ),
+    (
+        "a message wins over a reason",
+        1,
+        SendResult(Outcome.PARTIAL, 207, item_errors={0: {"message": "m", "reason": "r"}}),
+        {**NONE, "dead": [(0, "m", 207)]},
+    ),
+    (
+        "a refused batch is halved",
+        5,
+        SendResult(Outcome.PERMANENT, 400, "bad"),
+        {**NONE, "halves": [[0, 1], [2, 3, 4]]},
+    ),
+    (
+        "a refused single operation is dead-lettered",
+        1,
+        SendResult(Outcome.PERMANENT, 422, "no"),
+        {**NONE, "dead": [(0, "HTTP 422: no", 422)]},
+    ),
     ("5xx releases and pauses", 2, SendResult(Outcome.TRANSIENT, 503), {**NONE, "release": [0, 1], "held": True}),
-    ("network errors release and pause", 2, SendResult(Outcome.TRANSIENT, error="ConnectError: refused"),
-     {**NONE, "release": [0, 1], "held": True}),
-    ("401 releases and pauses on credentials", 2, SendResult(Outcome.AUTH, 401, error="Site ID or API key invalid"),
-     {**NONE, "release": [0, 1], "auth": "Site ID or API key invalid"}),
+    (
+        "network errors release and pause",
+        2,
+        SendResult(Outcome.TRANSIENT, error="ConnectError: refused"),
+        {**NONE, "release": [0, 1], "held": True},
+    ),
+    (
+        "401 releases and pauses on credentials",
+        2,
+        SendResult(Outcome.AUTH, 401, error="Site ID or API key invalid"),
+        {**NONE, "release": [0, 1], "auth": "Site ID or API key invalid"},
+    ),
 ]
 
 

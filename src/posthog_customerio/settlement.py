@@ -43,7 +43,7 @@ class Backoff:
         self.failures += 1
         if retry_after is not None and math.isfinite(retry_after):
             return max(0.0, retry_after)
-        ceiling = min(self.cap, self.base * 2 ** (self.failures - 1))
+        ceiling = min(self.cap, self.base * 2.0 ** (self.failures - 1))
         return ceiling / 2 + random.uniform(0, ceiling / 2)
 
     def reset(self) -> None:
@@ -93,8 +93,10 @@ class Settlement:
                 middle = len(items) // 2
                 return Verdict(halves=(items[:middle], items[middle:]))
             described = result.describe()
-            return Verdict(dead=[(item, described, result.status, result.body) for item in items],
-                           errors=(f"dead-lettered: {described}",))
+            return Verdict(
+                dead=[(item, described, result.status, result.body) for item in items],
+                errors=(f"dead-lettered: {described}",),
+            )
         message = result.error or result.describe()
         if result.outcome is Outcome.AUTH:
             return Verdict(release=items, reason=result.describe(), auth_error=message, errors=(message,))

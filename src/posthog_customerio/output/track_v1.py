@@ -49,8 +49,12 @@ def v1_request(payload: dict[str, Any], kind: Kind = "person") -> tuple[str, str
     """Translate a neutral operation of ``kind`` into the v1 ``(method, path, body)``."""
     action = payload["action"]
     if kind == "anonymous":
-        body = {"anonymous_id": payload["anonymous_id"], "name": payload["name"], "type": action,
-                "data": payload.get("attributes") or {}}
+        body = {
+            "anonymous_id": payload["anonymous_id"],
+            "name": payload["name"],
+            "type": action,
+            "data": payload.get("attributes") or {},
+        }
         for key in ("id", "timestamp"):
             if key in payload:
                 body[key] = payload[key]
@@ -58,10 +62,14 @@ def v1_request(payload: dict[str, Any], kind: Kind = "person") -> tuple[str, str
     if kind != "person":
         raise ValueError(f"no v1 equivalent for {kind} operations")
     if action == "merge":
-        return "POST", "/api/v1/merge_customers", {
-            "primary": payload["primary"],
-            "secondary": payload["secondary"],
-        }
+        return (
+            "POST",
+            "/api/v1/merge_customers",
+            {
+                "primary": payload["primary"],
+                "secondary": payload["secondary"],
+            },
+        )
     identifiers = payload["identifiers"]
     base = f"/api/v1/customers/{_person_path(identifiers)}"
     if action == "identify":
