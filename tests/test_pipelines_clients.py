@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from posthog_customerio.output import pipelines as pl
-from posthog_customerio.customerio import Outcome
+from posthog_customerio.output.base import Outcome
 from posthog_customerio.sandbox import SandboxServer
 
 KEY = "sandbox"
