@@ -219,7 +219,7 @@ def request_header_bytes() -> int:
     Measured from the client's own header set (Basic auth, User-Agent, ...) for the
     sandbox's host; a real host name adds a few bytes.
     """
-    from posthog_customerio.customerio import TrackClient
+    from posthog_customerio.output.track import TrackClient
 
     with TrackClient(SITE_ID, API_KEY, "http://127.0.0.1:18765") as client:
         request = client._http.build_request("POST", "/api/v2/batch", content=b"{}")

@@ -12,18 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from posthog_customerio import customerio
-from posthog_customerio.customerio import (
-    REGION_URLS,
-    AuthError,
-    Outcome,
-    SendResult,
-    TrackClient,
-    classify,
-    parse_retry_after,
-    resolve_track_url,
-    v1_request,
-)
+from posthog_customerio.output import track
+from posthog_customerio.output.base import AuthError, Outcome, SendResult, classify, parse_retry_after
+from posthog_customerio.output.track import REGION_URLS, TrackClient, resolve_track_url
+from posthog_customerio.output.track_v1 import v1_request
 
 SITE = "site-abc-1234"
 KEY = "key-SECRET-5678"
@@ -359,7 +351,7 @@ def _forbid_network(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: Any, **kwargs: Any) -> TrackClient:
         raise AssertionError("resolve_track_url must not call Customer.io here")
 
-    monkeypatch.setattr(customerio, "TrackClient", boom)
+    monkeypatch.setattr(track, "TrackClient", boom)
 
 
 @pytest.mark.parametrize(
@@ -384,7 +376,7 @@ def _patch_transport(monkeypatch: pytest.MonkeyPatch, recorder: Recorder) -> Non
     def make(site_id: str, api_key: str, base_url: str, **kwargs: Any) -> TrackClient:
         return real(site_id, api_key, base_url, **{**kwargs, "transport": httpx.MockTransport(recorder)})
 
-    monkeypatch.setattr(customerio, "TrackClient", make)
+    monkeypatch.setattr(track, "TrackClient", make)
 
 
 def test_resolve_track_url_auto(monkeypatch: pytest.MonkeyPatch) -> None:

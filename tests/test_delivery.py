@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from posthog_customerio.config import load_settings
-from posthog_customerio.customerio import AuthError
+from posthog_customerio.output.base import AuthError
 from posthog_customerio.delivery import Backoff
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from posthog_customerio import pipelines as pl
-from posthog_customerio.customerio import AuthError, Outcome
+from posthog_customerio.output import pipelines as pl
+from posthog_customerio.output.base import AuthError, Outcome
 from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.sandbox.pipelines import MAX_CALL_BYTES as SANDBOX_CALL_BYTES
 

@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from posthog_customerio import pipelines as pl
-from posthog_customerio.customerio import Outcome
+from posthog_customerio.output import pipelines as pl
+from posthog_customerio.output.base import Outcome
 from posthog_customerio.sandbox import SandboxServer
 
 KEY = "sandbox"

@@ -76,6 +76,16 @@ _MIGRATIONS: list[str] = [
     """
     CREATE INDEX IF NOT EXISTS outbox_person_key ON outbox (person_key);
     """,
+    # 6: an operation's kind is data (person, anonymous, object); rows queued before it are
+    # backfilled once from their payload, which then always began with its type
+    """
+    ALTER TABLE outbox ADD COLUMN kind TEXT NOT NULL DEFAULT 'person';
+    ALTER TABLE dead_letters ADD COLUMN kind TEXT NOT NULL DEFAULT 'person';
+    UPDATE outbox SET kind = 'anonymous' WHERE payload LIKE '{"type":"anonymous"%';
+    UPDATE outbox SET kind = 'object' WHERE payload LIKE '{"type":"object"%';
+    UPDATE dead_letters SET kind = 'anonymous' WHERE payload LIKE '{"type":"anonymous"%';
+    UPDATE dead_letters SET kind = 'object' WHERE payload LIKE '{"type":"object"%';
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -232,6 +242,16 @@ _PG_MIGRATIONS: list[str] = [
         next_slot DOUBLE PRECISION NOT NULL DEFAULT 0,
         hold_until DOUBLE PRECISION NOT NULL DEFAULT 0
     )
+    """,
+    # 4: an operation's kind is data (person, anonymous, object); rows queued before it are
+    # backfilled once from their payload, which then always began with its type
+    """
+    ALTER TABLE outbox ADD COLUMN IF NOT EXISTS kind TEXT NOT NULL DEFAULT 'person';
+    ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS kind TEXT NOT NULL DEFAULT 'person';
+    UPDATE outbox SET kind = 'anonymous' WHERE payload LIKE '{"type":"anonymous"%';
+    UPDATE outbox SET kind = 'object' WHERE payload LIKE '{"type":"object"%';
+    UPDATE dead_letters SET kind = 'anonymous' WHERE payload LIKE '{"type":"anonymous"%';
+    UPDATE dead_letters SET kind = 'object' WHERE payload LIKE '{"type":"object"%'
     """,
 ]
 _MIGRATION_LOCK = 7_274_135_001  # pg_advisory_lock key: one replica migrates at a time

@@ -1,18 +1,14 @@
 """Delivery workers: outbox -> Customer.io, with batching, retries and rate limiting.
 
-Each worker claims the oldest deliverable operations (per-person order is kept by
-the outbox), packs them into one v2 ``/api/v2/batch`` request by bytes (or sends
-them one by one through v1), and settles them from the answer:
-
-* 200: acknowledged; 207: the listed items dead-lettered, the rest acknowledged;
-* 400/404/413/422 on a batch: split in halves to isolate the bad operation, which
-  is dead-lettered with the response;
-* network errors, 408, 429, 5xx: kept queued, every worker waits (exponential
-  backoff with jitter, or ``Retry-After`` when Customer.io sends it, clamped to
-  ``[0, RETRY_AFTER_MAX_S]``); with PostgreSQL the pause and the rate limit are
-  shared by every replica (:mod:`.pacing`);
-* 401/403: delivery stops (``send``) or pauses and re-checks the credentials
-  (``serve``); nothing is dropped.
+A :class:`Deliverer` is the worker pool: each worker claims the oldest deliverable
+operations (per-person order is kept by the outbox), lets the configured output
+(:mod:`.output`, ``CUSTOMERIO_API``) split them into requests, sends those in order
+and applies what the settlement policy (:mod:`.settlement`) decides for each answer:
+acknowledge, dead-letter, halve and retry, or release and pause every worker
+(``Retry-After`` clamped to ``[0, RETRY_AFTER_MAX_S]``; with PostgreSQL the pause and
+the rate limit are shared by every replica, :mod:`.pacing`). On 401/403 delivery
+stops (``send``) or pauses and one worker re-checks the credentials (``serve``);
+nothing is dropped.
 
 A supervisor thread restarts a worker that dies for any reason (counted, reported
 by ``/healthz`` and ``/metrics``).
@@ -20,10 +16,8 @@ by ``/healthz`` and ``/metrics``).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import random
 import threading
 import time
 from collections import Counter, deque
@@ -31,15 +25,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .customerio import AuthError, Outcome, SendResult, TrackClient
-from .operations import MAX_BATCH_BYTES, MAX_OP_BYTES
 from .outbox import Claimed, Outbox
+from .output.base import AuthError, Output, SendResult, Unit
+from .settlement import Backoff, Settlement, Verdict
 
-__all__ = ["Deliverer", "DeliveryStats", "Pacer", "RateLimiter", "Backoff"]
+__all__ = ["Backoff", "Deliverer", "DeliveryStats", "Pacer", "RateLimiter"]
 
 log = logging.getLogger(__name__)
 
-_BATCH_ENVELOPE = len('{"batch":[]}')
 #: no pause is ever longer than this, whatever computed it (a wait of ``inf`` raises OverflowError)
 MAX_HOLD_S = 3600.0
 
@@ -131,36 +124,13 @@ class RateLimiter:
 
 
 @dataclass(slots=True)
-class Backoff:
-    """Exponential backoff with jitter: ``base * 2**n`` capped, randomised in [½, 1]."""
-
-    base: float = 0.5
-    cap: float = 60.0
-    failures: int = 0
-
-    def next_delay(self, retry_after: float | None = None) -> float:
-        """Delay after one more failure; ``Retry-After`` wins when given."""
-        self.failures += 1
-        if retry_after is not None and math.isfinite(retry_after):
-            return max(0.0, retry_after)
-        ceiling = min(self.cap, self.base * 2 ** (self.failures - 1))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-    def reset(self) -> None:
-        """A success: start over."""
-        self.failures = 0
-
-
-@dataclass(slots=True)
 class DeliveryStats:
     """Counters for one Deliverer (summary lines, status page, metrics)."""
 
     requests: int = 0
     requests_by_status: Counter[str] = field(default_factory=Counter)
     delivered: int = 0
-    dead_lettered: int = 0
     retries: int = 0
-    bytes_sent: int = 0
     last_error: str | None = None
     last_error_at: float | None = None
     recent_errors: deque[tuple[float, str]] = field(default_factory=lambda: deque(maxlen=20))
@@ -171,18 +141,17 @@ class DeliveryStats:
 
 
 class Deliverer:
-    """A pool of worker threads draining an :class:`Outbox` into Customer.io."""
+    """A pool of worker threads draining an :class:`Outbox` into Customer.io through one output."""
 
     def __init__(
         self,
         outbox: Outbox,
-        client: TrackClient,
+        output: Output,
         *,
-        api: str = "v2",
         concurrency: int = 4,
         max_rps: float = 100.0,
-        max_batch_bytes: int = MAX_BATCH_BYTES,
-        max_op_bytes: int = MAX_OP_BYTES,
+        max_batch_bytes: int | None = None,
+        max_op_bytes: int | None = None,
         max_batch_items: int = 1000,
         backoff: Backoff | None = None,
         pause_on_auth_error: bool = False,
@@ -194,14 +163,13 @@ class Deliverer:
         supervise_s: float = 0.5,
     ) -> None:
         self.outbox = outbox
-        self.client = client
-        self.api = api
+        self.output = output
         self.concurrency = concurrency
         self.limiter: Pacer = pacer if pacer is not None else RateLimiter(max_rps)
-        self.max_batch_bytes = max_batch_bytes - _BATCH_ENVELOPE
-        self.max_op_bytes = max_op_bytes
+        self.max_batch_bytes = output.max_batch_bytes if max_batch_bytes is None else max_batch_bytes
+        self.max_op_bytes = output.max_op_bytes if max_op_bytes is None else max_op_bytes
         self.max_batch_items = max_batch_items
-        self.backoff = backoff or Backoff()
+        self.settlement = Settlement(backoff)
         self.pause_on_auth_error = pause_on_auth_error
         self.auth_retry_s = auth_retry_s
         self.idle_poll_s = idle_poll_s
@@ -210,7 +178,8 @@ class Deliverer:
         self.stats = DeliveryStats()
         self.auth_error: str | None = None
         self._stats_lock = threading.Lock()
-        self._backoff_lock = threading.Lock()
+        #: held by the one worker that re-checks rejected credentials
+        self._recheck = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -268,7 +237,7 @@ class Deliverer:
         """A worker's whole life: whatever kills it is recorded (the supervisor restarts it)."""
         try:
             self._work()
-        except BaseException as exc:  # noqa: BLE001 - any death, reported and restarted
+        except BaseException as exc:
             log.error("delivery worker %s died: %s: %s", threading.current_thread().name, type(exc).__name__, exc,
                       exc_info=not isinstance(exc, MemoryError))
             with self._stats_lock:
@@ -345,6 +314,9 @@ class Deliverer:
             time.sleep(0.05)
 
     # -- the worker ------------------------------------------------------------
+    def _claim_size(self) -> int:
+        return self.output.claim_size(self.max_batch_items, self.limiter.interval)
+
     def _work(self) -> None:
         lingered = False
         while not self._stop.is_set():
@@ -382,126 +354,62 @@ class Deliverer:
                 self._stop.wait(1.0)
 
     def _deliver(self, items: list[Claimed]) -> None:
-        if self.api == "v1":
-            self._send_v1(items)
-            return
-        # anonymous events exist only in v1; everything else goes in one v2 batch.
-        # Operations that depend on anonymous events are never in the same claim.
-        v1_only = [item for item in items if item.payload.startswith('{"type":"anonymous"')]
-        batch = [item for item in items if not item.payload.startswith('{"type":"anonymous"')]
-        if batch and self._send_v2(batch) in (Outcome.TRANSIENT, Outcome.AUTH):
-            self.outbox.release(v1_only, "held back: the batch before it was not delivered")
-            return
-        if v1_only:
-            self._send_v1(v1_only)
+        """Send a claim's units in order; once one is not delivered, the rest stay queued."""
+        units = self.output.units(items)
+        for position, unit in enumerate(units):
+            if not self._send(unit):
+                rest = [item for later in units[position + 1 :] for item in later.items]
+                self.outbox.release(rest, "held back: the request before it was not delivered")
+                return
 
-    def _claim_size(self) -> int:
-        """v2: up to ``max_batch_items``; v1: what a few seconds of requests can send."""
-        if self.api == "v1":
-            return max(1, min(self.max_batch_items, int(5 / self.limiter.interval)))
-        return self.max_batch_items
-
-    def _pace(self) -> bool:
-        """Take a request slot; False (release the claim) while a back-off is in force."""
-        return self.limiter.take(self._stop)
-
-    def _send_v2(self, items: Sequence[Claimed]) -> Outcome:
-        if not self._pace():
-            self.outbox.release(items, "not sent: stopping or backing off")
-            return Outcome.TRANSIENT
-        body_bytes = sum(item.size for item in items) + len(items) - 1 + _BATCH_ENVELOPE
-        result = self.client.send_batch([item.payload for item in items])
-        self._count(result, body_bytes)
-        if result.outcome is Outcome.OK:
-            self._accepted(items)
-        elif result.outcome is Outcome.PARTIAL:
-            self._partially_accepted(items, result)
-        elif result.outcome is Outcome.PERMANENT:
-            self._rejected(items, result)
-        else:
-            self._not_delivered(items, result)
-        return result.outcome
-
-    def _partially_accepted(self, items: Sequence[Claimed], result: SendResult) -> None:
-        failed = []
-        for index, error in result.item_errors.items():
-            if 0 <= index < len(items):
-                reason = str(error.get("message") or error.get("reason") or "rejected by Customer.io")
-                failed.append((items[index], reason, result.status, json.dumps(error)))
-        failed_seqs = {item.seq for item, *_ in failed}
-        self.outbox.dead_letter(failed)
-        for _, reason, *_ in failed[:3]:
-            self._note_error(f"dead-lettered: {reason}")
-        self._accepted([item for item in items if item.seq not in failed_seqs], dead=len(failed))
-
-    def _rejected(self, items: Sequence[Claimed], result: SendResult) -> None:
-        """A whole request was refused: isolate the bad operation by halving."""
-        if len(items) == 1:
-            self.outbox.dead_letter([(items[0], result.describe(), result.status, result.body)])
-            self._note_error(f"dead-lettered: {result.describe()}")
-            with self._stats_lock:
-                self.stats.dead_lettered += 1
-            return
-        middle = len(items) // 2
-        first, second = items[:middle], items[middle:]
-        if self._send_v2(first) in (Outcome.TRANSIENT, Outcome.AUTH):
+    def _send(self, unit: Unit) -> bool:
+        """Send one unit and apply the verdict; True when nothing of it stays queued."""
+        if not self.limiter.take(self._stop):
+            self.outbox.release(unit.items, "not sent: stopping or backing off")
+            return False
+        result = self.output.send(unit)
+        self._count(result)
+        verdict = self.settlement.settle(unit, result)
+        self._apply(verdict, result)
+        if verdict.halves is None:
+            return verdict.delivered
+        first, second = verdict.halves
+        if not self._send(Unit(first, unit.batch)):
             self.outbox.release(second, "held back: an earlier part of the batch was not delivered")
-            return
-        self._send_v2(second)
+            return False
+        return self._send(Unit(second, unit.batch))
 
-    def _send_v1(self, items: Sequence[Claimed]) -> None:
-        for position, item in enumerate(items):
-            if not self._pace():
-                self.outbox.release(items[position:], "not sent: stopping or backing off")
-                return
-            payload = json.loads(item.payload)
-            try:
-                result = self.client.send_v1(payload)
-            except ValueError:  # no v1 equivalent (objects, ...): use v2 for this one
-                if self._send_v2([item]) in (Outcome.TRANSIENT, Outcome.AUTH):
-                    self.outbox.release(items[position + 1 :], "held back")
-                    return
-                continue
-            self._count(result, item.size)
-            if result.outcome in (Outcome.OK, Outcome.PARTIAL):
-                self._accepted([item])
-            elif result.outcome is Outcome.PERMANENT:
-                self._rejected([item], result)
-            else:
-                self._not_delivered(items[position:], result)
-                return
-
-    # -- settling helpers --------------------------------------------------------
-    def _accepted(self, items: Sequence[Claimed], dead: int = 0) -> None:
-        self.outbox.ack(items)
-        if self.on_delivered is not None and items:
-            self.on_delivered(items)
-        with self._stats_lock:
-            self.stats.delivered += len(items)
-            self.stats.dead_lettered += dead
-        with self._backoff_lock:
-            self.backoff.reset()
-
-    def _not_delivered(self, items: Sequence[Claimed], result: SendResult) -> None:
-        self.outbox.release(items, result.describe())
-        if result.outcome is Outcome.AUTH:
+    def _apply(self, verdict: Verdict, result: SendResult) -> None:
+        """Carry out a verdict: pauses first (no other worker takes released rows before), then outbox writes."""
+        if verdict.auth_error is not None:
             if self.auth_error is None:
-                self._note_error(result.error or result.describe())
-            self.auth_error = result.error or result.describe()
+                self._note_error(verdict.auth_error)
+            self.auth_error = verdict.auth_error
+        else:
+            for message in verdict.errors:
+                self._note_error(message)
+        if verdict.hold_s is not None:
+            with self._stats_lock:
+                self.stats.retries += len(verdict.release)
+            self.limiter.hold_for(verdict.hold_s)
+        if verdict.dead:
+            self.outbox.dead_letter(verdict.dead)
+        if verdict.ack:
+            self.outbox.ack(verdict.ack)
+            if self.on_delivered is not None:
+                self.on_delivered(verdict.ack)
+            with self._stats_lock:
+                self.stats.delivered += len(verdict.ack)
+        if verdict.release:
+            self.outbox.release(verdict.release, verdict.reason)
+        if verdict.auth_error is not None:
             log.error("Customer.io rejected the credentials: delivery paused, %d operations kept", self.outbox.depth())
-            return
-        self._note_error(result.error or result.describe())
-        with self._backoff_lock:
-            delay = self.backoff.next_delay(result.retry_after)
-        with self._stats_lock:
-            self.stats.retries += len(items)
-        self.limiter.hold_for(delay)
-        log.warning("Customer.io unavailable (%s); retrying in %.1fs", result.describe()[:120], delay)
+        elif verdict.hold_s is not None:
+            log.warning("Customer.io unavailable (%s); retrying in %.1fs", result.describe()[:120], verdict.hold_s)
 
-    def _count(self, result: SendResult, sent_bytes: int) -> None:
+    def _count(self, result: SendResult) -> None:
         with self._stats_lock:
             self.stats.requests += 1
-            self.stats.bytes_sent += sent_bytes
             self.stats.requests_by_status[str(result.status or "error")] += 1
 
     def _note_error(self, message: str) -> None:
@@ -511,19 +419,22 @@ class Deliverer:
             self.stats.recent_errors.append((self.stats.last_error_at, self.stats.last_error))
 
     def _wait_for_credentials(self) -> None:
-        """While paused on 401/403: stop (``send``) or re-check every ``auth_retry_s``."""
-        if not self.pause_on_auth_error or threading.current_thread().name != "delivery-0":
-            self._stop.wait(self.idle_poll_s)  # one worker re-checks; the others wait for it
-            return
-        if self._stop.wait(self.auth_retry_s):
+        """While paused on 401/403: stop (``send``), or one worker re-checks every ``auth_retry_s``."""
+        if not self.pause_on_auth_error or not self._recheck.acquire(blocking=False):
+            self._stop.wait(self.idle_poll_s)  # another worker re-checks; this one waits for it
             return
         try:
-            self.client.account_region()
-        except AuthError:
-            log.error("credentials still rejected; next check in %.0fs", self.auth_retry_s)
-            return
-        except Exception as exc:  # network trouble: try again later
-            log.warning("credential check failed: %s", exc)
-            return
-        log.info("credentials accepted again: delivery resumes")
-        self.auth_error = None
+            if self._stop.wait(self.auth_retry_s) or not self.auth_error:
+                return
+            try:
+                self.output.check_credentials()
+            except AuthError:
+                log.error("credentials still rejected; next check in %.0fs", self.auth_retry_s)
+                return
+            except Exception as exc:  # network trouble: try again later
+                log.warning("credential check failed: %s", exc)
+                return
+            log.info("credentials accepted again: delivery resumes")
+            self.auth_error = None
+        finally:
+            self._recheck.release()

@@ -37,13 +37,13 @@ from json.encoder import encode_basestring_ascii as _encode_string
 import re
 from collections import Counter
 from datetime import datetime, timezone
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import limits
 from .ids import event_ulid
-from .operations import Operation, encode_payload
+from .operations import Kind, Operation, encode_payload
 from .sources import PostHogEvent, to_unix_seconds
 from .state import PersonState
 
@@ -53,6 +53,7 @@ __all__ = [
     "MappingConfig",
     "Mapped",
     "map_event",
+    "adopted_events",
     "involved_distinct_ids",
     "is_email",
     "value_digest",
@@ -611,7 +612,7 @@ def _group_identify(event: PostHogEvent, config: MappingConfig, result: Mapped) 
                                "action": "identify"}
     if attributes:
         payload["attributes"] = attributes
-    result.operations.append(Operation(_object_key(type_id, key), payload))
+    result.operations.append(Operation(_object_key(type_id, key), payload, kind="object"))
 
 
 def _group_state_key(group_type: str, key: Any) -> str:
@@ -646,7 +647,7 @@ def _hog_group_operations(event: PostHogEvent, book: _Book, config: MappingConfi
                                    "action": "identify"}
         if changed:
             payload["attributes"] = changed
-        operations.append(Operation(_object_key(type_id, key), payload))
+        operations.append(Operation(_object_key(type_id, key), payload, kind="object"))
     return operations
 
 
@@ -696,7 +697,7 @@ def _event_fields(event: PostHogEvent, config: MappingConfig, result: Mapped) ->
 
 
 def _event_op(person_key: str, payload: dict[str, Any], data: dict[str, Any], config: MappingConfig,
-              result: Mapped) -> Operation:
+              result: Mapped, kind: Kind = "person") -> Operation:
     """The operation for an event payload, its data fitted to Customer.io's limits.
 
     The payload is encoded once; that text goes to the outbox as is. Only an event
@@ -705,17 +706,17 @@ def _event_op(person_key: str, payload: dict[str, Any], data: dict[str, Any], co
     payload["attributes"] = data
     text = encode_payload(payload)
     if not config.truncate or len(text) <= _FAST_OP_CHARS:  # chars ≤ bytes ≤ 4 × chars: surely within
-        return Operation(person_key, payload, text=text)
+        return Operation(person_key, payload, text=text, kind=kind)
     size = len(text.encode())
     if size <= limits.MAX_OP_BYTES:
-        return Operation(person_key, payload, text=text)
+        return Operation(person_key, payload, text=text, kind=kind)
     del payload["attributes"]
     overhead = limits.json_len(payload) + 20
     fitted, dropped = limits.fit_event_data(data, min(limits.MAX_EVENT_DATA_BYTES, limits.MAX_OP_BYTES - overhead))
     result.notes["limits_truncated"] += len(dropped)
     fitted["_truncated_properties"] = dropped
     payload["attributes"] = fitted
-    return Operation(person_key, payload)
+    return Operation(person_key, payload, kind=kind)
 
 
 #: an operation this many characters long is under 32,000 UTF-8 bytes whatever its characters
@@ -738,7 +739,30 @@ def _anonymous_event_operation(
     action, name, data = _event_fields(event, config, result)
     payload: dict[str, Any] = {"type": "anonymous", "action": action, "anonymous_id": state.distinct_id,
                                "name": name, "id": event_ulid(event), "timestamp": event.timestamp_s}
-    return _event_op(state.distinct_id, payload, data, config, result)
+    return _event_op(state.distinct_id, payload, data, config, result, kind="anonymous")
+
+
+def adopted_events(
+    anonymous: Sequence[Operation], identifiers: dict[str, str], person_key: str
+) -> list[Operation]:
+    """A visitor's still-queued anonymous events, as events of the person who identified.
+
+    :func:`map_event` decides what is adopted (``Mapped.adopt``); this builds the
+    person events that replace the queued ones (same action, name, dedupe ``id``,
+    timestamp and data), ordered under ``person_key``. Other kinds are left out.
+    """
+    adopted = []
+    for operation in anonymous:
+        if operation.kind != "anonymous":
+            continue
+        old = operation.payload
+        payload: dict[str, Any] = {"type": "person", "identifiers": identifiers, "action": old["action"],
+                                   "name": old["name"]}
+        for key in ("id", "timestamp", "attributes"):
+            if key in old:
+                payload[key] = old[key]
+        adopted.append(Operation(person_key, payload, kind="person"))
+    return adopted
 
 
 def _event_action_and_name(event: PostHogEvent) -> tuple[str, str]:

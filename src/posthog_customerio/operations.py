@@ -1,30 +1,47 @@
-"""The unit of work between mapping and delivery: one Customer.io v2 entity operation."""
+"""The neutral unit of work between mapping and delivery: one Customer.io operation.
+
+An :class:`Operation` says *what* should happen in Customer.io's data model (a person,
+an anonymous visitor or an object; identify, event, merge, delete, ...), not how an
+output API spells it: each output (:mod:`.output`) has an encoder for it. Its ``kind``
+is data, carried from mapping through the outbox (its own column) to delivery.
+
+The neutral ``payload`` uses Customer.io's entity vocabulary (``identifiers``,
+``action``, ``attributes``, ``name``, ``id`` (dedupe), ``timestamp``, ``anonymous_id``,
+``device``, ``primary``/``secondary``, ``cio_relationships``) and names its kind as
+``type``: for a person or an object that is exactly a Track v2 ``batch`` item, so the
+text encoded once at mapping time is what the v2 output sends (no work at send time),
+while the v1 and Pipelines encoders translate it.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final, Literal
 
-__all__ = ["Operation", "encode_payload", "MAX_OP_BYTES", "MAX_BATCH_BYTES"]
+__all__ = ["KINDS", "MAX_BATCH_BYTES", "MAX_OP_BYTES", "Kind", "Operation", "encode_payload"]
 
 #: Customer.io's per-operation limit for v2 (bytes of the operation's JSON).
 MAX_OP_BYTES = 32_000
 #: Customer.io's per-request limit for ``/api/v2/batch`` (bytes of the whole body).
 MAX_BATCH_BYTES = 500_000
 
+#: what an operation is about: an identified person, an anonymous visitor, or an object (group)
+Kind = Literal["person", "anonymous", "object"]
+KINDS: Final[tuple[Kind, ...]] = ("person", "anonymous", "object")
+
 
 @dataclass(frozen=True, slots=True)
 class Operation:
-    """One Customer.io operation, as the v2 ``batch`` item it becomes.
+    """One neutral Customer.io operation.
 
     ``person_key`` orders delivery: operations with the same key are delivered in
     the order they were enqueued. ``after`` names other keys whose earlier
     operations must be *accepted* first (a merge waits for both people; an identify
     attaching anonymous events waits for those events): such an operation is never
     sent in the same request as an earlier operation of any of its keys.
-    ``payload`` is the v2 entity operation (``type: anonymous`` for anonymous
-    events, which only v1 supports); the v1 client translates it.
+    ``kind`` is set by mapping and stored with the operation; ``payload["type"]``
+    mirrors it.
     """
 
     person_key: str
@@ -32,6 +49,7 @@ class Operation:
     after: tuple[str, ...] = ()
     #: the payload already encoded (:func:`encode_payload`), when the mapping had it
     text: str | None = field(default=None, compare=False, repr=False)
+    kind: Kind = "person"
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -40,10 +58,10 @@ class Operation:
 
     @property
     def action(self) -> str:
-        """The v2 action (identify, event, page, screen, ...)."""
+        """The action (identify, event, page, screen, merge, delete, ...)."""
         return str(self.payload.get("action", ""))
 
 
 def encode_payload(payload: dict[str, Any]) -> str:
-    """Compact JSON text of a payload, the form stored in the outbox and sent."""
+    """Compact JSON text of a payload, the form stored in the outbox."""
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=str)

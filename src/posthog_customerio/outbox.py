@@ -1,7 +1,8 @@
 """Durable queue of Customer.io operations (SQLite, WAL) with a dead-letter table.
 
 Operations are written before any send and deleted only after Customer.io accepted
-them. Workers *claim* operations; a person whose operation is in flight has none of
+them; each row keeps the operation's neutral text and its ``kind`` (the outbox never
+looks inside a payload). Workers *claim* operations; a person whose operation is in flight has none of
 its later operations handed out, so each person's operations reach Customer.io in
 the order they were enqueued. Permanent failures move to ``dead_letters`` with the
 response that rejected them.
@@ -21,9 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .db import Database, PostgresDatabase
-from .operations import Operation, encode_payload
+from .operations import Kind, Operation, encode_payload
 
-__all__ = ["Claimed", "DeadLetter", "Outbox"]
+__all__ = ["Claimed", "DeadLetter", "Outbox", "Queued"]
+
+_INSERT_SQL = "INSERT INTO outbox (person_key, payload, size, enqueued_at, after_keys, kind) VALUES (?,?,?,?,?,?)"
 
 # candidates are read without their payloads (the claim reads many rows; it sends few)
 _CANDIDATES_SQL = (
@@ -97,6 +100,7 @@ class Claimed:
     attempts: int
     enqueued_at: float
     after_keys: str | None = None
+    kind: Kind = "person"
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -118,6 +122,7 @@ class DeadLetter:
     attempts: int
     enqueued_at: float
     failed_at: float
+    kind: Kind = "person"
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form (for ``dead-letters --json`` and the HTTP API)."""
@@ -132,7 +137,17 @@ class DeadLetter:
             "attempts": self.attempts,
             "enqueued_at": self.enqueued_at,
             "failed_at": self.failed_at,
+            "kind": self.kind,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A queued operation read back inside a transaction (to be replaced by others)."""
+
+    seq: int
+    operation: Operation
+    enqueued_at: float
 
 
 class Outbox:
@@ -152,53 +167,50 @@ class Outbox:
 
     # -- writing ---------------------------------------------------------------
     @staticmethod
-    def enqueue(conn: sqlite3.Connection, operations: Iterable[Operation], now: float | None = None) -> int:
+    def enqueue(conn: Any, operations: Iterable[Operation], now: float | None = None) -> int:
         """Append operations inside the caller's transaction; returns how many."""
         stamp = now if now is not None else time.time()
         rows = []
         for operation in operations:
             text = operation.text or encode_payload(operation.payload)
             after = json.dumps(list(operation.after)) if operation.after else None
-            rows.append((operation.person_key, text, len(text.encode()), stamp, after))
-        conn.executemany(
-            "INSERT INTO outbox (person_key, payload, size, enqueued_at, after_keys) VALUES (?,?,?,?,?)", rows
-        )
+            rows.append((operation.person_key, text, len(text.encode()), stamp, after, operation.kind))
+        conn.executemany(_INSERT_SQL, rows)
         return len(rows)
 
-    def adopt_anonymous(self, conn: Any, anonymous_id: str, identifiers: dict[str, str], person_key: str) -> int:
-        """Turn a visitor's still-queued anonymous events into events of a person.
-
-        Inside the caller's transaction: the rows of ``anonymous_id`` that are not in
-        flight are re-queued (at the back) as person events for ``identifiers``,
-        ordered under ``person_key``; they then travel in v2 batches instead of one
-        v1 request each. Returns how many were adopted.
-        """
+    def queued(self, conn: Any, person_key: str, kind: Kind) -> list[Queued]:
+        """Inside the caller's transaction: ``person_key``'s queued operations of ``kind``
+        that are neither in flight here nor leased by a replica, in queue order."""
         now = time.time()
         rows = conn.execute(
-            "SELECT seq, payload, enqueued_at, lease_until FROM outbox WHERE person_key = ? ORDER BY seq",
-            (anonymous_id,),
+            "SELECT seq, payload, enqueued_at, lease_until, after_keys FROM outbox"
+            " WHERE person_key = ? AND kind = ? ORDER BY seq",
+            (person_key, kind),
         ).fetchall()
-        adopted = []
-        for seq, payload, enqueued_at, lease_until in rows:
-            if not payload.startswith('{"type":"anonymous"') or seq in self._in_flight:
+        found = []
+        for seq, payload, enqueued_at, lease_until, after_keys in rows:
+            if seq in self._in_flight or (lease_until is not None and lease_until > now):
                 continue
-            if lease_until is not None and lease_until > now:
-                continue
-            anonymous = json.loads(payload)
-            event = {"type": "person", "identifiers": identifiers, "action": anonymous["action"],
-                     "name": anonymous["name"]}
-            for key in ("id", "timestamp", "attributes"):
-                if key in anonymous:
-                    event[key] = anonymous[key]
-            text = encode_payload(event)
-            adopted.append((seq, (person_key, text, len(text.encode()), enqueued_at, None)))
-        if adopted:
-            conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _ in adopted])
-            conn.executemany(
-                "INSERT INTO outbox (person_key, payload, size, enqueued_at, after_keys) VALUES (?,?,?,?,?)",
-                [row for _, row in adopted],
-            )
-        return len(adopted)
+            after = tuple(json.loads(after_keys)) if after_keys else ()
+            found.append(Queued(seq, Operation(person_key, json.loads(payload), after, payload, kind), enqueued_at))
+        return found
+
+    @staticmethod
+    def replace(conn: Any, old: Sequence[Queued], new: Sequence[Operation]) -> int:
+        """Inside the caller's transaction: delete ``old`` and queue ``new`` (pairwise) at
+        the back, each keeping the enqueue time of the row it replaces; returns how many."""
+        if len(old) != len(new):
+            raise ValueError("replace: one new operation per old one")
+        if not old:
+            return 0
+        rows = []
+        for queued, operation in zip(old, new, strict=True):
+            text = operation.text or encode_payload(operation.payload)
+            after = json.dumps(list(operation.after)) if operation.after else None
+            rows.append((operation.person_key, text, len(text.encode()), queued.enqueued_at, after, operation.kind))
+        conn.executemany("DELETE FROM outbox WHERE seq = ?", [(queued.seq,) for queued in old])
+        conn.executemany(_INSERT_SQL, rows)
+        return len(rows)
 
     def put(self, operations: Iterable[Operation]) -> int:
         """Enqueue operations in their own transaction."""
@@ -260,14 +272,15 @@ class Outbox:
         """Claimed operations for candidate rows, with their payloads (in queue order)."""
         if not rows:
             return []
-        payloads: dict[int, str] = {}
+        payloads: dict[int, tuple[str, Kind]] = {}
         seqs = [row[0] for row in rows]
         for start in range(0, len(seqs), 500):
             chunk = seqs[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            payloads.update(conn.execute(f"SELECT seq, payload FROM outbox WHERE seq IN ({marks})", chunk).fetchall())
+            found = conn.execute(f"SELECT seq, payload, kind FROM outbox WHERE seq IN ({marks})", chunk).fetchall()
+            payloads.update((seq, (payload, kind)) for seq, payload, kind in found)
         return [
-            Claimed(seq, person_key, payloads[seq], size, attempts, enqueued_at, after_keys)
+            Claimed(seq, person_key, payloads[seq][0], size, attempts, enqueued_at, after_keys, payloads[seq][1])
             for seq, person_key, size, attempts, enqueued_at, after_keys, *_ in rows
             if seq in payloads
         ]
@@ -344,10 +357,10 @@ class Outbox:
         with self.db.transaction() as conn:
             conn.executemany(
                 "INSERT INTO dead_letters (seq, person_key, payload, reason, status, response,"
-                " attempts, enqueued_at, failed_at, after_keys) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " attempts, enqueued_at, failed_at, after_keys, kind) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (item.seq, item.person_key, item.payload, reason, status, response,
-                     item.attempts + 1, item.enqueued_at, now, item.after_keys)
+                     item.attempts + 1, item.enqueued_at, now, item.after_keys, item.kind)
                     for item, reason, status, response in failures
                 ],
             )
@@ -398,7 +411,7 @@ class Outbox:
         with self.db.reading() as conn:
             rows = conn.execute(
                 "SELECT id, seq, person_key, payload, reason, status, response, attempts,"
-                " enqueued_at, failed_at FROM dead_letters ORDER BY id LIMIT ?",
+                " enqueued_at, failed_at, kind FROM dead_letters ORDER BY id LIMIT ?",
                 (1 << 62 if limit is None else limit,),
             ).fetchall()
         return [DeadLetter(*row) for row in rows]
@@ -415,7 +428,7 @@ class Outbox:
         (an id that is not a dead letter is left out)."""
         wanted = None if ids is None else list(ids)
         with self.db.transaction() as conn:
-            columns = "id, person_key, payload, after_keys"
+            columns = "id, person_key, payload, after_keys, kind"
             if wanted is None:
                 rows = conn.execute(f"SELECT {columns} FROM dead_letters ORDER BY id").fetchall()
             else:
@@ -425,8 +438,8 @@ class Outbox:
                 ).fetchall()
             now = time.time()
             conn.executemany(
-                "INSERT INTO outbox (person_key, payload, size, enqueued_at, after_keys) VALUES (?,?,?,?,?)",
-                [(key, payload, len(payload.encode()), now, after) for _, key, payload, after in rows],
+                _INSERT_SQL,
+                [(key, payload, len(payload.encode()), now, after, kind) for _, key, payload, after, kind in rows],
             )
             conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(row[0],) for row in rows])
         return [row[0] for row in rows]

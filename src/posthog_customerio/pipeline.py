@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .db import Database
-from .mapping import MappingConfig, involved_distinct_ids, map_event
+from .mapping import MappingConfig, adopted_events, involved_distinct_ids, map_event
 from .operations import Operation
 from .outbox import Outbox
 from .sources import PostHogEvent
@@ -105,9 +105,9 @@ class Ingestor:
                     all_operations.extend(operations)
                     operations = []
                     for anonymous_id, identifiers, person_key in mapped.adopt:
-                        report.notes["anonymous_events_adopted"] += self.outbox.adopt_anonymous(
-                            conn, anonymous_id, identifiers, person_key
-                        )
+                        queued = self.outbox.queued(conn, anonymous_id, "anonymous")
+                        adopted = adopted_events([row.operation for row in queued], identifiers, person_key)
+                        report.notes["anonymous_events_adopted"] += self.outbox.replace(conn, queued, adopted)
             report.persons_added = sum(1 for key in changed if key not in known)
             save_states(conn, changed.values())
             report.operations += self.outbox.enqueue(conn, operations)

@@ -1,4 +1,4 @@
-"""Wiring: build the database, outbox, ingestor, client and workers from settings.
+"""Wiring: build the database, outbox, ingestor, output (``CUSTOMERIO_API``) and workers from settings.
 
 Shared by the CLI commands and the HTTP service so both run the same pipeline.
 """
@@ -17,10 +17,12 @@ from typing import IO
 import httpx
 
 from .config import ConfigError, Settings
-from .customerio import REGION_URLS, AuthError, TrackClient, resolve_track_url
 from .db import PostgresDatabase, open_database
 from .delivery import Deliverer
 from .outbox import Claimed, Outbox
+from .output import OutputContext, create_output
+from .output.base import AuthError, Output
+from .output.track import REGION_URLS, TrackClient, resolve_track_url
 from .pacing import PostgresPacer, workspace_key
 from .pipeline import Ingestor
 
@@ -110,6 +112,10 @@ class Runtime:
             )
         return self._client
 
+    def output(self) -> Output:
+        """The output API chosen by ``CUSTOMERIO_API`` (through :data:`.output.OUTPUTS`)."""
+        return create_output(self.settings.customerio_api, OutputContext(self.settings, lambda: self.client))
+
     @property
     def current_deliverer(self) -> Deliverer | None:
         """The delivery workers if this process started them."""
@@ -133,9 +139,8 @@ class Runtime:
                 self._take_delivery_lock()
             self._deliverer = Deliverer(
                 self.outbox,
-                self.client,
+                self.output(),
                 pacer=self._shared_pacer(),
-                api=self.settings.customerio_api,
                 concurrency=self.settings.delivery_concurrency,
                 max_rps=self.settings.customerio_max_rps,
                 pause_on_auth_error=pause_on_auth_error,

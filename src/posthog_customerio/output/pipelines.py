@@ -21,7 +21,7 @@ relationship attributes in ``traits.relationshipAttributes``, ``properties.objec
 ``properties.objectTypeId`` for ``Relationship Deleted``, ``groupId`` + ``properties.objectTypeId`` for
 ``Object Deleted``; ``alias`` merges ``previousId`` into ``userId``.
 
-Every response is reduced to the same :class:`~posthog_customerio.customerio.SendResult` as the Track
+Every response is reduced to the same :class:`~posthog_customerio.output.base.SendResult` as the Track
 client, so delivery settles both the same way. In strict mode Customer.io does not document per-call errors
 for a batch: a 400 rejects the whole request (the caller splits the batch to isolate the bad call).
 """
@@ -36,20 +36,20 @@ from typing import Any
 
 import httpx
 
-from . import __version__
-from .customerio import AuthError, Outcome, SendResult, classify
+from .. import __version__
+from .base import AuthError, Outcome, SendResult, classify
 
 __all__ = [
     "MAX_CALL_BYTES",
     "MAX_REQUEST_BYTES",
     "PIPELINES_URLS",
+    "SEMANTIC_EVENTS",
     "Packing",
     "PipelinesClient",
-    "SEMANTIC_EVENTS",
     "alias",
+    "delete_person",
     "device_created_or_updated",
     "device_deleted",
-    "delete_person",
     "encode_call",
     "group",
     "identify",
@@ -432,7 +432,7 @@ class PipelinesClient:
     @property
     def batch_overhead(self) -> int:
         """Bytes a request adds besides the calls (the batch-level ``context``), for :func:`pack`."""
-        return len(',"context":'.encode()) + _size(self._context_text)
+        return len(b',"context":') + _size(self._context_text)
 
     def close(self) -> None:
         """Close the connection pool."""

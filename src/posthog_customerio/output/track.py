@@ -1,0 +1,171 @@
+"""Customer.io Track API: the HTTP client (auth, region) and the two Track outputs.
+
+:class:`TrackClient` sends requests and classifies answers (:func:`.base.classify`).
+:class:`TrackV2Output` (``CUSTOMERIO_API=v2``) sends a claim as one v2 batch, and
+anonymous events one v1 request each (v2 has none); :class:`TrackV1Output`
+(``CUSTOMERIO_API=v1``) sends one v1 request per operation, and what v1 cannot
+express (objects, relationships) as a v2 batch of one. The encoders are
+:mod:`.track_v1` and :mod:`.track_v2`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from .. import __version__
+from ..operations import MAX_BATCH_BYTES, MAX_OP_BYTES, Kind
+from ..outbox import Claimed
+from .base import AUTH_STATUSES, RETRY_AFTER_MAX_S, AuthError, Outcome, SendResult, Unit, classify
+from .track_v1 import has_v1_equivalent, v1_body_text, v1_request
+from .track_v2 import BATCH_ENVELOPE, BATCH_PATH, batch_body, batch_item, has_v2_equivalent
+
+__all__ = ["REGION_URLS", "TrackClient", "TrackOutput", "TrackV1Output", "TrackV2Output", "resolve_track_url"]
+
+REGION_URLS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
+
+
+class TrackClient:
+    """A Track API client bound to one workspace (site ID + API key) and base URL."""
+
+    def __init__(
+        self,
+        site_id: str,
+        api_key: str,
+        base_url: str,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        retry_after_max_s: float = RETRY_AFTER_MAX_S,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.retry_after_max_s = retry_after_max_s
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            auth=httpx.BasicAuth(site_id, api_key),
+            timeout=timeout,
+            headers={
+                "User-Agent": f"posthog-customerio/{__version__}",
+                "Content-Type": "application/json",
+            },
+            follow_redirects=False,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> TrackClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def account_region(self) -> dict[str, Any]:
+        """``GET /api/v1/accounts/region``: verifies credentials, returns the region.
+
+        Raises :class:`AuthError` for bad credentials and ``httpx.HTTPError`` for
+        network problems or unexpected answers.
+        """
+        response = self._http.get("/api/v1/accounts/region")
+        if response.status_code in AUTH_STATUSES:
+            raise AuthError("Customer.io rejected the credentials (Site ID or API key invalid)")
+        response.raise_for_status()
+        data = response.json()
+        if not isinstance(data, dict) or "url" not in data:
+            raise httpx.DecodingError("unexpected answer from /api/v1/accounts/region")
+        return data
+
+    def request(self, method: str, path: str, body: str | None) -> SendResult:
+        """Send one request with a pre-encoded JSON body and classify the answer."""
+        try:
+            response = self._http.request(method, path, content=body.encode() if body is not None else None)
+        except httpx.HTTPError as exc:
+            return SendResult(Outcome.TRANSIENT, error=f"{type(exc).__name__}: {exc}")
+        return classify(response, self.retry_after_max_s)
+
+    def send_batch(self, payload_texts: list[str]) -> SendResult:
+        """``POST /api/v2/batch`` with already-encoded operations (in order)."""
+        return self.request("POST", BATCH_PATH, batch_body(payload_texts))
+
+    def send_v1(self, payload: dict[str, Any], kind: Kind = "person") -> SendResult:
+        """Send one neutral operation of ``kind`` through the matching v1 endpoint."""
+        method, path, body = v1_request(payload, kind)
+        return self.request(method, path, v1_body_text(body))
+
+
+class TrackOutput:
+    """What both Track outputs share: sending a unit as a v2 batch or as one v1 request."""
+
+    name = "track"
+    max_batch_bytes = MAX_BATCH_BYTES - BATCH_ENVELOPE
+    max_op_bytes = MAX_OP_BYTES
+
+    def __init__(self, client: TrackClient) -> None:
+        self.client = client
+
+    def claim_size(self, max_items: int, interval: float) -> int:
+        """A full batch."""
+        return max_items
+
+    def units(self, items: Sequence[Claimed]) -> list[Unit]:
+        """One batch of everything (subclasses route what v2 cannot carry)."""
+        return [Unit(items)] if items else []
+
+    def send(self, unit: Unit) -> SendResult:
+        """A batch unit as one ``/api/v2/batch``; a single one through v1 (v2 when v1 has no equivalent)."""
+        if unit.batch:
+            return self.client.send_batch([batch_item(item.payload, item.kind) for item in unit.items])
+        (item,) = unit.items
+        try:
+            method, path, body = v1_request(json.loads(item.payload), item.kind)
+        except ValueError:  # no v1 equivalent (relationships, ...): a v2 batch of one
+            return self.client.send_batch([batch_item(item.payload, item.kind)])
+        return self.client.request(method, path, v1_body_text(body))
+
+    def check_credentials(self) -> None:
+        """``GET /api/v1/accounts/region``."""
+        self.client.account_region()
+
+
+class TrackV2Output(TrackOutput):
+    """``CUSTOMERIO_API=v2``: one v2 batch per claim, then its anonymous events through v1.
+
+    The outbox never claims an operation together with the anonymous events it waits on.
+    """
+
+    name = "v2"
+
+    def units(self, items: Sequence[Claimed]) -> list[Unit]:
+        """The batch first, then one v1 request per anonymous event."""
+        batch = [item for item in items if has_v2_equivalent(item.kind)]
+        singles = [Unit([item], batch=False) for item in items if not has_v2_equivalent(item.kind)]
+        return [Unit(batch), *singles] if batch else singles
+
+
+class TrackV1Output(TrackOutput):
+    """``CUSTOMERIO_API=v1``: one v1 request per operation (objects as a v2 batch of one)."""
+
+    name = "v1"
+
+    def claim_size(self, max_items: int, interval: float) -> int:
+        """What a few seconds of requests can send."""
+        return max(1, min(max_items, int(5 / interval)))
+
+    def units(self, items: Sequence[Claimed]) -> list[Unit]:
+        """One unit per operation, in order."""
+        return [Unit([item], batch=not has_v1_equivalent(item.kind)) for item in items]
+
+
+def resolve_track_url(site_id: str, api_key: str, region: str, override: str | None, *, timeout: float = 30.0) -> str:
+    """The base URL to use: the override, the region's host, or (``auto``) ask Customer.io."""
+    if override:
+        return override.rstrip("/")
+    if region in REGION_URLS:
+        return REGION_URLS[region]
+    with TrackClient(site_id, api_key, REGION_URLS["us"], timeout=timeout) as client:
+        return str(client.account_region()["url"]).rstrip("/")
