@@ -203,7 +203,7 @@ def test_hog_groups_identify_the_object_once_per_change_and_relate_the_person() 
     unmapped = {"project": {"id": "p-1", "properties": {"x": 1}}}
     (first, second, third, fourth), _ = run(
         [hog("a", "u", 0, org), hog("b", "u", 1, org), hog("c", "u", 2, changed), hog("d", "u", 3, unmapped)], GROUPS)
-    assert shapes(first) == [("u", "person", "identify"), ("\x00object:2:org-1", "object", "identify"),
+    assert shapes(first) == [("u", "person", "identify"), ("\x1fobject:2:org-1", "object", "identify"),
                              ("u", "person", "add_relationships"), ("u", "person", "event")]
     assert first.operations[1].payload["attributes"] == {"name": "Org", "seats": 5}
     assert first.operations[2].payload["cio_relationships"] == [

@@ -86,6 +86,17 @@ _MIGRATIONS: list[str] = [
     UPDATE dead_letters SET kind = 'anonymous' WHERE payload LIKE '{"type":"anonymous"%';
     UPDATE dead_letters SET kind = 'object' WHERE payload LIKE '{"type":"object"%';
     """,
+    # 7: object and group keys start with U+001F instead of NUL (which PostgreSQL text cannot hold)
+    """
+    UPDATE persons SET distinct_id = char(31) || CAST(substr(CAST(distinct_id AS BLOB), 2) AS TEXT)
+        WHERE substr(CAST(distinct_id AS BLOB), 1, 1) = x'00';
+    UPDATE outbox SET person_key = char(31) || CAST(substr(CAST(person_key AS BLOB), 2) AS TEXT)
+        WHERE substr(CAST(person_key AS BLOB), 1, 1) = x'00';
+    UPDATE dead_letters SET person_key = char(31) || CAST(substr(CAST(person_key AS BLOB), 2) AS TEXT)
+        WHERE substr(CAST(person_key AS BLOB), 1, 1) = x'00';
+    UPDATE outbox SET after_keys = replace(after_keys, '\\u0000', '\\u001f') WHERE after_keys LIKE '%\\u0000%';
+    UPDATE dead_letters SET after_keys = replace(after_keys, '\\u0000', '\\u001f') WHERE after_keys LIKE '%\\u0000%';
+    """,
 ]
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -591,8 +591,14 @@ def _group_key(value: Any) -> str | None:
     return value
 
 
+#: Object and group keys live beside distinct_ids (outbox ``person_key``, ``persons``): the unit separator
+#: U+001F, which sources refuses at the start of a distinct_id, keeps them apart and PostgreSQL text stores it
+#: (NUL, used before, it refuses).
+INTERNAL_KEY_PREFIX = "\x1f"
+
+
 def _object_key(type_id: str, object_id: str) -> str:
-    return f"\x00object:{type_id}:{object_id}"
+    return f"{INTERNAL_KEY_PREFIX}object:{type_id}:{object_id}"
 
 
 def _group_identify(event: PostHogEvent, config: MappingConfig, result: Mapped) -> None:
@@ -617,7 +623,7 @@ def _group_identify(event: PostHogEvent, config: MappingConfig, result: Mapped) 
 
 def _group_state_key(group_type: str, key: Any) -> str:
     """The state row remembering what a Hog-globals group's object was sent with."""
-    return f"\x00group:{group_type}:{key}"
+    return f"{INTERNAL_KEY_PREFIX}group:{group_type}:{key}"
 
 
 def _hog_group_operations(event: PostHogEvent, book: _Book, config: MappingConfig, result: Mapped) -> list[Operation]:

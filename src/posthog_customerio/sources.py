@@ -192,6 +192,8 @@ def _distinct_id(value: Any) -> str:
         raise EventParseError(f"distinct_id must be a string, got {type(value).__name__}")
     if not value.strip():
         raise EventParseError("distinct_id is empty")
+    if "\x00" in value or value.startswith("\x1f"):  # NUL cannot be stored; U+001F starts internal keys
+        raise EventParseError("distinct_id contains a NUL or starts with a control character")
     return value
 
 
