@@ -200,7 +200,7 @@ def _exits(*failures: _Failure, config: type[BaseException] = ConfigError) -> It
         yield
     except config as exc:
         raise _fail(str(exc), EXIT_CONFIG) from None
-    except tuple(kind for kind, _ in failures) as exc:
+    except tuple(one for kind, _ in failures for one in (kind if isinstance(kind, tuple) else (kind,))) as exc:
         template = next(text for kind, text in failures if isinstance(exc, kind))
         raise _fail(template.format(exc=exc), EXIT_FAILED) from None
 
