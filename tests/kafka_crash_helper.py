@@ -16,7 +16,7 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
-from posthog_customerio import kafka_source
+from posthog_customerio.sources import kafka as kafka_source
 from posthog_customerio.config import load_settings
 from posthog_customerio.runtime import Runtime
 

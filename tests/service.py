@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import uvicorn
 
-from posthog_customerio.http_timeouts import uvicorn_config
+from posthog_customerio.service.http_timeouts import uvicorn_config
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.server import create_app
 

@@ -14,7 +14,7 @@ import lzstring
 import pytest
 
 from posthog_customerio.config import load_settings
-from posthog_customerio.decoding import DecodeError, decode_body
+from posthog_customerio.sources.decoding import DecodeError, decode_body
 from posthog_customerio.runtime import Runtime
 
 from .service import running_service

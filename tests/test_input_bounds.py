@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from posthog_customerio import server as server_module
+from posthog_customerio.service import ingest_routes
 from posthog_customerio.config import Settings
 from posthog_customerio.pipeline import GroupCommitter
 from posthog_customerio.runtime import Runtime
@@ -115,13 +115,13 @@ def test_unauthenticated_big_capture_body_gets_401_and_healthz_keeps_answering(
     sandbox: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     parsed_on: list[str] = []
-    original = server_module.decode_body
+    original = ingest_routes.decode_body
 
     def observed(*args: Any) -> Any:
         parsed_on.append(threading.current_thread().name)
         return original(*args)
 
-    monkeypatch.setattr(server_module, "decode_body", observed)
+    monkeypatch.setattr(ingest_routes, "decode_body", observed)
     # 4.9 MB that would be costly to parse (and is not even valid JSON: 401 proves it was never parsed)
     body = json.dumps(_events(85_000)).replace('"api_key": "x"', '"api_key": "nope"').encode()[:4_900_000]
     with service(sandbox, tmp_path, webhook_token=TOKEN) as (url, runtime):

@@ -29,7 +29,7 @@ import threading
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -47,9 +47,9 @@ if not _under_ci():  # under CI a missing client is an error, not a skip
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
-from posthog_customerio import kafka_source  # noqa: E402
+from posthog_customerio.sources import kafka as kafka_source  # noqa: E402
 from posthog_customerio.config import Settings, load_settings  # noqa: E402
-from posthog_customerio.kafka_source import (  # noqa: E402
+from posthog_customerio.sources.kafka import (  # noqa: E402
     BatchResult,
     KafkaConsumeError,
     consume,
@@ -523,3 +523,30 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
             return value
         assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
         time.sleep(0.2)
+
+
+@pytest.mark.e2e
+def test_an_event_that_cannot_be_stored_is_skipped_and_the_rest_stored_and_committed(
+    kafka_broker: Broker, sandbox: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = sample_events(people=4, seed=12)
+    poisoned = next(raw for raw in reversed(events) if not raw["event"].startswith("$"))
+    poisoned_uuid = parse_payload(poisoned)[0].uuid
+    topic = new_topic(kafka_broker)
+    ends = produce(kafka_broker, topic, encode(events))
+    with make_runtime(sandbox, tmp_path / "data") as runtime:
+        real_ingest = runtime.ingestor.ingest
+
+        def ingest(batch: Any, source: str = "file") -> Any:
+            # the parsers refuse lone surrogate escapes: this one gets its surrogate on the way into storage
+            spoiled = [replace(e, properties={**e.properties, "s": "\ud800"}) if e.uuid == poisoned_uuid else e
+                       for e in batch]
+            return real_ingest(spoiled, source)
+
+        monkeypatch.setattr(runtime.ingestor, "ingest", ingest)
+        report = run_consume(runtime, kafka_broker, topic, "unstorable", max_messages=len(events))
+        deliver_all(runtime)
+        assert runtime.ingestor.invalid_by_source["kafka"] == 1
+    assert report.invalid == 1 and report.ingest_failures == 0
+    assert committed_offsets(kafka_broker, topic, "unstorable") == ends
+    assert_exactly_once(sandbox, expected_event_ids([raw for raw in events if raw is not poisoned]))

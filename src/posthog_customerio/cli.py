@@ -26,9 +26,9 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from . import __version__
 from .config import ConfigError, Settings, load_settings
 from .customerio import AuthError, TrackClient, resolve_track_url
-from .pipeline import IngestReport
 from .runtime import SANDBOX_CREDENTIALS, DeliveryLockError, Runtime
-from .sources import ParsedItem, read_events
+from .sources import ParsedItem
+from .sources.files import FileProgress, send_file
 
 app = typer.Typer(
     name="posthog-customerio",
@@ -42,7 +42,6 @@ err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
-_CHUNK = 2000
 _SHOWN_ERRORS = 20
 
 # -- shared options (each also an environment variable) ------------------------------
@@ -189,6 +188,23 @@ def _fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+#: an error type (or types) that stops a command with exit 1, and its message (``{exc}``: the error)
+_Failure = tuple[type[BaseException] | tuple[type[BaseException], ...], str]
+_UNREACHABLE: _Failure = (httpx.HTTPError, "cannot reach Customer.io: {exc}")
+
+
+@contextlib.contextmanager
+def _exits(*failures: _Failure, config: type[BaseException] = ConfigError) -> Iterator[None]:
+    """Expected errors as one line on stderr: ``config`` errors exit 2, each of ``failures`` exits 1."""
+    try:
+        yield
+    except config as exc:
+        raise _fail(str(exc), EXIT_CONFIG) from None
+    except tuple(one for kind, _ in failures for one in (kind if isinstance(kind, tuple) else (kind,))) as exc:
+        template = next(text for kind, text in failures if isinstance(exc, kind))
+        raise _fail(template.format(exc=exc), EXIT_FAILED) from None
+
+
 def main() -> None:
     """Console-script entry point."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -222,7 +238,7 @@ def check(
     Exit 0 when Customer.io accepts them, 1 when it does not (or is unreachable),
     2 for bad configuration.
     """
-    try:
+    with _exits((AuthError, "{exc}"), _UNREACHABLE):
         settings = _settings(plugin_config, site_id=site_id, api_key=api_key, region=region, track_url=track_url)
         with contextlib.ExitStack() as stack:
             if sandbox:
@@ -239,12 +255,6 @@ def check(
                 )
             with TrackClient(site, key, url, timeout=settings.customerio_timeout_s) as client:
                 answer = client.account_region()
-    except ConfigError as exc:
-        raise _fail(str(exc), EXIT_CONFIG) from None
-    except AuthError as exc:
-        raise _fail(str(exc), EXIT_FAILED) from None
-    except httpx.HTTPError as exc:
-        raise _fail(f"cannot reach Customer.io: {exc}", EXIT_FAILED) from None
     out.print(f"credentials OK\nregion     {answer.get('region', '?')}\ntrack URL  {url}", markup=False)
 
 
@@ -267,7 +277,7 @@ def send(
     """
     throwaway = _sandbox_data_dir(sandbox, data_dir)
     data_dir = throwaway or data_dir
-    try:
+    with _exits():
         settings = _settings(
             plugin_config, site_id=site_id, api_key=api_key, region=region, track_url=track_url, api=api,
             identify_by_email=identify_by_email, anonymous=anonymous, events_to_send=events_to_send,
@@ -275,19 +285,12 @@ def send(
             data_dir=data_dir, max_rps=max_rps, concurrency=concurrency,
         )
         stream = _open_input(file)
-    except ConfigError as exc:
-        raise _fail(str(exc), EXIT_CONFIG) from None
     try:
-        with Runtime(settings, sandbox=sandbox) as runtime:
+        with _exits(((AuthError, DeliveryLockError), "{exc} (everything not delivered stays queued in the outbox)"),
+                    _UNREACHABLE), Runtime(settings, sandbox=sandbox) as runtime:
             summary = _run_send(runtime, stream, timeout)
             if sandbox and runtime.sandbox is not None:
                 summary["sandbox"] = _sandbox_summary(runtime.sandbox)
-    except ConfigError as exc:
-        raise _fail(str(exc), EXIT_CONFIG) from None
-    except (AuthError, DeliveryLockError) as exc:
-        raise _fail(f"{exc} (everything not delivered stays queued in the outbox)", EXIT_FAILED) from None
-    except httpx.HTTPError as exc:
-        raise _fail(f"cannot reach Customer.io: {exc}", EXIT_FAILED) from None
     finally:
         if stream is not sys.stdin:
             stream.close()
@@ -307,82 +310,24 @@ def _open_input(file: str) -> IO[str]:
         raise ConfigError(f"cannot read {file}: {exc.strerror}") from None
 
 
-class _CountingLines:
-    """Iterate a text stream's lines while counting the bytes read (for progress)."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self.stream = stream
-        self.bytes = 0
-
-    def __iter__(self) -> Iterator[str]:
-        for line in self.stream:
-            self.bytes += len(line)
-            yield line
-
-
 def _run_send(runtime: Runtime, stream: IO[str], timeout: float | None) -> dict[str, Any]:
-    started = time.monotonic()
-    deliverer = runtime.deliverer()
-    backlog = runtime.outbox.depth()
-    dead_before = runtime.outbox.dead_letter_count()
-    deliverer.start()
-    report, invalid, errors = IngestReport(), 0, []
-    lines = _CountingLines(stream)
+    """:func:`send_file` with progress bars on stderr."""
     total_bytes = _size_of(stream)
     with _progress() as progress:
         reading = progress.add_task("reading", total=total_bytes, detail="")
-        delivering = progress.add_task("delivering", total=backlog, detail="")
-        chunk = []
+        delivering = progress.add_task("delivering", total=runtime.outbox.depth(), detail="")
 
-        def flush() -> None:
-            nonlocal invalid
-            try:
-                report.add(runtime.ingestor.ingest(chunk))
-            except (ValueError, RecursionError, UnicodeError):  # isolate the event that cannot be stored
-                for event in chunk:
-                    try:
-                        report.add(runtime.ingestor.ingest([event]))
-                    except (ValueError, RecursionError, UnicodeError) as exc:
-                        invalid += 1
-                        _report_invalid(ParsedItem(f"event {event.uuid or event.distinct_id}", error=str(exc)[:200]), invalid)
-            chunk.clear()
-            deliverer.notify()
-            progress.update(delivering, total=backlog + report.operations, completed=deliverer.stats.delivered,
-                            detail=f"{deliverer.stats.delivered:,} operations")
-
-        for item in read_events(lines):
-            if item.event is None:
-                invalid += 1
-                errors.append(item)
-                _report_invalid(item, invalid)
+        def show(where: FileProgress) -> None:
+            if where.done_reading:
+                done = total_bytes or where.read
+                progress.update(reading, completed=done, total=done, detail=f"{where.events:,} events")
             else:
-                chunk.append(item.event)
-                if len(chunk) >= _CHUNK:
-                    flush()
-                    progress.update(reading, completed=lines.bytes, detail=f"{report.events:,} events")
-        flush()
-        progress.update(reading, completed=total_bytes or lines.bytes, total=total_bytes or lines.bytes)
-        finished = deliverer.wait_until_empty(
-            timeout,
-            tick=lambda: progress.update(delivering, completed=deliverer.stats.delivered,
-                                         detail=f"{deliverer.stats.delivered:,} operations"),
-        )
-    deliverer.stop()
-    stats = deliverer.stats
-    return {
-        "read": report.events + invalid,
-        "invalid": invalid,
-        "skipped": dict(report.skipped),
-        "operations_enqueued": report.operations,
-        "backlog_before": backlog,
-        "operations_delivered": stats.delivered,
-        "requests": stats.requests,
-        "requests_by_status": dict(stats.requests_by_status),
-        "retries": stats.retries,
-        "dead_lettered": runtime.outbox.dead_letter_count() - dead_before,
-        "queued": 0 if finished else runtime.outbox.depth(),
-        "seconds": round(time.monotonic() - started, 3),
-    }
+                progress.update(reading, completed=where.read, detail=f"{where.events:,} events")
+            progress.update(delivering, total=where.operations, completed=where.delivered,
+                            detail=f"{where.delivered:,} operations")
+
+        summary = send_file(runtime, stream, timeout=timeout, on_invalid=_report_invalid, on_progress=show)
+    return summary.as_dict()
 
 
 def _size_of(stream: IO[str]) -> int | None:
@@ -558,7 +503,7 @@ def delete_person(
     from .sources import PostHogEvent
     from .state import load_states
 
-    try:
+    with _exits((AuthError, "{exc} (the deletion stays queued)")):
         settings = _settings(
             plugin_config, site_id=site_id, api_key=api_key, region=region, track_url=track_url, api=api,
             identify_by_email=identify_by_email, data_dir=data_dir, suppress_on_delete=suppress,
@@ -571,10 +516,6 @@ def delete_person(
             sent = [op.payload["identifiers"] for op in preview.operations]
             runtime.ingestor.ingest([event], source="cli")
             finished = _deliver_now(runtime, timeout)
-    except ConfigError as exc:
-        raise _fail(str(exc), EXIT_CONFIG) from None
-    except AuthError as exc:
-        raise _fail(f"{exc} (the deletion stays queued)", EXIT_FAILED) from None
     action = "suppress" if settings.suppress_on_delete else "delete"
     if preview.notes["delete_unknown_person"]:
         out.print(f"{distinct_id}: not created by this data dir; sending the {action} anyway",
@@ -607,7 +548,7 @@ def unsuppress(
     from .operations import Operation
     from .state import PersonState, load_states
 
-    try:
+    with _exits((AuthError, "{exc} (the unsuppress stays queued)")):
         settings = _settings(plugin_config, site_id=site_id, api_key=api_key, region=region, track_url=track_url,
                              api=api, data_dir=data_dir)
         with Runtime(settings) as runtime:
@@ -621,10 +562,6 @@ def unsuppress(
                                                              "action": "unsuppress"}) for identifiers in sent]
                 runtime.outbox.enqueue(conn, operations)
             finished = _deliver_now(runtime, timeout)
-    except ConfigError as exc:
-        raise _fail(str(exc), EXIT_CONFIG) from None
-    except AuthError as exc:
-        raise _fail(f"{exc} (the unsuppress stays queued)", EXIT_FAILED) from None
     if finished is None:
         out.print(f"queued unsuppress by {_describe_identifiers(sent)}; the running service will deliver it",
                   markup=False, soft_wrap=True)
@@ -699,12 +636,12 @@ def serve(
     _check_port(port)
     import uvicorn
 
-    from .http_timeouts import uvicorn_config
+    from .service.http_timeouts import uvicorn_config
     from .logs import configure_logging
-    from .server import create_app
+    from .service import create_app
 
     throwaway = _sandbox_data_dir(sandbox, data_dir)
-    try:
+    with _exits():
         settings = _settings(
             plugin_config, site_id=site_id, api_key=api_key, region=region, track_url=track_url, api=api,
             identify_by_email=identify_by_email, anonymous=anonymous, events_to_send=events_to_send,
@@ -724,18 +661,15 @@ def serve(
             settings.credentials()
         configure_logging(settings.log_format, settings.log_level, settings.secret_values())
         runtime = Runtime(settings, sandbox=sandbox, fallback_to_us=True)
-    except ConfigError as exc:
-        raise _fail(str(exc), EXIT_CONFIG) from None
     try:
-        application = create_app(runtime, deliver=role in ("all", "deliver"), ingest=role in ("all", "ingest"))
-        if runtime.sandbox is not None:
-            logging.getLogger(__name__).info("sandbox Customer.io at %s/_sandbox/people", runtime.sandbox.url)
-        config = uvicorn_config(
-            application, host, port, settings, timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
-        )
-        _run_until_signalled(uvicorn.Server(config))
-    except DeliveryLockError as exc:
-        raise _fail(str(exc), EXIT_FAILED) from None
+        with _exits((DeliveryLockError, "{exc}")):
+            application = create_app(runtime, deliver=role in ("all", "deliver"), ingest=role in ("all", "ingest"))
+            if runtime.sandbox is not None:
+                logging.getLogger(__name__).info("sandbox Customer.io at %s/_sandbox/people", runtime.sandbox.url)
+            config = uvicorn_config(
+                application, host, port, settings, timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
+            )
+            _run_until_signalled(uvicorn.Server(config))
     finally:
         runtime.close(grace_s=0)
         if throwaway is not None:
@@ -771,12 +705,12 @@ def consume(
     """
     import threading
 
-    from .kafka_source import KafkaConsumeError, load_kafka_config, secret_values
-    from .kafka_source import consume as consume_topic
+    from .sources.kafka import KafkaConsumeError, load_kafka_config, secret_values
+    from .sources.kafka import consume as consume_topic
     from .logs import configure_logging
 
     throwaway = _sandbox_data_dir(sandbox, data_dir)
-    try:
+    with _exits(config=ValueError):  # ConfigError is a ValueError; so are bad Kafka settings
         settings = _settings(
             plugin_config, site_id=site_id, api_key=api_key, region=region, track_url=track_url, api=api,
             identify_by_email=identify_by_email, anonymous=anonymous, events_to_send=events_to_send,
@@ -787,14 +721,13 @@ def consume(
         if not sandbox:
             settings.credentials()
         extra = load_kafka_config(kafka_config or (), kafka_config_file)
-    except ValueError as exc:  # ConfigError is a ValueError
-        raise _fail(str(exc), EXIT_CONFIG) from None
     configure_logging(settings.log_format, settings.log_level, [*settings.secret_values(), *secret_values(extra)])
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda _number, _frame: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     failure, report = None, None
     try:
-        with Runtime(settings, sandbox=sandbox, fallback_to_us=True) as runtime:
+        with _exits((DeliveryLockError, "{exc}"), config=ValueError), \
+                Runtime(settings, sandbox=sandbox, fallback_to_us=True) as runtime:
             deliverer = runtime.deliverer(pause_on_auth_error=True)
             deliverer.start()
             try:
@@ -805,10 +738,6 @@ def consume(
             deliverer.wait_until_empty(settings.shutdown_grace_s)
             summary = {**(report.as_dict() if report else {}), "operations_delivered": deliverer.stats.delivered,
                        "queued": runtime.outbox.depth(), "error": failure}
-    except ValueError as exc:  # ConfigError, or librdkafka refusing a setting
-        raise _fail(str(exc), EXIT_CONFIG) from None
-    except DeliveryLockError as exc:
-        raise _fail(str(exc), EXIT_FAILED) from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -855,13 +784,11 @@ def status(
     """Show queue depth, dead letters and the service's last figures, from the data dir."""
     from .status import offline_status
 
-    try:
+    with _exits():
         settings = _settings(data_dir=data_dir)
         _require_data(settings)
         with Runtime(settings) as runtime:
             report = offline_status(runtime)
-    except ConfigError as exc:
-        raise _fail(str(exc), EXIT_CONFIG) from None
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -919,13 +846,11 @@ def dead_letters(
     limit: Annotated[Optional[int], typer.Option("--limit", help="Show at most this many")] = None,
 ) -> None:
     """List dead-lettered operations with the reason Customer.io gave."""
-    try:
+    with _exits():
         settings = _settings(data_dir=data_dir)
         _require_data(settings)
         with Runtime(settings) as runtime:
             letters = runtime.outbox.dead_letters(limit)
-    except ConfigError as exc:
-        raise _fail(str(exc), EXIT_CONFIG) from None
     if as_json:
         for letter in letters:
             typer.echo(json.dumps(letter.as_dict()))
@@ -947,13 +872,11 @@ def retry_dead_letters(
     ids: Annotated[Optional[list[int]], typer.Argument(help="Dead-letter ids (default: all)", show_default=False)] = None,
 ) -> None:
     """Re-queue dead-lettered operations (delivered by the next send or the running server)."""
-    try:
+    with _exits():
         settings = _settings(data_dir=data_dir)
         _require_data(settings)
         with Runtime(settings) as runtime:
             requeued = runtime.outbox.requeue_dead_letters(ids or None)
-    except ConfigError as exc:
-        raise _fail(str(exc), EXIT_CONFIG) from None
     out.print(f"re-queued {len(requeued)} operations")
     unknown = sorted(set(ids or ()) - set(requeued))
     if unknown:

@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
-__all__ = ["DecodeError", "decode_body", "gunzip_all", "GZIP_MAGIC"]
+__all__ = ["GZIP_MAGIC", "DecodeError", "decode_body", "gunzip_all"]
 
 GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 64 * 1024
@@ -59,7 +59,9 @@ def gunzip_all(data: bytes, limit: int) -> bytes:
     members = 0
     while True:
         if not rest.startswith(GZIP_MAGIC):
-            what = "body is not gzip" if members == 0 else f"{len(rest)} bytes of trailing garbage after gzip member {members}"
+            what = f"{len(rest)} bytes of trailing garbage after gzip member {members}"
+            if not members:
+                what = "body is not gzip"
             raise DecodeError(400, "bad_gzip", f"{what} (no 1f 8b magic)")
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         pending = rest
@@ -116,7 +118,7 @@ def _lz64(text: str, limit: int) -> bytes:
     decompressor also watches the output list the decompressor builds, and stops it
     once the output is over the limit.
     """
-    import lzstring
+    import lzstring  # type: ignore[import-untyped]
 
     decompress: Any = getattr(lzstring, "_decompress", None)
     if decompress is None:  # pragma: no cover - a future lzstring without the pure-Python core
@@ -147,12 +149,12 @@ def _lz64(text: str, limit: int) -> bytes:
         decoded = decompress(len(compact), 32, next_value)
     except DecodeError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the package raises assorted errors on corrupt input
+    except Exception as exc:
         raise DecodeError(400, "bad_lz64", f"lz64 data is corrupt ({type(exc).__name__})") from None
     if not decoded:
         raise DecodeError(400, "bad_lz64", "lz64 data is corrupt or truncated")
     try:
-        out = decoded.encode("utf-8")
+        out: bytes = decoded.encode("utf-8")
     except UnicodeEncodeError:
         raise DecodeError(400, "bad_lz64", "lz64 data decodes to invalid text (lone surrogates)") from None
     if len(out) > limit:

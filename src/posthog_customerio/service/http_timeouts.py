@@ -17,7 +17,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .config import Settings
+from ..config import Settings
 
 __all__ = ["ReadDeadlineProtocol", "uvicorn_config"]
 

@@ -10,7 +10,7 @@ PostHog sent them. One pooled :class:`httpx.AsyncClient` per service.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 
 import httpx
@@ -18,7 +18,7 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-__all__ = ["PostHogProxy", "ProxyError", "Upstream", "HOP_BY_HOP"]
+__all__ = ["HOP_BY_HOP", "PostHogProxy", "ProxyError", "Upstream"]
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,9 @@ class PostHogProxy:
         drop = _REQUEST_DROP | _connection_tokens(items)
         headers = [(n, v) for n, v in items if n.lower() not in drop]
         if self.drop_authorization:  # our own WEBHOOK_TOKEN is not PostHog's business
+            ours = self.drop_authorization
             headers = [(n, v) for n, v in headers
-                       if not (n.lower() == "authorization" and v.partition(" ")[2].strip().encode() == self.drop_authorization)]
+                       if not (n.lower() == "authorization" and v.partition(" ")[2].strip().encode() == ours)]
         client_ip = request.client.host if request.client else None
         if client_ip:
             prior = [h.strip() for n, v in headers if n.lower() == "x-forwarded-for" for h in v.split(",") if h.strip()]
@@ -130,14 +131,16 @@ class PostHogProxy:
         upstream = await self._send(request, body)
         headers = _response_headers(upstream.headers, keep_length=True)
 
-        async def chunks():  # noqa: ANN202 - an async generator of bytes
+        async def chunks() -> AsyncIterator[bytes]:
             try:
                 async for chunk in upstream.aiter_raw():
                     yield chunk
             except httpx.HTTPError as exc:  # the status line is gone already: cut the connection short
                 log.warning("PostHog's answer to %s broke off: %s", request.url.path, type(exc).__name__)
 
-        response = StreamingResponse(chunks(), status_code=upstream.status_code, background=BackgroundTask(upstream.aclose))
+        response = StreamingResponse(
+            chunks(), status_code=upstream.status_code, background=BackgroundTask(upstream.aclose)
+        )
         for name, value in headers:
             response.headers.append(name, value)
         return response

@@ -1,6 +1,6 @@
 """Turn every PostHog input shape into one typed :class:`PostHogEvent`.
 
-Accepted shapes (see ``posthog-events.md``):
+Accepted shapes:
 
 * Hog globals / HTTP webhook body: ``{"event": {...}, "person": {...}, "groups": {...}}``
 * plugin-style events: ``distinct_id``, ``event``, ``properties``, ``timestamp``,
@@ -22,20 +22,20 @@ import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any
 
 __all__ = [
     "EventParseError",
-    "PostHogEvent",
     "ParsedItem",
+    "PostHogEvent",
+    "TooManyEvents",
+    "loads_strict",
     "parse_event",
     "parse_payload",
+    "parse_v1_batch",
     "read_events",
     "to_unix_seconds",
-    "loads_strict",
-    "TooManyEvents",
-    "parse_v1_batch",
 ]
 
 
@@ -121,7 +121,7 @@ def to_unix_seconds(value: Any) -> int | None:
 
 
 def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _parse_iso(text: str) -> datetime:
@@ -142,7 +142,7 @@ def _parse_timestamp(value: Any, now: datetime) -> datetime:
             raise EventParseError(f"timestamp {value!r} is not a valid time")
         scaled = value / 1000 if abs(value) >= _MS_THRESHOLD else value
         try:
-            return datetime.fromtimestamp(scaled, tz=timezone.utc)
+            return datetime.fromtimestamp(scaled, tz=UTC)
         except (OverflowError, OSError, ValueError) as exc:
             raise EventParseError(f"timestamp {value!r} is out of range") from exc
     if isinstance(value, str):
@@ -219,7 +219,7 @@ def parse_event(obj: Any, now: datetime | None = None) -> PostHogEvent:
     """Parse one event of any accepted shape, or raise :class:`EventParseError`."""
     if not isinstance(obj, dict):
         raise EventParseError(f"an event must be a JSON object, got {type(obj).__name__}")
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if isinstance(obj.get("event"), dict):
         return _parse_hog_globals(obj, now)
     return _parse_flat(obj, now)
@@ -323,7 +323,7 @@ def parse_payload(obj: Any, now: datetime | None = None) -> list[PostHogEvent]:
     ``{"batch": [...]}``. The first bad event raises :class:`EventParseError` naming
     its position, so callers never enqueue part of a rejected payload.
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     items = _payload_items(obj)
     events = []
     for index, item in enumerate(items):
@@ -359,7 +359,7 @@ def parse_v1_batch(obj: Any, sdk_info: str | None = None, now: datetime | None =
     if not isinstance(obj, dict) or not isinstance(obj.get("batch"), list):
         raise EventParseError('a capture v1 body is {"batch": [...]} (a JSON object with an array of events)')
     lib, _, lib_version = (sdk_info or "").strip().partition("/")
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     events = []
     for index, item in enumerate(obj["batch"]):
         try:
@@ -460,6 +460,7 @@ def _loads_bounded(text: str | bytes, max_items: int) -> Any:
     if isinstance(text, bytes):
         text = text.decode(json.detect_encoding(text), "surrogatepass")  # what json.loads does with bytes
     index = _WHITESPACE.match(text, 0).end()
+    obj: Any
     if text.startswith("[", index):
         obj, index = _decode_array(text, index, max_items)
     elif text.startswith("{", index):
@@ -524,13 +525,13 @@ def read_events(stream: IO[str] | Iterable[str], now: datetime | None = None) ->
     Yields one :class:`ParsedItem` per event; a bad line yields an error naming its
     line number and the run goes on with the next line.
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     lines = iter(stream)
     first: str | None = None
     first_number = 0
-    for first_number, line in enumerate(lines, start=1):
+    for number, line in enumerate(lines, start=1):
         if line.strip():
-            first = line
+            first, first_number = line, number
             break
     if first is None:
         return

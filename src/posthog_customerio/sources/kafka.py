@@ -10,7 +10,9 @@ transaction *first*; only then are the Kafka offsets of that batch committed
 (synchronously). A crash between the two re-reads the batch on the next start; replays are
 harmless because every Customer.io event carries a dedupe id derived from the PostHog event
 ``uuid`` (and identifies are idempotent). A message that is not a valid event is counted,
-logged with its partition and offset, and skipped: it never blocks its partition.
+logged with its partition and offset, and skipped: it never blocks its partition. So is an
+event that parses but cannot be stored (:mod:`posthog_customerio.sources.store`): the rest of
+its batch is stored one by one.
 
 Message values may hold one event or a JSON array of events, in any shape
 :func:`posthog_customerio.sources.parse_payload` accepts. PostHog's own topics are
@@ -39,11 +41,12 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from .pipeline import IngestReport
-from .sources import EventParseError, PostHogEvent, loads_strict, parse_payload
+from ..pipeline import IngestReport
+from .events import EventParseError, PostHogEvent, loads_strict, parse_payload
+from .store import store_events
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from ..runtime import Runtime
 
 __all__ = [
     "BatchResult",
@@ -352,7 +355,9 @@ def _process_batch(
     report.batches += 1
     if invalid:
         runtime.ingestor.count_invalid(SOURCE, invalid)
-    ingested = _ingest(runtime, events, report, stop, ingest_retries, retry_backoff_s)
+    ingested, unstorable = _ingest(runtime, events, report, stop, ingest_retries, retry_backoff_s)
+    invalid += unstorable
+    report.invalid += unstorable
     report.events += ingested.events
     report.ingest.add(ingested)
     deliverer = runtime.current_deliverer
@@ -378,14 +383,15 @@ def _ingest(
     stop: threading.Event,
     retries: int,
     backoff_s: float,
-) -> IngestReport:
+) -> tuple[IngestReport, int]:
+    """Store ``events`` under the shared policy; the report and how many events could not be stored."""
     if not events:
-        return IngestReport()
+        return IngestReport(), 0
     attempt = 0
     while True:
         try:
-            return runtime.ingestor.ingest(events, source=SOURCE)
-        except Exception as exc:  # database errors: nothing of the batch was stored
+            stored = store_events(runtime.ingestor.ingest, events, SOURCE, count_invalid=runtime.ingestor.count_invalid)
+        except Exception as exc:  # database errors: retried (a replay of stored events is harmless)
             report.ingest_failures += 1
             attempt += 1
             if attempt > retries or stop.is_set():
@@ -397,6 +403,10 @@ def _ingest(
             log.warning("kafka: storing %d events failed (%s); retry %d/%d in %.1fs",
                         len(events), exc, attempt, retries, delay)
             stop.wait(delay)
+            continue
+        for rejected in stored.rejected:
+            log.warning("kafka: skipped %s: it cannot be stored (%s)", rejected.label, rejected.error)
+        return stored.report, len(stored.rejected)
 
 
 def _commit(consumer: Consumer, next_offsets: dict[tuple[str, int], int],

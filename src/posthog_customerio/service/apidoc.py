@@ -2,7 +2,7 @@
 
 The receivers read their raw bodies (gzip, base64 forms, several event shapes), so
 their request bodies, every error answer and the operations endpoints' security are
-described here and attached to the routes in :mod:`posthog_customerio.server`.
+described here and attached to the routes in :mod:`posthog_customerio.service`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
-    "ERROR_SCHEMA", "INGEST_BODY", "INGEST_RESPONSES", "RETRY_BODY", "RETRY_RESPONSES", "OPS_SECURITY",
-    "add_ops_security", "error_responses", "json_response",
+    "ERROR_SCHEMA",
+    "INGEST_BODY",
+    "INGEST_RESPONSES",
+    "OPS_SECURITY",
+    "RETRY_BODY",
+    "RETRY_RESPONSES",
+    "add_ops_security",
+    "error_responses",
+    "json_response",
 ]
 
 ERROR_SCHEMA: dict[str, Any] = {

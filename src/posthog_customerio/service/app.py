@@ -1,0 +1,139 @@
+"""The app factory: one FastAPI app around a :class:`~posthog_customerio.runtime.Runtime`.
+
+:func:`create_app` builds the collaborators once (:class:`~.context.Service`, kept in
+``app.state.service``), adds the middleware and registers the module-level handlers of
+:mod:`.ingest_routes`, :mod:`.posthog_routes` and :mod:`.ops_routes`. Delivery runs in
+background threads of the same process, started and drained by the app's lifespan.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from .. import __version__
+from ..metrics import Metrics
+from ..pipeline import GroupCommitter
+from ..runtime import Runtime
+from ..status import RequestLog, ThroughputSampler
+from . import apidoc
+from .auth import Authenticator, OpsGuard
+from .bodies import HttpError
+from .context import Service
+from .cors import BrowserCors
+from .health import CustomerioProbe, Readiness
+from .ingest_routes import add_ingest_routes
+from .ops_routes import add_ops_routes
+from .paths import is_ops_path
+from .posthog_routes import FORWARDED_METHODS, add_forwarding_routes, add_standalone_routes, forward
+from .proxy import PostHogProxy
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+
+def _service(runtime: Runtime, deliver: bool) -> Service:
+    settings = runtime.settings
+    requests_log = RequestLog()
+    sampler = ThroughputSampler(runtime)
+    sampler.requests = requests_log
+    auth = Authenticator(settings)
+    proxy = None
+    if settings.posthog_host:
+        proxy = PostHogProxy(settings.posthog_host, timeout_s=settings.posthog_timeout_s,
+                             drop_authorization=auth.token or None)
+    # SQLite: concurrent requests share one commit; PostgreSQL commits them side by side
+    commit_events = runtime.ingestor.ingest if runtime.db.shared else GroupCommitter(runtime.ingestor).ingest
+    return Service(
+        runtime=runtime, settings=settings, requests_log=requests_log, metrics=Metrics(runtime, requests_log),
+        sampler=sampler, auth=auth, proxy=proxy, commit_events=commit_events, readiness=Readiness(runtime),
+        probe=CustomerioProbe(runtime), deliver=deliver,
+    )
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    service: Service = app.state.service
+    runtime, settings = service.runtime, service.settings
+    if service.deliver:
+        runtime.deliverer(pause_on_auth_error=True, on_delivered=service.metrics.observe_delivered).start()
+    service.sampler.start()
+    await service.readiness.current()
+    service.probe.view()
+    target = runtime.sandbox.url if runtime.sandbox else "Customer.io"
+    log.info("serving; delivery %s to %s", "on" if service.deliver else "off", target)
+    try:
+        yield
+    finally:
+        deliverer = runtime.current_deliverer
+        if deliverer is not None:
+            log.info("shutting down: flushing for up to %.0fs", settings.shutdown_grace_s)
+            emptied = await run_in_threadpool(deliverer.drain, settings.shutdown_grace_s)
+            kept = "outbox empty" if emptied else f"{runtime.outbox.depth()} operations kept for the next start"
+            log.info("shutdown: %s", kept)
+        service.sampler.stop()
+        if service.proxy is not None:
+            await service.proxy.aclose()
+        service.readiness.flight.close()
+        service.probe.flight.close()
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HttpError)
+    if 400 <= exc.status < 500:  # counted by reason, logged without the body, shown in /status
+        message = f"rejected {request.method} {request.url.path}: {exc.status} {exc.message}"[:300]
+        request.app.state.service.requests_log.rejection(exc.reason, message)
+        log.warning("%s", message)
+    return exc.response()
+
+
+def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -> FastAPI:
+    """The FastAPI app around a :class:`Runtime`.
+
+    ``ingest``: serve the receivers (webhook, capture); ``deliver``: run the
+    delivery workers. ``serve --role`` chooses (both by default).
+    """
+    service = _service(runtime, deliver)
+    auth, proxying = service.auth, service.proxy is not None
+    if auth.ops_guarded and not auth.ops_token:
+        log.warning("only WEBHOOK_SIGNING_SECRET is set: the operations endpoints answer 401 until OPS_TOKEN is set")
+    app = FastAPI(
+        title="posthog-customerio",
+        version=__version__,
+        description="Receives PostHog events and keeps Customer.io in sync.",
+        lifespan=_lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.service = service
+    app.state.runtime = runtime
+    app.state.metrics = service.metrics
+    app.state.requests = service.requests_log
+    app.add_middleware(BrowserCors, origins=service.settings.cors_origin_list, proxying=proxying)
+    app.add_middleware(OpsGuard, auth=auth, proxying=proxying)
+    app.add_exception_handler(HttpError, _http_error)
+    if ingest:
+        add_ingest_routes(app)
+        if proxying:
+            add_forwarding_routes(app)
+        else:
+            add_standalone_routes(app)
+    add_ops_routes(app)
+    if ingest and proxying:  # last: this service's own /api/* routes match first
+        app.add_api_route("/api/{rest:path}", forward, methods=FORWARDED_METHODS, include_in_schema=False)
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = apidoc.add_ops_security(generate_openapi(), is_ops_path)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,45 @@
+"""What the route handlers share: one :class:`Service` per app, kept in ``app.state.service``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from fastapi import Request
+
+from ..config import Settings
+from ..metrics import Metrics
+from ..pipeline import IngestReport
+from ..runtime import Runtime
+from ..sources import PostHogEvent
+from ..status import RequestLog, ThroughputSampler
+from .auth import Authenticator
+from .health import CustomerioProbe, Readiness
+from .proxy import PostHogProxy
+
+__all__ = ["Service", "service_of"]
+
+
+@dataclass(slots=True)
+class Service:
+    """The runtime and the collaborators the handlers use (built once by ``create_app``)."""
+
+    runtime: Runtime
+    settings: Settings
+    requests_log: RequestLog
+    metrics: Metrics
+    sampler: ThroughputSampler
+    auth: Authenticator
+    #: set with ``POSTHOG_HOST``: capture goes to PostHog first, other PostHog paths are forwarded
+    proxy: PostHogProxy | None
+    #: stores parsed events in one transaction (SQLite: a shared group commit)
+    commit_events: Callable[[Sequence[PostHogEvent], str], IngestReport]
+    readiness: Readiness
+    probe: CustomerioProbe
+    deliver: bool
+
+
+def service_of(request: Request) -> Service:
+    """The :class:`Service` of the app serving ``request``."""
+    service: Service = request.app.state.service
+    return service

@@ -1,0 +1,178 @@
+"""The receivers: ``/webhook``, PostHog capture (``/batch``, ``/capture``, ``/e``, ``/i/v0/e``) and capture v1.
+
+A request is answered 200 only after its events are committed to the outbox, all or nothing
+(:func:`posthog_customerio.sources.store.store_events`); bad input gets a 4xx and stores nothing.
+With ``POSTHOG_HOST`` capture goes to PostHog first and only what PostHog accepted is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from ..pipeline import IngestReport
+from ..sources import EventParseError, PostHogEvent, parse_payload, parse_v1_batch
+from ..sources.store import DATABASE_ERRORS, UnstorableBatch, store_events
+from . import apidoc
+from .bodies import HttpError, decode_body, parse_json, read_body, too_many
+from .context import Service, service_of
+from .paths import CAPTURE_PATHS, CAPTURE_V1_PATH
+from .proxy import ProxyError
+
+__all__ = ["add_ingest_routes", "capture", "capture_v1", "webhook"]
+
+log = logging.getLogger(__name__)
+
+_MAX_CAPTURE_ANSWER = 1_000_000
+
+
+def _check_queue(service: Service, depth: int) -> None:
+    limit = service.settings.max_queue
+    if depth >= limit:
+        raise HttpError(503, f"outbox holds {depth} operations (MAX_QUEUE {limit}); retry later", {"Retry-After": "30"})
+
+
+def _parse(service: Service, request: Request, payload: Any, v1: bool, source: str) -> list[PostHogEvent]:
+    try:
+        if v1:
+            return parse_v1_batch(payload, request.headers.get("posthog-sdk-info"))
+        return parse_payload(payload)
+    except EventParseError as exc:
+        service.runtime.ingestor.count_invalid(source)
+        raise HttpError(400, str(exc)[:300], reason="invalid_event") from None
+
+
+def parse_events(request: Request, raw: bytes, source: str, header_ok: bool, v1: bool) -> list[PostHogEvent]:
+    """Decode, authorise by payload token if needed, parse: CPU work, run in the thread pool."""
+    service = service_of(request)
+    settings, auth = service.settings, service.auth
+    body = decode_body(request, raw, settings.max_body_bytes)
+    if not header_ok:
+        auth.check_token_present(body)
+    payload = parse_json(body, settings.max_events_per_request)
+    if not header_ok:
+        auth.check_capture(request, payload)
+    events = _parse(service, request, payload, v1, source)
+    if len(events) > settings.max_events_per_request:
+        raise HttpError(413, too_many(settings.max_events_per_request), reason="too_many_events")
+    return events
+
+
+def parse_capture(request: Request, raw: bytes, v1: bool) -> list[PostHogEvent]:
+    """Decode, authenticate and parse a proxied capture body (run in a worker thread)."""
+    service = service_of(request)
+    settings = service.settings
+    payload = parse_json(decode_body(request, raw, settings.max_body_bytes), settings.max_events_per_request)
+    service.auth.check_capture(request, payload)
+    return _parse(service, request, payload, v1, "capture")
+
+
+async def store(service: Service, events: list[PostHogEvent], source: str, reason: str = "") -> IngestReport:
+    """Commit ``events`` all or nothing: 503 when the outbox cannot take them, 400 when one cannot be stored."""
+    runtime = service.runtime
+    try:
+        stored = await run_in_threadpool(
+            store_events, service.commit_events, events, source, all_or_nothing=True,
+            count_invalid=runtime.ingestor.count_invalid,
+        )
+    except DATABASE_ERRORS as exc:
+        log.error("cannot write to the outbox: %s", exc)
+        raise HttpError(503, f"outbox unavailable: {exc}", {"Retry-After": "10"}) from None
+    except UnstorableBatch as exc:  # an event that cannot be encoded
+        raise HttpError(400, str(exc), reason=reason) from None
+    deliverer = runtime.current_deliverer
+    if deliverer is not None:
+        deliverer.notify()
+    return stored.report
+
+
+async def proxy_capture(request: Request, v1: bool = False) -> Response:
+    """Forward to PostHog first; store for Customer.io only what PostHog accepted (2xx)."""
+    service = service_of(request)
+    proxy, requests_log = service.proxy, service.requests_log
+    assert proxy is not None
+    raw = await read_body(request, service.settings.max_body_bytes)
+    try:
+        upstream = await proxy.fetch(request, raw, _MAX_CAPTURE_ANSWER)
+    except ProxyError as exc:
+        requests_log.proxied_request("error", f"proxy {request.url.path}: {exc}")
+        log.warning("proxy %s: %s", request.url.path, exc)
+        raise HttpError(502, f"{exc}; retry later", {"Retry-After": "5"}) from None
+    requests_log.proxied_request(str(upstream.status))
+    if not 200 <= upstream.status < 300:
+        return upstream.response()  # PostHog refused it: so do we
+    try:
+        events = await run_in_threadpool(parse_capture, request, raw, v1)
+    except HttpError as exc:  # forwarded, PostHog decided; we cannot store it
+        message = f"proxied {request.url.path} not stored for Customer.io: {exc.status} {exc.message}"[:300]
+        requests_log.not_stored_event(exc.reason, message)
+        log.warning("%s", message)
+        return upstream.response()
+    depth = await run_in_threadpool(service.runtime.outbox.depth, 1.0)
+    _check_queue(service, depth)  # PostHog has it; the SDK's retry is deduplicated by event uuid
+    await store(service, events, "capture", reason="unencodable_event")
+    return upstream.response()
+
+
+async def receive(request: Request, source: str, capture: bool, v1: bool = False) -> Response:
+    """Authorise, bound, decode, parse and store one request; the answer SDKs expect."""
+    service = service_of(request)
+    auth = service.auth
+    if capture and service.proxy is not None:  # PostHog decides first; we store what it accepted
+        return await proxy_capture(request, v1)
+    # credentials first: a request the headers already refuse is answered before its body is read
+    if capture:
+        header_ok = auth.capture_header_ok(request)
+    else:
+        auth.check_webhook_header(request)
+        header_ok = True
+    depth = await run_in_threadpool(service.runtime.outbox.depth, 1.0)  # may wait for the database lock
+    _check_queue(service, depth)
+    raw = await read_body(request, service.settings.max_body_bytes)
+    if not capture and auth.verifier is not None:
+        await run_in_threadpool(auth.check_signature, request, raw)
+    events = await run_in_threadpool(parse_events, request, raw, source, header_ok, v1)
+    report = await store(service, events, source)
+    answer: dict[str, Any] = {"status": 1, "accepted": report.events, "operations": report.operations}
+    if v1:  # capture v1 clients read a per-event verdict keyed by uuid
+        answer["results"] = {event.uuid: {"result": "ok"} for event in events if event.uuid}
+    return JSONResponse(answer)
+
+
+# route handlers carry no docstring: FastAPI would publish it as the OpenAPI description
+async def webhook(request: Request) -> Response:
+    return await receive(request, "webhook", capture=False)
+
+
+async def capture(request: Request) -> Response:
+    return await receive(request, "capture", capture=True)
+
+
+async def capture_v1(request: Request) -> Response:
+    return await receive(request, "capture", capture=True, v1=True)
+
+
+def add_ingest_routes(app: FastAPI) -> None:
+    """The webhook, capture and capture v1 routes (each also with a trailing "/")."""
+    app.add_api_route(
+        "/webhook", webhook, methods=["POST"],
+        summary="PostHog webhook / Hog destination body, plugin-style or export-style events",
+        responses=apidoc.INGEST_RESPONSES, openapi_extra=apidoc.INGEST_BODY,
+    )
+    for path in CAPTURE_PATHS:
+        for variant in (path, path + "/"):
+            app.add_api_route(
+                variant, capture, methods=["POST"], summary="PostHog capture API",
+                include_in_schema=not variant.endswith("/"),
+                responses=apidoc.INGEST_RESPONSES, openapi_extra=apidoc.INGEST_BODY,
+            )
+    for variant in (CAPTURE_V1_PATH, CAPTURE_V1_PATH + "/"):
+        app.add_api_route(
+            variant, capture_v1, methods=["POST"], include_in_schema=not variant.endswith("/"),
+            summary="PostHog capture v1 (posthog-python capture_mode=\"v1\"): {\"batch\": [...]}, Bearer token",
+            responses=apidoc.INGEST_RESPONSES, openapi_extra=apidoc.INGEST_BODY,
+        )

@@ -1,0 +1,38 @@
+"""Input sources: PostHog events in every shape, and the jobs that bring them into the outbox.
+
+* :mod:`.events` — the event model (:class:`PostHogEvent`) and the strict parsers, re-exported here;
+* :mod:`.decoding` — the body encodings PostHog SDKs use (gzip, base64 forms, lz64);
+* :mod:`.store` — the one policy for events that cannot be stored (HTTP, file and Kafka share it);
+* :mod:`.files` — the file job (:func:`~.files.send_file`: JSONL / JSON array → outbox → Customer.io);
+* :mod:`.kafka` — the Kafka job (:func:`~.kafka.consume`).
+
+The HTTP receivers live in :mod:`posthog_customerio.service`.
+"""
+
+from __future__ import annotations
+
+from .events import (
+    EventParseError,
+    ParsedItem,
+    PostHogEvent,
+    TooManyEvents,
+    loads_strict,
+    parse_event,
+    parse_payload,
+    parse_v1_batch,
+    read_events,
+    to_unix_seconds,
+)
+
+__all__ = [
+    "EventParseError",
+    "ParsedItem",
+    "PostHogEvent",
+    "TooManyEvents",
+    "loads_strict",
+    "parse_event",
+    "parse_payload",
+    "parse_v1_batch",
+    "read_events",
+    "to_unix_seconds",
+]

@@ -1,0 +1,154 @@
+"""The file job: PostHog events from a JSONL or JSON-array stream through the outbox to Customer.io.
+
+:func:`send_file` reads the events, stores them in chunks under the shared policy
+(:mod:`.store`: an event that cannot be stored is reported and counted, the rest delivered),
+delivers with this process's workers, waits until the outbox is empty (or ``timeout``) and
+returns a :class:`Summary`. Rendering progress and the summary is the caller's job
+(``posthog-customerio send`` draws progress bars from :class:`FileProgress`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..pipeline import IngestReport
+from .events import ParsedItem, PostHogEvent, read_events
+from .store import store_events
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+__all__ = ["CHUNK_EVENTS", "FileProgress", "Summary", "send_file"]
+
+#: events stored per transaction
+CHUNK_EVENTS = 2000
+
+
+@dataclass(slots=True)
+class FileProgress:
+    """Where a :func:`send_file` run is (passed to ``on_progress``)."""
+
+    #: characters of the input read so far
+    read: int
+    #: events stored so far
+    events: int
+    #: operations to deliver: the backlog found at the start plus those enqueued so far
+    operations: int
+    #: operations delivered so far
+    delivered: int
+    #: the whole input has been read and stored
+    done_reading: bool = False
+
+
+@dataclass(slots=True)
+class Summary:
+    """What one :func:`send_file` run did."""
+
+    read: int = 0
+    invalid: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    operations_enqueued: int = 0
+    backlog_before: int = 0
+    operations_delivered: int = 0
+    requests: int = 0
+    requests_by_status: dict[str, int] = field(default_factory=dict)
+    retries: int = 0
+    dead_lettered: int = 0
+    #: operations still in the outbox when waiting stopped (0 = everything delivered or dead-lettered)
+    queued: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-friendly summary (the ``send --json`` output)."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+class _CountingLines:
+    """Iterate lines while counting the characters read (for progress)."""
+
+    def __init__(self, lines: Iterable[str]) -> None:
+        self.lines = lines
+        self.read = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for line in self.lines:
+            self.read += len(line)
+            yield line
+
+
+def send_file(
+    runtime: Runtime,
+    lines: Iterable[str],
+    *,
+    timeout: float | None = None,
+    chunk_events: int = CHUNK_EVENTS,
+    on_invalid: Callable[[ParsedItem, int], None] | None = None,
+    on_progress: Callable[[FileProgress], None] | None = None,
+) -> Summary:
+    """Read, map, store and deliver the events of ``lines``; wait until the outbox is empty.
+
+    ``on_invalid(item, count)`` is called for every line or event left out (unparsable, or
+    not storable), with the running count; ``on_progress`` after every stored chunk and while
+    waiting for delivery. Waiting stops after ``timeout`` seconds (``None``: no limit); what is
+    not delivered stays queued. Database errors propagate.
+    """
+    started = time.monotonic()
+    deliverer = runtime.deliverer()
+    backlog = runtime.outbox.depth()
+    dead_before = runtime.outbox.dead_letter_count()
+    deliverer.start()
+    report, invalid = IngestReport(), 0
+    counting = _CountingLines(lines)
+    chunk: list[PostHogEvent] = []
+
+    def progress(done_reading: bool = False) -> None:
+        if on_progress is not None:
+            on_progress(FileProgress(counting.read, report.events, backlog + report.operations,
+                                     deliverer.stats.delivered, done_reading))
+
+    def left_out(item: ParsedItem) -> None:
+        nonlocal invalid
+        invalid += 1
+        if on_invalid is not None:
+            on_invalid(item, invalid)
+
+    def flush() -> None:
+        stored = store_events(runtime.ingestor.ingest, chunk, "file", count_invalid=runtime.ingestor.count_invalid)
+        report.add(stored.report)
+        for rejected in stored.rejected:
+            left_out(ParsedItem(rejected.label, error=rejected.error))
+        chunk.clear()
+        deliverer.notify()
+
+    try:
+        for item in read_events(counting):
+            if item.event is None:
+                left_out(item)
+                continue
+            chunk.append(item.event)
+            if len(chunk) >= chunk_events:
+                flush()
+                progress()
+        flush()
+        progress(done_reading=True)
+        finished = deliverer.wait_until_empty(timeout, tick=progress)
+    finally:
+        deliverer.stop()
+    stats = deliverer.stats
+    return Summary(
+        read=report.events + invalid,
+        invalid=invalid,
+        skipped=dict(report.skipped),
+        operations_enqueued=report.operations,
+        backlog_before=backlog,
+        operations_delivered=stats.delivered,
+        requests=stats.requests,
+        requests_by_status=dict(stats.requests_by_status),
+        retries=stats.retries,
+        dead_lettered=runtime.outbox.dead_letter_count() - dead_before,
+        queued=0 if finished else runtime.outbox.depth(),
+        seconds=round(time.monotonic() - started, 3),
+    )
