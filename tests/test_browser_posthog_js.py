@@ -7,13 +7,9 @@ Everything must reach the Customer.io sandbox while the page is still open (no r
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import threading
-import time
 import uuid as uuidlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -25,6 +21,7 @@ from posthog_customerio.config import load_settings
 from posthog_customerio.runtime import Runtime
 
 from .fake_posthog import FLAG_KEY, running_fake_posthog
+from .helpers import npm_install, unavailable, wait_for
 from .service import running_service
 from .test_status_page import CHROMIUM, CHROMIUM_ARGS
 
@@ -35,29 +32,10 @@ TOKEN = "phc_browser_test_token"
 CAPTURE_PATHS = ("/e/", "/i/v0/e/", "/batch/", "/capture/")
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def _missing(message: str) -> None:
-    if _in_ci():
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
 def posthog_js() -> Path:
     """posthog-js's browser bundle, installed from npm at the version tests/js/package.json pins."""
-    npm = shutil.which("npm")
-    if npm is None:
-        _missing("npm is not installed (apt-get install npm); the posthog-js browser test needs it")
-    pinned = json.loads((JS_DIR / "package.json").read_text())["dependencies"]["posthog-js"]
-    installed = JS_DIR / "node_modules" / "posthog-js" / "package.json"
-    if not installed.exists() or json.loads(installed.read_text())["version"] != pinned:
-        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--ignore-scripts"], cwd=JS_DIR,
-                              capture_output=True, text=True, timeout=600)
-        if done.returncode != 0:
-            _missing(f"npm ci in {JS_DIR} failed: {done.stderr.strip()[-500:]}")
+    npm_install(JS_DIR, "posthog-js", "ci", "--ignore-scripts")
     bundle = JS_DIR / "node_modules" / "posthog-js" / "dist" / "array.full.js"
     assert bundle.exists(), f"{bundle} missing after npm ci"
     return bundle
@@ -66,7 +44,7 @@ def posthog_js() -> Path:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
-        _missing(f"{CHROMIUM} is not installed (apt-get install chromium); the posthog-js browser test needs it")
+        unavailable(f"{CHROMIUM} is not installed (apt-get install chromium); the posthog-js browser test needs it")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -119,16 +97,6 @@ def serve_site(page: str, bundle: Path) -> tuple[_Site, str]:
     site.page, site.bundle = page.encode(), bundle.read_bytes()
     threading.Thread(target=site.serve_forever, name="site", daemon=True).start()
     return site, f"http://127.0.0.1:{site.server_address[1]}"
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 45, describe: Callable[[], Any] = lambda: "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: {describe()}"
-        time.sleep(0.1)
 
 
 SCENARIO = """([userId, email, company]) => {
@@ -194,7 +162,7 @@ def test_posthog_js_in_chromium_reaches_customerio_while_the_page_is_open(
                     return wanted <= names and company in json.dumps(sandbox.state.objects())
 
                 # while the page is still open: no unload beacon involved
-                wait_for(delivered, f"posthog-js events in Customer.io ({mode}, batching={batching})", describe=lambda: {
+                wait_for(delivered, f"posthog-js events in Customer.io ({mode}, batching={batching})", 45, describe=lambda: {
                     "people": sandbox.state.people(), "events": [e["name"] for e in sandbox.state.events()],
                     "anonymous": [e["name"] for e in sandbox.state.anonymous_events()], "objects": sandbox.state.objects(),
                     "sent": [(p, q, len(b)) for p, q, b in sent], "bad": bad, "errors": errors,
@@ -213,7 +181,7 @@ def test_posthog_js_in_chromium_reaches_customerio_while_the_page_is_open(
                         return sorted((r.path, r.query, r.body) for r in fake.recorded() if r.method == "POST" and r.path in CAPTURE_PATHS)
 
                     # byte-identical bodies, same paths and queries (a request may still be in flight: wait for it)
-                    wait_for(lambda: sent and forwarded() == sorted(sent), "every capture request forwarded as sent",
+                    wait_for(lambda: sent and forwarded() == sorted(sent), "every capture request forwarded as sent", 45,
                              describe=lambda: ([(p, q, len(b)) for p, q, b in forwarded()], [(p, q, len(b)) for p, q, b in sent]))
                     assert any(r.path.startswith("/flags") for r in fake.recorded())
                     assert any(r.body.startswith(b"\x1f\x8b") for r in fake.recorded("/e"))  # posthog-js's native gzip

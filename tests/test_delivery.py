@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 
-from posthog_customerio.config import load_settings
 from posthog_customerio.output.base import AuthError
 from posthog_customerio.delivery import Backoff
 from posthog_customerio.runtime import Runtime
@@ -19,21 +18,9 @@ from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.sources import parse_event
 
 from .conftest import API_KEY, SITE_ID
+from .helpers import make_runtime
 
 pytestmark = pytest.mark.e2e
-
-
-def make_runtime(sandbox: SandboxServer, tmp_path: Path, **overrides: Any) -> Runtime:
-    values = {
-        "customerio_site_id": SITE_ID,
-        "customerio_api_key": API_KEY,
-        "customerio_track_url": sandbox.url,
-        "posthog_customerio_data_dir": tmp_path / "data",
-        "sqlite_synchronous": "NORMAL",
-        "customerio_max_rps": 1000,
-        **overrides,
-    }
-    return Runtime(load_settings(values))
 
 
 def events_for(people: int, per_person: int, *, props: int = 3) -> list[Any]:
@@ -63,7 +50,7 @@ def deliver(runtime: Runtime, events: list[Any], timeout: float = 30.0, **kwargs
 
 
 def test_v2_batches_are_packed_by_bytes_and_everything_arrives_once(sandbox: SandboxServer, tmp_path: Path) -> None:
-    runtime = make_runtime(sandbox, tmp_path, delivery_concurrency=2)
+    runtime = make_runtime(sandbox, tmp_path / "data", delivery_concurrency=2)
     with runtime:
         deliverer = deliver(runtime, events_for(people=50, per_person=40, props=20))
     stats = sandbox.state.stats()
@@ -78,7 +65,7 @@ def test_v2_batches_are_packed_by_bytes_and_everything_arrives_once(sandbox: San
 
 
 def test_each_persons_events_arrive_in_order(sandbox: SandboxServer, tmp_path: Path) -> None:
-    with make_runtime(sandbox, tmp_path, delivery_concurrency=4) as runtime:
+    with make_runtime(sandbox, tmp_path / "data", delivery_concurrency=4) as runtime:
         runtime.deliverer().max_batch_items = 7  # many small concurrent batches
         deliver(runtime, events_for(people=5, per_person=30))
     by_person: dict[str, list[int]] = defaultdict(list)
@@ -91,7 +78,7 @@ def test_each_persons_events_arrive_in_order(sandbox: SandboxServer, tmp_path: P
 
 def test_500s_are_retried_and_nothing_is_lost_or_duplicated(sandbox: SandboxServer, tmp_path: Path) -> None:
     sandbox.state.add_fault(status=500, count=3)
-    with make_runtime(sandbox, tmp_path) as runtime:
+    with make_runtime(sandbox, tmp_path / "data") as runtime:
         runtime.deliverer().backoff = Backoff(base=0.05, cap=0.2)
         deliverer = deliver(runtime, events_for(people=3, per_person=4))
     statuses = [r["status"] for r in sandbox.state.requests()]
@@ -102,7 +89,7 @@ def test_500s_are_retried_and_nothing_is_lost_or_duplicated(sandbox: SandboxServ
 
 def test_429_retry_after_is_honoured(sandbox: SandboxServer, tmp_path: Path) -> None:
     sandbox.state.add_fault(status=429, count=1, retry_after=1)
-    with make_runtime(sandbox, tmp_path) as runtime:
+    with make_runtime(sandbox, tmp_path / "data") as runtime:
         deliver(runtime, events_for(people=2, per_person=2))
     first, second, *_ = sandbox.state.requests()
     assert first["status"] == 429
@@ -114,7 +101,7 @@ def test_207_dead_letters_only_the_rejected_operation(sandbox: SandboxServer, tm
     events = events_for(people=3, per_person=1)
     bad = parse_event({"event": "x", "distinct_id": "user-bad", "timestamp": 1_704_067_200,
                        "properties": {"$set": {"bio": "é" * 600}}})  # 1,200 bytes: over the 1,000-byte value limit
-    with make_runtime(sandbox, tmp_path, limits="dead-letter") as runtime:
+    with make_runtime(sandbox, tmp_path / "data", limits="dead-letter") as runtime:
         deliver(runtime, [*events, bad])
         letters = runtime.outbox.dead_letters()
     assert [json.loads(letter.payload)["action"] for letter in letters] == ["identify"]
@@ -129,7 +116,7 @@ def test_whole_batch_400_is_split_to_isolate_the_bad_operation(sandbox: SandboxS
     sandbox.state.add_fault(status=400, count=3, body={"errors": [{"reason": "invalid"}]})
     events = [parse_event({"event": "e", "distinct_id": f"p{i}", "timestamp": 1_704_067_200, "uuid": str(uuidlib.uuid4())})
               for i in range(2)]
-    with make_runtime(sandbox, tmp_path, delivery_concurrency=1) as runtime:
+    with make_runtime(sandbox, tmp_path / "data", delivery_concurrency=1) as runtime:
         deliver(runtime, events)
         letters = runtime.outbox.dead_letters()
     sizes = [len(r["body"]["batch"]) for r in sandbox.state.requests() if isinstance(r["body"], dict)]
@@ -140,7 +127,7 @@ def test_whole_batch_400_is_split_to_isolate_the_bad_operation(sandbox: SandboxS
 
 def test_401_stops_delivery_and_keeps_everything_queued(sandbox: SandboxServer, tmp_path: Path) -> None:
     sandbox.state.set_credentials(SITE_ID, "rotated-key")
-    with make_runtime(sandbox, tmp_path) as runtime:
+    with make_runtime(sandbox, tmp_path / "data") as runtime:
         runtime.ingestor.ingest(events_for(people=2, per_person=2))
         deliverer = runtime.deliverer()
         deliverer.start()
@@ -151,14 +138,14 @@ def test_401_stops_delivery_and_keeps_everything_queued(sandbox: SandboxServer, 
     assert [r["status"] for r in sandbox.state.requests()] == [401]
     # credentials fixed: a new run delivers everything
     sandbox.state.set_credentials(SITE_ID, API_KEY)
-    with make_runtime(sandbox, tmp_path) as runtime:
+    with make_runtime(sandbox, tmp_path / "data") as runtime:
         deliver(runtime, [])
     assert sandbox.state.stats()["events"] == 4
 
 
 def test_paused_delivery_resumes_when_credentials_work_again(sandbox: SandboxServer, tmp_path: Path) -> None:
     sandbox.state.set_credentials(SITE_ID, "rotated-key")
-    with make_runtime(sandbox, tmp_path) as runtime:
+    with make_runtime(sandbox, tmp_path / "data") as runtime:
         runtime.ingestor.ingest(events_for(people=1, per_person=2))
         deliverer = runtime.deliverer(pause_on_auth_error=True)
         deliverer.auth_retry_s = 0.2
@@ -179,7 +166,7 @@ def test_v1_api_sends_one_request_per_operation_with_encoded_ids(sandbox: Sandbo
     event = parse_event({"event": "$pageview", "distinct_id": weird, "timestamp": 1_704_067_200,
                          "uuid": str(uuidlib.uuid4()),
                          "properties": {"$current_url": "https://x.io/", "$set": {"plan": "pro"}}})
-    with make_runtime(sandbox, tmp_path, customerio_api="v1") as runtime:
+    with make_runtime(sandbox, tmp_path / "data", customerio_api="v1") as runtime:
         deliver(runtime, [event])
     paths = [r["path"] for r in sandbox.state.requests()]
     assert paths == ["/api/v1/customers/user%2F1%3Fx%3D%23frag%20100%25",
@@ -191,7 +178,7 @@ def test_v1_api_sends_one_request_per_operation_with_encoded_ids(sandbox: Sandbo
 
 def test_replaying_the_same_events_creates_no_duplicates(sandbox: SandboxServer, tmp_path: Path) -> None:
     events = events_for(people=2, per_person=3)
-    with make_runtime(sandbox, tmp_path) as runtime:
+    with make_runtime(sandbox, tmp_path / "data") as runtime:
         deliver(runtime, events)
     # a fresh data dir (state lost) replays everything: Customer.io dedupes by event id
     with make_runtime(sandbox, tmp_path / "other") as runtime:
@@ -204,7 +191,7 @@ def test_client_side_rate_limit_is_shared_by_all_workers(sandbox: SandboxServer,
     events = [parse_event({"event": "e", "distinct_id": f"p{i}", "timestamp": 1_704_067_200, "uuid": str(uuidlib.uuid4()),
                            "properties": {"$is_identified": False}}) for i in range(12)]
     # anonymous events: one request each; 12 requests at 5 per second need at least ~2.2 s
-    with make_runtime(sandbox, tmp_path, customerio_max_rps=5, delivery_concurrency=4) as runtime:
+    with make_runtime(sandbox, tmp_path / "data", customerio_max_rps=5, delivery_concurrency=4) as runtime:
         started = time.monotonic()
         deliver(runtime, events)
         elapsed = time.monotonic() - started

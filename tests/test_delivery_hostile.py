@@ -15,8 +15,9 @@ from posthog_customerio.output.base import parse_retry_after
 from posthog_customerio.delivery import RateLimiter
 from posthog_customerio.sandbox import SandboxServer
 
+from .helpers import make_runtime
 from .service import running_service
-from .test_delivery import events_for, make_runtime
+from .test_delivery import events_for
 from .test_service_process import post_all, service, service_env, webhook_events  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.e2e
@@ -71,7 +72,7 @@ def test_hostile_retry_after_neither_kills_nor_stalls_delivery(
     """A 429 with any Retry-After: the workers live and delivery resumes within RETRY_AFTER_MAX_S."""
     response = httpx.post(f"{sandbox.url}/_sandbox/faults", json={"status": 429, "count": 2, "retry_after": header})
     assert response.status_code == 200 and response.json()["retry_after"] == header
-    with make_runtime(sandbox, tmp_path, retry_after_max_s=1, delivery_concurrency=4) as runtime:
+    with make_runtime(sandbox, tmp_path / "data", retry_after_max_s=1, delivery_concurrency=4) as runtime:
         runtime.ingestor.ingest(events_for(people=3, per_person=2))
         deliverer = runtime.deliverer()
         deliverer.start()
@@ -109,7 +110,7 @@ def _metric(text: str, name: str) -> float:
 
 
 def test_a_worker_that_dies_is_restarted_counted_and_reported(sandbox: SandboxServer, tmp_path: Path) -> None:
-    runtime = make_runtime(sandbox, tmp_path, delivery_concurrency=2)
+    runtime = make_runtime(sandbox, tmp_path / "data", delivery_concurrency=2)
     outbox = runtime.outbox
     real_claim = outbox.claim
     failures = {"left": 3}
@@ -144,7 +145,7 @@ def test_a_worker_that_dies_is_restarted_counted_and_reported(sandbox: SandboxSe
 
 
 def test_healthz_is_not_ok_while_no_worker_is_alive(sandbox: SandboxServer, tmp_path: Path) -> None:
-    runtime = make_runtime(sandbox, tmp_path, delivery_concurrency=2)
+    runtime = make_runtime(sandbox, tmp_path / "data", delivery_concurrency=2)
     broken = {"on": True}
     real_claim = runtime.outbox.claim
 

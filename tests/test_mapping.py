@@ -1,15 +1,11 @@
-"""Table-driven tests of the pure mapping: events + config -> Customer.io operations.
-
-Each case is a sequence of events fed through ``map_event`` with state carried
-between them, and the exact operations expected for each event. Cases named
-``bug:`` prove a fix of the original plugin's known bugs
-(``original-plugin-behavior.md``).
-"""
+"""Mapping rules that need code (parametrised values, ids, state): the table of whole cases is data in
+``tests/mapping_cases/`` (run by ``test_mapping_cases.py``), where records named ``bug:`` prove a fix of
+one of the original plugin's known bugs."""
 
 from __future__ import annotations
 
+import functools
 import uuid as uuidlib
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -20,228 +16,15 @@ from posthog_customerio.mapping import MappingConfig, map_event
 from posthog_customerio.sources import parse_event
 from posthog_customerio.state import PersonState
 
-T0 = 1_704_067_200  # 2024-01-01T00:00:00Z
+from . import helpers
+from .helpers import T0
+
 UUID7 = "0190b7c2-8a6f-7b3e-9b1a-1234567890ab"
 
 
-def ev(name: str, distinct_id: str = "u1", *, t: int = 0, uuid: str | None = None, **extra: Any) -> dict[str, Any]:
-    """A plugin-style event dict at T0 + t seconds (uuid derived from the name/time)."""
-    event = {
-        "event": name,
-        "distinct_id": distinct_id,
-        "timestamp": f"2024-01-01T00:{t // 60:02d}:{t % 60:02d}.250Z",
-        "uuid": uuid or str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"{distinct_id}/{name}/{t}")),
-        "properties": {},
-    }
-    event.update(extra)
-    return event
-
-
-def ident(attrs: dict[str, Any] | None, *, distinct_id: str = "u1", t: int = 0, key: str = "id") -> dict[str, Any]:
-    """Expected identify operation."""
-    op: dict[str, Any] = {"type": "person", "identifiers": {key: distinct_id}, "action": "identify", "timestamp": T0 + t}
-    if attrs is not None:
-        op["attributes"] = attrs
-    return op
-
-
-def track(event: dict[str, Any], action: str = "event", name: str | None = None, *, who: dict[str, str] | None = None,
-          data: dict[str, Any] | None = None, t: int = 0) -> dict[str, Any]:
-    """Expected event operation for an input event dict."""
-    return {
-        "type": "person",
-        "identifiers": who or {"id": event["distinct_id"]},
-        "action": action,
-        "name": name or event["event"],
-        "id": str(ULID.from_bytes(uuidlib.UUID(event["uuid"]).bytes)),
-        "timestamp": T0 + t,
-        "attributes": data if data is not None else event["properties"],
-    }
-
-
-@dataclass
-class Case:
-    name: str
-    events: list[dict[str, Any]]
-    expected: list[list[dict[str, Any]]]
-    config: MappingConfig = field(default_factory=MappingConfig)
-    skipped: list[str | None] | None = None
-
-
-# Reusable events -----------------------------------------------------------------------
-PAGE = ev("$pageview", properties={"$current_url": "https://x.io/pricing", "$browser": "Firefox"})
-PAGE_NO_URL = ev("$pageview", t=1, properties={"$browser": "Firefox"})
-SCREEN = ev("$screen", properties={"$screen_name": "Dashboard"})
-SCREEN_NO_NAME = ev("$screen", t=1, properties={})
-SIGNUP = ev("signed_up", properties={"plan": "pro", "$set": {"email": "ann@example.com", "name": "Ann"}, "$set_once": {"ref": "ad"}})
-TOP_SET = ev("signed_up", **{"$set": {"name": "Ann"}})
-CLICK = ev("clicked", t=5, properties={"button": "buy"})
-CLICK2 = ev("clicked", t=6, properties={"button": "again"})
-RENAME = ev("$set", t=7, properties={"$set": {"name": "Anna"}})
-SAME_NAME = ev("$set", t=8, properties={"$set": {"name": "Anna"}})
-ANON = ev("$pageview", "anon-1", properties={"$current_url": "https://x.io/", "$is_identified": False})
-IDENTIFY = ev("$identify", "u1", t=10, properties={"$anon_distinct_id": "anon-1", "$set": {"email": "ann@example.com"}})
-IS_IDENTIFIED = ev("clicked", "u2", properties={"$is_identified": True})
-WITH_EMAIL_LATER = ev("clicked", t=20, properties={"button": "x"})
-
-
-CASES = [
-    Case(
-        "first event creates the person, then the event",
-        [CLICK],
-        [[ident(None, t=5), track(CLICK, t=5)]],
-    ),
-    Case(
-        "$set from properties.$set and email; data drops $set/$set_once; $set_once sent once",
-        [SIGNUP],
-        [[
-            ident({"email": "ann@example.com", "name": "Ann", "ref": "ad"}),
-            track(SIGNUP, data={"plan": "pro"}),
-        ]],
-    ),
-    Case("top-level $set is used too", [TOP_SET], [[ident({"name": "Ann"}), track(TOP_SET, data={})]]),
-    Case(
-        "bug: identify + track for every event -> unchanged identify is skipped",
-        [SIGNUP, CLICK, CLICK2],
-        [
-            [ident({"email": "ann@example.com", "name": "Ann", "ref": "ad"}), track(SIGNUP, data={"plan": "pro"})],
-            [track(CLICK, t=5)],
-            [track(CLICK2, t=6)],
-        ],
-    ),
-    Case(
-        "a changed attribute sends only that attribute; same value again sends nothing",
-        [SIGNUP, RENAME, SAME_NAME],
-        [
-            [ident({"email": "ann@example.com", "name": "Ann", "ref": "ad"}), track(SIGNUP, data={"plan": "pro"})],
-            [ident({"name": "Anna"}, t=7)],  # a $set event updates the person; it is not an event
-            [],
-        ],
-        skipped=[None, "person_update", "person_update"],
-    ),
-    Case(
-        "$pageview is a page named by $current_url, falling back to the event name",
-        [PAGE, PAGE_NO_URL],
-        [[ident(None), track(PAGE, "page", "https://x.io/pricing")], [track(PAGE_NO_URL, "page", "$pageview", t=1)]],
-    ),
-    Case(
-        "$screen is a screen named by $screen_name, falling back to the event name",
-        [SCREEN, SCREEN_NO_NAME],
-        [[ident(None), track(SCREEN, "screen", "Dashboard")], [track(SCREEN_NO_NAME, "screen", "$screen", t=1)]],
-    ),
-    Case(
-        "allowlist: other events send nothing but their email is remembered",
-        [SIGNUP, CLICK],
-        [[], [ident({"email": "ann@example.com"}, t=5), track(CLICK, t=5)]],
-        MappingConfig(events_to_send=frozenset({"clicked"}), anonymous_mode="with_email"),
-        [ "not_in_allowlist", None],
-    ),
-    Case(
-        "$create_alias is skipped",
-        [ev("$create_alias", properties={"alias": "other"})],
-        [[]],
-        skipped=["alias"],
-    ),
-    Case(
-        "identified filter: anonymous events dropped until $identify; $identify itself passes",
-        [ANON, IDENTIFY, CLICK2],
-        [
-            [],
-            [ident({"email": "ann@example.com"}, t=10), track(IDENTIFY, data={"$anon_distinct_id": "anon-1"}, t=10)],
-            [track(CLICK2, t=6)],
-        ],
-        MappingConfig(anonymous_mode="identified"),
-        ["anonymous_user", None, None],
-    ),
-    Case(
-        "identified filter: $is_identified true counts as identified",
-        [IS_IDENTIFIED],
-        [[ident(None, distinct_id="u2"), track(IS_IDENTIFIED)]],
-        MappingConfig(anonymous_mode="identified"),
-    ),
-    Case(
-        "identified filter: the target of an alias is identified",
-        [ev("$create_alias", "u3", properties={"alias": "u3-alias"}), ev("clicked", "u3", t=1), ev("clicked", "u3-alias", t=2)],
-        # the alias is merged into u3: its events belong to u3
-        [[], [ident(None, distinct_id="u3", t=1), track(ev("clicked", "u3", t=1), t=1)],
-         [track(ev("clicked", "u3-alias", t=2), who={"id": "u3"}, t=2)]],
-        MappingConfig(anonymous_mode="identified"),
-        ["alias", None, None],
-    ),
-    Case(
-        "with_email filter: nothing until an email is known, then everything",
-        [CLICK, SIGNUP, WITH_EMAIL_LATER],
-        [
-            [],
-            [ident({"email": "ann@example.com", "name": "Ann", "ref": "ad"}), track(SIGNUP, data={"plan": "pro"})],
-            [track(WITH_EMAIL_LATER, t=20)],
-        ],
-        MappingConfig(anonymous_mode="with_email"),
-        ["anonymous_user", None, None],
-    ),
-    Case(
-        "bug: identify by email only for the event carrying the email -> every later event uses it",
-        [SIGNUP, CLICK],
-        [
-            [ident({"email": "ann@example.com", "name": "Ann", "ref": "ad"}, distinct_id="ann@example.com", key="email"),
-             track(SIGNUP, data={"plan": "pro"}, who={"email": "ann@example.com"})],
-            [track(CLICK, who={"email": "ann@example.com"}, t=5)],
-        ],
-        MappingConfig(identify_by_email=True),
-    ),
-    Case(
-        "identify by email: a person created by id gets the email on its id profile, then is addressed by email",
-        [CLICK, SIGNUP, CLICK2],
-        [
-            [ident(None, t=5), track(CLICK, t=5)],
-            [ident({"email": "ann@example.com", "name": "Ann", "ref": "ad"}), track(SIGNUP, data={"plan": "pro"})],
-            [track(CLICK2, who={"email": "ann@example.com"}, t=6)],
-        ],
-        MappingConfig(identify_by_email=True),
-    ),
-    Case(
-        "bug: distinct_id-as-email fallback only ran for invalid $set.email -> always when no other email",
-        [ev("clicked", "bob@example.com")],
-        [[ident({"email": "bob@example.com"}, distinct_id="bob@example.com"),
-          track(ev("clicked", "bob@example.com"))]],
-    ),
-    Case(
-        "an invalid $set.email is not sent as the email",
-        [ev("x", properties={"$set": {"email": "not-an-email"}})],
-        [[ident({"email": "not-an-email"}), track(ev("x", properties={}), data={})]],
-        MappingConfig(anonymous_mode="all"),
-    ),
-    Case(
-        "bug: person properties outside this event's $set never reached Customer.io",
-        [ev("clicked", person={"properties": {"plan": "team", "email": "c@example.com"}})],
-        [[ident({"plan": "team", "email": "c@example.com"}), track(ev("clicked"), data={})]],
-    ),
-    Case(
-        "bug: $set_once was dropped -> sent once, never overwriting a key we already sent",
-        [ev("a", **{"$set_once": {"first_seen": "x"}}), ev("b", t=1, **{"$set_once": {"first_seen": "y", "ref": "z"}})],
-        [[ident({"first_seen": "x"}), track(ev("a"), data={})],
-         [ident({"ref": "z"}, t=1), track(ev("b", t=1), data={}, t=1)]],
-    ),
-]
-
-
-def _run(case: Case) -> tuple[list[list[dict[str, Any]]], list[str | None]]:
-    states: dict[str, PersonState] = {}
-    produced, skipped = [], []
-    for raw in case.events:
-        mapped = map_event(parse_event(raw), states, case.config)
-        states.update(mapped.states)
-        produced.append([op.payload for op in mapped.operations])
-        skipped.append(mapped.skipped)
-    return produced, skipped
-
-
-@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
-def test_mapping_table(case: Case) -> None:
-    produced, skipped = _run(case)
-    assert produced == case.expected
-    if case.skipped is not None:
-        assert skipped == case.skipped
+#: a plugin-style event at T0 + t with an ISO timestamp (250 ms) and a uuid5 of name/id/time
+ev = functools.partial(helpers.ev, iso=True)
+IDENTIFY = ev("$identify", "u1", 10, properties={"$anon_distinct_id": "anon-1", "$set": {"email": "ann@example.com"}})
 
 
 # -- single rules with more detail ---------------------------------------------------------
@@ -258,7 +41,7 @@ def test_mapping_table(case: Case) -> None:
 )
 def test_created_at_becomes_integer_seconds(created_at: Any, expected: int) -> None:
     """bug: created_at became a float, null or NaN."""
-    mapped = map_event(parse_event(ev("x", **{"$set": {"created_at": created_at}})), {}, MappingConfig())
+    mapped = map_event(parse_event(ev("x", top={"$set": {"created_at": created_at}})), {}, MappingConfig())
     attributes = mapped.operations[0].payload["attributes"]
     assert attributes["created_at"] == expected
     assert isinstance(attributes["created_at"], int)
@@ -266,13 +49,13 @@ def test_created_at_becomes_integer_seconds(created_at: Any, expected: int) -> N
 
 @pytest.mark.parametrize("created_at", ["yesterday", "", None, True, {"a": 1}])
 def test_unparseable_created_at_is_dropped_not_nan(created_at: Any) -> None:
-    mapped = map_event(parse_event(ev("x", **{"$set": {"created_at": created_at, "plan": "a"}})), {}, MappingConfig())
+    mapped = map_event(parse_event(ev("x", top={"$set": {"created_at": created_at, "plan": "a"}})), {}, MappingConfig())
     assert mapped.operations[0].payload["attributes"] == {"plan": "a"}
 
 
 def test_timestamps_are_integer_seconds() -> None:
     """bug: timestamps were sent as floats (ms/1000)."""
-    mapped = map_event(parse_event(ev("x", timestamp=1_704_067_200_999)), {}, MappingConfig())
+    mapped = map_event(parse_event(ev("x", top={"timestamp": 1_704_067_200_999})), {}, MappingConfig())
     for op in mapped.operations:
         assert op.payload["timestamp"] == T0
         assert type(op.payload["timestamp"]) is int
@@ -310,7 +93,7 @@ def test_non_uuid_string_uuid_still_gets_an_id() -> None:
 def test_mapping_does_not_mutate_its_input_state() -> None:
     state = PersonState("u1", created=True, digests={"name": "0"})
     before = (state.created, dict(state.digests))
-    map_event(parse_event(ev("x", **{"$set": {"name": "B"}})), {"u1": state}, MappingConfig())
+    map_event(parse_event(ev("x", top={"$set": {"name": "B"}})), {"u1": state}, MappingConfig())
     assert (state.created, state.digests) == before
 
 

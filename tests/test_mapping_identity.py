@@ -1,5 +1,6 @@
-"""Issue 9 mapping rules, table-driven: merge survivor by identity, email held until the merge,
-deletes by every identifier, not-events and EVENTS_TO_SKIP, dates, device removal, Hog groups."""
+"""Issue 9 mapping rules that need code: merge survivor by identity, email held until the merge,
+not-events, EVENTS_TO_SKIP's default, dates, Hog groups. Deletes by every identifier, EVENTS_TO_SKIP
+globs, CONVERT_DATES and device removal are records in ``tests/mapping_cases/``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import pytest
 from posthog_customerio.config import load_settings
 from posthog_customerio.mapping import MappingConfig, iso_datetime_seconds
 
-from .test_mapping_semantics import ANON, PERSON, T0, ev, run, shapes
+from .helpers import T0
+from .test_mapping_semantics import ANON, PERSON, ev, run, shapes
 
 
 def alias_js(user: str, other: str, t: int = 50) -> dict[str, Any]:
@@ -81,27 +83,6 @@ def test_a_merge_without_an_email_on_the_visitor_is_unchanged() -> None:
     assert result.operations[0].payload["attributes"] == {"email": "u@x.io"}
 
 
-# -- deletes and suppressions ---------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("history", "distinct_id", "config", "expected"),
-    [
-        ([], "nobody", PERSON, [("delete", {"id": "nobody"})]),
-        ([], "a@x.io", PERSON, [("delete", {"id": "a@x.io"}), ("delete", {"email": "a@x.io"})]),
-        ([ev("x", "u", 0, **{"$set": {"email": "U@x.io"}})], "u", PERSON,
-         [("delete", {"id": "u"}), ("delete", {"email": "U@x.io"})]),
-        ([ev("x", "u", 0, **{"$set": {"email": "u@x.io"}})], "u", MappingConfig(suppress_on_delete=True),
-         [("suppress", {"id": "u"}), ("suppress", {"email": "u@x.io"})]),
-        ([ev("x", "anon", 0), ev("$identify", "u", 1, **{"$anon_distinct_id": "anon"})], "anon", PERSON,
-         [("delete", {"id": "u"}), ("delete", {"id": "anon"})]),
-    ],
-    ids=["unknown", "email-shaped-id", "known-email", "suppress", "merged-id"],
-)
-def test_deletes_go_out_by_every_identifier_we_know(history: list[dict[str, Any]], distinct_id: str,
-                                                    config: MappingConfig, expected: list[Any]) -> None:
-    *_, result = run([*history, ev("$delete_person", distinct_id, 9)], config)[0]
-    assert [(op.payload["action"], op.payload["identifiers"]) for op in result.operations] == expected
-
-
 # -- not events, EVENTS_TO_SKIP --------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["$set", "$set_once"])
 @pytest.mark.parametrize("config", [PERSON, ANON], ids=["person", "anonymous"])
@@ -115,23 +96,6 @@ def test_set_events_update_the_person_and_are_never_events(name: str, config: Ma
     (result,), states = run([visitor], config)
     if config is ANON:
         assert result.operations == [] and states["v"].pending == {"plan": "free"}
-
-
-@pytest.mark.parametrize(
-    ("skip", "name", "sent"),
-    [
-        ("", "$pageleave", True),
-        ("$pageleave", "$pageleave", False),
-        ("$feature_flag_*,$web_vitals", "$feature_flag_called", False),
-        ("$feature_flag_*,$web_vitals", "$web_vitals", False),
-        ("$feature_flag_*", "purchase", True),
-    ],
-)
-def test_events_to_skip_takes_names_and_globs(skip: str, name: str, sent: bool) -> None:
-    config = load_settings({"events_to_skip": skip, "anonymous_events": "person"}).mapping_config()
-    (result,), _ = run([ev(name, "u", 0)], config)
-    assert ("event" in [s[2] for s in shapes(result)]) is sent
-    assert result.skipped == (None if sent else "events_to_skip")
 
 
 def test_events_to_skip_applies_after_the_allowlist_and_its_default_drops_posthog_internals() -> None:
@@ -155,36 +119,6 @@ def test_events_to_skip_applies_after_the_allowlist_and_its_default_drops_postho
 )
 def test_only_full_iso_date_times_are_dates(value: str, seconds: int | None) -> None:
     assert iso_datetime_seconds(value) == seconds
-
-
-@pytest.mark.parametrize(("convert", "expected"), [(True, T0), (False, "2024-01-01T00:00:00Z")])
-def test_convert_dates(convert: bool, expected: Any) -> None:
-    config = load_settings({"convert_dates": convert, "anonymous_events": "person"}).mapping_config()
-    raw = ev("x", "u", 0, **{"$set": {"trial_ends": "2024-01-01T00:00:00Z", "code": "2024-01-01", "n": "12"}})
-    (result,), _ = run([raw], config)
-    attributes = result.operations[0].payload["attributes"]
-    assert attributes == {"trial_ends": expected, "code": "2024-01-01", "n": "12"}
-    (event,) = [op for op in result.operations if op.payload["action"] == "event"]
-    assert "trial_ends" not in event.payload["attributes"]  # event data is untouched either way
-
-
-# -- devices -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("removal", [{"$set": {"$device_token": None}}, {"$unset": ["$device_token"]}],
-                         ids=["null", "unset"])
-def test_a_removed_push_token_deletes_the_device(removal: dict[str, Any]) -> None:
-    events = [ev("a", "u", 0, **{"$os": "Android", "$set": {"$device_token": "tok-9"}}), ev("$set", "u", 1, **removal),
-              ev("c", "u", 2, **removal)]
-    (added, removed, again), _ = run(events, PERSON)
-    assert "add_device" in [s[2] for s in shapes(added)]
-    (delete,) = [op.payload for op in removed.operations if op.payload["action"] == "delete_device"]
-    assert delete == {"type": "person", "identifiers": {"id": "u"}, "action": "delete_device",
-                      "device": {"token": "tok-9"}}
-    assert "delete_device" not in [s[2] for s in shapes(again)]  # already gone
-
-
-def test_a_removed_token_we_never_added_sends_nothing() -> None:
-    (result,), _ = run([ev("$set", "u", 0, **{"$set": {"$device_token": None}})], PERSON)
-    assert "delete_device" not in [s[2] for s in shapes(result)]
 
 
 # -- Hog globals groups --------------------------------------------------------------------------

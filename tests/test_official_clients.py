@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import ssl
 import subprocess
 from collections.abc import Iterator
@@ -24,14 +23,12 @@ from customerio import CustomerIO, CustomerIOException
 
 from posthog_customerio.sandbox import SandboxServer
 
+from .helpers import npm_install
+
 SITE_ID, API_KEY = "site-official", "key-official"
 NODE_DIR = Path(__file__).resolve().parent / "cio_node"
 NOW = 1_750_000_000
 ULID_1 = "01J0000000000000000000000A"
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
 @pytest.fixture(scope="module")
@@ -161,25 +158,7 @@ def test_python_client_batch_and_errors(cio: CustomerIO, views: Any) -> None:
 @pytest.fixture(scope="session")
 def node_client() -> Path:
     """``tests/cio_node`` with its pinned ``customerio-node`` installed (npm, once per session)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        message = "node and npm are needed for the customerio-node checks (install Node.js)"
-        if _in_ci():
-            pytest.fail(message)
-        pytest.skip(message)
-    wanted = json.loads((NODE_DIR / "package.json").read_text())["dependencies"]["customerio-node"]
-    installed = NODE_DIR / "node_modules" / "customerio-node" / "package.json"
-    if not installed.exists() or json.loads(installed.read_text())["version"] != wanted:
-        result = subprocess.run(
-            [npm, "install", "--no-package-lock", "--no-audit", "--no-fund"],
-            cwd=NODE_DIR, capture_output=True, text=True, timeout=300,
-        )
-        if result.returncode != 0:
-            message = f"npm install in {NODE_DIR} failed: {result.stderr[-2000:]}"
-            if _in_ci():
-                pytest.fail(message)
-            pytest.skip(message)
-    return NODE_DIR
+    return npm_install(NODE_DIR, "customerio-node", "install", "--no-package-lock", timeout=300)
 
 
 @pytest.fixture()

@@ -8,8 +8,7 @@ import os
 import socket
 import stat
 import time
-import uuid as uuidlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +23,7 @@ from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
 
 from .conftest import API_KEY, SITE_ID, Cli
+from .helpers import hog, wait_for
 from .service import running_service
 
 pytestmark = pytest.mark.e2e
@@ -32,24 +32,6 @@ OPS = "ops-7c1e-token"
 HOOK = "hook-90ab-token"
 SIGNING = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 OPS_GETS = ("/status", "/api/status", "/api/dead-letters", "/api/not-a-route")
-
-
-def hog(distinct_id: str, n: int = 0, email: str | None = None, name: str = "clicked") -> dict[str, Any]:
-    return {
-        "event": {"uuid": str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"{distinct_id}/{name}/{n}")), "event": name,
-                  "distinct_id": distinct_id, "properties": {"n": n}, "timestamp": "2024-01-01T00:00:00Z"},
-        "person": {"properties": {"email": email or f"{distinct_id}@example.com"}},
-    }
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -125,7 +107,7 @@ def test_open_endpoints_carry_no_personal_data(serve, sandbox: SandboxServer) ->
         assert httpx.post(f"{url}/webhook", json=hog(person, email=email)).status_code == 200
         wait_for(lambda: runtime.outbox.dead_letter_count() >= 1 and runtime.outbox.depth() == 0, "dead letters")
         sandbox.state.add_fault(status=401, duration_s=120, body={"meta": {"error": f"unauthorized: {email}"}})
-        assert httpx.post(f"{url}/webhook", json=hog(person, 1, email=email)).status_code == 200
+        assert httpx.post(f"{url}/webhook", json=hog(person, n=1, email=email)).status_code == 200
         wait_for(lambda: httpx.get(f"{url}/healthz").json()["delivery"] == "paused", "delivery to pause")
         private = httpx.get(f"{url}/api/status", headers=bearer(OPS)).text
         assert email in private and person in private  # the protected report has them: the test can fail
@@ -143,7 +125,7 @@ def test_readyz_never_blocks_requests_while_customerio_hangs(serve, sandbox: San
     with serve(webhook_token=HOOK, shutdown_grace_s=0) as (url, _):
         with httpx.Client(headers=bearer(HOOK)) as client:
             started = time.monotonic()
-            assert client.post(f"{url}/webhook", json=hog("quick", 0)).status_code == 200
+            assert client.post(f"{url}/webhook", json=hog("quick")).status_code == 200
             baseline = time.monotonic() - started
             sandbox.state.add_fault(delay_s=delay, duration_s=60)  # every Customer.io request hangs
             try:
@@ -152,7 +134,7 @@ def test_readyz_never_blocks_requests_while_customerio_hangs(serve, sandbox: San
                     latencies = []
                     for n in range(1, 6):
                         started = time.monotonic()
-                        assert client.post(f"{url}/webhook", json=hog("quick", n), timeout=30).status_code == 200
+                        assert client.post(f"{url}/webhook", json=hog("quick", n=n), timeout=30).status_code == 200
                         latencies.append(time.monotonic() - started)
                     answers = [probe.result() for probe in probes]
             finally:
@@ -166,7 +148,7 @@ def test_ready_while_customerio_fails_and_healthz_says_so(serve, sandbox: Sandbo
     sandbox.state.add_fault(status=503, duration_s=120)
     try:
         with serve(ops_token=OPS) as (url, _):
-            assert httpx.post(f"{url}/webhook", json=hog("down", 0)).status_code == 200
+            assert httpx.post(f"{url}/webhook", json=hog("down")).status_code == 200
             health = wait_for(lambda: (h := httpx.get(f"{url}/healthz").json())["customerio"]["last_error"] and h,
                               "delivery's failures to show in /healthz")
             assert health["customerio"]["last_error"] == "HTTP 503" and health["customerio"]["reachable"] is True
@@ -186,14 +168,14 @@ def test_ingest_only_probes_an_unreachable_customerio_in_the_background(serve) -
                           "the background probe")
         assert health["customerio"]["reachable"] is False
         assert health["customerio"]["last_error"].startswith("unreachable")
-        assert httpx.post(f"{url}/webhook", json=hog("buffered", 0)).status_code == 200
+        assert httpx.post(f"{url}/webhook", json=hog("buffered")).status_code == 200
         assert httpx.get(f"{url}/readyz").status_code == 200
 
 
 def test_ready_while_credentials_are_rejected(serve, sandbox: SandboxServer) -> None:
     sandbox.state.set_credentials(SITE_ID, "another-key")
     with serve(auth_retry_s=60) as (url, _):
-        assert httpx.post(f"{url}/webhook", json=hog("rejected", 0)).status_code == 200
+        assert httpx.post(f"{url}/webhook", json=hog("rejected")).status_code == 200
         wait_for(lambda: httpx.get(f"{url}/healthz").json()["customerio"]["credentials"] == "rejected", "rejected")
         assert httpx.get(f"{url}/readyz").json() == {"ready": True, "problems": []}
 
@@ -201,7 +183,7 @@ def test_ready_while_credentials_are_rejected(serve, sandbox: SandboxServer) -> 
 def test_not_ready_at_max_queue(serve) -> None:
     with serve(max_queue=2, deliver=False) as (url, _):
         assert httpx.get(f"{url}/readyz").status_code == 200
-        assert httpx.post(f"{url}/webhook", json=[hog("full", n) for n in range(3)]).status_code == 200
+        assert httpx.post(f"{url}/webhook", json=[hog("full", n=n) for n in range(3)]).status_code == 200
         answer = wait_for(lambda: (r := httpx.get(f"{url}/readyz")).status_code == 503 and r, "readyz to say full")
         assert "MAX_QUEUE" in answer.json()["problems"][0]
 

@@ -10,8 +10,6 @@ integrations/context, null ids).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,8 @@ import pytest
 from posthog_customerio.output import pipelines as pl
 from posthog_customerio.output.base import Outcome
 from posthog_customerio.sandbox import SandboxServer
+
+from .helpers import npm_install, unavailable
 
 KEY = "sandbox"
 NODE_DIR = Path(__file__).parent / "cdp_node"
@@ -59,29 +59,10 @@ OURS: list[dict[str, Any]] = [
 _CAMEL = {"user_id": "userId", "anonymous_id": "anonymousId", "group_id": "groupId", "previous_id": "previousId"}
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-def _unavailable(reason: str) -> None:
-    if _in_ci():
-        pytest.fail(f"{reason}; CI must provide it for the official Pipelines client tests")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def cdp_node() -> Path:
     """``tests/cdp_node`` with its pinned packages installed (``npm ci``)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if not node or not npm:
-        _unavailable("node/npm are not installed (apt-get install nodejs npm)")
-    assert npm is not None
-    try:
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, capture_output=True,
-                       text=True, timeout=600)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        _unavailable(f"npm ci in {NODE_DIR} failed: {getattr(exc, 'stderr', '') or exc}")
-    return NODE_DIR
+    return npm_install(NODE_DIR, None, "ci")
 
 
 CDP_PYTHON_DIR = Path(__file__).parent / ".cdp_python"
@@ -104,7 +85,7 @@ def cdp_python() -> Any:
             subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(CDP_PYTHON_DIR),
                             CDP_PYTHON_REQUIREMENT], check=True, capture_output=True, text=True, timeout=600)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-            _unavailable(f"pip install {CDP_PYTHON_REQUIREMENT} failed: {getattr(exc, 'stderr', '') or exc}")
+            unavailable(f"pip install {CDP_PYTHON_REQUIREMENT} failed: {getattr(exc, 'stderr', '') or exc}")
     import customerio
 
     extra = str(CDP_PYTHON_DIR / "customerio")

@@ -8,10 +8,8 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import socket
-import time
 import uuid as uuidlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from posthog_customerio.config import load_settings
 from posthog_customerio.runtime import Runtime
 
 from .fake_posthog import FLAG_KEY, running_fake_posthog
+from .helpers import free_port, wait_for
 from .service import running_service
 
 pytestmark = pytest.mark.e2e
@@ -44,28 +43,12 @@ def event(name: str, distinct_id: str, **properties: Any) -> dict[str, Any]:
             "properties": {"$lib": "web", **properties}, "timestamp": "2024-01-01T00:00:00Z"}
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def metric(url: str, name: str, labels: str) -> float:
     text = httpx.get(f"{url}/metrics", timeout=10).text
     for line in text.splitlines():
         if line.startswith(f"posthog_customerio_{name}{{{labels}}} "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- CORS --------------------------------------------------------------------------------

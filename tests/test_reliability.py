@@ -39,7 +39,9 @@ from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.sources import parse_payload, to_unix_seconds
 from posthog_customerio.state import PersonState
 
+from . import helpers
 from .conftest import API_KEY, SITE_ID
+from .helpers import free_port, sandbox_event_ids, wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
 
@@ -49,22 +51,9 @@ EVENT_ACTIONS = ("event", "page", "screen")
 
 
 # -- helpers ------------------------------------------------------------------------------------
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what} (seed {SEED})"
-        time.sleep(interval)
+def _seed() -> str:
+    """Ends every timeout message: the seed reproduces the run."""
+    return f"seed {SEED}"
 
 
 class Serve:
@@ -168,17 +157,8 @@ class Oracle:
                 self.people[body["event"]["distinct_id"]] = person["properties"]
 
 
-def sandbox_event_ids(sandbox: SandboxServer) -> list[str]:
-    return [e["id"].upper() for e in sandbox.state.events() + sandbox.state.anonymous_events() if e.get("id")]
-
-
 def assert_exactly_once(sandbox: SandboxServer, oracle: Oracle) -> None:
-    ids = sandbox_event_ids(sandbox)
-    assert len(ids) == len(set(ids)), f"an event is stored twice (seed {SEED})"
-    missing = oracle.event_ids - set(ids)
-    extra = set(ids) - oracle.event_ids
-    assert not missing, f"{len(missing)} events never reached Customer.io, e.g. {sorted(missing)[:3]} (seed {SEED})"
-    assert not extra, f"{len(extra)} events Customer.io got that a clean run would not send (seed {SEED})"
+    helpers.assert_exactly_once(sandbox, oracle.event_ids, f"seed {SEED}")
 
 
 def assert_last_attributes(sandbox: SandboxServer, oracle: Oracle) -> int:
@@ -289,7 +269,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
         service.kill9()
         kills += 1
         service.start()
-        wait_for(lambda: outbox_empty(service), 90, "the outbox to drain")
+        wait_for(lambda: outbox_empty(service), "the outbox to drain", 90, describe=_seed)
         status = service.status()
     finally:
         service.stop()
@@ -319,21 +299,21 @@ def test_outage_500s_for_10s_then_429s_with_retry_after_2_for_5s(
         sandbox.state.add_fault(status=500, duration_s=3600)
         poster = Poster(f"{service.url}/webhook", batches(bodies, 50), deadline_s=40, pause_s=0.1)
         poster.start()
-        wait_for(lambda: answered(500) >= 1 and time.time() >= outage_start + 10, 60, "the 500 phase")
+        wait_for(lambda: answered(500) >= 1 and time.time() >= outage_start + 10, "the 500 phase", 60, describe=_seed)
         throttled_start = time.time()
         sandbox.state.clear_faults()
         sandbox.state.add_fault(status=429, duration_s=3600, retry_after=2)
-        wait_for(lambda: answered(429) >= 1 and time.time() >= throttled_start + 5, 60, "the 429 phase")
+        wait_for(lambda: answered(429) >= 1 and time.time() >= throttled_start + 5, "the 429 phase", 60, describe=_seed)
         sandbox.state.clear_faults()
         recovered = time.time()
         poster.finish(timeout=40)
-        wait_for(lambda: outbox_empty(service), 45, "delivery after the outage")
+        wait_for(lambda: outbox_empty(service), "delivery after the outage", 45, describe=_seed)
         delivered = time.time()
         # Backoff may have slept through the whole 429 phase; make sure Retry-After is
         # exercised: three more 429s with Retry-After: 2 while new events arrive
         sandbox.state.add_fault(status=429, count=3, retry_after=2)
         Poster(f"{service.url}/webhook", batches(extra, 50), deadline_s=20).run()
-        wait_for(lambda: outbox_empty(service), 30, "delivery after the 429s")
+        wait_for(lambda: outbox_empty(service), "delivery after the 429s", 30, describe=_seed)
         status = service.status()
     requests = [r for r in sandbox.state.requests() if r["path"].startswith("/api/") and "region" not in r["path"]]
     during = [r for r in requests if r["time"] < recovered]
@@ -369,12 +349,13 @@ def test_revoked_credentials_pause_delivery_keep_everything_and_resume(
     first, second = batches(bodies[:1_000], 50), batches(bodies[1_000:], 50)
     with serving({**base_env, "AUTH_RETRY_S": "1"}, tmp_path / "serve.log") as service:
         Poster(f"{service.url}/webhook", first, deadline_s=30).run()
-        wait_for(lambda: len(sandbox_event_ids(sandbox)) > 0, 20, "some events delivered")
+        wait_for(lambda: len(sandbox_event_ids(sandbox)) > 0, "some events delivered", 20, describe=_seed)
         sandbox.state.set_credentials(SITE_ID, "revoked-key")  # the key is revoked mid-run
         poster = Poster(f"{service.url}/webhook", second, deadline_s=30)
         poster.run()  # ingestion goes on: every POST answered 200
         assert poster.statuses == {200: len(second)}
-        wait_for(lambda: service.get("/healthz").json()["delivery"] == "paused", 20, "delivery to pause")
+        wait_for(lambda: service.get("/healthz").json()["delivery"] == "paused", "delivery to pause", 20,
+                 describe=_seed)
         delivered_while_paused = len(sandbox_event_ids(sandbox))
         revoked_for = time.monotonic()
         time.sleep(2.5)  # a few credential re-checks while revoked
@@ -389,7 +370,7 @@ def test_revoked_credentials_pause_delivery_keep_everything_and_resume(
         # bounded: the requests in flight, then one credential check per worker per AUTH_RETRY_S
         assert unauthorized <= 4 + 4 * (revoked_for / 1 + 1), f"{unauthorized} rejected requests in {revoked_for:.0f}s"
         sandbox.state.set_credentials(SITE_ID, API_KEY)  # accepted again
-        wait_for(lambda: outbox_empty(service), 30, "delivery to resume and drain")
+        wait_for(lambda: outbox_empty(service), "delivery to resume and drain", 30, describe=_seed)
         assert service.get("/healthz").json()["delivery"] == "running"
         assert service.status()["outbox"]["dead_letters"] == 0
     assert_exactly_once(sandbox, oracle)
@@ -445,12 +426,12 @@ def test_disk_full_answers_503_and_never_200_for_events_it_did_not_store(
         service.preexec = None
         service.start()
         stored = Oracle([body for post in accepted for body in post])
-        wait_for(lambda: stored.event_ids <= set(sandbox_event_ids(sandbox)), 45,
-                 "every event of a 200-answered request to be delivered")
+        wait_for(lambda: stored.event_ids <= set(sandbox_event_ids(sandbox)),
+                 "every event of a 200-answered request to be delivered", 45, describe=_seed)
         # PostHog retries the 503-answered requests: nothing is lost either
         for post in refused:
             assert httpx.post(f"{service.url}/webhook", json=post, timeout=10).status_code == 200
-        wait_for(lambda: outbox_empty(service), 30, "the retried requests to be delivered")
+        wait_for(lambda: outbox_empty(service), "the retried requests to be delivered", 30, describe=_seed)
     finally:
         service.stop()
     print(f"disk full: {statuses}; {len(accepted)} requests answered 200, {len(refused)} answered 503")
@@ -478,7 +459,8 @@ def test_delivery_resumes_when_disk_space_returns_without_a_restart(
         resource.prlimit(service.process.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         sandbox.state.clear_faults()
         stored = Oracle(accepted)
-        wait_for(lambda: stored.event_ids <= set(sandbox_event_ids(sandbox)), 60, "delivery without a restart")
+        wait_for(lambda: stored.event_ids <= set(sandbox_event_ids(sandbox)), "delivery without a restart", 60,
+                 describe=_seed)
     finally:
         service.stop()
 
@@ -515,17 +497,17 @@ def test_secrets_appear_in_no_log_error_metric_or_status_page(
                 "api_key": token[:-1], "batch": [b["event"] for b in bodies[110:120]]}))
             record("bad json", client.post(f"{service.url}/webhook", content=b'{"event": ', headers=auth))
             record("too long id", client.post(f"{service.url}/webhook", json=bad_person, headers=auth))
-            wait_for(lambda: outbox_empty(service), 20, "delivery")
+            wait_for(lambda: outbox_empty(service), "delivery", 20, describe=_seed)
             sandbox.state.set_credentials(SITE_ID, "rotated")  # Customer.io now rejects the key
             record("webhook while revoked", client.post(f"{service.url}/webhook", json=bodies[120:200], headers=auth))
-            wait_for(lambda: service.get("/healthz").json()["delivery"] == "paused", 20, "pause")
+            wait_for(lambda: service.get("/healthz").json()["delivery"] == "paused", "pause", 20, describe=_seed)
             time.sleep(1.2)  # credential re-checks fail and are logged
             for path in ("/healthz", "/readyz", "/metrics", "/status", "/api/status", "/api/dead-letters",
                          "/openapi.json"):
                 record(path, client.get(service.url + path))
                 record(f"{path} with the token", client.get(service.url + path, headers=auth))
             sandbox.state.set_credentials(SITE_ID, API_KEY)
-            wait_for(lambda: outbox_empty(service), 20, "delivery after the key works again")
+            wait_for(lambda: outbox_empty(service), "delivery after the key works again", 20, describe=_seed)
             for path in ("/api/status", "/metrics", "/api/dead-letters"):
                 record(path, client.get(service.url + path, headers=auth))
     # the same data dir through the offline commands, and failing commands' messages

@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.sources import parse_payload
 
 from .conftest import API_KEY, SITE_ID
+from .helpers import hog, wait_for
 from .service import running_service
 
 pytestmark = pytest.mark.e2e
@@ -28,11 +28,6 @@ pytestmark = pytest.mark.e2e
 INGEST_PATHS = ("/webhook", "/batch", "/batch/", "/capture", "/capture/", "/e", "/e/", "/i/v0/e", "/i/v0/e/")
 ROLES = {"all": (True, True), "ingest": (True, False), "deliver": (False, True)}  # role: (ingest, deliver)
 SCRIPT = Path(sys.executable).with_name("posthog-customerio")
-
-
-def hog(distinct_id: str, n: int) -> dict[str, Any]:
-    return {"event": {"uuid": str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"role/{distinct_id}/{n}")), "event": "clicked",
-                      "distinct_id": distinct_id, "properties": {"n": n}, "timestamp": "2024-01-01T00:00:00Z"}}
 
 
 def settings_for(sandbox: SandboxServer, data: Path) -> Any:
@@ -46,22 +41,15 @@ def delivered_events(sandbox: SandboxServer) -> list[str]:
     return [e["name"] for e in sandbox.state.events()]
 
 
-def wait_for(check: Any, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("role", list(ROLES))
 def test_each_role_registers_its_routes_and_delivers_or_not(role: str, sandbox: SandboxServer, tmp_path: Path) -> None:
     ingest, deliver = ROLES[role]
     runtime = Runtime(settings_for(sandbox, tmp_path / "data"))
     if not ingest:  # something to deliver, stored by another (ingest) process earlier
-        runtime.ingestor.ingest(parse_payload([hog("queued", n) for n in range(3)]), "webhook")
+        runtime.ingestor.ingest(parse_payload([hog("queued", n=n, person=False) for n in range(3)]), "webhook")
     with running_service(runtime, deliver=deliver, ingest=ingest) as url:
         for n, path in enumerate(INGEST_PATHS):
-            answer = httpx.post(url + path, json=hog("route", n))
+            answer = httpx.post(url + path, json=hog("route", n=n, person=False))
             assert answer.status_code == (200 if ingest else 404), (role, path, answer.text)
         spec_paths = set(httpx.get(f"{url}/openapi.json").json()["paths"])
         assert ("/webhook" in spec_paths) is ingest and ("/batch" in spec_paths) is ingest
@@ -103,7 +91,7 @@ def test_serve_role_deliver_process_has_no_receivers(sandbox: SandboxServer, tmp
             time.sleep(0.05)
         assert httpx.get(f"{url}/healthz").json()["delivery"] == "running"
         for path in INGEST_PATHS:
-            assert httpx.post(url + path, json=hog("cli", 1)).status_code == 404, path
+            assert httpx.post(url + path, json=hog("cli", n=1, person=False)).status_code == 404, path
     finally:
         process.send_signal(signal.SIGTERM)
         try:

@@ -12,9 +12,7 @@ Customer.io event named after a person update.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,8 @@ from posthog_customerio.config import load_settings
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
 
-from .conftest import API_KEY, SITE_ID, _in_ci
+from .conftest import API_KEY, SITE_ID
+from .helpers import npm_install, wait_for
 from .service import running_service
 
 pytestmark = pytest.mark.e2e
@@ -34,26 +33,10 @@ NODE_DIR = Path(__file__).resolve().parent / "node"
 NOT_EVENTS = {"$set", "$set_once", "$groupidentify", "$create_alias", "$merge_dangerously", "$delete_person"}
 
 
-def _missing(message: str) -> None:
-    if _in_ci():
-        pytest.fail(message)
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
 def posthog_node() -> Path:
     """``tests/node`` with posthog-node installed (``npm ci`` from the committed lock file)."""
-    npm, node = shutil.which("npm"), shutil.which("node")
-    if npm is None or node is None:
-        _missing("node and npm are needed for the posthog-node test (apt-get install nodejs npm)")
-    installed = NODE_DIR / "node_modules" / "posthog-node" / "package.json"
-    wanted = json.loads((NODE_DIR / "package.json").read_text())["dependencies"]["posthog-node"]
-    if not installed.exists() or json.loads(installed.read_text())["version"] != wanted:
-        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, capture_output=True, text=True,
-                              timeout=300)
-        if done.returncode != 0:
-            _missing(f"npm ci failed in {NODE_DIR}: {done.stderr.strip()[-500:]}")
-    return NODE_DIR
+    return npm_install(NODE_DIR, "posthog-node", "ci", timeout=300)
 
 
 @pytest.fixture
@@ -65,13 +48,6 @@ def service(sandbox: SandboxServer, tmp_path: Path) -> Iterator[str]:
     })
     with running_service(Runtime(settings)) as url:
         yield url
-
-
-def wait_for(condition: Any, what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def delivered(url: str) -> bool:

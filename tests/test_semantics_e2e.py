@@ -6,7 +6,7 @@ anonymous browsing -> sign-up -> identify -> group -> purchase -> second device
 
 from __future__ import annotations
 
-import uuid as uuidlib
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +18,15 @@ from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.sources import parse_event
 
+from . import helpers
 from .conftest import API_KEY, SITE_ID
 
 pytestmark = pytest.mark.e2e
 T0 = 1_767_600_000
 
 
-def ev(name: str, distinct_id: str, t: int, **props: Any) -> dict[str, Any]:
-    return {"event": name, "distinct_id": distinct_id, "timestamp": T0 + t,
-            "uuid": str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"{name}/{distinct_id}/{t}")), "properties": props}
+#: an event at T0 + t with a uuid5 of name/id/time: ``ev(name, distinct_id, t, **properties)``
+ev = functools.partial(helpers.ev, t0=T0)
 
 
 def anon(name: str, distinct_id: str, t: int, **props: Any) -> dict[str, Any]:

@@ -10,7 +10,6 @@ import json
 import socket
 import threading
 import time
-import uuid as uuidlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +25,7 @@ from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.server import create_app
 
 from .conftest import API_KEY, SITE_ID
+from .helpers import hog
 
 pytestmark = pytest.mark.e2e
 
@@ -65,14 +65,6 @@ def make_service(sandbox: SandboxServer, tmp_path: Path):
         with running(runtime) as url:
             yield url, runtime
     return make
-
-
-def hog(distinct_id: str, name: str = "clicked", n: int = 0, **props: Any) -> dict[str, Any]:
-    return {"event": {"uuid": str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"{distinct_id}{name}{n}")), "event": name,
-                      "distinct_id": distinct_id, "properties": props, "timestamp": "2024-01-01T00:00:00Z",
-                      "elements_chain": "", "url": "https://us.posthog.com/project/1/events/x"},
-            "person": {"id": "p", "name": distinct_id, "url": "https://us.posthog.com/person/x",
-                       "properties": {"email": f"{distinct_id}@example.com"}}}
 
 
 def wait_delivered(url: str, timeout: float = 30) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,16 +19,11 @@ import pytest
 from posthog_customerio.sandbox import SandboxServer
 
 from .conftest import API_KEY, SITE_ID
+from .helpers import free_port, wait_for
 
 pytestmark = pytest.mark.e2e
 
 SCRIPT = Path(sys.executable).with_name("posthog-customerio")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager
@@ -79,13 +73,6 @@ def post_all(url: str, events: list[dict], per_request: int = 50) -> None:
             assert response.status_code == 200, response.text
 
 
-def wait_for(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def service_env(sandbox: SandboxServer, tmp_path: Path) -> dict[str, str]:
     return {
@@ -124,7 +111,7 @@ def test_sigterm_with_a_full_queue_then_restart_delivers_everything_exactly_once
         listing = subprocess.run([str(SCRIPT), "dead-letters"], env={**os.environ, **service_env},
                                  capture_output=True, text=True, timeout=30)
         assert listing.returncode == 0 and "no dead letters" in listing.stdout
-        wait_for(lambda: len(event_ids(sandbox)) >= 300)
+        wait_for(lambda: len(event_ids(sandbox)) >= 300, "300 events")
         wait_for(lambda: httpx.get(f"{url}/api/status").json()["outbox"]["depth"] == 0)
     ids = event_ids(sandbox)
     assert len(ids) == len(set(ids)) == 300
@@ -140,10 +127,10 @@ def test_an_outage_of_500s_then_429s_loses_nothing(sandbox: SandboxServer, servi
     sandbox.state.add_fault(status=429, count=2, retry_after=1)  # rules apply in order
     with service(service_env) as (url, _):
         post_all(url, webhook_events(100))
-        wait_for(lambda: sandbox.state.stats()["requests_by_status"].get("500", 0) >= 1, timeout=60)
+        wait_for(lambda: sandbox.state.stats()["requests_by_status"].get("500", 0) >= 1, "a 500 answer", timeout=60)
         post_all(url, webhook_events(100, start=100))  # more events arrive during the outage
-        wait_for(lambda: len(event_ids(sandbox)) >= 200, timeout=90)
-        wait_for(lambda: httpx.get(f"{url}/api/status").json()["outbox"]["depth"] == 0, timeout=60)
+        wait_for(lambda: len(event_ids(sandbox)) >= 200, "200 events", timeout=90)
+        wait_for(lambda: httpx.get(f"{url}/api/status").json()["outbox"]["depth"] == 0, "the outbox to drain", timeout=60)
         status = httpx.get(f"{url}/api/status").json()
     assert sorted(event_ids(sandbox)) == sorted(set(event_ids(sandbox)))
     assert len(event_ids(sandbox)) == 200

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import time
-import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +13,7 @@ import pytest
 from posthog_customerio.config import load_settings
 from posthog_customerio.runtime import Runtime
 
+from .helpers import hog, unavailable, wait_for
 from .service import running_service
 
 pytestmark = pytest.mark.e2e
@@ -31,16 +29,10 @@ CHROMIUM_ARGS = [
 LONG_NAME = '<img src="http://evil.invalid/x.png">' + "n" * 80
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
 @pytest.fixture
 def chromium_path() -> Path:
     if not CHROMIUM.exists():
-        if _in_ci():
-            pytest.fail(f"{CHROMIUM} is missing; CI must install Debian's chromium package for the status page test")
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium); the status page test needs it")
+        unavailable(f"{CHROMIUM} is not installed (apt-get install chromium); the status page test needs it")
     return CHROMIUM
 
 
@@ -56,31 +48,20 @@ def browser(chromium_path: Path) -> Iterator[Any]:
             chromium.close()
 
 
-def hog(distinct_id: str, name: str, n: int) -> dict[str, Any]:
-    """One PostHog webhook (Hog destination) body."""
-    return {
-        "event": {"uuid": str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"{distinct_id}/{name}/{n}")), "event": name,
-                  "distinct_id": distinct_id, "properties": {"n": n}, "timestamp": "2024-01-01T00:00:00Z",
-                  "elements_chain": "", "url": "https://us.posthog.com/project/1/events/x"},
-        "person": {"id": distinct_id, "name": distinct_id, "url": "https://us.posthog.com/person/x",
-                   "properties": {"email": f"{distinct_id}@example.com"}},
-    }
-
-
 def status_of(url: str) -> dict[str, Any]:
     response = httpx.get(f"{url}/api/status", timeout=5)
     response.raise_for_status()
     return response.json()
 
 
-def wait_for(url: str, check: Any, what: str, timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
+def wait_for_status(url: str, check: Any, what: str, timeout: float = 30) -> dict[str, Any]:
+    """The service's ``/api/status`` once ``check(status)`` holds."""
+
+    def ready() -> dict[str, Any] | None:
         status = status_of(url)
-        if check(status):
-            return status
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: {status}"
-        time.sleep(0.05)
+        return status if check(status) else None
+
+    return wait_for(ready, what, timeout, describe=lambda: status_of(url))  # type: ignore[no-any-return]
 
 
 def test_status_page_shows_figures_and_requeues_dead_letters(browser: Any, tmp_path: Path) -> None:
@@ -100,7 +81,7 @@ def test_status_page_shows_figures_and_requeues_dead_letters(browser: Any, tmp_p
         answer = httpx.post(f"{url}/webhook", json=events, timeout=10)
         assert answer.status_code == 200, answer.text
         assert answer.json()["accepted"] == 6
-        status = wait_for(url, lambda s: s["outbox"]["depth"] == 0 and s["outbox"]["dead_letters"] == 1, "delivery")
+        status = wait_for_status(url, lambda s: s["outbox"]["depth"] == 0 and s["outbox"]["dead_letters"] == 1, "delivery")
         assert status["ingest"]["events_received"] == 6
         delivered = status["delivery"]["delivered"]
         assert delivered >= 5
@@ -138,8 +119,7 @@ def test_status_page_shows_figures_and_requeues_dead_letters(browser: Any, tmp_p
         expect(page.locator("#requeue-result")).to_have_text("Re-queued 1 dead letter")
         # The re-queued operation goes through the pipeline again and the sandbox
         # rejects it again: a new dead letter (new id) replaces the old one.
-        after = wait_for(
-            url,
+        after = wait_for_status(url,
             lambda s: s["outbox"]["depth"] == 0 and [d["id"] for d in s["dead_letters"]] not in ([], [letter["id"]]),
             "the re-queued operation to be dead-lettered again",
         )
@@ -174,7 +154,7 @@ def test_status_page_shows_paused_delivery_with_the_auth_error(browser: Any, tmp
     runtime.sandbox.state.set_credentials("another-site", "another-key")  # ours are now rejected
     with running_service(runtime) as url:
         assert httpx.post(f"{url}/webhook", json=hog("cy", "clicked", 1), timeout=10).status_code == 200
-        status = wait_for(url, lambda s: s["delivery"]["state"] == "paused", "delivery to pause")
+        status = wait_for_status(url, lambda s: s["delivery"]["state"] == "paused", "delivery to pause")
         page = browser.new_page(viewport={"width": 1280, "height": 800})
         console_errors: list[str] = []
         page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)

@@ -1,0 +1,178 @@
+"""Helpers shared by the test files (fixtures stay in ``conftest.py``).
+
+- :func:`wait_for` — poll a condition until it holds or a deadline passes (never a fixed sleep);
+- :func:`free_port` — a free TCP port on 127.0.0.1, for servers that cannot bind port 0 themselves;
+- :func:`make_runtime` — a :class:`Runtime` pointed at the sandbox with a fresh data dir;
+- :func:`sandbox_event_ids` / :func:`assert_exactly_once` — every event id Customer.io holds, once;
+- :func:`ev` — a PostHog event dict (plugin/capture shape); :func:`hog` — a Hog webhook body;
+- :func:`in_ci` / :func:`unavailable` — a missing external thing skips outside CI and fails in CI;
+- :func:`npm_install` — install a ``tests/<dir>/package.json``'s pinned packages once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid as uuidlib
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+
+from posthog_customerio.config import load_settings
+from posthog_customerio.runtime import Runtime
+from posthog_customerio.sandbox import SandboxServer
+
+from .conftest import API_KEY, SITE_ID
+
+#: 2024-01-01T00:00:00Z, the default time of :func:`ev` events.
+T0 = 1_704_067_200
+#: ``ev(..., uuid=DERIVED)`` (the default): a uuid5 of name, distinct id and time.
+DERIVED = "derived"
+
+
+def wait_for(
+    check: Callable[[], Any],
+    what: str = "the condition",
+    timeout: float = 30.0,
+    *,
+    interval: float = 0.05,
+    describe: Callable[[], Any] | None = None,
+) -> Any:
+    """Call ``check`` until it returns something truthy (returned) or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            detail = f": {describe()}" if describe is not None else ""
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (for subprocesses that need a port number)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_runtime(sandbox: SandboxServer, data_dir: Path, **overrides: Any) -> Runtime:
+    """A runtime delivering to ``sandbox`` from ``data_dir``; ``overrides`` are ``load_settings`` values."""
+    return Runtime(load_settings({
+        "customerio_site_id": SITE_ID,
+        "customerio_api_key": API_KEY,
+        "customerio_track_url": sandbox.url,
+        "posthog_customerio_data_dir": data_dir,
+        "sqlite_synchronous": "NORMAL",
+        "customerio_max_rps": 1000,
+        **overrides,
+    }))
+
+
+def sandbox_event_ids(sandbox: SandboxServer) -> list[str]:
+    """The id of every (person and anonymous) event the sandbox holds, upper-cased, duplicates kept."""
+    return [e["id"].upper() for e in sandbox.state.events() + sandbox.state.anonymous_events() if e.get("id")]
+
+
+def assert_exactly_once(sandbox: SandboxServer, expected: Iterable[str], context: str = "") -> None:
+    """Customer.io holds each expected event id exactly once and nothing else (``context`` ends messages)."""
+    ids = sandbox_event_ids(sandbox)
+    wanted = set(expected)
+    suffix = f" ({context})" if context else ""
+    assert len(ids) == len(set(ids)), f"an event reached Customer.io twice{suffix}"
+    missing, extra = wanted - set(ids), set(ids) - wanted
+    assert not missing, f"{len(missing)} events never reached Customer.io, e.g. {sorted(missing)[:3]}{suffix}"
+    assert not extra, f"{len(extra)} events Customer.io got that a clean run would not send{suffix}"
+
+
+def ev(
+    name: str,
+    distinct_id: str = "u1",
+    t: int = 0,
+    *,
+    t0: int = T0,
+    uuid: str | None = DERIVED,
+    iso: bool = False,
+    properties: dict[str, Any] | None = None,
+    top: dict[str, Any] | None = None,
+    **props: Any,
+) -> dict[str, Any]:
+    """A PostHog event dict at ``t0 + t`` seconds.
+
+    ``properties`` and ``**props`` make its properties; ``top`` adds top-level fields (``$set``,
+    ``person``, ``timestamp``, ...). ``uuid``: :data:`DERIVED` (a uuid5 of name/distinct id/time),
+    ``None`` (no uuid: the content hash names the event) or a literal. ``iso`` writes the timestamp
+    as ISO text with 250 ms (``2024-01-01T00:00:05.250Z``) instead of integer seconds.
+    """
+    when: Any = t0 + t
+    if iso:
+        when = datetime.fromtimestamp(t0 + t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.250Z")
+    if uuid == DERIVED:
+        uuid = str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"{distinct_id}/{name}/{t}"))
+    event: dict[str, Any] = {"event": name, "distinct_id": distinct_id, "timestamp": when, "uuid": uuid,
+                             "properties": {**(properties or {}), **props}}
+    event.update(top or {})
+    return event
+
+
+def hog(distinct_id: str, name: str = "clicked", n: int = 0, *, email: str | None = None, person: bool = True,
+        **properties: Any) -> dict[str, Any]:
+    """One PostHog webhook (Hog destination) body: ``{"event": ..., "person": ...}``.
+
+    The event's uuid is a uuid5 of (distinct id, name, n); its properties are ``{"n": n, **properties}``;
+    ``person=False`` leaves the person out, else its email is ``email`` or ``<distinct_id>@example.com``.
+    """
+    body: dict[str, Any] = {
+        "event": {"uuid": str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"{distinct_id}/{name}/{n}")), "event": name,
+                  "distinct_id": distinct_id, "properties": {"n": n, **properties},
+                  "timestamp": "2024-01-01T00:00:00Z", "elements_chain": "",
+                  "url": "https://us.posthog.com/project/1/events/x"},
+    }
+    if person:
+        body["person"] = {"id": distinct_id, "name": distinct_id, "url": "https://us.posthog.com/person/x",
+                          "properties": {"email": email or f"{distinct_id}@example.com"}}
+    return body
+
+
+def in_ci() -> bool:
+    """``CI`` is set to something true: missing external things fail instead of skipping."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip the test for ``reason`` outside CI; fail it in CI (where everything must be provided)."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI must provide it)")
+    pytest.skip(reason)
+
+
+def npm_install(directory: Path, package: str | None, *args: str, timeout: float = 600) -> Path:
+    """``npm <args>`` in ``directory`` unless ``package`` is installed at its pinned version already.
+
+    ``package`` names the dependency of ``directory/package.json`` whose installed version is compared
+    (``None``: always run). Node.js and npm missing, or npm failing, is :func:`unavailable`.
+    """
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        unavailable(f"node and npm are needed for the tests in {directory.name}/ (apt-get install nodejs npm)")
+    if package is not None:
+        wanted = json.loads((directory / "package.json").read_text())["dependencies"][package]
+        installed = directory / "node_modules" / package / "package.json"
+        if installed.exists() and json.loads(installed.read_text())["version"] == wanted:
+            return directory
+    try:
+        done = subprocess.run([npm, *args, "--no-audit", "--no-fund"], cwd=directory, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        unavailable(f"npm {' '.join(args)} in {directory} took over {timeout:.0f}s")
+    if done.returncode != 0:
+        unavailable(f"npm {' '.join(args)} in {directory} failed: {done.stderr.strip()[-1000:]}")
+    return directory
