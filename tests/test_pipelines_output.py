@@ -342,3 +342,51 @@ def test_parsed_events_keep_one_message_id_per_event(pipes: SandboxServer, tmp_p
         deliverer.stop()
     message_ids = [e["messageId"] for e in pipes.pipelines.events()]
     assert len(message_ids) == 3 and len(set(message_ids)) == 3 and all(message_ids)
+
+
+def test_kill_9_mid_send_and_restart_delivers_every_event_once(
+    penv: dict[str, str], pipes: SandboxServer, tmp_path: Path
+) -> None:
+    """``send`` kill -9'd while delivering, then run again on the same file and data dir: every event once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    events = []
+    for n in range(600):
+        events += [anon("$pageview", f"dev-{n}", n * 10, **{"$current_url": f"https://x.io/{n}"}),
+                   ev("$identify", f"user-{n}", n * 10 + 1, **{"$anon_distinct_id": f"dev-{n}"}),
+                   ev("a", f"user-{n}", n * 10 + 2), ev("b", f"user-{n}", n * 10 + 3), anon("c", f"dev-x{n}", n)]
+    path = write_jsonl(tmp_path / "stream.jsonl", events)
+    env = {**os.environ, **penv, "CUSTOMERIO_MAX_RPS": "1", "DELIVERY_CONCURRENCY": "1"}
+    command = [sys.executable, "-m", "posthog_customerio", "send", str(path)]
+    log = (tmp_path / "first.log").open("wb")
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while sum(r["status"] == 200 for r in pipes.pipelines.requests()) < 2:
+            assert process.poll() is None, (tmp_path / "first.log").read_text()
+            assert time.monotonic() < deadline, "no delivery within 60 s"
+            time.sleep(0.02)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
+    delivered_before = len(pipes.pipelines.events()) + len(pipes.pipelines.anonymous_events())
+    assert 0 < delivered_before < len(events)  # killed mid-run
+    env["CUSTOMERIO_MAX_RPS"] = "1000"
+    again = subprocess.run(command, env=env, capture_output=True, timeout=300, check=False)
+    assert again.returncode == 0, again.stdout.decode() + again.stderr.decode()
+    applied = pipes.pipelines.events() + pipes.pipelines.anonymous_events()
+    message_ids = [event["messageId"] for event in applied]
+    assert len(applied) == len(events) and len(set(message_ids)) == len(events)
+    for n in (0, 299, 599):
+        assert sorted(e["name"] for e in pipes.pipelines.events(f"user-{n}")) == [
+            "$identify", "a", "b", f"https://x.io/{n}"]
+    sent = [call.get("messageId") for r in pipes.pipelines.requests() if r["status"] == 200
+            for call in r["body"]["batch"]]
+    assert len(sent) - len(set(sent)) == pipes.pipelines.stats().get("duplicates", 0)  # re-sent ones were no-ops
