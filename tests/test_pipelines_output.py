@@ -390,3 +390,25 @@ def test_kill_9_mid_send_and_restart_delivers_every_event_once(
     sent = [call.get("messageId") for r in pipes.pipelines.requests() if r["status"] == 200
             for call in r["body"]["batch"]]
     assert len(sent) - len(set(sent)) == pipes.pipelines.stats().get("duplicates", 0)  # re-sent ones were no-ops
+
+
+def test_serve_with_the_sandbox_in_pipelines_mode(tmp_path: Path) -> None:
+    """``serve --sandbox`` wiring: the in-process sandbox's Pipelines side receives the capture, no Track call."""
+    import time
+
+    from .service import running_service
+
+    settings = load_settings({"customerio_api": "pipelines", "posthog_customerio_data_dir": tmp_path / "d",
+                              "sqlite_synchronous": "NORMAL"})
+    runtime = Runtime(settings, sandbox=True)
+    box = runtime.sandbox
+    assert box is not None
+    with running_service(runtime) as url:
+        body = {"api_key": "k", "event": "clicked", "distinct_id": "visitor-1", "properties": {"$is_identified": False}}
+        assert httpx.post(f"{url}/capture/", json=body, timeout=30).status_code == 200
+        deadline = time.monotonic() + 30
+        while not box.pipelines.anonymous_events():
+            assert time.monotonic() < deadline, "not delivered within 30 s"
+            time.sleep(0.02)
+    assert [e["anonymousId"] for e in box.pipelines.anonymous_events()] == ["visitor-1"]
+    assert box.state.stats().get("requests", 0) == 0  # nothing through the Track API
