@@ -40,51 +40,180 @@ OP = "MID"  # a stand-in: messageIds are checked separately (the table strips th
 
 # neutral operation (payload, kind) -> the calls it becomes (without messageId)
 RULES: list[tuple[str, dict[str, Any], str, list[dict[str, Any]]]] = [
-    ("identify", {**P, "action": "identify", "timestamp": T0, "attributes": {"plan": "pro"}}, "person",
-     [{"type": "identify", "userId": "u1", "traits": {"plan": "pro"}, "timestamp": ISO0}]),
-    ("identify by email", {**E, "action": "identify", "timestamp": T0, "attributes": {"plan": "pro"}}, "person",
-     [{"type": "identify", "userId": "ann@example.com", "traits": {"plan": "pro", "email": "ann@example.com"},
-       "timestamp": ISO0}]),
-    ("identify attaching a visitor",
-     {**P, "action": "identify", "timestamp": T0, "attributes": {"name": "Ann", "anonymous_id": "dev-1"}}, "person",
-     [{"type": "identify", "userId": "u1", "anonymousId": "dev-1", "traits": {"name": "Ann"}, "timestamp": ISO0}]),
-    ("event", {**P, "action": "event", "name": "signed_up", "id": "ev1", "timestamp": T0, "attributes": {"a": 1}},
-     "person", [{"type": "track", "event": "signed_up", "userId": "u1", "properties": {"a": 1}, "timestamp": ISO0}]),
-    ("page", {**P, "action": "page", "name": "https://x.io/", "id": "ev2", "timestamp": T0,
-              "attributes": {"$current_url": "https://x.io/"}}, "person",
-     [{"type": "page", "name": "https://x.io/", "userId": "u1", "properties": {"$current_url": "https://x.io/"},
-       "timestamp": ISO0}]),
-    ("screen", {**P, "action": "screen", "name": "Home", "id": "ev3", "timestamp": T0, "attributes": {}}, "person",
-     [{"type": "screen", "name": "Home", "userId": "u1", "properties": {}, "timestamp": ISO0}]),
-    ("anonymous event", {"type": "anonymous", "action": "event", "anonymous_id": "dev-1", "name": "clicked",
-                         "id": "ev4", "timestamp": T0, "attributes": {"b": 2}}, "anonymous",
-     [{"type": "track", "event": "clicked", "anonymousId": "dev-1", "properties": {"b": 2}, "timestamp": ISO0}]),
-    ("anonymous page", {"type": "anonymous", "action": "page", "anonymous_id": "dev-1", "name": "https://x.io/",
-                        "id": "ev5", "timestamp": T0, "attributes": {}}, "anonymous",
-     [{"type": "page", "name": "https://x.io/", "anonymousId": "dev-1", "properties": {}, "timestamp": ISO0}]),
-    ("anonymous screen", {"type": "anonymous", "action": "screen", "anonymous_id": "dev-1", "name": "Home",
-                          "id": "ev6", "timestamp": T0, "attributes": {}}, "anonymous",
-     [{"type": "screen", "name": "Home", "anonymousId": "dev-1", "properties": {}, "timestamp": ISO0}]),
-    ("merge", {"type": "person", "action": "merge", "primary": {"id": "u1"}, "secondary": {"id": "legacy-1"}},
-     "person", [{"type": "alias", "userId": "u1", "previousId": "legacy-1"}]),
-    ("delete", {**P, "action": "delete"}, "person",
-     [{"type": "track", "event": "Delete Person", "userId": "u1", "properties": {}}]),
-    ("suppress", {**P, "action": "suppress"}, "person",
-     [{"type": "track", "event": "User Suppressed", "userId": "u1", "properties": {}}]),
-    ("unsuppress", {**E, "action": "unsuppress"}, "person",
-     [{"type": "track", "event": "User Unsuppressed", "userId": "ann@example.com", "properties": {}}]),
-    ("add device", {**P, "action": "add_device", "device": {"token": "tok", "platform": "ios", "last_used": T0}},
-     "person", [{"type": "track", "event": "Device Created or Updated", "userId": "u1", "properties": {},
-                 "context": {"device": {"token": "tok", "type": "ios"}}, "timestamp": ISO0}]),
-    ("delete device", {**P, "action": "delete_device", "device": {"token": "tok"}}, "person",
-     [{"type": "track", "event": "Device Deleted", "userId": "u1", "properties": {},
-       "context": {"device": {"token": "tok"}}}]),
-    ("relationship", {**P, "action": "add_relationships",
-                      "cio_relationships": [{"identifiers": {"object_type_id": "2", "object_id": "acme"}}]}, "person",
-     [{"type": "group", "groupId": "acme", "userId": "u1", "traits": {"objectTypeId": "2"}}]),
-    ("object", {"type": "object", "identifiers": {"object_type_id": "2", "object_id": "acme"}, "action": "identify",
-                "attributes": {"name": "Acme"}}, "object",
-     [{"type": "group", "groupId": "acme", "traits": {"name": "Acme", "objectTypeId": "2"}}]),
+    (
+        "identify",
+        {**P, "action": "identify", "timestamp": T0, "attributes": {"plan": "pro"}},
+        "person",
+        [{"type": "identify", "userId": "u1", "traits": {"plan": "pro"}, "timestamp": ISO0}],
+    ),
+    (
+        "identify by email",
+        {**E, "action": "identify", "timestamp": T0, "attributes": {"plan": "pro"}},
+        "person",
+        [
+            {
+                "type": "identify",
+                "userId": "ann@example.com",
+                "traits": {"plan": "pro", "email": "ann@example.com"},
+                "timestamp": ISO0,
+            }
+        ],
+    ),
+    (
+        "identify attaching a visitor",
+        {**P, "action": "identify", "timestamp": T0, "attributes": {"name": "Ann", "anonymous_id": "dev-1"}},
+        "person",
+        [{"type": "identify", "userId": "u1", "anonymousId": "dev-1", "traits": {"name": "Ann"}, "timestamp": ISO0}],
+    ),
+    (
+        "event",
+        {**P, "action": "event", "name": "signed_up", "id": "ev1", "timestamp": T0, "attributes": {"a": 1}},
+        "person",
+        [{"type": "track", "event": "signed_up", "userId": "u1", "properties": {"a": 1}, "timestamp": ISO0}],
+    ),
+    (
+        "page",
+        {
+            **P,
+            "action": "page",
+            "name": "https://x.io/",
+            "id": "ev2",
+            "timestamp": T0,
+            "attributes": {"$current_url": "https://x.io/"},
+        },
+        "person",
+        [
+            {
+                "type": "page",
+                "name": "https://x.io/",
+                "userId": "u1",
+                "properties": {"$current_url": "https://x.io/"},
+                "timestamp": ISO0,
+            }
+        ],
+    ),
+    (
+        "screen",
+        {**P, "action": "screen", "name": "Home", "id": "ev3", "timestamp": T0, "attributes": {}},
+        "person",
+        [{"type": "screen", "name": "Home", "userId": "u1", "properties": {}, "timestamp": ISO0}],
+    ),
+    (
+        "anonymous event",
+        {
+            "type": "anonymous",
+            "action": "event",
+            "anonymous_id": "dev-1",
+            "name": "clicked",
+            "id": "ev4",
+            "timestamp": T0,
+            "attributes": {"b": 2},
+        },
+        "anonymous",
+        [{"type": "track", "event": "clicked", "anonymousId": "dev-1", "properties": {"b": 2}, "timestamp": ISO0}],
+    ),
+    (
+        "anonymous page",
+        {
+            "type": "anonymous",
+            "action": "page",
+            "anonymous_id": "dev-1",
+            "name": "https://x.io/",
+            "id": "ev5",
+            "timestamp": T0,
+            "attributes": {},
+        },
+        "anonymous",
+        [{"type": "page", "name": "https://x.io/", "anonymousId": "dev-1", "properties": {}, "timestamp": ISO0}],
+    ),
+    (
+        "anonymous screen",
+        {
+            "type": "anonymous",
+            "action": "screen",
+            "anonymous_id": "dev-1",
+            "name": "Home",
+            "id": "ev6",
+            "timestamp": T0,
+            "attributes": {},
+        },
+        "anonymous",
+        [{"type": "screen", "name": "Home", "anonymousId": "dev-1", "properties": {}, "timestamp": ISO0}],
+    ),
+    (
+        "merge",
+        {"type": "person", "action": "merge", "primary": {"id": "u1"}, "secondary": {"id": "legacy-1"}},
+        "person",
+        [{"type": "alias", "userId": "u1", "previousId": "legacy-1"}],
+    ),
+    (
+        "delete",
+        {**P, "action": "delete"},
+        "person",
+        [{"type": "track", "event": "Delete Person", "userId": "u1", "properties": {}}],
+    ),
+    (
+        "suppress",
+        {**P, "action": "suppress"},
+        "person",
+        [{"type": "track", "event": "User Suppressed", "userId": "u1", "properties": {}}],
+    ),
+    (
+        "unsuppress",
+        {**E, "action": "unsuppress"},
+        "person",
+        [{"type": "track", "event": "User Unsuppressed", "userId": "ann@example.com", "properties": {}}],
+    ),
+    (
+        "add device",
+        {**P, "action": "add_device", "device": {"token": "tok", "platform": "ios", "last_used": T0}},
+        "person",
+        [
+            {
+                "type": "track",
+                "event": "Device Created or Updated",
+                "userId": "u1",
+                "properties": {},
+                "context": {"device": {"token": "tok", "type": "ios"}},
+                "timestamp": ISO0,
+            }
+        ],
+    ),
+    (
+        "delete device",
+        {**P, "action": "delete_device", "device": {"token": "tok"}},
+        "person",
+        [
+            {
+                "type": "track",
+                "event": "Device Deleted",
+                "userId": "u1",
+                "properties": {},
+                "context": {"device": {"token": "tok"}},
+            }
+        ],
+    ),
+    (
+        "relationship",
+        {
+            **P,
+            "action": "add_relationships",
+            "cio_relationships": [{"identifiers": {"object_type_id": "2", "object_id": "acme"}}],
+        },
+        "person",
+        [{"type": "group", "groupId": "acme", "userId": "u1", "traits": {"objectTypeId": "2"}}],
+    ),
+    (
+        "object",
+        {
+            "type": "object",
+            "identifiers": {"object_type_id": "2", "object_id": "acme"},
+            "action": "identify",
+            "attributes": {"name": "Acme"},
+        },
+        "object",
+        [{"type": "group", "groupId": "acme", "traits": {"name": "Acme", "objectTypeId": "2"}}],
+    ),
 ]
 
 
@@ -104,9 +233,14 @@ def test_message_ids_events_by_dedupe_id_others_by_seq_and_content() -> None:
     first = calls_of(delete, seq=5)[0]["messageId"]
     assert first == calls_of(delete, seq=5)[0]["messageId"]  # a re-send of the same row: deduped downstream
     assert first != calls_of(delete, seq=6)[0]["messageId"]  # a second deletion later: a new call
-    two = {**P, "action": "add_relationships", "cio_relationships": [
-        {"identifiers": {"object_type_id": "1", "object_id": "a"}}, {"identifiers": {"object_type_id": "1",
-                                                                                   "object_id": "b"}}]}
+    two = {
+        **P,
+        "action": "add_relationships",
+        "cio_relationships": [
+            {"identifiers": {"object_type_id": "1", "object_id": "a"}},
+            {"identifiers": {"object_type_id": "1", "object_id": "b"}},
+        ],
+    }
     ids = [call["messageId"] for call in calls_of(two)]
     assert len(set(ids)) == 2 and ids[1] == ids[0] + ":1"
 
@@ -144,8 +278,14 @@ def test_all_kinds_go_in_one_batch_and_refused_calls_are_never_sent() -> None:
 
 def test_region_and_url_choose_the_pipelines_host(tmp_path: Path) -> None:
     def url(**values: Any) -> str:
-        settings = load_settings({"customerio_api": "pipelines", "customerio_pipelines_api_key": "k",
-                                  "posthog_customerio_data_dir": tmp_path, **values})
+        settings = load_settings(
+            {
+                "customerio_api": "pipelines",
+                "customerio_pipelines_api_key": "k",
+                "posthog_customerio_data_dir": tmp_path,
+                **values,
+            }
+        )
         with Runtime(settings) as runtime:
             return runtime.pipelines_client.base_url
 
@@ -181,15 +321,23 @@ def pipes(sandbox: SandboxServer) -> SandboxServer:
 def penv(pipes: SandboxServer, tmp_path: Path) -> dict[str, str]:
     """Pipelines mode against the sandbox, and no Track credentials at all."""
     return {
-        "CUSTOMERIO_API": "pipelines", "CUSTOMERIO_PIPELINES_API_KEY": KEY, "CUSTOMERIO_PIPELINES_URL": pipes.url,
-        "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data"), "SQLITE_SYNCHRONOUS": "NORMAL",
+        "CUSTOMERIO_API": "pipelines",
+        "CUSTOMERIO_PIPELINES_API_KEY": KEY,
+        "CUSTOMERIO_PIPELINES_URL": pipes.url,
+        "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data"),
+        "SQLITE_SYNCHRONOUS": "NORMAL",
         "GROUP_TYPE_MAP": "company=2",
     }
 
 
 def ev(name: str, distinct_id: str, t: int, **props: Any) -> dict[str, Any]:
-    return {"event": name, "distinct_id": distinct_id, "timestamp": T0 + t, "uuid": f"{name}-{distinct_id}-{t}",
-            "properties": props}
+    return {
+        "event": name,
+        "distinct_id": distinct_id,
+        "timestamp": T0 + t,
+        "uuid": f"{name}-{distinct_id}-{t}",
+        "properties": props,
+    }
 
 
 def anon(name: str, distinct_id: str, t: int, **props: Any) -> dict[str, Any]:
@@ -217,8 +365,12 @@ def test_session_end_to_end(cli: Any, penv: dict[str, str], pipes: SandboxServer
         anon("$pageview", "device-1", 0, **{"$current_url": "https://x.io/"}),
         anon("signed_up", "device-1", 10, plan="pro"),
         ev("$identify", "user-1", 20, **{"$anon_distinct_id": "device-1", "$set": {"email": "ann@example.com"}}),
-        ev("$groupidentify", "user-1", 30, **{"$group_type": "company", "$group_key": "acme",
-                                               "$group_set": {"name": "Acme"}}),
+        ev(
+            "$groupidentify",
+            "user-1",
+            30,
+            **{"$group_type": "company", "$group_key": "acme", "$group_set": {"name": "Acme"}},
+        ),
         ev("purchase", "user-1", 40, amount=9, **{"$groups": {"company": "acme"}}),
         ev("browsed", "legacy-9", 50),
         ev("$identify", "user-9", 60, **{"$set": {"email": "bob@example.com"}}),
@@ -244,8 +396,15 @@ def test_visitor_sent_anonymously_is_attached_by_the_identify(
     cli: Any, penv: dict[str, str], pipes: SandboxServer, tmp_path: Path
 ) -> None:
     """Anonymous calls already delivered: the identify with both ids attaches them (not adopted)."""
-    assert send(cli, penv, tmp_path, [anon("$pageview", "dev-7", 0, **{"$current_url": "https://x.io/a"}),
-                                      anon("clicked", "dev-7", 5)]).exit_code == 0
+    assert (
+        send(
+            cli,
+            penv,
+            tmp_path,
+            [anon("$pageview", "dev-7", 0, **{"$current_url": "https://x.io/a"}), anon("clicked", "dev-7", 5)],
+        ).exit_code
+        == 0
+    )
     assert len(pipes.pipelines.anonymous_events()) == 2
     identify = ev("$identify", "user-7", 10, **{"$anon_distinct_id": "dev-7", "$set": {"name": "Max"}})
     assert send(cli, penv, tmp_path, [identify]).exit_code == 0
@@ -255,15 +414,24 @@ def test_visitor_sent_anonymously_is_attached_by_the_identify(
     assert identifies[-1]["anonymousId"] == "dev-7" and "anonymous_id" not in identifies[-1]["traits"]
 
 
-@pytest.mark.parametrize(("extra", "expected_people", "expected_anonymous"), [
-    ({}, ["user-2"], 1),
-    ({"IDENTIFY_BY_EMAIL": "true"}, ["cat@example.com"], 1),
-    ({"SEND_EVENTS_FROM_ANONYMOUS_USERS": "identified"}, ["user-2"], 0),
-    ({"EVENTS_TO_SEND": "bought"}, ["user-2"], 0),
-], ids=["default", "identify-by-email", "anonymous-filter", "allowlist"])
+@pytest.mark.parametrize(
+    ("extra", "expected_people", "expected_anonymous"),
+    [
+        ({}, ["user-2"], 1),
+        ({"IDENTIFY_BY_EMAIL": "true"}, ["cat@example.com"], 1),
+        ({"SEND_EVENTS_FROM_ANONYMOUS_USERS": "identified"}, ["user-2"], 0),
+        ({"EVENTS_TO_SEND": "bought"}, ["user-2"], 0),
+    ],
+    ids=["default", "identify-by-email", "anonymous-filter", "allowlist"],
+)
 def test_seed_options(
-    cli: Any, penv: dict[str, str], pipes: SandboxServer, tmp_path: Path,
-    extra: dict[str, str], expected_people: list[str], expected_anonymous: int,
+    cli: Any,
+    penv: dict[str, str],
+    pipes: SandboxServer,
+    tmp_path: Path,
+    extra: dict[str, str],
+    expected_people: list[str],
+    expected_anonymous: int,
 ) -> None:
     events = [
         anon("looked", "dev-2", 0),
@@ -281,8 +449,9 @@ def test_seed_options(
         assert pipes.pipelines.person("cat@example.com")["attributes"]["email"] == "cat@example.com"
 
 
-def test_wrong_key_keeps_everything_queued(cli: Any, penv: dict[str, str], pipes: SandboxServer,
-                                           tmp_path: Path) -> None:
+def test_wrong_key_keeps_everything_queued(
+    cli: Any, penv: dict[str, str], pipes: SandboxServer, tmp_path: Path
+) -> None:
     result = send(cli, {**penv, "CUSTOMERIO_PIPELINES_API_KEY": "nope-nope"}, tmp_path, [ev("a", "u", 0)])
     assert result.exit_code == 1 and "Pipelines API key invalid" in result.output
     assert pipes.pipelines.people() == []
@@ -290,8 +459,11 @@ def test_wrong_key_keeps_everything_queued(cli: Any, penv: dict[str, str], pipes
     assert [e["name"] for e in pipes.pipelines.events()] == ["a"]
 
 
-@pytest.mark.parametrize("fault", [{"status": 429, "count": 2, "retry_after": "1"}, {"status": 500, "count": 4}],
-                         ids=["429-retry-after", "500-outage"])
+@pytest.mark.parametrize(
+    "fault",
+    [{"status": 429, "count": 2, "retry_after": "1"}, {"status": 500, "count": 4}],
+    ids=["429-retry-after", "500-outage"],
+)
 def test_rate_limit_and_outage_lose_nothing(
     cli: Any, penv: dict[str, str], pipes: SandboxServer, tmp_path: Path, fault: dict[str, Any]
 ) -> None:
@@ -306,16 +478,38 @@ def test_rate_limit_and_outage_lose_nothing(
 
 
 def test_a_refused_batch_is_halved_until_the_bad_call_is_alone(pipes: SandboxServer, tmp_path: Path) -> None:
-    settings = load_settings({"customerio_api": "pipelines", "customerio_pipelines_api_key": KEY,
-                              "customerio_pipelines_url": pipes.url, "posthog_customerio_data_dir": tmp_path / "d",
-                              "sqlite_synchronous": "NORMAL", "customerio_max_rps": 10_000,
-                              "delivery_concurrency": 1})
+    settings = load_settings(
+        {
+            "customerio_api": "pipelines",
+            "customerio_pipelines_api_key": KEY,
+            "customerio_pipelines_url": pipes.url,
+            "posthog_customerio_data_dir": tmp_path / "d",
+            "sqlite_synchronous": "NORMAL",
+            "customerio_max_rps": 10_000,
+            "delivery_concurrency": 1,
+        }
+    )
     pipes.pipelines.add_fault(400, count=3)  # the batch of 4, its first half, then its first call
     with Runtime(settings) as runtime:
         with runtime.db.transaction() as conn:
-            runtime.outbox.enqueue(conn, [
-                Operation(f"u{n}", {**P, "identifiers": {"id": f"u{n}"}, "action": "event", "name": f"e{n}",
-                                    "id": f"id-{n}", "timestamp": T0, "attributes": {}}) for n in range(4)])
+            runtime.outbox.enqueue(
+                conn,
+                [
+                    Operation(
+                        f"u{n}",
+                        {
+                            **P,
+                            "identifiers": {"id": f"u{n}"},
+                            "action": "event",
+                            "name": f"e{n}",
+                            "id": f"id-{n}",
+                            "timestamp": T0,
+                            "attributes": {},
+                        },
+                    )
+                    for n in range(4)
+                ],
+            )
         deliverer = runtime.deliverer()
         deliverer.start()
         assert deliverer.wait_until_empty(30)
@@ -329,11 +523,20 @@ def test_a_refused_batch_is_halved_until_the_bad_call_is_alone(pipes: SandboxSer
 
 def test_parsed_events_keep_one_message_id_per_event(pipes: SandboxServer, tmp_path: Path) -> None:
     """Every person and anonymous event reaches the sandbox with its dedupe id as messageId."""
-    events = [anon("v", "dev-3", 0), ev("$identify", "user-3", 5, **{"$anon_distinct_id": "dev-3"}),
-              ev("x", "user-3", 9)]
-    settings = load_settings({"customerio_api": "pipelines", "customerio_pipelines_api_key": KEY,
-                              "customerio_pipelines_url": pipes.url, "posthog_customerio_data_dir": tmp_path / "d",
-                              "sqlite_synchronous": "NORMAL"})
+    events = [
+        anon("v", "dev-3", 0),
+        ev("$identify", "user-3", 5, **{"$anon_distinct_id": "dev-3"}),
+        ev("x", "user-3", 9),
+    ]
+    settings = load_settings(
+        {
+            "customerio_api": "pipelines",
+            "customerio_pipelines_api_key": KEY,
+            "customerio_pipelines_url": pipes.url,
+            "posthog_customerio_data_dir": tmp_path / "d",
+            "sqlite_synchronous": "NORMAL",
+        }
+    )
     with Runtime(settings) as runtime:
         runtime.ingestor.ingest([parse_event(e) for e in events])
         deliverer = runtime.deliverer()
@@ -356,9 +559,13 @@ def test_kill_9_mid_send_and_restart_delivers_every_event_once(
 
     events = []
     for n in range(600):
-        events += [anon("$pageview", f"dev-{n}", n * 10, **{"$current_url": f"https://x.io/{n}"}),
-                   ev("$identify", f"user-{n}", n * 10 + 1, **{"$anon_distinct_id": f"dev-{n}"}),
-                   ev("a", f"user-{n}", n * 10 + 2), ev("b", f"user-{n}", n * 10 + 3), anon("c", f"dev-x{n}", n)]
+        events += [
+            anon("$pageview", f"dev-{n}", n * 10, **{"$current_url": f"https://x.io/{n}"}),
+            ev("$identify", f"user-{n}", n * 10 + 1, **{"$anon_distinct_id": f"dev-{n}"}),
+            ev("a", f"user-{n}", n * 10 + 2),
+            ev("b", f"user-{n}", n * 10 + 3),
+            anon("c", f"dev-x{n}", n),
+        ]
     path = write_jsonl(tmp_path / "stream.jsonl", events)
     env = {**os.environ, **penv, "CUSTOMERIO_MAX_RPS": "1", "DELIVERY_CONCURRENCY": "1"}
     command = [sys.executable, "-m", "posthog_customerio", "send", str(path)]
@@ -386,9 +593,14 @@ def test_kill_9_mid_send_and_restart_delivers_every_event_once(
     assert len(applied) == len(events) and len(set(message_ids)) == len(events)
     for n in (0, 299, 599):
         assert sorted(e["name"] for e in pipes.pipelines.events(f"user-{n}")) == [
-            "$identify", "a", "b", f"https://x.io/{n}"]
-    sent = [call.get("messageId") for r in pipes.pipelines.requests() if r["status"] == 200
-            for call in r["body"]["batch"]]
+            "$identify",
+            "a",
+            "b",
+            f"https://x.io/{n}",
+        ]
+    sent = [
+        call.get("messageId") for r in pipes.pipelines.requests() if r["status"] == 200 for call in r["body"]["batch"]
+    ]
     assert len(sent) - len(set(sent)) == pipes.pipelines.stats().get("duplicates", 0)  # re-sent ones were no-ops
 
 
@@ -398,8 +610,9 @@ def test_serve_with_the_sandbox_in_pipelines_mode(tmp_path: Path) -> None:
 
     from .service import running_service
 
-    settings = load_settings({"customerio_api": "pipelines", "posthog_customerio_data_dir": tmp_path / "d",
-                              "sqlite_synchronous": "NORMAL"})
+    settings = load_settings(
+        {"customerio_api": "pipelines", "posthog_customerio_data_dir": tmp_path / "d", "sqlite_synchronous": "NORMAL"}
+    )
     runtime = Runtime(settings, sandbox=True)
     box = runtime.sandbox
     assert box is not None

@@ -27,7 +27,7 @@ from .output.track import REGION_URLS, TrackClient, resolve_track_url
 from .pacing import PostgresPacer, workspace_key
 from .pipeline import Ingestor
 
-__all__ = ["Runtime", "DeliveryLockError", "SANDBOX_CREDENTIALS", "SANDBOX_PIPELINES_KEY"]
+__all__ = ["SANDBOX_CREDENTIALS", "SANDBOX_PIPELINES_KEY", "DeliveryLockError", "Runtime"]
 
 log = logging.getLogger(__name__)
 
