@@ -89,13 +89,19 @@ class Sandbox:
 
     def reset(self) -> None:
         self.post("/_sandbox/reset")
+        self.post("/_sandbox/pipelines/reset")
 
     def stats(self) -> dict[str, Any]:
-        return self.get("/_sandbox/stats")
+        """The Track side's counters, with the Pipelines side's people/events added (a run uses one side)."""
+        stats = self.get("/_sandbox/stats")
+        pipelines = self.get("/_sandbox/pipelines/stats")
+        for key in ("people", "events", "anonymous_events", "duplicates"):
+            stats[key] = stats.get(key, 0) + pipelines.get(key, 0)
+        return stats
 
     def request_totals(self) -> tuple[int, int]:
-        """(requests, body bytes) of every /api request the sandbox logged."""
-        entries = self.get("/_sandbox/requests")
+        """(requests, body bytes) of every /api and Pipelines /v1 request the sandbox logged."""
+        entries = self.get("/_sandbox/requests") + self.get("/_sandbox/pipelines/requests")
         return len(entries), sum(int(entry.get("bytes") or 0) for entry in entries)
 
 
@@ -147,6 +153,8 @@ def base_env(sandbox: Sandbox, data_dir: Path, **extra: str) -> dict[str, str]:
         "CUSTOMERIO_SITE_ID": SITE_ID,
         "CUSTOMERIO_API_KEY": API_KEY,
         "CUSTOMERIO_TRACK_URL": sandbox.url,
+        "CUSTOMERIO_PIPELINES_API_KEY": "sandbox",  # the ``sandbox`` command's Pipelines key (used by mode p)
+        "CUSTOMERIO_PIPELINES_URL": sandbox.url,
         "POSTHOG_CUSTOMERIO_DATA_DIR": str(data_dir),
         "CUSTOMERIO_MAX_RPS": MAX_RPS,
         "LOG_FORMAT": "json",

@@ -25,6 +25,7 @@ person keyed by the anonymous distinct_id, merged on identify) so the three mode
 the same events; the product's default, ``ANONYMOUS_EVENTS=anonymous``, is shown as
 (b*) and (c*): Customer.io's anonymous events exist only in v1, one request each.
 (c-id) is v2 with ``SEND_EVENTS_FROM_ANONYMOUS_USERS=identified``.
+(p) is ``CUSTOMERIO_API=pipelines``: everything, anonymous events included, in ``/v1/batch``.
 
 ``CUSTOMERIO_MAX_RPS=100000``: the client-side limiter is not what is measured.
 """
@@ -51,7 +52,7 @@ from _common import (  # noqa: E402
     write_stream,
 )
 
-MODES = ("a", "b", "c", "b*", "c*", "c-id")
+MODES = ("a", "b", "c", "b*", "c*", "c-id", "p")
 LABELS = {
     "a": "(a) seed-equivalent: v1 identify + track for every event",
     "a'": "(a') the plugin's exact bodies, computed offline (not sent)",
@@ -60,6 +61,7 @@ LABELS = {
     "b*": "(b*) v1, default ANONYMOUS_EVENTS=anonymous",
     "c*": "(c*) v2, default ANONYMOUS_EVENTS=anonymous",
     "c-id": "(c-id) v2, SEND_EVENTS_FROM_ANONYMOUS_USERS=identified",
+    "p": "(p) Pipelines API, default ANONYMOUS_EVENTS=anonymous",
 }
 MODE_ENV = {
     "a": {"CUSTOMERIO_API": "v1"},
@@ -68,6 +70,7 @@ MODE_ENV = {
     "b*": {"CUSTOMERIO_API": "v1"},
     "c*": {"CUSTOMERIO_API": "v2"},
     "c-id": {"CUSTOMERIO_API": "v2", "SEND_EVENTS_FROM_ANONYMOUS_USERS": "identified"},
+    "p": {"CUSTOMERIO_API": "pipelines"},
 }
 
 

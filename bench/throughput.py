@@ -6,8 +6,8 @@ Prints Markdown tables:
 
 1. ``send`` (file -> mapped -> outbox -> delivered, one process) in events/s, for
    ``SQLITE_SYNCHRONOUS=NORMAL`` and ``FULL``; mode (c) (v2 batches,
-   ``ANONYMOUS_EVENTS=person``), the default (c*) (anonymous events through v1) and the
-   seed-equivalent (a) (v1 identify + track per event; see requests_per_event.py), with
+   ``ANONYMOUS_EVENTS=person``), the default (c*) (anonymous events through v1), (p)
+   (``CUSTOMERIO_API=pipelines``, everything batched) and the seed-equivalent (a) (v1 identify + track per event; see requests_per_event.py), with
    the ratios (c)/(a) of events/s and of requests in the same run.
 2. ``serve`` (webhook POSTs from bench/loadgen.py, a separate process -> delivered), in
    events/s: 100 events per POST and 1 event per POST; NORMAL and FULL.
@@ -118,7 +118,7 @@ def write_bodies(path: Path, people: int, seed: int, events_per_person: int, lim
 def bench_send(box: Sandbox, events_file: Path, events: int, workdir: Path, seed_events: int) -> list[dict[str, Any]]:
     results = []
     for sync in ("NORMAL", "FULL"):
-        for mode in ("c", "c*"):
+        for mode in ("c", "c*", "p"):
             box.reset()
             data_dir = workdir / f"send-{mode.replace('*', 's')}-{sync}"
             summary, finished = send(events_file, base_env(box, data_dir, SQLITE_SYNCHRONOUS=sync, **MODE_ENV[mode]))

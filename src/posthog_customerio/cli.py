@@ -49,7 +49,7 @@ SiteId = Annotated[Optional[str], typer.Option("--site-id", help="Track API site
 ApiKey = Annotated[Optional[str], typer.Option("--api-key", help="Track API key [env CUSTOMERIO_API_KEY]", show_default=False)]
 Region = Annotated[Optional[str], typer.Option("--region", help="us, eu or auto [env CUSTOMERIO_REGION; default auto]", show_default=False)]
 TrackUrl = Annotated[Optional[str], typer.Option("--track-url", help="Track API base URL override [env CUSTOMERIO_TRACK_URL]", show_default=False)]
-Api = Annotated[Optional[str], typer.Option("--api", help="v1 or v2 [env CUSTOMERIO_API; default v2]", show_default=False)]
+Api = Annotated[Optional[str], typer.Option("--api", help="v1, v2 or pipelines [env CUSTOMERIO_API; default v2]", show_default=False)]
 ByEmail = Annotated[Optional[bool], typer.Option("--identify-by-email/--no-identify-by-email", help="Address people by email once known [env IDENTIFY_BY_EMAIL; default false]", show_default=False)]
 Anonymous = Annotated[Optional[str], typer.Option("--send-events-from-anonymous-users", help="all, identified or with_email [env SEND_EVENTS_FROM_ANONYMOUS_USERS; default all]", show_default=False)]
 Allowlist = Annotated[Optional[str], typer.Option("--events-to-send", help="Comma-separated allowlist; empty = all [env EVENTS_TO_SEND]", show_default=False)]
@@ -134,6 +134,10 @@ SERVICE_FLAGS = (
 )
 PROXY_FLAGS = (
     _flag("POSTHOG_TIMEOUT_S", float, "With --posthog-host: timeout of each forwarded request; default 30"),
+)
+PIPELINES_FLAGS = (
+    _flag("CUSTOMERIO_PIPELINES_API_KEY", str, "Pipelines API key (with --api pipelines; no Track credentials needed)"),
+    _flag("CUSTOMERIO_PIPELINES_URL", str, "Pipelines API base URL override; default by region (auto = us)"),
 )
 _EXTRA_FLAGS: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("extra_flags", default={})
 
@@ -228,18 +232,22 @@ def _root(
 
 # -- check -----------------------------------------------------------------------------
 @app.command()
-@_setting_flags(DELIVERY_FLAGS[1:])
+@_setting_flags(DELIVERY_FLAGS[1:], PIPELINES_FLAGS)
 def check(
     site_id: SiteId = None, api_key: ApiKey = None, region: Region = None, track_url: TrackUrl = None,
-    plugin_config: PluginConfig = None, sandbox: Sandbox = False,
+    plugin_config: PluginConfig = None, sandbox: Sandbox = False, api: Api = None,
 ) -> None:
-    """Verify the credentials; print the region and the Track API URL.
+    """Verify the credentials; print the region and the Track API URL (with --api pipelines: the Pipelines key).
 
     Exit 0 when Customer.io accepts them, 1 when it does not (or is unreachable),
     2 for bad configuration.
     """
     with _exits((AuthError, "{exc}"), _UNREACHABLE):
-        settings = _settings(plugin_config, site_id=site_id, api_key=api_key, region=region, track_url=track_url)
+        settings = _settings(plugin_config, site_id=site_id, api_key=api_key, region=region, track_url=track_url,
+                             api=api)
+        if settings.pipelines:
+            _check_pipelines(settings, sandbox)
+            return
         with contextlib.ExitStack() as stack:
             if sandbox:
                 from .sandbox import SandboxServer
@@ -258,9 +266,30 @@ def check(
     out.print(f"credentials OK\nregion     {answer.get('region', '?')}\ntrack URL  {url}", markup=False)
 
 
+def _check_pipelines(settings: Settings, sandbox: bool) -> None:
+    """``check`` with ``CUSTOMERIO_API=pipelines``: an empty strict-mode batch with the key (no Track call)."""
+    from .output.pipelines import PipelinesClient, resolve_pipelines_url
+    from .runtime import SANDBOX_PIPELINES_KEY
+
+    unreachable = (httpx.HTTPError, "cannot reach the Customer.io Pipelines API: {exc}")
+    with _exits((AuthError, "{exc}"), unreachable), contextlib.ExitStack() as stack:
+        if sandbox:
+            from .sandbox import SandboxServer
+
+            box = stack.enter_context(SandboxServer(port=0, pipelines_key=SANDBOX_PIPELINES_KEY))
+            key, url = SANDBOX_PIPELINES_KEY, box.url
+        else:
+            key = settings.pipelines_key()
+            url = resolve_pipelines_url(settings.customerio_region, settings.customerio_pipelines_url)
+        with PipelinesClient(key, url, timeout=settings.customerio_timeout_s) as client:
+            client.check()
+    region = "eu" if url == "https://cdp-eu.customer.io" else "us" if url == "https://cdp.customer.io" else "?"
+    out.print(f"Pipelines API key OK\nregion         {region}\npipelines URL  {url}", markup=False)
+
+
 # -- send ------------------------------------------------------------------------------
 @app.command()
-@_setting_flags(MAPPING_FLAGS, DELIVERY_FLAGS, STORE_FLAGS)
+@_setting_flags(MAPPING_FLAGS, DELIVERY_FLAGS, STORE_FLAGS, PIPELINES_FLAGS)
 def send(
     file: Annotated[str, typer.Argument(help="JSONL or JSON-array file of PostHog events, or - for stdin")],
     site_id: SiteId = None, api_key: ApiKey = None, region: Region = None, track_url: TrackUrl = None,
@@ -360,6 +389,8 @@ def _progress() -> Progress:
 def _sandbox_summary(sandbox: Any) -> dict[str, Any]:
     """What the sandbox holds: every identified person with attributes and events, and the
     visitors who never identified (their events stay anonymous events)."""
+    if sandbox.pipelines.stats().get("requests"):  # CUSTOMERIO_API=pipelines: its Pipelines side
+        return _pipelines_sandbox_summary(sandbox)
     state = sandbox.state
     stats = state.stats()
     visitors = {event["anonymous_id"] for event in state.anonymous_events() if event.get("person") is None}
@@ -379,6 +410,27 @@ def _sandbox_summary(sandbox: Any) -> dict[str, Any]:
         "events": stats.get("events", 0),
         "anonymous_events": stats.get("anonymous_events", 0),
         "url": sandbox.url,
+        "identified": people,
+    }
+
+
+def _pipelines_sandbox_summary(sandbox: Any) -> dict[str, Any]:
+    """:func:`_sandbox_summary` of the sandbox's Pipelines workspace (same shape)."""
+    state = sandbox.pipelines
+    people = []
+    for person in state.people():
+        events = sorted(state.events(person["userId"]) if person["userId"] else [],
+                        key=lambda event: str(event.get("timestamp") or ""))
+        people.append({
+            "id": person["userId"], "email": person["email"], "attributes": person["attributes"],
+            "events": [{"name": _event_label(event),
+                        "anonymous": bool(event.get("anonymousId")) or _was_anonymous({"data": event["properties"]})}
+                       for event in events],
+        })
+    anonymous = state.anonymous_events()
+    return {
+        "people": len(people), "visitors_never_identified": len({event["anonymousId"] for event in anonymous}),
+        "events": len(state.events()), "anonymous_events": len(anonymous), "url": sandbox.url,
         "identified": people,
     }
 
@@ -481,7 +533,7 @@ def _deliver_now(runtime: Runtime, timeout: float | None) -> bool | None:
 
 
 @app.command("delete-person")
-@_setting_flags(DELIVERY_FLAGS, STORE_FLAGS)
+@_setting_flags(DELIVERY_FLAGS, STORE_FLAGS, PIPELINES_FLAGS)
 def delete_person(
     distinct_id: Annotated[str, typer.Argument(help="The PostHog distinct_id of the person to delete")],
     site_id: SiteId = None, api_key: ApiKey = None, region: Region = None, track_url: TrackUrl = None,
@@ -532,6 +584,7 @@ def delete_person(
 
 
 @app.command()
+@_setting_flags(PIPELINES_FLAGS)
 def unsuppress(
     distinct_id: Annotated[str, typer.Argument(help="The PostHog distinct_id (or email) to unsuppress")],
     site_id: SiteId = None, api_key: ApiKey = None, region: Region = None, track_url: TrackUrl = None,
@@ -608,7 +661,7 @@ def _unauthenticated_host(settings: Settings, host: str) -> str | None:
 
 
 @app.command()
-@_setting_flags(MAPPING_FLAGS, DELIVERY_FLAGS, STORE_FLAGS, SERVICE_FLAGS, PROXY_FLAGS)
+@_setting_flags(MAPPING_FLAGS, DELIVERY_FLAGS, STORE_FLAGS, SERVICE_FLAGS, PROXY_FLAGS, PIPELINES_FLAGS)
 def serve(
     host: Annotated[str, typer.Option("--host", help="Interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port")] = 8080,
@@ -658,7 +711,7 @@ def serve(
         if refusal is not None:
             raise ConfigError(refusal)
         if not sandbox:
-            settings.credentials()
+            settings.require_credentials()
         configure_logging(settings.log_format, settings.log_level, settings.secret_values())
         runtime = Runtime(settings, sandbox=sandbox, fallback_to_us=True)
     try:
@@ -678,7 +731,7 @@ def serve(
 
 # -- consume (Kafka) ---------------------------------------------------------------------------
 @app.command()
-@_setting_flags(MAPPING_FLAGS, DELIVERY_FLAGS, STORE_FLAGS, SERVICE_FLAGS)
+@_setting_flags(MAPPING_FLAGS, DELIVERY_FLAGS, STORE_FLAGS, SERVICE_FLAGS, PIPELINES_FLAGS)
 def consume(
     kafka_bootstrap: Annotated[str, typer.Option("--kafka-bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", help="HOST:PORT[,HOST:PORT...] of the Kafka / Redpanda brokers", show_default=False)],
     topic: Annotated[str, typer.Option("--topic", envvar="KAFKA_TOPIC", help="Topic of PostHog events, e.g. clickhouse_events_json", show_default=False)],
@@ -719,7 +772,7 @@ def consume(
             shutdown_grace_s=shutdown_grace_s, log_format=log_format,
         )
         if not sandbox:
-            settings.credentials()
+            settings.require_credentials()
         extra = load_kafka_config(kafka_config or (), kafka_config_file)
     configure_logging(settings.log_format, settings.log_level, [*settings.secret_values(), *secret_values(extra)])
     stop = threading.Event()

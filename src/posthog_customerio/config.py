@@ -38,6 +38,8 @@ _REGION_ALIASES = {
     "auto": "auto",
     "track.customer.io": "us",
     "track-eu.customer.io": "eu",
+    "cdp.customer.io": "us",
+    "cdp-eu.customer.io": "eu",
 }
 
 
@@ -50,7 +52,9 @@ class Settings(BaseSettings):
     customerio_api_key: SecretStr | None = None
     customerio_region: Literal["us", "eu", "auto"] = "auto"
     customerio_track_url: str | None = None
-    customerio_api: Literal["v1", "v2"] = "v2"
+    customerio_api: Literal["v1", "v2", "pipelines"] = "v2"
+    customerio_pipelines_api_key: SecretStr | None = None
+    customerio_pipelines_url: str | None = None
     identify_by_email: bool = False
     send_events_from_anonymous_users: AnonymousMode = "all"
     events_to_send: str = ""
@@ -105,7 +109,7 @@ class Settings(BaseSettings):
             return _ANONYMOUS_LABELS.get(value.strip().lower(), value)
         return value
 
-    @field_validator("customerio_track_url")
+    @field_validator("customerio_track_url", "customerio_pipelines_url")
     @classmethod
     def _track_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
@@ -210,11 +214,32 @@ class Settings(BaseSettings):
             self.customerio_api_key.get_secret_value().strip(),  # type: ignore[union-attr]
         )
 
+    @property
+    def pipelines(self) -> bool:
+        """Whether delivery goes through the Pipelines API (``CUSTOMERIO_API=pipelines``)."""
+        return self.customerio_api == "pipelines"
+
+    def pipelines_key(self) -> str:
+        """The Pipelines API key, or :class:`ConfigError` when it is missing."""
+        secret = self.customerio_pipelines_api_key
+        if secret is None or not secret.get_secret_value().strip():
+            raise ConfigError(
+                "CUSTOMERIO_PIPELINES_API_KEY is required with CUSTOMERIO_API=pipelines (or run with --sandbox)"
+            )
+        return secret.get_secret_value().strip()
+
+    def require_credentials(self) -> None:
+        """The credentials the chosen API needs (Pipelines key, or Track site ID and API key) are set."""
+        if self.pipelines:
+            self.pipelines_key()
+        else:
+            self.credentials()
+
     def secret_values(self) -> list[str]:
         """Every configured secret value (for log redaction)."""
         secrets = (
             self.customerio_site_id, self.customerio_api_key, self.webhook_token, self.webhook_signing_secret,
-            self.ops_token,
+            self.ops_token, self.customerio_pipelines_api_key,
         )
         values = [s.get_secret_value() for s in secrets if s is not None and len(s.get_secret_value()) >= 4]
         if self.outbox_url:  # a PostgreSQL password inside OUTBOX_URL

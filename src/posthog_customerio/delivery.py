@@ -408,6 +408,8 @@ class Deliverer:
             log.warning("Customer.io unavailable (%s); retrying in %.1fs", result.describe()[:120], verdict.hold_s)
 
     def _count(self, result: SendResult) -> None:
+        if not result.sent:  # refused by the output itself: no request was made
+            return
         with self._stats_lock:
             self.stats.requests += 1
             self.stats.requests_by_status[str(result.status or "error")] += 1

@@ -22,16 +22,19 @@ from .delivery import Deliverer
 from .outbox import Claimed, Outbox
 from .output import OutputContext, create_output
 from .output.base import AuthError, Output
+from .output.pipelines import PipelinesClient, resolve_pipelines_url
 from .output.track import REGION_URLS, TrackClient, resolve_track_url
 from .pacing import PostgresPacer, workspace_key
 from .pipeline import Ingestor
 
-__all__ = ["Runtime", "DeliveryLockError", "SANDBOX_CREDENTIALS"]
+__all__ = ["SANDBOX_CREDENTIALS", "SANDBOX_PIPELINES_KEY", "DeliveryLockError", "Runtime"]
 
 log = logging.getLogger(__name__)
 
 #: Credentials of the in-process sandbox (``--sandbox``).
 SANDBOX_CREDENTIALS = ("sandbox-site", "sandbox-key")
+#: Pipelines API key of the in-process sandbox (``--sandbox`` with ``CUSTOMERIO_API=pipelines``).
+SANDBOX_PIPELINES_KEY = "sandbox-pipelines-key"
 
 
 class DeliveryLockError(RuntimeError):
@@ -63,13 +66,14 @@ class Runtime:
         self.ingestor = Ingestor(self.db, self.outbox, settings.mapping_config())
         self.sandbox = None
         self._client: TrackClient | None = None
+        self._pipelines_client: PipelinesClient | None = None
         self._deliverer: Deliverer | None = None
         self._lock_file: IO[str] | None = None
         if sandbox:
             from .sandbox import SandboxServer
 
             site_id, api_key = SANDBOX_CREDENTIALS
-            self.sandbox = SandboxServer(port=0, site_id=site_id, api_key=api_key)
+            self.sandbox = SandboxServer(port=0, site_id=site_id, api_key=api_key, pipelines_key=SANDBOX_PIPELINES_KEY)
             self.sandbox.start()
 
     # -- Customer.io ---------------------------------------------------------------
@@ -112,9 +116,34 @@ class Runtime:
             )
         return self._client
 
+    @property
+    def pipelines_client(self) -> PipelinesClient:
+        """The Pipelines API client (created on first use): the key, and the region's host or the override.
+
+        The Pipelines API has no region lookup: ``CUSTOMERIO_REGION=auto`` means US (set ``eu`` for EU).
+        """
+        if self._pipelines_client is None:
+            if self.sandbox is not None:
+                key, url = SANDBOX_PIPELINES_KEY, self.sandbox.url
+            else:
+                key = self.settings.pipelines_key()
+                url = resolve_pipelines_url(self.settings.customerio_region, self.settings.customerio_pipelines_url)
+            self._pipelines_client = PipelinesClient(
+                key, url, timeout=self._timeout(), retry_after_max_s=self.settings.retry_after_max_s,
+            )
+        return self._pipelines_client
+
     def output(self) -> Output:
         """The output API chosen by ``CUSTOMERIO_API`` (through :data:`.output.OUTPUTS`)."""
-        return create_output(self.settings.customerio_api, OutputContext(self.settings, lambda: self.client))
+        context = OutputContext(self.settings, lambda: self.client, lambda: self.pipelines_client)
+        return create_output(self.settings.customerio_api, context)
+
+    def check_credentials(self) -> None:
+        """Ask Customer.io whether the configured credentials are accepted (:class:`AuthError` if not)."""
+        if self.settings.pipelines:
+            self.pipelines_client.check()
+        else:
+            self.client.account_region()
 
     @property
     def current_deliverer(self) -> Deliverer | None:
@@ -154,7 +183,12 @@ class Runtime:
         """With PostgreSQL, the rate limit and pauses shared by all replicas of the workspace."""
         if not isinstance(self.db, PostgresDatabase):
             return None
-        workspace = workspace_key(self.credentials()[0], self.client.base_url)
+        if self.settings.pipelines:
+            client = self.pipelines_client
+            workspace = workspace_key(SANDBOX_PIPELINES_KEY if self.sandbox else self.settings.pipelines_key(),
+                                      client.base_url)
+        else:
+            workspace = workspace_key(self.credentials()[0], self.client.base_url)
         return PostgresPacer(self.db, workspace, self.settings.customerio_max_rps)
 
     def _take_delivery_lock(self) -> None:
@@ -184,6 +218,8 @@ class Runtime:
             self._deliverer.stop(grace_s)
         if self._client is not None:
             self._client.close()
+        if self._pipelines_client is not None:
+            self._pipelines_client.close()
         if self._lock_file is not None:
             self._lock_file.close()
         self.db.close()

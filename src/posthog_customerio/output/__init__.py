@@ -3,8 +3,8 @@
 :mod:`.base` declares the protocol delivery drives (:class:`~.base.Output`) and the
 classified :class:`~.base.SendResult`; :mod:`.track` holds the Track API client and
 its outputs (encoders :mod:`.track_v1`, :mod:`.track_v2`); :mod:`.pipelines` the
-Pipelines API client and call encoders (not selectable yet). A new output is one
-module and one entry in :data:`OUTPUTS`.
+Pipelines API client, call encoders and output (``CUSTOMERIO_API=pipelines``). A new
+output is one module and one entry in :data:`OUTPUTS`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .base import Output
+from .pipelines import PipelinesClient, PipelinesOutput
 from .track import TrackClient, TrackV1Output, TrackV2Output
 
 __all__ = ["OUTPUTS", "OutputContext", "create_output"]
@@ -21,16 +22,24 @@ __all__ = ["OUTPUTS", "OutputContext", "create_output"]
 
 @dataclass(frozen=True, slots=True)
 class OutputContext:
-    """What an output may be built from: the settings and the (lazily made) Track client."""
+    """What an output may be built from: the settings and the (lazily made) Track and Pipelines clients."""
 
     settings: Any
     track_client: Callable[[], TrackClient]
+    pipelines_client: Callable[[], PipelinesClient] | None = None
+
+
+def _pipelines(context: OutputContext) -> Output:
+    if context.pipelines_client is None:
+        raise ValueError("CUSTOMERIO_API=pipelines needs a Pipelines client")
+    return PipelinesOutput(context.pipelines_client())
 
 
 #: ``CUSTOMERIO_API`` value -> how to build that output
 OUTPUTS: dict[str, Callable[[OutputContext], Output]] = {
     "v1": lambda context: TrackV1Output(context.track_client()),
     "v2": lambda context: TrackV2Output(context.track_client()),
+    "pipelines": _pipelines,
 }
 
 

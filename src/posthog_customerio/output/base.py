@@ -63,9 +63,13 @@ class SendResult:
     error: str | None = None
     retry_after: float | None = None
     item_errors: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: False when the output refused the unit itself (nothing was sent: no request counted)
+    sent: bool = True
 
     def describe(self) -> str:
         """A one-line description for logs and dead letters."""
+        if not self.sent:
+            return f"not sent: {self.error}"
         if self.status is None:
             return f"network error: {self.error}"
         return f"HTTP {self.status}: {self.body[:300]}" if self.body else f"HTTP {self.status}"

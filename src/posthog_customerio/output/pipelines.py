@@ -29,6 +29,7 @@ for a batch: a 400 rejects the whole request (the caller splits the batch to iso
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,8 @@ from typing import Any
 import httpx
 
 from .. import __version__
-from .base import AuthError, Outcome, SendResult, classify
+from ..outbox import Claimed
+from .base import RETRY_AFTER_MAX_S, AuthError, Outcome, SendResult, Unit, classify
 
 __all__ = [
     "MAX_CALL_BYTES",
@@ -46,6 +48,9 @@ __all__ = [
     "SEMANTIC_EVENTS",
     "Packing",
     "PipelinesClient",
+    "PipelinesOutput",
+    "PipelinesUnit",
+    "UnsupportedOperation",
     "alias",
     "delete_person",
     "device_created_or_updated",
@@ -54,7 +59,9 @@ __all__ = [
     "group",
     "identify",
     "iso_timestamp",
+    "message_id",
     "object_deleted",
+    "operation_calls",
     "pack",
     "page",
     "relationship_deleted",
@@ -412,8 +419,10 @@ class PipelinesClient:
         timeout: float = 30.0,
         transport: httpx.BaseTransport | None = None,
         context: dict[str, Any] | None = None,
+        retry_after_max_s: float = RETRY_AFTER_MAX_S,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.retry_after_max_s = retry_after_max_s
         library = {"library": {"name": "posthog-customerio", "version": __version__}}
         self._context_text = encode_call(context if context is not None else library)
         self._http = httpx.Client(
@@ -449,7 +458,7 @@ class PipelinesClient:
             response = self._http.post(path, content=body)
         except httpx.HTTPError as exc:
             return SendResult(Outcome.TRANSIENT, error=f"{type(exc).__name__}: {exc}")
-        return _pipelines_result(classify(response))
+        return _pipelines_result(classify(response, self.retry_after_max_s))
 
     def batch_body(self, call_texts: Iterable[str | bytes]) -> bytes:
         """The ``/v1/batch`` request body for already-encoded calls (in order)."""
@@ -483,3 +492,214 @@ class PipelinesClient:
             raise AuthError(f"Customer.io Pipelines API redirected to {response.headers.get('location', '?')}")
         if response.status_code != 400:
             response.raise_for_status()
+
+
+# --------------------------------------------------------------------------- the output (CUSTOMERIO_API=pipelines)
+
+#: neutral person actions that are Customer.io semantic events (track calls with reserved names)
+_SEMANTIC_ACTIONS = {"delete": "Delete Person", "suppress": "User Suppressed", "unsuppress": "User Unsuppressed"}
+#: what one claim may carry (bytes of stored neutral operations); calls are a little larger, :func:`pack` splits
+CLAIM_BYTES = 400_000
+
+
+class UnsupportedOperation(ValueError):
+    """An operation the Pipelines API cannot express (dead-lettered with this reason, never sent)."""
+
+
+def message_id(payload: dict[str, Any], seq: int, kind: str, text: str) -> str:
+    """The ``messageId`` of an operation's calls: stable across re-sends of the same operation.
+
+    An event's is its dedupe ``id`` (the same PostHog event replayed, from any data dir, dedupes in
+    Customer.io). Any other operation (identify, merge, delete, device, group ...) has no such id: its
+    messageId is a digest of its outbox ``seq`` and its stored text, so a re-send after a crash or a
+    retry carries the same messageId, while two equal operations enqueued at different times (a second
+    deletion after the person came back) stay two calls.
+    """
+    if payload.get("id") not in (None, ""):
+        return str(payload["id"])
+    digest = hashlib.sha256(f"{kind}\x00{seq}\x00{text}".encode()).hexdigest()[:32]
+    return f"op-{digest}"
+
+
+def _user_id(identifiers: dict[str, Any]) -> str:
+    """The ``userId`` the Track modes would address: the id, else the email (``IDENTIFY_BY_EMAIL``)."""
+    for key in ("id", "email"):
+        value = identifiers.get(key)
+        if isinstance(value, str) and value:
+            return value
+    raise UnsupportedOperation(f"no Pipelines userId for identifiers {sorted(identifiers)}")
+
+
+def _with_ids(calls: list[dict[str, Any]], message: str) -> list[dict[str, Any]]:
+    """Every call gets ``message`` as messageId (suffixed ``:n`` when one operation makes several calls)."""
+    for number, call in enumerate(calls):
+        call["messageId"] = message if number == 0 else f"{message}:{number}"
+    return calls
+
+
+def _person_calls(payload: dict[str, Any], when: Any) -> list[dict[str, Any]]:
+    action = payload.get("action")
+    if action == "merge":
+        return [alias(_user_id(payload["primary"]), _user_id(payload["secondary"]), timestamp=when)]
+    identifiers = payload.get("identifiers") or {}
+    user = _user_id(identifiers)
+    attributes = dict(payload.get("attributes") or {})
+    if action == "identify":
+        anonymous = attributes.pop("anonymous_id", None)
+        if "email" in identifiers and "id" not in identifiers:
+            attributes.setdefault("email", identifiers["email"])
+        return [identify(user, attributes, anonymous_id=anonymous, timestamp=when)]
+    if action in ("event", "page", "screen"):
+        return [_view_call(action, payload, attributes, user, None, when)]
+    if action in _SEMANTIC_ACTIONS:
+        return [_semantic(_SEMANTIC_ACTIONS[action], user, timestamp=when)]
+    if action == "add_device":
+        device = dict(payload.get("device") or {})
+        token, platform = device.pop("token", None), device.pop("platform", None)
+        last_used = device.pop("last_used", None)
+        return [device_created_or_updated(user, str(token or ""), platform, device or None,
+                                          timestamp=last_used if last_used is not None else when)]
+    if action == "delete_device":
+        return [device_deleted(user, str((payload.get("device") or {}).get("token") or ""), timestamp=when)]
+    if action in ("add_relationships", "delete_relationships"):
+        calls = []
+        for relation in payload.get("cio_relationships") or []:
+            target = relation.get("identifiers") or {}
+            object_id, type_id = str(target.get("object_id", "")), target.get("object_type_id", "1")
+            if action == "add_relationships":
+                attrs = relation.get("relationship_attributes")
+                calls.append(group(object_id, object_type_id=type_id, user_id=user, relationship_attributes=attrs,
+                                   timestamp=when))
+            else:
+                calls.append(relationship_deleted(user, object_id, type_id, timestamp=when))
+        if not calls:
+            raise UnsupportedOperation(f"{action} without relationships")
+        return calls
+    raise UnsupportedOperation(f"no Pipelines call for person action {action!r}")
+
+
+def _view_call(
+    action: str, payload: dict[str, Any], properties: dict[str, Any], user: str | None, anonymous: str | None,
+    when: Any,
+) -> dict[str, Any]:
+    name = str(payload.get("name") or "")
+    if action == "page":
+        return page(name, properties, user_id=user, anonymous_id=anonymous, timestamp=when)
+    if action == "screen":
+        return screen(name, properties, user_id=user, anonymous_id=anonymous, timestamp=when)
+    return track(name, properties, user_id=user, anonymous_id=anonymous, timestamp=when)
+
+
+def operation_calls(payload: dict[str, Any], kind: str, message: str) -> list[dict[str, Any]]:
+    """The Segment-spec calls for one neutral operation (raises :class:`UnsupportedOperation`).
+
+    person: identify (with ``anonymousId`` when it attaches a visitor), track/page/screen, alias (merge:
+    ``previousId`` = the secondary), semantic events (delete, suppress, unsuppress, devices), group per
+    relationship; anonymous: track/page/screen with ``anonymousId``; object: group without a person.
+    """
+    when = payload.get("timestamp")
+    try:
+        if kind == "person":
+            calls = _person_calls(payload, when)
+        elif kind == "anonymous":
+            action = str(payload.get("action"))
+            if action not in ("event", "page", "screen"):
+                raise UnsupportedOperation(f"no Pipelines call for anonymous action {action!r}")
+            properties = dict(payload.get("attributes") or {})
+            calls = [_view_call(action, payload, properties, None, str(payload["anonymous_id"]), when)]
+        elif kind == "object":
+            target = payload.get("identifiers") or {}
+            object_id, type_id = str(target.get("object_id", "")), target.get("object_type_id", "1")
+            if payload.get("action") == "delete":
+                calls = [object_deleted(object_id, type_id, anonymous_id=message, timestamp=when)]
+            elif payload.get("action") == "identify":
+                calls = [group(object_id, payload.get("attributes"), object_type_id=type_id, timestamp=when)]
+            else:
+                raise UnsupportedOperation(f"no Pipelines call for object action {payload.get('action')!r}")
+        else:
+            raise UnsupportedOperation(f"unknown operation kind {kind!r}")
+    except UnsupportedOperation:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:  # a malformed stored operation: say what, never send it
+        raise UnsupportedOperation(f"cannot encode for Pipelines: {type(exc).__name__}: {exc}") from None
+    return _with_ids(calls, message)
+
+
+def claimed_calls(item: Claimed) -> list[str]:
+    """The encoded calls of one claimed operation (raises :class:`UnsupportedOperation`)."""
+    payload = json.loads(item.payload)
+    message = message_id(payload, item.seq, item.kind, item.payload)
+    return [encode_call(call) for call in operation_calls(payload, item.kind, message)]
+
+
+@dataclass(frozen=True, slots=True)
+class PipelinesUnit(Unit):
+    """A unit with its calls already encoded (``texts``, one per item), or why an item cannot be sent."""
+
+    texts: tuple[str, ...] = ()
+    refused: str | None = None
+
+
+class PipelinesOutput:
+    """``CUSTOMERIO_API=pipelines``: every operation, anonymous ones included, in ``/v1/batch`` requests.
+
+    A claim is encoded to calls, packed by bytes (:func:`pack`: under 475,000 bytes a request, 32,000 a
+    call); an operation whose call is over the limit, or that the API cannot express, is dead-lettered with
+    the reason without being sent. A refused request (400 in strict mode) is halved by the settlement policy
+    until the bad call is alone; 401/403, 429, 5xx and ``Retry-After`` settle as for Track.
+    """
+
+    name = "pipelines"
+    max_batch_bytes = CLAIM_BYTES
+    #: the outbox lets any stored operation through; the exact call size is checked here
+    max_op_bytes = MAX_REQUEST_BYTES
+
+    def __init__(self, client: PipelinesClient) -> None:
+        self.client = client
+
+    def claim_size(self, max_items: int, interval: float) -> int:
+        """A full batch."""
+        return max_items
+
+    def units(self, items: Sequence[Claimed]) -> list[Unit]:
+        """Refused operations first (settled without a request), then the batches, in claim order."""
+        refused: list[Unit] = []
+        kept: list[Claimed] = []
+        texts: list[str] = []
+        for item in items:
+            try:
+                calls = claimed_calls(item)
+            except UnsupportedOperation as exc:
+                refused.append(PipelinesUnit([item], refused=str(exc)))
+                continue
+            too_large = max((_size(call) for call in calls), default=0)
+            if too_large > MAX_CALL_BYTES:
+                reason = f"call is {too_large} bytes, over the Pipelines API's {MAX_CALL_BYTES}-byte limit per call"
+                refused.append(PipelinesUnit([item], refused=reason))
+                continue
+            kept.append(item)
+            texts.append(",".join(calls))
+        packing = pack(texts, max_call_bytes=MAX_REQUEST_BYTES, overhead=self.client.batch_overhead)
+        for index in packing.too_large:  # one operation's calls over a whole request: not sendable either
+            refused.append(PipelinesUnit([kept[index]], refused="the operation's calls exceed one request"))
+        batches: list[Unit] = [
+            PipelinesUnit([kept[i] for i in group_], texts=tuple(texts[i] for i in group_))
+            for group_ in packing.batches
+        ]
+        return [*refused, *batches]
+
+    def send(self, unit: Unit) -> SendResult:
+        """Send a batch unit (re-encoding halves); a refused one is answered without any request."""
+        if isinstance(unit, PipelinesUnit) and unit.refused is not None:
+            return SendResult(Outcome.PERMANENT, error=unit.refused, sent=False)
+        texts = list(unit.texts) if isinstance(unit, PipelinesUnit) and unit.texts else None
+        if texts is None:
+            try:
+                texts = [",".join(claimed_calls(item)) for item in unit.items]
+            except UnsupportedOperation as exc:
+                return SendResult(Outcome.PERMANENT, error=str(exc), sent=False)
+        return self.client.send_batch(texts)
+
+    def check_credentials(self) -> None:
+        """An empty strict-mode batch (:meth:`PipelinesClient.check`)."""
+        self.client.check()

@@ -126,7 +126,7 @@ class CustomerioProbe:
     def _check(self) -> None:
         state: dict[str, Any] = {"checked_at": time.time()}
         try:
-            self.runtime.client.account_region()
+            self.runtime.check_credentials()
             state.update(credentials="ok", reachable=True, last_error=None)
         except AuthError:
             state.update(credentials="rejected", reachable=True, last_error="Customer.io rejected the credentials")
