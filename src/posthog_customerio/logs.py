@@ -16,10 +16,12 @@ from pythonjsonlogger.json import JsonFormatter
 __all__ = ["configure_logging", "RedactSecrets"]
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: the attributes every LogRecord has; anything else on a record came from ``extra=``
+_STANDARD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 
 
 class RedactSecrets(logging.Filter):
-    """Replace every occurrence of the given secrets in a record's message."""
+    """Replace every occurrence of the given secrets in a record's message, traceback and ``extra=`` fields."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
@@ -39,7 +41,21 @@ class RedactSecrets(logging.Filter):
             for secret in self.secrets:
                 text = text.replace(secret, "***")
             record.exc_info, record.exc_text = None, text
+        for name, value in list(vars(record).items()):  # extra= fields (the JSON formatter prints them)
+            if name not in _STANDARD_ATTRIBUTES:
+                setattr(record, name, self._redact_value(value))
         return True
+
+    def _redact_value(self, value: object) -> object:
+        if isinstance(value, str):
+            for secret in self.secrets:
+                value = value.replace(secret, "***")
+            return value
+        if isinstance(value, dict):
+            return {key: self._redact_value(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self._redact_value(item) for item in value]
+        return value
 
 
 def configure_logging(log_format: str = "auto", level: str = "INFO", secrets: Iterable[str] = ()) -> None:
