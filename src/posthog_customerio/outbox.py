@@ -1,36 +1,27 @@
-"""Durable queue of Customer.io operations (SQLite, WAL) with a dead-letter table.
+"""Durable queue of Customer.io operations with a dead-letter table (on either storage backend).
 
 Operations are written before any send and deleted only after Customer.io accepted
 them. Workers *claim* operations; a person whose operation is in flight has none of
 its later operations handed out, so each person's operations reach Customer.io in
 the order they were enqueued. Permanent failures move to ``dead_letters`` with the
-response that rejected them.
+response that rejected them. Which rows count as taken is the backend's claims strategy
+(:meth:`~.storage.Storage.claims`); the SQL is the backend's too.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
-import os
-import socket
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .db import Database, PostgresDatabase
 from .operations import Operation, encode_payload
+from .storage import Storage, Transaction
 
 __all__ = ["Claimed", "DeadLetter", "Outbox"]
 
-# candidates are read without their payloads (the claim reads many rows; it sends few)
-_CANDIDATES_SQL = (
-    "SELECT seq, person_key, size, attempts, enqueued_at, after_keys, lease_owner, lease_until"
-    " FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?"
-)
-_CLAIM_LOCK = 7_274_135_002  # pg_advisory_xact_lock key: one claimer at a time across replicas
 #: stop a claim's scan after this many rows in a row that could not be taken, once it holds something
 _FRUITLESS_ROWS = 256
 #: a claim holding something stops when less than this is left of its byte budget
@@ -86,6 +77,15 @@ def _select(
     return chosen, oversized
 
 
+def _hydrate(rows: list[tuple[Any, ...]], payloads: dict[int, str]) -> list[Claimed]:
+    """Claimed operations for candidate rows, with their payloads (in queue order)."""
+    return [
+        Claimed(seq, person_key, payloads[seq], size, attempts, enqueued_at, after_keys)
+        for seq, person_key, size, attempts, enqueued_at, after_keys, *_ in rows
+        if seq in payloads
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """An operation handed to a worker; it stays in the table until acked."""
@@ -136,13 +136,13 @@ class DeadLetter:
 
 
 class Outbox:
-    """The outbox tables of a :class:`Database`, plus the in-process claim book."""
+    """The outbox tables of a :class:`~.storage.Storage`, plus the in-process claim book."""
 
-    def __init__(self, db: Database | PostgresDatabase, lease_s: float = 30.0) -> None:
+    def __init__(self, db: Storage, lease_s: float = 30.0) -> None:
         self.db = db
         self.lease_s = lease_s
-        #: who holds a lease (PostgreSQL): host, pid and a random part
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        #: the backend's way of keeping claims apart
+        self.claims = db.claims(lease_s)
         self._claim_lock = threading.Lock()
         self._in_flight: set[int] = set()
         self._busy_persons: dict[str, int] = {}
@@ -152,7 +152,7 @@ class Outbox:
 
     # -- writing ---------------------------------------------------------------
     @staticmethod
-    def enqueue(conn: sqlite3.Connection, operations: Iterable[Operation], now: float | None = None) -> int:
+    def enqueue(conn: Transaction, operations: Iterable[Operation], now: float | None = None) -> int:
         """Append operations inside the caller's transaction; returns how many."""
         stamp = now if now is not None else time.time()
         rows = []
@@ -160,12 +160,10 @@ class Outbox:
             text = operation.text or encode_payload(operation.payload)
             after = json.dumps(list(operation.after)) if operation.after else None
             rows.append((operation.person_key, text, len(text.encode()), stamp, after))
-        conn.executemany(
-            "INSERT INTO outbox (person_key, payload, size, enqueued_at, after_keys) VALUES (?,?,?,?,?)", rows
-        )
+        conn.insert_operations(rows)
         return len(rows)
 
-    def adopt_anonymous(self, conn: Any, anonymous_id: str, identifiers: dict[str, str], person_key: str) -> int:
+    def adopt_anonymous(self, conn: Transaction, anonymous_id: str, identifiers: dict[str, str], person_key: str) -> int:
         """Turn a visitor's still-queued anonymous events into events of a person.
 
         Inside the caller's transaction: the rows of ``anonymous_id`` that are not in
@@ -174,10 +172,7 @@ class Outbox:
         v1 request each. Returns how many were adopted.
         """
         now = time.time()
-        rows = conn.execute(
-            "SELECT seq, payload, enqueued_at, lease_until FROM outbox WHERE person_key = ? ORDER BY seq",
-            (anonymous_id,),
-        ).fetchall()
+        rows = conn.queued_rows(anonymous_id)
         adopted = []
         for seq, payload, enqueued_at, lease_until in rows:
             if not payload.startswith('{"type":"anonymous"') or seq in self._in_flight:
@@ -193,11 +188,8 @@ class Outbox:
             text = encode_payload(event)
             adopted.append((seq, (person_key, text, len(text.encode()), enqueued_at, None)))
         if adopted:
-            conn.executemany("DELETE FROM outbox WHERE seq = ?", [(seq,) for seq, _ in adopted])
-            conn.executemany(
-                "INSERT INTO outbox (person_key, payload, size, enqueued_at, after_keys) VALUES (?,?,?,?,?)",
-                [row for _, row in adopted],
-            )
+            conn.delete_operations(seq for seq, _ in adopted)
+            conn.insert_operations(row for _, row in adopted)
         return len(adopted)
 
     def put(self, operations: Iterable[Operation]) -> int:
@@ -215,13 +207,10 @@ class Outbox:
         claim, gets nothing more this time.
         """
         with self._claim_lock:
-            if self.db.shared:
-                claimed, oversized = self._claim_leased(max_items, max_bytes, max_op_bytes)
-            else:
-                taken = lambda row: row[0] in self._in_flight  # noqa: E731
-                chosen, too_big = _select(self._candidates(self.db), taken, max_items, max_bytes, max_op_bytes)
-                with self.db.reading() as conn:
-                    claimed, oversized = self._hydrate(conn, chosen), self._hydrate(conn, too_big)
+            chosen, too_big, payloads = self.claims.claim(
+                lambda rows, taken: _select(rows, taken, max_items, max_bytes, max_op_bytes), self._in_flight
+            )
+            claimed, oversized = _hydrate(chosen, payloads), _hydrate(too_big, payloads)
             for item in claimed:
                 self._in_flight.add(item.seq)
                 for key in item.keys:
@@ -235,56 +224,6 @@ class Outbox:
                 claimed=False,
             )
         return claimed
-
-    def _claim_leased(self, max_items: int, max_bytes: int, max_op_bytes: int) -> tuple[list[Claimed], list[Claimed]]:
-        """Claim across replicas: one claimer at a time (advisory lock), leases with expiry.
-
-        A row leased by anyone (lease not expired) blocks its people, exactly like an
-        in-flight row in one process; a dead replica's leases expire after
-        ``lease_s`` and its rows are claimed again.
-        """
-        with self.db.transaction() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(?)", (_CLAIM_LOCK,))
-            now = time.time()
-            taken = lambda row: row[7] is not None and row[7] > now  # noqa: E731
-            chosen, too_big = _select(self._candidates(conn), taken, max_items, max_bytes, max_op_bytes)
-            claimed, oversized = self._hydrate(conn, chosen), self._hydrate(conn, too_big)
-            conn.executemany(
-                "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE seq = ?",
-                [(self.owner, now + self.lease_s, item.seq) for item in claimed],
-            )
-        return claimed, oversized
-
-    @staticmethod
-    def _hydrate(conn: Any, rows: list[tuple[Any, ...]]) -> list[Claimed]:
-        """Claimed operations for candidate rows, with their payloads (in queue order)."""
-        if not rows:
-            return []
-        payloads: dict[int, str] = {}
-        seqs = [row[0] for row in rows]
-        for start in range(0, len(seqs), 500):
-            chunk = seqs[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            payloads.update(conn.execute(f"SELECT seq, payload FROM outbox WHERE seq IN ({marks})", chunk).fetchall())
-        return [
-            Claimed(seq, person_key, payloads[seq], size, attempts, enqueued_at, after_keys)
-            for seq, person_key, size, attempts, enqueued_at, after_keys, *_ in rows
-            if seq in payloads
-        ]
-
-    def _candidates(self, db_or_conn: Any, page: int = 1000, scan_limit: int = 50_000) -> Iterator[tuple[Any, ...]]:
-        """Rows in queue order, a page at a time, up to ``scan_limit`` rows."""
-        last = 0
-        for _ in range(0, scan_limit, page):
-            if isinstance(db_or_conn, (Database, PostgresDatabase)):
-                with db_or_conn.reading() as conn:
-                    rows = conn.execute(_CANDIDATES_SQL, (last, page)).fetchall()
-            else:
-                rows = db_or_conn.execute(_CANDIDATES_SQL, (last, page)).fetchall()
-            yield from rows
-            if len(rows) < page:
-                return
-            last = rows[-1][0]
 
     def _unclaim(self, items: Iterable[Claimed]) -> None:
         with self._claim_lock:
@@ -303,7 +242,7 @@ class Outbox:
         """Customer.io accepted these: delete them."""
         if items:
             with self.db.transaction() as conn:
-                conn.executemany("DELETE FROM outbox WHERE seq = ?", [(item.seq,) for item in items])
+                conn.delete_operations(item.seq for item in items)
         self._unclaim(items)
 
     def forget_claims(self, items: Sequence[Claimed]) -> None:
@@ -313,23 +252,14 @@ class Outbox:
 
     def unclaim(self, items: Sequence[Claimed]) -> None:
         """Give claimed operations back untouched (not attempted)."""
-        if items and self.db.shared:
-            with self.db.transaction() as conn:
-                conn.executemany(
-                    "UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE seq = ?",
-                    [(item.seq,) for item in items],
-                )
+        self.claims.give_back([item.seq for item in items])
         self._unclaim(items)
 
     def release(self, items: Sequence[Claimed], error: str) -> None:
         """Not delivered (transient failure): keep them queued, count the attempt."""
         if items:
             with self.db.transaction() as conn:
-                conn.executemany(
-                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?, lease_owner = NULL,"
-                    " lease_until = NULL WHERE seq = ?",
-                    [(error[:500], item.seq) for item in items],
-                )
+                conn.release_operations(error[:500], (item.seq for item in items))
         self._unclaim(items)
 
     def dead_letter(
@@ -342,16 +272,14 @@ class Outbox:
             return
         now = time.time()
         with self.db.transaction() as conn:
-            conn.executemany(
-                "INSERT INTO dead_letters (seq, person_key, payload, reason, status, response,"
-                " attempts, enqueued_at, failed_at, after_keys) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            conn.insert_dead_letters(
                 [
                     (item.seq, item.person_key, item.payload, reason, status, response,
                      item.attempts + 1, item.enqueued_at, now, item.after_keys)
                     for item, reason, status, response in failures
                 ],
             )
-            conn.executemany("DELETE FROM outbox WHERE seq = ?", [(item.seq,) for item, *_ in failures])
+            conn.delete_operations(item.seq for item, *_ in failures)
         self.dead_lettered_total += len(failures)
         if claimed:
             self._unclaim([item for item, *_ in failures])
@@ -368,20 +296,20 @@ class Outbox:
         if max_age_s > 0 and cached is not None and now - cached[0] < max_age_s:
             return cached[1]
         with self.db.reading() as conn:
-            count = int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+            count = conn.outbox_depth()
         self._depth_cache = (now, count)
         return count
 
     def is_empty(self) -> bool:
         """Whether nothing waits (cheap: no count)."""
         with self.db.reading() as conn:
-            return conn.execute("SELECT seq FROM outbox LIMIT 1").fetchone() is None
+            return conn.outbox_empty()
 
     def oldest_age(self, now: float | None = None) -> float:
         """Seconds since the oldest waiting operation was enqueued (0 if empty)."""
         with self.db.reading() as conn:
-            row = conn.execute("SELECT enqueued_at FROM outbox ORDER BY seq LIMIT 1").fetchone()
-        return 0.0 if row is None else max(0.0, (now or time.time()) - row[0])
+            oldest = conn.oldest_enqueued_at()
+        return 0.0 if oldest is None else max(0.0, (now or time.time()) - oldest)
 
     def in_flight(self) -> int:
         """Operations currently claimed by workers."""
@@ -391,16 +319,12 @@ class Outbox:
     def dead_letter_count(self) -> int:
         """How many operations are dead-lettered."""
         with self.db.reading() as conn:
-            return int(conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
+            return conn.dead_letter_count()
 
     def dead_letters(self, limit: int | None = None) -> list[DeadLetter]:
         """Dead-lettered operations, oldest first."""
         with self.db.reading() as conn:
-            rows = conn.execute(
-                "SELECT id, seq, person_key, payload, reason, status, response, attempts,"
-                " enqueued_at, failed_at FROM dead_letters ORDER BY id LIMIT ?",
-                (1 << 62 if limit is None else limit,),
-            ).fetchall()
+            rows = conn.dead_letter_rows(limit)
         return [DeadLetter(*row) for row in rows]
 
     def retry_dead_letters(self, ids: Iterable[int] | None = None) -> int:
@@ -415,18 +339,8 @@ class Outbox:
         (an id that is not a dead letter is left out)."""
         wanted = None if ids is None else list(ids)
         with self.db.transaction() as conn:
-            columns = "id, person_key, payload, after_keys"
-            if wanted is None:
-                rows = conn.execute(f"SELECT {columns} FROM dead_letters ORDER BY id").fetchall()
-            else:
-                marks = ",".join("?" * len(wanted)) or "NULL"
-                rows = conn.execute(
-                    f"SELECT {columns} FROM dead_letters WHERE id IN ({marks}) ORDER BY id", wanted
-                ).fetchall()
+            rows = conn.requeue_rows(wanted)
             now = time.time()
-            conn.executemany(
-                "INSERT INTO outbox (person_key, payload, size, enqueued_at, after_keys) VALUES (?,?,?,?,?)",
-                [(key, payload, len(payload.encode()), now, after) for _, key, payload, after in rows],
-            )
-            conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(row[0],) for row in rows])
+            conn.insert_operations((key, payload, len(payload.encode()), now, after) for _, key, payload, after in rows)
+            conn.delete_dead_letters(row[0] for row in rows)
         return [row[0] for row in rows]

@@ -365,12 +365,7 @@ class Readiness:
     def _check(self) -> None:
         problems = []
         try:
-            with self.runtime.db.transaction() as conn:
-                conn.execute(
-                    "INSERT INTO status_snapshot (key, value, updated_at) VALUES ('readyz', '{}', ?)"
-                    " ON CONFLICT (key) DO UPDATE SET updated_at = excluded.updated_at",
-                    (time.time(),),
-                )
+            self.runtime.db.probe_write()
             depth = self.runtime.outbox.depth(max_age_s=1.0)
             limit = self.runtime.settings.max_queue
             if depth >= limit:
@@ -473,7 +468,7 @@ def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -
     proxy = PostHogProxy(settings.posthog_host, timeout_s=settings.posthog_timeout_s, drop_authorization=auth.token or None) \
         if settings.posthog_host else None
     # SQLite: concurrent requests share one commit; PostgreSQL commits them side by side
-    commit_events = runtime.ingestor.ingest if runtime.db.shared else GroupCommitter(runtime.ingestor).ingest
+    commit_events = GroupCommitter(runtime.ingestor).ingest if runtime.db.group_commit else runtime.ingestor.ingest
     readiness = Readiness(runtime)
     probe = CustomerioProbe(runtime)
     if auth.ops_guarded and not auth.ops_token:
