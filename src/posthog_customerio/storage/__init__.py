@@ -16,6 +16,8 @@ from .postgres import PostgresStorage
 from .sqlite import SqliteStorage
 
 __all__ = [
+    "POSTGRES_MIGRATIONS",
+    "SQLITE_MIGRATIONS",
     "Claims",
     "DeliveryLockError",
     "PacingStore",
@@ -25,8 +27,6 @@ __all__ = [
     "StorageSnapshot",
     "Transaction",
     "open_storage",
-    "POSTGRES_MIGRATIONS",
-    "SQLITE_MIGRATIONS",
 ]
 
 

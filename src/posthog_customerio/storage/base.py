@@ -133,6 +133,7 @@ class Claims(ABC):
 
     def give_back(self, seqs: Sequence[int]) -> None:
         """Operations handed out but not attempted return to the queue (nothing to do by default)."""
+        return None
 
     def bound_timeout(self, timeout_s: float) -> float:
         """An HTTP timeout that ends before a claim could pass to someone else."""

@@ -55,7 +55,9 @@ class PostgresTransaction(SqlTransaction):
 
     def lease(self, owner: str, until: float, seqs: Iterable[int]) -> None:
         """Mark operations as claimed by ``owner`` until ``until`` (epoch seconds)."""
-        self._many("UPDATE outbox SET lease_owner = %s, lease_until = %s WHERE seq = %s", [(owner, until, s) for s in seqs])
+        self._many(
+            "UPDATE outbox SET lease_owner = %s, lease_until = %s WHERE seq = %s", [(owner, until, s) for s in seqs]
+        )
 
     def unlease(self, seqs: Iterable[int]) -> None:
         """Drop the leases of these operations."""
@@ -105,7 +107,9 @@ _HOLD_SQL = _NOW + (
     " next_slot = GREATEST(p.next_slot, clock.now + %s) FROM clock WHERE p.workspace = %s"
     " RETURNING p.hold_until - clock.now"
 )
-_HELD_SQL = "SELECT hold_until - EXTRACT(EPOCH FROM clock_timestamp())::float8 FROM delivery_pacing WHERE workspace = %s"
+_HELD_SQL = (
+    "SELECT hold_until - EXTRACT(EPOCH FROM clock_timestamp())::float8 FROM delivery_pacing WHERE workspace = %s"
+)
 _INSERT_SQL = "INSERT INTO delivery_pacing (workspace) VALUES (%s) ON CONFLICT (workspace) DO NOTHING"
 
 

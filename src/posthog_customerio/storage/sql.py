@@ -17,9 +17,7 @@ __all__ = ["PERSON_COLUMNS", "SqlStorage", "SqlTransaction", "Statements"]
 #: columns of a person row, in order (see :mod:`..state`)
 PERSON_COLUMNS = ("distinct_id", "identified", "email", "created", "email_sent", "digests", "merged_into", "extra")
 _OPERATION_COLUMNS = "person_key, payload, size, enqueued_at, after_keys"
-_DEAD_LETTER_INSERT = (
-    "seq, person_key, payload, reason, status, response, attempts, enqueued_at, failed_at, after_keys"
-)
+_DEAD_LETTER_INSERT = "seq, person_key, payload, reason, status, response, attempts, enqueued_at, failed_at, after_keys"
 _DEAD_LETTER_COLUMNS = "id, seq, person_key, payload, reason, status, response, attempts, enqueued_at, failed_at"
 #: rows per ``IN (...)`` list
 CHUNK = 500
@@ -38,7 +36,9 @@ class Statements:
         )
         self.person_columns = columns
         self.insert_operation = f"INSERT INTO outbox ({_OPERATION_COLUMNS}) VALUES ({self.marks(5)})"
-        self.queued = f"SELECT seq, payload, enqueued_at, lease_until FROM outbox WHERE person_key = {mark} ORDER BY seq"
+        self.queued = (
+            f"SELECT seq, payload, enqueued_at, lease_until FROM outbox WHERE person_key = {mark} ORDER BY seq"
+        )
         self.delete_operation = f"DELETE FROM outbox WHERE seq = {mark}"
         self.candidates = (
             "SELECT seq, person_key, size, attempts, enqueued_at, after_keys, lease_owner, lease_until"

@@ -160,4 +160,3 @@ class SqliteStorage(SqlStorage):
     def describe(self) -> str:
         """Where the data lives."""
         return f"sqlite:///{self.path}"
-
