@@ -163,7 +163,9 @@ class Outbox:
         conn.insert_operations(rows)
         return len(rows)
 
-    def adopt_anonymous(self, conn: Transaction, anonymous_id: str, identifiers: dict[str, str], person_key: str) -> int:
+    def adopt_anonymous(
+        self, conn: Transaction, anonymous_id: str, identifiers: dict[str, str], person_key: str
+    ) -> int:
         """Turn a visitor's still-queued anonymous events into events of a person.
 
         Inside the caller's transaction: the rows of ``anonymous_id`` that are not in
