@@ -1,8 +1,9 @@
 """Prometheus metrics (prometheus-client), one registry per service instance.
 
 Counters are read at scrape time from the objects that already count them (the
-ingestor's totals, the delivery stats, the outbox), so the hot paths do no extra
-work; only the delivery latency histogram is observed as operations are acked.
+ingestor's totals, the delivery stats) and from one :class:`~.status.Snapshot` of the
+storage (the same object the status report is built from), so the hot paths do no
+extra work; only the delivery latency histogram is observed as operations are acked.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from .outbox import Claimed
+from .status import take_snapshot
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -51,19 +53,19 @@ class _RuntimeCollector(Collector):
                 "proxy_events_not_stored", "Capture requests forwarded to PostHog but not stored for Customer.io, by reason",
                 "reason", self.requests.not_stored,
             )
-        outbox = self.runtime.outbox
+        snap = take_snapshot(self.runtime, dead_letters=0, persons=False)
         deliverer = self.runtime.current_deliverer
         stats = deliverer.stats if deliverer is not None else None
         yield _counter("operations_delivered", "Operations Customer.io accepted", stats.delivered if stats else 0)
-        yield _counter("operations_dead_lettered", "Operations moved to the dead-letter table", outbox.dead_lettered_total)
+        yield _counter("operations_dead_lettered", "Operations moved to the dead-letter table", snap.dead_lettered_total)
         yield _labelled(
             "customerio_requests", "Requests to Customer.io, by HTTP status (error = no response)", "status",
             stats.requests_by_status if stats else {},
         )
         yield _counter("delivery_retries", "Operations put back for a retry after a transient failure", stats.retries if stats else 0)
-        yield _gauge("outbox_depth", "Operations waiting in the outbox", outbox.depth(max_age_s=1.0))
-        yield _gauge("outbox_oldest_age_seconds", "Age of the oldest waiting operation", outbox.oldest_age())
-        yield _gauge("dead_letters", "Operations currently in the dead-letter table", outbox.dead_letter_count())
+        yield _gauge("outbox_depth", "Operations waiting in the outbox", snap.depth)
+        yield _gauge("outbox_oldest_age_seconds", "Age of the oldest waiting operation", snap.oldest_age_s)
+        yield _gauge("dead_letters", "Operations currently in the dead-letter table", snap.dead_letters)
         paused = 1.0 if deliverer is not None and deliverer.auth_error else 0.0
         yield _gauge("delivery_paused", "1 while Customer.io rejects the credentials", paused)
         yield _counter(

@@ -1,39 +1,28 @@
-"""Durable queue of Customer.io operations (SQLite, WAL) with a dead-letter table.
+"""Durable queue of Customer.io operations with a dead-letter table (on either storage backend).
 
 Operations are written before any send and deleted only after Customer.io accepted
 them; each row keeps the operation's neutral text and its ``kind`` (the outbox never
 looks inside a payload). Workers *claim* operations; a person whose operation is in flight has none of
 its later operations handed out, so each person's operations reach Customer.io in
 the order they were enqueued. Permanent failures move to ``dead_letters`` with the
-response that rejected them.
+response that rejected them. Which rows count as taken is the backend's claims strategy
+(:meth:`~.storage.Storage.claims`); the SQL is the backend's too.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 import time
-import os
-import socket
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from .db import Database, PostgresDatabase
 from .operations import Kind, Operation, encode_payload
+from .storage import Storage, Transaction
 
 __all__ = ["Claimed", "DeadLetter", "Outbox", "Queued"]
 
-_INSERT_SQL = "INSERT INTO outbox (person_key, payload, size, enqueued_at, after_keys, kind) VALUES (?,?,?,?,?,?)"
-
-# candidates are read without their payloads (the claim reads many rows; it sends few)
-_CANDIDATES_SQL = (
-    "SELECT seq, person_key, size, attempts, enqueued_at, after_keys, lease_owner, lease_until"
-    " FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?"
-)
-_CLAIM_LOCK = 7_274_135_002  # pg_advisory_xact_lock key: one claimer at a time across replicas
 #: stop a claim's scan after this many rows in a row that could not be taken, once it holds something
 _FRUITLESS_ROWS = 256
 #: a claim holding something stops when less than this is left of its byte budget
@@ -87,6 +76,16 @@ def _select(
         if len(chosen) >= max_items or (chosen and (nearly_full or fruitless >= _FRUITLESS_ROWS)):
             break
     return chosen, oversized
+
+
+def _hydrate(rows: list[tuple[Any, ...]], payloads: dict[int, tuple[str, str]]) -> list[Claimed]:
+    """Claimed operations for candidate rows, with their payloads and kinds (in queue order)."""
+    return [
+        Claimed(seq, person_key, payloads[seq][0], size, attempts, enqueued_at, after_keys,
+                cast(Kind, payloads[seq][1]))
+        for seq, person_key, size, attempts, enqueued_at, after_keys, *_ in rows
+        if seq in payloads
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,13 +150,13 @@ class Queued:
 
 
 class Outbox:
-    """The outbox tables of a :class:`Database`, plus the in-process claim book."""
+    """The outbox tables of a :class:`~.storage.Storage`, plus the in-process claim book."""
 
-    def __init__(self, db: Database | PostgresDatabase, lease_s: float = 30.0) -> None:
+    def __init__(self, db: Storage, lease_s: float = 30.0) -> None:
         self.db = db
         self.lease_s = lease_s
-        #: who holds a lease (PostgreSQL): host, pid and a random part
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        #: the backend's way of keeping claims apart
+        self.claims = db.claims(lease_s)
         self._claim_lock = threading.Lock()
         self._in_flight: set[int] = set()
         self._busy_persons: dict[str, int] = {}
@@ -167,7 +166,7 @@ class Outbox:
 
     # -- writing ---------------------------------------------------------------
     @staticmethod
-    def enqueue(conn: Any, operations: Iterable[Operation], now: float | None = None) -> int:
+    def enqueue(conn: Transaction, operations: Iterable[Operation], now: float | None = None) -> int:
         """Append operations inside the caller's transaction; returns how many."""
         stamp = now if now is not None else time.time()
         rows = []
@@ -175,18 +174,14 @@ class Outbox:
             text = operation.text or encode_payload(operation.payload)
             after = json.dumps(list(operation.after)) if operation.after else None
             rows.append((operation.person_key, text, len(text.encode()), stamp, after, operation.kind))
-        conn.executemany(_INSERT_SQL, rows)
+        conn.insert_operations(rows)
         return len(rows)
 
-    def queued(self, conn: Any, person_key: str, kind: Kind) -> list[Queued]:
+    def queued(self, conn: Transaction, person_key: str, kind: Kind) -> list[Queued]:
         """Inside the caller's transaction: ``person_key``'s queued operations of ``kind``
         that are neither in flight here nor leased by a replica, in queue order."""
         now = time.time()
-        rows = conn.execute(
-            "SELECT seq, payload, enqueued_at, lease_until, after_keys FROM outbox"
-            " WHERE person_key = ? AND kind = ? ORDER BY seq",
-            (person_key, kind),
-        ).fetchall()
+        rows = conn.queued_rows(person_key, kind)
         found = []
         for seq, payload, enqueued_at, lease_until, after_keys in rows:
             if seq in self._in_flight or (lease_until is not None and lease_until > now):
@@ -196,7 +191,7 @@ class Outbox:
         return found
 
     @staticmethod
-    def replace(conn: Any, old: Sequence[Queued], new: Sequence[Operation]) -> int:
+    def replace(conn: Transaction, old: Sequence[Queued], new: Sequence[Operation]) -> int:
         """Inside the caller's transaction: delete ``old`` and queue ``new`` (pairwise) at
         the back, each keeping the enqueue time of the row it replaces; returns how many."""
         if len(old) != len(new):
@@ -208,8 +203,8 @@ class Outbox:
             text = operation.text or encode_payload(operation.payload)
             after = json.dumps(list(operation.after)) if operation.after else None
             rows.append((operation.person_key, text, len(text.encode()), queued.enqueued_at, after, operation.kind))
-        conn.executemany("DELETE FROM outbox WHERE seq = ?", [(queued.seq,) for queued in old])
-        conn.executemany(_INSERT_SQL, rows)
+        conn.delete_operations(queued.seq for queued in old)
+        conn.insert_operations(rows)
         return len(rows)
 
     def put(self, operations: Iterable[Operation]) -> int:
@@ -227,13 +222,10 @@ class Outbox:
         claim, gets nothing more this time.
         """
         with self._claim_lock:
-            if self.db.shared:
-                claimed, oversized = self._claim_leased(max_items, max_bytes, max_op_bytes)
-            else:
-                taken = lambda row: row[0] in self._in_flight  # noqa: E731
-                chosen, too_big = _select(self._candidates(self.db), taken, max_items, max_bytes, max_op_bytes)
-                with self.db.reading() as conn:
-                    claimed, oversized = self._hydrate(conn, chosen), self._hydrate(conn, too_big)
+            chosen, too_big, payloads = self.claims.claim(
+                lambda rows, taken: _select(rows, taken, max_items, max_bytes, max_op_bytes), self._in_flight
+            )
+            claimed, oversized = _hydrate(chosen, payloads), _hydrate(too_big, payloads)
             for item in claimed:
                 self._in_flight.add(item.seq)
                 for key in item.keys:
@@ -247,57 +239,6 @@ class Outbox:
                 claimed=False,
             )
         return claimed
-
-    def _claim_leased(self, max_items: int, max_bytes: int, max_op_bytes: int) -> tuple[list[Claimed], list[Claimed]]:
-        """Claim across replicas: one claimer at a time (advisory lock), leases with expiry.
-
-        A row leased by anyone (lease not expired) blocks its people, exactly like an
-        in-flight row in one process; a dead replica's leases expire after
-        ``lease_s`` and its rows are claimed again.
-        """
-        with self.db.transaction() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(?)", (_CLAIM_LOCK,))
-            now = time.time()
-            taken = lambda row: row[7] is not None and row[7] > now  # noqa: E731
-            chosen, too_big = _select(self._candidates(conn), taken, max_items, max_bytes, max_op_bytes)
-            claimed, oversized = self._hydrate(conn, chosen), self._hydrate(conn, too_big)
-            conn.executemany(
-                "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE seq = ?",
-                [(self.owner, now + self.lease_s, item.seq) for item in claimed],
-            )
-        return claimed, oversized
-
-    @staticmethod
-    def _hydrate(conn: Any, rows: list[tuple[Any, ...]]) -> list[Claimed]:
-        """Claimed operations for candidate rows, with their payloads (in queue order)."""
-        if not rows:
-            return []
-        payloads: dict[int, tuple[str, Kind]] = {}
-        seqs = [row[0] for row in rows]
-        for start in range(0, len(seqs), 500):
-            chunk = seqs[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            found = conn.execute(f"SELECT seq, payload, kind FROM outbox WHERE seq IN ({marks})", chunk).fetchall()
-            payloads.update((seq, (payload, kind)) for seq, payload, kind in found)
-        return [
-            Claimed(seq, person_key, payloads[seq][0], size, attempts, enqueued_at, after_keys, payloads[seq][1])
-            for seq, person_key, size, attempts, enqueued_at, after_keys, *_ in rows
-            if seq in payloads
-        ]
-
-    def _candidates(self, db_or_conn: Any, page: int = 1000, scan_limit: int = 50_000) -> Iterator[tuple[Any, ...]]:
-        """Rows in queue order, a page at a time, up to ``scan_limit`` rows."""
-        last = 0
-        for _ in range(0, scan_limit, page):
-            if isinstance(db_or_conn, (Database, PostgresDatabase)):
-                with db_or_conn.reading() as conn:
-                    rows = conn.execute(_CANDIDATES_SQL, (last, page)).fetchall()
-            else:
-                rows = db_or_conn.execute(_CANDIDATES_SQL, (last, page)).fetchall()
-            yield from rows
-            if len(rows) < page:
-                return
-            last = rows[-1][0]
 
     def _unclaim(self, items: Iterable[Claimed]) -> None:
         with self._claim_lock:
@@ -316,7 +257,7 @@ class Outbox:
         """Customer.io accepted these: delete them."""
         if items:
             with self.db.transaction() as conn:
-                conn.executemany("DELETE FROM outbox WHERE seq = ?", [(item.seq,) for item in items])
+                conn.delete_operations(item.seq for item in items)
         self._unclaim(items)
 
     def forget_claims(self, items: Sequence[Claimed]) -> None:
@@ -326,23 +267,14 @@ class Outbox:
 
     def unclaim(self, items: Sequence[Claimed]) -> None:
         """Give claimed operations back untouched (not attempted)."""
-        if items and self.db.shared:
-            with self.db.transaction() as conn:
-                conn.executemany(
-                    "UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE seq = ?",
-                    [(item.seq,) for item in items],
-                )
+        self.claims.give_back([item.seq for item in items])
         self._unclaim(items)
 
     def release(self, items: Sequence[Claimed], error: str) -> None:
         """Not delivered (transient failure): keep them queued, count the attempt."""
         if items:
             with self.db.transaction() as conn:
-                conn.executemany(
-                    "UPDATE outbox SET attempts = attempts + 1, last_error = ?, lease_owner = NULL,"
-                    " lease_until = NULL WHERE seq = ?",
-                    [(error[:500], item.seq) for item in items],
-                )
+                conn.release_operations(error[:500], (item.seq for item in items))
         self._unclaim(items)
 
     def dead_letter(
@@ -355,16 +287,14 @@ class Outbox:
             return
         now = time.time()
         with self.db.transaction() as conn:
-            conn.executemany(
-                "INSERT INTO dead_letters (seq, person_key, payload, reason, status, response,"
-                " attempts, enqueued_at, failed_at, after_keys, kind) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            conn.insert_dead_letters(
                 [
                     (item.seq, item.person_key, item.payload, reason, status, response,
                      item.attempts + 1, item.enqueued_at, now, item.after_keys, item.kind)
                     for item, reason, status, response in failures
                 ],
             )
-            conn.executemany("DELETE FROM outbox WHERE seq = ?", [(item.seq,) for item, *_ in failures])
+            conn.delete_operations(item.seq for item, *_ in failures)
         self.dead_lettered_total += len(failures)
         if claimed:
             self._unclaim([item for item, *_ in failures])
@@ -381,20 +311,20 @@ class Outbox:
         if max_age_s > 0 and cached is not None and now - cached[0] < max_age_s:
             return cached[1]
         with self.db.reading() as conn:
-            count = int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+            count = conn.outbox_depth()
         self._depth_cache = (now, count)
         return count
 
     def is_empty(self) -> bool:
         """Whether nothing waits (cheap: no count)."""
         with self.db.reading() as conn:
-            return conn.execute("SELECT seq FROM outbox LIMIT 1").fetchone() is None
+            return conn.outbox_empty()
 
     def oldest_age(self, now: float | None = None) -> float:
         """Seconds since the oldest waiting operation was enqueued (0 if empty)."""
         with self.db.reading() as conn:
-            row = conn.execute("SELECT enqueued_at FROM outbox ORDER BY seq LIMIT 1").fetchone()
-        return 0.0 if row is None else max(0.0, (now or time.time()) - row[0])
+            oldest = conn.oldest_enqueued_at()
+        return 0.0 if oldest is None else max(0.0, (now or time.time()) - oldest)
 
     def in_flight(self) -> int:
         """Operations currently claimed by workers."""
@@ -404,16 +334,12 @@ class Outbox:
     def dead_letter_count(self) -> int:
         """How many operations are dead-lettered."""
         with self.db.reading() as conn:
-            return int(conn.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
+            return conn.dead_letter_count()
 
     def dead_letters(self, limit: int | None = None) -> list[DeadLetter]:
         """Dead-lettered operations, oldest first."""
         with self.db.reading() as conn:
-            rows = conn.execute(
-                "SELECT id, seq, person_key, payload, reason, status, response, attempts,"
-                " enqueued_at, failed_at, kind FROM dead_letters ORDER BY id LIMIT ?",
-                (1 << 62 if limit is None else limit,),
-            ).fetchall()
+            rows = conn.dead_letter_rows(limit)
         return [DeadLetter(*row) for row in rows]
 
     def retry_dead_letters(self, ids: Iterable[int] | None = None) -> int:
@@ -428,18 +354,10 @@ class Outbox:
         (an id that is not a dead letter is left out)."""
         wanted = None if ids is None else list(ids)
         with self.db.transaction() as conn:
-            columns = "id, person_key, payload, after_keys, kind"
-            if wanted is None:
-                rows = conn.execute(f"SELECT {columns} FROM dead_letters ORDER BY id").fetchall()
-            else:
-                marks = ",".join("?" * len(wanted)) or "NULL"
-                rows = conn.execute(
-                    f"SELECT {columns} FROM dead_letters WHERE id IN ({marks}) ORDER BY id", wanted
-                ).fetchall()
+            rows = conn.requeue_rows(wanted)
             now = time.time()
-            conn.executemany(
-                _INSERT_SQL,
-                [(key, payload, len(payload.encode()), now, after, kind) for _, key, payload, after, kind in rows],
+            conn.insert_operations(
+                (key, payload, len(payload.encode()), now, after, kind) for _, key, payload, after, kind in rows
             )
-            conn.executemany("DELETE FROM dead_letters WHERE id = ?", [(row[0],) for row in rows])
+            conn.delete_dead_letters(row[0] for row in rows)
         return [row[0] for row in rows]

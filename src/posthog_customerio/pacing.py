@@ -4,7 +4,7 @@ With ``OUTBOX_URL=postgresql://…`` several processes deliver to the same works
 ``CUSTOMERIO_MAX_RPS`` and a ``Retry-After`` (or back-off) pause must hold for all of
 them together. One row of ``delivery_pacing`` per workspace holds the next free
 request slot and the end of the current pause, both on the database's clock (the
-replicas' clocks never matter):
+replicas' clocks never matter; the SQL is :class:`~.storage.postgres.PostgresPacing`):
 
 * taking a slot is one ``UPDATE … RETURNING`` (the row lock serialises replicas for
   the length of that statement only); a worker whose slot lies in the future sleeps
@@ -24,26 +24,12 @@ import logging
 import threading
 import time
 
-from .db import PostgresDatabase
 from .delivery import finite_delay
+from .storage import PacingStore
 
 __all__ = ["PostgresPacer", "workspace_key"]
 
 log = logging.getLogger(__name__)
-
-_NOW = "WITH clock AS (SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8 AS now) "
-_TAKE_SQL = _NOW + (
-    "UPDATE delivery_pacing AS p SET next_slot = CASE WHEN p.hold_until > clock.now THEN p.next_slot"
-    " ELSE GREATEST(p.next_slot, clock.now) + ? END FROM clock WHERE p.workspace = ?"
-    " RETURNING p.next_slot - clock.now, p.hold_until - clock.now"
-)
-_HOLD_SQL = _NOW + (
-    "UPDATE delivery_pacing AS p SET hold_until = GREATEST(p.hold_until, clock.now + ?),"
-    " next_slot = GREATEST(p.next_slot, clock.now + ?) FROM clock WHERE p.workspace = ?"
-    " RETURNING p.hold_until - clock.now"
-)
-_HELD_SQL = "SELECT hold_until - EXTRACT(EPOCH FROM clock_timestamp())::float8 FROM delivery_pacing WHERE workspace = ?"
-_INSERT_SQL = "INSERT INTO delivery_pacing (workspace) VALUES (?) ON CONFLICT (workspace) DO NOTHING"
 
 
 def workspace_key(site_id: str, track_url: str) -> str:
@@ -54,8 +40,8 @@ def workspace_key(site_id: str, track_url: str) -> str:
 class PostgresPacer:
     """Rate limit and pauses in a PostgreSQL row, shared by every replica of a workspace."""
 
-    def __init__(self, db: PostgresDatabase, workspace: str, rate: float) -> None:
-        self.db = db
+    def __init__(self, store: PacingStore, workspace: str, rate: float) -> None:
+        self.store = store
         self.workspace = workspace
         self.interval = 1.0 / rate
         self._lock = threading.Lock()
@@ -63,8 +49,7 @@ class PostgresPacer:
         self._ensure_row()
 
     def _ensure_row(self) -> None:
-        with self.db.transaction() as conn:
-            conn.execute(_INSERT_SQL, (self.workspace,))
+        self.store.ensure(self.workspace)
 
     def _seen_hold(self, remaining: float) -> float:
         remaining = finite_delay(remaining)
@@ -81,8 +66,7 @@ class PostgresPacer:
         """Reserve the next shared slot and wait for it; False while a pause is in force or on ``stop``."""
         if self.hold_remaining() > 0:
             return False
-        with self.db.transaction() as conn:
-            row = conn.execute(_TAKE_SQL, (self.interval, self.workspace)).fetchone()
+        row = self.store.take(self.workspace, self.interval)
         if row is None:  # the row went missing (schema recreated): make it again
             self._ensure_row()
             return False
@@ -94,19 +78,17 @@ class PostgresPacer:
             return True
         if stop.wait(wait):
             return False
-        with self.db.reading() as conn:
-            row = conn.execute(_HELD_SQL, (self.workspace,)).fetchone()
-        return row is None or self._seen_hold(row[0]) <= 0
+        held = self.store.held(self.workspace)
+        return held is None or self._seen_hold(held) <= 0
 
     def hold_for(self, seconds: float) -> None:
         """Pause every replica for ``seconds`` (the pause seen locally even if the database fails)."""
         seconds = finite_delay(seconds)
         self._seen_hold(seconds)
         try:
-            with self.db.transaction() as conn:
-                row = conn.execute(_HOLD_SQL, (seconds, seconds, self.workspace)).fetchone()
+            held = self.store.hold(self.workspace, seconds)
         except Exception as exc:  # noqa: BLE001 - the local pause still holds
             log.warning("could not share the delivery pause: %s: %s", type(exc).__name__, exc)
             return
-        if row is not None:
-            self._seen_hold(row[0])
+        if held is not None:
+            self._seen_hold(held)

@@ -14,12 +14,12 @@ from concurrent.futures import Future
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .db import Database
 from .mapping import MappingConfig, adopted_events, involved_distinct_ids, map_event
 from .operations import Operation
 from .outbox import Outbox
 from .sources import PostHogEvent
 from .state import PersonState, load_states, save_states
+from .storage import Storage
 
 __all__ = ["IngestReport", "Ingestor", "GroupCommitter"]
 
@@ -52,7 +52,7 @@ class IngestReport:
 class Ingestor:
     """Maps events and stores the result durably; keeps running totals per source."""
 
-    def __init__(self, db: Database, outbox: Outbox, config: MappingConfig) -> None:
+    def __init__(self, db: Storage, outbox: Outbox, config: MappingConfig) -> None:
         self.db = db
         self.outbox = outbox
         self.config = config
@@ -85,9 +85,8 @@ class Ingestor:
         with self.db.transaction() as conn:
             wanted = [distinct_id for event in events for distinct_id in involved_distinct_ids(event)]
             states: dict[str, PersonState] = load_states(conn, wanted)
-            if self.db.shared:  # replicas: lock these people (and whom they merged into), then re-read
-                self.db.lock_keys(conn, {*wanted, *states})
-                states = load_states(conn, wanted)
+            if conn.lock_keys({*wanted, *states}):  # replicas: these people (and whom they merged into) locked
+                states = load_states(conn, wanted)  # re-read what another replica may have written
             known = set(states)
             changed: dict[str, PersonState] = {}
             operations: list[Operation] = []
@@ -119,11 +118,12 @@ class Ingestor:
 
 
 class GroupCommitter:
-    """Concurrent ingestions share one SQLite transaction: one commit (one fsync) for many.
+    """Concurrent ingestions share one transaction: one commit (one fsync) for many.
 
     Each request still lands all or nothing (its own savepoint), and its caller is
-    answered only after the group committed. With PostgreSQL, requests commit on
-    their own pooled connections and this is not used.
+    answered only after the group committed. Used where the storage says commits are
+    worth sharing (:attr:`~.storage.Storage.group_commit`: SQLite); with PostgreSQL,
+    requests commit side by side on their own pooled connections.
 
     A group holds at most ``max_group`` requests and ``max_group_events`` events; a
     request bigger than that commits alone, after the small requests that were
@@ -180,7 +180,7 @@ class GroupCommitter:
     def _commit(self, group: list[_Request]) -> None:
         outcomes: list[tuple[Future[IngestReport], str, IngestReport | None, BaseException | None]] = []
         try:
-            with self.ingestor.db.group():  # type: ignore[attr-defined]
+            with self.ingestor.db.group():
                 for events, source, future in group:
                     try:
                         outcomes.append((future, source, self.ingestor._ingest(events), None))

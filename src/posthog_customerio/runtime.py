@@ -6,7 +6,6 @@ Shared by the CLI commands and the HTTP service so both run the same pipeline.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -17,7 +16,6 @@ from typing import IO
 import httpx
 
 from .config import ConfigError, Settings
-from .db import PostgresDatabase, open_database
 from .delivery import Deliverer
 from .outbox import Claimed, Outbox
 from .output import OutputContext, create_output
@@ -26,6 +24,7 @@ from .output.pipelines import PipelinesClient, resolve_pipelines_url
 from .output.track import REGION_URLS, TrackClient, resolve_track_url
 from .pacing import PostgresPacer, workspace_key
 from .pipeline import Ingestor
+from .storage import DeliveryLockError, open_storage
 
 __all__ = ["SANDBOX_CREDENTIALS", "SANDBOX_PIPELINES_KEY", "DeliveryLockError", "Runtime"]
 
@@ -35,10 +34,6 @@ log = logging.getLogger(__name__)
 SANDBOX_CREDENTIALS = ("sandbox-site", "sandbox-key")
 #: Pipelines API key of the in-process sandbox (``--sandbox`` with ``CUSTOMERIO_API=pipelines``).
 SANDBOX_PIPELINES_KEY = "sandbox-pipelines-key"
-
-
-class DeliveryLockError(RuntimeError):
-    """Another process already delivers from this data directory."""
 
 
 class Runtime:
@@ -56,7 +51,7 @@ class Runtime:
         if sqlite_path is not None:
             _private_files(sqlite_path)
         try:
-            self.db = open_database(settings.outbox_url, settings.database_path, settings.sqlite_synchronous)
+            self.db = open_storage(settings.outbox_url, settings.database_path, settings.sqlite_synchronous)
         except Exception as exc:  # unreachable server, bad URL: a configuration problem
             reason = _redact(f"{type(exc).__name__}: {exc}", settings.outbox_url)
             raise ConfigError(f"OUTBOX_URL: cannot open the outbox: {reason}") from None
@@ -151,10 +146,9 @@ class Runtime:
         return self._deliverer
 
     def _timeout(self) -> float:
-        """HTTP timeout: below the lease when replicas share the outbox (a lease never
+        """HTTP timeout, bounded by the claims (PostgreSQL: below the lease, so a lease never
         expires while its request can still be answered)."""
-        timeout = self.settings.customerio_timeout_s
-        return min(timeout, self.settings.lease_s * 0.8) if self.db.shared else timeout
+        return self.outbox.claims.bound_timeout(self.settings.customerio_timeout_s)
 
     def deliverer(
         self,
@@ -164,8 +158,8 @@ class Runtime:
     ) -> Deliverer:
         """The delivery workers (one set per data directory: takes the delivery lock)."""
         if self._deliverer is None:
-            if not self.db.shared:  # one deliverer per SQLite file; PostgreSQL uses leases
-                self._take_delivery_lock()
+            # SQLite: one deliverer per file (a lock file); PostgreSQL: leases, no lock
+            self._lock_file = self.db.hold_delivery(Path(self.settings.posthog_customerio_data_dir))
             self._deliverer = Deliverer(
                 self.outbox,
                 self.output(),
@@ -181,7 +175,8 @@ class Runtime:
 
     def _shared_pacer(self) -> PostgresPacer | None:
         """With PostgreSQL, the rate limit and pauses shared by all replicas of the workspace."""
-        if not isinstance(self.db, PostgresDatabase):
+        store = self.db.shared_pacing()
+        if store is None:
             return None
         if self.settings.pipelines:
             client = self.pipelines_client
@@ -189,27 +184,8 @@ class Runtime:
                                       client.base_url)
         else:
             workspace = workspace_key(self.credentials()[0], self.client.base_url)
-        return PostgresPacer(self.db, workspace, self.settings.customerio_max_rps)
+        return PostgresPacer(store, workspace, self.settings.customerio_max_rps)
 
-    def _take_delivery_lock(self) -> None:
-        path = Path(self.settings.posthog_customerio_data_dir) / "delivery.lock"
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-        handle = open(descriptor, "a+")  # noqa: SIM115 - held for the process lifetime
-        with contextlib.suppress(OSError):
-            os.chmod(path, 0o600)
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise DeliveryLockError(
-                f"another posthog-customerio process is delivering from {path.parent};"
-                " stop it or use another POSTHOG_CUSTOMERIO_DATA_DIR"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._lock_file = handle
 
     # -- lifecycle -------------------------------------------------------------------
     def close(self, grace_s: float = 10.0) -> None:

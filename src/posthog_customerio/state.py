@@ -1,4 +1,4 @@
-"""What we remember per PostHog distinct_id, stored in SQLite.
+"""What we remember per PostHog distinct_id, stored through the storage interface (:mod:`.storage`).
 
 ``identified`` and ``email`` drive the anonymous-user filter and identify-by-email;
 ``created``, ``email_sent`` and the per-attribute ``digests`` let the mapping skip
@@ -10,10 +10,11 @@ anonymous events and group relationships.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from .storage import Transaction
 
 __all__ = ["PersonState", "load_states", "save_states", "count_persons"]
 
@@ -65,10 +66,6 @@ class PersonState:
         return json.dumps(extra, separators=(",", ":"), sort_keys=True)
 
 
-_CHUNK = 500
-_COLUMNS = "distinct_id, identified, email, created, email_sent, digests, merged_into, extra"
-
-
 def _from_row(row: tuple[Any, ...]) -> PersonState:
     distinct_id, identified, email, created, email_sent, digests, merged_into, extra = row
     more = json.loads(extra) if extra and extra != "{}" else {}
@@ -79,7 +76,7 @@ def _from_row(row: tuple[Any, ...]) -> PersonState:
     )
 
 
-def load_states(conn: sqlite3.Connection, distinct_ids: Iterable[str]) -> dict[str, PersonState]:
+def load_states(conn: Transaction, distinct_ids: Iterable[str]) -> dict[str, PersonState]:
     """Load the states of the given distinct_ids and of everyone they were merged into."""
     found: dict[str, PersonState] = {}
     wanted = list(dict.fromkeys(distinct_ids))
@@ -87,30 +84,23 @@ def load_states(conn: sqlite3.Connection, distinct_ids: Iterable[str]) -> dict[s
         missing = [distinct_id for distinct_id in wanted if distinct_id not in found]
         if not missing:
             break
-        for start in range(0, len(missing), _CHUNK):
-            chunk = missing[start : start + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for row in conn.execute(f"SELECT {_COLUMNS} FROM persons WHERE distinct_id IN ({marks})", chunk):
-                found[row[0]] = _from_row(row)
+        for row in conn.select_persons(missing):
+            found[row[0]] = _from_row(row)
         wanted = [s.merged_into for s in found.values() if s.merged_into and s.merged_into not in found]
     return found
 
 
-def save_states(conn: sqlite3.Connection, states: Iterable[PersonState]) -> None:
+def save_states(conn: Transaction, states: Iterable[PersonState]) -> None:
     """Insert or replace the given states (inside the caller's transaction)."""
-    conn.executemany(
-        f"INSERT INTO persons ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (distinct_id) DO UPDATE SET "
-        + ", ".join(f"{column} = excluded.{column}" for column in _COLUMNS.split(", ")[1:]),
-        [
-            (
-                s.distinct_id, int(s.identified), s.email, int(s.created), s.email_sent,
-                json.dumps(s.digests, separators=(",", ":"), sort_keys=True), s.merged_into, s._extra(),
-            )
-            for s in states
-        ],
+    conn.upsert_persons(
+        (
+            s.distinct_id, int(s.identified), s.email, int(s.created), s.email_sent,
+            json.dumps(s.digests, separators=(",", ":"), sort_keys=True), s.merged_into, s._extra(),
+        )
+        for s in states
     )
 
 
-def count_persons(conn: sqlite3.Connection) -> int:
+def count_persons(conn: Transaction) -> int:
     """How many distinct_ids we remember."""
-    return int(conn.execute("SELECT COUNT(*) FROM persons").fetchone()[0])
+    return conn.count_persons()

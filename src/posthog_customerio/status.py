@@ -3,7 +3,9 @@
 
 A running service samples its counters every second (throughput over the last
 minute) and saves a snapshot to the database every few seconds, so the ``status``
-command can show the same figures from the data directory alone.
+command can show the same figures from the data directory alone. The stored figures
+(queue, dead letters, people) come from one :class:`Snapshot`, read in one pass;
+the Prometheus metrics are built from the same object.
 """
 
 from __future__ import annotations
@@ -11,17 +13,73 @@ from __future__ import annotations
 import json
 import threading
 import time
+import weakref
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
+from .outbox import DeadLetter
 from .runtime import Runtime
-from .state import count_persons
 
-__all__ = ["ThroughputSampler", "RequestLog", "build_status", "load_snapshot", "save_snapshot", "offline_status"]
+__all__ = [
+    "RequestLog", "Snapshot", "ThroughputSampler", "build_status", "load_snapshot", "offline_status", "save_snapshot",
+    "take_snapshot",
+]
 
 _SNAPSHOT_KEY = "service"
 _DEAD_LETTERS_SHOWN = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The outbox and people figures of the status report and the metrics, read in one pass."""
+
+    depth: int
+    in_flight: int
+    oldest_age_s: float
+    dead_letters: int
+    #: the oldest dead letters (as many as asked for)
+    dead_letter_rows: list[DeadLetter]
+    #: operations this process moved to the dead-letter table
+    dead_lettered_total: int
+    #: distinct_ids known (``None`` when not asked for)
+    persons: int | None
+
+
+#: per runtime: (monotonic time of the last full count, the count, persons_added then)
+_PERSONS_COUNTED: weakref.WeakKeyDictionary[Runtime, tuple[float, int, int]] = weakref.WeakKeyDictionary()
+
+
+def take_snapshot(
+    runtime: Runtime, dead_letters: int = _DEAD_LETTERS_SHOWN, persons: bool = True, persons_max_age_s: float = 60.0
+) -> Snapshot:
+    """The stored figures now: one read of the storage (plus this process's in-memory counts).
+
+    People are fully counted at most once per ``persons_max_age_s`` (a big table takes a
+    while), plus the people this process stored since, so the figure is always current
+    (other replicas' new people show up at the next full count).
+    """
+    added = runtime.ingestor.totals.persons_added
+    cached = _PERSONS_COUNTED.get(runtime)
+    recount = persons and (cached is None or time.monotonic() - cached[0] >= persons_max_age_s)
+    stored = runtime.db.snapshot(dead_letters, persons=recount)
+    known: int | None = None
+    if stored.persons is not None:  # an ingestion recorded while we counted is (almost surely) in the count
+        _PERSONS_COUNTED[runtime] = (time.monotonic(), stored.persons, added)
+        known = stored.persons
+    elif persons and cached is not None:
+        known = cached[1] + added - cached[2]
+    oldest = stored.oldest_enqueued_at
+    return Snapshot(
+        depth=stored.depth,
+        in_flight=runtime.outbox.in_flight(),
+        oldest_age_s=0.0 if oldest is None else max(0.0, time.time() - oldest),
+        dead_letters=stored.dead_letters,
+        dead_letter_rows=[DeadLetter(*row) for row in stored.dead_letter_rows],
+        dead_lettered_total=runtime.outbox.dead_lettered_total,
+        persons=known,
+    )
 
 
 class RequestLog:
@@ -115,13 +173,14 @@ class ThroughputSampler:
             pass
 
 
-def build_status(runtime: Runtime, sampler: ThroughputSampler | None = None) -> dict[str, Any]:
-    """The live status of this process's runtime."""
-    outbox = runtime.outbox
+def build_status(
+    runtime: Runtime, sampler: ThroughputSampler | None = None, snapshot: Snapshot | None = None
+) -> dict[str, Any]:
+    """The live status of this process's runtime (from ``snapshot``, or one taken now)."""
+    snap = snapshot if snapshot is not None else take_snapshot(runtime)
     deliverer = runtime.current_deliverer
     stats = deliverer.stats if deliverer is not None else None
     ingestor = runtime.ingestor
-    persons = _persons(runtime)
     return {
         "version": __version__,
         "generated_at": time.time(),
@@ -139,7 +198,7 @@ def build_status(runtime: Runtime, sampler: ThroughputSampler | None = None) -> 
             "api": runtime.settings.customerio_api,
             "auth_error": deliverer.auth_error if deliverer else None,
             "delivered": stats.delivered if stats else 0,
-            "dead_lettered": outbox.dead_lettered_total,
+            "dead_lettered": snap.dead_lettered_total,
             "retries": stats.retries if stats else 0,
             "requests": stats.requests if stats else 0,
             "requests_by_status": dict(stats.requests_by_status) if stats else {},
@@ -149,13 +208,13 @@ def build_status(runtime: Runtime, sampler: ThroughputSampler | None = None) -> 
         "recent_errors": _recent_errors(stats, sampler.requests if sampler else None),
         "requests_rejected": dict(sampler.requests.rejected) if sampler and sampler.requests else {},
         "outbox": {
-            "depth": outbox.depth(),
-            "in_flight": outbox.in_flight(),
-            "oldest_age_s": round(outbox.oldest_age(), 3),
-            "dead_letters": outbox.dead_letter_count(),
+            "depth": snap.depth,
+            "in_flight": snap.in_flight,
+            "oldest_age_s": round(snap.oldest_age_s, 3),
+            "dead_letters": snap.dead_letters,
         },
-        "persons": persons,
-        "dead_letters": dead_letter_rows(runtime),
+        "persons": snap.persons,
+        "dead_letters": _summarise(snap.dead_letter_rows),
     }
 
 
@@ -168,26 +227,14 @@ def _recent_errors(stats: Any, requests: RequestLog | None) -> list[dict[str, An
     return [{"at": at, "message": message} for at, message in errors]
 
 
-def _persons(runtime: Runtime, max_age_s: float = 60.0) -> int:
-    """How many people we know: a full count at most once a minute (a big table takes a
-    while), plus the people this process stored since (so the figure is always current;
-    other replicas' new people show up at the next full count)."""
-    added = runtime.ingestor.totals.persons_added
-    cached: tuple[float, int, int] | None = getattr(runtime, "_persons_counted", None)
-    if cached is not None and time.monotonic() - cached[0] < max_age_s:
-        return cached[1] + added - cached[2]
-    with runtime.db.reading() as conn:
-        count = count_persons(conn)
-    # an ingestion recorded while we counted is (almost surely) in the count already
-    counted = (time.monotonic(), count, runtime.ingestor.totals.persons_added)
-    runtime._persons_counted = counted  # type: ignore[attr-defined]
-    return count
-
-
 def dead_letter_rows(runtime: Runtime, limit: int = _DEAD_LETTERS_SHOWN) -> list[dict[str, Any]]:
     """The oldest dead letters, summarised for display."""
+    return _summarise(runtime.outbox.dead_letters(limit))
+
+
+def _summarise(letters: list[DeadLetter]) -> list[dict[str, Any]]:
     rows = []
-    for letter in runtime.outbox.dead_letters(limit):
+    for letter in letters:
         payload = json.loads(letter.payload)
         rows.append({
             "id": letter.id,
@@ -204,18 +251,12 @@ def dead_letter_rows(runtime: Runtime, limit: int = _DEAD_LETTERS_SHOWN) -> list
 
 def save_snapshot(runtime: Runtime, status: dict[str, Any]) -> None:
     """Store a status snapshot for ``posthog-customerio status``."""
-    with runtime.db.transaction() as conn:
-        conn.execute(
-            "INSERT INTO status_snapshot (key, value, updated_at) VALUES (?,?,?)"
-            " ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-            (_SNAPSHOT_KEY, json.dumps(status), time.time()),
-        )
+    runtime.db.save_status(_SNAPSHOT_KEY, json.dumps(status), time.time())
 
 
 def load_snapshot(runtime: Runtime) -> tuple[dict[str, Any], float] | None:
     """The last snapshot a service saved, and when; ``None`` if there is none."""
-    with runtime.db.reading() as conn:
-        row = conn.execute("SELECT value, updated_at FROM status_snapshot WHERE key = ?", (_SNAPSHOT_KEY,)).fetchone()
+    row = runtime.db.load_status(_SNAPSHOT_KEY)
     return (json.loads(row[0]), row[1]) if row else None
 
 

@@ -50,7 +50,7 @@ def _service(runtime: Runtime, deliver: bool) -> Service:
         proxy = PostHogProxy(settings.posthog_host, timeout_s=settings.posthog_timeout_s,
                              drop_authorization=auth.token or None)
     # SQLite: concurrent requests share one commit; PostgreSQL commits them side by side
-    commit_events = runtime.ingestor.ingest if runtime.db.shared else GroupCommitter(runtime.ingestor).ingest
+    commit_events = GroupCommitter(runtime.ingestor).ingest if runtime.db.group_commit else runtime.ingestor.ingest
     return Service(
         runtime=runtime, settings=settings, requests_log=requests_log, metrics=Metrics(runtime, requests_log),
         sampler=sampler, auth=auth, proxy=proxy, commit_events=commit_events, readiness=Readiness(runtime),

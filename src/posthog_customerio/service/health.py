@@ -82,12 +82,7 @@ class Readiness:
     def _check(self) -> None:
         problems = []
         try:
-            with self.runtime.db.transaction() as conn:
-                conn.execute(
-                    "INSERT INTO status_snapshot (key, value, updated_at) VALUES ('readyz', '{}', ?)"
-                    " ON CONFLICT (key) DO UPDATE SET updated_at = excluded.updated_at",
-                    (time.time(),),
-                )
+            self.runtime.db.probe_write()
             depth = self.runtime.outbox.depth(max_age_s=1.0)
             limit = self.runtime.settings.max_queue
             if depth >= limit:

@@ -1,0 +1,41 @@
+"""Where person state and the outbox live: the :class:`Storage` interface and its two backends.
+
+State and outbox share one database so that an event's state change and the operations it
+produced commit in one transaction: after a crash either both are there or neither is.
+:mod:`.sqlite` is the embedded default (one process delivers); :mod:`.postgres` is shared by
+replicas. :mod:`.migrations` holds both schemas as data; all SQL lives in this package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .base import Claims, DeliveryLockError, PacingStore, Storage, StorageSnapshot, Transaction
+from .migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
+from .postgres import PostgresStorage
+from .sqlite import SqliteStorage
+
+__all__ = [
+    "POSTGRES_MIGRATIONS",
+    "SQLITE_MIGRATIONS",
+    "Claims",
+    "DeliveryLockError",
+    "PacingStore",
+    "PostgresStorage",
+    "SqliteStorage",
+    "Storage",
+    "StorageSnapshot",
+    "Transaction",
+    "open_storage",
+]
+
+
+def open_storage(url: str | None, sqlite_path: Path, synchronous: str = "FULL") -> Storage:
+    """The storage for ``OUTBOX_URL`` (``sqlite:///path``, ``postgresql://…``) or the default SQLite file."""
+    if not url:
+        return SqliteStorage(sqlite_path, synchronous)
+    if url.startswith("sqlite:///"):
+        return SqliteStorage(Path(url.removeprefix("sqlite:///")), synchronous)
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresStorage(url)
+    raise ValueError(f"unsupported OUTBOX_URL scheme: {url.split(':', 1)[0]}")

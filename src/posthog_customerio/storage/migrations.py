@@ -1,0 +1,163 @@
+"""The schema of both backends, as plain data: one list of migration scripts each.
+
+A database records how many scripts of its list it has run (SQLite: ``PRAGMA user_version``;
+PostgreSQL: ``schema_migrations``) and runs the rest in order at start. Never edit or reorder an
+entry: append a new one (to both lists when the change applies to both). ``tests/test_storage.py``
+checks that both lists end with the same tables and columns.
+"""
+
+from __future__ import annotations
+
+__all__ = ["POSTGRES_MIGRATIONS", "POSTGRES_ONLY_TABLES", "SQLITE_MIGRATIONS"]
+
+SQLITE_MIGRATIONS: list[str] = [
+    # 1: person state, outbox, dead letters
+    """
+    CREATE TABLE IF NOT EXISTS persons (
+        distinct_id TEXT PRIMARY KEY,
+        identified INTEGER NOT NULL DEFAULT 0,
+        email TEXT,
+        created INTEGER NOT NULL DEFAULT 0,
+        email_sent TEXT,
+        digests TEXT NOT NULL DEFAULT '{}'
+    ) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        person_key TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        enqueued_at REAL NOT NULL,
+        last_error TEXT
+    );
+    CREATE TABLE IF NOT EXISTS dead_letters (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        seq INTEGER NOT NULL,
+        person_key TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        status INTEGER,
+        response TEXT,
+        attempts INTEGER NOT NULL,
+        enqueued_at REAL NOT NULL,
+        failed_at REAL NOT NULL
+    );
+    """,
+    # 2: the last status snapshot a running service wrote (read by `status`)
+    """
+    CREATE TABLE IF NOT EXISTS status_snapshot (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
+    # 3: identity merges and anonymous events: person aliases, extra state, multi-person ordering
+    """
+    ALTER TABLE persons ADD COLUMN merged_into TEXT;
+    ALTER TABLE persons ADD COLUMN extra TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE outbox ADD COLUMN after_keys TEXT;
+    ALTER TABLE dead_letters ADD COLUMN after_keys TEXT;
+    """,
+    # 4: delivery leases (used by the PostgreSQL backend; kept for one schema)
+    """
+    ALTER TABLE outbox ADD COLUMN lease_owner TEXT;
+    ALTER TABLE outbox ADD COLUMN lease_until REAL;
+    """,
+    # 5: find a visitor's queued anonymous events when they identify
+    """
+    CREATE INDEX IF NOT EXISTS outbox_person_key ON outbox (person_key);
+    """,
+    # 6: an operation's kind is data (person, anonymous, object); rows queued before it are
+    # backfilled once from their payload, which then always began with its type
+    """
+    ALTER TABLE outbox ADD COLUMN kind TEXT NOT NULL DEFAULT 'person';
+    ALTER TABLE dead_letters ADD COLUMN kind TEXT NOT NULL DEFAULT 'person';
+    UPDATE outbox SET kind = 'anonymous' WHERE payload LIKE '{"type":"anonymous"%';
+    UPDATE outbox SET kind = 'object' WHERE payload LIKE '{"type":"object"%';
+    UPDATE dead_letters SET kind = 'anonymous' WHERE payload LIKE '{"type":"anonymous"%';
+    UPDATE dead_letters SET kind = 'object' WHERE payload LIKE '{"type":"object"%';
+    """,
+    # 7: object and group keys start with U+001F instead of NUL (which PostgreSQL text cannot hold)
+    """
+    UPDATE persons SET distinct_id = char(31) || CAST(substr(CAST(distinct_id AS BLOB), 2) AS TEXT)
+        WHERE substr(CAST(distinct_id AS BLOB), 1, 1) = x'00';
+    UPDATE outbox SET person_key = char(31) || CAST(substr(CAST(person_key AS BLOB), 2) AS TEXT)
+        WHERE substr(CAST(person_key AS BLOB), 1, 1) = x'00';
+    UPDATE dead_letters SET person_key = char(31) || CAST(substr(CAST(person_key AS BLOB), 2) AS TEXT)
+        WHERE substr(CAST(person_key AS BLOB), 1, 1) = x'00';
+    UPDATE outbox SET after_keys = replace(after_keys, '\\u0000', '\\u001f') WHERE after_keys LIKE '%\\u0000%';
+    UPDATE dead_letters SET after_keys = replace(after_keys, '\\u0000', '\\u001f') WHERE after_keys LIKE '%\\u0000%';
+    """,
+]
+
+POSTGRES_MIGRATIONS: list[str] = [
+    # 1: everything SQLite has after its migration 4
+    """
+    CREATE TABLE IF NOT EXISTS persons (
+        distinct_id TEXT PRIMARY KEY,
+        identified INTEGER NOT NULL DEFAULT 0,
+        email TEXT,
+        created INTEGER NOT NULL DEFAULT 0,
+        email_sent TEXT,
+        digests TEXT NOT NULL DEFAULT '{}',
+        merged_into TEXT,
+        extra TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE IF NOT EXISTS outbox (
+        seq BIGSERIAL PRIMARY KEY,
+        person_key TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        enqueued_at DOUBLE PRECISION NOT NULL,
+        last_error TEXT,
+        after_keys TEXT,
+        lease_owner TEXT,
+        lease_until DOUBLE PRECISION
+    );
+    CREATE TABLE IF NOT EXISTS dead_letters (
+        id BIGSERIAL PRIMARY KEY,
+        seq BIGINT NOT NULL,
+        person_key TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        status INTEGER,
+        response TEXT,
+        attempts INTEGER NOT NULL,
+        enqueued_at DOUBLE PRECISION NOT NULL,
+        failed_at DOUBLE PRECISION NOT NULL,
+        after_keys TEXT
+    );
+    CREATE TABLE IF NOT EXISTS status_snapshot (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL
+    )
+    """,
+    # 2: find a visitor's queued anonymous events when they identify
+    """
+    CREATE INDEX IF NOT EXISTS outbox_person_key ON outbox (person_key)
+    """,
+    # 3: request pacing shared by replicas: per workspace, the next request slot and the end of a pause
+    # (epoch seconds on the database's clock; see pacing.py)
+    """
+    CREATE TABLE IF NOT EXISTS delivery_pacing (
+        workspace TEXT PRIMARY KEY,
+        next_slot DOUBLE PRECISION NOT NULL DEFAULT 0,
+        hold_until DOUBLE PRECISION NOT NULL DEFAULT 0
+    )
+    """,
+    # 4: an operation's kind is data (person, anonymous, object); rows queued before it are
+    # backfilled once from their payload, which then always began with its type
+    """
+    ALTER TABLE outbox ADD COLUMN IF NOT EXISTS kind TEXT NOT NULL DEFAULT 'person';
+    ALTER TABLE dead_letters ADD COLUMN IF NOT EXISTS kind TEXT NOT NULL DEFAULT 'person';
+    UPDATE outbox SET kind = 'anonymous' WHERE payload LIKE '{"type":"anonymous"%';
+    UPDATE outbox SET kind = 'object' WHERE payload LIKE '{"type":"object"%';
+    UPDATE dead_letters SET kind = 'anonymous' WHERE payload LIKE '{"type":"anonymous"%';
+    UPDATE dead_letters SET kind = 'object' WHERE payload LIKE '{"type":"object"%'
+    """,
+]
+
+#: tables only PostgreSQL has: request pacing shared by replicas (SQLite has one deliverer)
+POSTGRES_ONLY_TABLES = frozenset({"delivery_pacing"})

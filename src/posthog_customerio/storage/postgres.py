@@ -1,0 +1,244 @@
+"""PostgreSQL (psycopg 3 pool): one database shared by any number of replicas.
+
+Everything PostgreSQL-only lives here: versioned migrations run by one replica at a time
+(advisory lock), per-person advisory locks while ingesting, claims by one claimer at a time with
+expiring leases, and the request pacing rows replicas share (:mod:`..pacing`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence, Set
+from pathlib import Path
+from typing import IO, Any
+
+from .base import Claims, PacingStore, Picker, Row, Transaction, pages
+from .migrations import POSTGRES_MIGRATIONS, POSTGRES_ONLY_TABLES
+from .sql import SqlStorage, SqlTransaction, Statements
+
+__all__ = ["LeaseClaims", "PostgresPacing", "PostgresStorage", "key_lock_id"]
+
+_STATEMENTS = Statements("%s")
+_MIGRATION_LOCK = 7_274_135_001  # pg_advisory_lock key: one replica migrates at a time
+_CLAIM_LOCK = 7_274_135_002  # pg_advisory_xact_lock key: one claimer at a time across replicas
+
+
+def key_lock_id(key: str) -> int:
+    """A signed 64-bit advisory-lock id for a key (stable across processes)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+class PostgresTransaction(SqlTransaction):
+    """A transaction on a pooled connection; person keys locked with advisory locks."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run PostgreSQL SQL (``%s`` placeholders; none at all when there are no parameters)."""
+        return self.conn.execute(sql, params or None)
+
+    def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        rows = list(rows)
+        if rows:
+            with self.conn.cursor() as cursor:
+                cursor.executemany(sql, rows)
+
+    def lock_keys(self, keys: Iterable[str]) -> bool:
+        """Transaction-scoped advisory locks on these keys, in a global order (no deadlocks)."""
+        for lock_id in sorted({key_lock_id(key) for key in keys}):
+            self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id,))
+        return True
+
+    def lease(self, owner: str, until: float, seqs: Iterable[int]) -> None:
+        """Mark operations as claimed by ``owner`` until ``until`` (epoch seconds)."""
+        self._many(
+            "UPDATE outbox SET lease_owner = %s, lease_until = %s WHERE seq = %s", [(owner, until, s) for s in seqs]
+        )
+
+    def unlease(self, seqs: Iterable[int]) -> None:
+        """Drop the leases of these operations."""
+        self._many("UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE seq = %s", [(s,) for s in seqs])
+
+
+class LeaseClaims(Claims):
+    """Claims across replicas: one claimer at a time (advisory lock), leases with expiry.
+
+    A row leased by anyone (lease not expired) blocks its people, exactly like an in-flight row in
+    one process; a dead replica's leases expire after ``lease_s`` and its rows are claimed again.
+    """
+
+    def __init__(self, db: PostgresStorage, lease_s: float) -> None:
+        self.db = db
+        self.lease_s = lease_s
+        #: who holds a lease: host, pid and a random part
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    def claim(self, pick: Picker, in_flight: Set[int]) -> tuple[list[Row], list[Row], dict[int, tuple[str, str]]]:
+        with self.db._transaction() as tx:
+            tx.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
+            now = time.time()
+            chosen, oversized = pick(pages(tx.candidates), lambda row: row[7] is not None and row[7] > now)
+            payloads = tx.payloads([row[0] for row in (*chosen, *oversized)]) if chosen or oversized else {}
+            tx.lease(self.owner, now + self.lease_s, [row[0] for row in chosen if row[0] in payloads])
+        return chosen, oversized, payloads
+
+    def give_back(self, seqs: Sequence[int]) -> None:
+        if seqs:
+            with self.db._transaction() as tx:
+                tx.unlease(seqs)
+
+    def bound_timeout(self, timeout_s: float) -> float:
+        """Below the lease: a lease never expires while its request can still be answered."""
+        return min(timeout_s, self.lease_s * 0.8)
+
+
+_NOW = "WITH clock AS (SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8 AS now) "
+_TAKE_SQL = _NOW + (
+    "UPDATE delivery_pacing AS p SET next_slot = CASE WHEN p.hold_until > clock.now THEN p.next_slot"
+    " ELSE GREATEST(p.next_slot, clock.now) + %s END FROM clock WHERE p.workspace = %s"
+    " RETURNING p.next_slot - clock.now, p.hold_until - clock.now"
+)
+_HOLD_SQL = _NOW + (
+    "UPDATE delivery_pacing AS p SET hold_until = GREATEST(p.hold_until, clock.now + %s),"
+    " next_slot = GREATEST(p.next_slot, clock.now + %s) FROM clock WHERE p.workspace = %s"
+    " RETURNING p.hold_until - clock.now"
+)
+_HELD_SQL = (
+    "SELECT hold_until - EXTRACT(EPOCH FROM clock_timestamp())::float8 FROM delivery_pacing WHERE workspace = %s"
+)
+_INSERT_SQL = "INSERT INTO delivery_pacing (workspace) VALUES (%s) ON CONFLICT (workspace) DO NOTHING"
+
+
+class PostgresPacing(PacingStore):
+    """``delivery_pacing`` rows, on the database's clock (the replicas' clocks never matter).
+
+    Taking a slot is one ``UPDATE … RETURNING`` (the row lock serialises replicas for that
+    statement only); a pause is one ``UPDATE`` that also pushes the next slot past its end.
+    """
+
+    def __init__(self, db: PostgresStorage) -> None:
+        self.db = db
+
+    def ensure(self, workspace: str) -> None:
+        with self.db.transaction() as tx:
+            tx.execute(_INSERT_SQL, (workspace,))
+
+    def take(self, workspace: str, interval: float) -> tuple[float, float] | None:
+        with self.db.transaction() as tx:
+            row = tx.execute(_TAKE_SQL, (interval, workspace)).fetchone()
+        return None if row is None else (float(row[0]), float(row[1]))
+
+    def held(self, workspace: str) -> float | None:
+        with self.db.reading() as tx:
+            row = tx.execute(_HELD_SQL, (workspace,)).fetchone()
+        return None if row is None else float(row[0])
+
+    def hold(self, workspace: str, seconds: float) -> float | None:
+        with self.db.transaction() as tx:
+            row = tx.execute(_HOLD_SQL, (seconds, seconds, workspace)).fetchone()
+        return None if row is None else float(row[0])
+
+
+class PostgresStorage(SqlStorage):
+    """A psycopg 3 connection pool on a PostgreSQL database shared by replicas.
+
+    Migrations are versioned (``schema_migrations``), idempotent, and run by one replica at a time
+    under an advisory lock. Ingestions commit side by side on pooled connections (no group commit).
+    """
+
+    dialect = "postgresql"
+    group_commit = False
+    own_tables = POSTGRES_ONLY_TABLES
+    sql = _STATEMENTS
+
+    def __init__(self, url: str, *, schema: str | None = None, pool_size: int = 8) -> None:
+        from psycopg_pool import ConnectionPool
+
+        self.url = url
+        self.schema_name = schema
+        self.lock = threading.RLock()  # API parity with SQLite; PostgreSQL does its own locking
+        options = {"options": f"-c search_path={schema}"} if schema else {}
+        self.pool: Any = ConnectionPool(url, min_size=1, max_size=pool_size, kwargs=options, open=False)
+        self.pool.open(wait=True, timeout=15)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self.pool.connection() as conn:
+            if self.schema_name:
+                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema_name}"')
+            conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+            try:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations"
+                    " (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+                )
+                done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+                for number, script in enumerate(POSTGRES_MIGRATIONS, start=1):
+                    if number in done:
+                        continue
+                    with conn.transaction():
+                        for statement in filter(str.strip, script.split(";")):
+                            conn.execute(statement)
+                        conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (number,))
+                conn.commit()
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+                conn.commit()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[PostgresTransaction]:
+        with self.pool.connection() as conn, conn.transaction():
+            yield PostgresTransaction(conn, self.sql)
+
+    def transaction(self) -> contextlib.AbstractContextManager[Transaction]:
+        """A transaction on a pooled connection, committed on success."""
+        return self._transaction()
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Transaction]:
+        """A pooled connection for reads."""
+        with self.pool.connection() as conn:
+            yield PostgresTransaction(conn, self.sql)
+
+    @contextlib.contextmanager
+    def group(self) -> Iterator[None]:
+        """Nothing to share: each transaction commits on its own pooled connection."""
+        yield
+
+    def claims(self, lease_s: float) -> Claims:
+        return LeaseClaims(self, lease_s)
+
+    def hold_delivery(self, data_dir: Path) -> IO[str] | None:
+        """Any number of replicas deliver (leases keep them apart)."""
+        return None
+
+    def shared_pacing(self) -> PacingStore:
+        return PostgresPacing(self)
+
+    def schema(self) -> dict[str, dict[str, str]]:
+        with self.reading() as tx:
+            rows = tx.execute(
+                "SELECT table_name, column_name, data_type FROM information_schema.columns"
+                " WHERE table_schema = current_schema() AND table_name <> 'schema_migrations'"
+                " ORDER BY table_name, ordinal_position"
+            ).fetchall()
+        found: dict[str, dict[str, str]] = {}
+        for table, column, kind in rows:
+            found.setdefault(str(table), {})[str(column)] = str(kind)
+        return found
+
+    def close(self) -> None:
+        """Close the pool."""
+        self.pool.close()
+
+    def describe(self) -> str:
+        """Where the data lives (without the password)."""
+        from psycopg.conninfo import conninfo_to_dict
+
+        info = conninfo_to_dict(self.url)
+        host, port, name = info.get("host", ""), info.get("port", 5432), info.get("dbname", "")
+        return f"postgresql://{info.get('user', '')}@{host}:{port}/{name}"

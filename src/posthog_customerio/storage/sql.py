@@ -1,0 +1,188 @@
+"""The SQL both backends share, written once for a placeholder style (SQLite ``?``, psycopg ``%s``).
+
+:class:`Statements` builds every statement for one placeholder at start; :class:`SqlTransaction`
+runs them on a DB-API connection; :class:`SqlStorage` adds what a backend does through them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .base import Row, Storage, StorageSnapshot
+
+__all__ = ["PERSON_COLUMNS", "SqlStorage", "SqlTransaction", "Statements"]
+
+#: columns of a person row, in order (see :mod:`..state`)
+PERSON_COLUMNS = ("distinct_id", "identified", "email", "created", "email_sent", "digests", "merged_into", "extra")
+_OPERATION_COLUMNS = "person_key, payload, size, enqueued_at, after_keys, kind"
+_DEAD_LETTER_INSERT = (
+    "seq, person_key, payload, reason, status, response, attempts, enqueued_at, failed_at, after_keys, kind"
+)
+_DEAD_LETTER_COLUMNS = "id, seq, person_key, payload, reason, status, response, attempts, enqueued_at, failed_at, kind"
+#: rows per ``IN (...)`` list
+CHUNK = 500
+
+
+class Statements:
+    """Every shared statement, for one placeholder (``mark``)."""
+
+    def __init__(self, mark: str) -> None:
+        self.mark = mark
+        columns = ", ".join(PERSON_COLUMNS)
+        self.upsert_person = (
+            f"INSERT INTO persons ({columns}) VALUES ({self.marks(len(PERSON_COLUMNS))})"
+            " ON CONFLICT (distinct_id) DO UPDATE SET "
+            + ", ".join(f"{column} = excluded.{column}" for column in PERSON_COLUMNS[1:])
+        )
+        self.person_columns = columns
+        self.insert_operation = f"INSERT INTO outbox ({_OPERATION_COLUMNS}) VALUES ({self.marks(6)})"
+        self.queued = (
+            "SELECT seq, payload, enqueued_at, lease_until, after_keys FROM outbox"
+            f" WHERE person_key = {mark} AND kind = {mark} ORDER BY seq"
+        )
+        self.delete_operation = f"DELETE FROM outbox WHERE seq = {mark}"
+        self.candidates = (
+            "SELECT seq, person_key, size, attempts, enqueued_at, after_keys, lease_owner, lease_until"
+            f" FROM outbox WHERE seq > {mark} ORDER BY seq LIMIT {mark}"
+        )
+        self.release = (
+            f"UPDATE outbox SET attempts = attempts + 1, last_error = {mark}, lease_owner = NULL,"
+            f" lease_until = NULL WHERE seq = {mark}"
+        )
+        self.insert_dead_letter = f"INSERT INTO dead_letters ({_DEAD_LETTER_INSERT}) VALUES ({self.marks(11)})"
+        self.dead_letters = f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters ORDER BY id LIMIT {mark}"
+        self.delete_dead_letter = f"DELETE FROM dead_letters WHERE id = {mark}"
+        self.save_status = (
+            f"INSERT INTO status_snapshot (key, value, updated_at) VALUES ({self.marks(3)})"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
+        )
+        self.load_status = f"SELECT value, updated_at FROM status_snapshot WHERE key = {mark}"
+        self.touch_status = (
+            f"INSERT INTO status_snapshot (key, value, updated_at) VALUES ({mark}, '{{}}', {mark})"
+            " ON CONFLICT (key) DO UPDATE SET updated_at = excluded.updated_at"
+        )
+
+    def marks(self, count: int) -> str:
+        """``count`` placeholders, comma-separated."""
+        return ",".join([self.mark] * count)
+
+
+class SqlTransaction:
+    """:class:`~.base.Transaction` over a DB-API connection (``execute`` returns a cursor)."""
+
+    def __init__(self, conn: Any, sql: Statements) -> None:
+        self.conn = conn
+        self.sql = sql
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run backend-native SQL."""
+        return self.conn.execute(sql, params)
+
+    def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        rows = list(rows)
+        if rows:
+            self.conn.executemany(sql, rows)
+
+    def _in(self, select: str, values: Sequence[Any]) -> list[Row]:
+        """``select`` ending in ``IN`` run over ``values`` a chunk at a time."""
+        found: list[Row] = []
+        for start in range(0, len(values), CHUNK):
+            chunk = list(values[start : start + CHUNK])
+            found.extend(self.conn.execute(f"{select} ({self.sql.marks(len(chunk))})", chunk).fetchall())
+        return found
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self.conn.execute(sql, params).fetchone()
+
+    # -- person state --
+    def select_persons(self, distinct_ids: Sequence[str]) -> list[Row]:
+        return self._in(f"SELECT {self.sql.person_columns} FROM persons WHERE distinct_id IN", distinct_ids)
+
+    def upsert_persons(self, rows: Iterable[Row]) -> None:
+        self._many(self.sql.upsert_person, rows)
+
+    def count_persons(self) -> int:
+        return int(self._one("SELECT COUNT(*) FROM persons")[0])
+
+    def lock_keys(self, keys: Iterable[str]) -> bool:
+        return False
+
+    # -- outbox --
+    def insert_operations(self, rows: Iterable[Row]) -> None:
+        self._many(self.sql.insert_operation, rows)
+
+    def queued_rows(self, person_key: str, kind: str) -> list[Row]:
+        return list(self.conn.execute(self.sql.queued, (person_key, kind)).fetchall())
+
+    def delete_operations(self, seqs: Iterable[int]) -> None:
+        self._many(self.sql.delete_operation, [(seq,) for seq in seqs])
+
+    def candidates(self, after_seq: int, limit: int) -> list[Row]:
+        return list(self.conn.execute(self.sql.candidates, (after_seq, limit)).fetchall())
+
+    def payloads(self, seqs: Sequence[int]) -> dict[int, tuple[str, str]]:
+        rows = self._in("SELECT seq, payload, kind FROM outbox WHERE seq IN", seqs)
+        return {row[0]: (row[1], row[2]) for row in rows}
+
+    def release_operations(self, error: str, seqs: Iterable[int]) -> None:
+        self._many(self.sql.release, [(error, seq) for seq in seqs])
+
+    def outbox_depth(self) -> int:
+        return int(self._one("SELECT COUNT(*) FROM outbox")[0])
+
+    def outbox_empty(self) -> bool:
+        return self._one("SELECT seq FROM outbox LIMIT 1") is None
+
+    def oldest_enqueued_at(self) -> float | None:
+        row = self._one("SELECT enqueued_at FROM outbox ORDER BY seq LIMIT 1")
+        return None if row is None else float(row[0])
+
+    # -- dead letters --
+    def insert_dead_letters(self, rows: Iterable[Row]) -> None:
+        self._many(self.sql.insert_dead_letter, rows)
+
+    def dead_letter_rows(self, limit: int | None) -> list[Row]:
+        return list(self.conn.execute(self.sql.dead_letters, (1 << 62 if limit is None else limit,)).fetchall())
+
+    def dead_letter_count(self) -> int:
+        return int(self._one("SELECT COUNT(*) FROM dead_letters")[0])
+
+    def requeue_rows(self, ids: Sequence[int] | None) -> list[Row]:
+        select = "SELECT id, person_key, payload, after_keys, kind FROM dead_letters"
+        if ids is None:
+            return list(self.conn.execute(f"{select} ORDER BY id").fetchall())
+        return sorted(self._in(f"{select} WHERE id IN", ids), key=lambda row: int(row[0]))
+
+    def delete_dead_letters(self, ids: Iterable[int]) -> None:
+        self._many(self.sql.delete_dead_letter, [(id_,) for id_ in ids])
+
+
+class SqlStorage(Storage):
+    """The parts of a :class:`~.base.Storage` made of shared statements."""
+
+    sql: Statements
+
+    def snapshot(self, dead_letters: int, persons: bool) -> StorageSnapshot:
+        with self.reading() as tx:
+            return StorageSnapshot(
+                depth=tx.outbox_depth(),
+                oldest_enqueued_at=tx.oldest_enqueued_at(),
+                dead_letters=tx.dead_letter_count(),
+                dead_letter_rows=tx.dead_letter_rows(dead_letters) if dead_letters > 0 else [],
+                persons=tx.count_persons() if persons else None,
+            )
+
+    def save_status(self, key: str, value: str, at: float) -> None:
+        with self.transaction() as tx:
+            tx.execute(self.sql.save_status, (key, value, at))
+
+    def load_status(self, key: str) -> tuple[str, float] | None:
+        with self.reading() as tx:
+            row = tx.execute(self.sql.load_status, (key,)).fetchone()
+        return None if row is None else (str(row[0]), float(row[1]))
+
+    def probe_write(self) -> None:
+        with self.transaction() as tx:
+            tx.execute(self.sql.touch_status, ("readyz", time.time()))

@@ -1,0 +1,162 @@
+"""Embedded SQLite (WAL): one connection shared by threads, one deliverer per file.
+
+SQLite allows one writer at a time anyway; a single connection guarded by an ``RLock`` keeps the
+code simple (network I/O never happens under the lock). Claims are an in-process book: a row in
+flight here is taken; the runtime's delivery lock file makes this process the only deliverer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Set
+from pathlib import Path
+from typing import IO
+
+from .base import Claims, DeliveryLockError, Picker, Row, Transaction, pages
+from .migrations import SQLITE_MIGRATIONS
+from .sql import SqlStorage, SqlTransaction, Statements
+
+__all__ = ["SqliteClaims", "SqliteStorage"]
+
+_STATEMENTS = Statements("?")
+
+
+class SqliteClaims(Claims):
+    """Claims of the only deliverer: a row is taken while this process has it in flight."""
+
+    def __init__(self, db: SqliteStorage) -> None:
+        self.db = db
+
+    def _fetch(self, after: int, limit: int) -> list[Row]:
+        with self.db.reading() as tx:
+            return tx.candidates(after, limit)
+
+    def claim(self, pick: Picker, in_flight: Set[int]) -> tuple[list[Row], list[Row], dict[int, tuple[str, str]]]:
+        chosen, oversized = pick(pages(self._fetch), lambda row: row[0] in in_flight)
+        with self.db.reading() as tx:
+            payloads = tx.payloads([row[0] for row in (*chosen, *oversized)]) if chosen or oversized else {}
+        return chosen, oversized, payloads
+
+
+class SqliteStorage(SqlStorage):
+    """One SQLite connection in WAL mode, migrated with ``PRAGMA user_version``."""
+
+    dialect = "sqlite"
+    group_commit = True
+    sql = _STATEMENTS
+
+    def __init__(self, path: str | Path, synchronous: str = "FULL") -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock = threading.RLock()
+        self._local = threading.local()
+        self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute(f"PRAGMA synchronous={synchronous}")
+        self.conn.execute("PRAGMA busy_timeout=30000")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self.transaction():
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(SQLITE_MIGRATIONS[version:], start=version + 1):
+                for statement in filter(str.strip, script.split(";")):
+                    self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA user_version={number}")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """A write transaction (``BEGIN IMMEDIATE``), committed on success.
+
+        Inside :meth:`group` (same thread) it is a savepoint of the group's transaction instead:
+        it rolls back alone, and commits with the group.
+        """
+        with self.lock:
+            if getattr(self._local, "grouped", False):
+                self.conn.execute("SAVEPOINT part")
+                try:
+                    yield SqlTransaction(self.conn, self.sql)
+                except BaseException:
+                    self.conn.execute("ROLLBACK TO part")
+                    self.conn.execute("RELEASE part")
+                    raise
+                self.conn.execute("RELEASE part")
+                return
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield SqlTransaction(self.conn, self.sql)
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def group(self) -> Iterator[None]:
+        """One transaction (one commit, one fsync) for several :meth:`transaction` blocks."""
+        with self.lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._local.grouped = True
+            try:
+                yield
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            finally:
+                self._local.grouped = False
+            self.conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Transaction]:
+        """The connection, for reads, under the lock."""
+        with self.lock:
+            yield SqlTransaction(self.conn, self.sql)
+
+    def claims(self, lease_s: float) -> Claims:
+        return SqliteClaims(self)
+
+    def hold_delivery(self, data_dir: Path) -> IO[str] | None:
+        """Take ``delivery.lock`` in the data directory (``flock``; it holds the pid)."""
+        path = Path(data_dir) / "delivery.lock"
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        handle = open(descriptor, "a+")  # noqa: SIM115 - held for the process lifetime
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o600)
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise DeliveryLockError(
+                f"another posthog-customerio process is delivering from {path.parent};"
+                " stop it or use another POSTHOG_CUSTOMERIO_DATA_DIR"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        return handle
+
+    def schema(self) -> dict[str, dict[str, str]]:
+        with self.reading() as tx:
+            tables = [
+                row[0]
+                for row in tx.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+                ).fetchall()
+            ]
+            return {
+                table: {row[1]: str(row[2]) for row in tx.execute(f'PRAGMA table_info("{table}")').fetchall()}
+                for table in tables
+            }
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self.lock:
+            self.conn.close()
+
+    def describe(self) -> str:
+        """Where the data lives."""
+        return f"sqlite:///{self.path}"
