@@ -55,17 +55,21 @@ def machine() -> str:
     with contextlib.suppress(OSError, ValueError, IndexError):
         kb = int(Path("/proc/meminfo").read_text().split()[1])
         mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
-    return (f"{os.cpu_count()} cores ({model or platform.machine()}){mem}, Python {platform.python_version()},"
-            f" {platform.system()} {platform.release()}; code {code_version()}")
+    return (
+        f"{os.cpu_count()} cores ({model or platform.machine()}){mem}, Python {platform.python_version()},"
+        f" {platform.system()} {platform.release()}; code {code_version()}"
+    )
 
 
 def code_version() -> str:
     """The commit under test, and whether src/ differs from it."""
     try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"], capture_output=True,
-                               text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "src"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown (no git)"
     return f"{head or 'unknown'}{' + uncommitted changes in src/' if dirty else ''}"
@@ -110,7 +114,8 @@ def sandbox_process() -> Iterator[Sandbox]:
     port = free_port()
     process = subprocess.Popen(
         [str(CLI), "sandbox", "--host", "127.0.0.1", "--port", str(port), "--site-id", SITE_ID, "--api-key", API_KEY],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     box = Sandbox(f"http://127.0.0.1:{port}", process)
     try:
@@ -145,21 +150,35 @@ def stop(process: subprocess.Popen[Any], timeout: float = 30.0) -> None:
 
 def base_env(sandbox: Sandbox, data_dir: Path, **extra: str) -> dict[str, str]:
     env = {
-        key: value for key, value in os.environ.items()
-        if not key.startswith(("CUSTOMERIO_", "POSTHOG_CUSTOMERIO_", "SQLITE_", "DELIVERY_", "ANONYMOUS_",
-                               "SEND_EVENTS_", "EVENTS_TO_SEND", "IDENTIFY_BY_EMAIL", "WEBHOOK_"))
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(
+            (
+                "CUSTOMERIO_",
+                "POSTHOG_CUSTOMERIO_",
+                "SQLITE_",
+                "DELIVERY_",
+                "ANONYMOUS_",
+                "SEND_EVENTS_",
+                "EVENTS_TO_SEND",
+                "IDENTIFY_BY_EMAIL",
+                "WEBHOOK_",
+            )
+        )
     }
-    env.update({
-        "CUSTOMERIO_SITE_ID": SITE_ID,
-        "CUSTOMERIO_API_KEY": API_KEY,
-        "CUSTOMERIO_TRACK_URL": sandbox.url,
-        "CUSTOMERIO_PIPELINES_API_KEY": "sandbox",  # the ``sandbox`` command's Pipelines key (used by mode p)
-        "CUSTOMERIO_PIPELINES_URL": sandbox.url,
-        "POSTHOG_CUSTOMERIO_DATA_DIR": str(data_dir),
-        "CUSTOMERIO_MAX_RPS": MAX_RPS,
-        "LOG_FORMAT": "json",
-        "LOG_LEVEL": "WARNING",
-    })
+    env.update(
+        {
+            "CUSTOMERIO_SITE_ID": SITE_ID,
+            "CUSTOMERIO_API_KEY": API_KEY,
+            "CUSTOMERIO_TRACK_URL": sandbox.url,
+            "CUSTOMERIO_PIPELINES_API_KEY": "sandbox",  # the ``sandbox`` command's Pipelines key (used by mode p)
+            "CUSTOMERIO_PIPELINES_URL": sandbox.url,
+            "POSTHOG_CUSTOMERIO_DATA_DIR": str(data_dir),
+            "CUSTOMERIO_MAX_RPS": MAX_RPS,
+            "LOG_FORMAT": "json",
+            "LOG_LEVEL": "WARNING",
+        }
+    )
     env.update(extra)
     return env
 
@@ -194,8 +213,9 @@ def run_measured(args: list[str], env: dict[str, str], timeout: float = 1800.0) 
         seconds = time.monotonic() - started
         out.seek(0)
         err.seek(0)
-        return Finished(process.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"),
-                        seconds, peak)
+        return Finished(
+            process.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"), seconds, peak
+        )
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -240,5 +260,5 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     """A Markdown table."""
     text = [[str(cell) for cell in row] for row in rows]
     widths = [max(len(headers[i]), *(len(row[i]) for row in text)) for i in range(len(headers))]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False)) + " |"  # noqa: E731
     return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, text)])

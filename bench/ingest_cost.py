@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine, table  # noqa: E402
+from _common import machine, table
 
 
 def measure(data_dir: Path, sync: str, per_call: int, calls: int, threads: int) -> float:
@@ -32,8 +32,9 @@ def measure(data_dir: Path, sync: str, per_call: int, calls: int, threads: int) 
     from posthog_customerio.samples import iter_stream
     from posthog_customerio.sources import parse_payload
 
-    settings = load_settings({"posthog_customerio_data_dir": data_dir, "sqlite_synchronous": sync,
-                              "anonymous_events": "person"})
+    settings = load_settings(
+        {"posthog_customerio_data_dir": data_dir, "sqlite_synchronous": sync, "anonymous_events": "person"}
+    )
     bodies = list(iter_stream(max(50, calls * per_call // 20), seed=3, events_per_person=25, shape="webhook"))
     events = [event for body in bodies[: calls * per_call] for event in parse_payload(body)]
     chunks = [events[i : i + per_call] for i in range(0, len(events), per_call)]

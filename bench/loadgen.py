@@ -72,11 +72,13 @@ def _target(url: str) -> tuple[str, int, str]:
     return parts.hostname, parts.port or 80, parts.path or "/"
 
 
-async def closed_loop(url: str, bodies: list[bytes], connections: int, batch: int, headers: dict[str, str],
-                      max_seconds: float) -> dict[str, Any]:
+async def closed_loop(
+    url: str, bodies: list[bytes], connections: int, batch: int, headers: dict[str, str], max_seconds: float
+) -> dict[str, Any]:
     host, port, path = _target(url)
-    posts = [b"[" + b",".join(bodies[i : i + batch]) + b"]" if batch > 1 else bodies[i]
-             for i in range(0, len(bodies), batch)]
+    posts = [
+        b"[" + b",".join(bodies[i : i + batch]) + b"]" if batch > 1 else bodies[i] for i in range(0, len(bodies), batch)
+    ]
     cursor = iter(range(len(posts)))
     statuses: dict[str, int] = {}
     retries = 0
@@ -106,13 +108,22 @@ async def closed_loop(url: str, bodies: list[bytes], connections: int, batch: in
     started = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(connections)))
     seconds = time.monotonic() - started
-    return {"mode": "closed", "events": len(bodies), "posts": len(posts), "batch": batch, "seconds": seconds,
-            "events_per_s": len(bodies) / seconds, "statuses": statuses, "retries": retries,
-            "started_at": time.time() - seconds}
+    return {
+        "mode": "closed",
+        "events": len(bodies),
+        "posts": len(posts),
+        "batch": batch,
+        "seconds": seconds,
+        "events_per_s": len(bodies) / seconds,
+        "statuses": statuses,
+        "retries": retries,
+        "started_at": time.time() - seconds,
+    }
 
 
-async def open_loop(url: str, bodies: list[bytes], rate: float, duration: float, connections: int,
-                    headers: dict[str, str]) -> dict[str, Any]:
+async def open_loop(
+    url: str, bodies: list[bytes], rate: float, duration: float, connections: int, headers: dict[str, str]
+) -> dict[str, Any]:
     host, port, path = _target(url)
     total = min(len(bodies), int(rate * duration))
     pool: asyncio.Queue[Connection] = asyncio.Queue()
@@ -154,10 +165,20 @@ async def open_loop(url: str, bodies: list[bytes], rate: float, duration: float,
     def pct(p: float) -> float:
         return 1000 * ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else float("nan")
 
-    return {"mode": "open", "offered_rate": rate, "requests": total, "seconds": seconds,
-            "achieved_rate": total / seconds, "statuses": statuses, "errors": errors,
-            "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99), "p999_ms": pct(99.9),
-            "max_ms": 1000 * ordered[-1] if ordered else float("nan")}
+    return {
+        "mode": "open",
+        "offered_rate": rate,
+        "requests": total,
+        "seconds": seconds,
+        "achieved_rate": total / seconds,
+        "statuses": statuses,
+        "errors": errors,
+        "p50_ms": pct(50),
+        "p90_ms": pct(90),
+        "p99_ms": pct(99),
+        "p999_ms": pct(99.9),
+        "max_ms": 1000 * ordered[-1] if ordered else float("nan"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

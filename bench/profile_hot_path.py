@@ -31,8 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import base_env, cli_command, free_port, machine, sandbox_process, stop, wait_http, write_stream  # noqa: E402
-from requests_per_event import MODE_ENV  # noqa: E402
+from _common import base_env, cli_command, free_port, machine, sandbox_process, stop, wait_http, write_stream
+from requests_per_event import MODE_ENV
 
 LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]+)(?::(?P<line>\d+))?\)$")
@@ -58,8 +58,19 @@ def short(frame: str) -> str:
 
 
 #: leaf frames that are a thread waiting (py-spy's idle detection misses some of them)
-WAITING = ("Condition.wait ", "Event.wait ", "Queue.get ", "sleep ", "select ", "Runner.run ", "SyncStream.read ",
-           "is_socket_readable ", "BaseSelector", "EpollSelector.select ", "_worker ")
+WAITING = (
+    "Condition.wait ",
+    "Event.wait ",
+    "Queue.get ",
+    "sleep ",
+    "select ",
+    "Runner.run ",
+    "SyncStream.read ",
+    "is_socket_readable ",
+    "BaseSelector",
+    "EpollSelector.select ",
+    "_worker ",
+)
 
 
 def summarize(raw: Path, top: int = 25) -> str:
@@ -81,8 +92,12 @@ def summarize(raw: Path, top: int = 25) -> str:
         own[frames[-1]] += count
         for frame in set(frames):
             inclusive[frame] += count
-    lines = [f"{total} busy samples (all threads; {waiting} more samples of threads waiting or in the event"
-             " loop's C code were left out)", "", "own time:"]
+    lines = [
+        f"{total} busy samples (all threads; {waiting} more samples of threads waiting or in the event"
+        " loop's C code were left out)",
+        "",
+        "own time:",
+    ]
     lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in own.most_common(top)]
     lines += ["", "inclusive time:"]
     lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in inclusive.most_common(top + 15)]
@@ -98,9 +113,24 @@ def cpu_seconds(pid: int) -> float:
 
 
 def record(output: Path, args: list[str], env: dict[str, str], rate: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([py_spy(), "record", "--rate", str(rate), "--format", "raw", "--output", str(output),
-                             "--nonblocking", "--", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [
+            py_spy(),
+            "record",
+            "--rate",
+            str(rate),
+            "--format",
+            "raw",
+            "--output",
+            str(output),
+            "--nonblocking",
+            "--",
+            *args,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,8 +160,13 @@ def main(argv: list[str] | None = None) -> int:
                 seconds = time.monotonic() - started
                 if not raw.exists():
                     raise SystemExit(f"py-spy failed: {err.decode()[-2000:]}")
-                report += ["", f"## send: {events} events in {seconds:.1f}s under py-spy ({events / seconds:.0f} events/s"
-                           " while sampled)", "", summarize(raw)]
+                report += [
+                    "",
+                    f"## send: {events} events in {seconds:.1f}s under py-spy ({events / seconds:.0f} events/s"
+                    " while sampled)",
+                    "",
+                    summarize(raw),
+                ]
                 print(report[-1], flush=True)
             if "serve" in args.only:
                 from throughput import write_bodies
@@ -142,19 +177,51 @@ def main(argv: list[str] | None = None) -> int:
                 port = free_port()
                 raw = args.out / "serve.txt"
                 env = base_env(box, tmp / "serve-data", SQLITE_SYNCHRONOUS="NORMAL", **MODE_ENV["c"])
-                process = subprocess.Popen([*cli_command(), "serve", "--host", "127.0.0.1", "--port", str(port)], env=env,
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                process = subprocess.Popen(
+                    [*cli_command(), "serve", "--host", "127.0.0.1", "--port", str(port)],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 try:
                     wait_http(f"http://127.0.0.1:{port}/healthz", process, timeout=60)
                     load_process = subprocess.Popen(
-                        [sys.executable, str(LOADGEN), "--url", f"http://127.0.0.1:{port}/webhook",
-                         "--bodies", str(bodies), "closed", "--connections", "16"],
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                        [
+                            sys.executable,
+                            str(LOADGEN),
+                            "--url",
+                            f"http://127.0.0.1:{port}/webhook",
+                            "--bodies",
+                            str(bodies),
+                            "closed",
+                            "--connections",
+                            "16",
+                        ],
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
+                        text=True,
+                    )
                     time.sleep(1.0)  # past connection set-up
-                    spy = subprocess.run([py_spy(), "record", "--pid", str(process.pid), "--rate", str(args.rate),
-                                          "--duration", str(args.serve_seconds), "--format", "raw",
-                                          "--output", str(raw), "--nonblocking"],
-                                         capture_output=True, text=True, timeout=args.serve_seconds + 60)
+                    spy = subprocess.run(
+                        [
+                            py_spy(),
+                            "record",
+                            "--pid",
+                            str(process.pid),
+                            "--rate",
+                            str(args.rate),
+                            "--duration",
+                            str(args.serve_seconds),
+                            "--format",
+                            "raw",
+                            "--output",
+                            str(raw),
+                            "--nonblocking",
+                        ],
+                        capture_output=True,
+                        text=True,
+                        timeout=args.serve_seconds + 60,
+                    )
                     out, err = load_process.communicate(timeout=900)
                     load = json.loads(out)
                     cpu_s = cpu_seconds(process.pid)
@@ -162,9 +229,14 @@ def main(argv: list[str] | None = None) -> int:
                         raise SystemExit(f"py-spy failed: {spy.stderr[-2000:]}")
                 finally:
                     stop(process, timeout=60)
-                report += ["", f"## serve: {count} single-event webhook POSTs, {load['events_per_s']:.0f}/s accepted"
-                           f" under py-spy; the service used {cpu_s:.1f} CPU-s over its life"
-                           f" ({cpu_s / (load['seconds'] + 2):.0%} of one core during the load)", "", summarize(raw)]
+                report += [
+                    "",
+                    f"## serve: {count} single-event webhook POSTs, {load['events_per_s']:.0f}/s accepted"
+                    f" under py-spy; the service used {cpu_s:.1f} CPU-s over its life"
+                    f" ({cpu_s / (load['seconds'] + 2):.0%} of one core during the load)",
+                    "",
+                    summarize(raw),
+                ]
                 print(report[-1], flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -25,8 +25,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Sandbox, base_env, machine, sandbox_process, table  # noqa: E402
-from throughput import Service, loadgen, wait_delivered, write_bodies  # noqa: E402
+from _common import Sandbox, base_env, machine, sandbox_process, table
+from throughput import Service, loadgen, wait_delivered, write_bodies
 
 
 def split(bodies: Path, parts: int, workdir: Path) -> list[Path]:
@@ -59,20 +59,26 @@ def drop_schema(url: str, schema: str) -> None:
         conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
-def run(box: Sandbox, bodies: Path, events: int, replicas: int, outbox_url: str | None, workdir: Path,
-        anonymous_events: str) -> dict[str, Any]:
+def run(
+    box: Sandbox, bodies: Path, events: int, replicas: int, outbox_url: str | None, workdir: Path, anonymous_events: str
+) -> dict[str, Any]:
     box.reset()
     extra = {"ANONYMOUS_EVENTS": anonymous_events, **({"OUTBOX_URL": outbox_url} if outbox_url else {})}
-    services = [Service(base_env(box, workdir / f"data-{n}", SQLITE_SYNCHRONOUS="NORMAL", **extra))
-                for n in range(replicas)]
+    services = [
+        Service(base_env(box, workdir / f"data-{n}", SQLITE_SYNCHRONOUS="NORMAL", **extra)) for n in range(replicas)
+    ]
     try:
         parts = split(bodies, replicas, workdir)
         started = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(replicas) as pool:
-            loads = list(pool.map(
-                lambda pair: loadgen(pair[0].url + "/webhook", pair[1], "closed", "--connections", "4", "--batch", "50"),
-                zip(services, parts),
-            ))
+            loads = list(
+                pool.map(
+                    lambda pair: loadgen(
+                        pair[0].url + "/webhook", pair[1], "closed", "--connections", "4", "--batch", "50"
+                    ),
+                    zip(services, parts, strict=False),
+                )
+            )
         ingested = time.monotonic() - started
         seconds = wait_delivered(box, events, started)
         requests, _ = box.request_totals()
@@ -97,8 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--replicas", type=int, default=3)
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/test")
-    parser.add_argument("--anonymous-events", choices=["person", "anonymous"], default="person",
-                        help="person: every event batchable (v2); anonymous: visitors' events are one v1 request each")
+    parser.add_argument(
+        "--anonymous-events",
+        choices=["person", "anonymous"],
+        default="person",
+        help="person: every event batchable (v2); anonymous: visitors' events are one v1 request each",
+    )
     args = parser.parse_args(argv)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-replicas-") as tmp, sandbox_process() as box:
@@ -109,19 +119,28 @@ def main(argv: list[str] | None = None) -> int:
         for replicas in (1, args.replicas):
             schema, url = fresh_schema(args.postgres_url)
             try:
-                results.append(run(box, bodies, events, replicas, url, workdir / f"pg-{replicas}", args.anonymous_events))
+                results.append(
+                    run(box, bodies, events, replicas, url, workdir / f"pg-{replicas}", args.anonymous_events)
+                )
             finally:
                 drop_schema(args.postgres_url, schema)
     headers = ["setup", "events", "ingest s", "delivered s", "events/s", "requests / 1,000 events"]
-    rows = [[r["setup"], r["events"], r["ingest_s"], r["delivered_s"], r["events_per_s"], r["requests_per_1000"]]
-            for r in results]
+    rows = [
+        [r["setup"], r["events"], r["ingest_s"], r["delivered_s"], r["events_per_s"], r["requests_per_1000"]]
+        for r in results
+    ]
     print(f"# replicas ({machine()})\n")
-    print(f"command: python bench/replicas.py --people {args.people} --events-per-person {args.events_per_person}"
-          f" --replicas {args.replicas} --anonymous-events {args.anonymous_events}\n")
+    print(
+        f"command: python bench/replicas.py --people {args.people} --events-per-person {args.events_per_person}"
+        f" --replicas {args.replicas} --anonymous-events {args.anonymous_events}\n"
+    )
     print(table(headers, rows))
     single_pg, many_pg = results[1], results[2]
-    print(f"\n{args.replicas} replicas vs 1 (PostgreSQL): throughput x{many_pg['events_per_s'] / single_pg['events_per_s']:.2f},"
-          f" requests per 1,000 events {many_pg['requests_per_1000']} vs {single_pg['requests_per_1000']}")
+    print(
+        f"\n{args.replicas} replicas vs 1 (PostgreSQL): throughput"
+        f" x{many_pg['events_per_s'] / single_pg['events_per_s']:.2f},"
+        f" requests per 1,000 events {many_pg['requests_per_1000']} vs {single_pg['requests_per_1000']}"
+    )
     return 0
 
 

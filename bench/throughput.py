@@ -7,7 +7,8 @@ Prints Markdown tables:
 1. ``send`` (file -> mapped -> outbox -> delivered, one process) in events/s, for
    ``SQLITE_SYNCHRONOUS=NORMAL`` and ``FULL``; mode (c) (v2 batches,
    ``ANONYMOUS_EVENTS=person``), the default (c*) (anonymous events through v1), (p)
-   (``CUSTOMERIO_API=pipelines``, everything batched) and the seed-equivalent (a) (v1 identify + track per event; see requests_per_event.py), with
+   (``CUSTOMERIO_API=pipelines``, everything batched) and the seed-equivalent (a) (v1 identify + track per
+   event; see requests_per_event.py), with
    the ratios (c)/(a) of events/s and of requests in the same run.
 2. ``serve`` (webhook POSTs from bench/loadgen.py, a separate process -> delivered), in
    events/s: 100 events per POST and 1 event per POST; NORMAL and FULL.
@@ -39,10 +40,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     Sandbox,
-    cli_command,
     base_env,
+    cli_command,
     free_port,
     machine,
     peak_rss_mb,
@@ -53,7 +54,7 @@ from _common import (  # noqa: E402
     wait_http,
     write_stream,
 )
-from requests_per_event import MODE_ENV, prepare_seed_outbox  # noqa: E402
+from requests_per_event import MODE_ENV, prepare_seed_outbox
 
 LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
 
@@ -81,8 +82,12 @@ class Service:
     def __init__(self, env: dict[str, str]) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen([*cli_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                                        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [*cli_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_http(self.url + "/healthz", self.process, timeout=120)
 
     def status(self) -> dict[str, Any]:
@@ -98,8 +103,12 @@ class Service:
 
 
 def loadgen(url: str, bodies: Path, *args: str) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, str(LOADGEN), "--url", url, "--bodies", str(bodies), *args],
-                          capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, str(LOADGEN), "--url", url, "--bodies", str(bodies), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"loadgen failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout)
@@ -126,10 +135,19 @@ def bench_send(box: Sandbox, events_file: Path, events: int, workdir: Path, seed
             box.reset()
             data_dir = workdir / f"send-{mode.replace('*', 's')}-{sync}"
             summary, finished = send(events_file, base_env(box, data_dir, SQLITE_SYNCHRONOUS=sync, **MODE_ENV[mode]))
-            results.append({"what": "send", "mode": mode, "sync": sync, "events": events,
-                            "seconds": summary["seconds"], "wall_s": finished.seconds,
-                            "requests": summary["requests"], "operations": summary["operations_delivered"],
-                            "max_rss_mb": finished.max_rss_mb})
+            results.append(
+                {
+                    "what": "send",
+                    "mode": mode,
+                    "sync": sync,
+                    "events": events,
+                    "seconds": summary["seconds"],
+                    "wall_s": finished.seconds,
+                    "requests": summary["requests"],
+                    "operations": summary["operations_delivered"],
+                    "max_rss_mb": finished.max_rss_mb,
+                }
+            )
             print(f"  send {mode} {sync}: {events / summary['seconds']:.0f} events/s", flush=True)
     # (a): the seed-equivalent, on the first `seed_events` events (it is slow), NORMAL
     subset = workdir / "seed-subset.jsonl"
@@ -142,16 +160,27 @@ def bench_send(box: Sandbox, events_file: Path, events: int, workdir: Path, seed
     data_dir = workdir / "send-a"
     prepare_seed_outbox(subset, data_dir)
     summary, finished = send(Path("/dev/null"), base_env(box, data_dir, SQLITE_SYNCHRONOUS="NORMAL", **MODE_ENV["a"]))
-    results.append({"what": "send", "mode": "a", "sync": "NORMAL", "events": min(seed_events, events),
-                    "seconds": summary["seconds"], "wall_s": finished.seconds, "requests": summary["requests"],
-                    "operations": summary["operations_delivered"], "max_rss_mb": finished.max_rss_mb})
+    results.append(
+        {
+            "what": "send",
+            "mode": "a",
+            "sync": "NORMAL",
+            "events": min(seed_events, events),
+            "seconds": summary["seconds"],
+            "wall_s": finished.seconds,
+            "requests": summary["requests"],
+            "operations": summary["operations_delivered"],
+            "max_rss_mb": finished.max_rss_mb,
+        }
+    )
     print(f"  send a NORMAL: {min(seed_events, events) / summary['seconds']:.0f} events/s (delivery only)", flush=True)
     return results
 
 
 # -- 2. serve throughput ------------------------------------------------------------------------
-def bench_serve(box: Sandbox, bodies: Path, events: int, single_bodies: Path, single_events: int,
-                workdir: Path) -> list[dict[str, Any]]:
+def bench_serve(
+    box: Sandbox, bodies: Path, events: int, single_bodies: Path, single_events: int, workdir: Path
+) -> list[dict[str, Any]]:
     results = []
     for sync in ("NORMAL", "FULL"):
         for batch, file, count, conns in ((100, bodies, events, 4), (1, single_bodies, single_events, 16)):
@@ -160,26 +189,48 @@ def bench_serve(box: Sandbox, bodies: Path, events: int, single_bodies: Path, si
             service = Service(base_env(box, data_dir, SQLITE_SYNCHRONOUS=sync, **MODE_ENV["c"]))
             try:
                 started = time.monotonic()
-                load = loadgen(service.url + "/webhook", file, "closed", "--connections", str(conns),
-                               "--batch", str(batch))
+                load = loadgen(
+                    service.url + "/webhook", file, "closed", "--connections", str(conns), "--batch", str(batch)
+                )
                 delivered_s = wait_delivered(service, started)
                 status = service.status()
                 rss = service.rss()
             finally:
                 service.close()
-            results.append({"what": "serve", "sync": sync, "batch": batch, "events": count,
-                            "ingest_s": load["seconds"], "delivered_s": delivered_s,
-                            "requests": status["delivery"]["requests"], "statuses": load["statuses"],
-                            "depth_after": status["outbox"]["depth"], "max_rss_mb": rss})
-            print(f"  serve {sync} batch {batch}: ingest {count / load['seconds']:.0f}/s,"
-                  f" delivered {count / delivered_s:.0f}/s", flush=True)
+            results.append(
+                {
+                    "what": "serve",
+                    "sync": sync,
+                    "batch": batch,
+                    "events": count,
+                    "ingest_s": load["seconds"],
+                    "delivered_s": delivered_s,
+                    "requests": status["delivery"]["requests"],
+                    "statuses": load["statuses"],
+                    "depth_after": status["outbox"]["depth"],
+                    "max_rss_mb": rss,
+                }
+            )
+            print(
+                f"  serve {sync} batch {batch}: ingest {count / load['seconds']:.0f}/s,"
+                f" delivered {count / delivered_s:.0f}/s",
+                flush=True,
+            )
     return results
 
 
 # -- 3. latency ---------------------------------------------------------------------------------
-def bench_latency(box: Sandbox, bodies: Path, rate: float, duration: float, workdir: Path,
-                  data_dir: Path | None = None, label: str = "", syncs: tuple[str, ...] = ("NORMAL", "FULL"),
-                  extra_env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def bench_latency(
+    box: Sandbox,
+    bodies: Path,
+    rate: float,
+    duration: float,
+    workdir: Path,
+    data_dir: Path | None = None,
+    label: str = "",
+    syncs: tuple[str, ...] = ("NORMAL", "FULL"),
+    extra_env: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
     results = []
     for sync in syncs:
         box.reset()
@@ -187,16 +238,19 @@ def bench_latency(box: Sandbox, bodies: Path, rate: float, duration: float, work
         service = Service(base_env(box, directory, SQLITE_SYNCHRONOUS=sync, **MODE_ENV["c"], **(extra_env or {})))
         try:
             time.sleep(1.0)  # let start-up work settle
-            load = loadgen(service.url + "/webhook", bodies, "open", "--rate", str(rate),
-                           "--duration", str(duration))
+            load = loadgen(service.url + "/webhook", bodies, "open", "--rate", str(rate), "--duration", str(duration))
             delivered_s = wait_delivered(service, time.monotonic())
             rss = service.rss()
         finally:
             service.close()
-        results.append({"what": "latency", "label": label, "sync": sync, **load, "drain_after_s": delivered_s,
-                        "max_rss_mb": rss})
-        print(f"  latency {label}{sync}: p50 {load['p50_ms']:.2f} ms, p99 {load['p99_ms']:.2f} ms,"
-              f" achieved {load['achieved_rate']:.0f}/s, RSS {rss:.0f} MB", flush=True)
+        results.append(
+            {"what": "latency", "label": label, "sync": sync, **load, "drain_after_s": delivered_s, "max_rss_mb": rss}
+        )
+        print(
+            f"  latency {label}{sync}: p50 {load['p50_ms']:.2f} ms, p99 {load['p99_ms']:.2f} ms,"
+            f" achieved {load['achieved_rate']:.0f}/s, RSS {rss:.0f} MB",
+            flush=True,
+        )
     return results
 
 
@@ -205,8 +259,14 @@ _PLANS = ("free", "starter", "pro", "enterprise")
 
 
 def _known_attributes(k: int) -> dict[str, Any]:
-    return {"email": f"known-{k:07d}@example.com", "name": f"Known Person {k}", "plan": _PLANS[k % 4],
-            "created_at": 1_700_000_000 + k, "company": f"Company {k % 5000}", "projects_count": k % 7}
+    return {
+        "email": f"known-{k:07d}@example.com",
+        "name": f"Known Person {k}",
+        "plan": _PLANS[k % 4],
+        "created_at": 1_700_000_000 + k,
+        "company": f"Company {k % 5000}",
+        "projects_count": k % 7,
+    }
 
 
 def build_people_state(data_dir: Path, people: int) -> float:
@@ -232,11 +292,20 @@ def build_people_state(data_dir: Path, people: int) -> float:
     def rows():
         for k in range(people):
             attributes = _known_attributes(k)
-            digests = {key: (value_digest(value) if key in ("email", "name", "created_at") else digest(value))
-                       for key, value in attributes.items()}
-            row = {"distinct_id": f"known-{k:07d}", "identified": 1, "email": attributes["email"], "created": 1,
-                   "email_sent": attributes["email"], "digests": json.dumps(digests, separators=(",", ":"), sort_keys=True),
-                   "merged_into": None, "extra": "{}"}
+            digests = {
+                key: (value_digest(value) if key in ("email", "name", "created_at") else digest(value))
+                for key, value in attributes.items()
+            }
+            row = {
+                "distinct_id": f"known-{k:07d}",
+                "identified": 1,
+                "email": attributes["email"],
+                "created": 1,
+                "email_sent": attributes["email"],
+                "digests": json.dumps(digests, separators=(",", ":"), sort_keys=True),
+                "merged_into": None,
+                "extra": "{}",
+            }
             yield tuple(row.get(column) for column in columns)
 
     conn.executemany(f"INSERT INTO persons ({','.join(columns)}) VALUES ({','.join('?' * len(columns))})", rows())
@@ -253,17 +322,37 @@ def known_people_events(people: int, count: int, seed: int) -> list[dict[str, An
     for n in range(count):
         k = rng.randrange(people)
         props: dict[str, Any] = {
-            "$os": "Mac OS X", "$browser": "Chrome", "$browser_version": "131.0.0.0", "$device_type": "Desktop",
-            "$current_url": "https://app.acme.example/reports", "$host": "app.acme.example", "$pathname": "/reports",
-            "$lib": "web", "$lib_version": "1.205.0", "$screen_width": 1512, "$screen_height": 982,
-            "$session_id": str(uuidlib.UUID(int=rng.getrandbits(128))), "$geoip_country_code": "DE",
-            "$geoip_city_name": "Berlin", "$is_identified": True, "feature": rng.choice(["alerts", "sql_editor"]),
-            "duration_ms": rng.randint(200, 90_000), "success": rng.random() < 0.9, "usage_count": rng.randint(1, 40),
+            "$os": "Mac OS X",
+            "$browser": "Chrome",
+            "$browser_version": "131.0.0.0",
+            "$device_type": "Desktop",
+            "$current_url": "https://app.acme.example/reports",
+            "$host": "app.acme.example",
+            "$pathname": "/reports",
+            "$lib": "web",
+            "$lib_version": "1.205.0",
+            "$screen_width": 1512,
+            "$screen_height": 982,
+            "$session_id": str(uuidlib.UUID(int=rng.getrandbits(128))),
+            "$geoip_country_code": "DE",
+            "$geoip_city_name": "Berlin",
+            "$is_identified": True,
+            "feature": rng.choice(["alerts", "sql_editor"]),
+            "duration_ms": rng.randint(200, 90_000),
+            "success": rng.random() < 0.9,
+            "usage_count": rng.randint(1, 40),
         }
         if rng.random() < 0.1:
             props["$set"] = {"plan": rng.choice(_PLANS)}
-        events.append({"uuid": str(uuidlib.UUID(int=rng.getrandbits(128))), "event": "feature_used",
-                       "distinct_id": f"known-{k:07d}", "timestamp": base_ms + n * 10, "properties": props})
+        events.append(
+            {
+                "uuid": str(uuidlib.UUID(int=rng.getrandbits(128))),
+                "event": "feature_used",
+                "distinct_id": f"known-{k:07d}",
+                "timestamp": base_ms + n * 10,
+                "properties": props,
+            }
+        )
     return events
 
 
@@ -279,12 +368,24 @@ def bench_people(box: Sandbox, people: int, workdir: Path, rate: float, duration
     events_file.write_text("".join(json.dumps(e, separators=(",", ":")) + "\n" for e in send_events))
     box.reset()
     summary, finished = send(events_file, base_env(box, data_dir, SQLITE_SYNCHRONOUS="NORMAL", **MODE_ENV["c"]))
-    results.append({"what": "people-send", "people": people, "events": len(send_events),
-                    "seconds": summary["seconds"], "requests": summary["requests"],
-                    "operations": summary["operations_delivered"], "max_rss_mb": finished.max_rss_mb,
-                    "db_mb": size_mb, "build_s": built_s})
-    print(f"  send with {people} people: {len(send_events) / summary['seconds']:.0f} events/s,"
-          f" peak RSS {finished.max_rss_mb:.0f} MB", flush=True)
+    results.append(
+        {
+            "what": "people-send",
+            "people": people,
+            "events": len(send_events),
+            "seconds": summary["seconds"],
+            "requests": summary["requests"],
+            "operations": summary["operations_delivered"],
+            "max_rss_mb": finished.max_rss_mb,
+            "db_mb": size_mb,
+            "build_s": built_s,
+        }
+    )
+    print(
+        f"  send with {people} people: {len(send_events) / summary['seconds']:.0f} events/s,"
+        f" peak RSS {finished.max_rss_mb:.0f} MB",
+        flush=True,
+    )
     # serve: 50,000 more events as webhook batches of 100
     bodies = workdir / "known-bodies.jsonl"
     serve_events = known_people_events(people, 50_000, seed=12)
@@ -299,16 +400,32 @@ def bench_people(box: Sandbox, people: int, workdir: Path, rate: float, duration
         persons = service.status()["persons"]
     finally:
         service.close()
-    results.append({"what": "people-serve", "people": persons, "events": len(serve_events),
-                    "ingest_s": load["seconds"], "delivered_s": delivered_s, "max_rss_mb": rss})
-    print(f"  serve with {persons} people: delivered {len(serve_events) / delivered_s:.0f} events/s,"
-          f" peak RSS {rss:.0f} MB", flush=True)
+    results.append(
+        {
+            "what": "people-serve",
+            "people": persons,
+            "events": len(serve_events),
+            "ingest_s": load["seconds"],
+            "delivered_s": delivered_s,
+            "max_rss_mb": rss,
+        }
+    )
+    print(
+        f"  serve with {persons} people: delivered {len(serve_events) / delivered_s:.0f} events/s,"
+        f" peak RSS {rss:.0f} MB",
+        flush=True,
+    )
     # latency at the fixed rate, on this state (events of known people, one per POST)
     single = workdir / "known-single.jsonl"
-    single.write_text("".join(json.dumps({"event": e}, separators=(",", ":")) + "\n"
-                              for e in known_people_events(people, int(rate * duration) + 10, seed=13)))
-    results += bench_latency(box, single, rate, duration, workdir, data_dir=data_dir,
-                             label=f"{people} people, ", syncs=("NORMAL",))
+    single.write_text(
+        "".join(
+            json.dumps({"event": e}, separators=(",", ":")) + "\n"
+            for e in known_people_events(people, int(rate * duration) + 10, seed=13)
+        )
+    )
+    results += bench_latency(
+        box, single, rate, duration, workdir, data_dir=data_dir, label=f"{people} people, ", syncs=("NORMAL",)
+    )
     return results
 
 
@@ -339,11 +456,17 @@ def main(argv: list[str] | None = None) -> int:
             bodies = tmp / "bodies.jsonl"
             write_bodies(bodies, args.stream_people, args.seed, args.events_per_person)
             single = tmp / "single.jsonl"
-            single_events = write_bodies(single, args.stream_people, args.seed + 1, args.events_per_person,
-                                         limit=args.single_events)
+            single_events = write_bodies(
+                single, args.stream_people, args.seed + 1, args.events_per_person, limit=args.single_events
+            )
             latency_bodies = tmp / "latency.jsonl"
-            write_bodies(latency_bodies, args.stream_people, args.seed + 2, args.events_per_person,
-                         limit=int(args.rate * args.duration) + 10)
+            write_bodies(
+                latency_bodies,
+                args.stream_people,
+                args.seed + 2,
+                args.events_per_person,
+                limit=int(args.rate * args.duration) + 10,
+            )
             print(f"stream: {events} events, {args.stream_people} people, seed {args.seed}", flush=True)
             if "send" in only:
                 results += bench_send(box, events_file, events, tmp, args.seed_events)
@@ -368,47 +491,126 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     out = []
     sends = [r for r in results if r["what"] == "send"]
     if sends:
-        rows = [[r["mode"], r["sync"], r["events"], f"{r['seconds']:.2f}", f"{r['events'] / r['seconds']:.0f}",
-                 r["requests"], f"{1000 * r['requests'] / r['events']:.1f}", f"{r['max_rss_mb']:.0f}"] for r in sends]
-        out.append("## send (file -> delivered)\n\n" + table(
-            ["mode", "SQLITE_SYNCHRONOUS", "events", "seconds", "events/s", "requests", "requests / 1k events",
-             "peak RSS MB"], rows))
+        rows = [
+            [
+                r["mode"],
+                r["sync"],
+                r["events"],
+                f"{r['seconds']:.2f}",
+                f"{r['events'] / r['seconds']:.0f}",
+                r["requests"],
+                f"{1000 * r['requests'] / r['events']:.1f}",
+                f"{r['max_rss_mb']:.0f}",
+            ]
+            for r in sends
+        ]
+        out.append(
+            "## send (file -> delivered)\n\n"
+            + table(
+                [
+                    "mode",
+                    "SQLITE_SYNCHRONOUS",
+                    "events",
+                    "seconds",
+                    "events/s",
+                    "requests",
+                    "requests / 1k events",
+                    "peak RSS MB",
+                ],
+                rows,
+            )
+        )
         a = next((r for r in sends if r["mode"] == "a"), None)
         c = next((r for r in sends if r["mode"] == "c" and r["sync"] == "NORMAL"), None)
         if a and c:
             speed = (c["events"] / c["seconds"]) / (a["events"] / a["seconds"])
             reqs = (c["requests"] / c["events"]) / (a["requests"] / a["events"])
-            out.append(f"\nratio (c)/(a), NORMAL: events/s x{speed:.1f}; requests per event x{reqs:.4f}"
-                       f" ({1 / reqs:.0f}x fewer)")
+            out.append(
+                f"\nratio (c)/(a), NORMAL: events/s x{speed:.1f}; requests per event x{reqs:.4f}"
+                f" ({1 / reqs:.0f}x fewer)"
+            )
         best = max((r["events"] / r["seconds"] for r in sends if r["mode"] == "c"), default=0)
         out.append(f"target send >= 10,000 events/s: best (c) {best:.0f} -> {'MET' if best >= 10_000 else 'NOT MET'}")
     serves = [r for r in results if r["what"] == "serve"]
     if serves:
-        rows = [[r["sync"], r["batch"], r["events"], f"{r['events'] / r['ingest_s']:.0f}",
-                 f"{r['events'] / r['delivered_s']:.0f}", r["requests"], r["depth_after"], f"{r['max_rss_mb']:.0f}"]
-                for r in serves]
-        out.append("\n## serve (loadgen process -> webhook -> delivered), mode (c)\n\n" + table(
-            ["SQLITE_SYNCHRONOUS", "events / POST", "events", "accepted events/s", "delivered events/s",
-             "Customer.io requests", "outbox after", "peak RSS MB"], rows))
+        rows = [
+            [
+                r["sync"],
+                r["batch"],
+                r["events"],
+                f"{r['events'] / r['ingest_s']:.0f}",
+                f"{r['events'] / r['delivered_s']:.0f}",
+                r["requests"],
+                r["depth_after"],
+                f"{r['max_rss_mb']:.0f}",
+            ]
+            for r in serves
+        ]
+        out.append(
+            "\n## serve (loadgen process -> webhook -> delivered), mode (c)\n\n"
+            + table(
+                [
+                    "SQLITE_SYNCHRONOUS",
+                    "events / POST",
+                    "events",
+                    "accepted events/s",
+                    "delivered events/s",
+                    "Customer.io requests",
+                    "outbox after",
+                    "peak RSS MB",
+                ],
+                rows,
+            )
+        )
     latencies = [r for r in results if r["what"] == "latency"]
     if latencies:
-        rows = [[f"{r['label']}{r['sync']}", f"{r['offered_rate']:.0f}", f"{r['achieved_rate']:.0f}", r["requests"],
-                 json.dumps(r["statuses"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}",
-                 f"{r['max_ms']:.1f}", f"{r['max_rss_mb']:.0f}"] for r in latencies]
-        out.append(f"\n## webhook latency, open loop, 1 event per POST, {args.duration:.0f} s\n\n" + table(
-            ["run", "offered /s", "achieved /s", "POSTs", "statuses", "p50 ms", "p90 ms", "p99 ms", "max ms",
-             "peak RSS MB"], rows))
+        rows = [
+            [
+                f"{r['label']}{r['sync']}",
+                f"{r['offered_rate']:.0f}",
+                f"{r['achieved_rate']:.0f}",
+                r["requests"],
+                json.dumps(r["statuses"]),
+                f"{r['p50_ms']:.2f}",
+                f"{r['p90_ms']:.2f}",
+                f"{r['p99_ms']:.2f}",
+                f"{r['max_ms']:.1f}",
+                f"{r['max_rss_mb']:.0f}",
+            ]
+            for r in latencies
+        ]
+        out.append(
+            f"\n## webhook latency, open loop, 1 event per POST, {args.duration:.0f} s\n\n"
+            + table(
+                [
+                    "run",
+                    "offered /s",
+                    "achieved /s",
+                    "POSTs",
+                    "statuses",
+                    "p50 ms",
+                    "p90 ms",
+                    "p99 ms",
+                    "max ms",
+                    "peak RSS MB",
+                ],
+                rows,
+            )
+        )
         worst = max(r["p99_ms"] for r in latencies if not r["label"] and r["offered_rate"] == args.rate)
-        out.append(f"target p99 < 10 ms at {args.rate:.0f}/s: worst p99 {worst:.2f} ms -> "
-                   f"{'MET' if worst < 10 else 'NOT MET'}")
+        out.append(
+            f"target p99 < 10 ms at {args.rate:.0f}/s: worst p99 {worst:.2f} ms -> {'MET' if worst < 10 else 'NOT MET'}"
+        )
     people = [r for r in results if r["what"].startswith("people")]
     if people:
         rows = []
         for r in people:
             rate = r["events"] / (r.get("seconds") or r.get("delivered_s"))
             rows.append([r["what"].split("-")[1], r["people"], r["events"], f"{rate:.0f}", f"{r['max_rss_mb']:.0f}"])
-        out.append("\n## known people in state\n\n" + table(
-            ["process", "people in state", "events", "events/s delivered", "peak RSS MB"], rows))
+        out.append(
+            "\n## known people in state\n\n"
+            + table(["process", "people in state", "events", "events/s delivered", "peak RSS MB"], rows)
+        )
         worst = max(r["max_rss_mb"] for r in people)
         out.append(f"target RSS < 200 MB: worst {worst:.0f} MB -> {'MET' if worst < 200 else 'NOT MET'}")
     return "\n".join(out)

@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -45,31 +44,68 @@ class FakePostHog:
         async def anything(request: Request) -> Response:
             body = await request.body()
             with self.lock:
-                self.requests.append(Recorded(request.method, request.url.path, request.url.query,
-                                              {k.lower(): v for k, v in request.headers.items()}, body))
+                self.requests.append(
+                    Recorded(
+                        request.method,
+                        request.url.path,
+                        request.url.query,
+                        {k.lower(): v for k, v in request.headers.items()},
+                        body,
+                    )
+                )
             path = request.url.path
             headers = {"access-control-allow-origin": "https://posthog-own.example", "x-fake-posthog": "1"}
             if path.startswith(("/e", "/i/v0/e", "/batch", "/capture")):
                 return Response(json.dumps({"status": "Ok"}), self.capture_status, headers, "application/json")
             if path.startswith(("/flags", "/decide")):
-                answer = {"flags": {FLAG_KEY: {"key": FLAG_KEY, "enabled": True, "variant": None,
-                                               "reason": {"code": "condition_match"}, "metadata": {"id": 1, "version": 1}}},
-                          "featureFlags": {FLAG_KEY: True}, "featureFlagPayloads": {},
-                          "errorsWhileComputingFlags": False, "requestId": "fake"}
+                answer = {
+                    "flags": {
+                        FLAG_KEY: {
+                            "key": FLAG_KEY,
+                            "enabled": True,
+                            "variant": None,
+                            "reason": {"code": "condition_match"},
+                            "metadata": {"id": 1, "version": 1},
+                        }
+                    },
+                    "featureFlags": {FLAG_KEY: True},
+                    "featureFlagPayloads": {},
+                    "errorsWhileComputingFlags": False,
+                    "requestId": "fake",
+                }
                 return Response(json.dumps(answer), 200, headers, "application/json")
             if path.startswith("/array/") and path.endswith("/config"):
-                config = {"token": path.split("/")[2], "supportedCompression": ["gzip", "gzip-js"], "hasFeatureFlags": True,
-                          "sessionRecording": False, "heatmaps": False, "surveys": False, "siteApps": []}
+                config = {
+                    "token": path.split("/")[2],
+                    "supportedCompression": ["gzip", "gzip-js"],
+                    "hasFeatureFlags": True,
+                    "sessionRecording": False,
+                    "heatmaps": False,
+                    "surveys": False,
+                    "siteApps": [],
+                }
                 return Response(json.dumps(config), 200, headers, "application/json")
             if path.startswith("/array/") and path.endswith("/config.js"):
-                config = {"token": path.split("/")[2], "supportedCompression": ["gzip", "gzip-js"], "hasFeatureFlags": True,
-                          "sessionRecording": False, "heatmaps": False, "surveys": False, "siteApps": []}
-                script = ("window._POSTHOG_REMOTE_CONFIG = window._POSTHOG_REMOTE_CONFIG || {};"
-                          f"window._POSTHOG_REMOTE_CONFIG[{json.dumps(config['token'])}] = {{config: {json.dumps(config)}, siteApps: []}};")
+                config = {
+                    "token": path.split("/")[2],
+                    "supportedCompression": ["gzip", "gzip-js"],
+                    "hasFeatureFlags": True,
+                    "sessionRecording": False,
+                    "heatmaps": False,
+                    "surveys": False,
+                    "siteApps": [],
+                }
+                script = (
+                    "window._POSTHOG_REMOTE_CONFIG = window._POSTHOG_REMOTE_CONFIG || {};"
+                    f"window._POSTHOG_REMOTE_CONFIG[{json.dumps(config['token'])}]"
+                    f" = {{config: {json.dumps(config)}, siteApps: []}};"
+                )
                 return Response(script, 200, headers, "application/javascript")
             return Response(json.dumps({"echo": path}), 200, headers, "application/json")
 
-        return Starlette(routes=[Route("/{path:path}", anything, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"])])
+        return Starlette(
+            routes=[Route("/{path:path}", anything, methods=["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"])]
+        )
 
 
 @contextmanager
@@ -80,8 +116,9 @@ def running_fake_posthog() -> Iterator[tuple[FakePostHog, str]]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(fake.app(), host="127.0.0.1", port=port, log_config=None, access_log=False,
-                                           lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(fake.app(), host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off")
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="fake-posthog", daemon=True)
     thread.start()
     try:

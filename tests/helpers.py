@@ -19,7 +19,7 @@ import subprocess
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -66,15 +66,19 @@ def free_port() -> int:
 
 def make_runtime(sandbox: SandboxServer, data_dir: Path, **overrides: Any) -> Runtime:
     """A runtime delivering to ``sandbox`` from ``data_dir``; ``overrides`` are ``load_settings`` values."""
-    return Runtime(load_settings({
-        "customerio_site_id": SITE_ID,
-        "customerio_api_key": API_KEY,
-        "customerio_track_url": sandbox.url,
-        "posthog_customerio_data_dir": data_dir,
-        "sqlite_synchronous": "NORMAL",
-        "customerio_max_rps": 1000,
-        **overrides,
-    }))
+    return Runtime(
+        load_settings(
+            {
+                "customerio_site_id": SITE_ID,
+                "customerio_api_key": API_KEY,
+                "customerio_track_url": sandbox.url,
+                "posthog_customerio_data_dir": data_dir,
+                "sqlite_synchronous": "NORMAL",
+                "customerio_max_rps": 1000,
+                **overrides,
+            }
+        )
+    )
 
 
 def sandbox_event_ids(sandbox: SandboxServer) -> list[str]:
@@ -114,31 +118,52 @@ def ev(
     """
     when: Any = t0 + t
     if iso:
-        when = datetime.fromtimestamp(t0 + t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.250Z")
+        when = datetime.fromtimestamp(t0 + t, UTC).strftime("%Y-%m-%dT%H:%M:%S.250Z")
     if uuid == DERIVED:
         uuid = str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"{distinct_id}/{name}/{t}"))
-    event: dict[str, Any] = {"event": name, "distinct_id": distinct_id, "timestamp": when, "uuid": uuid,
-                             "properties": {**(properties or {}), **props}}
+    event: dict[str, Any] = {
+        "event": name,
+        "distinct_id": distinct_id,
+        "timestamp": when,
+        "uuid": uuid,
+        "properties": {**(properties or {}), **props},
+    }
     event.update(top or {})
     return event
 
 
-def hog(distinct_id: str, name: str = "clicked", n: int = 0, *, email: str | None = None, person: bool = True,
-        **properties: Any) -> dict[str, Any]:
+def hog(
+    distinct_id: str,
+    name: str = "clicked",
+    n: int = 0,
+    *,
+    email: str | None = None,
+    person: bool = True,
+    **properties: Any,
+) -> dict[str, Any]:
     """One PostHog webhook (Hog destination) body: ``{"event": ..., "person": ...}``.
 
     The event's uuid is a uuid5 of (distinct id, name, n); its properties are ``{"n": n, **properties}``;
     ``person=False`` leaves the person out, else its email is ``email`` or ``<distinct_id>@example.com``.
     """
     body: dict[str, Any] = {
-        "event": {"uuid": str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"{distinct_id}/{name}/{n}")), "event": name,
-                  "distinct_id": distinct_id, "properties": {"n": n, **properties},
-                  "timestamp": "2024-01-01T00:00:00Z", "elements_chain": "",
-                  "url": "https://us.posthog.com/project/1/events/x"},
+        "event": {
+            "uuid": str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"{distinct_id}/{name}/{n}")),
+            "event": name,
+            "distinct_id": distinct_id,
+            "properties": {"n": n, **properties},
+            "timestamp": "2024-01-01T00:00:00Z",
+            "elements_chain": "",
+            "url": "https://us.posthog.com/project/1/events/x",
+        },
     }
     if person:
-        body["person"] = {"id": distinct_id, "name": distinct_id, "url": "https://us.posthog.com/person/x",
-                          "properties": {"email": email or f"{distinct_id}@example.com"}}
+        body["person"] = {
+            "id": distinct_id,
+            "name": distinct_id,
+            "url": "https://us.posthog.com/person/x",
+            "properties": {"email": email or f"{distinct_id}@example.com"},
+        }
     return body
 
 
@@ -169,8 +194,9 @@ def npm_install(directory: Path, package: str | None, *args: str, timeout: float
         if installed.exists() and json.loads(installed.read_text())["version"] == wanted:
             return directory
     try:
-        done = subprocess.run([npm, *args, "--no-audit", "--no-fund"], cwd=directory, capture_output=True, text=True,
-                              timeout=timeout)
+        done = subprocess.run(
+            [npm, *args, "--no-audit", "--no-fund"], cwd=directory, capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         unavailable(f"npm {' '.join(args)} in {directory} took over {timeout:.0f}s")
     if done.returncode != 0:

@@ -16,9 +16,9 @@ from typing import Any
 
 from confluent_kafka import Consumer
 
-from posthog_customerio.sources import kafka as kafka_source
 from posthog_customerio.config import load_settings
 from posthog_customerio.runtime import Runtime
+from posthog_customerio.sources import kafka as kafka_source
 
 CRASH_EXIT_CODE = 37
 
@@ -34,17 +34,20 @@ class CrashOnCommit(Consumer):  # type: ignore[misc]
 
 def main(argv: list[str]) -> int:
     bootstrap, topic, group, data_dir, track_url, *pairs = argv
-    settings = load_settings({
-        "customerio_site_id": os.environ["CUSTOMERIO_SITE_ID"],
-        "customerio_api_key": os.environ["CUSTOMERIO_API_KEY"],
-        "customerio_track_url": track_url,
-        "posthog_customerio_data_dir": data_dir,
-        "sqlite_synchronous": "NORMAL",
-    })
+    settings = load_settings(
+        {
+            "customerio_site_id": os.environ["CUSTOMERIO_SITE_ID"],
+            "customerio_api_key": os.environ["CUSTOMERIO_API_KEY"],
+            "customerio_track_url": track_url,
+            "posthog_customerio_data_dir": data_dir,
+            "sqlite_synchronous": "NORMAL",
+        }
+    )
     kafka_source.Consumer = CrashOnCommit  # type: ignore[misc]
     runtime = Runtime(settings)
-    kafka_source.consume(runtime, bootstrap, topic, group, poll_timeout_s=0.2,
-                         config=kafka_source.load_kafka_config(pairs))
+    kafka_source.consume(
+        runtime, bootstrap, topic, group, poll_timeout_s=0.2, config=kafka_source.load_kafka_config(pairs)
+    )
     return 0  # not reached: the first batch crashes
 
 

@@ -38,8 +38,14 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 __all__ = [
-    "SPEC_PATH", "SPEC_URI", "PUBLISHED_SPEC_URL", "KNOWN_SPEC_DEFECTS", "spec_available", "requires_spec",
-    "TrackApiValidator", "get_validator",
+    "KNOWN_SPEC_DEFECTS",
+    "PUBLISHED_SPEC_URL",
+    "SPEC_PATH",
+    "SPEC_URI",
+    "TrackApiValidator",
+    "get_validator",
+    "requires_spec",
+    "spec_available",
 ]
 
 _DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "shared" / "reference" / "customerio-track-openapi.json"
@@ -157,10 +163,18 @@ class TrackApiValidator:
 
     def _short_message(self, error: ValidationError) -> str:
         if error.validator == "oneOf" and not error.context:  # valid under more than one alternative
-            titles = [_title(alt, i) for i, alt in enumerate(error.validator_value)
-                      if Draft202012Validator(_absolute_refs(alt), registry=self.registry,
-                                              format_checker=_FORMATS).is_valid(error.instance)]
-            return f"{_repr(error.instance)} matches {len(titles)} oneOf alternatives ({', '.join(titles)}): exactly one is allowed"
+            titles = [
+                _title(alt, i)
+                for i, alt in enumerate(error.validator_value)
+                if Draft202012Validator(_absolute_refs(alt), registry=self.registry, format_checker=_FORMATS).is_valid(
+                    error.instance
+                )
+            ]
+            alternatives = ", ".join(titles)
+            count = len(titles)
+            return (
+                f"{_repr(error.instance)} matches {count} oneOf alternatives ({alternatives}): exactly one is allowed"
+            )
         if error.validator in ("anyOf", "oneOf"):
             titles = [_title(alt, i) for i, alt in enumerate(error.validator_value)]
             return f"{_repr(error.instance)} matches none of {error.validator} ({', '.join(titles)})"
@@ -197,16 +211,20 @@ class TrackApiValidator:
         if problems:
             shown = json.dumps(body, ensure_ascii=False, default=str)
             shown = shown if len(shown) <= 300 else shown[:300] + "…"
-            raise AssertionError(f"{method.upper()} {path} {shown} violates the Customer.io Track API spec:\n  - "
-                                 + "\n  - ".join(problems))
+            raise AssertionError(
+                f"{method.upper()} {path} {shown} violates the Customer.io Track API spec:\n  - "
+                + "\n  - ".join(problems)
+            )
 
     # -- parts of a request ---------------------------------------------------------------------
     def _check_parameters(self, template: str, values: dict[str, str], method: str) -> list[str]:
         problems = []
         base = _pointer(["paths", template])
         declared = [f"{base}/parameters/{i}" for i in range(len(self.spec["paths"][template].get("parameters", [])))]
-        declared += [f"{base}/{method}/parameters/{i}"
-                     for i in range(len(self.spec["paths"][template][method].get("parameters", [])))]
+        declared += [
+            f"{base}/{method}/parameters/{i}"
+            for i in range(len(self.spec["paths"][template][method].get("parameters", [])))
+        ]
         for pointer in declared:
             pointer, parameter = self._follow(pointer)
             name = parameter.get("name")
@@ -217,8 +235,11 @@ class TrackApiValidator:
             except UnicodeDecodeError:
                 problems.append(f"path parameter {name}: {values[name]!r} is not percent-encoded UTF-8")
                 continue
-            problems += self._check(f"{pointer}/schema", _coerce(value, self._follow(f"{pointer}/schema")[1]),
-                                    f"path parameter {name}={value!r}")
+            problems += self._check(
+                f"{pointer}/schema",
+                _coerce(value, self._follow(f"{pointer}/schema")[1]),
+                f"path parameter {name}={value!r}",
+            )
         return problems
 
     def _check_body(self, template: str, method: str, body: Any | None) -> list[str]:
@@ -295,8 +316,10 @@ def _mismatched(errors: list[ValidationError]) -> bool:
 def _absolute_refs(schema: Any) -> Any:
     """``schema`` with its document-local ``$ref``s made to point into the registered spec."""
     if isinstance(schema, dict):
-        return {k: (SPEC_URI + v if k == "$ref" and isinstance(v, str) and v.startswith("#") else _absolute_refs(v))
-                for k, v in schema.items()}
+        return {
+            k: (SPEC_URI + v if k == "$ref" and isinstance(v, str) and v.startswith("#") else _absolute_refs(v))
+            for k, v in schema.items()
+        }
     if isinstance(schema, list):
         return [_absolute_refs(v) for v in schema]
     return schema
@@ -347,8 +370,10 @@ def correct_known_defects(spec: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``spec`` with :data:`KNOWN_SPEC_DEFECTS` corrected (every JSON pointer unchanged)."""
     spec = copy.deepcopy(spec)
     components = spec["components"]
-    for schema in (components["schemas"]["anonymousEventsRequest"],
-                   *(components["parameters"][n]["schema"] for n in ("track_customer_id", "trackEvent_customer_id"))):
+    for schema in (
+        components["schemas"]["anonymousEventsRequest"],
+        *(components["parameters"][n]["schema"] for n in ("track_customer_id", "trackEvent_customer_id")),
+    ):
         if "oneOf" in schema:
             schema["anyOf"] = schema.pop("oneOf")
     merge = spec["paths"]["/api/v1/merge_customers"]["post"]["requestBody"]["content"]["application/json"]["schema"]

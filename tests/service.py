@@ -10,16 +10,20 @@ from contextlib import contextmanager
 
 import uvicorn
 
-from posthog_customerio.service.http_timeouts import uvicorn_config
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.server import create_app
+from posthog_customerio.service.http_timeouts import uvicorn_config
 
 __all__ = ["running_service"]
 
 
 @contextmanager
 def running_service(
-    runtime: Runtime, *, deliver: bool = True, ingest: bool = True, close_runtime: bool = True,
+    runtime: Runtime,
+    *,
+    deliver: bool = True,
+    ingest: bool = True,
+    close_runtime: bool = True,
     start_timeout_s: float = 15.0,
 ) -> Iterator[str]:
     """Serve ``create_app(runtime)`` on ``127.0.0.1:<free port>``; yields the base URL.
@@ -32,7 +36,9 @@ def running_service(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    config = uvicorn_config(create_app(runtime, deliver=deliver, ingest=ingest), "127.0.0.1", port, runtime.settings, lifespan="on")
+    config = uvicorn_config(
+        create_app(runtime, deliver=deliver, ingest=ingest), "127.0.0.1", port, runtime.settings, lifespan="on"
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn-test", daemon=True)
     thread.start()

@@ -79,9 +79,11 @@ class _Site(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Site
 
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+    def do_GET(self) -> None:
         path = urlsplit(self.path).path
-        body, kind = (self.server.bundle, "application/javascript") if path == "/posthog.js" else (self.server.page, "text/html")
+        body, kind = (
+            (self.server.bundle, "application/javascript") if path == "/posthog.js" else (self.server.page, "text/html")
+        )
         self.send_response(200)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
@@ -112,22 +114,34 @@ SCENARIO = """([userId, email, company]) => {
 @pytest.mark.parametrize("batching", [True, False], ids=["batched", "unbatched"])
 @pytest.mark.parametrize("mode", ["standalone", "proxy"])
 def test_posthog_js_in_chromium_reaches_customerio_while_the_page_is_open(
-    browser: Any, posthog_js: Path, tmp_path: Path, mode: str, batching: bool,
+    browser: Any,
+    posthog_js: Path,
+    tmp_path: Path,
+    mode: str,
+    batching: bool,
 ) -> None:
     suffix = uuidlib.uuid4().hex[:8]
     user_id, email, company = f"user-{suffix}", f"ann-{suffix}@example.com", f"acme-{suffix}"
     with running_fake_posthog() as (fake, posthog_url):
-        settings = load_settings({
-            "posthog_customerio_data_dir": tmp_path / "data", "sqlite_synchronous": "NORMAL", "shutdown_grace_s": 1,
-            "webhook_token": TOKEN, "group_type_map": "company=1",
-            "posthog_host": posthog_url if mode == "proxy" else None,
-        })
+        settings = load_settings(
+            {
+                "posthog_customerio_data_dir": tmp_path / "data",
+                "sqlite_synchronous": "NORMAL",
+                "shutdown_grace_s": 1,
+                "webhook_token": TOKEN,
+                "group_type_map": "company=1",
+                "posthog_host": posthog_url if mode == "proxy" else None,
+            }
+        )
         runtime = Runtime(settings, sandbox=True)
         sandbox = runtime.sandbox
         assert sandbox is not None
         with running_service(runtime) as api_host:
-            page_html = PAGE % {"token": json.dumps(TOKEN), "api_host": json.dumps(api_host),
-                                "batching": "true" if batching else "false"}
+            page_html = PAGE % {
+                "token": json.dumps(TOKEN),
+                "api_host": json.dumps(api_host),
+                "batching": "true" if batching else "false",
+            }
             site, origin = serve_site(page_html, posthog_js)
             assert urlsplit(origin).port != urlsplit(api_host).port  # another origin than serve
             context = browser.new_context()
@@ -137,8 +151,14 @@ def test_posthog_js_in_chromium_reaches_customerio_while_the_page_is_open(
             errors: list[str] = []
 
             def started(request: Any) -> None:
-                if request.url.startswith(api_host) and request.method == "POST" and urlsplit(request.url).path in CAPTURE_PATHS:
-                    sent.append((urlsplit(request.url).path, urlsplit(request.url).query, request.post_data_buffer or b""))
+                if (
+                    request.url.startswith(api_host)
+                    and request.method == "POST"
+                    and urlsplit(request.url).path in CAPTURE_PATHS
+                ):
+                    sent.append(
+                        (urlsplit(request.url).path, urlsplit(request.url).query, request.post_data_buffer or b"")
+                    )
 
             def answered(response: Any) -> None:
                 if response.url.startswith(api_host) and response.status >= 400:
@@ -146,7 +166,9 @@ def test_posthog_js_in_chromium_reaches_customerio_while_the_page_is_open(
 
             page.on("request", started)
             page.on("response", answered)
-            page.on("requestfailed", lambda request: bad.append(f"failed {request.method} {request.url}: {request.failure}"))
+            page.on(
+                "requestfailed", lambda request: bad.append(f"failed {request.method} {request.url}: {request.failure}")
+            )
             page.on("pageerror", lambda error: errors.append(str(error)))
             try:
                 page.goto(origin + "/shop")
@@ -157,17 +179,28 @@ def test_posthog_js_in_chromium_reaches_customerio_while_the_page_is_open(
                     person = sandbox.state.person(email)
                     if person is None or person["attributes"].get("plan") != "pro":
                         return False
-                    names = {e["name"] for e in sandbox.state.events()} | {e["name"] for e in sandbox.state.anonymous_events()}
+                    names = {e["name"] for e in sandbox.state.events()} | {
+                        e["name"] for e in sandbox.state.anonymous_events()
+                    }
                     wanted = {"viewed_product", "added_to_cart", "checkout_started", "paid", origin + "/shop"}
                     return wanted <= names and company in json.dumps(sandbox.state.objects())
 
                 # while the page is still open: no unload beacon involved
-                wait_for(delivered, f"posthog-js events in Customer.io ({mode}, batching={batching})", 45, describe=lambda: {
-                    "people": sandbox.state.people(), "events": [e["name"] for e in sandbox.state.events()],
-                    "anonymous": [e["name"] for e in sandbox.state.anonymous_events()], "objects": sandbox.state.objects(),
-                    "sent": [(p, q, len(b)) for p, q, b in sent], "bad": bad, "errors": errors,
-                    "status": runtime.outbox.depth(),
-                })
+                wait_for(
+                    delivered,
+                    f"posthog-js events in Customer.io ({mode}, batching={batching})",
+                    45,
+                    describe=lambda: {
+                        "people": sandbox.state.people(),
+                        "events": [e["name"] for e in sandbox.state.events()],
+                        "anonymous": [e["name"] for e in sandbox.state.anonymous_events()],
+                        "objects": sandbox.state.objects(),
+                        "sent": [(p, q, len(b)) for p, q, b in sent],
+                        "bad": bad,
+                        "errors": errors,
+                        "status": runtime.outbox.depth(),
+                    },
+                )
                 person = sandbox.state.person(email)
                 assert person is not None and person["email"] == email
                 mine = {e["name"] for e in sandbox.state.events(email)}
@@ -175,14 +208,27 @@ def test_posthog_js_in_chromium_reaches_customerio_while_the_page_is_open(
                 flag = page.evaluate(f"() => posthog.isFeatureEnabled({json.dumps(FLAG_KEY)})")
                 if mode == "proxy":
                     # /flags answered by PostHog through the proxy: its flag reaches the SDK
-                    page.wait_for_function(f"() => posthog.isFeatureEnabled({json.dumps(FLAG_KEY)}) === true", timeout=30_000)
+                    page.wait_for_function(
+                        f"() => posthog.isFeatureEnabled({json.dumps(FLAG_KEY)}) === true", timeout=30_000
+                    )
 
                     def forwarded() -> list[tuple[str, str, bytes]]:
-                        return sorted((r.path, r.query, r.body) for r in fake.recorded() if r.method == "POST" and r.path in CAPTURE_PATHS)
+                        return sorted(
+                            (r.path, r.query, r.body)
+                            for r in fake.recorded()
+                            if r.method == "POST" and r.path in CAPTURE_PATHS
+                        )
 
                     # byte-identical bodies, same paths and queries (a request may still be in flight: wait for it)
-                    wait_for(lambda: sent and forwarded() == sorted(sent), "every capture request forwarded as sent", 45,
-                             describe=lambda: ([(p, q, len(b)) for p, q, b in forwarded()], [(p, q, len(b)) for p, q, b in sent]))
+                    wait_for(
+                        lambda: sent and forwarded() == sorted(sent),
+                        "every capture request forwarded as sent",
+                        45,
+                        describe=lambda: (
+                            [(p, q, len(b)) for p, q, b in forwarded()],
+                            [(p, q, len(b)) for p, q, b in sent],
+                        ),
+                    )
                     assert any(r.path.startswith("/flags") for r in fake.recorded())
                     assert any(r.body.startswith(b"\x1f\x8b") for r in fake.recorded("/e"))  # posthog-js's native gzip
                 else:

@@ -19,16 +19,24 @@ pytestmark = pytest.mark.e2e
 
 
 def event(name: str, distinct_id: str, n: int = 0, **props: object) -> dict:
-    return {"event": name, "distinct_id": distinct_id, "timestamp": 1_704_067_200 + n,
-            "uuid": str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, f"{distinct_id}{name}{n}")), "properties": props}
+    return {
+        "event": name,
+        "distinct_id": distinct_id,
+        "timestamp": 1_704_067_200 + n,
+        "uuid": str(uuidlib.uuid5(uuidlib.NAMESPACE_DNS, f"{distinct_id}{name}{n}")),
+        "properties": props,
+    }
 
 
 def test_send_delivers_a_file_and_prints_a_summary(cli: Cli, env: dict, sandbox: SandboxServer, tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "events.jsonl", [
-        event("signed_up", "u1", 0, **{"$set": {"email": "u1@example.com", "plan": "pro"}}),
-        event("$pageview", "u1", 1, **{"$current_url": "https://x.io/docs"}),
-        event("clicked", "u2", 2, button="buy"),
-    ])
+    path = write_jsonl(
+        tmp_path / "events.jsonl",
+        [
+            event("signed_up", "u1", 0, **{"$set": {"email": "u1@example.com", "plan": "pro"}}),
+            event("$pageview", "u1", 1, **{"$current_url": "https://x.io/docs"}),
+            event("clicked", "u2", 2, button="buy"),
+        ],
+    )
     result = cli("send", str(path), env=env)
     assert result.exit_code == 0, result.output
     assert "events read        3 (0 invalid)" in result.output
@@ -39,10 +47,18 @@ def test_send_delivers_a_file_and_prints_a_summary(cli: Cli, env: dict, sandbox:
     assert person["events"][1]["name"] == "https://x.io/docs"
 
 
-def test_invalid_lines_are_reported_with_line_numbers_and_skipped(cli: Cli, env: dict, sandbox: SandboxServer, tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "events.jsonl", [
-        event("a", "u1", 0), "{not json", {"event": "b", "properties": {}}, event("c", "u1", 3),
-    ])
+def test_invalid_lines_are_reported_with_line_numbers_and_skipped(
+    cli: Cli, env: dict, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    path = write_jsonl(
+        tmp_path / "events.jsonl",
+        [
+            event("a", "u1", 0),
+            "{not json",
+            {"event": "b", "properties": {}},
+            event("c", "u1", 3),
+        ],
+    )
     result = cli("send", "--json", str(path), env=env)
     assert result.exit_code == 0
     assert "skipped line 2: invalid JSON" in result.stderr
@@ -60,13 +76,24 @@ def test_json_array_files_and_stdin_are_accepted(cli: Cli, env: dict, sandbox: S
 
 
 def test_allowlist_and_anonymous_filter_flags(cli: Cli, env: dict, sandbox: SandboxServer, tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "events.jsonl", [
-        event("clicked", "anon", 0, **{"$is_identified": False}),
-        event("clicked", "known", 1, **{"$is_identified": True}),
-        event("ignored", "known", 2),
-    ])
-    result = cli("send", "--json", "--events-to-send", "clicked, other", "--send-events-from-anonymous-users",
-                 "identified", str(path), env=env)
+    path = write_jsonl(
+        tmp_path / "events.jsonl",
+        [
+            event("clicked", "anon", 0, **{"$is_identified": False}),
+            event("clicked", "known", 1, **{"$is_identified": True}),
+            event("ignored", "known", 2),
+        ],
+    )
+    result = cli(
+        "send",
+        "--json",
+        "--events-to-send",
+        "clicked, other",
+        "--send-events-from-anonymous-users",
+        "identified",
+        str(path),
+        env=env,
+    )
     summary = json.loads(result.stdout)
     assert summary["skipped"] == {"anonymous_user": 1, "not_in_allowlist": 1}
     assert [p["id"] for p in sandbox.state.people()] == ["known"]
@@ -74,16 +101,26 @@ def test_allowlist_and_anonymous_filter_flags(cli: Cli, env: dict, sandbox: Sand
 
 def test_plugin_config_file_is_accepted_as_is(cli: Cli, env: dict, sandbox: SandboxServer, tmp_path: Path) -> None:
     config = tmp_path / "plugin.json"
-    config.write_text(json.dumps({
-        "customerioSiteId": SITE_ID, "customerioToken": API_KEY, "host": "track.customer.io",
-        "identifyByEmail": "Yes", "sendEventsFromAnonymousUsers": "Only send events from users with emails",
-        "eventsToSend": "",
-    }))
-    path = write_jsonl(tmp_path / "events.jsonl", [
-        event("clicked", "anon", 0),
-        event("signed_up", "u1", 1, **{"$set": {"email": "Ann@Example.com"}}),
-        event("clicked", "u1", 2),
-    ])
+    config.write_text(
+        json.dumps(
+            {
+                "customerioSiteId": SITE_ID,
+                "customerioToken": API_KEY,
+                "host": "track.customer.io",
+                "identifyByEmail": "Yes",
+                "sendEventsFromAnonymousUsers": "Only send events from users with emails",
+                "eventsToSend": "",
+            }
+        )
+    )
+    path = write_jsonl(
+        tmp_path / "events.jsonl",
+        [
+            event("clicked", "anon", 0),
+            event("signed_up", "u1", 1, **{"$set": {"email": "Ann@Example.com"}}),
+            event("clicked", "u1", 2),
+        ],
+    )
     env = {k: v for k, v in env.items() if not k.startswith("CUSTOMERIO_") or k == "CUSTOMERIO_TRACK_URL"}
     result = cli("send", "--json", "--plugin-config", str(config), str(path), env=env)
     assert result.exit_code == 0, result.output
@@ -93,7 +130,9 @@ def test_plugin_config_file_is_accepted_as_is(cli: Cli, env: dict, sandbox: Sand
     assert all(op["identifiers"] == {"email": "Ann@Example.com"} for op in ops)
 
 
-def test_restart_with_a_non_empty_outbox_delivers_the_backlog(cli: Cli, env: dict, sandbox: SandboxServer, tmp_path: Path) -> None:
+def test_restart_with_a_non_empty_outbox_delivers_the_backlog(
+    cli: Cli, env: dict, sandbox: SandboxServer, tmp_path: Path
+) -> None:
     path = write_jsonl(tmp_path / "events.jsonl", [event("a", "u1", 0), event("b", "u2", 1)])
     result = cli("send", str(path), env={**env, "CUSTOMERIO_API_KEY": "wrong-key"})
     assert result.exit_code == 1
@@ -107,7 +146,9 @@ def test_restart_with_a_non_empty_outbox_delivers_the_backlog(cli: Cli, env: dic
     assert sandbox.state.stats()["events"] == 2
 
 
-def test_dead_letters_are_listed_and_can_be_retried(cli: Cli, env: dict, sandbox: SandboxServer, tmp_path: Path) -> None:
+def test_dead_letters_are_listed_and_can_be_retried(
+    cli: Cli, env: dict, sandbox: SandboxServer, tmp_path: Path
+) -> None:
     path = write_jsonl(tmp_path / "events.jsonl", [event("a" * 101, "u1", 0)])  # event name over 100 bytes
     env = {**env, "LIMITS": "dead-letter"}  # let Customer.io reject it instead of cutting the name
     result = cli("send", str(path), env=env)
@@ -141,8 +182,11 @@ def test_bad_config_is_one_line_naming_the_variable(cli: Cli, env: dict, tmp_pat
 
 def test_secrets_are_never_printed(cli: Cli, env: dict, sandbox: SandboxServer, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "events.jsonl", [event("a", "u1", 0), "{bad"])
-    outputs = [cli("send", str(path), env=env).output, cli("check", env=env).output,
-               cli("send", str(path), env={**env, "CUSTOMERIO_REGION": "x"}).output]
+    outputs = [
+        cli("send", str(path), env=env).output,
+        cli("check", env=env).output,
+        cli("send", str(path), env={**env, "CUSTOMERIO_REGION": "x"}).output,
+    ]
     for output in outputs:
         assert SITE_ID not in output and API_KEY not in output
 
@@ -175,8 +219,9 @@ def test_send_sandbox_runs_the_bundled_sample(cli: Cli) -> None:
 def test_console_script_runs_as_a_process(sandbox: SandboxServer, env: dict, tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "events.jsonl", [event("a", "u1", 0)])
     script = Path(sys.executable).with_name("posthog-customerio")
-    result = subprocess.run([str(script), "send", str(path)], env={**os.environ, **env},
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(script), "send", str(path)], env={**os.environ, **env}, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert sandbox.state.stats()["events"] == 1
 
@@ -194,14 +239,24 @@ def test_a_port_outside_1_to_65535_is_one_line_and_exit_2(cli: Cli, env: dict, c
     args = [command, "--sandbox"] if command == "serve" else [command]
     script = Path(sys.executable).with_name("posthog-customerio")
     # a process with a deadline: an accepted port would start a server that never returns
-    result = subprocess.run([str(script), *args, f"--port={port}"], env={**os.environ, **env},
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(script), *args, f"--port={port}"], env={**os.environ, **env}, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
     assert result.stderr == f"error: --port must be between 1 and 65535 (got {int(port)})\n"
 
 
-@pytest.mark.parametrize("args", [["status"], ["status", "--json"], ["dead-letters"], ["dead-letters", "--json"],
-                                  ["retry-dead-letters"], ["retry-dead-letters", "1"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status"],
+        ["status", "--json"],
+        ["dead-letters"],
+        ["dead-letters", "--json"],
+        ["retry-dead-letters"],
+        ["retry-dead-letters", "1"],
+    ],
+)
 def test_read_only_commands_without_data_say_so_and_create_nothing(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str]
 ) -> None:
@@ -240,8 +295,14 @@ def test_status_right_after_serve_starts_shows_the_service(cli: Cli, env: dict, 
 
     from .service import running_service
 
-    settings = load_settings({"posthog_customerio_data_dir": tmp_path / "data", "customerio_site_id": SITE_ID,
-                              "customerio_api_key": API_KEY, "customerio_track_url": env["CUSTOMERIO_TRACK_URL"]})
+    settings = load_settings(
+        {
+            "posthog_customerio_data_dir": tmp_path / "data",
+            "customerio_site_id": SITE_ID,
+            "customerio_api_key": API_KEY,
+            "customerio_track_url": env["CUSTOMERIO_TRACK_URL"],
+        }
+    )
     with running_service(Runtime(settings)):
         result = cli("status", "--json", env=env)
         assert result.exit_code == 0, result.output
@@ -254,10 +315,25 @@ def test_status_right_after_serve_starts_shows_the_service(cli: Cli, env: dict, 
 def test_settings_variables_are_flags_too(cli: Cli, env: dict, sandbox: SandboxServer, tmp_path: Path) -> None:
     """A flag wins over its environment variable (here: EVENT_NAME_MAP, MERGE_PEOPLE, LIMITS...)."""
     path = write_jsonl(tmp_path / "events.jsonl", [event("signed_up", "u1", 0, secret="s", kept="k")])
-    result = cli("send", "--json", "--event-name-map", "signed_up=Signed Up", "--properties-to-exclude", "secret",
-                 "--no-merge-people", "--limits", "dead-letter", "--delivery-linger-s", "0",
-                 "--customerio-timeout-s", "20", "--sqlite-synchronous", "normal", str(path),
-                 env={**env, "EVENT_NAME_MAP": "signed_up=Other"})
+    result = cli(
+        "send",
+        "--json",
+        "--event-name-map",
+        "signed_up=Signed Up",
+        "--properties-to-exclude",
+        "secret",
+        "--no-merge-people",
+        "--limits",
+        "dead-letter",
+        "--delivery-linger-s",
+        "0",
+        "--customerio-timeout-s",
+        "20",
+        "--sqlite-synchronous",
+        "normal",
+        str(path),
+        env={**env, "EVENT_NAME_MAP": "signed_up=Other"},
+    )
     assert result.exit_code == 0, result.output
     (person,) = sandbox.state.people()
     (sent,) = sandbox.state.person(person["id"])["events"]
@@ -275,8 +351,14 @@ def test_people_known_on_the_status_api_is_current(env: dict, sandbox: SandboxSe
 
     from .service import running_service
 
-    settings = load_settings({"posthog_customerio_data_dir": tmp_path / "data", "customerio_site_id": SITE_ID,
-                              "customerio_api_key": API_KEY, "customerio_track_url": env["CUSTOMERIO_TRACK_URL"]})
+    settings = load_settings(
+        {
+            "posthog_customerio_data_dir": tmp_path / "data",
+            "customerio_site_id": SITE_ID,
+            "customerio_api_key": API_KEY,
+            "customerio_track_url": env["CUSTOMERIO_TRACK_URL"],
+        }
+    )
     with running_service(Runtime(settings)) as url:
         assert httpx.get(f"{url}/api/status", timeout=30).json()["persons"] == 0
         for people, total in ((["a", "b", "c"], 3), (["c", "d", "e"], 5), (["a"], 5)):
@@ -288,9 +370,14 @@ def test_people_known_on_the_status_api_is_current(env: dict, sandbox: SandboxSe
 def test_send_accepts_clickhouse_lines_with_json_string_properties(
     cli: Cli, env: dict, sandbox: SandboxServer, tmp_path: Path
 ) -> None:
-    line = {"uuid": str(uuidlib.uuid4()), "event": "purchase", "distinct_id": "u1", "timestamp": "2024-01-01 00:00:00",
-            "properties": json.dumps({"amount": 30, "$set": {"email": "u1@example.com"}}),
-            "person_properties": json.dumps({"plan": "pro"})}
+    line = {
+        "uuid": str(uuidlib.uuid4()),
+        "event": "purchase",
+        "distinct_id": "u1",
+        "timestamp": "2024-01-01 00:00:00",
+        "properties": json.dumps({"amount": 30, "$set": {"email": "u1@example.com"}}),
+        "person_properties": json.dumps({"plan": "pro"}),
+    }
     path = write_jsonl(tmp_path / "export.jsonl", [line])
     result = cli("send", str(path), env=env)
     assert result.exit_code == 0, result.output

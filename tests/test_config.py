@@ -220,7 +220,9 @@ def test_bad_values_name_the_variable(monkeypatch: pytest.MonkeyPatch, env: dict
 def test_several_bad_values_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUSTOMERIO_REGION", "mars")
     monkeypatch.setenv("CUSTOMERIO_API", "v3")
-    message = str(pytest.raises(ConfigError, load_settings).value)
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    message = str(raised.value)
     assert "CUSTOMERIO_REGION" in message and "CUSTOMERIO_API:" in message and "\n" not in message
 
 

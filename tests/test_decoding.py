@@ -14,8 +14,8 @@ import lzstring
 import pytest
 
 from posthog_customerio.config import load_settings
-from posthog_customerio.sources.decoding import DecodeError, decode_body
 from posthog_customerio.runtime import Runtime
+from posthog_customerio.sources.decoding import DecodeError, decode_body
 
 from .service import running_service
 
@@ -36,7 +36,10 @@ def rejected(headers: dict[str, str], query: dict[str, str], body: bytes, limit:
 def test_native_gzip_is_recognised_by_its_magic_whatever_the_content_type() -> None:
     body = batch("a")
     assert decode_body({"content-type": "text/plain"}, {}, gzip.compress(body), LIMIT) == body
-    assert decode_body({"content-type": "application/json"}, {"compression": "gzip-js"}, gzip.compress(body), LIMIT) == body
+    assert (
+        decode_body({"content-type": "application/json"}, {"compression": "gzip-js"}, gzip.compress(body), LIMIT)
+        == body
+    )
     assert decode_body({"content-encoding": "gzip"}, {}, gzip.compress(body), LIMIT) == body
 
 
@@ -96,8 +99,14 @@ def test_an_lz64_bomb_stops_at_the_limit() -> None:
 
 @pytest.mark.e2e
 def test_every_encoding_is_accepted_on_the_capture_paths(tmp_path: Path) -> None:
-    settings = load_settings({"posthog_customerio_data_dir": tmp_path / "data", "sqlite_synchronous": "NORMAL",
-                              "shutdown_grace_s": 1, "max_body_bytes": 100_000})
+    settings = load_settings(
+        {
+            "posthog_customerio_data_dir": tmp_path / "data",
+            "sqlite_synchronous": "NORMAL",
+            "shutdown_grace_s": 1,
+            "max_body_bytes": 100_000,
+        }
+    )
     runtime = Runtime(settings, sandbox=True)
     body = batch("one", "two")
     lz = lzstring.LZString.compressToBase64(body.decode())
@@ -114,5 +123,9 @@ def test_every_encoding_is_accepted_on_the_capture_paths(tmp_path: Path) -> None
         bad = httpx.post(f"{url}/e/", content=gzip.compress(body) + b"junk", headers={"Content-Type": "text/plain"})
         assert bad.status_code == 400 and "trailing garbage" in bad.json()["error"]
         bomb = lzstring.LZString.compressToBase64("a" * 200_000)
-        assert httpx.post(f"{url}/e/", params={"compression": "lz64"}, headers=FORM,
-                          content=b"data=" + bomb.encode(), timeout=10).status_code == 413
+        assert (
+            httpx.post(
+                f"{url}/e/", params={"compression": "lz64"}, headers=FORM, content=b"data=" + bomb.encode(), timeout=10
+            ).status_code
+            == 413
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid as uuidlib
@@ -11,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from posthog_customerio.output.base import AuthError
 from posthog_customerio.delivery import Backoff
+from posthog_customerio.output.base import AuthError
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.sources import parse_event
@@ -27,14 +28,21 @@ def events_for(people: int, per_person: int, *, props: int = 3) -> list[Any]:
     raw = []
     for n in range(per_person):
         for p in range(people):
-            raw.append(parse_event({
-                "event": "clicked" if n else "signed_up",
-                "distinct_id": f"user-{p}",
-                "uuid": str(uuidlib.uuid5(uuidlib.NAMESPACE_OID, f"{p}-{n}")),
-                "timestamp": 1_704_067_200 + n * 60 + p,
-                "properties": {"n": n, **{f"prop_{i}": f"value {i}" for i in range(props)},
-                               **({"$set": {"email": f"user{p}@example.com", "plan": "free"}} if n == 0 else {})},
-            }))
+            raw.append(
+                parse_event(
+                    {
+                        "event": "clicked" if n else "signed_up",
+                        "distinct_id": f"user-{p}",
+                        "uuid": str(uuidlib.uuid5(uuidlib.NAMESPACE_OID, f"{p}-{n}")),
+                        "timestamp": 1_704_067_200 + n * 60 + p,
+                        "properties": {
+                            "n": n,
+                            **{f"prop_{i}": f"value {i}" for i in range(props)},
+                            **({"$set": {"email": f"user{p}@example.com", "plan": "free"}} if n == 0 else {}),
+                        },
+                    }
+                )
+            )
     return raw
 
 
@@ -99,8 +107,14 @@ def test_429_retry_after_is_honoured(sandbox: SandboxServer, tmp_path: Path) -> 
 
 def test_207_dead_letters_only_the_rejected_operation(sandbox: SandboxServer, tmp_path: Path) -> None:
     events = events_for(people=3, per_person=1)
-    bad = parse_event({"event": "x", "distinct_id": "user-bad", "timestamp": 1_704_067_200,
-                       "properties": {"$set": {"bio": "é" * 600}}})  # 1,200 bytes: over the 1,000-byte value limit
+    bad = parse_event(
+        {
+            "event": "x",
+            "distinct_id": "user-bad",
+            "timestamp": 1_704_067_200,
+            "properties": {"$set": {"bio": "é" * 600}},
+        }
+    )  # 1,200 bytes: over the 1,000-byte value limit
     with make_runtime(sandbox, tmp_path / "data", limits="dead-letter") as runtime:
         deliver(runtime, [*events, bad])
         letters = runtime.outbox.dead_letters()
@@ -114,8 +128,10 @@ def test_207_dead_letters_only_the_rejected_operation(sandbox: SandboxServer, tm
 def test_whole_batch_400_is_split_to_isolate_the_bad_operation(sandbox: SandboxServer, tmp_path: Path) -> None:
     # 4 operations for 4 people: 400 on [0..3], then on [0,1], then on [0] -> only op 0 dead-lettered
     sandbox.state.add_fault(status=400, count=3, body={"errors": [{"reason": "invalid"}]})
-    events = [parse_event({"event": "e", "distinct_id": f"p{i}", "timestamp": 1_704_067_200, "uuid": str(uuidlib.uuid4())})
-              for i in range(2)]
+    events = [
+        parse_event({"event": "e", "distinct_id": f"p{i}", "timestamp": 1_704_067_200, "uuid": str(uuidlib.uuid4())})
+        for i in range(2)
+    ]
     with make_runtime(sandbox, tmp_path / "data", delivery_concurrency=1) as runtime:
         deliver(runtime, events)
         letters = runtime.outbox.dead_letters()
@@ -163,14 +179,22 @@ def test_paused_delivery_resumes_when_credentials_work_again(sandbox: SandboxSer
 
 def test_v1_api_sends_one_request_per_operation_with_encoded_ids(sandbox: SandboxServer, tmp_path: Path) -> None:
     weird = "user/1?x=#frag 100%"
-    event = parse_event({"event": "$pageview", "distinct_id": weird, "timestamp": 1_704_067_200,
-                         "uuid": str(uuidlib.uuid4()),
-                         "properties": {"$current_url": "https://x.io/", "$set": {"plan": "pro"}}})
+    event = parse_event(
+        {
+            "event": "$pageview",
+            "distinct_id": weird,
+            "timestamp": 1_704_067_200,
+            "uuid": str(uuidlib.uuid4()),
+            "properties": {"$current_url": "https://x.io/", "$set": {"plan": "pro"}},
+        }
+    )
     with make_runtime(sandbox, tmp_path / "data", customerio_api="v1") as runtime:
         deliver(runtime, [event])
     paths = [r["path"] for r in sandbox.state.requests()]
-    assert paths == ["/api/v1/customers/user%2F1%3Fx%3D%23frag%20100%25",
-                     "/api/v1/customers/user%2F1%3Fx%3D%23frag%20100%25/events"]
+    assert paths == [
+        "/api/v1/customers/user%2F1%3Fx%3D%23frag%20100%25",
+        "/api/v1/customers/user%2F1%3Fx%3D%23frag%20100%25/events",
+    ]
     person = sandbox.state.person(weird)
     assert person is not None and person["attributes"]["plan"] == "pro" and len(person["events"]) == 1
     assert person["events"][0]["type"] == "page"
@@ -188,8 +212,18 @@ def test_replaying_the_same_events_creates_no_duplicates(sandbox: SandboxServer,
 
 
 def test_client_side_rate_limit_is_shared_by_all_workers(sandbox: SandboxServer, tmp_path: Path) -> None:
-    events = [parse_event({"event": "e", "distinct_id": f"p{i}", "timestamp": 1_704_067_200, "uuid": str(uuidlib.uuid4()),
-                           "properties": {"$is_identified": False}}) for i in range(12)]
+    events = [
+        parse_event(
+            {
+                "event": "e",
+                "distinct_id": f"p{i}",
+                "timestamp": 1_704_067_200,
+                "uuid": str(uuidlib.uuid4()),
+                "properties": {"$is_identified": False},
+            }
+        )
+        for i in range(12)
+    ]
     # anonymous events: one request each; 12 requests at 5 per second need at least ~2.2 s
     with make_runtime(sandbox, tmp_path / "data", customerio_max_rps=5, delivery_concurrency=4) as runtime:
         started = time.monotonic()
@@ -197,5 +231,5 @@ def test_client_side_rate_limit_is_shared_by_all_workers(sandbox: SandboxServer,
         elapsed = time.monotonic() - started
     times = sorted(r["time"] for r in sandbox.state.requests())
     assert len(times) == 12 and elapsed >= 2.0
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert min(gaps) >= 0.15  # never two requests closer than the 0.2 s pacing (minus jitter)

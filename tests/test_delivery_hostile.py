@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from posthog_customerio.config import ConfigError, load_settings
-from posthog_customerio.output.base import parse_retry_after
 from posthog_customerio.delivery import RateLimiter
+from posthog_customerio.output.base import parse_retry_after
 from posthog_customerio.sandbox import SandboxServer
 
 from .helpers import make_runtime
@@ -28,9 +28,20 @@ FAR_DATE = "Fri, 31 Dec 9999 23:59:59 GMT"
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ("inf", 60.0), ("Infinity", 60.0), ("-inf", 0.0), ("1e9", 60.0), ("86400", 60.0), ("1e400", 60.0),
-        ("-5", 0.0), ("nan", None), ("garbage", None), ("12abc", None), (FAR_DATE, 60.0),
-        ("Mon, 01 Jan 1990 00:00:00 GMT", 0.0), ("Fri, 31 Dec 99999 23:59:59 GMT", None), ("7", 7.0),
+        ("inf", 60.0),
+        ("Infinity", 60.0),
+        ("-inf", 0.0),
+        ("1e9", 60.0),
+        ("86400", 60.0),
+        ("1e400", 60.0),
+        ("-5", 0.0),
+        ("nan", None),
+        ("garbage", None),
+        ("12abc", None),
+        (FAR_DATE, 60.0),
+        ("Mon, 01 Jan 1990 00:00:00 GMT", 0.0),
+        ("Fri, 31 Dec 99999 23:59:59 GMT", None),
+        ("7", 7.0),
     ],
 )
 def test_retry_after_is_clamped_to_the_maximum(value: str, expected: float | None) -> None:

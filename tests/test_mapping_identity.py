@@ -45,8 +45,9 @@ PLAIN_OTHER = ev("b", "visitor", 1)
     ],
     ids=["identified-js", "identified-python", "email", "not-anonymous", "not-anonymous-js", "tie-python", "tie-js"],
 )
-def test_the_alias_survivor_is_chosen_by_identity(history: list[dict[str, Any]], alias: dict[str, Any],
-                                                  survivor: str, merged: str) -> None:
+def test_the_alias_survivor_is_chosen_by_identity(
+    history: list[dict[str, Any]], alias: dict[str, Any], survivor: str, merged: str
+) -> None:
     *_, result = run([*history, alias], PERSON)[0]
     (merge,) = [op.payload for op in result.operations if op.payload["action"] == "merge"]
     assert merge["primary"] == {"id": survivor} and merge["secondary"] == {"id": merged}
@@ -67,18 +68,26 @@ def test_the_visitors_email_goes_to_the_primary_only_after_the_merge(by_email: b
     visitor = ev("x", "visitor", 0, **{"$set": {"email": "v@x.io"}})
     identify = ev("$identify", "user", 1, **{"$anon_distinct_id": "visitor", "$set": {"name": "V"}})
     (_, result), _ = run([visitor, identify], config)
-    actions = [(op.payload["action"], op.payload.get("identifiers"), op.payload.get("attributes"), op.after)
-               for op in result.operations]
+    actions = [
+        (op.payload["action"], op.payload.get("identifiers"), op.payload.get("attributes"), op.after)
+        for op in result.operations
+    ]
     assert actions[0] == ("identify", {"id": "user"}, {"name": "V"}, ())  # never by the email it lacks
     assert actions[1][0] == "merge" and result.operations[1].payload["secondary"] == (
-        {"email": "v@x.io"} if by_email else {"id": "visitor"})
+        {"email": "v@x.io"} if by_email else {"id": "visitor"}
+    )
     assert actions[2] == ("identify", {"id": "user"}, {"email": "v@x.io"}, ("visitor",))
     assert actions[3][0] == "event"
 
 
 def test_a_merge_without_an_email_on_the_visitor_is_unchanged() -> None:
-    (_, result), _ = run([ev("x", "visitor", 0), ev("$identify", "user", 1, **{"$anon_distinct_id": "visitor",
-                                                                                "$set": {"email": "u@x.io"}})], PERSON)
+    (_, result), _ = run(
+        [
+            ev("x", "visitor", 0),
+            ev("$identify", "user", 1, **{"$anon_distinct_id": "visitor", "$set": {"email": "u@x.io"}}),
+        ],
+        PERSON,
+    )
     assert [s[2] for s in shapes(result)] == ["identify", "merge", "event"]
     assert result.operations[0].payload["attributes"] == {"email": "u@x.io"}
 
@@ -111,10 +120,19 @@ def test_events_to_skip_applies_after_the_allowlist_and_its_default_drops_postho
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [
-        ("2024-01-01T00:00:00Z", T0), ("2024-01-01T00:00:00.123456Z", T0), ("2024-01-01T01:00:00+01:00", T0),
-        ("2024-01-01 00:00:00", T0), ("2024-01-01T00:00", T0), ("2024-01-01T02:00:00+0200", T0),
-        ("2024-01-01", None), ("1704067200", None), ("12:00", None), ("soon", None), ("2024-13-01T00:00:00Z", None),
-        ("2024-01-01T00:00:00Z trailing", None), ("on 2024-01-01T00:00:00Z", None),
+        ("2024-01-01T00:00:00Z", T0),
+        ("2024-01-01T00:00:00.123456Z", T0),
+        ("2024-01-01T01:00:00+01:00", T0),
+        ("2024-01-01 00:00:00", T0),
+        ("2024-01-01T00:00", T0),
+        ("2024-01-01T02:00:00+0200", T0),
+        ("2024-01-01", None),
+        ("1704067200", None),
+        ("12:00", None),
+        ("soon", None),
+        ("2024-13-01T00:00:00Z", None),
+        ("2024-01-01T00:00:00Z trailing", None),
+        ("on 2024-01-01T00:00:00Z", None),
     ],
 )
 def test_only_full_iso_date_times_are_dates(value: str, seconds: int | None) -> None:
@@ -123,25 +141,41 @@ def test_only_full_iso_date_times_are_dates(value: str, seconds: int | None) -> 
 
 # -- Hog globals groups --------------------------------------------------------------------------
 def hog(name: str, distinct_id: str, t: int, groups: dict[str, Any], **props: Any) -> dict[str, Any]:
-    return {"event": {"event": name, "distinct_id": distinct_id, "timestamp": T0 + t, "properties": props},
-            "person": {"properties": {}}, "groups": groups}
+    return {
+        "event": {"event": name, "distinct_id": distinct_id, "timestamp": T0 + t, "properties": props},
+        "person": {"properties": {}},
+        "groups": groups,
+    }
 
 
 GROUPS = MappingConfig(anonymous_events="person", group_type_map={"organization": "2"})
 
 
 def test_hog_groups_identify_the_object_once_per_change_and_relate_the_person() -> None:
-    org = {"organization": {"id": "org-1", "type": "organization", "index": 0, "url": "u",
-                            "properties": {"name": "Org", "seats": 5}}}
+    org = {
+        "organization": {
+            "id": "org-1",
+            "type": "organization",
+            "index": 0,
+            "url": "u",
+            "properties": {"name": "Org", "seats": 5},
+        }
+    }
     changed = {"organization": {**org["organization"], "properties": {"name": "Org", "seats": 6}}}
     unmapped = {"project": {"id": "p-1", "properties": {"x": 1}}}
     (first, second, third, fourth), _ = run(
-        [hog("a", "u", 0, org), hog("b", "u", 1, org), hog("c", "u", 2, changed), hog("d", "u", 3, unmapped)], GROUPS)
-    assert shapes(first) == [("u", "person", "identify"), ("\x1fobject:2:org-1", "object", "identify"),
-                             ("u", "person", "add_relationships"), ("u", "person", "event")]
+        [hog("a", "u", 0, org), hog("b", "u", 1, org), hog("c", "u", 2, changed), hog("d", "u", 3, unmapped)], GROUPS
+    )
+    assert shapes(first) == [
+        ("u", "person", "identify"),
+        ("\x1fobject:2:org-1", "object", "identify"),
+        ("u", "person", "add_relationships"),
+        ("u", "person", "event"),
+    ]
     assert first.operations[1].payload["attributes"] == {"name": "Org", "seats": 5}
     assert first.operations[2].payload["cio_relationships"] == [
-        {"identifiers": {"object_type_id": "2", "object_id": "org-1"}}]
+        {"identifiers": {"object_type_id": "2", "object_id": "org-1"}}
+    ]
     assert shapes(second) == [("u", "person", "event")]
     assert [op.payload.get("attributes") for op in third.operations if op.payload["type"] == "object"] == [{"seats": 6}]
     assert shapes(fourth) == [("u", "person", "event")] and fourth.notes["unmapped_group_type"] == 1

@@ -23,8 +23,9 @@ ANON = MappingConfig(anonymous_events="anonymous")
 ev = functools.partial(helpers.ev, uuid=None)
 
 
-def run(events: list[dict[str, Any]], config: MappingConfig,
-        states: dict[str, PersonState] | None = None) -> tuple[list[Mapped], dict[str, PersonState]]:
+def run(
+    events: list[dict[str, Any]], config: MappingConfig, states: dict[str, PersonState] | None = None
+) -> tuple[list[Mapped], dict[str, PersonState]]:
     states = dict(states or {})
     results = []
     for raw in events:
@@ -45,7 +46,9 @@ def test_long_attribute_names_and_values_are_truncated_and_counted() -> None:
     (mapped,), _ = run([ev("a", "u", 0, **{"$set": attributes})], PERSON)
     sent = mapped.operations[0].payload["attributes"]
     assert len(("n" * 150).encode()) == 150 and "n" * 150 in sent
-    assert len(sent["bio"].encode()) <= 1000 and isinstance(sent["nested"], str) and len(sent["nested"].encode()) <= 1000
+    assert (
+        len(sent["bio"].encode()) <= 1000 and isinstance(sent["nested"], str) and len(sent["nested"].encode()) <= 1000
+    )
     assert mapped.notes["limits_truncated"] == 3
 
 

@@ -85,7 +85,11 @@ def test_python_client_people_events_devices(cio: CustomerIO, views: Any) -> Non
     cio.identify("u1", email="u1@x.com", plan="pro", created_at=NOW, _timestamp=NOW)
     (person,) = views("people")
     assert (person["id"], person["email"], person["attributes"], person["created_at"]) == (
-        "u1", "u1@x.com", {"plan": "pro", "created_at": NOW}, NOW)
+        "u1",
+        "u1@x.com",
+        {"plan": "pro", "created_at": NOW},
+        NOW,
+    )
 
     cio.track("u1", "purchase", data={"price": 3}, id=ULID_1, timestamp=NOW)
     cio.track("u1", "purchase", data={"price": 3}, id=ULID_1, timestamp=NOW)  # same id: deduplicated
@@ -93,8 +97,10 @@ def test_python_client_people_events_devices(cio: CustomerIO, views: Any) -> Non
     cio.backfill("u1", "old-thing", NOW - 86_400, source="import")
     events = views("events")
     assert [(e["type"], e["name"], e["data"]) for e in events] == [
-        ("event", "purchase", {"price": 3}), ("page", "/pricing", {"referrer": "ad"}),
-        ("event", "old-thing", {"source": "import"})]
+        ("event", "purchase", {"price": 3}),
+        ("page", "/pricing", {"referrer": "ad"}),
+        ("event", "old-thing", {"source": "import"}),
+    ]
     assert events[2]["timestamp"] == NOW - 86_400 and views("stats")["duplicates"] == 1
 
     cio.track_anonymous("anon-1", "viewed", data={"page": "/"})
@@ -130,14 +136,26 @@ def test_python_client_merge_suppress_unsuppress(cio: CustomerIO, views: Any) ->
 
 
 def test_python_client_batch_and_errors(cio: CustomerIO, views: Any) -> None:
-    response = cio.batch([
-        {"type": "person", "action": "identify", "identifiers": {"id": "b1"}, "attributes": {"n": 1}},
-        {"type": "person", "action": "event", "identifiers": {"id": "b1"}, "name": "batched"},
-        {"type": "object", "action": "identify", "identifiers": {"object_type_id": "1", "object_id": "acme"},
-         "attributes": {"name": "Acme"}, "cio_relationships": [{"identifiers": {"id": "b1"}}]},
-        {"type": "delivery", "action": "event", "identifiers": {"id": "dlv-1"}, "name": "opened",
-         "attributes": {"device_token": "tok"}},
-    ])
+    response = cio.batch(
+        [
+            {"type": "person", "action": "identify", "identifiers": {"id": "b1"}, "attributes": {"n": 1}},
+            {"type": "person", "action": "event", "identifiers": {"id": "b1"}, "name": "batched"},
+            {
+                "type": "object",
+                "action": "identify",
+                "identifiers": {"object_type_id": "1", "object_id": "acme"},
+                "attributes": {"name": "Acme"},
+                "cio_relationships": [{"identifiers": {"id": "b1"}}],
+            },
+            {
+                "type": "delivery",
+                "action": "event",
+                "identifiers": {"id": "dlv-1"},
+                "name": "opened",
+                "attributes": {"device_token": "tok"},
+            },
+        ]
+    )
     assert response.status_code == 200
     assert views("people")[0]["attributes"] == {"n": 1} and views("events")[0]["name"] == "batched"
     (obj,) = views("objects")
@@ -169,8 +187,13 @@ def node(node_client: Path, sandbox: SandboxServer, tls: dict[str, str]) -> Any:
         payload = {"url": f"{sandbox.url}/api/v1", "site_id": SITE_ID, "api_key": api_key, "calls": list(calls)}
         env = {**os.environ, "NODE_EXTRA_CA_CERTS": tls["ca"]}
         result = subprocess.run(
-            ["node", "run.js"], cwd=node_client, input=json.dumps(payload), capture_output=True, text=True,
-            timeout=60, env=env,
+            ["node", "run.js"],
+            cwd=node_client,
+            input=json.dumps(payload),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
         )
         assert result.returncode == 0, result.stderr
         answers: list[dict[str, Any]] = json.loads(result.stdout)
@@ -227,17 +250,31 @@ def test_node_client_merge_suppress_segments_forms(node: Any, views: Any) -> Non
 
 
 def test_node_client_metrics_batch_entity_and_errors(node: Any, views: Any) -> None:
-    delivery = {"type": "delivery", "action": "event", "identifiers": {"id": "dlv-2"}, "name": "converted",
-                "attributes": {"device_token": "tok"}}
+    delivery = {
+        "type": "delivery",
+        "action": "event",
+        "identifiers": {"id": "dlv-2"},
+        "name": "converted",
+        "attributes": {"device_token": "tok"},
+    }
     answers = node(
         ["trackPush", {"delivery_id": "dlv-1", "event": "delivered", "device_id": "tok", "timestamp": NOW}],
         ["reportMetric", {"delivery_id": "dlv-1", "metric": "clicked", "href": "https://x"}],
         ["unsubscribe", "dlv-1"],
-        ["batch", [{"type": "person", "action": "identify", "identifiers": {"id": "b1"}, "attributes": {"n": 1}},
-                   delivery]],
-        ["entity", {"type": "object", "action": "identify",
-                    "identifiers": {"object_type_id": "1", "object_id": "acme"}, "attributes": {"name": "Acme"},
-                    "cio_relationships": [{"identifiers": {"id": "b1"}}]}],
+        [
+            "batch",
+            [{"type": "person", "action": "identify", "identifiers": {"id": "b1"}, "attributes": {"n": 1}}, delivery],
+        ],
+        [
+            "entity",
+            {
+                "type": "object",
+                "action": "identify",
+                "identifiers": {"object_type_id": "1", "object_id": "acme"},
+                "attributes": {"name": "Acme"},
+                "cio_relationships": [{"identifiers": {"id": "b1"}}],
+            },
+        ],
         ["batch", [{"type": "person", "action": "event", "identifiers": {"id": "b1"}}]],
         ["trackPush", {"delivery_id": "dlv-1", "event": "bounced"}],
     )
@@ -245,8 +282,12 @@ def test_node_client_metrics_batch_entity_and_errors(node: Any, views: Any) -> N
     assert answers[5]["ok"]["errors"][0]["field"] == "name"  # 207 is a 2xx: the client resolves
     assert answers[6]["status"] == 400
     metrics = [(m["source"], m["delivery_id"], m["metric"]) for m in views("delivery_metrics")]
-    assert metrics == [("push/events", "dlv-1", "delivered"), ("metrics", "dlv-1", "clicked"),
-                       ("unsubscribe", "dlv-1", "unsubscribed"), ("v2", "dlv-2", "converted")]
+    assert metrics == [
+        ("push/events", "dlv-1", "delivered"),
+        ("metrics", "dlv-1", "clicked"),
+        ("unsubscribe", "dlv-1", "unsubscribed"),
+        ("v2", "dlv-2", "converted"),
+    ]
     (obj,) = views("objects")
     assert obj["attributes"] == {"name": "Acme"} and len(obj["relationships"]) == 1
     assert views("people")[0]["attributes"] == {"n": 1}

@@ -23,14 +23,23 @@ from .openapi_check import get_validator, requires_spec
 pytestmark = [pytest.mark.e2e, requires_spec]
 
 
-def _deliver_sample(sandbox: SandboxServer, tmp_path: Path, api: str, identify_by_email: bool,
-                    anonymous_events: str = "anonymous") -> None:
-    settings = load_settings({
-        "anonymous_events": anonymous_events, "group_type_map": "company=1",
-        "customerio_site_id": SITE_ID, "customerio_api_key": API_KEY, "customerio_track_url": sandbox.url,
-        "posthog_customerio_data_dir": tmp_path / api, "sqlite_synchronous": "NORMAL", "customerio_api": api,
-        "identify_by_email": identify_by_email, "customerio_max_rps": 10_000,
-    })
+def _deliver_sample(
+    sandbox: SandboxServer, tmp_path: Path, api: str, identify_by_email: bool, anonymous_events: str = "anonymous"
+) -> None:
+    settings = load_settings(
+        {
+            "anonymous_events": anonymous_events,
+            "group_type_map": "company=1",
+            "customerio_site_id": SITE_ID,
+            "customerio_api_key": API_KEY,
+            "customerio_track_url": sandbox.url,
+            "posthog_customerio_data_dir": tmp_path / api,
+            "sqlite_synchronous": "NORMAL",
+            "customerio_api": api,
+            "identify_by_email": identify_by_email,
+            "customerio_max_rps": 10_000,
+        }
+    )
     events = [parse_event(raw) for raw in generate_session_events(people=25, seed=3, events_per_person=10)]
     with Runtime(settings) as runtime:
         runtime.ingestor.ingest(events)
@@ -69,7 +78,9 @@ def test_every_request_validates_against_the_official_spec(
 def test_the_validator_catches_what_we_must_never_send() -> None:
     """Guard against a validator that passes everything."""
     validator = get_validator()
-    bad_timestamp = {"batch": [{"type": "person", "identifiers": {"id": "a"}, "action": "event", "name": "x", "timestamp": 1.5}]}
+    bad_timestamp = {
+        "batch": [{"type": "person", "identifiers": {"id": "a"}, "action": "event", "name": "x", "timestamp": 1.5}]
+    }
     assert validator.validate("POST", "/api/v2/batch", bad_timestamp)
     assert validator.validate("POST", "/api/v1/customers/a/events", {"data": {}})
     assert not validator.validate("GET", "/api/v1/accounts/region", None)
@@ -78,7 +89,15 @@ def test_the_validator_catches_what_we_must_never_send() -> None:
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     [
-        ("POST", "/api/v2/batch", {"batch": [{"type": "person", "identifiers": {"id": "a"}, "action": "event", "name": "x", "id": "not-a-ulid"}]}),
+        (
+            "POST",
+            "/api/v2/batch",
+            {
+                "batch": [
+                    {"type": "person", "identifiers": {"id": "a"}, "action": "event", "name": "x", "id": "not-a-ulid"}
+                ]
+            },
+        ),
         ("POST", "/api/v2/batch", {"batch": [{"type": "person", "action": "identify"}]}),  # no identifiers
         ("POST", "/api/v1/merge_customers", {"primary": {"id": "a"}}),
         ("PUT", "/api/v1/customers/a", {"nested": {"a": 1}}),  # v1 attributes are string/integer/boolean
@@ -92,4 +111,9 @@ def test_the_validator_rejects_invalid_requests(method: str, path: str, body: ob
 
 def test_the_validator_accepts_valid_requests() -> None:
     validator = get_validator()
-    assert validator.validate("POST", "/api/v1/merge_customers", {"primary": {"id": "a"}, "secondary": {"email": "b@x.io"}}) == []
+    assert (
+        validator.validate(
+            "POST", "/api/v1/merge_customers", {"primary": {"id": "a"}, "secondary": {"email": "b@x.io"}}
+        )
+        == []
+    )

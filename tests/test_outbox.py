@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,16 @@ from posthog_customerio.state import PersonState, load_states, save_states
 
 
 def op(person: str, n: int, pad: int = 0) -> Operation:
-    return Operation(person, {"type": "person", "identifiers": {"id": person}, "action": "event", "name": f"e{n}", "attributes": {"pad": "x" * pad}})
+    return Operation(
+        person,
+        {
+            "type": "person",
+            "identifiers": {"id": person},
+            "action": "event",
+            "name": f"e{n}",
+            "attributes": {"pad": "x" * pad},
+        },
+    )
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -31,10 +41,8 @@ def open_db(request: pytest.FixtureRequest, tmp_path: Path):
 
     yield make
     for db in opened:
-        try:
+        with contextlib.suppress(Exception):  # already closed by the test
             db.close()
-        except Exception:  # already closed by the test
-            pass
 
 
 @pytest.fixture
@@ -137,11 +145,10 @@ def test_operations_survive_reopening_the_database(open_db) -> None:
 
 def test_state_and_operations_commit_together_or_not_at_all(open_db) -> None:
     db = open_db()
-    with pytest.raises(RuntimeError):
-        with db.transaction() as conn:
-            save_states(conn, [PersonState("a", created=True)])
-            Outbox.enqueue(conn, [op("a", 1)])
-            raise RuntimeError("crash before commit")
+    with pytest.raises(RuntimeError), db.transaction() as conn:
+        save_states(conn, [PersonState("a", created=True)])
+        Outbox.enqueue(conn, [op("a", 1)])
+        raise RuntimeError("crash before commit")
     assert Outbox(db).depth() == 0
     with db.reading() as conn:
         assert load_states(conn, ["a"]) == {}

@@ -27,10 +27,19 @@ pytestmark = pytest.mark.e2e
 
 
 def replica(sandbox: SandboxServer, pg_url: str, data_dir: Path, **overrides: Any) -> Runtime:
-    return Runtime(load_settings({
-        "customerio_site_id": SITE_ID, "customerio_api_key": API_KEY, "customerio_track_url": sandbox.url,
-        "posthog_customerio_data_dir": data_dir, "outbox_url": pg_url, "lease_s": 10, **overrides,
-    }))
+    return Runtime(
+        load_settings(
+            {
+                "customerio_site_id": SITE_ID,
+                "customerio_api_key": API_KEY,
+                "customerio_track_url": sandbox.url,
+                "posthog_customerio_data_dir": data_dir,
+                "outbox_url": pg_url,
+                "lease_s": 10,
+                **overrides,
+            }
+        )
+    )
 
 
 def run_replicas(runtimes: list[Runtime], events: list[Any], timeout: float = 60.0, batch_items: int = 1000) -> None:
@@ -50,9 +59,7 @@ def run_replicas(runtimes: list[Runtime], events: list[Any], timeout: float = 60
             deliverer.stop()
 
 
-def test_a_429_storm_pauses_every_replica_for_retry_after(
-    sandbox: SandboxServer, pg_url: str, tmp_path: Path
-) -> None:
+def test_a_429_storm_pauses_every_replica_for_retry_after(sandbox: SandboxServer, pg_url: str, tmp_path: Path) -> None:
     retry_after = 2.0
     sandbox.state.add_fault(status=429, count=4, retry_after="2")
     with ExitStack() as stack:
@@ -69,8 +76,11 @@ def test_a_429_storm_pauses_every_replica_for_retry_after(
     for storm in storms:
         # a request already on the wire when the 429 was answered could not know about it
         later = [entry for entry in log if entry["time"] > storm["answered"]]
-        early = [round(entry["time"] - storm["time"], 3) for entry in later
-                 if entry["time"] < storm["time"] + retry_after - 0.02]
+        early = [
+            round(entry["time"] - storm["time"], 3)
+            for entry in later
+            if entry["time"] < storm["time"] + retry_after - 0.02
+        ]
         assert not early, f"requests {early} s after a 429 with Retry-After: 2"
 
 
@@ -78,8 +88,16 @@ def test_replicas_share_customerio_max_rps(sandbox: SandboxServer, pg_url: str, 
     rps = 5.0
     with ExitStack() as stack:
         runtimes = [
-            stack.enter_context(replica(sandbox, pg_url, tmp_path / name, customerio_max_rps=rps,
-                                        delivery_concurrency=2, customerio_api="v1"))
+            stack.enter_context(
+                replica(
+                    sandbox,
+                    pg_url,
+                    tmp_path / name,
+                    customerio_max_rps=rps,
+                    delivery_concurrency=2,
+                    customerio_api="v1",
+                )
+            )
             for name in ("a", "b")
         ]
         started = time.monotonic()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ from posthog_customerio.outbox import Outbox
 from posthog_customerio.pipeline import GroupCommitter, Ingestor
 from posthog_customerio.sources import PostHogEvent
 
-NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def event(distinct_id: str, **set_props: object) -> PostHogEvent:
@@ -39,7 +39,7 @@ def test_concurrent_requests_share_commits_and_fail_alone(tmp_path: Path) -> Non
         bad = n == 7
         try:
             results[n] = committer.ingest([event(f"p{n}", plan="\ud800" if bad else "pro")], "webhook")
-        except Exception as exc:  # noqa: BLE001 - the bad request's own error
+        except Exception as exc:
             results[n] = exc
 
     threads = [threading.Thread(target=request, args=(n,)) for n in range(40)]
@@ -71,16 +71,20 @@ def test_queued_anonymous_events_become_the_identified_persons_events(tmp_path: 
     db = Database(tmp_path / "db.sqlite")
     outbox = Outbox(db)
     ingestor = Ingestor(db, outbox, MappingConfig())  # ANONYMOUS_EVENTS=anonymous
-    browse = [PostHogEvent("$pageview", "anon-1", NOW, {"$is_identified": False, "$current_url": f"https://x.io/{n}"})
-              for n in range(3)]
+    browse = [
+        PostHogEvent("$pageview", "anon-1", NOW, {"$is_identified": False, "$current_url": f"https://x.io/{n}"})
+        for n in range(3)
+    ]
     ingestor.ingest(browse[:2])
     in_flight = outbox.claim(1, 100_000, 32_000)  # the first one is being sent as an anonymous event
     identify = PostHogEvent("$identify", "user-1", NOW, {"$anon_distinct_id": "anon-1"})
     report = ingestor.ingest([browse[2], identify])
     assert report.notes["anonymous_events_adopted"] == 2
     with db.reading() as conn:
-        rows = [(key, json.loads(payload)) for key, payload in
-                conn.execute("SELECT person_key, payload FROM outbox ORDER BY seq")]
+        rows = [
+            (key, json.loads(payload))
+            for key, payload in conn.execute("SELECT person_key, payload FROM outbox ORDER BY seq")
+        ]
     assert rows[0] == ("anon-1", json.loads(in_flight[0].payload))  # in flight: left alone
     key, first = rows[1]
     assert key == "user-1" and first["action"] == "identify" and first["attributes"]["anonymous_id"] == "anon-1"

@@ -51,33 +51,78 @@ def test_iso_timestamp_forms() -> None:
 
 
 ENCODED = [
-    (pl.identify("u1", {"plan": "pro"}, anonymous_id="a1", message_id="m1", timestamp=0),
-     {"type": "identify", "userId": "u1", "anonymousId": "a1", "traits": {"plan": "pro"}, "messageId": "m1",
-      "timestamp": "1970-01-01T00:00:00.000Z"}),
-    (pl.track("Signed up", {"n": 1}, anonymous_id="a1", message_id="m2"),
-     {"type": "track", "event": "Signed up", "anonymousId": "a1", "properties": {"n": 1}, "messageId": "m2"}),
-    (pl.page("Home", {"url": "https://x/"}, user_id="u1"),
-     {"type": "page", "name": "Home", "userId": "u1", "properties": {"url": "https://x/"}}),
+    (
+        pl.identify("u1", {"plan": "pro"}, anonymous_id="a1", message_id="m1", timestamp=0),
+        {
+            "type": "identify",
+            "userId": "u1",
+            "anonymousId": "a1",
+            "traits": {"plan": "pro"},
+            "messageId": "m1",
+            "timestamp": "1970-01-01T00:00:00.000Z",
+        },
+    ),
+    (
+        pl.track("Signed up", {"n": 1}, anonymous_id="a1", message_id="m2"),
+        {"type": "track", "event": "Signed up", "anonymousId": "a1", "properties": {"n": 1}, "messageId": "m2"},
+    ),
+    (
+        pl.page("Home", {"url": "https://x/"}, user_id="u1"),
+        {"type": "page", "name": "Home", "userId": "u1", "properties": {"url": "https://x/"}},
+    ),
     (pl.screen("Cart", user_id="u1"), {"type": "screen", "name": "Cart", "userId": "u1", "properties": {}}),
-    (pl.group("acme", {"name": "Acme"}, object_type_id=2, user_id="u1", relationship_attributes={"role": "admin"}),
-     {"type": "group", "groupId": "acme", "userId": "u1",
-      "traits": {"name": "Acme", "objectTypeId": "2", "relationshipAttributes": {"role": "admin"}}}),
+    (
+        pl.group("acme", {"name": "Acme"}, object_type_id=2, user_id="u1", relationship_attributes={"role": "admin"}),
+        {
+            "type": "group",
+            "groupId": "acme",
+            "userId": "u1",
+            "traits": {"name": "Acme", "objectTypeId": "2", "relationshipAttributes": {"role": "admin"}},
+        },
+    ),
     (pl.alias("u1", "old"), {"type": "alias", "userId": "u1", "previousId": "old"}),
     (pl.delete_person("u1"), {"type": "track", "event": "Delete Person", "userId": "u1", "properties": {}}),
     (pl.suppress_person("u1"), {"type": "track", "event": "User Suppressed", "userId": "u1", "properties": {}}),
     (pl.unsuppress_person("u1"), {"type": "track", "event": "User Unsuppressed", "userId": "u1", "properties": {}}),
-    (pl.device_created_or_updated("u1", "tok", "ios", {"app_version": "1.2"}),
-     {"type": "track", "event": "Device Created or Updated", "userId": "u1", "properties": {"app_version": "1.2"},
-      "context": {"device": {"token": "tok", "type": "ios"}}}),
-    (pl.device_deleted("u1", "tok"),
-     {"type": "track", "event": "Device Deleted", "userId": "u1", "properties": {},
-      "context": {"device": {"token": "tok"}}}),
-    (pl.relationship_deleted("u1", "acme", 2),
-     {"type": "track", "event": "Relationship Deleted", "userId": "u1",
-      "properties": {"objectId": "acme", "objectTypeId": "2"}}),
-    (pl.object_deleted("acme", 2, anonymous_id="op-1"),
-     {"type": "track", "event": "Object Deleted", "anonymousId": "op-1", "groupId": "acme",
-      "properties": {"objectId": "acme", "objectTypeId": "2"}}),
+    (
+        pl.device_created_or_updated("u1", "tok", "ios", {"app_version": "1.2"}),
+        {
+            "type": "track",
+            "event": "Device Created or Updated",
+            "userId": "u1",
+            "properties": {"app_version": "1.2"},
+            "context": {"device": {"token": "tok", "type": "ios"}},
+        },
+    ),
+    (
+        pl.device_deleted("u1", "tok"),
+        {
+            "type": "track",
+            "event": "Device Deleted",
+            "userId": "u1",
+            "properties": {},
+            "context": {"device": {"token": "tok"}},
+        },
+    ),
+    (
+        pl.relationship_deleted("u1", "acme", 2),
+        {
+            "type": "track",
+            "event": "Relationship Deleted",
+            "userId": "u1",
+            "properties": {"objectId": "acme", "objectTypeId": "2"},
+        },
+    ),
+    (
+        pl.object_deleted("acme", 2, anonymous_id="op-1"),
+        {
+            "type": "track",
+            "event": "Object Deleted",
+            "anonymousId": "op-1",
+            "groupId": "acme",
+            "properties": {"objectId": "acme", "objectTypeId": "2"},
+        },
+    ),
 ]
 
 
@@ -119,7 +164,7 @@ def test_pack_reports_too_large_calls_without_breaking_order() -> None:
 
 
 def test_pack_limits_have_a_safety_margin_and_overhead_counts() -> None:
-    assert pl.MAX_CALL_BYTES < min(pl.DOCUMENTED_CALL_BYTES, 32_000 + 1)
+    assert min(pl.DOCUMENTED_CALL_BYTES, 32_000 + 1) > pl.MAX_CALL_BYTES
     assert pl.MAX_REQUEST_BYTES < pl.DOCUMENTED_REQUEST_BYTES
     calls = ["x" * 1000] * 10
     exact = len(b'{"batch":[]}') + 10 * 1000 + 9
@@ -163,7 +208,9 @@ def test_client_batch_round_trip(pipes: SandboxServer) -> None:
     assert person["relationships"] == [{"objectTypeId": "1", "groupId": "acme", "attributes": {}}]
     events = _view(pipes, "events")
     assert [(e["name"], e["userId"], e["timestamp"]) for e in events] == [
-        ("Viewed", "u1", "2024-05-01T12:00:00.000Z"), ("Home", "u1", None)]
+        ("Viewed", "u1", "2024-05-01T12:00:00.000Z"),
+        ("Home", "u1", None),
+    ]
     assert _view(pipes, "anonymous_events") == []
 
 
@@ -223,10 +270,14 @@ def test_region_urls() -> None:
         ({"batch": [{"type": "alias", "userId": "u"}]}, "missing_id"),
         ({"batch": [{"type": "track", "event": "Device Deleted", "userId": "u"}]}, "missing_device"),
         ({"batch": [{"type": "track", "event": "Delete Person", "anonymousId": "a"}]}, "missing_id"),
-        ({"batch": [{"type": "track", "event": "E", "userId": "u", "properties": {"x": "y" * SANDBOX_CALL_BYTES}}]},
-         "call_too_large"),
-        ({"batch": [{"type": "track", "event": "E", "userId": "u", "properties": {"x": "y" * 30_000}}] * 17},
-         "request_too_large"),
+        (
+            {"batch": [{"type": "track", "event": "E", "userId": "u", "properties": {"x": "y" * SANDBOX_CALL_BYTES}}]},
+            "call_too_large",
+        ),
+        (
+            {"batch": [{"type": "track", "event": "E", "userId": "u", "properties": {"x": "y" * 30_000}}] * 17},
+            "request_too_large",
+        ),
     ],
 )
 def test_strict_mode_rejects_invalid_requests_whole(pipes: SandboxServer, body: Any, code: str) -> None:
@@ -307,11 +358,28 @@ def test_people_by_email_trait(pipes: SandboxServer) -> None:
 
 
 def test_objects_relationships_and_their_deletion(pipes: SandboxServer) -> None:
-    _post(pipes, "/v1/batch", {"batch": [
-        pl.group("acme", {"name": "Acme"}, object_type_id="2", user_id="u1", relationship_attributes={"role": "admin"}),
-        pl.group("acme", {"plan": "gold"}, object_type_id="2", user_id="u2"),
-        {"type": "group", "groupId": "legacy", "objectTypeId": "3", "traits": {"x": 1}},  # top-level objectTypeId
-    ]})
+    _post(
+        pipes,
+        "/v1/batch",
+        {
+            "batch": [
+                pl.group(
+                    "acme",
+                    {"name": "Acme"},
+                    object_type_id="2",
+                    user_id="u1",
+                    relationship_attributes={"role": "admin"},
+                ),
+                pl.group("acme", {"plan": "gold"}, object_type_id="2", user_id="u2"),
+                {
+                    "type": "group",
+                    "groupId": "legacy",
+                    "objectTypeId": "3",
+                    "traits": {"x": 1},
+                },  # top-level objectTypeId
+            ]
+        },
+    )
     objects = {(o["objectTypeId"], o["groupId"]): o for o in _view(pipes, "objects")}
     assert objects[("2", "acme")]["attributes"] == {"name": "Acme", "plan": "gold"}
     assert objects[("2", "acme")]["relationships"] == [
@@ -327,15 +395,25 @@ def test_objects_relationships_and_their_deletion(pipes: SandboxServer) -> None:
 
 
 def test_semantic_events_are_actions(pipes: SandboxServer) -> None:
-    _post(pipes, "/v1/batch", {"batch": [
-        pl.identify("u1", {"a": 1}),
-        pl.device_created_or_updated("u1", "tok-1", "ios", timestamp=0),
-        pl.device_created_or_updated("u1", "tok-2", "android"),
-        {"type": "track", "event": "Device Created or Updated", "userId": "u1",
-         "properties": {"device": {"token": "tok-3", "type": "ios"}}},  # the doc's cioanalytics example shape
-        pl.device_deleted("u1", "tok-2"),
-        pl.suppress_person("u1"),
-    ]})
+    _post(
+        pipes,
+        "/v1/batch",
+        {
+            "batch": [
+                pl.identify("u1", {"a": 1}),
+                pl.device_created_or_updated("u1", "tok-1", "ios", timestamp=0),
+                pl.device_created_or_updated("u1", "tok-2", "android"),
+                {
+                    "type": "track",
+                    "event": "Device Created or Updated",
+                    "userId": "u1",
+                    "properties": {"device": {"token": "tok-3", "type": "ios"}},
+                },  # the doc's cioanalytics example shape
+                pl.device_deleted("u1", "tok-2"),
+                pl.suppress_person("u1"),
+            ]
+        },
+    )
     (person,) = _view(pipes, "people")
     assert [d["token"] for d in person["devices"]] == ["tok-1", "tok-3"]
     assert person["devices"][0]["type"] == "ios" and person["devices"][0]["last_used"] == "1970-01-01T00:00:00.000Z"
@@ -348,10 +426,18 @@ def test_semantic_events_are_actions(pipes: SandboxServer) -> None:
 
 
 def test_alias_merges_previous_profile(pipes: SandboxServer) -> None:
-    _post(pipes, "/v1/batch", {"batch": [
-        pl.identify("old", {"a": 1, "shared": "old"}), pl.track("Old event", user_id="old"),
-        pl.identify("new", {"shared": "new"}), pl.group("acme", user_id="old"),
-    ]})
+    _post(
+        pipes,
+        "/v1/batch",
+        {
+            "batch": [
+                pl.identify("old", {"a": 1, "shared": "old"}),
+                pl.track("Old event", user_id="old"),
+                pl.identify("new", {"shared": "new"}),
+                pl.group("acme", user_id="old"),
+            ]
+        },
+    )
     _post(pipes, "/v1/alias", pl.alias("new", "old"))
     (person,) = _view(pipes, "people")
     assert person["userId"] == "new" and person["attributes"] == {"shared": "new", "a": 1}

@@ -37,8 +37,10 @@ SEQUENCE: list[tuple[str, dict[str, Any]]] = [
     ("group", {"user_id": "u1", "group_id": "acme", "traits": {"name": "Acme", "objectTypeId": "2"}}),
     ("identify", {"user_id": "u2", "traits": {"a": 1}}),
     ("alias", {"user_id": "u1", "previous_id": "u2"}),
-    ("track", {"user_id": "u1", "event": "Device Created or Updated",
-               "context": {"device": {"token": "tok", "type": "ios"}}}),
+    (
+        "track",
+        {"user_id": "u1", "event": "Device Created or Updated", "context": {"device": {"token": "tok", "type": "ios"}}},
+    ),
     ("track", {"anonymous_id": "v3", "event": "Later"}),
 ]
 
@@ -82,8 +84,13 @@ def cdp_python() -> Any:
 
     if not (CDP_PYTHON_DIR / "customerio" / "analytics").is_dir():
         try:
-            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(CDP_PYTHON_DIR),
-                            CDP_PYTHON_REQUIREMENT], check=True, capture_output=True, text=True, timeout=600)
+            subprocess.run(
+                [sys.executable, "-m", "pip", "install", "-q", "--target", str(CDP_PYTHON_DIR), CDP_PYTHON_REQUIREMENT],
+                check=True,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             unavailable(f"pip install {CDP_PYTHON_REQUIREMENT} failed: {getattr(exc, 'stderr', '') or exc}")
     import customerio
@@ -138,8 +145,11 @@ def _assert_documented_state(server: SandboxServer) -> None:
     assert person["relationships"] == [{"objectTypeId": "2", "groupId": "acme", "attributes": {}}]
     events = _view(server, "events")
     assert [(e["type"], e["name"], e["userId"]) for e in events] == [
-        ("track", "Viewed", "u1"), ("page", "Landing", "u1"),  # anonymous activity attached by the identify
-        ("track", "Order Completed", "u1"), ("page", "Home", "u1"), ("screen", "Cart", "u1"),
+        ("track", "Viewed", "u1"),
+        ("page", "Landing", "u1"),  # anonymous activity attached by the identify
+        ("track", "Order Completed", "u1"),
+        ("page", "Home", "u1"),
+        ("screen", "Cart", "u1"),
     ]
     assert events[2]["properties"] == {"total": 9.5, "items": [1, 2]}
     assert [(e["name"], e["anonymousId"]) for e in _view(server, "anonymous_events")] == [("Later", "v3")]
@@ -154,7 +164,7 @@ def _assert_same_shape(theirs: list[dict[str, Any]]) -> None:
 
 
 def test_python_client_against_sandbox(pipes: SandboxServer, cdp_python: Any) -> None:
-    Client = cdp_python.Client  # noqa: N806 - the client's class
+    Client = cdp_python.Client
 
     client = Client(KEY, host=pipes.url, sync_mode=True)  # sync: each call is POSTed, errors raise
     for method, kwargs in SEQUENCE:
@@ -167,8 +177,14 @@ def test_node_client_against_sandbox(pipes: SandboxServer, cdp_node: Path) -> No
     calls = [
         {"method": method, "params": {_CAMEL.get(k, k): v for k, v in kwargs.items()}} for method, kwargs in SEQUENCE
     ]
-    done = subprocess.run(["node", "send.js", pipes.url, KEY], cwd=cdp_node, input=json.dumps(calls),
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        ["node", "send.js", pipes.url, KEY],
+        cwd=cdp_node,
+        input=json.dumps(calls),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr
     _assert_documented_state(pipes)
     _assert_same_shape(_recorded_calls(pipes))
@@ -186,14 +202,15 @@ def test_our_encoders_reach_the_same_state(pipes: SandboxServer) -> None:
 def test_python_client_bad_key_is_refused_in_strict_mode_only(pipes: SandboxServer, cdp_python: Any) -> None:
     from customerio.analytics.request import APIError
 
-    Client = cdp_python.Client  # noqa: N806 - the client's class
+    Client = cdp_python.Client
 
     Client("wrong", host=pipes.url, sync_mode=True).track(user_id="u1", event="E")  # permissive: 200, dropped
     assert _view(pipes, "events") == []
     with pl.PipelinesClient("wrong", pipes.url) as client:
         assert client.send_call(pl.track("E", user_id="u1")).status == 401
     # the error body has the shape Customer.io's client parses ({"code", "message"})
-    response = httpx.post(pipes.url + "/v1/track", json={"userId": "u1", "event": "E"}, auth=("wrong", ""),
-                          headers={"X-Strict-Mode": "1"})
+    response = httpx.post(
+        pipes.url + "/v1/track", json={"userId": "u1", "event": "E"}, auth=("wrong", ""), headers={"X-Strict-Mode": "1"}
+    )
     error = APIError(response.status_code, response.json()["code"], response.json()["message"])
     assert error.status == 401 and error.code == "unauthorized"

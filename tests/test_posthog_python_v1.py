@@ -29,8 +29,13 @@ PROJECT_KEY = "phc_v1_project_key_1234"
 @contextmanager
 def service(sandbox: SandboxServer, tmp_path: Path, **extra: Any) -> Iterator[tuple[str, Runtime]]:
     settings = Settings(
-        customerio_site_id=SITE_ID, customerio_api_key=API_KEY, customerio_track_url=sandbox.url,
-        posthog_customerio_data_dir=tmp_path / "data", sqlite_synchronous="NORMAL", shutdown_grace_s=1, **extra,
+        customerio_site_id=SITE_ID,
+        customerio_api_key=API_KEY,
+        customerio_track_url=sandbox.url,
+        posthog_customerio_data_dir=tmp_path / "data",
+        sqlite_synchronous="NORMAL",
+        shutdown_grace_s=1,
+        **extra,
     )
     runtime = Runtime(settings)
     with running_service(runtime) as url:
@@ -49,10 +54,17 @@ def test_posthog_python_capture_mode_v1_reaches_customerio(sandbox: SandboxServe
     errors: list[Any] = []
     with service(sandbox, tmp_path, webhook_token=PROJECT_KEY) as (url, runtime):
         client = posthog.Posthog(
-            PROJECT_KEY, host=url, sync_mode=True, disable_geoip=True, capture_mode="v1", gzip=gzip,
+            PROJECT_KEY,
+            host=url,
+            sync_mode=True,
+            disable_geoip=True,
+            capture_mode="v1",
+            gzip=gzip,
             on_error=lambda error, batch: errors.append(error),
         )
-        client.capture("purchase", distinct_id="v1-user", properties={"amount": 42, "$set": {"email": "v1@example.com"}})
+        client.capture(
+            "purchase", distinct_id="v1-user", properties={"amount": 42, "$set": {"email": "v1@example.com"}}
+        )
         client.set(distinct_id="v1-user", properties={"plan": "team"})
         client.capture("$pageview", distinct_id="v1-user", properties={"$current_url": "https://x.io/v1"})
         client.shutdown()
@@ -81,11 +93,20 @@ def test_posthog_python_v1_with_a_wrong_key_is_refused_and_told(
 @pytest.mark.parametrize("path", ["/i/v1/analytics/events", "/i/v1/analytics/events/"])
 def test_v1_body_answers_per_event_results(sandbox: SandboxServer, tmp_path: Path, path: str) -> None:
     event_id = str(uuidlib.uuid4())
-    body = {"created_at": "2024-05-01T10:00:00+00:00", "batch": [{
-        "event": "signed_up", "uuid": event_id, "distinct_id": "raw-v1", "timestamp": "2024-05-01T09:59:58+00:00",
-        "options": {"process_person_profile": True}, "properties": {"$set": {"email": "raw@example.com"}},
-        "session_id": "sess-1",
-    }]}
+    body = {
+        "created_at": "2024-05-01T10:00:00+00:00",
+        "batch": [
+            {
+                "event": "signed_up",
+                "uuid": event_id,
+                "distinct_id": "raw-v1",
+                "timestamp": "2024-05-01T09:59:58+00:00",
+                "options": {"process_person_profile": True},
+                "properties": {"$set": {"email": "raw@example.com"}},
+                "session_id": "sess-1",
+            }
+        ],
+    }
     with service(sandbox, tmp_path, webhook_token=PROJECT_KEY) as (url, runtime):
         refused = httpx.post(f"{url}{path}", json=body)
         assert refused.status_code == 401
@@ -99,16 +120,33 @@ def test_v1_body_answers_per_event_results(sandbox: SandboxServer, tmp_path: Pat
 
 
 def test_parse_v1_batch_restores_the_properties_posthog_stores() -> None:
-    (event,) = parse_v1_batch({"batch": [{
-        "event": "e", "uuid": "u-1", "distinct_id": "d", "timestamp": "2024-05-01T09:59:58Z",
-        "options": {"process_person_profile": False, "cookieless_mode": True, "unknown": 1},
-        "properties": {"$set_once": {"first": "x"}, "k": 1}, "session_id": "s", "window_id": "w",
-    }]}, sdk_info="posthog-python/7.22.0")
+    (event,) = parse_v1_batch(
+        {
+            "batch": [
+                {
+                    "event": "e",
+                    "uuid": "u-1",
+                    "distinct_id": "d",
+                    "timestamp": "2024-05-01T09:59:58Z",
+                    "options": {"process_person_profile": False, "cookieless_mode": True, "unknown": 1},
+                    "properties": {"$set_once": {"first": "x"}, "k": 1},
+                    "session_id": "s",
+                    "window_id": "w",
+                }
+            ]
+        },
+        sdk_info="posthog-python/7.22.0",
+    )
     assert event.uuid == "u-1" and event.distinct_id == "d" and event.set_once == {"first": "x"}
     assert event.properties == {
-        "$set_once": {"first": "x"}, "k": 1, "$session_id": "s", "$window_id": "w",
-        "$process_person_profile": False, "$cookieless_mode": True,
-        "$lib": "posthog-python", "$lib_version": "7.22.0",
+        "$set_once": {"first": "x"},
+        "k": 1,
+        "$session_id": "s",
+        "$window_id": "w",
+        "$process_person_profile": False,
+        "$cookieless_mode": True,
+        "$lib": "posthog-python",
+        "$lib_version": "7.22.0",
     }
     with pytest.raises(EventParseError, match="event 1: missing distinct_id"):
         parse_v1_batch({"batch": [{"event": "e", "distinct_id": "d"}, {"event": "e"}]})

@@ -31,16 +31,27 @@ ORIGIN = "http://127.0.0.1:1"  # a page on another origin
 
 @contextmanager
 def service(tmp_path: Path, **values: Any) -> Iterator[tuple[str, Runtime]]:
-    settings = load_settings({"posthog_customerio_data_dir": tmp_path / "data", "sqlite_synchronous": "NORMAL",
-                              "shutdown_grace_s": 1, **values})
+    settings = load_settings(
+        {
+            "posthog_customerio_data_dir": tmp_path / "data",
+            "sqlite_synchronous": "NORMAL",
+            "shutdown_grace_s": 1,
+            **values,
+        }
+    )
     runtime = Runtime(settings, sandbox=True)
     with running_service(runtime) as url:
         yield url, runtime
 
 
 def event(name: str, distinct_id: str, **properties: Any) -> dict[str, Any]:
-    return {"event": name, "distinct_id": distinct_id, "uuid": str(uuidlib.uuid4()),
-            "properties": {"$lib": "web", **properties}, "timestamp": "2024-01-01T00:00:00Z"}
+    return {
+        "event": name,
+        "distinct_id": distinct_id,
+        "uuid": str(uuidlib.uuid4()),
+        "properties": {"$lib": "web", **properties},
+        "timestamp": "2024-01-01T00:00:00Z",
+    }
 
 
 def metric(url: str, name: str, labels: str) -> float:
@@ -53,10 +64,15 @@ def metric(url: str, name: str, labels: str) -> float:
 
 # -- CORS --------------------------------------------------------------------------------
 def preflight(url: str, path: str, origin: str = ORIGIN) -> httpx.Response:
-    return httpx.options(f"{url}{path}", timeout=10, headers={
-        "Origin": origin, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "content-type,x-custom-header",
-    })
+    return httpx.options(
+        f"{url}{path}",
+        timeout=10,
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type,x-custom-header",
+        },
+    )
 
 
 def test_capture_paths_answer_the_cors_preflight_and_carry_cors_headers(tmp_path: Path) -> None:
@@ -84,7 +100,9 @@ def test_cors_origins_restricts_the_allowed_origins(tmp_path: Path) -> None:
         assert allowed.headers["access-control-allow-origin"] == "https://www.shop.example"
         denied = preflight(url, "/e/", "https://evil.example")
         assert denied.status_code == 400 and "access-control-allow-origin" not in denied.headers
-        posted = httpx.post(f"{url}/e/", json=event("x", "cors-2"), headers={"Origin": "https://evil.example"}, timeout=10)
+        posted = httpx.post(
+            f"{url}/e/", json=event("x", "cors-2"), headers={"Origin": "https://evil.example"}, timeout=10
+        )
         assert "access-control-allow-origin" not in posted.headers
 
 
@@ -101,14 +119,19 @@ def test_standalone_answers_flags_decide_config_and_recordings_so_posthog_js_kee
         hostile = '<!--<script>"x'
         script = httpx.get(f"{url}/array/{hostile}/config.js", timeout=10)
         assert script.status_code == 200 and script.headers["content-type"].startswith("application/javascript")
-        assert "_POSTHOG_REMOTE_CONFIG" in script.text and "<" not in script.text and '\\u003c!--\\u003cscript\\u003e\\"x' in script.text
+        assert (
+            "_POSTHOG_REMOTE_CONFIG" in script.text
+            and "<" not in script.text
+            and '\\u003c!--\\u003cscript\\u003e\\"x' in script.text
+        )
         recording = httpx.post(f"{url}/s/?compression=gzip-js", content=gzip.compress(b"[]"), timeout=10)
         assert recording.status_code == 200
 
 
 # -- rejected requests -------------------------------------------------------------------------
 def test_rejected_requests_are_counted_logged_without_the_body_and_shown_in_status(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     secret_body = b'{"event": "x", "distinct_id": "person-with-a-secret-VALUE-42" oops'
     with service(tmp_path, max_body_bytes=1000) as (url, _), caplog.at_level(logging.WARNING):
@@ -135,10 +158,19 @@ def test_proxy_forwards_capture_byte_for_byte_and_stores_what_posthog_accepted(t
     with running_fake_posthog() as (fake, posthog_url), service(tmp_path, posthog_host=posthog_url) as (url, runtime):
         batch = [event("signed_up", "proxy-ann", **{"$set": {"email": "ann@example.com"}}), event("paid", "proxy-ann")]
         body = gzip.compress(json.dumps({"api_key": "phc_abc", "batch": batch}).encode()) + gzip.compress(b"")
-        answer = httpx.post(f"{url}/e/?ver=1.2&_=17&compression=gzip-js", content=body, timeout=10, headers={
-            "Content-Type": "text/plain", "Origin": ORIGIN, "X-Custom": "kept", "X-Forwarded-For": "203.0.113.9, 10.0.0.1",
-            "Connection": "keep-alive, X-Hop", "X-Hop": "dropped",
-        })
+        answer = httpx.post(
+            f"{url}/e/?ver=1.2&_=17&compression=gzip-js",
+            content=body,
+            timeout=10,
+            headers={
+                "Content-Type": "text/plain",
+                "Origin": ORIGIN,
+                "X-Custom": "kept",
+                "X-Forwarded-For": "203.0.113.9, 10.0.0.1",
+                "Connection": "keep-alive, X-Hop",
+                "X-Hop": "dropped",
+            },
+        )
         assert answer.status_code == 200, answer.text
         assert answer.json() == {"status": "Ok"}  # PostHog's answer, not ours
         assert answer.headers["x-fake-posthog"] == "1"
@@ -154,8 +186,13 @@ def test_proxy_forwards_capture_byte_for_byte_and_stores_what_posthog_accepted(t
         assert runtime.sandbox is not None
         person = wait_for(lambda: runtime.sandbox.state.person("proxy-ann"), "the person in Customer.io")
         assert person["email"] == "ann@example.com"
-        names = wait_for(lambda: {e["name"] for e in runtime.sandbox.state.events("proxy-ann")} >= {"signed_up", "paid"}
-                         and {e["name"] for e in runtime.sandbox.state.events("proxy-ann")}, "the events")
+        names = wait_for(
+            lambda: (
+                {e["name"] for e in runtime.sandbox.state.events("proxy-ann")} >= {"signed_up", "paid"}
+                and {e["name"] for e in runtime.sandbox.state.events("proxy-ann")}
+            ),
+            "the events",
+        )
         assert {"signed_up", "paid"} <= names
         assert metric(url, "proxy_requests_total", 'status="200"') == 1
 
@@ -165,14 +202,27 @@ def test_proxy_forwards_every_posthog_path_and_keeps_its_own(tmp_path: Path) -> 
         flags = httpx.post(f"{url}/flags/?v=2&config=true", json={"token": "phc_abc"}, timeout=10)
         assert flags.status_code == 200 and flags.json()["featureFlags"] == {FLAG_KEY: True}
         assert fake.recorded("/flags")[0].headers["x-forwarded-for"] == "127.0.0.1"
-        for method, path in (("GET", "/array/phc_abc/config"), ("GET", "/static/recorder.js?v=1"),
-                             ("POST", "/i/v1/analytics/events"), ("GET", "/api/surveys/?token=phc_abc"),
-                             ("POST", "/s/?compression=gzip-js"), ("POST", "/decide/?v=3"), ("GET", "/i/v0/e/?x=1")):
+        for method, path in (
+            ("GET", "/array/phc_abc/config"),
+            ("GET", "/static/recorder.js?v=1"),
+            ("POST", "/i/v1/analytics/events"),
+            ("GET", "/api/surveys/?token=phc_abc"),
+            ("POST", "/s/?compression=gzip-js"),
+            ("POST", "/decide/?v=3"),
+            ("GET", "/i/v0/e/?x=1"),
+        ):
             answer = httpx.request(method, f"{url}{path}", content=b"" if method == "GET" else b"{}", timeout=10)
             assert answer.status_code == 200, (path, answer.text)
         paths = [r.path for r in fake.recorded()]
-        for expected in ("/flags/", "/array/phc_abc/config", "/static/recorder.js", "/i/v1/analytics/events",
-                         "/api/surveys/", "/s/", "/decide/"):
+        for expected in (
+            "/flags/",
+            "/array/phc_abc/config",
+            "/static/recorder.js",
+            "/i/v1/analytics/events",
+            "/api/surveys/",
+            "/s/",
+            "/decide/",
+        ):
             assert expected in paths, (expected, paths)
         # this service's own endpoints are never forwarded
         assert httpx.get(f"{url}/api/status", timeout=10).json()["version"]
@@ -197,8 +247,10 @@ def test_proxy_forwards_unparseable_bodies_and_counts_them_not_stored(tmp_path: 
 
 
 def test_proxy_with_a_token_forwards_foreign_tokens_but_does_not_store_them(tmp_path: Path) -> None:
-    with running_fake_posthog() as (fake, posthog_url), \
-            service(tmp_path, posthog_host=posthog_url, webhook_token="phc_ours") as (url, runtime):
+    with (
+        running_fake_posthog() as (fake, posthog_url),
+        service(tmp_path, posthog_host=posthog_url, webhook_token="phc_ours") as (url, runtime),
+    ):
         foreign = httpx.post(f"{url}/e/", json={"api_key": "phc_theirs", "batch": [event("x", "intruder")]}, timeout=10)
         assert foreign.status_code == 200 and len(fake.recorded("/e")) == 1
         assert metric(url, "proxy_events_not_stored_total", 'reason="auth"') == 1
@@ -231,5 +283,7 @@ def test_bad_posthog_host_and_cors_origins_are_one_line_config_errors() -> None:
     with pytest.raises(ConfigError, match="^CORS_ORIGINS: each entry must be an origin"):
         load_settings({"cors_origins": "https://shop.example/path"})
     assert load_settings({"cors_origins": " https://a.example/ ,https://b.example:8443"}).cors_origin_list == [
-        "https://a.example", "https://b.example:8443"]
+        "https://a.example",
+        "https://b.example:8443",
+    ]
     assert load_settings({"posthog_host": "https://eu.i.posthog.com/"}).posthog_host == "https://eu.i.posthog.com"

@@ -59,8 +59,7 @@ def _seed() -> str:
 class Serve:
     """``posthog-customerio serve`` as a subprocess, logging to a file; restartable on its port."""
 
-    def __init__(self, env: dict[str, str], log_path: Path,
-                 preexec: Callable[[], None] | None = None) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, preexec: Callable[[], None] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **env}
@@ -73,7 +72,10 @@ class Serve:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [str(SCRIPT), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=self.preexec,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=self.preexec,
             )
         self.starts += 1
         deadline = time.monotonic() + timeout
@@ -179,7 +181,8 @@ def assert_last_attributes(sandbox: SandboxServer, oracle: Oracle) -> int:
                 continue
             assert attributes.get(key) == expected, (
                 f"{distinct_id}.{key}: Customer.io has {attributes.get(key)!r}, PostHog's last value is"
-                f" {expected!r} (seed {SEED})")
+                f" {expected!r} (seed {SEED})"
+            )
             checked += 1
     return checked
 
@@ -187,8 +190,14 @@ def assert_last_attributes(sandbox: SandboxServer, oracle: Oracle) -> int:
 class Poster(threading.Thread):
     """Posts batches in order, each until it gets 200 (as PostHog retries on errors and 5xx)."""
 
-    def __init__(self, url: str, posts: Sequence[Any], deadline_s: float,
-                 headers: dict[str, str] | None = None, pause_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        posts: Sequence[Any],
+        deadline_s: float,
+        headers: dict[str, str] | None = None,
+        pause_s: float = 0.0,
+    ) -> None:
         super().__init__(daemon=True, name="poster")
         self.url, self.posts, self.headers, self.pause_s = url, posts, headers or {}, pause_s
         self.deadline = time.monotonic() + deadline_s
@@ -205,8 +214,9 @@ class Poster(threading.Thread):
                     while True:
                         assert time.monotonic() < self.deadline, "poster ran out of time"
                         try:
-                            answer = client.post(self.url, content=body,
-                                                 headers={"Content-Type": "application/json", **self.headers})
+                            answer = client.post(
+                                self.url, content=body, headers={"Content-Type": "application/json", **self.headers}
+                            )
                         except httpx.HTTPError:
                             self.connection_errors += 1
                             time.sleep(0.05)
@@ -239,9 +249,14 @@ def outbox_empty(service: Serve) -> bool:
 @pytest.fixture
 def base_env(sandbox: SandboxServer, tmp_path: Path) -> dict[str, str]:
     return {
-        "CUSTOMERIO_SITE_ID": SITE_ID, "CUSTOMERIO_API_KEY": API_KEY, "CUSTOMERIO_TRACK_URL": sandbox.url,
-        "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data"), "LOG_FORMAT": "json", "SHUTDOWN_GRACE_S": "1",
-        "SQLITE_SYNCHRONOUS": "NORMAL", "CUSTOMERIO_MAX_RPS": "1000",
+        "CUSTOMERIO_SITE_ID": SITE_ID,
+        "CUSTOMERIO_API_KEY": API_KEY,
+        "CUSTOMERIO_TRACK_URL": sandbox.url,
+        "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data"),
+        "LOG_FORMAT": "json",
+        "SHUTDOWN_GRACE_S": "1",
+        "SQLITE_SYNCHRONOUS": "NORMAL",
+        "CUSTOMERIO_MAX_RPS": "1000",
     }
 
 
@@ -273,9 +288,11 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
         status = service.status()
     finally:
         service.stop()
-    print(f"kill -9: {kills} kills, {service.starts} starts, {poster.connection_errors} failed POSTs retried,"
-          f" {len(oracle.event_ids)} events expected, replays absorbed by the dedupe id:"
-          f" {sandbox.state.stats()['duplicates']}")
+    print(
+        f"kill -9: {kills} kills, {service.starts} starts, {poster.connection_errors} failed POSTs retried,"
+        f" {len(oracle.event_ids)} events expected, replays absorbed by the dedupe id:"
+        f" {sandbox.state.stats()['duplicates']}"
+    )
     assert status["outbox"]["dead_letters"] == 0, status["dead_letters"]
     assert_exactly_once(sandbox, oracle)
     assert assert_last_attributes(sandbox, oracle) > 100
@@ -318,9 +335,11 @@ def test_outage_500s_for_10s_then_429s_with_retry_after_2_for_5s(
     requests = [r for r in sandbox.state.requests() if r["path"].startswith("/api/") and "region" not in r["path"]]
     during = [r for r in requests if r["time"] < recovered]
     by_status = {code: sum(1 for r in during if r["status"] == code) for code in (500, 429)}
-    print(f"outage: {len(during)} requests during the 15 s ({by_status}), delivered"
-          f" {delivered - recovered:.1f}s after recovery; retry gaps (s):",
-          [round(b["time"] - a["time"], 2) for a, b in zip(during, during[1:]) if b["time"] - a["time"] > 0.2])
+    print(
+        f"outage: {len(during)} requests during the 15 s ({by_status}), delivered"
+        f" {delivered - recovered:.1f}s after recovery; retry gaps (s):",
+        [round(b["time"] - a["time"], 2) for a, b in itertools.pairwise(during) if b["time"] - a["time"] > 0.2],
+    )
     # nothing lost, nothing twice, nothing dead-lettered
     assert status["outbox"]["dead_letters"] == 0
     assert_exactly_once(sandbox, oracle)
@@ -330,12 +349,15 @@ def test_outage_500s_for_10s_then_429s_with_retry_after_2_for_5s(
     # were already in flight when the 429 was answered -- within 100 ms -- are not retries)
     for answer in (r for r in requests if r["status"] == 429):
         early = [r for r in requests if answer["time"] + 0.1 < r["time"] < answer["time"] + 2.0 - 0.02]
-        assert not early, (f"{len(early)} requests {early[0]['time'] - answer['time']:.3f}s after a 429 with"
-                           f" Retry-After: 2 (seed {SEED})")
+        assert not early, (
+            f"{len(early)} requests {early[0]['time'] - answer['time']:.3f}s after a 429 with"
+            f" Retry-After: 2 (seed {SEED})"
+        )
     # retries bounded: backoff, not a retry storm (15 s of outage, 4 workers)
     outage_s = recovered - outage_start  # 15 s, longer only if a phase had to wait for its first request
-    assert len(during) <= 4 * max(15.0, outage_s), \
+    assert len(during) <= 4 * max(15.0, outage_s), (
         f"{len(during)} requests during the {outage_s:.0f} s outage: {by_status}"
+    )
     # and delivery resumed promptly once Customer.io recovered
     assert delivered - recovered < 40, f"took {delivered - recovered:.1f}s after recovery to deliver"
 
@@ -354,8 +376,9 @@ def test_revoked_credentials_pause_delivery_keep_everything_and_resume(
         poster = Poster(f"{service.url}/webhook", second, deadline_s=30)
         poster.run()  # ingestion goes on: every POST answered 200
         assert poster.statuses == {200: len(second)}
-        wait_for(lambda: service.get("/healthz").json()["delivery"] == "paused", "delivery to pause", 20,
-                 describe=_seed)
+        wait_for(
+            lambda: service.get("/healthz").json()["delivery"] == "paused", "delivery to pause", 20, describe=_seed
+        )
         delivered_while_paused = len(sandbox_event_ids(sandbox))
         revoked_for = time.monotonic()
         time.sleep(2.5)  # a few credential re-checks while revoked
@@ -426,8 +449,12 @@ def test_disk_full_answers_503_and_never_200_for_events_it_did_not_store(
         service.preexec = None
         service.start()
         stored = Oracle([body for post in accepted for body in post])
-        wait_for(lambda: stored.event_ids <= set(sandbox_event_ids(sandbox)),
-                 "every event of a 200-answered request to be delivered", 45, describe=_seed)
+        wait_for(
+            lambda: stored.event_ids <= set(sandbox_event_ids(sandbox)),
+            "every event of a 200-answered request to be delivered",
+            45,
+            describe=_seed,
+        )
         # PostHog retries the 503-answered requests: nothing is lost either
         for post in refused:
             assert httpx.post(f"{service.url}/webhook", json=post, timeout=10).status_code == 200
@@ -445,8 +472,9 @@ def test_delivery_resumes_when_disk_space_returns_without_a_restart(
     sandbox.state.add_fault(status=503, duration_s=300)
     bodies = webhook_bodies(4_000, people=200, seed=SEED % 1000 + 4)
     accepted: list[dict[str, Any]] = []
-    service = Serve({**base_env, "DELIVERY_CONCURRENCY": "2"}, tmp_path / "serve.log",
-                    preexec=_file_size_limit(1_500_000)).start()
+    service = Serve(
+        {**base_env, "DELIVERY_CONCURRENCY": "2"}, tmp_path / "serve.log", preexec=_file_size_limit(1_500_000)
+    ).start()
     try:
         with httpx.Client(timeout=10) as client:
             for post in batches(bodies, 20):
@@ -459,8 +487,12 @@ def test_delivery_resumes_when_disk_space_returns_without_a_restart(
         resource.prlimit(service.process.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         sandbox.state.clear_faults()
         stored = Oracle(accepted)
-        wait_for(lambda: stored.event_ids <= set(sandbox_event_ids(sandbox)), "delivery without a restart", 60,
-                 describe=_seed)
+        wait_for(
+            lambda: stored.event_ids <= set(sandbox_event_ids(sandbox)),
+            "delivery without a restart",
+            60,
+            describe=_seed,
+        )
     finally:
         service.stop()
 
@@ -472,44 +504,70 @@ def test_secrets_appear_in_no_log_error_metric_or_status_page(
     token = "tok-reliability-7c1e9d"
     signing = "whsec_" + base64.b64encode(b"reliability-signing-secret-0042!").decode()
     secrets = {
-        "site ID": SITE_ID, "API key": API_KEY, "webhook token": token, "signing secret": signing,
+        "site ID": SITE_ID,
+        "API key": API_KEY,
+        "webhook token": token,
+        "signing secret": signing,
         "signing key": signing.removeprefix("whsec_"),
         "basic auth": base64.b64encode(f"{SITE_ID}:{API_KEY}".encode()).decode(),
     }
     env = {**base_env, "WEBHOOK_TOKEN": token, "LOG_LEVEL": "DEBUG", "AUTH_RETRY_S": "0.5"}
     seen: list[tuple[str, str]] = []  # (where, text)
     bodies = webhook_bodies(300, people=30, seed=SEED % 1000 + 5)
-    bad_person = {"event": {"uuid": "0190b7c2-8a6f-7b3e-9b1a-1234567890ab", "event": "clicked",
-                            "distinct_id": "x" * 200, "timestamp": "2024-01-01T00:00:00Z"}}
+    bad_person = {
+        "event": {
+            "uuid": "0190b7c2-8a6f-7b3e-9b1a-1234567890ab",
+            "event": "clicked",
+            "distinct_id": "x" * 200,
+            "timestamp": "2024-01-01T00:00:00Z",
+        }
+    }
     auth = {"Authorization": f"Bearer {token}"}
-    with serving(env, tmp_path / "serve.log") as service:
-        with httpx.Client(timeout=10) as client:
-            def record(where: str, response: httpx.Response) -> None:
-                seen.append((where, f"{response.status_code} {dict(response.headers)} {response.text}"))
+    with serving(env, tmp_path / "serve.log") as service, httpx.Client(timeout=10) as client:
 
-            record("webhook ok", client.post(f"{service.url}/webhook", json=bodies[:100], headers=auth))
-            record("webhook no token", client.post(f"{service.url}/webhook", json=bodies[100:110]))
-            record("webhook wrong token", client.post(f"{service.url}/webhook", json=bodies[:1],
-                                                      headers={"Authorization": f"Bearer {token}x"}))
-            record("capture api_key", client.post(f"{service.url}/batch", json={
-                "api_key": token, "batch": [b["event"] for b in bodies[110:120]]}))
-            record("capture wrong api_key", client.post(f"{service.url}/batch", json={
-                "api_key": token[:-1], "batch": [b["event"] for b in bodies[110:120]]}))
-            record("bad json", client.post(f"{service.url}/webhook", content=b'{"event": ', headers=auth))
-            record("too long id", client.post(f"{service.url}/webhook", json=bad_person, headers=auth))
-            wait_for(lambda: outbox_empty(service), "delivery", 20, describe=_seed)
-            sandbox.state.set_credentials(SITE_ID, "rotated")  # Customer.io now rejects the key
-            record("webhook while revoked", client.post(f"{service.url}/webhook", json=bodies[120:200], headers=auth))
-            wait_for(lambda: service.get("/healthz").json()["delivery"] == "paused", "pause", 20, describe=_seed)
-            time.sleep(1.2)  # credential re-checks fail and are logged
-            for path in ("/healthz", "/readyz", "/metrics", "/status", "/api/status", "/api/dead-letters",
-                         "/openapi.json"):
-                record(path, client.get(service.url + path))
-                record(f"{path} with the token", client.get(service.url + path, headers=auth))
-            sandbox.state.set_credentials(SITE_ID, API_KEY)
-            wait_for(lambda: outbox_empty(service), "delivery after the key works again", 20, describe=_seed)
-            for path in ("/api/status", "/metrics", "/api/dead-letters"):
-                record(path, client.get(service.url + path, headers=auth))
+        def record(where: str, response: httpx.Response) -> None:
+            seen.append((where, f"{response.status_code} {dict(response.headers)} {response.text}"))
+
+        record("webhook ok", client.post(f"{service.url}/webhook", json=bodies[:100], headers=auth))
+        record("webhook no token", client.post(f"{service.url}/webhook", json=bodies[100:110]))
+        record(
+            "webhook wrong token",
+            client.post(f"{service.url}/webhook", json=bodies[:1], headers={"Authorization": f"Bearer {token}x"}),
+        )
+        record(
+            "capture api_key",
+            client.post(
+                f"{service.url}/batch", json={"api_key": token, "batch": [b["event"] for b in bodies[110:120]]}
+            ),
+        )
+        record(
+            "capture wrong api_key",
+            client.post(
+                f"{service.url}/batch", json={"api_key": token[:-1], "batch": [b["event"] for b in bodies[110:120]]}
+            ),
+        )
+        record("bad json", client.post(f"{service.url}/webhook", content=b'{"event": ', headers=auth))
+        record("too long id", client.post(f"{service.url}/webhook", json=bad_person, headers=auth))
+        wait_for(lambda: outbox_empty(service), "delivery", 20, describe=_seed)
+        sandbox.state.set_credentials(SITE_ID, "rotated")  # Customer.io now rejects the key
+        record("webhook while revoked", client.post(f"{service.url}/webhook", json=bodies[120:200], headers=auth))
+        wait_for(lambda: service.get("/healthz").json()["delivery"] == "paused", "pause", 20, describe=_seed)
+        time.sleep(1.2)  # credential re-checks fail and are logged
+        for path in (
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/status",
+            "/api/status",
+            "/api/dead-letters",
+            "/openapi.json",
+        ):
+            record(path, client.get(service.url + path))
+            record(f"{path} with the token", client.get(service.url + path, headers=auth))
+        sandbox.state.set_credentials(SITE_ID, API_KEY)
+        wait_for(lambda: outbox_empty(service), "delivery after the key works again", 20, describe=_seed)
+        for path in ("/api/status", "/metrics", "/api/dead-letters"):
+            record(path, client.get(service.url + path, headers=auth))
     # the same data dir through the offline commands, and failing commands' messages
     command_env = {**os.environ, **env}
     for args in (["status", "--json"], ["status"], ["dead-letters", "--json"], ["dead-letters"]):

@@ -32,8 +32,15 @@ def make_events() -> list[dict]:
         properties: dict = {"n": n}
         if n // PEOPLE % 5 == 0:
             properties["$set"] = {"plan": f"plan-{n}"}
-        events.append({"event": "clicked", "distinct_id": f"person-{person}", "timestamp": 1_767_600_000 + n,
-                       "uuid": str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"replica-{n}")), "properties": properties})
+        events.append(
+            {
+                "event": "clicked",
+                "distinct_id": f"person-{person}",
+                "timestamp": 1_767_600_000 + n,
+                "uuid": str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"replica-{n}")),
+                "properties": properties,
+            }
+        )
     return events
 
 
@@ -52,19 +59,26 @@ def post(urls: list[str], body: list[dict], start: int) -> None:
     raise AssertionError("no replica accepted the batch")
 
 
-def test_three_replicas_deliver_everything_once_in_order(
-    sandbox: SandboxServer, pg_url: str, tmp_path: Path
-) -> None:
-    env = {"CUSTOMERIO_SITE_ID": SITE_ID, "CUSTOMERIO_API_KEY": API_KEY, "CUSTOMERIO_TRACK_URL": sandbox.url,
-           "OUTBOX_URL": pg_url, "LOG_FORMAT": "json", "SHUTDOWN_GRACE_S": "2", "LEASE_S": "5",
-           "CUSTOMERIO_MAX_RPS": "1000"}
+def test_three_replicas_deliver_everything_once_in_order(sandbox: SandboxServer, pg_url: str, tmp_path: Path) -> None:
+    env = {
+        "CUSTOMERIO_SITE_ID": SITE_ID,
+        "CUSTOMERIO_API_KEY": API_KEY,
+        "CUSTOMERIO_TRACK_URL": sandbox.url,
+        "OUTBOX_URL": pg_url,
+        "LOG_FORMAT": "json",
+        "SHUTDOWN_GRACE_S": "2",
+        "LEASE_S": "5",
+        "CUSTOMERIO_MAX_RPS": "1000",
+    }
     events = make_events()
     batches = [events[i : i + PER_REQUEST] for i in range(0, len(events), PER_REQUEST)]
     rng = random.Random(7)
     kill_at, restart_at = rng.randrange(40, 80), rng.randrange(100, 160)
-    with service({**env, "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "a")}) as (url_a, proc_a), \
-         service({**env, "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "b")}) as (url_b, proc_b), \
-         service({**env, "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "c")}) as (url_c, proc_c):
+    with (
+        service({**env, "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "a")}) as (url_a, proc_a),
+        service({**env, "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "b")}) as (url_b, proc_b),
+        service({**env, "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "c")}) as (url_c, _proc_c),
+    ):
         urls = [url_a, url_b, url_c]
         restarted = None
         for index, batch in enumerate(batches):

@@ -31,10 +31,16 @@ SCRIPT = Path(sys.executable).with_name("posthog-customerio")
 
 
 def settings_for(sandbox: SandboxServer, data: Path) -> Any:
-    return load_settings({
-        "customerio_site_id": SITE_ID, "customerio_api_key": API_KEY, "customerio_track_url": sandbox.url,
-        "posthog_customerio_data_dir": data, "sqlite_synchronous": "NORMAL", "shutdown_grace_s": 1,
-    })
+    return load_settings(
+        {
+            "customerio_site_id": SITE_ID,
+            "customerio_api_key": API_KEY,
+            "customerio_track_url": sandbox.url,
+            "posthog_customerio_data_dir": data,
+            "sqlite_synchronous": "NORMAL",
+            "shutdown_grace_s": 1,
+        }
+    )
 
 
 def delivered_events(sandbox: SandboxServer) -> list[str]:
@@ -74,10 +80,20 @@ def test_serve_role_deliver_process_has_no_receivers(sandbox: SandboxServer, tmp
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "CUSTOMERIO_SITE_ID": SITE_ID, "CUSTOMERIO_API_KEY": API_KEY,
-           "CUSTOMERIO_TRACK_URL": sandbox.url, "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data")}
-    process = subprocess.Popen([str(SCRIPT), "serve", "--port", str(port), "--role", "deliver"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "CUSTOMERIO_SITE_ID": SITE_ID,
+        "CUSTOMERIO_API_KEY": API_KEY,
+        "CUSTOMERIO_TRACK_URL": sandbox.url,
+        "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data"),
+    }
+    process = subprocess.Popen(
+        [str(SCRIPT), "serve", "--port", str(port), "--role", "deliver"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30

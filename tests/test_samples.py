@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
 import uuid
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,22 @@ from posthog_customerio.samples import generate_session_events, iter_stream, wri
 DATA_FILE = Path(samples.__file__).parent / "data" / "sample_events.jsonl"
 
 SHAPE_KEYS = {
-    "plugin": {"uuid", "event", "distinct_id", "team_id", "ip", "properties", "timestamp",
-               "$set", "$set_once"},
+    "plugin": {"uuid", "event", "distinct_id", "team_id", "ip", "properties", "timestamp", "$set", "$set_once"},
     "capture": {"api_key", "event", "distinct_id", "properties", "timestamp", "uuid"},
-    "export": {"uuid", "event", "distinct_id", "person_id", "properties", "person_properties",
-               "elements_chain", "timestamp", "created_at", "_inserted_at", "set", "set_once"},
+    "export": {
+        "uuid",
+        "event",
+        "distinct_id",
+        "person_id",
+        "properties",
+        "person_properties",
+        "elements_chain",
+        "timestamp",
+        "created_at",
+        "_inserted_at",
+        "set",
+        "set_once",
+    },
     "webhook": {"event", "project"},
 }
 WEBHOOK_EVENT_KEYS = {"uuid", "event", "distinct_id", "properties", "elements_chain", "timestamp", "url"}
@@ -52,7 +64,7 @@ def test_different_seeds_differ() -> None:
 
 def test_stream_matches_list_and_start_is_honoured() -> None:
     assert list(iter_stream(10, seed=5, events_per_person=12)) == generate_session_events(10, seed=5)
-    start = datetime(2025, 6, 1, tzinfo=timezone.utc)
+    start = datetime(2025, 6, 1, tzinfo=UTC)
     events = generate_session_events(5, seed=1, start=start)
     assert min(_parse_time(e["timestamp"]) for e in events) >= start
 
@@ -112,7 +124,7 @@ def test_stream_is_time_ordered_and_per_person_times_increase(plugin_events: lis
         per_person[event["properties"]["$device_id"]].append(_ms(event["timestamp"]))
     assert len(per_person) == 60
     for stamps in per_person.values():
-        assert all(a < b for a, b in zip(stamps, stamps[1:]))
+        assert all(a < b for a, b in itertools.pairwise(stamps))
     span = max(times) - min(times)
     assert 24 * 3600_000 < span < 10 * 24 * 3600_000  # a few days
 
@@ -136,13 +148,32 @@ def test_identify_events(plugin_events: list[dict]) -> None:
 
 def test_realism(plugin_events: list[dict]) -> None:
     names = {e["event"] for e in plugin_events}
-    assert {"$pageview", "$screen", "$identify", "$set", "signed_up", "project_created",
-            "feature_used", "purchase", "invited_teammate"} <= names
+    assert {
+        "$pageview",
+        "$screen",
+        "$identify",
+        "$set",
+        "signed_up",
+        "project_created",
+        "feature_used",
+        "purchase",
+        "invited_teammate",
+    } <= names
     for event in plugin_events:
         props = event["properties"]
         if event["event"] == "$pageview":
-            assert {"$current_url", "$pathname", "$host", "$referrer", "$browser", "$os",
-                    "$device_type", "$lib", "$lib_version", "$session_id"} <= set(props)
+            assert {
+                "$current_url",
+                "$pathname",
+                "$host",
+                "$referrer",
+                "$browser",
+                "$os",
+                "$device_type",
+                "$lib",
+                "$lib_version",
+                "$session_id",
+            } <= set(props)
         if event["event"] == "$screen":
             assert props["$screen_name"] and props["$lib"] == "posthog-ios"
         if event["event"] == "purchase":
@@ -150,8 +181,7 @@ def test_realism(plugin_events: list[dict]) -> None:
         if event["event"] not in ("$pageview", "$screen", "$set", "$identify"):
             assert len(props) >= 18
     assert any(k.startswith("$utm_") for e in plugin_events for k in e["properties"])
-    assert any("$set" in e["properties"] for e in plugin_events
-               if e["event"] not in ("$identify", "$set"))
+    assert any("$set" in e["properties"] for e in plugin_events if e["event"] not in ("$identify", "$set"))
 
 
 def test_awkward_ids_and_emails() -> None:
@@ -182,9 +212,24 @@ def test_write_jsonl_round_trip(tmp_path: Path) -> None:
 def test_cli(tmp_path: Path) -> None:
     out = tmp_path / "cli.jsonl"
     src = str(Path(samples.__file__).parents[1])
-    subprocess.run([sys.executable, "-m", "posthog_customerio.samples", "--people", "4", "--seed", "2",
-                    "--shape", "capture", "--out", str(out)], check=True, capture_output=True,
-                   env={"PYTHONPATH": src})
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "posthog_customerio.samples",
+            "--people",
+            "4",
+            "--seed",
+            "2",
+            "--shape",
+            "capture",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+        env={"PYTHONPATH": src},
+    )
     lines = out.read_text(encoding="utf-8").splitlines()
     assert [json.loads(line) for line in lines] == generate_session_events(4, seed=2, shape="capture")
 

@@ -114,7 +114,8 @@ def test_v1_identify_create_update_and_remove(sandbox: SandboxServer, api: httpx
 
 
 def test_v1_identify_conflicting_email_is_an_attribute_update_failure(
-    sandbox: SandboxServer, api: httpx.Client,
+    sandbox: SandboxServer,
+    api: httpx.Client,
 ) -> None:
     api.put("/api/v1/customers/u1", json={"email": "a@x.com"})
     response = api.put("/api/v1/customers/u2", json={"email": "A@x.com", "plan": "pro"})
@@ -136,7 +137,11 @@ def test_v1_events_create_person_and_store(sandbox: SandboxServer, api: httpx.Cl
     first, second = sandbox.state.events("u1")
     assert first["person"] == person["cio_id"]
     assert {k: first[k] for k in ("anonymous_id", "type", "name", "id", "timestamp", "data")} == {
-        "anonymous_id": None, "type": "event", "name": "purchase", "id": event_id, "timestamp": NOW,
+        "anonymous_id": None,
+        "type": "event",
+        "name": "purchase",
+        "id": event_id,
+        "timestamp": NOW,
         "data": {"price": 9.5},
     }
     assert isinstance(first["received_at"], float)
@@ -147,7 +152,9 @@ def test_v1_events_create_person_and_store(sandbox: SandboxServer, api: httpx.Cl
 
 
 def test_v1_anonymous_events_attach_on_identify(
-    sandbox: SandboxServer, api: httpx.Client, control: httpx.Client,
+    sandbox: SandboxServer,
+    api: httpx.Client,
+    control: httpx.Client,
 ) -> None:
     api.post("/api/v1/events", json={"anonymous_id": "anon-1", "name": "viewed", "timestamp": NOW - 3600})
     api.post("/api/v1/events", json={"anonymous_id": "anon-1", "name": "ancient", "timestamp": NOW - 40 * 86400})
@@ -219,7 +226,10 @@ def test_v1_delete_suppress_and_devices(sandbox: SandboxServer, api: httpx.Clien
 
 @pytest.mark.parametrize("identifier", ["a/b", "what?x=1", "hash#tag", "with space", "mixed/ ?#%"])
 def test_percent_encoded_identifiers(
-    sandbox: SandboxServer, api: httpx.Client, control: httpx.Client, identifier: str,
+    sandbox: SandboxServer,
+    api: httpx.Client,
+    control: httpx.Client,
+    identifier: str,
 ) -> None:
     path = f"/api/v1/customers/{enc(identifier)}"
     assert api.put(path, json={"plan": "pro"}).status_code == 200
@@ -348,8 +358,13 @@ def test_v2_objects_and_relationships(sandbox: SandboxServer, api: httpx.Client,
     company = {"object_type_id": "1", "object_id": "acme"}
     response = batch(
         api,
-        {"type": "object", "action": "identify", "identifiers": company, "attributes": {"name": "Acme"},
-         "cio_relationships": [{"identifiers": {"id": "u1"}, "relationship_attributes": {"role": "admin"}}]},
+        {
+            "type": "object",
+            "action": "identify",
+            "identifiers": company,
+            "attributes": {"name": "Acme"},
+            "cio_relationships": [{"identifiers": {"id": "u1"}, "relationship_attributes": {"role": "admin"}}],
+        },
         person_op("add_relationships", {"id": "u2"}, cio_relationships=[{"identifiers": company}]),
         person_op("delete_relationships", {"id": "u1"}, cio_relationships=[{"identifiers": company}]),
         {"type": "object", "action": "identify", "identifiers": {"object_type_id": "1"}},
@@ -492,7 +507,9 @@ def test_duration_fault_500(sandbox: SandboxServer, api: httpx.Client, control: 
 
 
 def test_delay_fault_does_not_block_other_requests(
-    sandbox: SandboxServer, api: httpx.Client, control: httpx.Client,
+    sandbox: SandboxServer,
+    api: httpx.Client,
+    control: httpx.Client,
 ) -> None:
     control.post("/_sandbox/faults", json={"delay_s": 3, "count": 1})
     results: dict[str, Any] = {}
@@ -524,7 +541,9 @@ def test_credentials_change(sandbox: SandboxServer, api: httpx.Client, control: 
 
 
 def test_request_log_never_records_authorization(
-    sandbox: SandboxServer, api: httpx.Client, control: httpx.Client,
+    sandbox: SandboxServer,
+    api: httpx.Client,
+    control: httpx.Client,
 ) -> None:
     api.put(f"/api/v1/customers/{enc('a/b')}?x=1", json={"plan": "pro"})
     api.post("/api/v2/batch", content=b"not json")
@@ -551,7 +570,11 @@ def test_reset_and_inspection_endpoints(sandbox: SandboxServer, api: httpx.Clien
     assert len(control.get("/_sandbox/events", params={"person": "u1"}).json()) == 1
     stats = control.get("/_sandbox/stats").json()
     assert {k: stats[k] for k in ("requests", "people", "events", "anonymous_events", "duplicates")} == {
-        "requests": 2, "people": 1, "events": 1, "anonymous_events": 1, "duplicates": 0,
+        "requests": 2,
+        "people": 1,
+        "events": 1,
+        "anonymous_events": 1,
+        "duplicates": 0,
     }
     assert control.post("/_sandbox/reset").status_code == 200
     assert api.get("/api/v1/accounts/region").status_code == 200  # faults cleared too

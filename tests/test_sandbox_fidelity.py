@@ -78,8 +78,12 @@ def test_suppress_deletes_the_profile_and_blocks_id_and_email(sandbox: SandboxSe
     merge = {"primary": {"id": "keeper"}, "secondary": {"id": "u1"}}
     assert api.post("/api/v1/merge_customers", json=merge).status_code == 200
     company = {"object_type_id": "1", "object_id": "acme"}
-    relate = {"type": "object", "action": "add_relationships", "identifiers": company,
-              "cio_relationships": [{"identifiers": {"email": "u1@x.com"}}, {"identifiers": {"id": "keeper"}}]}
+    relate = {
+        "type": "object",
+        "action": "add_relationships",
+        "identifiers": company,
+        "cio_relationships": [{"identifiers": {"email": "u1@x.com"}}, {"identifiers": {"id": "keeper"}}],
+    }
     assert batch(api, relate).status_code == 200
     assert [p["id"] for p in sandbox.state.people()] == ["keeper"]
     (obj,) = sandbox.state.objects()
@@ -133,7 +137,8 @@ def test_identifier_conflicts_on_every_identify_path(sandbox: SandboxServer, api
 
 
 def test_body_identifier_of_an_existing_person_gets_the_path_identifier(
-    sandbox: SandboxServer, api: httpx.Client,
+    sandbox: SandboxServer,
+    api: httpx.Client,
 ) -> None:
     api.put("/api/v1/customers/lead@x.com", json={"source": "form"})
     api.put("/api/v1/customers/user-7", json={"email": "lead@x.com", "plan": "pro"})
@@ -198,7 +203,10 @@ def test_push_events_need_no_auth_and_are_recorded(sandbox: SandboxServer, anon:
     assert anon.post("/api/v1/push/events", json=body).status_code == 200
     (metric,) = sandbox.state.delivery_metrics()
     assert {k: metric[k] for k in ("source", "delivery_id", "metric", "device_id", "timestamp")} == {
-        "source": "push/events", "delivery_id": "RPILAgUB", "metric": "opened", "device_id": "tok-1",
+        "source": "push/events",
+        "delivery_id": "RPILAgUB",
+        "metric": "opened",
+        "device_id": "tok-1",
         "timestamp": NOW,
     }
     assert anon.post("/api/v1/push/events", json={**body, "event": "clicked"}).status_code == 400
@@ -211,19 +219,34 @@ def test_push_events_need_no_auth_and_are_recorded(sandbox: SandboxServer, anon:
 
 
 def test_v2_delivery_operations(sandbox: SandboxServer, api: httpx.Client) -> None:
-    good = {"type": "delivery", "action": "event", "identifiers": {"id": "RPIyMTM"}, "name": "converted",
-            "attributes": {"device_token": "tok-9"}}
+    good = {
+        "type": "delivery",
+        "action": "event",
+        "identifiers": {"id": "RPIyMTM"},
+        "name": "converted",
+        "attributes": {"device_token": "tok-9"},
+    }
     response = batch(
-        api, good, {**good, "name": "clicked"}, {**good, "attributes": {}}, {**good, "identifiers": {}},
+        api,
+        good,
+        {**good, "name": "clicked"},
+        {**good, "attributes": {}},
+        {**good, "identifiers": {}},
         {**good, "action": "identify"},
     )
     assert response.status_code == 207
     errors = response.json()["errors"]
     assert [(e["batch_index"], e["field"]) for e in errors] == [
-        (1, "name"), (2, "attributes.device_token"), (3, "identifiers.id"), (4, "action")]
+        (1, "name"),
+        (2, "attributes.device_token"),
+        (3, "identifiers.id"),
+        (4, "action"),
+    ]
     assert api.post("/api/v2/entity", json={**good, "name": "delivered"}).status_code == 200
     assert [(m["source"], m["metric"], m["device_token"]) for m in sandbox.state.delivery_metrics()] == [
-        ("v2", "converted", "tok-9"), ("v2", "delivered", "tok-9")]
+        ("v2", "converted", "tok-9"),
+        ("v2", "delivered", "tok-9"),
+    ]
     assert sandbox.state.people() == []
 
 

@@ -30,7 +30,10 @@ pytestmark = pytest.mark.e2e
 
 OPS = "ops-schemathesis-token"
 CHECKS = [
-    not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
     response_headers_conformance,
 ]
 
@@ -38,10 +41,18 @@ CHECKS = [
 @pytest.fixture(scope="module")
 def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data: Path = tmp_path_factory.mktemp("schemathesis") / "data"
-    runtime = Runtime(load_settings({
-        "posthog_customerio_data_dir": data, "sqlite_synchronous": "NORMAL", "shutdown_grace_s": 0,
-        "ops_token": OPS, "max_body_bytes": 100_000,
-    }), sandbox=True)
+    runtime = Runtime(
+        load_settings(
+            {
+                "posthog_customerio_data_dir": data,
+                "sqlite_synchronous": "NORMAL",
+                "shutdown_grace_s": 0,
+                "ops_token": OPS,
+                "max_body_bytes": 100_000,
+            }
+        ),
+        sandbox=True,
+    )
     with running_service(runtime) as url:
         yield url
 
@@ -61,8 +72,14 @@ def _fuzz(operation: schemathesis.APIOperation, mode: GenerationMode, token: str
     """``examples`` generated requests to ``operation``; every answer checked against the document."""
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=examples, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-              database=None, phases=[Phase.explicit, Phase.generate])
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+    )
     def run(case: schemathesis.Case) -> None:
         case.call_and_validate(headers={"Authorization": f"Bearer {token}"}, checks=CHECKS, timeout=10)
 

@@ -41,11 +41,18 @@ def posthog_node() -> Path:
 
 @pytest.fixture
 def service(sandbox: SandboxServer, tmp_path: Path) -> Iterator[str]:
-    settings = load_settings({
-        "customerio_site_id": SITE_ID, "customerio_api_key": API_KEY, "customerio_track_url": sandbox.url,
-        "posthog_customerio_data_dir": tmp_path / "data", "sqlite_synchronous": "NORMAL",
-        "customerio_max_rps": 10_000, "group_type_map": "company=1", "shutdown_grace_s": 1,
-    })
+    settings = load_settings(
+        {
+            "customerio_site_id": SITE_ID,
+            "customerio_api_key": API_KEY,
+            "customerio_track_url": sandbox.url,
+            "posthog_customerio_data_dir": tmp_path / "data",
+            "sqlite_synchronous": "NORMAL",
+            "customerio_max_rps": 10_000,
+            "group_type_map": "company=1",
+            "shutdown_grace_s": 1,
+        }
+    )
     with running_service(Runtime(settings)) as url:
         yield url
 
@@ -59,6 +66,7 @@ def assert_one_profile_for_the_user(sandbox: SandboxServer, prefix: str, first: 
     def settled() -> bool:
         person = sandbox.state.person(f"{prefix}-user")
         return person is not None and len(person["events"]) >= 3 and len(sandbox.state.people()) == 1
+
     wait_for(settled, "the user's profile with the merged events")
     (person,) = sandbox.state.people()
     assert (person["id"], person["email"]) == (f"{prefix}-user", f"{prefix}@example.com")
@@ -76,8 +84,13 @@ def assert_one_profile_for_the_user(sandbox: SandboxServer, prefix: str, first: 
 @pytest.mark.parametrize("compress", [True, False], ids=["gzip", "plain"])
 def test_posthog_node(posthog_node: Path, service: str, sandbox: SandboxServer, compress: bool) -> None:
     prefix = "node-gz" if compress else "node"
-    run = subprocess.run(["node", "scenario.mjs", service, "gzip" if compress else "plain", prefix],
-                         cwd=posthog_node, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        ["node", "scenario.mjs", service, "gzip" if compress else "plain", prefix],
+        cwd=posthog_node,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     encodings = set(json.loads(run.stdout.strip().splitlines()[-1]))
     assert encodings == ({"gzip"} if compress else {"identity"})
@@ -103,8 +116,12 @@ def test_posthog_python(service: str, sandbox: SandboxServer, compress: bool, mo
     client.capture("browsed", distinct_id=f"{p}-legacy", properties={"page": "a"})
     client.set(distinct_id=f"{p}-user", properties={"email": f"{p}@example.com", "trial_ends": "2024-02-01T00:00:00Z"})
     client.set_once(distinct_id=f"{p}-user", properties={"first": "python"})
-    client.capture("purchase", distinct_id=f"{p}-user", groups={"company": f"{p}-acme"},
-                   properties={"amount": 5, "$set": {"plan": "pro"}, "$set_once": {"first": "x", "first_plan": "pro"}})
+    client.capture(
+        "purchase",
+        distinct_id=f"{p}-user",
+        groups={"company": f"{p}-acme"},
+        properties={"amount": 5, "$set": {"plan": "pro"}, "$set_once": {"first": "x", "first_plan": "pro"}},
+    )
     client.group_identify("company", f"{p}-acme", {"name": "Acme"})
     client.alias(previous_id=f"{p}-legacy", distinct_id=f"{p}-user")  # posthog-python: distinct_id = previous id
     client.capture("clicked", distinct_id=f"{p}-legacy", properties={"button": "b"})

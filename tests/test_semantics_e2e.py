@@ -37,9 +37,22 @@ SESSION = [
     anon("$pageview", "device-1", 0, **{"$current_url": "https://x.io/", "$set_once": {"first_referrer": "ad"}}),
     anon("$pageview", "device-1", 10, **{"$current_url": "https://x.io/pricing"}),
     anon("signed_up", "device-1", 20, plan="pro"),
-    ev("$identify", "user-1", 30, **{"$anon_distinct_id": "device-1", "$is_identified": True,
-                                     "$set": {"email": "ann@example.com", "name": "Ann"}}),
-    ev("$groupidentify", "user-1", 40, **{"$group_type": "company", "$group_key": "acme", "$group_set": {"name": "Acme"}}),
+    ev(
+        "$identify",
+        "user-1",
+        30,
+        **{
+            "$anon_distinct_id": "device-1",
+            "$is_identified": True,
+            "$set": {"email": "ann@example.com", "name": "Ann"},
+        },
+    ),
+    ev(
+        "$groupidentify",
+        "user-1",
+        40,
+        **{"$group_type": "company", "$group_key": "acme", "$group_set": {"name": "Acme"}},
+    ),
     ev("purchase", "user-1", 50, amount=99, **{"$groups": {"company": "acme"}, "$is_identified": True}),
     anon("$screen", "device-2", 60, **{"$screen_name": "Home"}),
     ev("$identify", "user-1", 70, **{"$anon_distinct_id": "device-2", "$is_identified": True}),
@@ -49,11 +62,18 @@ SESSION = [
 
 
 def deliver(sandbox: SandboxServer, tmp_path: Path, events: list[dict[str, Any]], **overrides: Any) -> None:
-    settings = load_settings({
-        "customerio_site_id": SITE_ID, "customerio_api_key": API_KEY, "customerio_track_url": sandbox.url,
-        "posthog_customerio_data_dir": tmp_path / "data", "sqlite_synchronous": "NORMAL",
-        "customerio_max_rps": 10_000, "group_type_map": "company=1", **overrides,
-    })
+    settings = load_settings(
+        {
+            "customerio_site_id": SITE_ID,
+            "customerio_api_key": API_KEY,
+            "customerio_track_url": sandbox.url,
+            "posthog_customerio_data_dir": tmp_path / "data",
+            "sqlite_synchronous": "NORMAL",
+            "customerio_max_rps": 10_000,
+            "group_type_map": "company=1",
+            **overrides,
+        }
+    )
     with Runtime(settings) as runtime:
         for raw in events:  # one at a time, like a webhook stream
             runtime.ingestor.ingest([parse_event(raw)])
@@ -69,14 +89,24 @@ def events_of(sandbox: SandboxServer, identifier: str) -> list[tuple[str, str]]:
     return sorted((e["type"], e["name"]) for e in person["events"])
 
 
-EXPECTED_EVENTS = sorted([
-    ("page", "https://x.io/"), ("page", "https://x.io/pricing"), ("event", "signed_up"), ("event", "$identify"),
-    ("event", "purchase"), ("screen", "Home"), ("event", "$identify"), ("event", "clicked"),
-])
+EXPECTED_EVENTS = sorted(
+    [
+        ("page", "https://x.io/"),
+        ("page", "https://x.io/pricing"),
+        ("event", "signed_up"),
+        ("event", "$identify"),
+        ("event", "purchase"),
+        ("screen", "Home"),
+        ("event", "$identify"),
+        ("event", "clicked"),
+    ]
+)
 
 
 @pytest.mark.parametrize("mode", ["anonymous", "person"])
-def test_a_realistic_session_ends_as_one_person_with_everything(sandbox: SandboxServer, tmp_path: Path, mode: str) -> None:
+def test_a_realistic_session_ends_as_one_person_with_everything(
+    sandbox: SandboxServer, tmp_path: Path, mode: str
+) -> None:
     deliver(sandbox, tmp_path, SESSION, anonymous_events=mode)
     people = sandbox.state.people()
     assert [(p["id"], p["email"]) for p in people] == [("user-1", "ann@example.com")]
@@ -95,8 +125,13 @@ def test_a_realistic_session_ends_as_one_person_with_everything(sandbox: Sandbox
         # identify and sent in batches, not one v1 request each
         assert not [r for r in sandbox.state.requests() if r["path"] == "/api/v1/events"]
     else:
-        merges = [op for r in sandbox.state.requests() if isinstance(r["body"], dict)
-                  for op in r["body"].get("batch", []) if op.get("action") == "merge"]
+        merges = [
+            op
+            for r in sandbox.state.requests()
+            if isinstance(r["body"], dict)
+            for op in r["body"].get("batch", [])
+            if op.get("action") == "merge"
+        ]
         # legacy-42 had no Customer.io profile yet when aliased: its later event goes straight to user-1
         assert [m["secondary"] for m in merges] == [{"id": "device-1"}, {"id": "device-2"}]
     # and the PostHog person is deleted
@@ -156,8 +191,12 @@ def test_merge_with_the_email_on_the_visitor_ends_as_one_profile(sandbox: Sandbo
     events = [
         anon("$pageview", "device-5", 0, **{"$current_url": "https://x.io/"}),
         anon("subscribed", "device-5", 10, **{"$set": {"email": "eve@example.com", "plan": "free"}}),
-        ev("$identify", "user-5", 20, **{"$anon_distinct_id": "device-5", "$is_identified": True,
-                                         "$set": {"name": "Eve"}}),
+        ev(
+            "$identify",
+            "user-5",
+            20,
+            **{"$anon_distinct_id": "device-5", "$is_identified": True, "$set": {"name": "Eve"}},
+        ),
         ev("upgraded", "user-5", 30, plan="pro"),
     ]
     deliver(sandbox, tmp_path, events, anonymous_events="person")  # also asserts: no dead letters
@@ -165,7 +204,8 @@ def test_merge_with_the_email_on_the_visitor_ends_as_one_profile(sandbox: Sandbo
     person = sandbox.state.person("user-5")
     assert person["attributes"]["plan"] == "free" and person["attributes"]["name"] == "Eve"
     assert sorted(name for _, name in events_of(sandbox, "user-5")) == sorted(
-        ["https://x.io/", "subscribed", "$identify", "upgraded"])
+        ["https://x.io/", "subscribed", "$identify", "upgraded"]
+    )
     assert sandbox.state.attribute_update_failures() == []
 
 
@@ -202,8 +242,9 @@ def test_delete_person_reaches_profiles_this_data_dir_never_created(
     assert "old-8: deleted in Customer.io (sent delete by id old-8)" in result.output
     assert sandbox.state.people() == []
     # the old plugin identified by email; Customer.io gives that profile our id when ours carries the email
-    plugin = httpx.put(f"{sandbox.url}/api/v1/customers/ida%40example.com", json={"plan": "legacy"},
-                       auth=(SITE_ID, API_KEY))
+    plugin = httpx.put(
+        f"{sandbox.url}/api/v1/customers/ida%40example.com", json={"plan": "legacy"}, auth=(SITE_ID, API_KEY)
+    )
     assert plugin.status_code == 200
     ours = write_jsonl(tmp_path / "ours.jsonl", [ev("b", "ida-9", 1, **{"$set": {"email": "ida@example.com"}})])
     assert cli("send", str(ours), env=env).exit_code == 0
@@ -232,6 +273,11 @@ def test_unsuppress_command_sends_every_known_identifier(
         sent = [r["path"] for r in requests if r["path"].endswith("/unsuppress")]
         assert sent == ["/api/v1/customers/sup-1/unsuppress", "/api/v1/customers/sup%40example.com/unsuppress"]
     else:
-        sent = [op["identifiers"] for r in requests if isinstance(r["body"], dict)
-                for op in r["body"].get("batch", [r["body"]]) if op.get("action") == "unsuppress"]
+        sent = [
+            op["identifiers"]
+            for r in requests
+            if isinstance(r["body"], dict)
+            for op in r["body"].get("batch", [r["body"]])
+            if op.get("action") == "unsuppress"
+        ]
         assert sent == [{"id": "sup-1"}, {"email": "sup@example.com"}]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -32,7 +33,10 @@ def service(env: dict[str, str], *extra: str) -> Iterator[tuple[str, subprocess.
     port = free_port()
     process = subprocess.Popen(
         [str(SCRIPT), "serve", "--port", str(port), *extra],
-        env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -58,10 +62,16 @@ def service(env: dict[str, str], *extra: str) -> Iterator[tuple[str, subprocess.
 
 def webhook_events(count: int, people: int = 10, start: int = 0) -> list[dict]:
     return [
-        {"event": {"uuid": str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"ev-{n}")), "event": "clicked",
-                   "distinct_id": f"person-{n % people}", "timestamp": 1_704_067_200 + n,
-                   "properties": {"n": n, "$set": {"last_n": n}}},
-         "person": {"properties": {"email": f"person{n % people}@example.com"}}}
+        {
+            "event": {
+                "uuid": str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"ev-{n}")),
+                "event": "clicked",
+                "distinct_id": f"person-{n % people}",
+                "timestamp": 1_704_067_200 + n,
+                "properties": {"n": n, "$set": {"last_n": n}},
+            },
+            "person": {"properties": {"email": f"person{n % people}@example.com"}},
+        }
         for n in range(start, start + count)
     ]
 
@@ -76,8 +86,12 @@ def post_all(url: str, events: list[dict], per_request: int = 50) -> None:
 @pytest.fixture
 def service_env(sandbox: SandboxServer, tmp_path: Path) -> dict[str, str]:
     return {
-        "CUSTOMERIO_SITE_ID": SITE_ID, "CUSTOMERIO_API_KEY": API_KEY, "CUSTOMERIO_TRACK_URL": sandbox.url,
-        "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data"), "LOG_FORMAT": "json", "SHUTDOWN_GRACE_S": "2",
+        "CUSTOMERIO_SITE_ID": SITE_ID,
+        "CUSTOMERIO_API_KEY": API_KEY,
+        "CUSTOMERIO_TRACK_URL": sandbox.url,
+        "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data"),
+        "LOG_FORMAT": "json",
+        "SHUTDOWN_GRACE_S": "2",
     }
 
 
@@ -98,18 +112,22 @@ def test_sigterm_with_a_full_queue_then_restart_delivers_everything_exactly_once
     log = process.stdout.read() if process.stdout else ""
     assert "operations kept for the next start" in log
     # `status` reads the same figures from the data dir, with no server running
-    status = subprocess.run([str(SCRIPT), "status", "--json"], env={**os.environ, **service_env},
-                            capture_output=True, text=True, timeout=30)
+    status = subprocess.run(
+        [str(SCRIPT), "status", "--json"], env={**os.environ, **service_env}, capture_output=True, text=True, timeout=30
+    )
     report = json.loads(status.stdout)
     assert report["outbox"]["depth"] == 600 and report["ingest"]["events_received"] == 300
     assert report["service"]["snapshot_age_s"] < 60 and any("503" in e["message"] for e in report["recent_errors"])
-    text = subprocess.run([str(SCRIPT), "status"], env={**os.environ, **service_env}, capture_output=True, text=True, timeout=30)
+    text = subprocess.run(
+        [str(SCRIPT), "status"], env={**os.environ, **service_env}, capture_output=True, text=True, timeout=30
+    )
     assert "600 queued" in text.stdout
     sandbox.state.clear_faults()
     with service(service_env) as (url, _):
         # the CLI works beside the running service (SQLite WAL, one deliverer)
-        listing = subprocess.run([str(SCRIPT), "dead-letters"], env={**os.environ, **service_env},
-                                 capture_output=True, text=True, timeout=30)
+        listing = subprocess.run(
+            [str(SCRIPT), "dead-letters"], env={**os.environ, **service_env}, capture_output=True, text=True, timeout=30
+        )
         assert listing.returncode == 0 and "no dead letters" in listing.stdout
         wait_for(lambda: len(event_ids(sandbox)) >= 300, "300 events")
         wait_for(lambda: httpx.get(f"{url}/api/status").json()["outbox"]["depth"] == 0)
@@ -130,7 +148,9 @@ def test_an_outage_of_500s_then_429s_loses_nothing(sandbox: SandboxServer, servi
         wait_for(lambda: sandbox.state.stats()["requests_by_status"].get("500", 0) >= 1, "a 500 answer", timeout=60)
         post_all(url, webhook_events(100, start=100))  # more events arrive during the outage
         wait_for(lambda: len(event_ids(sandbox)) >= 200, "200 events", timeout=90)
-        wait_for(lambda: httpx.get(f"{url}/api/status").json()["outbox"]["depth"] == 0, "the outbox to drain", timeout=60)
+        wait_for(
+            lambda: httpx.get(f"{url}/api/status").json()["outbox"]["depth"] == 0, "the outbox to drain", timeout=60
+        )
         status = httpx.get(f"{url}/api/status").json()
     assert sorted(event_ids(sandbox)) == sorted(set(event_ids(sandbox)))
     assert len(event_ids(sandbox)) == 200
@@ -140,7 +160,7 @@ def test_an_outage_of_500s_then_429s_loses_nothing(sandbox: SandboxServer, servi
     by_status = status["delivery"]["requests_by_status"]
     assert by_status.get("500") == 3 and by_status.get("429") == 2 and status["delivery"]["retries"] >= 5
     # after each 429 the next request waited for Retry-After (1 s); a loaded machine only waits longer
-    for earlier, later in zip(requests, requests[1:]):
+    for earlier, later in itertools.pairwise(requests):
         if earlier["status"] == 429:
             assert later["time"] - earlier["time"] >= 0.95
 
@@ -161,7 +181,11 @@ def test_credentials_revoked_pauses_reports_and_resumes(sandbox: SandboxServer, 
         wait_for(lambda: httpx.get(f"{url}/api/status").json()["outbox"]["depth"] == 0)
         assert httpx.get(f"{url}/healthz").json()["delivery"] == "running"
     assert len(event_ids(sandbox)) == 20
-    log_lines = [json.loads(line) for line in (process.stdout.read() if process.stdout else "").splitlines() if line.startswith("{")]
+    log_lines = [
+        json.loads(line)
+        for line in (process.stdout.read() if process.stdout else "").splitlines()
+        if line.startswith("{")
+    ]
     assert any("credentials" in line["message"] for line in log_lines)
     for line in log_lines:
         assert API_KEY not in json.dumps(line) and SITE_ID not in json.dumps(line)

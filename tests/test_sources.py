@@ -6,7 +6,7 @@ import io
 import json
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -21,8 +21,8 @@ from posthog_customerio.sources import (
     to_unix_seconds,
 )
 
-NOW = datetime(2023, 6, 1, 12, 0, tzinfo=timezone.utc)
-T0 = datetime(2024, 1, 1, tzinfo=timezone.utc)
+NOW = datetime(2023, 6, 1, 12, 0, tzinfo=UTC)
+T0 = datetime(2024, 1, 1, tzinfo=UTC)
 T0_S = int(T0.timestamp())
 
 
@@ -431,13 +431,22 @@ def test_json_array_items_may_be_capture_batches() -> None:
 def test_clickhouse_export_lines_with_json_string_fields_parse_like_objects() -> None:
     """ClickHouse (and PostHog's Kafka topics) write properties as JSON text: every source accepts it."""
     line = {
-        "uuid": "0190b7c2-8a6f-7b3e-9b1a-1234567890ab", "event": "signed_up", "distinct_id": "u1",
+        "uuid": "0190b7c2-8a6f-7b3e-9b1a-1234567890ab",
+        "event": "signed_up",
+        "distinct_id": "u1",
         "timestamp": "2024-01-01 00:00:00.123456",
         "properties": json.dumps({"plan": "pro", "$set": {"email": "a@b.c"}, "$set_once": {"first": "ad"}}),
-        "person_properties": json.dumps({"name": "Ann"}), "set": "", "set_once": json.dumps({"source": "x"}),
+        "person_properties": json.dumps({"name": "Ann"}),
+        "set": "",
+        "set_once": json.dumps({"source": "x"}),
     }
-    as_objects = {**line, "properties": json.loads(line["properties"]),
-                  "person_properties": {"name": "Ann"}, "set": None, "set_once": {"source": "x"}}
+    as_objects = {
+        **line,
+        "properties": json.loads(line["properties"]),
+        "person_properties": {"name": "Ann"},
+        "set": None,
+        "set_once": {"source": "x"},
+    }
     event = parse_event(line, NOW)
     assert event == parse_event(as_objects, NOW)
     assert event.properties["plan"] == "pro" and event.set == {"email": "a@b.c"}
@@ -446,8 +455,10 @@ def test_clickhouse_export_lines_with_json_string_fields_parse_like_objects() ->
     # the file reader and the webhook / Hog globals shape share the parser
     (item,) = read_events(io.StringIO(json.dumps(line) + "\n"), NOW)
     assert item.event == event
-    hog = {"event": {"event": "x", "distinct_id": "d", "properties": json.dumps({"k": 1})},
-           "person": {"properties": json.dumps({"email": "d@e.f"})}}
+    hog = {
+        "event": {"event": "x", "distinct_id": "d", "properties": json.dumps({"k": 1})},
+        "person": {"properties": json.dumps({"email": "d@e.f"})},
+    }
     (parsed,) = parse_payload(hog, NOW)
     assert parsed.properties == {"k": 1} and parsed.person_properties == {"email": "d@e.f"}
     empty = parse_event({"event": "x", "distinct_id": "d", "properties": "  ", "person_properties": ""}, NOW)

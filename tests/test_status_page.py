@@ -20,8 +20,14 @@ pytestmark = pytest.mark.e2e
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 # Over Customer.io's 100-byte event-name limit: the sandbox answers 207 with a per-item
 # error and the operation is dead-lettered. The markup checks the page escapes text:
@@ -67,10 +73,14 @@ def wait_for_status(url: str, check: Any, what: str, timeout: float = 30) -> dic
 def test_status_page_shows_figures_and_requeues_dead_letters(browser: Any, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
-    settings = load_settings({
-        "posthog_customerio_data_dir": tmp_path / "data", "sqlite_synchronous": "NORMAL", "shutdown_grace_s": 2,
-        "limits": "dead-letter",  # let the sandbox reject the long event name instead of cutting it
-    })
+    settings = load_settings(
+        {
+            "posthog_customerio_data_dir": tmp_path / "data",
+            "sqlite_synchronous": "NORMAL",
+            "shutdown_grace_s": 2,
+            "limits": "dead-letter",  # let the sandbox reject the long event name instead of cutting it
+        }
+    )
     runtime = Runtime(settings, sandbox=True)
     assert runtime.sandbox is not None
     # One transient outage first: a retry, and an entry in the page's recent errors.
@@ -81,7 +91,9 @@ def test_status_page_shows_figures_and_requeues_dead_letters(browser: Any, tmp_p
         answer = httpx.post(f"{url}/webhook", json=events, timeout=10)
         assert answer.status_code == 200, answer.text
         assert answer.json()["accepted"] == 6
-        status = wait_for_status(url, lambda s: s["outbox"]["depth"] == 0 and s["outbox"]["dead_letters"] == 1, "delivery")
+        status = wait_for_status(
+            url, lambda s: s["outbox"]["depth"] == 0 and s["outbox"]["dead_letters"] == 1, "delivery"
+        )
         assert status["ingest"]["events_received"] == 6
         delivered = status["delivery"]["delivered"]
         assert delivered >= 5
@@ -119,7 +131,8 @@ def test_status_page_shows_figures_and_requeues_dead_letters(browser: Any, tmp_p
         expect(page.locator("#requeue-result")).to_have_text("Re-queued 1 dead letter")
         # The re-queued operation goes through the pipeline again and the sandbox
         # rejects it again: a new dead letter (new id) replaces the old one.
-        after = wait_for_status(url,
+        after = wait_for_status(
+            url,
             lambda s: s["outbox"]["depth"] == 0 and [d["id"] for d in s["dead_letters"]] not in ([], [letter["id"]]),
             "the re-queued operation to be dead-lettered again",
         )
@@ -146,9 +159,13 @@ def test_status_page_shows_figures_and_requeues_dead_letters(browser: Any, tmp_p
 def test_status_page_shows_paused_delivery_with_the_auth_error(browser: Any, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
-    settings = load_settings({
-        "posthog_customerio_data_dir": tmp_path / "data", "sqlite_synchronous": "NORMAL", "shutdown_grace_s": 0,
-    })
+    settings = load_settings(
+        {
+            "posthog_customerio_data_dir": tmp_path / "data",
+            "sqlite_synchronous": "NORMAL",
+            "shutdown_grace_s": 0,
+        }
+    )
     runtime = Runtime(settings, sandbox=True)
     assert runtime.sandbox is not None
     runtime.sandbox.state.set_credentials("another-site", "another-key")  # ours are now rejected
@@ -174,10 +191,14 @@ def test_status_page_behind_the_ops_token_with_basic_auth(browser: Any, tmp_path
     from playwright.sync_api import expect
 
     token = "ops-page-4d2f"
-    settings = load_settings({
-        "posthog_customerio_data_dir": tmp_path / "data", "sqlite_synchronous": "NORMAL", "shutdown_grace_s": 0,
-        "ops_token": token,
-    })
+    settings = load_settings(
+        {
+            "posthog_customerio_data_dir": tmp_path / "data",
+            "sqlite_synchronous": "NORMAL",
+            "shutdown_grace_s": 0,
+            "ops_token": token,
+        }
+    )
     runtime = Runtime(settings, sandbox=True)
     with running_service(runtime) as url:
         events = [hog("eve", "clicked", n) for n in range(4)]

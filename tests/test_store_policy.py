@@ -26,15 +26,26 @@ from .conftest import API_KEY, SITE_ID
 
 
 def _runtime(sandbox: SandboxServer, data_dir: Path) -> Runtime:
-    return Runtime(load_settings({
-        "customerio_site_id": SITE_ID, "customerio_api_key": API_KEY, "customerio_track_url": sandbox.url,
-        "posthog_customerio_data_dir": data_dir, "customerio_max_rps": 1000,
-    }))
+    return Runtime(
+        load_settings(
+            {
+                "customerio_site_id": SITE_ID,
+                "customerio_api_key": API_KEY,
+                "customerio_track_url": sandbox.url,
+                "posthog_customerio_data_dir": data_dir,
+                "customerio_max_rps": 1000,
+            }
+        )
+    )
 
 
 def _raw(distinct_id: str, **properties: Any) -> dict[str, Any]:
-    return {"event": "signed_up", "distinct_id": distinct_id, "timestamp": "2024-01-01T00:00:00Z",
-            "properties": {"$set": {"email": f"{distinct_id}@example.com"}, **properties}}
+    return {
+        "event": "signed_up",
+        "distinct_id": distinct_id,
+        "timestamp": "2024-01-01T00:00:00Z",
+        "properties": {"$set": {"email": f"{distinct_id}@example.com"}, **properties},
+    }
 
 
 def _events() -> list[PostHogEvent]:
@@ -49,8 +60,13 @@ def _queued_people(runtime: Runtime) -> set[str]:
 def test_all_or_nothing_refuses_the_whole_batch_and_stores_nothing(sandbox: SandboxServer, tmp_path: Path) -> None:
     with _runtime(sandbox, tmp_path) as runtime:
         with pytest.raises(UnstorableBatch, match="event cannot be stored: UnicodeEncodeError"):
-            store_events(runtime.ingestor.ingest, _events(), "webhook", all_or_nothing=True,
-                         count_invalid=runtime.ingestor.count_invalid)
+            store_events(
+                runtime.ingestor.ingest,
+                _events(),
+                "webhook",
+                all_or_nothing=True,
+                count_invalid=runtime.ingestor.count_invalid,
+            )
         assert runtime.outbox.depth() == 0
         assert runtime.ingestor.invalid_by_source["webhook"] == 1
 
@@ -92,13 +108,21 @@ def test_send_file_delivers_the_good_events_and_reports_the_bad_ones(
         real_ingest = runtime.ingestor.ingest
 
         def poisoned(events: Sequence[PostHogEvent], source: str = "file") -> IngestReport:
-            spoiled = [replace(e, properties={**e.properties, "s": "\ud800"}) if e.distinct_id == "bad-1" else e
-                       for e in events]
+            spoiled = [
+                replace(e, properties={**e.properties, "s": "\ud800"}) if e.distinct_id == "bad-1" else e
+                for e in events
+            ]
             return real_ingest(spoiled, source)
 
         monkeypatch.setattr(runtime.ingestor, "ingest", poisoned)
-        summary = send_file(runtime, [line + "\n" for line in lines], timeout=30, chunk_events=2,
-                            on_invalid=on_invalid, on_progress=progress.append)
+        summary = send_file(
+            runtime,
+            [line + "\n" for line in lines],
+            timeout=30,
+            chunk_events=2,
+            on_invalid=on_invalid,
+            on_progress=progress.append,
+        )
     assert invalid == [("line 2", 1), ("event bad-1", 2)]
     assert summary.read == 4 and summary.invalid == 2 and summary.queued == 0 and summary.dead_lettered == 0
     assert summary.operations_delivered == summary.operations_enqueued > 0

@@ -24,11 +24,20 @@ from .helpers import T0, ev
 
 
 # -- limits ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("text", "limit", "expected"), [
-    ("abc", 3, "abc"), ("abcd", 3, "abc"), ("", 0, ""),
-    ("é" * 3, 5, "éé"),  # 2-byte characters: 5 bytes hold two, never half of the third
-    ("aé", 2, "a"), ("€€", 5, "€"), ("😀x", 3, ""), ("😀x", 4, "😀"), ("😀x", 5, "😀x"),
-])
+@pytest.mark.parametrize(
+    ("text", "limit", "expected"),
+    [
+        ("abc", 3, "abc"),
+        ("abcd", 3, "abc"),
+        ("", 0, ""),
+        ("é" * 3, 5, "éé"),  # 2-byte characters: 5 bytes hold two, never half of the third
+        ("aé", 2, "a"),
+        ("€€", 5, "€"),
+        ("😀x", 3, ""),
+        ("😀x", 4, "😀"),
+        ("😀x", 5, "😀x"),
+    ],
+)
 def test_truncate_utf8_cuts_at_character_boundaries(text: str, limit: int, expected: str) -> None:
     cut = limits.truncate_utf8(text, limit)
     assert cut == expected and len(cut.encode()) <= limit
@@ -72,11 +81,14 @@ def test_fit_event_data_drops_the_largest_properties_first() -> None:
     assert limits.json_len({"é": "€"}) == len('{"é":"€"}'.encode())
 
 
-@pytest.mark.parametrize(("url", "name"), [
-    ("https://x.io/a", "https://x.io/a"),
-    ("https://x.io/" + "a" * 120, ("https://x.io/" + "a" * 120)[:100]),
-    ("https://x.io/p?" + "q=1&" * 30, "https://x.io/p"),  # the query goes before the path is cut
-])
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("https://x.io/a", "https://x.io/a"),
+        ("https://x.io/" + "a" * 120, ("https://x.io/" + "a" * 120)[:100]),
+        ("https://x.io/p?" + "q=1&" * 30, "https://x.io/p"),  # the query goes before the path is cut
+    ],
+)
 def test_page_names_fit_100_bytes(url: str, name: str) -> None:
     assert page_name(url) == name and len(page_name(url).encode()) <= limits.MAX_EVENT_NAME_BYTES
 
@@ -89,8 +101,15 @@ def test_uuid7_maps_to_the_ulid_with_the_same_bits_and_time() -> None:
     assert ulid.milliseconds == 0x01890A5DAC96
 
 
-@pytest.mark.parametrize("value", [str(uuidlib.uuid4()), str(uuidlib.uuid1()), "{12345678-1234-5678-1234-567812345678}",
-                                   "12345678123456781234567812345678"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        str(uuidlib.uuid4()),
+        str(uuidlib.uuid1()),
+        "{12345678-1234-5678-1234-567812345678}",
+        "12345678123456781234567812345678",
+    ],
+)
 def test_other_uuids_map_losslessly_too(value: str) -> None:
     assert ULID.from_str(uuid_to_ulid(value) or "").bytes == uuidlib.UUID(value).bytes
 
@@ -105,8 +124,13 @@ def test_content_ids_are_stable_and_differ_by_identity() -> None:
     one = event_ulid(parse_event(base))
     assert one == event_ulid(parse_event(json.loads(json.dumps(base))))
     assert ULID.from_str(one).milliseconds == (T0 + 5) * 1000
-    others = [ev("x", "v", 5, uuid=None, a=1), ev("y", "u", 5, uuid=None, a=1), ev("x", "u", 6, uuid=None, a=1),
-              ev("x", "u", 5, uuid=None, a=2), ev("x", "u", 5, uuid="not-a-uuid", a=1)]
+    others = [
+        ev("x", "v", 5, uuid=None, a=1),
+        ev("y", "u", 5, uuid=None, a=1),
+        ev("x", "u", 6, uuid=None, a=1),
+        ev("x", "u", 5, uuid=None, a=2),
+        ev("x", "u", 5, uuid="not-a-uuid", a=1),
+    ]
     ids = {event_ulid(parse_event(other)) for other in others}
     assert one not in ids and len(ids) == len(others)
 
@@ -123,9 +147,20 @@ def conn(tmp_path: Path) -> Iterator[Any]:
 
 
 def test_person_state_round_trips_every_field(conn: Any) -> None:
-    full = PersonState("u1", identified=True, email="a@x.io", created=True, email_sent="a@x.io",
-                       digests={"plan": "abc"}, merged_into=None, anonymous_sent=True, pending_anonymous_ids=["v1"],
-                       pending={"ref": "ad", "n": [1, None]}, relationships=["1:acme"], anonymous_seen=True)
+    full = PersonState(
+        "u1",
+        identified=True,
+        email="a@x.io",
+        created=True,
+        email_sent="a@x.io",
+        digests={"plan": "abc"},
+        merged_into=None,
+        anonymous_sent=True,
+        pending_anonymous_ids=["v1"],
+        pending={"ref": "ad", "n": [1, None]},
+        relationships=["1:acme"],
+        anonymous_seen=True,
+    )
     bare = PersonState("é/ü 😀")
     save_states(conn, [full, bare])
     assert load_states(conn, ["u1", "é/ü 😀", "unknown"]) == {"u1": full, "é/ü 😀": bare}
@@ -135,8 +170,10 @@ def test_person_state_round_trips_every_field(conn: Any) -> None:
 
 
 def test_load_states_follows_merge_chains(conn: Any) -> None:
-    save_states(conn, [PersonState("a", merged_into="b"), PersonState("b", merged_into="c"), PersonState("c"),
-                       PersonState("other")])
+    save_states(
+        conn,
+        [PersonState("a", merged_into="b"), PersonState("b", merged_into="c"), PersonState("c"), PersonState("other")],
+    )
     assert set(load_states(conn, ["a"])) == {"a", "b", "c"}
     assert set(load_states(conn, ["c", "c"])) == {"c"}
 
@@ -153,8 +190,9 @@ def test_copy_is_independent() -> None:
     copy.pending.clear()
     copy.relationships.append("y")
     copy.pending_anonymous_ids.clear()
-    assert state == PersonState("u", digests={"a": "1"}, pending={"b": 2}, relationships=["x"],
-                                pending_anonymous_ids=["v"])
+    assert state == PersonState(
+        "u", digests={"a": "1"}, pending={"b": 2}, relationships=["x"], pending_anonymous_ids=["v"]
+    )
 
 
 # -- logs -------------------------------------------------------------------------------------------

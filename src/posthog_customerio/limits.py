@@ -12,19 +12,19 @@ import json
 from typing import Any
 
 __all__ = [
-    "MAX_ID_BYTES",
+    "MAX_ATTRIBUTES_PER_IDENTIFY",
     "MAX_ATTRIBUTE_NAME_BYTES",
     "MAX_ATTRIBUTE_VALUE_BYTES",
-    "MAX_ATTRIBUTES_PER_IDENTIFY",
-    "MAX_EVENT_NAME_BYTES",
     "MAX_EVENT_DATA_BYTES",
+    "MAX_EVENT_NAME_BYTES",
+    "MAX_ID_BYTES",
     "MAX_OP_BYTES",
-    "utf8_len",
-    "truncate_utf8",
-    "fit_attributes",
     "chunk_attributes",
+    "fit_attributes",
     "fit_event_data",
     "json_len",
+    "truncate_utf8",
+    "utf8_len",
 ]
 
 MAX_ID_BYTES = 150
@@ -73,15 +73,22 @@ def fit_attributes(attributes: dict[str, Any]) -> tuple[dict[str, Any], int]:
             name = truncate_utf8(name, MAX_ATTRIBUTE_NAME_BYTES)
             cuts += 1
         if _value_len(value) > MAX_ATTRIBUTE_VALUE_BYTES:
-            text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+            text = (
+                value
+                if isinstance(value, str)
+                else json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+            )
             value = truncate_utf8(text, MAX_ATTRIBUTE_VALUE_BYTES)
             cuts += 1
         fitted[name] = value
     return fitted, cuts
 
 
-def chunk_attributes(attributes: dict[str, Any], max_count: int = MAX_ATTRIBUTES_PER_IDENTIFY,
-                     max_bytes: int = MAX_OP_BYTES - _OP_OVERHEAD) -> list[dict[str, Any]]:
+def chunk_attributes(
+    attributes: dict[str, Any],
+    max_count: int = MAX_ATTRIBUTES_PER_IDENTIFY,
+    max_bytes: int = MAX_OP_BYTES - _OP_OVERHEAD,
+) -> list[dict[str, Any]]:
     """Split attributes into chunks of at most ``max_count`` keys and ``max_bytes``.
 
     Each chunk becomes one identify, so no attribute is dropped. ``email`` stays in

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from pythonjsonlogger.json import JsonFormatter
 
-__all__ = ["configure_logging", "RedactSecrets"]
+__all__ = ["RedactSecrets", "configure_logging"]
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 #: the attributes every LogRecord has; anything else on a record came from ``extra=``

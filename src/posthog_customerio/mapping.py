@@ -33,12 +33,12 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-from json.encoder import encode_basestring_ascii as _encode_string
 import re
 from collections import Counter
-from datetime import datetime, timezone
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii as _encode_string
 from typing import Any, Literal
 
 from . import limits
@@ -48,17 +48,17 @@ from .sources import PostHogEvent, to_unix_seconds
 from .state import PersonState
 
 __all__ = [
-    "AnonymousMode",
+    "DEVICE_TOKEN_PROPERTIES",
     "AnonymousEvents",
-    "MappingConfig",
+    "AnonymousMode",
     "Mapped",
-    "map_event",
+    "MappingConfig",
     "adopted_events",
     "involved_distinct_ids",
     "is_email",
-    "value_digest",
+    "map_event",
     "page_name",
-    "DEVICE_TOKEN_PROPERTIES",
+    "value_digest",
 ]
 
 AnonymousMode = Literal["all", "identified", "with_email"]
@@ -84,18 +84,32 @@ DEVICE_TOKEN_PROPERTIES: dict[str, str | None] = {
     "$fcm_token": "android",
 }
 #: distinct_ids PostHog refuses to merge (``cannot_merge_with_illegal_distinct_id``).
-ILLEGAL_DISTINCT_IDS = frozenset({
-    "", "anonymous", "guest", "distinctid", "distinct_id", "id", "not_authenticated", "email",
-    "undefined", "true", "false", "[object object]", "nan", "none", "null", "0",
-})
+ILLEGAL_DISTINCT_IDS = frozenset(
+    {
+        "",
+        "anonymous",
+        "guest",
+        "distinctid",
+        "distinct_id",
+        "id",
+        "not_authenticated",
+        "email",
+        "undefined",
+        "true",
+        "false",
+        "[object object]",
+        "nan",
+        "none",
+        "null",
+        "0",
+    }
+)
 #: Customer.io's limit on event names, in UTF-8 bytes.
 MAX_EVENT_NAME_BYTES = limits.MAX_EVENT_NAME_BYTES
 
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 #: a full ISO 8601 date-time: date, time (at least hh:mm), optional fraction and zone
-_ISO_DATETIME = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}([.,]\d{1,9})?)?(Z|[+-]\d{2}(:?\d{2})?)?$"
-)
+_ISO_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}([.,]\d{1,9})?)?(Z|[+-]\d{2}(:?\d{2})?)?$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,7 +309,7 @@ def _remember(event: PostHogEvent, state: PersonState) -> None:
 def _email_of(event: PostHogEvent) -> str | None:
     """The email this event tells us: ``$set.email``, person properties, distinct_id."""
     for candidate in (event.set.get("email"), event.person_properties.get("email"), event.distinct_id):
-        if is_email(candidate):
+        if isinstance(candidate, str) and is_email(candidate):
             return candidate.strip()
     return None
 
@@ -451,7 +465,7 @@ def iso_datetime_seconds(value: str) -> int | None:
     except ValueError:
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp())
 
 
@@ -462,15 +476,20 @@ def _identifiers(state: PersonState, config: MappingConfig) -> dict[str, str]:
 
 
 def _identify_operations(
-    event: PostHogEvent, state: PersonState, config: MappingConfig, result: Mapped,
-    hold: frozenset[str] = frozenset(), after: tuple[str, ...] = (),
+    event: PostHogEvent,
+    state: PersonState,
+    config: MappingConfig,
+    result: Mapped,
+    hold: frozenset[str] = frozenset(),
+    after: tuple[str, ...] = (),
 ) -> list[Operation]:
     """The identifies for what changed; ``hold`` keys wait for a later call, ``after`` orders it."""
     attributes = _profile_attributes(event, state, config)
     # digests are of the values as PostHog has them; only what changed is fitted to the limits
     digests = {key: value_digest(value) for key, value in attributes.items()}
-    changed = {key: value for key, value in attributes.items()
-               if state.digests.get(key) != digests[key] and key not in hold}
+    changed = {
+        key: value for key, value in attributes.items() if state.digests.get(key) != digests[key] and key not in hold
+    }
     for key in event.unset:
         if key in state.digests:
             changed[key] = ""
@@ -496,8 +515,12 @@ def _identify_operations(
     operations = []
     chunks = limits.chunk_attributes(changed) if changed else [{}]
     for index, chunk in enumerate(chunks):
-        payload: dict[str, Any] = {"type": "person", "identifiers": identifiers, "action": "identify",
-                                   "timestamp": event.timestamp_s}
+        payload: dict[str, Any] = {
+            "type": "person",
+            "identifiers": identifiers,
+            "action": "identify",
+            "timestamp": event.timestamp_s,
+        }
         if index == 0 and anonymous_ids:
             chunk = {**chunk, "anonymous_id": anonymous_ids[0]}
         if chunk:
@@ -508,8 +531,13 @@ def _identify_operations(
     # events (batched) instead; the anonymous_id above attaches those already sent
     result.adopt.extend((anonymous_id, identifiers, state.distinct_id) for anonymous_id in anonymous_ids)
     for anonymous_id in anonymous_ids[1:]:  # one anonymous_id per identify
-        payload = {"type": "person", "identifiers": identifiers, "action": "identify",
-                   "timestamp": event.timestamp_s, "attributes": {"anonymous_id": anonymous_id}}
+        payload = {
+            "type": "person",
+            "identifiers": identifiers,
+            "action": "identify",
+            "timestamp": event.timestamp_s,
+            "attributes": {"anonymous_id": anonymous_id},
+        }
         operations.append(Operation(state.distinct_id, payload, after=(anonymous_id,)))
     return operations
 
@@ -555,8 +583,12 @@ def _device_operations(event: PostHogEvent, person: PersonState, config: Mapping
             del person.digests[f"\x00devprop:{key}"]
             for digest_key in [k for k in person.digests if k.startswith("\x00device:") and k.endswith(f":{known}")]:
                 del person.digests[digest_key]
-            payload = {"type": "person", "identifiers": _identifiers(person, config), "action": "delete_device",
-                       "device": {"token": known}}
+            payload = {
+                "type": "person",
+                "identifiers": _identifiers(person, config),
+                "action": "delete_device",
+                "device": {"token": known},
+            }
             operations.append(Operation(person.distinct_id, payload))
             continue
         if not isinstance(token, str) or not token.strip():
@@ -568,7 +600,12 @@ def _device_operations(event: PostHogEvent, person: PersonState, config: Mapping
         person.digests[digest_key] = "1"
         person.digests[f"\x00devprop:{key}"] = token
         device = {"token": token, "platform": platform, "last_used": event.timestamp_s}
-        payload = {"type": "person", "identifiers": _identifiers(person, config), "action": "add_device", "device": device}
+        payload = {
+            "type": "person",
+            "identifiers": _identifiers(person, config),
+            "action": "add_device",
+            "device": device,
+        }
         operations.append(Operation(person.distinct_id, payload))
     return operations
 
@@ -614,8 +651,11 @@ def _group_identify(event: PostHogEvent, config: MappingConfig, result: Mapped) 
     if config.truncate:
         attributes, cuts = limits.fit_attributes(attributes)
         result.notes["limits_truncated"] += cuts
-    payload: dict[str, Any] = {"type": "object", "identifiers": {"object_type_id": type_id, "object_id": key},
-                               "action": "identify"}
+    payload: dict[str, Any] = {
+        "type": "object",
+        "identifiers": {"object_type_id": type_id, "object_id": key},
+        "action": "identify",
+    }
     if attributes:
         payload["attributes"] = attributes
     result.operations.append(Operation(_object_key(type_id, key), payload, kind="object"))
@@ -649,8 +689,11 @@ def _hog_group_operations(event: PostHogEvent, book: _Book, config: MappingConfi
         if config.truncate:
             changed, cuts = limits.fit_attributes(changed)
             result.notes["limits_truncated"] += cuts
-        payload: dict[str, Any] = {"type": "object", "identifiers": {"object_type_id": type_id, "object_id": key},
-                                   "action": "identify"}
+        payload: dict[str, Any] = {
+            "type": "object",
+            "identifiers": {"object_type_id": type_id, "object_id": key},
+            "action": "identify",
+        }
         if changed:
             payload["attributes"] = changed
         operations.append(Operation(_object_key(type_id, key), payload, kind="object"))
@@ -683,8 +726,12 @@ def _relationship_operations(
         if relationship in person.relationships:
             continue
         person.relationships = sorted({*person.relationships, relationship})
-        payload = {"type": "person", "identifiers": _identifiers(person, config), "action": "add_relationships",
-                   "cio_relationships": [{"identifiers": {"object_type_id": type_id, "object_id": key}}]}
+        payload = {
+            "type": "person",
+            "identifiers": _identifiers(person, config),
+            "action": "add_relationships",
+            "cio_relationships": [{"identifiers": {"object_type_id": type_id, "object_id": key}}],
+        }
         operations.append(Operation(person.distinct_id, payload, after=(_object_key(type_id, key),)))
     return operations
 
@@ -702,8 +749,14 @@ def _event_fields(event: PostHogEvent, config: MappingConfig, result: Mapped) ->
     return action, name, data
 
 
-def _event_op(person_key: str, payload: dict[str, Any], data: dict[str, Any], config: MappingConfig,
-              result: Mapped, kind: Kind = "person") -> Operation:
+def _event_op(
+    person_key: str,
+    payload: dict[str, Any],
+    data: dict[str, Any],
+    config: MappingConfig,
+    result: Mapped,
+    kind: Kind = "person",
+) -> Operation:
     """The operation for an event payload, its data fitted to Customer.io's limits.
 
     The payload is encoded once; that text goes to the outbox as is. Only an event
@@ -734,8 +787,14 @@ def _event_operation(
 ) -> Operation:
     action, name, data = _event_fields(event, config, result)
     identifiers = identifies[0].payload["identifiers"] if identifies else _identifiers(state, config)
-    payload: dict[str, Any] = {"type": "person", "identifiers": identifiers, "action": action, "name": name,
-                               "id": event_ulid(event), "timestamp": event.timestamp_s}
+    payload: dict[str, Any] = {
+        "type": "person",
+        "identifiers": identifiers,
+        "action": action,
+        "name": name,
+        "id": event_ulid(event),
+        "timestamp": event.timestamp_s,
+    }
     return _event_op(state.distinct_id, payload, data, config, result)
 
 
@@ -743,14 +802,18 @@ def _anonymous_event_operation(
     event: PostHogEvent, state: PersonState, config: MappingConfig, result: Mapped
 ) -> Operation:
     action, name, data = _event_fields(event, config, result)
-    payload: dict[str, Any] = {"type": "anonymous", "action": action, "anonymous_id": state.distinct_id,
-                               "name": name, "id": event_ulid(event), "timestamp": event.timestamp_s}
+    payload: dict[str, Any] = {
+        "type": "anonymous",
+        "action": action,
+        "anonymous_id": state.distinct_id,
+        "name": name,
+        "id": event_ulid(event),
+        "timestamp": event.timestamp_s,
+    }
     return _event_op(state.distinct_id, payload, data, config, result, kind="anonymous")
 
 
-def adopted_events(
-    anonymous: Sequence[Operation], identifiers: dict[str, str], person_key: str
-) -> list[Operation]:
+def adopted_events(anonymous: Sequence[Operation], identifiers: dict[str, str], person_key: str) -> list[Operation]:
     """A visitor's still-queued anonymous events, as events of the person who identified.
 
     :func:`map_event` decides what is adopted (``Mapped.adopt``); this builds the
@@ -762,8 +825,12 @@ def adopted_events(
         if operation.kind != "anonymous":
             continue
         old = operation.payload
-        payload: dict[str, Any] = {"type": "person", "identifiers": identifiers, "action": old["action"],
-                                   "name": old["name"]}
+        payload: dict[str, Any] = {
+            "type": "person",
+            "identifiers": identifiers,
+            "action": old["action"],
+            "name": old["name"],
+        }
         for key in ("id", "timestamp", "attributes"):
             if key in old:
                 payload[key] = old[key]

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .runtime import Runtime
     from .status import RequestLog
 
-__all__ = ["Metrics", "CONTENT_TYPE"]
+__all__ = ["CONTENT_TYPE", "Metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _PREFIX = "posthog_customerio"
@@ -39,37 +39,65 @@ class _RuntimeCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         ingestor = self.runtime.ingestor
         yield _labelled("events_received", "Events received, by source", "source", ingestor.received_by_source)
-        yield _labelled("events_invalid", "Events rejected as invalid input, by source", "source", ingestor.invalid_by_source)
+        yield _labelled(
+            "events_invalid", "Events rejected as invalid input, by source", "source", ingestor.invalid_by_source
+        )
         yield _labelled("events_filtered", "Events not forwarded, by reason", "reason", ingestor.totals.skipped)
-        yield _labelled("mapping_adjustments", "Limits truncations, unmapped group types, blocked merges…, by kind", "kind", ingestor.totals.notes)
-        yield _labelled("operations_enqueued", "Operations written to the outbox, by action", "action", ingestor.totals.actions)
+        yield _labelled(
+            "mapping_adjustments",
+            "Limits truncations, unmapped group types, blocked merges…, by kind",
+            "kind",
+            ingestor.totals.notes,
+        )
+        yield _labelled(
+            "operations_enqueued", "Operations written to the outbox, by action", "action", ingestor.totals.actions
+        )
         if self.requests is not None:
-            yield _labelled("requests_rejected", "Requests answered 4xx by the receivers, by reason", "reason", self.requests.rejected)
             yield _labelled(
-                "proxy_requests", "Requests forwarded to POSTHOG_HOST, by PostHog's status (error = unreachable)", "status",
+                "requests_rejected",
+                "Requests answered 4xx by the receivers, by reason",
+                "reason",
+                self.requests.rejected,
+            )
+            yield _labelled(
+                "proxy_requests",
+                "Requests forwarded to POSTHOG_HOST, by PostHog's status (error = unreachable)",
+                "status",
                 self.requests.proxied,
             )
             yield _labelled(
-                "proxy_events_not_stored", "Capture requests forwarded to PostHog but not stored for Customer.io, by reason",
-                "reason", self.requests.not_stored,
+                "proxy_events_not_stored",
+                "Capture requests forwarded to PostHog but not stored for Customer.io, by reason",
+                "reason",
+                self.requests.not_stored,
             )
         snap = take_snapshot(self.runtime, dead_letters=0, persons=False)
         deliverer = self.runtime.current_deliverer
         stats = deliverer.stats if deliverer is not None else None
         yield _counter("operations_delivered", "Operations Customer.io accepted", stats.delivered if stats else 0)
-        yield _counter("operations_dead_lettered", "Operations moved to the dead-letter table", snap.dead_lettered_total)
+        yield _counter(
+            "operations_dead_lettered", "Operations moved to the dead-letter table", snap.dead_lettered_total
+        )
         yield _labelled(
-            "customerio_requests", "Requests to Customer.io, by HTTP status (error = no response)", "status",
+            "customerio_requests",
+            "Requests to Customer.io, by HTTP status (error = no response)",
+            "status",
             stats.requests_by_status if stats else {},
         )
-        yield _counter("delivery_retries", "Operations put back for a retry after a transient failure", stats.retries if stats else 0)
+        yield _counter(
+            "delivery_retries",
+            "Operations put back for a retry after a transient failure",
+            stats.retries if stats else 0,
+        )
         yield _gauge("outbox_depth", "Operations waiting in the outbox", snap.depth)
         yield _gauge("outbox_oldest_age_seconds", "Age of the oldest waiting operation", snap.oldest_age_s)
         yield _gauge("dead_letters", "Operations currently in the dead-letter table", snap.dead_letters)
         paused = 1.0 if deliverer is not None and deliverer.auth_error else 0.0
         yield _gauge("delivery_paused", "1 while Customer.io rejects the credentials", paused)
         yield _counter(
-            "delivery_worker_restarts", "Delivery workers that died and were restarted", stats.worker_restarts if stats else 0
+            "delivery_worker_restarts",
+            "Delivery workers that died and were restarted",
+            stats.worker_restarts if stats else 0,
         )
         alive = deliverer.alive_workers() if deliverer is not None else 0
         yield _gauge("delivery_workers_alive", "Delivery worker threads running now", alive)

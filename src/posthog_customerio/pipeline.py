@@ -10,8 +10,8 @@ from __future__ import annotations
 import queue
 import threading
 from collections import Counter
-from concurrent.futures import Future
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from .mapping import MappingConfig, adopted_events, involved_distinct_ids, map_event
@@ -21,7 +21,7 @@ from .sources import PostHogEvent
 from .state import PersonState, load_states, save_states
 from .storage import Storage
 
-__all__ = ["IngestReport", "Ingestor", "GroupCommitter"]
+__all__ = ["GroupCommitter", "IngestReport", "Ingestor"]
 
 #: one waiting ingestion: its events, its source, and the future its caller waits on
 _Request = tuple[Sequence[PostHogEvent], str, "Future[IngestReport]"]

@@ -31,7 +31,7 @@ import unicodedata
 import uuid as uuidlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -44,10 +44,10 @@ __all__ = [
     "write_jsonl",
 ]
 
-DEFAULT_START = datetime(2026, 1, 5, 9, 0, 0, tzinfo=timezone.utc)
+DEFAULT_START = datetime(2026, 1, 5, 9, 0, 0, tzinfo=UTC)
 SHAPES = ("plugin", "webhook", "export", "capture")
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ARRIVAL_GAP_MS = 120_000  # one new person every ~2 minutes: bounds the people active at once
 _TEAM_ID = 1
 _SITE = "https://us.posthog.com"
@@ -56,13 +56,59 @@ _PERSON_NS = uuidlib.UUID("932979b4-65c3-4424-8467-0b66ec27bc22")
 _WWW = "www.acme.example"
 _APP = "app.acme.example"
 
-_FIRST = ["Ada", "Grace", "Alan", "Linus", "Margaret", "Ken", "Barbara", "José", "Zoë", "Renée",
-          "Björn", "Chloé", "Priya", "Wei", "Amara", "Hiro", "Fatima", "Lars", "Maya", "Omar"]
-_LAST = ["Lovelace", "Hopper", "Turing", "Torvalds", "Hamilton", "Thompson", "Liskov", "García",
-         "Müller", "Dubois", "Nakamura", "Okafor", "Singh", "Chen", "Kowalski", "Silva", "Novak"]
-_GEO = [("US", "New York"), ("US", "San Francisco"), ("DE", "Berlin"), ("GB", "London"),
-        ("FR", "Paris"), ("IN", "Bengaluru"), ("BR", "São Paulo"), ("JP", "Tokyo"),
-        ("CA", "Toronto"), ("NL", "Amsterdam")]
+_FIRST = [
+    "Ada",
+    "Grace",
+    "Alan",
+    "Linus",
+    "Margaret",
+    "Ken",
+    "Barbara",
+    "José",
+    "Zoë",
+    "Renée",
+    "Björn",
+    "Chloé",
+    "Priya",
+    "Wei",
+    "Amara",
+    "Hiro",
+    "Fatima",
+    "Lars",
+    "Maya",
+    "Omar",
+]
+_LAST = [
+    "Lovelace",
+    "Hopper",
+    "Turing",
+    "Torvalds",
+    "Hamilton",
+    "Thompson",
+    "Liskov",
+    "García",
+    "Müller",
+    "Dubois",
+    "Nakamura",
+    "Okafor",
+    "Singh",
+    "Chen",
+    "Kowalski",
+    "Silva",
+    "Novak",
+]
+_GEO = [
+    ("US", "New York"),
+    ("US", "San Francisco"),
+    ("DE", "Berlin"),
+    ("GB", "London"),
+    ("FR", "Paris"),
+    ("IN", "Bengaluru"),
+    ("BR", "São Paulo"),
+    ("JP", "Tokyo"),
+    ("CA", "Toronto"),
+    ("NL", "Amsterdam"),
+]
 _WEB_CLIENTS = [  # (browser, version, os, os version, device type, width, height)
     ("Chrome", "131.0.0.0", "Mac OS X", "14.6.1", "Desktop", 1512, 982),
     ("Chrome", "131.0.0.0", "Windows", "10.0", "Desktop", 1920, 1080),
@@ -74,24 +120,49 @@ _WEB_CLIENTS = [  # (browser, version, os, os version, device type, width, heigh
 ]
 _IOS_DEVICES = [("iPhone15,2", 393, 852), ("iPhone16,1", 393, 852), ("iPad13,4", 834, 1194)]
 _JS_VERSIONS = ["1.203.1", "1.205.0", "1.207.2"]
-_REFERRERS = ["$direct", "$direct", "https://www.google.com/", "https://news.ycombinator.com/",
-              "https://www.linkedin.com/", "https://duckduckgo.com/"]
-_CAMPAIGNS = [("google", "cpc", "winter_launch"), ("newsletter", "email", "jan_digest"),
-              ("linkedin", "social", "founders_webinar"), ("twitter", "social", "launch_week")]
-_MARKETING = [("/", "Acme - Sync everything"), ("/pricing", "Pricing - Acme"),
-              ("/features", "Features - Acme"), ("/blog/how-we-sync", "How we sync - Acme blog"),
-              ("/docs/getting-started", "Getting started - Acme docs")]
-_APP_PAGES = [("/dashboard", "Dashboard"), ("/projects", "Projects"), ("/reports", "Reports"),
-              ("/settings/team", "Team settings"), ("/settings/billing", "Billing"),
-              ("/integrations", "Integrations")]
+_REFERRERS = [
+    "$direct",
+    "$direct",
+    "https://www.google.com/",
+    "https://news.ycombinator.com/",
+    "https://www.linkedin.com/",
+    "https://duckduckgo.com/",
+]
+_CAMPAIGNS = [
+    ("google", "cpc", "winter_launch"),
+    ("newsletter", "email", "jan_digest"),
+    ("linkedin", "social", "founders_webinar"),
+    ("twitter", "social", "launch_week"),
+]
+_MARKETING = [
+    ("/", "Acme - Sync everything"),
+    ("/pricing", "Pricing - Acme"),
+    ("/features", "Features - Acme"),
+    ("/blog/how-we-sync", "How we sync - Acme blog"),
+    ("/docs/getting-started", "Getting started - Acme docs"),
+]
+_APP_PAGES = [
+    ("/dashboard", "Dashboard"),
+    ("/projects", "Projects"),
+    ("/reports", "Reports"),
+    ("/settings/team", "Team settings"),
+    ("/settings/billing", "Billing"),
+    ("/integrations", "Integrations"),
+]
 _APP_PATHS = frozenset(path for path, _ in _APP_PAGES) | {"/onboarding"}
 _SCREENS = ["Home", "ProjectList", "ProjectDetail", "Reports", "Settings", "Notifications"]
 _FEATURES = ["dashboard_export", "sql_editor", "alerts", "share_link", "csv_import", "ai_summary"]
 _PLANS = ["free", "starter", "pro", "enterprise"]
 _PRICES = {"starter": 19.0, "pro": 49.0, "enterprise": 399.0}
 _TEMPLATES = ["blank", "web_analytics", "crm_sync", "onboarding_funnel"]
-_IDENTIFIED_MIX = [("page", 30), ("feature_used", 26), ("project_created", 12),
-                   ("invited_teammate", 10), ("purchase", 10), ("$set", 7)]
+_IDENTIFIED_MIX = [
+    ("page", 30),
+    ("feature_used", 26),
+    ("project_created", 12),
+    ("invited_teammate", 10),
+    ("purchase", 10),
+    ("$set", 7),
+]
 _MIX_KINDS = [kind for kind, _ in _IDENTIFIED_MIX]
 _MIX_WEIGHTS = [weight for _, weight in _IDENTIFIED_MIX]
 
@@ -165,21 +236,39 @@ class _Person:
         self.base: dict[str, Any] = {"$geoip_country_code": country, "$geoip_city_name": city}
         if self.mobile:
             model, width, height = rng.choice(_IOS_DEVICES)
-            self.base.update({
-                "$os": "iOS", "$os_version": rng.choice(["17.6.1", "18.1", "18.2"]),
-                "$device_type": "Tablet" if model.startswith("iPad") else "Mobile",
-                "$device_model": model, "$device_manufacturer": "Apple", "$app_name": "Acme",
-                "$app_version": "2.4.1", "$app_build": "241", "$lib": "posthog-ios",
-                "$lib_version": "3.19.1", "$screen_width": width, "$screen_height": height,
-                "$locale": "en-US", "$network_wifi": rng.random() < 0.7,
-            })
+            self.base.update(
+                {
+                    "$os": "iOS",
+                    "$os_version": rng.choice(["17.6.1", "18.1", "18.2"]),
+                    "$device_type": "Tablet" if model.startswith("iPad") else "Mobile",
+                    "$device_model": model,
+                    "$device_manufacturer": "Apple",
+                    "$app_name": "Acme",
+                    "$app_version": "2.4.1",
+                    "$app_build": "241",
+                    "$lib": "posthog-ios",
+                    "$lib_version": "3.19.1",
+                    "$screen_width": width,
+                    "$screen_height": height,
+                    "$locale": "en-US",
+                    "$network_wifi": rng.random() < 0.7,
+                }
+            )
         else:
             browser, bver, os_name, os_ver, dtype, width, height = rng.choice(_WEB_CLIENTS)
-            self.base.update({
-                "$os": os_name, "$os_version": os_ver, "$browser": browser,
-                "$browser_version": bver, "$device_type": dtype, "$screen_width": width,
-                "$screen_height": height, "$lib": "web", "$lib_version": rng.choice(_JS_VERSIONS),
-            })
+            self.base.update(
+                {
+                    "$os": os_name,
+                    "$os_version": os_ver,
+                    "$browser": browser,
+                    "$browser_version": bver,
+                    "$device_type": dtype,
+                    "$screen_width": width,
+                    "$screen_height": height,
+                    "$lib": "web",
+                    "$lib_version": rng.choice(_JS_VERSIONS),
+                }
+            )
         self.referrer = rng.choice(_REFERRERS)
         self.campaign = rng.choice(_CAMPAIGNS) if rng.random() < 0.4 else None
         self.page: tuple[str, str] = ("/", "")
@@ -194,20 +283,28 @@ class _Person:
     def _tick(self) -> None:
         self.clock += self.rng.randint(4_000, 150_000)
 
-    def _event(self, name: str, extra: dict[str, Any] | None = None,
-               set_: dict[str, Any] | None = None, set_once: dict[str, Any] | None = None) -> _Raw:
+    def _event(
+        self,
+        name: str,
+        extra: dict[str, Any] | None = None,
+        set_: dict[str, Any] | None = None,
+        set_once: dict[str, Any] | None = None,
+    ) -> _Raw:
         props: dict[str, Any] = dict(self.base)
         if not self.mobile:
             path, _title = self.page
             host = _APP if path.split("?")[0] in _APP_PATHS else _WWW
             ref = self.referrer
-            props.update({
-                "$current_url": f"https://{host}{path}", "$host": host,
-                "$pathname": path.split("?")[0], "$referrer": ref,
-                "$referring_domain": "$direct" if ref == "$direct" else ref.split("/")[2],
-            })
-        props.update({"$session_id": self.session_id, "$device_id": self.anon_id,
-                      "$is_identified": self.identified})
+            props.update(
+                {
+                    "$current_url": f"https://{host}{path}",
+                    "$host": host,
+                    "$pathname": path.split("?")[0],
+                    "$referrer": ref,
+                    "$referring_domain": "$direct" if ref == "$direct" else ref.split("/")[2],
+                }
+            )
+        props.update({"$session_id": self.session_id, "$device_id": self.anon_id, "$is_identified": self.identified})
         if not self.identified:
             props["$process_person_profile"] = False
         if extra:
@@ -220,8 +317,16 @@ class _Person:
             for key, value in (set_once or {}).items():
                 self.props.setdefault(key, value)
             self.props.update(set_ or {})
-        return _Raw(self.clock, _uuid7(self.clock, self.rng), name, self.distinct_id, props,
-                    self.person_id, dict(self.props) if self.identified else None, self.ip)
+        return _Raw(
+            self.clock,
+            _uuid7(self.clock, self.rng),
+            name,
+            self.distinct_id,
+            props,
+            self.person_id,
+            dict(self.props) if self.identified else None,
+            self.ip,
+        )
 
     def _view(self, path: str, title: str) -> _Raw:
         """A ``$pageview`` (web) or ``$screen`` (mobile) of the given place."""
@@ -235,10 +340,7 @@ class _Person:
     def __iter__(self) -> Iterator[_Raw]:
         rng = self.rng
         self._new_session(0)
-        if self.signs_up:
-            anon = max(1, min(rng.randint(1, 3), self.total - 2))
-        else:
-            anon = self.total
+        anon = max(1, min(rng.randint(1, 3), self.total - 2)) if self.signs_up else self.total
         yield from self._anonymous(anon)
         if not self.signs_up:
             return
@@ -286,17 +388,22 @@ class _Person:
         self.plan = "starter" if rng.random() < 0.2 else "free"
         self.distinct_id, self.identified = self.user_id, True
         self.page = ("/onboarding", "Welcome")
-        set_ = {"email": self.email, "name": self.name, "plan": self.plan,
-                "created_at": _iso(self.clock)}
-        set_once = {"$initial_referrer": self.referrer if not self.mobile else "$direct",
-                    "$initial_utm_source": self.campaign[0] if self.campaign else None}
+        set_ = {"email": self.email, "name": self.name, "plan": self.plan, "created_at": _iso(self.clock)}
+        set_once = {
+            "$initial_referrer": self.referrer if not self.mobile else "$direct",
+            "$initial_utm_source": self.campaign[0] if self.campaign else None,
+        }
         yield self._event("$identify", {"$anon_distinct_id": self.anon_id}, set_, set_once)
         self._tick()
-        yield self._event("signed_up", {
-            "signup_method": rng.choice(["email", "google", "github"]), "plan": self.plan,
-            "form_variant": rng.choice(["control", "short_form"]),
-            "referral_code": None if rng.random() < 0.8 else f"FRIEND{rng.randint(100, 999)}",
-        })
+        yield self._event(
+            "signed_up",
+            {
+                "signup_method": rng.choice(["email", "google", "github"]),
+                "plan": self.plan,
+                "form_variant": rng.choice(["control", "short_form"]),
+                "referral_code": None if rng.random() < 0.8 else f"FRIEND{rng.randint(100, 999)}",
+            },
+        )
 
     def _identified_event(self, kind: str) -> _Raw:
         rng = self.rng
@@ -306,22 +413,32 @@ class _Person:
             return self._view(*rng.choice(_APP_PAGES))
         if kind == "feature_used":
             feature = rng.choice(_FEATURES)
-            extra = {"feature": feature, "duration_ms": rng.randint(200, 90_000),
-                     "success": rng.random() < 0.93, "usage_count": rng.randint(1, 40)}
+            extra = {
+                "feature": feature,
+                "duration_ms": rng.randint(200, 90_000),
+                "success": rng.random() < 0.93,
+                "usage_count": rng.randint(1, 40),
+            }
             set_ = {"last_feature_used": feature} if rng.random() < 0.3 else None
             return self._event("feature_used", extra, set_)
         if kind == "project_created":
             self.projects += 1
-            extra = {"project_id": f"prj_{rng.getrandbits(40):010x}",
-                     "project_name": rng.choice(["Website", "Mobile app", "Q1 launch", "Growth"]),
-                     "template": rng.choice(_TEMPLATES), "is_first_project": self.projects == 1}
+            extra = {
+                "project_id": f"prj_{rng.getrandbits(40):010x}",
+                "project_name": rng.choice(["Website", "Mobile app", "Q1 launch", "Growth"]),
+                "template": rng.choice(_TEMPLATES),
+                "is_first_project": self.projects == 1,
+            }
             return self._event("project_created", extra, {"projects_count": self.projects})
         if kind == "invited_teammate":
             self.team_size += 1
             mate = f"{rng.choice(_FIRST)}.{rng.choice(_LAST)}{rng.randint(1, 999)}"
-            extra = {"invitee_email": f"{_ascii(mate).lower()}@example.com",
-                     "role": rng.choice(["member", "admin", "viewer"]),
-                     "invite_method": rng.choice(["email", "link"]), "team_size": self.team_size}
+            extra = {
+                "invitee_email": f"{_ascii(mate).lower()}@example.com",
+                "role": rng.choice(["member", "admin", "viewer"]),
+                "invite_method": rng.choice(["email", "link"]),
+                "team_size": self.team_size,
+            }
             return self._event("invited_teammate", extra)
         if kind == "purchase":
             plan = rng.choice(["starter", "pro", "pro", "enterprise"])
@@ -329,13 +446,21 @@ class _Person:
             amount = round(_PRICES[plan] * (10 if yearly else 1) * rng.choice([1.0, 1.0, 0.8]), 2)
             currency = rng.choice(["USD", "USD", "EUR", "GBP"])
             self.plan = plan
-            extra = {"amount": amount, "currency": currency,
-                     "sku": f"{plan}-{'yearly' if yearly else 'monthly'}", "quantity": 1,
-                     "billing_period": "yearly" if yearly else "monthly",
-                     "coupon": "NEWYEAR20" if amount < _PRICES[plan] * (10 if yearly else 1) else None,
-                     "order_id": f"ord_{rng.getrandbits(48):012x}"}
-            return self._event("purchase", extra, {"plan": plan, "last_purchase_at": _iso(self.clock)},
-                               {"first_purchase_at": _iso(self.clock)})
+            extra = {
+                "amount": amount,
+                "currency": currency,
+                "sku": f"{plan}-{'yearly' if yearly else 'monthly'}",
+                "quantity": 1,
+                "billing_period": "yearly" if yearly else "monthly",
+                "coupon": "NEWYEAR20" if amount < _PRICES[plan] * (10 if yearly else 1) else None,
+                "order_id": f"ord_{rng.getrandbits(48):012x}",
+            }
+            return self._event(
+                "purchase",
+                extra,
+                {"plan": plan, "last_purchase_at": _iso(self.clock)},
+                {"first_purchase_at": _iso(self.clock)},
+            )
         # "$set": a plan change without a purchase (upgrade, or downgrade from the top)
         step = _PLANS.index(self.plan)
         self.plan = _PLANS[step + 1] if step + 1 < len(_PLANS) else _PLANS[step - 1]
@@ -350,35 +475,65 @@ def _shape(raw: _Raw, shape: str) -> dict[str, Any]:
     set_ = props.get("$set")
     set_once = props.get("$set_once")
     if shape == "plugin":
-        return {"uuid": raw.uuid, "event": raw.event, "distinct_id": raw.distinct_id,
-                "team_id": _TEAM_ID, "ip": raw.ip, "properties": props, "timestamp": _iso(raw.ts),
-                "$set": dict(set_ or {}), "$set_once": dict(set_once or {})}
+        return {
+            "uuid": raw.uuid,
+            "event": raw.event,
+            "distinct_id": raw.distinct_id,
+            "team_id": _TEAM_ID,
+            "ip": raw.ip,
+            "properties": props,
+            "timestamp": _iso(raw.ts),
+            "$set": dict(set_ or {}),
+            "$set_once": dict(set_once or {}),
+        }
     if shape == "capture":
-        return {"api_key": "phc_sample", "event": raw.event, "distinct_id": raw.distinct_id,
-                "properties": props, "timestamp": _iso(raw.ts), "uuid": raw.uuid}
+        return {
+            "api_key": "phc_sample",
+            "event": raw.event,
+            "distinct_id": raw.distinct_id,
+            "properties": props,
+            "timestamp": _iso(raw.ts),
+            "uuid": raw.uuid,
+        }
     if shape == "webhook":
         timestamp = _iso(raw.ts)
-        body: dict[str, Any] = {"event": {
-            "uuid": raw.uuid, "event": raw.event, "distinct_id": raw.distinct_id,
-            "properties": props, "elements_chain": "", "timestamp": timestamp,
-            "url": f"{_SITE}/project/{_TEAM_ID}/events/{raw.uuid}/{timestamp}"}}
+        body: dict[str, Any] = {
+            "event": {
+                "uuid": raw.uuid,
+                "event": raw.event,
+                "distinct_id": raw.distinct_id,
+                "properties": props,
+                "elements_chain": "",
+                "timestamp": timestamp,
+                "url": f"{_SITE}/project/{_TEAM_ID}/events/{raw.uuid}/{timestamp}",
+            }
+        }
         if raw.person is not None:
             person = raw.person
             body["person"] = {
                 "id": raw.person_id,
                 "name": str(person.get("email") or person.get("name") or raw.distinct_id),
                 "url": f"{_SITE}/project/{_TEAM_ID}/person/{quote(raw.distinct_id, safe='')}",
-                "properties": person}
+                "properties": person,
+            }
         body["project"] = dict(_PROJECT)
         return body
     if shape == "export":
         lag = int(raw.uuid[-4:], 16) % 3000  # derived from the uuid: same content for every shape
-        return {"uuid": raw.uuid, "event": raw.event, "distinct_id": raw.distinct_id,
-                "person_id": raw.person_id, "properties": props,
-                "person_properties": raw.person or {}, "elements_chain": "",
-                "timestamp": _iso_us(raw.ts), "created_at": _iso_us(raw.ts + 150 + lag),
-                "_inserted_at": _iso_us(raw.ts + 2_000 + 2 * lag),
-                "set": set_, "set_once": set_once}
+        return {
+            "uuid": raw.uuid,
+            "event": raw.event,
+            "distinct_id": raw.distinct_id,
+            "person_id": raw.person_id,
+            "properties": props,
+            "person_properties": raw.person or {},
+            "elements_chain": "",
+            "timestamp": _iso_us(raw.ts),
+            "created_at": _iso_us(raw.ts + 150 + lag),
+            "_inserted_at": _iso_us(raw.ts + 2_000 + 2 * lag),
+            "set": set_,
+            "set_once": set_once,
+        }
     raise ValueError(f"unknown shape {shape!r}; expected one of {', '.join(SHAPES)}")
 
 
@@ -388,12 +543,13 @@ def _shape(raw: _Raw, shape: str) -> dict[str, Any]:
 def _start_ms(start: datetime | None) -> int:
     moment = start or DEFAULT_START
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
-def iter_stream(people: int, seed: int = 0, events_per_person: int = 20, shape: str = "plugin",
-                start: datetime | None = None) -> Iterator[dict[str, Any]]:
+def iter_stream(
+    people: int, seed: int = 0, events_per_person: int = 20, shape: str = "plugin", start: datetime | None = None
+) -> Iterator[dict[str, Any]]:
     """Stream the events of ``people`` simulated people in exact timestamp order.
 
     Memory-light: people arrive every ~2 minutes and are simulated lazily, so only the
@@ -427,8 +583,9 @@ def iter_stream(people: int, seed: int = 0, events_per_person: int = 20, shape: 
             heapq.heapreplace(heap, (following.ts, index, following, events))
 
 
-def generate_session_events(people: int = 20, seed: int = 0, events_per_person: int = 12,
-                            start: datetime | None = None, shape: str = "plugin") -> list[dict[str, Any]]:
+def generate_session_events(
+    people: int = 20, seed: int = 0, events_per_person: int = 12, start: datetime | None = None, shape: str = "plugin"
+) -> list[dict[str, Any]]:
     """All events of ``people`` simulated people, interleaved by timestamp (see module doc)."""
     return list(iter_stream(people, seed, events_per_person, shape, start))
 
@@ -440,12 +597,14 @@ def _dumps(event: Any) -> str:
 def _write_lines(lines: Iterable[str], path: str | os.PathLike[str]) -> int:
     count = 0
     if os.fspath(path) == "-":
-        for count, line in enumerate(lines, start=1):
+        for line in lines:
             sys.stdout.write(line + "\n")
+            count += 1
         return count
     with open(path, "w", encoding="utf-8", newline="\n") as handle:
-        for count, line in enumerate(lines, start=1):
+        for line in lines:
             handle.write(line + "\n")
+            count += 1
     return count
 
 
@@ -484,16 +643,22 @@ def _event_name(event: dict[str, Any]) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: ``python -m posthog_customerio.samples --people N --seed S --shape plugin --out FILE``."""
-    parser = argparse.ArgumentParser(prog="python -m posthog_customerio.samples",
-                                     description="Generate realistic PostHog events as JSONL.")
+    parser = argparse.ArgumentParser(
+        prog="python -m posthog_customerio.samples", description="Generate realistic PostHog events as JSONL."
+    )
     parser.add_argument("--people", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--events-per-person", type=int, default=12, help="average per person")
     parser.add_argument("--shape", choices=SHAPES, default="plugin")
-    parser.add_argument("--start", type=datetime.fromisoformat, default=None,
-                        help=f"ISO start time (default {DEFAULT_START.isoformat()})")
-    parser.add_argument("--inject-errors", action="store_true",
-                        help="add one broken-JSON line and one event without distinct_id")
+    parser.add_argument(
+        "--start",
+        type=datetime.fromisoformat,
+        default=None,
+        help=f"ISO start time (default {DEFAULT_START.isoformat()})",
+    )
+    parser.add_argument(
+        "--inject-errors", action="store_true", help="add one broken-JSON line and one event without distinct_id"
+    )
     parser.add_argument("--out", default="-", help="output file (default: stdout)")
     args = parser.parse_args(argv)
     stream = iter_stream(args.people, args.seed, args.events_per_person, args.shape, args.start)

@@ -16,7 +16,7 @@ from typing import Any
 
 from .storage import Transaction
 
-__all__ = ["PersonState", "load_states", "save_states", "count_persons"]
+__all__ = ["PersonState", "count_persons", "load_states", "save_states"]
 
 
 @dataclass(slots=True)
@@ -70,8 +70,17 @@ def _from_row(row: tuple[Any, ...]) -> PersonState:
     distinct_id, identified, email, created, email_sent, digests, merged_into, extra = row
     more = json.loads(extra) if extra and extra != "{}" else {}
     return PersonState(
-        distinct_id, bool(identified), email, bool(created), email_sent, json.loads(digests), merged_into,
-        bool(more.get("a")), list(more.get("p", ())), dict(more.get("u", {})), list(more.get("r", ())),
+        distinct_id,
+        bool(identified),
+        email,
+        bool(created),
+        email_sent,
+        json.loads(digests),
+        merged_into,
+        bool(more.get("a")),
+        list(more.get("p", ())),
+        dict(more.get("u", {})),
+        list(more.get("r", ())),
         bool(more.get("s")),
     )
 
@@ -94,8 +103,14 @@ def save_states(conn: Transaction, states: Iterable[PersonState]) -> None:
     """Insert or replace the given states (inside the caller's transaction)."""
     conn.upsert_persons(
         (
-            s.distinct_id, int(s.identified), s.email, int(s.created), s.email_sent,
-            json.dumps(s.digests, separators=(",", ":"), sort_keys=True), s.merged_into, s._extra(),
+            s.distinct_id,
+            int(s.identified),
+            s.email,
+            int(s.created),
+            s.email_sent,
+            json.dumps(s.digests, separators=(",", ":"), sort_keys=True),
+            s.merged_into,
+            s._extra(),
         )
         for s in states
     )

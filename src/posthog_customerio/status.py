@@ -10,6 +10,7 @@ the Prometheus metrics are built from the same object.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -23,7 +24,13 @@ from .outbox import DeadLetter
 from .runtime import Runtime
 
 __all__ = [
-    "RequestLog", "Snapshot", "ThroughputSampler", "build_status", "load_snapshot", "offline_status", "save_snapshot",
+    "RequestLog",
+    "Snapshot",
+    "ThroughputSampler",
+    "build_status",
+    "load_snapshot",
+    "offline_status",
+    "save_snapshot",
     "take_snapshot",
 ]
 
@@ -167,10 +174,8 @@ class ThroughputSampler:
                 last_save = time.monotonic()
 
     def _save(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # a full disk must not kill the sampler; /readyz reports it
             save_snapshot(self.runtime, build_status(self.runtime, self))
-        except Exception:  # a full disk must not kill the sampler; /readyz reports it
-            pass
 
 
 def build_status(
@@ -236,16 +241,18 @@ def _summarise(letters: list[DeadLetter]) -> list[dict[str, Any]]:
     rows = []
     for letter in letters:
         payload = json.loads(letter.payload)
-        rows.append({
-            "id": letter.id,
-            "person_key": letter.person_key,
-            "action": payload.get("action"),
-            "name": payload.get("name"),
-            "reason": letter.reason,
-            "status": letter.status,
-            "attempts": letter.attempts,
-            "failed_at": letter.failed_at,
-        })
+        rows.append(
+            {
+                "id": letter.id,
+                "person_key": letter.person_key,
+                "action": payload.get("action"),
+                "name": payload.get("name"),
+                "reason": letter.reason,
+                "status": letter.status,
+                "attempts": letter.attempts,
+                "failed_at": letter.failed_at,
+            }
+        )
     return rows
 
 

@@ -82,10 +82,18 @@ MAX_CALL_BYTES = 32_000
 MAX_REQUEST_BYTES = 475_000
 
 #: Track calls with these names are actions in Customer.io, not events (semantic-cio.json).
-SEMANTIC_EVENTS = frozenset({
-    "Delete Person", "User Suppressed", "User Unsuppressed", "Device Created or Updated", "Device Deleted",
-    "Relationship Deleted", "Object Deleted", "Report Delivery Event",
-})
+SEMANTIC_EVENTS = frozenset(
+    {
+        "Delete Person",
+        "User Suppressed",
+        "User Unsuppressed",
+        "Device Created or Updated",
+        "Device Deleted",
+        "Relationship Deleted",
+        "Object Deleted",
+        "Report Delivery Event",
+    }
+)
 
 _BATCH_OPEN = b'{"batch":['
 _BATCH_CLOSE = b"]"
@@ -314,7 +322,11 @@ def relationship_deleted(user_id: str, group_id: str, object_type_id: str | int 
 
 
 def object_deleted(
-    group_id: str, object_type_id: str | int = "1", *, user_id: str | None = None, anonymous_id: str | None = None,
+    group_id: str,
+    object_type_id: str | int = "1",
+    *,
+    user_id: str | None = None,
+    anonymous_id: str | None = None,
     **common: Any,
 ) -> dict[str, Any]:
     """``Object Deleted``: ``groupId`` and ``properties.objectTypeId`` (``objectId`` repeated in properties).
@@ -557,8 +569,11 @@ def _person_calls(payload: dict[str, Any], when: Any) -> list[dict[str, Any]]:
         device = dict(payload.get("device") or {})
         token, platform = device.pop("token", None), device.pop("platform", None)
         last_used = device.pop("last_used", None)
-        return [device_created_or_updated(user, str(token or ""), platform, device or None,
-                                          timestamp=last_used if last_used is not None else when)]
+        return [
+            device_created_or_updated(
+                user, str(token or ""), platform, device or None, timestamp=last_used if last_used is not None else when
+            )
+        ]
     if action == "delete_device":
         return [device_deleted(user, str((payload.get("device") or {}).get("token") or ""), timestamp=when)]
     if action in ("add_relationships", "delete_relationships"):
@@ -568,8 +583,11 @@ def _person_calls(payload: dict[str, Any], when: Any) -> list[dict[str, Any]]:
             object_id, type_id = str(target.get("object_id", "")), target.get("object_type_id", "1")
             if action == "add_relationships":
                 attrs = relation.get("relationship_attributes")
-                calls.append(group(object_id, object_type_id=type_id, user_id=user, relationship_attributes=attrs,
-                                   timestamp=when))
+                calls.append(
+                    group(
+                        object_id, object_type_id=type_id, user_id=user, relationship_attributes=attrs, timestamp=when
+                    )
+                )
             else:
                 calls.append(relationship_deleted(user, object_id, type_id, timestamp=when))
         if not calls:
@@ -579,7 +597,11 @@ def _person_calls(payload: dict[str, Any], when: Any) -> list[dict[str, Any]]:
 
 
 def _view_call(
-    action: str, payload: dict[str, Any], properties: dict[str, Any], user: str | None, anonymous: str | None,
+    action: str,
+    payload: dict[str, Any],
+    properties: dict[str, Any],
+    user: str | None,
+    anonymous: str | None,
     when: Any,
 ) -> dict[str, Any]:
     name = str(payload.get("name") or "")

@@ -55,8 +55,13 @@ async def _api(request: Request) -> Response:
         response = json_response(401, UNAUTHORIZED)
     else:
         call = Call(
-            request.method, segments, body, parsed,
-            str(request.base_url).rstrip("/"), request.app.state.region, dict(request.query_params),
+            request.method,
+            segments,
+            body,
+            parsed,
+            str(request.base_url).rstrip("/"),
+            request.app.state.region,
+            dict(request.query_params),
         )
         try:
             status, payload = _dispatch(state, call)
@@ -65,16 +70,18 @@ async def _api(request: Request) -> Response:
             state.log.count_internal_error()
             status, payload = 500, {"meta": {"error": f"sandbox internal error: {exc!r}"}}
         response = json_response(status, payload)
-    state.log.append({
-        "method": request.method,
-        "path": path,
-        "query": request.scope.get("query_string", b"").decode("latin-1"),
-        "body": logged_body(body, parsed),
-        "status": response.status_code,
-        "time": received,
-        "answered": time.time(),
-        "bytes": len(body),
-    })
+    state.log.append(
+        {
+            "method": request.method,
+            "path": path,
+            "query": request.scope.get("query_string", b"").decode("latin-1"),
+            "body": logged_body(body, parsed),
+            "status": response.status_code,
+            "time": received,
+            "answered": time.time(),
+            "bytes": len(body),
+        }
+    )
     return response
 
 
@@ -95,15 +102,26 @@ async def _unsubscribe(request: Request) -> Response:
     elif "unsubscribe" in parsed and not isinstance(parsed["unsubscribe"], bool):
         response = json_response(400, {"meta": {"error": "unsubscribe must be a boolean"}})
     else:
-        state.workspace.record_metric("unsubscribe", {
-            "delivery_id": delivery_id, "metric": "unsubscribed", "unsubscribe": parsed.get("unsubscribe", True),
-        })
+        state.workspace.record_metric(
+            "unsubscribe",
+            {
+                "delivery_id": delivery_id,
+                "metric": "unsubscribed",
+                "unsubscribe": parsed.get("unsubscribe", True),
+            },
+        )
         response = json_response(200, {})
-    state.log.append({
-        "method": request.method, "path": raw_path(request.scope),
-        "query": request.scope.get("query_string", b"").decode("latin-1"), "body": logged_body(body, parsed),
-        "status": response.status_code, "time": time.time(), "bytes": len(body),
-    })
+    state.log.append(
+        {
+            "method": request.method,
+            "path": raw_path(request.scope),
+            "query": request.scope.get("query_string", b"").decode("latin-1"),
+            "body": logged_body(body, parsed),
+            "status": response.status_code,
+            "time": time.time(),
+            "bytes": len(body),
+        }
+    )
     return response
 
 

@@ -39,8 +39,13 @@ class Fault:
         """The rule as JSON (``seconds_left`` of a timed rule)."""
         left = None if self.until is None else round(max(0.0, self.until - now), 3)
         return {
-            "id": self.id, "status": self.status, "remaining": self.remaining, "seconds_left": left,
-            "retry_after": self.retry_after, "delay_s": self.delay_s, "body": self.body,
+            "id": self.id,
+            "status": self.status,
+            "remaining": self.remaining,
+            "seconds_left": left,
+            "retry_after": self.retry_after,
+            "delay_s": self.delay_s,
+            "body": self.body,
         }
 
 

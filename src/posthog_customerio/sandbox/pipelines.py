@@ -53,10 +53,18 @@ MAX_CALL_BYTES = 32 * 1024
 MAX_REQUEST_BYTES = 500_000
 MAX_LOGGED_REQUESTS = 100_000
 _CALL_TYPES = ("identify", "track", "page", "screen", "group", "alias")
-_SEMANTIC = frozenset({
-    "Delete Person", "User Suppressed", "User Unsuppressed", "Device Created or Updated", "Device Deleted",
-    "Relationship Deleted", "Object Deleted", "Report Delivery Event",
-})
+_SEMANTIC = frozenset(
+    {
+        "Delete Person",
+        "User Suppressed",
+        "User Unsuppressed",
+        "Device Created or Updated",
+        "Device Deleted",
+        "Relationship Deleted",
+        "Object Deleted",
+        "Report Delivery Event",
+    }
+)
 _OBJECT_RESERVED = ("objectTypeId", "object_type_id", "relationshipAttributes")
 
 
@@ -179,8 +187,18 @@ def _object_id(raw: dict[str, Any]) -> str | None:
 def _validate_semantic(raw: dict[str, Any], event: str, user_id: str | None, where: str) -> None:
     if event not in _SEMANTIC:
         return
-    if event in ("Delete Person", "User Suppressed", "User Unsuppressed", "Device Created or Updated",
-                 "Device Deleted", "Relationship Deleted") and not user_id:
+    if (
+        event
+        in (
+            "Delete Person",
+            "User Suppressed",
+            "User Unsuppressed",
+            "Device Created or Updated",
+            "Device Deleted",
+            "Relationship Deleted",
+        )
+        and not user_id
+    ):
         raise PipelinesError("missing_id", f"{where}: {event} needs a userId")
     if event in ("Device Created or Updated", "Device Deleted"):
         token = _device(raw).get("token")
@@ -225,7 +243,8 @@ class PipelinesState:
             "suppressed": person.suppressed,
             "relationships": [
                 {"objectTypeId": key[0], "groupId": key[1], "attributes": dict(rels[person.key])}
-                for key, obj in self._objects.items() if person.key in (rels := obj["relationships"])
+                for key, obj in self._objects.items()
+                if person.key in (rels := obj["relationships"])
             ],
         }
 
@@ -255,10 +274,13 @@ class PipelinesState:
         with self._lock:
             return [
                 {
-                    "objectTypeId": key[0], "groupId": key[1], "attributes": dict(obj["attributes"]),
+                    "objectTypeId": key[0],
+                    "groupId": key[1],
+                    "attributes": dict(obj["attributes"]),
                     "relationships": [
                         {"userId": self._people[pk].user_id, "email": self._people[pk].email, "attributes": attrs}
-                        for pk, attrs in obj["relationships"].items() if pk in self._people
+                        for pk, attrs in obj["relationships"].items()
+                        if pk in self._people
                     ],
                 }
                 for key, obj in self._objects.items()
@@ -273,8 +295,11 @@ class PipelinesState:
         """Counters and sizes."""
         with self._lock:
             return {
-                **self._counts, "people": len(self._people), "events": len(self._events),
-                "anonymous_events": sum(len(v) for v in self._anonymous.values()), "objects": len(self._objects),
+                **self._counts,
+                "people": len(self._people),
+                "events": len(self._events),
+                "anonymous_events": sum(len(v) for v in self._anonymous.values()),
+                "objects": len(self._objects),
             }
 
     def reset(self) -> None:
@@ -376,9 +401,14 @@ class PipelinesState:
         raw = call.raw
         name = raw.get("event") if call.type == "track" else raw.get("name")
         return {
-            "type": call.type, "name": name, "userId": call.user_id, "anonymousId": call.anonymous_id,
-            "properties": dict(_dict(raw, "properties")), "messageId": call.message_id,
-            "timestamp": raw.get("timestamp"), "received_at": now,
+            "type": call.type,
+            "name": name,
+            "userId": call.user_id,
+            "anonymousId": call.anonymous_id,
+            "properties": dict(_dict(raw, "properties")),
+            "messageId": call.message_id,
+            "timestamp": raw.get("timestamp"),
+            "received_at": now,
         }
 
     def _apply_track(self, call: _Call, now: float) -> None:
@@ -553,10 +583,18 @@ async def _v1(request: Request) -> Response:
         logged: Any = json.loads(body) if body.strip() else None
     except (ValueError, UnicodeDecodeError):
         logged = body.decode("utf-8", errors="replace")
-    state.log_request({
-        "method": request.method, "path": request.url.path, "strict": strict, "status": response.status_code,
-        "bytes": len(body), "applied": applied, "body": logged, "time": time.time(),
-    })
+    state.log_request(
+        {
+            "method": request.method,
+            "path": request.url.path,
+            "strict": strict,
+            "status": response.status_code,
+            "bytes": len(body),
+            "applied": applied,
+            "body": logged,
+            "time": time.time(),
+        }
+    )
     return response
 
 

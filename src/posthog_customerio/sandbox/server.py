@@ -76,9 +76,15 @@ class SandboxServer:
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            self.app, log_level="warning", access_log=False, log_config=None,
-            lifespan="off", ws="none", timeout_graceful_shutdown=1,
-            ssl_certfile=self.ssl_certfile, ssl_keyfile=self.ssl_keyfile,
+            self.app,
+            log_level="warning",
+            access_log=False,
+            log_config=None,
+            lifespan="off",
+            ws="none",
+            timeout_graceful_shutdown=1,
+            ssl_certfile=self.ssl_certfile,
+            ssl_keyfile=self.ssl_keyfile,
         )
         server = uvicorn.Server(config)
         thread = threading.Thread(

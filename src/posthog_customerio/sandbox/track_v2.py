@@ -34,8 +34,18 @@ MAX_OP_BYTES = 32_000
 
 _PERSON_ACTIONS = frozenset(
     {
-        "identify", "delete", "event", "page", "screen", "add_device", "delete_device", "merge",
-        "suppress", "unsuppress", "add_relationships", "delete_relationships",
+        "identify",
+        "delete",
+        "event",
+        "page",
+        "screen",
+        "add_device",
+        "delete_device",
+        "merge",
+        "suppress",
+        "unsuppress",
+        "add_relationships",
+        "delete_relationships",
     }
 )
 _OBJECT_ACTIONS = frozenset({"identify", "delete", "add_relationships", "delete_relationships"})

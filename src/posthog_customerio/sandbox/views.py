@@ -43,7 +43,7 @@ async def _requests(request: Request) -> Response:
     entries = state_of(request).requests()
     limit = request.query_params.get("limit")
     if limit is not None and limit.isdigit():
-        entries = entries[-int(limit):] if int(limit) else []
+        entries = entries[-int(limit) :] if int(limit) else []
     return json_response(200, entries)
 
 
@@ -97,8 +97,12 @@ async def _faults(request: Request) -> Response:
         return json_response(400, {"error": "body must be a JSON object"})
     try:
         fault = state.add_fault(
-            status=body.get("status"), count=body.get("count"), duration_s=body.get("duration_s"),
-            retry_after=body.get("retry_after"), delay_s=body.get("delay_s", 0.0), body=body.get("body"),
+            status=body.get("status"),
+            count=body.get("count"),
+            duration_s=body.get("duration_s"),
+            retry_after=body.get("retry_after"),
+            delay_s=body.get("delay_s", 0.0),
+            body=body.get("body"),
         )
     except ValueError as exc:
         return json_response(400, {"error": str(exc)})

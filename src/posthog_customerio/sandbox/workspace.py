@@ -71,7 +71,6 @@ class _Person:
     event_keys: list[int] = field(default_factory=list)
 
 
-
 class Workspace:
     """The in-memory workspace: people, events, anonymous events, objects, suppressions, segments, metrics, forms.
 
@@ -166,10 +165,14 @@ class Workspace:
         """Objects with their relationships to people."""
         with self._lock:
             return [
-                {**obj, "attributes": dict(obj["attributes"]), "relationships": [
-                    {"person": cio_id, "attributes": dict(attrs)}
-                    for cio_id, attrs in self._relations.get(key, {}).items()
-                ]}
+                {
+                    **obj,
+                    "attributes": dict(obj["attributes"]),
+                    "relationships": [
+                        {"person": cio_id, "attributes": dict(attrs)}
+                        for cio_id, attrs in self._relations.get(key, {}).items()
+                    ],
+                }
                 for key, obj in self._objects.items()
             ]
 
@@ -282,10 +285,15 @@ class Workspace:
             blocked = self._suppressed_reference(op)
             if blocked is not None:
                 self._counts["ignored_suppressed"] += 1
-                self._ignored.append({
-                    "time": now, "type": op.type, "action": op.action,
-                    "identifiers": {blocked[0]: blocked[1]}, "message": f"{blocked[0]} is suppressed",
-                })
+                self._ignored.append(
+                    {
+                        "time": now,
+                        "type": op.type,
+                        "action": op.action,
+                        "identifiers": {blocked[0]: blocked[1]},
+                        "message": f"{blocked[0]} is suppressed",
+                    }
+                )
                 return
         self._handlers[(op.type, op.action)](op, now)
 
@@ -461,7 +469,11 @@ class Workspace:
         self._relate(person.cio_id, op.relationships, add=op.relationships_add, now=now)
 
     def _write_attributes(
-        self, person: _Person, attributes: dict[str, Any], timestamp: int | None, now: float,
+        self,
+        person: _Person,
+        attributes: dict[str, Any],
+        timestamp: int | None,
+        now: float,
     ) -> None:
         """Set (or remove, for null/"") attributes, honouring per-attribute timestamps.
 
@@ -608,10 +620,17 @@ class Workspace:
 
     def _delivery_event(self, op: Op, now: float) -> None:
         assert op.who is not None
-        self._metrics.append({
-            "source": "v2", "delivery_id": op.who[1], "metric": op.name, "timestamp": op.timestamp,
-            "device_token": op.attributes.get("device_token"), "attributes": dict(op.attributes), "received_at": now,
-        })
+        self._metrics.append(
+            {
+                "source": "v2",
+                "delivery_id": op.who[1],
+                "metric": op.name,
+                "timestamp": op.timestamp,
+                "device_token": op.attributes.get("device_token"),
+                "attributes": dict(op.attributes),
+                "received_at": now,
+            }
+        )
 
     def _person_add_device(self, op: Op, now: float) -> None:
         assert op.who is not None and op.device is not None
@@ -709,15 +728,19 @@ class Workspace:
             key = self._suppression_key(*who)
             if key is not None and key in self._suppressed:
                 self._counts["ignored_suppressed"] += 1
-                self._ignored.append({
-                    "time": now, "type": op.type, "action": op.action, "identifiers": {who[0]: who[1]},
-                    "message": f"{who[0]} is suppressed",
-                })
+                self._ignored.append(
+                    {
+                        "time": now,
+                        "type": op.type,
+                        "action": op.action,
+                        "identifiers": {who[0]: who[1]},
+                        "message": f"{who[0]} is suppressed",
+                    }
+                )
                 continue
             person = self._find_or_create(op, who, now) if add else self._find(who)
             if person is not None:
                 self._relate(person.cio_id, [(op.who, attributes)], add, now)
-
 
 
 def _merge_attributes(current: dict[str, Any], updates: dict[str, Any]) -> None:

@@ -69,7 +69,7 @@ _EVENT = {
     "additionalProperties": True,
 }
 _PAYLOAD = {
-    "description": "One event, an array of events, or a capture batch `{\"batch\": [...]}`",
+    "description": 'One event, an array of events, or a capture batch `{"batch": [...]}`',
     "oneOf": [
         {"$ref": "#/components/schemas/Event"},
         {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
@@ -102,32 +102,44 @@ INGEST_BODY: dict[str, Any] = {
     },
 }
 INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: json_response("Every event committed to the outbox", {
-        "type": "object",
-        "required": ["status", "accepted", "operations"],
-        "properties": {
-            "status": {"type": "integer", "enum": [1]},
-            "accepted": {"type": "integer", "minimum": 0, "description": "Events stored"},
-            "operations": {"type": "integer", "minimum": 0, "description": "Customer.io operations enqueued"},
+    200: json_response(
+        "Every event committed to the outbox",
+        {
+            "type": "object",
+            "required": ["status", "accepted", "operations"],
+            "properties": {
+                "status": {"type": "integer", "enum": [1]},
+                "accepted": {"type": "integer", "minimum": 0, "description": "Events stored"},
+                "operations": {"type": "integer", "minimum": 0, "description": "Customer.io operations enqueued"},
+            },
         },
-    }),
+    ),
     **error_responses(400, 401, 413, 415, 503),
 }
 
 RETRY_BODY: dict[str, Any] = {
     "requestBody": {
         "required": False,
-        "description": "`{}` (or no body) re-queues every dead letter; `{\"ids\": [...]}` only these",
-        "content": {"application/json": {"schema": {
-            "type": "object",
-            "properties": {"ids": {"type": "array", "items": {"type": "integer"}}},
-        }}},
+        "description": '`{}` (or no body) re-queues every dead letter; `{"ids": [...]}` only these',
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"ids": {"type": "array", "items": {"type": "integer"}}},
+                }
+            }
+        },
     },
 }
 RETRY_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: json_response("Dead letters re-queued", {
-        "type": "object", "required": ["requeued"], "properties": {"requeued": {"type": "integer", "minimum": 0}},
-    }),
+    200: json_response(
+        "Dead letters re-queued",
+        {
+            "type": "object",
+            "required": ["requeued"],
+            "properties": {"requeued": {"type": "integer", "minimum": 0}},
+        },
+    ),
     **error_responses(400, 413, 415),
 }
 
@@ -139,16 +151,19 @@ _SECURITY_SCHEMES = {
 
 _STATUS_SCHEMA = {"type": "object", "additionalProperties": True}
 HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: json_response("The process is alive", {
-        "type": "object",
-        "required": ["status", "delivery"],
-        "properties": {
-            "status": {"type": "string"},
-            "delivery": {"type": "string"},
-            "auth_error": {"type": ["string", "null"]},
-            "customerio": {"type": "object", "additionalProperties": True},
+    200: json_response(
+        "The process is alive",
+        {
+            "type": "object",
+            "required": ["status", "delivery"],
+            "properties": {
+                "status": {"type": "string"},
+                "delivery": {"type": "string"},
+                "auth_error": {"type": ["string", "null"]},
+                "customerio": {"type": "object", "additionalProperties": True},
+            },
         },
-    }),
+    ),
 }
 _READY = {
     "type": "object",
@@ -184,11 +199,13 @@ def add_ops_security(spec: dict[str, Any], is_ops_path: Any) -> dict[str, Any]:
             continue
         for operation in operations.values():
             operation["security"] = OPS_SECURITY
-            operation.setdefault("responses", {}).update({
-                "401": {
-                    "description": "Missing or wrong operations token",
-                    "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
-                    "content": {"application/json": {"schema": _ERROR_REF}},
-                },
-            })
+            operation.setdefault("responses", {}).update(
+                {
+                    "401": {
+                        "description": "Missing or wrong operations token",
+                        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+                        "content": {"application/json": {"schema": _ERROR_REF}},
+                    },
+                }
+            )
     return spec

@@ -47,14 +47,23 @@ def _service(runtime: Runtime, deliver: bool) -> Service:
     auth = Authenticator(settings)
     proxy = None
     if settings.posthog_host:
-        proxy = PostHogProxy(settings.posthog_host, timeout_s=settings.posthog_timeout_s,
-                             drop_authorization=auth.token or None)
+        proxy = PostHogProxy(
+            settings.posthog_host, timeout_s=settings.posthog_timeout_s, drop_authorization=auth.token or None
+        )
     # SQLite: concurrent requests share one commit; PostgreSQL commits them side by side
     commit_events = GroupCommitter(runtime.ingestor).ingest if runtime.db.group_commit else runtime.ingestor.ingest
     return Service(
-        runtime=runtime, settings=settings, requests_log=requests_log, metrics=Metrics(runtime, requests_log),
-        sampler=sampler, auth=auth, proxy=proxy, commit_events=commit_events, readiness=Readiness(runtime),
-        probe=CustomerioProbe(runtime), deliver=deliver,
+        runtime=runtime,
+        settings=settings,
+        requests_log=requests_log,
+        metrics=Metrics(runtime, requests_log),
+        sampler=sampler,
+        auth=auth,
+        proxy=proxy,
+        commit_events=commit_events,
+        readiness=Readiness(runtime),
+        probe=CustomerioProbe(runtime),
+        deliver=deliver,
     )
 
 

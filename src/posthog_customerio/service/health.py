@@ -113,7 +113,10 @@ class CustomerioProbe:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.state: dict[str, Any] = {
-            "credentials": "unknown", "reachable": None, "checked_at": None, "last_error": None,
+            "credentials": "unknown",
+            "reachable": None,
+            "checked_at": None,
+            "last_error": None,
         }
         self.flight = _SingleFlight("customerio-probe", self._check)
         self._seen: dict[str, int] = {}

@@ -82,6 +82,12 @@ def uvicorn_config(app: Any, host: str, port: int, settings: Settings, **options
     """The uvicorn config ``serve`` runs with: keep-alive and read timeouts from ``settings``."""
     protocol = type("ReadDeadline", (ReadDeadlineProtocol,), {"read_timeout_s": settings.http_read_timeout_s})
     return uvicorn.Config(
-        app, host=host, port=port, http=protocol, timeout_keep_alive=settings.http_keep_alive_s,  # type: ignore[arg-type]
-        log_config=None, access_log=False, **options,
+        app,
+        host=host,
+        port=port,
+        http=protocol,
+        timeout_keep_alive=settings.http_keep_alive_s,  # type: ignore[arg-type]
+        log_config=None,
+        access_log=False,
+        **options,
     )

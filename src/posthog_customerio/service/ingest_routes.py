@@ -76,7 +76,11 @@ async def store(service: Service, events: list[PostHogEvent], source: str, reaso
     runtime = service.runtime
     try:
         stored = await run_in_threadpool(
-            store_events, service.commit_events, events, source, all_or_nothing=True,
+            store_events,
+            service.commit_events,
+            events,
+            source,
+            all_or_nothing=True,
             count_invalid=runtime.ingestor.count_invalid,
         )
     except DATABASE_ERRORS as exc:
@@ -159,20 +163,31 @@ async def capture_v1(request: Request) -> Response:
 def add_ingest_routes(app: FastAPI) -> None:
     """The webhook, capture and capture v1 routes (each also with a trailing "/")."""
     app.add_api_route(
-        "/webhook", webhook, methods=["POST"],
+        "/webhook",
+        webhook,
+        methods=["POST"],
         summary="PostHog webhook / Hog destination body, plugin-style or export-style events",
-        responses=apidoc.INGEST_RESPONSES, openapi_extra=apidoc.INGEST_BODY,
+        responses=apidoc.INGEST_RESPONSES,
+        openapi_extra=apidoc.INGEST_BODY,
     )
     for path in CAPTURE_PATHS:
         for variant in (path, path + "/"):
             app.add_api_route(
-                variant, capture, methods=["POST"], summary="PostHog capture API",
+                variant,
+                capture,
+                methods=["POST"],
+                summary="PostHog capture API",
                 include_in_schema=not variant.endswith("/"),
-                responses=apidoc.INGEST_RESPONSES, openapi_extra=apidoc.INGEST_BODY,
+                responses=apidoc.INGEST_RESPONSES,
+                openapi_extra=apidoc.INGEST_BODY,
             )
     for variant in (CAPTURE_V1_PATH, CAPTURE_V1_PATH + "/"):
         app.add_api_route(
-            variant, capture_v1, methods=["POST"], include_in_schema=not variant.endswith("/"),
-            summary="PostHog capture v1 (posthog-python capture_mode=\"v1\"): {\"batch\": [...]}, Bearer token",
-            responses=apidoc.INGEST_RESPONSES, openapi_extra=apidoc.INGEST_BODY,
+            variant,
+            capture_v1,
+            methods=["POST"],
+            include_in_schema=not variant.endswith("/"),
+            summary='PostHog capture v1 (posthog-python capture_mode="v1"): {"batch": [...]}, Bearer token',
+            responses=apidoc.INGEST_RESPONSES,
+            openapi_extra=apidoc.INGEST_BODY,
         )

@@ -70,7 +70,8 @@ async def api_retry(request: Request) -> JSONResponse:
         if not isinstance(body, dict) or not isinstance(body.get("ids", []), list):
             raise HttpError(400, 'expected {"ids": [1, 2, ...]} or an empty body')
         if "ids" in body:
-            ids = [i for i in body["ids"] if isinstance(i, int) and not isinstance(i, bool)]
+            # dead-letter ids are positive 64-bit integers: anything else names no dead letter
+            ids = [i for i in body["ids"] if isinstance(i, int) and not isinstance(i, bool) and 0 < i < 1 << 63]
     count = await run_in_threadpool(runtime.outbox.retry_dead_letters, ids)
     if runtime.current_deliverer is not None:
         runtime.current_deliverer.notify()
@@ -84,18 +85,55 @@ def status_page() -> HTMLResponse:
 
 def add_ops_routes(app: FastAPI) -> None:
     """Health, readiness, metrics, the status page and its JSON API."""
-    app.add_api_route("/healthz", healthz, methods=["GET"], responses=apidoc.HEALTH_RESPONSES,
-                      summary="Liveness, delivery state and Customer.io's state (no personal data)")
-    app.add_api_route("/readyz", readyz, methods=["GET"], responses=apidoc.READY_RESPONSES,
-                      summary="Readiness: can accept events (outbox writable, below MAX_QUEUE)")
-    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], summary="Prometheus metrics",
-                      response_class=PlainTextResponse, responses=apidoc.METRICS_RESPONSES)
-    app.add_api_route("/api/status", api_status, methods=["GET"], responses=apidoc.STATUS_RESPONSES,
-                      summary="Throughput, queue, errors and dead letters as JSON")
-    app.add_api_route("/api/dead-letters", api_dead_letters, methods=["GET"], summary="Dead-lettered operations",
-                      responses=apidoc.DEAD_LETTER_RESPONSES)
-    app.add_api_route("/api/dead-letters/retry", api_retry, methods=["POST"], responses=apidoc.RETRY_RESPONSES,
-                      summary="Re-queue dead letters: {} for all, or {\"ids\": [...]} (JSON only)",
-                      openapi_extra=apidoc.RETRY_BODY)
-    app.add_api_route("/status", status_page, methods=["GET"], response_class=HTMLResponse, summary="Status page",
-                      responses=apidoc.PAGE_RESPONSES)
+    app.add_api_route(
+        "/healthz",
+        healthz,
+        methods=["GET"],
+        responses=apidoc.HEALTH_RESPONSES,
+        summary="Liveness, delivery state and Customer.io's state (no personal data)",
+    )
+    app.add_api_route(
+        "/readyz",
+        readyz,
+        methods=["GET"],
+        responses=apidoc.READY_RESPONSES,
+        summary="Readiness: can accept events (outbox writable, below MAX_QUEUE)",
+    )
+    app.add_api_route(
+        "/metrics",
+        metrics_endpoint,
+        methods=["GET"],
+        summary="Prometheus metrics",
+        response_class=PlainTextResponse,
+        responses=apidoc.METRICS_RESPONSES,
+    )
+    app.add_api_route(
+        "/api/status",
+        api_status,
+        methods=["GET"],
+        responses=apidoc.STATUS_RESPONSES,
+        summary="Throughput, queue, errors and dead letters as JSON",
+    )
+    app.add_api_route(
+        "/api/dead-letters",
+        api_dead_letters,
+        methods=["GET"],
+        summary="Dead-lettered operations",
+        responses=apidoc.DEAD_LETTER_RESPONSES,
+    )
+    app.add_api_route(
+        "/api/dead-letters/retry",
+        api_retry,
+        methods=["POST"],
+        responses=apidoc.RETRY_RESPONSES,
+        summary='Re-queue dead letters: {} for all, or {"ids": [...]} (JSON only)',
+        openapi_extra=apidoc.RETRY_BODY,
+    )
+    app.add_api_route(
+        "/status",
+        status_page,
+        methods=["GET"],
+        response_class=HTMLResponse,
+        summary="Status page",
+        responses=apidoc.PAGE_RESPONSES,
+    )

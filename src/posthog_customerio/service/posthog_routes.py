@@ -29,18 +29,35 @@ _COMPRESSION = ["gzip", "gzip-js"]
 #: standalone answers: no feature flags, session recording and every remote feature off, capture on
 _FLAGS_ANSWER = {"flags": {}, "featureFlags": {}, "featureFlagPayloads": {}, "errorsWhileComputingFlags": False}
 _DECIDE_ANSWER = {
-    **_FLAGS_ANSWER, "config": {"enable_collect_everything": True}, "sessionRecording": False,
-    "supportedCompression": _COMPRESSION, "toolbarParams": {}, "isAuthenticated": False, "siteApps": [],
-    "heatmaps": False, "surveys": False, "autocaptureExceptions": False, "capturePerformance": False,
+    **_FLAGS_ANSWER,
+    "config": {"enable_collect_everything": True},
+    "sessionRecording": False,
+    "supportedCompression": _COMPRESSION,
+    "toolbarParams": {},
+    "isAuthenticated": False,
+    "siteApps": [],
+    "heatmaps": False,
+    "surveys": False,
+    "autocaptureExceptions": False,
+    "capturePerformance": False,
 }
 _SCRIPT_ESCAPES = (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"), ("\u2029", "\\u2029"))
 
 
 def _remote_config(token: str) -> dict[str, Any]:
     return {
-        "token": token, "supportedCompression": _COMPRESSION, "hasFeatureFlags": False, "sessionRecording": False,
-        "heatmaps": False, "surveys": False, "siteApps": [], "captureDeadClicks": False, "capturePerformance": False,
-        "autocaptureExceptions": False, "defaultIdentifiedOnly": True, "elementsChainAsString": True,
+        "token": token,
+        "supportedCompression": _COMPRESSION,
+        "hasFeatureFlags": False,
+        "sessionRecording": False,
+        "heatmaps": False,
+        "surveys": False,
+        "siteApps": [],
+        "captureDeadClicks": False,
+        "capturePerformance": False,
+        "autocaptureExceptions": False,
+        "defaultIdentifiedOnly": True,
+        "elementsChainAsString": True,
     }
 
 
@@ -113,24 +130,53 @@ def add_standalone_routes(app: FastAPI) -> None:
     ):
         for method in ("GET", "POST"):
             for variant in (path, path + "/"):
-                app.add_api_route(variant, handler, methods=[method], include_in_schema=variant == path,
-                                  summary=summary,
-                                  operation_id=f"{path.strip('/')}_{method.lower()}" if variant == path else None,
-                                  responses=apidoc.error_responses(400, 413) if method == "POST" else None)
-    app.add_api_route("/array/{token}/config", remote_config, methods=["GET"],
-                      summary="posthog-js remote config (standalone: every remote feature off)")
-    app.add_api_route("/array/{token}/config.js", remote_config_js, methods=["GET"], response_class=Response,
-                      summary="posthog-js remote config script (standalone: every remote feature off)",
-                      responses={200: {"description": "A script", "content": {"application/javascript": {
-                          "schema": {"type": "string"}}}}})
+                app.add_api_route(
+                    variant,
+                    handler,
+                    methods=[method],
+                    include_in_schema=variant == path,
+                    summary=summary,
+                    operation_id=f"{path.strip('/')}_{method.lower()}" if variant == path else None,
+                    responses=apidoc.error_responses(400, 413) if method == "POST" else None,
+                )
+    app.add_api_route(
+        "/array/{token}/config",
+        remote_config,
+        methods=["GET"],
+        summary="posthog-js remote config (standalone: every remote feature off)",
+    )
+    app.add_api_route(
+        "/array/{token}/config.js",
+        remote_config_js,
+        methods=["GET"],
+        response_class=Response,
+        summary="posthog-js remote config script (standalone: every remote feature off)",
+        responses={
+            200: {"description": "A script", "content": {"application/javascript": {"schema": {"type": "string"}}}}
+        },
+    )
     for path in ("/s", "/s/"):
-        app.add_api_route(path, recordings, methods=["POST"], include_in_schema=path == "/s",
-                          summary="Session recordings (standalone: accepted and dropped)",
-                          responses=apidoc.error_responses(400, 413))
+        app.add_api_route(
+            path,
+            recordings,
+            methods=["POST"],
+            include_in_schema=path == "/s",
+            summary="Session recordings (standalone: accepted and dropped)",
+            responses=apidoc.error_responses(400, 413),
+        )
 
 
 def add_forwarding_routes(app: FastAPI) -> None:
     """With POSTHOG_HOST: PostHog's paths besides capture go to PostHog (``/api/*`` comes last, see ``create_app``)."""
-    for path in ("/flags", "/flags/", "/decide", "/decide/", "/s", "/s/{rest:path}", "/array/{rest:path}",
-                 "/static/{rest:path}", "/i/{rest:path}"):
+    for path in (
+        "/flags",
+        "/flags/",
+        "/decide",
+        "/decide/",
+        "/s",
+        "/s/{rest:path}",
+        "/array/{rest:path}",
+        "/static/{rest:path}",
+        "/i/{rest:path}",
+    ):
         app.add_api_route(path, forward, methods=FORWARDED_METHODS, include_in_schema=False)

@@ -23,10 +23,20 @@ __all__ = ["HOP_BY_HOP", "PostHogProxy", "ProxyError", "Upstream"]
 log = logging.getLogger(__name__)
 
 #: RFC 9110 §7.6.1 connection-specific headers, never forwarded
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te",
-    "trailer", "trailers", "transfer-encoding", "upgrade",
-})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 _REQUEST_DROP = HOP_BY_HOP | {"host", "content-length"}
 _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 
@@ -68,8 +78,15 @@ def _response_headers(headers: httpx.Headers, keep_length: bool) -> list[tuple[s
 class PostHogProxy:
     """Forwards requests to one PostHog host."""
 
-    def __init__(self, host: str, *, timeout_s: float = 30.0, max_connections: int = 100,
-                 drop_authorization: bytes | None = None, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        *,
+        timeout_s: float = 30.0,
+        max_connections: int = 100,
+        drop_authorization: bytes | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.host = host.rstrip("/")
         self.drop_authorization = drop_authorization
         self.client = httpx.AsyncClient(
@@ -90,8 +107,11 @@ class PostHogProxy:
         headers = [(n, v) for n, v in items if n.lower() not in drop]
         if self.drop_authorization:  # our own WEBHOOK_TOKEN is not PostHog's business
             ours = self.drop_authorization
-            headers = [(n, v) for n, v in headers
-                       if not (n.lower() == "authorization" and v.partition(" ")[2].strip().encode() == ours)]
+            headers = [
+                (n, v)
+                for n, v in headers
+                if not (n.lower() == "authorization" and v.partition(" ")[2].strip().encode() == ours)
+            ]
         client_ip = request.client.host if request.client else None
         if client_ip:
             prior = [h.strip() for n, v in headers if n.lower() == "x-forwarded-for" for h in v.split(",") if h.strip()]

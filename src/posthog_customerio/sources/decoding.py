@@ -118,7 +118,7 @@ def _lz64(text: str, limit: int) -> bytes:
     decompressor also watches the output list the decompressor builds, and stops it
     once the output is over the limit.
     """
-    import lzstring  # type: ignore[import-untyped]
+    import lzstring
 
     decompress: Any = getattr(lzstring, "_decompress", None)
     if decompress is None:  # pragma: no cover - a future lzstring without the pure-Python core
@@ -133,7 +133,7 @@ def _lz64(text: str, limit: int) -> bytes:
         if result is None:  # first call: the decompressor's output list already exists
             watch["result"] = result = sys._getframe(1).f_locals.get("result")
         if isinstance(result, list):
-            for piece in result[watch["counted"]:]:
+            for piece in result[watch["counted"] :]:
                 watch["size"] += len(piece)
             watch["counted"] = len(result)
             if watch["size"] > limit:

@@ -106,8 +106,11 @@ def send_file(
 
     def progress(done_reading: bool = False) -> None:
         if on_progress is not None:
-            on_progress(FileProgress(counting.read, report.events, backlog + report.operations,
-                                     deliverer.stats.delivered, done_reading))
+            on_progress(
+                FileProgress(
+                    counting.read, report.events, backlog + report.operations, deliverer.stats.delivered, done_reading
+                )
+            )
 
     def left_out(item: ParsedItem) -> None:
         nonlocal invalid

@@ -207,8 +207,11 @@ _SECRET_KEY_PARTS = ("password", "secret", "key.pem", "oauthbearer.config", "key
 
 def secret_values(config: Mapping[str, Any]) -> list[str]:
     """Values of secret librdkafka settings (``sasl.password``, ``ssl.key.password``…), for log redaction."""
-    return [str(value) for key, value in config.items()
-            if any(part in key for part in _SECRET_KEY_PARTS) and len(str(value)) >= 4]
+    return [
+        str(value)
+        for key, value in config.items()
+        if any(part in key for part in _SECRET_KEY_PARTS) and len(str(value)) >= 4
+    ]
 
 
 def consumer_config(bootstrap: str, group: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -305,9 +308,7 @@ def consume(
             except KafkaException as exc:
                 raise KafkaConsumeError(f"Kafka consumer failed: {_kafka_message(exc)}") from exc
             if messages:
-                result = _process_batch(
-                    runtime, consumer, messages, report, stop, ingest_retries, retry_backoff_s
-                )
+                result = _process_batch(runtime, consumer, messages, report, stop, ingest_retries, retry_backoff_s)
                 if result is not None and on_batch is not None:
                     on_batch(result)
         else:
@@ -400,8 +401,9 @@ def _ingest(
                     " (offsets not committed: the messages will be read again)"
                 ) from exc
             delay = min(_MAX_BACKOFF_S, backoff_s * 2 ** (attempt - 1))
-            log.warning("kafka: storing %d events failed (%s); retry %d/%d in %.1fs",
-                        len(events), exc, attempt, retries, delay)
+            log.warning(
+                "kafka: storing %d events failed (%s); retry %d/%d in %.1fs", len(events), exc, attempt, retries, delay
+            )
             stop.wait(delay)
             continue
         for rejected in stored.rejected:
@@ -409,8 +411,9 @@ def _ingest(
         return stored.report, len(stored.rejected)
 
 
-def _commit(consumer: Consumer, next_offsets: dict[tuple[str, int], int],
-            report: ConsumeReport) -> dict[tuple[str, int], int]:
+def _commit(
+    consumer: Consumer, next_offsets: dict[tuple[str, int], int], report: ConsumeReport
+) -> dict[tuple[str, int], int]:
     offsets = [TopicPartition(topic, partition, offset) for (topic, partition), offset in next_offsets.items()]
     for attempt in range(1, _COMMIT_ATTEMPTS + 1):
         try:
@@ -423,16 +426,26 @@ def _commit(consumer: Consumer, next_offsets: dict[tuple[str, int], int],
                 time.sleep(0.1 * attempt)
                 continue
             report.commit_failures += 1
-            log.warning("kafka: committing offsets %s failed: %s (the events are stored; these messages may"
-                        " be read again, which is harmless)", _describe(offsets), exc)
+            log.warning(
+                "kafka: committing offsets %s failed: %s (the events are stored; these messages may"
+                " be read again, which is harmless)",
+                _describe(offsets),
+                exc,
+            )
             return {}
         failed = [tp for tp in answered if tp.error is not None]
-        committed = {key: offset for key, offset in next_offsets.items()
-                     if not any((tp.topic, tp.partition) == key for tp in failed)}
+        committed = {
+            key: offset
+            for key, offset in next_offsets.items()
+            if not any((tp.topic, tp.partition) == key for tp in failed)
+        }
         if failed:
             report.commit_failures += 1
-            log.warning("kafka: committing offsets failed for %s: %s", _describe(failed),
-                        "; ".join(str(tp.error) for tp in failed))
+            log.warning(
+                "kafka: committing offsets failed for %s: %s",
+                _describe(failed),
+                "; ".join(str(tp.error) for tp in failed),
+            )
         if committed:
             report.commits += 1
             report.committed.update(committed)
@@ -446,8 +459,5 @@ def _kafka_message(exc: KafkaException) -> str:
 
 
 def _describe(partitions: Iterable[TopicPartition]) -> str:
-    parts = [
-        f"{tp.topic}[{tp.partition}]" + (f"@{tp.offset}" if tp.offset >= 0 else "")
-        for tp in partitions
-    ]
+    parts = [f"{tp.topic}[{tp.partition}]" + (f"@{tp.offset}" if tp.offset >= 0 else "") for tp in partitions]
     return ", ".join(parts) or "nothing"
