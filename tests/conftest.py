@@ -30,6 +30,7 @@ CONFIG_ENV = (
     "MAX_EVENTS_PER_REQUEST", "HTTP_KEEP_ALIVE_S", "HTTP_READ_TIMEOUT_S",
     "RETRY_AFTER_MAX_S",
     "OPS_TOKEN", "ALLOW_UNAUTHENTICATED",
+    "ANONYMOUS_HOLD_S",
 )
 SAMPLE_FILE = Path(__file__).resolve().parents[1] / "src" / "posthog_customerio" / "data" / "sample_events.jsonl"
 

@@ -124,6 +124,10 @@ DELIVERY_FLAGS = (
     _flag("CUSTOMERIO_TIMEOUT_S", float, "HTTP timeout per request to Customer.io; default 30"),
     _flag("RETRY_AFTER_MAX_S", float, "The longest pause a Retry-After can impose (0-3600); default 60"),
 )
+HOLD_FLAGS = (
+    _flag("ANONYMOUS_HOLD_S", float, "Hold a visitor's anonymous events this long for an identify to adopt them"
+          " (batched person events); 0 = off; default 5"),
+)
 STORE_FLAGS = (
     _flag("OUTBOX_URL", str, "sqlite:///path or postgresql://user@host/db"),
     _flag("LEASE_S", float, "PostgreSQL: how long a claim on operations lasts; default 30"),
@@ -250,7 +254,7 @@ def check(
 
 # -- send ------------------------------------------------------------------------------
 @app.command()
-@_setting_flags(MAPPING_FLAGS, DELIVERY_FLAGS, STORE_FLAGS)
+@_setting_flags(MAPPING_FLAGS, DELIVERY_FLAGS, HOLD_FLAGS, STORE_FLAGS)
 def send(
     file: Annotated[str, typer.Argument(help="JSONL or JSON-array file of PostHog events, or - for stdin")],
     site_id: SiteId = None, api_key: ApiKey = None, region: Region = None, track_url: TrackUrl = None,
@@ -361,6 +365,9 @@ def _run_send(runtime: Runtime, stream: IO[str], timeout: float | None) -> dict[
                     flush()
                     progress.update(reading, completed=lines.bytes, detail=f"{report.events:,} events")
         flush()
+        # all read: no identify can come to adopt what is held, so holding longer would only delay the summary
+        runtime.outbox.anonymous_hold_s = 0.0
+        deliverer.notify()
         progress.update(reading, completed=total_bytes or lines.bytes, total=total_bytes or lines.bytes)
         finished = deliverer.wait_until_empty(
             timeout,
@@ -529,6 +536,7 @@ def _deliver_now(runtime: Runtime, timeout: float | None) -> bool | None:
         deliverer = runtime.deliverer()
     except DeliveryLockError:
         return None
+    runtime.outbox.anonymous_hold_s = 0.0  # nothing is ingested here: nothing to hold for
     deliverer.start()
     finished = deliverer.wait_until_empty(timeout)
     deliverer.stop()
@@ -671,7 +679,7 @@ def _unauthenticated_host(settings: Settings, host: str) -> str | None:
 
 
 @app.command()
-@_setting_flags(MAPPING_FLAGS, DELIVERY_FLAGS, STORE_FLAGS, SERVICE_FLAGS, PROXY_FLAGS)
+@_setting_flags(MAPPING_FLAGS, DELIVERY_FLAGS, HOLD_FLAGS, STORE_FLAGS, SERVICE_FLAGS, PROXY_FLAGS)
 def serve(
     host: Annotated[str, typer.Option("--host", help="Interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port")] = 8080,
@@ -744,7 +752,7 @@ def serve(
 
 # -- consume (Kafka) ---------------------------------------------------------------------------
 @app.command()
-@_setting_flags(MAPPING_FLAGS, DELIVERY_FLAGS, STORE_FLAGS, SERVICE_FLAGS)
+@_setting_flags(MAPPING_FLAGS, DELIVERY_FLAGS, HOLD_FLAGS, STORE_FLAGS, SERVICE_FLAGS)
 def consume(
     kafka_bootstrap: Annotated[str, typer.Option("--kafka-bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", help="HOST:PORT[,HOST:PORT...] of the Kafka / Redpanda brokers", show_default=False)],
     topic: Annotated[str, typer.Option("--topic", envvar="KAFKA_TOPIC", help="Topic of PostHog events, e.g. clickhouse_events_json", show_default=False)],
@@ -802,7 +810,7 @@ def consume(
                                        stop=stop, max_messages=max_messages, config=extra)
             except KafkaConsumeError as exc:
                 failure = str(exc)
-            deliverer.wait_until_empty(settings.shutdown_grace_s)
+            deliverer.wait_until_empty(settings.shutdown_grace_s, held_ok=True)
             summary = {**(report.as_dict() if report else {}), "operations_delivered": deliverer.stats.delivered,
                        "queued": runtime.outbox.depth(), "error": failure}
     except ValueError as exc:  # ConfigError, or librdkafka refusing a setting

@@ -269,9 +269,13 @@ class Deliverer:
                 log.error("delivery supervisor: %s: %s", type(exc).__name__, exc)
 
     def drain(self, grace_s: float) -> bool:
-        """Deliver what can be delivered within ``grace_s``, then stop; True if emptied."""
+        """Deliver what can be delivered within ``grace_s``, then stop; True if emptied.
+
+        Anonymous operations still held stay queued (durable) for the next start: an identify
+        reaching it inside their window still adopts them.
+        """
         try:
-            emptied = self.wait_until_empty(grace_s)
+            emptied = self.wait_until_empty(grace_s, held_ok=True)
         except AuthError:
             emptied = False
         self.stop(timeout=max(1.0, grace_s))
@@ -295,8 +299,11 @@ class Deliverer:
         with self._wake:
             self._wake.notify_all()
 
-    def wait_until_empty(self, timeout: float | None = None, tick: Callable[[], None] | None = None) -> bool:
-        """Block until the outbox is empty; False on timeout.
+    def wait_until_empty(
+        self, timeout: float | None = None, tick: Callable[[], None] | None = None, held_ok: bool = False
+    ) -> bool:
+        """Block until the outbox is empty (with ``held_ok``: but for anonymous operations still held);
+        False on timeout.
 
         Raises :class:`AuthError` when credentials are rejected and delivery is not
         set to pause.
@@ -307,7 +314,7 @@ class Deliverer:
                 tick()
             if self.auth_error and not self.pause_on_auth_error:
                 raise AuthError(self.auth_error)
-            if self.outbox.in_flight() == 0 and self.outbox.is_empty():
+            if self.outbox.in_flight() == 0 and self.outbox.is_empty(held_ok):
                 return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False

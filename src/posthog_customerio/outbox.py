@@ -4,8 +4,10 @@ Operations are written before any send and deleted only after Customer.io accept
 them; each row keeps the operation's neutral text and its ``kind`` (the outbox never
 looks inside a payload). Workers *claim* operations; a person whose operation is in flight has none of
 its later operations handed out, so each person's operations reach Customer.io in
-the order they were enqueued. Permanent failures move to ``dead_letters`` with the
-response that rejected them.
+the order they were enqueued. With ``anonymous_hold_s`` > 0, an anonymous visitor's
+events younger than that are not claimable (``ANONYMOUS_HOLD_S``: an identify inside
+the window adopts them as batched person events); a held row blocks only its own
+keys. Permanent failures move to ``dead_letters`` with the response that rejected them.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ _INSERT_SQL = "INSERT INTO outbox (person_key, payload, size, enqueued_at, after
 
 # candidates are read without their payloads (the claim reads many rows; it sends few)
 _CANDIDATES_SQL = (
-    "SELECT seq, person_key, size, attempts, enqueued_at, after_keys, lease_owner, lease_until"
+    "SELECT seq, person_key, size, attempts, enqueued_at, after_keys, lease_owner, lease_until, kind"
     " FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?"
 )
 _CLAIM_LOCK = 7_274_135_002  # pg_advisory_xact_lock key: one claimer at a time across replicas
@@ -153,9 +155,11 @@ class Queued:
 class Outbox:
     """The outbox tables of a :class:`Database`, plus the in-process claim book."""
 
-    def __init__(self, db: Database | PostgresDatabase, lease_s: float = 30.0) -> None:
+    def __init__(self, db: Database | PostgresDatabase, lease_s: float = 30.0, anonymous_hold_s: float = 0.0) -> None:
         self.db = db
         self.lease_s = lease_s
+        #: anonymous operations younger than this are not claimable (0 = off; ``send`` sets 0 once read)
+        self.anonymous_hold_s = anonymous_hold_s
         #: who holds a lease (PostgreSQL): host, pid and a random part
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._claim_lock = threading.Lock()
@@ -224,13 +228,15 @@ class Outbox:
         Operations bigger than ``max_op_bytes`` are dead-lettered on the way (they
         can never be accepted). A person with an operation in flight (here, or
         leased by another replica), or whose earlier operation did not fit this
-        claim, gets nothing more this time.
+        claim, gets nothing more this time. Anonymous operations still held
+        (:attr:`anonymous_hold_s`) are not handed out and block only their own keys.
         """
         with self._claim_lock:
             if self.db.shared:
                 claimed, oversized = self._claim_leased(max_items, max_bytes, max_op_bytes)
             else:
-                taken = lambda row: row[0] in self._in_flight  # noqa: E731
+                held = self._held(time.time())
+                taken = lambda row: row[0] in self._in_flight or held(row)  # noqa: E731
                 chosen, too_big = _select(self._candidates(self.db), taken, max_items, max_bytes, max_op_bytes)
                 with self.db.reading() as conn:
                     claimed, oversized = self._hydrate(conn, chosen), self._hydrate(conn, too_big)
@@ -258,7 +264,8 @@ class Outbox:
         with self.db.transaction() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(?)", (_CLAIM_LOCK,))
             now = time.time()
-            taken = lambda row: row[7] is not None and row[7] > now  # noqa: E731
+            held = self._held(now)
+            taken = lambda row: (row[7] is not None and row[7] > now) or held(row)  # noqa: E731
             chosen, too_big = _select(self._candidates(conn), taken, max_items, max_bytes, max_op_bytes)
             claimed, oversized = self._hydrate(conn, chosen), self._hydrate(conn, too_big)
             conn.executemany(
@@ -266,6 +273,13 @@ class Outbox:
                 [(self.owner, now + self.lease_s, item.seq) for item in claimed],
             )
         return claimed, oversized
+
+    def _held(self, now: float) -> Callable[[tuple[Any, ...]], bool]:
+        """Whether a candidate row is an anonymous operation enqueued less than ``anonymous_hold_s`` ago."""
+        if self.anonymous_hold_s <= 0:
+            return lambda row: False
+        cutoff = now - self.anonymous_hold_s
+        return lambda row: row[8] == "anonymous" and row[4] > cutoff
 
     @staticmethod
     def _hydrate(conn: Any, rows: list[tuple[Any, ...]]) -> list[Claimed]:
@@ -385,9 +399,13 @@ class Outbox:
         self._depth_cache = (now, count)
         return count
 
-    def is_empty(self) -> bool:
-        """Whether nothing waits (cheap: no count)."""
+    def is_empty(self, held_ok: bool = False) -> bool:
+        """Whether nothing waits (cheap: no count); with ``held_ok``, anonymous operations still held do not count."""
         with self.db.reading() as conn:
+            if held_ok and self.anonymous_hold_s > 0:
+                cutoff = time.time() - self.anonymous_hold_s
+                sql = "SELECT seq FROM outbox WHERE kind <> 'anonymous' OR enqueued_at <= ? LIMIT 1"
+                return conn.execute(sql, (cutoff,)).fetchone() is None
             return conn.execute("SELECT seq FROM outbox LIMIT 1").fetchone() is None
 
     def oldest_age(self, now: float | None = None) -> float:

@@ -59,7 +59,7 @@ class Runtime:
             raise ConfigError(f"OUTBOX_URL: cannot open the outbox: {reason}") from None
         if sqlite_path is not None:
             _private_files(sqlite_path)  # the -wal / -shm files SQLite just created
-        self.outbox = Outbox(self.db, lease_s=settings.lease_s)
+        self.outbox = Outbox(self.db, lease_s=settings.lease_s, anonymous_hold_s=settings.anonymous_hold_s)
         self.ingestor = Ingestor(self.db, self.outbox, settings.mapping_config())
         self.sandbox = None
         self._client: TrackClient | None = None
