@@ -810,7 +810,10 @@ def consume(
                                        stop=stop, max_messages=max_messages, config=extra)
             except KafkaConsumeError as exc:
                 failure = str(exc)
-            deliverer.wait_until_empty(settings.shutdown_grace_s, held_ok=True)
+            if max_messages is not None:  # a bounded run (like send): nothing more comes to adopt what is held
+                runtime.outbox.anonymous_hold_s = 0.0
+            # stopped by a signal: what is still held stays queued for the next start (which may adopt it)
+            deliverer.wait_until_empty(settings.shutdown_grace_s, held_ok=max_messages is None)
             summary = {**(report.as_dict() if report else {}), "operations_delivered": deliverer.stats.delivered,
                        "queued": runtime.outbox.depth(), "error": failure}
     except ValueError as exc:  # ConfigError, or librdkafka refusing a setting

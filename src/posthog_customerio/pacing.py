@@ -42,6 +42,10 @@ _HOLD_SQL = _NOW + (
     " next_slot = GREATEST(p.next_slot, clock.now + ?) FROM clock WHERE p.workspace = ?"
     " RETURNING p.hold_until - clock.now"
 )
+_DELAY_SQL = (
+    "SELECT GREATEST(next_slot, hold_until) - EXTRACT(EPOCH FROM clock_timestamp())::float8"
+    " FROM delivery_pacing WHERE workspace = ?"
+)
 _HELD_SQL = "SELECT hold_until - EXTRACT(EPOCH FROM clock_timestamp())::float8 FROM delivery_pacing WHERE workspace = ?"
 _INSERT_SQL = "INSERT INTO delivery_pacing (workspace) VALUES (?) ON CONFLICT (workspace) DO NOTHING"
 
@@ -97,6 +101,12 @@ class PostgresPacer:
         with self.db.reading() as conn:
             row = conn.execute(_HELD_SQL, (self.workspace,)).fetchone()
         return row is None or self._seen_hold(row[0]) <= 0
+
+    def reserve_delay(self) -> float:
+        """Seconds until the shared next slot (or the end of the pause), without reserving it."""
+        with self.db.reading() as conn:
+            row = conn.execute(_DELAY_SQL, (self.workspace,)).fetchone()
+        return 0.0 if row is None else finite_delay(row[0])
 
     def hold_for(self, seconds: float) -> None:
         """Pause every replica for ``seconds`` (the pause seen locally even if the database fails)."""
