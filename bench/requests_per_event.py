@@ -24,7 +24,8 @@ Modes:
 person keyed by the anonymous distinct_id, merged on identify) so the three modes send
 the same events; the product's default, ``ANONYMOUS_EVENTS=anonymous``, is shown as
 (b*) and (c*): Customer.io's anonymous events exist only in v1, one request each.
-(c-id) is v2 with ``SEND_EVENTS_FROM_ANONYMOUS_USERS=identified``.
+(c-id) is v2 with ``SEND_EVENTS_FROM_ANONYMOUS_USERS=identified``. ``--holds 0,1,5,30,60``
+adds (c*) once per ``ANONYMOUS_HOLD_S`` value (the other modes run with the product default).
 
 ``CUSTOMERIO_MAX_RPS=100000``: the client-side limiter is not what is measured.
 """
@@ -122,7 +123,8 @@ def seed_exact_bytes(events_file: Path) -> tuple[int, int]:
 def run_mode(mode: str, events_file: Path, box: Sandbox, workdir: Path, **env_extra: str) -> dict[str, Any]:
     """Deliver the stream in one mode; figures from the sandbox's request log."""
     box.reset()
-    data_dir = workdir / f"data-{mode.replace('*', 'star')}-{env_extra.get('SQLITE_SYNCHRONOUS', 'FULL')}"
+    hold = env_extra.get("ANONYMOUS_HOLD_S", "default")
+    data_dir = workdir / f"data-{mode.replace('*', 'star')}-{env_extra.get('SQLITE_SYNCHRONOUS', 'FULL')}-{hold}"
     env = base_env(box, data_dir, **{**MODE_ENV[mode], **env_extra})
     target = events_file
     if mode == "a":
@@ -151,9 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events-per-person", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
+    parser.add_argument("--holds", default="", help="ANONYMOUS_HOLD_S values to run (c*) with, e.g. 0,1,5,30,60")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    holds = [h.strip() for h in args.holds.split(",") if h.strip()]
 
     with tempfile.TemporaryDirectory(prefix="bench-rpe-") as tmp, sandbox_process() as box:
         workdir = Path(tmp)
@@ -168,6 +172,13 @@ def main(argv: list[str] | None = None) -> int:
             results[mode] = run_mode(mode, events_file, box, workdir, SQLITE_SYNCHRONOUS="NORMAL")
             r = results[mode]
             print(f"  {mode}: {r['requests']} requests, {r['body_bytes']} body bytes, {r['seconds']}s", flush=True)
+        for hold in holds:
+            mode = f"c* hold={hold}"
+            results[mode] = run_mode("c*", events_file, box, workdir, SQLITE_SYNCHRONOUS="NORMAL", ANONYMOUS_HOLD_S=hold)
+            LABELS[mode] = f"(c*) v2 default, ANONYMOUS_HOLD_S={hold}"
+            r = results[mode]
+            print(f"  {mode}: {r['requests']} requests, {r['body_bytes']} body bytes, {r['seconds']}s", flush=True)
+        modes += [f"c* hold={hold}" for hold in holds]
         seed_requests, seed_bytes = seed_exact_bytes(events_file)
 
     rows = []
