@@ -26,6 +26,7 @@ the same events; the product's default, ``ANONYMOUS_EVENTS=anonymous``, is shown
 (b*) and (c*): Customer.io's anonymous events exist only in v1, one request each.
 (c-id) is v2 with ``SEND_EVENTS_FROM_ANONYMOUS_USERS=identified``.
 (p) is ``CUSTOMERIO_API=pipelines``: everything, anonymous events included, in ``/v1/batch``.
+adds (c*) once per ``ANONYMOUS_HOLD_S`` value (the other modes run with the product default).
 
 ``CUSTOMERIO_MAX_RPS=100000``: the client-side limiter is not what is measured.
 """
@@ -41,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     Sandbox,
     base_env,
     machine,
@@ -113,9 +114,12 @@ def seed_exact_bytes(events_file: Path) -> tuple[int, int]:
             identify = {**event.set, "_update": True, "identifier": event.distinct_id}
             if isinstance(event.set.get("email"), str):
                 identify["email"] = event.set["email"]
-            track = {"name": event.event, "type": {"$pageview": "page", "$screen": "screen"}.get(event.event, "event"),
-                     "timestamp": event.timestamp.timestamp(),
-                     "data": {k: v for k, v in event.properties.items() if k not in ("$set", "$set_once")}}
+            track = {
+                "name": event.event,
+                "type": {"$pageview": "page", "$screen": "screen"}.get(event.event, "event"),
+                "timestamp": event.timestamp.timestamp(),
+                "data": {k: v for k, v in event.properties.items() if k not in ("$set", "$set_once")},
+            }
             for payload in (identify, track):
                 requests += 1
                 body += len(json.dumps(payload, default=str).encode())
@@ -125,7 +129,8 @@ def seed_exact_bytes(events_file: Path) -> tuple[int, int]:
 def run_mode(mode: str, events_file: Path, box: Sandbox, workdir: Path, **env_extra: str) -> dict[str, Any]:
     """Deliver the stream in one mode; figures from the sandbox's request log."""
     box.reset()
-    data_dir = workdir / f"data-{mode.replace('*', 'star')}-{env_extra.get('SQLITE_SYNCHRONOUS', 'FULL')}"
+    hold = env_extra.get("ANONYMOUS_HOLD_S", "default")
+    data_dir = workdir / f"data-{mode.replace('*', 'star')}-{env_extra.get('SQLITE_SYNCHRONOUS', 'FULL')}-{hold}"
     env = base_env(box, data_dir, **{**MODE_ENV[mode], **env_extra})
     target = events_file
     if mode == "a":
@@ -154,9 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events-per-person", type=int, default=20)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
+    parser.add_argument("--holds", default="", help="ANONYMOUS_HOLD_S values to run (c*) with, e.g. 0,1,5,30,60")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    holds = [h.strip() for h in args.holds.split(",") if h.strip()]
 
     with tempfile.TemporaryDirectory(prefix="bench-rpe-") as tmp, sandbox_process() as box:
         workdir = Path(tmp)
@@ -164,13 +171,25 @@ def main(argv: list[str] | None = None) -> int:
         events = write_stream(events_file, args.people, args.seed, args.events_per_person)
         header = request_header_bytes()
         print(f"# requests per event -- {machine()}", flush=True)
-        print(f"stream: {events} events, {args.people} people, seed {args.seed},"
-              f" {events_file.stat().st_size / events:.0f} B/event as JSONL; request headers ~{header} B", flush=True)
+        print(
+            f"stream: {events} events, {args.people} people, seed {args.seed},"
+            f" {events_file.stat().st_size / events:.0f} B/event as JSONL; request headers ~{header} B",
+            flush=True,
+        )
         results: dict[str, dict[str, Any]] = {}
         for mode in modes:
             results[mode] = run_mode(mode, events_file, box, workdir, SQLITE_SYNCHRONOUS="NORMAL")
             r = results[mode]
             print(f"  {mode}: {r['requests']} requests, {r['body_bytes']} body bytes, {r['seconds']}s", flush=True)
+        for hold in holds:
+            mode = f"c* hold={hold}"
+            results[mode] = run_mode(
+                "c*", events_file, box, workdir, SQLITE_SYNCHRONOUS="NORMAL", ANONYMOUS_HOLD_S=hold
+            )
+            LABELS[mode] = f"(c*) v2 default, ANONYMOUS_HOLD_S={hold}"
+            r = results[mode]
+            print(f"  {mode}: {r['requests']} requests, {r['body_bytes']} body bytes, {r['seconds']}s", flush=True)
+        modes += [f"c* hold={hold}" for hold in holds]
         seed_requests, seed_bytes = seed_exact_bytes(events_file)
 
     rows = []
@@ -178,26 +197,63 @@ def main(argv: list[str] | None = None) -> int:
     for mode in modes:
         r = results[mode]
         per_k = 1000 * r["requests"] / events
-        rows.append([
-            LABELS[mode], r["requests"], f"{per_k:.2f}", f"{r['body_bytes'] / events:.0f}",
-            f"{(r['body_bytes'] + header * r['requests']) / events:.0f}", r["events_delivered"],
-            f"{events / r['seconds']:.0f}",
-            f"{r['requests'] / base['requests']:.4f}" if base else "",
-        ])
+        rows.append(
+            [
+                LABELS[mode],
+                r["requests"],
+                f"{per_k:.2f}",
+                f"{r['body_bytes'] / events:.0f}",
+                f"{(r['body_bytes'] + header * r['requests']) / events:.0f}",
+                r["events_delivered"],
+                f"{events / r['seconds']:.0f}",
+                f"{r['requests'] / base['requests']:.4f}" if base else "",
+            ]
+        )
         if mode == "a":
-            rows.append([LABELS["a'"], seed_requests, f"{1000 * seed_requests / events:.2f}",
-                         f"{seed_bytes / events:.0f}", f"{(seed_bytes + header * seed_requests) / events:.0f}",
-                         "", "", ""])
+            rows.append(
+                [
+                    LABELS["a'"],
+                    seed_requests,
+                    f"{1000 * seed_requests / events:.2f}",
+                    f"{seed_bytes / events:.0f}",
+                    f"{(seed_bytes + header * seed_requests) / events:.0f}",
+                    "",
+                    "",
+                    "",
+                ]
+            )
     print()
-    print(table(["mode", "HTTP requests", "requests / 1,000 events", "body B / event", "wire B / event (+headers)",
-                 "events in sandbox", "events/s (send)", "requests vs (a)"], rows))
+    print(
+        table(
+            [
+                "mode",
+                "HTTP requests",
+                "requests / 1,000 events",
+                "body B / event",
+                "wire B / event (+headers)",
+                "events in sandbox",
+                "events/s (send)",
+                "requests vs (a)",
+            ],
+            rows,
+        )
+    )
     if "c" in results:
         per_k = 1000 * results["c"]["requests"] / events
         print(f"\ntarget (c) <= 5 requests per 1,000 events: {per_k:.2f} -> {'MET' if per_k <= 5 else 'NOT MET'}")
     if args.json:
-        args.json.write_text(json.dumps({"events": events, "header_bytes": header, "results": results,
-                                         "seed_exact": {"requests": seed_requests, "body_bytes": seed_bytes}},
-                                        indent=2, default=str))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "events": events,
+                    "header_bytes": header,
+                    "results": results,
+                    "seed_exact": {"requests": seed_requests, "body_bytes": seed_bytes},
+                },
+                indent=2,
+                default=str,
+            )
+        )
     return 0
 
 

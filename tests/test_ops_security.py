@@ -38,14 +38,21 @@ OPS_GETS = ("/status", "/api/status", "/api/dead-letters", "/api/not-a-route")
 def serve(sandbox: SandboxServer, tmp_path: Path):
     @contextmanager
     def make(*, deliver: bool = True, **overrides: Any) -> Iterator[tuple[str, Runtime]]:
-        settings = load_settings({
-            "customerio_site_id": SITE_ID, "customerio_api_key": API_KEY, "customerio_track_url": sandbox.url,
-            "posthog_customerio_data_dir": tmp_path / "data", "sqlite_synchronous": "NORMAL",
-            "shutdown_grace_s": 1, **overrides,
-        })
+        settings = load_settings(
+            {
+                "customerio_site_id": SITE_ID,
+                "customerio_api_key": API_KEY,
+                "customerio_track_url": sandbox.url,
+                "posthog_customerio_data_dir": tmp_path / "data",
+                "sqlite_synchronous": "NORMAL",
+                "shutdown_grace_s": 1,
+                **overrides,
+            }
+        )
         runtime = Runtime(settings)
         with running_service(runtime, deliver=deliver) as url:
             yield url, runtime
+
     return make
 
 
@@ -64,7 +71,7 @@ def basic(user: str, password: str) -> dict[str, str]:
     ids=["webhook-token-fallback", "ops-token", "ops-token-beats-webhook-token"],
 )
 def test_operations_endpoints_need_the_token(serve, config: dict[str, str], token: str) -> None:
-    with serve(**config) as (url, runtime):
+    with serve(**config) as (url, _runtime):
         for path in OPS_GETS:
             for headers in ({}, bearer(token + "x"), basic("admin", token + "x"), basic(token, ""), bearer(SITE_ID)):
                 answer = httpx.get(url + path, headers=headers)
@@ -149,8 +156,10 @@ def test_ready_while_customerio_fails_and_healthz_says_so(serve, sandbox: Sandbo
     try:
         with serve(ops_token=OPS) as (url, _):
             assert httpx.post(f"{url}/webhook", json=hog("down")).status_code == 200
-            health = wait_for(lambda: (h := httpx.get(f"{url}/healthz").json())["customerio"]["last_error"] and h,
-                              "delivery's failures to show in /healthz")
+            health = wait_for(
+                lambda: (h := httpx.get(f"{url}/healthz").json())["customerio"]["last_error"] and h,
+                "delivery's failures to show in /healthz",
+            )
             assert health["customerio"]["last_error"] == "HTTP 503" and health["customerio"]["reachable"] is True
             assert httpx.get(f"{url}/readyz").json() == {"ready": True, "problems": []}
             status = httpx.get(f"{url}/api/status", headers=bearer(OPS)).json()
@@ -164,8 +173,9 @@ def test_ingest_only_probes_an_unreachable_customerio_in_the_background(serve) -
         closed.bind(("127.0.0.1", 0))
         track_url = f"http://127.0.0.1:{closed.getsockname()[1]}"
     with serve(deliver=False, customerio_track_url=track_url) as (url, _):
-        health = wait_for(lambda: (h := httpx.get(f"{url}/healthz").json())["customerio"]["checked_at"] and h,
-                          "the background probe")
+        health = wait_for(
+            lambda: (h := httpx.get(f"{url}/healthz").json())["customerio"]["checked_at"] and h, "the background probe"
+        )
         assert health["customerio"]["reachable"] is False
         assert health["customerio"]["last_error"].startswith("unreachable")
         assert httpx.post(f"{url}/webhook", json=hog("buffered")).status_code == 200
@@ -211,10 +221,16 @@ def test_serve_refuses_a_reachable_host_without_any_token(
 @pytest.mark.parametrize(
     ("host", "config", "refused"),
     [
-        ("127.0.0.1", {}, False), ("::1", {}, False), ("localhost", {}, False), ("[::1]", {}, False),
-        ("0.0.0.0", {}, True), ("0.0.0.0", {"allow_unauthenticated": "true"}, False),
-        ("0.0.0.0", {"ops_token": OPS}, False), ("0.0.0.0", {"webhook_token": HOOK}, False),
-        ("0.0.0.0", {"webhook_signing_secret": SIGNING}, False), ("0.0.0.0", {"ops_token": " "}, True),
+        ("127.0.0.1", {}, False),
+        ("::1", {}, False),
+        ("localhost", {}, False),
+        ("[::1]", {}, False),
+        ("0.0.0.0", {}, True),
+        ("0.0.0.0", {"allow_unauthenticated": "true"}, False),
+        ("0.0.0.0", {"ops_token": OPS}, False),
+        ("0.0.0.0", {"webhook_token": HOOK}, False),
+        ("0.0.0.0", {"webhook_signing_secret": SIGNING}, False),
+        ("0.0.0.0", {"ops_token": " "}, True),
     ],
 )
 def test_which_hosts_need_a_token(host: str, config: dict[str, str], refused: bool) -> None:
@@ -228,11 +244,32 @@ SECRETISH = "sk_live_Pa55w0rdXqZ"  # 17 base64 characters: not a signing secret 
 @pytest.mark.parametrize(
     "variable",
     [
-        "CUSTOMERIO_REGION", "CUSTOMERIO_API", "CUSTOMERIO_TRACK_URL", "IDENTIFY_BY_EMAIL",
-        "SEND_EVENTS_FROM_ANONYMOUS_USERS", "MERGE_PEOPLE", "ANONYMOUS_EVENTS", "GROUP_TYPE_MAP", "SUPPRESS_ON_DELETE",
-        "LIMITS", "EVENT_NAME_MAP", "CUSTOMERIO_MAX_RPS", "CUSTOMERIO_TIMEOUT_S", "DELIVERY_CONCURRENCY",
-        "DELIVERY_LINGER_S", "SQLITE_SYNCHRONOUS", "OUTBOX_URL", "LEASE_S", "MAX_BODY_BYTES", "MAX_QUEUE",
-        "SHUTDOWN_GRACE_S", "AUTH_RETRY_S", "LOG_FORMAT", "LOG_LEVEL", "ALLOW_UNAUTHENTICATED",
+        "CUSTOMERIO_REGION",
+        "CUSTOMERIO_API",
+        "CUSTOMERIO_TRACK_URL",
+        "IDENTIFY_BY_EMAIL",
+        "SEND_EVENTS_FROM_ANONYMOUS_USERS",
+        "MERGE_PEOPLE",
+        "ANONYMOUS_EVENTS",
+        "GROUP_TYPE_MAP",
+        "SUPPRESS_ON_DELETE",
+        "LIMITS",
+        "EVENT_NAME_MAP",
+        "CUSTOMERIO_MAX_RPS",
+        "CUSTOMERIO_TIMEOUT_S",
+        "DELIVERY_CONCURRENCY",
+        "DELIVERY_LINGER_S",
+        "ANONYMOUS_HOLD_S",
+        "SQLITE_SYNCHRONOUS",
+        "OUTBOX_URL",
+        "LEASE_S",
+        "MAX_BODY_BYTES",
+        "MAX_QUEUE",
+        "SHUTDOWN_GRACE_S",
+        "AUTH_RETRY_S",
+        "LOG_FORMAT",
+        "LOG_LEVEL",
+        "ALLOW_UNAUTHENTICATED",
         "WEBHOOK_SIGNING_SECRET",
     ],
 )
@@ -272,8 +309,12 @@ def test_data_dir_and_database_are_private(tmp_path: Path, loose_umask: None) ->
     with Runtime(load_settings({"posthog_customerio_data_dir": data}), sandbox=True) as runtime:
         runtime.deliverer()  # takes the delivery lock file
         database = runtime.settings.database_path
-        files = [database, database.with_name(database.name + "-wal"), database.with_name(database.name + "-shm"),
-                 data / "delivery.lock"]
+        files = [
+            database,
+            database.with_name(database.name + "-wal"),
+            database.with_name(database.name + "-shm"),
+            data / "delivery.lock",
+        ]
         assert _mode(data) == 0o700
         for path in files:
             assert path.exists() and _mode(path) == 0o600, (path, oct(_mode(path)))

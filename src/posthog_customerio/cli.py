@@ -14,9 +14,11 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC
 from pathlib import Path
-from typing import IO, Annotated, Any, Optional
+from types import MappingProxyType
+from typing import IO, Annotated, Any
 
 import httpx
 import typer
@@ -45,21 +47,90 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 _SHOWN_ERRORS = 20
 
 # -- shared options (each also an environment variable) ------------------------------
-SiteId = Annotated[Optional[str], typer.Option("--site-id", help="Track API site ID [env CUSTOMERIO_SITE_ID]", show_default=False)]
-ApiKey = Annotated[Optional[str], typer.Option("--api-key", help="Track API key [env CUSTOMERIO_API_KEY]", show_default=False)]
-Region = Annotated[Optional[str], typer.Option("--region", help="us, eu or auto [env CUSTOMERIO_REGION; default auto]", show_default=False)]
-TrackUrl = Annotated[Optional[str], typer.Option("--track-url", help="Track API base URL override [env CUSTOMERIO_TRACK_URL]", show_default=False)]
-Api = Annotated[Optional[str], typer.Option("--api", help="v1, v2 or pipelines [env CUSTOMERIO_API; default v2]", show_default=False)]
-ByEmail = Annotated[Optional[bool], typer.Option("--identify-by-email/--no-identify-by-email", help="Address people by email once known [env IDENTIFY_BY_EMAIL; default false]", show_default=False)]
-Anonymous = Annotated[Optional[str], typer.Option("--send-events-from-anonymous-users", help="all, identified or with_email [env SEND_EVENTS_FROM_ANONYMOUS_USERS; default all]", show_default=False)]
-Allowlist = Annotated[Optional[str], typer.Option("--events-to-send", help="Comma-separated allowlist; empty = all [env EVENTS_TO_SEND]", show_default=False)]
-Skiplist = Annotated[Optional[str], typer.Option("--events-to-skip", help="Comma-separated event names or globs not sent (after --events-to-send); empty = none [env EVENTS_TO_SKIP; default PostHog's internal events]", show_default=False)]
-ConvertDates = Annotated[Optional[bool], typer.Option("--convert-dates/--no-convert-dates", help="ISO 8601 date-time attributes become Unix seconds [env CONVERT_DATES; default true]", show_default=False)]
-DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Where state and outbox live [env POSTHOG_CUSTOMERIO_DATA_DIR; default ./.posthog-customerio]", show_default=False)]
-MaxRps = Annotated[Optional[float], typer.Option("--max-rps", help="Client-side request limit to Customer.io [env CUSTOMERIO_MAX_RPS; default 100]", show_default=False)]
-Concurrency = Annotated[Optional[int], typer.Option("--concurrency", help="Delivery workers [env DELIVERY_CONCURRENCY; default 4]", show_default=False)]
-PluginConfig = Annotated[Optional[Path], typer.Option("--plugin-config", help="The original PostHog plugin's config JSON", show_default=False)]
-Sandbox = Annotated[bool, typer.Option("--sandbox", help="Use an in-process Customer.io sandbox instead of Customer.io")]
+SiteId = Annotated[
+    str | None, typer.Option("--site-id", help="Track API site ID [env CUSTOMERIO_SITE_ID]", show_default=False)
+]
+ApiKey = Annotated[
+    str | None, typer.Option("--api-key", help="Track API key [env CUSTOMERIO_API_KEY]", show_default=False)
+]
+Region = Annotated[
+    str | None,
+    typer.Option("--region", help="us, eu or auto [env CUSTOMERIO_REGION; default auto]", show_default=False),
+]
+TrackUrl = Annotated[
+    str | None,
+    typer.Option("--track-url", help="Track API base URL override [env CUSTOMERIO_TRACK_URL]", show_default=False),
+]
+Api = Annotated[
+    str | None,
+    typer.Option("--api", help="v1, v2 or pipelines [env CUSTOMERIO_API; default v2]", show_default=False),
+]
+ByEmail = Annotated[
+    bool | None,
+    typer.Option(
+        "--identify-by-email/--no-identify-by-email",
+        help="Address people by email once known [env IDENTIFY_BY_EMAIL; default false]",
+        show_default=False,
+    ),
+]
+Anonymous = Annotated[
+    str | None,
+    typer.Option(
+        "--send-events-from-anonymous-users",
+        help="all, identified or with_email [env SEND_EVENTS_FROM_ANONYMOUS_USERS; default all]",
+        show_default=False,
+    ),
+]
+Allowlist = Annotated[
+    str | None,
+    typer.Option(
+        "--events-to-send", help="Comma-separated allowlist; empty = all [env EVENTS_TO_SEND]", show_default=False
+    ),
+]
+Skiplist = Annotated[
+    str | None,
+    typer.Option(
+        "--events-to-skip",
+        help="Comma-separated event names or globs not sent (after --events-to-send); empty = none"
+        " [env EVENTS_TO_SKIP; default PostHog's internal events]",
+        show_default=False,
+    ),
+]
+ConvertDates = Annotated[
+    bool | None,
+    typer.Option(
+        "--convert-dates/--no-convert-dates",
+        help="ISO 8601 date-time attributes become Unix seconds [env CONVERT_DATES; default true]",
+        show_default=False,
+    ),
+]
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Where state and outbox live [env POSTHOG_CUSTOMERIO_DATA_DIR; default ./.posthog-customerio]",
+        show_default=False,
+    ),
+]
+MaxRps = Annotated[
+    float | None,
+    typer.Option(
+        "--max-rps",
+        help="Client-side request limit to Customer.io [env CUSTOMERIO_MAX_RPS; default 100]",
+        show_default=False,
+    ),
+]
+Concurrency = Annotated[
+    int | None,
+    typer.Option("--concurrency", help="Delivery workers [env DELIVERY_CONCURRENCY; default 4]", show_default=False),
+]
+PluginConfig = Annotated[
+    Path | None,
+    typer.Option("--plugin-config", help="The original PostHog plugin's config JSON", show_default=False),
+]
+Sandbox = Annotated[
+    bool, typer.Option("--sandbox", help="Use an in-process Customer.io sandbox instead of Customer.io")
+]
 
 
 def _settings(plugin_config: Path | None = None, **flags: Any) -> Settings:
@@ -104,12 +175,13 @@ def _flag(variable: str, kind: Any, help_text: str, *, boolean: bool = False) ->
     name = "--" + variable.lower().replace("_", "-")
     decls = [f"{name}/--no-{name[2:]}"] if boolean else [name]
     option = typer.Option(*decls, help=f"{help_text} [env {variable}]", show_default=False)
-    return variable.lower(), Annotated[Optional[kind], option]
+    return variable.lower(), Annotated[kind | None, option]
 
 
 MAPPING_FLAGS = (
-    _flag("MERGE_PEOPLE", bool, "Merge the anonymous / aliased person into the identified one; default true",
-          boolean=True),
+    _flag(
+        "MERGE_PEOPLE", bool, "Merge the anonymous / aliased person into the identified one; default true", boolean=True
+    ),
     _flag("ANONYMOUS_EVENTS", str, "anonymous (Customer.io anonymous events) or person; default anonymous"),
     _flag("GROUP_TYPE_MAP", str, "PostHog group type=Customer.io object type id, e.g. company=1"),
     _flag("SUPPRESS_ON_DELETE", bool, "On a person deletion, suppress instead of delete; default false", boolean=True),
@@ -123,6 +195,14 @@ DELIVERY_FLAGS = (
     _flag("CUSTOMERIO_TIMEOUT_S", float, "HTTP timeout per request to Customer.io; default 30"),
     _flag("RETRY_AFTER_MAX_S", float, "The longest pause a Retry-After can impose (0-3600); default 60"),
 )
+HOLD_FLAGS = (
+    _flag(
+        "ANONYMOUS_HOLD_S",
+        float,
+        "Hold a visitor's anonymous events this long for an identify to adopt them"
+        " (batched person events); 0 = off; default 5",
+    ),
+)
 STORE_FLAGS = (
     _flag("OUTBOX_URL", str, "sqlite:///path or postgresql://user@host/db"),
     _flag("LEASE_S", float, "PostgreSQL: how long a claim on operations lasts; default 30"),
@@ -132,14 +212,15 @@ SERVICE_FLAGS = (
     _flag("AUTH_RETRY_S", float, "While Customer.io rejects the credentials, re-check this often; default 60"),
     _flag("LOG_LEVEL", str, "DEBUG, INFO, WARNING or ERROR; default INFO"),
 )
-PROXY_FLAGS = (
-    _flag("POSTHOG_TIMEOUT_S", float, "With --posthog-host: timeout of each forwarded request; default 30"),
-)
+PROXY_FLAGS = (_flag("POSTHOG_TIMEOUT_S", float, "With --posthog-host: timeout of each forwarded request; default 30"),)
 PIPELINES_FLAGS = (
     _flag("CUSTOMERIO_PIPELINES_API_KEY", str, "Pipelines API key (with --api pipelines; no Track credentials needed)"),
     _flag("CUSTOMERIO_PIPELINES_URL", str, "Pipelines API base URL override; default by region (auto = us)"),
 )
-_EXTRA_FLAGS: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("extra_flags", default={})
+#: settings flags a command received through :func:`_setting_flags` (read-only mapping; replaced, never mutated)
+_EXTRA_FLAGS: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "extra_flags", default=MappingProxyType({})
+)
 
 
 def _setting_flags(*groups: tuple[tuple[str, Any], ...]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -147,12 +228,15 @@ def _setting_flags(*groups: tuple[tuple[str, Any], ...]) -> Callable[[Callable[.
 
     The values are handed to :func:`_settings` (a flag the command itself declares wins).
     """
+
     def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
         signature = inspect.signature(func, eval_str=True)
         own = list(signature.parameters.values())
         flags = {name: kind for group in groups for name, kind in group if name not in signature.parameters}
-        added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=kind)
-                 for name, kind in flags.items()]
+        added = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=kind)
+            for name, kind in flags.items()
+        ]
 
         @functools.wraps(func)
         def wrapper(**kwargs: Any) -> Any:
@@ -224,8 +308,12 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit", is_eager=True,
-                                          callback=_print_version, expose_value=False)] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit", is_eager=True, callback=_print_version, expose_value=False
+        ),
+    ] = False,
 ) -> None:
     """Keep a Customer.io workspace in sync with a PostHog project."""
 
@@ -234,8 +322,13 @@ def _root(
 @app.command()
 @_setting_flags(DELIVERY_FLAGS[1:], PIPELINES_FLAGS)
 def check(
-    site_id: SiteId = None, api_key: ApiKey = None, region: Region = None, track_url: TrackUrl = None,
-    plugin_config: PluginConfig = None, sandbox: Sandbox = False, api: Api = None,
+    site_id: SiteId = None,
+    api_key: ApiKey = None,
+    region: Region = None,
+    track_url: TrackUrl = None,
+    plugin_config: PluginConfig = None,
+    sandbox: Sandbox = False,
+    api: Api = None,
 ) -> None:
     """Verify the credentials; print the region and the Track API URL (with --api pipelines: the Pipelines key).
 
@@ -243,8 +336,9 @@ def check(
     2 for bad configuration.
     """
     with _exits((AuthError, "{exc}"), _UNREACHABLE):
-        settings = _settings(plugin_config, site_id=site_id, api_key=api_key, region=region, track_url=track_url,
-                             api=api)
+        settings = _settings(
+            plugin_config, site_id=site_id, api_key=api_key, region=region, track_url=track_url, api=api
+        )
         if settings.pipelines:
             _check_pipelines(settings, sandbox)
             return
@@ -258,7 +352,10 @@ def check(
             else:
                 site, key = settings.credentials()
                 url = resolve_track_url(
-                    site, key, settings.customerio_region, settings.customerio_track_url,
+                    site,
+                    key,
+                    settings.customerio_region,
+                    settings.customerio_track_url,
                     timeout=settings.customerio_timeout_s,
                 )
             with TrackClient(site, key, url, timeout=settings.customerio_timeout_s) as client:
@@ -289,14 +386,32 @@ def _check_pipelines(settings: Settings, sandbox: bool) -> None:
 
 # -- send ------------------------------------------------------------------------------
 @app.command()
-@_setting_flags(MAPPING_FLAGS, DELIVERY_FLAGS, STORE_FLAGS, PIPELINES_FLAGS)
+@_setting_flags(MAPPING_FLAGS, DELIVERY_FLAGS, HOLD_FLAGS, STORE_FLAGS, PIPELINES_FLAGS)
 def send(
     file: Annotated[str, typer.Argument(help="JSONL or JSON-array file of PostHog events, or - for stdin")],
-    site_id: SiteId = None, api_key: ApiKey = None, region: Region = None, track_url: TrackUrl = None,
-    api: Api = None, identify_by_email: ByEmail = None, anonymous: Anonymous = None,
-    events_to_send: Allowlist = None, events_to_skip: Skiplist = None, convert_dates: ConvertDates = None, data_dir: DataDir = None, max_rps: MaxRps = None,
-    concurrency: Concurrency = None, plugin_config: PluginConfig = None, sandbox: Sandbox = False,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Give up waiting for delivery after this many seconds (the rest stays queued)", show_default=False)] = None,
+    site_id: SiteId = None,
+    api_key: ApiKey = None,
+    region: Region = None,
+    track_url: TrackUrl = None,
+    api: Api = None,
+    identify_by_email: ByEmail = None,
+    anonymous: Anonymous = None,
+    events_to_send: Allowlist = None,
+    events_to_skip: Skiplist = None,
+    convert_dates: ConvertDates = None,
+    data_dir: DataDir = None,
+    max_rps: MaxRps = None,
+    concurrency: Concurrency = None,
+    plugin_config: PluginConfig = None,
+    sandbox: Sandbox = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout",
+            help="Give up waiting for delivery after this many seconds (the rest stays queued)",
+            show_default=False,
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
 ) -> None:
     """Read events, map, enqueue, deliver, and wait until the outbox is empty.
@@ -308,15 +423,30 @@ def send(
     data_dir = throwaway or data_dir
     with _exits():
         settings = _settings(
-            plugin_config, site_id=site_id, api_key=api_key, region=region, track_url=track_url, api=api,
-            identify_by_email=identify_by_email, anonymous=anonymous, events_to_send=events_to_send,
-            events_to_skip=events_to_skip, convert_dates=convert_dates,
-            data_dir=data_dir, max_rps=max_rps, concurrency=concurrency,
+            plugin_config,
+            site_id=site_id,
+            api_key=api_key,
+            region=region,
+            track_url=track_url,
+            api=api,
+            identify_by_email=identify_by_email,
+            anonymous=anonymous,
+            events_to_send=events_to_send,
+            events_to_skip=events_to_skip,
+            convert_dates=convert_dates,
+            data_dir=data_dir,
+            max_rps=max_rps,
+            concurrency=concurrency,
         )
         stream = _open_input(file)
     try:
-        with _exits(((AuthError, DeliveryLockError), "{exc} (everything not delivered stays queued in the outbox)"),
-                    _UNREACHABLE), Runtime(settings, sandbox=sandbox) as runtime:
+        with (
+            _exits(
+                ((AuthError, DeliveryLockError), "{exc} (everything not delivered stays queued in the outbox)"),
+                _UNREACHABLE,
+            ),
+            Runtime(settings, sandbox=sandbox) as runtime,
+        ):
             summary = _run_send(runtime, stream, timeout)
             if sandbox and runtime.sandbox is not None:
                 summary["sandbox"] = _sandbox_summary(runtime.sandbox)
@@ -334,7 +464,7 @@ def _open_input(file: str) -> IO[str]:
     if file == "-":
         return sys.stdin
     try:
-        return open(file, encoding="utf-8", errors="replace")  # noqa: SIM115 - closed by caller
+        return open(file, encoding="utf-8", errors="replace")
     except OSError as exc:
         raise ConfigError(f"cannot read {file}: {exc.strerror}") from None
 
@@ -352,8 +482,9 @@ def _run_send(runtime: Runtime, stream: IO[str], timeout: float | None) -> dict[
                 progress.update(reading, completed=done, total=done, detail=f"{where.events:,} events")
             else:
                 progress.update(reading, completed=where.read, detail=f"{where.events:,} events")
-            progress.update(delivering, total=where.operations, completed=where.delivered,
-                            detail=f"{where.delivered:,} operations")
+            progress.update(
+                delivering, total=where.operations, completed=where.delivered, detail=f"{where.delivered:,} operations"
+            )
 
         summary = send_file(runtime, stream, timeout=timeout, on_invalid=_report_invalid, on_progress=show)
     return summary.as_dict()
@@ -398,11 +529,15 @@ def _sandbox_summary(sandbox: Any) -> dict[str, Any]:
     for summary in state.people():
         person = state.person(summary["id"] or summary["email"]) or summary
         events = sorted(person.get("events") or [], key=lambda event: event.get("timestamp") or 0)
-        people.append({
-            "id": person.get("id"), "email": person.get("email"), "attributes": person.get("attributes") or {},
-            "events": [{"name": _event_label(event), "anonymous": _was_anonymous(event)} for event in events],
-            "_events": events,
-        })
+        people.append(
+            {
+                "id": person.get("id"),
+                "email": person.get("email"),
+                "attributes": person.get("attributes") or {},
+                "events": [{"name": _event_label(event), "anonymous": _was_anonymous(event)} for event in events],
+                "_events": events,
+            }
+        )
     people.sort(key=lambda p: (min((e["timestamp"] or 0 for e in p.pop("_events")), default=0), str(p["id"])))
     return {
         "people": len(people),
@@ -419,18 +554,31 @@ def _pipelines_sandbox_summary(sandbox: Any) -> dict[str, Any]:
     state = sandbox.pipelines
     people = []
     for person in state.people():
-        events = sorted(state.events(person["userId"]) if person["userId"] else [],
-                        key=lambda event: str(event.get("timestamp") or ""))
-        people.append({
-            "id": person["userId"], "email": person["email"], "attributes": person["attributes"],
-            "events": [{"name": _event_label(event),
-                        "anonymous": bool(event.get("anonymousId")) or _was_anonymous({"data": event["properties"]})}
-                       for event in events],
-        })
+        events = sorted(
+            state.events(person["userId"]) if person["userId"] else [],
+            key=lambda event: str(event.get("timestamp") or ""),
+        )
+        people.append(
+            {
+                "id": person["userId"],
+                "email": person["email"],
+                "attributes": person["attributes"],
+                "events": [
+                    {
+                        "name": _event_label(event),
+                        "anonymous": bool(event.get("anonymousId")) or _was_anonymous({"data": event["properties"]}),
+                    }
+                    for event in events
+                ],
+            }
+        )
     anonymous = state.anonymous_events()
     return {
-        "people": len(people), "visitors_never_identified": len({event["anonymousId"] for event in anonymous}),
-        "events": len(state.events()), "anonymous_events": len(anonymous), "url": sandbox.url,
+        "people": len(people),
+        "visitors_never_identified": len({event["anonymousId"] for event in anonymous}),
+        "events": len(state.events()),
+        "anonymous_events": len(anonymous),
+        "url": sandbox.url,
         "identified": people,
     }
 
@@ -448,8 +596,11 @@ def _event_label(event: dict[str, Any]) -> str:
 def _was_anonymous(event: dict[str, Any]) -> bool:
     """Sent before the person identified (attached by Customer.io or adopted on identify)."""
     data = event.get("data") or {}
-    return bool(event.get("anonymous_id")) or data.get("$is_identified") is False \
+    return (
+        bool(event.get("anonymous_id"))
+        or data.get("$is_identified") is False
         or data.get("$process_person_profile") is False
+    )
 
 
 def _sandbox_lines(box: dict[str, Any], shown: int = 25) -> list[str]:
@@ -526,6 +677,7 @@ def _deliver_now(runtime: Runtime, timeout: float | None) -> bool | None:
         deliverer = runtime.deliverer()
     except DeliveryLockError:
         return None
+    runtime.outbox.anonymous_hold_s = 0.0  # nothing is ingested here: nothing to hold for
     deliverer.start()
     finished = deliverer.wait_until_empty(timeout)
     deliverer.stop()
@@ -536,11 +688,24 @@ def _deliver_now(runtime: Runtime, timeout: float | None) -> bool | None:
 @_setting_flags(DELIVERY_FLAGS, STORE_FLAGS, PIPELINES_FLAGS)
 def delete_person(
     distinct_id: Annotated[str, typer.Argument(help="The PostHog distinct_id of the person to delete")],
-    site_id: SiteId = None, api_key: ApiKey = None, region: Region = None, track_url: TrackUrl = None,
-    api: Api = None, identify_by_email: ByEmail = None, data_dir: DataDir = None,
+    site_id: SiteId = None,
+    api_key: ApiKey = None,
+    region: Region = None,
+    track_url: TrackUrl = None,
+    api: Api = None,
+    identify_by_email: ByEmail = None,
+    data_dir: DataDir = None,
     plugin_config: PluginConfig = None,
-    suppress: Annotated[Optional[bool], typer.Option("--suppress/--no-suppress", help="Suppress instead of delete [env SUPPRESS_ON_DELETE]", show_default=False)] = None,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Give up waiting after this many seconds (it stays queued)", show_default=False)] = 60.0,
+    suppress: Annotated[
+        bool | None,
+        typer.Option(
+            "--suppress/--no-suppress", help="Suppress instead of delete [env SUPPRESS_ON_DELETE]", show_default=False
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", help="Give up waiting after this many seconds (it stays queued)", show_default=False),
+    ] = 60.0,
 ) -> None:
     """Delete (or suppress) a person in Customer.io, as a PostHog person deletion would.
 
@@ -549,7 +714,7 @@ def delete_person(
     (``$delete_person``), after the person's queued operations. With a server running
     on the same data dir, it only enqueues. Prints what it sent.
     """
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from .mapping import involved_distinct_ids, map_event
     from .sources import PostHogEvent
@@ -557,11 +722,18 @@ def delete_person(
 
     with _exits((AuthError, "{exc} (the deletion stays queued)")):
         settings = _settings(
-            plugin_config, site_id=site_id, api_key=api_key, region=region, track_url=track_url, api=api,
-            identify_by_email=identify_by_email, data_dir=data_dir, suppress_on_delete=suppress,
+            plugin_config,
+            site_id=site_id,
+            api_key=api_key,
+            region=region,
+            track_url=track_url,
+            api=api,
+            identify_by_email=identify_by_email,
+            data_dir=data_dir,
+            suppress_on_delete=suppress,
         )
         with Runtime(settings) as runtime:
-            event = PostHogEvent("$delete_person", distinct_id, datetime.now(timezone.utc))
+            event = PostHogEvent("$delete_person", distinct_id, datetime.now(UTC))
             with runtime.db.transaction() as conn:  # what the deletion will send (the mapping is pure)
                 states = load_states(conn, involved_distinct_ids(event))
             preview = map_event(event, states, settings.mapping_config())
@@ -570,26 +742,41 @@ def delete_person(
             finished = _deliver_now(runtime, timeout)
     action = "suppress" if settings.suppress_on_delete else "delete"
     if preview.notes["delete_unknown_person"]:
-        out.print(f"{distinct_id}: not created by this data dir; sending the {action} anyway",
-                  markup=False, soft_wrap=True)
+        out.print(
+            f"{distinct_id}: not created by this data dir; sending the {action} anyway", markup=False, soft_wrap=True
+        )
     if finished is None:
-        out.print(f"queued {action} by {_describe_identifiers(sent)}; the running service will deliver it",
-                  markup=False, soft_wrap=True)
+        out.print(
+            f"queued {action} by {_describe_identifiers(sent)}; the running service will deliver it",
+            markup=False,
+            soft_wrap=True,
+        )
         return
     if not finished:
         raise _fail("timed out; the deletion stays queued", EXIT_FAILED)
     done = "suppressed" if action == "suppress" else "deleted"
-    out.print(f"{distinct_id}: {done} in Customer.io (sent {action} by {_describe_identifiers(sent)})",
-              markup=False, soft_wrap=True)
+    out.print(
+        f"{distinct_id}: {done} in Customer.io (sent {action} by {_describe_identifiers(sent)})",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 @app.command()
 @_setting_flags(PIPELINES_FLAGS)
 def unsuppress(
     distinct_id: Annotated[str, typer.Argument(help="The PostHog distinct_id (or email) to unsuppress")],
-    site_id: SiteId = None, api_key: ApiKey = None, region: Region = None, track_url: TrackUrl = None,
-    api: Api = None, data_dir: DataDir = None, plugin_config: PluginConfig = None,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Give up waiting after this many seconds (it stays queued)", show_default=False)] = 60.0,
+    site_id: SiteId = None,
+    api_key: ApiKey = None,
+    region: Region = None,
+    track_url: TrackUrl = None,
+    api: Api = None,
+    data_dir: DataDir = None,
+    plugin_config: PluginConfig = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", help="Give up waiting after this many seconds (it stays queued)", show_default=False),
+    ] = 60.0,
 ) -> None:
     """Unsuppress a person's identifiers in Customer.io (v1 ``POST .../unsuppress``, v2 ``unsuppress``).
 
@@ -602,8 +789,15 @@ def unsuppress(
     from .state import PersonState, load_states
 
     with _exits((AuthError, "{exc} (the unsuppress stays queued)")):
-        settings = _settings(plugin_config, site_id=site_id, api_key=api_key, region=region, track_url=track_url,
-                             api=api, data_dir=data_dir)
+        settings = _settings(
+            plugin_config,
+            site_id=site_id,
+            api_key=api_key,
+            region=region,
+            track_url=track_url,
+            api=api,
+            data_dir=data_dir,
+        )
         with Runtime(settings) as runtime:
             with runtime.db.transaction() as conn:
                 states = load_states(conn, [distinct_id])
@@ -611,25 +805,61 @@ def unsuppress(
                 while person.merged_into and person.merged_into in states and person.merged_into != person.distinct_id:
                     person = states[person.merged_into]
                 sent = known_identifiers(distinct_id, person)
-                operations = [Operation(person.distinct_id, {"type": "person", "identifiers": identifiers,
-                                                             "action": "unsuppress"}) for identifiers in sent]
+                operations = [
+                    Operation(
+                        person.distinct_id, {"type": "person", "identifiers": identifiers, "action": "unsuppress"}
+                    )
+                    for identifiers in sent
+                ]
                 runtime.outbox.enqueue(conn, operations)
             finished = _deliver_now(runtime, timeout)
     if finished is None:
-        out.print(f"queued unsuppress by {_describe_identifiers(sent)}; the running service will deliver it",
-                  markup=False, soft_wrap=True)
+        out.print(
+            f"queued unsuppress by {_describe_identifiers(sent)}; the running service will deliver it",
+            markup=False,
+            soft_wrap=True,
+        )
         return
     if not finished:
         raise _fail("timed out; the unsuppress stays queued", EXIT_FAILED)
-    out.print(f"{distinct_id}: unsuppressed in Customer.io (sent unsuppress by {_describe_identifiers(sent)})",
-              markup=False, soft_wrap=True)
+    out.print(
+        f"{distinct_id}: unsuppressed in Customer.io (sent unsuppress by {_describe_identifiers(sent)})",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 # -- serve -----------------------------------------------------------------------------
-WebhookToken = Annotated[Optional[str], typer.Option("--webhook-token", help="Require Authorization: Bearer <token> [env WEBHOOK_TOKEN]", show_default=False)]
-SigningSecret = Annotated[Optional[str], typer.Option("--webhook-signing-secret", help="Verify Standard Webhooks signatures [env WEBHOOK_SIGNING_SECRET]", show_default=False)]
-OpsToken = Annotated[Optional[str], typer.Option("--ops-token", help="Guard /status and /api/* (Bearer, or Basic password) [env OPS_TOKEN; default WEBHOOK_TOKEN]", show_default=False)]
-AllowUnauthenticated = Annotated[Optional[bool], typer.Option("--allow-unauthenticated/--no-allow-unauthenticated", help="Serve a non-loopback host with no token [env ALLOW_UNAUTHENTICATED; default false]", show_default=False)]
+WebhookToken = Annotated[
+    str | None,
+    typer.Option(
+        "--webhook-token", help="Require Authorization: Bearer <token> [env WEBHOOK_TOKEN]", show_default=False
+    ),
+]
+SigningSecret = Annotated[
+    str | None,
+    typer.Option(
+        "--webhook-signing-secret",
+        help="Verify Standard Webhooks signatures [env WEBHOOK_SIGNING_SECRET]",
+        show_default=False,
+    ),
+]
+OpsToken = Annotated[
+    str | None,
+    typer.Option(
+        "--ops-token",
+        help="Guard /status and /api/* (Bearer, or Basic password) [env OPS_TOKEN; default WEBHOOK_TOKEN]",
+        show_default=False,
+    ),
+]
+AllowUnauthenticated = Annotated[
+    bool | None,
+    typer.Option(
+        "--allow-unauthenticated/--no-allow-unauthenticated",
+        help="Serve a non-loopback host with no token [env ALLOW_UNAUTHENTICATED; default false]",
+        show_default=False,
+    ),
+]
 _LOOPBACK_NAMES = ("localhost", "localhost.", "ip6-localhost")
 
 
@@ -661,51 +891,140 @@ def _unauthenticated_host(settings: Settings, host: str) -> str | None:
 
 
 @app.command()
-@_setting_flags(MAPPING_FLAGS, DELIVERY_FLAGS, STORE_FLAGS, SERVICE_FLAGS, PROXY_FLAGS, PIPELINES_FLAGS)
+@_setting_flags(MAPPING_FLAGS, DELIVERY_FLAGS, HOLD_FLAGS, STORE_FLAGS, SERVICE_FLAGS, PROXY_FLAGS, PIPELINES_FLAGS)
 def serve(
     host: Annotated[str, typer.Option("--host", help="Interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port")] = 8080,
-    site_id: SiteId = None, api_key: ApiKey = None, region: Region = None, track_url: TrackUrl = None,
-    api: Api = None, identify_by_email: ByEmail = None, anonymous: Anonymous = None,
-    events_to_send: Allowlist = None, events_to_skip: Skiplist = None, convert_dates: ConvertDates = None, data_dir: DataDir = None, max_rps: MaxRps = None,
-    concurrency: Concurrency = None, plugin_config: PluginConfig = None, sandbox: Sandbox = False,
-    webhook_token: WebhookToken = None, webhook_signing_secret: SigningSecret = None,
-    ops_token: OpsToken = None, allow_unauthenticated: AllowUnauthenticated = None,
-    max_body_bytes: Annotated[Optional[int], typer.Option("--max-body-bytes", help="[env MAX_BODY_BYTES; default 5000000]", show_default=False)] = None,
-    max_queue: Annotated[Optional[int], typer.Option("--max-queue", help="Answer 503 above this outbox depth [env MAX_QUEUE; default 1000000]", show_default=False)] = None,
-    shutdown_grace_s: Annotated[Optional[float], typer.Option("--shutdown-grace-s", help="Flush time on SIGTERM [env SHUTDOWN_GRACE_S; default 10]", show_default=False)] = None,
-    log_format: Annotated[Optional[str], typer.Option("--log-format", help="json, text or auto [env LOG_FORMAT]", show_default=False)] = None,
-    outbox_url: Annotated[Optional[str], typer.Option("--outbox-url", help="sqlite:///path or postgresql://user@host/db [env OUTBOX_URL]", show_default=False)] = None,
+    site_id: SiteId = None,
+    api_key: ApiKey = None,
+    region: Region = None,
+    track_url: TrackUrl = None,
+    api: Api = None,
+    identify_by_email: ByEmail = None,
+    anonymous: Anonymous = None,
+    events_to_send: Allowlist = None,
+    events_to_skip: Skiplist = None,
+    convert_dates: ConvertDates = None,
+    data_dir: DataDir = None,
+    max_rps: MaxRps = None,
+    concurrency: Concurrency = None,
+    plugin_config: PluginConfig = None,
+    sandbox: Sandbox = False,
+    webhook_token: WebhookToken = None,
+    webhook_signing_secret: SigningSecret = None,
+    ops_token: OpsToken = None,
+    allow_unauthenticated: AllowUnauthenticated = None,
+    max_body_bytes: Annotated[
+        int | None,
+        typer.Option("--max-body-bytes", help="[env MAX_BODY_BYTES; default 5000000]", show_default=False),
+    ] = None,
+    max_queue: Annotated[
+        int | None,
+        typer.Option(
+            "--max-queue",
+            help="Answer 503 above this outbox depth [env MAX_QUEUE; default 1000000]",
+            show_default=False,
+        ),
+    ] = None,
+    shutdown_grace_s: Annotated[
+        float | None,
+        typer.Option(
+            "--shutdown-grace-s", help="Flush time on SIGTERM [env SHUTDOWN_GRACE_S; default 10]", show_default=False
+        ),
+    ] = None,
+    log_format: Annotated[
+        str | None, typer.Option("--log-format", help="json, text or auto [env LOG_FORMAT]", show_default=False)
+    ] = None,
+    outbox_url: Annotated[
+        str | None,
+        typer.Option(
+            "--outbox-url", help="sqlite:///path or postgresql://user@host/db [env OUTBOX_URL]", show_default=False
+        ),
+    ] = None,
     role: Annotated[str, typer.Option("--role", help="all, ingest (receivers only) or deliver (workers only)")] = "all",
-    max_events_per_request: Annotated[Optional[int], typer.Option("--max-events-per-request", help="Answer 413 above this many events in one request [env MAX_EVENTS_PER_REQUEST; default 10000]", show_default=False)] = None,
-    timeout_keep_alive: Annotated[Optional[float], typer.Option("--timeout-keep-alive", help="Close idle keep-alive connections after this many seconds [env HTTP_KEEP_ALIVE_S; default 5]", show_default=False)] = None,
-    http_read_timeout_s: Annotated[Optional[float], typer.Option("--http-read-timeout-s", help="Close a connection whose request (headers and body) takes longer [env HTTP_READ_TIMEOUT_S; default 30]", show_default=False)] = None,
-    posthog_host: Annotated[Optional[str], typer.Option("--posthog-host", help="Forward PostHog paths to this PostHog, e.g. https://us.i.posthog.com [env POSTHOG_HOST]", show_default=False)] = None,
-    cors_origins: Annotated[Optional[str], typer.Option("--cors-origins", help="Origins allowed on the browser-facing paths, comma list or * [env CORS_ORIGINS; default *]", show_default=False)] = None,
+    max_events_per_request: Annotated[
+        int | None,
+        typer.Option(
+            "--max-events-per-request",
+            help="Answer 413 above this many events in one request [env MAX_EVENTS_PER_REQUEST; default 10000]",
+            show_default=False,
+        ),
+    ] = None,
+    timeout_keep_alive: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout-keep-alive",
+            help="Close idle keep-alive connections after this many seconds [env HTTP_KEEP_ALIVE_S; default 5]",
+            show_default=False,
+        ),
+    ] = None,
+    http_read_timeout_s: Annotated[
+        float | None,
+        typer.Option(
+            "--http-read-timeout-s",
+            help="Close a connection whose request (headers and body) takes longer"
+            " [env HTTP_READ_TIMEOUT_S; default 30]",
+            show_default=False,
+        ),
+    ] = None,
+    posthog_host: Annotated[
+        str | None,
+        typer.Option(
+            "--posthog-host",
+            help="Forward PostHog paths to this PostHog, e.g. https://us.i.posthog.com [env POSTHOG_HOST]",
+            show_default=False,
+        ),
+    ] = None,
+    cors_origins: Annotated[
+        str | None,
+        typer.Option(
+            "--cors-origins",
+            help="Origins allowed on the browser-facing paths, comma list or * [env CORS_ORIGINS; default *]",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the HTTP service: PostHog webhook + capture receivers, delivery in the background."""
     if role not in ("all", "ingest", "deliver"):
-        raise _fail(f"--role must be all, ingest or deliver", EXIT_CONFIG)
+        raise _fail("--role must be all, ingest or deliver", EXIT_CONFIG)
     _check_port(port)
     import uvicorn
 
-    from .service.http_timeouts import uvicorn_config
     from .logs import configure_logging
     from .service import create_app
+    from .service.http_timeouts import uvicorn_config
 
     throwaway = _sandbox_data_dir(sandbox, data_dir)
     with _exits():
         settings = _settings(
-            plugin_config, site_id=site_id, api_key=api_key, region=region, track_url=track_url, api=api,
-            identify_by_email=identify_by_email, anonymous=anonymous, events_to_send=events_to_send,
-            events_to_skip=events_to_skip, convert_dates=convert_dates,
-            data_dir=throwaway or data_dir, max_rps=max_rps, concurrency=concurrency,
-            webhook_token=webhook_token, webhook_signing_secret=webhook_signing_secret,
-            ops_token=ops_token, allow_unauthenticated=allow_unauthenticated,
-            max_body_bytes=max_body_bytes, max_queue=max_queue, shutdown_grace_s=shutdown_grace_s,
-            log_format=log_format, outbox_url=outbox_url, max_events_per_request=max_events_per_request,
-            http_keep_alive_s=timeout_keep_alive, http_read_timeout_s=http_read_timeout_s,
-            posthog_host=posthog_host, cors_origins=cors_origins,
+            plugin_config,
+            site_id=site_id,
+            api_key=api_key,
+            region=region,
+            track_url=track_url,
+            api=api,
+            identify_by_email=identify_by_email,
+            anonymous=anonymous,
+            events_to_send=events_to_send,
+            events_to_skip=events_to_skip,
+            convert_dates=convert_dates,
+            data_dir=throwaway or data_dir,
+            max_rps=max_rps,
+            concurrency=concurrency,
+            webhook_token=webhook_token,
+            webhook_signing_secret=webhook_signing_secret,
+            ops_token=ops_token,
+            allow_unauthenticated=allow_unauthenticated,
+            max_body_bytes=max_body_bytes,
+            max_queue=max_queue,
+            shutdown_grace_s=shutdown_grace_s,
+            log_format=log_format,
+            outbox_url=outbox_url,
+            max_events_per_request=max_events_per_request,
+            http_keep_alive_s=timeout_keep_alive,
+            http_read_timeout_s=http_read_timeout_s,
+            posthog_host=posthog_host,
+            cors_origins=cors_origins,
         )
         refusal = _unauthenticated_host(settings, host)
         if refusal is not None:
@@ -720,7 +1039,11 @@ def serve(
             if runtime.sandbox is not None:
                 logging.getLogger(__name__).info("sandbox Customer.io at %s/_sandbox/people", runtime.sandbox.url)
             config = uvicorn_config(
-                application, host, port, settings, timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
+                application,
+                host,
+                port,
+                settings,
+                timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
             )
             _run_until_signalled(uvicorn.Server(config))
     finally:
@@ -731,21 +1054,81 @@ def serve(
 
 # -- consume (Kafka) ---------------------------------------------------------------------------
 @app.command()
-@_setting_flags(MAPPING_FLAGS, DELIVERY_FLAGS, STORE_FLAGS, SERVICE_FLAGS, PIPELINES_FLAGS)
+@_setting_flags(MAPPING_FLAGS, DELIVERY_FLAGS, HOLD_FLAGS, STORE_FLAGS, SERVICE_FLAGS, PIPELINES_FLAGS)
 def consume(
-    kafka_bootstrap: Annotated[str, typer.Option("--kafka-bootstrap", envvar="KAFKA_BOOTSTRAP_SERVERS", help="HOST:PORT[,HOST:PORT...] of the Kafka / Redpanda brokers", show_default=False)],
-    topic: Annotated[str, typer.Option("--topic", envvar="KAFKA_TOPIC", help="Topic of PostHog events, e.g. clickhouse_events_json", show_default=False)],
-    group: Annotated[str, typer.Option("--group", envvar="KAFKA_GROUP_ID", help="Consumer group; offsets are committed for it")] = "posthog-customerio",
-    kafka_config: Annotated[Optional[list[str]], typer.Option("--kafka-config", help="librdkafka setting KEY=VALUE, repeatable (e.g. security.protocol=SASL_SSL)", show_default=False)] = None,
-    kafka_config_file: Annotated[Optional[Path], typer.Option("--kafka-config-file", envvar="KAFKA_CONFIG_FILE", help="File of key=value librdkafka settings, keeps sasl.password off the command line", show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Messages per outbox transaction and offset commit")] = 500,
-    max_messages: Annotated[Optional[int], typer.Option("--max-messages", min=1, help="Stop after this many messages (backfills, tests)", show_default=False)] = None,
-    site_id: SiteId = None, api_key: ApiKey = None, region: Region = None, track_url: TrackUrl = None,
-    api: Api = None, identify_by_email: ByEmail = None, anonymous: Anonymous = None,
-    events_to_send: Allowlist = None, events_to_skip: Skiplist = None, convert_dates: ConvertDates = None, data_dir: DataDir = None, max_rps: MaxRps = None,
-    concurrency: Concurrency = None, plugin_config: PluginConfig = None, sandbox: Sandbox = False,
-    shutdown_grace_s: Annotated[Optional[float], typer.Option("--shutdown-grace-s", help="On stop, keep delivering this long [env SHUTDOWN_GRACE_S; default 10]", show_default=False)] = None,
-    log_format: Annotated[Optional[str], typer.Option("--log-format", help="json, text or auto [env LOG_FORMAT]", show_default=False)] = None,
+    kafka_bootstrap: Annotated[
+        str,
+        typer.Option(
+            "--kafka-bootstrap",
+            envvar="KAFKA_BOOTSTRAP_SERVERS",
+            help="HOST:PORT[,HOST:PORT...] of the Kafka / Redpanda brokers",
+            show_default=False,
+        ),
+    ],
+    topic: Annotated[
+        str,
+        typer.Option(
+            "--topic",
+            envvar="KAFKA_TOPIC",
+            help="Topic of PostHog events, e.g. clickhouse_events_json",
+            show_default=False,
+        ),
+    ],
+    group: Annotated[
+        str, typer.Option("--group", envvar="KAFKA_GROUP_ID", help="Consumer group; offsets are committed for it")
+    ] = "posthog-customerio",
+    kafka_config: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--kafka-config",
+            help="librdkafka setting KEY=VALUE, repeatable (e.g. security.protocol=SASL_SSL)",
+            show_default=False,
+        ),
+    ] = None,
+    kafka_config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--kafka-config-file",
+            envvar="KAFKA_CONFIG_FILE",
+            help="File of key=value librdkafka settings, keeps sasl.password off the command line",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", min=1, help="Messages per outbox transaction and offset commit")
+    ] = 500,
+    max_messages: Annotated[
+        int | None,
+        typer.Option(
+            "--max-messages", min=1, help="Stop after this many messages (backfills, tests)", show_default=False
+        ),
+    ] = None,
+    site_id: SiteId = None,
+    api_key: ApiKey = None,
+    region: Region = None,
+    track_url: TrackUrl = None,
+    api: Api = None,
+    identify_by_email: ByEmail = None,
+    anonymous: Anonymous = None,
+    events_to_send: Allowlist = None,
+    events_to_skip: Skiplist = None,
+    convert_dates: ConvertDates = None,
+    data_dir: DataDir = None,
+    max_rps: MaxRps = None,
+    concurrency: Concurrency = None,
+    plugin_config: PluginConfig = None,
+    sandbox: Sandbox = False,
+    shutdown_grace_s: Annotated[
+        float | None,
+        typer.Option(
+            "--shutdown-grace-s",
+            help="On stop, keep delivering this long [env SHUTDOWN_GRACE_S; default 10]",
+            show_default=False,
+        ),
+    ] = None,
+    log_format: Annotated[
+        str | None, typer.Option("--log-format", help="json, text or auto [env LOG_FORMAT]", show_default=False)
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
 ) -> None:
     """Read PostHog events from a Kafka topic (self-hosted PostHog) and deliver them.
@@ -758,18 +1141,29 @@ def consume(
     """
     import threading
 
+    from .logs import configure_logging
     from .sources.kafka import KafkaConsumeError, load_kafka_config, secret_values
     from .sources.kafka import consume as consume_topic
-    from .logs import configure_logging
 
     throwaway = _sandbox_data_dir(sandbox, data_dir)
     with _exits(config=ValueError):  # ConfigError is a ValueError; so are bad Kafka settings
         settings = _settings(
-            plugin_config, site_id=site_id, api_key=api_key, region=region, track_url=track_url, api=api,
-            identify_by_email=identify_by_email, anonymous=anonymous, events_to_send=events_to_send,
-            events_to_skip=events_to_skip, convert_dates=convert_dates,
-            data_dir=throwaway or data_dir, max_rps=max_rps, concurrency=concurrency,
-            shutdown_grace_s=shutdown_grace_s, log_format=log_format,
+            plugin_config,
+            site_id=site_id,
+            api_key=api_key,
+            region=region,
+            track_url=track_url,
+            api=api,
+            identify_by_email=identify_by_email,
+            anonymous=anonymous,
+            events_to_send=events_to_send,
+            events_to_skip=events_to_skip,
+            convert_dates=convert_dates,
+            data_dir=throwaway or data_dir,
+            max_rps=max_rps,
+            concurrency=concurrency,
+            shutdown_grace_s=shutdown_grace_s,
+            log_format=log_format,
         )
         if not sandbox:
             settings.require_credentials()
@@ -779,18 +1173,35 @@ def consume(
     previous = {sig: signal.signal(sig, lambda _number, _frame: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     failure, report = None, None
     try:
-        with _exits((DeliveryLockError, "{exc}"), config=ValueError), \
-                Runtime(settings, sandbox=sandbox, fallback_to_us=True) as runtime:
+        with (
+            _exits((DeliveryLockError, "{exc}"), config=ValueError),
+            Runtime(settings, sandbox=sandbox, fallback_to_us=True) as runtime,
+        ):
             deliverer = runtime.deliverer(pause_on_auth_error=True)
             deliverer.start()
             try:
-                report = consume_topic(runtime, kafka_bootstrap, topic, group, batch_size=batch_size,
-                                       stop=stop, max_messages=max_messages, config=extra)
+                report = consume_topic(
+                    runtime,
+                    kafka_bootstrap,
+                    topic,
+                    group,
+                    batch_size=batch_size,
+                    stop=stop,
+                    max_messages=max_messages,
+                    config=extra,
+                )
             except KafkaConsumeError as exc:
                 failure = str(exc)
-            deliverer.wait_until_empty(settings.shutdown_grace_s)
-            summary = {**(report.as_dict() if report else {}), "operations_delivered": deliverer.stats.delivered,
-                       "queued": runtime.outbox.depth(), "error": failure}
+            if max_messages is not None:  # a bounded run (like send): nothing more comes to adopt what is held
+                runtime.outbox.anonymous_hold_s = 0.0
+            # stopped by a signal: what is still held stays queued for the next start (which may adopt it)
+            deliverer.wait_until_empty(settings.shutdown_grace_s, held_ok=max_messages is None)
+            summary = {
+                **(report.as_dict() if report else {}),
+                "operations_delivered": deliverer.stats.delivered,
+                "queued": runtime.outbox.depth(),
+                "error": failure,
+            }
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -804,7 +1215,8 @@ def consume(
             f"events stored      {summary.get('events', 0)}\n"
             f"offsets committed  {summary.get('commits', 0)} commits ({summary.get('commit_failures', 0)} failed)\n"
             f"operations sent    {summary['operations_delivered']}, still queued {summary['queued']}",
-            markup=False, soft_wrap=True,
+            markup=False,
+            soft_wrap=True,
         )
     if failure:
         raise _fail(failure, EXIT_FAILED)
@@ -819,8 +1231,10 @@ def _run_until_signalled(server: Any) -> None:
     process before the outbox is closed cleanly.
     """
     received: list[int] = []
-    previous = {sig: signal.signal(sig, lambda number, _frame: received.append(number))
-                for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {
+        sig: signal.signal(sig, lambda number, _frame: received.append(number))
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
     try:
         server.run()
     finally:
@@ -872,7 +1286,9 @@ def _status_text(report: dict[str, Any]) -> str:
     for error in (report.get("recent_errors") or [])[-5:]:
         lines.append(f"error              {time.strftime('%H:%M:%S', time.localtime(error['at']))} {error['message']}")
     for letter in report["dead_letters"][:10]:
-        lines.append(f"  #{letter['id']} {letter['person_key']} {letter['action']} {letter['name'] or ''}: {letter['reason']}")
+        lines.append(
+            f"  #{letter['id']} {letter['person_key']} {letter['action']} {letter['name'] or ''}: {letter['reason']}"
+        )
     return "\n".join(lines)
 
 
@@ -887,7 +1303,8 @@ def _require_data(settings: Settings) -> None:
         where = f"OUTBOX_URL {path}" if url else f"{settings.posthog_customerio_data_dir.resolve()}"
         raise _fail(
             f"no data in {where}: nothing has run with it yet"
-            " (choose the data dir with --data-dir or POSTHOG_CUSTOMERIO_DATA_DIR)", EXIT_FAILED,
+            " (choose the data dir with --data-dir or POSTHOG_CUSTOMERIO_DATA_DIR)",
+            EXIT_FAILED,
         )
 
 
@@ -896,7 +1313,7 @@ def _require_data(settings: Settings) -> None:
 def dead_letters(
     data_dir: DataDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines")] = False,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Show at most this many")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Show at most this many")] = None,
 ) -> None:
     """List dead-lettered operations with the reason Customer.io gave."""
     with _exits():
@@ -922,7 +1339,7 @@ def dead_letters(
 @_setting_flags(STORE_FLAGS)
 def retry_dead_letters(
     data_dir: DataDir = None,
-    ids: Annotated[Optional[list[int]], typer.Argument(help="Dead-letter ids (default: all)", show_default=False)] = None,
+    ids: Annotated[list[int] | None, typer.Argument(help="Dead-letter ids (default: all)", show_default=False)] = None,
 ) -> None:
     """Re-queue dead-lettered operations (delivered by the next send or the running server)."""
     with _exits():

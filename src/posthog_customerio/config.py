@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .mapping import DEFAULT_EVENTS_TO_SKIP, AnonymousMode, MappingConfig
 
-__all__ = ["ConfigError", "Settings", "load_settings", "plugin_config_values", "ENV_NAMES"]
+__all__ = ["ENV_NAMES", "ConfigError", "Settings", "load_settings", "plugin_config_values"]
 
 
 class ConfigError(ValueError):
@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     retry_after_max_s: float = Field(60.0, ge=0, le=3600, allow_inf_nan=False)
     delivery_concurrency: int = Field(4, ge=1, le=64)
     delivery_linger_s: float = Field(0.1, ge=0, le=10)
+    anonymous_hold_s: float = Field(5.0, ge=0, le=3600, allow_inf_nan=False)
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     outbox_url: str | None = None
     lease_s: float = Field(30.0, ge=2)
@@ -238,8 +239,12 @@ class Settings(BaseSettings):
     def secret_values(self) -> list[str]:
         """Every configured secret value (for log redaction)."""
         secrets = (
-            self.customerio_site_id, self.customerio_api_key, self.webhook_token, self.webhook_signing_secret,
-            self.ops_token, self.customerio_pipelines_api_key,
+            self.customerio_site_id,
+            self.customerio_api_key,
+            self.webhook_token,
+            self.webhook_signing_secret,
+            self.ops_token,
+            self.customerio_pipelines_api_key,
         )
         values = [s.get_secret_value() for s in secrets if s is not None and len(s.get_secret_value()) >= 4]
         if self.outbox_url:  # a PostgreSQL password inside OUTBOX_URL

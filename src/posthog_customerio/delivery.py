@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 #: no pause is ever longer than this, whatever computed it (a wait of ``inf`` raises OverflowError)
 MAX_HOLD_S = 3600.0
+#: at the rate limit a batch lingers at most this long (or ``DELIVERY_LINGER_S`` if longer), at most ten slots
+RATE_LINGER_MAX_S = 2.0
 
 
 def finite_delay(seconds: float) -> float:
@@ -57,6 +59,10 @@ class Pacer(Protocol):
 
     def hold_remaining(self) -> float:
         """Seconds left of the current pause, as last known (0 when none)."""
+        ...
+
+    def reserve_delay(self) -> float:
+        """Seconds until the next request slot is free, without reserving it (0 = free now)."""
         ...
 
 
@@ -82,7 +88,7 @@ class RateLimiter:
             return slot - now
 
     def reserve_delay(self) -> float:
-        """How long a caller would wait now, without reserving."""
+        """How long a caller would wait now, without reserving (the next slot is that far)."""
         with self._lock:
             return max(0.0, self._next - self._clock())
 
@@ -161,6 +167,7 @@ class Deliverer:
         linger_s: float = 0.0,
         pacer: Pacer | None = None,
         supervise_s: float = 0.5,
+        adapt_to_rate: bool = True,
     ) -> None:
         self.outbox = outbox
         self.output = output
@@ -175,6 +182,11 @@ class Deliverer:
         self.idle_poll_s = idle_poll_s
         self.on_delivered = on_delivered
         self.linger_s = linger_s
+        #: at the rate limit, batches wait longer and grow instead of queueing small ones (see ``_claim_at_slot``)
+        self.adapt_to_rate = adapt_to_rate
+        self._rate_linger = 0.0  # the current wait at the rate limit (0 = below it)
+        #: held by the one worker that lingers for the next request slot
+        self._slot_turn = threading.Lock()
         self.stats = DeliveryStats()
         self.auth_error: str | None = None
         self._stats_lock = threading.Lock()
@@ -238,8 +250,13 @@ class Deliverer:
         try:
             self._work()
         except BaseException as exc:
-            log.error("delivery worker %s died: %s: %s", threading.current_thread().name, type(exc).__name__, exc,
-                      exc_info=not isinstance(exc, MemoryError))
+            log.error(
+                "delivery worker %s died: %s: %s",
+                threading.current_thread().name,
+                type(exc).__name__,
+                exc,
+                exc_info=not isinstance(exc, MemoryError),
+            )
             with self._stats_lock:
                 self.stats.last_crash = type(exc).__name__
                 self.stats.last_crash_at = time.time()
@@ -269,9 +286,13 @@ class Deliverer:
                 log.error("delivery supervisor: %s: %s", type(exc).__name__, exc)
 
     def drain(self, grace_s: float) -> bool:
-        """Deliver what can be delivered within ``grace_s``, then stop; True if emptied."""
+        """Deliver what can be delivered within ``grace_s``, then stop; True if emptied.
+
+        Anonymous operations still held stay queued (durable) for the next start: an identify
+        reaching it inside their window still adopts them.
+        """
         try:
-            emptied = self.wait_until_empty(grace_s)
+            emptied = self.wait_until_empty(grace_s, held_ok=True)
         except AuthError:
             emptied = False
         self.stop(timeout=max(1.0, grace_s))
@@ -295,8 +316,11 @@ class Deliverer:
         with self._wake:
             self._wake.notify_all()
 
-    def wait_until_empty(self, timeout: float | None = None, tick: Callable[[], None] | None = None) -> bool:
-        """Block until the outbox is empty; False on timeout.
+    def wait_until_empty(
+        self, timeout: float | None = None, tick: Callable[[], None] | None = None, held_ok: bool = False
+    ) -> bool:
+        """Block until the outbox is empty (with ``held_ok``: but for anonymous operations still held);
+        False on timeout.
 
         Raises :class:`AuthError` when credentials are rejected and delivery is not
         set to pause.
@@ -307,7 +331,7 @@ class Deliverer:
                 tick()
             if self.auth_error and not self.pause_on_auth_error:
                 raise AuthError(self.auth_error)
-            if self.outbox.in_flight() == 0 and self.outbox.is_empty():
+            if self.outbox.in_flight() == 0 and self.outbox.is_empty(held_ok):
                 return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
@@ -329,12 +353,19 @@ class Deliverer:
             if hold > 0:
                 self._stop.wait(finite_delay(hold))
                 continue
-            items = self.outbox.claim(self._claim_size(), self.max_batch_bytes, self.max_op_bytes)
+            reserved = self.adapt_to_rate and (self._rate_linger > 0 or self.limiter.reserve_delay() > 0)
+            if reserved:
+                items = self._claim_at_slot()
+            else:
+                items = self.outbox.claim(self._claim_size(), self.max_batch_bytes, self.max_op_bytes)
             if not items:
                 with self._wake:
                     self._wake.wait(self.idle_poll_s)
                 continue
             try:
+                if reserved:
+                    self._deliver(items, reserved=True)
+                    continue
                 if self.linger_s and len(items) < self._claim_size() // 4 and not lingered:
                     # a trickle: let a fuller batch build up (fewer requests per event) — but
                     # never hold a claim while waiting
@@ -353,18 +384,48 @@ class Deliverer:
                     self.outbox.forget_claims(items)
                 self._stop.wait(1.0)
 
-    def _deliver(self, items: list[Claimed]) -> None:
-        """Send a claim's units in order; once one is not delivered, the rest stay queued."""
+    def _claim_at_slot(self) -> list[Claimed]:
+        """At the rate limit: linger without a claim until the next slot (longer while batches stay small),
+        then claim and take that slot; empty when another worker is lingering, on ``stop`` or a pause.
+
+        Requests would exceed ``max_rps``: rather than claiming small batches that then wait for a slot,
+        one worker at a time waits for the slot and claims then, as full as it gets. While such claims stay
+        small (under a quarter of a claim) the wait doubles, up to ``RATE_LINGER_MAX_S`` (or
+        ``linger_s``) and ten slots, so batches grow and fewer requests than the limit are made; a big
+        claim (a backlog) or an empty one ends it (full batches at the full rate again).
+        """
+        if not self._slot_turn.acquire(timeout=self.idle_poll_s):
+            return []
+        try:
+            interval = self.limiter.interval
+            cap = min(max(RATE_LINGER_MAX_S, self.linger_s), 10 * interval)
+            self._rate_linger = min(cap, max(interval, self._rate_linger * 2))
+            if self._stop.wait(finite_delay(max(self.limiter.reserve_delay(), self._rate_linger))):
+                return []
+            items = self.outbox.claim(self._claim_size(), self.max_batch_bytes, self.max_op_bytes)
+            if not items or len(items) >= self._claim_size() // 4:
+                self._rate_linger = 0.0
+            if items and not self.limiter.take(self._stop):
+                self.outbox.unclaim(items)
+                return []
+            return items
+        finally:
+            self._slot_turn.release()
+
+    def _deliver(self, items: list[Claimed], reserved: bool = False) -> None:
+        """Send a claim's units in order (the first in a slot already taken when ``reserved``);
+        once one is not delivered, the rest stay queued."""
         units = self.output.units(items)
         for position, unit in enumerate(units):
-            if not self._send(unit):
+            if not self._send(unit, reserved and position == 0):
                 rest = [item for later in units[position + 1 :] for item in later.items]
                 self.outbox.release(rest, "held back: the request before it was not delivered")
                 return
 
-    def _send(self, unit: Unit) -> bool:
-        """Send one unit and apply the verdict; True when nothing of it stays queued."""
-        if not self.limiter.take(self._stop):
+    def _send(self, unit: Unit, reserved: bool = False) -> bool:
+        """Send one unit (in a slot already taken when ``reserved``) and apply the verdict;
+        True when nothing of it stays queued."""
+        if not reserved and not self.limiter.take(self._stop):
             self.outbox.release(unit.items, "not sent: stopping or backing off")
             return False
         result = self.output.send(unit)

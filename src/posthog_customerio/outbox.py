@@ -6,7 +6,11 @@ looks inside a payload). Workers *claim* operations; a person whose operation is
 its later operations handed out, so each person's operations reach Customer.io in
 the order they were enqueued. Permanent failures move to ``dead_letters`` with the
 response that rejected them. Which rows count as taken is the backend's claims strategy
-(:meth:`~.storage.Storage.claims`); the SQL is the backend's too.
+the order they were enqueued. With ``anonymous_hold_s`` > 0, an anonymous visitor's
+events younger than that are not claimable (``ANONYMOUS_HOLD_S``: an identify inside
+the window adopts them as batched person events); a held row blocks only its own
+keys. Permanent failures move to ``dead_letters`` with the response that rejected them. Which rows count
+as taken is the backend's claims strategy (:meth:`~.storage.Storage.claims`); the SQL is the backend's too.
 """
 
 from __future__ import annotations
@@ -55,10 +59,12 @@ def _select(
     budget = max_bytes
     fruitless = 0
     for row in rows:
-        seq, person_key, size, _, _, after_keys = row[:6]
+        person_key, size, after_keys = row[1], row[2], row[5]
         keys = _keys(person_key, after_keys)
-        if taken(row) or any(key in blocked for key in keys) or (
-            after_keys and any(key in chosen_keys for key in keys)
+        if (
+            taken(row)
+            or any(key in blocked for key in keys)
+            or (after_keys and any(key in chosen_keys for key in keys))
         ):
             blocked.update(keys)
             fruitless += 1
@@ -81,8 +87,9 @@ def _select(
 def _hydrate(rows: list[tuple[Any, ...]], payloads: dict[int, tuple[str, str]]) -> list[Claimed]:
     """Claimed operations for candidate rows, with their payloads and kinds (in queue order)."""
     return [
-        Claimed(seq, person_key, payloads[seq][0], size, attempts, enqueued_at, after_keys,
-                cast(Kind, payloads[seq][1]))
+        Claimed(
+            seq, person_key, payloads[seq][0], size, attempts, enqueued_at, after_keys, cast(Kind, payloads[seq][1])
+        )
         for seq, person_key, size, attempts, enqueued_at, after_keys, *_ in rows
         if seq in payloads
     ]
@@ -152,9 +159,11 @@ class Queued:
 class Outbox:
     """The outbox tables of a :class:`~.storage.Storage`, plus the in-process claim book."""
 
-    def __init__(self, db: Storage, lease_s: float = 30.0) -> None:
+    def __init__(self, db: Storage, lease_s: float = 30.0, anonymous_hold_s: float = 0.0) -> None:
         self.db = db
         self.lease_s = lease_s
+        #: anonymous operations younger than this are not claimable (0 = off; ``send`` sets 0 once read)
+        self.anonymous_hold_s = anonymous_hold_s
         #: the backend's way of keeping claims apart
         self.claims = db.claims(lease_s)
         self._claim_lock = threading.Lock()
@@ -219,11 +228,16 @@ class Outbox:
         Operations bigger than ``max_op_bytes`` are dead-lettered on the way (they
         can never be accepted). A person with an operation in flight (here, or
         leased by another replica), or whose earlier operation did not fit this
-        claim, gets nothing more this time.
+        claim, gets nothing more this time. Anonymous operations still held
+        (:attr:`anonymous_hold_s`) are not handed out and block only their own keys.
         """
         with self._claim_lock:
+            held = self._held(time.time())
             chosen, too_big, payloads = self.claims.claim(
-                lambda rows, taken: _select(rows, taken, max_items, max_bytes, max_op_bytes), self._in_flight
+                lambda rows, taken: _select(
+                    rows, lambda row: taken(row) or held(row), max_items, max_bytes, max_op_bytes
+                ),
+                self._in_flight,
             )
             claimed, oversized = _hydrate(chosen, payloads), _hydrate(too_big, payloads)
             for item in claimed:
@@ -239,6 +253,13 @@ class Outbox:
                 claimed=False,
             )
         return claimed
+
+    def _held(self, now: float) -> Callable[[tuple[Any, ...]], bool]:
+        """Whether a candidate row is an anonymous operation enqueued less than ``anonymous_hold_s`` ago."""
+        if self.anonymous_hold_s <= 0:
+            return lambda row: False
+        cutoff = now - self.anonymous_hold_s
+        return lambda row: row[8] == "anonymous" and row[4] > cutoff
 
     def _unclaim(self, items: Iterable[Claimed]) -> None:
         with self._claim_lock:
@@ -289,8 +310,19 @@ class Outbox:
         with self.db.transaction() as conn:
             conn.insert_dead_letters(
                 [
-                    (item.seq, item.person_key, item.payload, reason, status, response,
-                     item.attempts + 1, item.enqueued_at, now, item.after_keys, item.kind)
+                    (
+                        item.seq,
+                        item.person_key,
+                        item.payload,
+                        reason,
+                        status,
+                        response,
+                        item.attempts + 1,
+                        item.enqueued_at,
+                        now,
+                        item.after_keys,
+                        item.kind,
+                    )
                     for item, reason, status, response in failures
                 ],
             )
@@ -315,10 +347,11 @@ class Outbox:
         self._depth_cache = (now, count)
         return count
 
-    def is_empty(self) -> bool:
-        """Whether nothing waits (cheap: no count)."""
+    def is_empty(self, held_ok: bool = False) -> bool:
+        """Whether nothing waits (cheap: no count); with ``held_ok``, anonymous operations still held do not count."""
         with self.db.reading() as conn:
-            return conn.outbox_empty()
+            held_before = time.time() - self.anonymous_hold_s if held_ok and self.anonymous_hold_s > 0 else None
+            return conn.outbox_empty(held_before)
 
     def oldest_age(self, now: float | None = None) -> float:
         """Seconds since the oldest waiting operation was enqueued (0 if empty)."""

@@ -81,13 +81,18 @@ class PostgresPacer:
         held = self.store.held(self.workspace)
         return held is None or self._seen_hold(held) <= 0
 
+    def reserve_delay(self) -> float:
+        """Seconds until the shared next slot (or the end of the pause), without reserving it."""
+        delay = self.store.delay(self.workspace)
+        return 0.0 if delay is None else finite_delay(delay)
+
     def hold_for(self, seconds: float) -> None:
         """Pause every replica for ``seconds`` (the pause seen locally even if the database fails)."""
         seconds = finite_delay(seconds)
         self._seen_hold(seconds)
         try:
             held = self.store.hold(self.workspace, seconds)
-        except Exception as exc:  # noqa: BLE001 - the local pause still holds
+        except Exception as exc:
             log.warning("could not share the delivery pause: %s: %s", type(exc).__name__, exc)
             return
         if held is not None:

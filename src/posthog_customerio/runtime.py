@@ -57,7 +57,7 @@ class Runtime:
             raise ConfigError(f"OUTBOX_URL: cannot open the outbox: {reason}") from None
         if sqlite_path is not None:
             _private_files(sqlite_path)  # the -wal / -shm files SQLite just created
-        self.outbox = Outbox(self.db, lease_s=settings.lease_s)
+        self.outbox = Outbox(self.db, lease_s=settings.lease_s, anonymous_hold_s=settings.anonymous_hold_s)
         self.ingestor = Ingestor(self.db, self.outbox, settings.mapping_config())
         self.sandbox = None
         self._client: TrackClient | None = None
@@ -106,7 +106,10 @@ class Runtime:
         if self._client is None:
             site_id, api_key = self.credentials()
             self._client = TrackClient(
-                site_id, api_key, self.track_url(), timeout=self._timeout(),
+                site_id,
+                api_key,
+                self.track_url(),
+                timeout=self._timeout(),
                 retry_after_max_s=self.settings.retry_after_max_s,
             )
         return self._client
@@ -124,7 +127,10 @@ class Runtime:
                 key = self.settings.pipelines_key()
                 url = resolve_pipelines_url(self.settings.customerio_region, self.settings.customerio_pipelines_url)
             self._pipelines_client = PipelinesClient(
-                key, url, timeout=self._timeout(), retry_after_max_s=self.settings.retry_after_max_s,
+                key,
+                url,
+                timeout=self._timeout(),
+                retry_after_max_s=self.settings.retry_after_max_s,
             )
         return self._pipelines_client
 
@@ -180,12 +186,12 @@ class Runtime:
             return None
         if self.settings.pipelines:
             client = self.pipelines_client
-            workspace = workspace_key(SANDBOX_PIPELINES_KEY if self.sandbox else self.settings.pipelines_key(),
-                                      client.base_url)
+            workspace = workspace_key(
+                SANDBOX_PIPELINES_KEY if self.sandbox else self.settings.pipelines_key(), client.base_url
+            )
         else:
             workspace = workspace_key(self.credentials()[0], self.client.base_url)
         return PostgresPacer(store, workspace, self.settings.customerio_max_rps)
-
 
     # -- lifecycle -------------------------------------------------------------------
     def close(self, grace_s: float = 10.0) -> None:
@@ -205,9 +211,7 @@ class Runtime:
     def __enter__(self) -> Runtime:
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
 
 

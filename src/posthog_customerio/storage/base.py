@@ -98,8 +98,9 @@ class Transaction(Protocol):
     def outbox_depth(self) -> int:
         """How many operations wait."""
 
-    def outbox_empty(self) -> bool:
-        """Whether nothing waits (no count)."""
+    def outbox_empty(self, held_before: float | None = None) -> bool:
+        """Whether nothing waits (no count); with ``held_before``, anonymous operations enqueued after it
+        (still held by ``ANONYMOUS_HOLD_S``) do not count."""
 
     def oldest_enqueued_at(self) -> float | None:
         """Enqueue time of the first operation in the queue."""
@@ -149,6 +150,9 @@ class PacingStore(Protocol):
 
     def take(self, workspace: str, interval: float) -> tuple[float, float] | None:
         """Reserve a slot: ``(seconds to after the slot, seconds of pause left)``; ``None`` without a row."""
+
+    def delay(self, workspace: str) -> float | None:
+        """Seconds until the workspace's next slot or the end of its pause, whichever is later (None: no row)."""
 
     def held(self, workspace: str) -> float | None:
         """Seconds of pause left (``None`` without a row)."""

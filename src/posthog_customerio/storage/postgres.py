@@ -107,6 +107,10 @@ _HOLD_SQL = _NOW + (
     " next_slot = GREATEST(p.next_slot, clock.now + %s) FROM clock WHERE p.workspace = %s"
     " RETURNING p.hold_until - clock.now"
 )
+_DELAY_SQL = (
+    "SELECT GREATEST(next_slot, hold_until) - EXTRACT(EPOCH FROM clock_timestamp())::float8"
+    " FROM delivery_pacing WHERE workspace = %s"
+)
 _HELD_SQL = (
     "SELECT hold_until - EXTRACT(EPOCH FROM clock_timestamp())::float8 FROM delivery_pacing WHERE workspace = %s"
 )
@@ -131,6 +135,11 @@ class PostgresPacing(PacingStore):
         with self.db.transaction() as tx:
             row = tx.execute(_TAKE_SQL, (interval, workspace)).fetchone()
         return None if row is None else (float(row[0]), float(row[1]))
+
+    def delay(self, workspace: str) -> float | None:
+        with self.db._transaction() as tx:
+            row = tx.execute(_DELAY_SQL, (workspace,)).fetchone()
+        return None if row is None else float(row[0])
 
     def held(self, workspace: str) -> float | None:
         with self.db.reading() as tx:

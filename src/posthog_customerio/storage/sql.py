@@ -44,7 +44,7 @@ class Statements:
         )
         self.delete_operation = f"DELETE FROM outbox WHERE seq = {mark}"
         self.candidates = (
-            "SELECT seq, person_key, size, attempts, enqueued_at, after_keys, lease_owner, lease_until"
+            "SELECT seq, person_key, size, attempts, enqueued_at, after_keys, lease_owner, lease_until, kind"
             f" FROM outbox WHERE seq > {mark} ORDER BY seq LIMIT {mark}"
         )
         self.release = (
@@ -132,8 +132,12 @@ class SqlTransaction:
     def outbox_depth(self) -> int:
         return int(self._one("SELECT COUNT(*) FROM outbox")[0])
 
-    def outbox_empty(self) -> bool:
-        return self._one("SELECT seq FROM outbox LIMIT 1") is None
+    def outbox_empty(self, held_before: float | None = None) -> bool:
+        if held_before is None:
+            return self._one("SELECT seq FROM outbox LIMIT 1") is None
+        # anonymous operations enqueued after ``held_before`` are still held: they do not count
+        sql = f"SELECT seq FROM outbox WHERE kind <> 'anonymous' OR enqueued_at <= {self.sql.mark} LIMIT 1"
+        return self._one(sql, (held_before,)) is None
 
     def oldest_enqueued_at(self) -> float | None:
         row = self._one("SELECT enqueued_at FROM outbox ORDER BY seq LIMIT 1")
