@@ -62,7 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limited-events", type=int, default=6000, help="events of each rate-limit run")
     parser.add_argument("--people", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--modes", default=",".join(MODES), help="comma-separated names of MODES to run")
+    parser.add_argument("--no-limited", action="store_true", help="skip the rate-limit efficiency runs")
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for every serve run")
     args = parser.parse_args(argv)
+    names = [name for name in MODES if name in args.modes.split(",")]
+    extra = dict(item.split("=", 1) for item in args.env)
     rates = [r.strip() for r in args.rates.split(",") if r.strip()]
     live, limited = [], []
     with tempfile.TemporaryDirectory(prefix="bench-live-") as tmp, sandbox_process() as box:
@@ -72,8 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             bodies = workdir / f"bodies-{rate}.jsonl"
             count = args.max_events if rate == "max" else int(float(rate) * args.duration) + 500
             write_bodies(bodies, args.people, args.seed, 25, limit=count)
-            for name in MODES:
-                result = run(box, workdir, bodies, name, rate, args.duration, CUSTOMERIO_MAX_RPS="100000")
+            for name in names:
+                result = run(box, workdir, bodies, name, rate, args.duration, CUSTOMERIO_MAX_RPS="100000", **extra)
                 per_1000 = 1000 * result["requests"] / result["events"]
                 live.append(
                     [
@@ -88,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name} at {rate}: {result['requests']} requests, {per_1000:.1f}/1,000", flush=True)
         bodies = workdir / "bodies-limited.jsonl"
         write_bodies(bodies, args.people, args.seed, 25, limit=args.limited_events)
-        for name in MODES:
-            free = run(box, workdir, bodies, name, "max", 0, CUSTOMERIO_MAX_RPS="100000")
-            capped = run(box, workdir, bodies, name, "max", 0, CUSTOMERIO_MAX_RPS="100")
+        for name in [] if args.no_limited else names:
+            free = run(box, workdir, bodies, name, "max", 0, CUSTOMERIO_MAX_RPS="100000", **extra)
+            capped = run(box, workdir, bodies, name, "max", 0, CUSTOMERIO_MAX_RPS="100", **extra)
             ratio = capped["events_per_s"] / free["events_per_s"]
             limited.append(
                 [

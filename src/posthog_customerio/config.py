@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     customerio_timeout_s: float = Field(30.0, gt=0)
     retry_after_max_s: float = Field(60.0, ge=0, le=3600, allow_inf_nan=False)
     delivery_concurrency: int = Field(4, ge=1, le=64)
-    #: unset: the output's own default (Track 0.1 s; Pipelines 0.5 s, its requests carry everything)
+    #: unset: the output's own default (Track 0.1 s; Pipelines 1 s, its requests carry everything)
     delivery_linger_s: float | None = Field(None, ge=0, le=10)
     anonymous_hold_s: float = Field(5.0, ge=0, le=3600, allow_inf_nan=False)
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"

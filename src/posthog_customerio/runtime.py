@@ -184,7 +184,7 @@ class Runtime:
         so a longer wait for a fuller batch saves requests (at most that much latency)."""
         if self.settings.delivery_linger_s is not None:
             return self.settings.delivery_linger_s
-        return 0.5 if self.settings.pipelines else 0.1
+        return 1.0 if self.settings.pipelines else 0.1
 
     def _shared_pacer(self) -> PostgresPacer | None:
         """With PostgreSQL, the rate limit and pauses shared by all replicas of the workspace."""
