@@ -64,6 +64,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_serving(url: str, process: subprocess.Popen[Any], timeout: float = 60.0) -> None:
+    """Wait until a ``serve`` subprocess answers ``/healthz`` with 200 (fails if it exits or the deadline passes)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            output = process.stdout.read() if process.stdout and process.poll() is not None else ""
+            raise AssertionError(f"serve did not start: {output}")
+        time.sleep(0.05)
+
+
 def make_runtime(sandbox: SandboxServer, data_dir: Path, **overrides: Any) -> Runtime:
     """A runtime delivering to ``sandbox`` from ``data_dir``; ``overrides`` are ``load_settings`` values."""
     return Runtime(

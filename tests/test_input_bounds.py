@@ -27,7 +27,7 @@ from posthog_customerio.service import ingest_routes
 from posthog_customerio.sources import TooManyEvents, loads_strict, parse_payload
 
 from .conftest import API_KEY, SITE_ID
-from .helpers import free_port, wait_for
+from .helpers import free_port, wait_for, wait_serving
 from .service import running_service
 
 pytestmark = pytest.mark.e2e
@@ -384,15 +384,7 @@ def test_serve_stays_under_200_mb_on_the_probe_inputs(env: dict[str, str]) -> No
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.05)
+        wait_serving(url, process)
         with httpx.Client(timeout=120, headers={"Content-Type": "application/json"}) as client:
             many_people = json.dumps([{"event": "e", "distinct_id": f"person-{i}"} for i in range(100_000)]).encode()
             assert 3_000_000 < len(many_people) < 5_000_000

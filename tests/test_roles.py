@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.sources import parse_payload
 
 from .conftest import API_KEY, SITE_ID
-from .helpers import hog, wait_for
+from .helpers import hog, wait_for, wait_serving
 from .service import running_service
 
 pytestmark = pytest.mark.e2e
@@ -96,15 +95,7 @@ def test_serve_role_deliver_process_has_no_receivers(sandbox: SandboxServer, tmp
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "serve did not start"
-            time.sleep(0.05)
+        wait_serving(url, process)
         assert httpx.get(f"{url}/healthz").json()["delivery"] == "running"
         for path in INGEST_PATHS:
             assert httpx.post(url + path, json=hog("cli", n=1, person=False)).status_code == 404, path

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid as uuidlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +19,7 @@ import pytest
 from posthog_customerio.sandbox import SandboxServer
 
 from .conftest import API_KEY, SITE_ID
-from .helpers import free_port, wait_for
+from .helpers import free_port, wait_for, wait_serving
 
 pytestmark = pytest.mark.e2e
 
@@ -40,16 +39,7 @@ def service(env: dict[str, str], *extra: str) -> Iterator[tuple[str, subprocess.
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"serve did not start: {process.stdout.read() if process.stdout else ''}")
-            time.sleep(0.05)
+        wait_serving(url, process)
         yield url, process
     finally:
         if process.poll() is None:
