@@ -14,6 +14,8 @@ from posthog_customerio.outbox import Outbox
 from posthog_customerio.pipeline import GroupCommitter, Ingestor
 from posthog_customerio.sources import PostHogEvent
 
+from .helpers import wait_for
+
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -43,10 +45,17 @@ def test_concurrent_requests_share_commits_and_fail_alone(tmp_path: Path) -> Non
             results[n] = exc
 
     threads = [threading.Thread(target=request, args=(n,)) for n in range(40)]
+    # hold the database while the requests arrive, so they are concurrent whatever the machine's load:
+    # the committer's first transaction waits for the lock and the other requests queue behind it
+    submitted = []
+    put = committer._queue.put
+    committer._queue.put = lambda item: (submitted.append(1), put(item))[1]  # type: ignore[method-assign]
+    with db.lock:
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: len(submitted) == 40, "every request to reach the committer")
     for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
+        thread.join(30)
     assert isinstance(results[7], UnicodeEncodeError)  # the bad request alone failed...
     assert all(not isinstance(r, Exception) for n, r in results.items() if n != 7)
     assert Outbox(db).depth() == 39 * 2  # ...and the 39 others landed: identify + event each
