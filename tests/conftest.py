@@ -89,6 +89,7 @@ def _sandbox_server() -> Iterator[SandboxServer]:
 def sandbox(_sandbox_server: SandboxServer) -> SandboxServer:
     """The sandbox, emptied for this test."""
     _sandbox_server.state.reset()
+    _sandbox_server.pipelines.reset()
     return _sandbox_server
 
 

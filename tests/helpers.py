@@ -219,3 +219,56 @@ def npm_install(directory: Path, package: str | None, *args: str, timeout: float
     if done.returncode != 0:
         unavailable(f"npm {' '.join(args)} in {directory} failed: {done.stderr.strip()[-1000:]}")
     return directory
+
+
+def deliver_events(sandbox: SandboxServer, data_dir: Path, events: Iterable[dict[str, Any]], **overrides: Any) -> None:
+    """Ingest ``events`` one at a time (a webhook stream) with a fresh Runtime on ``data_dir``, deliver all.
+
+    Each call is a restart: state survives only through ``data_dir``. ``api="pipelines"`` delivers to the
+    sandbox's Pipelines API.
+    """
+    from posthog_customerio.sources import parse_event
+
+    if overrides.get("api") == "pipelines":
+        overrides.pop("api")
+        overrides |= {
+            "customerio_api": "pipelines",
+            "customerio_pipelines_api_key": "sandbox",
+            "customerio_pipelines_url": sandbox.url,
+        }
+    overrides.setdefault("anonymous_hold_s", 0)
+    with make_runtime(sandbox, data_dir, **overrides) as runtime:
+        for raw in events:
+            runtime.ingestor.ingest([parse_event(raw)])
+        deliverer = runtime.deliverer()
+        deliverer.start()
+        try:
+            assert deliverer.wait_until_empty(60), "the outbox did not empty"
+        finally:
+            deliverer.stop()
+        dead = runtime.outbox.dead_letters()
+        assert not dead, [d.reason for d in dead]
+
+
+def profiles(sandbox: SandboxServer, pipelines: bool = False) -> list[dict[str, Any]]:
+    """Customer.io's end state, one dict per profile: ``id``, ``email``, ``attributes``, sorted event names.
+
+    Track (the workspace) and Pipelines (``pipelines=True``: ``userId`` is the id) in one shape.
+    """
+    if pipelines:
+        state = sandbox.pipelines
+        return [
+            {
+                "id": p["userId"],
+                "email": p["email"],
+                "attributes": p["attributes"],
+                "events": sorted(str(e.get("name") or e.get("event")) for e in state.events(p["userId"])),
+            }
+            for p in state.people()
+        ]
+    found = []
+    for p in sandbox.state.people():
+        person = sandbox.state.person(p["cio_id"]) or {}
+        names = sorted(str(e["name"]) for e in person.get("events", []))
+        found.append({"id": p["id"], "email": p["email"], "attributes": p["attributes"], "events": names})
+    return found

@@ -255,14 +255,16 @@ def _setting_flags(*groups: tuple[tuple[str, Any], ...]) -> Callable[[Callable[.
 
 
 def _sandbox_data_dir(sandbox: bool, data_dir: Path | None) -> Path | None:
-    """With ``--sandbox`` and no data dir chosen, use a throwaway one.
+    """With ``--sandbox`` and no data dir chosen, a throwaway one (the caller deletes it); else ``None``.
 
     The sandbox starts empty, so remembered state ("this person exists in
-    Customer.io") from an earlier run must not be applied to it.
+    Customer.io") from an earlier run must not be applied to it. A directory the
+    user chose (``--data-dir`` or ``POSTHOG_CUSTOMERIO_DATA_DIR``) is never returned
+    here, so it is never deleted: it holds the outbox and the people we remember.
     """
     if sandbox and data_dir is None and not os.environ.get("POSTHOG_CUSTOMERIO_DATA_DIR"):
         return Path(tempfile.mkdtemp(prefix="posthog-customerio-sandbox-"))
-    return data_dir
+    return None
 
 
 def _check_port(port: int) -> None:
