@@ -30,6 +30,7 @@ No I/O happens here. Every option and every Customer.io rule lives in this modul
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import json
@@ -104,6 +105,8 @@ ILLEGAL_DISTINCT_IDS = frozenset(
         "0",
     }
 )
+#: PostHog's own push subscriptions (``$device_push_subscription_<app id>``): its ciphertext, useless elsewhere.
+PUSH_SUBSCRIPTION_PREFIX = "$device_push_subscription_"
 #: Customer.io's limit on event names, in UTF-8 bytes.
 MAX_EVENT_NAME_BYTES = limits.MAX_EVENT_NAME_BYTES
 
@@ -223,13 +226,32 @@ class _Book:
         return state
 
     def person(self, distinct_id: str) -> PersonState:
-        """The state of the person this distinct_id belongs to (following merges)."""
+        """The state of the person this distinct_id belongs to (following merges).
+
+        A link to a person deleted since (another ``epoch``) is forgotten on the way: PostHog
+        deletes a person with all its distinct_ids.
+        """
         state = self.get(distinct_id)
         for _ in range(8):
             if not state.merged_into or state.merged_into == state.distinct_id:
                 break
-            state = self.get(state.merged_into)
+            target = self.get(state.merged_into)
+            if target.epoch != state.merged_epoch:
+                _forget(state)
+                break
+            state = target
         return state
+
+    def known(self, distinct_id: str) -> bool:
+        """Whether an event of this distinct_id itself was mapped before."""
+        return self.get(distinct_id).seen
+
+
+def _forget(state: PersonState, epoch: int | None = None) -> None:
+    """Reset a state to a never-seen distinct_id (keeping ``epoch`` or the given one)."""
+    fresh = PersonState(state.distinct_id, epoch=state.epoch if epoch is None else epoch)
+    for name in PersonState.__slots__:
+        setattr(state, name, getattr(fresh, name))
 
 
 def map_event(event: PostHogEvent, states: Mapping[str, PersonState], config: MappingConfig) -> Mapped:
@@ -244,15 +266,19 @@ def map_event(event: PostHogEvent, states: Mapping[str, PersonState], config: Ma
     if event.event == "$groupidentify":
         _group_identify(event, config, result)
         return result
-    person = book.person(event.distinct_id)
+    if event.properties.get("$process_person_profile") is False and (event.set or event.set_once or event.unset):
+        # PostHog drops a personless event's person updates (ingestion ``normalizeProcessPerson``)
+        event = dataclasses.replace(event, set={}, set_once={}, unset=())
     if event.event == "$delete_person":
-        _delete_person(event, person, config, result)
+        _delete_person(event, book, config, result)
         return result
-    if not person.identified and _has_anonymous_markers(event):
+    confirmed = _own_identity(event, book, config, result)
+    person = book.person(event.distinct_id)
+    if not person.identified and not person.created and _has_anonymous_markers(event):
         person.anonymous_seen = True
     person = _survivor(event, person, book, config)
     _remember(event, person)
-    merged = _merge_identities(event, person, book, config, result)
+    merged = _merge_identities(event, person, book, config, result) or confirmed
     skip = _skip_reason(event, person, config)
     update_only = skip == "person_update"  # $set / $set_once: the person changes, no event
     if (skip is None or update_only) and config.anonymous_events == "anonymous" and _is_anonymous(event, person):
@@ -300,8 +326,8 @@ def _skip_reason(event: PostHogEvent, person: PersonState, config: MappingConfig
 # -- what an event tells us -----------------------------------------------------------
 def _remember(event: PostHogEvent, state: PersonState) -> None:
     email = _email_of(event)
-    if email is not None:
-        state.email = email
+    if email is not None and event.timestamp_s >= state.stamps.get("email", event.timestamp_s):
+        state.email = email  # an older event's email never replaces a newer one
     if event.event in IDENTIFYING_EVENTS or event.properties.get("$is_identified") is True:
         state.identified = True
 
@@ -323,7 +349,7 @@ def _is_anonymous(event: PostHogEvent, person: PersonState) -> bool:
     distinct_id. Server-side SDKs send none of these for their (known) users, so
     their events still create people.
     """
-    if person.identified:
+    if person.identified or person.created:  # a profile exists: its events land on it
         return False
     return _has_anonymous_markers(event)
 
@@ -392,6 +418,61 @@ def _merge_identities(
     if other.identified and event.event != "$merge_dangerously":
         result.notes["merge_blocked_already_identified"] += 1
         return None
+    if event.event == "$identify" and not _shown_anonymous(event, other_id, book):
+        # a cold start: nothing says the other id is an anonymous visitor (posthog-js names an old
+        # cookie's or a bootstrapped id too), and PostHog refuses to merge an identified person; the
+        # link waits for the other id's own events to show it anonymous (see _own_identity)
+        claimed = book.get(other_id)
+        if claimed.merged_into is None:
+            claimed.claimed_by = person.distinct_id
+        result.notes["merge_waits_for_proof"] += 1
+        return None
+    return _absorb(person, other, via_identify=event.event == "$identify")
+
+
+def _shown_anonymous(event: PostHogEvent, other_id: str, book: _Book) -> bool:
+    """Whether ``$identify``'s anonymous id is shown to be an anonymous visitor we may merge.
+
+    Shown by the identify itself (posthog-js: the anonymous distinct_id is the ``$device_id``), or
+    by our state: its own events were mapped (their markers, or a profile we know, decide through
+    the identified check before this).
+    """
+    return event.properties.get("$device_id") == other_id or book.known(other_id)
+
+
+def _own_identity(event: PostHogEvent, book: _Book, config: MappingConfig, result: Mapped) -> PersonState | None:
+    """What an event says about its own distinct_id's links; returns a person to merge in Customer.io.
+
+    * linked by an ``$identify`` as someone's anonymous id, but this event says ``$is_identified:
+      true``: the link was wrong (PostHog would have refused it), this id is its own person again;
+    * claimed by a cold-start ``$identify``: an event with anonymous markers proves the claim (the
+      merge happens now), ``$is_identified: true`` refutes it.
+    """
+    own = book.get(event.distinct_id)
+    own.seen = True
+    says_identified = event.properties.get("$is_identified") is True
+    if own.merged_into and own.merged_by_identify and says_identified:
+        _forget(own)
+        own.seen = True
+        result.notes["merge_undone_identified"] += 1
+        return None
+    if own.claimed_by is None or own.merged_into:
+        return None
+    primary_id, own.claimed_by = own.claimed_by, None
+    if says_identified or own.identified or not config.merge_people:
+        result.notes["merge_refused_identified"] += 1
+        return None
+    if not _has_anonymous_markers(event):
+        own.claimed_by = primary_id  # no proof either way yet
+        return None
+    primary = book.person(primary_id)
+    if primary.distinct_id == own.distinct_id:
+        return None
+    return _absorb(primary, own, via_identify=True)
+
+
+def _absorb(person: PersonState, other: PersonState, via_identify: bool) -> PersonState | None:
+    """Merge ``other`` into ``person`` in our state; ``other`` when its Customer.io profile must merge too."""
     person.identified = True
     person.email = person.email or other.email
     person.relationships = sorted(set(person.relationships) | set(other.relationships))
@@ -400,6 +481,9 @@ def _merge_identities(
         person.pending_anonymous_ids.append(other.distinct_id)
     person.pending_anonymous_ids.extend(i for i in other.pending_anonymous_ids if i not in person.pending_anonymous_ids)
     other.merged_into = person.distinct_id
+    other.merged_epoch = person.epoch
+    other.merged_by_identify = via_identify
+    other.claimed_by = None
     other.pending_anonymous_ids, other.pending = [], {}
     if not other.created:
         return None
@@ -431,16 +515,18 @@ def _profile_attributes(event: PostHogEvent, state: PersonState, config: Mapping
         attributes.pop(key, None)
     for key in DEVICE_TOKEN_PROPERTIES:
         attributes.pop(key, None)
-    attributes = {key: value for key, value in attributes.items() if key == "email" or config.keeps(key)}
+    attributes = {
+        key: value
+        for key, value in attributes.items()
+        if key == "email" or (config.keeps(key) and not key.startswith(PUSH_SUBSCRIPTION_PREFIX))
+    }
     if state.email is not None:
         attributes["email"] = state.email
     for key, value in attributes.items():
         if value is None:  # PostHog null = no value; Customer.io clears an attribute set to ""
             attributes[key] = ""
-        elif config.convert_dates and isinstance(value, str) and key != "created_at":
-            seconds = iso_datetime_seconds(value)
-            if seconds is not None:
-                attributes[key] = seconds
+        elif config.convert_dates and key != "created_at":
+            attributes[key] = convert_dates(value)
     if "created_at" in attributes:
         created_at = to_unix_seconds(attributes["created_at"])
         if created_at is None:
@@ -448,6 +534,20 @@ def _profile_attributes(event: PostHogEvent, state: PersonState, config: Mapping
         else:
             attributes["created_at"] = created_at
     return attributes
+
+
+def convert_dates(value: Any) -> Any:
+    """``value`` with every full ISO 8601 date-time string as Unix seconds, inside objects too.
+
+    As Segment's Customer.io destination does (``convertAttributeTimestamps``): strings, and the
+    values of nested objects, recursively; lists are left as they are.
+    """
+    if isinstance(value, str):
+        seconds = iso_datetime_seconds(value)
+        return value if seconds is None else seconds
+    if isinstance(value, dict):
+        return {key: convert_dates(item) for key, item in value.items()}
+    return value
 
 
 def iso_datetime_seconds(value: str) -> int | None:
@@ -485,34 +585,57 @@ def _identify_operations(
 ) -> list[Operation]:
     """The identifies for what changed; ``hold`` keys wait for a later call, ``after`` orders it."""
     attributes = _profile_attributes(event, state, config)
+    when = event.timestamp_s
+    carried = _carried_keys(event)
     # digests are of the values as PostHog has them; only what changed is fitted to the limits
-    digests = {key: value_digest(value) for key, value in attributes.items()}
-    changed = {
-        key: value for key, value in attributes.items() if state.digests.get(key) != digests[key] and key not in hold
-    }
+    changed: dict[str, Any] = {}
+    for key, value in attributes.items():
+        if key in hold or (key in carried and when < state.stamps.get(key, when)):
+            continue  # older than the write Customer.io keeps (it orders writes by timestamp)
+        digest = value_digest(value)
+        if state.digests.get(key) != digest:
+            changed[key] = value
+            state.digests[key] = digest
+        if key in carried or key in changed:
+            state.stamps[key] = max(when, state.stamps.get(key, when))
     for key in event.unset:
+        if when < state.stamps.get(key, when):
+            continue
+        state.stamps[key] = when
         if key in state.digests:
             changed[key] = ""
             del state.digests[key]
     anonymous_ids = list(dict.fromkeys(state.pending_anonymous_ids))
     if state.created and not changed and not anonymous_ids:
         return []
+    operations = []
     if not state.created and config.identify_by_email and state.email and "email" not in hold:
         identifiers = {"email": state.email}
         state.email_sent = state.email
+    elif _email_changes(state, config, changed):
+        # Customer.io changes an identifier only through another one ("Allow updates to email using
+        # ID"; https://docs.customer.io/integrations/api/track/#operation/identify): the profile gets
+        # its id (addressed by the old email), then the identify by id carries the new email
+        assert state.email_sent is not None
+        give_id = {
+            "type": "person",
+            "identifiers": {"email": state.email_sent},
+            "action": "identify",
+            "timestamp": when,
+            "attributes": {"id": state.distinct_id},
+        }
+        operations.append(Operation(state.distinct_id, give_id, after=after))
+        identifiers = {"id": state.distinct_id}
+        result.notes["email_changed"] += 1
     else:
         identifiers = _identifiers(state, config)
     if "email" in changed:
         state.email_sent = state.email
     state.created = True
-    for key in changed:
-        if key in digests:
-            state.digests[key] = digests[key]
     state.pending, state.pending_anonymous_ids = {}, []
     if config.truncate and changed:
         changed, cuts = limits.fit_attributes(changed)
         result.notes["limits_truncated"] += cuts
-    operations = []
     chunks = limits.chunk_attributes(changed) if changed else [{}]
     for index, chunk in enumerate(chunks):
         payload: dict[str, Any] = {
@@ -542,6 +665,26 @@ def _identify_operations(
     return operations
 
 
+def _carried_keys(event: PostHogEvent) -> set[str]:
+    """The attributes this event itself writes (its time orders them against other writes)."""
+    keys = {*event.set, *event.set_once, *event.person_properties}
+    if _email_of(event) is not None:
+        keys.add("email")
+    return keys
+
+
+def _email_changes(state: PersonState, config: MappingConfig, changed: Mapping[str, Any]) -> bool:
+    """With identify-by-email: the profile, addressed by its email, gets another email."""
+    return (
+        config.identify_by_email
+        and state.created
+        and "email" in changed
+        and state.email_sent is not None
+        and state.email is not None
+        and state.email.lower() != state.email_sent.lower()
+    )
+
+
 def known_identifiers(distinct_id: str, person: PersonState) -> list[dict[str, str]]:
     """Every Customer.io identifier a person may have: its ids, and each email we know."""
     ids = [{"id": i} for i in dict.fromkeys((person.distinct_id, distinct_id))]
@@ -554,12 +697,15 @@ def known_identifiers(distinct_id: str, person: PersonState) -> list[dict[str, s
     return ids
 
 
-def _delete_person(event: PostHogEvent, person: PersonState, config: MappingConfig, result: Mapped) -> None:
+def _delete_person(event: PostHogEvent, book: _Book, config: MappingConfig, result: Mapped) -> None:
     """Delete (or suppress) by every identifier we know, whether or not we created the person.
 
     Profiles made by the old plugin, another data dir or before a restore exist in
-    Customer.io without our state saying so; a deletion must reach them too.
+    Customer.io without our state saying so; a deletion must reach them too. PostHog
+    deletes the person with all its distinct_ids: the person's ``epoch`` moves on, so
+    every distinct_id merged into it is forgotten when next seen (:meth:`_Book.person`).
     """
+    person = book.person(event.distinct_id)
     result.skipped = "delete_person"
     if not person.created:
         result.notes["delete_unknown_person"] += 1
@@ -568,9 +714,10 @@ def _delete_person(event: PostHogEvent, person: PersonState, config: MappingConf
         payload = {"type": "person", "identifiers": identifiers, "action": action}
         result.operations.append(Operation(person.distinct_id, payload))
     if not config.suppress_on_delete:
-        fresh = PersonState(person.distinct_id)
-        for name in PersonState.__slots__:
-            setattr(person, name, getattr(fresh, name))
+        _forget(person, epoch=person.epoch + 1)
+        own = book.get(event.distinct_id)
+        if own is not person:
+            _forget(own)
 
 
 def _device_operations(event: PostHogEvent, person: PersonState, config: MappingConfig) -> list[Operation]:
@@ -611,7 +758,10 @@ def _device_operations(event: PostHogEvent, person: PersonState, config: Mapping
 
 
 def _platform(event: PostHogEvent) -> str | None:
-    os_name = str(event.properties.get("$os") or event.set.get("$os") or "").lower()
+    # posthog-js sends $os; posthog-ios and posthog-android send $os_name
+    props, update = event.properties, event.set
+    os_name = str(props.get("$os") or props.get("$os_name") or update.get("$os") or update.get("$os_name") or "")
+    os_name = os_name.lower()
     if os_name in ("ios", "ipados", "tvos", "watchos", "visionos"):
         return "ios"
     if os_name == "android":
@@ -746,6 +896,8 @@ def _event_fields(event: PostHogEvent, config: MappingConfig, result: Mapped) ->
         name = limits.truncate_utf8(name, MAX_EVENT_NAME_BYTES)
         result.notes["limits_truncated"] += 1
     data = {k: v for k, v in event.properties.items() if k not in PERSON_UPDATE_KEYS and config.keeps(k)}
+    if config.convert_dates:
+        data = {k: convert_dates(v) for k, v in data.items()}
     return action, name, data
 
 
@@ -786,7 +938,8 @@ def _event_operation(
     event: PostHogEvent, state: PersonState, config: MappingConfig, identifies: list[Operation], result: Mapped
 ) -> Operation:
     action, name, data = _event_fields(event, config, result)
-    identifiers = identifies[0].payload["identifiers"] if identifies else _identifiers(state, config)
+    # as this event's identify (the same batch: the identifiers it surely has), else the person's own
+    identifiers = identifies[-1].payload["identifiers"] if identifies else _identifiers(state, config)
     payload: dict[str, Any] = {
         "type": "person",
         "identifiers": identifiers,

@@ -40,6 +40,20 @@ class PersonState:
     relationships: list[str] = field(default_factory=list)
     #: an event marked this distinct_id as an anonymous visitor (device id, ``$is_identified`` false)
     anonymous_seen: bool = False
+    #: attribute -> event time (Unix s) of the newest write we know of: what Customer.io holds follows it
+    stamps: dict[str, int] = field(default_factory=dict)
+    #: bumped when the person is deleted: distinct_ids merged in an earlier epoch are forgotten
+    epoch: int = 0
+    #: the ``epoch`` of ``merged_into`` when this distinct_id was merged into it
+    merged_epoch: int = 0
+    #: ``merged_into`` came from an ``$identify`` (not an alias): an event of this distinct_id saying
+    #: ``$is_identified: true`` proves it is someone else, and undoes the link
+    merged_by_identify: bool = False
+    #: an ``$identify`` named this distinct_id as its anonymous id before we had any proof that it is
+    #: anonymous (a cold start): the person who would take it, once its own events show it anonymous
+    claimed_by: str | None = None
+    #: an event of this distinct_id itself was mapped (False: only named by another's identity event)
+    seen: bool = False
 
     def copy(self) -> PersonState:
         """An independent copy (the mapping never mutates its inputs)."""
@@ -49,6 +63,7 @@ class PersonState:
             pending_anonymous_ids=list(self.pending_anonymous_ids),
             pending=dict(self.pending),
             relationships=list(self.relationships),
+            stamps=dict(self.stamps),
         )
 
     def _extra(self) -> str:
@@ -63,6 +78,18 @@ class PersonState:
             extra["r"] = self.relationships
         if self.anonymous_seen:
             extra["s"] = 1
+        if self.stamps:
+            extra["t"] = self.stamps
+        if self.epoch:
+            extra["e"] = self.epoch
+        if self.merged_epoch:
+            extra["m"] = self.merged_epoch
+        if self.merged_by_identify:
+            extra["i"] = 1
+        if self.claimed_by is not None:
+            extra["c"] = self.claimed_by
+        if not self.seen:
+            extra["v"] = 0  # rows written before this field existed were all seen
         return json.dumps(extra, separators=(",", ":"), sort_keys=True)
 
 
@@ -82,6 +109,12 @@ def _from_row(row: tuple[Any, ...]) -> PersonState:
         dict(more.get("u", {})),
         list(more.get("r", ())),
         bool(more.get("s")),
+        {key: int(value) for key, value in more.get("t", {}).items()},
+        int(more.get("e", 0)),
+        int(more.get("m", 0)),
+        bool(more.get("i")),
+        more.get("c"),
+        bool(more.get("v", 1)),
     )
 
 
@@ -95,7 +128,8 @@ def load_states(conn: Transaction, distinct_ids: Iterable[str]) -> dict[str, Per
             break
         for row in conn.select_persons(missing):
             found[row[0]] = _from_row(row)
-        wanted = [s.merged_into for s in found.values() if s.merged_into and s.merged_into not in found]
+        linked = (link for state in found.values() for link in (state.merged_into, state.claimed_by) if link)
+        wanted = [link for link in linked if link not in found]
     return found
 
 
