@@ -357,6 +357,13 @@ def test_people_by_email_trait(pipes: SandboxServer) -> None:
     assert httpx.get(pipes.url + "/_sandbox/pipelines/people/lead@example.com").json()["userId"] == "u1"
 
 
+def test_a_null_or_empty_trait_removes_the_attribute(pipes: SandboxServer) -> None:
+    """Traits become attributes through the Journeys destination; Track removes one sent as null or ""."""
+    _post(pipes, "/v1/identify", {"userId": "u1", "traits": {"a": 1, "b": 2, "c": 3}})
+    _post(pipes, "/v1/identify", {"userId": "u1", "traits": {"a": None, "b": ""}})
+    assert _view(pipes, "people")[0]["attributes"] == {"c": 3}
+
+
 def test_objects_relationships_and_their_deletion(pipes: SandboxServer) -> None:
     _post(
         pipes,

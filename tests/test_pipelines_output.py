@@ -47,6 +47,12 @@ RULES: list[tuple[str, dict[str, Any], str, list[dict[str, Any]]]] = [
         [{"type": "identify", "userId": "u1", "traits": {"plan": "pro"}, "timestamp": ISO0}],
     ),
     (
+        "identify clearing an attribute",
+        {**P, "action": "identify", "timestamp": T0, "attributes": {"plan": "", "name": "Ann"}},
+        "person",
+        [{"type": "identify", "userId": "u1", "traits": {"plan": None, "name": "Ann"}, "timestamp": ISO0}],
+    ),
+    (
         "identify by email",
         {**E, "action": "identify", "timestamp": T0, "attributes": {"plan": "pro"}},
         "person",
@@ -447,6 +453,28 @@ def test_seed_options(
     assert ("browsed" in person_events) is ("EVENTS_TO_SEND" not in extra)
     if "IDENTIFY_BY_EMAIL" in extra:
         assert pipes.pipelines.person("cat@example.com")["attributes"]["email"] == "cat@example.com"
+
+
+@pytest.mark.parametrize(
+    "clear",
+    [{"$unset": ["plan"]}, {"$set": {"plan": None}}],
+    ids=["unset", "set-null"],
+)
+def test_an_attribute_clear_is_sent_as_null_and_removes_the_trait(
+    cli: Any, penv: dict[str, str], pipes: SandboxServer, tmp_path: Path, clear: dict[str, Any]
+) -> None:
+    """``$unset`` / ``$set`` null reach Pipelines as ``"plan": null`` (the Segment spec), not ``""``."""
+    events = [
+        ev("$identify", "user-5", 0, **{"$set": {"plan": "pro", "name": "Ann"}}),
+        ev("$set", "user-5", 10, **clear),
+    ]
+    result = send(cli, penv, tmp_path, events)
+    assert result.exit_code == 0, result.output
+    identifies = [c for r in pipes.pipelines.requests() for c in r["body"]["batch"] if c["type"] == "identify"]
+    assert identifies[0]["traits"]["plan"] == "pro"
+    assert identifies[-1]["traits"] == {"plan": None}
+    person = pipes.pipelines.person("user-5")
+    assert person is not None and person["attributes"] == {"name": "Ann"}
 
 
 def test_wrong_key_keeps_everything_queued(

@@ -543,6 +543,16 @@ def _user_id(identifiers: dict[str, Any]) -> str:
     raise UnsupportedOperation(f"no Pipelines userId for identifiers {sorted(identifiers)}")
 
 
+def _traits(attributes: dict[str, Any]) -> dict[str, Any]:
+    """Identify attributes as Segment traits: a clear (``""``, "remove" on the Track APIs) becomes ``null``.
+
+    The Track APIs remove an attribute sent as ``null`` or ``""``, and the mapping sends a clear (PostHog ``$unset``
+    or a ``null`` value) as ``""``. A Segment-spec trait has no such convention: ``null`` is the value that says "no
+    value", so a clear goes out as ``null`` (the meaning is the same: on Track ``""`` already meant "remove").
+    """
+    return {key: None if value == "" else value for key, value in attributes.items()}
+
+
 def _with_ids(calls: list[dict[str, Any]], message: str) -> list[dict[str, Any]]:
     """Every call gets ``message`` as messageId (suffixed ``:n`` when one operation makes several calls)."""
     for number, call in enumerate(calls):
@@ -561,7 +571,7 @@ def _person_calls(payload: dict[str, Any], when: Any) -> list[dict[str, Any]]:
         anonymous = attributes.pop("anonymous_id", None)
         if "email" in identifiers and "id" not in identifiers:
             attributes.setdefault("email", identifiers["email"])
-        return [identify(user, attributes, anonymous_id=anonymous, timestamp=when)]
+        return [identify(user, _traits(attributes), anonymous_id=anonymous, timestamp=when)]
     if action in ("event", "page", "screen"):
         return [_view_call(action, payload, attributes, user, None, when)]
     if action in _SEMANTIC_ACTIONS:

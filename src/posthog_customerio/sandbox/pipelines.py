@@ -15,6 +15,14 @@ the Customer.io (Journeys) destination reads from each call:
 * A request is applied whole or not at all: Customer.io documents no per-call errors in strict mode.
 * identify: a person by ``userId`` (or, without one, by ``traits.email``); traits are attributes (``email`` is
   also an identifier). With ``anonymousId`` too, the visitor's anonymous activity attaches to the person.
+* A trait sent as ``null`` or ``""`` removes the attribute. The Pipelines API reference says only that traits
+  are what "you want to set on a person. These can take any JSON shape"
+  (https://docs.customer.io/integrations/api/cdp/tag/default/identify/ , from
+  https://docs.customer.io/files/pipelines.json); an identify "adds or updates a person in our Customer.io
+  Journeys destination" (https://docs.customer.io/cdp/destinations/connections/customerio/), which writes the
+  traits as the person's attributes, and Customer.io's Track API removes an attribute passed as ``null`` or as
+  an empty string ("Pass `null` or an empty string to remove an attribute",
+  https://docs.customer.io/integrations/api/track/ ; the Track sandbox applies the same rule to people).
 * track/page/screen: with ``userId`` the event belongs to the person (the ``anonymousId`` is ignored); with only
   ``anonymousId`` it is kept as anonymous activity until an identify (or alias) attaches it.
 * group: the object ``(traits.objectTypeId | objectTypeId | "1", groupId)``; attributes are the traits without
@@ -114,8 +122,9 @@ def _dict(call: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def _merge(target: dict[str, Any], updates: dict[str, Any]) -> None:
+    """Set traits as attributes; ``null`` or ``""`` removes one (the Journeys destination writes them to Track)."""
     for key, value in updates.items():
-        if value is None:
+        if value is None or value == "":
             target.pop(key, None)
         else:
             target[key] = value
