@@ -364,6 +364,13 @@ def test_a_null_or_empty_trait_removes_the_attribute(pipes: SandboxServer) -> No
     assert _view(pipes, "people")[0]["attributes"] == {"c": 3}
 
 
+def test_traits_apply_in_arrival_order_whatever_their_timestamp(pipes: SandboxServer) -> None:
+    """The Pipelines API documents ``timestamp`` for backfilling events, not as an order of trait updates."""
+    _post(pipes, "/v1/identify", pl.identify("u1", {"plan": "new"}, timestamp=1714564800))
+    _post(pipes, "/v1/identify", pl.identify("u1", {"plan": "old"}, timestamp=1714564700))  # older, arrives later
+    assert _view(pipes, "people")[0]["attributes"] == {"plan": "old"}
+
+
 def test_objects_relationships_and_their_deletion(pipes: SandboxServer) -> None:
     _post(
         pipes,

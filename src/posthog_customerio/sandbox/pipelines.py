@@ -23,6 +23,13 @@ the Customer.io (Journeys) destination reads from each call:
   traits as the person's attributes, and Customer.io's Track API removes an attribute passed as ``null`` or as
   an empty string ("Pass `null` or an empty string to remove an attribute",
   https://docs.customer.io/integrations/api/track/ ; the Track sandbox applies the same rule to people).
+* Traits apply in arrival order: an older identify that arrives later overwrites a newer value. The Pipelines
+  API documents ``timestamp`` only as "The ISO-8601 timestamp when the event originally took place. This is
+  mostly useful when you backfill past events. If you're not backfilling data, you can leave this field empty
+  and we'll use the current time or server time." (every call type in
+  https://docs.customer.io/integrations/api/cdp/ , https://docs.customer.io/files/pipelines.json), and
+  https://docs.customer.io/integrations/api/track-vs-cdp-api/ compares timestamps only by format; nothing
+  documents that identify traits are ordered by it, as the Track API's ``_timestamp``/``timestamp`` is.
 * track/page/screen: with ``userId`` the event belongs to the person (the ``anonymousId`` is ignored); with only
   ``anonymousId`` it is kept as anonymous activity until an identify (or alias) attaches it.
 * group: the object ``(traits.objectTypeId | objectTypeId | "1", groupId)``; attributes are the traits without
