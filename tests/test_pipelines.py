@@ -357,6 +357,77 @@ def test_people_by_email_trait(pipes: SandboxServer) -> None:
     assert httpx.get(pipes.url + "/_sandbox/pipelines/people/lead@example.com").json()["userId"] == "u1"
 
 
+def test_a_null_or_empty_trait_removes_the_attribute(pipes: SandboxServer) -> None:
+    """Traits become attributes through the Journeys destination; Track removes one sent as null or ""."""
+    _post(pipes, "/v1/identify", {"userId": "u1", "traits": {"a": 1, "b": 2, "c": 3}})
+    _post(pipes, "/v1/identify", {"userId": "u1", "traits": {"a": None, "b": ""}})
+    assert _view(pipes, "people")[0]["attributes"] == {"c": 3}
+
+
+def test_traits_apply_in_arrival_order_whatever_their_timestamp(pipes: SandboxServer) -> None:
+    """The Pipelines API documents ``timestamp`` for backfilling events, not as an order of trait updates."""
+    _post(pipes, "/v1/identify", pl.identify("u1", {"plan": "new"}, timestamp=1714564800))
+    _post(pipes, "/v1/identify", pl.identify("u1", {"plan": "old"}, timestamp=1714564700))  # older, arrives later
+    assert _view(pipes, "people")[0]["attributes"] == {"plan": "old"}
+
+
+def test_an_email_shaped_user_id_addresses_the_person_by_email(pipes: SandboxServer) -> None:
+    """``userId`` "can be id or email"; an email ``userId`` also sets ``traits.email``; emails ignore case."""
+    _post(pipes, "/v1/identify", pl.identify("ann@example.com", {"a": 1}))
+    _post(pipes, "/v1/track", pl.track("Clicked", user_id="ANN@example.com"))
+    (person,) = _view(pipes, "people")
+    assert (person["userId"], person["email"]) == (None, "ann@example.com")
+    assert person["attributes"] == {"email": "ann@example.com", "a": 1}
+    _post(pipes, "/v1/identify", pl.identify("u1", {"email": "ann@example.com"}))  # the id joins that person
+    (person,) = _view(pipes, "people")
+    assert (person["userId"], person["email"]) == ("u1", "ann@example.com")
+    assert [(e["name"], e["userId"], e["email"]) for e in _view(pipes, "events")] == [
+        ("Clicked", "u1", "ann@example.com")
+    ]
+
+
+def test_the_email_of_a_person_addressed_by_id_changes(pipes: SandboxServer) -> None:
+    _post(pipes, "/v1/identify", pl.identify("u1", {"email": "old@example.com"}))
+    _post(pipes, "/v1/identify", pl.identify("u1", {"email": "new@example.com"}))
+    (person,) = _view(pipes, "people")
+    assert person["email"] == "new@example.com" and person["attributes"] == {"email": "new@example.com"}
+    assert httpx.get(pipes.url + "/_sandbox/pipelines/people/old@example.com").status_code == 404
+    pipes.pipelines.allow_email_update_by_id = False  # the workspace setting off: a failure, nothing changes
+    _post(pipes, "/v1/identify", pl.identify("u1", {"email": "newer@example.com", "x": 1}))
+    assert _view(pipes, "people")[0]["email"] == "new@example.com"
+    assert [f["message"] for f in _view(pipes, "failures")] == [
+        "cannot change the email of a person addressed by id (workspace setting off)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (pl.identify("u2", {"email": "a@example.com"}), "email 'a@example.com' belongs to another person"),
+        (pl.identify("u3", {"email": "a@example.com"}), "email 'a@example.com' belongs to another person"),
+        (
+            pl.identify("b@example.com", {"email": "c@example.com"}),
+            "cannot change the email of a person addressed by email",
+        ),
+    ],
+    ids=["email-of-another", "unknown-id-email-of-a-person-with-an-id", "email-addressed-by-email"],
+)
+def test_identifier_conflicts_are_attribute_update_failures(
+    pipes: SandboxServer, call: dict[str, Any], message: str
+) -> None:
+    """Answered 200 (the destination fails later, as Track's "Attribute Update Failure"); nothing is applied."""
+    _post(
+        pipes,
+        "/v1/batch",
+        {"batch": [pl.identify("u1", {"email": "a@example.com"}), pl.identify("u2", {"email": "b@example.com"})]},
+    )
+    before = _view(pipes, "people")
+    assert _post(pipes, "/v1/identify", {**call, "traits": {**call["traits"], "x": 1}}).status_code == 200
+    assert _view(pipes, "people") == before
+    (failure,) = _view(pipes, "failures")
+    assert failure["userId"] == call["userId"] and failure["message"] == message
+
+
 def test_objects_relationships_and_their_deletion(pipes: SandboxServer) -> None:
     _post(
         pipes,

@@ -47,6 +47,12 @@ RULES: list[tuple[str, dict[str, Any], str, list[dict[str, Any]]]] = [
         [{"type": "identify", "userId": "u1", "traits": {"plan": "pro"}, "timestamp": ISO0}],
     ),
     (
+        "identify clearing an attribute",
+        {**P, "action": "identify", "timestamp": T0, "attributes": {"plan": "", "name": "Ann"}},
+        "person",
+        [{"type": "identify", "userId": "u1", "traits": {"plan": None, "name": "Ann"}, "timestamp": ISO0}],
+    ),
+    (
         "identify by email",
         {**E, "action": "identify", "timestamp": T0, "attributes": {"plan": "pro"}},
         "person",
@@ -440,13 +446,36 @@ def test_seed_options(
         ev("browsed", "user-2", 30),
     ]
     assert send(cli, {**penv, **extra}, tmp_path, events).exit_code == 0
-    assert [p["userId"] for p in pipes.pipelines.people()] == expected_people
+    assert [p["userId"] or p["email"] for p in pipes.pipelines.people()] == expected_people
     assert len(pipes.pipelines.anonymous_events()) == expected_anonymous
     person_events = [e["name"] for e in pipes.pipelines.events()]
     assert "bought" in person_events
     assert ("browsed" in person_events) is ("EVENTS_TO_SEND" not in extra)
-    if "IDENTIFY_BY_EMAIL" in extra:
-        assert pipes.pipelines.person("cat@example.com")["attributes"]["email"] == "cat@example.com"
+    if "IDENTIFY_BY_EMAIL" in extra:  # an email userId addresses the person by email: no id
+        person = pipes.pipelines.person("cat@example.com")
+        assert person is not None and person["userId"] is None and person["attributes"]["email"] == "cat@example.com"
+
+
+@pytest.mark.parametrize(
+    "clear",
+    [{"$unset": ["plan"]}, {"$set": {"plan": None}}],
+    ids=["unset", "set-null"],
+)
+def test_an_attribute_clear_is_sent_as_null_and_removes_the_trait(
+    cli: Any, penv: dict[str, str], pipes: SandboxServer, tmp_path: Path, clear: dict[str, Any]
+) -> None:
+    """``$unset`` / ``$set`` null reach Pipelines as ``"plan": null`` (the Segment spec), not ``""``."""
+    events = [
+        ev("$identify", "user-5", 0, **{"$set": {"plan": "pro", "name": "Ann"}}),
+        ev("$set", "user-5", 10, **clear),
+    ]
+    result = send(cli, penv, tmp_path, events)
+    assert result.exit_code == 0, result.output
+    identifies = [c for r in pipes.pipelines.requests() for c in r["body"]["batch"] if c["type"] == "identify"]
+    assert identifies[0]["traits"]["plan"] == "pro"
+    assert identifies[-1]["traits"] == {"plan": None}
+    person = pipes.pipelines.person("user-5")
+    assert person is not None and person["attributes"] == {"name": "Ann"}
 
 
 def test_wrong_key_keeps_everything_queued(
@@ -625,3 +654,51 @@ def test_serve_with_the_sandbox_in_pipelines_mode(tmp_path: Path) -> None:
             time.sleep(0.02)
     assert [e["anonymousId"] for e in box.pipelines.anonymous_events()] == ["visitor-1"]
     assert box.state.stats().get("requests", 0) == 0  # nothing through the Track API
+
+
+# --------------------------------------------------------------------------- email change (IDENTIFY_BY_EMAIL)
+
+D, OLD, NEW = "user-7", "old@example.com", "new@example.com"
+#: what the mapping emits when a person addressed by email changes it: give the profile the id, then change the
+#: email addressed by the id; afterwards the person is addressed by the new email
+EMAIL_CHANGE = [
+    {"type": "person", "identifiers": {"email": OLD}, "action": "identify", "timestamp": T0, "attributes": {"id": D}},
+    {"type": "person", "identifiers": {"id": D}, "action": "identify", "timestamp": T0, "attributes": {"email": NEW}},
+]
+
+
+def test_an_email_change_becomes_identifies_by_user_id() -> None:
+    """The id goes out as the ``userId`` (Customer.io's person id), the emails as ``traits.email``."""
+    first, second = ([{k: v for k, v in c.items() if k != "messageId"} for c in calls_of(op)] for op in EMAIL_CHANGE)
+    assert first == [{"type": "identify", "userId": D, "traits": {"email": OLD}, "timestamp": ISO0}]
+    assert second == [{"type": "identify", "userId": D, "traits": {"email": NEW}, "timestamp": ISO0}]
+    by_email = {"type": "person", "identifiers": {"email": NEW}, "action": "event", "name": "x", "id": "e9"}
+    assert calls_of({**by_email, "attributes": {}})[0]["userId"] == NEW
+
+
+def test_an_email_change_leaves_one_profile_with_every_event(pipes: SandboxServer) -> None:
+    """Before (by the old email), the change, after (by the new email): one person, id D, email N, all events."""
+
+    def person_op(identifiers: dict[str, str], action: str, **rest: Any) -> dict[str, Any]:
+        return {"type": "person", "identifiers": identifiers, "action": action, "timestamp": T0, **rest}
+
+    operations = [
+        person_op({"email": OLD}, "identify", attributes={"plan": "pro"}),
+        person_op({"email": OLD}, "event", name="before", id="ev-before", attributes={}),
+        *EMAIL_CHANGE,
+        person_op({"email": NEW}, "identify", attributes={"seats": 3}),
+        person_op({"email": NEW}, "event", name="after", id="ev-after", attributes={}),
+    ]
+    texts = [
+        pl.encode_call(call)
+        for seq, op in enumerate(operations, 1)
+        for call in pl.operation_calls(op, "person", pl.message_id(op, seq, "person", encode_payload(op)))
+    ]
+    with pl.PipelinesClient(KEY, pipes.url) as client:
+        assert client.send_batch(texts).outcome is Outcome.OK
+    (person,) = pipes.pipelines.people()
+    assert (person["userId"], person["email"]) == (D, NEW)
+    assert person["attributes"] == {"email": NEW, "plan": "pro", "seats": 3}
+    assert [e["name"] for e in pipes.pipelines.events(NEW)] == ["before", "after"]
+    assert pipes.pipelines.events(D) == pipes.pipelines.events(NEW)
+    assert pipes.pipelines.person(OLD) is None and pipes.pipelines.failures() == []

@@ -557,7 +557,7 @@ def _pipelines_sandbox_summary(sandbox: Any) -> dict[str, Any]:
     people = []
     for person in state.people():
         events = sorted(
-            state.events(person["userId"]) if person["userId"] else [],
+            state.events(person["userId"] or person["email"]),  # a person addressed by email has no id
             key=lambda event: str(event.get("timestamp") or ""),
         )
         people.append(

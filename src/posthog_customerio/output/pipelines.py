@@ -535,12 +535,27 @@ def message_id(payload: dict[str, Any], seq: int, kind: str, text: str) -> str:
 
 
 def _user_id(identifiers: dict[str, Any]) -> str:
-    """The ``userId`` the Track modes would address: the id, else the email (``IDENTIFY_BY_EMAIL``)."""
+    """The ``userId`` the Track modes would address: the id, else the email (``IDENTIFY_BY_EMAIL``).
+
+    "Person ID ... ``userId`` in request body; can be id or email"
+    (https://docs.customer.io/integrations/api/track-vs-cdp-api/); "If you pass an email address as the ``userId``,
+    Customer.io sets this trait for you" (``traits.email``, https://docs.customer.io/integrations/api/cdp/).
+    """
     for key in ("id", "email"):
         value = identifiers.get(key)
         if isinstance(value, str) and value:
             return value
     raise UnsupportedOperation(f"no Pipelines userId for identifiers {sorted(identifiers)}")
+
+
+def _traits(attributes: dict[str, Any]) -> dict[str, Any]:
+    """Identify attributes as Segment traits: a clear (``""``, "remove" on the Track APIs) becomes ``null``.
+
+    The Track APIs remove an attribute sent as ``null`` or ``""``, and the mapping sends a clear (PostHog ``$unset``
+    or a ``null`` value) as ``""``. A Segment-spec trait has no such convention: ``null`` is the value that says "no
+    value", so a clear goes out as ``null`` (the meaning is the same: on Track ``""`` already meant "remove").
+    """
+    return {key: None if value == "" else value for key, value in attributes.items()}
 
 
 def _with_ids(calls: list[dict[str, Any]], message: str) -> list[dict[str, Any]]:
@@ -561,7 +576,10 @@ def _person_calls(payload: dict[str, Any], when: Any) -> list[dict[str, Any]]:
         anonymous = attributes.pop("anonymous_id", None)
         if "email" in identifiers and "id" not in identifiers:
             attributes.setdefault("email", identifiers["email"])
-        return [identify(user, attributes, anonymous_id=anonymous, timestamp=when)]
+            person_id = attributes.pop("id", None)
+            if person_id not in (None, ""):  # the person's id, given to a profile addressed by email
+                user = str(person_id)
+        return [identify(user, _traits(attributes), anonymous_id=anonymous, timestamp=when)]
     if action in ("event", "page", "screen"):
         return [_view_call(action, payload, attributes, user, None, when)]
     if action in _SEMANTIC_ACTIONS:
@@ -615,6 +633,16 @@ def _view_call(
 
 def operation_calls(payload: dict[str, Any], kind: str, message: str) -> list[dict[str, Any]]:
     """The Segment-spec calls for one neutral operation (raises :class:`UnsupportedOperation`).
+
+    An identify addressed by email (``IDENTIFY_BY_EMAIL``) sends the email as ``userId`` and ``traits.email``; when
+    its attributes carry the person's ``id`` (the mapping gives a profile known by email its id before changing
+    the email), the id is the ``userId`` and the email stays in ``traits.email``: the Pipelines API has no id
+    trait, its ``userId`` is the person id, and Customer.io gives an unknown id to the person holding the body's
+    email. The email change that follows (addressed by id, ``email`` in the attributes) is an identify with that
+    ``userId`` and the new ``traits.email``, the documented way to change a person's email ("Update their
+    information—like when they change their email address",
+    https://docs.customer.io/integrations/data-in/source-spec/identify-spec/). An attribute clear goes out as the
+    trait ``null`` (:func:`_traits`).
 
     person: identify (with ``anonymousId`` when it attaches a visitor), track/page/screen, alias (merge:
     ``previousId`` = the secondary), semantic events (delete, suppress, unsuppress, devices), group per

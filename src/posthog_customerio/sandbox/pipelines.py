@@ -2,7 +2,7 @@
 
 Mounted into the sandbox app by :func:`.server.create_app`; state lives in
 :class:`PipelinesState` and is readable under ``/_sandbox/pipelines/`` (people, events, anonymous_events,
-objects, requests, stats; ``POST reset``; ``faults``).
+objects, failures, requests, stats; ``POST reset``; ``faults``).
 
 What it does, from Customer.io's documentation (https://docs.customer.io/integrations/api/cdp/) and the fields
 the Customer.io (Journeys) destination reads from each call:
@@ -13,8 +13,46 @@ the Customer.io (Journeys) destination reads from each call:
   permissive, "logging errors but returning HTTP 200": the sandbox answers 200 and drops the request.
 * Limits: 32 KB per call (read as 32,768 bytes, like Customer.io's clients), 500 KB (500,000 bytes) per request.
 * A request is applied whole or not at all: Customer.io documents no per-call errors in strict mode.
-* identify: a person by ``userId`` (or, without one, by ``traits.email``); traits are attributes (``email`` is
-  also an identifier). With ``anonymousId`` too, the visitor's anonymous activity attaches to the person.
+* People and their identifiers. The ``userId`` is the person: "Person ID ... ``userId`` in request body; can be
+  id or email" (https://docs.customer.io/integrations/api/track-vs-cdp-api/). An email-shaped ``userId``
+  addresses the person by email and sets the email: "If you pass an email address as the ``userId``, Customer.io
+  sets this trait for you" (``traits.email``, https://docs.customer.io/integrations/api/cdp/tag/default/identify/);
+  any other addresses the person by ``id``. Without a ``userId``, an identify addresses the person by
+  ``traits.email``: "when you use Customer.io as a destination, you can pass an empty userId or anonymousId, and
+  identify people by their email trait" (same page). Email addresses are compared without case, ids with it:
+  "id values are case sensitive; email addresses are not" (https://docs.customer.io/journeys/identifying-people/).
+  A track/page/screen/group/alias to an unknown person creates the person.
+* identify: traits are attributes; ``traits.email`` is the email identifier (a ``null``/``""`` email is ignored,
+  as in the Track sandbox). With ``anonymousId`` too, the visitor's anonymous activity attaches to the person.
+  The Journeys destination applies an identify as Customer.io's identify ("an incoming identify event from your
+  sources adds or updates a person", https://docs.customer.io/cdp/destinations/connections/customerio/), so the
+  Track API's identifier rules hold (https://docs.customer.io/integrations/api/track/ , identify; the Track
+  sandbox's ``workspace.py`` cites them): identifiers are unique across people; an unknown ``id`` whose
+  ``traits.email`` belongs to a person without an id gives that person the id ("If the identifier in the path
+  does not belong to a person but you use an identifier in your request body that does belong to a person, your
+  request updates the person and assigns them the identifier in the path"); the email of a person addressed by
+  email does not change; the email of a person addressed by id changes -- the Pipelines way to change it: send
+  an identify when people "Update their information—like when they change their email address"
+  (https://docs.customer.io/integrations/data-in/source-spec/identify-spec/) -- while the workspace setting
+  "Allow updates to email using ID" is on (``allow_email_update_by_id``, on by default as in the Track sandbox).
+  An identify breaking these rules answers 200 and changes nothing: it is listed as an attribute update failure
+  (``/_sandbox/pipelines/failures``), as Customer.io reports one in the workspace.
+* A trait sent as ``null`` or ``""`` removes the attribute. The Pipelines API reference says only that traits
+  are what "you want to set on a person. These can take any JSON shape"
+  (https://docs.customer.io/integrations/api/cdp/tag/default/identify/ , from
+  https://docs.customer.io/files/pipelines.json); an identify "adds or updates a person in our Customer.io
+  Journeys destination" (https://docs.customer.io/cdp/destinations/connections/customerio/), which writes the
+  traits as the person's attributes, and Customer.io's Track API removes an attribute passed as ``null`` or as
+  an empty string (its reference, https://docs.customer.io/integrations/api/track/ , says so of object
+  attributes, "Pass `null` or an empty string to remove an attribute", and of relationship attributes; the
+  Track sandbox applies the same rule to people).
+* Traits apply in arrival order: an older identify that arrives later overwrites a newer value. The Pipelines
+  API documents ``timestamp`` only as "The ISO-8601 timestamp when the event originally took place. This is
+  mostly useful when you backfill past events. If you're not backfilling data, you can leave this field empty
+  and we'll use the current time or server time." (every call type in
+  https://docs.customer.io/integrations/api/cdp/ , https://docs.customer.io/files/pipelines.json), and
+  https://docs.customer.io/integrations/api/track-vs-cdp-api/ compares timestamps only by format; nothing
+  documents that identify traits are ordered by it, as the Track API's ``_timestamp``/``timestamp`` is.
 * track/page/screen: with ``userId`` the event belongs to the person (the ``anonymousId`` is ignored); with only
   ``anonymousId`` it is kept as anonymous activity until an identify (or alias) attaches it.
 * group: the object ``(traits.objectTypeId | objectTypeId | "1", groupId)``; attributes are the traits without
@@ -45,6 +83,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .credentials import decode_basic
+from .operations import EMAIL_RE
 from .wire import json_response
 
 __all__ = ["MAX_CALL_BYTES", "MAX_REQUEST_BYTES", "PipelinesError", "PipelinesState", "routes"]
@@ -52,6 +91,7 @@ __all__ = ["MAX_CALL_BYTES", "MAX_REQUEST_BYTES", "PipelinesError", "PipelinesSt
 MAX_CALL_BYTES = 32 * 1024
 MAX_REQUEST_BYTES = 500_000
 MAX_LOGGED_REQUESTS = 100_000
+MAX_LOGGED_FAILURES = 100_000
 _CALL_TYPES = ("identify", "track", "page", "screen", "group", "alias")
 _SEMANTIC = frozenset(
     {
@@ -89,6 +129,11 @@ class _Person:
     created_at: float = 0.0
 
 
+def _who(user_id: str) -> tuple[str, str]:
+    """The identifier a ``userId`` is: an email-shaped one is the person's email, any other the person's id."""
+    return ("email", user_id) if EMAIL_RE.fullmatch(user_id) else ("id", user_id)
+
+
 def _compact_len(value: Any) -> int:
     return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str).encode("utf-8"))
 
@@ -114,8 +159,9 @@ def _dict(call: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def _merge(target: dict[str, Any], updates: dict[str, Any]) -> None:
+    """Set traits as attributes; ``null`` or ``""`` removes one (the Journeys destination writes them to Track)."""
     for key, value in updates.items():
-        if value is None:
+        if value is None or value == "":
             target.pop(key, None)
         else:
             target[key] = value
@@ -229,7 +275,11 @@ class PipelinesState:
         self._seen: set[str] = set()
         self._requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_LOGGED_REQUESTS)
         self._faults: list[dict[str, Any]] = []
+        self._failures: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_LOGGED_FAILURES)
         self._counts: collections.Counter[str] = collections.Counter()
+        #: The workspace setting "Allow updates to email using ID" (as the Track sandbox's; on by default): an
+        #: identify whose ``userId`` is an id may change the person's email (``traits.email``).
+        self.allow_email_update_by_id = True
 
     # ----------------------------------------------------------------- views
 
@@ -253,21 +303,42 @@ class PipelinesState:
         with self._lock:
             return [self._person_view(person) for person in self._people.values()]
 
-    def person(self, identifier: str) -> dict[str, Any] | None:
-        """A person by userId or email."""
-        with self._lock:
-            key = self._by_user.get(identifier, self._by_email.get(identifier))
-            return self._person_view(self._people[key]) if key is not None else None
+    def _by_identifier(self, identifier: str) -> _Person | None:
+        key = self._by_user.get(identifier)
+        if key is None:
+            key = self._by_email.get(identifier.lower())
+        return self._people.get(key) if key is not None else None
 
-    def events(self, user_id: str | None = None) -> list[dict[str, Any]]:
-        """Person events (track/page/screen), optionally of one userId."""
+    def person(self, identifier: str) -> dict[str, Any] | None:
+        """A person by id or email."""
         with self._lock:
-            return [dict(e) for e in self._events if user_id is None or e["userId"] == user_id]
+            person = self._by_identifier(identifier)
+            return self._person_view(person) if person is not None else None
+
+    def _event_view(self, event: dict[str, Any]) -> dict[str, Any]:
+        view = {k: v for k, v in event.items() if k != "person"}
+        owner = self._people.get(event["person"])
+        view["userId"], view["email"] = (owner.user_id, owner.email) if owner is not None else (None, None)
+        return view
+
+    def events(self, identifier: str | None = None) -> list[dict[str, Any]]:
+        """Person events (track/page/screen) with their person's id (``userId``) and email; optionally of one person
+        (by id or email)."""
+        with self._lock:
+            person = self._by_identifier(identifier) if identifier is not None else None
+            if identifier is not None and person is None:
+                return []
+            return [self._event_view(e) for e in self._events if person is None or e["person"] == person.key]
+
+    def failures(self) -> list[dict[str, Any]]:
+        """Identifies not applied: Customer.io's "Attribute Update Failure" (the request itself answered 200)."""
+        with self._lock:
+            return list(self._failures)
 
     def anonymous_events(self) -> list[dict[str, Any]]:
         """Anonymous activity not attached to anyone yet."""
         with self._lock:
-            return [dict(e) for events in self._anonymous.values() for e in events]
+            return [self._event_view(e) for events in self._anonymous.values() for e in events]
 
     def objects(self) -> list[dict[str, Any]]:
         """Objects with their attributes and related people (by userId)."""
@@ -355,55 +426,124 @@ class PipelinesState:
                 self._counts[f"calls_{call.type}"] += 1
                 getattr(self, f"_apply_{call.type}")(call, now)
 
-    def _find(self, user_id: str | None, email: str | None = None) -> _Person | None:
-        key = self._by_user.get(user_id) if user_id else None
-        if key is None and email:
-            key = self._by_email.get(email)
-            if key is not None and user_id and self._people[key].user_id not in (None, user_id):
-                key = None
+    # ----------------------------------------------------------------- identifiers
+
+    def _lookup(self, kind: str, value: str) -> _Person | None:
+        """The person holding identifier ``value`` of ``kind`` (``id``: case-sensitive; ``email``: not)."""
+        key = self._by_user.get(value) if kind == "id" else self._by_email.get(value.lower())
         return self._people.get(key) if key is not None else None
 
-    def _find_or_create(self, user_id: str | None, email: str | None, now: float) -> _Person:
-        person = self._find(user_id, email)
-        if person is None:
-            person = _Person(next(self._seq), created_at=now)
-            self._people[person.key] = person
-        if user_id and person.user_id is None:
-            person.user_id = user_id
-            self._by_user[user_id] = person.key
-        if email and person.email is None and email not in self._by_email:
-            person.email = email
-            self._by_email[email] = person.key
+    def _find(self, user_id: str) -> _Person | None:
+        """The person a ``userId`` addresses (by email when it is one, else by id)."""
+        return self._lookup(*_who(user_id))
+
+    def _assign(self, person: _Person, kind: str, value: str) -> None:
+        """Give ``person`` this identifier (replacing its previous one of that kind)."""
+        if kind == "id":
+            if person.user_id is not None:
+                self._by_user.pop(person.user_id, None)
+            person.user_id = value
+            self._by_user[value] = person.key
+        else:
+            if person.email is not None:
+                self._by_email.pop(person.email.lower(), None)
+            person.email = value
+            self._by_email[value.lower()] = person.key
+            person.attributes["email"] = value
+
+    def _create(self, kind: str, value: str, now: float) -> _Person:
+        person = _Person(next(self._seq), created_at=now)
+        self._people[person.key] = person
+        self._assign(person, kind, value)
         return person
+
+    def _find_or_create(self, user_id: str, now: float) -> _Person:
+        """The person a ``userId`` addresses; a call to an unknown one creates the person (Track does)."""
+        who = _who(user_id)
+        return self._lookup(*who) or self._create(*who, now)
+
+    def _fail(self, call: _Call, who: tuple[str, str], message: str, now: float) -> None:
+        """An identify the destination cannot apply: recorded, nothing changed (the request answered 200)."""
+        self._counts["attribute_update_failures"] += 1
+        self._failures.append(
+            {"time": now, "userId": call.user_id, "identifiers": {who[0]: who[1]}, "message": message}
+        )
+
+    def _identify_target(self, call: _Call, who: tuple[str, str], email: str | None, now: float) -> _Person | None:
+        """The person an identify updates, with its identifiers applied; ``None`` when it is a failure.
+
+        The Journeys destination applies an identify as the Track API's identify: the ``userId`` addresses the
+        person, ``traits.email`` is the email identifier. Identifiers are unique across people; an unknown id
+        whose ``traits.email`` belongs to a person without an id gives that person the id; the email of a person
+        addressed by email cannot change, that of a person addressed by id changes when the workspace allows
+        "updates to email using ID".
+        """
+        kind, value = who
+        if kind == "email":
+            if email is not None and email.lower() != value.lower():
+                self._fail(call, who, "cannot change the email of a person addressed by email", now)
+                return None
+            return self._lookup(kind, value) or self._create(kind, value, now)
+        person = self._lookup("id", value)
+        owner = self._lookup("email", email) if email is not None else None
+        if person is None and owner is not None:
+            if owner.user_id is not None:
+                self._fail(call, who, f"email {email!r} belongs to another person", now)
+                return None
+            self._assign(owner, "id", value)
+            return owner
+        if person is None:
+            person = self._create("id", value, now)
+        if email is None or (person.email is not None and person.email.lower() == email.lower()):
+            return person
+        if owner is not None and owner is not person:
+            self._fail(call, who, f"email {email!r} belongs to another person", now)
+            return None
+        if person.email is not None and not self.allow_email_update_by_id:
+            self._fail(call, who, "cannot change the email of a person addressed by id (workspace setting off)", now)
+            return None
+        self._assign(person, "email", email)
+        return person
+
+    # ----------------------------------------------------------------- calls
 
     def _attach(self, person: _Person, anonymous_id: str) -> None:
         if anonymous_id not in person.anonymous_ids:
             person.anonymous_ids.append(anonymous_id)
         _merge(person.attributes, self._anonymous_traits.pop(anonymous_id, {}))
         for event in self._anonymous.pop(anonymous_id, []):
-            event["userId"] = person.user_id
+            event["person"] = person.key
             self._events.append(event)
             self._counts["anonymous_attached"] += 1
 
     def _apply_identify(self, call: _Call, now: float) -> None:
         traits = dict(_dict(call.raw, "traits"))
+        if traits.get("email") in (None, ""):
+            traits.pop("email", None)  # an identifier is not cleared by a trait (the Track sandbox ignores it too)
         email = traits.get("email") if isinstance(traits.get("email"), str) else None
-        if not call.user_id and not email:
+        if call.user_id:
+            who = _who(call.user_id)
+        elif email:
+            who = ("email", email)  # "you can pass an empty userId or anonymousId, and identify people by ... email"
+        else:
             assert call.anonymous_id is not None
             _merge(self._anonymous_traits.setdefault(call.anonymous_id, {}), traits)
             return
-        person = self._find_or_create(call.user_id, email, now)
+        person = self._identify_target(call, who, email, now)
+        if person is None:
+            return
+        traits.pop("email", None)  # set with the identifier
         _merge(person.attributes, traits)
         if call.anonymous_id:
             self._attach(person, call.anonymous_id)
 
-    def _event(self, call: _Call, now: float) -> dict[str, Any]:
+    def _event(self, call: _Call, person: _Person | None, now: float) -> dict[str, Any]:
         raw = call.raw
         name = raw.get("event") if call.type == "track" else raw.get("name")
         return {
             "type": call.type,
             "name": name,
-            "userId": call.user_id,
+            "person": person.key if person is not None else None,
             "anonymousId": call.anonymous_id,
             "properties": dict(_dict(raw, "properties")),
             "messageId": call.message_id,
@@ -420,13 +560,11 @@ class PipelinesState:
         self._apply_view(call, now)
 
     def _apply_view(self, call: _Call, now: float) -> None:
-        record = self._event(call, now)
         if call.user_id:
-            self._find_or_create(call.user_id, None, now)
-            self._events.append(record)
+            self._events.append(self._event(call, self._find_or_create(call.user_id, now), now))
         else:
             assert call.anonymous_id is not None
-            self._anonymous.setdefault(call.anonymous_id, []).append(record)
+            self._anonymous.setdefault(call.anonymous_id, []).append(self._event(call, None, now))
 
     _apply_page = _apply_view
     _apply_screen = _apply_view
@@ -441,7 +579,7 @@ class PipelinesState:
         obj = self._objects.setdefault(key, {"attributes": {}, "relationships": {}, "created_at": now})
         _merge(obj["attributes"], attributes)
         if call.user_id:
-            person = self._find_or_create(call.user_id, None, now)
+            person = self._find_or_create(call.user_id, now)
             related = obj["relationships"].setdefault(person.key, {})
             if isinstance(relationship, dict):
                 _merge(related, relationship)
@@ -449,8 +587,8 @@ class PipelinesState:
     def _apply_alias(self, call: _Call, now: float) -> None:
         previous = _id(call.raw.get("previousId"))
         assert previous is not None and call.user_id is not None
-        secondary = self._find(previous, previous)
-        primary = self._find_or_create(call.user_id, None, now)
+        secondary = self._find(previous)
+        primary = self._find_or_create(call.user_id, now)
         if secondary is not None and secondary.key != primary.key:
             self._merge_people(primary, secondary)
         if previous in self._anonymous or previous in self._anonymous_traits:
@@ -466,26 +604,25 @@ class PipelinesState:
             if anonymous_id not in primary.anonymous_ids:
                 primary.anonymous_ids.append(anonymous_id)
         for event in self._events:
-            if event["userId"] == secondary.user_id and secondary.user_id is not None:
-                event["userId"] = primary.user_id
+            if event["person"] == secondary.key:
+                event["person"] = primary.key
         for obj in self._objects.values():
             if secondary.key in obj["relationships"]:
                 obj["relationships"].setdefault(primary.key, obj["relationships"][secondary.key])
         email = secondary.email
         self._remove(secondary, keep_events=True)
         if email and primary.email is None:
-            primary.email = email
-            self._by_email[email] = primary.key
+            self._assign(primary, "email", email)
         self._counts["merges"] += 1
 
     def _remove(self, person: _Person, keep_events: bool = False) -> None:
         self._people.pop(person.key, None)
         if person.user_id:
             self._by_user.pop(person.user_id, None)
-            if not keep_events:
-                self._events = [e for e in self._events if e["userId"] != person.user_id]
         if person.email:
-            self._by_email.pop(person.email, None)
+            self._by_email.pop(person.email.lower(), None)
+        if not keep_events:
+            self._events = [e for e in self._events if e["person"] != person.key]
         for obj in self._objects.values():
             obj["relationships"].pop(person.key, None)
 
@@ -496,12 +633,14 @@ class PipelinesState:
             if person is not None:
                 self._remove(person)
         elif event in ("User Suppressed", "User Unsuppressed"):
-            target = person or self._find_or_create(user_id, None, now)
+            assert user_id is not None
+            target = person or self._find_or_create(user_id, now)
             target.suppressed = event == "User Suppressed"
         elif event == "Device Created or Updated":
+            assert user_id is not None
             device = dict(_device(raw))
             token = device.pop("token")
-            target = person or self._find_or_create(user_id, None, now)
+            target = person or self._find_or_create(user_id, now)
             entry = target.devices.setdefault(token, {})
             _merge(entry, device)
             _merge(entry, {k: v for k, v in _dict(raw, "properties").items() if k != "device"})
@@ -615,6 +754,10 @@ async def _anonymous_events(request: Request) -> Response:
     return json_response(200, _state(request).anonymous_events())
 
 
+async def _failures(request: Request) -> Response:
+    return json_response(200, _state(request).failures())
+
+
 async def _objects(request: Request) -> Response:
     return json_response(200, _state(request).objects())
 
@@ -650,6 +793,7 @@ def routes() -> list[Route]:
         Route("/_sandbox/pipelines/events", _events),
         Route("/_sandbox/pipelines/anonymous_events", _anonymous_events),
         Route("/_sandbox/pipelines/objects", _objects),
+        Route("/_sandbox/pipelines/failures", _failures),
         Route("/_sandbox/pipelines/requests", _requests),
         Route("/_sandbox/pipelines/stats", _stats),
         Route("/_sandbox/pipelines/reset", _reset, methods=["POST"]),
