@@ -463,3 +463,37 @@ def test_clickhouse_export_lines_with_json_string_fields_parse_like_objects() ->
     assert parsed.properties == {"k": 1} and parsed.person_properties == {"email": "d@e.f"}
     empty = parse_event({"event": "x", "distinct_id": "d", "properties": "  ", "person_properties": ""}, NOW)
     assert empty.properties == {} and empty.person_properties == {}
+
+
+# --------------------------------------------------------------------------- email at the edge
+TYPED = "Rosa.Diaz@Example.COM "  # a mobile keyboard's trailing space
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        _event(**{"$set": {"email": TYPED}}),  # plugin-style top-level $set
+        _event(properties={"$set": {"email": "\t" + TYPED}}),  # capture: $set inside properties
+        _event(**{"$set_once": {"email": TYPED}}),
+        _event(person_properties={"email": TYPED}, set={"email": " " + TYPED}),  # batch export
+        {  # webhook (Hog globals): person.properties
+            "event": {"event": "clicked", "distinct_id": "user-42", "properties": {}},
+            "person": {"properties": {"email": TYPED}},
+        },
+    ],
+    ids=["set", "properties.$set", "set_once", "export", "webhook-person"],
+)
+def test_email_is_trimmed_once_at_the_edge_and_keeps_its_case(obj: dict[str, Any]) -> None:
+    event = parse_event(obj, NOW)
+    emails = [props["email"] for props in (event.set, event.set_once, event.person_properties) if "email" in props]
+    assert emails and all(email == "Rosa.Diaz@Example.COM" for email in emails), emails
+
+
+def test_email_trimming_leaves_other_values_and_the_input_alone() -> None:
+    properties = {"$set": {"email": TYPED, "name": " Rosa "}}
+    event = parse_event(_event(properties=properties), NOW)
+    assert event.set == {"email": "Rosa.Diaz@Example.COM", "name": " Rosa "}  # only the email
+    assert properties["$set"]["email"] == TYPED  # the caller's dict is not changed
+    blank = parse_event(_event(**{"$set": {"email": "  ", "plan": "pro"}}), NOW)
+    assert blank.set["email"] == "  "  # nothing but spaces stays what it was (not an empty value)
+    assert parse_event(_event(**{"$set": {"email": None}}), NOW).set == {"email": None}

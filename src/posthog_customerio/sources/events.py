@@ -309,11 +309,31 @@ def _build(
         timestamp=_parse_timestamp(timestamp, now),
         properties=properties,
         uuid=_uuid(uuid),
-        set=set_props,
-        set_once=set_once_props,
+        set=_trim_email(set_props),
+        set_once=_trim_email(set_once_props),
         unset=_unset_keys(properties.get("$unset")),
-        person_properties=person_properties,
+        person_properties=_trim_email(person_properties),
     )
+
+
+def _trim_email(props: dict[str, Any]) -> dict[str, Any]:
+    """``props`` with its ``email`` stripped of surrounding whitespace (a copy when it changes).
+
+    A mobile keyboard leaves ``"Rosa.Diaz@Example.COM "``: untrimmed it is no email address,
+    so the ``with_email`` filter and ``IDENTIFY_BY_EMAIL`` would pass the person over and the
+    attribute would carry the space. Normalised here, once, everything downstream (mapping,
+    state, the attribute sent) sees the same value. Only whitespace goes: the case stays as
+    typed, because Customer.io compares email identifiers case-insensitively ("for workspaces
+    using email as an identifier, email is case-insensitive"). A value that is nothing but
+    whitespace is left as it is (trimming would make it an empty value, which clears the attribute).
+    """
+    email = props.get("email")
+    if not isinstance(email, str):
+        return props
+    trimmed = email.strip()
+    if trimmed == email or not trimmed:
+        return props
+    return {**props, "email": trimmed}
 
 
 def parse_payload(obj: Any, now: datetime | None = None) -> list[PostHogEvent]:
