@@ -5,6 +5,9 @@
 - :func:`make_runtime` — a :class:`Runtime` pointed at the sandbox with a fresh data dir;
 - :func:`sandbox_event_ids` / :func:`assert_exactly_once` — every event id Customer.io holds, once;
 - :func:`ev` — a PostHog event dict (plugin/capture shape); :func:`hog` — a Hog webhook body;
+- :func:`fixed_clock` — a receive-time clock for ``create_app``/``running_service`` that always says one instant;
+- :func:`posthog_js_event` / :func:`posthog_js_capture_body` / :func:`server_sdk_batch` — capture bodies
+  shaped as posthog-js and posthog-python/posthog-node send them (with their ``sent_at``);
 - :func:`in_ci` / :func:`unavailable` — a missing external thing skips outside CI and fails in CI;
 - :func:`npm_install` — install a ``tests/<dir>/package.json``'s pinned packages once.
 """
@@ -182,6 +185,74 @@ def hog(
             "properties": {"email": email or f"{distinct_id}@example.com"},
         }
     return body
+
+
+def fixed_clock(moment: datetime) -> Callable[[], datetime]:
+    """A clock that always answers ``moment`` (the service's receive time, independent of wall time)."""
+    return lambda: moment
+
+
+def iso_ms(moment: datetime) -> str:
+    """``moment`` as JavaScript's ``Date.prototype.toISOString`` writes it: ``2024-01-01T00:00:00.000Z``."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def posthog_js_event(
+    name: str, distinct_id: str, when: datetime, token: str = "phc_test", **properties: Any
+) -> dict[str, Any]:
+    """One event as posthog-js builds it (``posthog-core.ts`` ``capture``): the distinct id and the
+    project token inside ``properties``, ``timestamp`` the browser's ``new Date()`` (ISO, ms)."""
+    return {
+        "uuid": str(uuidlib.uuid4()),
+        "event": name,
+        "properties": {
+            "$lib": "web",
+            "$lib_version": "1.449.2",
+            "distinct_id": distinct_id,
+            "$device_id": distinct_id,
+            "$time": when.timestamp(),
+            "token": token,
+            **properties,
+        },
+        "timestamp": iso_ms(when),
+    }
+
+
+def posthog_js_capture_body(events: list[dict[str, Any]], sent_at: datetime) -> dict[str, Any]:
+    """A posthog-js capture request body (``request.ts`` ``addSentAtToCaptureBody``, "capture-body" mode):
+    ``{api_key, batch, sent_at}`` with ``sent_at`` the browser clock when the request left (ISO, ms).
+
+    Older posthog-js sent the bare event array and the send time in the query instead
+    (``?sent_at=<ms>``, before that ``?_=<ms>``)."""
+    return {"api_key": events[0]["properties"]["token"], "batch": events, "sent_at": iso_ms(sent_at)}
+
+
+def server_sdk_batch(
+    events: list[dict[str, Any]], sent_at: datetime | None, api_key: str = "phc_test"
+) -> dict[str, Any]:
+    """A ``POST /batch/`` body as posthog-python (``request.py`` ``post``: ``sent_at`` = ``datetime.now(tz=utc)
+    .isoformat()``) and posthog-node (``sendBatch``: ``{api_key, batch, sent_at}``) send it; ``sent_at=None``
+    leaves it out, as a hand-rolled client might."""
+    body: dict[str, Any] = {"batch": events, "api_key": api_key}
+    if sent_at is not None:
+        body["sent_at"] = sent_at.astimezone(UTC).isoformat()
+    return body
+
+
+def server_sdk_event(name: str, distinct_id: str, when: datetime | None, **properties: Any) -> dict[str, Any]:
+    """One message as posthog-python queues it (``client.py`` ``capture``); ``when=None`` sends no timestamp."""
+    event: dict[str, Any] = {
+        "event": name,
+        "distinct_id": distinct_id,
+        "uuid": str(uuidlib.uuid4()),
+        "type": "capture",
+        "library": "posthog-python",
+        "library_version": "7.91.1",
+        "properties": {"$lib": "posthog-python", "$lib_version": "7.91.1", "$geoip_disable": True, **properties},
+    }
+    if when is not None:
+        event["timestamp"] = when.astimezone(UTC).isoformat()
+    return event
 
 
 def in_ci() -> bool:

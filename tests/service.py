@@ -5,8 +5,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 
 import uvicorn
 
@@ -25,19 +26,25 @@ def running_service(
     ingest: bool = True,
     close_runtime: bool = True,
     start_timeout_s: float = 15.0,
+    clock: Callable[[], datetime] | None = None,
 ) -> Iterator[str]:
     """Serve ``create_app(runtime)`` on ``127.0.0.1:<free port>``; yields the base URL.
 
     The app's lifespan runs (delivery workers and the throughput sampler start).
     On exit the server shuts down (its lifespan drains the outbox for up to
     ``SHUTDOWN_GRACE_S``) and, unless ``close_runtime`` is false, the runtime is closed.
+    ``clock``: the receive time the capture receivers correct SDK clocks against (default: wall time).
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     config = uvicorn_config(
-        create_app(runtime, deliver=deliver, ingest=ingest), "127.0.0.1", port, runtime.settings, lifespan="on"
+        create_app(runtime, deliver=deliver, ingest=ingest, clock=clock),
+        "127.0.0.1",
+        port,
+        runtime.settings,
+        lifespan="on",
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn-test", daemon=True)

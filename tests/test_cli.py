@@ -130,6 +130,31 @@ def test_plugin_config_file_is_accepted_as_is(cli: Cli, env: dict, sandbox: Sand
     assert all(op["identifiers"] == {"email": "Ann@Example.com"} for op in ops)
 
 
+def test_an_email_typed_with_a_trailing_space_is_sent_trimmed_and_addresses_the_person(
+    cli: Cli, env: dict, sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    typed = "Rosa.Diaz@Example.COM "  # a mobile keyboard's trailing space
+    path = write_jsonl(
+        tmp_path / "events.jsonl",
+        [
+            event("signed_up", "anon-rosa", 0, **{"$set": {"email": typed, "name": "Rosa"}}),
+            event("clicked", "anon-rosa", 1, button="buy"),
+        ],
+    )
+    env = {**env, "SEND_EVENTS_FROM_ANONYMOUS_USERS": "with_email", "IDENTIFY_BY_EMAIL": "true"}
+    result = cli("send", "--json", str(path), env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["skipped"] == {}  # with_email keeps the person: it has an email
+    (person,) = sandbox.state.people()
+    # the case the user typed is kept: Customer.io compares email identifiers case-insensitively
+    assert person["email"] == "Rosa.Diaz@Example.COM"
+    assert person["id"] is None and person["event_count"] == 2  # addressed by the email, not by the id
+    ops = [op for r in sandbox.state.requests() for op in r["body"]["batch"]]
+    assert [op["action"] for op in ops] == ["identify", "event", "event"]
+    assert all(op["identifiers"] == {"email": "Rosa.Diaz@Example.COM"} for op in ops)
+    assert ops[0]["attributes"] == {"email": "Rosa.Diaz@Example.COM", "name": "Rosa"}  # no trailing space
+
+
 def test_restart_with_a_non_empty_outbox_delivers_the_backlog(
     cli: Cli, env: dict, sandbox: SandboxServer, tmp_path: Path
 ) -> None:

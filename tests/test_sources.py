@@ -15,10 +15,14 @@ from posthog_customerio.sources import (
     EventParseError,
     ParsedItem,
     PostHogEvent,
+    SdkClock,
+    capture_sent_at,
     parse_event,
     parse_payload,
+    parse_v1_batch,
     read_events,
     to_unix_seconds,
+    v1_sent_at,
 )
 
 NOW = datetime(2023, 6, 1, 12, 0, tzinfo=UTC)
@@ -463,3 +467,117 @@ def test_clickhouse_export_lines_with_json_string_fields_parse_like_objects() ->
     assert parsed.properties == {"k": 1} and parsed.person_properties == {"email": "d@e.f"}
     empty = parse_event({"event": "x", "distinct_id": "d", "properties": "  ", "person_properties": ""}, NOW)
     assert empty.properties == {} and empty.person_properties == {}
+
+
+# --------------------------------------------------------------------------- email at the edge
+TYPED = "Rosa.Diaz@Example.COM "  # a mobile keyboard's trailing space
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        _event(**{"$set": {"email": TYPED}}),  # plugin-style top-level $set
+        _event(properties={"$set": {"email": "\t" + TYPED}}),  # capture: $set inside properties
+        _event(**{"$set_once": {"email": TYPED}}),
+        _event(person_properties={"email": TYPED}, set={"email": " " + TYPED}),  # batch export
+        {  # webhook (Hog globals): person.properties
+            "event": {"event": "clicked", "distinct_id": "user-42", "properties": {}},
+            "person": {"properties": {"email": TYPED}},
+        },
+    ],
+    ids=["set", "properties.$set", "set_once", "export", "webhook-person"],
+)
+def test_email_is_trimmed_once_at_the_edge_and_keeps_its_case(obj: dict[str, Any]) -> None:
+    event = parse_event(obj, NOW)
+    emails = [props["email"] for props in (event.set, event.set_once, event.person_properties) if "email" in props]
+    assert emails and all(email == "Rosa.Diaz@Example.COM" for email in emails), emails
+
+
+def test_email_trimming_leaves_other_values_and_the_input_alone() -> None:
+    properties = {"$set": {"email": TYPED, "name": " Rosa "}}
+    event = parse_event(_event(properties=properties), NOW)
+    assert event.set == {"email": "Rosa.Diaz@Example.COM", "name": " Rosa "}  # only the email
+    assert properties["$set"]["email"] == TYPED  # the caller's dict is not changed
+    blank = parse_event(_event(**{"$set": {"email": "  ", "plan": "pro"}}), NOW)
+    assert blank.set["email"] == "  "  # nothing but spaces stays what it was (not an empty value)
+    assert parse_event(_event(**{"$set": {"email": None}}), NOW).set == {"email": None}
+
+
+# --------------------------------------------------------------------------- SDK clocks (capture paths)
+RECEIVED = datetime(2025, 3, 14, 15, 0, tzinfo=UTC)
+
+
+def _timed(item: dict[str, Any], sent_at: datetime | None = None, *, body: Any = None, **clock: Any) -> datetime:
+    (event,) = parse_payload(body or item, clock=SdkClock(RECEIVED, sent_at, **clock))
+    return event.timestamp
+
+
+def test_sdk_time_moves_the_timestamp_by_the_sdk_clock_error() -> None:
+    behind = RECEIVED - timedelta(days=4)
+    item = _event(timestamp=(behind - timedelta(seconds=3)).isoformat())
+    assert _timed(item, behind) == RECEIVED - timedelta(seconds=3)
+    ahead = RECEIVED + timedelta(hours=2)
+    unix_ms = int((ahead - timedelta(seconds=9)).timestamp() * 1000)  # corrected the same way as ISO text
+    assert _timed(_event(timestamp=unix_ms), ahead) == RECEIVED - timedelta(seconds=9)
+
+
+def test_sdk_time_without_sent_at_or_with_ignore_sent_at_keeps_the_timestamp_but_clamps_the_future() -> None:
+    old = RECEIVED - timedelta(days=4)
+    assert _timed(_event(timestamp=old.isoformat())) == old
+    ignored = _event(timestamp=old.isoformat(), properties={"$ignore_sent_at": True})
+    assert _timed(ignored, RECEIVED - timedelta(days=9)) == old
+    assert _timed(_event(timestamp=(RECEIVED + timedelta(days=3)).isoformat())) == RECEIVED
+    future_ignored = _event(timestamp=(RECEIVED + timedelta(days=3)).isoformat(), properties={"$ignore_sent_at": True})
+    assert _timed(future_ignored, RECEIVED) == RECEIVED  # capture v0 clamps even then
+    edge = RECEIVED + timedelta(hours=23)
+    assert _timed(_event(timestamp=edge.isoformat())) == edge  # exactly 23 h ahead is kept
+    assert _timed(_event(timestamp=(edge + timedelta(milliseconds=1)).isoformat())) == RECEIVED
+
+
+def test_sdk_time_offset_is_milliseconds_before_the_receive_time_and_wins_over_a_timestamp() -> None:
+    no_time = {"event": "synced", "distinct_id": "d", "offset": 90_000}
+    assert _timed(no_time, RECEIVED - timedelta(days=1)) == RECEIVED - timedelta(seconds=90)
+    both = _event(timestamp="2020-01-01T00:00:00Z", offset=1_500)  # PostHog's capture: offset decides
+    assert _timed(both) == RECEIVED - timedelta(milliseconds=1_500)
+    assert _timed(_event(timestamp=None, offset="90")) == RECEIVED  # not an integer: ignored
+    assert _timed(_event(timestamp=None, offset=10**18)) == datetime(1970, 1, 1, tzinfo=UTC)  # before year 1
+    assert _timed({"event": "opened", "distinct_id": "d"}, RECEIVED - timedelta(days=1)) == RECEIVED
+
+
+def test_capture_sent_at_is_per_request_body_first_then_query_milliseconds() -> None:
+    sent = RECEIVED - timedelta(days=4)
+    ms = str(int(sent.timestamp() * 1000))
+    batch = {"api_key": "k", "batch": [_event()], "sent_at": sent.isoformat()}
+    assert capture_sent_at(batch, {"_": "1700000000000"}) == sent  # the body wins
+    assert capture_sent_at([_event()], {"sent_at": ms}) == sent
+    assert capture_sent_at([_event()], {"_": ms}) == sent
+    assert capture_sent_at(_event(sent_at=sent.isoformat()), {}) is None  # a single event's sent_at: not read
+    assert capture_sent_at([_event()], {"_": "1704067200"}) is None  # seconds (older SDKs): 1970 as ms, ignored
+    assert capture_sent_at([_event()], {"_": "17"}) is None  # a cache buster
+    assert capture_sent_at({"batch": [], "sent_at": "soon"}, {"_": "x1"}) is None
+    assert v1_sent_at({"posthog-request-timestamp": "2025-03-10T15:00:00+00:00"}) == RECEIVED - timedelta(days=4)
+
+
+def test_capture_v1_disable_skew_correction_keeps_the_time_unclamped() -> None:
+    device = RECEIVED - timedelta(days=4)
+    body = {
+        "created_at": device.isoformat(),
+        "batch": [
+            {"event": "a", "uuid": "u1", "distinct_id": "d", "timestamp": device.isoformat(), "options": {}},
+            {
+                "event": "b",
+                "uuid": "u2",
+                "distinct_id": "d",
+                "timestamp": (RECEIVED + timedelta(days=2)).isoformat(),
+                "options": {"disable_skew_correction": True},
+            },
+        ],
+    }
+    a, b = parse_v1_batch(body, clock=SdkClock(RECEIVED, device, v1=True))
+    assert a.timestamp == RECEIVED and b.timestamp == RECEIVED + timedelta(days=2)
+
+
+def test_without_a_clock_nothing_is_corrected() -> None:
+    item = _event(timestamp=(RECEIVED + timedelta(days=3)).isoformat(), offset=90_000)
+    (event,) = parse_payload({"api_key": "k", "batch": [item], "sent_at": "2020-01-01T00:00:00Z"}, RECEIVED)
+    assert event.timestamp == RECEIVED + timedelta(days=3)

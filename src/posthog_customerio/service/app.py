@@ -9,8 +9,9 @@ background threads of the same process, started and drained by the app's lifespa
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -39,7 +40,11 @@ __all__ = ["create_app"]
 log = logging.getLogger(__name__)
 
 
-def _service(runtime: Runtime, deliver: bool) -> Service:
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _service(runtime: Runtime, deliver: bool, clock: Callable[[], datetime]) -> Service:
     settings = runtime.settings
     requests_log = RequestLog()
     sampler = ThroughputSampler(runtime)
@@ -64,6 +69,7 @@ def _service(runtime: Runtime, deliver: bool) -> Service:
         readiness=Readiness(runtime),
         probe=CustomerioProbe(runtime),
         deliver=deliver,
+        clock=clock,
     )
 
 
@@ -103,13 +109,17 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return exc.response()
 
 
-def create_app(runtime: Runtime, *, deliver: bool = True, ingest: bool = True) -> FastAPI:
+def create_app(
+    runtime: Runtime, *, deliver: bool = True, ingest: bool = True, clock: Callable[[], datetime] | None = None
+) -> FastAPI:
     """The FastAPI app around a :class:`Runtime`.
 
     ``ingest``: serve the receivers (webhook, capture); ``deliver``: run the
-    delivery workers. ``serve --role`` chooses (both by default).
+    delivery workers. ``serve --role`` chooses (both by default). ``clock``: the
+    receive time of capture requests, which SDK clocks are corrected against
+    (UTC wall time unless a test injects another).
     """
-    service = _service(runtime, deliver)
+    service = _service(runtime, deliver, clock or _utc_now)
     auth, proxying = service.auth, service.proxy is not None
     if auth.ops_guarded and not auth.ops_token:
         log.warning("only WEBHOOK_SIGNING_SECRET is set: the operations endpoints answer 401 until OPS_TOKEN is set")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from fastapi import Request
 
@@ -37,6 +38,8 @@ class Service:
     readiness: Readiness
     probe: CustomerioProbe
     deliver: bool
+    #: the receive time of a capture request (UTC; injectable so tests do not depend on wall time)
+    clock: Callable[[], datetime]
 
 
 def service_of(request: Request) -> Service:

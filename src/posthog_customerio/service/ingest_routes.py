@@ -8,6 +8,7 @@ With ``POSTHOG_HOST`` capture goes to PostHog first and only what PostHog accept
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,7 +16,15 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ..pipeline import IngestReport
-from ..sources import EventParseError, PostHogEvent, parse_payload, parse_v1_batch
+from ..sources import (
+    EventParseError,
+    PostHogEvent,
+    SdkClock,
+    capture_sent_at,
+    parse_payload,
+    parse_v1_batch,
+    v1_sent_at,
+)
 from ..sources.store import DATABASE_ERRORS, UnstorableBatch, store_events
 from . import apidoc
 from .bodies import HttpError, decode_body, parse_json, read_body, too_many
@@ -36,18 +45,29 @@ def _check_queue(service: Service, depth: int) -> None:
         raise HttpError(503, f"outbox holds {depth} operations (MAX_QUEUE {limit}); retry later", {"Retry-After": "30"})
 
 
-def _parse(service: Service, request: Request, payload: Any, v1: bool, source: str) -> list[PostHogEvent]:
+def _parse(
+    service: Service, request: Request, payload: Any, v1: bool, source: str, received_at: datetime | None
+) -> list[PostHogEvent]:
+    """Parse; an SDK's capture request (``received_at`` given) has its clock corrected as PostHog's capture does."""
     try:
         if v1:
-            return parse_v1_batch(payload, request.headers.get("posthog-sdk-info"))
-        return parse_payload(payload)
+            clock = None if received_at is None else SdkClock(received_at, v1_sent_at(request.headers), v1=True)
+            return parse_v1_batch(payload, request.headers.get("posthog-sdk-info"), clock=clock)
+        if received_at is None:  # webhook bodies: times PostHog set already
+            return parse_payload(payload)
+        return parse_payload(payload, clock=SdkClock(received_at, capture_sent_at(payload, request.query_params)))
     except EventParseError as exc:
         service.runtime.ingestor.count_invalid(source)
         raise HttpError(400, str(exc)[:300], reason="invalid_event") from None
 
 
-def parse_events(request: Request, raw: bytes, source: str, header_ok: bool, v1: bool) -> list[PostHogEvent]:
-    """Decode, authorise by payload token if needed, parse: CPU work, run in the thread pool."""
+def parse_events(
+    request: Request, raw: bytes, source: str, header_ok: bool, v1: bool, received_at: datetime | None = None
+) -> list[PostHogEvent]:
+    """Decode, authorise by payload token if needed, parse: CPU work, run in the thread pool.
+
+    ``received_at``: the receive time of a capture request (SDK clocks are corrected against it).
+    """
     service = service_of(request)
     settings, auth = service.settings, service.auth
     body = decode_body(request, raw, settings.max_body_bytes)
@@ -56,19 +76,19 @@ def parse_events(request: Request, raw: bytes, source: str, header_ok: bool, v1:
     payload = parse_json(body, settings.max_events_per_request)
     if not header_ok:
         auth.check_capture(request, payload)
-    events = _parse(service, request, payload, v1, source)
+    events = _parse(service, request, payload, v1, source, received_at)
     if len(events) > settings.max_events_per_request:
         raise HttpError(413, too_many(settings.max_events_per_request), reason="too_many_events")
     return events
 
 
-def parse_capture(request: Request, raw: bytes, v1: bool) -> list[PostHogEvent]:
+def parse_capture(request: Request, raw: bytes, v1: bool, received_at: datetime) -> list[PostHogEvent]:
     """Decode, authenticate and parse a proxied capture body (run in a worker thread)."""
     service = service_of(request)
     settings = service.settings
     payload = parse_json(decode_body(request, raw, settings.max_body_bytes), settings.max_events_per_request)
     service.auth.check_capture(request, payload)
-    return _parse(service, request, payload, v1, "capture")
+    return _parse(service, request, payload, v1, "capture", received_at)
 
 
 async def store(service: Service, events: list[PostHogEvent], source: str, reason: str = "") -> IngestReport:
@@ -100,6 +120,7 @@ async def proxy_capture(request: Request, v1: bool = False) -> Response:
     proxy, requests_log = service.proxy, service.requests_log
     assert proxy is not None
     raw = await read_body(request, service.settings.max_body_bytes)
+    received_at = service.clock()  # before forwarding: as close to PostHog's own receive time as we get
     try:
         upstream = await proxy.fetch(request, raw, _MAX_CAPTURE_ANSWER)
     except ProxyError as exc:
@@ -110,7 +131,7 @@ async def proxy_capture(request: Request, v1: bool = False) -> Response:
     if not 200 <= upstream.status < 300:
         return upstream.response()  # PostHog refused it: so do we
     try:
-        events = await run_in_threadpool(parse_capture, request, raw, v1)
+        events = await run_in_threadpool(parse_capture, request, raw, v1, received_at)
     except HttpError as exc:  # forwarded, PostHog decided; we cannot store it
         message = f"proxied {request.url.path} not stored for Customer.io: {exc.status} {exc.message}"[:300]
         requests_log.not_stored_event(exc.reason, message)
@@ -137,9 +158,10 @@ async def receive(request: Request, source: str, capture: bool, v1: bool = False
     depth = await run_in_threadpool(service.runtime.outbox.depth, 1.0)  # may wait for the database lock
     _check_queue(service, depth)
     raw = await read_body(request, service.settings.max_body_bytes)
+    received_at = service.clock() if capture else None  # PostHog's capture takes its "now" after the body too
     if not capture and auth.verifier is not None:
         await run_in_threadpool(auth.check_signature, request, raw)
-    events = await run_in_threadpool(parse_events, request, raw, source, header_ok, v1)
+    events = await run_in_threadpool(parse_events, request, raw, source, header_ok, v1, received_at)
     report = await store(service, events, source)
     answer: dict[str, Any] = {"status": 1, "accepted": report.events, "operations": report.operations}
     if v1:  # capture v1 clients read a per-event verdict keyed by uuid

@@ -1,6 +1,7 @@
 """Input sources: PostHog events in every shape, and the jobs that bring them into the outbox.
 
 * :mod:`.events` — the event model (:class:`PostHogEvent`) and the strict parsers, re-exported here;
+* :mod:`.sdk_time` — SDK clock correction on the capture paths (PostHog's capture rules);
 * :mod:`.decoding` — the body encodings PostHog SDKs use (gzip, base64 forms, lz64);
 * :mod:`.store` — the one policy for events that cannot be stored (HTTP, file and Kafka share it);
 * :mod:`.files` — the file job (:func:`~.files.send_file`: JSONL / JSON array → outbox → Customer.io);
@@ -23,16 +24,20 @@ from .events import (
     read_events,
     to_unix_seconds,
 )
+from .sdk_time import SdkClock, capture_sent_at, v1_sent_at
 
 __all__ = [
     "EventParseError",
     "ParsedItem",
     "PostHogEvent",
+    "SdkClock",
     "TooManyEvents",
+    "capture_sent_at",
     "loads_strict",
     "parse_event",
     "parse_payload",
     "parse_v1_batch",
     "read_events",
     "to_unix_seconds",
+    "v1_sent_at",
 ]

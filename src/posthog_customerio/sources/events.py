@@ -25,6 +25,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import IO, Any
 
+from .sdk_time import SdkClock, sdk_event_time
+
 __all__ = [
     "EventParseError",
     "ParsedItem",
@@ -309,26 +311,59 @@ def _build(
         timestamp=_parse_timestamp(timestamp, now),
         properties=properties,
         uuid=_uuid(uuid),
-        set=set_props,
-        set_once=set_once_props,
+        set=_trim_email(set_props),
+        set_once=_trim_email(set_once_props),
         unset=_unset_keys(properties.get("$unset")),
-        person_properties=person_properties,
+        person_properties=_trim_email(person_properties),
     )
 
 
-def parse_payload(obj: Any, now: datetime | None = None) -> list[PostHogEvent]:
+def _trim_email(props: dict[str, Any]) -> dict[str, Any]:
+    """``props`` with its ``email`` stripped of surrounding whitespace (a copy when it changes).
+
+    A mobile keyboard leaves ``"Rosa.Diaz@Example.COM "``: untrimmed it is no email address,
+    so the ``with_email`` filter and ``IDENTIFY_BY_EMAIL`` would pass the person over and the
+    attribute would carry the space. Normalised here, once, everything downstream (mapping,
+    state, the attribute sent) sees the same value. Only whitespace goes: the case stays as
+    typed, because Customer.io compares email identifiers case-insensitively ("for workspaces
+    using email as an identifier, email is case-insensitive"). A value that is nothing but
+    whitespace is left as it is (trimming would make it an empty value, which clears the attribute).
+    """
+    email = props.get("email")
+    if not isinstance(email, str):
+        return props
+    trimmed = email.strip()
+    if trimmed == email or not trimmed:
+        return props
+    return {**props, "email": trimmed}
+
+
+def _sdk_timed(event: PostHogEvent, item: Any, clock: SdkClock | None) -> PostHogEvent:
+    """``event`` at the time PostHog's capture would give it (:mod:`.sdk_time`); as is without ``clock``."""
+    if clock is None or not isinstance(item, dict):
+        return event
+    raw = item["event"] if isinstance(item.get("event"), dict) else item
+    when = sdk_event_time(event.timestamp, raw, event.properties, clock)
+    return event if when is event.timestamp else replace(event, timestamp=when)
+
+
+def parse_payload(obj: Any, now: datetime | None = None, *, clock: SdkClock | None = None) -> list[PostHogEvent]:
     """Parse an HTTP body or file record holding one or more events, all or nothing.
 
     Accepts a single event, a JSON array of events, or a capture batch
     ``{"batch": [...]}``. The first bad event raises :class:`EventParseError` naming
     its position, so callers never enqueue part of a rejected payload.
+
+    ``clock``: the payload is an SDK's capture request; event times are corrected for the
+    SDK's clock as PostHog's capture does (:mod:`.sdk_time`). Without it (webhooks, files,
+    Kafka: times PostHog set already) they are taken as they are.
     """
-    now = now or datetime.now(UTC)
+    now = clock.received_at if clock is not None else now or datetime.now(UTC)
     items = _payload_items(obj)
     events = []
     for index, item in enumerate(items):
         try:
-            events.append(parse_event(item, now))
+            events.append(_sdk_timed(parse_event(item, now), item, clock))
         except EventParseError as exc:
             if len(items) == 1 and items[0] is obj:
                 raise
@@ -346,7 +381,9 @@ _V1_OPTIONS = {
 _V1_TOP_LEVEL = {"session_id": "$session_id", "window_id": "$window_id"}
 
 
-def parse_v1_batch(obj: Any, sdk_info: str | None = None, now: datetime | None = None) -> list[PostHogEvent]:
+def parse_v1_batch(
+    obj: Any, sdk_info: str | None = None, now: datetime | None = None, *, clock: SdkClock | None = None
+) -> list[PostHogEvent]:
     """Parse a capture v1 body (``POST /i/v1/analytics/events``), all or nothing.
 
     The body is ``{"created_at", "batch": [event, ...], "historical_migration"?}``; each
@@ -354,12 +391,13 @@ def parse_v1_batch(obj: Any, sdk_info: str | None = None, now: datetime | None =
     optional ``session_id`` / ``window_id``. Those and ``options`` go back into the
     properties PostHog stores them as (``$session_id``, ``$process_person_profile`` ...),
     and ``$lib`` / ``$lib_version`` come from the ``PostHog-Sdk-Info`` header
-    (``posthog-python/7.1.0``), as PostHog's capture service does.
+    (``posthog-python/7.1.0``), as PostHog's capture service does. ``clock`` (its ``sent_at``
+    from the ``PostHog-Request-Timestamp`` header) corrects the SDK's clock (:mod:`.sdk_time`).
     """
     if not isinstance(obj, dict) or not isinstance(obj.get("batch"), list):
         raise EventParseError('a capture v1 body is {"batch": [...]} (a JSON object with an array of events)')
     lib, _, lib_version = (sdk_info or "").strip().partition("/")
-    now = now or datetime.now(UTC)
+    now = clock.received_at if clock is not None else now or datetime.now(UTC)
     events = []
     for index, item in enumerate(obj["batch"]):
         try:
@@ -376,7 +414,7 @@ def parse_v1_batch(obj: Any, sdk_info: str | None = None, now: datetime | None =
                 properties.setdefault("$lib", lib)
                 if lib_version:
                     properties.setdefault("$lib_version", lib_version)
-            events.append(_parse_flat({**item, "properties": properties}, now))
+            events.append(_sdk_timed(_parse_flat({**item, "properties": properties}, now), item, clock))
         except EventParseError as exc:
             raise EventParseError(f"event {index}: {exc}") from exc
     return events
