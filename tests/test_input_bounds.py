@@ -211,6 +211,51 @@ def test_a_payload_token_still_authorises_capture(sandbox: SandboxServer, tmp_pa
 
 
 # -- MAX_EVENTS_PER_REQUEST ------------------------------------------------------------------
+def test_many_empty_gzip_members_are_refused_at_once_and_healthz_keeps_answering(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """Issue 16.6: 245,000 empty gzip members (4.9 MB) took 17-21 s of CPU each before the 401."""
+    members = gzip.compress(b"", mtime=0) * 245_000
+    with service(sandbox, tmp_path, webhook_token=TOKEN) as (url, runtime):
+        answers: dict[str, tuple[int, float]] = {}
+
+        def post(path: str, headers: dict[str, str]) -> None:
+            started = time.monotonic()
+            with httpx.Client(timeout=60) as client:
+                status = client.post(f"{url}{path}", content=members, headers=headers).status_code
+            answers[path] = (status, time.monotonic() - started)
+
+        requests = [
+            # the token can only be in the body: decoded, cheaply, up to MAX_GZIP_MEMBERS (400)
+            ("/batch/", {"Content-Type": "text/plain"}),
+            ("/e/", {"Content-Encoding": "gzip"}),
+            ("/i/v0/e/", {"Authorization": f"Bearer {TOKEN}"}),  # authorised: the member bound refuses it
+            ("/webhook", {"Content-Encoding": "gzip"}),  # no Bearer: refused before the body is read
+        ]
+        threads = [threading.Thread(target=post, args=request) for request in requests]
+        for thread in threads:
+            thread.start()
+        slowest_healthz = 0.0
+        with httpx.Client(timeout=30) as client:
+            while any(thread.is_alive() for thread in threads):
+                started = time.monotonic()
+                assert client.get(f"{url}/healthz").status_code == 200
+                slowest_healthz = max(slowest_healthz, time.monotonic() - started)
+        for thread in threads:
+            thread.join(60)
+        statuses = {path: status for path, (status, _) in answers.items()}
+        assert statuses == {"/batch/": 400, "/e/": 400, "/i/v0/e/": 400, "/webhook": 401}, answers
+        assert max(elapsed for _, elapsed in answers.values()) < 2.0, answers
+        assert slowest_healthz < 1.0
+        assert runtime.outbox.depth() == 0
+        # ordinary gzip bodies still work: one member, and several
+        body = json.dumps({"api_key": TOKEN, "batch": [{"event": "e", "distinct_id": "gz-1"}]}).encode()
+        one = httpx.post(f"{url}/batch/", content=gzip.compress(body), headers={"Content-Type": "text/plain"})
+        assert one.status_code == 200, one.text
+        several = b"".join(gzip.compress(body[i : i + 10]) for i in range(0, len(body), 10))
+        assert httpx.post(f"{url}/e/", content=several, headers={"Content-Encoding": "gzip"}).status_code == 200
+
+
 def test_requests_over_max_events_per_request_get_413_and_store_nothing(sandbox: SandboxServer, tmp_path: Path) -> None:
     with service(sandbox, tmp_path, max_events_per_request=5) as (url, runtime):
         for body in (_events(6), {"api_key": "k", "batch": _events(6)}):
