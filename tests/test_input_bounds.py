@@ -211,6 +211,51 @@ def test_a_payload_token_still_authorises_capture(sandbox: SandboxServer, tmp_pa
 
 
 # -- MAX_EVENTS_PER_REQUEST ------------------------------------------------------------------
+def test_many_empty_gzip_members_are_refused_at_once_and_healthz_keeps_answering(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """Issue 16.6: 245,000 empty gzip members (4.9 MB) took 17-21 s of CPU each before the 401."""
+    members = gzip.compress(b"", mtime=0) * 245_000
+    with service(sandbox, tmp_path, webhook_token=TOKEN) as (url, runtime):
+        answers: dict[str, tuple[int, float]] = {}
+
+        def post(path: str, headers: dict[str, str]) -> None:
+            started = time.monotonic()
+            with httpx.Client(timeout=60) as client:
+                status = client.post(f"{url}{path}", content=members, headers=headers).status_code
+            answers[path] = (status, time.monotonic() - started)
+
+        requests = [
+            # the token can only be in the body: decoded, cheaply, up to MAX_GZIP_MEMBERS (400)
+            ("/batch/", {"Content-Type": "text/plain"}),
+            ("/e/", {"Content-Encoding": "gzip"}),
+            ("/i/v0/e/", {"Authorization": f"Bearer {TOKEN}"}),  # authorised: the member bound refuses it
+            ("/webhook", {"Content-Encoding": "gzip"}),  # no Bearer: refused before the body is read
+        ]
+        threads = [threading.Thread(target=post, args=request) for request in requests]
+        for thread in threads:
+            thread.start()
+        slowest_healthz = 0.0
+        with httpx.Client(timeout=30) as client:
+            while any(thread.is_alive() for thread in threads):
+                started = time.monotonic()
+                assert client.get(f"{url}/healthz").status_code == 200
+                slowest_healthz = max(slowest_healthz, time.monotonic() - started)
+        for thread in threads:
+            thread.join(60)
+        statuses = {path: status for path, (status, _) in answers.items()}
+        assert statuses == {"/batch/": 400, "/e/": 400, "/i/v0/e/": 400, "/webhook": 401}, answers
+        assert max(elapsed for _, elapsed in answers.values()) < 2.0, answers
+        assert slowest_healthz < 1.0
+        assert runtime.outbox.depth() == 0
+        # ordinary gzip bodies still work: one member, and several
+        body = json.dumps({"api_key": TOKEN, "batch": [{"event": "e", "distinct_id": "gz-1"}]}).encode()
+        one = httpx.post(f"{url}/batch/", content=gzip.compress(body), headers={"Content-Type": "text/plain"})
+        assert one.status_code == 200, one.text
+        several = b"".join(gzip.compress(body[i : i + 10]) for i in range(0, len(body), 10))
+        assert httpx.post(f"{url}/e/", content=several, headers={"Content-Encoding": "gzip"}).status_code == 200
+
+
 def test_requests_over_max_events_per_request_get_413_and_store_nothing(sandbox: SandboxServer, tmp_path: Path) -> None:
     with service(sandbox, tmp_path, max_events_per_request=5) as (url, runtime):
         for body in (_events(6), {"api_key": "k", "batch": _events(6)}):
@@ -362,6 +407,152 @@ def test_serve_flags_set_the_new_limits(cli: Any, env: dict[str, str], tmp_path:
     assert bad.exit_code == 2 and "HTTP_KEEP_ALIVE_S" in bad.output
     bad = cli("serve", "--sandbox", "--http-read-timeout-s", "0", env=env)
     assert bad.exit_code == 2 and "HTTP_READ_TIMEOUT_S" in bad.output
+
+
+# -- request heads: bounded size and count, 431 -----------------------------------------------
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS in /proc/PID/status")
+
+
+def _send_head(url: str, first: bytes, filler: bytes, repeat: int, last: bytes = b"") -> tuple[bytes, float, int]:
+    """Send ``first``, ``filler`` ``repeat`` times and ``last`` (as long as the server reads), then read the answer.
+
+    Returns the answer (up to the end of its head, or what came before the connection closed),
+    the seconds it took and the bytes sent.
+    """
+    started = time.monotonic()
+    sock = _connect(url)
+    sent = 0
+    try:
+        sock.sendall(first)
+        sent += len(first)
+        for _ in range(repeat):
+            sock.sendall(filler)
+            sent += len(filler)
+        sock.sendall(last)
+        sent += len(last)
+    except OSError:  # the server answered and stopped reading
+        pass
+    answer = b""
+    try:
+        answer = _read_response(sock)
+    except OSError:  # reset: what arrived before it is lost
+        pass
+    finally:
+        sock.close()
+    return answer, time.monotonic() - started, sent
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc to read VmRSS")
+def test_huge_or_too_many_request_headers_get_431_in_bounded_time_and_memory(env: dict[str, str]) -> None:
+    """Issue 16.5: one 64 MB header was answered 200 with RSS 75 -> 204 MB; six in parallel reached 514 MB."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "posthog_customerio", "serve", "--port", str(port)],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_serving(url, process)
+        with httpx.Client(timeout=30) as client:  # warm up: the first requests allocate what they keep
+            for _ in range(20):
+                client.post(f"{url}/webhook", json={"event": "e", "distinct_id": "warm"})
+        baseline_kb = _rss_kb(process.pid)
+        megabyte = b"a" * 1_000_000
+        results: list[tuple[bytes, float, int]] = []
+        clients = [
+            threading.Thread(
+                target=lambda: results.append(
+                    _send_head(url, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ", megabyte, 64, b"\r\n\r\n")
+                )
+            )
+            for _ in range(6)
+        ]
+        many = b"X-Many: 1\r\n" * 10_000  # 120 kB of small headers: over the count, and over the size
+        few_many = b"".join(b"X-H%d: 1\r\n" % i for i in range(200))  # 2 kB, but 200 headers
+        clients.append(
+            threading.Thread(
+                target=lambda: results.append(
+                    _send_head(url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n", many, 1, b"\r\n")
+                )
+            )
+        )
+        clients.append(
+            threading.Thread(
+                target=lambda: results.append(
+                    _send_head(url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + few_many + b"\r\n", b"", 0)
+                )
+            )
+        )
+        peak_kb = baseline_kb
+        slowest_normal = 0.0
+        for thread in clients:
+            thread.start()
+        with httpx.Client(timeout=30) as client:
+            while any(thread.is_alive() for thread in clients):
+                started = time.monotonic()
+                assert client.get(f"{url}/healthz").status_code == 200
+                slowest_normal = max(slowest_normal, time.monotonic() - started)
+                peak_kb = max(peak_kb, _rss_kb(process.pid))
+        for thread in clients:
+            thread.join(60)
+        peak_kb = max(peak_kb, _rss_kb(process.pid))
+        assert len(results) == 8
+        for answer, elapsed, sent in results:
+            assert answer.startswith(b"HTTP/1.1 431"), (answer[:200], sent)
+            assert elapsed < 15, elapsed
+        assert slowest_normal < 2.0, slowest_normal
+        assert (peak_kb - baseline_kb) / 1024 < 40, f"RSS {baseline_kb / 1024:.0f} -> {peak_kb / 1024:.0f} MB"
+        # ordinary heads are untouched: a browser's worth of headers and cookies
+        browser = {f"X-Header-{i}": "v" * 100 for i in range(40)} | {"Cookie": "c=" + "x" * 8_000}
+        with httpx.Client(timeout=30) as client:
+            assert client.get(f"{url}/healthz", headers=browser).status_code == 200
+        assert process.poll() is None
+    finally:
+        process.terminate()
+        process.wait(60)
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_request_head_bounds_and_pipelined_answers_in_order(sandbox: SandboxServer, tmp_path: Path) -> None:
+    from posthog_customerio.service.http_timeouts import MAX_HEAD_BYTES, MAX_HEADERS
+
+    with service(sandbox, tmp_path) as (url, _):
+        # just under both bounds: answered
+        fields = b"".join(b"X-F%d: %s\r\n" % (i, b"v" * 640) for i in range(MAX_HEADERS - 2))
+        head = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + fields + b"Connection: close\r\n\r\n"
+        assert MAX_HEAD_BYTES - 4_000 < len(head) <= MAX_HEAD_BYTES
+        with _connect(url) as sock:
+            sock.sendall(head)
+            assert _read_all(sock).startswith(b"HTTP/1.1 200")
+        # one field more, or a head over the size in a single write: 431
+        over_count = head.replace(b"Connection: close", b"X-One: more\r\nConnection: close")
+        over_size = head.replace(b"Host: x\r\n", b"Host: x\r\nX-Big: " + b"b" * 5_000 + b"\r\n")
+        for bad in (over_count, over_size):
+            with _connect(url) as sock:
+                sock.sendall(bad)
+                answer = _read_all(sock)
+            assert answer.startswith(b"HTTP/1.1 431") and answer.count(b"HTTP/1.1") == 1, answer[:300]
+        # pipelined: the request before the refused one is answered first, then the 431
+        with _connect(url) as sock:
+            sock.sendall(
+                b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 36\r\n\r\n"
+                b'{"event": "e", "distinct_id": "p-1"}' + over_size
+            )
+            answer = _read_all(sock)
+        assert answer.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 431" in answer, answer[:300]
+        assert answer.index(b"HTTP/1.1 431") > answer.index(b'"accepted"')
 
 
 # -- memory: a serve process on the probe's inputs -------------------------------------------

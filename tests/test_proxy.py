@@ -287,3 +287,44 @@ def test_bad_posthog_host_and_cors_origins_are_one_line_config_errors() -> None:
         "https://b.example:8443",
     ]
     assert load_settings({"posthog_host": "https://eu.i.posthog.com/"}).posthog_host == "https://eu.i.posthog.com"
+
+
+# -- dot segments ---------------------------------------------------------------------------------
+def _raw_request(url: str, target: str) -> bytes:
+    """One HTTP/1.1 request with ``target`` sent as is (httpx would remove its dot segments)."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode("latin-1"))
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/static/../../admin/",
+        "/static/../admin/",
+        "/static/./../admin/",
+        "/static/%2e%2e/%2E%2E/admin/",
+        "/static/..%2f..%2fadmin/",
+        "/i/v0/../../admin/?x=1",
+        "/array/../admin",
+        "/s/..",
+        "/api/../admin/",
+        "/static/..\\..\\admin/",
+        "/static/%252e%252e/%252e%252e/admin/",
+    ],
+)
+def test_the_proxy_never_forwards_a_path_with_dot_segments(tmp_path: Path, target: str) -> None:
+    with running_fake_posthog() as (fake, posthog_url), service(tmp_path, posthog_host=posthog_url) as (url, _):
+        answer = _raw_request(url, target)
+        status = int(answer.split(b" ", 2)[1])
+        assert status in (400, 404), answer[:300]
+        assert fake.recorded() == [], [r.path for r in fake.recorded()]
+        # the ordinary paths are still forwarded
+        assert httpx.get(f"{url}/static/recorder.js", timeout=10).status_code == 200
+        assert [r.path for r in fake.recorded()] == ["/static/recorder.js"]

@@ -9,7 +9,7 @@ a 4xx with a JSON ``{"error": ...}`` and leaves the outbox unchanged.
 * :mod:`.ops_routes` — ``/healthz`` ``/readyz`` ``/metrics`` ``/status`` ``/api/*``;
 * :mod:`.auth`, :mod:`.cors`, :mod:`.paths` — credentials, CORS, which path is whose;
 * :mod:`.bodies`, :mod:`.health`, :mod:`.context` — bodies and errors, readiness and probe, shared state;
-* :mod:`.proxy`, :mod:`.http_timeouts`, :mod:`.apidoc` — PostHog forwarding, uvicorn's read deadline, OpenAPI text.
+* :mod:`.proxy`, :mod:`.http_timeouts`, :mod:`.apidoc` — PostHog forwarding, read deadline and head bounds, OpenAPI.
 """
 
 from __future__ import annotations

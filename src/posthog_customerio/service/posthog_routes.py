@@ -15,10 +15,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from . import apidoc
-from .bodies import read_body
+from .bodies import HttpError, read_body
 from .context import service_of
 from .paths import is_posthog_path
-from .proxy import ProxyError
+from .proxy import PathRefused, ProxyError
 
 __all__ = ["FORWARDED_METHODS", "add_forwarding_routes", "add_standalone_routes", "forward"]
 
@@ -111,9 +111,12 @@ async def forward(request: Request) -> Response:
     assert proxy is not None
     if not is_posthog_path(request.url.path):
         return JSONResponse({"error": "not found"}, status_code=404)
-    body = b"" if request.method in ("GET", "HEAD") else await read_body(request, service.settings.max_body_bytes)
     try:
+        proxy.check_path(request)  # forwarded exactly as sent, or not at all
+        body = b"" if request.method in ("GET", "HEAD") else await read_body(request, service.settings.max_body_bytes)
         response = await proxy.stream(request, body)
+    except PathRefused as exc:
+        raise HttpError(400, str(exc), reason="dot_segment") from None
     except ProxyError as exc:
         service.requests_log.proxied_request("error", f"proxy {request.url.path}: {exc}")
         log.warning("proxy %s: %s", request.url.path, exc)

@@ -5,20 +5,27 @@ hop-by-hop ones, ``Host`` set to PostHog's, ``X-Forwarded-For`` extended); PostH
 answer comes back with its status, headers (minus hop-by-hop and PostHog's own CORS
 headers: this service applies ``CORS_ORIGINS``) and body bytes, still encoded as
 PostHog sent them. One pooled :class:`httpx.AsyncClient` per service.
+
+The path goes out exactly as the client sent it, or not at all: a path with a ``.`` or
+``..`` segment (also percent-encoded, or between backslashes) is refused
+(:func:`has_dot_segments`, :class:`PathRefused`, a 400), so ``/static/../../admin/``
+never reaches PostHog as ``/admin/`` (httpx would remove the dot segments).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 import httpx
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-__all__ = ["HOP_BY_HOP", "PostHogProxy", "ProxyError", "Upstream"]
+__all__ = ["HOP_BY_HOP", "PathRefused", "PostHogProxy", "ProxyError", "Upstream", "has_dot_segments"]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,30 @@ _RESPONSE_DROP = HOP_BY_HOP | {"content-length"}
 
 class ProxyError(Exception):
     """PostHog could not be reached or did not answer in time."""
+
+
+class PathRefused(ProxyError):
+    """A path that would not reach PostHog as the client sent it (dot segments): answered 400, never forwarded."""
+
+
+_SEPARATORS = re.compile(r"[/\\]")
+
+
+def has_dot_segments(raw_path: bytes | str) -> bool:
+    """Whether a request path has a ``.`` or ``..`` segment, as sent or percent-decoded (up to three times).
+
+    Backslashes count as separators too (some servers treat them as ``/``). No PostHog
+    path has such a segment; a proxy that passed one on would widen what it forwards.
+    """
+    text = raw_path.decode("latin-1") if isinstance(raw_path, bytes) else raw_path
+    for _ in range(4):
+        if any(segment in (".", "..") for segment in _SEPARATORS.split(text)):
+            return True
+        decoded = unquote(text, encoding="latin-1")
+        if decoded == text:
+            return False
+        text = decoded
+    return True  # still percent-encoded after three rounds: nothing PostHog needs
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +119,7 @@ class PostHogProxy:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.host = host.rstrip("/")
+        self._prefix = httpx.URL(self.host).raw_path.rstrip(b"/")  # a POSTHOG_HOST with a path
         self.drop_authorization = drop_authorization
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 10.0), pool=min(timeout_s, 10.0)),
@@ -100,6 +132,14 @@ class PostHogProxy:
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self.client.aclose()
+
+    @staticmethod
+    def check_path(request: Request) -> bytes:
+        """The raw path to forward; :class:`PathRefused` when it has a dot segment."""
+        path: bytes = request.scope.get("raw_path") or request.url.path.encode()
+        if has_dot_segments(path) or has_dot_segments(request.url.path):
+            raise PathRefused("the path has a dot segment ('.' or '..'): not forwarded")
+        return path
 
     def _request(self, request: Request, body: bytes) -> httpx.Request:
         items = request.headers.items()
@@ -123,12 +163,15 @@ class PostHogProxy:
             headers.append(("x-forwarded-proto", request.url.scheme))
         if request.headers.get("host") and not any(n.lower() == "x-forwarded-host" for n, _ in headers):
             headers.append(("x-forwarded-host", request.headers["host"]))
-        path = request.scope.get("raw_path") or request.url.path.encode()
+        path = self.check_path(request)
         url = self.host + path.decode("latin-1")
         query = request.scope.get("query_string") or b""
         if query:
             url += "?" + query.decode("latin-1")
-        return self.client.build_request(request.method, url, headers=headers, content=body or None)
+        built = self.client.build_request(request.method, url, headers=headers, content=body or None)
+        if built.url.raw_path.partition(b"?")[0] != self._prefix + path:  # httpx would change it: refuse, never widen
+            raise PathRefused("the path would not reach PostHog as sent: not forwarded")
+        return built
 
     async def fetch(self, request: Request, body: bytes, max_response_bytes: int) -> Upstream:
         """Forward and read PostHog's whole answer (at most ``max_response_bytes``)."""
@@ -166,7 +209,8 @@ class PostHogProxy:
         return response
 
     async def _send(self, request: Request, body: bytes) -> httpx.Response:
+        built = self._request(request, body)  # PathRefused propagates: the client's fault, not PostHog's
         try:
-            return await self.client.send(self._request(request, body), stream=True)
+            return await self.client.send(built, stream=True)
         except httpx.HTTPError as exc:
             raise ProxyError(f"PostHog ({self.host}) unreachable: {type(exc).__name__}") from None

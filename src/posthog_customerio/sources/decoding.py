@@ -6,8 +6,9 @@ so a caller may run it in a worker thread:
 - native gzip, recognised by its magic bytes ``1f 8b`` whatever the content type and
   query (posthog-js sends it as ``text/plain`` with no ``compression`` parameter),
   ``Content-Encoding: gzip`` and ``?compression=gzip-js`` / ``gzip``. A gzip stream is
-  the concatenation of *all* its members: every member is decoded; anything after the
-  last member that is not another member is an error.
+  the concatenation of *all* its members: every member is decoded (at most
+  :data:`MAX_GZIP_MEMBERS`, in time linear in the body); anything after the last member
+  that is not another member is an error.
 - the base64 form ``data=<base64 JSON>`` (``application/x-www-form-urlencoded`` or
   ``?compression=base64``), as posthog-js's ``sendBeacon`` sends it.
 - ``?compression=lz64``: ``data=<LZString base64>``, sent by older posthog-js versions
@@ -27,10 +28,14 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs
 
-__all__ = ["GZIP_MAGIC", "DecodeError", "decode_body", "gunzip_all"]
+__all__ = ["GZIP_MAGIC", "MAX_GZIP_MEMBERS", "DecodeError", "decode_body", "gunzip_all"]
 
 GZIP_MAGIC = b"\x1f\x8b"
 _CHUNK = 64 * 1024
+#: input handed to zlib at a time: what a gzip member leaves unread (and zlib copies) is at most this
+_IN_CHUNK = 16 * 1024
+#: most gzip members in one body (400 above): SDKs send one; a few are allowed for concatenated streams
+MAX_GZIP_MEMBERS = 1_000
 _B64_ALPHABET = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")}
 
 
@@ -51,37 +56,50 @@ def _too_large(limit: int) -> DecodeError:
 def gunzip_all(data: bytes, limit: int) -> bytes:
     """Every member of a gzip stream, concatenated; at most ``limit`` bytes of output.
 
-    Raises :class:`DecodeError`: 400 for a corrupt or truncated member or trailing bytes
-    that are not a gzip member, 413 when the output would exceed ``limit``.
+    Linear in ``len(data)``: the input is fed to zlib in slices of at most
+    :data:`_IN_CHUNK` bytes of a memoryview (zlib copies what a member leaves unread:
+    feeding it the whole rest of the body for every member made many small members
+    quadratic), and at most :data:`MAX_GZIP_MEMBERS` members are decoded.
+
+    Raises :class:`DecodeError`: 400 for a corrupt or truncated member, trailing bytes
+    that are not a gzip member, or more than :data:`MAX_GZIP_MEMBERS` members; 413 when
+    the output would exceed ``limit``.
     """
+    view = memoryview(data)
+    size = len(view)
     out = bytearray()
-    rest = data
+    position = 0  # where the next member starts
     members = 0
     while True:
-        if not rest.startswith(GZIP_MAGIC):
-            what = f"{len(rest)} bytes of trailing garbage after gzip member {members}"
+        if view[position : position + 2] != GZIP_MAGIC:
+            what = f"{size - position} bytes of trailing garbage after gzip member {members}"
             if not members:
                 what = "body is not gzip"
             raise DecodeError(400, "bad_gzip", f"{what} (no 1f 8b magic)")
+        if members >= MAX_GZIP_MEMBERS:
+            raise DecodeError(400, "bad_gzip", f"more than {MAX_GZIP_MEMBERS} gzip members (MAX_GZIP_MEMBERS)")
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        pending = rest
+        fed = position  # the input up to here was handed to this member's inflater
+        pending: bytes | memoryview = b""
         try:
             while not inflater.eof:
+                if not pending:
+                    if fed >= size:
+                        break  # the member needs more input than there is
+                    pending = view[fed : fed + _IN_CHUNK]
+                    fed += len(pending)
                 # bounded steps: never more than limit + 1 bytes of output in memory
-                chunk = inflater.decompress(pending, max(1, min(_CHUNK, limit + 1 - len(out))))
-                out += chunk
+                out += inflater.decompress(pending, max(1, min(_CHUNK, limit + 1 - len(out))))
                 if len(out) > limit:
                     raise _too_large(limit)
-                pending = inflater.unconsumed_tail
-                if not chunk and not pending:
-                    break  # the member needs more input than there is
+                pending = inflater.unconsumed_tail  # at most one slice
         except zlib.error as exc:
             raise DecodeError(400, "bad_gzip", f"body is not valid gzip (member {members + 1}): {exc}") from None
         if not inflater.eof:
             raise DecodeError(400, "bad_gzip", f"gzip member {members + 1} is truncated")
         members += 1
-        rest = inflater.unused_data
-        if not rest:
+        position = fed - len(inflater.unused_data)  # unused_data: the rest of the last slice
+        if position >= size:
             return bytes(out)
 
 
