@@ -41,7 +41,7 @@ def _api(api: str) -> dict[str, Any]:
 
 
 # -- 2. an email change keeps one person --------------------------------------------------------------
-@pytest.mark.parametrize("api", ["v2"])
+@pytest.mark.parametrize("api", APIS)
 def test_an_email_change_keeps_one_profile_with_every_event(sandbox: SandboxServer, tmp_path: Path, api: str) -> None:
     events = [
         browser("$pageview", "dev-1", 0, "dev-1", False, **{"$current_url": "https://x.io/"}),
