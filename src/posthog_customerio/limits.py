@@ -15,6 +15,7 @@ __all__ = [
     "MAX_ATTRIBUTES_PER_IDENTIFY",
     "MAX_ATTRIBUTE_NAME_BYTES",
     "MAX_ATTRIBUTE_VALUE_BYTES",
+    "MAX_DROPPED_NAMES_BYTES",
     "MAX_EVENT_DATA_BYTES",
     "MAX_EVENT_NAME_BYTES",
     "MAX_ID_BYTES",
@@ -106,19 +107,45 @@ def chunk_attributes(
     return chunks
 
 
+#: ``_truncated_properties`` names at most this many bytes of dropped names (the rest are counted)
+MAX_DROPPED_NAMES_BYTES = 2_000
+
+
 def fit_event_data(data: dict[str, Any], limit: int) -> tuple[dict[str, Any], list[str]]:
     """Drop the largest properties until ``data`` is at most ``limit`` bytes of JSON.
 
     Returns the data and the names dropped (the mapping records them in
-    ``_truncated_properties`` so the loss is visible in Customer.io).
+    ``_truncated_properties`` so the loss is visible in Customer.io). Linear after one
+    sort: every property is measured once, then the largest go until the rest fits.
+    The names listed are bounded (:data:`MAX_DROPPED_NAMES_BYTES`); when more were
+    dropped the last entry says how many more (``"… and 7000 more"``).
     """
-    if json_len(data) <= limit:
+    sizes = {name: json_len(name) + json_len(value) + 2 for name, value in data.items()}  # "name":value,
+    total = sum(sizes.values()) + 1
+    if total <= limit:
         return data, []
-    kept = dict(data)
     dropped: list[str] = []
-    for name, _ in sorted(data.items(), key=lambda item: json_len(item[1]), reverse=True):
-        del kept[name]
-        dropped.append(name)
-        if json_len(kept) + json_len(dropped) + 30 <= limit:
+    names = 2  # the JSON list of dropped names, and below the key it goes under
+    for name in sorted(sizes, key=sizes.__getitem__, reverse=True):
+        if total + min(names, MAX_DROPPED_NAMES_BYTES) + 30 <= limit:
             break
-    return kept, dropped
+        dropped.append(name)
+        total -= sizes[name]
+        names += json_len(name) + 1
+    removed = set(dropped)
+    kept = {name: value for name, value in data.items() if name not in removed}
+    return kept, _listed(dropped)
+
+
+def _listed(names: list[str]) -> list[str]:
+    """``names`` cut to :data:`MAX_DROPPED_NAMES_BYTES` of JSON, the rest counted in a last entry."""
+    listed: list[str] = []
+    size = 2
+    for index, name in enumerate(names):
+        entry = json_len(name) + 1
+        if size + entry > MAX_DROPPED_NAMES_BYTES - 30:
+            listed.append(f"… and {len(names) - index} more")
+            break
+        listed.append(name)
+        size += entry
+    return listed

@@ -59,6 +59,7 @@ __all__ = [
     "is_email",
     "map_event",
     "page_name",
+    "prefit_event",
     "value_digest",
 ]
 
@@ -924,10 +925,35 @@ def _event_op(
     del payload["attributes"]
     overhead = limits.json_len(payload) + 20
     fitted, dropped = limits.fit_event_data(data, min(limits.MAX_EVENT_DATA_BYTES, limits.MAX_OP_BYTES - overhead))
-    result.notes["limits_truncated"] += len(dropped)
+    result.notes["limits_truncated"] += len(data) - len(fitted)
     fitted["_truncated_properties"] = dropped
     payload["attributes"] = fitted
     return Operation(person_key, payload, kind=kind)
+
+
+#: events with more properties than this have their data fitted before ingestion takes the writer
+PREFIT_MIN_PROPERTIES = 1_000
+#: room left for an event operation's fields other than its data when fitting ahead
+_PREFIT_OVERHEAD = 2_000
+
+
+def prefit_event(event: PostHogEvent, config: MappingConfig) -> tuple[PostHogEvent, int]:
+    """An event with very many properties, its data already fitted to Customer.io's limits.
+
+    Fitting is linear but not free (200,000 properties: about a second): ingestion calls this
+    before its write transaction, so one wide event never holds the writer while every other
+    request waits. Returns the event (unchanged when it fits or is small) and how many
+    properties were dropped; :func:`_event_op` still checks the exact size.
+    """
+    if not config.truncate or len(event.properties) <= PREFIT_MIN_PROPERTIES:
+        return event, 0
+    data = {k: v for k, v in event.properties.items() if k not in PERSON_UPDATE_KEYS}
+    fitted, dropped = limits.fit_event_data(data, limits.MAX_OP_BYTES - _PREFIT_OVERHEAD)
+    if not dropped:
+        return event, 0
+    updates = {k: v for k, v in event.properties.items() if k in PERSON_UPDATE_KEYS}
+    properties = {**fitted, "_truncated_properties": dropped, **updates}
+    return dataclasses.replace(event, properties=properties), len(data) - len(fitted)
 
 
 #: an operation this many characters long is under 32,000 UTF-8 bytes whatever its characters

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from .mapping import MappingConfig, adopted_events, involved_distinct_ids, map_event
+from .mapping import MappingConfig, adopted_events, involved_distinct_ids, map_event, prefit_event
 from .operations import Operation
 from .outbox import Outbox
 from .sources import PostHogEvent
@@ -24,7 +24,7 @@ from .storage import Storage
 __all__ = ["GroupCommitter", "IngestReport", "Ingestor"]
 
 #: one waiting ingestion: its events, its source, and the future its caller waits on
-_Request = tuple[Sequence[PostHogEvent], str, "Future[IngestReport]"]
+_Request = tuple[Sequence[PostHogEvent], int, str, "Future[IngestReport]"]
 
 
 @dataclass(slots=True)
@@ -68,7 +68,7 @@ class Ingestor:
 
     def ingest(self, events: Sequence[PostHogEvent], source: str = "file") -> IngestReport:
         """Map and enqueue ``events`` atomically; returns what they produced."""
-        report = self._ingest(events)
+        report = self._ingest(*self.prepare(events))
         self.record(report, source)
         return report
 
@@ -78,10 +78,20 @@ class Ingestor:
             self.totals.add(report)
             self.received_by_source[source] += report.events
 
-    def _ingest(self, events: Sequence[PostHogEvent]) -> IngestReport:
+    def prepare(self, events: Sequence[PostHogEvent]) -> tuple[list[PostHogEvent], int]:
+        """The slow part of mapping that needs no state, done before the write transaction.
+
+        Very wide events get their data fitted to Customer.io's limits here (see
+        :func:`~.mapping.prefit_event`); returns the events and how many properties were dropped.
+        """
+        fitted = [prefit_event(event, self.config) for event in events]
+        return [event for event, _ in fitted], sum(cuts for _, cuts in fitted)
+
+    def _ingest(self, events: Sequence[PostHogEvent], cuts: int = 0) -> IngestReport:
         report = IngestReport(events=len(events))
         if not events:
             return report
+        report.notes["limits_truncated"] += cuts
         with self.db.transaction() as conn:
             wanted = [distinct_id for event in events for distinct_id in involved_distinct_ids(event)]
             states: dict[str, PersonState] = load_states(conn, wanted)
@@ -136,14 +146,15 @@ class GroupCommitter:
         self.ingestor = ingestor
         self.max_group = max_group
         self.max_group_events = max_group_events
-        self._queue: queue.Queue[tuple[Sequence[PostHogEvent], str, Future[IngestReport]]] = queue.Queue()
+        self._queue: queue.Queue[_Request] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._thread.start()
 
     def ingest(self, events: Sequence[PostHogEvent], source: str) -> IngestReport:
         """Ingest as part of the next group; raises what ingesting these events raised."""
         future: Future[IngestReport] = Future()
-        self._queue.put((events, source, future))
+        prepared, cuts = self.ingestor.prepare(events)  # in the caller's thread, outside the group
+        self._queue.put((prepared, cuts, source, future))
         return future.result()
 
     def _run(self) -> None:
@@ -181,13 +192,13 @@ class GroupCommitter:
         outcomes: list[tuple[Future[IngestReport], str, IngestReport | None, BaseException | None]] = []
         try:
             with self.ingestor.db.group():
-                for events, source, future in group:
+                for events, cuts, source, future in group:
                     try:
-                        outcomes.append((future, source, self.ingestor._ingest(events), None))
+                        outcomes.append((future, source, self.ingestor._ingest(events, cuts), None))
                     except Exception as exc:  # this request's savepoint was rolled back
                         outcomes.append((future, source, None, exc))
         except BaseException as exc:  # the commit failed: every request of the group fails
-            for _, _, future in group:
+            for _, _, _, future in group:
                 future.set_exception(exc)
             return
         for future, source, report, error in outcomes:
