@@ -765,7 +765,7 @@ def delete_person(
 
 
 @app.command()
-@_setting_flags(PIPELINES_FLAGS)
+@_setting_flags(DELIVERY_FLAGS, STORE_FLAGS, PIPELINES_FLAGS)
 def unsuppress(
     distinct_id: Annotated[str, typer.Argument(help="The PostHog distinct_id (or email) to unsuppress")],
     site_id: SiteId = None,
