@@ -17,6 +17,7 @@ import pytest
 from posthog_customerio.sandbox import SandboxServer
 
 from . import helpers
+from .conftest import Cli, write_jsonl
 from .helpers import deliver_events, profiles
 
 pytestmark = pytest.mark.e2e
@@ -226,3 +227,17 @@ def test_nested_and_event_dates_are_converted(sandbox: SandboxServer, tmp_path: 
     if api == "v2":
         (event,) = sandbox.state.events()
         assert event["data"]["ends_at"] == 1769904000
+
+
+def test_an_unsuppressed_person_comes_back_whole(
+    cli: Cli, env: dict[str, str], tmp_path: Path, sandbox: SandboxServer
+) -> None:
+    """Suppression deletes the profile: after ``unsuppress`` the next event recreates it with the email."""
+    first = write_jsonl(tmp_path / "a.jsonl", [ev("signed_up", "user-1", 0, **{"$set": {"email": "a@x.io"}})])
+    assert cli("send", str(first), env=env).exit_code == 0
+    assert cli("delete-person", "user-1", "--suppress", env=env).exit_code == 0
+    assert cli("unsuppress", "user-1", env=env).exit_code == 0
+    later = write_jsonl(tmp_path / "b.jsonl", [ev("clicked", "user-1", 10)])
+    assert cli("send", str(later), env=env).exit_code == 0
+    person = only(profiles(sandbox))
+    assert person["id"] == "user-1" and person["email"] == "a@x.io" and person["events"] == ["clicked"]

@@ -788,7 +788,7 @@ def unsuppress(
     """
     from .mapping import known_identifiers
     from .operations import Operation
-    from .state import PersonState, load_states
+    from .state import PersonState, load_states, save_states
 
     with _exits((AuthError, "{exc} (the unsuppress stays queued)")):
         settings = _settings(
@@ -814,6 +814,10 @@ def unsuppress(
                     for identifiers in sent
                 ]
                 runtime.outbox.enqueue(conn, operations)
+                # suppression deleted the profile: the next event creates it again, with everything we know
+                person.created, person.email_sent = False, None
+                person.digests, person.stamps, person.relationships = {}, {}, []
+                save_states(conn, [person])
             finished = _deliver_now(runtime, timeout)
     if finished is None:
         out.print(
