@@ -16,6 +16,8 @@ as taken is the backend's claims strategy (:meth:`~.storage.Storage.claims`); th
 from __future__ import annotations
 
 import json
+import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -26,6 +28,10 @@ from .operations import Kind, Operation, encode_payload
 from .storage import Storage, Transaction
 
 __all__ = ["Claimed", "DeadLetter", "Outbox", "Queued"]
+
+log = logging.getLogger(__name__)
+#: an email address in a reason Customer.io gave (it may quote one): never logged
+_EMAIL = re.compile(r"[^\s@\"'<>]+@[^\s@\"'<>]+")
 
 #: stop a claim's scan after this many rows in a row that could not be taken, once it holds something
 _FRUITLESS_ROWS = 256
@@ -93,6 +99,20 @@ def _hydrate(rows: list[tuple[Any, ...]], payloads: dict[int, tuple[str, str]]) 
         for seq, person_key, size, attempts, enqueued_at, after_keys, *_ in rows
         if seq in payloads
     ]
+
+
+def _log_dead_letter(item: Claimed, reason: str, status: int | None, letter_id: int | None) -> None:
+    """One WARNING per dead letter: kind, reason, status and ids; no attribute values."""
+    log.warning(
+        "dead-lettered #%s (seq %d, kind %s, person %s, HTTP %s, %d attempts): %s",
+        letter_id,
+        item.seq,
+        item.kind,
+        item.person_key,
+        status if status is not None else "-",
+        item.attempts + 1,
+        _EMAIL.sub("<email>", reason)[:300],
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +347,10 @@ class Outbox:
                 ],
             )
             conn.delete_operations(item.seq for item, *_ in failures)
+            ids = conn.dead_letter_ids([item.seq for item, *_ in failures])
         self.dead_lettered_total += len(failures)
+        for item, reason, status, _ in failures:
+            _log_dead_letter(item, reason, status, ids.get(item.seq))
         if claimed:
             self._unclaim([item for item, *_ in failures])
 

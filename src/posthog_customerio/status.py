@@ -28,6 +28,7 @@ __all__ = [
     "Snapshot",
     "ThroughputSampler",
     "build_status",
+    "dead_letter_detail",
     "load_snapshot",
     "offline_status",
     "save_snapshot",
@@ -235,6 +236,18 @@ def _recent_errors(stats: Any, requests: RequestLog | None) -> list[dict[str, An
 def dead_letter_rows(runtime: Runtime, limit: int = _DEAD_LETTERS_SHOWN) -> list[dict[str, Any]]:
     """The oldest dead letters, summarised for display."""
     return _summarise(runtime.outbox.dead_letters(limit))
+
+
+def dead_letter_detail(runtime: Runtime, letter_id: int) -> dict[str, Any] | None:
+    """One dead letter with its payload parsed (``None`` when there is none)."""
+    with runtime.db.reading() as tx:
+        row = tx.dead_letter_row(letter_id)
+    if row is None:
+        return None
+    detail = DeadLetter(*row).as_dict()
+    with contextlib.suppress(ValueError):
+        detail["payload"] = json.loads(detail["payload"])
+    return detail
 
 
 def _summarise(letters: list[DeadLetter]) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from starlette.concurrency import run_in_threadpool
 
 from ..metrics import CONTENT_TYPE
-from ..status import build_status, dead_letter_rows
+from ..status import build_status, dead_letter_detail, dead_letter_rows
 from . import apidoc
 from .bodies import HttpError, parse_json, read_body
 from .context import service_of
@@ -78,6 +78,38 @@ async def api_retry(request: Request) -> JSONResponse:
     return JSONResponse({"requeued": count})
 
 
+def _letter_id(text: str) -> int:
+    """A dead-letter id from the path (404 when it cannot name one)."""
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) < 1 << 63:
+        raise HttpError(404, f"no dead letter {text[:40]!r}", reason="not_found")
+    return int(text)
+
+
+async def api_dead_letter(request: Request, letter_id: str) -> JSONResponse:
+    number = _letter_id(letter_id)
+    letter = await run_in_threadpool(dead_letter_detail, service_of(request).runtime, number)
+    if letter is None:
+        raise HttpError(404, f"no dead letter #{number}", reason="not_found")
+    return JSONResponse(letter)
+
+
+async def api_retry_one(request: Request, letter_id: str) -> JSONResponse:
+    number = _letter_id(letter_id)
+    runtime = service_of(request).runtime
+    requeued = await run_in_threadpool(runtime.outbox.requeue_dead_letters, [number])
+    if not requeued:
+        raise HttpError(404, f"no dead letter #{number}", reason="not_found")
+    if runtime.current_deliverer is not None:
+        runtime.current_deliverer.notify()
+    return JSONResponse({"requeued": len(requeued)})
+
+
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: apidoc.json_response("Nothing by that id", apidoc.ERROR_SCHEMA)}
+_OBJECT = {"type": "object", "additionalProperties": True}
+_ONE_LETTER_RESPONSES = {200: apidoc.json_response("The dead letter, its payload parsed", _OBJECT), **_NOT_FOUND}
+_RETRY_ONE_RESPONSES = {200: apidoc.RETRY_RESPONSES[200], **_NOT_FOUND}
+
+
 def status_page() -> HTMLResponse:
     page = resources.files("posthog_customerio").joinpath("static/status.html").read_text()
     return HTMLResponse(page)
@@ -128,6 +160,20 @@ def add_ops_routes(app: FastAPI) -> None:
         responses=apidoc.RETRY_RESPONSES,
         summary='Re-queue dead letters: {} for all, or {"ids": [...]} (JSON only)',
         openapi_extra=apidoc.RETRY_BODY,
+    )
+    app.add_api_route(
+        "/api/dead-letters/{letter_id}",
+        api_dead_letter,
+        methods=["GET"],
+        summary="One dead letter with its payload",
+        responses=_ONE_LETTER_RESPONSES,
+    )
+    app.add_api_route(
+        "/api/dead-letters/{letter_id}/retry",
+        api_retry_one,
+        methods=["POST"],
+        summary="Re-queue one dead letter",
+        responses=_RETRY_ONE_RESPONSES,
     )
     app.add_api_route(
         "/status",

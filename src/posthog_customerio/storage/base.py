@@ -122,6 +122,13 @@ class Transaction(Protocol):
     def delete_dead_letters(self, ids: Iterable[int]) -> None:
         """Remove dead letters."""
 
+    # -- the operator's view (people.py, status.py) --
+    def dead_letter_ids(self, seqs: Sequence[int]) -> dict[int, int]:
+        """seq -> dead-letter id of the dead letters of these operations."""
+
+    def dead_letter_row(self, letter_id: int) -> Row | None:
+        """One dead letter (columns of :meth:`dead_letter_rows`), ``None`` when there is none."""
+
 
 class Claims(ABC):
     """How one backend hands operations to delivery workers without two taking the same person."""

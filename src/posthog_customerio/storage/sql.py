@@ -162,6 +162,15 @@ class SqlTransaction:
     def delete_dead_letters(self, ids: Iterable[int]) -> None:
         self._many(self.sql.delete_dead_letter, [(id_,) for id_ in ids])
 
+    # -- the operator's view --
+    def dead_letter_ids(self, seqs: Sequence[int]) -> dict[int, int]:
+        return {int(row[0]): int(row[1]) for row in self._in("SELECT seq, id FROM dead_letters WHERE seq IN", seqs)}
+
+    def dead_letter_row(self, letter_id: int) -> Row | None:
+        sql = f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = {self.sql.mark}"
+        row = self._one(sql, (letter_id,))
+        return None if row is None else tuple(row)
+
 
 class SqlStorage(Storage):
     """The parts of a :class:`~.base.Storage` made of shared statements."""
