@@ -22,7 +22,15 @@ from .base import Claims, PacingStore, Picker, Row, Transaction, pages
 from .migrations import POSTGRES_MIGRATIONS, POSTGRES_ONLY_TABLES
 from .sql import SqlStorage, SqlTransaction, Statements
 
-__all__ = ["LeaseClaims", "PostgresPacing", "PostgresStorage", "key_lock_id"]
+__all__ = [
+    "DatabaseUnreachable",
+    "LeaseClaims",
+    "PostgresPacing",
+    "PostgresStorage",
+    "check_reachable",
+    "key_lock_id",
+    "safe_url",
+]
 
 _STATEMENTS = Statements("%s")
 _MIGRATION_LOCK = 7_274_135_001  # pg_advisory_lock key: one replica migrates at a time
@@ -251,3 +259,35 @@ class PostgresStorage(SqlStorage):
         info = conninfo_to_dict(self.url)
         host, port, name = info.get("host", ""), info.get("port", 5432), info.get("dbname", "")
         return f"postgresql://{info.get('user', '')}@{host}:{port}/{name}"
+
+
+#: seconds one connection attempt may take before ``serve`` gives up on the database (libpq's minimum is 2)
+CONNECT_TIMEOUT_S = 3
+
+
+class DatabaseUnreachable(RuntimeError):
+    """PostgreSQL refused or did not answer a connection: one line naming the URL without its password."""
+
+
+def safe_url(url: str) -> str:
+    """``postgresql://user@host:port/db``: the URL without password or options."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    info = conninfo_to_dict(url)
+    user, host, port, name = info.get("user", ""), info.get("host", ""), info.get("port", 5432), info.get("dbname", "")
+    return f"postgresql://{user}@{host}:{port}/{name}"
+
+
+def check_reachable(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """One connection attempt, bounded by ``timeout_s`` per address (the pool would retry for 15 s)."""
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=max(2, int(timeout_s))).close()
+    except psycopg.Error as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[0] if lines else type(exc).__name__
+        password = psycopg.conninfo.conninfo_to_dict(url).get("password")
+        if password:
+            reason = reason.replace(str(password), "***")
+        raise DatabaseUnreachable(f"cannot connect to PostgreSQL at {safe_url(url)}: {reason}") from None
