@@ -4,6 +4,7 @@ sandbox; and an unreachable database ends ``serve`` in seconds with one line nam
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -130,6 +132,17 @@ def test_the_readme_scale_out_steps_work_as_typed(sandbox: SandboxServer, tmp_pa
                 assert answer.status_code == 200, answer.text
         wait_for(lambda: len(sandbox_event_ids(sandbox)) >= len(events), "every event in Customer.io", 60)
         assert len(sandbox_event_ids(sandbox)) == len(set(sandbox_event_ids(sandbox))) == len(events)
+
+        def summed() -> dict[str, Any] | None:  # `status` from any machine: every replica's counters, summed
+            done = subprocess.run(
+                [str(SCRIPT), "status", "--json"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+            )
+            assert done.returncode == 0, done.stderr
+            report: dict[str, Any] = json.loads(done.stdout)
+            return report if report["ingest"]["events_received"] == len(events) else None
+
+        report = wait_for(summed, "status to sum the replicas' counters", 30)
+        assert len([r for r in report["replicas"] if r["live"]]) == len(serves)
     finally:
         for _, _, process in processes:
             if process.poll() is None:

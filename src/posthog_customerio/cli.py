@@ -1287,6 +1287,7 @@ def _status_text(report: dict[str, Any]) -> str:
         ]
         if delivery.get("auth_error"):
             lines.append(f"PAUSED             {delivery['auth_error']}")
+        lines += _replica_lines(report.get("replicas") or [])
     else:
         lines.append("service            no snapshot (the service has not run with this data dir)")
     for error in (report.get("recent_errors") or [])[-5:]:
@@ -1296,6 +1297,20 @@ def _status_text(report: dict[str, Any]) -> str:
             f"  #{letter['id']} {letter['person_key']} {letter['action']} {letter['name'] or ''}: {letter['reason']}"
         )
     return "\n".join(lines)
+
+
+def _replica_lines(replicas: list[dict[str, Any]]) -> list[str]:
+    """``replicas  N live``, then one line per replica when there are several (figures summed above)."""
+    live = sum(1 for replica in replicas if replica["live"])
+    lines = [f"replicas           {live} live ({len(replicas)} known; figures above sum those counted)"]
+    if len(replicas) > 1:
+        for replica in replicas:
+            state = "live" if replica["live"] else f"last seen {replica['age_s']:.0f}s ago"
+            lines.append(
+                f"  {replica['id']}  {state}, delivery {replica['delivery']},"
+                f" received {replica['events_received']}, delivered {replica['operations_delivered']}"
+            )
+    return lines
 
 
 # -- dead letters ----------------------------------------------------------------------

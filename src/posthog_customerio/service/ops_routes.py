@@ -6,6 +6,7 @@ operations token before any of them runs.
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 from typing import Any
 
@@ -50,7 +51,7 @@ def metrics_endpoint(request: Request) -> Response:
 
 async def api_status(request: Request) -> JSONResponse:
     service = service_of(request)
-    status = await run_in_threadpool(build_status, service.runtime, service.sampler)
+    status = await run_in_threadpool(functools.partial(build_status, replicas=True), service.runtime, service.sampler)
     return JSONResponse({**status, "customerio": service.probe.view()})
 
 
