@@ -1313,6 +1313,32 @@ def _replica_lines(replicas: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+# -- person ----------------------------------------------------------------------------
+@app.command("person")
+@_setting_flags(STORE_FLAGS)
+def person(
+    person_id: Annotated[str, typer.Argument(help="A distinct_id of the person, or their email")],
+    data_dir: DataDir = None,
+    identify_by_email: ByEmail = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """What did we send for this person? Their distinct_ids and merges, the identifier Customer.io knows
+    them by, attributes last sent (with event times), queued operations, recent deliveries, dead letters."""
+    from .people import lookup_person, person_text
+
+    with _exits():
+        settings = _settings(data_dir=data_dir, identify_by_email=identify_by_email)
+        _require_data(settings)
+        with Runtime(settings) as runtime:
+            record = lookup_person(runtime, person_id)
+    if record is None:
+        raise _fail(f"no person {person_id!r} (neither a distinct_id nor an email we know)", EXIT_FAILED)
+    if as_json:
+        typer.echo(json.dumps(record, indent=2))
+        return
+    out.print(person_text(record), markup=False, soft_wrap=True)
+
+
 # -- dead letters ----------------------------------------------------------------------
 def _require_data(settings: Settings) -> None:
     """The read-only commands never create a data dir: stop (exit 1) when there is no database."""

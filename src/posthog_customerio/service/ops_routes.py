@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from starlette.concurrency import run_in_threadpool
 
 from ..metrics import CONTENT_TYPE
+from ..people import lookup_person
 from ..status import build_status, dead_letter_detail, dead_letter_rows
 from . import apidoc
 from .bodies import HttpError, parse_json, read_body
@@ -105,9 +106,19 @@ async def api_retry_one(request: Request, letter_id: str) -> JSONResponse:
     return JSONResponse({"requeued": len(requeued)})
 
 
+async def api_person(request: Request, person_id: str) -> JSONResponse:
+    record = await run_in_threadpool(lookup_person, service_of(request).runtime, person_id)
+    if record is None:
+        raise HttpError(
+            404, f"no person {person_id[:200]!r} (neither a distinct_id nor an email we know)", reason="not_found"
+        )
+    return JSONResponse(record)
+
+
 _NOT_FOUND: dict[int | str, dict[str, Any]] = {404: apidoc.json_response("Nothing by that id", apidoc.ERROR_SCHEMA)}
 _OBJECT = {"type": "object", "additionalProperties": True}
 _ONE_LETTER_RESPONSES = {200: apidoc.json_response("The dead letter, its payload parsed", _OBJECT), **_NOT_FOUND}
+_PERSON_RESPONSES = {200: apidoc.json_response("The person's record", _OBJECT), **_NOT_FOUND}
 _RETRY_ONE_RESPONSES = {200: apidoc.RETRY_RESPONSES[200], **_NOT_FOUND}
 
 
@@ -175,6 +186,13 @@ def add_ops_routes(app: FastAPI) -> None:
         methods=["POST"],
         summary="Re-queue one dead letter",
         responses=_RETRY_ONE_RESPONSES,
+    )
+    app.add_api_route(
+        "/api/people/{person_id:path}",
+        api_person,
+        methods=["GET"],
+        summary="What was sent for one person (a distinct_id or an email)",
+        responses=_PERSON_RESPONSES,
     )
     app.add_api_route(
         "/status",
