@@ -17,6 +17,7 @@ from posthog_customerio.sources import parse_event
 from .conftest import API_KEY, Cli
 from .helpers import T0, ev, make_runtime, wait_for
 from .service import running_service
+from .test_status_page import browser, chromium_path  # noqa: F401 - the Chromium fixtures
 
 OPS = "ops-person-31f0"
 LONG_NAME = "n" * 120  # over Customer.io's event-name limit: dead-lettered
@@ -147,3 +148,31 @@ def test_person_flags(cli: Cli, env: dict[str, str], data_dir: Path) -> None:
         assert bad.exit_code == 2 and variable in bad.output, bad.output
     missing = cli("person", "ann", "--data-dir", str(data_dir / "nothing-here"), env=bare)
     assert missing.exit_code == 1 and "no data" in missing.output
+
+
+@pytest.mark.e2e
+def test_status_page_looks_a_person_up(browser: Any, sandbox: SandboxServer, data_dir: Path) -> None:
+    from playwright.sync_api import expect
+
+    runtime = make_runtime(sandbox, data_dir, anonymous_hold_s=0)
+    with running_service(runtime, deliver=False) as url:
+        page = browser.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{url}/status")
+        page.fill("#person-query", "ANN@example.com")
+        page.click("#person-lookup")
+        expect(page.locator("#person-distinct-ids")).to_have_text("ann, anon-77")
+        expect(page.locator("#person-identifier")).to_have_text("id ann")
+        expect(page.locator("#person-merges")).to_contain_text("anon-77 → ann (identify)")
+        expect(page.locator("#person-attributes")).to_contain_text("plan (")
+        expect(page.locator("#person-queued tr")).to_have_count(1)
+        expect(page.locator("#person-queued tr").first).to_contain_text("paid")
+        expect(page.locator("#person-deliveries tr").filter(has_text="clicked")).to_have_count(1)
+        expect(page.locator("#person-dead-letters tr")).to_have_count(1)
+        page.fill("#person-query", "nobody-<b>")
+        page.click("#person-lookup")
+        expect(page.locator("#person-result")).to_contain_text("no person 'nobody-<b>'")
+        expect(page.locator("#person-view")).to_be_hidden()
+        page.close()
+    assert not errors, errors
