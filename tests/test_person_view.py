@@ -95,16 +95,26 @@ def test_person_shows_what_was_sent(cli: Cli, env: dict[str, str], data_dir: Pat
     assert unknown.exit_code == 1 and "no person" in unknown.output
 
 
-def test_deliveries_kept_per_person_are_bounded(sandbox: SandboxServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_deliveries_kept_per_person_are_bounded(
+    sandbox: SandboxServer, tmp_path: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
     from posthog_customerio.outbox import DELIVERIES_KEPT
     from posthog_customerio.people import lookup_person
 
-    with make_runtime(sandbox, tmp_path / "data", anonymous_hold_s=0) as runtime:
-        _deliver(runtime, [ev("clicked", "bo", n) for n in range(DELIVERIES_KEPT + 15)])
+    url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
+    with make_runtime(sandbox, tmp_path / "data", anonymous_hold_s=0, outbox_url=url) as runtime:
+        events = [ev("clicked", "bo", n) for n in range(DELIVERIES_KEPT + 15)] + [ev("seen", "cy", 1)]
+        _deliver(runtime, events)
         person = lookup_person(runtime, "bo")
         assert person is not None and len(person["deliveries"]) == DELIVERIES_KEPT
+        # the newest kept: the last event sent is there, the first ones are gone
+        assert person["deliveries"][0]["seq"] == max(d["seq"] for d in person["deliveries"])
         with runtime.db.reading() as tx:
-            assert tx.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0] == DELIVERIES_KEPT
+            kept = tx.execute("SELECT person_key, COUNT(*) FROM deliveries GROUP BY person_key").fetchall()
+        assert dict(kept) == {"bo": DELIVERIES_KEPT, "cy": 2}  # cy: identify, then the event
+        other = lookup_person(runtime, "cy")
+        assert other is not None and [d["name"] for d in other["deliveries"]] == ["seen", None]
 
 
 @pytest.mark.e2e

@@ -71,6 +71,22 @@ class PostgresTransaction(SqlTransaction):
         """Drop the leases of these operations."""
         self._many("UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE seq = %s", [(s,) for s in seqs])
 
+    def record_deliveries(self, rows: Sequence[Row], keep: int) -> None:
+        """As SQLite's, the pruning in one statement: each key's cut-off found once by index (not per row)."""
+        if not rows:
+            return
+        self._many(
+            "INSERT INTO deliveries (person_key, seq, kind, action, name, outcome, at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            rows,
+        )
+        self.conn.execute(
+            "DELETE FROM deliveries AS d USING (SELECT k, (SELECT id FROM deliveries WHERE person_key = k"
+            " ORDER BY id DESC OFFSET %s LIMIT 1) AS cutoff FROM unnest(%s::text[]) AS k) AS c"
+            " WHERE d.person_key = c.k AND d.id <= c.cutoff",
+            (keep, list(dict.fromkeys(str(row[0]) for row in rows))),
+        )
+
 
 class LeaseClaims(Claims):
     """Claims across replicas: one claimer at a time (advisory lock), leases with expiry.
