@@ -186,3 +186,12 @@ def test_status_page_looks_a_person_up(browser: Any, sandbox: SandboxServer, dat
         expect(page.locator("#person-view")).to_be_hidden()
         page.close()
     assert not errors, errors
+
+
+def test_api_people_is_never_forwarded_to_posthog() -> None:
+    """As a PostHog proxy, ``/api/*`` goes to PostHog except this service's own paths: people are ours."""
+    from posthog_customerio.service.paths import is_ops_path, is_posthog_path
+
+    for path in ("/api/people/ann", "/api/people/ann%40example.com", "/api/dead-letters/3/retry"):
+        assert is_ops_path(path, proxying=True) and not is_posthog_path(path), path
+    assert is_posthog_path("/api/projects/1") and not is_ops_path("/api/projects/1", proxying=True)
