@@ -1305,7 +1305,8 @@ def _replica_lines(replicas: list[dict[str, Any]]) -> list[str]:
     lines = [f"replicas           {live} live ({len(replicas)} known; figures above sum those counted)"]
     if len(replicas) > 1:
         for replica in replicas:
-            state = "live" if replica["live"] else f"last seen {replica['age_s']:.0f}s ago"
+            state = "live" if replica["live"] else f"last heartbeat {replica['age_s']:.0f}s ago"
+            state += ", stopped" if replica.get("stopped") else ""
             lines.append(
                 f"  {replica['id']}  {state}, delivery {replica['delivery']},"
                 f" received {replica['events_received']}, delivered {replica['operations_delivered']}"

@@ -168,6 +168,12 @@ def _when(epoch: float | None) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def _what_text(op: dict[str, Any]) -> str:
+    """``event clicked``; the kind first when it is not a person's operation (``anonymous event …``)."""
+    parts = (op["kind"] if op["kind"] != "person" else None, op["action"], op["name"])
+    return " ".join(str(part) for part in parts if part) or "-"
+
+
 def _line(label: str, value: str) -> str:
     return f"{label:<27}{value}"
 
@@ -191,12 +197,10 @@ def person_text(record: dict[str, Any]) -> str:
     lines.append(_line("attributes last sent", attributes or "-"))
     lines.append(_line("queued", str(len(record["queued"]))))
     for op in record["queued"]:
-        what = f"{op['kind']} {op['action'] or ''} {op['name'] or ''}".strip()
-        lines.append(f"  #{op['seq']} {what}, enqueued {_when(op['enqueued_at'])}, {op['attempts']} attempts")
+        lines.append(f"  #{op['seq']} {_what_text(op)}, enqueued {_when(op['enqueued_at'])}, {op['attempts']} attempts")
     lines.append(_line("recent deliveries", str(len(record["deliveries"]))))
     for done in record["deliveries"]:
-        what = f"{done['kind']} {done['action'] or ''} {done['name'] or ''}".strip()
-        lines.append(f"  {_when(done['at'])} {done['outcome']} {what}")
+        lines.append(f"  {_when(done['at'])} {done['outcome']} {_what_text(done)}")
     lines.append(_line("dead letters", str(len(record["dead_letters"]))))
     for letter in record["dead_letters"]:
         what = f"{letter['action'] or ''} {letter['name'] or ''}".strip()

@@ -434,6 +434,7 @@ def _listed(replica: Replica, now: float, counted: bool) -> dict[str, Any]:
         "seen_at": replica.seen_at,
         "age_s": round(max(0.0, now - replica.seen_at), 1),
         "live": not replica.stopped and now - replica.seen_at <= REPLICA_STALE_S,
+        "stopped": replica.stopped,
         "counted": counted,
         "delivery": delivery.get("state", "stopped"),
         "events_received": int(ingest.get("events_received") or 0),
