@@ -104,7 +104,7 @@ def test_deliveries_kept_per_person_are_bounded(
 
     url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
     with make_runtime(sandbox, tmp_path / "data", anonymous_hold_s=0, outbox_url=url) as runtime:
-        events = [ev("clicked", "bo", n) for n in range(DELIVERIES_KEPT + 15)] + [ev("seen", "cy", 1)]
+        events = [ev("clicked", "bo", n) for n in range(DELIVERIES_KEPT + 15)] + [ev("seen", "cy", 1, top={"$set": {"email": "Cy@Example.io"}})]
         _deliver(runtime, events)
         person = lookup_person(runtime, "bo")
         assert person is not None and len(person["deliveries"]) == DELIVERIES_KEPT
@@ -113,7 +113,7 @@ def test_deliveries_kept_per_person_are_bounded(
         with runtime.db.reading() as tx:
             kept = tx.execute("SELECT person_key, COUNT(*) FROM deliveries GROUP BY person_key").fetchall()
         assert dict(kept) == {"bo": DELIVERIES_KEPT, "cy": 2}  # cy: identify, then the event
-        other = lookup_person(runtime, "cy")
+        other = lookup_person(runtime, "cy@example.IO")  # by email, case-insensitive
         assert other is not None and [d["name"] for d in other["deliveries"]] == ["seen", None]
 
 
