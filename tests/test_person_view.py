@@ -104,7 +104,9 @@ def test_deliveries_kept_per_person_are_bounded(
 
     url = request.getfixturevalue("pg_url") if backend == "postgresql" else None
     with make_runtime(sandbox, tmp_path / "data", anonymous_hold_s=0, outbox_url=url) as runtime:
-        events = [ev("clicked", "bo", n) for n in range(DELIVERIES_KEPT + 15)] + [ev("seen", "cy", 1, top={"$set": {"email": "Cy@Example.io"}})]
+        events = [ev("clicked", "bo", n) for n in range(DELIVERIES_KEPT + 15)] + [
+            ev("seen", "cy", 1, top={"$set": {"email": "Cy@Example.io"}})
+        ]
         _deliver(runtime, events)
         person = lookup_person(runtime, "bo")
         assert person is not None and len(person["deliveries"]) == DELIVERIES_KEPT

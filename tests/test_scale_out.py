@@ -47,7 +47,7 @@ def test_an_unreachable_database_fails_fast_with_one_line(tmp_path: Path) -> Non
     assert len(lines) == 1, done.stderr
     assert f"postgresql://ops_user@127.0.0.1:{port}/posthog_customerio" in lines[0]
     assert "s3cret-pw" not in done.stderr + done.stdout
-    assert took < 8, f"took {took:.1f} s to give up"
+    assert took < 12, f"took {took:.1f} s to give up"  # the pool alone used to retry for 15 s
 
 
 def readme_block() -> list[str]:
@@ -107,22 +107,22 @@ def test_the_readme_scale_out_steps_work_as_typed(sandbox: SandboxServer, tmp_pa
     env["CUSTOMERIO_TRACK_URL"] = sandbox.url  # the sandbox stands in for Customer.io
     assert _unauthenticated_host(load_settings({"webhook_token": env["WEBHOOK_TOKEN"]}), "0.0.0.0") is None
 
-    processes: list[tuple[str, str, subprocess.Popen[str]]] = []
+    processes: list[tuple[str, str, subprocess.Popen[bytes]]] = []
     try:
         for line in serves:
             free = free_port()
             typed = line.replace("--port 8080", f"--port {free}").replace("--port 8081", f"--port {free}")
-            process = subprocess.Popen(
-                ["bash", "-c", f"exec {typed}"],
-                env=env,
-                cwd=tmp_path,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
+            log = tmp_path / f"replica-{len(processes)}.log"
+            with log.open("w") as output:  # a file, not a pipe nobody reads (a full pipe would block the replica)
+                process = subprocess.Popen(
+                    ["bash", "-c", f"exec {typed}"], env=env, cwd=tmp_path, stdout=output, stderr=subprocess.STDOUT
+                )
             processes.append((typed, f"http://127.0.0.1:{free}", process))
-        for _, url, process in processes:
-            wait_serving(url, process)
+        for index, (typed, url, process) in enumerate(processes):
+            try:
+                wait_serving(url, process)
+            except AssertionError as exc:
+                raise AssertionError(f"{typed}: {(tmp_path / f'replica-{index}.log').read_text()[-3000:]}") from exc
         receivers = [url for typed, url, _ in processes if "--role deliver" not in typed]
         auth = {"Authorization": f"Bearer {env['WEBHOOK_TOKEN']}"}
         events = [hog(f"scale-{n % 7}", "clicked", n) for n in range(60)]
