@@ -227,7 +227,11 @@ class Storage(ABC):
         """A small write that proves the database takes writes now (readiness)."""
 
 
-def pages(fetch: Callable[[int, int], list[Row]], page: int = 1000, scan_limit: int = 50_000) -> Iterator[Row]:
+#: a claim looks at most this many queued rows
+SCAN_LIMIT = 50_000
+
+
+def pages(fetch: Callable[[int, int], list[Row]], page: int = 1000, scan_limit: int = SCAN_LIMIT) -> Iterator[Row]:
     """Candidate rows in queue order, ``page`` at a time, up to ``scan_limit`` rows (``fetch(after, limit)``)."""
     last = 0
     for _ in range(0, scan_limit, page):

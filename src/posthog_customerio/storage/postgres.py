@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence, Set
 from pathlib import Path
 from typing import IO, Any
 
-from .base import Claims, PacingStore, Picker, Row, Transaction, pages
+from .base import SCAN_LIMIT, Claims, PacingStore, Picker, Row, Transaction
 from .migrations import POSTGRES_MIGRATIONS, POSTGRES_ONLY_TABLES
 from .sql import SqlStorage, SqlTransaction, Statements
 
@@ -32,6 +32,12 @@ _CLAIM_LOCK = 7_274_135_002  # pg_advisory_xact_lock key: one claimer at a time 
 def key_lock_id(key: str) -> int:
     """A signed 64-bit advisory-lock id for a key (stable across processes)."""
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def _fetched(cursor: Any, page: int) -> Iterator[Row]:
+    """Rows of an open server-side cursor, ``page`` at a time."""
+    while rows := cursor.fetchmany(page):
+        yield from rows
 
 
 class PostgresTransaction(SqlTransaction):
@@ -52,6 +58,17 @@ class PostgresTransaction(SqlTransaction):
         for lock_id in sorted({key_lock_id(key) for key in keys}):
             self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id,))
         return True
+
+    @contextlib.contextmanager
+    def snapshot_candidates(self, page: int = 1000, scan_limit: int = SCAN_LIMIT) -> Iterator[Iterator[Row]]:
+        """Candidate rows in queue order from one snapshot: a server-side cursor, read ``page`` rows at a time.
+
+        Separate reads would each see the commits made since the last one: a person's earlier operation,
+        committed after the first read, would be hidden while a later one shows up in the next read.
+        """
+        with self.conn.cursor(name=f"claim_{uuid.uuid4().hex[:12]}") as cursor:
+            cursor.execute(self.sql.snapshot_candidates, (scan_limit,))
+            yield _fetched(cursor, page)
 
     def lease(self, owner: str, until: float, seqs: Iterable[int]) -> None:
         """Mark operations as claimed by ``owner`` until ``until`` (epoch seconds)."""
@@ -78,10 +95,16 @@ class LeaseClaims(Claims):
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     def claim(self, pick: Picker, in_flight: Set[int]) -> tuple[list[Row], list[Row], dict[int, tuple[str, str]]]:
+        """Pick from one snapshot of the queue (taken after the claim lock), then lease what was chosen.
+
+        A row counts as taken while leased (here or by a replica) or in flight in this process, even
+        past its lease: a later operation of its person is never claimed before it settles.
+        """
         with self.db._transaction() as tx:
             tx.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
             now = time.time()
-            chosen, oversized = pick(pages(tx.candidates), lambda row: row[7] is not None and row[7] > now)
+            with tx.snapshot_candidates() as rows:
+                chosen, oversized = pick(rows, lambda row: row[0] in in_flight or (row[7] is not None and row[7] > now))
             payloads = tx.payloads([row[0] for row in (*chosen, *oversized)]) if chosen or oversized else {}
             tx.lease(self.owner, now + self.lease_s, [row[0] for row in chosen if row[0] in payloads])
         return chosen, oversized, payloads

@@ -47,6 +47,11 @@ class Statements:
             "SELECT seq, person_key, size, attempts, enqueued_at, after_keys, lease_owner, lease_until, kind"
             f" FROM outbox WHERE seq > {mark} ORDER BY seq LIMIT {mark}"
         )
+        #: the whole queue in order, up to a limit (PostgreSQL reads it through one server-side cursor)
+        self.snapshot_candidates = (
+            "SELECT seq, person_key, size, attempts, enqueued_at, after_keys, lease_owner, lease_until, kind"
+            f" FROM outbox ORDER BY seq LIMIT {mark}"
+        )
         self.release = (
             f"UPDATE outbox SET attempts = attempts + 1, last_error = {mark}, lease_owner = NULL,"
             f" lease_until = NULL WHERE seq = {mark}"
