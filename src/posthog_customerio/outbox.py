@@ -25,7 +25,7 @@ from typing import Any, cast
 from .operations import Kind, Operation, encode_payload
 from .storage import Storage, Transaction
 
-__all__ = ["Claimed", "DeadLetter", "Outbox", "Queued"]
+__all__ = ["Claimed", "DeadLetter", "LeaseLost", "Outbox", "Queued"]
 
 #: stop a claim's scan after this many rows in a row that could not be taken, once it holds something
 _FRUITLESS_ROWS = 256
@@ -93,6 +93,10 @@ def _hydrate(rows: list[tuple[Any, ...]], payloads: dict[int, tuple[str, str]]) 
         for seq, person_key, size, attempts, enqueued_at, after_keys, *_ in rows
         if seq in payloads
     ]
+
+
+class LeaseLost(RuntimeError):
+    """A claim's lease ran out and another replica may hold its operations now: do not send them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +289,18 @@ class Outbox:
         """Drop claims from memory only (when the database cannot be written): the rows
         stay queued, and with PostgreSQL their leases expire."""
         self._unclaim(items)
+
+    def renew(self, items: Sequence[Claimed]) -> None:
+        """Right before a request: extend the claim on ``items`` (PostgreSQL: their leases).
+
+        When any of them is no longer held, none is sent: the claim on all of them is dropped (those
+        still held return to the queue) and :class:`LeaseLost` is raised.
+        """
+        lost = self.claims.renew([item.seq for item in items])
+        if lost:
+            self.claims.give_back([item.seq for item in items if item.seq not in lost])
+            self._unclaim(items)
+            raise LeaseLost(f"the lease of {len(lost)} claimed operations ran out: another replica may send them")
 
     def unclaim(self, items: Sequence[Claimed]) -> None:
         """Give claimed operations back untouched (not attempted)."""

@@ -137,6 +137,11 @@ class Claims(ABC):
         """Operations handed out but not attempted return to the queue (nothing to do by default)."""
         return None
 
+    def renew(self, seqs: Sequence[int]) -> set[int]:
+        """Extend the claim on these operations right before a request; returns those no longer held
+        (another process may have them now). Claims that never expire lose nothing (the default)."""
+        return set()
+
     def bound_timeout(self, timeout_s: float) -> float:
         """An HTTP timeout that ends before a claim could pass to someone else."""
         return timeout_s

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import socket
 import threading
@@ -22,11 +23,19 @@ from .base import SCAN_LIMIT, Claims, PacingStore, Picker, Row, Transaction
 from .migrations import POSTGRES_MIGRATIONS, POSTGRES_ONLY_TABLES
 from .sql import SqlStorage, SqlTransaction, Statements
 
-__all__ = ["LeaseClaims", "PostgresPacing", "PostgresStorage", "key_lock_id"]
+__all__ = ["LeaseClaims", "PostgresPacing", "PostgresStorage", "key_lock_id", "lease_margin"]
+
+log = logging.getLogger(__name__)
 
 _STATEMENTS = Statements("%s")
 _MIGRATION_LOCK = 7_274_135_001  # pg_advisory_lock key: one replica migrates at a time
 _CLAIM_LOCK = 7_274_135_002  # pg_advisory_xact_lock key: one claimer at a time across replicas
+
+
+def lease_margin(lease_s: float) -> float:
+    """What a lease keeps beyond its request's deadline (a quarter of it, at least 1 s): time to renew the
+    lease, start the request, and record the answer before another replica may claim the operations."""
+    return max(1.0, lease_s / 4)
 
 
 def key_lock_id(key: str) -> int:
@@ -76,9 +85,20 @@ class PostgresTransaction(SqlTransaction):
             "UPDATE outbox SET lease_owner = %s, lease_until = %s WHERE seq = %s", [(owner, until, s) for s in seqs]
         )
 
-    def unlease(self, seqs: Iterable[int]) -> None:
-        """Drop the leases of these operations."""
-        self._many("UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE seq = %s", [(s,) for s in seqs])
+    def unlease(self, owner: str, seqs: Sequence[int]) -> None:
+        """Drop ``owner``'s leases of these operations (a lease another replica holds now is left alone)."""
+        self.conn.execute(
+            "UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE seq = ANY(%s) AND lease_owner = %s",
+            (list(seqs), owner),
+        )
+
+    def renew_leases(self, owner: str, until: float, seqs: Sequence[int]) -> set[int]:
+        """Extend ``owner``'s leases of these operations to ``until``; returns the seqs it still held."""
+        rows = self.conn.execute(
+            "UPDATE outbox SET lease_until = %s WHERE seq = ANY(%s) AND lease_owner = %s RETURNING seq",
+            (until, list(seqs), owner),
+        ).fetchall()
+        return {int(row[0]) for row in rows}
 
 
 class LeaseClaims(Claims):
@@ -112,11 +132,36 @@ class LeaseClaims(Claims):
     def give_back(self, seqs: Sequence[int]) -> None:
         if seqs:
             with self.db._transaction() as tx:
-                tx.unlease(seqs)
+                tx.unlease(self.owner, seqs)
+
+    def renew(self, seqs: Sequence[int]) -> set[int]:
+        """Lease these operations for another ``lease_s`` if this replica still holds them.
+
+        Under the claim lock: a claim that saw one of them expired cannot lease it between this check
+        and this renewal. A lease that expired unseen is taken back (nobody else has sent it).
+        """
+        if not seqs:
+            return set()
+        with self.db._transaction() as tx:
+            tx.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
+            held = tx.renew_leases(self.owner, time.time() + self.lease_s, seqs)
+        return set(seqs) - held
 
     def bound_timeout(self, timeout_s: float) -> float:
-        """Below the lease: a lease never expires while its request can still be answered."""
-        return min(timeout_s, self.lease_s * 0.8)
+        """The request deadline: at most the lease minus :func:`lease_margin` (leases are renewed right
+        before each request), so a lease never expires while its request can still be answered."""
+        margin = lease_margin(self.lease_s)
+        bound = self.lease_s - margin
+        if timeout_s > bound:
+            log.info(
+                "each request to Customer.io ends within %g s: CUSTOMERIO_TIMEOUT_S=%g is bounded by"
+                " LEASE_S=%g minus a %g s margin (raise LEASE_S for a longer deadline)",
+                bound,
+                timeout_s,
+                self.lease_s,
+                margin,
+            )
+        return min(timeout_s, bound)
 
 
 _NOW = "WITH clock AS (SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8 AS now) "
