@@ -192,7 +192,12 @@ MAPPING_FLAGS = (
 )
 DELIVERY_FLAGS = (
     _flag("DELIVERY_LINGER_S", float, "Wait this long for a fuller batch; default 0.1"),
-    _flag("CUSTOMERIO_TIMEOUT_S", float, "HTTP timeout per request to Customer.io; default 30"),
+    _flag(
+        "CUSTOMERIO_TIMEOUT_S",
+        float,
+        "Total deadline of each request to Customer.io, answer included"
+        " (PostgreSQL: at most LEASE_S minus max(1, LEASE_S/4)); default 30",
+    ),
     _flag("RETRY_AFTER_MAX_S", float, "The longest pause a Retry-After can impose (0-3600); default 60"),
 )
 HOLD_FLAGS = (
