@@ -181,3 +181,23 @@ def test_stand_in_records_json(tmp_path: Path) -> None:
     with SlowCustomerio(slow=0) as server, TrackClient(SITE_ID, API_KEY, server.url) as track:
         track.send_batch([json.dumps({"type": "person", "identifiers": {"id": "x"}, "action": "identify"})])
         assert server.requests[0]["answered"] and server.requests[0]["body"]["batch"][0]["identifiers"] == {"id": "x"}
+
+
+def test_a_late_release_never_frees_another_replicas_lease(pg_url: str) -> None:
+    """A replica whose lease ran out (a stalled process) settles late: the operation another replica has
+    leased since stays leased to that one, so a third claim cannot take it while it is in flight."""
+    late, other, third = (Outbox(PostgresDatabase(pg_url), lease_s=2) for _ in range(3))
+    try:
+        late.put(_operations(people=1, per_person=1))
+        taken = late.claim(10, 100_000, 32_000)
+        assert len(taken) == 1
+        again = wait_for(lambda: other.claim(10, 100_000, 32_000), "the lease to run out", timeout=30)
+        assert [item.seq for item in again] == [taken[0].seq]
+        late.release(taken, "HTTP 503")
+        assert third.claim(10, 100_000, 32_000) == [], "claimed while another replica holds it"
+        with late.db.reading() as tx:
+            attempts = tx.execute("SELECT attempts FROM outbox").fetchone()[0]
+        assert attempts == 0, "the late release counted an attempt on a row it no longer held"
+    finally:
+        for box in (late, other, third):
+            box.db.close()

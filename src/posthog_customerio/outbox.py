@@ -311,7 +311,7 @@ class Outbox:
         """Not delivered (transient failure): keep them queued, count the attempt."""
         if items:
             with self.db.transaction() as conn:
-                conn.release_operations(error[:500], (item.seq for item in items))
+                conn.release_operations(error[:500], (item.seq for item in items), self.claims.owner)
         self._unclaim(items)
 
     def dead_letter(

@@ -92,8 +92,9 @@ class Transaction(Protocol):
     def payloads(self, seqs: Sequence[int]) -> dict[int, tuple[str, str]]:
         """``(payload, kind)`` of these queued operations (gone ones are absent)."""
 
-    def release_operations(self, error: str, seqs: Iterable[int]) -> None:
-        """Count a failed attempt with its error and drop any lease."""
+    def release_operations(self, error: str, seqs: Iterable[int], owner: str | None = None) -> None:
+        """Count a failed attempt with its error and drop the lease, on rows unleased or leased by ``owner``
+        (a row another replica leased since is left alone)."""
 
     def outbox_depth(self) -> int:
         """How many operations wait."""
@@ -125,6 +126,9 @@ class Transaction(Protocol):
 
 class Claims(ABC):
     """How one backend hands operations to delivery workers without two taking the same person."""
+
+    #: who holds this process's leases (``None`` where claims are not leases)
+    owner: str | None = None
 
     @abstractmethod
     def claim(self, pick: Picker, in_flight: Set[int]) -> tuple[list[Row], list[Row], dict[int, tuple[str, str]]]:

@@ -112,7 +112,7 @@ class LeaseClaims(Claims):
         self.db = db
         self.lease_s = lease_s
         #: who holds a lease: host, pid and a random part
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner: str = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     def claim(self, pick: Picker, in_flight: Set[int]) -> tuple[list[Row], list[Row], dict[int, tuple[str, str]]]:
         """Pick from one snapshot of the queue (taken after the claim lock), then lease what was chosen.
