@@ -21,7 +21,7 @@ import pytest
 from posthog_customerio.config import load_settings
 from posthog_customerio.db import PostgresDatabase
 from posthog_customerio.operations import Operation
-from posthog_customerio.outbox import Outbox
+from posthog_customerio.outbox import LeaseLost, Outbox
 from posthog_customerio.output.base import Outcome, SendResult
 from posthog_customerio.output.pipelines import PipelinesClient
 from posthog_customerio.output.track import TrackClient
@@ -201,3 +201,29 @@ def test_a_late_release_never_frees_another_replicas_lease(pg_url: str) -> None:
     finally:
         for box in (late, other, third):
             box.db.close()
+
+
+def test_a_claim_whose_lease_passed_to_another_replica_is_dropped_unsent(pg_url: str) -> None:
+    """Renewing before a request fails once another replica holds one of the operations: the claim is
+    dropped (nothing of it is sent), the other replica's lease stays, and ours on the rest is given back."""
+    stalled, other = (Outbox(PostgresDatabase(pg_url), lease_s=2) for _ in range(2))
+    try:
+        stalled.put(_operations(people=2, per_person=1))
+        taken = stalled.claim(10, 100_000, 32_000)
+        assert [item.person_key for item in taken] == ["p0", "p1"]
+        until = _lease_until(stalled)
+        wait_for(lambda: time.time() > until, "the leases to run out")
+        stolen = other.claim(1, 100_000, 32_000)  # the other replica takes p0 only
+        assert [item.person_key for item in stolen] == ["p0"]
+        with pytest.raises(LeaseLost):
+            stalled.renew(taken)
+        assert stalled.in_flight() == 0
+        assert [item.person_key for item in other.claim(10, 100_000, 32_000)] == ["p1"]  # given back, p0 still held
+    finally:
+        stalled.db.close()
+        other.db.close()
+
+
+def _lease_until(outbox: Outbox) -> float:
+    with outbox.db.reading() as tx:
+        return float(tx.execute("SELECT MAX(lease_until) FROM outbox").fetchone()[0])
