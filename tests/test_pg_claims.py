@@ -24,6 +24,8 @@ from posthog_customerio.operations import Operation
 from posthog_customerio.outbox import Claimed, Outbox
 from posthog_customerio.storage import Storage
 
+from .helpers import wait_for
+
 #: rows a claim's first read returns on today's code (``storage.base.pages``)
 PAGE = 1000
 
@@ -182,3 +184,41 @@ def test_per_person_order_holds_under_concurrent_ingestion(
         for db in {id(db): db for db in opened}.values():
             with contextlib.suppress(Exception):
                 db.close()
+
+
+def _claim_waits_on_a_row_lock(db: Storage) -> bool:
+    with db.reading() as tx:
+        waiting = tx.execute(
+            "SELECT count(*) FROM pg_locks AS l JOIN pg_stat_activity AS a ON a.pid = l.pid"
+            " WHERE NOT l.granted AND a.query LIKE 'UPDATE outbox SET lease_owner%'"
+        ).fetchone()[0]
+    return bool(waiting)
+
+
+def test_a_claim_never_takes_anonymous_events_an_identify_is_adopting(pg_url: str) -> None:
+    """An ingestion adopting a visitor's queued events (delete, re-queue behind the identify) and a claim
+    at the same moment: the claim either takes the events before the ingestion reads them (then they are
+    not adopted) or not at all; never both sent anonymously and re-queued as the person's."""
+    writer, claimer = Outbox(PostgresDatabase(pg_url)), Outbox(PostgresDatabase(pg_url))
+    visit = {"type": "anonymous", "anonymous_id": "anon-1", "action": "event", "name": "visit", "attributes": {}}
+    writer.put([Operation("anon-1", visit, kind="anonymous")])
+    claimed: list[list[Claimed]] = []
+    thread = threading.Thread(target=lambda: claimed.append(claim_all(claimer)))
+    try:
+        with writer.db.transaction() as tx:
+            queued = writer.queued(tx, "anon-1", "anonymous")
+            assert len(queued) == 1
+            thread.start()
+            wait_for(lambda: not thread.is_alive() or _claim_waits_on_a_row_lock(claimer.db), "the claim to run")
+            adopted = {**visit, "type": "person", "identifiers": {"id": "user-1"}}
+            Outbox.replace(tx, queued, [Operation("user-1", adopted)])
+        thread.join(30)
+        assert not thread.is_alive()
+        taken = [(item.person_key, item.kind) for item in claimed[0]]
+        assert ("anon-1", "anonymous") not in taken, "sent anonymously while being adopted"
+        claimer.ack(claimed[0])
+        rest = [(item.person_key, item.kind) for item in claim_all(claimer)]
+        assert taken + rest == [("user-1", "person")]
+    finally:
+        writer.db.close()
+        claimer.db.close()

@@ -79,11 +79,19 @@ class PostgresTransaction(SqlTransaction):
             cursor.execute(self.sql.snapshot_candidates, (scan_limit,))
             yield _fetched(cursor, page)
 
-    def lease(self, owner: str, until: float, seqs: Iterable[int]) -> None:
-        """Mark operations as claimed by ``owner`` until ``until`` (epoch seconds)."""
-        self._many(
-            "UPDATE outbox SET lease_owner = %s, lease_until = %s WHERE seq = %s", [(owner, until, s) for s in seqs]
-        )
+    def queued_rows(self, person_key: str, kind: str) -> list[Row]:
+        """As :meth:`SqlTransaction.queued_rows`, the rows locked until the transaction ends: a claim
+        cannot lease them while they are being replaced (it waits, then finds them gone)."""
+        return list(self.conn.execute(self.sql.queued + " FOR UPDATE", (person_key, kind)).fetchall())
+
+    def lease(self, owner: str, until: float, seqs: Sequence[int]) -> set[int]:
+        """Mark operations as claimed by ``owner`` until ``until`` (epoch seconds); returns the seqs
+        leased (an operation deleted meanwhile is not)."""
+        rows = self.conn.execute(
+            "UPDATE outbox SET lease_owner = %s, lease_until = %s WHERE seq = ANY(%s) RETURNING seq",
+            (owner, until, list(seqs)),
+        ).fetchall()
+        return {int(row[0]) for row in rows}
 
     def unlease(self, owner: str, seqs: Sequence[int]) -> None:
         """Drop ``owner``'s leases of these operations (a lease another replica holds now is left alone)."""
@@ -118,7 +126,9 @@ class LeaseClaims(Claims):
         """Pick from one snapshot of the queue (taken after the claim lock), then lease what was chosen.
 
         A row counts as taken while leased (here or by a replica) or in flight in this process, even
-        past its lease: a later operation of its person is never claimed before it settles.
+        past its lease: a later operation of its person is never claimed before it settles. A row an
+        ingestion is replacing (anonymous events being adopted) is locked: the lease waits for it, and
+        a row deleted meanwhile is left out.
         """
         with self.db._transaction() as tx:
             tx.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
@@ -126,8 +136,10 @@ class LeaseClaims(Claims):
             with tx.snapshot_candidates() as rows:
                 chosen, oversized = pick(rows, lambda row: row[0] in in_flight or (row[7] is not None and row[7] > now))
             payloads = tx.payloads([row[0] for row in (*chosen, *oversized)]) if chosen or oversized else {}
-            tx.lease(self.owner, now + self.lease_s, [row[0] for row in chosen if row[0] in payloads])
-        return chosen, oversized, payloads
+            leased = tx.lease(self.owner, now + self.lease_s, [row[0] for row in chosen if row[0] in payloads])
+        oversized_seqs = {row[0] for row in oversized}
+        kept = {seq: value for seq, value in payloads.items() if seq in leased or seq in oversized_seqs}
+        return [row for row in chosen if row[0] in leased], oversized, kept
 
     def give_back(self, seqs: Sequence[int]) -> None:
         if seqs:
