@@ -222,3 +222,16 @@ def test_a_claim_never_takes_anonymous_events_an_identify_is_adopting(pg_url: st
     finally:
         writer.db.close()
         claimer.db.close()
+
+
+def test_a_row_that_could_not_be_leased_holds_back_the_later_rows_of_its_keys() -> None:
+    """After the lease: a chosen row left unleased (deleted, or locked by an ingestion) keeps every later
+    chosen row of its person, or waiting on it, out of the claim."""
+    from posthog_customerio.storage.postgres import _in_order
+
+    def row(seq: int, person: str, after: list[str] | None = None) -> tuple[Any, ...]:
+        return (seq, person, 10, 0, 0.0, json.dumps(after) if after else None, None, None, "person")
+
+    chosen = [row(1, "a"), row(2, "b"), row(3, "a"), row(4, "c", ["a"]), row(5, "c"), row(6, "d")]
+    assert [r[0] for r in _in_order(chosen, {2, 3, 4, 5, 6})] == [2, 6]
+    assert [r[0] for r in _in_order(chosen, {1, 2, 3, 4, 5, 6})] == [1, 2, 3, 4, 5, 6]

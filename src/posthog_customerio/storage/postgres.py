@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -49,6 +50,24 @@ def _fetched(cursor: Any, page: int) -> Iterator[Row]:
         yield from rows
 
 
+def _row_keys(row: Row) -> set[str]:
+    """A candidate row's ordering keys: its person's, and those it waits on."""
+    return {row[1], *(json.loads(row[5]) if row[5] else ())}
+
+
+def _in_order(chosen: Sequence[Row], leased: Set[int]) -> list[Row]:
+    """The leased rows of ``chosen`` that no unleased row before them shares a key with (queue order)."""
+    kept: list[Row] = []
+    blocked: set[str] = set()
+    for row in chosen:
+        keys = _row_keys(row)
+        if row[0] not in leased or keys & blocked:
+            blocked |= keys
+        else:
+            kept.append(row)
+    return kept
+
+
 class PostgresTransaction(SqlTransaction):
     """A transaction on a pooled connection; person keys locked with advisory locks."""
 
@@ -81,14 +100,15 @@ class PostgresTransaction(SqlTransaction):
 
     def queued_rows(self, person_key: str, kind: str) -> list[Row]:
         """As :meth:`SqlTransaction.queued_rows`, the rows locked until the transaction ends: a claim
-        cannot lease them while they are being replaced (it waits, then finds them gone)."""
+        does not lease them while they are being replaced."""
         return list(self.conn.execute(self.sql.queued + " FOR UPDATE", (person_key, kind)).fetchall())
 
     def lease(self, owner: str, until: float, seqs: Sequence[int]) -> set[int]:
         """Mark operations as claimed by ``owner`` until ``until`` (epoch seconds); returns the seqs
-        leased (an operation deleted meanwhile is not)."""
+        leased: one deleted meanwhile, or locked by an ingestion replacing it, is not (never waited for)."""
         rows = self.conn.execute(
-            "UPDATE outbox SET lease_owner = %s, lease_until = %s WHERE seq = ANY(%s) RETURNING seq",
+            "UPDATE outbox SET lease_owner = %s, lease_until = %s WHERE seq IN"
+            " (SELECT seq FROM outbox WHERE seq = ANY(%s) FOR UPDATE SKIP LOCKED) RETURNING seq",
             (owner, until, list(seqs)),
         ).fetchall()
         return {int(row[0]) for row in rows}
@@ -126,9 +146,9 @@ class LeaseClaims(Claims):
         """Pick from one snapshot of the queue (taken after the claim lock), then lease what was chosen.
 
         A row counts as taken while leased (here or by a replica) or in flight in this process, even
-        past its lease: a later operation of its person is never claimed before it settles. A row an
-        ingestion is replacing (anonymous events being adopted) is locked: the lease waits for it, and
-        a row deleted meanwhile is left out.
+        past its lease: a later operation of its person is never claimed before it settles. A chosen
+        row that could not be leased (deleted since the snapshot, or locked by an ingestion adopting
+        anonymous events) is left out, and so is every later chosen row sharing one of its keys.
         """
         with self.db._transaction() as tx:
             tx.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
@@ -137,9 +157,11 @@ class LeaseClaims(Claims):
                 chosen, oversized = pick(rows, lambda row: row[0] in in_flight or (row[7] is not None and row[7] > now))
             payloads = tx.payloads([row[0] for row in (*chosen, *oversized)]) if chosen or oversized else {}
             leased = tx.lease(self.owner, now + self.lease_s, [row[0] for row in chosen if row[0] in payloads])
-        oversized_seqs = {row[0] for row in oversized}
-        kept = {seq: value for seq, value in payloads.items() if seq in leased or seq in oversized_seqs}
-        return [row for row in chosen if row[0] in leased], oversized, kept
+            kept = _in_order(chosen, leased)
+            if len(kept) < len(leased):
+                tx.unlease(self.owner, sorted(leased - {row[0] for row in kept}))
+        kept_seqs = {row[0] for row in (*kept, *oversized)}
+        return kept, oversized, {seq: value for seq, value in payloads.items() if seq in kept_seqs}
 
     def give_back(self, seqs: Sequence[int]) -> None:
         if seqs:
