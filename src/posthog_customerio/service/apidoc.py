@@ -16,6 +16,7 @@ __all__ = [
     "OPS_SECURITY",
     "RETRY_BODY",
     "RETRY_RESPONSES",
+    "WEBHOOK_RESPONSES",
     "add_ops_security",
     "error_responses",
     "json_response",
@@ -32,6 +33,7 @@ _DESCRIPTIONS = {
     400: "Malformed body or event (nothing stored)",
     401: "Missing or wrong credentials",
     413: "Body over MAX_BODY_BYTES (before or after decompression)",
+    409: "A signed webhook with this webhook-id is being stored; retry after Retry-After seconds",
     415: "Unsupported Content-Encoding or content type",
     503: "Outbox full (MAX_QUEUE) or unavailable; retry after Retry-After seconds",
 }
@@ -111,11 +113,17 @@ INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
                 "status": {"type": "integer", "enum": [1]},
                 "accepted": {"type": "integer", "minimum": 0, "description": "Events stored"},
                 "operations": {"type": "integer", "minimum": 0, "description": "Customer.io operations enqueued"},
+                "replayed": {
+                    "type": "boolean",
+                    "description": "/webhook: this signed webhook-id was stored already; nothing stored again",
+                },
             },
         },
     ),
     **error_responses(400, 401, 413, 415, 503),
 }
+#: ``/webhook`` also answers 409 while another request with the same signed ``webhook-id`` is being stored
+WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {**INGEST_RESPONSES, **error_responses(409)}
 
 RETRY_BODY: dict[str, Any] = {
     "requestBody": {
