@@ -10,9 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "DEAD_LETTER_PARAMETERS",
     "ERROR_SCHEMA",
     "INGEST_BODY",
     "INGEST_RESPONSES",
+    "MAX_DEAD_LETTERS",
     "OPS_SECURITY",
     "RETRY_BODY",
     "RETRY_RESPONSES",
@@ -127,8 +129,8 @@ WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {**INGEST_RESPONSES, **erro
 
 RETRY_BODY: dict[str, Any] = {
     "requestBody": {
-        "required": False,
-        "description": '`{}` (or no body) re-queues every dead letter; `{"ids": [...]}` only these',
+        "required": True,
+        "description": '`{}` re-queues every dead letter; `{"ids": [...]}` only these (ids naming none are ignored)',
         "content": {
             "application/json": {
                 "schema": {
@@ -138,6 +140,19 @@ RETRY_BODY: dict[str, Any] = {
             }
         },
     },
+}
+#: most dead letters ``GET /api/dead-letters`` lists (``?limit=``)
+MAX_DEAD_LETTERS = 10_000
+DEAD_LETTER_PARAMETERS: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "description": "How many of the oldest dead letters (digits only)",
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_DEAD_LETTERS, "default": 100},
+        }
+    ],
 }
 RETRY_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: json_response(
@@ -191,6 +206,7 @@ METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
 STATUS_RESPONSES: dict[int | str, dict[str, Any]] = {200: json_response("The status report", _STATUS_SCHEMA)}
 DEAD_LETTER_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: json_response("The oldest dead letters", {"type": "array", "items": _STATUS_SCHEMA}),
+    **error_responses(400),
 }
 PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The status page", "content": {"text/html": {"schema": {"type": "string"}}}},

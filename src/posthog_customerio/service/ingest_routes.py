@@ -26,7 +26,7 @@ from ..sources import (
     parse_v1_batch,
     v1_sent_at,
 )
-from ..sources.store import DATABASE_ERRORS, UnstorableBatch, store_events
+from ..sources.store import DATABASE_ERRORS, UnstorableBatch, database_problem, store_events
 from . import apidoc
 from .bodies import HttpError, decode_body, parse_json, read_body, too_many
 from .context import Service, service_of
@@ -106,8 +106,9 @@ async def store(service: Service, events: list[PostHogEvent], source: str, reaso
             count_invalid=runtime.ingestor.count_invalid,
         )
     except DATABASE_ERRORS as exc:
-        log.error("cannot write to the outbox: %s", exc)
-        raise HttpError(503, f"outbox unavailable: {exc}", {"Retry-After": "10"}) from None
+        problem = database_problem(exc)
+        log.error("cannot write to the outbox: %s", problem)
+        raise HttpError(503, f"outbox unavailable: {problem}", {"Retry-After": "10"}) from None
     except UnstorableBatch as exc:  # an event that cannot be encoded
         raise HttpError(400, str(exc), reason=reason) from None
     deliverer = runtime.current_deliverer

@@ -141,12 +141,12 @@ def _parse_timestamp(value: Any, now: datetime) -> datetime:
     if isinstance(value, (int, float)):
         seconds = to_unix_seconds(value)
         if seconds is None:
-            raise EventParseError(f"timestamp {value!r} is not a valid time")
+            raise EventParseError("timestamp is not a valid time (NaN or infinite)")
         scaled = value / 1000 if abs(value) >= _MS_THRESHOLD else value
         try:
             return datetime.fromtimestamp(scaled, tz=UTC)
         except (OverflowError, OSError, ValueError) as exc:
-            raise EventParseError(f"timestamp {value!r} is out of range") from exc
+            raise EventParseError("timestamp is out of range") from exc
     if isinstance(value, str):
         text = value.strip()
         if _NUMBER.match(text):
@@ -154,7 +154,7 @@ def _parse_timestamp(value: Any, now: datetime) -> datetime:
         try:
             return _parse_iso(text)
         except ValueError as exc:
-            raise EventParseError(f"timestamp {value[:60]!r} is not ISO 8601") from exc
+            raise EventParseError("timestamp is not ISO 8601 nor a Unix time number") from exc
     raise EventParseError("timestamp must be an ISO 8601 string or a Unix time number")
 
 
@@ -227,6 +227,14 @@ def parse_event(obj: Any, now: datetime | None = None) -> PostHogEvent:
     return _parse_flat(obj, now)
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_$-]{1,40}")
+
+
+def _field(name: str) -> str:
+    """A key of the input, for a message: as is when it is a plain identifier, else ``<key>`` (never a value)."""
+    return name if _IDENTIFIER.fullmatch(name) else "<key>"
+
+
 def _hog_groups(value: Any) -> dict[str, tuple[Any, dict[str, Any]]]:
     """Hog globals ``groups`` (``{type: {id|key, type, index, url, properties}}``) -> type -> (key, properties).
 
@@ -234,11 +242,12 @@ def _hog_groups(value: Any) -> dict[str, tuple[Any, dict[str, Any]]]:
     """
     groups: dict[str, tuple[Any, dict[str, Any]]] = {}
     for name, group in _object(value, "groups").items():
-        group = _object(group, f"groups.{name}")
+        label = f"groups.{_field(name)}"
+        group = _object(group, label)
         key = group.get("id", group.get("key"))
         if key is None or isinstance(key, (bool, dict, list)):
             continue
-        groups[name] = (key, _object(group.get("properties"), f"groups.{name}.properties"))
+        groups[name] = (key, _object(group.get("properties"), f"{label}.properties"))
     return groups
 
 
@@ -440,7 +449,7 @@ def _reject_constant(name: str) -> Any:
 def _finite_float(text: str) -> float:
     value = float(text)
     if value in (float("inf"), float("-inf")):
-        raise ValueError(f"number {text[:30]} is out of range")
+        raise ValueError("a number is out of range (it overflows to infinity)")
     return value
 
 

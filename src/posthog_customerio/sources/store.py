@@ -29,6 +29,7 @@ __all__ = [
     "Rejected",
     "Stored",
     "UnstorableBatch",
+    "database_problem",
     "describe",
     "store_events",
 ]
@@ -87,6 +88,14 @@ def describe(error: BaseException) -> str:
     else:
         problem = "a value cannot be encoded or validated"
     return f"{name}: {problem}"
+
+
+def database_problem(error: BaseException) -> str:
+    """``<error class>: <message>`` for a database error: PostgreSQL's primary message only (its detail
+    lines may quote a stored value), at most 200 characters."""
+    diag = getattr(error, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    return f"{type(error).__name__}: {primary or str(error)}"[:200]
 
 
 #: ``ingest(events, source)``: map and store in one transaction (an ``Ingestor.ingest`` or a group commit)
