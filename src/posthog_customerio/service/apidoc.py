@@ -16,6 +16,7 @@ __all__ = [
     "INGEST_RESPONSES",
     "MAX_DEAD_LETTERS",
     "OPS_SECURITY",
+    "OPTIONS_RESPONSES",
     "RETRY_BODY",
     "RETRY_RESPONSES",
     "WEBHOOK_RESPONSES",
@@ -88,21 +89,15 @@ _PAYLOAD = {
         },
     ],
 }
-_RAW = {"type": "string", "format": "binary"}
-
 INGEST_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "description": "JSON; also gzip (`Content-Encoding: gzip` or `?compression=gzip-js`),"
-        " posthog-js's `data=<base64 JSON>` form, or base64 (`?compression=base64`)",
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/Payload"}},
-            "text/plain": {"schema": {"type": "string", "description": "JSON text"}},
-            "application/x-www-form-urlencoded": {
-                "schema": {"type": "object", "properties": {"data": {"type": "string"}}},
-            },
-            "application/octet-stream": {"schema": _RAW},
-        },
+        "description": "JSON (the schema below). The encodings PostHog SDKs use carry the same JSON and are"
+        " accepted whatever the Content-Type: gzip (`Content-Encoding: gzip`, `?compression=gzip-js`, or"
+        " recognised by its magic bytes), posthog-js's `data=<base64 JSON>` form (`application/x-www-form-"
+        "urlencoded`), base64 (`?compression=base64`) and LZString (`?compression=lz64`). Any other bytes are"
+        " refused with 400: no content type is declared whose schema admits them.",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Payload"}}},
     },
 }
 INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -164,6 +159,20 @@ RETRY_RESPONSES: dict[int | str, dict[str, Any]] = {
         },
     ),
     **error_responses(400, 413, 415),
+}
+
+_ALLOW_HEADER = {"Allow": {"description": "GET, POST, OPTIONS", "schema": {"type": "string"}}}
+#: ``OPTIONS /flags`` and ``/decide``: the allowed methods, or the CORS answer to a browser's preflight
+OPTIONS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    204: {"description": "No content; the allowed methods are in Allow", "headers": _ALLOW_HEADER},
+    200: {
+        "description": "A CORS preflight (Origin and Access-Control-Request-Method sent) from an allowed origin",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
+    400: {
+        "description": "A CORS preflight from an origin CORS_ORIGINS does not allow",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
 }
 
 OPS_SECURITY: list[dict[str, list[str]]] = [{"opsBearer": []}, {"opsBasic": []}]
