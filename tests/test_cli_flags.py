@@ -283,6 +283,15 @@ COVERAGE: dict[str, dict[str, str]] = {
         "--lease-s": _READ_ONLY,
         "--sqlite-synchronous": _READ_ONLY,
     },
+    "person": {
+        "--data-dir": "test_person_view.py::test_person_flags",
+        "--json": "test_person_view.py::test_person_flags",
+        "--outbox-url": "test_person_view.py::test_person_flags",
+        "--lease-s": "test_person_view.py::test_person_flags",
+        "--sqlite-synchronous": "test_person_view.py::test_person_flags",
+        "--identify-by-email": "test_person_view.py::test_person_flags",
+        "--no-identify-by-email": "test_person_view.py::test_person_flags",
+    },
     "dead-letters": {
         "--data-dir": _READ_ONLY,
         "--json": _READ_ONLY,

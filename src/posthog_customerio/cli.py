@@ -1292,6 +1292,7 @@ def _status_text(report: dict[str, Any]) -> str:
         ]
         if delivery.get("auth_error"):
             lines.append(f"PAUSED             {delivery['auth_error']}")
+        lines += _replica_lines(report.get("replicas") or [])
     else:
         lines.append("service            no snapshot (the service has not run with this data dir)")
     for error in (report.get("recent_errors") or [])[-5:]:
@@ -1301,6 +1302,47 @@ def _status_text(report: dict[str, Any]) -> str:
             f"  #{letter['id']} {letter['person_key']} {letter['action']} {letter['name'] or ''}: {letter['reason']}"
         )
     return "\n".join(lines)
+
+
+def _replica_lines(replicas: list[dict[str, Any]]) -> list[str]:
+    """``replicas  N live``, then one line per replica when there are several (figures summed above)."""
+    live = sum(1 for replica in replicas if replica["live"])
+    lines = [f"replicas           {live} live ({len(replicas)} known; figures above sum those counted)"]
+    if len(replicas) > 1:
+        for replica in replicas:
+            state = "live" if replica["live"] else f"last heartbeat {replica['age_s']:.0f}s ago"
+            state += ", stopped" if replica.get("stopped") else ""
+            lines.append(
+                f"  {replica['id']}  {state}, delivery {replica['delivery']},"
+                f" received {replica['events_received']}, delivered {replica['operations_delivered']}"
+            )
+    return lines
+
+
+# -- person ----------------------------------------------------------------------------
+@app.command("person")
+@_setting_flags(STORE_FLAGS)
+def person(
+    person_id: Annotated[str, typer.Argument(help="A distinct_id of the person, or their email")],
+    data_dir: DataDir = None,
+    identify_by_email: ByEmail = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False,
+) -> None:
+    """What did we send for this person? Their distinct_ids and merges, the identifier Customer.io knows
+    them by, attributes last sent (with event times), queued operations, recent deliveries, dead letters."""
+    from .people import lookup_person, person_text
+
+    with _exits():
+        settings = _settings(data_dir=data_dir, identify_by_email=identify_by_email)
+        _require_data(settings)
+        with Runtime(settings) as runtime:
+            record = lookup_person(runtime, person_id)
+    if record is None:
+        raise _fail(f"no person {person_id!r} (neither a distinct_id nor an email we know)", EXIT_FAILED)
+    if as_json:
+        typer.echo(json.dumps(record, indent=2))
+        return
+    out.print(person_text(record), markup=False, soft_wrap=True)
 
 
 # -- dead letters ----------------------------------------------------------------------

@@ -16,6 +16,8 @@ as taken is the backend's claims strategy (:meth:`~.storage.Storage.claims`); th
 from __future__ import annotations
 
 import json
+import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -25,12 +27,18 @@ from typing import Any, cast
 from .operations import Kind, Operation, encode_payload
 from .storage import Storage, Transaction
 
-__all__ = ["Claimed", "DeadLetter", "LeaseLost", "Outbox", "Queued"]
+__all__ = ["DELIVERIES_KEPT", "Claimed", "DeadLetter", "LeaseLost", "Outbox", "Queued"]
+
+log = logging.getLogger(__name__)
+#: an email address in a reason Customer.io gave (it may quote one): never logged
+_EMAIL = re.compile(r"[^\s@\"'<>]+@[^\s@\"'<>]+")
 
 #: stop a claim's scan after this many rows in a row that could not be taken, once it holds something
 _FRUITLESS_ROWS = 256
 #: a claim holding something stops when less than this is left of its byte budget
 _NEARLY_FULL = 4_096
+#: settled operations remembered per person (``posthog-customerio person``): the newest this many
+DELIVERIES_KEPT = 20
 
 
 def _keys(person_key: str, after_keys: str | None) -> tuple[str, ...]:
@@ -97,6 +105,37 @@ def _hydrate(rows: list[tuple[Any, ...]], payloads: dict[int, tuple[str, str]]) 
 
 class LeaseLost(RuntimeError):
     """A claim's lease ran out and another replica may hold its operations now: do not send them."""
+
+
+def _delivery_rows(items: Iterable[Claimed], outcome: str, now: float) -> list[tuple[Any, ...]]:
+    """``deliveries`` rows for settled operations: what was sent (action, event name), never attributes."""
+    rows = []
+    for item in items:
+        try:
+            payload = json.loads(item.payload)
+        except ValueError:
+            payload = {}
+        action, name = payload.get("action"), payload.get("name")
+        rows.append((item.person_key, item.seq, item.kind, _text(action), _text(name), outcome, now))
+    return rows
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)[:200]
+
+
+def _log_dead_letter(item: Claimed, reason: str, status: int | None, letter_id: int | None) -> None:
+    """One WARNING per dead letter: kind, reason, status and ids; no attribute values."""
+    log.warning(
+        "dead-lettered #%s (seq %d, kind %s, person %s, HTTP %s, %d attempts): %s",
+        letter_id,
+        item.seq,
+        item.kind,
+        item.person_key,
+        status if status is not None else "-",
+        item.attempts + 1,
+        _EMAIL.sub("<email>", reason)[:300],
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +322,7 @@ class Outbox:
         if items:
             with self.db.transaction() as conn:
                 conn.delete_operations(item.seq for item in items)
+                conn.record_deliveries(_delivery_rows(items, "delivered", time.time()), DELIVERIES_KEPT)
         self._unclaim(items)
 
     def forget_claims(self, items: Sequence[Claimed]) -> None:
@@ -343,7 +383,11 @@ class Outbox:
                 ],
             )
             conn.delete_operations(item.seq for item, *_ in failures)
+            ids = conn.dead_letter_ids([item.seq for item, *_ in failures])
+            conn.record_deliveries(_delivery_rows((f[0] for f in failures), "dead-lettered", now), DELIVERIES_KEPT)
         self.dead_lettered_total += len(failures)
+        for item, reason, status, _ in failures:
+            _log_dead_letter(item, reason, status, ids.get(item.seq))
         if claimed:
             self._unclaim([item for item, *_ in failures])
 

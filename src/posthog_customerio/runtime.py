@@ -24,7 +24,7 @@ from .output.pipelines import PipelinesClient, resolve_pipelines_url
 from .output.track import REGION_URLS, TrackClient, resolve_track_url
 from .pacing import PostgresPacer, workspace_key
 from .pipeline import Ingestor
-from .storage import DeliveryLockError, open_storage
+from .storage import DatabaseUnreachable, DeliveryLockError, open_storage
 
 __all__ = ["SANDBOX_CREDENTIALS", "SANDBOX_PIPELINES_KEY", "DeliveryLockError", "Runtime"]
 
@@ -52,6 +52,8 @@ class Runtime:
             _private_files(sqlite_path)
         try:
             self.db = open_storage(settings.outbox_url, settings.database_path, settings.sqlite_synchronous)
+        except DatabaseUnreachable as exc:  # already one line without the password
+            raise ConfigError(f"OUTBOX_URL: {exc}") from None
         except Exception as exc:  # unreachable server, bad URL: a configuration problem
             reason = _redact(f"{type(exc).__name__}: {exc}", settings.outbox_url)
             raise ConfigError(f"OUTBOX_URL: cannot open the outbox: {reason}") from None

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import socket
 import threading
 import time
+import uuid
 import weakref
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +32,7 @@ __all__ = [
     "Snapshot",
     "ThroughputSampler",
     "build_status",
+    "dead_letter_detail",
     "load_snapshot",
     "offline_status",
     "save_snapshot",
@@ -36,6 +41,17 @@ __all__ = [
 
 _SNAPSHOT_KEY = "service"
 _DEAD_LETTERS_SHOWN = 50
+#: a replica whose last heartbeat is older than this is not counted (it saves every 5 s)
+REPLICA_STALE_S = 30.0
+#: replicas not seen for this long are forgotten
+_REPLICA_FORGOTTEN_S = 7 * 86_400.0
+#: per-replica figures in its heartbeat (the rest of a status report is read from the database)
+_REPLICA_FIGURES = ("version", "uptime_s", "throughput", "ingest", "delivery", "recent_errors", "requests_rejected")
+_SUMMED = {
+    "ingest": ("events_received", "events_invalid", "operations_enqueued"),
+    "delivery": ("delivered", "dead_lettered", "retries", "requests"),
+}
+_SUMMED_MAPS = {"ingest": ("events_filtered", "by_source"), "delivery": ("requests_by_status",)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +147,8 @@ class ThroughputSampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.requests: RequestLog | None = None  # set by the service: rejections join the recent errors
+        #: this process in the ``replicas`` table: host, pid and a random part
+        self.replica = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     def sample(self) -> None:
         """Record the current totals."""
@@ -163,7 +181,7 @@ class ThroughputSampler:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
-        self._save()
+        self._save(stopped=True)
 
     def _run(self) -> None:
         last_save = time.monotonic()
@@ -173,15 +191,37 @@ class ThroughputSampler:
                 self._save()
                 last_save = time.monotonic()
 
-    def _save(self) -> None:
+    def save(self, stopped: bool = False) -> None:
+        """Store this replica's heartbeat and counters (``status`` sums the replicas')."""
+        now = time.time()
+        status = build_status(self.runtime, self, take_snapshot(self.runtime, dead_letters=0, persons=False))
+        figures = json.dumps({key: status[key] for key in _REPLICA_FIGURES})
+        with self.runtime.db.transaction() as tx:
+            tx.save_replica(self.replica, self.started_at, now, stopped, figures)
+            tx.prune_replicas(now - _REPLICA_FORGOTTEN_S)
+
+    def _save(self, stopped: bool = False) -> None:
         with contextlib.suppress(Exception):  # a full disk must not kill the sampler; /readyz reports it
-            save_snapshot(self.runtime, build_status(self.runtime, self))
+            self.save(stopped)
 
 
 def build_status(
-    runtime: Runtime, sampler: ThroughputSampler | None = None, snapshot: Snapshot | None = None
+    runtime: Runtime,
+    sampler: ThroughputSampler | None = None,
+    snapshot: Snapshot | None = None,
+    *,
+    replicas: bool = False,
 ) -> dict[str, Any]:
-    """The live status of this process's runtime (from ``snapshot``, or one taken now)."""
+    """The live status of this process's runtime (from ``snapshot``, or one taken now); with
+    ``replicas`` (and a sampler) the counters are summed with the other live replicas'."""
+    status = _own_status(runtime, sampler, snapshot)
+    if replicas and sampler is not None:
+        own = Replica(sampler.replica, sampler.started_at, time.time(), False, _figures(status))
+        status.update(aggregate(read_replicas(runtime), own))
+    return status
+
+
+def _own_status(runtime: Runtime, sampler: ThroughputSampler | None, snapshot: Snapshot | None) -> dict[str, Any]:
     snap = snapshot if snapshot is not None else take_snapshot(runtime)
     deliverer = runtime.current_deliverer
     stats = deliverer.stats if deliverer is not None else None
@@ -237,6 +277,18 @@ def dead_letter_rows(runtime: Runtime, limit: int = _DEAD_LETTERS_SHOWN) -> list
     return _summarise(runtime.outbox.dead_letters(limit))
 
 
+def dead_letter_detail(runtime: Runtime, letter_id: int) -> dict[str, Any] | None:
+    """One dead letter with its payload parsed (``None`` when there is none)."""
+    with runtime.db.reading() as tx:
+        row = tx.dead_letter_row(letter_id)
+    if row is None:
+        return None
+    detail = DeadLetter(*row).as_dict()
+    with contextlib.suppress(ValueError):
+        detail["payload"] = json.loads(detail["payload"])
+    return detail
+
+
 def _summarise(letters: list[DeadLetter]) -> list[dict[str, Any]]:
     rows = []
     for letter in letters:
@@ -268,13 +320,123 @@ def load_snapshot(runtime: Runtime) -> tuple[dict[str, Any], float] | None:
 
 
 def offline_status(runtime: Runtime) -> dict[str, Any]:
-    """Status from the data directory alone: live queue figures + the last saved snapshot."""
+    """Status from the data directory alone: live queue figures + the replicas' last heartbeats, summed."""
     status = build_status(runtime)
-    snapshot = load_snapshot(runtime)
     status["service"] = None
+    known = read_replicas(runtime)
+    if known:
+        status.update(aggregate(known))
+        newest = max(replica.seen_at for replica in known)
+        status["service"] = {"snapshot_at": newest, "snapshot_age_s": round(time.time() - newest, 1)}
+        return status
+    snapshot = load_snapshot(runtime)  # written by versions before the replicas table
     if snapshot is not None:
         saved, updated_at = snapshot
         for key in ("uptime_s", "throughput", "ingest", "delivery", "recent_errors", "requests_rejected"):
             status[key] = saved.get(key)
         status["service"] = {"snapshot_at": updated_at, "snapshot_age_s": round(time.time() - updated_at, 1)}
     return status
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """One process's last heartbeat: its counters (the keys of ``_REPLICA_FIGURES``)."""
+
+    id: str
+    started_at: float
+    seen_at: float
+    stopped: bool
+    figures: dict[str, Any]
+
+
+def _figures(status: dict[str, Any]) -> dict[str, Any]:
+    return {key: status.get(key) for key in _REPLICA_FIGURES}
+
+
+def read_replicas(runtime: Runtime) -> list[Replica]:
+    """Every replica remembered, oldest start first."""
+    with runtime.db.reading() as tx:
+        rows = tx.replica_rows()
+    return [Replica(str(r[0]), float(r[1]), float(r[2]), bool(r[3]), json.loads(r[4])) for r in rows]
+
+
+def _counted(replicas: list[Replica], now: float) -> list[Replica]:
+    """The replicas running now (heartbeat within :data:`REPLICA_STALE_S`, not stopped); when none is,
+    the last ones that ran (stopped or silent within that much of the newest heartbeat)."""
+    live = [r for r in replicas if not r.stopped and now - r.seen_at <= REPLICA_STALE_S]
+    if live or not replicas:
+        return live
+    newest = max(r.seen_at for r in replicas)
+    return [r for r in replicas if newest - r.seen_at <= REPLICA_STALE_S]
+
+
+def aggregate(replicas: Iterable[Replica], own: Replica | None = None) -> dict[str, Any]:
+    """The counters of the replicas counted, summed (``own``: this process, its figures live), and the list."""
+    now = time.time()
+    known = [r for r in replicas if own is None or r.id != own.id] + ([own] if own is not None else [])
+    counted = _counted(known, now)
+    base = _base(counted, own)
+    summed: dict[str, Any] = {"throughput": _sum_throughput(r.figures.get("throughput") for r in counted)}
+    for section, keys in _SUMMED.items():
+        parts = [r.figures.get(section) or {} for r in counted]
+        merged = dict(base.figures.get(section) or {}) if base else {}
+        merged.update({key: sum(int(part.get(key) or 0) for part in parts) for key in keys})
+        for key in _SUMMED_MAPS[section]:
+            merged[key] = _sum_maps(part.get(key) for part in parts)
+        summed[section] = merged
+    summed["requests_rejected"] = _sum_maps(r.figures.get("requests_rejected") for r in counted)
+    errors = [error for r in counted for error in r.figures.get("recent_errors") or ()]
+    summed["recent_errors"] = sorted(errors, key=lambda error: float(error.get("at") or 0))[-20:]
+    ids = {r.id for r in counted}
+    summed["replicas"] = [_listed(r, now, r.id in ids) for r in sorted(known, key=lambda r: (r.started_at, r.id))]
+    if own is not None:
+        summed["this_replica"] = own.id
+    return summed
+
+
+def _base(counted: list[Replica], own: Replica | None) -> Replica | None:
+    """Whose delivery state is shown: this process if it delivers, else the newest replica that does."""
+
+    def delivering(replica: Replica) -> bool:
+        return bool((replica.figures.get("delivery") or {}).get("state", "stopped") != "stopped")
+
+    if own is not None and delivering(own):
+        return own
+    candidates = sorted(counted, key=lambda r: r.seen_at, reverse=True)
+    return next((r for r in candidates if delivering(r)), own or (candidates[0] if candidates else None))
+
+
+def _sum_maps(maps: Iterable[dict[str, Any] | None]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for one in maps:
+        for key, value in (one or {}).items():
+            total[key] = total.get(key, 0) + int(value or 0)
+    return total
+
+
+def _sum_throughput(rates: Iterable[dict[str, Any] | None]) -> dict[str, float]:
+    given = [rate for rate in rates if rate]
+    return {
+        "events_per_s": round(sum(float(r.get("events_per_s") or 0) for r in given), 2),
+        "operations_delivered_per_s": round(sum(float(r.get("operations_delivered_per_s") or 0) for r in given), 2),
+        "window_s": max((float(r.get("window_s") or 0) for r in given), default=0.0),
+    }
+
+
+def _listed(replica: Replica, now: float, counted: bool) -> dict[str, Any]:
+    host, pid, _ = [*replica.id.rsplit(":", 2), "", ""][:3]
+    ingest, delivery = replica.figures.get("ingest") or {}, replica.figures.get("delivery") or {}
+    return {
+        "id": replica.id,
+        "host": host,
+        "pid": int(pid) if pid.isdigit() else None,
+        "started_at": replica.started_at,
+        "seen_at": replica.seen_at,
+        "age_s": round(max(0.0, now - replica.seen_at), 1),
+        "live": not replica.stopped and now - replica.seen_at <= REPLICA_STALE_S,
+        "stopped": replica.stopped,
+        "counted": counted,
+        "delivery": delivery.get("state", "stopped"),
+        "events_received": int(ingest.get("events_received") or 0),
+        "operations_delivered": int(delivery.get("delivered") or 0),
+    }

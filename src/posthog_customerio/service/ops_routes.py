@@ -6,6 +6,7 @@ operations token before any of them runs.
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 from typing import Any
 
@@ -14,7 +15,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from starlette.concurrency import run_in_threadpool
 
 from ..metrics import CONTENT_TYPE
-from ..status import build_status, dead_letter_rows
+from ..people import lookup_person
+from ..status import build_status, dead_letter_detail, dead_letter_rows
 from . import apidoc
 from .bodies import HttpError, parse_json, read_body
 from .context import service_of
@@ -50,7 +52,7 @@ def metrics_endpoint(request: Request) -> Response:
 
 async def api_status(request: Request) -> JSONResponse:
     service = service_of(request)
-    status = await run_in_threadpool(build_status, service.runtime, service.sampler)
+    status = await run_in_threadpool(functools.partial(build_status, replicas=True), service.runtime, service.sampler)
     return JSONResponse({**status, "customerio": service.probe.view()})
 
 
@@ -113,6 +115,48 @@ async def api_retry(request: Request) -> JSONResponse:
     return JSONResponse({"requeued": count})
 
 
+def _letter_id(text: str) -> int:
+    """A dead-letter id from the path (404 when it cannot name one)."""
+    if not text.isascii() or not text.isdigit() or not 0 < int(text) < 1 << 63:
+        raise HttpError(404, f"no dead letter {text[:40]!r}", reason="not_found")
+    return int(text)
+
+
+async def api_dead_letter(request: Request, letter_id: str) -> JSONResponse:
+    number = _letter_id(letter_id)
+    letter = await run_in_threadpool(dead_letter_detail, service_of(request).runtime, number)
+    if letter is None:
+        raise HttpError(404, f"no dead letter #{number}", reason="not_found")
+    return JSONResponse(letter)
+
+
+async def api_retry_one(request: Request, letter_id: str) -> JSONResponse:
+    number = _letter_id(letter_id)
+    runtime = service_of(request).runtime
+    requeued = await run_in_threadpool(runtime.outbox.requeue_dead_letters, [number])
+    if not requeued:
+        raise HttpError(404, f"no dead letter #{number}", reason="not_found")
+    if runtime.current_deliverer is not None:
+        runtime.current_deliverer.notify()
+    return JSONResponse({"requeued": len(requeued)})
+
+
+async def api_person(request: Request, person_id: str) -> JSONResponse:
+    record = await run_in_threadpool(lookup_person, service_of(request).runtime, person_id)
+    if record is None:
+        raise HttpError(
+            404, f"no person {person_id[:200]!r} (neither a distinct_id nor an email we know)", reason="not_found"
+        )
+    return JSONResponse(record)
+
+
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: apidoc.json_response("Nothing by that id", apidoc.ERROR_SCHEMA)}
+_OBJECT = {"type": "object", "additionalProperties": True}
+_ONE_LETTER_RESPONSES = {200: apidoc.json_response("The dead letter, its payload parsed", _OBJECT), **_NOT_FOUND}
+_PERSON_RESPONSES = {200: apidoc.json_response("The person's record", _OBJECT), **_NOT_FOUND}
+_RETRY_ONE_RESPONSES = {200: apidoc.RETRY_RESPONSES[200], **_NOT_FOUND}
+
+
 def status_page() -> HTMLResponse:
     page = resources.files("posthog_customerio").joinpath("static/status.html").read_text()
     return HTMLResponse(page)
@@ -164,6 +208,27 @@ def add_ops_routes(app: FastAPI) -> None:
         responses=apidoc.RETRY_RESPONSES,
         summary='Re-queue dead letters: {} for all, or {"ids": [...]} (JSON only)',
         openapi_extra=apidoc.RETRY_BODY,
+    )
+    app.add_api_route(
+        "/api/dead-letters/{letter_id}",
+        api_dead_letter,
+        methods=["GET"],
+        summary="One dead letter with its payload",
+        responses=_ONE_LETTER_RESPONSES,
+    )
+    app.add_api_route(
+        "/api/dead-letters/{letter_id}/retry",
+        api_retry_one,
+        methods=["POST"],
+        summary="Re-queue one dead letter",
+        responses=_RETRY_ONE_RESPONSES,
+    )
+    app.add_api_route(
+        "/api/people/{person_id:path}",
+        api_person,
+        methods=["GET"],
+        summary="What was sent for one person (a distinct_id or an email)",
+        responses=_PERSON_RESPONSES,
     )
     app.add_api_route(
         "/status",

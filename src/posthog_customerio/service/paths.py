@@ -19,7 +19,7 @@ CAPTURE_V1_PATH = "/i/v1/analytics/events"
 POSTHOG_EXACT = ("/flags", "/decide", "/s")
 POSTHOG_PREFIXES = ("/array/", "/s/", "/static/", "/i/", "/api/")
 #: this service's own paths under /api/: never forwarded, never CORS-enabled
-OWN_API = ("/api/status", "/api/dead-letters")
+OWN_API = ("/api/status", "/api/dead-letters", "/api/people")
 
 
 def is_posthog_path(path: str) -> bool:

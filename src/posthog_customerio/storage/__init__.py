@@ -12,13 +12,14 @@ from pathlib import Path
 
 from .base import Claims, DeliveryLockError, PacingStore, Storage, StorageSnapshot, Transaction
 from .migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
-from .postgres import PostgresStorage
+from .postgres import DatabaseUnreachable, PostgresStorage, check_reachable
 from .sqlite import SqliteStorage
 
 __all__ = [
     "POSTGRES_MIGRATIONS",
     "SQLITE_MIGRATIONS",
     "Claims",
+    "DatabaseUnreachable",
     "DeliveryLockError",
     "PacingStore",
     "PostgresStorage",
@@ -37,5 +38,6 @@ def open_storage(url: str | None, sqlite_path: Path, synchronous: str = "FULL") 
     if url.startswith("sqlite:///"):
         return SqliteStorage(Path(url.removeprefix("sqlite:///")), synchronous)
     if url.startswith(("postgresql://", "postgres://")):
+        check_reachable(url)  # seconds, not the pool's 15 s of retries (:class:`DatabaseUnreachable`)
         return PostgresStorage(url)
     raise ValueError(f"unsupported OUTBOX_URL scheme: {url.split(':', 1)[0]}")

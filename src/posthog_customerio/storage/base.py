@@ -123,6 +123,40 @@ class Transaction(Protocol):
     def delete_dead_letters(self, ids: Iterable[int]) -> None:
         """Remove dead letters."""
 
+    # -- the operator's view (people.py, status.py) --
+    def dead_letter_ids(self, seqs: Sequence[int]) -> dict[int, int]:
+        """seq -> dead-letter id of the dead letters of these operations."""
+
+    def dead_letter_row(self, letter_id: int) -> Row | None:
+        """One dead letter (columns of :meth:`dead_letter_rows`), ``None`` when there is none."""
+
+    def save_replica(self, replica: str, started_at: float, seen_at: float, stopped: bool, status: str) -> None:
+        """Insert or update one replica's heartbeat and counters (a JSON document)."""
+
+    def replica_rows(self) -> list[Row]:
+        """``(replica, started_at, seen_at, stopped, status)`` of every replica remembered."""
+
+    def prune_replicas(self, seen_before: float) -> None:
+        """Forget replicas not seen since ``seen_before``."""
+
+    def record_deliveries(self, rows: Sequence[Row], keep: int) -> None:
+        """Append ``(person_key, seq, kind, action, name, outcome, at)`` rows; keep each person's newest ``keep``."""
+
+    def deliveries_of(self, keys: Sequence[str], limit: int) -> list[Row]:
+        """Newest first: ``(person_key, seq, kind, action, name, outcome, at)`` of these person keys."""
+
+    def persons_by_email(self, email: str, limit: int) -> list[Row]:
+        """Person rows whose email is ``email`` (case-insensitive)."""
+
+    def persons_merged_into(self, keys: Sequence[str]) -> list[Row]:
+        """Person rows merged into one of these distinct_ids."""
+
+    def queued_of(self, keys: Sequence[str], limit: int) -> list[Row]:
+        """Queue order: ``(seq, person_key, kind, payload, enqueued_at, attempts, last_error, lease_until)``."""
+
+    def dead_letters_of(self, keys: Sequence[str], limit: int) -> list[Row]:
+        """Newest first, columns of :meth:`dead_letter_rows`, of these person keys."""
+
 
 class Claims(ABC):
     """How one backend hands operations to delivery workers without two taking the same person."""

@@ -88,6 +88,30 @@ SQLITE_MIGRATIONS: list[str] = [
     UPDATE outbox SET after_keys = replace(after_keys, '\\u0000', '\\u001f') WHERE after_keys LIKE '%\\u0000%';
     UPDATE dead_letters SET after_keys = replace(after_keys, '\\u0000', '\\u001f') WHERE after_keys LIKE '%\\u0000%';
     """,
+    # 8: the operator's view: each replica's counters with a heartbeat (``status`` sums them), the last
+    # deliveries of each person (bounded), and people found by email or by whom they were merged into
+    """
+    CREATE TABLE IF NOT EXISTS replicas (
+        replica TEXT PRIMARY KEY,
+        started_at REAL NOT NULL,
+        seen_at REAL NOT NULL,
+        stopped INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        person_key TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        action TEXT,
+        name TEXT,
+        outcome TEXT NOT NULL,
+        at REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS deliveries_person ON deliveries (person_key, id);
+    CREATE INDEX IF NOT EXISTS persons_email ON persons (lower(email)) WHERE email IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS persons_merged_into ON persons (merged_into) WHERE merged_into IS NOT NULL;
+    """,
 ]
 
 POSTGRES_MIGRATIONS: list[str] = [
@@ -156,6 +180,29 @@ POSTGRES_MIGRATIONS: list[str] = [
     UPDATE outbox SET kind = 'object' WHERE payload LIKE '{"type":"object"%';
     UPDATE dead_letters SET kind = 'anonymous' WHERE payload LIKE '{"type":"anonymous"%';
     UPDATE dead_letters SET kind = 'object' WHERE payload LIKE '{"type":"object"%'
+    """,
+    # 5: as SQLite's 8: replicas' counters, each person's last deliveries, people by email and by merge
+    """
+    CREATE TABLE IF NOT EXISTS replicas (
+        replica TEXT PRIMARY KEY,
+        started_at DOUBLE PRECISION NOT NULL,
+        seen_at DOUBLE PRECISION NOT NULL,
+        stopped INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS deliveries (
+        id BIGSERIAL PRIMARY KEY,
+        person_key TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        action TEXT,
+        name TEXT,
+        outcome TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS deliveries_person ON deliveries (person_key, id);
+    CREATE INDEX IF NOT EXISTS persons_email ON persons (lower(email)) WHERE email IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS persons_merged_into ON persons (merged_into) WHERE merged_into IS NOT NULL
     """,
 ]
 

@@ -24,7 +24,16 @@ from .base import SCAN_LIMIT, Claims, PacingStore, Picker, Row, Transaction
 from .migrations import POSTGRES_MIGRATIONS, POSTGRES_ONLY_TABLES
 from .sql import SqlStorage, SqlTransaction, Statements
 
-__all__ = ["LeaseClaims", "PostgresPacing", "PostgresStorage", "key_lock_id", "lease_margin"]
+__all__ = [
+    "DatabaseUnreachable",
+    "LeaseClaims",
+    "PostgresPacing",
+    "PostgresStorage",
+    "check_reachable",
+    "key_lock_id",
+    "lease_margin",
+    "safe_url",
+]
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +136,22 @@ class PostgresTransaction(SqlTransaction):
             (until, list(seqs), owner),
         ).fetchall()
         return {int(row[0]) for row in rows}
+
+    def record_deliveries(self, rows: Sequence[Row], keep: int) -> None:
+        """As SQLite's, the pruning in one statement: each key's cut-off found once by index (not per row)."""
+        if not rows:
+            return
+        self._many(
+            "INSERT INTO deliveries (person_key, seq, kind, action, name, outcome, at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            rows,
+        )
+        self.conn.execute(
+            "DELETE FROM deliveries AS d USING (SELECT k, (SELECT id FROM deliveries WHERE person_key = k"
+            " ORDER BY id DESC OFFSET %s LIMIT 1) AS cutoff FROM unnest(%s::text[]) AS k) AS c"
+            " WHERE d.person_key = c.k AND d.id <= c.cutoff",
+            (keep, list(dict.fromkeys(str(row[0]) for row in rows))),
+        )
 
 
 class LeaseClaims(Claims):
@@ -353,3 +378,35 @@ class PostgresStorage(SqlStorage):
         info = conninfo_to_dict(self.url)
         host, port, name = info.get("host", ""), info.get("port", 5432), info.get("dbname", "")
         return f"postgresql://{info.get('user', '')}@{host}:{port}/{name}"
+
+
+#: seconds one connection attempt may take before ``serve`` gives up on the database (libpq's minimum is 2)
+CONNECT_TIMEOUT_S = 3
+
+
+class DatabaseUnreachable(RuntimeError):
+    """PostgreSQL refused or did not answer a connection: one line naming the URL without its password."""
+
+
+def safe_url(url: str) -> str:
+    """``postgresql://user@host:port/db``: the URL without password or options."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    info = conninfo_to_dict(url)
+    user, host, port, name = info.get("user", ""), info.get("host", ""), info.get("port", 5432), info.get("dbname", "")
+    return f"postgresql://{user}@{host}:{port}/{name}"
+
+
+def check_reachable(url: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """One connection attempt, bounded by ``timeout_s`` per address (the pool would retry for 15 s)."""
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=max(2, int(timeout_s))).close()
+    except psycopg.Error as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[0] if lines else type(exc).__name__
+        password = psycopg.conninfo.conninfo_to_dict(url).get("password")
+        if password:
+            reason = reason.replace(str(password), "***")
+        raise DatabaseUnreachable(f"cannot connect to PostgreSQL at {safe_url(url)}: {reason}") from None

@@ -167,6 +167,85 @@ class SqlTransaction:
     def delete_dead_letters(self, ids: Iterable[int]) -> None:
         self._many(self.sql.delete_dead_letter, [(id_,) for id_ in ids])
 
+    # -- the operator's view --
+    def dead_letter_ids(self, seqs: Sequence[int]) -> dict[int, int]:
+        return {int(row[0]): int(row[1]) for row in self._in("SELECT seq, id FROM dead_letters WHERE seq IN", seqs)}
+
+    def dead_letter_row(self, letter_id: int) -> Row | None:
+        sql = f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = {self.sql.mark}"
+        row = self._one(sql, (letter_id,))
+        return None if row is None else tuple(row)
+
+    def save_replica(self, replica: str, started_at: float, seen_at: float, stopped: bool, status: str) -> None:
+        self.conn.execute(
+            f"INSERT INTO replicas (replica, started_at, seen_at, stopped, status) VALUES ({self.sql.marks(5)})"
+            " ON CONFLICT (replica) DO UPDATE SET seen_at = excluded.seen_at, stopped = excluded.stopped,"
+            " status = excluded.status",
+            (replica, started_at, seen_at, int(stopped), status),
+        )
+
+    def replica_rows(self) -> list[Row]:
+        sql = "SELECT replica, started_at, seen_at, stopped, status FROM replicas ORDER BY started_at, replica"
+        return [tuple(row) for row in self.conn.execute(sql).fetchall()]
+
+    def prune_replicas(self, seen_before: float) -> None:
+        self.conn.execute(f"DELETE FROM replicas WHERE seen_at < {self.sql.mark}", (seen_before,))
+
+    def record_deliveries(self, rows: Sequence[Row], keep: int) -> None:
+        if not rows:
+            return
+        self._many(
+            f"INSERT INTO deliveries (person_key, seq, kind, action, name, outcome, at) VALUES ({self.sql.marks(7)})",
+            rows,
+        )
+        mark = self.sql.mark
+        keys = list(dict.fromkeys(str(row[0]) for row in rows))
+        for start in range(0, len(keys), CHUNK):
+            chunk = keys[start : start + CHUNK]
+            self.conn.execute(
+                f"DELETE FROM deliveries WHERE person_key IN ({self.sql.marks(len(chunk))}) AND id <= ("
+                "SELECT older.id FROM deliveries AS older WHERE older.person_key = deliveries.person_key"
+                f" ORDER BY older.id DESC LIMIT 1 OFFSET {mark})",
+                [*chunk, keep],
+            )
+
+    def deliveries_of(self, keys: Sequence[str], limit: int) -> list[Row]:
+        select = "SELECT person_key, seq, kind, action, name, outcome, at, id FROM deliveries WHERE person_key IN"
+        return [row[:7] for row in self._ordered(select, keys, limit, "id DESC", 7)]
+
+    def persons_by_email(self, email: str, limit: int) -> list[Row]:
+        sql = (
+            f"SELECT {self.sql.person_columns} FROM persons WHERE email IS NOT NULL"
+            f" AND lower(email) = lower({self.sql.mark}) ORDER BY distinct_id LIMIT {self.sql.mark}"
+        )
+        return [tuple(row) for row in self.conn.execute(sql, (email, limit)).fetchall()]
+
+    def persons_merged_into(self, keys: Sequence[str]) -> list[Row]:
+        select = f"SELECT {self.sql.person_columns} FROM persons WHERE merged_into IS NOT NULL AND merged_into IN"
+        return [tuple(row) for row in self._in(select, keys)]
+
+    def queued_of(self, keys: Sequence[str], limit: int) -> list[Row]:
+        select = (
+            "SELECT seq, person_key, kind, payload, enqueued_at, attempts, last_error, lease_until"
+            " FROM outbox WHERE person_key IN"
+        )
+        return self._ordered(select, keys, limit, "seq", 0)
+
+    def dead_letters_of(self, keys: Sequence[str], limit: int) -> list[Row]:
+        select = f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE person_key IN"
+        return self._ordered(select, keys, limit, "id DESC", 0)
+
+    def _ordered(self, select: str, keys: Sequence[str], limit: int, order: str, id_at: int) -> list[Row]:
+        """The first ``limit`` rows of ``select`` (ending in ``IN``) for these keys, by ``order`` (an id
+        column at ``id_at``, ascending or ``DESC``)."""
+        found: list[Row] = []
+        for start in range(0, len(keys), CHUNK):
+            chunk = list(keys[start : start + CHUNK])
+            sql = f"{select} ({self.sql.marks(len(chunk))}) ORDER BY {order} LIMIT {self.sql.mark}"
+            found.extend(tuple(row) for row in self.conn.execute(sql, [*chunk, limit]).fetchall())
+        found.sort(key=lambda row: int(row[id_at]), reverse=order.endswith("DESC"))
+        return found[:limit]
+
 
 class SqlStorage(Storage):
     """The parts of a :class:`~.base.Storage` made of shared statements."""

@@ -1,0 +1,210 @@
+"""What did we send for this person? One person's record, read from the database alone.
+
+Found by distinct_id (any of theirs: merges are followed) or by email (case-insensitive). The record:
+their distinct_ids and merges, the identifier Customer.io knows them by (``IDENTIFY_BY_EMAIL``), the
+attributes last sent with the event time of each (names only: we keep digests, not values), the
+operations still queued, the last settled ones (``deliveries``, bounded per person) and dead letters.
+Shown by ``posthog-customerio person`` and ``GET /api/people/{id}``; no attribute value, no secret.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from .mapping import _identifiers, known_identifiers
+from .outbox import DELIVERIES_KEPT
+from .runtime import Runtime
+from .state import PersonState, load_states
+from .storage import Transaction
+
+__all__ = ["lookup_person", "person_text"]
+
+#: queued operations and dead letters shown at most
+SHOWN = 50
+#: merge chains are short; bound every walk
+_DEPTH = 8
+
+
+def lookup_person(runtime: Runtime, query: str) -> dict[str, Any] | None:
+    """The record of the person ``query`` names (a distinct_id or an email); ``None`` when unknown."""
+    with runtime.db.reading() as tx:
+        found = _find(tx, query)
+        if found is None:
+            return None
+        person, others = found
+        members = _members(tx, person)
+        keys = [person.distinct_id, *(member.distinct_id for member in members)]
+        queued = tx.queued_of(keys, SHOWN)
+        deliveries = tx.deliveries_of(keys, DELIVERIES_KEPT * 2)
+        letters = tx.dead_letters_of(keys, SHOWN)
+    now = time.time()
+    return {
+        "query": query,
+        "distinct_id": person.distinct_id,
+        "email": person.email,
+        "identified": person.identified,
+        "created": person.created,
+        "customerio_identifier": _identifiers(person, runtime.settings.mapping_config()),
+        "identifiers": known_identifiers(person.distinct_id, person),
+        "distinct_ids": keys,
+        "merges": [_merge(member) for member in members],
+        "attributes": _attributes(person),
+        "queued": [_queued(row, now) for row in queued],
+        "deliveries": [_delivery(row) for row in deliveries],
+        "dead_letters": [_dead_letter(row) for row in letters],
+        "same_email": others,
+    }
+
+
+def _find(tx: Transaction, query: str) -> tuple[PersonState, list[str]] | None:
+    """The person (merges followed) and, when found by email, the other people with that email."""
+    states = load_states(tx, [query])
+    if query in states:
+        return _resolve(states[query], states), []
+    ids = [str(row[0]) for row in tx.persons_by_email(query, SHOWN)]
+    states = load_states(tx, ids)
+    people = list({person.distinct_id: person for person in (_resolve(states[i], states) for i in ids)}.values())
+    return (people[0], [other.distinct_id for other in people[1:]]) if people else None
+
+
+def _resolve(state: PersonState, states: dict[str, PersonState]) -> PersonState:
+    """The person a distinct_id belongs to: its merge target, while that link holds (same epoch)."""
+    for _ in range(_DEPTH):
+        target = states.get(state.merged_into) if state.merged_into else None
+        if target is None or target.distinct_id == state.distinct_id or target.epoch != state.merged_epoch:
+            break
+        state = target
+    return state
+
+
+def _members(tx: Transaction, person: PersonState) -> list[PersonState]:
+    """The distinct_ids merged into ``person`` (directly or through another), links still valid."""
+    found: dict[str, PersonState] = {}
+    targets = {person.distinct_id: person}
+    for _ in range(_DEPTH):
+        ids = [str(row[0]) for row in tx.persons_merged_into(list(targets))]
+        states = load_states(tx, ids)
+        fresh = {
+            i: states[i]
+            for i in ids
+            if i not in found
+            and i != person.distinct_id
+            and states[i].merged_epoch == targets[states[i].merged_into or ""].epoch
+        }
+        if not fresh:
+            break
+        found.update(fresh)
+        targets = fresh
+    return list(found.values())
+
+
+def _merge(state: PersonState) -> dict[str, Any]:
+    return {
+        "distinct_id": state.distinct_id,
+        "merged_into": state.merged_into,
+        "by": "identify" if state.merged_by_identify else "alias",
+    }
+
+
+def _attributes(person: PersonState) -> list[dict[str, Any]]:
+    """Attribute names last sent, each with the event time of its newest write (names only)."""
+    names = sorted(set(person.digests) | set(person.stamps))
+    return [{"name": name, "at": person.stamps.get(name)} for name in names]
+
+
+def _what(payload: str) -> tuple[Any, Any]:
+    try:
+        parsed = json.loads(payload)
+    except ValueError:
+        return None, None
+    return (parsed.get("action"), parsed.get("name")) if isinstance(parsed, dict) else (None, None)
+
+
+def _queued(row: Sequence[Any], now: float) -> dict[str, Any]:
+    seq, key, kind, payload, enqueued_at, attempts, last_error, lease_until = row
+    action, name = _what(payload)
+    return {
+        "seq": seq,
+        "distinct_id": key,
+        "kind": kind,
+        "action": action,
+        "name": name,
+        "enqueued_at": enqueued_at,
+        "attempts": attempts,
+        "last_error": last_error,
+        "leased": lease_until is not None and lease_until > now,
+    }
+
+
+def _delivery(row: Sequence[Any]) -> dict[str, Any]:
+    key, seq, kind, action, name, outcome, at = row
+    return {"seq": seq, "distinct_id": key, "kind": kind, "action": action, "name": name, "outcome": outcome, "at": at}
+
+
+def _dead_letter(row: Sequence[Any]) -> dict[str, Any]:
+    letter_id, seq, key, payload, reason, status, _response, attempts, _enqueued, failed_at, kind = row
+    action, name = _what(payload)
+    return {
+        "id": letter_id,
+        "seq": seq,
+        "distinct_id": key,
+        "kind": kind,
+        "action": action,
+        "name": name,
+        "reason": reason,
+        "status": status,
+        "attempts": attempts,
+        "failed_at": failed_at,
+    }
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _what_text(op: dict[str, Any]) -> str:
+    """``event clicked``; the kind first when it is not a person's operation (``anonymous event …``)."""
+    parts = (op["kind"] if op["kind"] != "person" else None, op["action"], op["name"])
+    return " ".join(str(part) for part in parts if part) or "-"
+
+
+def _line(label: str, value: str) -> str:
+    return f"{label:<27}{value}"
+
+
+def person_text(record: dict[str, Any]) -> str:
+    """The record as lines for a terminal."""
+    state = ", ".join(
+        part
+        for part, shown in (("identified", record["identified"]), ("created in Customer.io", record["created"]))
+        if shown
+    )
+    known = " ".join(f"{kind} {value}" for kind, value in record["customerio_identifier"].items())
+    lines = [
+        _line("person", f"{record['distinct_id']}" + (f" ({state})" if state else "")),
+        _line("email", record["email"] or "-"),
+        _line("Customer.io knows them as", known),
+        _line("distinct_ids", ", ".join(record["distinct_ids"])),
+    ]
+    lines += [_line("merged", f"{m['distinct_id']} -> {m['merged_into']} ({m['by']})") for m in record["merges"]]
+    attributes = ", ".join(f"{a['name']} ({_when(a['at'])})" for a in record["attributes"])
+    lines.append(_line("attributes last sent", attributes or "-"))
+    lines.append(_line("queued", str(len(record["queued"]))))
+    for op in record["queued"]:
+        lines.append(f"  #{op['seq']} {_what_text(op)}, enqueued {_when(op['enqueued_at'])}, {op['attempts']} attempts")
+    lines.append(_line("recent deliveries", str(len(record["deliveries"]))))
+    for done in record["deliveries"]:
+        lines.append(f"  {_when(done['at'])} {done['outcome']} {_what_text(done)}")
+    lines.append(_line("dead letters", str(len(record["dead_letters"]))))
+    for letter in record["dead_letters"]:
+        what = f"{letter['action'] or ''} {letter['name'] or ''}".strip()
+        lines.append(f"  #{letter['id']} {what}: {letter['reason']}")
+    if record["same_email"]:
+        lines.append(_line("same email", ", ".join(record["same_email"])))
+    return "\n".join(lines)
