@@ -9,7 +9,7 @@ background threads of the same process, started and drained by the app's lifespa
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
 from ..metrics import Metrics
+from ..outbox import Claimed
 from ..pipeline import GroupCommitter
 from ..runtime import Runtime
 from ..status import RequestLog, ThroughputSampler
@@ -28,7 +29,7 @@ from .auth import Authenticator, OpsGuard
 from .bodies import HttpError
 from .context import Service
 from .cors import BrowserCors
-from .health import CustomerioProbe, Readiness
+from .health import CustomerioProbe, DeliveryWatch, Readiness, stall_after_s
 from .ingest_routes import add_ingest_routes
 from .ops_routes import add_ops_routes
 from .paths import is_ops_path
@@ -68,6 +69,7 @@ def _service(runtime: Runtime, deliver: bool, clock: Callable[[], datetime]) -> 
         commit_events=commit_events,
         readiness=Readiness(runtime),
         probe=CustomerioProbe(runtime),
+        watch=DeliveryWatch(stall_after_s(settings.customerio_timeout_s, settings.anonymous_hold_s)),
         deliver=deliver,
         clock=clock,
     )
@@ -78,7 +80,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     service: Service = app.state.service
     runtime, settings = service.runtime, service.settings
     if service.deliver:
-        runtime.deliverer(pause_on_auth_error=True, on_delivered=service.metrics.observe_delivered).start()
+        observe, probe = service.metrics.observe_delivered, service.probe
+
+        def on_delivered(items: Sequence[Claimed]) -> None:
+            observe(items)
+            probe.note_delivered()
+
+        runtime.deliverer(pause_on_auth_error=True, on_delivered=on_delivered).start()
     service.sampler.start()
     await service.readiness.current()
     service.probe.view()

@@ -1,0 +1,90 @@
+"""The operator's view (issue 16): /healthz that tells the truth, exits that say why, counters that agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+
+from posthog_customerio.sandbox import SandboxServer
+from posthog_customerio.service.health import DeliveryWatch
+
+from .helpers import make_runtime, wait_for
+from .service import running_service
+from .test_delivery import events_for
+
+
+def _health(url: str) -> dict[str, Any]:
+    return httpx.get(f"{url}/healthz", timeout=10).json()
+
+
+# -- /healthz ---------------------------------------------------------------------------------------
+def test_healthz_clears_the_credentials_error_once_delivery_succeeds(sandbox: SandboxServer, tmp_path: Path) -> None:
+    sandbox.state.add_fault(status=401, count=1)  # the first request is refused, the re-check passes
+    runtime = make_runtime(sandbox, tmp_path / "data", auth_retry_s=0.2, anonymous_hold_s=0)
+    with running_service(runtime) as url:
+        runtime.ingestor.ingest(events_for(3, 2))
+        runtime.current_deliverer.notify()  # type: ignore[union-attr]
+        wait_for(lambda: runtime.outbox.depth() == 0, "the outbox to drain", timeout=30)
+        wait_for(lambda: _health(url)["delivery"] == "running", "delivery to run again", timeout=30)
+        health = _health(url)
+    assert health["customerio"]["credentials"] == "ok"
+    assert health["customerio"]["last_error"] is None
+    assert health["customerio"]["last_error_at"] is not None  # when it was (aged, not forgotten)
+
+
+def test_healthz_reports_retrying_during_a_retry_after_zero_storm(sandbox: SandboxServer, tmp_path: Path) -> None:
+    """429 with Retry-After: 0 keeps the limiter free ("running" before): nothing settles, so it is retrying."""
+    sandbox.state.add_fault(status=429, duration_s=600, retry_after=0)
+    runtime = make_runtime(sandbox, tmp_path / "data", customerio_timeout_s=1, anonymous_hold_s=0)
+    with running_service(runtime) as url:
+        runtime.ingestor.ingest(events_for(3, 2))
+        runtime.current_deliverer.notify()  # type: ignore[union-attr]
+        wait_for(lambda: _health(url)["delivery"] == "retrying", "/healthz to say retrying", timeout=30)
+        health = _health(url)
+        assert health["delivery_settled_age_s"] >= 1.0
+        assert health["customerio"]["last_error"] == "HTTP 429"
+        sandbox.state.clear_faults()
+        wait_for(lambda: runtime.outbox.depth() == 0, "the outbox to drain", timeout=30)
+        wait_for(lambda: _health(url)["delivery"] == "running", "/healthz to say running again", timeout=30)
+        assert _health(url)["customerio"]["last_error"] is None
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _deliverer(state: str = "running", delivered: int = 0, requests: int = 0) -> Any:
+    return SimpleNamespace(state=state, stats=SimpleNamespace(delivered=delivered, requests=requests))
+
+
+def test_delivery_watch_says_stalled_when_queued_work_waits_and_no_request_ends() -> None:
+    clock = _Clock()
+    watch = DeliveryWatch(stall_s=10, clock=clock)
+    deliverer = _deliverer(delivered=5, requests=3)
+    assert watch.state(deliverer, dead_lettered=0, oldest_age_s=0) == ("running", 0.0)
+    clock.now += 11
+    # a hung Customer.io: no request ends, nothing settles, the oldest operation waits
+    assert watch.state(deliverer, dead_lettered=0, oldest_age_s=11) == ("stalled", 11.0)
+    deliverer.stats.requests = 9  # answers come back, nothing settles: retrying
+    assert watch.state(deliverer, dead_lettered=0, oldest_age_s=12)[0] == "retrying"
+    deliverer.stats.delivered = 6  # one settled: running again
+    assert watch.state(deliverer, dead_lettered=0, oldest_age_s=12) == ("running", 0.0)
+
+
+def test_delivery_watch_is_running_when_idle_or_the_queue_is_young() -> None:
+    clock = _Clock()
+    watch = DeliveryWatch(stall_s=10, clock=clock)
+    deliverer = _deliverer()
+    watch.state(deliverer, dead_lettered=0, oldest_age_s=0)
+    clock.now += 100
+    assert watch.state(deliverer, dead_lettered=0, oldest_age_s=0)[0] == "running"  # nothing queued
+    assert watch.state(deliverer, dead_lettered=0, oldest_age_s=3)[0] == "running"  # just queued
+    assert watch.state(deliverer, dead_lettered=1, oldest_age_s=30)[0] == "running"  # a dead letter settles
+    assert watch.state(_deliverer("paused"), dead_lettered=1, oldest_age_s=300)[0] == "paused"
