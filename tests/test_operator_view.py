@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -11,9 +13,11 @@ import httpx
 from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.service.health import DeliveryWatch
 
-from .helpers import make_runtime, wait_for
+from .conftest import API_KEY, SITE_ID
+from .helpers import HangingServer, make_runtime, wait_for
 from .service import running_service
 from .test_delivery import events_for
+from .test_service_process import post_all, service, webhook_events
 
 
 def _health(url: str) -> dict[str, Any]:
@@ -88,3 +92,30 @@ def test_delivery_watch_is_running_when_idle_or_the_queue_is_young() -> None:
     assert watch.state(deliverer, dead_lettered=0, oldest_age_s=3)[0] == "running"  # just queued
     assert watch.state(deliverer, dead_lettered=1, oldest_age_s=30)[0] == "running"  # a dead letter settles
     assert watch.state(_deliverer("paused"), dead_lettered=1, oldest_age_s=300)[0] == "paused"
+
+
+# -- SIGTERM within the grace -------------------------------------------------------------------------
+def test_sigterm_exits_within_the_grace_while_customerio_hangs(tmp_path: Path) -> None:
+    grace = 3.0
+    with HangingServer() as hung:
+        env = {
+            "CUSTOMERIO_SITE_ID": SITE_ID,
+            "CUSTOMERIO_API_KEY": API_KEY,
+            "CUSTOMERIO_TRACK_URL": hung.url,
+            "CUSTOMERIO_TIMEOUT_S": "120",
+            "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data"),
+            "SHUTDOWN_GRACE_S": str(grace),
+            "SQLITE_SYNCHRONOUS": "NORMAL",
+            "ANONYMOUS_HOLD_S": "0",
+        }
+        with service(env) as (url, process):
+            post_all(url, webhook_events(20))
+            wait_for(lambda: hung.received >= 1, "a request to the hung Customer.io", timeout=30)
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            process.wait(60)
+            elapsed = time.monotonic() - started
+            output = process.stdout.read() if process.stdout else ""
+    assert process.returncode == 0, output
+    assert elapsed < grace + 2.0, f"took {elapsed:.1f}s with SHUTDOWN_GRACE_S={grace}"
+    assert "operations kept for the next start" in output

@@ -994,7 +994,6 @@ def serve(
     if role not in ("all", "ingest", "deliver"):
         raise _fail("--role must be all, ingest or deliver", EXIT_CONFIG)
     _check_port(port)
-    import uvicorn
 
     from .logs import configure_logging
     from .service import create_app
@@ -1051,7 +1050,7 @@ def serve(
                 settings,
                 timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
             )
-            _run_until_signalled(uvicorn.Server(config))
+            _run_until_signalled(_server_marking_shutdown(config, application))
     finally:
         runtime.close(grace_s=0)
         if throwaway is not None:
@@ -1227,6 +1226,20 @@ def consume(
     if failure:
         raise _fail(failure, EXIT_FAILED)
     raise typer.Exit(EXIT_OK)
+
+
+def _server_marking_shutdown(config: Any, application: Any) -> Any:
+    """A uvicorn server that notes when the stop signal came (the whole shutdown then fits the grace)."""
+    import uvicorn
+
+    from .service.app import mark_shutdown
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            mark_shutdown(application)
+            super().handle_exit(sig, frame)
+
+    return Server(config)
 
 
 def _run_until_signalled(server: Any) -> None:
