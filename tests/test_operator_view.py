@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import pytest
 
+from posthog_customerio.config import ConfigError, load_settings
 from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.service.health import DeliveryWatch
 
-from .conftest import API_KEY, SITE_ID
-from .helpers import HangingServer, make_runtime, wait_for
+from .conftest import API_KEY, SITE_ID, Cli, write_jsonl
+from .helpers import HangingServer, free_port, make_runtime, wait_for
 from .service import running_service
 from .test_delivery import events_for
-from .test_service_process import post_all, service, webhook_events
+from .test_service_process import SCRIPT, post_all, service, webhook_events
 
 
 def _health(url: str) -> dict[str, Any]:
@@ -119,3 +123,40 @@ def test_sigterm_exits_within_the_grace_while_customerio_hangs(tmp_path: Path) -
     assert process.returncode == 0, output
     assert elapsed < grace + 2.0, f"took {elapsed:.1f}s with SHUTDOWN_GRACE_S={grace}"
     assert "operations kept for the next start" in output
+
+
+# -- a malformed Customer.io URL --------------------------------------------------------------------
+BAD_URLS = ["htp:/x", "http://", "not a url", "http://[::1", "https://host:99999", "http://exa mple.com", "http://:80"]
+
+
+@pytest.mark.parametrize("value", BAD_URLS)
+@pytest.mark.parametrize("variable", ["CUSTOMERIO_TRACK_URL", "CUSTOMERIO_PIPELINES_URL"])
+def test_a_malformed_customerio_url_is_a_configuration_error(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({variable.lower(): value})
+    assert str(caught.value).startswith(f"{variable}:")
+
+
+@pytest.mark.parametrize("value", ["http://", "http://[::1"])
+def test_send_with_a_malformed_track_url_exits_2_in_one_line(cli: Cli, tmp_path: Path, value: str) -> None:
+    events = write_jsonl(tmp_path / "events.jsonl", [{"event": "x", "distinct_id": "a", "properties": {}}])
+    env = {"CUSTOMERIO_SITE_ID": SITE_ID, "CUSTOMERIO_API_KEY": API_KEY, "CUSTOMERIO_TRACK_URL": value}
+    result = cli("send", str(events), "--data-dir", str(tmp_path / "data"), env=env)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "CUSTOMERIO_TRACK_URL" in result.stderr and "Traceback" not in result.output
+
+
+def test_serve_with_a_malformed_track_url_exits_2_in_one_line(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "CUSTOMERIO_SITE_ID": SITE_ID,
+        "CUSTOMERIO_API_KEY": API_KEY,
+        "CUSTOMERIO_TRACK_URL": "http://[::1",
+        "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data"),
+    }
+    done = subprocess.run(
+        [str(SCRIPT), "serve", "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().startswith("error: CUSTOMERIO_TRACK_URL:") and len(done.stderr.strip().splitlines()) == 1
