@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from posthog_customerio.config import ConfigError, load_settings
+from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.service.health import DeliveryWatch
 
@@ -160,3 +162,27 @@ def test_serve_with_a_malformed_track_url_exits_2_in_one_line(tmp_path: Path) ->
     )
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().startswith("error: CUSTOMERIO_TRACK_URL:") and len(done.stderr.strip().splitlines()) == 1
+
+
+# -- a pre-created data dir -------------------------------------------------------------------------
+def test_a_pre_created_empty_data_dir_is_private_from_the_first_start(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    os.chmod(data, 0o755)  # as `mkdir` or a volume mount leaves it
+    previous = os.umask(0o022)
+    try:
+        with Runtime(load_settings({"posthog_customerio_data_dir": data}), sandbox=True):
+            assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    finally:
+        os.umask(previous)
+
+
+def test_a_data_dir_holding_other_files_keeps_its_mode(tmp_path: Path) -> None:
+    """Not ours (e.g. ``--data-dir .``): only our files in it are made private."""
+    data = tmp_path / "project"
+    data.mkdir()
+    (data / "notes.txt").write_text("someone else's")
+    os.chmod(data, 0o755)
+    with Runtime(load_settings({"posthog_customerio_data_dir": data}), sandbox=True) as runtime:
+        assert stat.S_IMODE(data.stat().st_mode) == 0o755
+        assert stat.S_IMODE(runtime.settings.database_path.stat().st_mode) == 0o600
