@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -186,3 +188,41 @@ def test_a_data_dir_holding_other_files_keeps_its_mode(tmp_path: Path) -> None:
     with Runtime(load_settings({"posthog_customerio_data_dir": data}), sandbox=True) as runtime:
         assert stat.S_IMODE(data.stat().st_mode) == 0o755
         assert stat.S_IMODE(runtime.settings.database_path.stat().st_mode) == 0o600
+
+
+# -- memory of a wide event -------------------------------------------------------------------------
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_wide_send_bound_mb() -> int:
+    """The README's bound for ``send`` of one event with 200,000 ``$set`` attributes."""
+    text = " ".join(README.read_text().split())
+    found = re.search(r"200,000 `\$set` attributes .*? peaks at about \d+ MB RSS, under (\d+) MB", text)
+    assert found, "the README states no memory bound for a 200,000-attribute event"
+    return int(found.group(1))
+
+
+@pytest.mark.reliability
+def test_send_of_200k_set_attributes_stays_under_the_readme_bound(env: dict[str, str], tmp_path: Path) -> None:
+    """Issue 16.8: measured as the process's own peak (ru_maxrss of a fresh child), the sandbox elsewhere."""
+    wide = {
+        "event": "$identify",
+        "distinct_id": "wide",
+        "properties": {"$set": {f"attr_{i}": f"value {i}" for i in range(200_000)}},
+    }
+    events = write_jsonl(tmp_path / "wide.jsonl", [wide])
+    measure = (
+        "import resource, subprocess, sys\n"
+        "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", measure, str(SCRIPT), "send", "--json", str(events)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    code, peak_kb = (int(word) for word in done.stdout.split())
+    assert code == 0, done.stderr
+    assert peak_kb / 1024 < _readme_wide_send_bound_mb(), f"peak RSS {peak_kb / 1024:.0f} MB"
