@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -16,12 +17,14 @@ from typing import Any
 import httpx
 import pytest
 
+from posthog_customerio.cli import _delivering_progress, _status_text
 from posthog_customerio.config import ConfigError, load_settings
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.service.health import DeliveryWatch
+from posthog_customerio.sources.files import FileProgress, send_file
 
-from .conftest import API_KEY, SITE_ID, Cli, write_jsonl
+from .conftest import API_KEY, SAMPLE_FILE, SITE_ID, Cli, write_jsonl
 from .helpers import HangingServer, free_port, make_runtime, wait_for
 from .service import running_service
 from .test_delivery import events_for
@@ -226,3 +229,65 @@ def test_send_of_200k_set_attributes_stays_under_the_readme_bound(env: dict[str,
     code, peak_kb = (int(word) for word in done.stdout.split())
     assert code == 0, done.stderr
     assert peak_kb / 1024 < _readme_wide_send_bound_mb(), f"peak RSS {peak_kb / 1024:.0f} MB"
+
+
+# -- counters that agree ----------------------------------------------------------------------------
+def test_send_counts_settled_operations_and_names_failed_requests(
+    cli: Cli, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    sandbox.state.add_fault(status=500, count=2)
+    events = write_jsonl(
+        tmp_path / "e.jsonl", [{"event": "x", "distinct_id": f"p{n}", "properties": {}} for n in range(5)]
+    )
+    text = cli("send", str(events), env=env)
+    assert text.exit_code == 0, text.output
+    lines = text.stdout.splitlines()
+    enqueued = next(line for line in lines if line.startswith("operations ")).split()[1]
+    sent = next(line for line in lines if line.startswith("operations sent"))
+    assert sandbox.state.stats()["requests_by_status"] == {"500": 2, "200": 1}
+    # every operation went out once settled; the two failed requests each carried all of them
+    assert sent == f"operations sent    {enqueued} in 3 requests (2 failed; {2 * int(enqueued)} operation retries)"
+
+
+def test_sandbox_people_count_is_the_same_in_text_and_json(cli: Cli) -> None:
+    text = cli("send", "--sandbox", str(SAMPLE_FILE)).stdout
+    box = json.loads(cli("send", "--sandbox", "--json", str(SAMPLE_FILE)).stdout)["sandbox"]
+    line = next(line for line in text.splitlines() if line.startswith("sandbox "))
+    assert f" {box['people']} people identified, {box['visitors_never_identified']} visitors never identified" in line
+
+
+def test_status_received_counts_like_send_events_read() -> None:
+    """send says "events read N (M invalid)" with the invalid ones in N: status's "received" does the same."""
+    report: dict[str, Any] = {
+        "outbox": {"depth": 0, "oldest_age_s": 0.0, "dead_letters": 0},
+        "persons": 1,
+        "delivery": {"state": "running", "delivered": 1, "requests": 1},
+        "ingest": {"events_received": 997, "events_invalid": 3},
+        "service": {"snapshot_age_s": 1.0},
+        "dead_letters": [],
+    }
+    assert "received           1000 events (3 invalid)" in _status_text(report).splitlines()
+
+
+def test_the_delivering_percentage_never_goes_backwards(env: dict[str, str], tmp_path: Path) -> None:
+    """Operations are added while reading: a percentage of a growing total went back (50 % -> 33 %)."""
+    events = [{"event": "x", "distinct_id": f"p{n % 7}", "properties": {}} for n in range(120)]
+    seen: list[FileProgress] = []
+    runtime = Runtime(load_settings({name.lower(): value for name, value in env.items()}))
+
+    def on_progress(where: FileProgress) -> None:
+        seen.append(where)
+        if len(seen) == 5:  # let delivery catch up while reading: what was queued so far is all delivered
+            stats = runtime.current_deliverer.stats  # type: ignore[union-attr]
+            wait_for(lambda: stats.delivered >= where.operations, "delivery to catch up", timeout=30)
+            seen.append(FileProgress(where.read, where.events, where.operations, stats.delivered))
+
+    with runtime, open(write_jsonl(tmp_path / "e.jsonl", events)) as lines:
+        send_file(runtime, lines, chunk_events=3, on_progress=on_progress)
+    percentages = []
+    for where in seen:
+        total, completed = _delivering_progress(where)
+        if total:
+            percentages.append(completed / total)
+    assert percentages and percentages[-1] == 1.0
+    assert percentages == sorted(percentages)
