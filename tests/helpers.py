@@ -445,3 +445,45 @@ class SlowCustomerio:
                 record["end"] = time.monotonic()
                 return
             record["end"], record["answered"] = time.monotonic(), True
+
+
+class HangingServer:
+    """A TCP stand-in that accepts connections, reads what comes and never answers (a hung Customer.io).
+
+    ``received`` counts connections that sent bytes. Use as a context manager; it closes every socket on exit.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.received = 0
+        self._open: list[socket.socket] = []
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="hanging-server", daemon=True)
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self._open.append(conn)
+            conn.settimeout(5)
+            try:
+                if conn.recv(65536):
+                    self.received += 1
+            except OSError:
+                pass
+
+    def __enter__(self) -> HangingServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closed.set()
+        self._listener.close()
+        for conn in self._open:
+            conn.close()
+        self._thread.join(5)

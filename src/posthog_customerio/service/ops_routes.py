@@ -29,13 +29,15 @@ __all__ = ["add_ops_routes"]
 async def healthz(request: Request) -> JSONResponse:
     service = service_of(request)
     deliverer = service.runtime.current_deliverer
-    health = {
-        "status": "ok",
-        "delivery": deliverer.state if deliverer else "off",
-        "auth_error": scrub(deliverer.auth_error) if deliverer else None,
-        "customerio": service.probe.view(),
-        **(deliverer.health() if deliverer else {}),
-    }
+    health: dict[str, Any] = {"status": "ok", "delivery": "off", "auth_error": None}
+    if deliverer is not None:
+        readiness = service.readiness
+        readiness.flight.refresh(readiness.FRESH_S)  # the queue's age, measured off the event loop
+        dead = service.runtime.outbox.dead_lettered_total
+        state, settled_age = service.watch.state(deliverer, dead, readiness.oldest_age_s)
+        health.update(delivery=state, delivery_settled_age_s=settled_age, auth_error=scrub(deliverer.auth_error))
+    health["customerio"] = service.probe.view()
+    health.update(deliverer.health() if deliverer else {})
     if health["delivery"] == "down":  # every worker died (the supervisor keeps restarting them)
         health["status"] = "degraded"
     return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
