@@ -241,3 +241,17 @@ def test_an_unsuppressed_person_comes_back_whole(
     assert cli("send", str(later), env=env).exit_code == 0
     person = only(profiles(sandbox))
     assert person["id"] == "user-1" and person["email"] == "a@x.io" and person["events"] == ["clicked"]
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_personless_events_before_the_person_exists_land_on_the_profile(
+    sandbox: SandboxServer, tmp_path: Path, api: str
+) -> None:
+    """PostHog gives a personless event the person id the distinct_id's person gets later (a UUIDv5 of team and
+    distinct_id): the backend's personless events of a user not seen yet belong to that user's profile."""
+    backend = ev("invoice_paid", "user-1", 0, **{"$lib": "posthog-python", "$process_person_profile": False})
+    later = ev("$set", "user-1", 10, **{"$lib": "posthog-python", "$set": {"plan": "pro"}})
+    deliver_events(sandbox, tmp_path / "data", [backend], **_api(api))
+    deliver_events(sandbox, tmp_path / "data", [later], **_api(api))
+    person = only(profiles(sandbox, pipelines=api == "pipelines"))
+    assert person["id"] == "user-1" and person["events"] == ["invoice_paid"]

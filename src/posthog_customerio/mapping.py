@@ -607,6 +607,10 @@ def _identify_operations(
             changed[key] = ""
             del state.digests[key]
     anonymous_ids = list(dict.fromkeys(state.pending_anonymous_ids))
+    if not state.created and state.anonymous_sent and state.distinct_id not in anonymous_ids:
+        # its own anonymous (personless) events came first: PostHog gives them the person id this
+        # distinct_id's person gets (a UUIDv5 of team and distinct_id), so the new profile takes them
+        anonymous_ids.insert(0, state.distinct_id)
     if state.created and not changed and not anonymous_ids:
         return []
     operations = []
