@@ -343,3 +343,147 @@ def profiles(sandbox: SandboxServer, pipelines: bool = False) -> list[dict[str, 
         names = sorted(str(e["name"]) for e in person.get("events", []))
         found.append({"id": p["id"], "email": p["email"], "attributes": p["attributes"], "events": names})
     return found
+
+
+class SlowCustomerio:
+    """A Customer.io stand-in on 127.0.0.1 that answers every request ``200 {}``, the first ``slow`` of them
+    a byte at a time (one byte every ``interval_s``; ``trickle="headers"`` or ``"body"``).
+
+    Each request is recorded (:attr:`requests`): when its body was read (``start``), when its answer ended
+    or the client hung up (``end``), whether the client read it all (``answered``), and its JSON body.
+    A hang-up is seen at once (the wait between bytes watches the socket).
+    """
+
+    def __init__(self, slow: int = 1, interval_s: float = 1.0, trickle: str = "body", body_bytes: int = 20) -> None:
+        import socketserver
+        import threading
+
+        self.slow, self.interval_s, self.trickle, self.body_bytes = slow, interval_s, trickle, body_bytes
+        self.requests: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        outer = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                outer._serve(self.request)
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> SlowCustomerio:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _read_request(self, sock: socket.socket, buffer: bytes) -> tuple[bytes, bytes] | None:
+        while b"\r\n\r\n" not in buffer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return None
+            buffer += chunk
+        head, _, rest = buffer.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        while len(rest) < length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return None
+            rest += chunk
+        return rest[:length], rest[length:]
+
+    def _hung_up(self, sock: socket.socket, wait_s: float) -> bool:
+        """Wait up to ``wait_s`` for the client to hang up; True when it did."""
+        import select
+
+        readable, _, _ = select.select([sock], [], [], wait_s)
+        if not readable:
+            return False
+        try:
+            return sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
+    def _serve(self, sock: socket.socket) -> None:
+        buffer = b""
+        while not self.stop.is_set():
+            try:
+                read = self._read_request(sock, buffer)
+            except OSError:
+                return
+            if read is None:
+                return
+            body, buffer = read
+            with self.lock:
+                number = len(self.requests)
+                record: dict[str, Any] = {"start": time.monotonic(), "end": None, "answered": False}
+                record["body"] = json.loads(body) if body else None
+                self.requests.append(record)
+            content = b"{}" + b" " * max(0, self.body_bytes - 2)
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(content)
+            answer = head + content
+            slow = number < self.slow
+            split = len(head) if self.trickle == "body" else answer.index(b"\r\n") + 2
+            try:
+                sock.sendall(answer[:split] if slow else answer)
+                for index in range(split, len(answer)) if slow else ():
+                    if self._hung_up(sock, self.interval_s) or self.stop.is_set():
+                        record["end"] = time.monotonic()
+                        return
+                    sock.sendall(answer[index : index + 1])
+            except OSError:
+                record["end"] = time.monotonic()
+                return
+            record["end"], record["answered"] = time.monotonic(), True
+
+
+class HangingServer:
+    """A TCP stand-in that accepts connections, reads what comes and never answers (a hung Customer.io).
+
+    ``received`` counts connections that sent bytes. Use as a context manager; it closes every socket on exit.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
+        self.received = 0
+        self._open: list[socket.socket] = []
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name="hanging-server", daemon=True)
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self._open.append(conn)
+            conn.settimeout(5)
+            try:
+                if conn.recv(65536):
+                    self.received += 1
+            except OSError:
+                pass
+
+    def __enter__(self) -> HangingServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._closed.set()
+        self._listener.close()
+        for conn in self._open:
+            conn.close()
+        self._thread.join(5)

@@ -222,7 +222,7 @@ def test_send_sandbox_runs_the_bundled_sample(cli: Cli) -> None:
     assert result.exit_code == 0, result.output
     assert "(2 invalid)" in result.stdout
     lines = result.stdout.splitlines()
-    assert "sandbox            25 people: 18 identified, 7 visitors never identified (44 anonymous events)" in lines
+    assert "sandbox            18 people identified, 7 visitors never identified (44 anonymous events)" in lines
     people = [line for line in lines if line.startswith("  user")]
     assert len(people) == 18 and all("@example.com" in line.lower() for line in people)
     assert sum(line.startswith("    attributes  name=") for line in lines) == 18

@@ -125,6 +125,18 @@ def test_207_dead_letters_only_the_rejected_operation(sandbox: SandboxServer, tm
     assert sandbox.state.stats()["events"] == 4
 
 
+def test_a_207_with_a_non_json_body_is_not_counted_as_delivered(sandbox: SandboxServer, tmp_path: Path) -> None:
+    """The injected 207 applied nothing and says nothing readable: every operation is sent again (in halves)."""
+    sandbox.state.add_fault(status=207, count=1, body="<html>upstream hiccup</html>")
+    with make_runtime(sandbox, tmp_path / "data", delivery_concurrency=1) as runtime:
+        deliverer = deliver(runtime, events_for(people=2, per_person=2))
+        letters = runtime.outbox.dead_letters()
+    statuses = [r["status"] for r in sandbox.state.requests() if r["path"].endswith("/batch")]
+    assert statuses[0] == 207 and len(statuses) >= 3
+    assert letters == [] and sandbox.state.stats()["events"] == 4
+    assert deliverer.stats.delivered == 6  # 2 identifies and 4 events, each acknowledged once
+
+
 def test_whole_batch_400_is_split_to_isolate_the_bad_operation(sandbox: SandboxServer, tmp_path: Path) -> None:
     # 4 operations for 4 people: 400 on [0..3], then on [0,1], then on [0] -> only op 0 dead-lettered
     sandbox.state.add_fault(status=400, count=3, body={"errors": [{"reason": "invalid"}]})

@@ -36,14 +36,13 @@ PLAIN_OTHER = ev("b", "visitor", 1)
     ("history", "alias", "survivor", "merged"),
     [
         ([IDENTIFIED, PLAIN_OTHER], alias_js("user", "visitor"), "user", "visitor"),
-        ([IDENTIFIED, PLAIN_OTHER], alias_py("visitor", "user"), "user", "visitor"),
         ([WITH_EMAIL, PLAIN_OTHER], alias_py("visitor", "user"), "user", "visitor"),
         ([KNOWN_SERVER_SIDE, VISITOR], alias_py("visitor", "user"), "user", "visitor"),
         ([KNOWN_SERVER_SIDE, VISITOR], alias_js("visitor", "user"), "user", "visitor"),
         ([KNOWN_SERVER_SIDE, PLAIN_OTHER], alias_py("visitor", "user"), "visitor", "user"),  # tie: distinct_id
         ([KNOWN_SERVER_SIDE, PLAIN_OTHER], alias_js("user", "visitor"), "user", "visitor"),  # tie: distinct_id
     ],
-    ids=["identified-js", "identified-python", "email", "not-anonymous", "not-anonymous-js", "tie-python", "tie-js"],
+    ids=["identified-js", "email", "not-anonymous", "not-anonymous-js", "tie-python", "tie-js"],
 )
 def test_the_alias_survivor_is_chosen_by_identity(
     history: list[dict[str, Any]], alias: dict[str, Any], survivor: str, merged: str
@@ -53,6 +52,17 @@ def test_the_alias_survivor_is_chosen_by_identity(
     assert merge["primary"] == {"id": survivor} and merge["secondary"] == {"id": merged}
     _, states = run([*history, alias], PERSON)
     assert states[merged].merged_into == survivor and states[survivor].merged_into is None
+
+
+def test_an_identified_alias_side_is_not_merged_into_a_known_person() -> None:
+    """PostHog refuses when ``alias``'s person is identified and the distinct_id's exists (``mergePeople``
+    checks ``otherPerson.is_identified``): posthog-python ``alias(previous_id, user)`` of a known id merges nothing."""
+    *_, result = run([IDENTIFIED, PLAIN_OTHER, alias_py("visitor", "user")], PERSON)[0]
+    assert "merge" not in [s[2] for s in shapes(result)]
+    assert result.notes["merge_blocked_already_identified"] == 1
+    # a previous id PostHog has no person for joins the identified user
+    *_, result = run([IDENTIFIED, alias_py("fresh", "user")], PERSON)[0]
+    assert result.notes["merge_blocked_already_identified"] == 0
 
 
 def test_two_identified_people_are_never_merged_by_an_alias() -> None:

@@ -550,6 +550,39 @@ def test_a_refused_batch_is_halved_until_the_bad_call_is_alone(pipes: SandboxSer
     assert sorted(e["name"] for e in pipes.pipelines.events()) == ["e1", "e2", "e3"]
 
 
+def test_a_207_is_not_counted_as_delivered(pipes: SandboxServer, tmp_path: Path) -> None:
+    """The Pipelines API documents no 207 and lists no rejected call: the batch is sent again (in halves)."""
+    settings = load_settings(
+        {
+            "customerio_api": "pipelines",
+            "customerio_pipelines_api_key": KEY,
+            "customerio_pipelines_url": pipes.url,
+            "posthog_customerio_data_dir": tmp_path / "d",
+            "sqlite_synchronous": "NORMAL",
+            "customerio_max_rps": 10_000,
+            "delivery_concurrency": 1,
+        }
+    )
+    pipes.pipelines.add_fault(207, count=1)  # answered without applying anything
+    with Runtime(settings) as runtime:
+        runtime.outbox.put(
+            [
+                Operation(
+                    f"u{n}",
+                    {**P, "identifiers": {"id": f"u{n}"}, "action": "event", "name": f"e{n}", "id": f"id-{n}"},
+                )
+                for n in range(4)
+            ]
+        )
+        deliverer = runtime.deliverer()
+        deliverer.start()
+        assert deliverer.wait_until_empty(30)
+        deliverer.stop()
+        assert runtime.outbox.dead_letters(None) == []
+    assert [r["status"] for r in pipes.pipelines.requests()] == [207, 200, 200]
+    assert sorted(e["name"] for e in pipes.pipelines.events()) == ["e0", "e1", "e2", "e3"]
+
+
 def test_parsed_events_keep_one_message_id_per_event(pipes: SandboxServer, tmp_path: Path) -> None:
     """Every person and anonymous event reaches the sandbox with its dedupe id as messageId."""
     events = [

@@ -241,3 +241,37 @@ def test_an_unsuppressed_person_comes_back_whole(
     assert cli("send", str(later), env=env).exit_code == 0
     person = only(profiles(sandbox))
     assert person["id"] == "user-1" and person["email"] == "a@x.io" and person["events"] == ["clicked"]
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_personless_events_before_the_person_exists_land_on_the_profile(
+    sandbox: SandboxServer, tmp_path: Path, api: str
+) -> None:
+    """PostHog gives a personless event the person id the distinct_id's person gets later (a UUIDv5 of team and
+    distinct_id): the backend's personless events of a user not seen yet belong to that user's profile."""
+    backend = ev("invoice_paid", "user-1", 0, **{"$lib": "posthog-python", "$process_person_profile": False})
+    later = ev("$set", "user-1", 10, **{"$lib": "posthog-python", "$set": {"plan": "pro"}})
+    deliver_events(sandbox, tmp_path / "data", [backend], **_api(api))
+    deliver_events(sandbox, tmp_path / "data", [later], **_api(api))
+    person = only(profiles(sandbox, pipelines=api == "pipelines"))
+    assert person["id"] == "user-1" and person["events"] == ["invoice_paid"]
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_an_alias_of_an_identified_user_into_another_person_is_refused(
+    sandbox: SandboxServer, tmp_path: Path, api: str
+) -> None:
+    """PostHog merges ``alias``'s person into the distinct_id's and refuses when the ``alias`` side is already
+    identified (``cannot_merge_already_identified``): posthog-python ``alias(previous_id, distinct_id)`` puts the
+    previous id in the event's distinct_id, so aliasing an identified user into a known CRM id merges nothing."""
+    events = [
+        ev("invoice_paid", "crm-1", 0, **{"$lib": "posthog-python"}),
+        browser("$identify", "user-1", 10, "dev-1", True, **{"$anon_distinct_id": "dev-1"}),
+        ev("$create_alias", "crm-1", 20, alias="user-1", **{"$lib": "posthog-python"}),
+        ev("refunded", "crm-1", 30, **{"$lib": "posthog-python"}),
+    ]
+    deliver_events(sandbox, tmp_path / "data", events, **_api(api))
+    found = {p["id"]: p for p in profiles(sandbox, pipelines=api == "pipelines")}
+    assert set(found) == {"crm-1", "user-1"}, found
+    assert found["crm-1"]["events"] == ["invoice_paid", "refunded"]
+    assert found["user-1"]["events"] == ["$identify"]

@@ -48,6 +48,24 @@ CASES: list[tuple[str, int, SendResult, dict[str, Any]]] = [
         {**NONE, "dead": [(0, "m", 207)]},
     ),
     (
+        "a 207 without a readable list of rejected items is not a success: the batch is halved",
+        3,
+        SendResult(Outcome.OK, 207, "<html>oops</html>"),
+        {**NONE, "halves": [[0], [1, 2]]},
+    ),
+    (
+        "a 207 listing only positions outside the batch is halved too",
+        2,
+        SendResult(Outcome.PARTIAL, 207, item_errors={5: {"reason": "x", "batch_index": 5}}),
+        {**NONE, "halves": [[0], [1]]},
+    ),
+    (
+        "a single operation answered 207 without a readable list is the rejected one",
+        1,
+        SendResult(Outcome.OK, 207, "not json"),
+        {**NONE, "dead": [(0, "HTTP 207 without a readable list of rejected items: not json", 207)]},
+    ),
+    (
         "a refused batch is halved",
         5,
         SendResult(Outcome.PERMANENT, 400, "bad"),

@@ -192,7 +192,12 @@ MAPPING_FLAGS = (
 )
 DELIVERY_FLAGS = (
     _flag("DELIVERY_LINGER_S", float, "Wait this long for a fuller batch; default 0.1"),
-    _flag("CUSTOMERIO_TIMEOUT_S", float, "HTTP timeout per request to Customer.io; default 30"),
+    _flag(
+        "CUSTOMERIO_TIMEOUT_S",
+        float,
+        "Total deadline of each request to Customer.io, answer included"
+        " (PostgreSQL: at most LEASE_S minus max(1, LEASE_S/4)); default 30",
+    ),
     _flag("RETRY_AFTER_MAX_S", float, "The longest pause a Retry-After can impose (0-3600); default 60"),
 )
 HOLD_FLAGS = (
@@ -484,12 +489,19 @@ def _run_send(runtime: Runtime, stream: IO[str], timeout: float | None) -> dict[
                 progress.update(reading, completed=done, total=done, detail=f"{where.events:,} events")
             else:
                 progress.update(reading, completed=where.read, detail=f"{where.events:,} events")
-            progress.update(
-                delivering, total=where.operations, completed=where.delivered, detail=f"{where.delivered:,} operations"
-            )
+            total, completed = _delivering_progress(where)
+            progress.update(delivering, total=total, completed=completed, detail=f"{where.delivered:,} operations")
 
         summary = send_file(runtime, stream, timeout=timeout, on_invalid=_report_invalid, on_progress=show)
     return summary.as_dict()
+
+
+def _delivering_progress(where: FileProgress) -> tuple[int | None, int]:
+    """The delivering bar's total and completed: no total (no percentage) while reading adds operations,
+    so the percentage shown never goes backwards; then all operations, delivered ones capped at it."""
+    if not where.done_reading:
+        return None, where.delivered
+    return where.operations, min(where.delivered, where.operations)
 
 
 def _size_of(stream: IO[str]) -> int | None:
@@ -609,7 +621,7 @@ def _sandbox_lines(box: dict[str, Any], shown: int = 25) -> list[str]:
     """The people the sandbox received, with their attributes and events."""
     browsing = sum(event["anonymous"] for person in box["identified"] for event in person["events"])
     lines = [
-        f"sandbox            {box['people'] + box['visitors_never_identified']} people: {box['people']} identified,"
+        f"sandbox            {box['people']} people identified,"
         f" {box['visitors_never_identified']} visitors never identified"
         f" ({box['anonymous_events']} anonymous events)",
         f"                   {box['events']} events on the identified people,"
@@ -645,6 +657,15 @@ def _event_list(events: list[dict[str, Any]]) -> str:
     return f"{len(events)}: {listed}" if events else "0"
 
 
+def _sent_line(summary: dict[str, Any]) -> str:
+    """``operations sent  N in R requests``, and the failed requests whose operations were put back."""
+    line = f"operations sent    {summary['operations_delivered']} in {summary['requests']} requests"
+    failed = sum(count for status, count in summary["requests_by_status"].items() if not status.startswith("2"))
+    if failed or summary["retries"]:
+        line += f" ({failed} failed; {summary['retries']} operation retries)"
+    return line
+
+
 def _print_send_summary(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -656,8 +677,7 @@ def _print_send_summary(summary: dict[str, Any], as_json: bool) -> None:
         f"skipped by filter  {sum(skipped.values())} ({skipped_text})",
         f"operations         {summary['operations_enqueued']} enqueued"
         + (f" (+{summary['backlog_before']} already queued)" if summary["backlog_before"] else ""),
-        f"operations sent    {summary['operations_delivered']} in {summary['requests']} requests"
-        f" ({summary['retries']} retried)",
+        _sent_line(summary),
         f"dead-lettered      {summary['dead_lettered']}",
     ]
     if summary["queued"]:
@@ -994,7 +1014,6 @@ def serve(
     if role not in ("all", "ingest", "deliver"):
         raise _fail("--role must be all, ingest or deliver", EXIT_CONFIG)
     _check_port(port)
-    import uvicorn
 
     from .logs import configure_logging
     from .service import create_app
@@ -1051,7 +1070,7 @@ def serve(
                 settings,
                 timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
             )
-            _run_until_signalled(uvicorn.Server(config))
+            _run_until_signalled(_server_marking_shutdown(config, application))
     finally:
         runtime.close(grace_s=0)
         if throwaway is not None:
@@ -1229,6 +1248,20 @@ def consume(
     raise typer.Exit(EXIT_OK)
 
 
+def _server_marking_shutdown(config: Any, application: Any) -> Any:
+    """A uvicorn server that notes when the stop signal came (the whole shutdown then fits the grace)."""
+    import uvicorn
+
+    from .service.app import mark_shutdown
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            mark_shutdown(application)
+            super().handle_exit(sig, frame)
+
+    return Server(config)
+
+
 def _run_until_signalled(server: Any) -> None:
     """Run uvicorn; SIGTERM/SIGINT shut it down gracefully and the command exits 0.
 
@@ -1282,7 +1315,9 @@ def _status_text(report: dict[str, Any]) -> str:
             f"service snapshot   {service['snapshot_age_s']:.0f}s ago, delivery {delivery.get('state')}",
             f"throughput         {rates.get('events_per_s', 0)} events/s in,"
             f" {rates.get('operations_delivered_per_s', 0)} operations/s delivered",
-            f"received           {ingest.get('events_received', 0)} events ({ingest.get('events_invalid', 0)} invalid)",
+            # like send's "events read": every event that came, the invalid ones included
+            f"received           {ingest.get('events_received', 0) + ingest.get('events_invalid', 0)} events"
+            f" ({ingest.get('events_invalid', 0)} invalid)",
             f"delivered          {delivery.get('delivered', 0)} operations in {delivery.get('requests', 0)} requests",
         ]
         if delivery.get("auth_error"):

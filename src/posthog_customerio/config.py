@@ -119,7 +119,7 @@ class Settings(BaseSettings):
         value = value.strip()
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
+        return _base_url(value).rstrip("/")
 
     @field_validator("posthog_host")
     @classmethod
@@ -271,6 +271,26 @@ class Settings(BaseSettings):
     def database_path(self) -> Path:
         """The SQLite file holding state and outbox."""
         return self.posthog_customerio_data_dir / "posthog-customerio.sqlite"
+
+
+def _base_url(value: str) -> str:
+    """``value`` when it is a usable http(s) base URL: a host, a valid port, no spaces (ValueError if not)."""
+    from urllib.parse import urlsplit
+
+    example = "e.g. https://track.customer.io"
+    if any(char.isspace() or ord(char) < 32 for char in value):
+        raise ValueError(f"must be a URL without spaces, {example}")
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # ValueError when not a number in 0-65535
+        host = parts.hostname
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc}), {example}") from None
+    if not host:
+        raise ValueError(f"has no host name, {example}")
+    if port == 0:
+        raise ValueError(f"port must be 1-65535, {example}")
+    return value
 
 
 def parse_pairs(text: str) -> dict[str, str]:

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from .outbox import Claimed, Outbox
+from .outbox import Claimed, LeaseLost, Outbox
 from .output.base import AuthError, Output, SendResult, Unit
 from .settlement import Backoff, Settlement, Verdict
 
@@ -416,18 +416,27 @@ class Deliverer:
         """Send a claim's units in order (the first in a slot already taken when ``reserved``);
         once one is not delivered, the rest stay queued."""
         units = self.output.units(items)
-        for position, unit in enumerate(units):
-            if not self._send(unit, reserved and position == 0):
+        try:
+            for position, unit in enumerate(units):
                 rest = [item for later in units[position + 1 :] for item in later.items]
-                self.outbox.release(rest, "held back: the request before it was not delivered")
-                return
+                if not self._send(unit, rest, reserved and position == 0):
+                    self.outbox.release(rest, "held back: the request before it was not delivered")
+                    return
+        except LeaseLost as exc:  # the claim is dropped: whoever holds these operations now sends them
+            log.warning("delivery: %s", exc)
+            self._note_error(str(exc))
 
-    def _send(self, unit: Unit, reserved: bool = False) -> bool:
+    def _send(self, unit: Unit, rest: Sequence[Claimed] = (), reserved: bool = False) -> bool:
         """Send one unit (in a slot already taken when ``reserved``) and apply the verdict;
-        True when nothing of it stays queued."""
+        True when nothing of it stays queued. ``rest``: the claim's operations still to send after it.
+
+        The claim on the unit and the rest is renewed right before the request (:meth:`Outbox.renew`;
+        raises :class:`LeaseLost`): with PostgreSQL a lease then outlasts the request's deadline.
+        """
         if not reserved and not self.limiter.take(self._stop):
             self.outbox.release(unit.items, "not sent: stopping or backing off")
             return False
+        self.outbox.renew([*unit.items, *rest])
         result = self.output.send(unit)
         self._count(result)
         verdict = self.settlement.settle(unit, result)
@@ -435,10 +444,10 @@ class Deliverer:
         if verdict.halves is None:
             return verdict.delivered
         first, second = verdict.halves
-        if not self._send(Unit(first, unit.batch)):
+        if not self._send(Unit(first, unit.batch), [*second, *rest]):
             self.outbox.release(second, "held back: an earlier part of the batch was not delivered")
             return False
-        return self._send(Unit(second, unit.batch))
+        return self._send(Unit(second, unit.batch), rest)
 
     def _apply(self, verdict: Verdict, result: SendResult) -> None:
         """Carry out a verdict: pauses first (no other worker takes released rows before), then outbox writes."""

@@ -416,7 +416,7 @@ def _merge_identities(
         other = book.person(event.distinct_id)
     if other.distinct_id == person.distinct_id:
         return None
-    if other.identified and event.event != "$merge_dangerously":
+    if event.event != "$merge_dangerously" and (other.identified or _alias_side_identified(event, other_id, book)):
         result.notes["merge_blocked_already_identified"] += 1
         return None
     if event.event == "$identify" and not _shown_anonymous(event, other_id, book):
@@ -429,6 +429,21 @@ def _merge_identities(
         result.notes["merge_waits_for_proof"] += 1
         return None
     return _absorb(person, other, via_identify=event.event == "$identify")
+
+
+def _alias_side_identified(event: PostHogEvent, other_id: str, book: _Book) -> bool:
+    """PostHog's refusal, by position: ``$create_alias`` merges ``alias``'s person into the distinct_id's and
+    refuses when both persons exist and the ``alias`` side is identified (``cannot_merge_already_identified``).
+
+    posthog-python ``alias(previous_id, distinct_id)`` puts the identified user on the ``alias`` side: whichever
+    profile would survive here, PostHog keeps those two persons apart.
+    """
+    if event.event != "$create_alias":
+        return False
+    alias_side = book.states.get(book.person(other_id).distinct_id)  # as it was before this event
+    before = book.states.get(event.distinct_id)
+    existed = before is not None and (before.seen or before.created or before.merged_into is not None)
+    return existed and alias_side is not None and alias_side.identified
 
 
 def _shown_anonymous(event: PostHogEvent, other_id: str, book: _Book) -> bool:
@@ -607,6 +622,10 @@ def _identify_operations(
             changed[key] = ""
             del state.digests[key]
     anonymous_ids = list(dict.fromkeys(state.pending_anonymous_ids))
+    if not state.created and state.anonymous_sent and state.distinct_id not in anonymous_ids:
+        # its own anonymous (personless) events came first: PostHog gives them the person id this
+        # distinct_id's person gets (a UUIDv5 of team and distinct_id), so the new profile takes them
+        anonymous_ids.insert(0, state.distinct_id)
     if state.created and not changed and not anonymous_ids:
         return []
     operations = []

@@ -27,7 +27,7 @@ from typing import Any, cast
 from .operations import Kind, Operation, encode_payload
 from .storage import Storage, Transaction
 
-__all__ = ["DELIVERIES_KEPT", "Claimed", "DeadLetter", "Outbox", "Queued"]
+__all__ = ["DELIVERIES_KEPT", "Claimed", "DeadLetter", "LeaseLost", "Outbox", "Queued"]
 
 log = logging.getLogger(__name__)
 #: an email address in a reason Customer.io gave (it may quote one): never logged
@@ -101,6 +101,10 @@ def _hydrate(rows: list[tuple[Any, ...]], payloads: dict[int, tuple[str, str]]) 
         for seq, person_key, size, attempts, enqueued_at, after_keys, *_ in rows
         if seq in payloads
     ]
+
+
+class LeaseLost(RuntimeError):
+    """A claim's lease ran out and another replica may hold its operations now: do not send them."""
 
 
 def _delivery_rows(items: Iterable[Claimed], outcome: str, now: float) -> list[tuple[Any, ...]]:
@@ -326,6 +330,18 @@ class Outbox:
         stay queued, and with PostgreSQL their leases expire."""
         self._unclaim(items)
 
+    def renew(self, items: Sequence[Claimed]) -> None:
+        """Right before a request: extend the claim on ``items`` (PostgreSQL: their leases).
+
+        When any of them is no longer held, none is sent: the claim on all of them is dropped (those
+        still held return to the queue) and :class:`LeaseLost` is raised.
+        """
+        lost = self.claims.renew([item.seq for item in items])
+        if lost:
+            self.claims.give_back([item.seq for item in items if item.seq not in lost])
+            self._unclaim(items)
+            raise LeaseLost(f"the lease of {len(lost)} claimed operations ran out: another replica may send them")
+
     def unclaim(self, items: Sequence[Claimed]) -> None:
         """Give claimed operations back untouched (not attempted)."""
         self.claims.give_back([item.seq for item in items])
@@ -335,7 +351,7 @@ class Outbox:
         """Not delivered (transient failure): keep them queued, count the attempt."""
         if items:
             with self.db.transaction() as conn:
-                conn.release_operations(error[:500], (item.seq for item in items))
+                conn.release_operations(error[:500], (item.seq for item in items), self.claims.owner)
         self._unclaim(items)
 
     def dead_letter(

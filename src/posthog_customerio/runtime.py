@@ -227,13 +227,14 @@ class Runtime:
 def ensure_data_dir(settings: Settings) -> None:
     """Create the data directory (mode 0700: it holds people's data) or fail with a clear :class:`ConfigError`.
 
-    An existing directory is tightened to 0700 when it is ours: created here, or holding our database.
+    An existing directory is tightened to 0700 when it is ours: created here, empty (pre-created for
+    us, e.g. a volume mount), or holding our database.
     """
     path = Path(settings.posthog_customerio_data_dir)
     try:
         existed = path.is_dir()
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not existed or (path / settings.database_path.name).exists():
+        if not existed or not any(path.iterdir()) or (path / settings.database_path.name).exists():
             _tighten(path, 0o700)
     except OSError as exc:
         raise ConfigError(f"POSTHOG_CUSTOMERIO_DATA_DIR: cannot create that directory: {exc.strerror}") from None

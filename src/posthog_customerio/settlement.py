@@ -5,6 +5,10 @@
 on credentials / halve and retry), without I/O: the delivery workers apply it.
 
 * 200: acknowledged; 207 or per-item errors: the listed items dead-lettered, the rest acknowledged;
+  a 207 that lists no item of the batch (a body that is not JSON, no ``errors``, positions outside the
+  batch; any 207 of the Pipelines API, which documents none) says only that *something* was refused:
+  nothing is acknowledged, the batch is halved and sent again until the refused operation is alone,
+  which is dead-lettered (Track API: "At least one object in the batch was invalid");
 * a refused request (400/404/413/422, ...): halved to isolate the bad operation, which
   is dead-lettered with the response;
 * network errors, 408, 429, 5xx: released, every worker pauses (exponential backoff
@@ -87,22 +91,29 @@ class Settlement:
         items = unit.items
         if result.outcome in (Outcome.OK, Outcome.PARTIAL):
             self._reset()
+            if result.status == 207 and not any(0 <= index < len(items) for index in result.item_errors):
+                described = f"HTTP 207 without a readable list of rejected items: {result.body[:300]}"
+                return self._refused(items, described, result)
             return self._accepted(items, result)
         if result.outcome is Outcome.PERMANENT:
-            if len(items) > 1:
-                middle = len(items) // 2
-                return Verdict(halves=(items[:middle], items[middle:]))
-            described = result.describe()
-            return Verdict(
-                dead=[(item, described, result.status, result.body) for item in items],
-                errors=(f"dead-lettered: {described}",),
-            )
+            return self._refused(items, result.describe(), result)
         message = result.error or result.describe()
         if result.outcome is Outcome.AUTH:
             return Verdict(release=items, reason=result.describe(), auth_error=message, errors=(message,))
         with self._lock:
             delay = self.backoff.next_delay(result.retry_after)
         return Verdict(release=items, reason=result.describe(), hold_s=delay, errors=(message,))
+
+    @staticmethod
+    def _refused(items: Sequence[Claimed], described: str, result: SendResult) -> Verdict:
+        """Some operation of ``items`` was refused: halve a batch, dead-letter a single operation."""
+        if len(items) > 1:
+            middle = len(items) // 2
+            return Verdict(halves=(items[:middle], items[middle:]))
+        return Verdict(
+            dead=[(item, described, result.status, result.body) for item in items],
+            errors=(f"dead-lettered: {described}",),
+        )
 
     @staticmethod
     def _accepted(items: Sequence[Claimed], result: SendResult) -> Verdict:

@@ -40,6 +40,7 @@ import httpx
 from .. import __version__
 from ..outbox import Claimed
 from .base import RETRY_AFTER_MAX_S, AuthError, Outcome, SendResult, Unit, classify
+from .deadline import DeadlineClient
 
 __all__ = [
     "MAX_CALL_BYTES",
@@ -437,10 +438,10 @@ class PipelinesClient:
         self.retry_after_max_s = retry_after_max_s
         library = {"library": {"name": "posthog-customerio", "version": __version__}}
         self._context_text = encode_call(context if context is not None else library)
-        self._http = httpx.Client(
+        self._http = DeadlineClient(
+            timeout,
             base_url=self.base_url,
             auth=httpx.BasicAuth(api_key, ""),
-            timeout=timeout,
             headers={
                 "User-Agent": f"posthog-customerio/{__version__}",
                 "Content-Type": "application/json",

@@ -20,6 +20,7 @@ from .. import __version__
 from ..operations import MAX_BATCH_BYTES, MAX_OP_BYTES, Kind
 from ..outbox import Claimed
 from .base import AUTH_STATUSES, RETRY_AFTER_MAX_S, AuthError, Outcome, SendResult, Unit, classify
+from .deadline import DeadlineClient
 from .track_v1 import has_v1_equivalent, v1_body_text, v1_request
 from .track_v2 import BATCH_ENVELOPE, BATCH_PATH, batch_body, batch_item, has_v2_equivalent
 
@@ -43,10 +44,10 @@ class TrackClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.retry_after_max_s = retry_after_max_s
-        self._http = httpx.Client(
+        self._http = DeadlineClient(
+            timeout,
             base_url=self.base_url,
             auth=httpx.BasicAuth(site_id, api_key),
-            timeout=timeout,
             headers={
                 "User-Agent": f"posthog-customerio/{__version__}",
                 "Content-Type": "application/json",

@@ -10,12 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "DEAD_LETTER_PARAMETERS",
     "ERROR_SCHEMA",
     "INGEST_BODY",
     "INGEST_RESPONSES",
+    "MAX_DEAD_LETTERS",
     "OPS_SECURITY",
+    "OPTIONS_RESPONSES",
     "RETRY_BODY",
     "RETRY_RESPONSES",
+    "WEBHOOK_RESPONSES",
     "add_ops_security",
     "error_responses",
     "json_response",
@@ -32,6 +36,7 @@ _DESCRIPTIONS = {
     400: "Malformed body or event (nothing stored)",
     401: "Missing or wrong credentials",
     413: "Body over MAX_BODY_BYTES (before or after decompression)",
+    409: "A signed webhook with this webhook-id is being stored; retry after Retry-After seconds",
     415: "Unsupported Content-Encoding or content type",
     503: "Outbox full (MAX_QUEUE) or unavailable; retry after Retry-After seconds",
 }
@@ -84,21 +89,15 @@ _PAYLOAD = {
         },
     ],
 }
-_RAW = {"type": "string", "format": "binary"}
-
 INGEST_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "description": "JSON; also gzip (`Content-Encoding: gzip` or `?compression=gzip-js`),"
-        " posthog-js's `data=<base64 JSON>` form, or base64 (`?compression=base64`)",
-        "content": {
-            "application/json": {"schema": {"$ref": "#/components/schemas/Payload"}},
-            "text/plain": {"schema": {"type": "string", "description": "JSON text"}},
-            "application/x-www-form-urlencoded": {
-                "schema": {"type": "object", "properties": {"data": {"type": "string"}}},
-            },
-            "application/octet-stream": {"schema": _RAW},
-        },
+        "description": "JSON (the schema below). The encodings PostHog SDKs use carry the same JSON and are"
+        " accepted whatever the Content-Type: gzip (`Content-Encoding: gzip`, `?compression=gzip-js`, or"
+        " recognised by its magic bytes), posthog-js's `data=<base64 JSON>` form (`application/x-www-form-"
+        "urlencoded`), base64 (`?compression=base64`) and LZString (`?compression=lz64`). Any other bytes are"
+        " refused with 400: no content type is declared whose schema admits them.",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Payload"}}},
     },
 }
 INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -111,16 +110,22 @@ INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
                 "status": {"type": "integer", "enum": [1]},
                 "accepted": {"type": "integer", "minimum": 0, "description": "Events stored"},
                 "operations": {"type": "integer", "minimum": 0, "description": "Customer.io operations enqueued"},
+                "replayed": {
+                    "type": "boolean",
+                    "description": "/webhook: this signed webhook-id was stored already; nothing stored again",
+                },
             },
         },
     ),
     **error_responses(400, 401, 413, 415, 503),
 }
+#: ``/webhook`` also answers 409 while another request with the same signed ``webhook-id`` is being stored
+WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {**INGEST_RESPONSES, **error_responses(409)}
 
 RETRY_BODY: dict[str, Any] = {
     "requestBody": {
-        "required": False,
-        "description": '`{}` (or no body) re-queues every dead letter; `{"ids": [...]}` only these',
+        "required": True,
+        "description": '`{}` re-queues every dead letter; `{"ids": [...]}` only these (ids naming none are ignored)',
         "content": {
             "application/json": {
                 "schema": {
@@ -130,6 +135,19 @@ RETRY_BODY: dict[str, Any] = {
             }
         },
     },
+}
+#: most dead letters ``GET /api/dead-letters`` lists (``?limit=``)
+MAX_DEAD_LETTERS = 10_000
+DEAD_LETTER_PARAMETERS: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "description": "How many of the oldest dead letters (digits only)",
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_DEAD_LETTERS, "default": 100},
+        }
+    ],
 }
 RETRY_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: json_response(
@@ -141,6 +159,20 @@ RETRY_RESPONSES: dict[int | str, dict[str, Any]] = {
         },
     ),
     **error_responses(400, 413, 415),
+}
+
+_ALLOW_HEADER = {"Allow": {"description": "GET, POST, OPTIONS", "schema": {"type": "string"}}}
+#: ``OPTIONS /flags`` and ``/decide``: the allowed methods, or the CORS answer to a browser's preflight
+OPTIONS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    204: {"description": "No content; the allowed methods are in Allow", "headers": _ALLOW_HEADER},
+    200: {
+        "description": "A CORS preflight (Origin and Access-Control-Request-Method sent) from an allowed origin",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
+    400: {
+        "description": "A CORS preflight from an origin CORS_ORIGINS does not allow",
+        "content": {"text/plain": {"schema": {"type": "string"}}},
+    },
 }
 
 OPS_SECURITY: list[dict[str, list[str]]] = [{"opsBearer": []}, {"opsBasic": []}]
@@ -183,6 +215,7 @@ METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
 STATUS_RESPONSES: dict[int | str, dict[str, Any]] = {200: json_response("The status report", _STATUS_SCHEMA)}
 DEAD_LETTER_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: json_response("The oldest dead letters", {"type": "array", "items": _STATUS_SCHEMA}),
+    **error_responses(400),
 }
 PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The status page", "content": {"text/html": {"schema": {"type": "string"}}}},

@@ -9,7 +9,8 @@ background threads of the same process, started and drained by the app's lifespa
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +20,10 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__
+from ..delivery import Deliverer
 from ..metrics import Metrics
+from ..outbox import Claimed
+from ..output.base import AuthError
 from ..pipeline import GroupCommitter
 from ..runtime import Runtime
 from ..status import RequestLog, ThroughputSampler
@@ -28,14 +32,14 @@ from .auth import Authenticator, OpsGuard
 from .bodies import HttpError
 from .context import Service
 from .cors import BrowserCors
-from .health import CustomerioProbe, Readiness
+from .health import CustomerioProbe, DeliveryWatch, Readiness, stall_after_s
 from .ingest_routes import add_ingest_routes
 from .ops_routes import add_ops_routes
 from .paths import is_ops_path
 from .posthog_routes import FORWARDED_METHODS, add_forwarding_routes, add_standalone_routes, forward
 from .proxy import PostHogProxy
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "mark_shutdown"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,7 @@ def _service(runtime: Runtime, deliver: bool, clock: Callable[[], datetime]) -> 
         commit_events=commit_events,
         readiness=Readiness(runtime),
         probe=CustomerioProbe(runtime),
+        watch=DeliveryWatch(stall_after_s(settings.customerio_timeout_s, settings.anonymous_hold_s)),
         deliver=deliver,
         clock=clock,
     )
@@ -78,7 +83,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     service: Service = app.state.service
     runtime, settings = service.runtime, service.settings
     if service.deliver:
-        runtime.deliverer(pause_on_auth_error=True, on_delivered=service.metrics.observe_delivered).start()
+        observe, probe = service.metrics.observe_delivered, service.probe
+
+        def on_delivered(items: Sequence[Claimed]) -> None:
+            observe(items)
+            probe.note_delivered()
+
+        runtime.deliverer(pause_on_auth_error=True, on_delivered=on_delivered).start()
     service.sampler.start()
     await service.readiness.current()
     service.probe.view()
@@ -89,8 +100,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         deliverer = runtime.current_deliverer
         if deliverer is not None:
-            log.info("shutting down: flushing for up to %.0fs", settings.shutdown_grace_s)
-            emptied = await run_in_threadpool(deliverer.drain, settings.shutdown_grace_s)
+            left = _grace_left(app, settings.shutdown_grace_s)
+            log.info("shutting down: flushing for up to %.0fs", left)
+            emptied = await run_in_threadpool(_drain_within, deliverer, left)
             kept = "outbox empty" if emptied else f"{runtime.outbox.depth()} operations kept for the next start"
             log.info("shutdown: %s", kept)
         service.sampler.stop()
@@ -98,6 +110,30 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             await service.proxy.aclose()
         service.readiness.flight.close()
         service.probe.flight.close()
+
+
+def mark_shutdown(app: FastAPI) -> None:
+    """Note when the stop signal arrived: connections closing and the flush share ``SHUTDOWN_GRACE_S``."""
+    if getattr(app.state, "shutdown_started", None) is None:
+        app.state.shutdown_started = time.monotonic()
+
+
+def _grace_left(app: FastAPI, grace_s: float) -> float:
+    """What is left of the grace since :func:`mark_shutdown` (all of it when not marked)."""
+    started = getattr(app.state, "shutdown_started", None)
+    return grace_s if started is None else max(0.0, grace_s - (time.monotonic() - started))
+
+
+def _drain_within(deliverer: Deliverer, seconds: float) -> bool:
+    """Deliver for at most ``seconds``, then stop; a request still hanging then is abandoned (its operations
+    stay queued, sent again at the next start): the whole flush never outlasts ``seconds``. True if emptied."""
+    deadline = time.monotonic() + seconds
+    try:
+        emptied = deliverer.wait_until_empty(seconds, held_ok=True)
+    except AuthError:
+        emptied = False
+    deliverer.stop(timeout=max(0.0, deadline - time.monotonic()))
+    return emptied
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

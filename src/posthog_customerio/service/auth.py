@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..config import Settings
 from .bodies import HttpError
 from .paths import is_ops_path
+from .replay import ReplayGuard
 
 __all__ = ["OPS_REALM", "Authenticator", "OpsGuard"]
 
@@ -29,6 +30,8 @@ class Authenticator:
         secret = settings.webhook_signing_secret.get_secret_value() if settings.webhook_signing_secret else ""
         self.token = token.encode()
         self.verifier = Webhook(secret) if secret else None
+        #: ``webhook-id``s of signed webhooks already stored (one process, for the timestamp tolerance)
+        self.replays = ReplayGuard() if secret else None
         self.ops_token = settings.ops_secret.encode()
         #: the operations endpoints need a token once any credential is configured
         self.ops_guarded = bool(self.ops_token) or self.enabled

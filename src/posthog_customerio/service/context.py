@@ -15,7 +15,7 @@ from ..runtime import Runtime
 from ..sources import PostHogEvent
 from ..status import RequestLog, ThroughputSampler
 from .auth import Authenticator
-from .health import CustomerioProbe, Readiness
+from .health import CustomerioProbe, DeliveryWatch, Readiness
 from .proxy import PostHogProxy
 
 __all__ = ["Service", "service_of"]
@@ -37,6 +37,8 @@ class Service:
     commit_events: Callable[[Sequence[PostHogEvent], str], IngestReport]
     readiness: Readiness
     probe: CustomerioProbe
+    #: whether delivery settles anything (``/healthz`` says ``retrying`` / ``stalled`` when not)
+    watch: DeliveryWatch
     deliver: bool
     #: the receive time of a capture request (UTC; injectable so tests do not depend on wall time)
     clock: Callable[[], datetime]

@@ -15,7 +15,7 @@ import httpx
 from ..customerio import AuthError
 from ..runtime import Runtime
 
-__all__ = ["CustomerioProbe", "Readiness", "scrub"]
+__all__ = ["CustomerioProbe", "DeliveryWatch", "Readiness", "scrub"]
 
 _READY_CACHE_S = 30.0
 
@@ -77,6 +77,8 @@ class Readiness:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.problems: list[str] = ["not checked yet"]
+        #: age of the oldest queued operation at the last check (for :class:`DeliveryWatch`)
+        self.oldest_age_s = 0.0
         self.flight = _SingleFlight("readyz", self._check)
 
     def _check(self) -> None:
@@ -84,6 +86,7 @@ class Readiness:
         try:
             self.runtime.db.probe_write()
             depth = self.runtime.outbox.depth(max_age_s=1.0)
+            self.oldest_age_s = self.runtime.outbox.oldest_age() if depth else 0.0
             limit = self.runtime.settings.max_queue
             if depth >= limit:
                 problems.append(f"outbox holds {depth} operations (MAX_QUEUE {limit})")
@@ -117,9 +120,16 @@ class CustomerioProbe:
             "reachable": None,
             "checked_at": None,
             "last_error": None,
+            "last_error_at": None,
         }
         self.flight = _SingleFlight("customerio-probe", self._check)
         self._seen: dict[str, int] = {}
+        #: wall time of the last operation Customer.io accepted (set by :meth:`note_delivered`)
+        self.delivered_at: float | None = None
+
+    def note_delivered(self, _items: object = None) -> None:
+        """Delivery's callback: Customer.io just accepted operations (a later success clears an earlier error)."""
+        self.delivered_at = time.time()
 
     def _check(self) -> None:
         state: dict[str, Any] = {"checked_at": time.time()}
@@ -132,9 +142,11 @@ class CustomerioProbe:
             state.update(reachable=True, last_error=f"HTTP {exc.response.status_code}")
         except Exception as exc:  # no answer, a bad answer, a failed region lookup
             state.update(reachable=False, last_error=f"unreachable: {type(exc).__name__}")
+        if state["last_error"]:
+            state["last_error_at"] = state["checked_at"]
         self.state = {**self.state, **state}
 
-    def _from_delivery(self, auth_error: str | None, by_status: dict[str, int]) -> None:
+    def _from_delivery(self, auth_error: str | None, by_status: dict[str, int], error_seen_at: float | None) -> None:
         """What the delivery requests since the last look say."""
         new = {key: count for key, count in by_status.items() if count > self._seen.get(key, 0)}
         self._seen = by_status
@@ -152,7 +164,16 @@ class CustomerioProbe:
                 state["credentials"] = "ok"
         if auth_error:
             state.update(credentials="rejected", last_error="Customer.io rejected the credentials")
-        self.state = {**self.state, **state}
+        if state.get("last_error"):
+            state["last_error_at"] = error_seen_at or time.time()
+        merged = {**self.state, **state}
+        error_at = merged["last_error_at"] or 0.0
+        if not auth_error and self.delivered_at is not None and self.delivered_at >= error_at:
+            # recovered: a delivery succeeded after the error (its time is kept)
+            merged["last_error"] = None
+            if merged["credentials"] == "rejected":
+                merged["credentials"] = "ok"
+        self.state = merged
 
     def view(self) -> dict[str, Any]:
         """The last known state (event loop only: may start a background check)."""
@@ -160,8 +181,45 @@ class CustomerioProbe:
         if deliverer is None:
             self.flight.refresh(self.MAX_AGE_S)
         else:
-            self._from_delivery(deliverer.auth_error, dict(deliverer.stats.requests_by_status))
+            stats = deliverer.stats
+            self._from_delivery(deliverer.auth_error, dict(stats.requests_by_status), stats.last_error_at)
         return dict(self.state)
+
+
+class DeliveryWatch:
+    """Whether delivery makes progress, beyond the workers' own state.
+
+    ``retrying``: queued work has waited longer than ``stall_s`` and nothing settled (delivered or
+    dead-lettered) for as long, while Customer.io keeps answering (e.g. 429 with ``Retry-After: 0``);
+    ``stalled``: the same with no request ending at all (a hung Customer.io). Settling is seen by
+    comparing counters at each look, so a rarely polled watch only ever under-reports progress.
+    """
+
+    def __init__(self, stall_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stall_s = stall_s
+        self.clock = clock
+        self._settled: tuple[int, int] | None = None
+        self._settled_at = clock()
+        self._requests_at_settle = 0
+
+    def state(self, deliverer: Any, dead_lettered: int, oldest_age_s: float) -> tuple[str, float]:
+        """The delivery state and the seconds since an operation last settled (as far as seen)."""
+        now = self.clock()
+        stats = deliverer.stats
+        settled = (stats.delivered, dead_lettered)
+        if settled != self._settled:
+            self._settled, self._settled_at, self._requests_at_settle = settled, now, stats.requests
+        since = round(now - self._settled_at, 1)
+        base = str(deliverer.state)
+        if base != "running" or oldest_age_s < self.stall_s or since < self.stall_s:
+            return base, since
+        return ("retrying" if stats.requests > self._requests_at_settle else "stalled"), since
+
+
+def stall_after_s(customerio_timeout_s: float, anonymous_hold_s: float) -> float:
+    """How long queued work may wait with nothing settled before ``/healthz`` calls delivery degraded:
+    one request's timeout plus the anonymous hold (a healthy outbox settles something within that)."""
+    return customerio_timeout_s + anonymous_hold_s
 
 
 _EMAIL = re.compile(r"[^\s@\"'<>(),;:]+@[^\s@\"'<>(),;:]+")

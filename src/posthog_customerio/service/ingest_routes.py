@@ -3,6 +3,7 @@
 A request is answered 200 only after its events are committed to the outbox, all or nothing
 (:func:`posthog_customerio.sources.store.store_events`); bad input gets a 4xx and stores nothing.
 With ``POSTHOG_HOST`` capture goes to PostHog first and only what PostHog accepted is stored.
+A signed webhook is stored once per ``webhook-id`` (:mod:`.replay`): a replay is answered 200 and stores nothing.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from ..sources import (
     parse_v1_batch,
     v1_sent_at,
 )
-from ..sources.store import DATABASE_ERRORS, UnstorableBatch, store_events
+from ..sources.store import DATABASE_ERRORS, UnstorableBatch, database_problem, store_events
 from . import apidoc
 from .bodies import HttpError, decode_body, parse_json, read_body, too_many
 from .context import Service, service_of
 from .paths import CAPTURE_PATHS, CAPTURE_V1_PATH
 from .proxy import ProxyError
+from .replay import Claim
 
 __all__ = ["add_ingest_routes", "capture", "capture_v1", "webhook"]
 
@@ -104,8 +106,9 @@ async def store(service: Service, events: list[PostHogEvent], source: str, reaso
             count_invalid=runtime.ingestor.count_invalid,
         )
     except DATABASE_ERRORS as exc:
-        log.error("cannot write to the outbox: %s", exc)
-        raise HttpError(503, f"outbox unavailable: {exc}", {"Retry-After": "10"}) from None
+        problem = database_problem(exc)
+        log.error("cannot write to the outbox: %s", problem)
+        raise HttpError(503, f"outbox unavailable: {problem}", {"Retry-After": "10"}) from None
     except UnstorableBatch as exc:  # an event that cannot be encoded
         raise HttpError(400, str(exc), reason=reason) from None
     deliverer = runtime.current_deliverer
@@ -143,6 +146,16 @@ async def proxy_capture(request: Request, v1: bool = False) -> Response:
     return upstream.response()
 
 
+_IN_FLIGHT_MESSAGE = "a request with this webhook-id is being stored; retry later"
+
+
+async def _parse_and_store(
+    request: Request, raw: bytes, source: str, header_ok: bool, v1: bool, received_at: datetime | None
+) -> tuple[IngestReport, list[PostHogEvent]]:
+    events = await run_in_threadpool(parse_events, request, raw, source, header_ok, v1, received_at)
+    return await store(service_of(request), events, source), events
+
+
 async def receive(request: Request, source: str, capture: bool, v1: bool = False) -> Response:
     """Authorise, bound, decode, parse and store one request; the answer SDKs expect."""
     service = service_of(request)
@@ -159,10 +172,26 @@ async def receive(request: Request, source: str, capture: bool, v1: bool = False
     _check_queue(service, depth)
     raw = await read_body(request, service.settings.max_body_bytes)
     received_at = service.clock() if capture else None  # PostHog's capture takes its "now" after the body too
+    guard = None
     if not capture and auth.verifier is not None:
         await run_in_threadpool(auth.check_signature, request, raw)
-    events = await run_in_threadpool(parse_events, request, raw, source, header_ok, v1, received_at)
-    report = await store(service, events, source)
+        guard = auth.replays
+    if guard is None:
+        report, events = await _parse_and_store(request, raw, source, header_ok, v1, received_at)
+    else:
+        webhook_id = request.headers["webhook-id"]  # present: the signature covers it
+        claim = guard.claim(webhook_id)
+        if claim is Claim.DONE:
+            log.info("a signed webhook was replayed (same webhook-id): answered without storing it again")
+            return JSONResponse({"status": 1, "accepted": 0, "operations": 0, "replayed": True})
+        if claim is Claim.IN_FLIGHT:
+            raise HttpError(409, _IN_FLIGHT_MESSAGE, {"Retry-After": "1"}, reason="webhook_in_flight")
+        try:
+            report, events = await _parse_and_store(request, raw, source, header_ok, v1, received_at)
+        except BaseException:
+            guard.release(webhook_id)
+            raise
+        guard.commit(webhook_id, float(request.headers["webhook-timestamp"]))
     answer: dict[str, Any] = {"status": 1, "accepted": report.events, "operations": report.operations}
     if v1:  # capture v1 clients read a per-event verdict keyed by uuid
         answer["results"] = {event.uuid: {"result": "ok"} for event in events if event.uuid}
@@ -189,7 +218,7 @@ def add_ingest_routes(app: FastAPI) -> None:
         webhook,
         methods=["POST"],
         summary="PostHog webhook / Hog destination body, plugin-style or export-style events",
-        responses=apidoc.INGEST_RESPONSES,
+        responses=apidoc.WEBHOOK_RESPONSES,
         openapi_extra=apidoc.INGEST_BODY,
     )
     for path in CAPTURE_PATHS:

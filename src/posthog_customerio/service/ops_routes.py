@@ -29,13 +29,15 @@ __all__ = ["add_ops_routes"]
 async def healthz(request: Request) -> JSONResponse:
     service = service_of(request)
     deliverer = service.runtime.current_deliverer
-    health = {
-        "status": "ok",
-        "delivery": deliverer.state if deliverer else "off",
-        "auth_error": scrub(deliverer.auth_error) if deliverer else None,
-        "customerio": service.probe.view(),
-        **(deliverer.health() if deliverer else {}),
-    }
+    health: dict[str, Any] = {"status": "ok", "delivery": "off", "auth_error": None}
+    if deliverer is not None:
+        readiness = service.readiness
+        readiness.flight.refresh(readiness.FRESH_S)  # the queue's age, measured off the event loop
+        dead = service.runtime.outbox.dead_lettered_total
+        state, settled_age = service.watch.state(deliverer, dead, readiness.oldest_age_s)
+        health.update(delivery=state, delivery_settled_age_s=settled_age, auth_error=scrub(deliverer.auth_error))
+    health["customerio"] = service.probe.view()
+    health.update(deliverer.health() if deliverer else {})
     if health["delivery"] == "down":  # every worker died (the supervisor keeps restarting them)
         health["status"] = "degraded"
     return JSONResponse(health, status_code=200 if health["status"] == "ok" else 503)
@@ -56,8 +58,51 @@ async def api_status(request: Request) -> JSONResponse:
     return JSONResponse({**status, "customerio": service.probe.view()})
 
 
-def api_dead_letters(request: Request, limit: int = 100) -> JSONResponse:
-    return JSONResponse(dead_letter_rows(service_of(request).runtime, max(1, min(limit, 10_000))))
+def _limit(request: Request) -> int:
+    """``?limit=``: digits only, 1 to :data:`apidoc.MAX_DEAD_LETTERS` (default 100), else a 400."""
+    values = request.query_params.getlist("limit")
+    if not values:
+        return 100
+    text = values[0]
+    if len(values) > 1 or not (text.isascii() and text.isdigit() and len(text) <= 6):
+        raise HttpError(400, _LIMIT_MESSAGE, reason="bad_limit")
+    limit = int(text)
+    if not 1 <= limit <= apidoc.MAX_DEAD_LETTERS:
+        raise HttpError(400, _LIMIT_MESSAGE, reason="bad_limit")
+    return limit
+
+
+_LIMIT_MESSAGE = f"query parameter limit must be an integer from 1 to {apidoc.MAX_DEAD_LETTERS}"
+
+
+def api_dead_letters(request: Request) -> JSONResponse:
+    return JSONResponse(dead_letter_rows(service_of(request).runtime, _limit(request)))
+
+
+def _retry_ids(raw: bytes) -> list[int] | None:
+    """The ``ids`` of a retry body (``None``: all), or a 400 naming what is wrong (never a value)."""
+    if not raw.strip():
+        raise HttpError(400, _RETRY_SHAPE, reason="bad_retry_body")
+    body: Any = parse_json(raw)
+    if not isinstance(body, dict):
+        raise HttpError(400, _RETRY_SHAPE, reason="bad_retry_body")
+    if "ids" not in body:
+        return None
+    ids = body["ids"]
+    if not isinstance(ids, list) or not all(_is_integer(i) for i in ids):
+        raise HttpError(400, "ids must be an array of integers (dead-letter ids)", reason="bad_retry_body")
+    # dead-letter ids are positive 64-bit integers: any other integer names no dead letter
+    return [int(i) for i in ids if 0 < i < 1 << 63]
+
+
+def _is_integer(value: Any) -> bool:
+    """A JSON integer (``3`` or ``3.0``, as JSON Schema counts them), not ``true``."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+
+
+_RETRY_SHAPE = 'expected a JSON object: {} re-queues every dead letter, {"ids": [1, 2, ...]} only these'
 
 
 async def api_retry(request: Request) -> JSONResponse:
@@ -65,15 +110,7 @@ async def api_retry(request: Request) -> JSONResponse:
     if not request.headers.get("content-type", "").lower().startswith("application/json"):
         # a JSON content type cannot be sent cross-site without a CORS preflight (which we never allow)
         raise HttpError(415, "send Content-Type: application/json (an empty object re-queues all)")
-    raw = await read_body(request, 1_000_000)
-    ids = None
-    if raw.strip():
-        body: Any = parse_json(raw)
-        if not isinstance(body, dict) or not isinstance(body.get("ids", []), list):
-            raise HttpError(400, 'expected {"ids": [1, 2, ...]} or an empty body')
-        if "ids" in body:
-            # dead-letter ids are positive 64-bit integers: anything else names no dead letter
-            ids = [i for i in body["ids"] if isinstance(i, int) and not isinstance(i, bool) and 0 < i < 1 << 63]
+    ids = _retry_ids(await read_body(request, 1_000_000))
     count = await run_in_threadpool(runtime.outbox.retry_dead_letters, ids)
     if runtime.current_deliverer is not None:
         runtime.current_deliverer.notify()
@@ -164,6 +201,7 @@ def add_ops_routes(app: FastAPI) -> None:
         methods=["GET"],
         summary="Dead-lettered operations",
         responses=apidoc.DEAD_LETTER_RESPONSES,
+        openapi_extra=apidoc.DEAD_LETTER_PARAMETERS,
     )
     app.add_api_route(
         "/api/dead-letters/retry",

@@ -86,6 +86,22 @@ async def decide(request: Request) -> JSONResponse:
     return JSONResponse(_DECIDE_ANSWER)
 
 
+#: what ``/flags`` and ``/decide`` answer to (``Allow``): GET, POST, and OPTIONS itself
+_FLAGS_ALLOW = "GET, POST, OPTIONS"
+#: the other standard methods: answered 405 with that ``Allow`` (not the first route's alone)
+_NOT_ALLOWED = ["HEAD", "PUT", "PATCH", "DELETE", "TRACE"]
+
+
+async def flags_options() -> Response:
+    return Response(status_code=204, headers={"Allow": _FLAGS_ALLOW})
+
+
+async def flags_not_allowed() -> JSONResponse:
+    return JSONResponse(
+        {"error": "method not allowed here (GET or POST)"}, status_code=405, headers={"Allow": _FLAGS_ALLOW}
+    )
+
+
 async def remote_config(token: str) -> JSONResponse:
     return JSONResponse(_remote_config(token))
 
@@ -142,6 +158,19 @@ def add_standalone_routes(app: FastAPI) -> None:
                     operation_id=f"{path.strip('/')}_{method.lower()}" if variant == path else None,
                     responses=apidoc.error_responses(400, 413) if method == "POST" else None,
                 )
+        for variant in (path, path + "/"):
+            app.add_api_route(
+                variant,
+                flags_options,
+                methods=["OPTIONS"],
+                include_in_schema=variant == path,
+                summary="The methods allowed (Allow); a CORS preflight gets the CORS answer",
+                operation_id=f"{path.strip('/')}_options" if variant == path else None,
+                status_code=204,
+                response_class=Response,
+                responses=apidoc.OPTIONS_RESPONSES,
+            )
+            app.add_api_route(variant, flags_not_allowed, methods=_NOT_ALLOWED, include_in_schema=False)
     app.add_api_route(
         "/array/{token}/config",
         remote_config,

@@ -141,12 +141,12 @@ def _parse_timestamp(value: Any, now: datetime) -> datetime:
     if isinstance(value, (int, float)):
         seconds = to_unix_seconds(value)
         if seconds is None:
-            raise EventParseError(f"timestamp {value!r} is not a valid time")
+            raise EventParseError("timestamp is not a valid time (NaN or infinite)")
         scaled = value / 1000 if abs(value) >= _MS_THRESHOLD else value
         try:
             return datetime.fromtimestamp(scaled, tz=UTC)
         except (OverflowError, OSError, ValueError) as exc:
-            raise EventParseError(f"timestamp {value!r} is out of range") from exc
+            raise EventParseError("timestamp is out of range") from exc
     if isinstance(value, str):
         text = value.strip()
         if _NUMBER.match(text):
@@ -154,7 +154,7 @@ def _parse_timestamp(value: Any, now: datetime) -> datetime:
         try:
             return _parse_iso(text)
         except ValueError as exc:
-            raise EventParseError(f"timestamp {value[:60]!r} is not ISO 8601") from exc
+            raise EventParseError("timestamp is not ISO 8601 nor a Unix time number") from exc
     raise EventParseError("timestamp must be an ISO 8601 string or a Unix time number")
 
 
@@ -227,6 +227,14 @@ def parse_event(obj: Any, now: datetime | None = None) -> PostHogEvent:
     return _parse_flat(obj, now)
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z0-9_$-]{1,40}")
+
+
+def _field(name: str) -> str:
+    """A key of the input, for a message: as is when it is a plain identifier, else ``<key>`` (never a value)."""
+    return name if _IDENTIFIER.fullmatch(name) else "<key>"
+
+
 def _hog_groups(value: Any) -> dict[str, tuple[Any, dict[str, Any]]]:
     """Hog globals ``groups`` (``{type: {id|key, type, index, url, properties}}``) -> type -> (key, properties).
 
@@ -234,11 +242,12 @@ def _hog_groups(value: Any) -> dict[str, tuple[Any, dict[str, Any]]]:
     """
     groups: dict[str, tuple[Any, dict[str, Any]]] = {}
     for name, group in _object(value, "groups").items():
-        group = _object(group, f"groups.{name}")
+        label = f"groups.{_field(name)}"
+        group = _object(group, label)
         key = group.get("id", group.get("key"))
         if key is None or isinstance(key, (bool, dict, list)):
             continue
-        groups[name] = (key, _object(group.get("properties"), f"groups.{name}.properties"))
+        groups[name] = (key, _object(group.get("properties"), f"{label}.properties"))
     return groups
 
 
@@ -440,7 +449,7 @@ def _reject_constant(name: str) -> Any:
 def _finite_float(text: str) -> float:
     value = float(text)
     if value in (float("inf"), float("-inf")):
-        raise ValueError(f"number {text[:30]} is out of range")
+        raise ValueError("a number is out of range (it overflows to infinity)")
     return value
 
 
@@ -463,12 +472,61 @@ def _check_depth(obj: Any) -> None:
             stack.extend((child, depth + 1) for child in node if isinstance(child, (dict, list)))
 
 
+#: a JSON escape of NUL: the only way a NUL gets into a string of strict JSON (raw control characters are refused)
+_NUL_ESCAPE = "\\u0000"
+_NUL_ESCAPE_BYTES = _NUL_ESCAPE.encode()
+#: what a NUL becomes: PostgreSQL text cannot hold NUL, so both backends store this instead
+NUL_REPLACEMENT = "\ufffd"
+
+
+def _may_hold_nul(text: str | bytes) -> bool:
+    """Whether decoded ``text`` can hold a NUL: it has the escape, or is UTF-16/32 bytes (NUL in its first bytes)."""
+    if isinstance(text, str):
+        return _NUL_ESCAPE in text
+    return _NUL_ESCAPE_BYTES in text or b"\x00" in text[:4]
+
+
+def _clean(value: str) -> str:
+    return value.replace("\x00", NUL_REPLACEMENT) if "\x00" in value else value
+
+
+def replace_nul(obj: Any) -> Any:
+    """``obj`` (decoded JSON) with every NUL in its strings and keys replaced by U+FFFD, in place where it can.
+
+    One iterative pass over the structure (linear, no recursion); returns the (new) top-level value.
+    """
+    if isinstance(obj, str):
+        return _clean(obj)
+    stack: list[Any] = [obj]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if any("\x00" in key for key in node):
+                items = [(_clean(key), value) for key, value in node.items()]
+                node.clear()
+                node.update(items)
+            for key, value in node.items():
+                if isinstance(value, str):
+                    node[key] = _clean(value)
+                elif isinstance(value, (dict, list)):
+                    stack.append(value)
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                if isinstance(value, str):
+                    node[index] = _clean(value)
+                elif isinstance(value, (dict, list)):
+                    stack.append(value)
+    return obj
+
+
 def loads_strict(text: str | bytes, max_items: int | None = None) -> Any:
     """``json.loads`` for untrusted input.
 
     Rejects ``NaN``/``Infinity`` and numbers that overflow to infinity, strings
     holding an unpaired UTF-16 surrogate (they cannot be encoded as UTF-8), and
     structures nested more than 100 levels deep; raises ValueError naming it.
+    Every NUL (``\\u0000``) in a string or key becomes U+FFFD (:func:`replace_nul`):
+    PostgreSQL cannot store it, and both backends must store the same thing.
     With ``max_items``, a top-level array (or the ``batch`` array of a top-level
     object) is decoded one element at a time and :class:`TooManyEvents` is raised
     at element ``max_items + 1``, before the rest is ever materialised.
@@ -477,6 +535,8 @@ def loads_strict(text: str | bytes, max_items: int | None = None) -> Any:
         obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     else:
         obj = _loads_bounded(text, max_items)
+    if _may_hold_nul(text):
+        obj = replace_nul(obj)
     escape = _SURROGATE_ESCAPE if isinstance(text, str) else _SURROGATE_ESCAPE_BYTES
     if escape.search(text):  # type: ignore[arg-type]
         try:

@@ -140,7 +140,7 @@ def send_file(
         runtime.outbox.anonymous_hold_s = 0.0
         deliverer.notify()
         progress(done_reading=True)
-        finished = deliverer.wait_until_empty(timeout, tick=progress)
+        finished = deliverer.wait_until_empty(timeout, tick=lambda: progress(done_reading=True))
     finally:
         deliverer.stop()
     stats = deliverer.stats

@@ -92,8 +92,9 @@ class Transaction(Protocol):
     def payloads(self, seqs: Sequence[int]) -> dict[int, tuple[str, str]]:
         """``(payload, kind)`` of these queued operations (gone ones are absent)."""
 
-    def release_operations(self, error: str, seqs: Iterable[int]) -> None:
-        """Count a failed attempt with its error and drop any lease."""
+    def release_operations(self, error: str, seqs: Iterable[int], owner: str | None = None) -> None:
+        """Count a failed attempt with its error and drop the lease, on rows unleased or leased by ``owner``
+        (a row another replica leased since is left alone)."""
 
     def outbox_depth(self) -> int:
         """How many operations wait."""
@@ -160,6 +161,9 @@ class Transaction(Protocol):
 class Claims(ABC):
     """How one backend hands operations to delivery workers without two taking the same person."""
 
+    #: who holds this process's leases (``None`` where claims are not leases)
+    owner: str | None = None
+
     @abstractmethod
     def claim(self, pick: Picker, in_flight: Set[int]) -> tuple[list[Row], list[Row], dict[int, tuple[str, str]]]:
         """Run ``pick`` over the queue's candidates; returns ``(chosen, oversized, payloads)``.
@@ -170,6 +174,11 @@ class Claims(ABC):
     def give_back(self, seqs: Sequence[int]) -> None:
         """Operations handed out but not attempted return to the queue (nothing to do by default)."""
         return None
+
+    def renew(self, seqs: Sequence[int]) -> set[int]:
+        """Extend the claim on these operations right before a request; returns those no longer held
+        (another process may have them now). Claims that never expire lose nothing (the default)."""
+        return set()
 
     def bound_timeout(self, timeout_s: float) -> float:
         """An HTTP timeout that ends before a claim could pass to someone else."""
@@ -261,7 +270,11 @@ class Storage(ABC):
         """A small write that proves the database takes writes now (readiness)."""
 
 
-def pages(fetch: Callable[[int, int], list[Row]], page: int = 1000, scan_limit: int = 50_000) -> Iterator[Row]:
+#: a claim looks at most this many queued rows
+SCAN_LIMIT = 50_000
+
+
+def pages(fetch: Callable[[int, int], list[Row]], page: int = 1000, scan_limit: int = SCAN_LIMIT) -> Iterator[Row]:
     """Candidate rows in queue order, ``page`` at a time, up to ``scan_limit`` rows (``fetch(after, limit)``)."""
     last = 0
     for _ in range(0, scan_limit, page):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import logging
 import os
 import socket
 import threading
@@ -18,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence, Set
 from pathlib import Path
 from typing import IO, Any
 
-from .base import Claims, PacingStore, Picker, Row, Transaction, pages
+from .base import SCAN_LIMIT, Claims, PacingStore, Picker, Row, Transaction
 from .migrations import POSTGRES_MIGRATIONS, POSTGRES_ONLY_TABLES
 from .sql import SqlStorage, SqlTransaction, Statements
 
@@ -29,17 +31,50 @@ __all__ = [
     "PostgresStorage",
     "check_reachable",
     "key_lock_id",
+    "lease_margin",
     "safe_url",
 ]
+
+log = logging.getLogger(__name__)
 
 _STATEMENTS = Statements("%s")
 _MIGRATION_LOCK = 7_274_135_001  # pg_advisory_lock key: one replica migrates at a time
 _CLAIM_LOCK = 7_274_135_002  # pg_advisory_xact_lock key: one claimer at a time across replicas
 
 
+def lease_margin(lease_s: float) -> float:
+    """What a lease keeps beyond its request's deadline (a quarter of it, at least 1 s): time to renew the
+    lease, start the request, and record the answer before another replica may claim the operations."""
+    return max(1.0, lease_s / 4)
+
+
 def key_lock_id(key: str) -> int:
     """A signed 64-bit advisory-lock id for a key (stable across processes)."""
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def _fetched(cursor: Any, page: int) -> Iterator[Row]:
+    """Rows of an open server-side cursor, ``page`` at a time."""
+    while rows := cursor.fetchmany(page):
+        yield from rows
+
+
+def _row_keys(row: Row) -> set[str]:
+    """A candidate row's ordering keys: its person's, and those it waits on."""
+    return {row[1], *(json.loads(row[5]) if row[5] else ())}
+
+
+def _in_order(chosen: Sequence[Row], leased: Set[int]) -> list[Row]:
+    """The leased rows of ``chosen`` that no unleased row before them shares a key with (queue order)."""
+    kept: list[Row] = []
+    blocked: set[str] = set()
+    for row in chosen:
+        keys = _row_keys(row)
+        if row[0] not in leased or keys & blocked:
+            blocked |= keys
+        else:
+            kept.append(row)
+    return kept
 
 
 class PostgresTransaction(SqlTransaction):
@@ -61,15 +96,46 @@ class PostgresTransaction(SqlTransaction):
             self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (lock_id,))
         return True
 
-    def lease(self, owner: str, until: float, seqs: Iterable[int]) -> None:
-        """Mark operations as claimed by ``owner`` until ``until`` (epoch seconds)."""
-        self._many(
-            "UPDATE outbox SET lease_owner = %s, lease_until = %s WHERE seq = %s", [(owner, until, s) for s in seqs]
+    @contextlib.contextmanager
+    def snapshot_candidates(self, page: int = 1000, scan_limit: int = SCAN_LIMIT) -> Iterator[Iterator[Row]]:
+        """Candidate rows in queue order from one snapshot: a server-side cursor, read ``page`` rows at a time.
+
+        Separate reads would each see the commits made since the last one: a person's earlier operation,
+        committed after the first read, would be hidden while a later one shows up in the next read.
+        """
+        with self.conn.cursor(name=f"claim_{uuid.uuid4().hex[:12]}") as cursor:
+            cursor.execute(self.sql.snapshot_candidates, (scan_limit,))
+            yield _fetched(cursor, page)
+
+    def queued_rows(self, person_key: str, kind: str) -> list[Row]:
+        """As :meth:`SqlTransaction.queued_rows`, the rows locked until the transaction ends: a claim
+        does not lease them while they are being replaced."""
+        return list(self.conn.execute(self.sql.queued + " FOR UPDATE", (person_key, kind)).fetchall())
+
+    def lease(self, owner: str, until: float, seqs: Sequence[int]) -> set[int]:
+        """Mark operations as claimed by ``owner`` until ``until`` (epoch seconds); returns the seqs
+        leased: one deleted meanwhile, or locked by an ingestion replacing it, is not (never waited for)."""
+        rows = self.conn.execute(
+            "UPDATE outbox SET lease_owner = %s, lease_until = %s WHERE seq IN"
+            " (SELECT seq FROM outbox WHERE seq = ANY(%s) FOR UPDATE SKIP LOCKED) RETURNING seq",
+            (owner, until, list(seqs)),
+        ).fetchall()
+        return {int(row[0]) for row in rows}
+
+    def unlease(self, owner: str, seqs: Sequence[int]) -> None:
+        """Drop ``owner``'s leases of these operations (a lease another replica holds now is left alone)."""
+        self.conn.execute(
+            "UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE seq = ANY(%s) AND lease_owner = %s",
+            (list(seqs), owner),
         )
 
-    def unlease(self, seqs: Iterable[int]) -> None:
-        """Drop the leases of these operations."""
-        self._many("UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE seq = %s", [(s,) for s in seqs])
+    def renew_leases(self, owner: str, until: float, seqs: Sequence[int]) -> set[int]:
+        """Extend ``owner``'s leases of these operations to ``until``; returns the seqs it still held."""
+        rows = self.conn.execute(
+            "UPDATE outbox SET lease_until = %s WHERE seq = ANY(%s) AND lease_owner = %s RETURNING seq",
+            (until, list(seqs), owner),
+        ).fetchall()
+        return {int(row[0]) for row in rows}
 
     def record_deliveries(self, rows: Sequence[Row], keep: int) -> None:
         """As SQLite's, the pruning in one statement: each key's cut-off found once by index (not per row)."""
@@ -99,25 +165,62 @@ class LeaseClaims(Claims):
         self.db = db
         self.lease_s = lease_s
         #: who holds a lease: host, pid and a random part
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.owner: str = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     def claim(self, pick: Picker, in_flight: Set[int]) -> tuple[list[Row], list[Row], dict[int, tuple[str, str]]]:
+        """Pick from one snapshot of the queue (taken after the claim lock), then lease what was chosen.
+
+        A row counts as taken while leased (here or by a replica) or in flight in this process, even
+        past its lease: a later operation of its person is never claimed before it settles. A chosen
+        row that could not be leased (deleted since the snapshot, or locked by an ingestion adopting
+        anonymous events) is left out, and so is every later chosen row sharing one of its keys.
+        """
         with self.db._transaction() as tx:
             tx.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
             now = time.time()
-            chosen, oversized = pick(pages(tx.candidates), lambda row: row[7] is not None and row[7] > now)
+            with tx.snapshot_candidates() as rows:
+                chosen, oversized = pick(rows, lambda row: row[0] in in_flight or (row[7] is not None and row[7] > now))
             payloads = tx.payloads([row[0] for row in (*chosen, *oversized)]) if chosen or oversized else {}
-            tx.lease(self.owner, now + self.lease_s, [row[0] for row in chosen if row[0] in payloads])
-        return chosen, oversized, payloads
+            leased = tx.lease(self.owner, now + self.lease_s, [row[0] for row in chosen if row[0] in payloads])
+            kept = _in_order(chosen, leased)
+            if len(kept) < len(leased):
+                tx.unlease(self.owner, sorted(leased - {row[0] for row in kept}))
+        kept_seqs = {row[0] for row in (*kept, *oversized)}
+        return kept, oversized, {seq: value for seq, value in payloads.items() if seq in kept_seqs}
 
     def give_back(self, seqs: Sequence[int]) -> None:
         if seqs:
             with self.db._transaction() as tx:
-                tx.unlease(seqs)
+                tx.unlease(self.owner, seqs)
+
+    def renew(self, seqs: Sequence[int]) -> set[int]:
+        """Lease these operations for another ``lease_s`` if this replica still holds them.
+
+        Under the claim lock: a claim that saw one of them expired cannot lease it between this check
+        and this renewal. A lease that expired unseen is taken back (nobody else has sent it).
+        """
+        if not seqs:
+            return set()
+        with self.db._transaction() as tx:
+            tx.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
+            held = tx.renew_leases(self.owner, time.time() + self.lease_s, seqs)
+        return set(seqs) - held
 
     def bound_timeout(self, timeout_s: float) -> float:
-        """Below the lease: a lease never expires while its request can still be answered."""
-        return min(timeout_s, self.lease_s * 0.8)
+        """The request deadline: at most the lease minus :func:`lease_margin` (leases are renewed right
+        before each request), so a lease never expires while its request can still be answered."""
+        margin = lease_margin(self.lease_s)
+        bound = self.lease_s - margin
+        if timeout_s > bound:
+            log.info(
+                "each request to Customer.io ends within %g s: CUSTOMERIO_TIMEOUT_S=%g is bounded by"
+                " LEASE_S=%g minus a %g s margin (raise LEASE_S for a longer deadline)",
+                bound,
+                timeout_s,
+                self.lease_s,
+                margin,
+            )
+        return min(timeout_s, bound)
 
 
 _NOW = "WITH clock AS (SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8 AS now) "

@@ -47,9 +47,14 @@ class Statements:
             "SELECT seq, person_key, size, attempts, enqueued_at, after_keys, lease_owner, lease_until, kind"
             f" FROM outbox WHERE seq > {mark} ORDER BY seq LIMIT {mark}"
         )
+        #: the whole queue in order, up to a limit (PostgreSQL reads it through one server-side cursor)
+        self.snapshot_candidates = (
+            "SELECT seq, person_key, size, attempts, enqueued_at, after_keys, lease_owner, lease_until, kind"
+            f" FROM outbox ORDER BY seq LIMIT {mark}"
+        )
         self.release = (
             f"UPDATE outbox SET attempts = attempts + 1, last_error = {mark}, lease_owner = NULL,"
-            f" lease_until = NULL WHERE seq = {mark}"
+            f" lease_until = NULL WHERE seq = {mark} AND (lease_owner IS NULL OR lease_owner = {mark})"
         )
         self.insert_dead_letter = f"INSERT INTO dead_letters ({_DEAD_LETTER_INSERT}) VALUES ({self.marks(11)})"
         self.dead_letters = f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters ORDER BY id LIMIT {mark}"
@@ -126,8 +131,8 @@ class SqlTransaction:
         rows = self._in("SELECT seq, payload, kind FROM outbox WHERE seq IN", seqs)
         return {row[0]: (row[1], row[2]) for row in rows}
 
-    def release_operations(self, error: str, seqs: Iterable[int]) -> None:
-        self._many(self.sql.release, [(error, seq) for seq in seqs])
+    def release_operations(self, error: str, seqs: Iterable[int], owner: str | None = None) -> None:
+        self._many(self.sql.release, [(error, seq, owner) for seq in seqs])
 
     def outbox_depth(self) -> int:
         return int(self._one("SELECT COUNT(*) FROM outbox")[0])

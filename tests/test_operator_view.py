@@ -1,0 +1,293 @@
+"""The operator's view (issue 16): /healthz that tells the truth, exits that say why, counters that agree."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+
+from posthog_customerio.cli import _delivering_progress, _status_text
+from posthog_customerio.config import ConfigError, load_settings
+from posthog_customerio.runtime import Runtime
+from posthog_customerio.sandbox import SandboxServer
+from posthog_customerio.service.health import DeliveryWatch
+from posthog_customerio.sources.files import FileProgress, send_file
+
+from .conftest import API_KEY, SAMPLE_FILE, SITE_ID, Cli, write_jsonl
+from .helpers import HangingServer, free_port, make_runtime, wait_for
+from .service import running_service
+from .test_delivery import events_for
+from .test_service_process import SCRIPT, post_all, service, webhook_events
+
+
+def _health(url: str) -> dict[str, Any]:
+    return httpx.get(f"{url}/healthz", timeout=10).json()
+
+
+# -- /healthz ---------------------------------------------------------------------------------------
+def test_healthz_clears_the_credentials_error_once_delivery_succeeds(sandbox: SandboxServer, tmp_path: Path) -> None:
+    sandbox.state.add_fault(status=401, count=1)  # the first request is refused, the re-check passes
+    runtime = make_runtime(sandbox, tmp_path / "data", auth_retry_s=0.2, anonymous_hold_s=0)
+    with running_service(runtime) as url:
+        runtime.ingestor.ingest(events_for(3, 2))
+        runtime.current_deliverer.notify()  # type: ignore[union-attr]
+        wait_for(lambda: runtime.outbox.depth() == 0, "the outbox to drain", timeout=30)
+        wait_for(lambda: _health(url)["delivery"] == "running", "delivery to run again", timeout=30)
+        health = _health(url)
+    assert health["customerio"]["credentials"] == "ok"
+    assert health["customerio"]["last_error"] is None
+    assert health["customerio"]["last_error_at"] is not None  # when it was (aged, not forgotten)
+
+
+def test_healthz_reports_retrying_during_a_retry_after_zero_storm(sandbox: SandboxServer, tmp_path: Path) -> None:
+    """429 with Retry-After: 0 keeps the limiter free ("running" before): nothing settles, so it is retrying."""
+    sandbox.state.add_fault(status=429, duration_s=600, retry_after=0)
+    runtime = make_runtime(sandbox, tmp_path / "data", customerio_timeout_s=1, anonymous_hold_s=0)
+    with running_service(runtime) as url:
+        runtime.ingestor.ingest(events_for(3, 2))
+        runtime.current_deliverer.notify()  # type: ignore[union-attr]
+        wait_for(lambda: _health(url)["delivery"] == "retrying", "/healthz to say retrying", timeout=30)
+        health = _health(url)
+        assert health["delivery_settled_age_s"] >= 1.0
+        assert health["customerio"]["last_error"] == "HTTP 429"
+        sandbox.state.clear_faults()
+        wait_for(lambda: runtime.outbox.depth() == 0, "the outbox to drain", timeout=30)
+        wait_for(lambda: _health(url)["delivery"] == "running", "/healthz to say running again", timeout=30)
+        assert _health(url)["customerio"]["last_error"] is None
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _deliverer(state: str = "running", delivered: int = 0, requests: int = 0) -> Any:
+    return SimpleNamespace(state=state, stats=SimpleNamespace(delivered=delivered, requests=requests))
+
+
+def test_delivery_watch_says_stalled_when_queued_work_waits_and_no_request_ends() -> None:
+    clock = _Clock()
+    watch = DeliveryWatch(stall_s=10, clock=clock)
+    deliverer = _deliverer(delivered=5, requests=3)
+    assert watch.state(deliverer, dead_lettered=0, oldest_age_s=0) == ("running", 0.0)
+    clock.now += 11
+    # a hung Customer.io: no request ends, nothing settles, the oldest operation waits
+    assert watch.state(deliverer, dead_lettered=0, oldest_age_s=11) == ("stalled", 11.0)
+    deliverer.stats.requests = 9  # answers come back, nothing settles: retrying
+    assert watch.state(deliverer, dead_lettered=0, oldest_age_s=12)[0] == "retrying"
+    deliverer.stats.delivered = 6  # one settled: running again
+    assert watch.state(deliverer, dead_lettered=0, oldest_age_s=12) == ("running", 0.0)
+
+
+def test_delivery_watch_is_running_when_idle_or_the_queue_is_young() -> None:
+    clock = _Clock()
+    watch = DeliveryWatch(stall_s=10, clock=clock)
+    deliverer = _deliverer()
+    watch.state(deliverer, dead_lettered=0, oldest_age_s=0)
+    clock.now += 100
+    assert watch.state(deliverer, dead_lettered=0, oldest_age_s=0)[0] == "running"  # nothing queued
+    assert watch.state(deliverer, dead_lettered=0, oldest_age_s=3)[0] == "running"  # just queued
+    assert watch.state(deliverer, dead_lettered=1, oldest_age_s=30)[0] == "running"  # a dead letter settles
+    assert watch.state(_deliverer("paused"), dead_lettered=1, oldest_age_s=300)[0] == "paused"
+
+
+# -- SIGTERM within the grace -------------------------------------------------------------------------
+def test_sigterm_exits_within_the_grace_while_customerio_hangs(tmp_path: Path) -> None:
+    grace = 3.0
+    with HangingServer() as hung:
+        env = {
+            "CUSTOMERIO_SITE_ID": SITE_ID,
+            "CUSTOMERIO_API_KEY": API_KEY,
+            "CUSTOMERIO_TRACK_URL": hung.url,
+            "CUSTOMERIO_TIMEOUT_S": "120",
+            "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data"),
+            "SHUTDOWN_GRACE_S": str(grace),
+            "SQLITE_SYNCHRONOUS": "NORMAL",
+            "ANONYMOUS_HOLD_S": "0",
+        }
+        with service(env) as (url, process):
+            post_all(url, webhook_events(20))
+            wait_for(lambda: hung.received >= 1, "a request to the hung Customer.io", timeout=30)
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            process.wait(60)
+            elapsed = time.monotonic() - started
+            output = process.stdout.read() if process.stdout else ""
+    assert process.returncode == 0, output
+    assert elapsed < grace + 2.0, f"took {elapsed:.1f}s with SHUTDOWN_GRACE_S={grace}"
+    assert "operations kept for the next start" in output
+
+
+# -- a malformed Customer.io URL --------------------------------------------------------------------
+BAD_URLS = ["htp:/x", "http://", "not a url", "http://[::1", "https://host:99999", "http://exa mple.com", "http://:80"]
+
+
+@pytest.mark.parametrize("value", BAD_URLS)
+@pytest.mark.parametrize("variable", ["CUSTOMERIO_TRACK_URL", "CUSTOMERIO_PIPELINES_URL"])
+def test_a_malformed_customerio_url_is_a_configuration_error(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings({variable.lower(): value})
+    assert str(caught.value).startswith(f"{variable}:")
+
+
+@pytest.mark.parametrize("value", ["http://", "http://[::1"])
+def test_send_with_a_malformed_track_url_exits_2_in_one_line(cli: Cli, tmp_path: Path, value: str) -> None:
+    events = write_jsonl(tmp_path / "events.jsonl", [{"event": "x", "distinct_id": "a", "properties": {}}])
+    env = {"CUSTOMERIO_SITE_ID": SITE_ID, "CUSTOMERIO_API_KEY": API_KEY, "CUSTOMERIO_TRACK_URL": value}
+    result = cli("send", str(events), "--data-dir", str(tmp_path / "data"), env=env)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "CUSTOMERIO_TRACK_URL" in result.stderr and "Traceback" not in result.output
+
+
+def test_serve_with_a_malformed_track_url_exits_2_in_one_line(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "CUSTOMERIO_SITE_ID": SITE_ID,
+        "CUSTOMERIO_API_KEY": API_KEY,
+        "CUSTOMERIO_TRACK_URL": "http://[::1",
+        "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data"),
+    }
+    done = subprocess.run(
+        [str(SCRIPT), "serve", "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().startswith("error: CUSTOMERIO_TRACK_URL:") and len(done.stderr.strip().splitlines()) == 1
+
+
+# -- a pre-created data dir -------------------------------------------------------------------------
+def test_a_pre_created_empty_data_dir_is_private_from_the_first_start(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    os.chmod(data, 0o755)  # as `mkdir` or a volume mount leaves it
+    previous = os.umask(0o022)
+    try:
+        with Runtime(load_settings({"posthog_customerio_data_dir": data}), sandbox=True):
+            assert stat.S_IMODE(data.stat().st_mode) == 0o700
+    finally:
+        os.umask(previous)
+
+
+def test_a_data_dir_holding_other_files_keeps_its_mode(tmp_path: Path) -> None:
+    """Not ours (e.g. ``--data-dir .``): only our files in it are made private."""
+    data = tmp_path / "project"
+    data.mkdir()
+    (data / "notes.txt").write_text("someone else's")
+    os.chmod(data, 0o755)
+    with Runtime(load_settings({"posthog_customerio_data_dir": data}), sandbox=True) as runtime:
+        assert stat.S_IMODE(data.stat().st_mode) == 0o755
+        assert stat.S_IMODE(runtime.settings.database_path.stat().st_mode) == 0o600
+
+
+# -- memory of a wide event -------------------------------------------------------------------------
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _readme_wide_send_bound_mb() -> int:
+    """The README's bound for ``send`` of one event with 200,000 ``$set`` attributes."""
+    text = " ".join(README.read_text().split())
+    found = re.search(r"200,000 `\$set` attributes .*? peaks at about \d+ MB RSS, under (\d+) MB", text)
+    assert found, "the README states no memory bound for a 200,000-attribute event"
+    return int(found.group(1))
+
+
+@pytest.mark.reliability
+def test_send_of_200k_set_attributes_stays_under_the_readme_bound(env: dict[str, str], tmp_path: Path) -> None:
+    """Issue 16.8: measured as the process's own peak (ru_maxrss of a fresh child), the sandbox elsewhere."""
+    wide = {
+        "event": "$identify",
+        "distinct_id": "wide",
+        "properties": {"$set": {f"attr_{i}": f"value {i}" for i in range(200_000)}},
+    }
+    events = write_jsonl(tmp_path / "wide.jsonl", [wide])
+    measure = (
+        "import resource, subprocess, sys\n"
+        "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", measure, str(SCRIPT), "send", "--json", str(events)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    code, peak_kb = (int(word) for word in done.stdout.split())
+    assert code == 0, done.stderr
+    assert peak_kb / 1024 < _readme_wide_send_bound_mb(), f"peak RSS {peak_kb / 1024:.0f} MB"
+
+
+# -- counters that agree ----------------------------------------------------------------------------
+def test_send_counts_settled_operations_and_names_failed_requests(
+    cli: Cli, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    sandbox.state.add_fault(status=500, count=2)
+    events = write_jsonl(
+        tmp_path / "e.jsonl", [{"event": "x", "distinct_id": f"p{n}", "properties": {}} for n in range(5)]
+    )
+    text = cli("send", str(events), env=env)
+    assert text.exit_code == 0, text.output
+    lines = text.stdout.splitlines()
+    enqueued = next(line for line in lines if line.startswith("operations ")).split()[1]
+    sent = next(line for line in lines if line.startswith("operations sent"))
+    assert sandbox.state.stats()["requests_by_status"] == {"500": 2, "200": 1}
+    # every operation went out once settled; the two failed requests each carried all of them
+    assert sent == f"operations sent    {enqueued} in 3 requests (2 failed; {2 * int(enqueued)} operation retries)"
+
+
+def test_sandbox_people_count_is_the_same_in_text_and_json(cli: Cli) -> None:
+    text = cli("send", "--sandbox", str(SAMPLE_FILE)).stdout
+    box = json.loads(cli("send", "--sandbox", "--json", str(SAMPLE_FILE)).stdout)["sandbox"]
+    line = next(line for line in text.splitlines() if line.startswith("sandbox "))
+    assert f" {box['people']} people identified, {box['visitors_never_identified']} visitors never identified" in line
+
+
+def test_status_received_counts_like_send_events_read() -> None:
+    """send says "events read N (M invalid)" with the invalid ones in N: status's "received" does the same."""
+    report: dict[str, Any] = {
+        "outbox": {"depth": 0, "oldest_age_s": 0.0, "dead_letters": 0},
+        "persons": 1,
+        "delivery": {"state": "running", "delivered": 1, "requests": 1},
+        "ingest": {"events_received": 997, "events_invalid": 3},
+        "service": {"snapshot_age_s": 1.0},
+        "dead_letters": [],
+    }
+    assert "received           1000 events (3 invalid)" in _status_text(report).splitlines()
+
+
+def test_the_delivering_percentage_never_goes_backwards(env: dict[str, str], tmp_path: Path) -> None:
+    """Operations are added while reading: a percentage of a growing total went back (50 % -> 33 %)."""
+    events = [{"event": "x", "distinct_id": f"p{n % 7}", "properties": {}} for n in range(120)]
+    seen: list[FileProgress] = []
+    runtime = Runtime(load_settings({name.lower(): value for name, value in env.items()}))
+
+    def on_progress(where: FileProgress) -> None:
+        seen.append(where)
+        if len(seen) == 5:  # let delivery catch up while reading: what was queued so far is all delivered
+            stats = runtime.current_deliverer.stats  # type: ignore[union-attr]
+            wait_for(lambda: stats.delivered >= where.operations, "delivery to catch up", timeout=30)
+            seen.append(FileProgress(where.read, where.events, where.operations, stats.delivered))
+
+    with runtime, open(write_jsonl(tmp_path / "e.jsonl", events)) as lines:
+        send_file(runtime, lines, chunk_events=3, on_progress=on_progress)
+    percentages = []
+    for where in seen:
+        total, completed = _delivering_progress(where)
+        if total:
+            percentages.append(completed / total)
+    assert percentages and percentages[-1] == 1.0
+    assert percentages == sorted(percentages)
