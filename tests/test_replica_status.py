@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ from posthog_customerio.status import ThroughputSampler, build_status, offline_s
 from .conftest import Cli
 from .helpers import hog, make_runtime, wait_for
 from .service import running_service
+from .test_status_page import browser, chromium_path  # noqa: F401 - the Chromium fixtures
 
 
 def _received(runtime_count: int) -> list[dict[str, object]]:
@@ -79,3 +81,25 @@ def test_api_status_and_cli_status_of_two_services(
         assert report["ingest"]["events_received"] == 8 and len(report["replicas"]) == 2
         text = cli("status", env={**env, "OUTBOX_URL": pg_url}).output
         assert "received           8 events" in text and "replicas           2 live" in text
+
+
+@pytest.mark.e2e
+def test_status_page_lists_the_replicas(browser: Any, sandbox: SandboxServer, tmp_path: Path, pg_url: str) -> None:
+    from playwright.sync_api import expect
+
+    first = make_runtime(sandbox, tmp_path / "a", outbox_url=pg_url, anonymous_hold_s=0)
+    second = make_runtime(sandbox, tmp_path / "b", outbox_url=pg_url, anonymous_hold_s=0)
+    with running_service(first) as url, running_service(second, deliver=False) as other:
+        for n in range(4):
+            assert httpx.post(f"{other}/webhook", json=hog("c-person", "clicked", n), timeout=10).status_code == 200
+        wait_for(
+            lambda: httpx.get(f"{url}/api/status", timeout=10).json()["ingest"]["events_received"] == 4,
+            "the other replica's heartbeat",
+        )
+        page = browser.new_page()
+        page.goto(f"{url}/status")
+        expect(page.locator("#replicas-panel")).to_be_visible()
+        expect(page.locator("#replicas tr")).to_have_count(2)
+        expect(page.locator("#replicas tr").filter(has_text="stopped or silent")).to_have_count(0)
+        expect(page.locator("#events-received")).to_have_text("4")
+        page.close()
