@@ -115,6 +115,7 @@ def test_deliveries_kept_per_person_are_bounded(
         with runtime.db.reading() as tx:
             kept = tx.execute("SELECT person_key, COUNT(*) FROM deliveries GROUP BY person_key").fetchall()
         assert dict(kept) == {"bo": DELIVERIES_KEPT, "cy": 2}  # cy: identify, then the event
+        assert lookup_person(runtime, "c\x00y") is None  # no stored id holds a NUL (PostgreSQL text cannot)
         other = lookup_person(runtime, "cy@example.IO")  # by email, case-insensitive
         assert other is not None and [d["name"] for d in other["deliveries"]] == ["seen", None]
 

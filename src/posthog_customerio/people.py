@@ -31,6 +31,8 @@ _DEPTH = 8
 
 def lookup_person(runtime: Runtime, query: str) -> dict[str, Any] | None:
     """The record of the person ``query`` names (a distinct_id or an email); ``None`` when unknown."""
+    if "\x00" in query:  # never stored (PostgreSQL text cannot hold it): nobody has it
+        return None
     with runtime.db.reading() as tx:
         found = _find(tx, query)
         if found is None:
