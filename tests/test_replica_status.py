@@ -38,6 +38,8 @@ def test_status_sums_the_counters_of_every_replica(
         report = offline_status(runtimes[0])
         assert report["ingest"]["events_received"] == 10 + 20 + 30
         assert report["ingest"]["operations_enqueued"] == sum(r.ingestor.totals.operations for r in runtimes)
+        assert sum(report["ingest"]["by_source"].values()) == 60  # maps of counters are summed too
+        assert report["delivery"]["state"] == "stopped" and report["delivery"]["api"] == "v2"  # the rest as is
         replicas = report["replicas"]
         assert len(replicas) == 3 and all(r["live"] for r in replicas)
         assert sorted(r["events_received"] for r in replicas) == [10, 20, 30]

@@ -47,11 +47,6 @@ REPLICA_STALE_S = 30.0
 _REPLICA_FORGOTTEN_S = 7 * 86_400.0
 #: per-replica figures in its heartbeat (the rest of a status report is read from the database)
 _REPLICA_FIGURES = ("version", "uptime_s", "throughput", "ingest", "delivery", "recent_errors", "requests_rejected")
-_SUMMED = {
-    "ingest": ("events_received", "events_invalid", "operations_enqueued"),
-    "delivery": ("delivered", "dead_lettered", "retries", "requests"),
-}
-_SUMMED_MAPS = {"ingest": ("events_filtered", "by_source"), "delivery": ("requests_by_status",)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,13 +372,8 @@ def aggregate(replicas: Iterable[Replica], own: Replica | None = None) -> dict[s
     counted = _counted(known, now)
     base = _base(counted, own)
     summed: dict[str, Any] = {"throughput": _sum_throughput(r.figures.get("throughput") for r in counted)}
-    for section, keys in _SUMMED.items():
-        parts = [r.figures.get(section) or {} for r in counted]
-        merged = dict(base.figures.get(section) or {}) if base else {}
-        merged.update({key: sum(int(part.get(key) or 0) for part in parts) for key in keys})
-        for key in _SUMMED_MAPS[section]:
-            merged[key] = _sum_maps(part.get(key) for part in parts)
-        summed[section] = merged
+    for section in ("ingest", "delivery"):
+        summed[section] = _sum_section([r.figures.get(section) or {} for r in counted], base, section)
     summed["requests_rejected"] = _sum_maps(r.figures.get("requests_rejected") for r in counted)
     errors = [error for r in counted for error in r.figures.get("recent_errors") or ()]
     summed["recent_errors"] = sorted(errors, key=lambda error: float(error.get("at") or 0))[-20:]
@@ -404,6 +394,18 @@ def _base(counted: list[Replica], own: Replica | None) -> Replica | None:
         return own
     candidates = sorted(counted, key=lambda r: r.seen_at, reverse=True)
     return next((r for r in candidates if delivering(r)), own or (candidates[0] if candidates else None))
+
+
+def _sum_section(parts: list[dict[str, Any]], base: Replica | None, section: str) -> dict[str, Any]:
+    """Integer counters and maps of counters summed; anything else (a state, an error) as ``base`` has it."""
+    merged = dict(base.figures.get(section) or {}) if base else {}
+    for key in dict.fromkeys(key for part in parts for key in part):
+        values = [part[key] for part in parts if part.get(key) is not None]
+        if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            merged[key] = sum(values)
+        elif values and all(isinstance(v, dict) and all(isinstance(n, int) for n in v.values()) for v in values):
+            merged[key] = _sum_maps(values)
+    return merged
 
 
 def _sum_maps(maps: Iterable[dict[str, Any] | None]) -> dict[str, int]:
