@@ -157,10 +157,10 @@ def test_two_replicas_never_overlap_while_an_answer_trickles(pg_url: str, tmp_pa
 
 
 def test_a_claims_lease_is_renewed_before_each_of_its_requests(pg_url: str, tmp_path: Path) -> None:
-    """Track v1 at 2 requests a second: a claim of 10 single-operation requests outlasts LEASE_S=4;
+    """Track v1 at 2 requests a second: a claim of 10 single-operation requests (5 s) outlasts LEASE_S=2;
     its rows stay leased to it, so the other replica never sends them too."""
     with SlowCustomerio(slow=0) as server, ExitStack() as stack:
-        overrides = {"customerio_api": "v1", "customerio_max_rps": 2}
+        overrides = {"customerio_api": "v1", "customerio_max_rps": 2, "lease_s": 2}
         a = _replica(stack, server.url, pg_url, tmp_path / "a", **overrides)
         b = _replica(stack, server.url, pg_url, tmp_path / "b", **overrides)
         a.outbox.put(_operations(people=1, per_person=12))

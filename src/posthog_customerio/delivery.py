@@ -430,13 +430,17 @@ class Deliverer:
         """Send one unit (in a slot already taken when ``reserved``) and apply the verdict;
         True when nothing of it stays queued. ``rest``: the claim's operations still to send after it.
 
-        The claim on the unit and the rest is renewed right before the request (:meth:`Outbox.renew`;
-        raises :class:`LeaseLost`): with PostgreSQL a lease then outlasts the request's deadline.
+        The claim on the unit and the rest is renewed before waiting for a request slot, and again after
+        it when that wait was long (:meth:`Outbox.renew`; raises :class:`LeaseLost`): with PostgreSQL a
+        lease then outlasts the request's deadline, and a request starts as soon as its slot allows.
         """
-        if not reserved and not self.limiter.take(self._stop):
-            self.outbox.release(unit.items, "not sent: stopping or backing off")
-            return False
-        self.outbox.renew([*unit.items, *rest])
+        pending = [*unit.items, *rest]
+        if not reserved:
+            self.outbox.renew(pending)
+            if not self.limiter.take(self._stop):
+                self.outbox.release(unit.items, "not sent: stopping or backing off")
+                return False
+        self.outbox.renew(pending)
         result = self.output.send(unit)
         self._count(result)
         verdict = self.settlement.settle(unit, result)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -211,6 +212,8 @@ class Outbox:
         self.claims = db.claims(lease_s)
         self._claim_lock = threading.Lock()
         self._in_flight: set[int] = set()
+        #: when each operation in flight was last leased (claimed or renewed), monotonic seconds
+        self._leased_at: dict[int, float] = {}
         self._busy_persons: dict[str, int] = {}
         self._depth_cache: tuple[float, int] | None = None
         #: operations this process moved to the dead-letter table
@@ -275,6 +278,7 @@ class Outbox:
         (:attr:`anonymous_hold_s`) are not handed out and block only their own keys.
         """
         with self._claim_lock:
+            leased_at = time.monotonic()
             held = self._held(time.time())
             chosen, too_big, payloads = self.claims.claim(
                 lambda rows, taken: _select(
@@ -285,6 +289,7 @@ class Outbox:
             claimed, oversized = _hydrate(chosen, payloads), _hydrate(too_big, payloads)
             for item in claimed:
                 self._in_flight.add(item.seq)
+                self._leased_at[item.seq] = leased_at
                 for key in item.keys:
                     self._busy_persons[key] = self._busy_persons.get(key, 0) + 1
         if oversized:
@@ -309,6 +314,7 @@ class Outbox:
             for item in items:
                 if item.seq in self._in_flight:
                     self._in_flight.discard(item.seq)
+                    self._leased_at.pop(item.seq, None)
                     for key in item.keys:
                         left = self._busy_persons.get(key, 0) - 1
                         if left > 0:
@@ -331,16 +337,26 @@ class Outbox:
         self._unclaim(items)
 
     def renew(self, items: Sequence[Claimed]) -> None:
-        """Right before a request: extend the claim on ``items`` (PostgreSQL: their leases).
+        """Before a request: extend the claim on ``items`` (PostgreSQL: their leases), unless every one
+        was leased less than the backend's ``renewal_fresh_s`` ago (then nothing is written).
 
         When any of them is no longer held, none is sent: the claim on all of them is dropped (those
         still held return to the queue) and :class:`LeaseLost` is raised.
         """
+        now = time.monotonic()
+        fresh_s = self.claims.renewal_fresh_s
+        with self._claim_lock:
+            if all(now - self._leased_at.get(item.seq, -math.inf) < fresh_s for item in items):
+                return
         lost = self.claims.renew([item.seq for item in items])
         if lost:
             self.claims.give_back([item.seq for item in items if item.seq not in lost])
             self._unclaim(items)
             raise LeaseLost(f"the lease of {len(lost)} claimed operations ran out: another replica may send them")
+        with self._claim_lock:
+            for item in items:
+                if item.seq in self._in_flight:
+                    self._leased_at[item.seq] = now
 
     def unclaim(self, items: Sequence[Claimed]) -> None:
         """Give claimed operations back untouched (not attempted)."""

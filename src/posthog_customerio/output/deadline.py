@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 import weakref
 from typing import Any
@@ -122,7 +123,8 @@ class DeadlineClient:
             thread = self._thread
         if thread is not None:
             if self._client is not None:
-                asyncio.run_coroutine_threadsafe(self._client.aclose(), self._loop).result(timeout=10)
+                with contextlib.suppress(Exception):  # closing stops the thread whatever the connections do
+                    asyncio.run_coroutine_threadsafe(self._client.aclose(), self._loop).result(timeout=10)
             self._loop.call_soon_threadsafe(self._loop.stop)
             thread.join(timeout=10)
         if not thread or not thread.is_alive():

@@ -7,6 +7,7 @@ backend). Claiming operations for delivery is a per-backend :class:`Claims` stra
 
 from __future__ import annotations
 
+import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence, Set
@@ -163,6 +164,8 @@ class Claims(ABC):
 
     #: who holds this process's leases (``None`` where claims are not leases)
     owner: str | None = None
+    #: a claim renewed (or made) less than this long ago needs no renewal before a request
+    renewal_fresh_s: float = math.inf
 
     @abstractmethod
     def claim(self, pick: Picker, in_flight: Set[int]) -> tuple[list[Row], list[Row], dict[int, tuple[str, str]]]:

@@ -166,6 +166,8 @@ class LeaseClaims(Claims):
         self.lease_s = lease_s
         #: who holds a lease: host, pid and a random part
         self.owner: str = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        #: a request starts at most this long after its lease was renewed: it keeps half the margin
+        self.renewal_fresh_s = lease_margin(lease_s) / 2
 
     def claim(self, pick: Picker, in_flight: Set[int]) -> tuple[list[Row], list[Row], dict[int, tuple[str, str]]]:
         """Pick from one snapshot of the queue (taken after the claim lock), then lease what was chosen.
