@@ -291,3 +291,41 @@ def test_the_delivering_percentage_never_goes_backwards(env: dict[str, str], tmp
             percentages.append(completed / total)
     assert percentages and percentages[-1] == 1.0
     assert percentages == sorted(percentages)
+
+
+# -- Ctrl-C during send -----------------------------------------------------------------------------
+def test_ctrl_c_during_send_says_what_stays_queued_and_how_to_continue(tmp_path: Path) -> None:
+    events = write_jsonl(
+        tmp_path / "e.jsonl", [{"event": "x", "distinct_id": f"p{n}", "properties": {}} for n in range(3)]
+    )
+    data = tmp_path / "data"
+    with HangingServer() as hung:
+        env = {
+            **os.environ,
+            "CUSTOMERIO_SITE_ID": SITE_ID,
+            "CUSTOMERIO_API_KEY": API_KEY,
+            "CUSTOMERIO_TRACK_URL": hung.url,
+            "CUSTOMERIO_TIMEOUT_S": "120",
+            "SQLITE_SYNCHRONOUS": "NORMAL",
+        }
+        process = subprocess.Popen(
+            [str(SCRIPT), "send", "--data-dir", str(data), str(events)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for(lambda: hung.received >= 1, "a request to the hung Customer.io", timeout=60)
+            started = time.monotonic()
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=60)
+            elapsed = time.monotonic() - started
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 130, err
+    assert elapsed < 5.0, err
+    assert "Traceback" not in err
+    assert "6 operations stay queued" in err
+    assert f"posthog-customerio send --data-dir {data} {events}" in err

@@ -9,6 +9,7 @@ import inspect
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -449,7 +450,10 @@ def send(
             ),
             Runtime(settings, sandbox=sandbox) as runtime,
         ):
-            summary = _run_send(runtime, stream, timeout)
+            try:
+                summary = _run_send(runtime, stream, timeout)
+            except KeyboardInterrupt:
+                _interrupted(runtime, file, throwaway is not None)
             if sandbox and runtime.sandbox is not None:
                 summary["sandbox"] = _sandbox_summary(runtime.sandbox)
     finally:
@@ -460,6 +464,29 @@ def send(
     _print_send_summary(summary, as_json)
     code = EXIT_OK if summary["dead_lettered"] == 0 and summary["queued"] == 0 else EXIT_FAILED
     raise typer.Exit(code)
+
+
+EXIT_INTERRUPTED = 130
+
+
+def _interrupted(runtime: Runtime, file: str, throwaway: bool) -> typer.Exit:
+    """Ctrl-C during ``send``: stop at once (a request still open is abandoned: it stays queued), say what
+    stays queued and the command that continues; exit 130."""
+    queued = runtime.outbox.depth()
+    runtime.close(grace_s=0)
+    if throwaway:
+        err.print(f"interrupted: {queued} operations dropped with the --sandbox run's throwaway data dir", markup=False)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    where = shlex.quote(str(runtime.settings.posthog_customerio_data_dir))
+    source = shlex.quote(file) if file != "-" else "- < (the rest of the input)"
+    err.print(
+        f"interrupted: {queued} operations stay queued in {where}. To continue, run:\n"
+        f"  posthog-customerio send --data-dir {where} {source}\n"
+        "(with the same settings; the queued operations go first, and events sent again are deduplicated)",
+        markup=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def _open_input(file: str) -> IO[str]:
