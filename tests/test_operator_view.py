@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -329,3 +330,19 @@ def test_ctrl_c_during_send_says_what_stays_queued_and_how_to_continue(tmp_path:
     assert "Traceback" not in err
     assert "6 operations stay queued" in err
     assert f"posthog-customerio send --data-dir {data} {events}" in err
+
+
+# -- serve on a busy port ---------------------------------------------------------------------------
+def test_serve_on_a_busy_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [str(SCRIPT), "serve", "--sandbox", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+            env=os.environ,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == f"error: cannot listen on 127.0.0.1:{port}: the port is already in use\n"
+    assert done.stdout == ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import functools
 import inspect
 import json
@@ -12,6 +13,7 @@ import os
 import shlex
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -1078,6 +1080,7 @@ def serve(
             raise ConfigError(refusal)
         if not sandbox:
             settings.require_credentials()
+        listening = _listen(host, port, throwaway)
         configure_logging(settings.log_format, settings.log_level, settings.secret_values())
         runtime = Runtime(settings, sandbox=sandbox, fallback_to_us=True)
     try:
@@ -1092,8 +1095,9 @@ def serve(
                 settings,
                 timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
             )
-            _run_until_signalled(_server_marking_shutdown(config, application))
+            _run_until_signalled(_server_marking_shutdown(config, application), [listening])
     finally:
+        listening.close()
         runtime.close(grace_s=0)
         if throwaway is not None:
             shutil.rmtree(throwaway, ignore_errors=True)
@@ -1284,7 +1288,27 @@ def _server_marking_shutdown(config: Any, application: Any) -> Any:
     return Server(config)
 
 
-def _run_until_signalled(server: Any) -> None:
+def _listen(host: str, port: int, throwaway: Path | None) -> socket.socket:
+    """The bound listening socket for ``serve``, or one line and exit 1 (a busy port, an address not here)
+    before anything starts."""
+    name = host.strip().strip("[]")
+    try:
+        sock = socket.socket(socket.AF_INET6 if ":" in name else socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise _fail(f"cannot listen on {host}:{port}: {exc.strerror}", EXIT_FAILED) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((name, port))
+    except OSError as exc:
+        sock.close()
+        if throwaway is not None:
+            shutil.rmtree(throwaway, ignore_errors=True)
+        reason = "the port is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        raise _fail(f"cannot listen on {host}:{port}: {reason}", EXIT_FAILED) from None
+    return sock
+
+
+def _run_until_signalled(server: Any, sockets: list[socket.socket] | None = None) -> None:
     """Run uvicorn; SIGTERM/SIGINT shut it down gracefully and the command exits 0.
 
     uvicorn re-raises the signal it handled once it has shut down; with our own
@@ -1297,7 +1321,7 @@ def _run_until_signalled(server: Any) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT)
     }
     try:
-        server.run()
+        server.run(sockets=sockets)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
