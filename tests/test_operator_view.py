@@ -346,3 +346,23 @@ def test_serve_on_a_busy_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stderr
     assert done.stderr == f"error: cannot listen on 127.0.0.1:{port}: the port is already in use\n"
     assert done.stdout == ""
+
+
+# -- serve --sandbox and status ---------------------------------------------------------------------
+def test_serve_sandbox_logs_its_url_and_data_dir_and_status_reads_it(cli: Cli, tmp_path: Path) -> None:
+    with service({"LOG_FORMAT": "text"}, "--sandbox") as (url, process):
+        assert process.stdout is not None
+        line = ""
+        while "sandbox Customer.io at" not in line:  # logged before it serves: already there
+            line = process.stdout.readline()
+            assert line, "serve --sandbox did not log its sandbox URL"
+        found = re.search(r"sandbox Customer.io at (http://127\.0\.0\.1:\d+)/_sandbox/people; data dir (\S+) ", line)
+        assert found, line
+        assert httpx.get(f"{found.group(1)}/_sandbox/people").status_code == 200
+        post_all(url, webhook_events(3))
+        status = cli("status", "--data-dir", found.group(2))
+        assert status.exit_code == 0, status.output
+        assert "people known" in status.stdout
+    nowhere = cli("status", "--data-dir", str(tmp_path / "nothing"))
+    assert nowhere.exit_code == 1
+    assert "--sandbox" in nowhere.stderr and nowhere.stderr.count("\n") == 1

@@ -1087,7 +1087,16 @@ def serve(
         with _exits((DeliveryLockError, "{exc}")):
             application = create_app(runtime, deliver=role in ("all", "deliver"), ingest=role in ("all", "ingest"))
             if runtime.sandbox is not None:
-                logging.getLogger(__name__).info("sandbox Customer.io at %s/_sandbox/people", runtime.sandbox.url)
+                where = settings.posthog_customerio_data_dir
+                kept = "throwaway, deleted on stop" if throwaway is not None else "kept"
+                logging.getLogger(__name__).info(
+                    "sandbox Customer.io at %s/_sandbox/people; data dir %s (%s; `posthog-customerio status"
+                    " --data-dir %s` reads it)",
+                    runtime.sandbox.url,
+                    where,
+                    kept,
+                    shlex.quote(str(where)),
+                )
             config = uvicorn_config(
                 application,
                 host,
@@ -1390,7 +1399,8 @@ def _require_data(settings: Settings) -> None:
         where = f"OUTBOX_URL {path}" if url else f"{settings.posthog_customerio_data_dir.resolve()}"
         raise _fail(
             f"no data in {where}: nothing has run with it yet"
-            " (choose the data dir with --data-dir or POSTHOG_CUSTOMERIO_DATA_DIR)",
+            " (choose the data dir with --data-dir or POSTHOG_CUSTOMERIO_DATA_DIR; without one, serve --sandbox"
+            " and send --sandbox use a throwaway data dir, which serve --sandbox logs when it starts)",
             EXIT_FAILED,
         )
 
