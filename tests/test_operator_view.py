@@ -17,11 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
 from posthog_customerio.cli import _delivering_progress, _status_text
 from posthog_customerio.config import ConfigError, load_settings
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
+from posthog_customerio.server import create_app
 from posthog_customerio.service.health import DeliveryWatch
 from posthog_customerio.sources.files import FileProgress, send_file
 
@@ -366,3 +368,22 @@ def test_serve_sandbox_logs_its_url_and_data_dir_and_status_reads_it(cli: Cli, t
     nowhere = cli("status", "--data-dir", str(tmp_path / "nothing"))
     assert nowhere.exit_code == 1
     assert "--sandbox" in nowhere.stderr and nowhere.stderr.count("\n") == 1
+
+
+# -- 404s -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("method", "path", "status"), [("GET", "/nope", 404), ("POST", "/healthz", 405)])
+def test_serve_answers_unknown_paths_with_an_error_object(
+    sandbox: SandboxServer, tmp_path: Path, method: str, path: str, status: int
+) -> None:
+    runtime = make_runtime(sandbox, tmp_path / "data")
+    with runtime, TestClient(create_app(runtime, deliver=False)) as client:
+        answer = client.request(method, path)
+    assert answer.status_code == status
+    assert answer.headers["content-type"] == "application/json"
+    assert set(answer.json()) == {"error"} and answer.json()["error"]
+
+
+def test_the_sandbox_answers_unknown_paths_with_an_error_object(sandbox: SandboxServer) -> None:
+    answer = httpx.get(f"{sandbox.url}/nope")
+    assert answer.status_code == 404
+    assert answer.json() == {"error": "not found: /nope"}
