@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -10,6 +11,7 @@ import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -26,6 +28,7 @@ from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.server import create_app
 from posthog_customerio.service.health import DeliveryWatch
 from posthog_customerio.sources.files import FileProgress, send_file
+from posthog_customerio.sources.kafka import RepeatThrottle
 
 from .conftest import API_KEY, SAMPLE_FILE, SITE_ID, Cli, write_jsonl
 from .helpers import HangingServer, free_port, make_runtime, wait_for
@@ -387,3 +390,53 @@ def test_the_sandbox_answers_unknown_paths_with_an_error_object(sandbox: Sandbox
     answer = httpx.get(f"{sandbox.url}/nope")
     assert answer.status_code == 404
     assert answer.json() == {"error": "not found: /nope"}
+
+
+# -- consume against a dead broker ------------------------------------------------------------------
+def test_consume_against_a_dead_broker_logs_a_few_lines_not_a_stream(tmp_path: Path) -> None:
+    """Issue 16: 19 lines a second. Over ~5 s of a refused connection, each kind of failure is logged once."""
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    process = subprocess.Popen(
+        [str(SCRIPT), "consume", "--sandbox", "--kafka-bootstrap", dead, "--topic", "t", "--log-format", "text"],
+        env={**os.environ, "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[tuple[float, str]] = []
+
+    def collect() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append((time.monotonic(), line.rstrip()))
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("kafka" in line and "consuming" not in line for _, line in lines), "a failure", 60)
+        first = next(at for at, line in lines if "kafka" in line and "consuming" not in line)
+        wait_for(lambda: time.monotonic() > first + 5.0, "five seconds of a dead broker", 30)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+        reader.join(10)
+    window = [line for at, line in lines if first <= at <= first + 5.0]
+    assert len(window) <= 6, "\n".join(window)
+
+
+def test_repeat_throttle_logs_once_per_interval_and_counts_what_it_held_back() -> None:
+    clock = _Clock()
+    throttle = RepeatThrottle(interval_s=30, clock=clock)
+
+    def line(port: int) -> logging.LogRecord:
+        message = "Connect to 127.0.0.1:%d failed: Connection refused"
+        return logging.LogRecord("kafka", logging.ERROR, __file__, 1, message, (port,), None)
+
+    assert throttle.filter(line(9092))
+    assert not any(throttle.filter(line(9092 + n)) for n in range(19))  # the same failure, other numbers
+    other = logging.LogRecord("kafka", logging.ERROR, __file__, 1, "all brokers are down", (), None)
+    assert throttle.filter(other)  # another kind of failure is shown
+    clock.now += 30
+    record = line(9092)
+    assert throttle.filter(record)
+    assert record.getMessage().endswith("(19 more like it in the last 30 s)")
