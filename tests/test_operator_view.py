@@ -440,3 +440,13 @@ def test_repeat_throttle_logs_once_per_interval_and_counts_what_it_held_back() -
     record = line(9092)
     assert throttle.filter(record)
     assert record.getMessage().endswith("(19 more like it in the last 30 s)")
+
+
+# -- an empty input ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("content", ["", "\n\n  \n"])
+def test_send_of_an_empty_file_warns_and_exits_0(cli: Cli, env: dict[str, str], tmp_path: Path, content: str) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(content)
+    result = cli("send", str(empty), env=env)
+    assert result.exit_code == 0, result.output
+    assert f"warning: no events in {empty}" in result.stderr

@@ -463,6 +463,11 @@ def send(
             stream.close()
         if throwaway is not None:
             shutil.rmtree(throwaway, ignore_errors=True)
+    if summary["read"] == 0:
+        source = "standard input" if file == "-" else file
+        err.print(
+            f"warning: no events in {source} (nothing to read: is it the right file?)", markup=False, soft_wrap=True
+        )
     _print_send_summary(summary, as_json)
     code = EXIT_OK if summary["dead_lettered"] == 0 and summary["queued"] == 0 else EXIT_FAILED
     raise typer.Exit(code)
