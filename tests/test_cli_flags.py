@@ -138,6 +138,7 @@ COVERAGE: dict[str, dict[str, str]] = {
         "--no-identify-by-email": _DELETE,
         "--data-dir": _DELETE,
         "--plugin-config": "test_delete_person_and_unsuppress_region_and_plugin_config",
+        "--sandbox": "test_operator_view.py::test_delete_person_sandbox_deletes_in_the_in_process_sandbox",
         "--suppress": _DELETE,
         "--no-suppress": _DELETE,
         "--timeout": "test_delete_person_and_unsuppress_timeout_and_outbox_url",

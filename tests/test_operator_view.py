@@ -450,3 +450,19 @@ def test_send_of_an_empty_file_warns_and_exits_0(cli: Cli, env: dict[str, str], 
     result = cli("send", str(empty), env=env)
     assert result.exit_code == 0, result.output
     assert f"warning: no events in {empty}" in result.stderr
+
+
+# -- delete-person --sandbox ------------------------------------------------------------------------
+def test_delete_person_sandbox_deletes_in_the_in_process_sandbox(cli: Cli, tmp_path: Path) -> None:
+    """Like ``send --sandbox``: no credentials, an in-process Customer.io; with a data dir it uses what it knows."""
+    data = str(tmp_path / "data")
+    events = write_jsonl(
+        tmp_path / "e.jsonl", [{"event": "$identify", "distinct_id": "u1", "properties": {"$set": {"email": "a@b.c"}}}]
+    )
+    assert cli("send", "--sandbox", "--data-dir", data, str(events)).exit_code == 0
+    result = cli("delete-person", "u1", "--sandbox", "--data-dir", data)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "u1: deleted in Customer.io (sent delete by id u1, email a@b.c)"
+    throwaway = cli("delete-person", "u2", "--sandbox")  # no data dir: a throwaway one, as send --sandbox
+    assert throwaway.exit_code == 0, throwaway.output
+    assert "u2: deleted in Customer.io" in throwaway.stdout

@@ -722,6 +722,16 @@ def _describe_identifiers(identifiers: list[dict[str, str]]) -> str:
     return ", ".join(f"{kind} {value}" for item in identifiers for kind, value in item.items())
 
 
+@contextlib.contextmanager
+def _removed(directory: Path | None) -> Iterator[None]:
+    """Delete ``directory`` (a ``--sandbox`` throwaway data dir) when the block ends, whatever happens."""
+    try:
+        yield
+    finally:
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
 def _deliver_now(runtime: Runtime, timeout: float | None) -> bool | None:
     """Deliver what is queued; ``None`` when a running service holds the delivery lock."""
     try:
@@ -747,6 +757,7 @@ def delete_person(
     identify_by_email: ByEmail = None,
     data_dir: DataDir = None,
     plugin_config: PluginConfig = None,
+    sandbox: Sandbox = False,
     suppress: Annotated[
         bool | None,
         typer.Option(
@@ -763,7 +774,8 @@ def delete_person(
     Sent by every identifier known (the id, and each email we know), whether or not
     this data dir created the person. Goes through the outbox like any event
     (``$delete_person``), after the person's queued operations. With a server running
-    on the same data dir, it only enqueues. Prints what it sent.
+    on the same data dir, it only enqueues. Prints what it sent. With ``--sandbox``: to an
+    in-process sandbox (no credentials; without a data dir, a throwaway one, as ``send --sandbox``).
     """
     from datetime import datetime
 
@@ -771,7 +783,8 @@ def delete_person(
     from .sources import PostHogEvent
     from .state import load_states
 
-    with _exits((AuthError, "{exc} (the deletion stays queued)")):
+    throwaway = _sandbox_data_dir(sandbox, data_dir)
+    with _exits((AuthError, "{exc} (the deletion stays queued)")), _removed(throwaway):
         settings = _settings(
             plugin_config,
             site_id=site_id,
@@ -780,10 +793,10 @@ def delete_person(
             track_url=track_url,
             api=api,
             identify_by_email=identify_by_email,
-            data_dir=data_dir,
+            data_dir=throwaway or data_dir,
             suppress_on_delete=suppress,
         )
-        with Runtime(settings) as runtime:
+        with Runtime(settings, sandbox=sandbox) as runtime:
             event = PostHogEvent("$delete_person", distinct_id, datetime.now(UTC))
             with runtime.db.transaction() as conn:  # what the deletion will send (the mapping is pure)
                 states = load_states(conn, involved_distinct_ids(event))
