@@ -466,3 +466,23 @@ def test_delete_person_sandbox_deletes_in_the_in_process_sandbox(cli: Cli, tmp_p
     throwaway = cli("delete-person", "u2", "--sandbox")  # no data dir: a throwaway one, as send --sandbox
     assert throwaway.exit_code == 0, throwaway.output
     assert "u2: deleted in Customer.io" in throwaway.stdout
+
+
+def test_healthz_is_not_running_while_customerio_hangs(tmp_path: Path) -> None:
+    with HangingServer() as hung:
+        settings = {
+            "customerio_site_id": SITE_ID,
+            "customerio_api_key": API_KEY,
+            "customerio_track_url": hung.url,
+            "posthog_customerio_data_dir": tmp_path / "data",
+            "sqlite_synchronous": "NORMAL",
+            "customerio_timeout_s": 1,
+            "anonymous_hold_s": 0,
+            "shutdown_grace_s": 0,
+        }
+        runtime = Runtime(load_settings(settings))
+        with running_service(runtime) as url:
+            runtime.ingestor.ingest(events_for(2, 1))
+            runtime.current_deliverer.notify()  # type: ignore[union-attr]
+            wait_for(lambda: _health(url)["delivery"] in ("retrying", "stalled"), "/healthz to report it", timeout=30)
+            assert _health(url)["customerio"]["last_error"].startswith("unreachable")
