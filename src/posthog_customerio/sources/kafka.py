@@ -92,6 +92,8 @@ class RepeatThrottle(logging.Filter):
             if last is not None and now - last < self.interval_s:
                 self._held[key] = self._held.get(key, 0) + 1
                 return False
+            if len(self._last) >= 1000:  # bounded: forget old kinds rather than grow
+                self._last.clear()
             self._last[key] = now
             held = self._held.pop(key, 0)
         if held:
