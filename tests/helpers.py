@@ -19,6 +19,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterable
@@ -454,8 +455,6 @@ class HangingServer:
     """
 
     def __init__(self) -> None:
-        import threading
-
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
         self.received = 0
@@ -470,12 +469,14 @@ class HangingServer:
             except OSError:
                 return
             self._open.append(conn)
-            conn.settimeout(5)
-            try:
-                if conn.recv(65536):
-                    self.received += 1
-            except OSError:
-                pass
+            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+
+    def _read(self, conn: socket.socket) -> None:
+        try:
+            if conn.recv(65536):
+                self.received += 1
+        except OSError:
+            pass
 
     def __enter__(self) -> HangingServer:
         self._thread.start()

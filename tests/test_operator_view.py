@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,13 +19,16 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
 from posthog_customerio.cli import _delivering_progress, _status_text
 from posthog_customerio.config import ConfigError, load_settings
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
+from posthog_customerio.server import create_app
 from posthog_customerio.service.health import DeliveryWatch
 from posthog_customerio.sources.files import FileProgress, send_file
+from posthog_customerio.sources.kafka import RepeatThrottle
 
 from .conftest import API_KEY, SAMPLE_FILE, SITE_ID, Cli, write_jsonl
 from .helpers import HangingServer, free_port, make_runtime, wait_for
@@ -291,3 +297,192 @@ def test_the_delivering_percentage_never_goes_backwards(env: dict[str, str], tmp
             percentages.append(completed / total)
     assert percentages and percentages[-1] == 1.0
     assert percentages == sorted(percentages)
+
+
+# -- Ctrl-C during send -----------------------------------------------------------------------------
+def test_ctrl_c_during_send_says_what_stays_queued_and_how_to_continue(tmp_path: Path) -> None:
+    events = write_jsonl(
+        tmp_path / "e.jsonl", [{"event": "x", "distinct_id": f"p{n}", "properties": {}} for n in range(3)]
+    )
+    data = tmp_path / "data"
+    with HangingServer() as hung:
+        env = {
+            **os.environ,
+            "CUSTOMERIO_SITE_ID": SITE_ID,
+            "CUSTOMERIO_API_KEY": API_KEY,
+            "CUSTOMERIO_TRACK_URL": hung.url,
+            "CUSTOMERIO_TIMEOUT_S": "120",
+            "SQLITE_SYNCHRONOUS": "NORMAL",
+        }
+        process = subprocess.Popen(
+            [str(SCRIPT), "send", "--data-dir", str(data), str(events)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_for(lambda: hung.received >= 1, "a request to the hung Customer.io", timeout=60)
+            started = time.monotonic()
+            process.send_signal(signal.SIGINT)
+            _, err = process.communicate(timeout=60)
+            elapsed = time.monotonic() - started
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert process.returncode == 130, err
+    assert elapsed < 5.0, err
+    assert "Traceback" not in err
+    assert "6 operations stay queued" in err
+    assert f"posthog-customerio send --data-dir {data} {events}" in err
+
+
+# -- serve on a busy port ---------------------------------------------------------------------------
+def test_serve_on_a_busy_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [str(SCRIPT), "serve", "--sandbox", "--port", str(port), "--data-dir", str(tmp_path / "data")],
+            env=os.environ,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr == f"error: cannot listen on 127.0.0.1:{port}: the port is already in use\n"
+    assert done.stdout == ""
+
+
+# -- serve --sandbox and status ---------------------------------------------------------------------
+def test_serve_sandbox_logs_its_url_and_data_dir_and_status_reads_it(cli: Cli, tmp_path: Path) -> None:
+    with service({"LOG_FORMAT": "text"}, "--sandbox") as (url, process):
+        assert process.stdout is not None
+        line = ""
+        while "sandbox Customer.io at" not in line:  # logged before it serves: already there
+            line = process.stdout.readline()
+            assert line, "serve --sandbox did not log its sandbox URL"
+        found = re.search(r"sandbox Customer.io at (http://127\.0\.0\.1:\d+)/_sandbox/people; data dir (\S+) ", line)
+        assert found, line
+        assert httpx.get(f"{found.group(1)}/_sandbox/people").status_code == 200
+        post_all(url, webhook_events(3))
+        status = cli("status", "--data-dir", found.group(2))
+        assert status.exit_code == 0, status.output
+        assert "people known" in status.stdout
+    nowhere = cli("status", "--data-dir", str(tmp_path / "nothing"))
+    assert nowhere.exit_code == 1
+    assert "--sandbox" in nowhere.stderr and nowhere.stderr.count("\n") == 1
+
+
+# -- 404s -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("method", "path", "status"), [("GET", "/nope", 404), ("POST", "/healthz", 405)])
+def test_serve_answers_unknown_paths_with_an_error_object(
+    sandbox: SandboxServer, tmp_path: Path, method: str, path: str, status: int
+) -> None:
+    runtime = make_runtime(sandbox, tmp_path / "data")
+    with runtime, TestClient(create_app(runtime, deliver=False)) as client:
+        answer = client.request(method, path)
+    assert answer.status_code == status
+    assert answer.headers["content-type"] == "application/json"
+    assert set(answer.json()) == {"error"} and answer.json()["error"]
+
+
+def test_the_sandbox_answers_unknown_paths_with_an_error_object(sandbox: SandboxServer) -> None:
+    answer = httpx.get(f"{sandbox.url}/nope")
+    assert answer.status_code == 404
+    assert answer.json() == {"error": "not found: /nope"}
+
+
+# -- consume against a dead broker ------------------------------------------------------------------
+def test_consume_against_a_dead_broker_logs_a_few_lines_not_a_stream(tmp_path: Path) -> None:
+    """Issue 16: 19 lines a second. Over ~5 s of a refused connection, each kind of failure is logged once."""
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    process = subprocess.Popen(
+        [str(SCRIPT), "consume", "--sandbox", "--kafka-bootstrap", dead, "--topic", "t", "--log-format", "text"],
+        env={**os.environ, "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[tuple[float, str]] = []
+
+    def collect() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append((time.monotonic(), line.rstrip()))
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("kafka" in line and "consuming" not in line for _, line in lines), "a failure", 60)
+        first = next(at for at, line in lines if "kafka" in line and "consuming" not in line)
+        wait_for(lambda: time.monotonic() > first + 5.0, "five seconds of a dead broker", 30)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
+        reader.join(10)
+    window = [line for at, line in lines if first <= at <= first + 5.0]
+    assert len(window) <= 6, "\n".join(window)
+
+
+def test_repeat_throttle_logs_once_per_interval_and_counts_what_it_held_back() -> None:
+    clock = _Clock()
+    throttle = RepeatThrottle(interval_s=30, clock=clock)
+
+    def line(port: int) -> logging.LogRecord:
+        message = "Connect to 127.0.0.1:%d failed: Connection refused"
+        return logging.LogRecord("kafka", logging.ERROR, __file__, 1, message, (port,), None)
+
+    assert throttle.filter(line(9092))
+    assert not any(throttle.filter(line(9092 + n)) for n in range(19))  # the same failure, other numbers
+    other = logging.LogRecord("kafka", logging.ERROR, __file__, 1, "all brokers are down", (), None)
+    assert throttle.filter(other)  # another kind of failure is shown
+    clock.now += 30
+    record = line(9092)
+    assert throttle.filter(record)
+    assert record.getMessage().endswith("(19 more like it in the last 30 s)")
+
+
+# -- an empty input ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("content", ["", "\n\n  \n"])
+def test_send_of_an_empty_file_warns_and_exits_0(cli: Cli, env: dict[str, str], tmp_path: Path, content: str) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text(content)
+    result = cli("send", str(empty), env=env)
+    assert result.exit_code == 0, result.output
+    assert f"warning: no events in {empty}" in result.stderr
+
+
+# -- delete-person --sandbox ------------------------------------------------------------------------
+def test_delete_person_sandbox_deletes_in_the_in_process_sandbox(cli: Cli, tmp_path: Path) -> None:
+    """Like ``send --sandbox``: no credentials, an in-process Customer.io; with a data dir it uses what it knows."""
+    data = str(tmp_path / "data")
+    events = write_jsonl(
+        tmp_path / "e.jsonl", [{"event": "$identify", "distinct_id": "u1", "properties": {"$set": {"email": "a@b.c"}}}]
+    )
+    assert cli("send", "--sandbox", "--data-dir", data, str(events)).exit_code == 0
+    result = cli("delete-person", "u1", "--sandbox", "--data-dir", data)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "u1: deleted in Customer.io (sent delete by id u1, email a@b.c)"
+    throwaway = cli("delete-person", "u2", "--sandbox")  # no data dir: a throwaway one, as send --sandbox
+    assert throwaway.exit_code == 0, throwaway.output
+    assert "u2: deleted in Customer.io" in throwaway.stdout
+
+
+def test_healthz_is_not_running_while_customerio_hangs(tmp_path: Path) -> None:
+    with HangingServer() as hung:
+        settings = {
+            "customerio_site_id": SITE_ID,
+            "customerio_api_key": API_KEY,
+            "customerio_track_url": hung.url,
+            "posthog_customerio_data_dir": tmp_path / "data",
+            "sqlite_synchronous": "NORMAL",
+            "customerio_timeout_s": 1,
+            "anonymous_hold_s": 0,
+            "shutdown_grace_s": 0,
+        }
+        runtime = Runtime(load_settings(settings))
+        with running_service(runtime) as url:
+            runtime.ingestor.ingest(events_for(2, 1))
+            runtime.current_deliverer.notify()  # type: ignore[union-attr]
+            wait_for(lambda: _health(url)["delivery"] in ("retrying", "stalled"), "/healthz to report it", timeout=30)
+            assert _health(url)["customerio"]["last_error"].startswith("unreachable")

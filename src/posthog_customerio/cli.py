@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import errno
 import functools
 import inspect
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -454,7 +457,10 @@ def send(
             ),
             Runtime(settings, sandbox=sandbox) as runtime,
         ):
-            summary = _run_send(runtime, stream, timeout)
+            try:
+                summary = _run_send(runtime, stream, timeout)
+            except KeyboardInterrupt:
+                _interrupted(runtime, file, throwaway is not None)
             if sandbox and runtime.sandbox is not None:
                 summary["sandbox"] = _sandbox_summary(runtime.sandbox)
     finally:
@@ -462,9 +468,37 @@ def send(
             stream.close()
         if throwaway is not None:
             shutil.rmtree(throwaway, ignore_errors=True)
+    if summary["read"] == 0:
+        source = "standard input" if file == "-" else file
+        err.print(
+            f"warning: no events in {source} (nothing to read: is it the right file?)", markup=False, soft_wrap=True
+        )
     _print_send_summary(summary, as_json)
     code = EXIT_OK if summary["dead_lettered"] == 0 and summary["queued"] == 0 else EXIT_FAILED
     raise typer.Exit(code)
+
+
+EXIT_INTERRUPTED = 130
+
+
+def _interrupted(runtime: Runtime, file: str, throwaway: bool) -> typer.Exit:
+    """Ctrl-C during ``send``: stop at once (a request still open is abandoned: it stays queued), say what
+    stays queued and the command that continues; exit 130."""
+    queued = runtime.outbox.depth()
+    runtime.close(grace_s=0)
+    if throwaway:
+        err.print(f"interrupted: {queued} operations dropped with the --sandbox run's throwaway data dir", markup=False)
+        raise typer.Exit(EXIT_INTERRUPTED)
+    where = shlex.quote(str(runtime.settings.posthog_customerio_data_dir))
+    source = shlex.quote(file) if file != "-" else "- < (the rest of the input)"
+    err.print(
+        f"interrupted: {queued} operations stay queued in {where}. To continue, run:\n"
+        f"  posthog-customerio send --data-dir {where} {source}\n"
+        "(with the same settings; the queued operations go first, and events sent again are deduplicated)",
+        markup=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(EXIT_INTERRUPTED)
 
 
 def _open_input(file: str) -> IO[str]:
@@ -693,6 +727,16 @@ def _describe_identifiers(identifiers: list[dict[str, str]]) -> str:
     return ", ".join(f"{kind} {value}" for item in identifiers for kind, value in item.items())
 
 
+@contextlib.contextmanager
+def _removed(directory: Path | None) -> Iterator[None]:
+    """Delete ``directory`` (a ``--sandbox`` throwaway data dir) when the block ends, whatever happens."""
+    try:
+        yield
+    finally:
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
 def _deliver_now(runtime: Runtime, timeout: float | None) -> bool | None:
     """Deliver what is queued; ``None`` when a running service holds the delivery lock."""
     try:
@@ -718,6 +762,7 @@ def delete_person(
     identify_by_email: ByEmail = None,
     data_dir: DataDir = None,
     plugin_config: PluginConfig = None,
+    sandbox: Sandbox = False,
     suppress: Annotated[
         bool | None,
         typer.Option(
@@ -734,7 +779,8 @@ def delete_person(
     Sent by every identifier known (the id, and each email we know), whether or not
     this data dir created the person. Goes through the outbox like any event
     (``$delete_person``), after the person's queued operations. With a server running
-    on the same data dir, it only enqueues. Prints what it sent.
+    on the same data dir, it only enqueues. Prints what it sent. With ``--sandbox``: to an
+    in-process sandbox (no credentials; without a data dir, a throwaway one, as ``send --sandbox``).
     """
     from datetime import datetime
 
@@ -742,7 +788,8 @@ def delete_person(
     from .sources import PostHogEvent
     from .state import load_states
 
-    with _exits((AuthError, "{exc} (the deletion stays queued)")):
+    throwaway = _sandbox_data_dir(sandbox, data_dir)
+    with _exits((AuthError, "{exc} (the deletion stays queued)")), _removed(throwaway):
         settings = _settings(
             plugin_config,
             site_id=site_id,
@@ -751,10 +798,10 @@ def delete_person(
             track_url=track_url,
             api=api,
             identify_by_email=identify_by_email,
-            data_dir=data_dir,
+            data_dir=throwaway or data_dir,
             suppress_on_delete=suppress,
         )
-        with Runtime(settings) as runtime:
+        with Runtime(settings, sandbox=sandbox) as runtime:
             event = PostHogEvent("$delete_person", distinct_id, datetime.now(UTC))
             with runtime.db.transaction() as conn:  # what the deletion will send (the mapping is pure)
                 states = load_states(conn, involved_distinct_ids(event))
@@ -1056,13 +1103,23 @@ def serve(
             raise ConfigError(refusal)
         if not sandbox:
             settings.require_credentials()
+        listening = _listen(host, port, throwaway)
         configure_logging(settings.log_format, settings.log_level, settings.secret_values())
         runtime = Runtime(settings, sandbox=sandbox, fallback_to_us=True)
     try:
         with _exits((DeliveryLockError, "{exc}")):
             application = create_app(runtime, deliver=role in ("all", "deliver"), ingest=role in ("all", "ingest"))
             if runtime.sandbox is not None:
-                logging.getLogger(__name__).info("sandbox Customer.io at %s/_sandbox/people", runtime.sandbox.url)
+                where = settings.posthog_customerio_data_dir
+                kept = "throwaway, deleted on stop" if throwaway is not None else "kept"
+                logging.getLogger(__name__).info(
+                    "sandbox Customer.io at %s/_sandbox/people; data dir %s (%s; `posthog-customerio status"
+                    " --data-dir %s` reads it)",
+                    runtime.sandbox.url,
+                    where,
+                    kept,
+                    shlex.quote(str(where)),
+                )
             config = uvicorn_config(
                 application,
                 host,
@@ -1070,8 +1127,9 @@ def serve(
                 settings,
                 timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
             )
-            _run_until_signalled(_server_marking_shutdown(config, application))
+            _run_until_signalled(_server_marking_shutdown(config, application), [listening])
     finally:
+        listening.close()
         runtime.close(grace_s=0)
         if throwaway is not None:
             shutil.rmtree(throwaway, ignore_errors=True)
@@ -1262,7 +1320,27 @@ def _server_marking_shutdown(config: Any, application: Any) -> Any:
     return Server(config)
 
 
-def _run_until_signalled(server: Any) -> None:
+def _listen(host: str, port: int, throwaway: Path | None) -> socket.socket:
+    """The bound listening socket for ``serve``, or one line and exit 1 (a busy port, an address not here)
+    before anything starts."""
+    name = host.strip().strip("[]")
+    try:
+        sock = socket.socket(socket.AF_INET6 if ":" in name else socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise _fail(f"cannot listen on {host}:{port}: {exc.strerror}", EXIT_FAILED) from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((name, port))
+    except OSError as exc:
+        sock.close()
+        if throwaway is not None:
+            shutil.rmtree(throwaway, ignore_errors=True)
+        reason = "the port is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+        raise _fail(f"cannot listen on {host}:{port}: {reason}", EXIT_FAILED) from None
+    return sock
+
+
+def _run_until_signalled(server: Any, sockets: list[socket.socket] | None = None) -> None:
     """Run uvicorn; SIGTERM/SIGINT shut it down gracefully and the command exits 0.
 
     uvicorn re-raises the signal it handled once it has shut down; with our own
@@ -1275,7 +1353,7 @@ def _run_until_signalled(server: Any) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT)
     }
     try:
-        server.run()
+        server.run(sockets=sockets)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -1386,7 +1464,8 @@ def _require_data(settings: Settings) -> None:
         where = f"OUTBOX_URL {path}" if url else f"{settings.posthog_customerio_data_dir.resolve()}"
         raise _fail(
             f"no data in {where}: nothing has run with it yet"
-            " (choose the data dir with --data-dir or POSTHOG_CUSTOMERIO_DATA_DIR)",
+            " (choose the data dir with --data-dir or POSTHOG_CUSTOMERIO_DATA_DIR; without one, serve --sandbox"
+            " and send --sandbox use a throwaway data dir, which serve --sandbox logs when it starts)",
             EXIT_FAILED,
         )
 

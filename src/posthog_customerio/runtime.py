@@ -66,6 +66,7 @@ class Runtime:
         self._pipelines_client: PipelinesClient | None = None
         self._deliverer: Deliverer | None = None
         self._lock_file: IO[str] | None = None
+        self._closed = False
         if sandbox:
             from .sandbox import SandboxServer
 
@@ -204,7 +205,10 @@ class Runtime:
 
     # -- lifecycle -------------------------------------------------------------------
     def close(self, grace_s: float = 10.0) -> None:
-        """Stop workers, close connections and the sandbox."""
+        """Stop workers, close connections and the sandbox (once: a second call does nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         if self._deliverer is not None:
             self._deliverer.stop(grace_s)
         if self._client is not None:

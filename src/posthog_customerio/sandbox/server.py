@@ -9,11 +9,21 @@ import time
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from . import api, views
 from .pipelines import PipelinesState
 from .pipelines import routes as pipelines_routes
 from .state import SandboxState
+
+
+async def _error_object(request: Request, exc: Exception) -> Response:
+    """Unknown paths and methods as ``{"error": …}`` (the Track API's own routes answer in its shape)."""
+    assert isinstance(exc, HTTPException)
+    text = "not found" if exc.status_code == 404 else str(exc.detail).lower()
+    return JSONResponse({"error": f"{text}: {request.url.path}"}, status_code=exc.status_code, headers=exc.headers)
 
 
 def create_app(
@@ -25,7 +35,10 @@ def create_app(
     pipelines_key: str = "sandbox",
 ) -> Starlette:
     """The sandbox ASGI app; a given ``state`` keeps its own credentials (``pipelines`` its own key)."""
-    app = Starlette(routes=[*api.routes(), *views.routes(), *pipelines_routes()])
+    app = Starlette(
+        routes=[*api.routes(), *views.routes(), *pipelines_routes()],
+        exception_handlers={HTTPException: _error_object},
+    )
     app.state.sandbox = state if state is not None else SandboxState(site_id, api_key)
     app.state.region = region
     app.state.pipelines = pipelines if pipelines is not None else PipelinesState(pipelines_key)

@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..delivery import Deliverer
@@ -112,6 +113,13 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.probe.flight.close()
 
 
+async def _starlette_error(request: Request, exc: Exception) -> JSONResponse:
+    """Routing errors (404 unknown path, 405 wrong method) in the service's shape: ``{"error": …}``."""
+    assert isinstance(exc, StarletteHTTPException)
+    message = f"{exc.detail}: {request.method} {request.url.path}"[:300]
+    return JSONResponse({"error": message}, status_code=exc.status_code, headers=exc.headers)
+
+
 def mark_shutdown(app: FastAPI) -> None:
     """Note when the stop signal arrived: connections closing and the flush share ``SHUTDOWN_GRACE_S``."""
     if getattr(app.state, "shutdown_started", None) is None:
@@ -174,6 +182,7 @@ def create_app(
     app.add_middleware(BrowserCors, origins=service.settings.cors_origin_list, proxying=proxying)
     app.add_middleware(OpsGuard, auth=auth, proxying=proxying)
     app.add_exception_handler(HttpError, _http_error)
+    app.add_exception_handler(StarletteHTTPException, _starlette_error)
     if ingest:
         add_ingest_routes(app)
         if proxying:

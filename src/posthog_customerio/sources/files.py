@@ -103,6 +103,7 @@ def send_file(
     report, invalid = IngestReport(), 0
     counting = _CountingLines(lines)
     chunk: list[PostHogEvent] = []
+    stop_within = 10.0  # in-flight requests finish
 
     def progress(done_reading: bool = False) -> None:
         if on_progress is not None:
@@ -141,8 +142,11 @@ def send_file(
         deliverer.notify()
         progress(done_reading=True)
         finished = deliverer.wait_until_empty(timeout, tick=lambda: progress(done_reading=True))
+    except KeyboardInterrupt:  # Ctrl-C: stop now; a request still open is abandoned (its operations stay queued)
+        stop_within = 1.0
+        raise
     finally:
-        deliverer.stop()
+        deliverer.stop(stop_within)
     stats = deliverer.stats
     return Summary(
         read=report.events + invalid,

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -63,6 +64,46 @@ __all__ = [
 log = logging.getLogger(__name__)
 #: librdkafka's own log lines (connection failures, rebalances…) go to this logger.
 librdkafka_log = logging.getLogger(__name__ + ".librdkafka")
+#: broker errors returned by ``consume`` (throttled like librdkafka's own lines)
+broker_log = logging.getLogger(__name__ + ".broker")
+#: a repeated broker failure is logged at most once per this many seconds
+BROKER_LOG_INTERVAL_S = 30.0
+_DIGITS = re.compile(r"\d+")
+
+
+class RepeatThrottle(logging.Filter):
+    """Log a line once per ``interval_s``, whatever its numbers (ports, ms, counts) say; the next one
+    after the interval notes how many like it were held back. A dead broker then shows once per interval
+    per kind of failure, not twenty lines a second."""
+
+    def __init__(self, interval_s: float = BROKER_LOG_INTERVAL_S, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = _DIGITS.sub("#", record.getMessage())[:200]
+        now = self.clock()
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.interval_s:
+                self._held[key] = self._held.get(key, 0) + 1
+                return False
+            if len(self._last) >= 1000:  # bounded: forget old kinds rather than grow
+                self._last.clear()
+            self._last[key] = now
+            held = self._held.pop(key, 0)
+        if held:
+            record.msg = f"{record.getMessage()} ({held} more like it in the last {self.interval_s:.0f} s)"
+            record.args = ()
+        return True
+
+
+for _logger in (librdkafka_log, broker_log):
+    _logger.addFilter(RepeatThrottle())
 
 SOURCE = "kafka"
 
@@ -230,6 +271,9 @@ def consumer_config(bootstrap: str, group: str, extra: Mapping[str, Any] | None 
         "auto.offset.reset": "earliest",
         "client.id": "posthog-customerio",
         "logger": librdkafka_log,
+        # a refused connection is retried after 1 s, doubling up to 10 s (not every 100 ms)
+        "reconnect.backoff.ms": 1000,
+        "reconnect.backoff.max.ms": 10000,
     }
     for key, value in (extra or {}).items():
         if key in _FIXED and str(value).lower() not in ("false", "0"):
@@ -374,7 +418,7 @@ def _broker_error(error: KafkaError, report: ConsumeReport) -> None:
     if error.fatal():
         raise KafkaConsumeError(f"Kafka consumer failed: {error.str()}")
     report.broker_errors += 1
-    log.warning("kafka: %s (librdkafka retries by itself)", error.str())
+    broker_log.warning("kafka: %s (librdkafka retries by itself)", error.str())
 
 
 def _ingest(
