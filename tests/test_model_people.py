@@ -60,12 +60,13 @@ Customer.io's identifiers and timestamps (customerio-api-notes.md, the Track Ope
    that attribute (an unset counts as a write) is ignored -- Customer.io's ``timestamp`` rule in Track;
    in Pipelines, which applies traits in arrival order, we never send such a write, so the end state is
    the same.
-8. The profile's ``id`` is the distinct_id it was created for; a merge keeps the profile of the person
-   merged into (``$identify``: the distinct_id's; an alias: the identified side, else the side with an
-   email, else the side never seen as an anonymous visitor, else the event's distinct_id -- the README's
-   survivor rule, since the SDKs disagree on argument order). Customer.io's merge keeps the primary's
-   attribute values and fills the attributes it lacks from the secondary (``merge_customers``); events move
-   to the primary, and the email moves when the primary has none.
+8. The profile's ``id`` is the distinct_id it was created for; a merge (also of an id with no person yet)
+   keeps the profile of the person merged into (``$identify``: the distinct_id's; an alias: the identified
+   side, else the side with an email, else the side never seen as an anonymous visitor, else the event's
+   distinct_id -- the README's survivor rule, since the SDKs disagree on argument order). Customer.io's
+   merge keeps the primary's attribute values and fills the attributes it lacks from the secondary
+   (``merge_customers``), each with the time of its write; events move to the primary, and the email moves
+   when the primary has none.
 9. Deleting a person deletes its profile and the events on it.
 10. ``IDENTIFY_BY_EMAIL``: emails are identifiers. A profile created while its email is known is addressed
     by email and has no ``id`` (Track); an email change keeps the one profile (the README's
@@ -532,8 +533,8 @@ class PeopleMachine(RuleBasedStateMachine):
 
     def _deliver(self) -> None:
         overrides: dict[str, Any] = {"identify_by_email": self.identify_by_email}
-        if self.api == "pipelines":
-            overrides["api"] = "pipelines"
+        if self.api == "pipelines":  # a shorter wait for fuller batches (1 s by default) changes no end state
+            overrides |= {"api": "pipelines", "delivery_linger_s": 0.1}
         deliver_events(self.sandbox, self.data_dir, self.batch, **overrides)
         self.batch = []
         expected = self.model.expected()

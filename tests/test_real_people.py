@@ -275,3 +275,19 @@ def test_an_alias_of_an_identified_user_into_another_person_is_refused(
     assert set(found) == {"crm-1", "user-1"}, found
     assert found["crm-1"]["events"] == ["invoice_paid", "refunded"]
     assert found["user-1"]["events"] == ["$identify"]
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_merge_keeps_the_moved_emails_own_time(sandbox: SandboxServer, tmp_path: Path, api: str) -> None:
+    """The email a merge moves to the surviving profile was written when it was set, not at the merge: a late
+    write newer than that (a backend's offline queue) still changes it."""
+    events = [
+        ev("$set", "legacy-1", 0, **{"$lib": "posthog-python", "$set": {"email": "old@x.io"}}),
+        browser("$identify", "user-1", 10, "dev-1", True, **{"$anon_distinct_id": "dev-1"}),
+        browser("$create_alias", "user-1", 30, "dev-1", True, alias="legacy-1"),
+        ev("$set", "legacy-1", 20, **{"$lib": "posthog-python", "$set": {"email": "new@x.io"}}),
+    ]
+    deliver_events(sandbox, tmp_path / "data", events[:3], **_api(api))
+    deliver_events(sandbox, tmp_path / "data", events[3:], **_api(api))
+    person = only(profiles(sandbox, pipelines=api == "pipelines"))
+    assert (person["id"], person["email"]) == ("user-1", "new@x.io")

@@ -490,6 +490,8 @@ def _own_identity(event: PostHogEvent, book: _Book, config: MappingConfig, resul
 def _absorb(person: PersonState, other: PersonState, via_identify: bool) -> PersonState | None:
     """Merge ``other`` into ``person`` in our state; ``other`` when its Customer.io profile must merge too."""
     person.identified = True
+    if person.email is None and other.email is not None and "email" in other.stamps:
+        person.stamps.setdefault("email", other.stamps["email"])  # it moves with the time it was written
     person.email = person.email or other.email
     person.relationships = sorted(set(person.relationships) | set(other.relationships))
     person.pending = {**other.pending, **person.pending}
@@ -505,6 +507,8 @@ def _absorb(person: PersonState, other: PersonState, via_identify: bool) -> Pers
         return None
     for key, digest in other.digests.items():  # Customer.io copies what the primary lacks...
         if key != "email":  # ...but an identifier is sent explicitly
+            if key not in person.digests and key in other.stamps:
+                person.stamps[key] = other.stamps[key]  # with the time of its write
             person.digests.setdefault(key, digest)
     return other
 
@@ -612,8 +616,10 @@ def _identify_operations(
         if state.digests.get(key) != digest:
             changed[key] = value
             state.digests[key] = digest
-        if key in carried or key in changed:
+        if key in carried:
             state.stamps[key] = max(when, state.stamps.get(key, when))
+        elif key in changed:  # remembered (merged, pending) values keep the time they were written
+            state.stamps.setdefault(key, when)
     for key in event.unset:
         if when < state.stamps.get(key, when):
             continue
