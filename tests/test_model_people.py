@@ -175,6 +175,9 @@ class Model:
         elif name == "$create_alias":
             if props.get("alias"):
                 self._merge(str(props["alias"]), did, alias=True, event=event)
+            merged = self.person(did)
+            if merged is not None and merged.profile is not None:
+                self._attach(merged, merged.profile)
             return  # rule 5: an alias only merges
         person = self.person(did)
         if person is None and not personless:
@@ -245,10 +248,13 @@ class Model:
             email = _email_of(event)
             by_email = self.identify_by_email and email is not None
             person.profile = Profile(None if by_email else person.root, None)
-        profile = person.profile
-        for distinct_id_ in person.ids:  # rule 6: attached by anonymous_id
-            profile.events |= self.anonymous.pop(distinct_id_, set())
-        return profile
+        self._attach(person, person.profile)
+        return person.profile
+
+    def _attach(self, person: Person, profile: Profile) -> None:
+        """Rule 6: the person's anonymous events join its profile (by ``anonymous_id``)."""
+        for distinct_id in person.ids:
+            profile.events |= self.anonymous.pop(distinct_id, set())
 
     def _write(self, person: Person, profile: Profile, event: dict[str, Any], when: int) -> None:
         props = event["properties"]

@@ -291,3 +291,19 @@ def test_a_merge_keeps_the_moved_emails_own_time(sandbox: SandboxServer, tmp_pat
     deliver_events(sandbox, tmp_path / "data", events[3:], **_api(api))
     person = only(profiles(sandbox, pipelines=api == "pipelines"))
     assert (person["id"], person["email"]) == ("user-1", "new@x.io")
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_backend_alias_attaches_the_visitors_events_at_once(sandbox: SandboxServer, tmp_path: Path, api: str) -> None:
+    """posthog-python ``alias(previous_id=<the visitor's anonymous id>, distinct_id=<a known user>)``: the visitor's
+    anonymous events belong to the user from then on, whether or not the user sends another event."""
+    events = [
+        browser("clicked", "dev-1", 0, "dev-1", False),
+        ev("signed_up", "user-1", 10, **{"$lib": "posthog-python"}),
+        ev("$create_alias", "dev-1", 20, alias="user-1", **{"$lib": "posthog-python"}),
+    ]
+    deliver_events(sandbox, tmp_path / "data", events, **_api(api))
+    person = only(profiles(sandbox, pipelines=api == "pipelines"))
+    assert person["id"] == "user-1" and person["events"] == ["clicked", "signed_up"]
+    anonymous = sandbox.pipelines.anonymous_events() if api == "pipelines" else sandbox.state.anonymous_events()
+    assert anonymous == []

@@ -290,7 +290,9 @@ def map_event(event: PostHogEvent, states: Mapping[str, PersonState], config: Ma
         result.skipped = skip
         return result
     result.skipped = skip
-    if skip is not None and merged is None and not update_only:
+    # an alias that gave a person with a profile a visitor's anonymous events attaches them now
+    attaches = skip == "alias" and person.created and bool(person.pending_anonymous_ids)
+    if skip is not None and merged is None and not update_only and not attaches:
         return result
     # the secondary's Customer.io profile holds its email until the merge deletes it: the
     # primary gets that identifier only after the merge (Customer.io refuses a duplicate)
