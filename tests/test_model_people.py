@@ -158,6 +158,7 @@ class Model:
         self.people: list[Person] = []
         self.seen_ids: set[str] = set()  # event ids Customer.io has seen
         self.anonymous: dict[str, set[tuple[str, int]]] = {}  # Customer.io's unattached anonymous events
+        self.marked: set[str] = set()  # distinct_ids seen as anonymous visitors (personless ones too)
 
     def person(self, distinct_id: str) -> Person | None:
         return next((p for p in self.people if distinct_id in p.ids), None)
@@ -181,13 +182,15 @@ class Model:
             return  # rule 5: an alias only merges
         person = self.person(did)
         if person is None and not personless:
-            person = Person(did, {did})
+            person = Person(did, {did}, anonymous_seen=did in self.marked)
             self.people.append(person)
         markers = props.get("$is_identified") is False or personless or props.get("$device_id") == did
         if person is not None and props.get("$is_identified") is True:
             person.identified = True
-        if person is not None and markers and not person.identified and person.profile is None:
-            person.anonymous_seen = True
+        if markers and (person is None or (not person.identified and person.profile is None)):
+            self.marked.add(did)  # seen as an anonymous visitor (rule 8's survivor rule)
+            if person is not None:
+                person.anonymous_seen = True
         forwarded = name not in FORWARDED_NOT and event["uuid"] not in self.seen_ids
         if forwarded:
             self.seen_ids.add(event["uuid"])
@@ -207,10 +210,10 @@ class Model:
         if into is not None and other is not None and into is not other and other.identified:
             return  # cannot_merge_already_identified: both persons exist and the merged-in one is identified
         if into is None:
-            into = Person(into_id, {into_id})
+            into = Person(into_id, {into_id}, anonymous_seen=into_id in self.marked)
             self.people.append(into)
         if other is None:
-            other = Person(other_id, {other_id})
+            other = Person(other_id, {other_id}, anonymous_seen=other_id in self.marked)
             self.people.append(other)
         if other is not into:
             survivor, merged = into, other
@@ -284,6 +287,7 @@ class Model:
         if person is None:
             return
         self.people.remove(person)
+        self.marked -= person.ids  # rule 4: nothing of the person is remembered
 
     def expected(self) -> dict[str, Any]:
         """The end state in the shape of :func:`observed`."""

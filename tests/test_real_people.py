@@ -307,3 +307,19 @@ def test_a_backend_alias_attaches_the_visitors_events_at_once(sandbox: SandboxSe
     assert person["id"] == "user-1" and person["events"] == ["clicked", "signed_up"]
     anonymous = sandbox.pipelines.anonymous_events() if api == "pipelines" else sandbox.state.anonymous_events()
     assert anonymous == []
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_an_alias_of_a_personless_id_to_an_identified_user_joins_them(
+    sandbox: SandboxServer, tmp_path: Path, api: str
+) -> None:
+    """A distinct_id seen only in personless events has no PostHog person: aliasing it to an identified user is no
+    merge PostHog refuses; the id joins the user, with its events."""
+    events = [
+        browser("$identify", "user-1", 0, "dev-1", True, **{"$anon_distinct_id": "dev-1"}),
+        ev("invoice_paid", "crm-1", 10, **{"$lib": "posthog-python", "$process_person_profile": False}),
+        ev("$create_alias", "crm-1", 20, alias="user-1", **{"$lib": "posthog-python"}),
+    ]
+    deliver_events(sandbox, tmp_path / "data", events, **_api(api))
+    person = only(profiles(sandbox, pipelines=api == "pipelines"))
+    assert person["id"] == "user-1" and person["events"] == ["$identify", "invoice_paid"]

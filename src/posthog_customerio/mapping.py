@@ -444,7 +444,7 @@ def _alias_side_identified(event: PostHogEvent, other_id: str, book: _Book) -> b
         return False
     alias_side = book.states.get(book.person(other_id).distinct_id)  # as it was before this event
     before = book.states.get(event.distinct_id)
-    existed = before is not None and (before.seen or before.created or before.merged_into is not None)
+    existed = before is not None and (before.processed or before.created or before.merged_into is not None)
     return existed and alias_side is not None and alias_side.identified
 
 
@@ -468,10 +468,12 @@ def _own_identity(event: PostHogEvent, book: _Book, config: MappingConfig, resul
     """
     own = book.get(event.distinct_id)
     own.seen = True
+    processed = event.properties.get("$process_person_profile") is not False
+    own.processed = own.processed or processed
     says_identified = event.properties.get("$is_identified") is True
     if own.merged_into and own.merged_by_identify and says_identified:
         _forget(own)
-        own.seen = True
+        own.seen, own.processed = True, processed
         result.notes["merge_undone_identified"] += 1
         return None
     if own.claimed_by is None or own.merged_into:
