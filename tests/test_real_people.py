@@ -275,3 +275,51 @@ def test_an_alias_of_an_identified_user_into_another_person_is_refused(
     assert set(found) == {"crm-1", "user-1"}, found
     assert found["crm-1"]["events"] == ["invoice_paid", "refunded"]
     assert found["user-1"]["events"] == ["$identify"]
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_merge_keeps_the_moved_emails_own_time(sandbox: SandboxServer, tmp_path: Path, api: str) -> None:
+    """The email a merge moves to the surviving profile was written when it was set, not at the merge: a late
+    write newer than that (a backend's offline queue) still changes it."""
+    events = [
+        ev("$set", "legacy-1", 0, **{"$lib": "posthog-python", "$set": {"email": "old@x.io"}}),
+        browser("$identify", "user-1", 10, "dev-1", True, **{"$anon_distinct_id": "dev-1"}),
+        browser("$create_alias", "user-1", 30, "dev-1", True, alias="legacy-1"),
+        ev("$set", "legacy-1", 20, **{"$lib": "posthog-python", "$set": {"email": "new@x.io"}}),
+    ]
+    deliver_events(sandbox, tmp_path / "data", events[:3], **_api(api))
+    deliver_events(sandbox, tmp_path / "data", events[3:], **_api(api))
+    person = only(profiles(sandbox, pipelines=api == "pipelines"))
+    assert (person["id"], person["email"]) == ("user-1", "new@x.io")
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_a_backend_alias_attaches_the_visitors_events_at_once(sandbox: SandboxServer, tmp_path: Path, api: str) -> None:
+    """posthog-python ``alias(previous_id=<the visitor's anonymous id>, distinct_id=<a known user>)``: the visitor's
+    anonymous events belong to the user from then on, whether or not the user sends another event."""
+    events = [
+        browser("clicked", "dev-1", 0, "dev-1", False),
+        ev("signed_up", "user-1", 10, **{"$lib": "posthog-python"}),
+        ev("$create_alias", "dev-1", 20, alias="user-1", **{"$lib": "posthog-python"}),
+    ]
+    deliver_events(sandbox, tmp_path / "data", events, **_api(api))
+    person = only(profiles(sandbox, pipelines=api == "pipelines"))
+    assert person["id"] == "user-1" and person["events"] == ["clicked", "signed_up"]
+    anonymous = sandbox.pipelines.anonymous_events() if api == "pipelines" else sandbox.state.anonymous_events()
+    assert anonymous == []
+
+
+@pytest.mark.parametrize("api", APIS)
+def test_an_alias_of_a_personless_id_to_an_identified_user_joins_them(
+    sandbox: SandboxServer, tmp_path: Path, api: str
+) -> None:
+    """A distinct_id seen only in personless events has no PostHog person: aliasing it to an identified user is no
+    merge PostHog refuses; the id joins the user, with its events."""
+    events = [
+        browser("$identify", "user-1", 0, "dev-1", True, **{"$anon_distinct_id": "dev-1"}),
+        ev("invoice_paid", "crm-1", 10, **{"$lib": "posthog-python", "$process_person_profile": False}),
+        ev("$create_alias", "crm-1", 20, alias="user-1", **{"$lib": "posthog-python"}),
+    ]
+    deliver_events(sandbox, tmp_path / "data", events, **_api(api))
+    person = only(profiles(sandbox, pipelines=api == "pipelines"))
+    assert person["id"] == "user-1" and person["events"] == ["$identify", "invoice_paid"]

@@ -290,7 +290,9 @@ def map_event(event: PostHogEvent, states: Mapping[str, PersonState], config: Ma
         result.skipped = skip
         return result
     result.skipped = skip
-    if skip is not None and merged is None and not update_only:
+    # an alias that gave a person with a profile a visitor's anonymous events attaches them now
+    attaches = skip == "alias" and person.created and bool(person.pending_anonymous_ids)
+    if skip is not None and merged is None and not update_only and not attaches:
         return result
     # the secondary's Customer.io profile holds its email until the merge deletes it: the
     # primary gets that identifier only after the merge (Customer.io refuses a duplicate)
@@ -442,7 +444,7 @@ def _alias_side_identified(event: PostHogEvent, other_id: str, book: _Book) -> b
         return False
     alias_side = book.states.get(book.person(other_id).distinct_id)  # as it was before this event
     before = book.states.get(event.distinct_id)
-    existed = before is not None and (before.seen or before.created or before.merged_into is not None)
+    existed = before is not None and (before.processed or before.created or before.merged_into is not None)
     return existed and alias_side is not None and alias_side.identified
 
 
@@ -466,10 +468,12 @@ def _own_identity(event: PostHogEvent, book: _Book, config: MappingConfig, resul
     """
     own = book.get(event.distinct_id)
     own.seen = True
+    processed = event.properties.get("$process_person_profile") is not False
+    own.processed = own.processed or processed
     says_identified = event.properties.get("$is_identified") is True
     if own.merged_into and own.merged_by_identify and says_identified:
         _forget(own)
-        own.seen = True
+        own.seen, own.processed = True, processed
         result.notes["merge_undone_identified"] += 1
         return None
     if own.claimed_by is None or own.merged_into:
@@ -490,6 +494,8 @@ def _own_identity(event: PostHogEvent, book: _Book, config: MappingConfig, resul
 def _absorb(person: PersonState, other: PersonState, via_identify: bool) -> PersonState | None:
     """Merge ``other`` into ``person`` in our state; ``other`` when its Customer.io profile must merge too."""
     person.identified = True
+    if person.email is None and other.email is not None and "email" in other.stamps:
+        person.stamps.setdefault("email", other.stamps["email"])  # it moves with the time it was written
     person.email = person.email or other.email
     person.relationships = sorted(set(person.relationships) | set(other.relationships))
     person.pending = {**other.pending, **person.pending}
@@ -505,6 +511,8 @@ def _absorb(person: PersonState, other: PersonState, via_identify: bool) -> Pers
         return None
     for key, digest in other.digests.items():  # Customer.io copies what the primary lacks...
         if key != "email":  # ...but an identifier is sent explicitly
+            if key not in person.digests and key in other.stamps:
+                person.stamps[key] = other.stamps[key]  # with the time of its write
             person.digests.setdefault(key, digest)
     return other
 
@@ -612,8 +620,10 @@ def _identify_operations(
         if state.digests.get(key) != digest:
             changed[key] = value
             state.digests[key] = digest
-        if key in carried or key in changed:
+        if key in carried:
             state.stamps[key] = max(when, state.stamps.get(key, when))
+        elif key in changed:  # remembered (merged, pending) values keep the time they were written
+            state.stamps.setdefault(key, when)
     for key in event.unset:
         if when < state.stamps.get(key, when):
             continue

@@ -54,6 +54,9 @@ class PersonState:
     claimed_by: str | None = None
     #: an event of this distinct_id itself was mapped (False: only named by another's identity event)
     seen: bool = False
+    #: one of those events was processed for a person (not ``$process_person_profile: false``): PostHog has a
+    #: person for this distinct_id
+    processed: bool = False
 
     def copy(self) -> PersonState:
         """An independent copy (the mapping never mutates its inputs)."""
@@ -90,6 +93,8 @@ class PersonState:
             extra["c"] = self.claimed_by
         if not self.seen:
             extra["v"] = 0  # rows written before this field existed were all seen
+        if self.processed != self.seen:
+            extra["P"] = int(self.processed)  # rows written before this field existed: as seen
         return json.dumps(extra, separators=(",", ":"), sort_keys=True)
 
 
@@ -115,6 +120,7 @@ def _from_row(row: tuple[Any, ...]) -> PersonState:
         bool(more.get("i")),
         more.get("c"),
         bool(more.get("v", 1)),
+        bool(more.get("P", more.get("v", 1))),
     )
 
 
