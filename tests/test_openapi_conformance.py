@@ -15,6 +15,10 @@ from typing import Any
 
 import httpx
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import negative_data_rejection, positive_data_acceptance
 
 from posthog_customerio.config import load_settings
 from posthog_customerio.runtime import Runtime
@@ -111,3 +115,50 @@ def test_options_on_flags_and_decide_is_documented_and_consistent(
                 _error(refused, 405)
         assert httpx.get(f"{url}{variant}", timeout=30).status_code == 200
         assert httpx.post(f"{url}{variant}", json={}, timeout=30).status_code == 200
+
+
+@pytest.mark.parametrize("path", RECEIVERS)
+def test_api_key_is_a_string_as_documented(service: tuple[str, dict[str, Any]], path: str) -> None:
+    url, spec = service
+    for shape in spec["components"]["schemas"]["Event"]["oneOf"]:
+        assert shape["properties"]["api_key"]["type"] == "string"
+    for body in ({"api_key": 5, "batch": []}, [{"event": "x", "distinct_id": "u", "api_key": None}]):
+        assert "api_key" in _error(httpx.post(f"{url}{path}", json=body, timeout=30))
+    if path != "/i/v1/analytics/events":  # capture v1 bodies are {"batch": [...]} only
+        assert httpx.post(f"{url}{path}", json={"api_key": "phc_x", "batch": []}, timeout=30).status_code == 200
+
+
+def test_receivers_accept_what_the_document_allows_and_refuse_the_rest(service: tuple[str, dict[str, Any]]) -> None:
+    """Schemathesis with the data checks: a body the document allows is stored (2xx), one it forbids gets a 4xx.
+
+    (``tests/test_schemathesis.py`` checks the answers; this checks the request schemas of the receivers.)
+    """
+    url, _ = service
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    failures = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        if operation.path not in RECEIVERS:
+            continue
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            try:
+                _fuzz_data(operation, mode)
+            except Exception as exc:  # collect every operation's failure, then report them all
+                failures.append(f"{operation.label} ({mode.value}): {exc}")
+    assert not failures, "\n\n".join(failures)
+
+
+def _fuzz_data(operation: schemathesis.APIOperation, mode: GenerationMode) -> None:
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(
+        max_examples=40,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        derandomize=True,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+    )
+    def run(case: schemathesis.Case) -> None:
+        case.call_and_validate(checks=[positive_data_acceptance, negative_data_rejection], timeout=10)
+
+    run()

@@ -14,6 +14,7 @@ __all__ = [
     "ERROR_SCHEMA",
     "INGEST_BODY",
     "INGEST_RESPONSES",
+    "INGEST_V1_BODY",
     "MAX_DEAD_LETTERS",
     "OPS_SECURITY",
     "OPTIONS_RESPONSES",
@@ -55,24 +56,93 @@ def json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-_PROPERTIES = {"type": "object", "additionalProperties": True}
-_EVENT = {
+#: an object; ClickHouse exports and PostHog's Kafka topics send it JSON-encoded, "" (or null) meaning absent
+_ABSENT = [{"type": "string", "maxLength": 0}, {"type": "null"}]
+_PROPERTIES = {"oneOf": [{"type": "object", "additionalProperties": True}, *_ABSENT]}
+#: Hog globals ``groups``: group type -> the group (an object, as above)
+_GROUPS = {"oneOf": [{"type": "object", "additionalProperties": _PROPERTIES}, *_ABSENT]}
+#: a character that is not white space, as Python's ``str.strip`` sees it (the receivers' test), spelled
+#: out so that every regular expression dialect reads it alike
+_VISIBLE = (
+    "[^\\t\\n\\u000b\\f\\r\\u001c-\\u001f \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+)
+#: an event name has a character that is not white space
+_EVENT_NAME = {"type": "string", "pattern": _VISIBLE}
+#: a distinct id: a number, or text with a character that is not white space (not starting with U+001F)
+_DISTINCT_ID = {"oneOf": [{"type": "string", "pattern": f"^(?!\\u001f)[\\s\\S]*{_VISIBLE}"}, {"type": "number"}]}
+_ISO_TIME = (
+    "^(?!0000)\\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\\d|3[01])T([01]\\d|2[0-3]):[0-5]\\d:[0-5]\\d(\\.\\d{1,9})?"
+    "(Z|[+-]([01]\\d|2[0-3]):[0-5]\\d)$"
+)
+#: what the receivers take as a time: ISO 8601 (upper-case T and Z), Unix seconds or milliseconds
+#: (magnitudes from 1e11 are milliseconds) from year 1 to 9999, as a number or digits; "" or null = now
+_TIMESTAMP = {
+    "anyOf": [
+        {"type": "string", "format": "date-time", "pattern": _ISO_TIME},
+        {"type": "string", "pattern": "^(-?\\d{1,10}|\\d{11,14})(\\.\\d{1,6})?$"},
+        *_ABSENT,
+        {"type": "number", "minimum": -62_135_596_800_000, "maximum": -100_000_000_000},
+        {"type": "number", "minimum": -62_135_596_800, "exclusiveMaximum": 253_402_300_800_000},
+    ]
+}
+_API_KEY = {"type": "string", "description": "Capture paths: WEBHOOK_TOKEN, when no Bearer header is sent"}
+_FLAT_EVENT = {
     "type": "object",
-    "description": "One PostHog event: export/capture style (`event`, `distinct_id`, `properties`, `timestamp`,"
-    " `uuid`, `$set`, `$set_once`) or a webhook / Hog destination body (`event` object + `person`)",
+    "description": "Export/capture style: `event` (name), `distinct_id` (or `properties.distinct_id`, as"
+    " posthog-js sends it), `properties`, `timestamp`, `uuid`, `$set`, `$set_once`, `person`",
+    "required": ["event"],
     "properties": {
-        "event": {"oneOf": [{"type": "string"}, {"type": "object", "additionalProperties": True}]},
-        "distinct_id": {"type": "string"},
-        "uuid": {"type": "string"},
-        "timestamp": {"oneOf": [{"type": "string"}, {"type": "number"}]},
+        "event": _EVENT_NAME,
+        "distinct_id": _DISTINCT_ID,
+        "uuid": {"type": ["string", "null"]},
+        "timestamp": _TIMESTAMP,
         "properties": _PROPERTIES,
         "person": _PROPERTIES,
         "$set": _PROPERTIES,
         "$set_once": _PROPERTIES,
-        "api_key": {"type": "string", "description": "Capture paths: WEBHOOK_TOKEN, when no Bearer header is sent"},
+        "api_key": _API_KEY,
+    },
+    "anyOf": [
+        {"required": ["distinct_id"]},
+        {
+            "required": ["properties"],
+            "properties": {
+                "properties": {
+                    "type": "object",
+                    "required": ["distinct_id"],
+                    "properties": {"distinct_id": _DISTINCT_ID},
+                }
+            },
+        },
+    ],
+    "additionalProperties": True,
+}
+_HOG_EVENT = {
+    "type": "object",
+    "description": "A webhook / Hog destination body: the `event` object, `person`, `groups`",
+    "required": ["event"],
+    "properties": {
+        "event": {
+            "type": "object",
+            "required": ["distinct_id"],
+            "properties": {
+                "event": _EVENT_NAME,
+                "distinct_id": _DISTINCT_ID,
+                "uuid": {"type": ["string", "null"]},
+                "timestamp": _TIMESTAMP,
+                "properties": _PROPERTIES,
+            },
+            # the name is `event`, else `name` (ignored when `event` is there)
+            "anyOf": [{"required": ["event"]}, {"required": ["name"], "properties": {"name": _EVENT_NAME}}],
+            "additionalProperties": True,
+        },
+        "person": _PROPERTIES,
+        "groups": _GROUPS,
+        "api_key": _API_KEY,
     },
     "additionalProperties": True,
 }
+_EVENT = {"description": "One PostHog event", "oneOf": [_FLAT_EVENT, _HOG_EVENT]}
 _PAYLOAD = {
     "description": 'One event, an array of events, or a capture batch `{"batch": [...]}`',
     "oneOf": [
@@ -85,9 +155,25 @@ _PAYLOAD = {
                 "batch": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
                 "api_key": {"type": "string"},
             },
+            "not": {"required": ["event"]},  # with an `event` it is one event (that has a `batch` property)
             "additionalProperties": True,
         },
     ],
+}
+_CAPTURE_V1 = {
+    "description": 'Capture v1: `{"batch": [...]}` (`created_at` and `historical_migration` are ignored)',
+    "type": "object",
+    "required": ["batch"],
+    "properties": {
+        "batch": {
+            "type": "array",
+            "items": {  # flat events only: the event name is a string
+                "allOf": [{"$ref": "#/components/schemas/Event"}],
+                "properties": {"event": _EVENT_NAME},
+            },
+        },
+    },
+    "additionalProperties": True,
 }
 INGEST_BODY: dict[str, Any] = {
     "requestBody": {
@@ -98,6 +184,13 @@ INGEST_BODY: dict[str, Any] = {
         "urlencoded`), base64 (`?compression=base64`) and LZString (`?compression=lz64`). Any other bytes are"
         " refused with 400: no content type is declared whose schema admits them.",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Payload"}}},
+    },
+}
+#: capture v1 (``/i/v1/analytics/events``): the same encodings, a ``{"batch": [...]}`` body only
+INGEST_V1_BODY: dict[str, Any] = {
+    "requestBody": {
+        **INGEST_BODY["requestBody"],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CaptureV1"}}},
     },
 }
 INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -225,7 +318,9 @@ PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
 def add_ops_security(spec: dict[str, Any], is_ops_path: Any) -> dict[str, Any]:
     """Schemas, security schemes, and a 401 answer on every operations endpoint, in a generated spec."""
     components = spec.setdefault("components", {})
-    components.setdefault("schemas", {}).update({"Error": ERROR_SCHEMA, "Event": _EVENT, "Payload": _PAYLOAD})
+    components.setdefault("schemas", {}).update(
+        {"Error": ERROR_SCHEMA, "Event": _EVENT, "Payload": _PAYLOAD, "CaptureV1": _CAPTURE_V1}
+    )
     components.setdefault("securitySchemes", {}).update(_SECURITY_SCHEMES)
     for path, operations in spec.get("paths", {}).items():
         if not is_ops_path(path):

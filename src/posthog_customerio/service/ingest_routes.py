@@ -63,6 +63,16 @@ def _parse(
         raise HttpError(400, str(exc)[:300], reason="invalid_event") from None
 
 
+def _check_api_keys(payload: Any) -> None:
+    """``api_key``, where given (the body, its ``batch`` or array items), is a string, as ``/openapi.json`` says."""
+    items = payload if isinstance(payload, list) else [payload]
+    if isinstance(payload, dict) and isinstance(payload.get("batch"), list):
+        items = [payload, *payload["batch"]]
+    for item in items:
+        if isinstance(item, dict) and "api_key" in item and not isinstance(item["api_key"], str):
+            raise HttpError(400, "api_key must be a string (the project token)", reason="invalid_event")
+
+
 def parse_events(
     request: Request, raw: bytes, source: str, header_ok: bool, v1: bool, received_at: datetime | None = None
 ) -> list[PostHogEvent]:
@@ -78,6 +88,7 @@ def parse_events(
     payload = parse_json(body, settings.max_events_per_request)
     if not header_ok:
         auth.check_capture(request, payload)
+    _check_api_keys(payload)
     events = _parse(service, request, payload, v1, source, received_at)
     if len(events) > settings.max_events_per_request:
         raise HttpError(413, too_many(settings.max_events_per_request), reason="too_many_events")
@@ -240,5 +251,5 @@ def add_ingest_routes(app: FastAPI) -> None:
             include_in_schema=not variant.endswith("/"),
             summary='PostHog capture v1 (posthog-python capture_mode="v1"): {"batch": [...]}, Bearer token',
             responses=apidoc.INGEST_RESPONSES,
-            openapi_extra=apidoc.INGEST_BODY,
+            openapi_extra=apidoc.INGEST_V1_BODY,
         )
