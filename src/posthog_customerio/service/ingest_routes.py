@@ -32,7 +32,7 @@ from .bodies import HttpError, decode_body, parse_json, read_body, too_many
 from .context import Service, service_of
 from .paths import CAPTURE_PATHS, CAPTURE_V1_PATH
 from .proxy import ProxyError
-from .replay import Claim
+from .replay import Claim, ReplayGuard
 
 __all__ = ["add_ingest_routes", "capture", "capture_v1", "webhook"]
 
@@ -167,6 +167,29 @@ async def _parse_and_store(
     return await store(service_of(request), events, source), events
 
 
+async def _store_once(
+    guard: ReplayGuard, request: Request, raw: bytes, source: str
+) -> tuple[IngestReport, list[PostHogEvent]] | None:
+    """Parse and store a verified signed webhook unless its ``webhook-id`` was stored already (``None``).
+
+    409 while another request with the id is being stored; a failed request forgets the id (its retry counts).
+    """
+    webhook_id = request.headers["webhook-id"]  # present: the signature covers it
+    claim = guard.claim(webhook_id)
+    if claim is Claim.DONE:
+        log.info("a signed webhook was replayed (same webhook-id): answered without storing it again")
+        return None
+    if claim is Claim.IN_FLIGHT:
+        raise HttpError(409, _IN_FLIGHT_MESSAGE, {"Retry-After": "1"}, reason="webhook_in_flight")
+    try:
+        stored = await _parse_and_store(request, raw, source, True, False, None)
+    except BaseException:
+        guard.release(webhook_id)
+        raise
+    guard.commit(webhook_id, float(request.headers["webhook-timestamp"]))
+    return stored
+
+
 async def receive(request: Request, source: str, capture: bool, v1: bool = False) -> Response:
     """Authorise, bound, decode, parse and store one request; the answer SDKs expect."""
     service = service_of(request)
@@ -187,22 +210,14 @@ async def receive(request: Request, source: str, capture: bool, v1: bool = False
     if not capture and auth.verifier is not None:
         await run_in_threadpool(auth.check_signature, request, raw)
         guard = auth.replays
+    stored: tuple[IngestReport, list[PostHogEvent]] | None
     if guard is None:
-        report, events = await _parse_and_store(request, raw, source, header_ok, v1, received_at)
+        stored = await _parse_and_store(request, raw, source, header_ok, v1, received_at)
     else:
-        webhook_id = request.headers["webhook-id"]  # present: the signature covers it
-        claim = guard.claim(webhook_id)
-        if claim is Claim.DONE:
-            log.info("a signed webhook was replayed (same webhook-id): answered without storing it again")
+        stored = await _store_once(guard, request, raw, source)
+        if stored is None:
             return JSONResponse({"status": 1, "accepted": 0, "operations": 0, "replayed": True})
-        if claim is Claim.IN_FLIGHT:
-            raise HttpError(409, _IN_FLIGHT_MESSAGE, {"Retry-After": "1"}, reason="webhook_in_flight")
-        try:
-            report, events = await _parse_and_store(request, raw, source, header_ok, v1, received_at)
-        except BaseException:
-            guard.release(webhook_id)
-            raise
-        guard.commit(webhook_id, float(request.headers["webhook-timestamp"]))
+    report, events = stored
     answer: dict[str, Any] = {"status": 1, "accepted": report.events, "operations": report.operations}
     if v1:  # capture v1 clients read a per-event verdict keyed by uuid
         answer["results"] = {event.uuid: {"result": "ok"} for event in events if event.uuid}
