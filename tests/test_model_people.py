@@ -85,10 +85,12 @@ is always a bug on one side:
   person, so nothing is refused), i.e. rename the user's Customer.io profile -- a merge our mapping refuses
   (the issue's item 5: ``$identify`` never takes over an identified person);
 * every event has its own second (ties between two writes of one attribute have no documented order);
-* only a person that exists is deleted (PostHog deletes persons through its persons API; deleting a
-  distinct_id that has no person means nothing there, and its personless events -- which PostHog gives the
-  person id a later person of that distinct_id gets -- would be judged by rule 6 against a deletion that
-  never happened).
+* only a person with a profile is deleted: deleting a distinct_id that has no person means nothing in
+  PostHog (yet its personless events, which PostHog gives the person id a later person of that distinct_id
+  gets, would be judged by rule 6 against a deletion that never happened); and a deleted anonymous
+  visitor's events stay in Customer.io under their ``anonymous_id``, which the same browser keeps using --
+  Customer.io attaches by ``anonymous_id`` only, so it cannot tell the deleted visitor's events from the
+  new one's.
 """
 
 from __future__ import annotations
@@ -524,7 +526,8 @@ class PeopleMachine(RuleBasedStateMachine):
     def delete(self, who: str) -> None:
         """PostHog's person deletion, by any of the person's distinct_ids."""
         distinct_id = self.devices[who].distinct_id if who in self.devices else who
-        if self.model.person(distinct_id) is not None:  # PostHog deletes persons that exist (docstring)
+        person = self.model.person(distinct_id)
+        if person is not None and person.profile is not None:  # see the module docstring
             self._server("$delete_person", distinct_id)
 
     @rule(index=st.integers(0, 10_000))
