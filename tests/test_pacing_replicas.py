@@ -116,9 +116,9 @@ def test_replicas_share_customerio_max_rps(sandbox: SandboxServer, pg_url: str, 
 def test_pacing_row_is_per_workspace_and_a_pause_reaches_every_replica(pg_url: str) -> None:
     db = PostgresStorage(pg_url)
     try:
-        first = PostgresPacer(db.shared_pacing(), "workspace-1", rate=1000)
-        other = PostgresPacer(db.shared_pacing(), "workspace-2", rate=1000)
-        twin = PostgresPacer(db.shared_pacing(), "workspace-1", rate=1000)  # another replica of workspace 1
+        first = PostgresPacer(db, "workspace-1", rate=1000)
+        other = PostgresPacer(db, "workspace-2", rate=1000)
+        twin = PostgresPacer(db, "workspace-1", rate=1000)  # another replica of workspace 1
         first.hold_for(float("inf"))  # clamped, never an OverflowError
         stop = threading.Event()
         assert not twin.take(stop) and 0 < twin.hold_remaining() <= 3600
