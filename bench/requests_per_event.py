@@ -77,14 +77,14 @@ MODE_ENV = {
 
 def prepare_seed_outbox(events_file: Path, data_dir: Path) -> int:
     """Mode (a): map every event with an empty person state into a fresh outbox."""
-    from posthog_customerio.db import Database
     from posthog_customerio.mapping import MappingConfig, map_event
     from posthog_customerio.outbox import Outbox
     from posthog_customerio.sources import read_events
+    from posthog_customerio.storage import SqliteStorage
 
     config = MappingConfig(anonymous_events="person", merge_people=False)
     data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(data_dir / "posthog-customerio.sqlite", synchronous="NORMAL")
+    db = SqliteStorage(data_dir / "posthog-customerio.sqlite", synchronous="NORMAL")
     outbox, count, chunk = Outbox(db), 0, []
     try:
         with open(events_file, encoding="utf-8") as stream:

@@ -271,13 +271,13 @@ def _known_attributes(k: int) -> dict[str, Any]:
 
 def build_people_state(data_dir: Path, people: int) -> float:
     """Write ``people`` identified, created people into the data dir's ``persons`` table."""
-    from posthog_customerio.db import Database
     from posthog_customerio.mapping import value_digest
+    from posthog_customerio.storage import SqliteStorage
 
     started = time.monotonic()
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / "posthog-customerio.sqlite"
-    Database(path, synchronous="NORMAL").close()  # creates the schema (migrations)
+    SqliteStorage(path, synchronous="NORMAL").close()  # creates the schema (migrations)
     conn = sqlite3.connect(str(path), isolation_level=None)
     conn.execute("PRAGMA synchronous=OFF")
     columns = [row[1] for row in conn.execute("PRAGMA table_info(persons)")]

@@ -12,7 +12,7 @@ from datetime import datetime
 import uvicorn
 
 from posthog_customerio.runtime import Runtime
-from posthog_customerio.server import create_app
+from posthog_customerio.service import create_app
 from posthog_customerio.service.http_timeouts import uvicorn_config
 
 __all__ = ["running_service"]

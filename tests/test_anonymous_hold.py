@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 
 from posthog_customerio.config import load_settings
-from posthog_customerio.db import Database, PostgresDatabase
 from posthog_customerio.operations import Operation
 from posthog_customerio.outbox import Outbox
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.sources import PostHogEvent
+from posthog_customerio.storage import PostgresStorage, SqliteStorage
 
 from .conftest import API_KEY, SITE_ID, Cli
 
@@ -47,11 +47,11 @@ def names(items: Any) -> list[str]:
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     """``(outbox_url or None, database)`` of the backend under test."""
     if request.param == "sqlite":
-        db: Database | PostgresDatabase = Database(tmp_path / "db.sqlite")
+        db: SqliteStorage | PostgresStorage = SqliteStorage(tmp_path / "db.sqlite")
         url = None
     else:
         url = request.getfixturevalue("pg_url")
-        db = PostgresDatabase(url)
+        db = PostgresStorage(url)
     yield url, db
     db.close()
 

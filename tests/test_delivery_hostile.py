@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from posthog_customerio.config import ConfigError, load_settings
-from posthog_customerio.delivery import RateLimiter
 from posthog_customerio.output.base import parse_retry_after
+from posthog_customerio.pacing import RateLimiter
 from posthog_customerio.sandbox import SandboxServer
 
 from .helpers import make_runtime

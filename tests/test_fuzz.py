@@ -29,7 +29,7 @@ from posthog_customerio.mapping import MappingConfig, map_event
 from posthog_customerio.operations import encode_payload
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.samples import generate_session_events
-from posthog_customerio.server import create_app
+from posthog_customerio.service import create_app
 from posthog_customerio.sources import EventParseError, loads_strict, parse_payload, read_events
 from posthog_customerio.state import PersonState
 

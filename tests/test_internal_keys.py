@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from posthog_customerio import db as db_module
+from posthog_customerio import storage
 from posthog_customerio.config import load_settings
 from posthog_customerio.mapping import INTERNAL_KEY_PREFIX
 from posthog_customerio.runtime import Runtime
@@ -86,7 +86,7 @@ def test_a_distinct_id_that_could_pass_for_an_internal_key_is_refused(distinct_i
 def test_sqlite_keys_written_with_the_old_nul_prefix_are_renamed(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     conn = sqlite3.connect(path)
-    for script in db_module._MIGRATIONS[:6]:
+    for script in storage.SQLITE_MIGRATIONS[:6]:
         for statement in filter(str.strip, script.split(";")):
             conn.execute(statement)
     conn.execute("PRAGMA user_version=6")
@@ -101,7 +101,7 @@ def test_sqlite_keys_written_with_the_old_nul_prefix_are_renamed(tmp_path: Path)
     )
     conn.commit()
     conn.close()
-    database = db_module.SqliteDatabase(path)
+    database = storage.SqliteStorage(path)
     try:
         with database.reading() as reader:
             assert [r[0] for r in reader.execute("SELECT distinct_id FROM persons")] == [

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from posthog_customerio import db as db_module
+from posthog_customerio import storage
 from posthog_customerio.config import load_settings
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
@@ -77,7 +77,7 @@ DEAD_OLD = (
 def _old_sqlite(path: Path) -> None:
     """A database as the release before the kind column left it (schema 5), with queued rows."""
     conn = sqlite3.connect(path)
-    for script in db_module._MIGRATIONS[:5]:
+    for script in storage.SQLITE_MIGRATIONS[:5]:
         for statement in filter(str.strip, script.split(";")):
             conn.execute(statement)
     conn.execute("PRAGMA user_version=5")
@@ -96,7 +96,7 @@ def _old_postgres(url: str) -> None:
             "CREATE TABLE schema_migrations"
             " (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
         )
-        for number, script in enumerate(db_module._PG_MIGRATIONS[:3], start=1):
+        for number, script in enumerate(storage.POSTGRES_MIGRATIONS[:3], start=1):
             for statement in filter(str.strip, script.split(";")):
                 conn.execute(statement)
             conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (number,))

@@ -25,7 +25,7 @@ from posthog_customerio.cli import _delivering_progress, _status_text
 from posthog_customerio.config import ConfigError, load_settings
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
-from posthog_customerio.server import create_app
+from posthog_customerio.service import create_app
 from posthog_customerio.service.health import DeliveryWatch
 from posthog_customerio.sources.files import FileProgress, send_file
 from posthog_customerio.sources.kafka import RepeatThrottle

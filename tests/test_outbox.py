@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from posthog_customerio.db import Database, PostgresDatabase
 from posthog_customerio.operations import Operation
 from posthog_customerio.outbox import Outbox
 from posthog_customerio.state import PersonState, load_states, save_states
+from posthog_customerio.storage import PostgresStorage, SqliteStorage
 
 
 def op(person: str, n: int, pad: int = 0) -> Operation:
@@ -33,9 +33,9 @@ def open_db(request: pytest.FixtureRequest, tmp_path: Path):
 
     def make():
         if request.param == "sqlite":
-            db = Database(tmp_path / "db.sqlite")
+            db = SqliteStorage(tmp_path / "db.sqlite")
         else:
-            db = PostgresDatabase(request.getfixturevalue("pg_url"))
+            db = PostgresStorage(request.getfixturevalue("pg_url"))
         opened.append(db)
         return db
 
@@ -168,7 +168,7 @@ def test_schema_migration_is_idempotent(open_db) -> None:
 
 def test_two_replicas_never_claim_the_same_operation_nor_a_person_out_of_order(pg_url: str) -> None:
     """PostgreSQL only: one process delivers from a SQLite file."""
-    replica_a, replica_b = Outbox(PostgresDatabase(pg_url)), Outbox(PostgresDatabase(pg_url))
+    replica_a, replica_b = Outbox(PostgresStorage(pg_url)), Outbox(PostgresStorage(pg_url))
     replica_a.put([op("p", 1), op("p", 2), op("q", 1), op("r", 1)])
     taken_a = replica_a.claim(1, 100_000, 32_000)
     taken_b = replica_b.claim(10, 100_000, 32_000)
@@ -185,7 +185,7 @@ def test_a_dead_replicas_leases_expire(pg_url: str) -> None:
     """PostgreSQL only: leases are that backend's."""
     import time
 
-    dead, alive = Outbox(PostgresDatabase(pg_url), lease_s=4), Outbox(PostgresDatabase(pg_url), lease_s=4)
+    dead, alive = Outbox(PostgresStorage(pg_url), lease_s=4), Outbox(PostgresStorage(pg_url), lease_s=4)
     dead.put([op("p", 1)])
     claimed_at = time.monotonic()
     assert names(dead.claim(10, 100_000, 32_000)) == ["p:e1"]

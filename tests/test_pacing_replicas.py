@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from posthog_customerio.config import load_settings
-from posthog_customerio.db import PostgresDatabase
 from posthog_customerio.pacing import PostgresPacer
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
+from posthog_customerio.storage import PostgresStorage
 
 from .conftest import API_KEY, SITE_ID
 from .test_delivery import events_for
@@ -114,11 +114,11 @@ def test_replicas_share_customerio_max_rps(sandbox: SandboxServer, pg_url: str, 
 
 
 def test_pacing_row_is_per_workspace_and_a_pause_reaches_every_replica(pg_url: str) -> None:
-    db = PostgresDatabase(pg_url)
+    db = PostgresStorage(pg_url)
     try:
-        first = PostgresPacer(db.shared_pacing(), "workspace-1", rate=1000)
-        other = PostgresPacer(db.shared_pacing(), "workspace-2", rate=1000)
-        twin = PostgresPacer(db.shared_pacing(), "workspace-1", rate=1000)  # another replica of workspace 1
+        first = PostgresPacer(db, "workspace-1", rate=1000)
+        other = PostgresPacer(db, "workspace-2", rate=1000)
+        twin = PostgresPacer(db, "workspace-1", rate=1000)  # another replica of workspace 1
         first.hold_for(float("inf"))  # clamped, never an OverflowError
         stop = threading.Event()
         assert not twin.take(stop) and 0 < twin.hold_remaining() <= 3600

@@ -19,10 +19,9 @@ import psycopg
 import pytest
 
 from posthog_customerio import outbox as outbox_module
-from posthog_customerio.db import Database, PostgresDatabase
 from posthog_customerio.operations import Operation
 from posthog_customerio.outbox import Claimed, Outbox
-from posthog_customerio.storage import Storage
+from posthog_customerio.storage import PostgresStorage, SqliteStorage, Storage
 
 from .helpers import wait_for
 
@@ -79,8 +78,8 @@ def test_a_commit_between_a_claims_reads_never_lets_a_later_operation_overtake(
 ) -> None:
     """p:e1 takes its seq first, 1.5 pages of other people commit, then p:e1's transaction commits while
     the claim is between two reads, with p:e2 in it ("one POST") or queued right after it ("two POSTs")."""
-    db = PostgresDatabase(pg_url)
-    writer = Outbox(PostgresDatabase(pg_url))
+    db = PostgresStorage(pg_url)
+    writer = Outbox(PostgresStorage(pg_url))
     outbox = Outbox(db)
     slow = psycopg.connect(pg_url)
     try:
@@ -109,10 +108,10 @@ def test_a_commit_between_a_claims_reads_never_lets_a_later_operation_overtake(
 
 def _open(backend: str, tmp_path: Path, pg: Callable[[], str]) -> Callable[[], Storage]:
     if backend == "sqlite":
-        shared = Database(tmp_path / "db.sqlite")
+        shared = SqliteStorage(tmp_path / "db.sqlite")
         return lambda: shared
     url = pg()
-    return lambda: PostgresDatabase(url)
+    return lambda: PostgresStorage(url)
 
 
 def _write(box: Outbox, index: int, people: int, rounds: int, errors: list[BaseException]) -> None:
@@ -199,7 +198,7 @@ def test_a_claim_never_takes_anonymous_events_an_identify_is_adopting(pg_url: st
     """An ingestion adopting a visitor's queued events (delete, re-queue behind the identify) and a claim
     at the same moment: the claim either takes the events before the ingestion reads them (then they are
     not adopted) or not at all; never both sent anonymously and re-queued as the person's."""
-    writer, claimer = Outbox(PostgresDatabase(pg_url)), Outbox(PostgresDatabase(pg_url))
+    writer, claimer = Outbox(PostgresStorage(pg_url)), Outbox(PostgresStorage(pg_url))
     visit = {"type": "anonymous", "anonymous_id": "anon-1", "action": "event", "name": "visit", "attributes": {}}
     writer.put([Operation("anon-1", visit, kind="anonymous")])
     claimed: list[list[Claimed]] = []

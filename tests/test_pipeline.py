@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from posthog_customerio.db import Database
 from posthog_customerio.mapping import MappingConfig
 from posthog_customerio.outbox import Outbox
 from posthog_customerio.pipeline import GroupCommitter, Ingestor
 from posthog_customerio.sources import PostHogEvent
+from posthog_customerio.storage import SqliteStorage
 
 from .helpers import wait_for
 
@@ -24,7 +24,7 @@ def event(distinct_id: str, **set_props: object) -> PostHogEvent:
 
 
 def test_concurrent_requests_share_commits_and_fail_alone(tmp_path: Path) -> None:
-    db = Database(tmp_path / "db.sqlite", synchronous="NORMAL")
+    db = SqliteStorage(tmp_path / "db.sqlite", synchronous="NORMAL")
     ingestor = Ingestor(db, Outbox(db), MappingConfig(anonymous_events="person"))
     committer = GroupCommitter(ingestor)
     commits = []
@@ -67,7 +67,7 @@ def test_concurrent_requests_share_commits_and_fail_alone(tmp_path: Path) -> Non
 
 
 def test_a_failed_ingest_leaves_nothing_behind(tmp_path: Path) -> None:
-    db = Database(tmp_path / "db.sqlite")
+    db = SqliteStorage(tmp_path / "db.sqlite")
     ingestor = Ingestor(db, Outbox(db), MappingConfig(anonymous_events="person"))
     with pytest.raises(UnicodeEncodeError):
         ingestor.ingest([event("a", plan="ok"), event("b", plan="\udc00")])
@@ -77,7 +77,7 @@ def test_a_failed_ingest_leaves_nothing_behind(tmp_path: Path) -> None:
 def test_queued_anonymous_events_become_the_identified_persons_events(tmp_path: Path) -> None:
     import json
 
-    db = Database(tmp_path / "db.sqlite")
+    db = SqliteStorage(tmp_path / "db.sqlite")
     outbox = Outbox(db)
     ingestor = Ingestor(db, outbox, MappingConfig())  # ANONYMOUS_EVENTS=anonymous
     browse = [

@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 
 from posthog_customerio.config import load_settings
-from posthog_customerio.db import PostgresDatabase
 from posthog_customerio.operations import Operation
 from posthog_customerio.outbox import LeaseLost, Outbox
 from posthog_customerio.output.base import Outcome, SendResult
 from posthog_customerio.output.pipelines import PipelinesClient
 from posthog_customerio.output.track import TrackClient
 from posthog_customerio.runtime import Runtime
+from posthog_customerio.storage import PostgresStorage
 from posthog_customerio.storage.postgres import lease_margin
 
 from .conftest import API_KEY, SITE_ID
@@ -65,7 +65,7 @@ def test_a_prompt_answer_is_read_as_usual() -> None:
 
 @pytest.mark.parametrize("lease_s", [2.0, 4.0, 30.0, 600.0])
 def test_the_deadline_leaves_a_margin_below_the_lease(pg_url: str, lease_s: float) -> None:
-    outbox = Outbox(PostgresDatabase(pg_url), lease_s=lease_s)
+    outbox = Outbox(PostgresStorage(pg_url), lease_s=lease_s)
     try:
         bound = outbox.claims.bound_timeout(10_000.0)
         assert bound > 0 and bound + lease_margin(lease_s) <= lease_s and lease_margin(lease_s) >= 1.0
@@ -186,7 +186,7 @@ def test_stand_in_records_json(tmp_path: Path) -> None:
 def test_a_late_release_never_frees_another_replicas_lease(pg_url: str) -> None:
     """A replica whose lease ran out (a stalled process) settles late: the operation another replica has
     leased since stays leased to that one, so a third claim cannot take it while it is in flight."""
-    late, other, third = (Outbox(PostgresDatabase(pg_url), lease_s=2) for _ in range(3))
+    late, other, third = (Outbox(PostgresStorage(pg_url), lease_s=2) for _ in range(3))
     try:
         late.put(_operations(people=1, per_person=1))
         taken = late.claim(10, 100_000, 32_000)
@@ -206,7 +206,7 @@ def test_a_late_release_never_frees_another_replicas_lease(pg_url: str) -> None:
 def test_a_claim_whose_lease_passed_to_another_replica_is_dropped_unsent(pg_url: str) -> None:
     """Renewing before a request fails once another replica holds one of the operations: the claim is
     dropped (nothing of it is sent), the other replica's lease stays, and ours on the rest is given back."""
-    stalled, other = (Outbox(PostgresDatabase(pg_url), lease_s=2) for _ in range(2))
+    stalled, other = (Outbox(PostgresStorage(pg_url), lease_s=2) for _ in range(2))
     try:
         stalled.put(_operations(people=2, per_person=1))
         taken = stalled.claim(10, 100_000, 32_000)

@@ -22,7 +22,7 @@ import uvicorn
 from posthog_customerio.config import load_settings
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
-from posthog_customerio.server import create_app
+from posthog_customerio.service import create_app
 
 from .conftest import API_KEY, SITE_ID
 from .helpers import hog

@@ -13,12 +13,12 @@ import pytest
 from ulid import ULID
 
 from posthog_customerio import limits
-from posthog_customerio.db import SqliteDatabase
 from posthog_customerio.ids import event_ulid, uuid_to_ulid
 from posthog_customerio.logs import configure_logging
 from posthog_customerio.mapping import page_name
 from posthog_customerio.sources import parse_event
 from posthog_customerio.state import PersonState, count_persons, load_states, save_states
+from posthog_customerio.storage import SqliteStorage
 
 from .helpers import T0, ev
 
@@ -138,7 +138,7 @@ def test_content_ids_are_stable_and_differ_by_identity() -> None:
 # -- state ------------------------------------------------------------------------------------------
 @pytest.fixture
 def conn(tmp_path: Path) -> Iterator[Any]:
-    db = SqliteDatabase(tmp_path / "state.db", synchronous="NORMAL")
+    db = SqliteStorage(tmp_path / "state.db", synchronous="NORMAL")
     try:
         with db.transaction() as connection:
             yield connection

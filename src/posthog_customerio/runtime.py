@@ -22,7 +22,7 @@ from .output import OutputContext, create_output
 from .output.base import AuthError, Output
 from .output.pipelines import PipelinesClient, resolve_pipelines_url
 from .output.track import REGION_URLS, TrackClient, resolve_track_url
-from .pacing import PostgresPacer, workspace_key
+from .pacing import Pacer, shared_pacer, workspace_key
 from .pipeline import Ingestor
 from .storage import DatabaseUnreachable, DeliveryLockError, open_storage
 
@@ -189,19 +189,18 @@ class Runtime:
             return self.settings.delivery_linger_s
         return 1.0 if self.settings.pipelines else 0.1
 
-    def _shared_pacer(self) -> PostgresPacer | None:
+    def _shared_pacer(self) -> Pacer | None:
         """With PostgreSQL, the rate limit and pauses shared by all replicas of the workspace."""
-        store = self.db.shared_pacing()
-        if store is None:
-            return None
+        return shared_pacer(self.db, self._pacing_workspace, self.settings.customerio_max_rps)
+
+    def _pacing_workspace(self) -> str:
+        """The key of the workspace whose replicas share one pace (credentials and API address)."""
         if self.settings.pipelines:
             client = self.pipelines_client
-            workspace = workspace_key(
+            return workspace_key(
                 SANDBOX_PIPELINES_KEY if self.sandbox else self.settings.pipelines_key(), client.base_url
             )
-        else:
-            workspace = workspace_key(self.credentials()[0], self.client.base_url)
-        return PostgresPacer(store, workspace, self.settings.customerio_max_rps)
+        return workspace_key(self.credentials()[0], self.client.base_url)
 
     # -- lifecycle -------------------------------------------------------------------
     def close(self, grace_s: float = 10.0) -> None:

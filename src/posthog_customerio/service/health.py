@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from ..customerio import AuthError
+from ..output.base import AuthError
 from ..runtime import Runtime
 
 __all__ = ["CustomerioProbe", "DeliveryWatch", "Readiness", "scrub"]

@@ -3,14 +3,15 @@
 State and outbox share one database so that an event's state change and the operations it
 produced commit in one transaction: after a crash either both are there or neither is.
 :mod:`.sqlite` is the embedded default (one process delivers); :mod:`.postgres` is shared by
-replicas. :mod:`.migrations` holds both schemas as data; all SQL lives in this package.
+replicas. :mod:`.migrations` holds both schemas as data; all SQL lives in this package except
+the pacing row's statements (:mod:`..pacing.postgres`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from .base import Claims, DeliveryLockError, PacingStore, Storage, StorageSnapshot, Transaction
+from .base import Claims, DeliveryLockError, Storage, StorageSnapshot, Transaction
 from .migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
 from .postgres import DatabaseUnreachable, PostgresStorage, check_reachable
 from .sqlite import SqliteStorage
@@ -21,7 +22,6 @@ __all__ = [
     "Claims",
     "DatabaseUnreachable",
     "DeliveryLockError",
-    "PacingStore",
     "PostgresStorage",
     "SqliteStorage",
     "Storage",

@@ -19,7 +19,6 @@ from typing import IO, Any, Protocol
 __all__ = [
     "Claims",
     "DeliveryLockError",
-    "PacingStore",
     "Picker",
     "Row",
     "Storage",
@@ -188,25 +187,6 @@ class Claims(ABC):
         return timeout_s
 
 
-class PacingStore(Protocol):
-    """Rows of request pacing shared by replicas: per workspace the next slot and the end of a pause."""
-
-    def ensure(self, workspace: str) -> None:
-        """Create the workspace's row if missing."""
-
-    def take(self, workspace: str, interval: float) -> tuple[float, float] | None:
-        """Reserve a slot: ``(seconds to after the slot, seconds of pause left)``; ``None`` without a row."""
-
-    def delay(self, workspace: str) -> float | None:
-        """Seconds until the workspace's next slot or the end of its pause, whichever is later (None: no row)."""
-
-    def held(self, workspace: str) -> float | None:
-        """Seconds of pause left (``None`` without a row)."""
-
-    def hold(self, workspace: str, seconds: float) -> float | None:
-        """Extend the pause to at least ``seconds``; returns the pause left."""
-
-
 class Storage(ABC):
     """A database holding person state, the outbox, dead letters and status, migrated at open."""
 
@@ -238,10 +218,6 @@ class Storage(ABC):
     def hold_delivery(self, data_dir: Path) -> IO[str] | None:
         """Become the one deliverer where only one may run (raises :class:`DeliveryLockError`); the
         handle is held until closed. ``None`` where any number may deliver."""
-
-    def shared_pacing(self) -> PacingStore | None:
-        """Request pacing shared with other processes (``None``: each process paces itself)."""
-        return None
 
     @abstractmethod
     def schema(self) -> dict[str, dict[str, str]]:

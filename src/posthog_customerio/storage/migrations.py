@@ -163,7 +163,7 @@ POSTGRES_MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS outbox_person_key ON outbox (person_key)
     """,
     # 3: request pacing shared by replicas: per workspace, the next request slot and the end of a pause
-    # (epoch seconds on the database's clock; see pacing.py)
+    # (epoch seconds on the database's clock; see pacing/postgres.py)
     """
     CREATE TABLE IF NOT EXISTS delivery_pacing (
         workspace TEXT PRIMARY KEY,

@@ -1,8 +1,8 @@
 """PostgreSQL (psycopg 3 pool): one database shared by any number of replicas.
 
 Everything PostgreSQL-only lives here: versioned migrations run by one replica at a time
-(advisory lock), per-person advisory locks while ingesting, claims by one claimer at a time with
-expiring leases, and the request pacing rows replicas share (:mod:`..pacing`).
+(advisory lock), per-person advisory locks while ingesting, and claims by one claimer at a time with
+expiring leases. The request pacing replicas share runs on this pool (:mod:`..pacing.postgres`).
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ from collections.abc import Iterable, Iterator, Sequence, Set
 from pathlib import Path
 from typing import IO, Any
 
-from .base import SCAN_LIMIT, Claims, PacingStore, Picker, Row, Transaction
+from .base import SCAN_LIMIT, Claims, Picker, Row, Transaction
 from .migrations import POSTGRES_MIGRATIONS, POSTGRES_ONLY_TABLES
 from .sql import SqlStorage, SqlTransaction, Statements
 
 __all__ = [
     "DatabaseUnreachable",
     "LeaseClaims",
-    "PostgresPacing",
     "PostgresStorage",
     "check_reachable",
     "key_lock_id",
@@ -225,62 +224,6 @@ class LeaseClaims(Claims):
         return min(timeout_s, bound)
 
 
-_NOW = "WITH clock AS (SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8 AS now) "
-_TAKE_SQL = _NOW + (
-    "UPDATE delivery_pacing AS p SET next_slot = CASE WHEN p.hold_until > clock.now THEN p.next_slot"
-    " ELSE GREATEST(p.next_slot, clock.now) + %s END FROM clock WHERE p.workspace = %s"
-    " RETURNING p.next_slot - clock.now, p.hold_until - clock.now"
-)
-_HOLD_SQL = _NOW + (
-    "UPDATE delivery_pacing AS p SET hold_until = GREATEST(p.hold_until, clock.now + %s),"
-    " next_slot = GREATEST(p.next_slot, clock.now + %s) FROM clock WHERE p.workspace = %s"
-    " RETURNING p.hold_until - clock.now"
-)
-_DELAY_SQL = (
-    "SELECT GREATEST(next_slot, hold_until) - EXTRACT(EPOCH FROM clock_timestamp())::float8"
-    " FROM delivery_pacing WHERE workspace = %s"
-)
-_HELD_SQL = (
-    "SELECT hold_until - EXTRACT(EPOCH FROM clock_timestamp())::float8 FROM delivery_pacing WHERE workspace = %s"
-)
-_INSERT_SQL = "INSERT INTO delivery_pacing (workspace) VALUES (%s) ON CONFLICT (workspace) DO NOTHING"
-
-
-class PostgresPacing(PacingStore):
-    """``delivery_pacing`` rows, on the database's clock (the replicas' clocks never matter).
-
-    Taking a slot is one ``UPDATE … RETURNING`` (the row lock serialises replicas for that
-    statement only); a pause is one ``UPDATE`` that also pushes the next slot past its end.
-    """
-
-    def __init__(self, db: PostgresStorage) -> None:
-        self.db = db
-
-    def ensure(self, workspace: str) -> None:
-        with self.db.transaction() as tx:
-            tx.execute(_INSERT_SQL, (workspace,))
-
-    def take(self, workspace: str, interval: float) -> tuple[float, float] | None:
-        with self.db.transaction() as tx:
-            row = tx.execute(_TAKE_SQL, (interval, workspace)).fetchone()
-        return None if row is None else (float(row[0]), float(row[1]))
-
-    def delay(self, workspace: str) -> float | None:
-        with self.db._transaction() as tx:
-            row = tx.execute(_DELAY_SQL, (workspace,)).fetchone()
-        return None if row is None else float(row[0])
-
-    def held(self, workspace: str) -> float | None:
-        with self.db.reading() as tx:
-            row = tx.execute(_HELD_SQL, (workspace,)).fetchone()
-        return None if row is None else float(row[0])
-
-    def hold(self, workspace: str, seconds: float) -> float | None:
-        with self.db.transaction() as tx:
-            row = tx.execute(_HOLD_SQL, (seconds, seconds, workspace)).fetchone()
-        return None if row is None else float(row[0])
-
-
 class PostgresStorage(SqlStorage):
     """A psycopg 3 connection pool on a PostgreSQL database shared by replicas.
 
@@ -353,9 +296,6 @@ class PostgresStorage(SqlStorage):
     def hold_delivery(self, data_dir: Path) -> IO[str] | None:
         """Any number of replicas deliver (leases keep them apart)."""
         return None
-
-    def shared_pacing(self) -> PacingStore:
-        return PostgresPacing(self)
 
     def schema(self) -> dict[str, dict[str, str]]:
         with self.reading() as tx:
