@@ -462,6 +462,32 @@ def test_a_process_killed_before_its_commit_loses_and_duplicates_nothing(
 
 
 @pytest.mark.e2e
+def test_database_error_details_never_reach_the_logs(
+    kafka_broker: Broker, sandbox: SandboxServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PostgreSQL's detail lines may quote a stored value (an email): only the primary message is told."""
+
+    class Diag:
+        message_primary = "duplicate key value violates unique constraint"
+
+    class UniqueViolation(Exception):
+        diag = Diag()
+
+    topic = new_topic(kafka_broker)
+    produce(kafka_broker, topic, encode(sample_events(people=2, seed=11)))
+    with make_runtime(sandbox, tmp_path / "data") as runtime:
+
+        def broken(*args: Any, **kwargs: Any) -> Any:
+            raise UniqueViolation("duplicate key\nDETAIL:  Key (email)=(secret.person@example.com) already exists.")
+
+        runtime.ingestor.ingest = broken  # type: ignore[method-assign]
+        with pytest.raises(KafkaConsumeError) as raised:
+            run_consume(runtime, kafka_broker, topic, "db-detail", ingest_retries=1, retry_backoff_s=0.01)
+    assert "violates unique constraint" in str(raised.value)
+    assert "secret.person" not in str(raised.value) and "secret.person" not in caplog.text
+
+
+@pytest.mark.e2e
 def test_database_errors_are_retried_then_stop_without_committing(
     kafka_broker: Broker, sandbox: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -44,7 +44,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from ..pipeline import IngestReport
 from .events import EventParseError, PostHogEvent, loads_strict, parse_payload
-from .store import store_events
+from .store import database_problem, store_events
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -441,12 +441,17 @@ def _ingest(
             attempt += 1
             if attempt > retries or stop.is_set():
                 raise KafkaConsumeError(
-                    f"could not store {len(events)} events from Kafka: {exc}"
+                    f"could not store {len(events)} events from Kafka: {database_problem(exc)}"
                     " (offsets not committed: the messages will be read again)"
                 ) from exc
             delay = min(_MAX_BACKOFF_S, backoff_s * 2 ** (attempt - 1))
             log.warning(
-                "kafka: storing %d events failed (%s); retry %d/%d in %.1fs", len(events), exc, attempt, retries, delay
+                "kafka: storing %d events failed (%s); retry %d/%d in %.1fs",
+                len(events),
+                database_problem(exc),
+                attempt,
+                retries,
+                delay,
             )
             stop.wait(delay)
             continue
