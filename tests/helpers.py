@@ -488,3 +488,13 @@ class HangingServer:
         for conn in self._open:
             conn.close()
         self._thread.join(5)
+
+
+def drain(runtime: Runtime, timeout: float = 60.0) -> None:
+    """Run the runtime's delivery workers until its outbox is empty (fails the test after ``timeout``)."""
+    deliverer = runtime.deliverer()
+    deliverer.start()
+    try:
+        assert deliverer.wait_until_empty(timeout), "the outbox did not empty"
+    finally:
+        deliverer.stop()

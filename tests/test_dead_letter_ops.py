@@ -13,7 +13,7 @@ import pytest
 from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.sources import parse_event
 
-from .helpers import hog, make_runtime, wait_for
+from .helpers import drain, hog, make_runtime, wait_for
 from .service import running_service
 from .test_status_page import browser, chromium_path  # noqa: F401 - the Chromium fixtures
 
@@ -33,12 +33,7 @@ def test_each_dead_letter_is_logged_with_kind_reason_and_ids(
     caplog.set_level(logging.INFO)
     with make_runtime(sandbox, tmp_path / "data", limits="dead-letter", anonymous_hold_s=0) as runtime:
         runtime.ingestor.ingest([parse_event(_rejected("ann")), parse_event(_rejected("bob"))])
-        deliverer = runtime.deliverer()
-        deliverer.start()
-        try:
-            assert deliverer.wait_until_empty(30)
-        finally:
-            deliverer.stop()
+        drain(runtime)
         letters = runtime.outbox.dead_letters()
     assert len(letters) == 2
     logged = [r for r in caplog.records if r.levelno >= logging.WARNING and "dead-lettered" in r.getMessage()]

@@ -15,7 +15,7 @@ from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.sources import parse_event
 
 from .conftest import API_KEY, Cli
-from .helpers import T0, ev, make_runtime, wait_for
+from .helpers import T0, drain, ev, make_runtime, wait_for
 from .service import running_service
 from .test_status_page import browser, chromium_path  # noqa: F401 - the Chromium fixtures
 
@@ -41,12 +41,7 @@ def _history() -> list[dict[str, Any]]:
 
 def _deliver(runtime: Any, events: list[dict[str, Any]]) -> None:
     runtime.ingestor.ingest([parse_event(event) for event in events])
-    deliverer = runtime.deliverer()
-    deliverer.start()
-    try:
-        assert deliverer.wait_until_empty(30)
-    finally:
-        deliverer.stop()
+    drain(runtime)
 
 
 @pytest.fixture
