@@ -1,0 +1,105 @@
+"""The documentation: the MkDocs site under docs/ builds with --strict, its configuration reference is the
+code's, and the README stays a short entry page whose links resolve."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from .helpers import unavailable
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+HOOK = DOCS / "hooks" / "config_reference.py"
+CI_TEST_COMMAND = "python3 -m venv .venv && . .venv/bin/activate && pip install -q -e '.[test]' && pytest -q"
+
+
+def config_reference_module() -> ModuleType:
+    """``docs/hooks/config_reference.py``, the hook that renders the configuration reference."""
+    spec = importlib.util.spec_from_file_location("docs_config_reference", HOOK)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def doc_page(name: str) -> str:
+    """The Markdown source of ``docs/<name>``."""
+    return (DOCS / name).read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The site as CI builds it: ``mkdocs build --strict`` (a warning is a failure)."""
+    if importlib.util.find_spec("mkdocs") is None:
+        unavailable("mkdocs is needed to build the docs (pip install -e '.[test]')")
+    out = tmp_path_factory.mktemp("site")
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "WARNING" not in done.stderr, done.stderr
+    return out
+
+
+def test_the_docs_build_with_strict(site: Path) -> None:
+    for page in ["index", "getting-started", "configuration", "http-api", "semantics", "operations"]:
+        assert (site / ("index.html" if page == "index" else f"{page}/index.html")).is_file(), page
+    assert (site / "benchmark-results" / "index.html").is_file()  # bench/RESULTS.md, published by the hook
+
+
+def test_every_setting_is_in_the_built_configuration_reference(site: Path) -> None:
+    from posthog_customerio.config import Settings
+
+    html = (site / "configuration" / "index.html").read_text(encoding="utf-8")
+    assert "settings-reference" not in html  # the marker was replaced
+    for name in Settings.model_fields:
+        assert f"<code>{name.upper()}</code>" in html, f"{name.upper()} is not in the configuration reference"
+
+
+def test_the_reference_has_a_row_per_setting_with_its_type_default_and_secrecy() -> None:
+    from pydantic import SecretStr
+
+    from posthog_customerio.config import Settings
+
+    rows = {row["variable"]: row for row in config_reference_module().reference_rows()}
+    assert set(rows) == {name.upper() for name in Settings.model_fields}
+    for name, field in Settings.model_fields.items():
+        row = rows[name.upper()]
+        assert row["type"] and row["default"], name
+        assert row["secret"] == ("SecretStr" in str(field.annotation) or field.annotation is SecretStr), name
+    assert rows["CUSTOMERIO_API_KEY"]["secret"] and not rows["CUSTOMERIO_REGION"]["secret"]
+    assert "--max-rps" in rows["CUSTOMERIO_MAX_RPS"]["flags"]
+
+
+def test_readme_is_short_and_its_links_resolve() -> None:
+    text = README.read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 260
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    local = [target for target in targets if not re.match(r"[a-z]+:", target) and not target.startswith("#")]
+    assert local, "the README links no documentation page"
+    for target in local:
+        assert (ROOT / target.split("#")[0]).exists(), f"README links {target}, which does not exist"
+    linked = {(ROOT / target.split("#")[0]).resolve() for target in local}
+    for page in DOCS.glob("*.md"):
+        assert page.resolve() in linked, f"the README does not link {page.relative_to(ROOT)}"
+
+
+def test_readme_holds_the_two_setup_commands_verbatim() -> None:
+    text = README.read_text(encoding="utf-8")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert CI_TEST_COMMAND in ci and CI_TEST_COMMAND in text
+    quick_start = "python3 -m venv .venv && . .venv/bin/activate && pip install -q -e . && posthog-customerio send"
+    assert quick_start in text
+    assert 'pytest -q -m "not e2e and not reliability"' in text  # how to run the fast tier
