@@ -103,3 +103,38 @@ def test_readme_holds_the_two_setup_commands_verbatim() -> None:
     quick_start = "python3 -m venv .venv && . .venv/bin/activate && pip install -q -e . && posthog-customerio send"
     assert quick_start in text
     assert 'pytest -q -m "not e2e and not reliability"' in text  # how to run the fast tier
+
+
+def _settings_table_rows(text: str) -> dict[str, list[str]]:
+    """``| `VARIABLE` | flags | …`` rows of a hand-written table: variable → the flags it names, each checked real."""
+    import typer.main
+
+    from posthog_customerio.cli import app
+
+    group = typer.main.get_command(app)
+    params = [param for command in group.commands.values() for param in command.params]  # type: ignore[attr-defined]
+    flags = {opt for param in params for opt in [*param.opts, *param.secondary_opts]}
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `([A-Z_]+)` \| ([^|]*) \|", text, re.MULTILINE)}
+    named = {variable: re.findall(r"`(--[a-z-]+)`", cell) for variable, cell in rows.items()}
+    for variable, found in named.items():
+        assert found, f"{variable} has no flag in the table"
+        for flag in found:
+            assert flag in flags, f"{variable}: {flag} is not a flag of any command"
+    return named
+
+
+def test_the_settings_explained_in_words_are_the_code_s() -> None:
+    """docs/configuration.md's hand-written table ("What each setting means"): a row per setting, real flags."""
+    from posthog_customerio.config import Settings
+
+    table = doc_page("configuration.md").split("## What each setting means")[1].split("\n## ")[0]
+    assert set(_settings_table_rows(table)) == {name.upper() for name in Settings.model_fields}
+
+
+def test_the_readme_essentials_are_settings_with_real_flags() -> None:
+    from posthog_customerio.config import Settings
+
+    text = README.read_text(encoding="utf-8")
+    table = text.split("## Configuration essentials")[1].split("\n## ")[0]
+    rows = _settings_table_rows(table)
+    assert len(rows) >= 8 and set(rows) <= {name.upper() for name in Settings.model_fields}

@@ -181,11 +181,13 @@ def _from_settings_reference(reference: Any) -> list[dict[str, Any]]:
             row["variable"] = str(variable)
         if data.get("description"):
             row["description"] = str(data["description"])
+        if isinstance(data.get("group"), str) and data["group"].strip():
+            row["group"] = data["group"].strip()
         if "secret" in data:
             row["secret"] = bool(data["secret"])
-        if data.get("type") is not None and isinstance(data["type"], str):
+        if isinstance(data.get("type"), str) and data["type"].strip():
             row["type"] = data["type"]
-        if "default" in data and isinstance(data["default"], str):
+        if isinstance(data.get("default"), str) and data["default"].strip():  # "" = none: ours says unset/empty
             row["default"] = data["default"]
         if data.get("flags") or data.get("flag"):
             flags = data.get("flags") or data.get("flag")
@@ -215,10 +217,12 @@ def reference_rows() -> list[dict[str, Any]]:
         row["flags"] = flags.get(row["variable"], {})
         if not row["description"]:  # until every field has a description: what its --help says
             row["description"] = helps.get(row["variable"], "")
-        for flag in row.pop("declared_flags", []):
-            for part in str(flag).replace(",", " ").split():
-                if part.startswith("--"):
-                    row["flags"].setdefault(part.strip("`"), [])
+        declared = [part.strip("`") for flag in row.pop("declared_flags", []) for part in str(flag).split()]
+        declared = [part for flag in declared for part in flag.replace(",", "/").split("/") if part.startswith("--")]
+        shown = {part for flag in row["flags"] for part in flag.replace(", ", "/").split("/")}
+        missing = [flag for flag in declared if flag not in shown]
+        if missing:  # flags the CLI's help does not name the variable in: listed without their commands
+            row["flags"].setdefault("/".join(missing), [])
     return rows
 
 
@@ -240,31 +244,38 @@ def _flags_cell(flags: Mapping[str, list[str]], every_command: set[str]) -> str:
 
 
 def render_table(rows: list[dict[str, Any]] | None = None) -> str:
-    """The Markdown table of the configuration reference."""
+    """The Markdown of the configuration reference: one table, or one per group when the settings have groups."""
     rows = reference_rows() if rows is None else rows
     every_command: set[str] = set()  # a flag every settings-reading command takes is shown without a list
     for row in rows:
         for commands in row["flags"].values():
             every_command.update(commands)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row.get("group") or "", []).append(row)
+    parts = []
+    for group, members in groups.items():
+        if group and len(groups) > 1:
+            parts.append(f"### {group}\n")
+        parts.append(_table(members, every_command))
+    return "\n".join(parts)
+
+
+def _table(rows: list[dict[str, Any]], every_command: set[str]) -> str:
     lines = [
         "| variable | CLI flags (commands) | type | default | secret | description |",
         "|---|---|---|---|---|---|",
     ]
     for row in rows:
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    f"`{row['variable']}`",
-                    _flags_cell(row["flags"], every_command),
-                    _cell(row["type"]),
-                    _cell(row["default"]),
-                    "yes" if row["secret"] else "",
-                    _cell(row["description"]),
-                ]
-            )
-            + " |"
-        )
+        cells = [
+            f"`{row['variable']}`",
+            _flags_cell(row["flags"], every_command),
+            _cell(row["type"]),
+            _cell(row["default"]),
+            "yes" if row["secret"] else "",
+            _cell(row["description"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
