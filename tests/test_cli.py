@@ -432,6 +432,6 @@ def test_every_configuration_variable_is_a_flag_as_the_readme_table_says() -> No
     assert set(rows) >= {name.upper() for name in Settings.model_fields}
     for variable, cell in rows.items():
         named = re.findall(r"--[a-z][a-z-]*", cell)
-        assert named, f"{variable} has no flag in the README table"
+        assert named, f"{variable} has no flag in the configuration reference"
         for flag in named:
             assert flag in flags, f"{variable}: {flag} is not a flag of any command"
