@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -35,19 +36,23 @@ def doc_page(name: str) -> str:
     return (DOCS / name).read_text(encoding="utf-8")
 
 
+def documented_mkdocs_build() -> list[str]:
+    """The ``mkdocs build`` command line docs/development.md gives, as words."""
+    lines = [line for line in doc_page("development.md").splitlines() if line.startswith("mkdocs build")]
+    assert len(lines) == 1, lines
+    return shlex.split(lines[0], comments=True)
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The site as CI builds it: ``mkdocs build --strict`` (a warning is a failure)."""
+    """The site built by the documented command (``mkdocs build --strict``: a warning is a failure)."""
     if importlib.util.find_spec("mkdocs") is None:
         unavailable("mkdocs is needed to build the docs (pip install -e '.[test]')")
     out = tmp_path_factory.mktemp("site")
-    done = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    words = documented_mkdocs_build()
+    assert "--strict" in words and "--site-dir" in words
+    words[words.index("--site-dir") + 1] = str(out)  # a temporary directory instead of the documented one
+    done = subprocess.run([sys.executable, "-m", *words], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "WARNING" not in done.stderr, done.stderr
     return out
@@ -138,3 +143,26 @@ def test_the_readme_essentials_are_settings_with_real_flags() -> None:
     table = text.split("## Configuration essentials")[1].split("\n## ")[0]
     rows = _settings_table_rows(table)
     assert len(rows) >= 8 and set(rows) <= {name.upper() for name in Settings.model_fields}
+
+
+def test_each_test_tier_the_readme_names_selects_tests() -> None:
+    """The README's tier commands, as typed (with ``--collect-only``): each selects tests, and the fast tier
+    leaves out every test the other tiers select."""
+    section = README.read_text(encoding="utf-8").split("## Tests")[1].split("\n## ")[0]
+    commands = [shlex.split(line, comments=True) for line in section.splitlines() if line.startswith("pytest ")]
+    assert len(commands) == 3, commands
+    selected = {}
+    for words in commands:
+        done = subprocess.run(
+            [sys.executable, "-m", *words, "--collect-only", "-p", "no:cacheprovider"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        ids = {line for line in done.stdout.splitlines() if "::" in line}
+        assert ids, f"{' '.join(words)} selects no test"
+        selected[words[-1]] = ids
+    fast = selected["not e2e and not reliability"]
+    assert not fast & (selected["e2e"] | selected["reliability"])
