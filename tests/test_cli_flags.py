@@ -1,7 +1,7 @@
 """Every documented flag of every command, exercised the way a user types it.
 
 :data:`COVERAGE` maps each ``(command, flag)`` of the typer app to the test that passes that flag on
-that command's command line and checks what the README ("Configuration", "Commands") says it does.
+that command's command line and checks what the docs (docs/configuration.md, docs/commands.md) say it does.
 :func:`test_every_flag_of_every_command_has_a_test` enumerates the app's commands and options
 (click introspection), so a flag added without a test fails here, naming it. A flag that defaults
 one way is given against an environment variable set the other way wherever possible: the effect
