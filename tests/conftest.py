@@ -28,6 +28,18 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         )
 
 
+TIERS = ("unit", "integration", "e2e")
+TESTS_DIR = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked with its tier, the directory it lives in: ``tests/unit`` -> ``unit``, and so on."""
+    for item in items:
+        path = Path(item.path).resolve()
+        if path.is_relative_to(TESTS_DIR) and len(parts := path.relative_to(TESTS_DIR).parts) > 1 and parts[0] in TIERS:
+            item.add_marker(parts[0])
+
+
 SITE_ID = "site-e2e-1234"
 API_KEY = "key-e2e-secret-5678"
 CONFIG_ENV = (

@@ -1,0 +1,119 @@
+"""Every request we send validates against Customer.io's official Track API OpenAPI spec.
+
+The realistic sample stream (identify, page, screen, events, odd ids, long URLs)
+is delivered through v2 and through v1 to the sandbox, and each request the
+sandbox recorded is validated: method, path template, path parameters and body.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from posthog_customerio.config import load_settings
+from posthog_customerio.runtime import Runtime
+from posthog_customerio.samples import generate_session_events
+from posthog_customerio.sandbox import SandboxServer
+from posthog_customerio.sources import parse_event
+
+from ..conftest import API_KEY, SITE_ID
+from ..openapi_check import get_validator, requires_spec
+
+pytestmark = [pytest.mark.e2e, requires_spec]
+
+
+def _deliver_sample(
+    sandbox: SandboxServer, tmp_path: Path, api: str, identify_by_email: bool, anonymous_events: str = "anonymous"
+) -> None:
+    settings = load_settings(
+        {
+            "anonymous_events": anonymous_events,
+            "group_type_map": "company=1",
+            "customerio_site_id": SITE_ID,
+            "customerio_api_key": API_KEY,
+            "customerio_track_url": sandbox.url,
+            "posthog_customerio_data_dir": tmp_path / api,
+            "sqlite_synchronous": "NORMAL",
+            "customerio_api": api,
+            "identify_by_email": identify_by_email,
+            "customerio_max_rps": 10_000,
+        }
+    )
+    events = [parse_event(raw) for raw in generate_session_events(people=25, seed=3, events_per_person=10)]
+    with Runtime(settings) as runtime:
+        runtime.ingestor.ingest(events)
+        deliverer = runtime.deliverer()
+        deliverer.start()
+        assert deliverer.wait_until_empty(60)
+        deliverer.stop()
+        assert runtime.outbox.dead_letter_count() == 0
+
+
+@pytest.mark.parametrize("api", ["v2", "v1"])
+@pytest.mark.parametrize("identify_by_email", [False, True])
+def test_every_request_validates_against_the_official_spec(
+    sandbox: SandboxServer, tmp_path: Path, api: str, identify_by_email: bool
+) -> None:
+    _deliver_sample(sandbox, tmp_path, api, identify_by_email)
+    _deliver_sample(sandbox, tmp_path / "person-mode", api, identify_by_email, anonymous_events="person")
+    requests = sandbox.state.requests()
+    assert requests, "nothing was sent"
+    validator = get_validator()
+    problems = {}
+    for request in requests:
+        found = validator.validate(request["method"], request["path"], request["body"])
+        if found:
+            problems[f"{request['method']} {request['path']}"] = found
+    assert not problems, problems
+    paths = {r["path"] for r in requests}
+    if api == "v2":  # anonymous events exist only in v1
+        assert paths == {"/api/v2/batch", "/api/v1/events"}
+    else:
+        assert any(p.endswith("/events") for p in paths)
+        encoded = "%40" if identify_by_email else "%2F"  # emails, or the sample's ids with "/"
+        assert any(encoded in p for p in paths)
+
+
+def test_the_validator_catches_what_we_must_never_send() -> None:
+    """Guard against a validator that passes everything."""
+    validator = get_validator()
+    bad_timestamp = {
+        "batch": [{"type": "person", "identifiers": {"id": "a"}, "action": "event", "name": "x", "timestamp": 1.5}]
+    }
+    assert validator.validate("POST", "/api/v2/batch", bad_timestamp)
+    assert validator.validate("POST", "/api/v1/customers/a/events", {"data": {}})
+    assert not validator.validate("GET", "/api/v1/accounts/region", None)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        (
+            "POST",
+            "/api/v2/batch",
+            {
+                "batch": [
+                    {"type": "person", "identifiers": {"id": "a"}, "action": "event", "name": "x", "id": "not-a-ulid"}
+                ]
+            },
+        ),
+        ("POST", "/api/v2/batch", {"batch": [{"type": "person", "action": "identify"}]}),  # no identifiers
+        ("POST", "/api/v1/merge_customers", {"primary": {"id": "a"}}),
+        ("PUT", "/api/v1/customers/a", {"nested": {"a": 1}}),  # v1 attributes are string/integer/boolean
+        ("POST", "/api/v9/nothing", {}),
+        ("DELETE", "/api/v2/batch", None),
+    ],
+)
+def test_the_validator_rejects_invalid_requests(method: str, path: str, body: object) -> None:
+    assert get_validator().validate(method, path, body)
+
+
+def test_the_validator_accepts_valid_requests() -> None:
+    validator = get_validator()
+    assert (
+        validator.validate(
+            "POST", "/api/v1/merge_customers", {"primary": {"id": "a"}, "secondary": {"email": "b@x.io"}}
+        )
+        == []
+    )

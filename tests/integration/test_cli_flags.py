@@ -1,0 +1,1422 @@
+"""Every documented flag of every command, exercised the way a user types it.
+
+:data:`COVERAGE` maps each ``(command, flag)`` of the typer app to the test that passes that flag on
+that command's command line and checks what the docs (docs/configuration.md, docs/commands.md) say it does.
+:func:`test_every_flag_of_every_command_has_a_test` enumerates the app's commands and options
+(click introspection), so a flag added without a test fails here, naming it. A flag that defaults
+one way is given against an environment variable set the other way wherever possible: the effect
+seen is then the flag's, not the default's ("flags win over --plugin-config, which wins over the
+environment").
+
+Most flags show their effect in the sandbox (what Customer.io received), in the command's output
+or over HTTP (``serve`` runs as a real process). The few whose effect cannot be seen in a short test
+(``--lease-s``, ``--sqlite-synchronous``, ``--delivery-linger-s`` outside ``send``...) are checked to
+reach the settings the command runs with, and a bad value to stop the command naming the variable
+(:func:`test_flags_without_a_visible_effect_reach_the_settings`).
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import contextlib
+import functools
+import hashlib
+import hmac
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import typer
+
+from posthog_customerio import cli as cli_module
+from posthog_customerio.config import Settings
+from posthog_customerio.output import pipelines as pipelines_output
+from posthog_customerio.output import track as track_output
+from posthog_customerio.sandbox import SandboxServer
+
+from ..conftest import API_KEY, SITE_ID, Cli, write_jsonl
+from ..helpers import ev, free_port, wait_for, wait_serving
+
+TESTS = Path(__file__).resolve().parents[1]
+SRC = TESTS.parent / "src"
+#: nothing listens there: a Customer.io (or region) that must not be the one used
+DEAD_URL = "http://127.0.0.1:9"
+#: how long the sandbox takes to answer in the timeout tests (a 0.2 s timeout gives up before)
+SLOW_S = 1.0
+
+
+# -- the coverage table ---------------------------------------------------------------------------
+#: (command, flag) -> the test exercising it: a test of this module, or ``file.py::test`` of another
+#: test file that passes the flag on that command's command line. ``posthog-customerio`` is the root.
+_SEND = "test_send_mapping_and_delivery_flags"
+_SEND_OFF = "test_send_mapping_and_delivery_flags"
+_SETTINGS = "test_flags_without_a_visible_effect_reach_the_settings"
+_DELETE = "test_delete_person_and_unsuppress_flags"
+_DELETE_DELIVERY = "test_delete_person_and_unsuppress_delivery_flags"
+_READ_ONLY = "test_read_only_commands_read_the_store_the_flags_name"
+_SERVE_EDGE = "test_serve_ingest_role_auth_limits_and_connections"
+_SERVE_ON = "test_serve_mapping_delivery_and_logging_flags"
+_SERVE_OFF = "test_serve_negated_flags_proxy_and_shutdown"
+_CONSUME = "test_consume_mapping_and_kafka_flags"
+COVERAGE: dict[str, dict[str, str]] = {
+    "posthog-customerio": {"--version": "test_cli.py::test_version_prints_the_version"},
+    "check": {
+        "--site-id": "test_check_credentials_flags",
+        "--api-key": "test_check_credentials_flags",
+        "--track-url": "test_check_credentials_flags",
+        "--region": "test_check_region_flag",
+        "--plugin-config": "test_check_plugin_config_and_sandbox",
+        "--sandbox": "test_check_plugin_config_and_sandbox",
+        "--api": "test_check_pipelines_flags",
+        "--customerio-pipelines-api-key": "test_check_pipelines_flags",
+        "--customerio-pipelines-url": "test_check_pipelines_flags",
+        "--customerio-timeout-s": "test_check_timeout_flag",
+        "--retry-after-max-s": _SETTINGS,
+    },
+    "send": {
+        "--site-id": _SEND,
+        "--api-key": _SEND,
+        "--track-url": _SEND,
+        "--region": "test_send_region_flag",
+        "--api": _SEND,
+        "--identify-by-email": _SEND,
+        "--no-identify-by-email": _SEND_OFF,
+        "--send-events-from-anonymous-users": _SEND,
+        "--events-to-send": _SEND,
+        "--events-to-skip": _SEND,
+        "--convert-dates": _SEND,
+        "--no-convert-dates": _SEND_OFF,
+        "--data-dir": _SEND,
+        "--max-rps": _SEND,
+        "--concurrency": _SETTINGS,
+        "--plugin-config": _SEND_OFF,
+        "--sandbox": "test_cli.py::test_send_sandbox_runs_the_bundled_sample",
+        "--timeout": "test_data_dir.py::test_send_with_data_dir_keeps_the_directory_and_its_queue",
+        "--json": "test_cli.py::test_invalid_lines_are_reported_with_line_numbers_and_skipped",
+        "--merge-people": _SEND,
+        "--no-merge-people": _SEND_OFF,
+        "--anonymous-events": _SEND,
+        "--group-type-map": _SEND,
+        "--suppress-on-delete": _SEND,
+        "--no-suppress-on-delete": _SEND_OFF,
+        "--limits": _SEND,
+        "--properties-to-exclude": _SEND,
+        "--properties-to-include": _SEND,
+        "--event-name-map": _SEND,
+        "--delivery-linger-s": "test_send_delivery_timing_flags",
+        "--customerio-timeout-s": "test_send_delivery_timing_flags",
+        "--retry-after-max-s": "test_send_delivery_timing_flags",
+        "--anonymous-hold-s": "test_anonymous_hold.py::"
+        "test_send_adopts_within_the_file_and_does_not_wait_for_the_hold_at_the_end",
+        "--outbox-url": _SEND_OFF,
+        "--lease-s": _SETTINGS,
+        "--sqlite-synchronous": _SETTINGS,
+        "--customerio-pipelines-api-key": "test_send_pipelines_flags",
+        "--customerio-pipelines-url": "test_send_pipelines_flags",
+    },
+    "delete-person": {
+        "--site-id": _DELETE,
+        "--api-key": _DELETE,
+        "--region": "test_delete_person_and_unsuppress_region_and_plugin_config",
+        "--track-url": _DELETE,
+        "--api": _DELETE,
+        "--identify-by-email": _DELETE,
+        "--no-identify-by-email": _DELETE,
+        "--data-dir": _DELETE,
+        "--plugin-config": "test_delete_person_and_unsuppress_region_and_plugin_config",
+        "--sandbox": "test_operator_view.py::test_delete_person_sandbox_deletes_in_the_in_process_sandbox",
+        "--suppress": _DELETE,
+        "--no-suppress": _DELETE,
+        "--timeout": "test_delete_person_and_unsuppress_timeout_and_outbox_url",
+        "--delivery-linger-s": _SETTINGS,
+        "--customerio-timeout-s": _DELETE_DELIVERY,
+        "--retry-after-max-s": _DELETE_DELIVERY,
+        "--outbox-url": "test_delete_person_and_unsuppress_timeout_and_outbox_url",
+        "--lease-s": _SETTINGS,
+        "--sqlite-synchronous": _SETTINGS,
+        "--customerio-pipelines-api-key": _DELETE_DELIVERY,
+        "--customerio-pipelines-url": _DELETE_DELIVERY,
+    },
+    "unsuppress": {
+        "--site-id": _DELETE,
+        "--api-key": _DELETE,
+        "--region": "test_delete_person_and_unsuppress_region_and_plugin_config",
+        "--track-url": _DELETE,
+        "--api": _DELETE,
+        "--data-dir": _DELETE,
+        "--plugin-config": "test_delete_person_and_unsuppress_region_and_plugin_config",
+        "--timeout": "test_delete_person_and_unsuppress_timeout_and_outbox_url",
+        "--delivery-linger-s": _SETTINGS,
+        "--customerio-timeout-s": _DELETE_DELIVERY,
+        "--retry-after-max-s": _DELETE_DELIVERY,
+        "--outbox-url": "test_delete_person_and_unsuppress_timeout_and_outbox_url",
+        "--lease-s": _SETTINGS,
+        "--sqlite-synchronous": _SETTINGS,
+        "--customerio-pipelines-api-key": _DELETE_DELIVERY,
+        "--customerio-pipelines-url": _DELETE_DELIVERY,
+    },
+    "serve": {
+        "--host": _SERVE_EDGE,
+        "--port": _SERVE_EDGE,
+        "--site-id": _SERVE_ON,
+        "--api-key": _SERVE_ON,
+        "--region": _SERVE_ON,
+        "--track-url": _SERVE_OFF,
+        "--api": _SERVE_ON,
+        "--identify-by-email": _SERVE_ON,
+        "--no-identify-by-email": _SERVE_OFF,
+        "--send-events-from-anonymous-users": _SERVE_ON,
+        "--events-to-send": _SERVE_ON,
+        "--events-to-skip": _SERVE_ON,
+        "--convert-dates": _SERVE_ON,
+        "--no-convert-dates": _SERVE_OFF,
+        "--data-dir": _SERVE_ON,
+        "--max-rps": _SERVE_ON,
+        "--concurrency": _SERVE_ON,
+        "--plugin-config": _SERVE_OFF,
+        "--sandbox": "test_data_dir.py::test_serve_with_data_dir_keeps_the_directory",
+        "--webhook-token": _SERVE_EDGE,
+        "--webhook-signing-secret": _SERVE_EDGE,
+        "--ops-token": _SERVE_EDGE,
+        "--allow-unauthenticated": "test_serve_allow_unauthenticated_flags",
+        "--no-allow-unauthenticated": "test_serve_allow_unauthenticated_flags",
+        "--max-body-bytes": _SERVE_EDGE,
+        "--max-queue": _SERVE_EDGE,
+        "--shutdown-grace-s": _SERVE_OFF,
+        "--log-format": _SERVE_ON,
+        "--outbox-url": _SERVE_EDGE,
+        "--role": _SERVE_EDGE,
+        "--max-events-per-request": _SERVE_EDGE,
+        "--timeout-keep-alive": _SERVE_EDGE,
+        "--http-read-timeout-s": _SERVE_EDGE,
+        "--posthog-host": _SERVE_OFF,
+        "--cors-origins": _SERVE_EDGE,
+        "--merge-people": _SERVE_ON,
+        "--no-merge-people": _SERVE_OFF,
+        "--anonymous-events": _SERVE_ON,
+        "--group-type-map": _SERVE_ON,
+        "--suppress-on-delete": _SERVE_ON,
+        "--no-suppress-on-delete": _SERVE_OFF,
+        "--limits": _SERVE_ON,
+        "--properties-to-exclude": _SERVE_ON,
+        "--properties-to-include": _SERVE_ON,
+        "--event-name-map": _SERVE_ON,
+        "--delivery-linger-s": _SETTINGS,
+        "--customerio-timeout-s": _SETTINGS,
+        "--retry-after-max-s": _SETTINGS,
+        "--anonymous-hold-s": _SETTINGS,
+        "--lease-s": _SETTINGS,
+        "--sqlite-synchronous": _SETTINGS,
+        "--auth-retry-s": _SERVE_ON,
+        "--log-level": _SERVE_ON,
+        "--posthog-timeout-s": _SERVE_OFF,
+        "--customerio-pipelines-api-key": _SERVE_EDGE,
+        "--customerio-pipelines-url": _SERVE_EDGE,
+    },
+    "consume": {
+        "--kafka-bootstrap": _CONSUME,
+        "--topic": _CONSUME,
+        "--group": _CONSUME,
+        "--kafka-config": _CONSUME,
+        "--kafka-config-file": _CONSUME,
+        "--batch-size": _CONSUME,
+        "--max-messages": _CONSUME,
+        "--site-id": _CONSUME,
+        "--api-key": _CONSUME,
+        "--region": _CONSUME,
+        "--track-url": _CONSUME,
+        "--api": _CONSUME,
+        "--identify-by-email": _CONSUME,
+        "--no-identify-by-email": _CONSUME,
+        "--send-events-from-anonymous-users": _CONSUME,
+        "--events-to-send": _CONSUME,
+        "--events-to-skip": _CONSUME,
+        "--convert-dates": _CONSUME,
+        "--no-convert-dates": _CONSUME,
+        "--data-dir": "test_consume_sandbox_data_dir_and_pipelines_flags",
+        "--max-rps": _CONSUME,
+        "--concurrency": _CONSUME,
+        "--plugin-config": _CONSUME,
+        "--sandbox": "test_consume_sandbox_data_dir_and_pipelines_flags",
+        "--shutdown-grace-s": _CONSUME,
+        "--log-format": _CONSUME,
+        "--json": _CONSUME,
+        "--merge-people": _CONSUME,
+        "--no-merge-people": _CONSUME,
+        "--anonymous-events": _CONSUME,
+        "--group-type-map": _CONSUME,
+        "--suppress-on-delete": _CONSUME,
+        "--no-suppress-on-delete": _CONSUME,
+        "--limits": _CONSUME,
+        "--properties-to-exclude": _CONSUME,
+        "--properties-to-include": _CONSUME,
+        "--event-name-map": _CONSUME,
+        "--delivery-linger-s": _CONSUME,
+        "--customerio-timeout-s": _CONSUME,
+        "--retry-after-max-s": _CONSUME,
+        "--anonymous-hold-s": _CONSUME,
+        "--outbox-url": _CONSUME,
+        "--lease-s": _CONSUME,
+        "--sqlite-synchronous": _CONSUME,
+        "--auth-retry-s": _CONSUME,
+        "--log-level": _CONSUME,
+        "--customerio-pipelines-api-key": "test_consume_sandbox_data_dir_and_pipelines_flags",
+        "--customerio-pipelines-url": "test_consume_sandbox_data_dir_and_pipelines_flags",
+    },
+    "status": {
+        "--data-dir": _READ_ONLY,
+        "--json": _READ_ONLY,
+        "--outbox-url": _READ_ONLY,
+        "--lease-s": _READ_ONLY,
+        "--sqlite-synchronous": _READ_ONLY,
+    },
+    "person": {
+        "--data-dir": "test_person_view.py::test_person_flags",
+        "--json": "test_person_view.py::test_person_flags",
+        "--outbox-url": "test_person_view.py::test_person_flags",
+        "--lease-s": "test_person_view.py::test_person_flags",
+        "--sqlite-synchronous": "test_person_view.py::test_person_flags",
+        "--identify-by-email": "test_person_view.py::test_person_flags",
+        "--no-identify-by-email": "test_person_view.py::test_person_flags",
+    },
+    "dead-letters": {
+        "--data-dir": _READ_ONLY,
+        "--json": _READ_ONLY,
+        "--limit": _READ_ONLY,
+        "--outbox-url": _READ_ONLY,
+        "--lease-s": _READ_ONLY,
+        "--sqlite-synchronous": _READ_ONLY,
+    },
+    "retry-dead-letters": {
+        "--data-dir": _READ_ONLY,
+        "--outbox-url": _READ_ONLY,
+        "--lease-s": _READ_ONLY,
+        "--sqlite-synchronous": _READ_ONLY,
+    },
+    "sandbox": {
+        "--port": "test_sandbox_command_flags",
+        "--host": "test_sandbox_command_flags",
+        "--site-id": "test_sandbox_command_flags",
+        "--api-key": "test_sandbox_command_flags",
+        "--region": "test_sandbox_command_flags",
+    },
+}
+
+
+def app_flags() -> set[tuple[str, str]]:
+    """Every ``(command, flag)`` of the app: each option's names and its ``--no-...`` form (``--help`` aside)."""
+    root = typer.main.get_command(cli_module.app)
+    found = set()
+    commands: dict[str, Any] = {"posthog-customerio": root, **getattr(root, "commands", {})}
+    for name, command in commands.items():
+        for param in command.params:
+            if param.param_type_name == "option":
+                found.update((name, flag) for flag in (*param.opts, *param.secondary_opts))
+    return found
+
+
+def test_every_flag_of_every_command_has_a_test() -> None:
+    flags = app_flags()
+    table = {(command, flag) for command, entries in COVERAGE.items() for flag in entries}
+    missing = sorted(flags - table)
+    assert not missing, (
+        "flags without a test (add a test passing each on that command's command line, and its row in"
+        f" COVERAGE of {Path(__file__).name}): " + ", ".join(f"{command} {flag}" for command, flag in missing)
+    )
+    stale = sorted(table - flags)
+    assert not stale, "COVERAGE names flags the app does not have: " + ", ".join(f"{c} {f}" for c, f in stale)
+    assert len(flags) > 200  # the enumeration found the commands' options (not an empty app)
+
+
+@functools.cache
+def _segments(path: Path) -> dict[str, str]:
+    """The source of each top-level function and assignment of a module, by name."""
+    text = path.read_text()
+    segments: dict[str, str] = {}
+    for node in ast.parse(text).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            first = node.decorator_list[0].lineno if node.decorator_list else node.lineno
+            lines = text.splitlines()[first - 1 : node.end_lineno]
+            segments[node.name] = "\n".join(lines)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Name):
+                    segments[target.id] = ast.get_source_segment(text, node) or ""
+    return segments
+
+
+@functools.cache
+def _reachable_source(name: str, path: Path) -> str:
+    """A test's source and the source of every top-level helper or constant of its module it uses."""
+    segments = _segments(path)
+    seen, todo, parts = set(), [name], []
+    while todo:
+        current = todo.pop()
+        if current in seen or current not in segments or current == "COVERAGE":
+            continue
+        seen.add(current)
+        parts.append(segments[current])
+        with contextlib.suppress(SyntaxError):
+            todo.extend(node.id for node in ast.walk(ast.parse(segments[current])) if isinstance(node, ast.Name))
+    return "\n".join(parts)
+
+
+def test_the_table_names_real_tests_that_pass_each_flag() -> None:
+    """Every row names a test that exists and passes that flag (and, in another file, that command)."""
+    problems = []
+    for command, entries in COVERAGE.items():
+        for flag, where in entries.items():
+            file, _, name = where.rpartition("::")
+            path = next(TESTS.glob(f"*/{file}")) if file else Path(__file__)
+            segments = _segments(path)
+            if not name.startswith("test_") or name not in segments:
+                problems.append(f"{command} {flag}: no test {where}")
+                continue
+            source = _reachable_source(name, path) if not file else segments[name]
+            if f'"{flag}"' not in source:
+                problems.append(f"{command} {flag}: {where} never passes {flag}")
+            if file and command != "posthog-customerio" and f'"{command}"' not in source:
+                problems.append(f"{command} {flag}: {where} never runs {command}")
+    assert not problems, "\n".join(problems)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def no_secrets(output: str, *secrets: str) -> None:
+    """None of ``secrets`` appears in a command's output (stdout and stderr)."""
+    for secret in secrets:
+        assert secret not in output, f"a secret was printed: {secret[:3]}…"
+
+
+@contextlib.contextmanager
+def kept_logging() -> Iterator[None]:
+    """``serve`` and ``consume`` configure process-wide logging: give pytest its handlers back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:], root.level = handlers, level
+
+
+@pytest.fixture
+def settings_seen(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
+    """The :class:`Settings` every in-process command built from its flags, in order."""
+    seen: list[Settings] = []
+    real = cli_module.load_settings
+
+    def recording(*args: Any, **kwargs: Any) -> Settings:
+        settings = real(*args, **kwargs)
+        seen.append(settings)
+        return settings
+
+    monkeypatch.setattr(cli_module, "load_settings", recording)
+    return seen
+
+
+@pytest.fixture
+def regions(monkeypatch: pytest.MonkeyPatch, sandbox: SandboxServer) -> SandboxServer:
+    """Customer.io's EU hosts (Track and Pipelines) are the sandbox; the US hosts answer nothing."""
+    monkeypatch.setitem(track_output.REGION_URLS, "eu", sandbox.url)
+    monkeypatch.setitem(track_output.REGION_URLS, "us", DEAD_URL)
+    monkeypatch.setitem(pipelines_output.PIPELINES_URLS, "eu", sandbox.url)
+    monkeypatch.setitem(pipelines_output.PIPELINES_URLS, "us", DEAD_URL)
+    return sandbox
+
+
+@pytest.fixture
+def pipelines_key(sandbox: SandboxServer) -> str:
+    """The sandbox's Pipelines API key for this test (a distinctive one, so it can be looked for in outputs)."""
+    sandbox.pipelines.api_key = "pk-secret-7e1f0c"
+    return sandbox.pipelines.api_key
+
+
+@pytest.fixture
+def plugin_config(tmp_path: Path) -> Path:
+    """The original plugin's config JSON: the sandbox's credentials, and identify-by-email on."""
+    path = tmp_path / "plugin.json"
+    config = {"customerioSiteId": SITE_ID, "customerioToken": API_KEY, "identifyByEmail": "Yes"}
+    path.write_text(json.dumps({"config": config}))
+    return path
+
+
+def wait_logged(sandbox: SandboxServer, count: int) -> None:
+    """Wait until the sandbox logged ``count`` requests: a slow answer given up on is logged when it is sent,
+    and must not land in the next test's log."""
+    wait_for(lambda: len(sandbox.state.requests()) >= count, f"{count} requests in the sandbox's log", 10)
+
+
+def request_gaps(sandbox: SandboxServer) -> list[float]:
+    times = sorted(entry["time"] for entry in sandbox.state.requests())
+    return [later - earlier for earlier, later in itertools.pairwise(times)]
+
+
+# -- one stream that shows the mapping flags ---------------------------------------------------------
+LONG_NAME = "l" * 101  # over Customer.io's 100-byte event name limit
+SCENARIO_ALLOWLIST = "$identify,clicked,noisy_click,$pageleave,$pageview,signed_up,$groupidentify,$delete_person,"
+SCENARIO_ALLOWLIST += LONG_NAME
+#: flags of the stream with their (non-default) values; the environment says otherwise
+SCENARIO_FLAGS = (
+    *("--events-to-send", SCENARIO_ALLOWLIST),
+    *("--events-to-skip", "noisy_*"),
+    *("--send-events-from-anonymous-users", "all"),
+    *("--anonymous-events", "person"),
+    *("--event-name-map", "clicked=Clicked It"),
+    *("--group-type-map", "company=1"),
+    *("--limits", "truncate"),
+    *("--properties-to-include", "keep_*,signup_at,plan,name,$current_url"),
+    *("--properties-to-exclude", "keep_secret"),
+    *("--max-rps", "40"),
+)
+SCENARIO_ON = ("--identify-by-email", "--convert-dates", "--merge-people", "--suppress-on-delete", "--api", "v1")
+SCENARIO_OFF = ("--no-identify-by-email", "--no-convert-dates", "--no-merge-people", "--no-suppress-on-delete")
+SCENARIO_OFF += ("--api", "v2")
+SCENARIO_RPS = 40
+
+
+def scenario_env(on: bool) -> dict[str, str]:
+    """The environment each flag of the stream overrides (wrong credentials, contrary values)."""
+    off = str(not on).lower()
+    return {
+        "CUSTOMERIO_SITE_ID": "env-site",
+        "CUSTOMERIO_API_KEY": "env-key",
+        "CUSTOMERIO_REGION": "us",
+        "CUSTOMERIO_TRACK_URL": DEAD_URL,
+        "CUSTOMERIO_API": "v2" if on else "v1",
+        "EVENTS_TO_SEND": "other",
+        "SEND_EVENTS_FROM_ANONYMOUS_USERS": "identified",
+        "ANONYMOUS_EVENTS": "anonymous",
+        "EVENT_NAME_MAP": "clicked=Other",
+        "GROUP_TYPE_MAP": "company=9",
+        "LIMITS": "dead-letter",
+        "PROPERTIES_TO_INCLUDE": "plan",
+        "PROPERTIES_TO_EXCLUDE": "keep_a",
+        "IDENTIFY_BY_EMAIL": off,
+        "CONVERT_DATES": off,
+        "MERGE_PEOPLE": off,
+        "SUPPRESS_ON_DELETE": off,
+        "CUSTOMERIO_MAX_RPS": "100000",
+        "SQLITE_SYNCHRONOUS": "NORMAL",
+    }
+
+
+def scenario_events() -> list[dict[str, Any]]:
+    visitor = {"$is_identified": False, "$device_id": "dev-1"}
+    profile = {"email": "ann@example.com", "signup_at": "2024-02-01T10:00:00Z", "plan": "pro", "drop_attr": "x"}
+    acme = {"name": "Acme"}
+    return [
+        ev("$pageview", "dev-1", 0, **visitor, **{"$current_url": "https://x.io/"}),
+        ev("$identify", "ann", 10, **{"$anon_distinct_id": "dev-1"}, top={"$set": profile}),
+        ev("clicked", "ann", 20, keep_a=1, keep_secret=2, drop_me=3),
+        ev("noisy_click", "ann", 21),
+        ev("$pageleave", "ann", 22, **{"$current_url": "https://x.io/a"}),
+        ev("not_listed", "ann", 23),
+        ev(LONG_NAME, "ann", 24),
+        ev("clicked", "bob", 30),  # a server-side user who never identified
+        ev("$groupidentify", "ann", 40, **{"$group_type": "company", "$group_key": "acme", "$group_set": acme}),
+        ev("signed_up", "carol", 50, top={"$set": {"email": "carol@example.com"}}),
+        ev("$delete_person", "carol", 60),
+    ]
+
+
+def check_scenario(sandbox: SandboxServer, on: bool) -> None:
+    """What Customer.io holds after :func:`scenario_events` with :data:`SCENARIO_FLAGS` (and the on/off set)."""
+    ann = sandbox.state.person("ann@example.com")
+    assert ann is not None, sandbox.state.people()
+    names = [event["name"] for event in ann["events"]]
+    # --event-name-map (env: clicked=Other), --events-to-send (env: other), --events-to-skip (env: the default
+    # list, which holds $pageleave)
+    assert "Clicked It" in names and "$pageleave" in names, names
+    assert "not_listed" not in names and "noisy_click" not in names, names
+    assert "l" * 100 in names  # --limits truncate (env: dead-letter): the name is cut, not rejected
+    # --properties-to-include / --properties-to-exclude (env: plan / keep_a); email is always sent
+    (clicked,) = [event for event in ann["events"] if event["name"] == "Clicked It"]
+    assert clicked["data"] == {"keep_a": 1}
+    assert ann["email"] == "ann@example.com" and ann["attributes"]["plan"] == "pro"
+    assert "drop_attr" not in ann["attributes"]
+    # --send-events-from-anonymous-users all (env: identified): bob never identified, his event arrives
+    assert [event["name"] for event in sandbox.state.events("bob")] == ["Clicked It"]
+    # --anonymous-events person (env: anonymous): the visitor was made a person, never an anonymous event
+    requests = sandbox.state.requests()
+    assert sandbox.state.anonymous_events() == []
+    assert not [entry for entry in requests if entry["path"] == "/api/v1/events"]
+    # --group-type-map company=1 (env: company=9)
+    assert [(o["object_type_id"], o["object_id"], o["attributes"]) for o in sandbox.state.objects()] == [
+        ("1", "acme", {"name": "Acme"})
+    ]
+    persons = [entry for entry in requests if entry["path"] != "/api/v2/batch" or _has_person_item(entry)]
+    if on:
+        assert ann["id"] is None  # --identify-by-email: ann is addressed by her email only
+        assert ann["attributes"]["signup_at"] == 1_706_781_600  # --convert-dates
+        assert sandbox.state.person("dev-1") is None and "https://x.io/" in names  # --merge-people
+        assert any(s.get("id") == "carol" for s in sandbox.state.suppressions())  # --suppress-on-delete
+        assert persons and all(entry["path"].startswith("/api/v1/") for entry in persons)  # --api v1
+        gaps = request_gaps(sandbox)  # --max-rps (env: 100000): requests spaced 1/40 s apart
+        assert len(gaps) >= 10 and sum(gaps) / len(gaps) >= 0.8 / SCENARIO_RPS, gaps
+    else:
+        assert ann["id"] == "ann"  # --no-identify-by-email
+        assert ann["attributes"]["signup_at"] == "2024-02-01T10:00:00Z"  # --no-convert-dates
+        visitor = sandbox.state.person("dev-1")  # --no-merge-people
+        assert visitor is not None and [event["name"] for event in visitor["events"]] == ["https://x.io/"]
+        assert sandbox.state.suppressions() == [] and sandbox.state.person("carol") is None  # --no-suppress-on-delete
+        assert {entry["path"] for entry in requests} == {"/api/v2/batch"}  # --api v2
+
+
+def _has_person_item(entry: dict[str, Any]) -> bool:
+    return any(item.get("type") == "person" for item in (entry.get("body") or {}).get("batch", []))
+
+
+# -- send ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("on", [True, False], ids=["flags", "negated-flags"])
+def test_send_mapping_and_delivery_flags(
+    cli: Cli, sandbox: SandboxServer, tmp_path: Path, plugin_config: Path, on: bool
+) -> None:
+    path = write_jsonl(tmp_path / "events.jsonl", scenario_events())
+    env = {**scenario_env(on), "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "env-data")}
+    data, outbox = tmp_path / "mine", tmp_path / "outbox.sqlite"
+    if on:
+        where = ("--site-id", SITE_ID, "--api-key", API_KEY, "--track-url", sandbox.url, "--data-dir", str(data))
+        result = cli("send", *where, *SCENARIO_FLAGS, *SCENARIO_ON, str(path), env=env)
+    else:
+        where = ("--plugin-config", str(plugin_config), "--track-url", sandbox.url)
+        where += ("--outbox-url", f"sqlite:///{outbox}")
+        result = cli("send", *where, *SCENARIO_FLAGS, *SCENARIO_OFF, str(path), env=env)
+    assert result.exit_code == 0, result.output
+    no_secrets(result.output, SITE_ID, API_KEY)
+    check_scenario(sandbox, on)
+    if on:  # --data-dir: the state and outbox live there, and it is kept
+        assert (data / "posthog-customerio.sqlite").is_file() and not (tmp_path / "env-data").exists()
+    else:  # --outbox-url: the database is that file, not one in the data dir
+        assert outbox.is_file() and not (tmp_path / "env-data" / "posthog-customerio.sqlite").exists()
+        # --plugin-config gave the credentials (the sandbox refuses the environment's), and its identifyByEmail
+        # Yes lost to --no-identify-by-email (checked above): flags win over the plugin's config
+
+
+def test_send_empty_lists_mean_everything(
+    cli: Cli, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """``--events-to-send ""`` = all, ``--events-to-skip ""`` = skip nothing (over the environment's lists)."""
+    path = write_jsonl(tmp_path / "events.jsonl", [ev("clicked", "u1", 0), ev("$pageleave", "u1", 1)])
+    env = {**env, "EVENTS_TO_SEND": "other", "EVENTS_TO_SKIP": "clicked"}
+    result = cli("send", "--events-to-send", "", "--events-to-skip", "", str(path), env=env)
+    assert result.exit_code == 0, result.output
+    assert sorted(event["name"] for event in sandbox.state.events("u1")) == ["$pageleave", "clicked"]
+
+
+def test_send_region_flag(cli: Cli, regions: SandboxServer, tmp_path: Path) -> None:
+    """``--region eu`` sends to the EU host (here the sandbox); the environment's ``us`` would not answer."""
+    path = write_jsonl(tmp_path / "events.jsonl", [ev("clicked", "u1", 0)])
+    env = {"CUSTOMERIO_SITE_ID": SITE_ID, "CUSTOMERIO_API_KEY": API_KEY, "CUSTOMERIO_REGION": "us"}
+    env["POSTHOG_CUSTOMERIO_DATA_DIR"] = str(tmp_path / "data")
+    result = cli("send", "--region", "eu", "--timeout", "20", str(path), env=env)
+    assert result.exit_code == 0, result.output
+    assert [event["name"] for event in regions.state.events("u1")] == ["clicked"]
+    result = cli("send", "--region", "mars", str(path), env=env)
+    assert result.exit_code == 2 and result.stderr.startswith("error: CUSTOMERIO_REGION:")
+
+
+def test_send_pipelines_flags(cli: Cli, sandbox: SandboxServer, tmp_path: Path, pipelines_key: str) -> None:
+    path = write_jsonl(tmp_path / "events.jsonl", [ev("signed_up", "u1", 0, top={"$set": {"email": "u1@example.com"}})])
+    env = {
+        "CUSTOMERIO_API": "v2",
+        "CUSTOMERIO_PIPELINES_API_KEY": "env-pipelines-key",
+        "CUSTOMERIO_PIPELINES_URL": DEAD_URL,
+        "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data"),
+    }
+    pipelines = ("--api", "pipelines", "--customerio-pipelines-url", sandbox.url, "--delivery-linger-s", "0")
+    result = cli("send", *pipelines, "--customerio-pipelines-api-key", pipelines_key, str(path), env=env)
+    assert result.exit_code == 0, result.output
+    no_secrets(result.output, pipelines_key)
+    assert [person["userId"] for person in sandbox.pipelines.people()] == ["u1"]
+    assert sandbox.state.requests() == []  # nothing went to the Track API
+    other = tmp_path / "other"
+    wrong = ("--customerio-pipelines-api-key", "wrong-pipelines-key", "--data-dir", str(other), "--timeout", "5")
+    result = cli("send", *pipelines, *wrong, str(path), env={**env, "CUSTOMERIO_PIPELINES_API_KEY": pipelines_key})
+    assert result.exit_code == 1 and "stays queued" in result.stderr
+    no_secrets(result.output, "wrong-pipelines-key")
+
+
+def test_send_delivery_timing_flags(cli: Cli, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path) -> None:
+    """``--delivery-linger-s`` waits for a fuller batch, ``--customerio-timeout-s`` gives up on a slow
+    answer (and retries), ``--retry-after-max-s`` cuts a Retry-After (each against the environment's value)."""
+    path = write_jsonl(tmp_path / "events.jsonl", [ev("clicked", "u1", 0)])
+
+    def send(*flags: str, **extra: str) -> tuple[float, dict[str, Any]]:
+        started = time.monotonic()
+        data = ("--data-dir", str(tmp_path / str(len(os.listdir(tmp_path)))))
+        result = cli("send", "--json", *data, *flags, str(path), env={**env, **extra})
+        assert result.exit_code == 0, result.output
+        return time.monotonic() - started, json.loads(result.stdout)
+
+    seconds, _ = send("--delivery-linger-s", "0.5", DELIVERY_LINGER_S="0")
+    assert seconds >= 0.5  # a trickle (one event) waited for more
+    sandbox.state.reset()
+    sandbox.state.add_fault(delay_s=SLOW_S, count=1)
+    seconds, summary = send("--customerio-timeout-s", "0.2", CUSTOMERIO_TIMEOUT_S="30")
+    assert summary["retries"] >= 1 and summary["operations_delivered"] == 2  # given up on, sent again
+    wait_logged(sandbox, 2)
+    sandbox.state.add_fault(status=429, retry_after=3600, count=1)
+    seconds, summary = send("--retry-after-max-s", "0.2", RETRY_AFTER_MAX_S="3600")
+    assert summary["retries"] >= 1 and summary["operations_delivered"] == 2 and seconds < 5
+
+
+# -- check -----------------------------------------------------------------------------------------
+def test_check_credentials_flags(cli: Cli, sandbox: SandboxServer) -> None:
+    env = {"CUSTOMERIO_SITE_ID": "env-site", "CUSTOMERIO_API_KEY": "env-key", "CUSTOMERIO_TRACK_URL": DEAD_URL}
+    flags = ("--site-id", SITE_ID, "--api-key", API_KEY, "--track-url", sandbox.url)
+    result = cli("check", *flags, env=env)
+    assert result.exit_code == 0, result.output
+    assert "credentials OK" in result.stdout and f"track URL  {sandbox.url}" in result.stdout
+    assert sandbox.state.requests()[-1]["path"] == "/api/v1/accounts/region"
+    no_secrets(result.output, SITE_ID, API_KEY)
+    wrong = cli("check", *flags[:2], "--api-key", "wrong-track-key", *flags[4:], env=env)
+    assert wrong.exit_code == 1
+    no_secrets(wrong.output, SITE_ID, "wrong-track-key")
+    bad = cli("check", *flags[:4], "--track-url", "ftp://x", env=env)
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: CUSTOMERIO_TRACK_URL:")
+
+
+def test_check_region_flag(cli: Cli, regions: SandboxServer) -> None:
+    env = {"CUSTOMERIO_SITE_ID": SITE_ID, "CUSTOMERIO_API_KEY": API_KEY, "CUSTOMERIO_REGION": "us"}
+    for region in ("eu", "track-eu.customer.io"):  # the plugin's host names work too
+        result = cli("check", "--region", region, env=env)
+        assert result.exit_code == 0, result.output
+        assert f"track URL  {regions.url}" in result.stdout
+    result = cli("check", "--region", "mars", env=env)
+    assert result.exit_code == 2 and result.stderr.startswith("error: CUSTOMERIO_REGION:")
+
+
+def test_check_plugin_config_and_sandbox(cli: Cli, sandbox: SandboxServer, plugin_config: Path) -> None:
+    env = {"CUSTOMERIO_SITE_ID": "env-site", "CUSTOMERIO_API_KEY": "env-key", "CUSTOMERIO_TRACK_URL": sandbox.url}
+    result = cli("check", "--plugin-config", str(plugin_config), env=env)
+    assert result.exit_code == 0 and "credentials OK" in result.stdout, result.output
+    no_secrets(result.output, SITE_ID, API_KEY)
+    # --sandbox: no credentials at all, an in-process sandbox answers
+    result = cli("check", "--sandbox", env={})
+    assert result.exit_code == 0 and "track URL  http://127.0.0.1:" in result.stdout, result.output
+    result = cli("check", "--sandbox", "--api", "pipelines", env={})
+    assert result.exit_code == 0 and "Pipelines API key OK" in result.stdout, result.output
+
+
+def test_check_pipelines_flags(cli: Cli, regions: SandboxServer, pipelines_key: str) -> None:
+    env = {"CUSTOMERIO_API": "v1", "CUSTOMERIO_PIPELINES_API_KEY": "env-key", "CUSTOMERIO_PIPELINES_URL": DEAD_URL}
+    key = ("--customerio-pipelines-api-key", pipelines_key)
+    result = cli("check", "--api", "pipelines", *key, "--customerio-pipelines-url", regions.url, env=env)
+    assert result.exit_code == 0, result.output
+    no_secrets(result.output, pipelines_key)
+    assert "Pipelines API key OK" in result.stdout and f"pipelines URL  {regions.url}" in result.stdout
+    assert [entry["path"] for entry in regions.pipelines.requests()] == ["/v1/batch"]
+    # the Pipelines API has no region lookup: --region eu chooses the EU host (here the sandbox)
+    env.pop("CUSTOMERIO_PIPELINES_URL")
+    result = cli("check", "--api", "pipelines", *key, "--region", "eu", env=env)
+    assert result.exit_code == 0 and f"pipelines URL  {regions.url}" in result.stdout, result.output
+    result = cli("check", "--api", "graphql", env=env)
+    assert result.exit_code == 2 and result.stderr.startswith("error: CUSTOMERIO_API:")
+
+
+def test_check_timeout_flag(cli: Cli, env: dict[str, str], sandbox: SandboxServer) -> None:
+    sandbox.state.add_fault(delay_s=SLOW_S, count=1)
+    started = time.monotonic()
+    result = cli("check", "--customerio-timeout-s", "0.2", env={**env, "CUSTOMERIO_TIMEOUT_S": "30"})
+    assert result.exit_code == 1 and "cannot reach Customer.io" in result.stderr, result.output
+    assert time.monotonic() - started < SLOW_S - 0.05
+    wait_logged(sandbox, 1)
+
+
+# -- delete-person, unsuppress ----------------------------------------------------------------------
+def _person_with_email(cli: Cli, sandbox: SandboxServer, tmp_path: Path, who: str, data: str, *flags: str) -> None:
+    """``send`` creates ``who`` with the email ``<who>@example.com`` from the data dir ``data``."""
+    email = f"{who}@example.com"
+    path = write_jsonl(tmp_path / f"{who}.jsonl", [ev("signed_up", who, 0, top={"$set": {"email": email}})])
+    env = {"CUSTOMERIO_SITE_ID": SITE_ID, "CUSTOMERIO_API_KEY": API_KEY, "CUSTOMERIO_TRACK_URL": sandbox.url}
+    result = cli("send", "--data-dir", data, *flags, str(path), env=env)
+    assert result.exit_code == 0, result.output
+    assert sandbox.state.person(email) is not None
+
+
+def test_delete_person_and_unsuppress_flags(
+    cli: Cli, sandbox: SandboxServer, tmp_path: Path, settings_seen: list[Settings]
+) -> None:
+    data = str(tmp_path / "data")
+    _person_with_email(cli, sandbox, tmp_path, "dee", data)
+    sandbox.state.log.reset()
+    env = {
+        "CUSTOMERIO_SITE_ID": "env-site",
+        "CUSTOMERIO_API_KEY": "env-key",
+        "CUSTOMERIO_TRACK_URL": DEAD_URL,
+        "CUSTOMERIO_API": "v2",
+        "SUPPRESS_ON_DELETE": "false",
+        "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "elsewhere"),
+    }
+    where = ("--site-id", SITE_ID, "--api-key", API_KEY, "--track-url", sandbox.url, "--data-dir", data)
+    # --suppress (env: false), --api v1 (env: v2), by every identifier known in --data-dir
+    result = cli("delete-person", "dee", *where, "--api", "v1", "--suppress", "--identify-by-email", env=env)
+    assert result.exit_code == 0, result.output
+    assert "dee: suppressed in Customer.io (sent suppress by id dee, email dee@example.com)" in result.stdout
+    assert [entry["path"] for entry in sandbox.state.requests()] == [
+        "/api/v1/customers/dee/suppress",
+        "/api/v1/customers/dee%40example.com/suppress",
+    ]
+    assert sandbox.state.suppressions() and sandbox.state.person("dee@example.com") is None
+    assert settings_seen[-1].identify_by_email is True  # accepted; a deletion goes by every identifier anyway
+    no_secrets(result.output, SITE_ID, API_KEY)
+    # unsuppress: the same identifiers, v1's unsuppress path
+    result = cli("unsuppress", "dee", *where, "--api", "v1", env=env)
+    assert result.exit_code == 0, result.output
+    assert "dee: unsuppressed in Customer.io (sent unsuppress by id dee, email dee@example.com)" in result.stdout
+    assert sandbox.state.suppressions() == []
+    assert sandbox.state.requests()[-1]["path"] == "/api/v1/customers/dee%40example.com/unsuppress"
+    no_secrets(result.output, SITE_ID, API_KEY)
+    # --no-suppress (env: true) deletes, through v2 (no --api: the environment's)
+    _person_with_email(cli, sandbox, tmp_path, "eve", data)
+    sandbox.state.log.reset()
+    env["SUPPRESS_ON_DELETE"] = "true"
+    result = cli("delete-person", "eve", *where, "--no-suppress", "--no-identify-by-email", env=env)
+    assert result.exit_code == 0, result.output
+    assert "eve: deleted in Customer.io (sent delete by id eve, email eve@example.com)" in result.stdout
+    assert settings_seen[-1].identify_by_email is False
+    (batch,) = [entry["body"]["batch"] for entry in sandbox.state.requests()]
+    assert [item["action"] for item in batch] == ["delete", "delete"]
+    assert sandbox.state.suppressions() == [] and sandbox.state.person("eve@example.com") is None
+
+
+def test_delete_person_and_unsuppress_region_and_plugin_config(
+    cli: Cli, regions: SandboxServer, tmp_path: Path, plugin_config: Path
+) -> None:
+    env = {"CUSTOMERIO_REGION": "us", "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data")}
+    for command in ("delete-person", "unsuppress"):
+        regions.state.log.reset()
+        flags = ("--plugin-config", str(plugin_config), "--region", "eu", "--timeout", "20")
+        result = cli(command, "zed", *flags, env=env)
+        assert result.exit_code == 0, result.output
+        assert len(regions.state.requests()) == 1  # reached the EU host with the plugin's credentials
+        no_secrets(result.output, SITE_ID, API_KEY)
+
+
+def test_delete_person_and_unsuppress_timeout_and_outbox_url(cli: Cli, sandbox: SandboxServer, tmp_path: Path) -> None:
+    outbox = f"sqlite:///{tmp_path / 'outbox.sqlite'}"
+    data = str(tmp_path / "data")
+    _person_with_email(cli, sandbox, tmp_path, "dee", data, "--outbox-url", outbox)
+    env = {"CUSTOMERIO_SITE_ID": SITE_ID, "CUSTOMERIO_API_KEY": API_KEY, "CUSTOMERIO_TRACK_URL": DEAD_URL}
+    env["POSTHOG_CUSTOMERIO_DATA_DIR"] = data
+    # each stays queued in the --outbox-url database: delete by id and by the email known there (2), then
+    # unsuppress by id (the deletion forgot her email)
+    for command, what, depth in (("delete-person", "deletion", 2), ("unsuppress", "unsuppress", 3)):
+        started = time.monotonic()
+        result = cli(command, "dee", "--outbox-url", outbox, "--timeout", "0.5", env=env)
+        assert result.exit_code == 1, result.output
+        assert result.stderr == f"error: timed out; the {what} stays queued\n"
+        assert time.monotonic() - started < 10
+        assert "not created by this data dir" not in result.stdout
+        status = cli("status", "--json", "--outbox-url", outbox, env=env)
+        assert json.loads(status.stdout)["outbox"]["depth"] == depth
+
+
+def test_delete_person_and_unsuppress_delivery_flags(
+    cli: Cli,
+    env: dict[str, str],
+    sandbox: SandboxServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    pipelines_key: str,
+) -> None:
+    for command in ("delete-person", "unsuppress"):
+        sandbox.state.reset()
+        sandbox.state.add_fault(status=429, retry_after=3600, count=1)
+        started = time.monotonic()
+        result = cli(command, "zed", "--retry-after-max-s", "0.2", env={**env, "RETRY_AFTER_MAX_S": "3600"})
+        assert result.exit_code == 0, result.output
+        assert time.monotonic() - started < 20 and len(sandbox.state.requests()) == 2  # answered 429, then sent
+        sandbox.state.reset()
+        sandbox.state.add_fault(delay_s=SLOW_S, count=1)
+        caplog.clear()
+        result = cli(command, "zed", "--customerio-timeout-s", "0.2", env={**env, "CUSTOMERIO_TIMEOUT_S": "30"})
+        assert result.exit_code == 0, result.output
+        assert "DeadlineExceeded" in caplog.text  # the slow answer was given up on at the deadline
+        wait_logged(sandbox, 2)
+        # the Pipelines API with its key and URL as flags (the environment: Track credentials only)
+        pipelines = ("--api", "pipelines", "--customerio-pipelines-api-key", pipelines_key, "--delivery-linger-s", "0")
+        result = cli(command, "zed", *pipelines, "--customerio-pipelines-url", sandbox.url, env=env)
+        assert result.exit_code == 0, result.output
+        no_secrets(result.output, pipelines_key)
+        calls = [item for entry in sandbox.pipelines.requests() for item in entry["body"]["batch"]]
+        assert calls[-1]["event"] == ("Delete Person" if command == "delete-person" else "User Unsuppressed")
+
+
+# -- status, dead-letters, retry-dead-letters --------------------------------------------------------
+def test_read_only_commands_read_the_store_the_flags_name(
+    cli: Cli, sandbox: SandboxServer, tmp_path: Path, settings_seen: list[Settings]
+) -> None:
+    env = {"CUSTOMERIO_SITE_ID": SITE_ID, "CUSTOMERIO_API_KEY": API_KEY, "CUSTOMERIO_TRACK_URL": sandbox.url}
+    env["POSTHOG_CUSTOMERIO_DATA_DIR"] = str(tmp_path / "nothing-here")  # without the flags: no data
+    outbox = f"sqlite:///{tmp_path / 'outbox.sqlite'}"
+    long_names = write_jsonl(tmp_path / "long.jsonl", [ev("a" * 101, "u1", 0), ev("b" * 101, "u2", 1)])
+    sent = cli("send", "--limits", "dead-letter", "--outbox-url", outbox, str(long_names), env=env)
+    assert sent.exit_code == 1 and "dead-lettered      2" in sent.stdout, sent.output
+    store = ("--outbox-url", outbox, "--lease-s", "7", "--sqlite-synchronous", "normal")
+    listed = cli("dead-letters", *store, "--json", "--limit", "1", env=env)
+    assert listed.exit_code == 0 and len(listed.stdout.splitlines()) == 1, listed.output
+    assert json.loads(listed.stdout)["reason"]
+    report = cli("status", *store, "--json", env=env)
+    assert json.loads(report.stdout)["outbox"]["dead_letters"] == 2
+    retried = cli("retry-dead-letters", *store, env=env)
+    assert retried.stdout == "re-queued 2 operations\n"
+    assert json.loads(cli("status", "--json", "--outbox-url", outbox, env=env).stdout)["outbox"]["depth"] == 2
+    # the store flags reach the settings of each read-only command
+    stores = [(s.outbox_url, s.lease_s, s.sqlite_synchronous) for s in settings_seen[1:4]]
+    assert stores == [(outbox, 7.0, "NORMAL")] * 3
+    # --data-dir: another data dir than the environment's
+    data = str(tmp_path / "data")
+    one = write_jsonl(tmp_path / "one.jsonl", [ev("clicked", "u3", 0)])
+    assert cli("send", "--data-dir", data, str(one), env=env).exit_code == 0
+    assert cli("status", "--json", env=env).exit_code == 1  # the environment's data dir holds nothing
+    assert json.loads(cli("status", "--data-dir", data, "--json", env=env).stdout)["persons"] == 1
+    assert cli("dead-letters", "--data-dir", data, env=env).stdout == "no dead letters\n"
+    assert cli("retry-dead-letters", "--data-dir", data, env=env).stdout == "re-queued 0 operations\n"
+    for command in ("status", "dead-letters", "retry-dead-letters"):
+        bad = cli(command, "--data-dir", data, "--lease-s", "1", env=env)
+        assert bad.exit_code == 2 and bad.stderr.startswith("error: LEASE_S:"), bad.output
+        bad = cli(command, "--data-dir", data, "--sqlite-synchronous", "sometimes", env=env)
+        assert bad.exit_code == 2 and bad.stderr.startswith("error: SQLITE_SYNCHRONOUS:"), bad.output
+
+
+# -- the sandbox command ---------------------------------------------------------------------------
+BOOT = (
+    "import json, os\n"
+    "from posthog_customerio.output import track\n"
+    "track.REGION_URLS.update(json.loads(os.environ.pop('TEST_REGION_URLS', '{}')))\n"
+    "from posthog_customerio.cli import main\n"
+    "main()\n"
+)
+
+
+def command_line(*args: str) -> list[str]:
+    """``posthog-customerio ARGS`` run from this checkout (``TEST_REGION_URLS`` redirects a region's host)."""
+    return [sys.executable, "-c", BOOT, *args]
+
+
+def process_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(SRC), **extra}
+
+
+def stop(process: subprocess.Popen[Any], timeout: float = 30) -> int:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+        raise
+
+
+def test_sandbox_command_flags(cli: Cli, tmp_path: Path) -> None:
+    port = free_port()
+    flags = ("--port", str(port), "--host", "127.0.0.1", "--region", "eu")
+    flags += ("--site-id", "box-site", "--api-key", "box-key")
+    log = tmp_path / "sandbox.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            command_line("sandbox", *flags), env=process_env(), stdout=output, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def answering() -> bool:
+            with contextlib.suppress(httpx.HTTPError):
+                return httpx.get(f"{url}/_sandbox/people", timeout=1).status_code == 200
+            assert process.poll() is None, log.read_text()
+            return False
+
+        wait_for(answering, "the sandbox to answer", 30)
+        ok = cli("check", "--site-id", "box-site", "--api-key", "box-key", "--track-url", url, env={})
+        assert ok.exit_code == 0 and "region     eu" in ok.stdout, ok.output
+        refused = cli("check", "--site-id", "box-site", "--api-key", "sandbox", "--track-url", url, env={})
+        assert refused.exit_code == 1  # only the --api-key given is accepted
+    finally:
+        stop(process)
+    assert f"sandbox Track API on http://127.0.0.1:{port}" in log.read_text()
+
+
+# -- flags whose effect a short test cannot see: they reach the settings, a bad value stops the command ----
+@pytest.fixture
+def taken_port() -> Iterator[str]:
+    """A port already listened on: an in-process ``serve`` starts up completely, then cannot bind and stops."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield str(sock.getsockname()[1])
+
+
+#: command line to the flags -> (flag, value, Settings field, expected value, a bad value, its variable)
+PLUMBING: dict[tuple[str, ...], list[tuple[str, str, str, Any, str, str]]] = {
+    ("check", "--sandbox"): [("--retry-after-max-s", "7", "retry_after_max_s", 7.0, "4000", "RETRY_AFTER_MAX_S")],
+    ("send", "{empty}"): [
+        ("--concurrency", "3", "delivery_concurrency", 3, "65", "DELIVERY_CONCURRENCY"),
+        ("--lease-s", "7", "lease_s", 7.0, "1.5", "LEASE_S"),
+        ("--sqlite-synchronous", "normal", "sqlite_synchronous", "NORMAL", "sometimes", "SQLITE_SYNCHRONOUS"),
+    ],
+    ("delete-person", "nobody"): [
+        ("--delivery-linger-s", "0.3", "delivery_linger_s", 0.3, "11", "DELIVERY_LINGER_S"),
+        ("--lease-s", "7", "lease_s", 7.0, "1.5", "LEASE_S"),
+        ("--sqlite-synchronous", "normal", "sqlite_synchronous", "NORMAL", "sometimes", "SQLITE_SYNCHRONOUS"),
+    ],
+    ("unsuppress", "nobody"): [
+        ("--delivery-linger-s", "0.3", "delivery_linger_s", 0.3, "11", "DELIVERY_LINGER_S"),
+        ("--lease-s", "7", "lease_s", 7.0, "1.5", "LEASE_S"),
+        ("--sqlite-synchronous", "normal", "sqlite_synchronous", "NORMAL", "sometimes", "SQLITE_SYNCHRONOUS"),
+    ],
+    ("serve", "--port", "{taken}"): [
+        ("--delivery-linger-s", "0.3", "delivery_linger_s", 0.3, "11", "DELIVERY_LINGER_S"),
+        ("--customerio-timeout-s", "7", "customerio_timeout_s", 7.0, "-7.5", "CUSTOMERIO_TIMEOUT_S"),
+        ("--retry-after-max-s", "7", "retry_after_max_s", 7.0, "inf", "RETRY_AFTER_MAX_S"),
+        ("--anonymous-hold-s", "7", "anonymous_hold_s", 7.0, "-1", "ANONYMOUS_HOLD_S"),
+        ("--lease-s", "7", "lease_s", 7.0, "1.5", "LEASE_S"),
+        ("--sqlite-synchronous", "normal", "sqlite_synchronous", "NORMAL", "sometimes", "SQLITE_SYNCHRONOUS"),
+    ],
+}
+
+
+@pytest.mark.parametrize("command", list(PLUMBING), ids=lambda command: command[0])
+def test_flags_without_a_visible_effect_reach_the_settings(
+    cli: Cli,
+    env: dict[str, str],
+    tmp_path: Path,
+    taken_port: str,
+    settings_seen: list[Settings],
+    command: tuple[str, ...],
+) -> None:
+    """Run as typed, each flag lands in the settings the command runs with (over its environment variable);
+    a bad value stops the command with one line naming the variable, never the value."""
+    empty = write_jsonl(tmp_path / "empty.jsonl", [])
+    args = [{"{empty}": str(empty), "{taken}": taken_port}.get(arg, arg) for arg in command]
+    flags = PLUMBING[command]
+    env = {**env, "DELIVERY_LINGER_S": "5", "CUSTOMERIO_TIMEOUT_S": "20", "RETRY_AFTER_MAX_S": "20"}
+    env |= {"ANONYMOUS_HOLD_S": "20", "LEASE_S": "20", "DELIVERY_CONCURRENCY": "8", "SQLITE_SYNCHRONOUS": "FULL"}
+    with kept_logging():
+        result = cli(*args, *(part for flag, value, *_ in flags for part in (flag, value)), env=env)
+    assert settings_seen, result.output
+    for flag, _value, field, expected, _bad, _variable in flags:
+        assert getattr(settings_seen[-1], field) == expected, flag
+    if args[0] == "serve":  # it got as far as binding the port (taken: one line, exit 1)
+        assert result.exit_code == 1 and "the port is already in use" in result.stderr, result.output
+    else:
+        assert result.exit_code == 0, result.output
+    for flag, _value, _field, _expected, bad, variable in flags:
+        with kept_logging():
+            result = cli(*args, flag, bad, env=env)
+        assert result.exit_code == 2 and result.stderr.startswith(f"error: {variable}: "), (flag, result.output)
+        assert result.stderr.count("\n") == 1 and bad not in result.stderr, result.stderr
+
+
+def test_serve_allow_unauthenticated_flags(cli: Cli, env: dict[str, str], taken_port: str) -> None:
+    """``--allow-unauthenticated``: ``serve`` starts on a non-loopback host with no token (here it gets as far as
+    binding the port, which is taken); ``--no-allow-unauthenticated`` refuses even when the environment allows."""
+    host = ("--host", "0.0.0.0", "--port", taken_port)
+    with kept_logging():
+        allowed = cli("serve", *host, "--allow-unauthenticated", env={**env, "ALLOW_UNAUTHENTICATED": "false"})
+        refused = cli("serve", *host, "--no-allow-unauthenticated", env={**env, "ALLOW_UNAUTHENTICATED": "true"})
+    assert allowed.exit_code == 1 and "the port is already in use" in allowed.stderr, allowed.output
+    assert "ALLOW_UNAUTHENTICATED" not in allowed.output
+    assert refused.exit_code == 2 and refused.stderr.startswith("error: --host 0.0.0.0 is reachable"), refused.output
+    assert "ALLOW_UNAUTHENTICATED=true" in refused.stderr and refused.stderr.count("\n") == 1
+
+
+# -- serve: a real process --------------------------------------------------------------------------
+@dataclass
+class Served:
+    url: str
+    process: subprocess.Popen[Any]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def status(self, token: str | None = None) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        answer = httpx.get(f"{self.url}/api/status", headers=headers, timeout=10)
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json())
+
+    def drained(self, timeout: float = 30) -> None:
+        outbox = lambda: self.status()["outbox"]  # noqa: E731
+        wait_for(lambda: outbox()["depth"] == 0, "the outbox to drain", timeout, describe=outbox)
+
+    def stop(self) -> tuple[int, float]:
+        """SIGTERM; (exit code, seconds it took to exit)."""
+        started = time.monotonic()
+        code = stop(self.process)
+        return code, time.monotonic() - started
+
+
+@contextlib.contextmanager
+def serving(tmp_path: Path, *args: str, env: dict[str, str], port: int | None = None) -> Iterator[Served]:
+    """``posthog-customerio serve --port PORT ARGS`` as a process with only ``env`` configured."""
+    port = port or free_port()
+    log = tmp_path / f"serve-{port}.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(
+            command_line("serve", "--port", str(port), *args),
+            env=process_env(**env),
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    served = Served(f"http://127.0.0.1:{port}", process, log)
+    try:
+        try:
+            wait_serving(served.url, process)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{served.output()}") from None
+        yield served
+    finally:
+        if process.poll() is None:
+            stop(process)
+
+
+def post_events(url: str, events: list[dict[str, Any]], path: str = "/webhook", **headers: str) -> httpx.Response:
+    return httpx.post(f"{url}{path}", json=events, headers=headers, timeout=30)
+
+
+def _closed_after(url: str, request: bytes, limit: float = 6.0) -> tuple[float, bytes]:
+    """Send ``request`` on a new connection; (seconds until the server closed it, what it answered)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=limit) as sock:
+        started = time.monotonic()
+        sock.sendall(request)
+        received = b""
+        with contextlib.suppress(TimeoutError):
+            while chunk := sock.recv(65536):
+                received += chunk
+        return time.monotonic() - started, received
+
+
+def _signed(body: bytes, secret: str) -> dict[str, str]:
+    at = str(int(time.time()))
+    digest = hmac.new(base64.b64decode(secret.removeprefix("whsec_")), f"msg_1.{at}.".encode() + body, hashlib.sha256)
+    signature = "v1," + base64.b64encode(digest.digest()).decode()
+    return {"webhook-id": "msg_1", "webhook-timestamp": at, "webhook-signature": signature}
+
+
+def test_serve_ingest_role_auth_limits_and_connections(
+    cli: Cli, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path, pipelines_key: str, taken_port: str
+) -> None:
+    token, ops = "hook-token-3f9a1c", "ops-token-8b2e4d"
+    secret = "whsec_" + base64.b64encode(b"flag-test-signing-secret-32bytes").decode()
+    # a malformed --webhook-signing-secret stops the start: exit 2, one line, the value never shown
+    malformed = cli("serve", "--port", taken_port, "--webhook-signing-secret", "whsec_S3CRETVALUE12", env=env)
+    assert malformed.exit_code == 2 and malformed.output.strip().splitlines() == [
+        "error: WEBHOOK_SIGNING_SECRET: must be a Standard Webhooks secret: whsec_ followed by base64"
+    ]
+    outbox, data = tmp_path / "outbox.sqlite", tmp_path / "data"
+    env = {
+        "WEBHOOK_TOKEN": "env-hook-token",
+        "OPS_TOKEN": "env-ops-token",
+        "CUSTOMERIO_API": "v2",
+        "CUSTOMERIO_PIPELINES_API_KEY": "env-pipelines-key",
+        "CUSTOMERIO_PIPELINES_URL": DEAD_URL,
+        "HTTP_KEEP_ALIVE_S": "30",
+        "HTTP_READ_TIMEOUT_S": "30",
+        "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "env-data"),
+        "SQLITE_SYNCHRONOUS": "NORMAL",
+    }
+    port = free_port()
+    flags = (
+        *("--host", "127.0.0.1", "--port", str(port), "--role", "ingest"),
+        *("--webhook-token", token, "--webhook-signing-secret", secret, "--ops-token", ops),
+        *("--max-body-bytes", "2000", "--max-events-per-request", "2", "--max-queue", "3"),
+        *("--cors-origins", "https://shop.example", "--timeout-keep-alive", "1", "--http-read-timeout-s", "1"),
+        *("--outbox-url", f"sqlite:///{outbox}", "--data-dir", str(data)),
+        *("--api", "pipelines", "--customerio-pipelines-api-key", pipelines_key),
+        *("--customerio-pipelines-url", sandbox.url),
+    )
+    with serving(tmp_path, *flags, env=env, port=port) as served:
+        url = served.url  # --host 127.0.0.1 --port PORT
+        health = lambda: httpx.get(f"{url}/healthz").json()  # noqa: E731
+        assert health()["delivery"] == "off"  # --role ingest: receivers only
+        # --api pipelines with the key and URL flags: the ingest role's credential check uses them
+        wait_for(lambda: health()["customerio"]["credentials"] == "ok", "the Pipelines key check", 15, describe=health)
+        assert sandbox.pipelines.requests() and sandbox.state.requests() == []
+        body = json.dumps(ev("clicked", "u1", 0)).encode()
+        hook = {"Content-Type": "application/json"}
+        # --webhook-token and --webhook-signing-secret: /webhook wants both
+        assert httpx.post(f"{url}/webhook", content=body, headers={**hook, **_signed(body, secret)}).status_code == 401
+        bearer = {"Authorization": f"Bearer {token}"}
+        assert httpx.post(f"{url}/webhook", content=body, headers={**hook, **bearer}).status_code == 401
+        env_bearer = {"Authorization": "Bearer env-hook-token", **_signed(body, secret)}
+        assert httpx.post(f"{url}/webhook", content=body, headers={**hook, **env_bearer}).status_code == 401
+        # --max-events-per-request 2 and --max-body-bytes 2000 (capture endpoint, token as api_key)
+        three = {"api_key": token, "batch": [ev("clicked", f"u{n}", n) for n in range(3)]}
+        assert httpx.post(f"{url}/batch", json=three).status_code == 413
+        big = {"api_key": token, "batch": [ev("clicked", "u1", 0, blob="x" * 2500)]}
+        assert httpx.post(f"{url}/batch", json=big).status_code == 413
+        small = {"api_key": "env-hook-token", "batch": [ev("clicked", "u1", 0)]}
+        assert httpx.post(f"{url}/batch", json=small).status_code == 401
+        # --ops-token guards /api/*: not the webhook token, not the environment's
+        for wrong in (token, "env-ops-token"):
+            assert httpx.get(f"{url}/api/status", headers={"Authorization": f"Bearer {wrong}"}).status_code == 401
+        assert served.status(ops)["outbox"]["depth"] == 0
+        assert httpx.get(f"{url}/api/status", auth=("anyone", ops)).status_code == 200  # or as Basic's password
+        # --cors-origins: that origin is allowed on PostHog's paths, another is not
+        preflight = {"Access-Control-Request-Method": "POST"}
+        allowed = httpx.options(f"{url}/batch", headers={**preflight, "Origin": "https://shop.example"})
+        assert allowed.headers.get("access-control-allow-origin") == "https://shop.example"
+        other = httpx.options(f"{url}/batch", headers={**preflight, "Origin": "https://evil.example"})
+        assert other.headers.get("access-control-allow-origin") is None
+        # --timeout-keep-alive 1 closes an idle connection, --http-read-timeout-s 1 an unfinished request
+        with contextlib.ExitStack() as stack:
+            from concurrent.futures import ThreadPoolExecutor
+
+            pool = stack.enter_context(ThreadPoolExecutor(2))
+            idle = pool.submit(_closed_after, url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            slow = pool.submit(_closed_after, url, b"POST /batch HTTP/1.1\r\nHost: x\r\n")
+            (idle_s, answer), (slow_s, _) = idle.result(), slow.result()
+        assert answer.startswith(b"HTTP/1.1 200") and 0.8 <= idle_s < 4, idle_s
+        assert 0.8 <= slow_s < 4 and slow.result()[1].startswith(b"HTTP/1.1 408"), slow.result()
+        # accepted with both credentials; --max-queue 3: the outbox fills (nobody delivers), then 503
+        signed = {**hook, **bearer, **_signed(body, secret)}
+        assert httpx.post(f"{url}/webhook", content=body, headers=signed).status_code == 200
+        answers: list[httpx.Response] = []
+
+        def refused() -> bool:  # the receivers count the outbox at most once a second
+            batch = {"api_key": token, "batch": [ev("clicked", f"q{len(answers)}", 0)]}
+            answers.append(httpx.post(f"{url}/batch", json=batch))
+            return answers[-1].status_code == 503
+
+        wait_for(refused, "a 503 from the full outbox", 10, interval=0.3)
+        assert answers[0].status_code == 200 and answers[-1].headers.get("retry-after")
+        assert httpx.get(f"{url}/readyz").status_code == 503
+        assert served.status(ops)["outbox"]["depth"] >= 3
+        # --outbox-url: the database is that file; --data-dir holds no database; the environment's is unused
+        assert outbox.is_file() and not (data / "posthog-customerio.sqlite").exists()
+        assert not (tmp_path / "env-data").exists()
+        code, _ = served.stop()
+    assert code == 0
+    no_secrets(served.output(), token, ops, secret, pipelines_key)
+
+
+def test_serve_mapping_delivery_and_logging_flags(sandbox: SandboxServer, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = {k: v for k, v in scenario_env(True).items() if k != "CUSTOMERIO_TRACK_URL"}
+    env |= {"LOG_FORMAT": "text", "LOG_LEVEL": "ERROR", "AUTH_RETRY_S": "600", "DELIVERY_CONCURRENCY": "8"}
+    env |= {"POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "env-data")}
+    env["TEST_REGION_URLS"] = json.dumps({"eu": sandbox.url, "us": DEAD_URL})  # --region eu reaches the sandbox
+    flags = (
+        *("--site-id", SITE_ID, "--api-key", API_KEY, "--region", "eu", "--data-dir", str(data)),
+        *("--concurrency", "1", "--auth-retry-s", "0.5", "--log-format", "json", "--log-level", "INFO"),
+    )
+    with serving(tmp_path, *flags, *SCENARIO_FLAGS, *SCENARIO_ON, env=env) as served:
+        assert post_events(served.url, scenario_events()).status_code == 200
+        served.drained()
+        check_scenario(sandbox, on=True)
+        health = lambda: httpx.get(f"{served.url}/healthz").json()  # noqa: E731
+        assert health()["delivery_workers_alive"] == 1  # --concurrency 1 (env: 8)
+        # --auth-retry-s 0.5 (env: 600): rejected credentials are re-checked that often
+        sandbox.state.set_credentials(SITE_ID, "rotated-key")
+        assert post_events(served.url, [ev("clicked", "bob", 99)]).status_code == 200
+        wait_for(lambda: health()["delivery"] == "paused", "delivery to pause on 401", 15, describe=health)
+        sandbox.state.set_credentials(SITE_ID, API_KEY)
+        started = time.monotonic()
+        served.drained(10)
+        assert time.monotonic() - started < 5
+        code, _ = served.stop()
+    assert code == 0
+    output = served.output()
+    lines = [json.loads(line) for line in output.splitlines() if line.strip()]  # --log-format json (env: text)
+    assert any(line["level"] == "INFO" and "serving" in line["message"] for line in lines)  # --log-level INFO
+    no_secrets(output, SITE_ID, API_KEY)
+    # --data-dir: state and outbox there, kept after the stop
+    assert (data / "posthog-customerio.sqlite").is_file() and not (tmp_path / "env-data").exists()
+
+
+@contextlib.contextmanager
+def unanswering_server() -> Iterator[tuple[str, list[bytes]]]:
+    """A host that accepts connections and reads requests but never answers; yields (URL, what it read)."""
+    received: list[bytes] = []
+    done = threading.Event()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        sock.settimeout(0.1)
+        connections: list[socket.socket] = []
+
+        def accept() -> None:
+            while not done.is_set():
+                try:
+                    connection, _ = sock.accept()
+                except OSError:
+                    continue
+                connections.append(connection)
+                connection.settimeout(2)
+                with contextlib.suppress(OSError):
+                    received.append(connection.recv(65536))
+
+        thread = threading.Thread(target=accept, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{sock.getsockname()[1]}", received
+        finally:
+            done.set()
+            thread.join(5)
+            for connection in connections:
+                connection.close()
+
+
+def test_serve_negated_flags_proxy_and_shutdown(
+    cli: Cli, sandbox: SandboxServer, tmp_path: Path, plugin_config: Path
+) -> None:
+    outbox = f"sqlite:///{tmp_path / 'outbox.sqlite'}"
+    env = {**scenario_env(False), "LOG_FORMAT": "json", "LOG_LEVEL": "DEBUG", "SHUTDOWN_GRACE_S": "30"}
+    env |= {"POSTHOG_TIMEOUT_S": "30", "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data")}
+    with unanswering_server() as (posthog, received):
+        flags = (
+            *("--plugin-config", str(plugin_config), "--track-url", sandbox.url, "--outbox-url", outbox),
+            *("--posthog-host", posthog, "--posthog-timeout-s", "0.5", "--shutdown-grace-s", "1"),
+            *("--log-format", "text", "--log-level", "WARNING"),
+        )
+        with serving(tmp_path, *flags, *SCENARIO_FLAGS, *SCENARIO_OFF, env=env) as served:
+            assert post_events(served.url, scenario_events()).status_code == 200
+            served.drained()
+            check_scenario(sandbox, on=False)
+            # --posthog-host: PostHog's paths go there; --posthog-timeout-s 0.5 (env: 30): no answer is a 502
+            started = time.monotonic()
+            answer = httpx.post(f"{served.url}/flags/?v=2", json={"token": "phc_x", "distinct_id": "u1"}, timeout=20)
+            assert answer.status_code == 502 and 0.4 <= time.monotonic() - started < 5
+            assert received and received[0].startswith(b"POST /flags/?v=2 ")
+            # --shutdown-grace-s 1 (env: 30): with Customer.io failing, the stop keeps the rest queued after 1 s
+            sandbox.state.add_fault(status=503, duration_s=60)
+            assert post_events(served.url, [ev("clicked", "late", 0)]).status_code == 200
+            code, seconds = served.stop()
+    assert code == 0 and seconds < 8, seconds
+    status = cli("status", "--json", "--outbox-url", outbox, env={})
+    assert json.loads(status.stdout)["outbox"]["depth"] >= 1
+    output = served.output()
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines and not [line for line in lines if line.startswith("{")]  # --log-format text (env: json)
+    assert " WARNING " in output and " INFO " not in output and " DEBUG " not in output  # --log-level WARNING
+    no_secrets(output, SITE_ID, API_KEY)
+
+
+# -- consume (Kafka) ------------------------------------------------------------------------------
+try:
+    from .test_kafka_source import Broker, kafka_broker, new_topic, produce  # kafka_broker: the fixture
+except pytest.skip.Exception:  # confluent-kafka is not installed (under CI that fails instead)
+    kafka_broker = None
+
+
+def _consume(cli: Cli, *args: str, env: dict[str, str]) -> tuple[dict[str, Any], str]:
+    """``consume ARGS``: its JSON summary and its stderr (the log)."""
+    with kept_logging():
+        result = cli("consume", *args, env=env)
+    assert result.exit_code == 0, result.output
+    no_secrets(result.output, SITE_ID, API_KEY, KAFKA_SECRET)
+    return dict(json.loads(result.stdout)), result.stderr
+
+
+#: a librdkafka secret given in --kafka-config / --kafka-config-file (unused by the plaintext test broker)
+KAFKA_SECRET = "kafka-secret-5c81a"
+
+
+def _scenario_topic(broker: Any) -> str:
+    topic = str(new_topic(broker, partitions=1))  # one partition: the stream's order is kept
+    produce(broker, topic, [(None, json.dumps(event).encode()) for event in scenario_events()])
+    return topic
+
+
+@pytest.mark.skipif(kafka_broker is None, reason="confluent-kafka is not installed")
+@pytest.mark.parametrize("on", [True, False], ids=["flags", "negated-flags"])
+def test_consume_mapping_and_kafka_flags(
+    cli: Cli,
+    kafka_broker: Broker,
+    regions: SandboxServer,
+    tmp_path: Path,
+    plugin_config: Path,
+    settings_seen: list[Settings],
+    on: bool,
+) -> None:
+    from .test_kafka_source import committed_offsets
+
+    sandbox = regions
+    topic, group = _scenario_topic(kafka_broker), f"flags-{on}"
+    count = len(scenario_events())
+    env = {**scenario_env(on), "KAFKA_BOOTSTRAP_SERVERS": DEAD_URL.removeprefix("http://")}
+    env |= {"KAFKA_TOPIC": "env-topic", "KAFKA_GROUP_ID": "env-group", "SHUTDOWN_GRACE_S": "0", "LOG_LEVEL": "ERROR"}
+    env |= {"POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "env-data"), "DELIVERY_CONCURRENCY": "8"}
+    kafka = ("--kafka-bootstrap", kafka_broker.bootstrap, "--topic", topic, "--group", group)
+    kafka += ("--batch-size", "4", "--max-messages", str(count), "--json")
+    logs = ("--log-format", "json", "--log-level", "INFO") if on else ("--log-format", "text", "--log-level", "WARNING")
+    env |= {"LOG_FORMAT": "text", "LOG_LEVEL": "ERROR"} if on else {"LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}
+    settings = ("--shutdown-grace-s", "20", "--concurrency", "1", "--delivery-linger-s", "0")
+    settings += ("--customerio-timeout-s", "7", "--retry-after-max-s", "7", "--anonymous-hold-s", "0")
+    settings += ("--lease-s", "7", "--sqlite-synchronous", "normal", "--auth-retry-s", "7", *logs)
+    kafka_settings = {**kafka_broker.consumer_settings, "sasl.password": KAFKA_SECRET}
+    data, outbox = tmp_path / "data", tmp_path / "outbox.sqlite"
+    if on:  # the Kafka settings from a file; credentials as flags; --region eu is the sandbox
+        config = tmp_path / "kafka.properties"
+        config.write_text("".join(f"{key}={value}\n" for key, value in kafka_settings.items()))
+        env.pop("CUSTOMERIO_TRACK_URL")
+        where = ("--kafka-config-file", str(config), "--site-id", SITE_ID, "--api-key", API_KEY, "--region", "eu")
+        where += ("--data-dir", str(data))
+        summary, log = _consume(cli, *kafka, *where, *settings, *SCENARIO_FLAGS, *SCENARIO_ON, env=env)
+    else:  # the Kafka settings as flags; credentials from the plugin's config; --outbox-url
+        where = tuple(f for k, v in kafka_settings.items() for f in ("--kafka-config", f"{k}={v}"))
+        where += ("--plugin-config", str(plugin_config), "--track-url", sandbox.url)
+        where += ("--outbox-url", f"sqlite:///{outbox}")
+        summary, log = _consume(cli, *kafka, *where, *settings, *SCENARIO_FLAGS, *SCENARIO_OFF, env=env)
+    # --max-messages, --batch-size 4 (several commits), --shutdown-grace-s 20 (env: 0: delivered before the end)
+    assert (summary["messages"], summary["events"], summary["stopped_by"]) == (count, count, "max_messages")
+    assert summary["batches"] >= 3 and summary["commits"] == summary["batches"] and summary["queued"] == 0
+    assert committed_offsets(kafka_broker, topic, group, partitions=1) == {0: count}  # --group, --topic
+    check_scenario(sandbox, on)
+    ran = settings_seen[-1]
+    assert (ran.delivery_concurrency, ran.delivery_linger_s, ran.customerio_timeout_s) == (1, 0.0, 7.0)
+    assert (ran.retry_after_max_s, ran.anonymous_hold_s, ran.lease_s, ran.auth_retry_s) == (7.0, 0.0, 7.0, 7.0)
+    assert (ran.sqlite_synchronous, ran.shutdown_grace_s) == ("NORMAL", 20)
+    if on:  # --log-format json, --log-level INFO (env: text, ERROR)
+        lines = [json.loads(line) for line in log.splitlines() if line.strip()]
+        assert f"kafka: consuming {topic} as group {group} from {kafka_broker.bootstrap}" in [
+            line["message"] for line in lines if line["level"] == "INFO"
+        ]
+        assert (data / "posthog-customerio.sqlite").is_file() and not (tmp_path / "env-data").exists()
+    else:  # --log-format text, --log-level WARNING (env: json, INFO): no INFO line, no JSON
+        assert " INFO " not in log and "kafka: consuming" not in log and not log.lstrip().startswith("{")
+        assert outbox.is_file() and not (tmp_path / "env-data" / "posthog-customerio.sqlite").exists()
+
+
+@pytest.mark.skipif(kafka_broker is None, reason="confluent-kafka is not installed")
+def test_consume_sandbox_data_dir_and_pipelines_flags(
+    cli: Cli, kafka_broker: Broker, sandbox: SandboxServer, tmp_path: Path, pipelines_key: str
+) -> None:
+    topic = _scenario_topic(kafka_broker)
+    count = str(len(scenario_events()))
+    kafka = ("--kafka-bootstrap", kafka_broker.bootstrap, "--topic", topic, "--max-messages", count, "--json")
+    kafka += tuple(f for k, v in kafka_broker.consumer_settings.items() for f in ("--kafka-config", f"{k}={v}"))
+    # --sandbox with --data-dir: the in-process sandbox gets everything, the directory is kept
+    data = tmp_path / "mine"
+    summary, _ = _consume(cli, *kafka, "--group", "sandboxed", "--sandbox", "--data-dir", str(data), env={})
+    assert summary["operations_delivered"] > 0 and summary["queued"] == 0
+    assert (data / "posthog-customerio.sqlite").is_file(), "consume deleted the user's --data-dir"
+    # the Pipelines API with the key and URL as flags (the environment has wrong ones)
+    env = {"CUSTOMERIO_PIPELINES_API_KEY": "env-key", "CUSTOMERIO_PIPELINES_URL": DEAD_URL}
+    env["POSTHOG_CUSTOMERIO_DATA_DIR"] = str(tmp_path / "data")
+    pipelines = ("--api", "pipelines", "--customerio-pipelines-api-key", pipelines_key)
+    pipelines += ("--customerio-pipelines-url", sandbox.url, "--delivery-linger-s", "0")
+    with kept_logging():
+        result = cli("consume", *kafka, "--group", "pipelines", *pipelines, env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["queued"] == 0
+    assert {person["userId"] for person in sandbox.pipelines.people()} >= {"ann", "bob"}
+    no_secrets(result.output, pipelines_key)
