@@ -1,6 +1,6 @@
 """Run :func:`consume` and die like ``kill -9`` between storing a batch and committing its offsets.
 
-Used by ``tests/test_kafka_source.py``: the first offset commit ends the process with
+Used by ``tests/integration/test_kafka_source.py``: the first offset commit ends the process with
 ``os._exit`` — no consumer close, no leave-group, no database close — right after the
 batch was committed to the outbox. The next consumer of the group must read that batch again.
 

@@ -9,7 +9,7 @@ the documented rules below. It runs in Track v2 and Pipelines mode, with ``IDENT
 ``MODEL_TEST_EXAMPLES`` (default 25) sets the number of examples per mode; e.g. ``MODEL_TEST_EXAMPLES=500``
 for a long run.
 
-Behaviours generated (shapes as the SDKs send them; ``tests/test_real_people.py`` has one test per shape):
+Behaviours generated (shapes as the SDKs send them; ``tests/e2e/test_real_people.py`` has one test per shape):
 
 * posthog-js visit: ``$device_id`` and ``$is_identified`` on every event, the distinct_id is the
   anonymous id until ``identify`` (``/work/shared/reference/posthog-events.md`` "$is_identified", SDK alias

@@ -131,7 +131,7 @@ def test_api_key_is_a_string_as_documented(service: tuple[str, dict[str, Any]], 
 def test_receivers_accept_what_the_document_allows_and_refuse_the_rest(service: tuple[str, dict[str, Any]]) -> None:
     """Schemathesis with the data checks: a body the document allows is stored (2xx), one it forbids gets a 4xx.
 
-    (``tests/test_schemathesis.py`` checks the answers; this checks the request schemas of the receivers.)
+    (``tests/e2e/test_schemathesis.py`` checks the answers; this checks the request schemas of the receivers.)
     """
     url, _ = service
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
