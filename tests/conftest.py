@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from posthog_customerio.cli import app
+from posthog_customerio.config import Settings
 from posthog_customerio.sandbox import SandboxServer
 
 
@@ -128,6 +129,21 @@ def env(sandbox: SandboxServer, tmp_path: Path) -> dict[str, str]:
         "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data"),
         "SQLITE_SYNCHRONOUS": "NORMAL",
     }
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Builds this test's ``Settings``: ``settings(**overrides)`` or ``settings(sandbox, **overrides)``.
+
+    The sandbox's site id and key, the data dir ``tmp_path / "data"``, SQLite ``NORMAL``, the sandbox's
+    Track URL when one is passed; ``overrides`` are ``load_settings`` values (``None`` drops a default).
+    """
+    from .helpers import make_settings  # helpers import this module: not at the top
+
+    def build(sandbox: SandboxServer | None = None, **overrides: Any) -> Settings:
+        return make_settings(tmp_path / "data", sandbox, **overrides)
+
+    return build
 
 
 class Cli:

@@ -2,6 +2,7 @@
 
 - :func:`wait_for` — poll a condition until it holds or a deadline passes (never a fixed sleep);
 - :func:`free_port` — a free TCP port on 127.0.0.1, for servers that cannot bind port 0 themselves;
+- :func:`make_settings` — :class:`Settings` for a test (the ``settings`` fixture wraps it);
 - :func:`make_runtime` — a :class:`Runtime` pointed at the sandbox with a fresh data dir;
 - :func:`sandbox_event_ids` / :func:`assert_exactly_once` — every event id Customer.io holds, once;
 - :func:`ev` — a PostHog event dict (plugin/capture shape); :func:`hog` — a Hog webhook body;
@@ -29,7 +30,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from posthog_customerio.config import load_settings
+from posthog_customerio.config import Settings, load_settings
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
 
@@ -85,21 +86,26 @@ def wait_serving(url: str, process: subprocess.Popen[Any], timeout: float = 60.0
         time.sleep(0.05)
 
 
+def make_settings(data_dir: Path, sandbox: SandboxServer | None = None, **overrides: Any) -> Settings:
+    """Settings for a test: the sandbox's site id and key, ``data_dir``, SQLite ``NORMAL`` and, with
+    ``sandbox``, its Track URL; ``overrides`` are ``load_settings`` values (``None`` drops a default).
+
+    The ``settings`` fixture (``conftest.py``) calls this with the test's ``tmp_path / "data"``."""
+    values: dict[str, Any] = {
+        "customerio_site_id": SITE_ID,
+        "customerio_api_key": API_KEY,
+        "posthog_customerio_data_dir": data_dir,
+        "sqlite_synchronous": "NORMAL",
+    }
+    if sandbox is not None:
+        values["customerio_track_url"] = sandbox.url
+    values.update(overrides)
+    return load_settings({name: value for name, value in values.items() if value is not None})
+
+
 def make_runtime(sandbox: SandboxServer, data_dir: Path, **overrides: Any) -> Runtime:
     """A runtime delivering to ``sandbox`` from ``data_dir``; ``overrides`` are ``load_settings`` values."""
-    return Runtime(
-        load_settings(
-            {
-                "customerio_site_id": SITE_ID,
-                "customerio_api_key": API_KEY,
-                "customerio_track_url": sandbox.url,
-                "posthog_customerio_data_dir": data_dir,
-                "sqlite_synchronous": "NORMAL",
-                "customerio_max_rps": 1000,
-                **overrides,
-            }
-        )
-    )
+    return Runtime(make_settings(data_dir, sandbox, **{"customerio_max_rps": 1000, **overrides}))
 
 
 def sandbox_event_ids(sandbox: SandboxServer) -> list[str]:

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from posthog_customerio.config import load_settings
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.samples import generate_session_events
 from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.sources import parse_event
 
-from ..conftest import API_KEY, SITE_ID
+from ..helpers import make_settings
 from ..openapi_check import get_validator, requires_spec
 
 pytestmark = [pytest.mark.e2e, requires_spec]
@@ -26,19 +25,14 @@ pytestmark = [pytest.mark.e2e, requires_spec]
 def _deliver_sample(
     sandbox: SandboxServer, tmp_path: Path, api: str, identify_by_email: bool, anonymous_events: str = "anonymous"
 ) -> None:
-    settings = load_settings(
-        {
-            "anonymous_events": anonymous_events,
-            "group_type_map": "company=1",
-            "customerio_site_id": SITE_ID,
-            "customerio_api_key": API_KEY,
-            "customerio_track_url": sandbox.url,
-            "posthog_customerio_data_dir": tmp_path / api,
-            "sqlite_synchronous": "NORMAL",
-            "customerio_api": api,
-            "identify_by_email": identify_by_email,
-            "customerio_max_rps": 10_000,
-        }
+    settings = make_settings(
+        tmp_path / api,
+        sandbox,
+        anonymous_events=anonymous_events,
+        group_type_map="company=1",
+        customerio_api=api,
+        identify_by_email=identify_by_email,
+        customerio_max_rps=10_000,
     )
     events = [parse_event(raw) for raw in generate_session_events(people=25, seed=3, events_per_person=10)]
     with Runtime(settings) as runtime:

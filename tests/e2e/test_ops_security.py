@@ -22,8 +22,8 @@ from posthog_customerio.config import load_settings
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
 
-from ..conftest import API_KEY, SITE_ID, Cli
-from ..helpers import hog, wait_for
+from ..conftest import SITE_ID, Cli
+from ..helpers import hog, make_settings, wait_for
 from ..service import running_service
 
 pytestmark = pytest.mark.e2e
@@ -38,17 +38,7 @@ OPS_GETS = ("/status", "/api/status", "/api/dead-letters", "/api/not-a-route")
 def serve(sandbox: SandboxServer, tmp_path: Path):
     @contextmanager
     def make(*, deliver: bool = True, **overrides: Any) -> Iterator[tuple[str, Runtime]]:
-        settings = load_settings(
-            {
-                "customerio_site_id": SITE_ID,
-                "customerio_api_key": API_KEY,
-                "customerio_track_url": sandbox.url,
-                "posthog_customerio_data_dir": tmp_path / "data",
-                "sqlite_synchronous": "NORMAL",
-                "shutdown_grace_s": 1,
-                **overrides,
-            }
-        )
+        settings = make_settings(tmp_path / "data", sandbox, **{"shutdown_grace_s": 1, **overrides})
         runtime = Runtime(settings)
         with running_service(runtime, deliver=deliver) as url:
             yield url, runtime

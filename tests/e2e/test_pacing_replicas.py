@@ -14,13 +14,12 @@ from typing import Any
 
 import pytest
 
-from posthog_customerio.config import load_settings
 from posthog_customerio.pacing import PostgresPacer
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.storage import PostgresStorage
 
-from ..conftest import API_KEY, SITE_ID
+from ..helpers import make_settings
 from ..integration.test_delivery import events_for
 
 pytestmark = pytest.mark.e2e
@@ -28,16 +27,8 @@ pytestmark = pytest.mark.e2e
 
 def replica(sandbox: SandboxServer, pg_url: str, data_dir: Path, **overrides: Any) -> Runtime:
     return Runtime(
-        load_settings(
-            {
-                "customerio_site_id": SITE_ID,
-                "customerio_api_key": API_KEY,
-                "customerio_track_url": sandbox.url,
-                "posthog_customerio_data_dir": data_dir,
-                "outbox_url": pg_url,
-                "lease_s": 10,
-                **overrides,
-            }
+        make_settings(
+            data_dir, sandbox, **{"sqlite_synchronous": None, "outbox_url": pg_url, "lease_s": 10, **overrides}
         )
     )
 

@@ -381,7 +381,13 @@ def test_revoked_credentials_pause_delivery_keep_everything_and_resume(
         )
         delivered_while_paused = len(sandbox_event_ids(sandbox))
         revoked_for = time.monotonic()
-        time.sleep(2.5)  # a few credential re-checks while revoked
+        checks = sum(1 for r in sandbox.state.requests() if r["status"] == 401)
+        wait_for(  # a few credential re-checks while revoked
+            lambda: sum(1 for r in sandbox.state.requests() if r["status"] == 401) >= checks + 2,
+            "two credential re-checks while revoked",
+            20,
+            describe=_seed,
+        )
         assert len(sandbox_event_ids(sandbox)) == delivered_while_paused
         paused = service.status()
         assert paused["outbox"]["depth"] > 0 and paused["outbox"]["dead_letters"] == 0
@@ -482,7 +488,13 @@ def test_delivery_resumes_when_disk_space_returns_without_a_restart(
                 if answer.status_code != 200:
                     break
                 accepted.extend(post)
-        time.sleep(3)  # the workers retry (and fail to record the retry) meanwhile
+        refused = sum(1 for r in sandbox.state.requests() if r["status"] == 503)
+        wait_for(  # the workers retry (and fail to record the retry) meanwhile
+            lambda: sum(1 for r in sandbox.state.requests() if r["status"] == 503) > refused,
+            "a retry while the disk is full",
+            60,
+            describe=_seed,
+        )
         assert service.process is not None
         resource.prlimit(service.process.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
         sandbox.state.clear_faults()
@@ -552,7 +564,13 @@ def test_secrets_appear_in_no_log_error_metric_or_status_page(
         sandbox.state.set_credentials(SITE_ID, "rotated")  # Customer.io now rejects the key
         record("webhook while revoked", client.post(f"{service.url}/webhook", json=bodies[120:200], headers=auth))
         wait_for(lambda: service.get("/healthz").json()["delivery"] == "paused", "pause", 20, describe=_seed)
-        time.sleep(1.2)  # credential re-checks fail and are logged
+        checks = sum(1 for r in sandbox.state.requests() if r["status"] == 401)
+        wait_for(  # credential re-checks fail and are logged
+            lambda: sum(1 for r in sandbox.state.requests() if r["status"] == 401) > checks,
+            "a credential re-check while revoked",
+            20,
+            describe=_seed,
+        )
         for path in (
             "/healthz",
             "/readyz",

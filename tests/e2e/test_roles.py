@@ -13,13 +13,12 @@ from typing import Any
 import httpx
 import pytest
 
-from posthog_customerio.config import load_settings
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.sources import parse_payload
 
 from ..conftest import API_KEY, SITE_ID
-from ..helpers import hog, wait_for, wait_serving
+from ..helpers import hog, make_settings, wait_for, wait_serving
 from ..service import running_service
 
 pytestmark = pytest.mark.e2e
@@ -30,16 +29,7 @@ SCRIPT = Path(sys.executable).with_name("posthog-customerio")
 
 
 def settings_for(sandbox: SandboxServer, data: Path) -> Any:
-    return load_settings(
-        {
-            "customerio_site_id": SITE_ID,
-            "customerio_api_key": API_KEY,
-            "customerio_track_url": sandbox.url,
-            "posthog_customerio_data_dir": data,
-            "sqlite_synchronous": "NORMAL",
-            "shutdown_grace_s": 1,
-        }
-    )
+    return make_settings(data, sandbox, shutdown_grace_s=1)
 
 
 def delivered_events(sandbox: SandboxServer) -> list[str]:

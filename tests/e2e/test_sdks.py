@@ -20,12 +20,10 @@ from typing import Any
 import httpx
 import pytest
 
-from posthog_customerio.config import load_settings
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
 
-from ..conftest import API_KEY, SITE_ID
-from ..helpers import npm_install, wait_for
+from ..helpers import make_settings, npm_install, wait_for
 from ..service import running_service
 
 pytestmark = pytest.mark.e2e
@@ -41,17 +39,8 @@ def posthog_node() -> Path:
 
 @pytest.fixture
 def service(sandbox: SandboxServer, tmp_path: Path) -> Iterator[str]:
-    settings = load_settings(
-        {
-            "customerio_site_id": SITE_ID,
-            "customerio_api_key": API_KEY,
-            "customerio_track_url": sandbox.url,
-            "posthog_customerio_data_dir": tmp_path / "data",
-            "sqlite_synchronous": "NORMAL",
-            "customerio_max_rps": 10_000,
-            "group_type_map": "company=1",
-            "shutdown_grace_s": 1,
-        }
+    settings = make_settings(
+        tmp_path / "data", sandbox, customerio_max_rps=10_000, group_type_map="company=1", shutdown_grace_s=1
     )
     with running_service(Runtime(settings)) as url:
         yield url

@@ -13,13 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
-from posthog_customerio.config import load_settings
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.sources import parse_event
 
 from .. import helpers
 from ..conftest import API_KEY, SITE_ID
+from ..helpers import make_settings
 
 pytestmark = pytest.mark.e2e
 T0 = 1_767_600_000
@@ -62,17 +62,8 @@ SESSION = [
 
 
 def deliver(sandbox: SandboxServer, tmp_path: Path, events: list[dict[str, Any]], **overrides: Any) -> None:
-    settings = load_settings(
-        {
-            "customerio_site_id": SITE_ID,
-            "customerio_api_key": API_KEY,
-            "customerio_track_url": sandbox.url,
-            "posthog_customerio_data_dir": tmp_path / "data",
-            "sqlite_synchronous": "NORMAL",
-            "customerio_max_rps": 10_000,
-            "group_type_map": "company=1",
-            **overrides,
-        }
+    settings = make_settings(
+        tmp_path / "data", sandbox, **{"customerio_max_rps": 10_000, "group_type_map": "company=1", **overrides}
     )
     with Runtime(settings) as runtime:
         for raw in events:  # one at a time, like a webhook stream

@@ -19,13 +19,12 @@ import httpx
 import pytest
 import uvicorn
 
-from posthog_customerio.config import load_settings
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.service import create_app
 
 from ..conftest import API_KEY, SITE_ID
-from ..helpers import hog
+from ..helpers import hog, make_settings, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -56,17 +55,7 @@ def running(runtime: Runtime) -> Iterator[str]:
 def make_service(sandbox: SandboxServer, tmp_path: Path):
     @contextmanager
     def make(**overrides: Any) -> Iterator[tuple[str, Runtime]]:
-        settings = load_settings(
-            {
-                "customerio_site_id": SITE_ID,
-                "customerio_api_key": API_KEY,
-                "customerio_track_url": sandbox.url,
-                "posthog_customerio_data_dir": tmp_path / "data",
-                "sqlite_synchronous": "NORMAL",
-                "shutdown_grace_s": 1,
-                **overrides,
-            }
-        )
+        settings = make_settings(tmp_path / "data", sandbox, **{"shutdown_grace_s": 1, **overrides})
         runtime = Runtime(settings)
         with running(runtime) as url:
             yield url, runtime
@@ -196,8 +185,11 @@ def test_full_outbox_answers_503_with_retry_after(make_service, sandbox: Sandbox
     sandbox.state.add_fault(status=503, duration_s=600)  # cleared below; no window to outlast
     with make_service(max_queue=4) as (url, _):
         assert httpx.post(f"{url}/webhook", json=[hog("a"), hog("b")]).status_code == 200
-        time.sleep(1.1)  # the depth check may use a count up to 1 s old
-        full = httpx.post(f"{url}/webhook", json=hog("c"))
+        full = wait_for(  # the depth check may use a count up to 1 s old
+            lambda: (answer := httpx.post(f"{url}/webhook", json=hog("c"))).status_code == 503 and answer,
+            "the outbox to count as full",
+            10,
+        )
         assert full.status_code == 503 and full.headers["retry-after"]
         assert "MAX_QUEUE" in full.json()["error"]
     sandbox.state.clear_faults()

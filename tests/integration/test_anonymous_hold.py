@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from posthog_customerio.config import load_settings
 from posthog_customerio.operations import Operation
 from posthog_customerio.outbox import Outbox
 from posthog_customerio.runtime import Runtime
@@ -24,7 +23,8 @@ from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.sources import PostHogEvent
 from posthog_customerio.storage import PostgresStorage, SqliteStorage
 
-from ..conftest import API_KEY, SITE_ID, Cli
+from ..conftest import Cli
+from ..helpers import make_settings, wait_for
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 BACKENDS = ["sqlite", "postgresql"]
@@ -95,18 +95,9 @@ def test_hold_zero_hands_out_anonymous_rows_at_once(backend: Any) -> None:
 
 # -- end to end --------------------------------------------------------------------------------
 def make_runtime(sandbox: SandboxServer, tmp_path: Path, url: str | None, hold_s: float) -> Runtime:
-    values: dict[str, Any] = {
-        "customerio_site_id": SITE_ID,
-        "customerio_api_key": API_KEY,
-        "customerio_track_url": sandbox.url,
-        "posthog_customerio_data_dir": tmp_path / "data",
-        "sqlite_synchronous": "NORMAL",
-        "customerio_max_rps": 1000,
-        "anonymous_hold_s": hold_s,
-    }
-    if url is not None:
-        values["outbox_url"] = url
-    return Runtime(load_settings(values))
+    return Runtime(
+        make_settings(tmp_path / "data", sandbox, customerio_max_rps=1000, anonymous_hold_s=hold_s, outbox_url=url)
+    )
 
 
 def browsing(visitor: str, count: int) -> list[PostHogEvent]:
@@ -124,14 +115,6 @@ def browsing(visitor: str, count: int) -> list[PostHogEvent]:
 
 def identify(user: str, visitor: str) -> PostHogEvent:
     return PostHogEvent("$identify", user, NOW, {"$anon_distinct_id": visitor})
-
-
-def wait_for(check: Any, what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def paths(sandbox: SandboxServer) -> list[str]:

@@ -11,13 +11,12 @@ from typing import Any
 import pytest
 
 from posthog_customerio import storage
-from posthog_customerio.config import load_settings
 from posthog_customerio.mapping import INTERNAL_KEY_PREFIX
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.sources import EventParseError, parse_event
 
-from ..conftest import API_KEY, SITE_ID
+from ..helpers import make_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -54,17 +53,14 @@ def test_groups_and_objects_are_stored_and_delivered_on_every_backend(
 ) -> None:
     """Before the fix, PostgreSQL refused the NUL-prefixed object keys: groups could not be stored."""
     values: dict[str, Any] = {
-        "customerio_site_id": SITE_ID,
-        "customerio_api_key": API_KEY,
-        "customerio_track_url": sandbox.url,
-        "posthog_customerio_data_dir": tmp_path / "data",
+        "sqlite_synchronous": None,
         "customerio_max_rps": 1000,
         "group_type_map": "company=1",
         "anonymous_events": "person",
     }
     if backend == "postgresql":
         values["outbox_url"] = request.getfixturevalue("pg_url")
-    with Runtime(load_settings(values)) as runtime:
+    with Runtime(make_settings(tmp_path / "data", sandbox, **values)) as runtime:
         runtime.ingestor.ingest([parse_event(e) for e in GROUP_EVENTS], "test")
         deliverer = runtime.deliverer()
         deliverer.start()

@@ -12,11 +12,10 @@ from typing import Any
 import pytest
 
 from posthog_customerio import storage
-from posthog_customerio.config import load_settings
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
 
-from ..conftest import API_KEY, SITE_ID
+from ..helpers import make_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -110,10 +109,7 @@ def test_rows_queued_before_the_kind_column_still_deliver(
     backend: str, sandbox: SandboxServer, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     values: dict[str, Any] = {
-        "customerio_site_id": SITE_ID,
-        "customerio_api_key": API_KEY,
-        "customerio_track_url": sandbox.url,
-        "posthog_customerio_data_dir": tmp_path / "data",
+        "sqlite_synchronous": None,
         "customerio_max_rps": 1000,
         "customerio_api": "v2",
     }
@@ -125,7 +121,7 @@ def test_rows_queued_before_the_kind_column_still_deliver(
         url = request.getfixturevalue("pg_url")
         _old_postgres(url)
         values["outbox_url"] = url
-    with Runtime(load_settings(values)) as runtime:
+    with Runtime(make_settings(tmp_path / "data", sandbox, **values)) as runtime:
         claimed = runtime.outbox.claim(10, 100_000, 32_000)
         assert sorted((item.person_key, item.kind) for item in claimed) == [
             ("object:1:acme", "object"),

@@ -11,16 +11,14 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from posthog_customerio.config import load_settings
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.sources import PostHogEvent
 
-from ..conftest import API_KEY, SITE_ID
+from ..helpers import make_settings
 
 pytestmark = pytest.mark.e2e
 
@@ -32,15 +30,8 @@ EVENTS = 160
 def trickle(sandbox: SandboxServer, tmp_path: Path, adapt: bool) -> tuple[list[float], int]:
     """Deliver a paced stream of person events; returns (request times, delivered operations)."""
     sandbox.state.reset()
-    values: dict[str, Any] = {
-        "customerio_site_id": SITE_ID,
-        "customerio_api_key": API_KEY,
-        "customerio_track_url": sandbox.url,
-        "posthog_customerio_data_dir": tmp_path / ("on" if adapt else "off"),
-        "sqlite_synchronous": "NORMAL",
-        "customerio_max_rps": MAX_RPS,
-    }
-    with Runtime(load_settings(values)) as runtime:
+    settings = make_settings(tmp_path / ("on" if adapt else "off"), sandbox, customerio_max_rps=MAX_RPS)
+    with Runtime(settings) as runtime:
         deliverer = runtime.deliverer()
         deliverer.adapt_to_rate = adapt
         deliverer.start()

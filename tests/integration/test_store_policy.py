@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from posthog_customerio.config import load_settings
 from posthog_customerio.pipeline import IngestReport
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
@@ -22,21 +21,11 @@ from posthog_customerio.sources import ParsedItem, PostHogEvent, parse_event
 from posthog_customerio.sources.files import FileProgress, send_file
 from posthog_customerio.sources.store import UnstorableBatch, store_events
 
-from ..conftest import API_KEY, SITE_ID
+from ..helpers import make_settings
 
 
 def _runtime(sandbox: SandboxServer, data_dir: Path) -> Runtime:
-    return Runtime(
-        load_settings(
-            {
-                "customerio_site_id": SITE_ID,
-                "customerio_api_key": API_KEY,
-                "customerio_track_url": sandbox.url,
-                "posthog_customerio_data_dir": data_dir,
-                "customerio_max_rps": 1000,
-            }
-        )
-    )
+    return Runtime(make_settings(data_dir, sandbox, sqlite_synchronous=None, customerio_max_rps=1000))
 
 
 def _raw(distinct_id: str, **properties: Any) -> dict[str, Any]:
