@@ -1,4 +1,8 @@
-"""Run the HTTP service in-process for tests: uvicorn in a thread on a free loopback port."""
+"""Run the HTTP service in-process for tests.
+
+- :func:`in_process_service` -- the app behind Starlette's ``TestClient``: no socket, no server (unit tier);
+- :func:`running_service` -- uvicorn in a thread on a free loopback port (integration and e2e tiers).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,13 @@ from contextlib import contextmanager
 from datetime import datetime
 
 import uvicorn
+from fastapi.testclient import TestClient
 
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.service import create_app
 from posthog_customerio.service.http_timeouts import uvicorn_config
 
-__all__ = ["running_service"]
+__all__ = ["in_process_service", "running_service"]
 
 
 @contextmanager
@@ -64,3 +69,24 @@ def running_service(
         sock.close()
         if close_runtime:
             runtime.close()
+
+
+@contextmanager
+def in_process_service(
+    runtime: Runtime,
+    *,
+    deliver: bool = False,
+    ingest: bool = True,
+    close_runtime: bool = True,
+    clock: Callable[[], datetime] | None = None,
+) -> Iterator[TestClient]:
+    """``create_app(runtime)`` behind a ``TestClient`` (its lifespan runs); requests take paths (``client.get("/")``).
+
+    No delivery by default, and the service's probe of Customer.io (``/healthz``, ``/api/status``) is
+    answered in-process as "credentials ok": a unit test sends nothing out (``running_service`` does).
+    """
+    runtime.check_credentials = lambda: None  # type: ignore[method-assign]
+    with TestClient(create_app(runtime, deliver=deliver, ingest=ingest, clock=clock)) as client:
+        yield client
+    if close_runtime:
+        runtime.close()

@@ -10,20 +10,20 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
 
-from posthog_customerio.sandbox import SandboxServer
+from posthog_customerio.config import Settings
+from posthog_customerio.runtime import Runtime
 
-from ..helpers import make_runtime
-from ..service import running_service
+from ..service import in_process_service
 
 EMAIL = "marker.secret-7c1d@example.com"
 NUMBER = "31415926535"
 OPS = "ops-no-echo-token"
+NO_CUSTOMERIO = "http://127.0.0.1:9"  # delivery is off: nothing is sent
 
 
 def _event(**fields: Any) -> dict[str, Any]:
@@ -58,18 +58,18 @@ BAD_REQUESTS: list[tuple[str, str, str, dict[str, Any]]] = [
 
 @pytest.mark.parametrize("what", [case[0] for case in BAD_REQUESTS])
 def test_no_answer_log_or_status_repeats_a_value(
-    what: str, sandbox: SandboxServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    what: str, settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
 ) -> None:
     _, method, path, kwargs = next(case for case in BAD_REQUESTS if case[0] == what)
     caplog.set_level(logging.DEBUG)
-    runtime = make_runtime(sandbox, tmp_path / "data", ops_token=OPS)
+    runtime = Runtime(settings(customerio_track_url=NO_CUSTOMERIO, ops_token=OPS))
     ops = {"authorization": f"Bearer {OPS}"}
-    with running_service(runtime, deliver=False) as url:
+    with in_process_service(runtime) as client:
         headers = {**kwargs.get("headers", {}), **ops}
-        answer = httpx.request(method, f"{url}{path}", content=kwargs.get("content"), headers=headers, timeout=30)
+        answer = client.request(method, path, content=kwargs.get("content"), headers=headers)
         assert 400 <= answer.status_code < 500, (answer.status_code, answer.text)
         assert set(answer.json()) == {"error"}, answer.text
-        status = httpx.get(f"{url}/api/status", headers=ops, timeout=30).text
+        status = client.get("/api/status", headers=ops).text
     # every record but the test's own HTTP client's (which logs the URL it requested)
     logged = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith(("httpx", "httpcore")))
     seen = {"answer": answer.text, "log": logged, "/api/status": status}
