@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 import uuid as uuidlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.sources import EventParseError, parse_v1_batch
 
 from ..conftest import API_KEY, SITE_ID
+from ..helpers import wait_for
 from ..service import running_service
 
 pytestmark = pytest.mark.e2e
@@ -43,10 +43,7 @@ def service(sandbox: SandboxServer, tmp_path: Path, **extra: Any) -> Iterator[tu
 
 
 def wait_delivered(runtime: Runtime, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while runtime.outbox.depth() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert runtime.outbox.depth() == 0, "not delivered in time"
+    wait_for(lambda: runtime.outbox.depth() == 0, "delivery (not delivered in time)", timeout_s)
 
 
 @pytest.mark.parametrize("gzip", [False, True], ids=["plain", "gzip"])

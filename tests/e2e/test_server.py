@@ -64,14 +64,13 @@ def make_service(sandbox: SandboxServer, tmp_path: Path):
 
 
 def wait_delivered(url: str, timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
+    def status() -> dict[str, Any]:
         # the token is ignored when none is configured, and opens /api/status when one is
-        status = httpx.get(f"{url}/api/status", headers={"Authorization": f"Bearer {TOKEN}"}).json()
-        if status["outbox"]["depth"] == 0:
-            return status
-        assert time.monotonic() < deadline, status
-        time.sleep(0.05)
+        return httpx.get(f"{url}/api/status", headers={"Authorization": f"Bearer {TOKEN}"}).json()  # type: ignore[no-any-return]
+
+    return wait_for(  # type: ignore[no-any-return]
+        lambda: (now := status())["outbox"]["depth"] == 0 and now, "an empty outbox", timeout, describe=status
+    )
 
 
 def test_webhook_body_single_and_list(make_service, sandbox: SandboxServer) -> None:
