@@ -9,23 +9,24 @@ from __future__ import annotations
 import base64
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from standardwebhooks.webhooks import Webhook
 
+from posthog_customerio.config import Settings
 from posthog_customerio.runtime import Runtime
-from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.service.replay import Claim, ReplayGuard
 
-from ..helpers import hog, make_runtime, wait_for
-from ..service import running_service
+from ..helpers import hog, wait_for
+from ..service import in_process_service
 
+NO_CUSTOMERIO = "http://127.0.0.1:9"  # delivery is off: nothing is sent
 SECRET = "whsec_" + base64.b64encode(b"replay-test-signing-secret-0123").decode()
 
 
@@ -43,16 +44,16 @@ def _signed(body: dict[str, Any] | list[Any], webhook_id: str) -> tuple[bytes, d
 
 
 @contextmanager
-def _service(sandbox: SandboxServer, tmp_path: Path) -> Iterator[tuple[str, Runtime]]:
-    runtime = make_runtime(sandbox, tmp_path / "data", webhook_signing_secret=SECRET)
-    with running_service(runtime, deliver=False) as url:
-        yield url, runtime
+def _service(settings: Callable[..., Settings]) -> Iterator[tuple[TestClient, Runtime]]:
+    runtime = Runtime(settings(customerio_track_url=NO_CUSTOMERIO, webhook_signing_secret=SECRET))
+    with in_process_service(runtime) as client:
+        yield client, runtime
 
 
-def test_a_replayed_signed_webhook_is_stored_once(sandbox: SandboxServer, tmp_path: Path) -> None:
+def test_a_replayed_signed_webhook_is_stored_once(settings: Callable[..., Settings]) -> None:
     raw, headers = _signed([hog("ann", n=1), hog("bob", n=2)], "msg_replay_1")
-    with _service(sandbox, tmp_path) as (url, runtime):
-        answers = [httpx.post(f"{url}/webhook", content=raw, headers=headers, timeout=30) for _ in range(3)]
+    with _service(settings) as (client, runtime):
+        answers = [client.post("/webhook", content=raw, headers=headers) for _ in range(3)]
         assert [a.status_code for a in answers] == [200, 200, 200], [a.text for a in answers]
         assert answers[0].json()["accepted"] == 2 and "replayed" not in answers[0].json()
         for again in answers[1:]:
@@ -60,29 +61,29 @@ def test_a_replayed_signed_webhook_is_stored_once(sandbox: SandboxServer, tmp_pa
         assert runtime.ingestor.received_by_source["webhook"] == 2
         depth = runtime.outbox.depth()
         other_raw, other_headers = _signed([hog("ann", n=3)], "msg_replay_2")  # a new id is a new webhook
-        other = httpx.post(f"{url}/webhook", content=other_raw, headers=other_headers, timeout=30)
+        other = client.post("/webhook", content=other_raw, headers=other_headers)
         assert other.status_code == 200 and other.json()["accepted"] == 1
         assert runtime.ingestor.received_by_source["webhook"] == 3 and runtime.outbox.depth() > depth
 
 
-def test_a_refused_webhook_is_processed_when_its_id_comes_again(sandbox: SandboxServer, tmp_path: Path) -> None:
+def test_a_refused_webhook_is_processed_when_its_id_comes_again(settings: Callable[..., Settings]) -> None:
     """Only a stored webhook is remembered: the sender's retry of a refused one (same id) is processed."""
     bad_raw, bad_headers = _signed({"event": {"event": "x"}}, "msg_retry_1")  # no distinct_id: 400
     good_raw, good_headers = _signed([hog("ann", n=1)], "msg_retry_1")
-    with _service(sandbox, tmp_path) as (url, runtime):
-        refused = httpx.post(f"{url}/webhook", content=bad_raw, headers=bad_headers, timeout=30)
+    with _service(settings) as (client, runtime):
+        refused = client.post("/webhook", content=bad_raw, headers=bad_headers)
         assert refused.status_code == 400, refused.text
-        retried = httpx.post(f"{url}/webhook", content=good_raw, headers=good_headers, timeout=30)
+        retried = client.post("/webhook", content=good_raw, headers=good_headers)
         assert retried.status_code == 200 and retried.json()["accepted"] == 1, retried.text
         assert runtime.ingestor.received_by_source["webhook"] == 1
 
 
 def test_a_replay_while_the_first_is_being_stored_is_answered_409(
-    sandbox: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     raw, headers = _signed([hog("ann", n=1)], "msg_in_flight")
     entered, release = threading.Event(), threading.Event()
-    with _service(sandbox, tmp_path) as (url, runtime):
+    with _service(settings) as (client, runtime):
         real = runtime.ingestor._ingest
 
         def held(*args: Any, **kwargs: Any) -> Any:
@@ -92,20 +93,18 @@ def test_a_replay_while_the_first_is_being_stored_is_answered_409(
 
         monkeypatch.setattr(runtime.ingestor, "_ingest", held)
         first: list[httpx.Response] = []
-        thread = threading.Thread(
-            target=lambda: first.append(httpx.post(f"{url}/webhook", content=raw, headers=headers, timeout=60))
-        )
+        thread = threading.Thread(target=lambda: first.append(client.post("/webhook", content=raw, headers=headers)))
         thread.start()
         try:
             assert entered.wait(30), "the first request never reached the outbox"
-            replay = httpx.post(f"{url}/webhook", content=raw, headers=headers, timeout=30)
+            replay = client.post("/webhook", content=raw, headers=headers)
             assert replay.status_code == 409 and replay.headers["retry-after"] == "1", replay.text
             assert "webhook-id" in replay.json()["error"]
         finally:
             release.set()
             thread.join(60)
         assert first[0].status_code == 200 and first[0].json()["accepted"] == 1
-        later = httpx.post(f"{url}/webhook", content=raw, headers=headers, timeout=30)
+        later = client.post("/webhook", content=raw, headers=headers)
         assert later.json().get("replayed") is True
         wait_for(lambda: runtime.ingestor.received_by_source["webhook"] == 1, "one stored event")
 
