@@ -17,11 +17,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from posthog_customerio.config import load_settings
 from posthog_customerio.runtime import Runtime
 
 from ..fake_posthog import FLAG_KEY, running_fake_posthog
-from ..helpers import npm_install, unavailable, wait_for
+from ..helpers import make_settings, npm_install, unavailable, wait_for
 from ..service import running_service
 from .test_status_page import CHROMIUM, CHROMIUM_ARGS
 
@@ -123,15 +122,12 @@ def test_posthog_js_in_chromium_reaches_customerio_while_the_page_is_open(
     suffix = uuidlib.uuid4().hex[:8]
     user_id, email, company = f"user-{suffix}", f"ann-{suffix}@example.com", f"acme-{suffix}"
     with running_fake_posthog() as (fake, posthog_url):
-        settings = load_settings(
-            {
-                "posthog_customerio_data_dir": tmp_path / "data",
-                "sqlite_synchronous": "NORMAL",
-                "shutdown_grace_s": 1,
-                "webhook_token": TOKEN,
-                "group_type_map": "company=1",
-                "posthog_host": posthog_url if mode == "proxy" else None,
-            }
+        settings = make_settings(
+            tmp_path / "data",
+            shutdown_grace_s=1,
+            webhook_token=TOKEN,
+            group_type_map="company=1",
+            posthog_host=posthog_url if mode == "proxy" else None,
         )
         runtime = Runtime(settings, sandbox=True)
         sandbox = runtime.sandbox

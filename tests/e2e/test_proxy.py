@@ -21,7 +21,7 @@ from posthog_customerio.config import load_settings
 from posthog_customerio.runtime import Runtime
 
 from ..fake_posthog import FLAG_KEY, running_fake_posthog
-from ..helpers import free_port, wait_for
+from ..helpers import free_port, make_settings, wait_for
 from ..service import running_service
 
 pytestmark = pytest.mark.e2e
@@ -31,14 +31,7 @@ ORIGIN = "http://127.0.0.1:1"  # a page on another origin
 
 @contextmanager
 def service(tmp_path: Path, **values: Any) -> Iterator[tuple[str, Runtime]]:
-    settings = load_settings(
-        {
-            "posthog_customerio_data_dir": tmp_path / "data",
-            "sqlite_synchronous": "NORMAL",
-            "shutdown_grace_s": 1,
-            **values,
-        }
-    )
+    settings = make_settings(tmp_path / "data", **{"shutdown_grace_s": 1, **values})
     runtime = Runtime(settings, sandbox=True)
     with running_service(runtime) as url:
         yield url, runtime

@@ -21,9 +21,9 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from posthog_customerio.config import load_settings
 from posthog_customerio.runtime import Runtime
 
+from ..helpers import make_settings
 from ..service import running_service
 
 pytestmark = pytest.mark.e2e
@@ -42,15 +42,7 @@ CHECKS = [
 def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data: Path = tmp_path_factory.mktemp("schemathesis") / "data"
     runtime = Runtime(
-        load_settings(
-            {
-                "posthog_customerio_data_dir": data,
-                "sqlite_synchronous": "NORMAL",
-                "shutdown_grace_s": 0,
-                "ops_token": OPS,
-                "max_body_bytes": 100_000,
-            }
-        ),
+        make_settings(data, shutdown_grace_s=0, ops_token=OPS, max_body_bytes=100_000),
         sandbox=True,
     )
     with running_service(runtime) as url:

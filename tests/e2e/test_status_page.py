@@ -10,10 +10,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from posthog_customerio.config import load_settings
 from posthog_customerio.runtime import Runtime
 
-from ..helpers import hog, unavailable, wait_for
+from ..helpers import hog, make_settings, unavailable, wait_for
 from ..service import running_service
 
 pytestmark = pytest.mark.e2e
@@ -73,14 +72,7 @@ def wait_for_status(url: str, check: Any, what: str, timeout: float = 30) -> dic
 def test_status_page_shows_figures_and_requeues_dead_letters(browser: Any, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
-    settings = load_settings(
-        {
-            "posthog_customerio_data_dir": tmp_path / "data",
-            "sqlite_synchronous": "NORMAL",
-            "shutdown_grace_s": 2,
-            "limits": "dead-letter",  # let the sandbox reject the long event name instead of cutting it
-        }
-    )
+    settings = make_settings(tmp_path / "data", shutdown_grace_s=2, limits="dead-letter")
     runtime = Runtime(settings, sandbox=True)
     assert runtime.sandbox is not None
     # One transient outage first: a retry, and an entry in the page's recent errors.
@@ -159,13 +151,7 @@ def test_status_page_shows_figures_and_requeues_dead_letters(browser: Any, tmp_p
 def test_status_page_shows_paused_delivery_with_the_auth_error(browser: Any, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
-    settings = load_settings(
-        {
-            "posthog_customerio_data_dir": tmp_path / "data",
-            "sqlite_synchronous": "NORMAL",
-            "shutdown_grace_s": 0,
-        }
-    )
+    settings = make_settings(tmp_path / "data", shutdown_grace_s=0)
     runtime = Runtime(settings, sandbox=True)
     assert runtime.sandbox is not None
     runtime.sandbox.state.set_credentials("another-site", "another-key")  # ours are now rejected
@@ -191,14 +177,7 @@ def test_status_page_behind_the_ops_token_with_basic_auth(browser: Any, tmp_path
     from playwright.sync_api import expect
 
     token = "ops-page-4d2f"
-    settings = load_settings(
-        {
-            "posthog_customerio_data_dir": tmp_path / "data",
-            "sqlite_synchronous": "NORMAL",
-            "shutdown_grace_s": 0,
-            "ops_token": token,
-        }
-    )
+    settings = make_settings(tmp_path / "data", shutdown_grace_s=0, ops_token=token)
     runtime = Runtime(settings, sandbox=True)
     with running_service(runtime) as url:
         events = [hog("eve", "clicked", n) for n in range(4)]
