@@ -26,8 +26,7 @@ from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.service import ingest_routes
 from posthog_customerio.sources import TooManyEvents, loads_strict, parse_payload
 
-from ..conftest import API_KEY, SITE_ID
-from ..helpers import free_port, wait_for, wait_serving
+from ..helpers import free_port, make_settings, wait_for, wait_serving
 from ..service import running_service
 
 pytestmark = pytest.mark.e2e
@@ -35,14 +34,7 @@ TOKEN = "capture-token-1234"
 
 
 def _settings(sandbox: SandboxServer, tmp_path: Path, **extra: Any) -> Settings:
-    return Settings(
-        customerio_site_id=SITE_ID,
-        customerio_api_key=API_KEY,
-        customerio_track_url=sandbox.url,
-        posthog_customerio_data_dir=tmp_path / "data",
-        sqlite_synchronous="NORMAL",
-        **extra,
-    )
+    return make_settings(tmp_path / "data", sandbox, **extra)
 
 
 @contextmanager

@@ -31,7 +31,7 @@ from posthog_customerio.sources.files import FileProgress, send_file
 from posthog_customerio.sources.kafka import RepeatThrottle
 
 from ..conftest import API_KEY, SAMPLE_FILE, SITE_ID, Cli, write_jsonl
-from ..helpers import HangingServer, free_port, make_runtime, wait_for
+from ..helpers import HangingServer, free_port, make_runtime, make_settings, wait_for
 from ..integration.test_delivery import events_for
 from ..service import running_service
 from .test_service_process import SCRIPT, post_all, service, webhook_events
@@ -471,16 +471,12 @@ def test_delete_person_sandbox_deletes_in_the_in_process_sandbox(cli: Cli, tmp_p
 def test_healthz_is_not_running_while_customerio_hangs(tmp_path: Path) -> None:
     with HangingServer() as hung:
         settings = {
-            "customerio_site_id": SITE_ID,
-            "customerio_api_key": API_KEY,
             "customerio_track_url": hung.url,
-            "posthog_customerio_data_dir": tmp_path / "data",
-            "sqlite_synchronous": "NORMAL",
             "customerio_timeout_s": 1,
             "anonymous_hold_s": 0,
             "shutdown_grace_s": 0,
         }
-        runtime = Runtime(load_settings(settings))
+        runtime = Runtime(make_settings(tmp_path / "data", **settings))
         with running_service(runtime) as url:
             runtime.ingestor.ingest(events_for(2, 1))
             runtime.current_deliverer.notify()  # type: ignore[union-attr]

@@ -15,6 +15,7 @@ import pytest
 from posthog_customerio.sandbox import SandboxServer
 
 from ..conftest import API_KEY, SITE_ID
+from ..helpers import wait_for
 from .test_service_process import service
 
 pytestmark = pytest.mark.e2e
@@ -92,10 +93,13 @@ def test_three_replicas_deliver_everything_once_in_order(sandbox: SandboxServer,
                 url_b2, _ = restarted.__enter__()
                 urls[1] = url_b2
             post(urls, batch, index)
-        deadline = time.monotonic() + 120
-        while len(sandbox.state.events()) < EVENTS:
-            assert time.monotonic() < deadline, f"only {len(sandbox.state.events())} of {EVENTS} delivered"
-            time.sleep(0.25)
+        wait_for(
+            lambda: len(sandbox.state.events()) >= EVENTS,
+            f"all {EVENTS} events delivered",
+            120,
+            interval=0.25,
+            describe=lambda: f"only {len(sandbox.state.events())} of {EVENTS} delivered",
+        )
         if restarted is not None:
             restarted.__exit__(None, None, None)
     delivered = sandbox.state.events()

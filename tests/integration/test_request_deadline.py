@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from posthog_customerio.config import load_settings
 from posthog_customerio.operations import Operation
 from posthog_customerio.outbox import LeaseLost, Outbox
 from posthog_customerio.output.base import Outcome, SendResult
@@ -29,7 +28,7 @@ from posthog_customerio.storage import PostgresStorage
 from posthog_customerio.storage.postgres import lease_margin
 
 from ..conftest import API_KEY, SITE_ID
-from ..helpers import SlowCustomerio, wait_for
+from ..helpers import SlowCustomerio, make_settings, wait_for
 
 DEADLINE_S = 1.0
 
@@ -76,17 +75,15 @@ def test_the_deadline_leaves_a_margin_below_the_lease(pg_url: str, lease_s: floa
 
 def _replica(stack: ExitStack, url: str, pg_url: str, data_dir: Path, **overrides: Any) -> Runtime:
     settings = {
-        "customerio_site_id": SITE_ID,
-        "customerio_api_key": API_KEY,
         "customerio_track_url": url,
-        "posthog_customerio_data_dir": data_dir,
+        "sqlite_synchronous": None,
         "outbox_url": pg_url,
         "lease_s": 4,
         "customerio_timeout_s": 30,
         "customerio_max_rps": 1000,
         **overrides,
     }
-    return stack.enter_context(Runtime(load_settings(settings)))
+    return stack.enter_context(Runtime(make_settings(data_dir, **settings)))
 
 
 def _operations(people: int, per_person: int) -> list[Operation]:
