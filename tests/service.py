@@ -79,6 +79,7 @@ def in_process_service(
     ingest: bool = True,
     close_runtime: bool = True,
     clock: Callable[[], datetime] | None = None,
+    raise_server_exceptions: bool = True,
 ) -> Iterator[TestClient]:
     """``create_app(runtime)`` behind a ``TestClient`` (its lifespan runs); requests take paths (``client.get("/")``).
 
@@ -86,7 +87,8 @@ def in_process_service(
     answered in-process as "credentials ok": a unit test sends nothing out (``running_service`` does).
     """
     runtime.check_credentials = lambda: None  # type: ignore[method-assign]
-    with TestClient(create_app(runtime, deliver=deliver, ingest=ingest, clock=clock)) as client:
+    app = create_app(runtime, deliver=deliver, ingest=ingest, clock=clock)
+    with TestClient(app, raise_server_exceptions=raise_server_exceptions) as client:
         yield client
     if close_runtime:
         runtime.close()

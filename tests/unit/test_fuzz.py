@@ -29,9 +29,10 @@ from posthog_customerio.mapping import MappingConfig, map_event
 from posthog_customerio.operations import encode_payload
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.samples import generate_session_events
-from posthog_customerio.service import create_app
 from posthog_customerio.sources import EventParseError, loads_strict, parse_payload, read_events
 from posthog_customerio.state import PersonState
+
+from ..service import in_process_service
 
 pytestmark = pytest.mark.reliability
 
@@ -228,7 +229,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClien
         }
     )
     runtime = Runtime(settings_)
-    with TestClient(create_app(runtime, deliver=False), raise_server_exceptions=False) as test_client:
+    with in_process_service(runtime, close_runtime=False, raise_server_exceptions=False) as test_client:
         yield test_client, runtime
     runtime.close()
 
