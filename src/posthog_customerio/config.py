@@ -38,6 +38,7 @@ __all__ = [
     "flag_of",
     "load_settings",
     "plugin_config_values",
+    "require_extra",
     "settings_reference",
     "value_type",
 ]
@@ -337,6 +338,8 @@ class Settings(BaseSettings):
         value = value.strip()
         if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ValueError("must be sqlite:///path or postgresql://user@host/db")
+        if not value.startswith("sqlite:///"):
+            require_extra("postgres", "a postgresql:// URL")
         return value
 
     @field_validator("webhook_signing_secret")
@@ -447,6 +450,19 @@ class Settings(BaseSettings):
     def database_path(self) -> Path:
         """The SQLite file holding state and outbox."""
         return self.posthog_customerio_data_dir / "posthog-customerio.sqlite"
+
+
+#: the optional dependencies (``pip install posthog-customerio[extra]``) and the modules each brings
+EXTRAS = {"postgres": ("psycopg", "psycopg_pool"), "kafka": ("confluent_kafka",)}
+
+
+def require_extra(extra: str, what: str) -> None:
+    """Stop (ValueError, one line) when the modules of the optional dependency ``extra`` are not installed."""
+    import importlib.util
+
+    missing = [module for module in EXTRAS[extra] if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ValueError(f"{what} needs {', '.join(missing)}: install posthog-customerio[{extra}]")
 
 
 def _base_url(value: str) -> str:
