@@ -433,3 +433,34 @@ def test_every_configuration_variable_is_a_flag_as_the_readme_table_says() -> No
         assert named, f"{variable} has no flag in the README table"
         for flag in named:
             assert flag in flags, f"{variable}: {flag} is not a flag of any command"
+
+
+# -- optional dependencies: [postgres], [kafka] ---------------------------------------------------
+@pytest.mark.parametrize("module", ["psycopg", "psycopg_pool"])
+def test_postgres_outbox_without_the_postgres_extra_says_what_to_install(
+    cli: Cli, env: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    path = write_jsonl(tmp_path / "events.jsonl", [event("clicked", "u1", 0)])
+    result = cli("send", str(path), env={**env, "OUTBOX_URL": "postgresql://user:pw-1234@127.0.0.1:9/db"})
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"error: OUTBOX_URL: a postgresql:// URL needs {module}: install posthog-customerio[postgres]\n"
+    )
+    assert "pw-1234" not in result.output
+
+
+def test_consume_without_the_kafka_extra_says_what_to_install(
+    cli: Cli, env: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "confluent_kafka", None)  # as if not installed
+    result = cli("consume", "--kafka-bootstrap", "127.0.0.1:9", "--topic", "events", env=env)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == "error: consume needs confluent_kafka: install posthog-customerio[kafka]\n"
+
+
+def test_consume_names_the_missing_kafka_settings(cli: Cli, env: dict) -> None:
+    result = cli("consume", "--topic", "events", env=env)
+    assert (result.exit_code, result.stderr) == (2, "error: KAFKA_BOOTSTRAP_SERVERS is required (--kafka-bootstrap)\n")
+    result = cli("consume", env={**env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"})
+    assert (result.exit_code, result.stderr) == (2, "error: KAFKA_TOPIC is required (--topic)\n")
