@@ -464,3 +464,27 @@ def test_consume_names_the_missing_kafka_settings(cli: Cli, env: dict) -> None:
     assert (result.exit_code, result.stderr) == (2, "error: KAFKA_BOOTSTRAP_SERVERS is required (--kafka-bootstrap)\n")
     result = cli("consume", env={**env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"})
     assert (result.exit_code, result.stderr) == (2, "error: KAFKA_TOPIC is required (--topic)\n")
+
+
+def test_setting_options_are_generated_from_the_settings() -> None:
+    """One declaration per setting: its flag, help, variable and default come from its Settings field."""
+    import typer.main
+
+    from posthog_customerio.cli import app
+    from posthog_customerio.cli.options import setting_options
+    from posthog_customerio.config import STORE
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    keep_alive = next(p for p in commands["serve"].params if "--timeout-keep-alive" in p.opts)
+    assert keep_alive.help == (
+        "Close idle keep-alive connections after this many seconds [env HTTP_KEEP_ALIVE_S; default 5]"
+    )
+    suppress = next(p for p in commands["delete-person"].params if "--suppress" in p.opts)
+    assert suppress.secondary_opts == ["--no-suppress"] and "[env SUPPRESS_ON_DELETE; default false]" in suppress.help
+    assert not [p for p in commands["status"].params if "--plugin-config" in p.opts]
+
+    def clashing(flags, lease_s=1.0):  # type: ignore[no-untyped-def]  # a setting's name as its own parameter
+        return None
+
+    with pytest.raises(TypeError, match="lease_s"):
+        setting_options(STORE)(clashing)

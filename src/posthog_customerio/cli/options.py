@@ -79,8 +79,8 @@ def setting_options(
             for name, flag in chosen.items()
         ]
         if plugin_config:
-            added.append(inspect.Parameter("plugin_config", inspect.Parameter.KEYWORD_ONLY, annotation=PluginConfig))
-            added[-1] = added[-1].replace(default=None)
+            keyword = inspect.Parameter.KEYWORD_ONLY
+            added.append(inspect.Parameter("plugin_config", keyword, default=None, annotation=PluginConfig))
 
         @functools.wraps(func)
         def wrapper(**kwargs: Any) -> Any:
