@@ -488,3 +488,12 @@ def test_setting_options_are_generated_from_the_settings() -> None:
 
     with pytest.raises(TypeError, match="lease_s"):
         setting_options(STORE)(clashing)
+
+
+def test_every_setting_is_a_flag_of_some_command() -> None:
+    from posthog_customerio.cli import setting_commands
+
+    used = setting_commands()
+    assert not [name for name, commands in used.items() if not commands]
+    assert used["suppress_on_delete"] == ["send", "delete-person", "serve", "consume"]  # --suppress on delete-person
+    assert used["kafka_topic"] == ["consume"] and "check" not in used["delivery_linger_s"]

@@ -13,12 +13,13 @@ import logging
 from typing import Annotated
 
 import typer
+import typer.main
 
 from .. import __version__
 from . import check, consume, people, sandbox, send, serve, store
 from .lifecycle import EXIT_OK
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "setting_commands"]
 
 app = typer.Typer(
     name="posthog-customerio",
@@ -45,6 +46,19 @@ def main() -> None:
     """Console-script entry point."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     app()
+
+
+def setting_commands() -> dict[str, list[str]]:
+    """For each setting (a field of :class:`~posthog_customerio.config.Settings`), the commands taking its flag
+    (for the configuration reference, with :func:`~posthog_customerio.config.settings_reference`)."""
+    from ..config import Settings
+
+    used: dict[str, list[str]] = {name: [] for name in Settings.model_fields}
+    for name, command in typer.main.get_command(app).commands.items():  # type: ignore[attr-defined]
+        for param in command.params:
+            if param.name in used:
+                used[param.name].append(name)
+    return used
 
 
 def _print_version(value: bool) -> None:
