@@ -30,7 +30,8 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 
 from . import __version__
 from .config import ConfigError, Settings, load_settings
-from .customerio import AuthError, TrackClient, resolve_track_url
+from .output.base import AuthError
+from .output.track import TrackClient, resolve_track_url
 from .runtime import SANDBOX_CREDENTIALS, DeliveryLockError, Runtime
 from .sources import ParsedItem
 from .sources.files import FileProgress, send_file

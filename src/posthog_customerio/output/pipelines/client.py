@@ -56,6 +56,7 @@ class PipelinesClient:
         context: dict[str, Any] | None = None,
         retry_after_max_s: float = RETRY_AFTER_MAX_S,
     ) -> None:
+        self.api_key = api_key
         self.base_url = base_url.rstrip("/")
         self.retry_after_max_s = retry_after_max_s
         library = {"library": {"name": "posthog-customerio", "version": __version__}}

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Self
 
 from ...outbox import Claimed
-from ..base import Outcome, SendResult, Unit
-from .client import PipelinesClient
+from ..base import Outcome, OutputConfig, SendResult, Unit, Workspace, register
+from .client import PipelinesClient, resolve_pipelines_url
 from .encoder import UnsupportedOperation, claimed_calls
 from .packing import MAX_CALL_BYTES, MAX_REQUEST_BYTES, encoded_size, pack
 
@@ -26,6 +27,7 @@ class PipelinesUnit(Unit):
     refused: str | None = None
 
 
+@register
 class PipelinesOutput:
     """``CUSTOMERIO_API=pipelines``: every operation, anonymous ones included, in ``/v1/batch`` requests.
 
@@ -40,8 +42,36 @@ class PipelinesOutput:
     #: the outbox lets any stored operation through; the exact call size is checked here
     max_op_bytes = MAX_REQUEST_BYTES
 
+    #: every event rides in the batches, so a longer wait for a fuller one saves requests (at most that latency)
+    linger_s = 1.0
+
     def __init__(self, client: PipelinesClient) -> None:
         self.client = client
+
+    @classmethod
+    def create(cls, config: OutputConfig) -> Self:
+        """The output with a client for the key: the region's host or the override.
+
+        The Pipelines API has no region lookup: ``CUSTOMERIO_REGION=auto`` means US (set ``eu`` for EU).
+        """
+        key = config.pipelines_key()
+        client = PipelinesClient(
+            key,
+            resolve_pipelines_url(config.region, config.pipelines_url),
+            timeout=config.timeout_s,
+            transport=config.transport,
+            retry_after_max_s=config.retry_after_max_s,
+        )
+        return cls(client)
+
+    @property
+    def workspace(self) -> Workspace:
+        """The source key and the Pipelines API address."""
+        return Workspace(self.client.api_key, self.client.base_url)
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()
 
     def claim_size(self, max_items: int, interval: float) -> int:
         """A full batch."""
