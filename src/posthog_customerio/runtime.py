@@ -14,10 +14,11 @@ from typing import IO
 
 from .config import ConfigError, Settings
 from .delivery import Deliverer
+from .ingestion import Ingestor
 from .outbox import Claimed, Outbox
 from .output import Output, OutputConfig, create_output
 from .pacing import Pacer, shared_pacer, workspace_key
-from .pipeline import Ingestor
+from .sources.base import Intake
 from .storage import DatabaseUnreachable, DeliveryLockError, open_storage
 
 __all__ = ["SANDBOX_CREDENTIALS", "SANDBOX_PIPELINES_KEY", "DeliveryLockError", "Runtime"]
@@ -96,6 +97,16 @@ class Runtime:
     def check_credentials(self) -> None:
         """Ask Customer.io whether the configured credentials are accepted (:class:`AuthError` if not)."""
         self.output().check_credentials()
+
+    # -- sources ---------------------------------------------------------------------
+    def intake(self, source: str) -> Intake:
+        """Where ``source`` puts its events: the ingestor, and this process's delivery workers to wake."""
+        return Intake(self.ingestor, source, self._wake_delivery)
+
+    def _wake_delivery(self) -> None:
+        """Wake the delivery workers if this process started them."""
+        if self._deliverer is not None:
+            self._deliverer.notify()
 
     @property
     def current_deliverer(self) -> Deliverer | None:

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from ..pipeline import IngestReport
+from ..ingestion import IngestReport
 from .events import EventParseError, PostHogEvent, loads_strict, parse_payload
 from .store import database_problem, store_events
 
