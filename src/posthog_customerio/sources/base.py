@@ -18,7 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from .events import PostHogEvent
 from .store import Stored, store_events
@@ -26,7 +26,7 @@ from .store import Stored, store_events
 if TYPE_CHECKING:
     from ..ingestion import Ingestor
 
-__all__ = ["Batch", "Intake", "Source", "run"]
+__all__ = ["Batch", "Intake", "IntakeProvider", "Source", "run"]
 
 
 def _nobody() -> None:
@@ -52,6 +52,14 @@ class Intake:
         """Map and store ``events`` under the shared policy (:func:`.store.store_events`): an event that
         cannot be stored is left out and counted; database errors propagate."""
         return store_events(self.ingestor.ingest, events, self.source, count_invalid=self.ingestor.count_invalid)
+
+
+class IntakeProvider(Protocol):
+    """What a source job needs of the process (the runtime is one): an :class:`Intake` per source."""
+
+    def intake(self, source: str) -> Intake:
+        """Where ``source`` puts its events."""
+        ...
 
 
 @dataclass(slots=True)

@@ -38,17 +38,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from ..ingestion import IngestReport
-from .base import Batch, Intake, Source, run
+from .base import Batch, Intake, IntakeProvider, Source, run
 from .events import EventParseError, PostHogEvent, loads_strict, parse_payload
 from .store import Stored, database_problem
-
-if TYPE_CHECKING:
-    from ..runtime import Runtime
 
 __all__ = [
     "BatchResult",
@@ -287,7 +284,7 @@ def consumer_config(bootstrap: str, group: str, extra: Mapping[str, Any] | None 
 
 # -- the consumer loop -----------------------------------------------------------------------------------
 def consume(
-    runtime: Runtime,
+    runtime: IntakeProvider,
     bootstrap: str,
     topic: str,
     group: str,
@@ -303,11 +300,12 @@ def consume(
 ) -> ConsumeReport:
     """Read PostHog events from ``topic`` as member of consumer group ``group`` until stopped.
 
-    Each batch (up to ``batch_size`` messages, waiting at most ``poll_timeout_s``) is parsed,
-    ingested in one transaction (``runtime.ingestor.ingest(..., source="kafka")``), the
-    delivery workers are woken if this process runs them, and only then are the batch's
-    offsets committed synchronously. Invalid messages are counted, logged with partition and
-    offset, and skipped (their offsets are committed with the batch).
+    Each batch (up to ``batch_size`` messages, waiting at most ``poll_timeout_s``) is parsed
+    (:class:`KafkaSource`) and, by the shared run loop (:func:`.base.run`), ingested in one
+    transaction through ``runtime.intake("kafka")``; the delivery workers are woken if this
+    process runs them, and only then are the batch's offsets committed synchronously. Invalid
+    messages are counted, logged with partition and offset, and skipped (their offsets are
+    committed with the batch).
 
     Stops when ``stop`` is set (after finishing the batch in hand: set it from a SIGTERM
     handler) or once ``max_messages`` messages were read. A failed ingest (database error)
