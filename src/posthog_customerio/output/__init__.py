@@ -9,7 +9,13 @@ imported here.
 
 from __future__ import annotations
 
-from . import pipelines, track
 from .base import OUTPUTS, Output, OutputConfig, create_output, register
+
+# isort: split
+# the implementations register themselves on import, in this order: v1, v2, pipelines
+from . import track
+
+# isort: split
+from . import pipelines
 
 __all__ = ["OUTPUTS", "Output", "OutputConfig", "create_output", "pipelines", "register", "track"]

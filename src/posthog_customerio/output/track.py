@@ -173,7 +173,6 @@ class TrackOutput:
         self.client.account_region()
 
 
-@register
 class TrackV2Output(TrackOutput):
     """``CUSTOMERIO_API=v2``: one v2 batch per claim, then its anonymous events through v1.
 
@@ -189,7 +188,6 @@ class TrackV2Output(TrackOutput):
         return [Unit(batch), *singles] if batch else singles
 
 
-@register
 class TrackV1Output(TrackOutput):
     """``CUSTOMERIO_API=v1``: one v1 request per operation (objects as a v2 batch of one)."""
 
@@ -202,6 +200,10 @@ class TrackV1Output(TrackOutput):
     def units(self, items: Sequence[Claimed]) -> list[Unit]:
         """One unit per operation, in order."""
         return [Unit([item], batch=not has_v1_equivalent(item.kind)) for item in items]
+
+
+register(TrackV1Output)
+register(TrackV2Output)
 
 
 def resolve_track_url(site_id: str, api_key: str, region: str, override: str | None, *, timeout: float = 30.0) -> str:
