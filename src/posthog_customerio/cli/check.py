@@ -7,7 +7,8 @@ import contextlib
 import httpx
 
 from ..config import CUSTOMERIO, Settings
-from ..customerio import AuthError, TrackClient, resolve_track_url
+from ..output.base import AuthError
+from ..output.track import TrackClient, resolve_track_url
 from ..runtime import SANDBOX_CREDENTIALS
 from .lifecycle import UNREACHABLE, exits
 from .options import Sandbox, SettingFlags, setting_options

@@ -8,7 +8,7 @@ import typer
 
 from .. import people
 from ..config import CUSTOMERIO, DELIVERY, IDENTITY, STORE
-from ..customerio import AuthError
+from ..output.base import AuthError
 from ..runtime import Runtime
 from .lifecycle import EXIT_FAILED, deliver_now, exits, fail, removed
 from .options import Sandbox, SettingFlags, sandbox_data_dir, setting_options

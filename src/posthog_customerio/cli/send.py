@@ -10,7 +10,7 @@ from typing import IO, Annotated, Any
 import typer
 
 from ..config import CUSTOMERIO, DELIVERY, IDENTITY, MAPPING, PACING, STORE, ConfigError
-from ..customerio import AuthError
+from ..output.base import AuthError
 from ..runtime import DeliveryLockError, Runtime
 from ..sources.files import FileProgress, send_file
 from .lifecycle import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UNREACHABLE, exits, removed
