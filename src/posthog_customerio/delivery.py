@@ -23,10 +23,11 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from .backoff import Backoff
 from .outbox import Claimed, LeaseLost, Outbox
 from .output.base import AuthError, Output, SendResult, Unit
 from .pacing import Pacer, RateLimiter, finite_delay
-from .settlement import Backoff, Settlement, Verdict
+from .settlement import Settlement, Verdict
 
 __all__ = ["Backoff", "Deliverer", "DeliveryStats"]
 
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 
 #: at the rate limit a batch lingers at most this long (or ``DELIVERY_LINGER_S`` if longer), at most ten slots
 RATE_LINGER_MAX_S = 2.0
+#: after ``n`` worker restarts within a minute the supervisor waits ``2**(n-1)`` s (1, 2, 4, 8, then 10 s)
+#: before restarting dead workers again
+_RESTART_BACKOFF = Backoff(base=1.0, cap=10.0, jitter=0.0)
 
 
 @dataclass(slots=True)
@@ -169,7 +173,8 @@ class Deliverer:
                 self.stats.last_crash_at = time.time()
 
     def _supervise(self) -> None:
-        """Restart dead workers; after repeated deaths, wait longer (0.5 s doubling, at most 10 s)."""
+        """Restart dead workers; after repeated deaths, wait longer (:data:`_RESTART_BACKOFF`: 1 s
+        after one restart within the last minute, doubling, at most 10 s)."""
         restarts: deque[float] = deque()
         while not self._stop.wait(self.supervise_s):
             try:
@@ -178,7 +183,7 @@ class Deliverer:
                 now = time.monotonic()
                 while restarts and restarts[0] < now - 60:
                     restarts.popleft()
-                if not dead or (restarts and now - restarts[-1] < min(10.0, 0.5 * 2 ** len(restarts))):
+                if not dead or (restarts and now - restarts[-1] < _RESTART_BACKOFF.delay(len(restarts))):
                     continue
                 with self._threads_lock:
                     if self._stop.is_set():
