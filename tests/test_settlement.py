@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from posthog_customerio.outbox import Claimed
+from posthog_customerio.operations import Claimed
 from posthog_customerio.output.base import Outcome, SendResult, Unit
 from posthog_customerio.settlement import Backoff, Settlement, Verdict
 

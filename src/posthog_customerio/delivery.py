@@ -24,7 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .backoff import Backoff
-from .outbox import Claimed, LeaseLost, Outbox
+from .operations import Claimed
+from .outbox import LeaseLost, Outbox
 from .output.base import AuthError, Output, SendResult, Unit
 from .pacing import Pacer, RateLimiter, finite_delay
 from .settlement import Settlement, Verdict

@@ -23,10 +23,10 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from .operations import Kind, Operation, encode_payload
-from .storage import Storage, Transaction
+from .operations import Claimed, Kind, Operation, encode_payload
+from .storage import CandidateRow, DeliveryRow, NewDeadLetter, NewOperation, PayloadRow, Storage, Transaction
 
 __all__ = ["DELIVERIES_KEPT", "Claimed", "DeadLetter", "LeaseLost", "Outbox", "Queued"]
 
@@ -42,17 +42,13 @@ _NEARLY_FULL = 4_096
 DELIVERIES_KEPT = 20
 
 
-def _keys(person_key: str, after_keys: str | None) -> tuple[str, ...]:
-    return (person_key, *json.loads(after_keys)) if after_keys else (person_key,)
-
-
 def _select(
-    rows: Iterable[tuple[Any, ...]],
-    taken: Callable[[tuple[Any, ...]], bool],
+    rows: Iterable[CandidateRow],
+    taken: Callable[[CandidateRow], bool],
     max_items: int,
     max_bytes: int,
     max_op_bytes: int,
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+) -> tuple[list[CandidateRow], list[CandidateRow]]:
     """Pick deliverable candidate rows in queue order: (chosen, oversized).
 
     A row already taken (in flight here or leased elsewhere) blocks its keys; a
@@ -61,19 +57,18 @@ def _select(
     Once something is chosen, the scan stops when the budget is nearly used or
     after a run of rows that could not be taken.
     """
-    chosen: list[tuple[Any, ...]] = []
-    oversized: list[tuple[Any, ...]] = []
+    chosen: list[CandidateRow] = []
+    oversized: list[CandidateRow] = []
     blocked: set[str] = set()
     chosen_keys: set[str] = set()
     budget = max_bytes
     fruitless = 0
     for row in rows:
-        person_key, size, after_keys = row[1], row[2], row[5]
-        keys = _keys(person_key, after_keys)
+        size, keys = row.size, row.keys
         if (
             taken(row)
             or any(key in blocked for key in keys)
-            or (after_keys and any(key in chosen_keys for key in keys))
+            or (row.after_keys and any(key in chosen_keys for key in keys))
         ):
             blocked.update(keys)
             fruitless += 1
@@ -93,22 +88,36 @@ def _select(
     return chosen, oversized
 
 
-def _hydrate(rows: list[tuple[Any, ...]], payloads: dict[int, tuple[str, str]]) -> list[Claimed]:
+def _hydrate(rows: list[CandidateRow], payloads: dict[int, PayloadRow]) -> list[Claimed]:
     """Claimed operations for candidate rows, with their payloads and kinds (in queue order)."""
     return [
         Claimed(
-            seq, person_key, payloads[seq][0], size, attempts, enqueued_at, after_keys, cast(Kind, payloads[seq][1])
+            row.seq,
+            row.person_key,
+            payloads[row.seq].payload,
+            row.size,
+            row.attempts,
+            row.enqueued_at,
+            row.after_keys,
+            payloads[row.seq].kind,
         )
-        for seq, person_key, size, attempts, enqueued_at, after_keys, *_ in rows
-        if seq in payloads
+        for row in rows
+        if row.seq in payloads
     ]
+
+
+def _new_operation(operation: Operation, enqueued_at: float) -> NewOperation:
+    """The ``outbox`` row of an operation (its text encoded now unless the mapping had it)."""
+    text = operation.text or encode_payload(operation.payload)
+    after = json.dumps(list(operation.after)) if operation.after else None
+    return NewOperation(operation.person_key, text, len(text.encode()), enqueued_at, after, operation.kind)
 
 
 class LeaseLost(RuntimeError):
     """A claim's lease ran out and another replica may hold its operations now: do not send them."""
 
 
-def _delivery_rows(items: Iterable[Claimed], outcome: str, now: float) -> list[tuple[Any, ...]]:
+def _delivery_rows(items: Iterable[Claimed], outcome: str, now: float) -> list[DeliveryRow]:
     """``deliveries`` rows for settled operations: what was sent (action, event name), never attributes."""
     rows = []
     for item in items:
@@ -117,7 +126,7 @@ def _delivery_rows(items: Iterable[Claimed], outcome: str, now: float) -> list[t
         except ValueError:
             payload = {}
         action, name = payload.get("action"), payload.get("name")
-        rows.append((item.person_key, item.seq, item.kind, _text(action), _text(name), outcome, now))
+        rows.append(DeliveryRow(item.person_key, item.seq, item.kind, _text(action), _text(name), outcome, now))
     return rows
 
 
@@ -137,25 +146,6 @@ def _log_dead_letter(item: Claimed, reason: str, status: int | None, letter_id: 
         item.attempts + 1,
         _EMAIL.sub("<email>", reason)[:300],
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """An operation handed to a worker; it stays in the table until acked."""
-
-    seq: int
-    person_key: str
-    payload: str
-    size: int
-    attempts: int
-    enqueued_at: float
-    after_keys: str | None = None
-    kind: Kind = "person"
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        """All ordering keys: the person's, then those it must wait for."""
-        return (self.person_key, *json.loads(self.after_keys)) if self.after_keys else (self.person_key,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,11 +214,7 @@ class Outbox:
     def enqueue(conn: Transaction, operations: Iterable[Operation], now: float | None = None) -> int:
         """Append operations inside the caller's transaction; returns how many."""
         stamp = now if now is not None else time.time()
-        rows = []
-        for operation in operations:
-            text = operation.text or encode_payload(operation.payload)
-            after = json.dumps(list(operation.after)) if operation.after else None
-            rows.append((operation.person_key, text, len(text.encode()), stamp, after, operation.kind))
+        rows = [_new_operation(operation, stamp) for operation in operations]
         conn.insert_operations(rows)
         return len(rows)
 
@@ -238,11 +224,12 @@ class Outbox:
         now = time.time()
         rows = conn.queued_rows(person_key, kind)
         found = []
-        for seq, payload, enqueued_at, lease_until, after_keys in rows:
-            if seq in self._in_flight or (lease_until is not None and lease_until > now):
+        for row in rows:
+            if row.seq in self._in_flight or (row.lease_until is not None and row.lease_until > now):
                 continue
-            after = tuple(json.loads(after_keys)) if after_keys else ()
-            found.append(Queued(seq, Operation(person_key, json.loads(payload), after, payload, kind), enqueued_at))
+            after = tuple(json.loads(row.after_keys)) if row.after_keys else ()
+            operation = Operation(person_key, json.loads(row.payload), after, row.payload, kind)
+            found.append(Queued(row.seq, operation, row.enqueued_at))
         return found
 
     @staticmethod
@@ -253,11 +240,7 @@ class Outbox:
             raise ValueError("replace: one new operation per old one")
         if not old:
             return 0
-        rows = []
-        for queued, operation in zip(old, new, strict=True):
-            text = operation.text or encode_payload(operation.payload)
-            after = json.dumps(list(operation.after)) if operation.after else None
-            rows.append((operation.person_key, text, len(text.encode()), queued.enqueued_at, after, operation.kind))
+        rows = [_new_operation(operation, queued.enqueued_at) for queued, operation in zip(old, new, strict=True)]
         conn.delete_operations(queued.seq for queued in old)
         conn.insert_operations(rows)
         return len(rows)
@@ -302,12 +285,12 @@ class Outbox:
             )
         return claimed
 
-    def _held(self, now: float) -> Callable[[tuple[Any, ...]], bool]:
+    def _held(self, now: float) -> Callable[[CandidateRow], bool]:
         """Whether a candidate row is an anonymous operation enqueued less than ``anonymous_hold_s`` ago."""
         if self.anonymous_hold_s <= 0:
             return lambda row: False
         cutoff = now - self.anonymous_hold_s
-        return lambda row: row[8] == "anonymous" and row[4] > cutoff
+        return lambda row: row.kind == "anonymous" and row.enqueued_at > cutoff
 
     def _unclaim(self, items: Iterable[Claimed]) -> None:
         with self._claim_lock:
@@ -382,7 +365,7 @@ class Outbox:
         with self.db.transaction() as conn:
             conn.insert_dead_letters(
                 [
-                    (
+                    NewDeadLetter(
                         item.seq,
                         item.person_key,
                         item.payload,
@@ -449,7 +432,7 @@ class Outbox:
         """Dead-lettered operations, oldest first."""
         with self.db.reading() as conn:
             rows = conn.dead_letter_rows(limit)
-        return [DeadLetter(*row) for row in rows]
+        return [DeadLetter(**row._asdict()) for row in rows]
 
     def retry_dead_letters(self, ids: Iterable[int] | None = None) -> int:
         """Re-queue dead-lettered operations (all, or the given ids); returns how many.
@@ -466,7 +449,8 @@ class Outbox:
             rows = conn.requeue_rows(wanted)
             now = time.time()
             conn.insert_operations(
-                (key, payload, len(payload.encode()), now, after, kind) for _, key, payload, after, kind in rows
+                NewOperation(row.person_key, row.payload, len(row.payload.encode()), now, row.after_keys, row.kind)
+                for row in rows
             )
-            conn.delete_dead_letters(row[0] for row in rows)
-        return [row[0] for row in rows]
+            conn.delete_dead_letters(row.id for row in rows)
+        return [row.id for row in rows]

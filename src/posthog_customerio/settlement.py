@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .backoff import Backoff
-from .outbox import Claimed
+from .operations import Claimed
 from .output.base import Outcome, SendResult, Unit
 
 __all__ = ["Backoff", "DeadLetterEntry", "Settlement", "Verdict"]

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from ..outbox import Claimed
+from ..operations import Claimed
 
 __all__ = [
     "RETRY_AFTER_MAX_S",

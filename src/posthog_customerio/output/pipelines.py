@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 
 from .. import __version__
-from ..outbox import Claimed
+from ..operations import Claimed
 from .base import RETRY_AFTER_MAX_S, AuthError, Outcome, SendResult, Unit, classify
 from .deadline import DeadlineClient
 

@@ -17,8 +17,7 @@ from typing import Any
 import httpx
 
 from .. import __version__
-from ..operations import MAX_BATCH_BYTES, MAX_OP_BYTES, Kind
-from ..outbox import Claimed
+from ..operations import MAX_BATCH_BYTES, MAX_OP_BYTES, Claimed, Kind
 from .base import AUTH_STATUSES, RETRY_AFTER_MAX_S, AuthError, Outcome, SendResult, Unit, classify
 from .deadline import DeadlineClient
 from .track_v1 import has_v1_equivalent, v1_body_text, v1_request

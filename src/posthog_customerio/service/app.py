@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..delivery import Deliverer
 from ..metrics import Metrics
-from ..outbox import Claimed
+from ..operations import Claimed
 from ..output.base import AuthError
 from ..pipeline import GroupCommitter
 from ..runtime import Runtime
