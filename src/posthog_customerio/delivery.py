@@ -205,7 +205,7 @@ class Deliverer:
         reaching it inside their window still adopts them.
         """
         try:
-            emptied = self.wait_until_empty(grace_s, held_ok=True)
+            emptied = self.wait_until_drained(grace_s)
         except AuthError:
             emptied = False
         self.stop(timeout=max(1.0, grace_s))
@@ -229,22 +229,28 @@ class Deliverer:
         with self._wake:
             self._wake.notify_all()
 
-    def wait_until_empty(
-        self, timeout: float | None = None, tick: Callable[[], None] | None = None, held_ok: bool = False
-    ) -> bool:
-        """Block until the outbox is empty (with ``held_ok``: but for anonymous operations still held);
-        False on timeout.
+    def wait_until_empty(self, timeout: float | None = None, tick: Callable[[], None] | None = None) -> bool:
+        """Block until the outbox is empty, anonymous operations still held included (they go once
+        their hold ends, or at once after :meth:`~.outbox.Outbox.input_finished`); False on timeout.
 
         Raises :class:`AuthError` when credentials are rejected and delivery is not
         set to pause.
         """
+        return self._wait(self.outbox.is_empty, timeout, tick)
+
+    def wait_until_drained(self, timeout: float | None = None, tick: Callable[[], None] | None = None) -> bool:
+        """As :meth:`wait_until_empty`, but anonymous operations the hold still keeps for an identify
+        that may come do not count (:meth:`~.outbox.Outbox.is_drained`): stopping leaves them queued."""
+        return self._wait(self.outbox.is_drained, timeout, tick)
+
+    def _wait(self, emptied: Callable[[], bool], timeout: float | None, tick: Callable[[], None] | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if tick is not None:
                 tick()
             if self.auth_error and not self.pause_on_auth_error:
                 raise AuthError(self.auth_error)
-            if self.outbox.in_flight() == 0 and self.outbox.is_empty(held_ok):
+            if self.outbox.in_flight() == 0 and emptied():
                 return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False

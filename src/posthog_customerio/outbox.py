@@ -4,13 +4,12 @@ Operations are written before any send and deleted only after Customer.io accept
 them; each row keeps the operation's neutral text and its ``kind`` (the outbox never
 looks inside a payload). Workers *claim* operations; a person whose operation is in flight has none of
 its later operations handed out, so each person's operations reach Customer.io in
-the order they were enqueued. Permanent failures move to ``dead_letters`` with the
-response that rejected them. Which rows count as taken is the backend's claims strategy
-the order they were enqueued. With ``anonymous_hold_s`` > 0, an anonymous visitor's
-events younger than that are not claimable (``ANONYMOUS_HOLD_S``: an identify inside
-the window adopts them as batched person events); a held row blocks only its own
-keys. Permanent failures move to ``dead_letters`` with the response that rejected them. Which rows count
-as taken is the backend's claims strategy (:meth:`~.storage.Storage.claims`); the SQL is the backend's too.
+the order they were enqueued. The outbox's :class:`AnonymousHold` (``ANONYMOUS_HOLD_S``) keeps
+an anonymous visitor's recent events unclaimable, so that an identify inside the window adopts
+them as batched person events; a held row blocks only its own keys, and once the input is
+finished (:meth:`Outbox.input_finished`) nothing is held. Permanent failures move to
+``dead_letters`` with the response that rejected them. Which rows count as taken is the
+backend's claims strategy (:meth:`~.storage.Storage.claims`); the SQL is the backend's too.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from typing import Any
 from .operations import Claimed, Kind, Operation, encode_payload
 from .storage import CandidateRow, DeliveryRow, NewDeadLetter, NewOperation, PayloadRow, Storage, Transaction
 
-__all__ = ["DELIVERIES_KEPT", "Claimed", "DeadLetter", "LeaseLost", "Outbox", "Queued"]
+__all__ = ["DELIVERIES_KEPT", "AnonymousHold", "Claimed", "DeadLetter", "LeaseLost", "Outbox", "Queued"]
 
 log = logging.getLogger(__name__)
 #: an email address in a reason Customer.io gave (it may quote one): never logged
@@ -111,6 +110,47 @@ def _new_operation(operation: Operation, enqueued_at: float) -> NewOperation:
     text = operation.text or encode_payload(operation.payload)
     after = json.dumps(list(operation.after)) if operation.after else None
     return NewOperation(operation.person_key, text, len(text.encode()), enqueued_at, after, operation.kind)
+
+
+class AnonymousHold:
+    """The anonymous hold (``ANONYMOUS_HOLD_S``): an anonymous visitor's operations wait ``hold_s``
+    after they were enqueued before they may be claimed, so that an identify arriving meanwhile can
+    adopt them (they then go out as the person's events, in one batch) instead of being sent as
+    anonymous events.
+
+    A held row is not handed out and blocks only its own keys (:meth:`Outbox.claim`). Once the
+    input is finished (:meth:`finish`, through :meth:`Outbox.input_finished`) no identify can come
+    to adopt anything: nothing is held any more. ``hold_s`` 0 holds nothing.
+    """
+
+    def __init__(self, hold_s: float = 0.0) -> None:
+        #: seconds an anonymous operation waits after it was enqueued
+        self.hold_s = hold_s
+        self._finished = False
+
+    @property
+    def active(self) -> bool:
+        """Whether anything can be held: a hold is configured and the input is not finished."""
+        return self.hold_s > 0 and not self._finished
+
+    def finish(self) -> None:
+        """Nothing more will be ingested: hold nothing from now on."""
+        self._finished = True
+
+    def held_after(self, now: float) -> float | None:
+        """At ``now``, anonymous operations enqueued after this time are held (``None``: none is)."""
+        return now - self.hold_s if self.active else None
+
+    def rule(self, now: float) -> Callable[[CandidateRow], bool]:
+        """Whether a candidate row is held at ``now`` (one test for every row of a claim)."""
+        cutoff = self.held_after(now)
+        if cutoff is None:
+            return lambda row: False
+        return lambda row: row.kind == "anonymous" and row.enqueued_at > cutoff
+
+    def is_held(self, row: CandidateRow, now: float) -> bool:
+        """Whether ``row`` is an anonymous operation still held at ``now``."""
+        return self.rule(now)(row)
 
 
 class LeaseLost(RuntimeError):
@@ -196,8 +236,8 @@ class Outbox:
     def __init__(self, db: Storage, lease_s: float = 30.0, anonymous_hold_s: float = 0.0) -> None:
         self.db = db
         self.lease_s = lease_s
-        #: anonymous operations younger than this are not claimable (0 = off; ``send`` sets 0 once read)
-        self.anonymous_hold_s = anonymous_hold_s
+        #: anonymous operations younger than ``anonymous_hold_s`` are not claimable until :meth:`input_finished`
+        self.anonymous_hold = AnonymousHold(anonymous_hold_s)
         #: the backend's way of keeping claims apart
         self.claims = db.claims(lease_s)
         self._claim_lock = threading.Lock()
@@ -258,11 +298,11 @@ class Outbox:
         can never be accepted). A person with an operation in flight (here, or
         leased by another replica), or whose earlier operation did not fit this
         claim, gets nothing more this time. Anonymous operations still held
-        (:attr:`anonymous_hold_s`) are not handed out and block only their own keys.
+        (:attr:`anonymous_hold`) are not handed out and block only their own keys.
         """
         with self._claim_lock:
             leased_at = time.monotonic()
-            held = self._held(time.time())
+            held = self.anonymous_hold.rule(time.time())
             chosen, too_big, payloads = self.claims.claim(
                 lambda rows, taken: _select(
                     rows, lambda row: taken(row) or held(row), max_items, max_bytes, max_op_bytes
@@ -284,13 +324,6 @@ class Outbox:
                 claimed=False,
             )
         return claimed
-
-    def _held(self, now: float) -> Callable[[CandidateRow], bool]:
-        """Whether a candidate row is an anonymous operation enqueued less than ``anonymous_hold_s`` ago."""
-        if self.anonymous_hold_s <= 0:
-            return lambda row: False
-        cutoff = now - self.anonymous_hold_s
-        return lambda row: row.kind == "anonymous" and row.enqueued_at > cutoff
 
     def _unclaim(self, items: Iterable[Claimed]) -> None:
         with self._claim_lock:
@@ -406,11 +439,22 @@ class Outbox:
         self._depth_cache = (now, count)
         return count
 
-    def is_empty(self, held_ok: bool = False) -> bool:
-        """Whether nothing waits (cheap: no count); with ``held_ok``, anonymous operations still held do not count."""
+    def input_finished(self) -> None:
+        """Nothing more will be ingested (``send`` read its input, a bounded ``consume`` ended): no identify
+        can come to adopt what the anonymous hold keeps, so it is released now rather than at its end."""
+        self.anonymous_hold.finish()
+
+    def is_empty(self) -> bool:
+        """Whether nothing waits at all, held anonymous operations included (cheap: no count)."""
         with self.db.reading() as conn:
-            held_before = time.time() - self.anonymous_hold_s if held_ok and self.anonymous_hold_s > 0 else None
-            return conn.outbox_empty(held_before)
+            return conn.outbox_empty()
+
+    def is_drained(self) -> bool:
+        """Whether nothing waits but anonymous operations the hold still keeps for an identify that may
+        come (after :meth:`input_finished`: whether nothing waits). Those stay queued, durable, for the
+        next start when delivery stops now."""
+        with self.db.reading() as conn:
+            return conn.outbox_empty(self.anonymous_hold.held_after(time.time()))
 
     def oldest_age(self, now: float | None = None) -> float:
         """Seconds since the oldest waiting operation was enqueued (0 if empty)."""

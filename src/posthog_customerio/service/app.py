@@ -137,7 +137,7 @@ def _drain_within(deliverer: Deliverer, seconds: float) -> bool:
     stay queued, sent again at the next start): the whole flush never outlasts ``seconds``. True if emptied."""
     deadline = time.monotonic() + seconds
     try:
-        emptied = deliverer.wait_until_empty(seconds, held_ok=True)
+        emptied = deliverer.wait_until_drained(seconds)
     except AuthError:
         emptied = False
     deliverer.stop(timeout=max(0.0, deadline - time.monotonic()))

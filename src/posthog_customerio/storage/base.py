@@ -111,8 +111,8 @@ class Transaction(Protocol):
     def outbox_depth(self) -> int:
         """How many operations wait."""
 
-    def outbox_empty(self, held_before: float | None = None) -> bool:
-        """Whether nothing waits (no count); with ``held_before``, anonymous operations enqueued after it
+    def outbox_empty(self, held_after: float | None = None) -> bool:
+        """Whether nothing waits (no count); with ``held_after``, anonymous operations enqueued after it
         (still held by ``ANONYMOUS_HOLD_S``) do not count."""
 
     def oldest_enqueued_at(self) -> float | None:

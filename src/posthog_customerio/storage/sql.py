@@ -152,12 +152,12 @@ class SqlTransaction:
     def outbox_depth(self) -> int:
         return int(self._one("SELECT COUNT(*) FROM outbox")[0])
 
-    def outbox_empty(self, held_before: float | None = None) -> bool:
-        if held_before is None:
+    def outbox_empty(self, held_after: float | None = None) -> bool:
+        if held_after is None:
             return self._one("SELECT seq FROM outbox LIMIT 1") is None
-        # anonymous operations enqueued after ``held_before`` are still held: they do not count
+        # anonymous operations enqueued after ``held_after`` are still held: they do not count
         sql = f"SELECT seq FROM outbox WHERE kind <> 'anonymous' OR enqueued_at <= {self.sql.mark} LIMIT 1"
-        return self._one(sql, (held_before,)) is None
+        return self._one(sql, (held_after,)) is None
 
     def oldest_enqueued_at(self) -> float | None:
         row = self._one("SELECT enqueued_at FROM outbox ORDER BY seq LIMIT 1")
