@@ -220,7 +220,7 @@ class Deliverer:
             return "down"
         if self.auth_error:
             return "paused"
-        if self.limiter.hold_remaining() > 1.0:
+        if self.limiter.pause_remaining() > 1.0:
             return "retrying"
         return "running"
 
@@ -231,7 +231,7 @@ class Deliverer:
 
     def wait_until_empty(self, timeout: float | None = None, tick: Callable[[], None] | None = None) -> bool:
         """Block until the outbox is empty, anonymous operations still held included (they go once
-        their hold ends, or at once after :meth:`~.outbox.Outbox.input_finished`); False on timeout.
+        their anonymous hold ends, or at once after :meth:`~.outbox.Outbox.input_finished`); False on timeout.
 
         Raises :class:`AuthError` when credentials are rejected and delivery is not
         set to pause.
@@ -239,7 +239,7 @@ class Deliverer:
         return self._wait(self.outbox.is_empty, timeout, tick)
 
     def wait_until_drained(self, timeout: float | None = None, tick: Callable[[], None] | None = None) -> bool:
-        """As :meth:`wait_until_empty`, but anonymous operations the hold still keeps for an identify
+        """As :meth:`wait_until_empty`, but anonymous operations the anonymous hold still keeps for an identify
         that may come do not count (:meth:`~.outbox.Outbox.is_drained`): stopping leaves them queued."""
         return self._wait(self.outbox.is_drained, timeout, tick)
 
@@ -268,9 +268,9 @@ class Deliverer:
                 continue
             # back off without holding a claim (with replicas, a claim is a lease: it is
             # held for the length of a request, never across a Retry-After)
-            hold = self.limiter.hold_remaining()
-            if hold > 0:
-                self._stop.wait(finite_delay(hold))
+            pause = self.limiter.pause_remaining()
+            if pause > 0:
+                self._stop.wait(finite_delay(pause))
                 continue
             reserved = self.adapt_to_rate and (self._rate_linger > 0 or self.limiter.reserve_delay() > 0)
             if reserved:
@@ -381,10 +381,10 @@ class Deliverer:
         else:
             for message in verdict.errors:
                 self._note_error(message)
-        if verdict.hold_s is not None:
+        if verdict.pause_s is not None:
             with self._stats_lock:
                 self.stats.retries += len(verdict.release)
-            self.limiter.hold_for(verdict.hold_s)
+            self.limiter.pause_for(verdict.pause_s)
         if verdict.dead:
             self.outbox.dead_letter(verdict.dead)
         if verdict.ack:
@@ -397,8 +397,8 @@ class Deliverer:
             self.outbox.release(verdict.release, verdict.reason)
         if verdict.auth_error is not None:
             log.error("Customer.io rejected the credentials: delivery paused, %d operations kept", self.outbox.depth())
-        elif verdict.hold_s is not None:
-            log.warning("Customer.io unavailable (%s); retrying in %.1fs", result.describe()[:120], verdict.hold_s)
+        elif verdict.pause_s is not None:
+            log.warning("Customer.io unavailable (%s); retrying in %.1fs", result.describe()[:120], verdict.pause_s)
 
     def _count(self, result: SendResult) -> None:
         if not result.sent:  # refused by the output itself: no request was made

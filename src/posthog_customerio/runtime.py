@@ -168,7 +168,7 @@ class Runtime:
         """The delivery workers (one set per data directory: takes the delivery lock)."""
         if self._deliverer is None:
             # SQLite: one deliverer per file (a lock file); PostgreSQL: leases, no lock
-            self._lock_file = self.db.hold_delivery(Path(self.settings.posthog_customerio_data_dir))
+            self._lock_file = self.db.take_delivery_lock(Path(self.settings.posthog_customerio_data_dir))
             self._deliverer = Deliverer(
                 self.outbox,
                 self.output(),

@@ -43,7 +43,7 @@ class Verdict:
     #: why released (stored as the rows' last error)
     reason: str = ""
     #: every worker pauses this long (transient failure)
-    hold_s: float | None = None
+    pause_s: float | None = None
     #: the credentials were rejected: delivery pauses (or stops) with this message
     auth_error: str | None = None
     #: a refused batch: send these two halves, in order, the second only if the first went through
@@ -80,7 +80,7 @@ class Settlement:
             return Verdict(release=items, reason=result.describe(), auth_error=message, errors=(message,))
         with self._lock:
             delay = self.backoff.next_delay(result.retry_after)
-        return Verdict(release=items, reason=result.describe(), hold_s=delay, errors=(message,))
+        return Verdict(release=items, reason=result.describe(), pause_s=delay, errors=(message,))
 
     @staticmethod
     def _refused(items: Sequence[Claimed], described: str, result: SendResult) -> Verdict:

@@ -228,7 +228,7 @@ class Storage(ABC):
         """This backend's claim strategy (``lease_s``: how long a claim lasts where claims expire)."""
 
     @abstractmethod
-    def hold_delivery(self, data_dir: Path) -> IO[str] | None:
+    def take_delivery_lock(self, data_dir: Path) -> IO[str] | None:
         """Become the one deliverer where only one may run (raises :class:`DeliveryLockError`); the
         handle is held until closed. ``None`` where any number may deliver."""
 

@@ -294,7 +294,7 @@ class PostgresStorage(SqlStorage):
     def claims(self, lease_s: float) -> Claims:
         return LeaseClaims(self, lease_s)
 
-    def hold_delivery(self, data_dir: Path) -> IO[str] | None:
+    def take_delivery_lock(self, data_dir: Path) -> IO[str] | None:
         """Any number of replicas deliver (leases keep them apart)."""
         return None
 

@@ -121,7 +121,7 @@ class SqliteStorage(SqlStorage):
     def claims(self, lease_s: float) -> Claims:
         return SqliteClaims(self)
 
-    def hold_delivery(self, data_dir: Path) -> IO[str] | None:
+    def take_delivery_lock(self, data_dir: Path) -> IO[str] | None:
         """Take ``delivery.lock`` in the data directory (``flock``; it holds the pid)."""
         path = Path(data_dir) / "delivery.lock"
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
