@@ -17,7 +17,8 @@ import httpx
 
 from .config import ConfigError, Settings
 from .delivery import Deliverer
-from .outbox import Claimed, Outbox
+from .operations import Claimed
+from .outbox import Outbox
 from .output import OutputContext, create_output
 from .output.base import AuthError, Output
 from .output.pipelines import PipelinesClient, resolve_pipelines_url
