@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ..storage import Storage
 from ..storage.postgres import PostgresStorage
@@ -67,6 +68,14 @@ def shared_pacer(storage: Storage, workspace: Callable[[], str], rate: float) ->
     return PostgresPacer(storage, workspace(), rate)
 
 
+def _seconds(row: Any) -> float | None:
+    """The one value of a pacing statement's row, in seconds (``None``: the workspace has no row)."""
+    if row is None:
+        return None
+    (seconds,) = row
+    return float(seconds)
+
+
 class PacingRows:
     """The ``delivery_pacing`` rows: per workspace the next slot and the end of a pause, in seconds
     from now on the database's clock (``None``: the workspace has no row)."""
@@ -83,25 +92,28 @@ class PacingRows:
         """Reserve a slot: ``(seconds to after the slot, seconds of pause left)``."""
         with self.db.transaction() as tx:
             row = tx.execute(_TAKE_SQL, (interval, workspace)).fetchone()
-        return None if row is None else (float(row[0]), float(row[1]))
+        if row is None:
+            return None
+        after_slot, pause_left = row
+        return float(after_slot), float(pause_left)
 
     def delay(self, workspace: str) -> float | None:
         """Seconds until the next slot or the end of the pause, whichever is later."""
         with self.db.transaction() as tx:
             row = tx.execute(_DELAY_SQL, (workspace,)).fetchone()
-        return None if row is None else float(row[0])
+        return _seconds(row)
 
     def pause_left(self, workspace: str) -> float | None:
         """Seconds of pause left."""
         with self.db.reading() as tx:
             row = tx.execute(_PAUSE_LEFT_SQL, (workspace,)).fetchone()
-        return None if row is None else float(row[0])
+        return _seconds(row)
 
     def pause(self, workspace: str, seconds: float) -> float | None:
         """Extend the pause to at least ``seconds``; returns the pause left."""
         with self.db.transaction() as tx:
             row = tx.execute(_PAUSE_SQL, (seconds, seconds, workspace)).fetchone()
-        return None if row is None else float(row[0])
+        return _seconds(row)
 
 
 class PostgresPacer:
