@@ -10,8 +10,7 @@ import httpx
 import pytest
 
 from posthog_customerio.mapping import MappingConfig, adopted_events, map_event
-from posthog_customerio.operations import Kind, Operation, encode_payload
-from posthog_customerio.outbox import Claimed
+from posthog_customerio.operations import Claimed, Kind, Operation, encode_payload
 from posthog_customerio.output import OUTPUTS, OutputConfig, create_output
 from posthog_customerio.output.base import Outcome
 from posthog_customerio.output.pipelines import PipelinesOutput

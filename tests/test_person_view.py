@@ -208,7 +208,7 @@ def test_unsuppress_and_delete_person_go_by_the_merged_person(sandbox: SandboxSe
             ann = load_states(tx, ["ann"])["ann"]
         assert (ann.created, ann.email_sent, ann.digests) == (False, None, {})  # its next event creates it again
         with runtime.db.reading() as tx:
-            queued = [json.loads(row[3]) for row in tx.queued_of(["ann"], 50)]
+            queued = [json.loads(row.payload) for row in tx.queued_of(["ann"], 50)]
         assert [q["identifiers"] for q in queued if q.get("action") == "unsuppress"] == sent
         deletion = people.delete_person(runtime, "anon-77")
         assert deletion.identifiers == sent and deletion.unknown  # not created since the unsuppress

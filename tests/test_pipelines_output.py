@@ -10,8 +10,7 @@ import httpx
 import pytest
 
 from posthog_customerio.config import ConfigError, load_settings
-from posthog_customerio.operations import Operation, encode_payload
-from posthog_customerio.outbox import Claimed
+from posthog_customerio.operations import Claimed, Operation, encode_payload
 from posthog_customerio.output import pipelines as pl
 from posthog_customerio.output.base import Outcome
 from posthog_customerio.runtime import Runtime

@@ -73,7 +73,7 @@ def _find(tx: Transaction, query: str) -> tuple[PersonState, list[str]] | None:
     states = load_states(tx, [query])
     if query in states:
         return _resolve(states[query], states), []
-    ids = [str(row[0]) for row in tx.persons_by_email(query, SHOWN)]
+    ids = [str(row.distinct_id) for row in tx.persons_by_email(query, SHOWN)]
     states = load_states(tx, ids)
     people = list({person.distinct_id: person for person in (_resolve(states[i], states) for i in ids)}.values())
     return (people[0], [other.distinct_id for other in people[1:]]) if people else None
@@ -141,7 +141,7 @@ def _members(tx: Transaction, person: PersonState) -> list[PersonState]:
     found: dict[str, PersonState] = {}
     targets = {person.distinct_id: person}
     for _ in range(_DEPTH):
-        ids = [str(row[0]) for row in tx.persons_merged_into(list(targets))]
+        ids = [str(row.distinct_id) for row in tx.persons_merged_into(list(targets))]
         states = load_states(tx, ids)
         fresh = {
             i: states[i]

@@ -15,7 +15,8 @@ from typing import IO
 from .config import ConfigError, Settings
 from .delivery import Deliverer
 from .ingestion import Ingestor
-from .outbox import Claimed, Outbox
+from .operations import Claimed
+from .outbox import Outbox
 from .output import Output, OutputConfig, create_output
 from .pacing import Pacer, shared_pacer, workspace_key
 from .sources.base import Intake
@@ -127,7 +128,7 @@ class Runtime:
         """The delivery workers (one set per data directory: takes the delivery lock)."""
         if self._deliverer is None:
             # SQLite: one deliverer per file (a lock file); PostgreSQL: leases, no lock
-            self._lock_file = self.db.hold_delivery(Path(self.settings.posthog_customerio_data_dir))
+            self._lock_file = self.db.take_delivery_lock(Path(self.settings.posthog_customerio_data_dir))
             output = self.output()
             self._deliverer = Deliverer(
                 self.outbox,

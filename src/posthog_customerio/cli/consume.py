@@ -117,9 +117,9 @@ def _consume(
         except KafkaConsumeError as exc:
             failure = str(exc)
         if max_messages is not None:  # a bounded run (like send): nothing more comes to adopt what is held
-            runtime.outbox.anonymous_hold_s = 0.0
+            runtime.outbox.input_finished()
         # stopped by a signal: what is still held stays queued for the next start (which may adopt it)
-        deliverer.wait_until_empty(settings.shutdown_grace_s, held_ok=max_messages is None)
+        deliverer.wait_until_drained(settings.shutdown_grace_s)
         summary = {
             **(report.as_dict() if report else {}),
             "operations_delivered": deliverer.stats.delivered,

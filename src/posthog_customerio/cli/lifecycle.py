@@ -99,7 +99,7 @@ def deliver_now(runtime: Runtime, timeout: float | None) -> bool | None:
         deliverer = runtime.deliverer()
     except DeliveryLockError:
         return None
-    runtime.outbox.anonymous_hold_s = 0.0  # nothing is ingested here: nothing to hold for
+    runtime.outbox.input_finished()  # nothing is ingested here: nothing to hold for
     deliverer.start()
     finished = deliverer.wait_until_empty(timeout)
     deliverer.stop()

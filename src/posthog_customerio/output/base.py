@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 
 import httpx
 
-from ..outbox import Claimed
+from ..operations import Claimed
 
 __all__ = [
     "OUTPUTS",

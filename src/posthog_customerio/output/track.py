@@ -18,8 +18,7 @@ from typing import Any, Self
 import httpx
 
 from .. import __version__
-from ..operations import MAX_BATCH_BYTES, MAX_OP_BYTES, Kind
-from ..outbox import Claimed
+from ..operations import MAX_BATCH_BYTES, MAX_OP_BYTES, Claimed, Kind
 from .base import (
     AUTH_STATUSES,
     RETRY_AFTER_MAX_S,

@@ -24,7 +24,7 @@ from .. import __version__
 from ..delivery import Deliverer
 from ..ingestion import GroupCommitter
 from ..metrics import Metrics
-from ..outbox import Claimed
+from ..operations import Claimed
 from ..output.base import AuthError
 from ..runtime import Runtime
 from ..status import RequestLog, ThroughputSampler
@@ -137,7 +137,7 @@ def _drain_within(deliverer: Deliverer, seconds: float) -> bool:
     stay queued, sent again at the next start): the whole flush never outlasts ``seconds``. True if emptied."""
     deadline = time.monotonic() + seconds
     try:
-        emptied = deliverer.wait_until_empty(seconds, held_ok=True)
+        emptied = deliverer.wait_until_drained(seconds)
     except AuthError:
         emptied = False
     deliverer.stop(timeout=max(0.0, deadline - time.monotonic()))

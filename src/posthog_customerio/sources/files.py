@@ -169,7 +169,7 @@ def send_file(
     try:
         run(source, runtime.intake(source.name))
         # all read: no identify can come to adopt what ANONYMOUS_HOLD_S holds; holding on would only delay the end
-        runtime.outbox.anonymous_hold_s = 0.0
+        runtime.outbox.input_finished()
         deliverer.notify()
         progress(done_reading=True)
         finished = deliverer.wait_until_empty(timeout, tick=lambda: progress(done_reading=True))

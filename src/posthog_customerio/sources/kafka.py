@@ -42,6 +42,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from ..backoff import Backoff
 from ..ingestion import IngestReport
 from .base import Batch, Intake, IntakeProvider, Source, run
 from .events import EventParseError, PostHogEvent, loads_strict, parse_payload
@@ -111,6 +112,8 @@ _FIXED = {"enable.auto.commit": False, "enable.auto.offset.store": False}
 
 _COMMIT_ATTEMPTS = 3
 _MAX_BACKOFF_S = 10.0
+#: a retriable commit failure is retried after 0.1 s, then 0.2 s (``_COMMIT_ATTEMPTS`` in all)
+_COMMIT_BACKOFF = Backoff(base=0.1, cap=1.0, jitter=0.0)
 
 
 class KafkaConsumeError(RuntimeError):
@@ -492,7 +495,7 @@ def _ingest(
                     f"could not store {len(events)} events from Kafka: {database_problem(exc)}"
                     " (offsets not committed: the messages will be read again)"
                 ) from exc
-            delay = min(_MAX_BACKOFF_S, backoff_s * 2 ** (attempt - 1))
+            delay = Backoff(base=backoff_s, cap=_MAX_BACKOFF_S, jitter=0.0).delay(attempt)
             log.warning(
                 "kafka: storing %d events failed (%s); retry %d/%d in %.1fs",
                 len(events),
@@ -520,7 +523,7 @@ def _commit(
             if error is not None and error.fatal():
                 raise KafkaConsumeError(f"Kafka offset commit failed: {error.str()}") from exc
             if error is not None and error.retriable() and attempt < _COMMIT_ATTEMPTS:
-                time.sleep(0.1 * attempt)
+                time.sleep(_COMMIT_BACKOFF.delay(attempt))
                 continue
             report.commit_failures += 1
             log.warning(

@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-from ...outbox import Claimed
+from ...operations import Claimed
 from .calls import (
     alias,
     device_created_or_updated,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Self
 
-from ...outbox import Claimed
+from ...operations import Claimed
 from ..base import Outcome, OutputConfig, SendResult, Unit, Workspace, register
 from .client import PipelinesClient, resolve_pipelines_url
 from .encoder import UnsupportedOperation, claimed_calls
