@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
+from posthog_customerio.backoff import Backoff
 from posthog_customerio.operations import Claimed
 from posthog_customerio.output.base import Outcome, SendResult, Unit
-from posthog_customerio.settlement import Backoff, Settlement, Verdict
+from posthog_customerio.settlement import Settlement, Verdict
 
 
 def items(count: int) -> list[Claimed]:

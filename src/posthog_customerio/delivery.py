@@ -30,7 +30,7 @@ from .output.base import AuthError, Output, SendResult, Unit
 from .pacing import Pacer, RateLimiter, finite_delay
 from .settlement import Settlement, Verdict
 
-__all__ = ["Backoff", "Deliverer", "DeliveryStats"]
+__all__ = ["Deliverer", "DeliveryStats"]
 
 log = logging.getLogger(__name__)
 

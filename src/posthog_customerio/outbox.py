@@ -27,7 +27,7 @@ from typing import Any
 from .operations import Claimed, Kind, Operation, encode_payload
 from .storage import CandidateRow, DeliveryRow, NewDeadLetter, NewOperation, PayloadRow, Storage, Transaction
 
-__all__ = ["DELIVERIES_KEPT", "AnonymousHold", "Claimed", "DeadLetter", "LeaseLost", "Outbox", "Queued"]
+__all__ = ["DELIVERIES_KEPT", "AnonymousHold", "DeadLetter", "LeaseLost", "Outbox", "Queued"]
 
 log = logging.getLogger(__name__)
 #: an email address in a reason Customer.io gave (it may quote one): never logged

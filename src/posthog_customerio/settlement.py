@@ -27,7 +27,7 @@ from .backoff import Backoff
 from .operations import Claimed
 from .output.base import Outcome, SendResult, Unit
 
-__all__ = ["Backoff", "DeadLetterEntry", "Settlement", "Verdict"]
+__all__ = ["DeadLetterEntry", "Settlement", "Verdict"]
 
 #: what the outbox records for a dead letter: (item, reason, status, response)
 DeadLetterEntry = tuple[Claimed, str, int | None, str | None]
