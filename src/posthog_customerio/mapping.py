@@ -43,9 +43,9 @@ from json.encoder import encode_basestring_ascii as _encode_string
 from typing import Any, Literal
 
 from . import limits
+from .events import PostHogEvent, to_unix_seconds
 from .ids import event_ulid
 from .operations import Kind, Operation, encode_payload
-from .sources import PostHogEvent, to_unix_seconds
 from .state import PersonState
 
 __all__ = [

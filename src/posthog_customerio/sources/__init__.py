@@ -1,6 +1,7 @@
 """Input sources: PostHog events in every shape, and the jobs that bring them into the outbox.
 
-* :mod:`.events` — the event model (:class:`PostHogEvent`) and the strict parsers, re-exported here;
+* :mod:`.events` — the strict parsers (:mod:`.parsing`, :mod:`.json_strict`, :mod:`.records`) and the event
+  model (:class:`PostHogEvent`, defined in :mod:`posthog_customerio.events`), re-exported here;
 * :mod:`.sdk_time` — SDK clock correction on the capture paths (PostHog's capture rules);
 * :mod:`.decoding` — the body encodings PostHog SDKs use (gzip, base64 forms, lz64);
 * :mod:`.store` — the one policy for events that cannot be stored (HTTP, file and Kafka share it);
