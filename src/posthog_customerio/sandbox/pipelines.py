@@ -2,7 +2,8 @@
 
 Mounted into the sandbox app by :func:`.server.create_app`; state lives in
 :class:`PipelinesState` and is readable under ``/_sandbox/pipelines/`` (people, events, anonymous_events,
-objects, failures, requests, stats; ``POST reset``; ``faults``).
+objects, failures, requests, stats; ``POST reset``; ``faults``: the Track API's fault rules (:mod:`.faults`),
+``GET`` lists, ``POST`` adds, ``DELETE`` clears).
 
 What it does, from Customer.io's documentation (https://docs.customer.io/integrations/api/cdp/) and the fields
 the Customer.io (Journeys) destination reads from each call:
@@ -69,6 +70,7 @@ the Customer.io (Journeys) destination reads from each call:
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hmac
 import itertools
@@ -83,6 +85,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .credentials import decode_basic
+from .faults import Fault, FaultRules, fault_response
 from .operations import EMAIL_RE
 from .wire import json_response
 
@@ -260,6 +263,8 @@ class PipelinesState:
     def __init__(self, api_key: str = "sandbox") -> None:
         self._lock = threading.Lock()
         self._initial_key = api_key
+        #: injected faults (:mod:`.faults`), answered before auth and validation, applying nothing
+        self.fault_rules = FaultRules()
         self._clear()
 
     def _clear(self) -> None:
@@ -274,7 +279,7 @@ class PipelinesState:
         self._objects: dict[tuple[str, str], dict[str, Any]] = {}
         self._seen: set[str] = set()
         self._requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_LOGGED_REQUESTS)
-        self._faults: list[dict[str, Any]] = []
+        self.fault_rules.clear()
         self._failures: collections.deque[dict[str, Any]] = collections.deque(maxlen=MAX_LOGGED_FAILURES)
         self._counts: collections.Counter[str] = collections.Counter()
         #: The workspace setting "Allow updates to email using ID" (as the Track sandbox's; on by default): an
@@ -380,21 +385,22 @@ class PipelinesState:
 
     # ----------------------------------------------------------------- control
 
-    def add_fault(self, status: int, count: int = 1, retry_after: str | None = None) -> None:
-        """Answer the next ``count`` Pipelines requests with ``status`` (applying nothing)."""
-        with self._lock:
-            self._faults.append({"status": int(status), "count": max(1, int(count)), "retry_after": retry_after})
+    def add_fault(
+        self,
+        status: int | None = None,
+        count: int | None = None,
+        retry_after: float | str | None = None,
+        duration_s: float | None = None,
+        delay_s: float = 0.0,
+        body: Any = None,
+    ) -> dict[str, Any]:
+        """Answer the next ``count`` Pipelines requests (or all for ``duration_s``) with ``status`` (applying
+        nothing), after ``delay_s``; raises ValueError (see :func:`.faults.make_fault`)."""
+        return self.fault_rules.add(status, count, duration_s, retry_after, delay_s, body)
 
-    def take_fault(self) -> dict[str, Any] | None:
+    def take_fault(self) -> Fault | None:
         """The fault for this request, if any."""
-        with self._lock:
-            if not self._faults:
-                return None
-            fault = self._faults[0]
-            fault["count"] -= 1
-            if fault["count"] <= 0:
-                self._faults.pop(0)
-            return fault
+        return self.fault_rules.take()
 
     def authorized(self, header: str | None) -> bool:
         """Basic auth with the key as username."""
@@ -701,10 +707,11 @@ async def _v1(request: Request) -> Response:
     body = await request.body()
     strict = request.headers.get("x-strict-mode") == "1"
     fault = state.take_fault()
+    if fault is not None and fault.delay_s:
+        await asyncio.sleep(fault.delay_s)
     applied = 0
-    if fault is not None:
-        headers = {"Retry-After": fault["retry_after"]} if fault["retry_after"] is not None else None
-        response = json_response(fault["status"], {"code": "injected", "message": "sandbox fault"}, headers)
+    if fault is not None and fault.status is not None:
+        response = fault_response(fault, {"code": "injected", "message": "sandbox fault"})
     elif not state.authorized(request.headers.get("authorization")):
         payload = {"code": "unauthorized", "message": "invalid Pipelines API key"}
         response = json_response(401 if strict else 200, payload if strict else {})
@@ -776,12 +783,31 @@ async def _reset(request: Request) -> Response:
 
 
 async def _faults(request: Request) -> Response:
+    """``GET``: the active rules; ``DELETE``: none; ``POST``: add one (the fields of ``/_sandbox/faults``)."""
+    state = _state(request)
+    if request.method == "DELETE":
+        state.fault_rules.clear()
+        return json_response(200, {})
+    if request.method == "GET":
+        return json_response(200, state.fault_rules.views())
     try:
         body = json.loads(await request.body())
-        _state(request).add_fault(body["status"], body.get("count", 1), body.get("retry_after"))
-    except (ValueError, KeyError, TypeError):
-        return json_response(400, {"error": 'body must be {"status": int, "count"?: int, "retry_after"?: str}'})
-    return json_response(200, {})
+        if not isinstance(body, dict):
+            raise TypeError("not an object")
+        fault = state.add_fault(
+            body.get("status"),
+            body.get("count"),
+            body.get("retry_after"),
+            body.get("duration_s"),
+            body.get("delay_s", 0.0),
+            body.get("body"),
+        )
+    except (ValueError, TypeError) as exc:
+        return json_response(400, {"error": f"{exc} (body: {_FAULT_FIELDS})"})
+    return json_response(200, fault)
+
+
+_FAULT_FIELDS = '{"status": int, "count"?: int, "duration_s"?: number, "retry_after"?: str, "delay_s"?: number}'
 
 
 def routes() -> list[Route]:
@@ -797,5 +823,5 @@ def routes() -> list[Route]:
         Route("/_sandbox/pipelines/requests", _requests),
         Route("/_sandbox/pipelines/stats", _stats),
         Route("/_sandbox/pipelines/reset", _reset, methods=["POST"]),
-        Route("/_sandbox/pipelines/faults", _faults, methods=["POST"]),
+        Route("/_sandbox/pipelines/faults", _faults, methods=["GET", "POST", "DELETE"]),
     ]
