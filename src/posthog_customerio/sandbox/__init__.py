@@ -16,7 +16,7 @@ One job per module, in request order:
 * :mod:`.workspace` -- the Customer.io workspace model applying operations (a package: one concern a module;
   the rules, with their citations);
 * :mod:`.state` -- :class:`SandboxState`, the parts behind one object; :mod:`.views` -- the ``/_sandbox/`` routes;
-* :mod:`.pipelines` -- the Pipelines API emulation (its own state and ``/_sandbox/pipelines/`` views);
+* :mod:`.pipelines` -- the Pipelines API emulation (calls, its own state, ``/_sandbox/pipelines/`` views);
 * :mod:`.wire` -- body parsing and JSON responses shared by the routes.
 """
 
