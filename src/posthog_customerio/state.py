@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .storage import Transaction
+if TYPE_CHECKING:
+    from .storage import Transaction
 
 __all__ = ["PersonState", "count_persons", "load_states", "save_states"]
 
