@@ -28,7 +28,7 @@ the Customer.io (Journeys) destination reads from each call:
   The Journeys destination applies an identify as Customer.io's identify ("an incoming identify event from your
   sources adds or updates a person", https://docs.customer.io/cdp/destinations/connections/customerio/), so the
   Track API's identifier rules hold (https://docs.customer.io/integrations/api/track/ , identify; the Track
-  sandbox's ``workspace.py`` cites them): identifiers are unique across people; an unknown ``id`` whose
+  sandbox's ``workspace/`` package cites them): identifiers are unique across people; an unknown ``id`` whose
   ``traits.email`` belongs to a person without an id gives that person the id ("If the identifier in the path
   does not belong to a person but you use an identifier in your request body that does belong to a person, your
   request updates the person and assigns them the identifier in the path"); the email of a person addressed by
