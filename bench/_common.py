@@ -249,8 +249,12 @@ def request_header_bytes() -> int:
     """
     from posthog_customerio.output.track import TrackClient
 
+    import httpx
+
     with TrackClient(SITE_ID, API_KEY, "http://127.0.0.1:18765") as client:
-        request = client._http.build_request("POST", "/api/v2/batch", content=b"{}")
+        # the client sends through a deadline wrapper; an httpx.Client with its options builds the same request
+        with httpx.Client(**client._http._options) as http:
+            request = http.build_request("POST", "/api/v2/batch", content=b"{}")
     head = f"{request.method} {request.url.raw_path.decode()} HTTP/1.1\r\n"
     head += "".join(f"{name}: {value}\r\n" for name, value in request.headers.items()) + "\r\n"
     return len(head.encode()) - len("2")  # Content-Length differs per request; ~1-6 digits

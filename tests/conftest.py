@@ -15,6 +15,19 @@ from typer.testing import CliRunner
 from posthog_customerio.cli import app
 from posthog_customerio.sandbox import SandboxServer
 
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """In CI (``POSTHOG_CUSTOMERIO_REQUIRE_SPEC=1``, set by ``.ci/run``) a missing Customer.io OpenAPI spec
+    fails the run loudly: every request we send must validate against it, so skipping would hide that."""
+    from tests.openapi_check import SPEC_PATH, SPEC_REQUIRED, spec_available
+
+    if SPEC_REQUIRED and not spec_available():
+        raise pytest.UsageError(
+            f"Customer.io OpenAPI spec not found at {SPEC_PATH}: CI requires it (POSTHOG_CUSTOMERIO_REQUIRE_SPEC=1);"
+            " set CUSTOMERIO_OPENAPI_SPEC to its path"
+        )
+
+
 SITE_ID = "site-e2e-1234"
 API_KEY = "key-e2e-secret-5678"
 CONFIG_ENV = (

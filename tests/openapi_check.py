@@ -3,7 +3,7 @@
 The spec lives beside the checkout (``../shared/reference/customerio-track-openapi.json``)
 or at ``$CUSTOMERIO_OPENAPI_SPEC`` (download it from :data:`PUBLISHED_SPEC_URL`); it is not
 part of the repository, so tests that need it are marked :data:`requires_spec` and skip
-with that reason elsewhere.
+with that reason elsewhere — except where :data:`SPEC_REQUIRED` (CI), where its absence fails the run.
 
 A request is ``(method, raw path, JSON body)``: the path as sent on the wire (still
 percent-encoded, base URL stripped, any query string ignored).  It is matched against
@@ -41,6 +41,7 @@ __all__ = [
     "KNOWN_SPEC_DEFECTS",
     "PUBLISHED_SPEC_URL",
     "SPEC_PATH",
+    "SPEC_REQUIRED",
     "SPEC_URI",
     "TrackApiValidator",
     "get_validator",
@@ -51,6 +52,11 @@ __all__ = [
 _DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "shared" / "reference" / "customerio-track-openapi.json"
 SPEC_PATH = Path(os.environ.get("CUSTOMERIO_OPENAPI_SPEC") or _DEFAULT_SPEC)
 SPEC_URI = "urn:customerio-track-openapi"
+
+
+#: ``.ci/run`` sets ``POSTHOG_CUSTOMERIO_REQUIRE_SPEC=1``: there a missing spec stops the run
+#: (conftest's ``pytest_sessionstart``) instead of silently skipping the checks that need it.
+SPEC_REQUIRED = os.environ.get("POSTHOG_CUSTOMERIO_REQUIRE_SPEC") == "1"
 
 
 def spec_available() -> bool:

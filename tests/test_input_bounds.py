@@ -22,7 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from posthog_customerio.config import Settings
-from posthog_customerio.pipeline import GroupCommitter
+from posthog_customerio.ingestion import GroupCommitter
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.service import ingest_routes

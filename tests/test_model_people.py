@@ -35,15 +35,15 @@ PostHog's people (posthog-events.md §5.3, §5.4, "$process_person_profile"):
    ``$create_alias`` merges the person of ``alias`` into the distinct_id's person. When only one side has
    a person the other id joins it. When both have one, the merge is refused if the merged-in side is
    already identified (``cannot_merge_already_identified``). The distinct_id's person becomes identified;
-   so does a person whose event says ``$is_identified: true`` (the posthog-js marker the README's
+   so does a person whose event says ``$is_identified: true`` (the posthog-js marker docs/semantics.md's
    identified filter uses).
 3. Person properties: ``$set`` writes, ``$set_once`` writes only a key the person does not have,
    ``$unset`` removes. Customer.io's timestamp rule (4) decides between writes.
 4. ``$delete_person`` deletes the person with all its distinct_ids: a later event of any of them is a new,
-   unknown person (posthog-events.md, ``$delete_person``; the README's "Deletes").
+   unknown person (posthog-events.md, ``$delete_person``; docs/semantics.md, "Deletes").
 
 Customer.io's identifiers and timestamps (customerio-api-notes.md, the Track OpenAPI ``identify`` and
-``merge_customers``; customerio-pipelines-notes.md; the README sections "What Customer.io receives" and
+``merge_customers``; customerio-pipelines-notes.md; the docs/semantics.md sections "What Customer.io receives" and
 "Customer.io mirrors PostHog's people"):
 
 5. A person has a profile once any of its events is not an anonymous visitor's (``$create_alias`` aside:
@@ -63,13 +63,13 @@ Customer.io's identifiers and timestamps (customerio-api-notes.md, the Track Ope
 8. The profile's ``id`` is the distinct_id it was created for; a merge (also of an id with no person yet)
    keeps the profile of the person merged into (``$identify``: the distinct_id's; an alias: the identified
    side, else the side with an email, else the side never seen as an anonymous visitor, else the event's
-   distinct_id -- the README's survivor rule, since the SDKs disagree on argument order). Customer.io's
+   distinct_id -- docs/semantics.md's survivor rule, since the SDKs disagree on argument order). Customer.io's
    merge keeps the primary's attribute values and fills the attributes it lacks from the secondary
    (``merge_customers``), each with the time of its write; events move to the primary, and the email moves
    when the primary has none.
 9. Deleting a person deletes its profile and the events on it.
 10. ``IDENTIFY_BY_EMAIL``: emails are identifiers. A profile created while its email is known is addressed
-    by email and has no ``id`` (Track); an email change keeps the one profile (the README's
+    by email and has no ``id`` (Track); an email change keeps the one profile (docs/semantics.md,
     ``IDENTIFY_BY_EMAIL``).
 
 Generation is restricted where PostHog and Customer.io do not agree on one answer, so that a disagreement
@@ -281,7 +281,7 @@ class Model:
         profile.stamps["email"] = when
         by_email = self.identify_by_email and profile.email is not None and profile.id is None
         if by_email and profile.email is not None and profile.email.lower() != email.lower():
-            profile.id = person.root  # the README: the profile gets its id, then the new email
+            profile.id = person.root  # docs/semantics.md: the profile gets its id, then the new email
         profile.email = email
 
     def _delete(self, distinct_id: str) -> None:

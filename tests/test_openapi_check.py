@@ -90,6 +90,18 @@ def test_without_the_spec_the_marker_skips_with_a_reason() -> None:
     assert "https://docs.customer.io/files/journeys-track.json" in reason and "CUSTOMERIO_OPENAPI_SPEC=" in reason
 
 
+def test_where_the_spec_is_required_its_absence_fails_the_run() -> None:
+    env = {**os.environ, "CUSTOMERIO_OPENAPI_SPEC": "/nonexistent/spec.json", "POSTHOG_CUSTOMERIO_REQUIRE_SPEC": "1"}
+    collect = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only", __file__]
+    required = subprocess.run(collect, cwd=REPO, env=env, capture_output=True, text=True)
+    assert required.returncode != 0
+    assert "spec not found at /nonexistent/spec.json" in required.stdout + required.stderr
+    optional = subprocess.run(
+        collect, cwd=REPO, env={**env, "POSTHOG_CUSTOMERIO_REQUIRE_SPEC": ""}, capture_output=True, text=True
+    )
+    assert optional.returncode == 0, optional.stdout + optional.stderr
+
+
 # --- v2 --------------------------------------------------------------------------------------
 def test_a_valid_v2_batch_of_identify_event_page_screen_passes(
     validator: TrackApiValidator, raw: TrackApiValidator

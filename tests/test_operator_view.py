@@ -21,7 +21,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from posthog_customerio.cli import _delivering_progress, _status_text
+from posthog_customerio.cli.render import delivering_progress, status_text
 from posthog_customerio.config import ConfigError, load_settings
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
@@ -200,14 +200,14 @@ def test_a_data_dir_holding_other_files_keeps_its_mode(tmp_path: Path) -> None:
 
 
 # -- memory of a wide event -------------------------------------------------------------------------
-README = Path(__file__).resolve().parents[1] / "README.md"
+SEMANTICS = Path(__file__).resolve().parents[1] / "docs" / "semantics.md"  # "Wide events" (was the README's)
 
 
 def _readme_wide_send_bound_mb() -> int:
-    """The README's bound for ``send`` of one event with 200,000 ``$set`` attributes."""
-    text = " ".join(README.read_text().split())
+    """The documented bound (docs/semantics.md) for ``send`` of one event with 200,000 ``$set`` attributes."""
+    text = " ".join(SEMANTICS.read_text().split())
     found = re.search(r"200,000 `\$set` attributes .*? peaks at about \d+ MB RSS, under (\d+) MB", text)
-    assert found, "the README states no memory bound for a 200,000-attribute event"
+    assert found, "docs/semantics.md states no memory bound for a 200,000-attribute event"
     return int(found.group(1))
 
 
@@ -272,7 +272,7 @@ def test_status_received_counts_like_send_events_read() -> None:
         "service": {"snapshot_age_s": 1.0},
         "dead_letters": [],
     }
-    assert "received           1000 events (3 invalid)" in _status_text(report).splitlines()
+    assert "received           1000 events (3 invalid)" in status_text(report).splitlines()
 
 
 def test_the_delivering_percentage_never_goes_backwards(env: dict[str, str], tmp_path: Path) -> None:
@@ -292,7 +292,7 @@ def test_the_delivering_percentage_never_goes_backwards(env: dict[str, str], tmp
         send_file(runtime, lines, chunk_events=3, on_progress=on_progress)
     percentages = []
     for where in seen:
-        total, completed = _delivering_progress(where)
+        total, completed = delivering_progress(where)
         if total:
             percentages.append(completed / total)
     assert percentages and percentages[-1] == 1.0

@@ -293,7 +293,7 @@ def test_region_and_url_choose_the_pipelines_host(tmp_path: Path) -> None:
             }
         )
         with Runtime(settings) as runtime:
-            return runtime.pipelines_client.base_url
+            return runtime.output().workspace.base_url
 
     assert url() == "https://cdp.customer.io"  # auto: the Pipelines API has no region lookup
     assert url(customerio_region="eu") == "https://cdp-eu.customer.io"

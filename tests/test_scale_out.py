@@ -1,4 +1,4 @@
-"""Scaling out as the README documents it: the steps of its "Scaling out" block run as a user types
+"""Scaling out as docs/operations.md documents it: the steps of its "Scaling out" block run as a user types
 them (a role and a database, the exports, each replica's command), against the test PostgreSQL and the
 sandbox; and an unreachable database ends ``serve`` in seconds with one line naming it (no password)."""
 
@@ -19,7 +19,7 @@ import httpx
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from posthog_customerio.cli import _unauthenticated_host
+from posthog_customerio.cli.serve import unauthenticated_host
 from posthog_customerio.config import load_settings
 from posthog_customerio.sandbox import SandboxServer
 
@@ -29,7 +29,7 @@ from .helpers import free_port, hog, sandbox_event_ids, unavailable, wait_for, w
 pytestmark = pytest.mark.e2e
 
 SCRIPT = Path(sys.executable).with_name("posthog-customerio")
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[1] / "docs" / "operations.md"  # "Scaling out" (moved from the README)
 
 
 def test_an_unreachable_database_fails_fast_with_one_line(tmp_path: Path) -> None:
@@ -51,7 +51,7 @@ def test_an_unreachable_database_fails_fast_with_one_line(tmp_path: Path) -> Non
 
 
 def readme_block() -> list[str]:
-    """The command lines of the README's "Scaling out" bash block (comments and blank lines left out)."""
+    """The command lines of the "Scaling out" bash block in docs/operations.md (comments and blank lines left out)."""
     text = README.read_text()
     section = text[text.index("## Scaling out") :]
     block = section[section.index("```bash\n") + len("```bash\n") :]
@@ -105,7 +105,7 @@ def test_the_readme_scale_out_steps_work_as_typed(sandbox: SandboxServer, tmp_pa
     )
     env = dict(item.split("=", 1) for item in printed.stdout.split("\0") if "=" in item)
     env["CUSTOMERIO_TRACK_URL"] = sandbox.url  # the sandbox stands in for Customer.io
-    assert _unauthenticated_host(load_settings({"webhook_token": env["WEBHOOK_TOKEN"]}), "0.0.0.0") is None
+    assert unauthenticated_host(load_settings({"webhook_token": env["WEBHOOK_TOKEN"]}), "0.0.0.0") is None
 
     processes: list[tuple[str, str, subprocess.Popen[bytes]]] = []
     try:

@@ -22,10 +22,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..delivery import Deliverer
+from ..ingestion import GroupCommitter
 from ..metrics import Metrics
 from ..outbox import Claimed
 from ..output.base import AuthError
-from ..pipeline import GroupCommitter
 from ..runtime import Runtime
 from ..status import RequestLog, ThroughputSampler
 from . import apidoc

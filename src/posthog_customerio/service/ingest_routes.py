@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from ..pipeline import IngestReport
+from ..ingestion import IngestReport
 from ..sources import (
     EventParseError,
     PostHogEvent,

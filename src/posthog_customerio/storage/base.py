@@ -192,7 +192,7 @@ class Storage(ABC):
 
     #: ``"sqlite"`` or ``"postgresql"``
     dialect: str
-    #: concurrent ingestions gain from sharing one commit (:class:`~..pipeline.GroupCommitter`)
+    #: concurrent ingestions gain from sharing one commit (:class:`~..ingestion.GroupCommitter`)
     group_commit: bool
     #: tables this backend has that the other does not
     own_tables: frozenset[str] = frozenset()
