@@ -60,9 +60,6 @@ from .groups import INTERNAL_KEY_PREFIX
 from .identifiers import is_email, known_identifiers, person_identifiers
 from .identity import ALIAS_EVENTS, IDENTIFYING_EVENTS, ILLEGAL_DISTINCT_IDS
 
-#: the name :func:`person_identifiers` had before it was public (kept for importers not yet moved)
-_identifiers = person_identifiers
-
 __all__ = [
     "ALIAS_EVENTS",
     "DEFAULT_EVENTS_TO_SKIP",
