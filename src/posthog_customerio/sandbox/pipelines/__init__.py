@@ -67,8 +67,8 @@ the Customer.io (Journeys) destination reads from each call:
   is not stated in what we could read, so the sandbox remembers every ``messageId`` (also across person
   deletes) and applies a repeated one as a no-op.
 
-The package: :mod:`.calls` (limits, validating a call), :mod:`.state` (:class:`PipelinesState`: the data and
-how each call applies), :mod:`.routes` (HTTP and the views).
+The package: :mod:`.calls` (limits, validating a call), :mod:`.people` (people and their identifiers),
+:mod:`.state` (:class:`PipelinesState`: the data and how each call applies), :mod:`.routes` (HTTP and the views).
 """
 
 from __future__ import annotations

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import collections
 import hmac
-import itertools
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..credentials import decode_basic
@@ -25,26 +23,13 @@ from .calls import (
     segment_id,
     who_of,
 )
+from .people import Directory, Person
 
 __all__ = ["MAX_LOGGED_FAILURES", "MAX_LOGGED_REQUESTS", "PipelinesState"]
 
 
 MAX_LOGGED_REQUESTS = 100_000
 MAX_LOGGED_FAILURES = 100_000
-
-
-@dataclass(slots=True)
-class _Person:
-    """A person of the Pipelines side: identifiers, attributes, devices, the anonymous ids attached to it."""
-
-    key: int
-    user_id: str | None = None
-    email: str | None = None
-    attributes: dict[str, Any] = field(default_factory=dict)
-    devices: dict[str, dict[str, Any]] = field(default_factory=dict)
-    anonymous_ids: list[str] = field(default_factory=list)
-    suppressed: bool = False
-    created_at: float = 0.0
 
 
 class PipelinesState:
@@ -59,10 +44,7 @@ class PipelinesState:
 
     def _clear(self) -> None:
         self.api_key = self._initial_key
-        self._people: dict[int, _Person] = {}
-        self._by_user: dict[str, int] = {}
-        self._by_email: dict[str, int] = {}
-        self._seq = itertools.count(1)
+        self.directory = Directory()
         self._events: list[dict[str, Any]] = []
         self._anonymous: dict[str, list[dict[str, Any]]] = {}
         self._anonymous_traits: dict[str, dict[str, Any]] = {}
@@ -78,7 +60,7 @@ class PipelinesState:
 
     # ----------------------------------------------------------------- views
 
-    def _person_view(self, person: _Person) -> dict[str, Any]:
+    def _person_view(self, person: Person) -> dict[str, Any]:
         return {
             "userId": person.user_id,
             "email": person.email,
@@ -96,23 +78,17 @@ class PipelinesState:
     def people(self) -> list[dict[str, Any]]:
         """Every person, oldest first."""
         with self._lock:
-            return [self._person_view(person) for person in self._people.values()]
-
-    def _by_identifier(self, identifier: str) -> _Person | None:
-        key = self._by_user.get(identifier)
-        if key is None:
-            key = self._by_email.get(identifier.lower())
-        return self._people.get(key) if key is not None else None
+            return [self._person_view(person) for person in self.directory.all()]
 
     def person(self, identifier: str) -> dict[str, Any] | None:
         """A person by id or email."""
         with self._lock:
-            person = self._by_identifier(identifier)
+            person = self.directory.by_identifier(identifier)
             return self._person_view(person) if person is not None else None
 
     def _event_view(self, event: dict[str, Any]) -> dict[str, Any]:
         view = {k: v for k, v in event.items() if k != "person"}
-        owner = self._people.get(event["person"])
+        owner = self.directory.get(event["person"])
         view["userId"], view["email"] = (owner.user_id, owner.email) if owner is not None else (None, None)
         return view
 
@@ -120,7 +96,7 @@ class PipelinesState:
         """Person events (track/page/screen) with their person's id (``userId``) and email; optionally of one person
         (by id or email)."""
         with self._lock:
-            person = self._by_identifier(identifier) if identifier is not None else None
+            person = self.directory.by_identifier(identifier) if identifier is not None else None
             if identifier is not None and person is None:
                 return []
             return [self._event_view(e) for e in self._events if person is None or e["person"] == person.key]
@@ -144,9 +120,9 @@ class PipelinesState:
                     "groupId": key[1],
                     "attributes": dict(obj["attributes"]),
                     "relationships": [
-                        {"userId": self._people[pk].user_id, "email": self._people[pk].email, "attributes": attrs}
+                        {"userId": self.directory[pk].user_id, "email": self.directory[pk].email, "attributes": attrs}
                         for pk, attrs in obj["relationships"].items()
-                        if pk in self._people
+                        if pk in self.directory
                     ],
                 }
                 for key, obj in self._objects.items()
@@ -162,7 +138,7 @@ class PipelinesState:
         with self._lock:
             return {
                 **self._counts,
-                "people": len(self._people),
+                "people": len(self.directory),
                 "events": len(self._events),
                 "anonymous_events": sum(len(v) for v in self._anonymous.values()),
                 "objects": len(self._objects),
@@ -224,40 +200,6 @@ class PipelinesState:
 
     # ----------------------------------------------------------------- identifiers
 
-    def _lookup(self, kind: str, value: str) -> _Person | None:
-        """The person holding identifier ``value`` of ``kind`` (``id``: case-sensitive; ``email``: not)."""
-        key = self._by_user.get(value) if kind == "id" else self._by_email.get(value.lower())
-        return self._people.get(key) if key is not None else None
-
-    def _find(self, user_id: str) -> _Person | None:
-        """The person a ``userId`` addresses (by email when it is one, else by id)."""
-        return self._lookup(*who_of(user_id))
-
-    def _assign(self, person: _Person, kind: str, value: str) -> None:
-        """Give ``person`` this identifier (replacing its previous one of that kind)."""
-        if kind == "id":
-            if person.user_id is not None:
-                self._by_user.pop(person.user_id, None)
-            person.user_id = value
-            self._by_user[value] = person.key
-        else:
-            if person.email is not None:
-                self._by_email.pop(person.email.lower(), None)
-            person.email = value
-            self._by_email[value.lower()] = person.key
-            person.attributes["email"] = value
-
-    def _create(self, kind: str, value: str, now: float) -> _Person:
-        person = _Person(next(self._seq), created_at=now)
-        self._people[person.key] = person
-        self._assign(person, kind, value)
-        return person
-
-    def _find_or_create(self, user_id: str, now: float) -> _Person:
-        """The person a ``userId`` addresses; a call to an unknown one creates the person (Track does)."""
-        who = who_of(user_id)
-        return self._lookup(*who) or self._create(*who, now)
-
     def _fail(self, call: Call, who: tuple[str, str], message: str, now: float) -> None:
         """An identify the destination cannot apply: recorded, nothing changed (the request answered 200)."""
         self._counts["attribute_update_failures"] += 1
@@ -265,7 +207,7 @@ class PipelinesState:
             {"time": now, "userId": call.user_id, "identifiers": {who[0]: who[1]}, "message": message}
         )
 
-    def _identify_target(self, call: Call, who: tuple[str, str], email: str | None, now: float) -> _Person | None:
+    def _identify_target(self, call: Call, who: tuple[str, str], email: str | None, now: float) -> Person | None:
         """The person an identify updates, with its identifiers applied; ``None`` when it is a failure.
 
         The Journeys destination applies an identify as the Track API's identify: the ``userId`` addresses the
@@ -279,17 +221,17 @@ class PipelinesState:
             if email is not None and email.lower() != value.lower():
                 self._fail(call, who, "cannot change the email of a person addressed by email", now)
                 return None
-            return self._lookup(kind, value) or self._create(kind, value, now)
-        person = self._lookup("id", value)
-        owner = self._lookup("email", email) if email is not None else None
+            return self.directory.lookup(kind, value) or self.directory.create(kind, value, now)
+        person = self.directory.lookup("id", value)
+        owner = self.directory.lookup("email", email) if email is not None else None
         if person is None and owner is not None:
             if owner.user_id is not None:
                 self._fail(call, who, f"email {email!r} belongs to another person", now)
                 return None
-            self._assign(owner, "id", value)
+            self.directory.assign(owner, "id", value)
             return owner
         if person is None:
-            person = self._create("id", value, now)
+            person = self.directory.create("id", value, now)
         if email is None or (person.email is not None and person.email.lower() == email.lower()):
             return person
         if owner is not None and owner is not person:
@@ -298,12 +240,12 @@ class PipelinesState:
         if person.email is not None and not self.allow_email_update_by_id:
             self._fail(call, who, "cannot change the email of a person addressed by id (workspace setting off)", now)
             return None
-        self._assign(person, "email", email)
+        self.directory.assign(person, "email", email)
         return person
 
     # ----------------------------------------------------------------- calls
 
-    def _attach(self, person: _Person, anonymous_id: str) -> None:
+    def _attach(self, person: Person, anonymous_id: str) -> None:
         if anonymous_id not in person.anonymous_ids:
             person.anonymous_ids.append(anonymous_id)
         merge_traits(person.attributes, self._anonymous_traits.pop(anonymous_id, {}))
@@ -333,7 +275,7 @@ class PipelinesState:
         if call.anonymous_id:
             self._attach(person, call.anonymous_id)
 
-    def _event(self, call: Call, person: _Person | None, now: float) -> dict[str, Any]:
+    def _event(self, call: Call, person: Person | None, now: float) -> dict[str, Any]:
         raw = call.raw
         name = raw.get("event") if call.type == "track" else raw.get("name")
         return {
@@ -357,7 +299,7 @@ class PipelinesState:
 
     def _apply_view(self, call: Call, now: float) -> None:
         if call.user_id:
-            self._events.append(self._event(call, self._find_or_create(call.user_id, now), now))
+            self._events.append(self._event(call, self.directory.find_or_create(call.user_id, now), now))
         else:
             assert call.anonymous_id is not None
             self._anonymous.setdefault(call.anonymous_id, []).append(self._event(call, None, now))
@@ -375,7 +317,7 @@ class PipelinesState:
         obj = self._objects.setdefault(key, {"attributes": {}, "relationships": {}, "created_at": now})
         merge_traits(obj["attributes"], attributes)
         if call.user_id:
-            person = self._find_or_create(call.user_id, now)
+            person = self.directory.find_or_create(call.user_id, now)
             related = obj["relationships"].setdefault(person.key, {})
             if isinstance(relationship, dict):
                 merge_traits(related, relationship)
@@ -383,14 +325,14 @@ class PipelinesState:
     def _apply_alias(self, call: Call, now: float) -> None:
         previous = segment_id(call.raw.get("previousId"))
         assert previous is not None and call.user_id is not None
-        secondary = self._find(previous)
-        primary = self._find_or_create(call.user_id, now)
+        secondary = self.directory.find(previous)
+        primary = self.directory.find_or_create(call.user_id, now)
         if secondary is not None and secondary.key != primary.key:
             self._merge_people(primary, secondary)
         if previous in self._anonymous or previous in self._anonymous_traits:
             self._attach(primary, previous)
 
-    def _merge_people(self, primary: _Person, secondary: _Person) -> None:
+    def _merge_people(self, primary: Person, secondary: Person) -> None:
         """Customer.io's merge: the secondary's data moves to the primary, which keeps its own values."""
         for name, value in secondary.attributes.items():
             primary.attributes.setdefault(name, value)
@@ -408,15 +350,11 @@ class PipelinesState:
         email = secondary.email
         self._remove(secondary, keep_events=True)
         if email and primary.email is None:
-            self._assign(primary, "email", email)
+            self.directory.assign(primary, "email", email)
         self._counts["merges"] += 1
 
-    def _remove(self, person: _Person, keep_events: bool = False) -> None:
-        self._people.pop(person.key, None)
-        if person.user_id:
-            self._by_user.pop(person.user_id, None)
-        if person.email:
-            self._by_email.pop(person.email.lower(), None)
+    def _remove(self, person: Person, keep_events: bool = False) -> None:
+        self.directory.remove(person)
         if not keep_events:
             self._events = [e for e in self._events if e["person"] != person.key]
         for obj in self._objects.values():
@@ -424,19 +362,19 @@ class PipelinesState:
 
     def _semantic(self, call: Call, event: str, now: float) -> None:
         raw, user_id = call.raw, call.user_id
-        person = self._find(user_id) if user_id else None
+        person = self.directory.find(user_id) if user_id else None
         if event == "Delete Person":
             if person is not None:
                 self._remove(person)
         elif event in ("User Suppressed", "User Unsuppressed"):
             assert user_id is not None
-            target = person or self._find_or_create(user_id, now)
+            target = person or self.directory.find_or_create(user_id, now)
             target.suppressed = event == "User Suppressed"
         elif event == "Device Created or Updated":
             assert user_id is not None
             device = dict(device_of(raw))
             token = device.pop("token")
-            target = person or self._find_or_create(user_id, now)
+            target = person or self.directory.find_or_create(user_id, now)
             entry = target.devices.setdefault(token, {})
             merge_traits(entry, device)
             merge_traits(entry, {k: v for k, v in object_field(raw, "properties").items() if k != "device"})
