@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -235,3 +237,23 @@ def test_text_logs_redact_too(captured: pytest.CaptureFixture[str]) -> None:
     logging.getLogger("x").debug("password hunter2 in text")
     err = captured.readouterr().err
     assert "password *** in text" in err and "hunter2" not in err
+
+
+@pytest.mark.parametrize(
+    ("module", "allowed"),
+    [
+        ("posthog_customerio.events", set()),
+        (
+            "posthog_customerio.mapping",
+            {"events", "ids", "limits", "mapping", "operations", "state"},
+        ),
+    ],
+)
+def test_the_event_model_and_the_mapping_sit_below_the_sources_and_the_storage(module: str, allowed: set[str]) -> None:
+    """The event model imports nothing of the project; the mapping only the model and what it is made of."""
+    code = (
+        f"import json, sys, {module}; "
+        "print(json.dumps([name for name in sys.modules if name.startswith('posthog_customerio.')]))"
+    )
+    loaded = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, check=True).stdout)
+    assert {name.split(".")[1] for name in loaded} <= allowed | {module.split(".")[1]}

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .mapping import _identifiers, known_identifiers
+from .mapping import known_identifiers, person_identifiers
 from .operations import Operation
 from .outbox import DELIVERIES_KEPT
 from .runtime import Runtime
@@ -56,7 +56,7 @@ def lookup_person(runtime: Runtime, query: str) -> dict[str, Any] | None:
         "email": person.email,
         "identified": person.identified,
         "created": person.created,
-        "customerio_identifier": _identifiers(person, runtime.settings.mapping_config()),
+        "customerio_identifier": person_identifiers(person, runtime.settings.mapping_config()),
         "identifiers": known_identifiers(person.distinct_id, person),
         "distinct_ids": keys,
         "merges": [_merge(member) for member in members],

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .storage import PersonRow, Transaction
+if TYPE_CHECKING:
+    from .storage import PersonRow, Transaction
 
 __all__ = ["PersonState", "count_persons", "load_states", "save_states"]
 
@@ -141,6 +142,8 @@ def load_states(conn: Transaction, distinct_ids: Iterable[str]) -> dict[str, Per
 
 def save_states(conn: Transaction, states: Iterable[PersonState]) -> None:
     """Insert or replace the given states (inside the caller's transaction)."""
+    from .storage.rows import PersonRow  # here, not at the top: the mapping (which needs PersonState) loads no storage
+
     conn.upsert_persons(
         PersonRow(
             s.distinct_id,
