@@ -1,41 +1,52 @@
-"""What ``/openapi.json`` documents beyond what FastAPI infers from the handlers.
+"""What ``/openapi.json`` says beyond the handlers' signatures, declared for FastAPI to generate it from.
 
-The receivers read their raw bodies (gzip, base64 forms, several event shapes), so
-their request bodies, every error answer and the operations endpoints' security are
-described here and attached to the routes in :mod:`posthog_customerio.service`.
+The handlers answer with ready-made responses (FastAPI passes those through untouched), so the
+answers' models below describe and never validate; the operations endpoints' security schemes
+are declared as FastAPI security dependencies that never refuse anything (:class:`~.auth.OpsGuard`
+checks the credentials before routing). The receivers read their raw bodies (gzip, base64 forms,
+several event shapes), so their request bodies are given as ``openapi_extra``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal, NotRequired
+
+from fastapi import Request, Security
+from fastapi.params import Depends
+from fastapi.security import HTTPBasic, HTTPBearer
+from pydantic import BaseModel, Field, TypeAdapter
+from typing_extensions import TypedDict
 
 __all__ = [
     "DEAD_LETTER_PARAMETERS",
-    "ERROR_SCHEMA",
     "INGEST_BODY",
-    "INGEST_RESPONSES",
     "INGEST_V1_BODY",
     "MAX_DEAD_LETTERS",
+    "OPS_HTML_RESPONSES",
+    "OPS_RESPONSES",
     "OPS_SECURITY",
     "OPTIONS_RESPONSES",
     "RETRY_BODY",
-    "RETRY_RESPONSES",
-    "WEBHOOK_RESPONSES",
-    "add_ops_security",
+    "Accepted",
+    "Error",
+    "Health",
+    "Ready",
+    "Requeued",
+    "add_request_schemas",
     "error_responses",
-    "json_response",
+    "text_response",
 ]
 
-ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {"error": {"type": "string", "description": "What was wrong, in one line"}},
-}
-_ERROR_REF = {"$ref": "#/components/schemas/Error"}
+
+#: Every error answer: ``{"error": ...}``.
+class Error(BaseModel):
+    error: str = Field(description="What was wrong, in one line")
+
 
 _DESCRIPTIONS = {
     400: "Malformed body or event (nothing stored)",
     401: "Missing or wrong credentials",
+    404: "Nothing by that id",
     413: "Body over MAX_BODY_BYTES (before or after decompression)",
     409: "A signed webhook with this webhook-id is being stored; retry after Retry-After seconds",
     415: "Unsupported Content-Encoding or content type",
@@ -45,16 +56,81 @@ _DESCRIPTIONS = {
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """``{"error": ...}`` answers for these status codes."""
-    return {
-        code: {"description": _DESCRIPTIONS[code], "content": {"application/json": {"schema": _ERROR_REF}}}
-        for code in codes
-    }
+    return {code: {"model": Error, "description": _DESCRIPTIONS[code]} for code in codes}
 
 
-def json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    """A JSON response object."""
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+def text_response(description: str, media_type: str = "text/plain") -> dict[str, Any]:
+    """A response that is text, not JSON."""
+    return {"description": description, "content": {media_type: {"schema": {"type": "string"}}}}
 
+
+#: A receiver's answer: every event committed to the outbox.
+class Accepted(TypedDict):
+    status: Literal[1]
+    accepted: Annotated[int, Field(ge=0, description="Events stored")]
+    operations: Annotated[int, Field(ge=0, description="Customer.io operations enqueued")]
+    replayed: NotRequired[
+        Annotated[bool, Field(description="/webhook: this signed webhook-id was stored already; nothing stored again")]
+    ]
+
+
+#: How many dead letters were re-queued.
+class Requeued(TypedDict):
+    requeued: Annotated[int, Field(ge=0)]
+
+
+#: ``{}`` or ``{"ids": [...]}``.
+class RetryBody(TypedDict, total=False):
+    ids: list[int]
+
+
+#: Liveness, delivery state and Customer.io's state.
+class Health(TypedDict):
+    status: str
+    delivery: str
+    auth_error: NotRequired[str | None]
+    customerio: NotRequired[dict[str, Any]]
+
+
+#: Whether events can be accepted, and what stops it.
+class Ready(TypedDict):
+    ready: bool
+    problems: list[str]
+
+
+class _Documented(HTTPBearer):
+    """``Authorization: Bearer``, declared for the document: :class:`~.auth.OpsGuard` checks it."""
+
+    async def __call__(self, request: Request) -> None:  # type: ignore[override]
+        return None
+
+
+class _DocumentedBasic(HTTPBasic):
+    """``Authorization: Basic``, declared for the document: :class:`~.auth.OpsGuard` checks it."""
+
+    async def __call__(self, request: Request) -> None:  # type: ignore[override]
+        return None
+
+
+#: the operations endpoints' schemes (either one): dependencies that let every request through
+OPS_SECURITY: list[Depends] = [
+    Security(_Documented(scheme_name="opsBearer", description="OPS_TOKEN (else WEBHOOK_TOKEN)", auto_error=False)),
+    Security(
+        _DocumentedBasic(
+            scheme_name="opsBasic", description="Any user name, OPS_TOKEN as the password", auto_error=False
+        )
+    ),
+]
+_UNAUTHORIZED = {
+    "description": "Missing or wrong operations token",
+    "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+}
+#: what :class:`~.auth.OpsGuard` answers on every operations endpoint without the right token
+OPS_RESPONSES: dict[int | str, dict[str, Any]] = {401: {**_UNAUTHORIZED, "model": Error}}
+#: the same for an endpoint that answers HTML (``model`` would document the 401 as HTML)
+OPS_HTML_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {**_UNAUTHORIZED, "content": {"application/json": {"schema": Error.model_json_schema()}}}
+}
 
 #: an object; ClickHouse exports and PostHog's Kafka topics send it JSON-encoded, "" (or null) meaning absent
 _ABSENT = [{"type": "string", "maxLength": 0}, {"type": "null"}]
@@ -193,42 +269,7 @@ INGEST_V1_BODY: dict[str, Any] = {
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CaptureV1"}}},
     },
 }
-INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: json_response(
-        "Every event committed to the outbox",
-        {
-            "type": "object",
-            "required": ["status", "accepted", "operations"],
-            "properties": {
-                "status": {"type": "integer", "enum": [1]},
-                "accepted": {"type": "integer", "minimum": 0, "description": "Events stored"},
-                "operations": {"type": "integer", "minimum": 0, "description": "Customer.io operations enqueued"},
-                "replayed": {
-                    "type": "boolean",
-                    "description": "/webhook: this signed webhook-id was stored already; nothing stored again",
-                },
-            },
-        },
-    ),
-    **error_responses(400, 401, 413, 415, 503),
-}
-#: ``/webhook`` also answers 409 while another request with the same signed ``webhook-id`` is being stored
-WEBHOOK_RESPONSES: dict[int | str, dict[str, Any]] = {**INGEST_RESPONSES, **error_responses(409)}
 
-RETRY_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": '`{}` re-queues every dead letter; `{"ids": [...]}` only these (ids naming none are ignored)',
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"ids": {"type": "array", "items": {"type": "integer"}}},
-                }
-            }
-        },
-    },
-}
 #: most dead letters ``GET /api/dead-letters`` lists (``?limit=``)
 MAX_DEAD_LETTERS = 10_000
 DEAD_LETTER_PARAMETERS: dict[str, Any] = {
@@ -238,102 +279,31 @@ DEAD_LETTER_PARAMETERS: dict[str, Any] = {
             "in": "query",
             "required": False,
             "description": "How many of the oldest dead letters (digits only)",
-            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_DEAD_LETTERS, "default": 100},
+            "schema": TypeAdapter(Annotated[int, Field(default=100, ge=1, le=MAX_DEAD_LETTERS)]).json_schema(),
         }
     ],
 }
-RETRY_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: json_response(
-        "Dead letters re-queued",
-        {
-            "type": "object",
-            "required": ["requeued"],
-            "properties": {"requeued": {"type": "integer", "minimum": 0}},
-        },
-    ),
-    **error_responses(400, 413, 415),
+RETRY_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": '`{}` re-queues every dead letter; `{"ids": [...]}` only these (ids naming none are ignored)',
+        "content": {"application/json": {"schema": TypeAdapter(RetryBody).json_schema()}},
+    },
 }
 
-_ALLOW_HEADER = {"Allow": {"description": "GET, POST, OPTIONS", "schema": {"type": "string"}}}
 #: ``OPTIONS /flags`` and ``/decide``: the allowed methods, or the CORS answer to a browser's preflight
 OPTIONS_RESPONSES: dict[int | str, dict[str, Any]] = {
-    204: {"description": "No content; the allowed methods are in Allow", "headers": _ALLOW_HEADER},
-    200: {
-        "description": "A CORS preflight (Origin and Access-Control-Request-Method sent) from an allowed origin",
-        "content": {"text/plain": {"schema": {"type": "string"}}},
+    204: {
+        "description": "No content; the allowed methods are in Allow",
+        "headers": {"Allow": {"description": "GET, POST, OPTIONS", "schema": {"type": "string"}}},
     },
-    400: {
-        "description": "A CORS preflight from an origin CORS_ORIGINS does not allow",
-        "content": {"text/plain": {"schema": {"type": "string"}}},
-    },
-}
-
-OPS_SECURITY: list[dict[str, list[str]]] = [{"opsBearer": []}, {"opsBasic": []}]
-_SECURITY_SCHEMES = {
-    "opsBearer": {"type": "http", "scheme": "bearer", "description": "OPS_TOKEN (else WEBHOOK_TOKEN)"},
-    "opsBasic": {"type": "http", "scheme": "basic", "description": "Any user name, OPS_TOKEN as the password"},
-}
-
-_STATUS_SCHEMA = {"type": "object", "additionalProperties": True}
-HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: json_response(
-        "The process is alive",
-        {
-            "type": "object",
-            "required": ["status", "delivery"],
-            "properties": {
-                "status": {"type": "string"},
-                "delivery": {"type": "string"},
-                "auth_error": {"type": ["string", "null"]},
-                "customerio": {"type": "object", "additionalProperties": True},
-            },
-        },
-    ),
-}
-_READY = {
-    "type": "object",
-    "required": ["ready", "problems"],
-    "properties": {"ready": {"type": "boolean"}, "problems": {"type": "array", "items": {"type": "string"}}},
-}
-READY_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: json_response("Ready to accept events", _READY),
-    503: json_response("Not ready: the outbox is not writable or is full", _READY),
-}
-METRICS_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {
-        "description": "Prometheus text exposition format",
-        "content": {"text/plain": {"schema": {"type": "string"}}},
-    },
-}
-STATUS_RESPONSES: dict[int | str, dict[str, Any]] = {200: json_response("The status report", _STATUS_SCHEMA)}
-DEAD_LETTER_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: json_response("The oldest dead letters", {"type": "array", "items": _STATUS_SCHEMA}),
-    **error_responses(400),
-}
-PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The status page", "content": {"text/html": {"schema": {"type": "string"}}}},
+    200: text_response("A CORS preflight (Origin and Access-Control-Request-Method sent) from an allowed origin"),
+    400: text_response("A CORS preflight from an origin CORS_ORIGINS does not allow"),
 }
 
 
-def add_ops_security(spec: dict[str, Any], is_ops_path: Any) -> dict[str, Any]:
-    """Schemas, security schemes, and a 401 answer on every operations endpoint, in a generated spec."""
-    components = spec.setdefault("components", {})
-    components.setdefault("schemas", {}).update(
-        {"Error": ERROR_SCHEMA, "Event": _EVENT, "Payload": _PAYLOAD, "CaptureV1": _CAPTURE_V1}
-    )
-    components.setdefault("securitySchemes", {}).update(_SECURITY_SCHEMES)
-    for path, operations in spec.get("paths", {}).items():
-        if not is_ops_path(path):
-            continue
-        for operation in operations.values():
-            operation["security"] = OPS_SECURITY
-            operation.setdefault("responses", {}).update(
-                {
-                    "401": {
-                        "description": "Missing or wrong operations token",
-                        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
-                        "content": {"application/json": {"schema": _ERROR_REF}},
-                    },
-                }
-            )
+def add_request_schemas(spec: dict[str, Any]) -> dict[str, Any]:
+    """The receivers' request body schemas, in a generated spec (``openapi_extra`` refers to them)."""
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    schemas.update({"Event": _EVENT, "Payload": _PAYLOAD, "CaptureV1": _CAPTURE_V1})
     return spec
