@@ -9,12 +9,15 @@ several event shapes), so their request bodies are given as ``openapi_extra``.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, NotRequired
+from typing import Annotated, Any, Literal, NotRequired, Required
 
 from fastapi import Request, Security
 from fastapi.params import Depends
 from fastapi.security import HTTPBasic, HTTPBearer
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, RootModel, TypeAdapter, with_config
+from pydantic.config import JsonValue
+from pydantic.json_schema import JsonSchemaValue, models_json_schema
+from pydantic_core import CoreSchema
 from typing_extensions import TypedDict
 
 __all__ = [
@@ -132,143 +135,154 @@ OPS_HTML_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {**_UNAUTHORIZED, "content": {"application/json": {"schema": Error.model_json_schema()}}}
 }
 
+#: the receivers' bodies are described, never validated, with these; the patterns need Python's ``re``
+_DESCRIBED = ConfigDict(extra="allow", regex_engine="python-re")
+_REF = "#/components/schemas/{model}"
+
+#: ``""``: absent, as null is
+_Empty = Annotated[str, Field(max_length=0)]
 #: an object; ClickHouse exports and PostHog's Kafka topics send it JSON-encoded, "" (or null) meaning absent
-_ABSENT = [{"type": "string", "maxLength": 0}, {"type": "null"}]
-_PROPERTIES = {"oneOf": [{"type": "object", "additionalProperties": True}, *_ABSENT]}
+_Properties = dict[str, Any] | _Empty | None
 #: Hog globals ``groups``: group type -> the group (an object, as above)
-_GROUPS = {"oneOf": [{"type": "object", "additionalProperties": _PROPERTIES}, *_ABSENT]}
+_Groups = dict[str, _Properties] | _Empty | None
 #: a character that is not white space, as Python's ``str.strip`` sees it (the receivers' test), spelled
 #: out so that every regular expression dialect reads it alike
 _VISIBLE = (
     "[^\\t\\n\\u000b\\f\\r\\u001c-\\u001f \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
 )
 #: an event name has a character that is not white space
-_EVENT_NAME = {"type": "string", "pattern": _VISIBLE}
+_EventName = Annotated[str, Field(pattern=_VISIBLE)]
 #: a distinct id: a number, or text with a character that is not white space (not starting with U+001F)
-_DISTINCT_ID = {"oneOf": [{"type": "string", "pattern": f"^(?!\\u001f)[\\s\\S]*{_VISIBLE}"}, {"type": "number"}]}
+_DistinctId = Annotated[str, Field(pattern=f"^(?!\\u001f)[\\s\\S]*{_VISIBLE}")] | float
 _ISO_TIME = (
     "^(?!0000)\\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\\d|3[01])T([01]\\d|2[0-3]):[0-5]\\d:[0-5]\\d(\\.\\d{1,9})?"
     "(Z|[+-]([01]\\d|2[0-3]):[0-5]\\d)$"
 )
 #: what the receivers take as a time: ISO 8601 (upper-case T and Z), Unix seconds or milliseconds
 #: (magnitudes from 1e11 are milliseconds) from year 1 to 9999, as a number or digits; "" or null = now
-_TIMESTAMP = {
-    "anyOf": [
-        {"type": "string", "format": "date-time", "pattern": _ISO_TIME},
-        {"type": "string", "pattern": "^(-?\\d{1,10}|\\d{11,14})(\\.\\d{1,6})?$"},
-        *_ABSENT,
-        {"type": "number", "minimum": -62_135_596_800_000, "maximum": -100_000_000_000},
-        {"type": "number", "minimum": -62_135_596_800, "exclusiveMaximum": 253_402_300_800_000},
-    ]
-}
-_API_KEY = {"type": "string", "description": "Capture paths: WEBHOOK_TOKEN, when no Bearer header is sent"}
-_FLAT_EVENT = {
-    "type": "object",
-    "description": "Export/capture style: `event` (name), `distinct_id` (or `properties.distinct_id`, as"
-    " posthog-js sends it), `properties`, `timestamp`, `uuid`, `$set`, `$set_once`, `person`",
-    "required": ["event"],
-    "properties": {
-        "event": _EVENT_NAME,
-        "distinct_id": _DISTINCT_ID,
-        "uuid": {"type": ["string", "null"]},
-        "timestamp": _TIMESTAMP,
-        "properties": _PROPERTIES,
-        "person": _PROPERTIES,
-        "$set": _PROPERTIES,
-        "$set_once": _PROPERTIES,
-        "api_key": _API_KEY,
+_Timestamp = (
+    Annotated[str, Field(pattern=_ISO_TIME, json_schema_extra={"format": "date-time"})]
+    | Annotated[str, Field(pattern="^(-?\\d{1,10}|\\d{11,14})(\\.\\d{1,6})?$")]
+    | _Empty
+    | None
+    | Annotated[float, Field(ge=-62_135_596_800_000, le=-100_000_000_000)]
+    | Annotated[float, Field(ge=-62_135_596_800, lt=253_402_300_800_000)]
+)
+_ApiKey = Annotated[str, Field(description="Capture paths: WEBHOOK_TOKEN, when no Bearer header is sent")]
+
+
+@with_config(ConfigDict(regex_engine="python-re"))
+class _DistinctIdInProperties(TypedDict):
+    distinct_id: _DistinctId
+
+
+@with_config(ConfigDict(regex_engine="python-re"))
+class _Named(TypedDict):
+    name: _EventName
+
+
+#: the distinct id is ``distinct_id``, else ``properties.distinct_id`` (as posthog-js sends it)
+_SOME_DISTINCT_ID: list[JsonValue] = [
+    {"required": ["distinct_id"]},
+    {"required": ["properties"], "properties": {"properties": TypeAdapter(_DistinctIdInProperties).json_schema()}},
+]
+FlatEvent = TypedDict(
+    "FlatEvent",
+    {
+        "event": Required[_EventName],
+        "distinct_id": _DistinctId,
+        "uuid": str | None,
+        "timestamp": _Timestamp,
+        "properties": _Properties,
+        "person": _Properties,
+        "$set": _Properties,
+        "$set_once": _Properties,
+        "api_key": _ApiKey,
     },
-    "anyOf": [
-        {"required": ["distinct_id"]},
-        {
-            "required": ["properties"],
-            "properties": {
-                "properties": {
-                    "type": "object",
-                    "required": ["distinct_id"],
-                    "properties": {"distinct_id": _DISTINCT_ID},
-                }
-            },
+    total=False,
+)
+with_config(
+    ConfigDict(
+        **_DESCRIBED,
+        json_schema_extra={
+            "description": "Export/capture style: `event` (name), `distinct_id` (or `properties.distinct_id`, as"
+            " posthog-js sends it), `properties`, `timestamp`, `uuid`, `$set`, `$set_once`, `person`",
+            "anyOf": _SOME_DISTINCT_ID,
         },
-    ],
-    "additionalProperties": True,
-}
-_HOG_EVENT = {
-    "type": "object",
-    "description": "A webhook / Hog destination body: the `event` object, `person`, `groups`",
-    "required": ["event"],
-    "properties": {
-        "event": {
-            "type": "object",
-            "required": ["distinct_id"],
-            "properties": {
-                "event": _EVENT_NAME,
-                "distinct_id": _DISTINCT_ID,
-                "uuid": {"type": ["string", "null"]},
-                "timestamp": _TIMESTAMP,
-                "properties": _PROPERTIES,
-            },
-            # the name is `event`, else `name` (ignored when `event` is there)
-            "anyOf": [{"required": ["event"]}, {"required": ["name"], "properties": {"name": _EVENT_NAME}}],
-            "additionalProperties": True,
-        },
-        "person": _PROPERTIES,
-        "groups": _GROUPS,
-        "api_key": _API_KEY,
-    },
-    "additionalProperties": True,
-}
-_EVENT = {"description": "One PostHog event", "oneOf": [_FLAT_EVENT, _HOG_EVENT]}
-_PAYLOAD = {
-    "description": 'One event, an array of events, or a capture batch `{"batch": [...]}`',
-    "oneOf": [
-        {"$ref": "#/components/schemas/Event"},
-        {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
-        {
-            "type": "object",
-            "required": ["batch"],
-            "properties": {
-                "batch": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
-                "api_key": {"type": "string"},
-            },
-            "not": {"required": ["event"]},  # with an `event` it is one event (that has a `batch` property)
-            "additionalProperties": True,
-        },
-    ],
-}
-_CAPTURE_V1 = {
-    "description": 'Capture v1: `{"batch": [...]}` (`created_at` and `historical_migration` are ignored)',
-    "type": "object",
-    "required": ["batch"],
-    "properties": {
-        "batch": {
-            "type": "array",
-            "items": {  # flat events only: the event name is a string
-                "allOf": [{"$ref": "#/components/schemas/Event"}],
-                "properties": {"event": _EVENT_NAME},
-            },
-        },
-    },
-    "additionalProperties": True,
-}
-INGEST_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "description": "JSON (the schema below). The encodings PostHog SDKs use carry the same JSON and are"
-        " accepted whatever the Content-Type: gzip (`Content-Encoding: gzip`, `?compression=gzip-js`, or"
-        " recognised by its magic bytes), posthog-js's `data=<base64 JSON>` form (`application/x-www-form-"
-        "urlencoded`), base64 (`?compression=base64`) and LZString (`?compression=lz64`). Any other bytes are"
-        " refused with 400: no content type is declared whose schema admits them.",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Payload"}}},
-    },
-}
+    )
+)(FlatEvent)
+
+
+#: the name is ``event``, else ``name`` (ignored when ``event`` is there)
+@with_config(
+    ConfigDict(**_DESCRIBED, json_schema_extra={"anyOf": [{"required": ["event"]}, TypeAdapter(_Named).json_schema()]})
+)
+class HogEventBody(TypedDict, total=False):
+    event: _EventName
+    distinct_id: Required[_DistinctId]
+    uuid: str | None
+    timestamp: _Timestamp
+    properties: _Properties
+
+
+@with_config(_DESCRIBED)
+class HogEvent(TypedDict, total=False):
+    """A webhook / Hog destination body: the `event` object, `person`, `groups`"""
+
+    event: Required[HogEventBody]
+    person: _Properties
+    groups: _Groups
+    api_key: _ApiKey
+
+
+class Event(RootModel[FlatEvent | HogEvent]):
+    """One PostHog event"""
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        # the shapes inline, as oneOf: an event's `event` is a name (flat) or an object (Hog), never both
+        union = handler.resolve_ref_schema(handler(schema))
+        shapes = [handler.resolve_ref_schema(shape) for shape in union["anyOf"]]
+        return {"description": union["description"], "oneOf": shapes}
+
+
+#: with an ``event`` it is one event (that has a ``batch`` property)
+@with_config(ConfigDict(**_DESCRIBED, json_schema_extra={"not": {"required": ["event"]}}))
+class Batch(TypedDict):
+    batch: list[Event]
+    api_key: NotRequired[str]
+
+
+class Payload(RootModel[Event | list[Event] | Batch]):
+    """One event, an array of events, or a capture batch `{"batch": [...]}`"""
+
+
+class CaptureV1(BaseModel):
+    """Capture v1: `{"batch": [...]}` (`created_at` and `historical_migration` are ignored)"""
+
+    model_config = _DESCRIBED
+    batch: list[FlatEvent]  # flat events only: the event name is a string
+
+
+_BODY_REFS, _BODY_SCHEMAS = models_json_schema([(Payload, "validation"), (CaptureV1, "validation")], ref_template=_REF)
+_INGEST_BODY_DESCRIPTION = (
+    "JSON (the schema below). The encodings PostHog SDKs use carry the same JSON and are"
+    " accepted whatever the Content-Type: gzip (`Content-Encoding: gzip`, `?compression=gzip-js`, or"
+    " recognised by its magic bytes), posthog-js's `data=<base64 JSON>` form (`application/x-www-form-"
+    "urlencoded`), base64 (`?compression=base64`) and LZString (`?compression=lz64`). Any other bytes are"
+    " refused with 400: no content type is declared whose schema admits them."
+)
+
+
+def _ingest_body(model: type[BaseModel]) -> dict[str, Any]:
+    schema = _BODY_REFS[(model, "validation")]
+    content = {"application/json": {"schema": schema}}
+    return {"requestBody": {"required": True, "description": _INGEST_BODY_DESCRIPTION, "content": content}}
+
+
+INGEST_BODY = _ingest_body(Payload)
 #: capture v1 (``/i/v1/analytics/events``): the same encodings, a ``{"batch": [...]}`` body only
-INGEST_V1_BODY: dict[str, Any] = {
-    "requestBody": {
-        **INGEST_BODY["requestBody"],
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/CaptureV1"}}},
-    },
-}
+INGEST_V1_BODY = _ingest_body(CaptureV1)
 
 #: most dead letters ``GET /api/dead-letters`` lists (``?limit=``)
 MAX_DEAD_LETTERS = 10_000
@@ -303,7 +317,6 @@ OPTIONS_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def add_request_schemas(spec: dict[str, Any]) -> dict[str, Any]:
-    """The receivers' request body schemas, in a generated spec (``openapi_extra`` refers to them)."""
-    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-    schemas.update({"Event": _EVENT, "Payload": _PAYLOAD, "CaptureV1": _CAPTURE_V1})
+    """The receivers' request body schemas (``openapi_extra`` refers to them), in a generated spec."""
+    spec.setdefault("components", {}).setdefault("schemas", {}).update(_BODY_SCHEMAS["$defs"])
     return spec
