@@ -101,23 +101,17 @@ class Ready(TypedDict):
     problems: list[str]
 
 
-class _Documented(HTTPBearer):
-    """``Authorization: Bearer``, declared for the document: :class:`~.auth.OpsGuard` checks it."""
-
-    async def __call__(self, request: Request) -> None:  # type: ignore[override]
-        return None
-
-
 class _DocumentedBasic(HTTPBasic):
-    """``Authorization: Basic``, declared for the document: :class:`~.auth.OpsGuard` checks it."""
+    """``Authorization: Basic``, for the document only (HTTPBasic refuses bad base64 even with ``auto_error``)."""
 
     async def __call__(self, request: Request) -> None:  # type: ignore[override]
         return None
 
 
-#: the operations endpoints' schemes (either one): dependencies that let every request through
+#: the operations endpoints' schemes (either one), as dependencies that let every request through:
+#: :class:`~.auth.OpsGuard` checks the credentials before routing, as before
 OPS_SECURITY: list[Depends] = [
-    Security(_Documented(scheme_name="opsBearer", description="OPS_TOKEN (else WEBHOOK_TOKEN)", auto_error=False)),
+    Security(HTTPBearer(scheme_name="opsBearer", description="OPS_TOKEN (else WEBHOOK_TOKEN)", auto_error=False)),
     Security(
         _DocumentedBasic(
             scheme_name="opsBasic", description="Any user name, OPS_TOKEN as the password", auto_error=False
