@@ -239,8 +239,10 @@ async def capture_v1(request: Request) -> Response:
 
 def add_ingest_routes(app: FastAPI) -> None:
     """The webhook, capture and capture v1 routes (each also with a trailing "/")."""
-    committed: dict[int | str, dict[str, Any]] = {200: {"description": "Every event committed to the outbox"}}
-    answers = {**committed, **apidoc.error_responses(400, 401, 413, 415, 503)}
+    answers: dict[int | str, dict[str, Any]] = {
+        200: {"description": "Every event committed to the outbox"},
+        **apidoc.error_responses(400, 401, 413, 415, 503),
+    }
     app.add_api_route(
         "/webhook",
         webhook,

@@ -152,12 +152,9 @@ async def api_person(request: Request, person_id: str) -> JSONResponse:
     return JSONResponse(record)
 
 
-#: the endpoints that show or change people's data (:func:`~.paths.is_ops_path`): the token is declared
-_GUARDED: dict[str, Any] = {"dependencies": apidoc.OPS_SECURITY}
-
-
 def _guarded(description: str, *codes: int, html: bool = False) -> dict[int | str, dict[str, Any]]:
-    """The 200 answer's description, these ``{"error": ...}`` answers and the operations token's 401."""
+    """An endpoint that shows or changes people's data (``dependencies=apidoc.OPS_SECURITY``): the 200 answer's
+    description, these ``{"error": ...}`` answers and the operations token's 401."""
     unauthorized = apidoc.OPS_HTML_RESPONSES if html else apidoc.OPS_RESPONSES
     return {200: {"description": description}, **apidoc.error_responses(*codes), **unauthorized}
 
@@ -203,7 +200,7 @@ def add_ops_routes(app: FastAPI) -> None:
         response_model=dict[str, Any],
         responses=_guarded("The status report"),
         summary="Throughput, queue, errors and dead letters as JSON",
-        **_GUARDED,
+        dependencies=apidoc.OPS_SECURITY,
     )
     app.add_api_route(
         "/api/dead-letters",
@@ -213,7 +210,7 @@ def add_ops_routes(app: FastAPI) -> None:
         response_model=list[dict[str, Any]],
         responses=_guarded("The oldest dead letters", 400),
         openapi_extra=apidoc.DEAD_LETTER_PARAMETERS,
-        **_GUARDED,
+        dependencies=apidoc.OPS_SECURITY,
     )
     app.add_api_route(
         "/api/dead-letters/retry",
@@ -223,7 +220,7 @@ def add_ops_routes(app: FastAPI) -> None:
         responses=_guarded("Dead letters re-queued", 400, 413, 415),
         summary='Re-queue dead letters: {} for all, or {"ids": [...]} (JSON only)',
         openapi_extra=apidoc.RETRY_BODY,
-        **_GUARDED,
+        dependencies=apidoc.OPS_SECURITY,
     )
     app.add_api_route(
         "/api/dead-letters/{letter_id}",
@@ -232,7 +229,7 @@ def add_ops_routes(app: FastAPI) -> None:
         summary="One dead letter with its payload",
         response_model=dict[str, Any],
         responses=_guarded("The dead letter, its payload parsed", 404),
-        **_GUARDED,
+        dependencies=apidoc.OPS_SECURITY,
     )
     app.add_api_route(
         "/api/dead-letters/{letter_id}/retry",
@@ -241,7 +238,7 @@ def add_ops_routes(app: FastAPI) -> None:
         summary="Re-queue one dead letter",
         response_model=apidoc.Requeued,
         responses=_guarded("Dead letters re-queued", 404),
-        **_GUARDED,
+        dependencies=apidoc.OPS_SECURITY,
     )
     app.add_api_route(
         "/api/people/{person_id:path}",
@@ -250,7 +247,7 @@ def add_ops_routes(app: FastAPI) -> None:
         summary="What was sent for one person (a distinct_id or an email)",
         response_model=dict[str, Any],
         responses=_guarded("The person's record", 404),
-        **_GUARDED,
+        dependencies=apidoc.OPS_SECURITY,
     )
     app.add_api_route(
         "/status",
@@ -259,5 +256,5 @@ def add_ops_routes(app: FastAPI) -> None:
         response_class=HTMLResponse,
         summary="Status page",
         responses=_guarded("The status page", html=True),
-        **_GUARDED,
+        dependencies=apidoc.OPS_SECURITY,
     )
