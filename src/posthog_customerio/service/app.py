@@ -36,7 +36,6 @@ from .cors import BrowserCors
 from .health import CustomerioProbe, DeliveryWatch, Readiness, stall_after_s
 from .ingest_routes import add_ingest_routes
 from .ops_routes import add_ops_routes
-from .paths import is_ops_path
 from .posthog_routes import FORWARDED_METHODS, add_forwarding_routes, add_standalone_routes, forward
 from .proxy import PostHogProxy
 
@@ -196,7 +195,7 @@ def create_app(
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = apidoc.add_ops_security(generate_openapi(), is_ops_path)
+            app.openapi_schema = apidoc.add_request_schemas(generate_openapi())
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
