@@ -247,10 +247,14 @@ def request_header_bytes() -> int:
     Measured from the client's own header set (Basic auth, User-Agent, ...) for the
     sandbox's host; a real host name adds a few bytes.
     """
+    import httpx
+
     from posthog_customerio.output.track import TrackClient
 
-    with TrackClient(SITE_ID, API_KEY, "http://127.0.0.1:18765") as client:
-        request = client._http.build_request("POST", "/api/v2/batch", content=b"{}")
+    # the client sends through a deadline wrapper; an httpx.Client with its options builds the same request
+    url = "http://127.0.0.1:18765"
+    with TrackClient(SITE_ID, API_KEY, url) as client, httpx.Client(**client._http._options) as http:
+        request = http.build_request("POST", "/api/v2/batch", content=b"{}")
     head = f"{request.method} {request.url.raw_path.decode()} HTTP/1.1\r\n"
     head += "".join(f"{name}: {value}\r\n" for name, value in request.headers.items()) + "\r\n"
     return len(head.encode()) - len("2")  # Content-Length differs per request; ~1-6 digits

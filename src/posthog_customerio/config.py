@@ -1,22 +1,47 @@
 """Configuration from environment variables, CLI flags and the original plugin's JSON.
 
-Precedence: CLI flags, then ``--plugin-config`` file, then environment variables,
-then defaults. Secrets are ``SecretStr`` and never printed. A bad value becomes a
-:class:`ConfigError` whose one-line message names the variable.
+:class:`Settings` is the single source: each field is one setting with its type, default,
+help (``description``) and command-line flag (:class:`Cli`); the CLI generates its options
+from them and :func:`settings_reference` lists them for the documentation.
+
+Precedence: CLI flags, then ``--plugin-config`` file (:class:`PluginConfigSource`), then
+environment variables, then defaults. Secrets are ``SecretStr`` and never printed. A bad
+value becomes a :class:`ConfigError` whose one-line message names the variable.
 """
 
 from __future__ import annotations
 
 import json
+import types
+import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from annotated_types import Ge, Gt, Le, Lt
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .mapping import DEFAULT_EVENTS_TO_SKIP, AnonymousMode, MappingConfig
 
-__all__ = ["ENV_NAMES", "ConfigError", "Settings", "load_settings", "plugin_config_values"]
+__all__ = [
+    "ENV_NAMES",
+    "GROUPS",
+    "Cli",
+    "ConfigError",
+    "PluginConfigSource",
+    "SettingDoc",
+    "Settings",
+    "cli_of",
+    "default_text",
+    "flag_of",
+    "load_settings",
+    "plugin_config_values",
+    "require_extra",
+    "settings_reference",
+    "value_type",
+]
 
 
 class ConfigError(ValueError):
@@ -43,59 +68,211 @@ _REGION_ALIASES = {
 }
 
 
+#: option groups: a command takes the settings of the groups it names (:func:`settings_reference` orders by them)
+CUSTOMERIO = "Customer.io"
+MAPPING = "Mapping"
+IDENTITY = "People"
+PACING = "Pacing"
+DELIVERY = "Delivery"
+STORE = "Storage"
+SERVICE = "Service"
+HTTP = "HTTP service"
+KAFKA = "Kafka"
+GROUPS = (CUSTOMERIO, IDENTITY, MAPPING, PACING, DELIVERY, STORE, SERVICE, HTTP, KAFKA)
+
+
+@dataclass(frozen=True)
+class Cli:
+    """How a setting appears on the command line (in ``Annotated`` of its field).
+
+    ``flag``: the option's name (default ``--`` and the environment variable in kebab case);
+    a boolean also gets its ``--no-`` form. ``default``: the default as the help shows it
+    (default: the field's own default; "" shows none).
+    """
+
+    group: str
+    flag: str | None = None
+    default: str | None = None
+
+
 class Settings(BaseSettings):
-    """All settings; field ``x`` is read from the environment variable ``X``."""
+    """All settings; field ``x`` is read from the environment variable ``X``.
+
+    Each field: its type, default and ``description`` (the help), and :class:`Cli` (its flag and group).
+    """
 
     model_config = SettingsConfigDict(extra="forbid", validate_default=True)
 
-    customerio_site_id: SecretStr | None = None
-    customerio_api_key: SecretStr | None = None
-    customerio_region: Literal["us", "eu", "auto"] = "auto"
-    customerio_track_url: str | None = None
-    customerio_api: Literal["v1", "v2", "pipelines"] = "v2"
-    customerio_pipelines_api_key: SecretStr | None = None
-    customerio_pipelines_url: str | None = None
-    identify_by_email: bool = False
-    send_events_from_anonymous_users: AnonymousMode = "all"
-    events_to_send: str = ""
-    events_to_skip: str = ",".join(DEFAULT_EVENTS_TO_SKIP)
-    convert_dates: bool = True
-    merge_people: bool = True
-    anonymous_events: Literal["anonymous", "person"] = "anonymous"
-    group_type_map: str = ""
-    suppress_on_delete: bool = False
-    limits: Literal["truncate", "dead-letter"] = "truncate"
-    properties_to_exclude: str = ""
-    properties_to_include: str = ""
-    event_name_map: str = ""
-    posthog_customerio_data_dir: Path = Path(".posthog-customerio")
-    customerio_max_rps: float = Field(100.0, gt=0)
-    customerio_timeout_s: float = Field(30.0, gt=0)
-    retry_after_max_s: float = Field(60.0, ge=0, le=3600, allow_inf_nan=False)
-    delivery_concurrency: int = Field(4, ge=1, le=64)
-    #: unset: the output's own default (Track 0.1 s; Pipelines 1 s, its requests carry everything)
-    delivery_linger_s: float | None = Field(None, ge=0, le=10)
-    anonymous_hold_s: float = Field(5.0, ge=0, le=3600, allow_inf_nan=False)
-    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
-    outbox_url: str | None = None
-    lease_s: float = Field(30.0, ge=2)
+    # -- Customer.io --
+    customerio_site_id: Annotated[SecretStr | None, Cli(CUSTOMERIO, "--site-id")] = Field(
+        None, description="Track API site ID"
+    )
+    customerio_api_key: Annotated[SecretStr | None, Cli(CUSTOMERIO, "--api-key")] = Field(
+        None, description="Track API key"
+    )
+    customerio_region: Annotated[Literal["us", "eu", "auto"], Cli(CUSTOMERIO, "--region")] = Field(
+        "auto", description="us, eu or auto (auto: found from the credentials)"
+    )
+    customerio_track_url: Annotated[str | None, Cli(CUSTOMERIO, "--track-url")] = Field(
+        None, description="Track API base URL override"
+    )
+    customerio_api: Annotated[Literal["v1", "v2", "pipelines"], Cli(CUSTOMERIO, "--api")] = Field(
+        "v2", description="v1, v2 or pipelines"
+    )
+    customerio_pipelines_api_key: Annotated[SecretStr | None, Cli(CUSTOMERIO)] = Field(
+        None, description="Pipelines API key (with --api pipelines; no Track credentials needed)"
+    )
+    customerio_pipelines_url: Annotated[str | None, Cli(CUSTOMERIO, default="by region (auto = us)")] = Field(
+        None, description="Pipelines API base URL override"
+    )
+    customerio_timeout_s: Annotated[float, Cli(CUSTOMERIO)] = Field(
+        30.0,
+        gt=0,
+        description="Total deadline of each request to Customer.io, answer included"
+        " (PostgreSQL: at most LEASE_S minus max(1, LEASE_S/4))",
+    )
+    retry_after_max_s: Annotated[float, Cli(CUSTOMERIO)] = Field(
+        60.0, ge=0, le=3600, allow_inf_nan=False, description="The longest pause a Retry-After can impose (0-3600)"
+    )
+    # -- people and mapping --
+    identify_by_email: Annotated[bool, Cli(IDENTITY)] = Field(False, description="Address people by email once known")
+    send_events_from_anonymous_users: Annotated[AnonymousMode, Cli(MAPPING)] = Field(
+        "all", description="all, identified or with_email"
+    )
+    events_to_send: Annotated[str, Cli(MAPPING)] = Field("", description="Comma-separated allowlist; empty = all")
+    events_to_skip: Annotated[str, Cli(MAPPING, default="PostHog's internal events")] = Field(
+        ",".join(DEFAULT_EVENTS_TO_SKIP),
+        description="Comma-separated event names or globs not sent (after --events-to-send); empty = none",
+    )
+    convert_dates: Annotated[bool, Cli(MAPPING)] = Field(
+        True, description="ISO 8601 date-time attributes become Unix seconds"
+    )
+    merge_people: Annotated[bool, Cli(MAPPING)] = Field(
+        True, description="Merge the anonymous / aliased person into the identified one"
+    )
+    anonymous_events: Annotated[Literal["anonymous", "person"], Cli(MAPPING)] = Field(
+        "anonymous", description="anonymous (Customer.io anonymous events) or person"
+    )
+    group_type_map: Annotated[str, Cli(MAPPING)] = Field(
+        "", description="PostHog group type=Customer.io object type id, e.g. company=1"
+    )
+    suppress_on_delete: Annotated[bool, Cli(MAPPING)] = Field(
+        False, description="On a person deletion, suppress instead of delete"
+    )
+    limits: Annotated[Literal["truncate", "dead-letter"], Cli(MAPPING)] = Field(
+        "truncate", description="truncate or dead-letter"
+    )
+    properties_to_exclude: Annotated[str, Cli(MAPPING)] = Field(
+        "", description="Glob list of properties left out, e.g. $geoip_*,$ip"
+    )
+    properties_to_include: Annotated[str, Cli(MAPPING)] = Field(
+        "", description="Glob list: only matching properties are sent"
+    )
+    event_name_map: Annotated[str, Cli(MAPPING)] = Field("", description="Rename events, e.g. signed_up=Signed Up")
+    # -- pacing and delivery --
+    customerio_max_rps: Annotated[float, Cli(PACING, "--max-rps")] = Field(
+        100.0, gt=0, description="Client-side request limit to Customer.io"
+    )
+    delivery_concurrency: Annotated[int, Cli(PACING, "--concurrency")] = Field(
+        4, ge=1, le=64, description="Delivery workers"
+    )
+    anonymous_hold_s: Annotated[float, Cli(PACING)] = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="Hold a visitor's anonymous events this long for an identify to adopt them"
+        " (batched person events); 0 = off",
+    )
+    delivery_linger_s: Annotated[float | None, Cli(DELIVERY, default="0.1 (Pipelines: 1)")] = Field(
+        None, ge=0, le=10, description="Wait this long for a fuller batch"
+    )
+    # -- storage --
+    posthog_customerio_data_dir: Annotated[Path, Cli(STORE, "--data-dir", "./.posthog-customerio")] = Field(
+        Path(".posthog-customerio"), description="Where state and outbox live"
+    )
+    outbox_url: Annotated[str | None, Cli(STORE, default="the data dir's SQLite file")] = Field(
+        None, description="sqlite:///path or postgresql://user@host/db"
+    )
+    lease_s: Annotated[float, Cli(STORE)] = Field(
+        30.0, ge=2, description="PostgreSQL: how long a claim on operations lasts"
+    )
+    sqlite_synchronous: Annotated[Literal["FULL", "NORMAL"], Cli(STORE)] = Field("FULL", description="FULL or NORMAL")
+    # -- long-running commands (serve, consume) --
+    shutdown_grace_s: Annotated[float, Cli(SERVICE)] = Field(
+        10.0, ge=0, description="On stop, keep delivering this long (the rest stays queued)"
+    )
+    auth_retry_s: Annotated[float, Cli(SERVICE)] = Field(
+        60.0, gt=0, description="While Customer.io rejects the credentials, re-check this often"
+    )
+    log_format: Annotated[Literal["auto", "json", "text"], Cli(SERVICE)] = Field(
+        "auto", description="json, text or auto"
+    )
+    log_level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], Cli(SERVICE)] = Field(
+        "INFO", description="DEBUG, INFO, WARNING or ERROR"
+    )
     # -- the HTTP service (serve) --
-    webhook_token: SecretStr | None = None
-    webhook_signing_secret: SecretStr | None = None
-    ops_token: SecretStr | None = None
-    allow_unauthenticated: bool = False
-    max_body_bytes: int = Field(5_000_000, ge=1_000)
-    max_queue: int = Field(1_000_000, ge=1)
-    max_events_per_request: int = Field(10_000, ge=1)
-    http_keep_alive_s: float = Field(5.0, gt=0, le=3600)
-    http_read_timeout_s: float = Field(30.0, gt=0, le=3600)
-    shutdown_grace_s: float = Field(10.0, ge=0)
-    auth_retry_s: float = Field(60.0, gt=0)
-    posthog_host: str | None = None
-    posthog_timeout_s: float = Field(30.0, gt=0)
-    cors_origins: str = "*"
-    log_format: Literal["auto", "json", "text"] = "auto"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    webhook_token: Annotated[SecretStr | None, Cli(HTTP)] = Field(
+        None, description="Require Authorization: Bearer <token>"
+    )
+    webhook_signing_secret: Annotated[SecretStr | None, Cli(HTTP)] = Field(
+        None, description="Verify Standard Webhooks signatures"
+    )
+    ops_token: Annotated[SecretStr | None, Cli(HTTP, default="WEBHOOK_TOKEN")] = Field(
+        None, description="Guard /status and /api/* (Bearer, or Basic password)"
+    )
+    allow_unauthenticated: Annotated[bool, Cli(HTTP)] = Field(
+        False, description="Serve a non-loopback host with no token"
+    )
+    max_body_bytes: Annotated[int, Cli(HTTP)] = Field(
+        5_000_000, ge=1_000, description="Answer 413 above this request body size, in bytes"
+    )
+    max_queue: Annotated[int, Cli(HTTP)] = Field(1_000_000, ge=1, description="Answer 503 above this outbox depth")
+    max_events_per_request: Annotated[int, Cli(HTTP)] = Field(
+        10_000, ge=1, description="Answer 413 above this many events in one request"
+    )
+    http_keep_alive_s: Annotated[float, Cli(HTTP, "--timeout-keep-alive")] = Field(
+        5.0, gt=0, le=3600, description="Close idle keep-alive connections after this many seconds"
+    )
+    http_read_timeout_s: Annotated[float, Cli(HTTP)] = Field(
+        30.0, gt=0, le=3600, description="Close a connection whose request (headers and body) takes longer"
+    )
+    posthog_host: Annotated[str | None, Cli(HTTP)] = Field(
+        None, description="Forward PostHog paths to this PostHog, e.g. https://us.i.posthog.com"
+    )
+    posthog_timeout_s: Annotated[float, Cli(HTTP)] = Field(
+        30.0, gt=0, description="With --posthog-host: timeout of each forwarded request"
+    )
+    cors_origins: Annotated[str, Cli(HTTP)] = Field(
+        "*", description="Origins allowed on the browser-facing paths, comma list or *"
+    )
+    # -- Kafka (consume) --
+    kafka_bootstrap_servers: Annotated[str | None, Cli(KAFKA, "--kafka-bootstrap")] = Field(
+        None, description="HOST:PORT[,HOST:PORT...] of the Kafka / Redpanda brokers (required by consume)"
+    )
+    kafka_topic: Annotated[str | None, Cli(KAFKA, "--topic")] = Field(
+        None, description="Topic of PostHog events, e.g. clickhouse_events_json (required by consume)"
+    )
+    kafka_group_id: Annotated[str, Cli(KAFKA, "--group")] = Field(
+        "posthog-customerio", description="Consumer group; offsets are committed for it"
+    )
+    kafka_config_file: Annotated[Path | None, Cli(KAFKA)] = Field(
+        None, description="File of key=value librdkafka settings, keeps sasl.password off the command line"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags (init arguments), then the plugin's JSON (``_plugin_config=PATH``), then the environment."""
+        path = getattr(init_settings, "init_kwargs", {}).pop(PLUGIN_CONFIG, None)
+        plugin = PluginConfigSource(settings_cls, Path(path) if path is not None else None)
+        return init_settings, plugin, env_settings, dotenv_settings, file_secret_settings
 
     @field_validator("customerio_region", mode="before")
     @classmethod
@@ -161,6 +338,8 @@ class Settings(BaseSettings):
         value = value.strip()
         if not value.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ValueError("must be sqlite:///path or postgresql://user@host/db")
+        if not value.startswith("sqlite:///"):
+            require_extra("postgres", "a postgresql:// URL")
         return value
 
     @field_validator("webhook_signing_secret")
@@ -273,6 +452,19 @@ class Settings(BaseSettings):
         return self.posthog_customerio_data_dir / "posthog-customerio.sqlite"
 
 
+#: the optional dependencies (``pip install posthog-customerio[extra]``) and the modules each brings
+EXTRAS = {"postgres": ("psycopg", "psycopg_pool"), "kafka": ("confluent_kafka",)}
+
+
+def require_extra(extra: str, what: str) -> None:
+    """Stop (ValueError, one line) when the modules of the optional dependency ``extra`` are not installed."""
+    import importlib.util
+
+    missing = [module for module in EXTRAS[extra] if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ValueError(f"{what} needs {', '.join(missing)}: install posthog-customerio[{extra}]")
+
+
 def _base_url(value: str) -> str:
     """``value`` when it is a usable http(s) base URL: a host, a valid port, no spaces (ValueError if not)."""
     from urllib.parse import urlsplit
@@ -341,12 +533,29 @@ def plugin_config_values(path: Path) -> dict[str, Any]:
     return values
 
 
+#: the keyword argument of :class:`Settings` naming the plugin's config JSON (read by :class:`PluginConfigSource`)
+PLUGIN_CONFIG = "_plugin_config"
+
+
+class PluginConfigSource(PydanticBaseSettingsSource):
+    """The original plugin's config JSON (``--plugin-config``) as a settings source."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path | None) -> None:
+        super().__init__(settings_cls)
+        self.path = path
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the whole file at once
+
+    def __call__(self) -> dict[str, Any]:
+        return plugin_config_values(self.path) if self.path is not None else {}
+
+
 def load_settings(flags: dict[str, Any] | None = None, plugin_config: Path | None = None) -> Settings:
     """Build :class:`Settings` from flags (non-None values), plugin JSON and the environment."""
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {key: value for key, value in (flags or {}).items() if value is not None}
     if plugin_config is not None:
-        values.update(plugin_config_values(plugin_config))
-    values.update({key: value for key, value in (flags or {}).items() if value is not None})
+        values[PLUGIN_CONFIG] = plugin_config
     try:
         return Settings(**values)
     except ValidationError as exc:
@@ -365,3 +574,101 @@ def _describe(exc: ValidationError) -> str:
         message = error["msg"].removeprefix("Value error, ")
         problems.append(f"{name}: {message}")
     return "; ".join(problems)
+
+
+# -- the settings as documentation and command-line options --------------------------------
+def cli_of(name: str) -> Cli:
+    """The :class:`Cli` metadata of the setting ``name`` (a field of :class:`Settings`)."""
+    return next(item for item in Settings.model_fields[name].metadata if isinstance(item, Cli))
+
+
+def flag_of(name: str) -> str:
+    """The option name of the setting ``name``: its own, or ``--`` + the variable in kebab case."""
+    return cli_of(name).flag or "--" + name.replace("_", "-")
+
+
+def value_type(name: str) -> type:
+    """The plain type a flag of the setting ``name`` takes (bool, int, float, Path or str)."""
+    annotation = Settings.model_fields[name].annotation
+    kinds = [kind for kind in _members(annotation) if kind is not type(None)]
+    kind = kinds[0] if len(kinds) == 1 else str
+    return kind if kind in (bool, int, float, Path) else str
+
+
+def _members(annotation: Any) -> tuple[Any, ...]:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return typing.get_args(annotation)
+    return (annotation,)
+
+
+def default_text(name: str) -> str:
+    """The default of the setting ``name`` as the help and the documentation show it ("" for none)."""
+    shown = cli_of(name).default
+    if shown is not None:
+        return shown
+    default = Settings.model_fields[name].default
+    if default is None or default == "":
+        return ""
+    if isinstance(default, bool):
+        return str(default).lower()
+    if isinstance(default, float):
+        return f"{default:g}"
+    return str(default)
+
+
+def _type_text(field: FieldInfo) -> str:
+    kinds = [kind for kind in _members(field.annotation) if kind is not type(None)]
+    parts = []
+    for kind in kinds:
+        if typing.get_origin(kind) is Literal:
+            parts.append(" | ".join(str(choice) for choice in typing.get_args(kind)))
+        else:
+            names = {bool: "boolean", int: "integer", float: "number", Path: "path", SecretStr: "secret"}
+            parts.append(names.get(kind, "text"))
+    text = " | ".join(parts)
+    bounds = []
+    for item in field.metadata:
+        if isinstance(item, Ge):
+            bounds.append(f"≥ {item.ge}")
+        elif isinstance(item, Gt):
+            bounds.append(f"> {item.gt}")
+        elif isinstance(item, Le):
+            bounds.append(f"≤ {item.le}")
+        elif isinstance(item, Lt):
+            bounds.append(f"< {item.lt}")
+    return f"{text} ({', '.join(bounds)})" if bounds else text
+
+
+@dataclass(frozen=True)
+class SettingDoc:
+    """One setting, for the configuration reference."""
+
+    name: str
+    env: str
+    flags: tuple[str, ...]
+    group: str
+    type: str
+    default: str
+    description: str
+    secret: bool
+
+
+def settings_reference() -> list[SettingDoc]:
+    """Every setting, grouped as :data:`GROUPS` orders them: variable, flags, type, default, help, secrecy."""
+    docs = []
+    for name, field in Settings.model_fields.items():
+        flag = flag_of(name)
+        flags = (flag, "--no-" + flag[2:]) if value_type(name) is bool else (flag,)
+        docs.append(
+            SettingDoc(
+                name=name,
+                env=ENV_NAMES[name],
+                flags=flags,
+                group=cli_of(name).group,
+                type=_type_text(field),
+                default=default_text(name),
+                description=field.description or "",
+                secret=SecretStr in _members(field.annotation),
+            )
+        )
+    return sorted(docs, key=lambda doc: GROUPS.index(doc.group))

@@ -23,17 +23,22 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from .outbox import Claimed, LeaseLost, Outbox
+from .backoff import Backoff
+from .operations import Claimed
+from .outbox import LeaseLost, Outbox
 from .output.base import AuthError, Output, SendResult, Unit
 from .pacing import Pacer, RateLimiter, finite_delay
-from .settlement import Backoff, Settlement, Verdict
+from .settlement import Settlement, Verdict
 
-__all__ = ["Backoff", "Deliverer", "DeliveryStats"]
+__all__ = ["Deliverer", "DeliveryStats"]
 
 log = logging.getLogger(__name__)
 
 #: at the rate limit a batch lingers at most this long (or ``DELIVERY_LINGER_S`` if longer), at most ten slots
 RATE_LINGER_MAX_S = 2.0
+#: after ``n`` worker restarts within a minute the supervisor waits ``2**(n-1)`` s (1, 2, 4, 8, then 10 s)
+#: before restarting dead workers again
+_RESTART_BACKOFF = Backoff(base=1.0, cap=10.0, jitter=0.0)
 
 
 @dataclass(slots=True)
@@ -169,7 +174,8 @@ class Deliverer:
                 self.stats.last_crash_at = time.time()
 
     def _supervise(self) -> None:
-        """Restart dead workers; after repeated deaths, wait longer (0.5 s doubling, at most 10 s)."""
+        """Restart dead workers; after repeated deaths, wait longer (:data:`_RESTART_BACKOFF`: 1 s
+        after one restart within the last minute, doubling, at most 10 s)."""
         restarts: deque[float] = deque()
         while not self._stop.wait(self.supervise_s):
             try:
@@ -178,7 +184,7 @@ class Deliverer:
                 now = time.monotonic()
                 while restarts and restarts[0] < now - 60:
                     restarts.popleft()
-                if not dead or (restarts and now - restarts[-1] < min(10.0, 0.5 * 2 ** len(restarts))):
+                if not dead or (restarts and now - restarts[-1] < _RESTART_BACKOFF.delay(len(restarts))):
                     continue
                 with self._threads_lock:
                     if self._stop.is_set():
@@ -199,7 +205,7 @@ class Deliverer:
         reaching it inside their window still adopts them.
         """
         try:
-            emptied = self.wait_until_empty(grace_s, held_ok=True)
+            emptied = self.wait_until_drained(grace_s)
         except AuthError:
             emptied = False
         self.stop(timeout=max(1.0, grace_s))
@@ -214,7 +220,7 @@ class Deliverer:
             return "down"
         if self.auth_error:
             return "paused"
-        if self.limiter.hold_remaining() > 1.0:
+        if self.limiter.pause_remaining() > 1.0:
             return "retrying"
         return "running"
 
@@ -223,22 +229,28 @@ class Deliverer:
         with self._wake:
             self._wake.notify_all()
 
-    def wait_until_empty(
-        self, timeout: float | None = None, tick: Callable[[], None] | None = None, held_ok: bool = False
-    ) -> bool:
-        """Block until the outbox is empty (with ``held_ok``: but for anonymous operations still held);
-        False on timeout.
+    def wait_until_empty(self, timeout: float | None = None, tick: Callable[[], None] | None = None) -> bool:
+        """Block until the outbox is empty, anonymous operations still held included (they go once
+        their anonymous hold ends, or at once after :meth:`~.outbox.Outbox.input_finished`); False on timeout.
 
         Raises :class:`AuthError` when credentials are rejected and delivery is not
         set to pause.
         """
+        return self._wait(self.outbox.is_empty, timeout, tick)
+
+    def wait_until_drained(self, timeout: float | None = None, tick: Callable[[], None] | None = None) -> bool:
+        """As :meth:`wait_until_empty`, but anonymous operations the anonymous hold still keeps for an identify
+        that may come do not count (:meth:`~.outbox.Outbox.is_drained`): stopping leaves them queued."""
+        return self._wait(self.outbox.is_drained, timeout, tick)
+
+    def _wait(self, emptied: Callable[[], bool], timeout: float | None, tick: Callable[[], None] | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if tick is not None:
                 tick()
             if self.auth_error and not self.pause_on_auth_error:
                 raise AuthError(self.auth_error)
-            if self.outbox.in_flight() == 0 and self.outbox.is_empty(held_ok):
+            if self.outbox.in_flight() == 0 and emptied():
                 return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
@@ -256,9 +268,9 @@ class Deliverer:
                 continue
             # back off without holding a claim (with replicas, a claim is a lease: it is
             # held for the length of a request, never across a Retry-After)
-            hold = self.limiter.hold_remaining()
-            if hold > 0:
-                self._stop.wait(finite_delay(hold))
+            pause = self.limiter.pause_remaining()
+            if pause > 0:
+                self._stop.wait(finite_delay(pause))
                 continue
             reserved = self.adapt_to_rate and (self._rate_linger > 0 or self.limiter.reserve_delay() > 0)
             if reserved:
@@ -369,10 +381,10 @@ class Deliverer:
         else:
             for message in verdict.errors:
                 self._note_error(message)
-        if verdict.hold_s is not None:
+        if verdict.pause_s is not None:
             with self._stats_lock:
                 self.stats.retries += len(verdict.release)
-            self.limiter.hold_for(verdict.hold_s)
+            self.limiter.pause_for(verdict.pause_s)
         if verdict.dead:
             self.outbox.dead_letter(verdict.dead)
         if verdict.ack:
@@ -385,8 +397,8 @@ class Deliverer:
             self.outbox.release(verdict.release, verdict.reason)
         if verdict.auth_error is not None:
             log.error("Customer.io rejected the credentials: delivery paused, %d operations kept", self.outbox.depth())
-        elif verdict.hold_s is not None:
-            log.warning("Customer.io unavailable (%s); retrying in %.1fs", result.describe()[:120], verdict.hold_s)
+        elif verdict.pause_s is not None:
+            log.warning("Customer.io unavailable (%s); retrying in %.1fs", result.describe()[:120], verdict.pause_s)
 
     def _count(self, result: SendResult) -> None:
         if not result.sent:  # refused by the output itself: no request was made

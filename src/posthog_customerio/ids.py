@@ -12,7 +12,7 @@ import uuid as uuidlib
 
 from ulid import ULID
 
-from .sources import PostHogEvent
+from .events import PostHogEvent
 
 __all__ = ["event_ulid", "uuid_to_ulid"]
 

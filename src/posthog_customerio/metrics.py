@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .outbox import Claimed
+from .operations import Claimed
 from .status import take_snapshot
 
 if TYPE_CHECKING:

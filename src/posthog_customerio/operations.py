@@ -19,7 +19,16 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-__all__ = ["KINDS", "MAX_BATCH_BYTES", "MAX_OP_BYTES", "Kind", "Operation", "encode_payload"]
+__all__ = [
+    "KINDS",
+    "MAX_BATCH_BYTES",
+    "MAX_OP_BYTES",
+    "Claimed",
+    "Kind",
+    "Operation",
+    "encode_payload",
+    "ordering_keys",
+]
 
 #: Customer.io's per-operation limit for v2 (bytes of the operation's JSON).
 MAX_OP_BYTES = 32_000
@@ -60,6 +69,34 @@ class Operation:
     def action(self) -> str:
         """The action (identify, event, page, screen, merge, delete, ...)."""
         return str(self.payload.get("action", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A queued operation handed to a delivery worker (by :meth:`~.outbox.Outbox.claim`); it stays
+    queued until settled. Outputs encode it; they need nothing else of the outbox."""
+
+    seq: int
+    person_key: str
+    #: the operation's neutral text (:func:`encode_payload`)
+    payload: str
+    size: int
+    attempts: int
+    enqueued_at: float
+    #: JSON list of the other keys this operation waits on, or ``None``
+    after_keys: str | None = None
+    kind: Kind = "person"
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """All ordering keys: the person's, then those it must wait for."""
+        return ordering_keys(self.person_key, self.after_keys)
+
+
+def ordering_keys(person_key: str, after_keys: str | None) -> tuple[str, ...]:
+    """An operation's ordering keys from its stored columns: ``person_key``, then the keys of the
+    JSON list ``after_keys`` (see :attr:`Operation.after`)."""
+    return (person_key, *json.loads(after_keys)) if after_keys else (person_key,)
 
 
 def encode_payload(payload: dict[str, Any]) -> str:

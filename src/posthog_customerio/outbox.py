@@ -4,13 +4,12 @@ Operations are written before any send and deleted only after Customer.io accept
 them; each row keeps the operation's neutral text and its ``kind`` (the outbox never
 looks inside a payload). Workers *claim* operations; a person whose operation is in flight has none of
 its later operations handed out, so each person's operations reach Customer.io in
-the order they were enqueued. Permanent failures move to ``dead_letters`` with the
-response that rejected them. Which rows count as taken is the backend's claims strategy
-the order they were enqueued. With ``anonymous_hold_s`` > 0, an anonymous visitor's
-events younger than that are not claimable (``ANONYMOUS_HOLD_S``: an identify inside
-the window adopts them as batched person events); a held row blocks only its own
-keys. Permanent failures move to ``dead_letters`` with the response that rejected them. Which rows count
-as taken is the backend's claims strategy (:meth:`~.storage.Storage.claims`); the SQL is the backend's too.
+the order they were enqueued. The outbox's :class:`AnonymousHold` (``ANONYMOUS_HOLD_S``) keeps
+an anonymous visitor's recent events unclaimable, so that an identify inside the window adopts
+them as batched person events; a held row blocks only its own keys, and once the input is
+finished (:meth:`Outbox.input_finished`) nothing is held. Permanent failures move to
+``dead_letters`` with the response that rejected them. Which rows count as taken is the
+backend's claims strategy (:meth:`~.storage.Storage.claims`); the SQL is the backend's too.
 """
 
 from __future__ import annotations
@@ -23,12 +22,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from .operations import Kind, Operation, encode_payload
-from .storage import Storage, Transaction
+from .operations import Claimed, Kind, Operation, encode_payload
+from .storage import CandidateRow, DeliveryRow, NewDeadLetter, NewOperation, PayloadRow, Storage, Transaction
 
-__all__ = ["DELIVERIES_KEPT", "Claimed", "DeadLetter", "LeaseLost", "Outbox", "Queued"]
+__all__ = ["DELIVERIES_KEPT", "AnonymousHold", "DeadLetter", "LeaseLost", "Outbox", "Queued"]
 
 log = logging.getLogger(__name__)
 #: an email address in a reason Customer.io gave (it may quote one): never logged
@@ -42,17 +41,13 @@ _NEARLY_FULL = 4_096
 DELIVERIES_KEPT = 20
 
 
-def _keys(person_key: str, after_keys: str | None) -> tuple[str, ...]:
-    return (person_key, *json.loads(after_keys)) if after_keys else (person_key,)
-
-
 def _select(
-    rows: Iterable[tuple[Any, ...]],
-    taken: Callable[[tuple[Any, ...]], bool],
+    rows: Iterable[CandidateRow],
+    taken: Callable[[CandidateRow], bool],
     max_items: int,
     max_bytes: int,
     max_op_bytes: int,
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+) -> tuple[list[CandidateRow], list[CandidateRow]]:
     """Pick deliverable candidate rows in queue order: (chosen, oversized).
 
     A row already taken (in flight here or leased elsewhere) blocks its keys; a
@@ -61,19 +56,18 @@ def _select(
     Once something is chosen, the scan stops when the budget is nearly used or
     after a run of rows that could not be taken.
     """
-    chosen: list[tuple[Any, ...]] = []
-    oversized: list[tuple[Any, ...]] = []
+    chosen: list[CandidateRow] = []
+    oversized: list[CandidateRow] = []
     blocked: set[str] = set()
     chosen_keys: set[str] = set()
     budget = max_bytes
     fruitless = 0
     for row in rows:
-        person_key, size, after_keys = row[1], row[2], row[5]
-        keys = _keys(person_key, after_keys)
+        size, keys = row.size, row.keys
         if (
             taken(row)
             or any(key in blocked for key in keys)
-            or (after_keys and any(key in chosen_keys for key in keys))
+            or (row.after_keys and any(key in chosen_keys for key in keys))
         ):
             blocked.update(keys)
             fruitless += 1
@@ -93,22 +87,77 @@ def _select(
     return chosen, oversized
 
 
-def _hydrate(rows: list[tuple[Any, ...]], payloads: dict[int, tuple[str, str]]) -> list[Claimed]:
+def _hydrate(rows: list[CandidateRow], payloads: dict[int, PayloadRow]) -> list[Claimed]:
     """Claimed operations for candidate rows, with their payloads and kinds (in queue order)."""
     return [
         Claimed(
-            seq, person_key, payloads[seq][0], size, attempts, enqueued_at, after_keys, cast(Kind, payloads[seq][1])
+            row.seq,
+            row.person_key,
+            payloads[row.seq].payload,
+            row.size,
+            row.attempts,
+            row.enqueued_at,
+            row.after_keys,
+            payloads[row.seq].kind,
         )
-        for seq, person_key, size, attempts, enqueued_at, after_keys, *_ in rows
-        if seq in payloads
+        for row in rows
+        if row.seq in payloads
     ]
+
+
+def _new_operation(operation: Operation, enqueued_at: float) -> NewOperation:
+    """The ``outbox`` row of an operation (its text encoded now unless the mapping had it)."""
+    text = operation.text or encode_payload(operation.payload)
+    after = json.dumps(list(operation.after)) if operation.after else None
+    return NewOperation(operation.person_key, text, len(text.encode()), enqueued_at, after, operation.kind)
+
+
+class AnonymousHold:
+    """The anonymous hold (``ANONYMOUS_HOLD_S``): an anonymous visitor's operations wait ``hold_s``
+    after they were enqueued before they may be claimed, so that an identify arriving meanwhile can
+    adopt them (they then go out as the person's events, in one batch) instead of being sent as
+    anonymous events.
+
+    A held row is not handed out and blocks only its own keys (:meth:`Outbox.claim`). Once the
+    input is finished (:meth:`finish`, through :meth:`Outbox.input_finished`) no identify can come
+    to adopt anything: nothing is held any more. ``hold_s`` 0 holds nothing.
+    """
+
+    def __init__(self, hold_s: float = 0.0) -> None:
+        #: seconds an anonymous operation waits after it was enqueued
+        self.hold_s = hold_s
+        self._finished = False
+
+    @property
+    def active(self) -> bool:
+        """Whether anything can be held: a hold is configured and the input is not finished."""
+        return self.hold_s > 0 and not self._finished
+
+    def finish(self) -> None:
+        """Nothing more will be ingested: hold nothing from now on."""
+        self._finished = True
+
+    def held_after(self, now: float) -> float | None:
+        """At ``now``, anonymous operations enqueued after this time are held (``None``: none is)."""
+        return now - self.hold_s if self.active else None
+
+    def rule(self, now: float) -> Callable[[CandidateRow], bool]:
+        """Whether a candidate row is held at ``now`` (one test for every row of a claim)."""
+        cutoff = self.held_after(now)
+        if cutoff is None:
+            return lambda row: False
+        return lambda row: row.kind == "anonymous" and row.enqueued_at > cutoff
+
+    def is_held(self, row: CandidateRow, now: float) -> bool:
+        """Whether ``row`` is an anonymous operation still held at ``now``."""
+        return self.rule(now)(row)
 
 
 class LeaseLost(RuntimeError):
     """A claim's lease ran out and another replica may hold its operations now: do not send them."""
 
 
-def _delivery_rows(items: Iterable[Claimed], outcome: str, now: float) -> list[tuple[Any, ...]]:
+def _delivery_rows(items: Iterable[Claimed], outcome: str, now: float) -> list[DeliveryRow]:
     """``deliveries`` rows for settled operations: what was sent (action, event name), never attributes."""
     rows = []
     for item in items:
@@ -117,7 +166,7 @@ def _delivery_rows(items: Iterable[Claimed], outcome: str, now: float) -> list[t
         except ValueError:
             payload = {}
         action, name = payload.get("action"), payload.get("name")
-        rows.append((item.person_key, item.seq, item.kind, _text(action), _text(name), outcome, now))
+        rows.append(DeliveryRow(item.person_key, item.seq, item.kind, _text(action), _text(name), outcome, now))
     return rows
 
 
@@ -137,25 +186,6 @@ def _log_dead_letter(item: Claimed, reason: str, status: int | None, letter_id: 
         item.attempts + 1,
         _EMAIL.sub("<email>", reason)[:300],
     )
-
-
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """An operation handed to a worker; it stays in the table until acked."""
-
-    seq: int
-    person_key: str
-    payload: str
-    size: int
-    attempts: int
-    enqueued_at: float
-    after_keys: str | None = None
-    kind: Kind = "person"
-
-    @property
-    def keys(self) -> tuple[str, ...]:
-        """All ordering keys: the person's, then those it must wait for."""
-        return (self.person_key, *json.loads(self.after_keys)) if self.after_keys else (self.person_key,)
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,8 +236,8 @@ class Outbox:
     def __init__(self, db: Storage, lease_s: float = 30.0, anonymous_hold_s: float = 0.0) -> None:
         self.db = db
         self.lease_s = lease_s
-        #: anonymous operations younger than this are not claimable (0 = off; ``send`` sets 0 once read)
-        self.anonymous_hold_s = anonymous_hold_s
+        #: anonymous operations younger than ``anonymous_hold_s`` are not claimable until :meth:`input_finished`
+        self.anonymous_hold = AnonymousHold(anonymous_hold_s)
         #: the backend's way of keeping claims apart
         self.claims = db.claims(lease_s)
         self._claim_lock = threading.Lock()
@@ -224,11 +254,7 @@ class Outbox:
     def enqueue(conn: Transaction, operations: Iterable[Operation], now: float | None = None) -> int:
         """Append operations inside the caller's transaction; returns how many."""
         stamp = now if now is not None else time.time()
-        rows = []
-        for operation in operations:
-            text = operation.text or encode_payload(operation.payload)
-            after = json.dumps(list(operation.after)) if operation.after else None
-            rows.append((operation.person_key, text, len(text.encode()), stamp, after, operation.kind))
+        rows = [_new_operation(operation, stamp) for operation in operations]
         conn.insert_operations(rows)
         return len(rows)
 
@@ -238,11 +264,12 @@ class Outbox:
         now = time.time()
         rows = conn.queued_rows(person_key, kind)
         found = []
-        for seq, payload, enqueued_at, lease_until, after_keys in rows:
-            if seq in self._in_flight or (lease_until is not None and lease_until > now):
+        for row in rows:
+            if row.seq in self._in_flight or (row.lease_until is not None and row.lease_until > now):
                 continue
-            after = tuple(json.loads(after_keys)) if after_keys else ()
-            found.append(Queued(seq, Operation(person_key, json.loads(payload), after, payload, kind), enqueued_at))
+            after = tuple(json.loads(row.after_keys)) if row.after_keys else ()
+            operation = Operation(person_key, json.loads(row.payload), after, row.payload, kind)
+            found.append(Queued(row.seq, operation, row.enqueued_at))
         return found
 
     @staticmethod
@@ -253,11 +280,7 @@ class Outbox:
             raise ValueError("replace: one new operation per old one")
         if not old:
             return 0
-        rows = []
-        for queued, operation in zip(old, new, strict=True):
-            text = operation.text or encode_payload(operation.payload)
-            after = json.dumps(list(operation.after)) if operation.after else None
-            rows.append((operation.person_key, text, len(text.encode()), queued.enqueued_at, after, operation.kind))
+        rows = [_new_operation(operation, queued.enqueued_at) for queued, operation in zip(old, new, strict=True)]
         conn.delete_operations(queued.seq for queued in old)
         conn.insert_operations(rows)
         return len(rows)
@@ -275,11 +298,11 @@ class Outbox:
         can never be accepted). A person with an operation in flight (here, or
         leased by another replica), or whose earlier operation did not fit this
         claim, gets nothing more this time. Anonymous operations still held
-        (:attr:`anonymous_hold_s`) are not handed out and block only their own keys.
+        (:attr:`anonymous_hold`) are not handed out and block only their own keys.
         """
         with self._claim_lock:
             leased_at = time.monotonic()
-            held = self._held(time.time())
+            held = self.anonymous_hold.rule(time.time())
             chosen, too_big, payloads = self.claims.claim(
                 lambda rows, taken: _select(
                     rows, lambda row: taken(row) or held(row), max_items, max_bytes, max_op_bytes
@@ -301,13 +324,6 @@ class Outbox:
                 claimed=False,
             )
         return claimed
-
-    def _held(self, now: float) -> Callable[[tuple[Any, ...]], bool]:
-        """Whether a candidate row is an anonymous operation enqueued less than ``anonymous_hold_s`` ago."""
-        if self.anonymous_hold_s <= 0:
-            return lambda row: False
-        cutoff = now - self.anonymous_hold_s
-        return lambda row: row[8] == "anonymous" and row[4] > cutoff
 
     def _unclaim(self, items: Iterable[Claimed]) -> None:
         with self._claim_lock:
@@ -382,7 +398,7 @@ class Outbox:
         with self.db.transaction() as conn:
             conn.insert_dead_letters(
                 [
-                    (
+                    NewDeadLetter(
                         item.seq,
                         item.person_key,
                         item.payload,
@@ -423,11 +439,22 @@ class Outbox:
         self._depth_cache = (now, count)
         return count
 
-    def is_empty(self, held_ok: bool = False) -> bool:
-        """Whether nothing waits (cheap: no count); with ``held_ok``, anonymous operations still held do not count."""
+    def input_finished(self) -> None:
+        """Nothing more will be ingested (``send`` read its input, a bounded ``consume`` ended): no identify
+        can come to adopt what the anonymous hold keeps, so it is released now rather than at its end."""
+        self.anonymous_hold.finish()
+
+    def is_empty(self) -> bool:
+        """Whether nothing waits at all, held anonymous operations included (cheap: no count)."""
         with self.db.reading() as conn:
-            held_before = time.time() - self.anonymous_hold_s if held_ok and self.anonymous_hold_s > 0 else None
-            return conn.outbox_empty(held_before)
+            return conn.outbox_empty()
+
+    def is_drained(self) -> bool:
+        """Whether nothing waits but anonymous operations the hold still keeps for an identify that may
+        come (after :meth:`input_finished`: whether nothing waits). Those stay queued, durable, for the
+        next start when delivery stops now."""
+        with self.db.reading() as conn:
+            return conn.outbox_empty(self.anonymous_hold.held_after(time.time()))
 
     def oldest_age(self, now: float | None = None) -> float:
         """Seconds since the oldest waiting operation was enqueued (0 if empty)."""
@@ -449,7 +476,7 @@ class Outbox:
         """Dead-lettered operations, oldest first."""
         with self.db.reading() as conn:
             rows = conn.dead_letter_rows(limit)
-        return [DeadLetter(*row) for row in rows]
+        return [DeadLetter(**row._asdict()) for row in rows]
 
     def retry_dead_letters(self, ids: Iterable[int] | None = None) -> int:
         """Re-queue dead-lettered operations (all, or the given ids); returns how many.
@@ -466,7 +493,8 @@ class Outbox:
             rows = conn.requeue_rows(wanted)
             now = time.time()
             conn.insert_operations(
-                (key, payload, len(payload.encode()), now, after, kind) for _, key, payload, after, kind in rows
+                NewOperation(row.person_key, row.payload, len(row.payload.encode()), now, row.after_keys, row.kind)
+                for row in rows
             )
-            conn.delete_dead_letters(row[0] for row in rows)
-        return [row[0] for row in rows]
+            conn.delete_dead_letters(row.id for row in rows)
+        return [row.id for row in rows]

@@ -5,6 +5,9 @@ their distinct_ids and merges, the identifier Customer.io knows them by (``IDENT
 attributes last sent with the event time of each (names only: we keep digests, not values), the
 operations still queued, the last settled ones (``deliveries``, bounded per person) and dead letters.
 Shown by ``posthog-customerio person`` and ``GET /api/people/{id}``; no attribute value, no secret.
+
+Also what an operator does to one person, for the CLI and the service alike: :func:`delete_person`
+(a PostHog person deletion, through the ingestion like any event) and :func:`unsuppress`.
 """
 
 from __future__ import annotations
@@ -12,16 +15,19 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .mapping import _identifiers, known_identifiers
+from .mapping import known_identifiers, person_identifiers
+from .operations import Operation
 from .outbox import DELIVERIES_KEPT
 from .runtime import Runtime
-from .state import PersonState, load_states
+from .sources import PostHogEvent
+from .state import PersonState, load_states, save_states
 from .storage import Transaction
 
-__all__ = ["lookup_person", "person_text"]
+__all__ = ["Deletion", "delete_person", "lookup_person", "person_text", "unsuppress"]
 
 #: queued operations and dead letters shown at most
 SHOWN = 50
@@ -50,7 +56,7 @@ def lookup_person(runtime: Runtime, query: str) -> dict[str, Any] | None:
         "email": person.email,
         "identified": person.identified,
         "created": person.created,
-        "customerio_identifier": _identifiers(person, runtime.settings.mapping_config()),
+        "customerio_identifier": person_identifiers(person, runtime.settings.mapping_config()),
         "identifiers": known_identifiers(person.distinct_id, person),
         "distinct_ids": keys,
         "merges": [_merge(member) for member in members],
@@ -67,20 +73,67 @@ def _find(tx: Transaction, query: str) -> tuple[PersonState, list[str]] | None:
     states = load_states(tx, [query])
     if query in states:
         return _resolve(states[query], states), []
-    ids = [str(row[0]) for row in tx.persons_by_email(query, SHOWN)]
+    ids = [str(row.distinct_id) for row in tx.persons_by_email(query, SHOWN)]
     states = load_states(tx, ids)
     people = list({person.distinct_id: person for person in (_resolve(states[i], states) for i in ids)}.values())
     return (people[0], [other.distinct_id for other in people[1:]]) if people else None
 
 
-def _resolve(state: PersonState, states: dict[str, PersonState]) -> PersonState:
-    """The person a distinct_id belongs to: its merge target, while that link holds (same epoch)."""
+def _resolve(state: PersonState, states: dict[str, PersonState], *, forget_stale: bool = False) -> PersonState:
+    """The person a distinct_id belongs to: its merge target, while that link holds (same epoch).
+
+    ``forget_stale``: as the mapping addresses them, a link to a person deleted since (another epoch)
+    leaves a never-seen distinct_id (nothing of what it had is used).
+    """
     for _ in range(_DEPTH):
         target = states.get(state.merged_into) if state.merged_into else None
-        if target is None or target.distinct_id == state.distinct_id or target.epoch != state.merged_epoch:
+        if target is None or target.distinct_id == state.distinct_id:
             break
+        if target.epoch != state.merged_epoch:
+            return PersonState(state.distinct_id, epoch=state.epoch) if forget_stale else state
         state = target
     return state
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """A person deletion queued: the identifiers it goes by, and whether this data dir had created them."""
+
+    identifiers: list[dict[str, str]]
+    unknown: bool
+
+
+def delete_person(runtime: Runtime, distinct_id: str) -> Deletion:
+    """Queue a PostHog person deletion (``$delete_person``) of ``distinct_id``, through the ingestion like any
+    event (after the person's queued operations; ``SUPPRESS_ON_DELETE`` chooses delete or suppress).
+
+    It goes by every identifier the person may have (:func:`~.mapping.known_identifiers`), whether or not
+    this data dir created them.
+    """
+    with runtime.db.reading() as tx:
+        states = load_states(tx, [distinct_id])
+    person = _resolve(states.get(distinct_id) or PersonState(distinct_id), states, forget_stale=True)
+    identifiers = known_identifiers(distinct_id, person)
+    report = runtime.ingestor.ingest([PostHogEvent("$delete_person", distinct_id, datetime.now(UTC))], source="cli")
+    return Deletion(identifiers, unknown=report.notes["delete_unknown_person"] > 0)
+
+
+def unsuppress(runtime: Runtime, distinct_id: str) -> list[dict[str, str]]:
+    """Queue an unsuppress of every identifier the person of ``distinct_id`` may have; returns them.
+
+    The suppression deleted the profile: the person is remembered as not created (no attributes, no
+    relationships sent), so their next event creates it again with everything we know.
+    """
+    with runtime.db.transaction() as tx:
+        states = load_states(tx, [distinct_id])
+        person = _resolve(states.get(distinct_id) or PersonState(distinct_id), states, forget_stale=True)
+        identifiers = known_identifiers(distinct_id, person)
+        payloads = ({"type": "person", "identifiers": each, "action": "unsuppress"} for each in identifiers)
+        runtime.outbox.enqueue(tx, [Operation(person.distinct_id, payload) for payload in payloads])
+        person.created, person.email_sent = False, None
+        person.digests, person.stamps, person.relationships = {}, {}, []
+        save_states(tx, [person])
+    return identifiers
 
 
 def _members(tx: Transaction, person: PersonState) -> list[PersonState]:
@@ -88,7 +141,7 @@ def _members(tx: Transaction, person: PersonState) -> list[PersonState]:
     found: dict[str, PersonState] = {}
     targets = {person.distinct_id: person}
     for _ in range(_DEPTH):
-        ids = [str(row[0]) for row in tx.persons_merged_into(list(targets))]
+        ids = [str(row.distinct_id) for row in tx.persons_merged_into(list(targets))]
         states = load_states(tx, ids)
         fresh = {
             i: states[i]

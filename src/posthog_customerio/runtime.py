@@ -6,29 +6,24 @@ Shared by the CLI commands and the HTTP service so both run the same pipeline.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-import httpx
-
 from .config import ConfigError, Settings
 from .delivery import Deliverer
-from .outbox import Claimed, Outbox
-from .output import OutputContext, create_output
-from .output.base import AuthError, Output
-from .output.pipelines import PipelinesClient, resolve_pipelines_url
-from .output.track import REGION_URLS, TrackClient, resolve_track_url
+from .ingestion import Ingestor
+from .operations import Claimed
+from .outbox import Outbox
+from .output import Output, OutputConfig, create_output
 from .pacing import Pacer, shared_pacer, workspace_key
-from .pipeline import Ingestor
+from .sources.base import Intake
 from .storage import DatabaseUnreachable, DeliveryLockError, open_storage
 
 __all__ = ["SANDBOX_CREDENTIALS", "SANDBOX_PIPELINES_KEY", "DeliveryLockError", "Runtime"]
 
-log = logging.getLogger(__name__)
 
 #: Credentials of the in-process sandbox (``--sandbox``).
 SANDBOX_CREDENTIALS = ("sandbox-site", "sandbox-key")
@@ -62,8 +57,7 @@ class Runtime:
         self.outbox = Outbox(self.db, lease_s=settings.lease_s, anonymous_hold_s=settings.anonymous_hold_s)
         self.ingestor = Ingestor(self.db, self.outbox, settings.mapping_config())
         self.sandbox = None
-        self._client: TrackClient | None = None
-        self._pipelines_client: PipelinesClient | None = None
+        self._output: Output | None = None
         self._deliverer: Deliverer | None = None
         self._lock_file: IO[str] | None = None
         self._closed = False
@@ -79,75 +73,41 @@ class Runtime:
         """Site ID and API key (the sandbox's with ``--sandbox``)."""
         return SANDBOX_CREDENTIALS if self.sandbox else self.settings.credentials()
 
-    def track_url(self) -> str:
-        """The Track API base URL (asks Customer.io once when the region is ``auto``).
-
-        With ``fallback_to_us`` set (the service), a failed lookup logs a warning and
-        uses the US host: delivery then pauses on 401 and retries instead of the
-        receiver refusing to start.
-        """
-        if self.sandbox is not None:
-            return self.sandbox.url
-        site_id, api_key = self.credentials()
-        try:
-            return resolve_track_url(
-                site_id,
-                api_key,
-                self.settings.customerio_region,
-                self.settings.customerio_track_url,
-                timeout=self.settings.customerio_timeout_s,
-            )
-        except (AuthError, httpx.HTTPError) as exc:
-            if not self.fallback_to_us:
-                raise
-            log.warning("region lookup failed (%s); using %s", exc, REGION_URLS["us"])
-            return REGION_URLS["us"]
-
-    @property
-    def client(self) -> TrackClient:
-        """The Track API client (created on first use)."""
-        if self._client is None:
-            site_id, api_key = self.credentials()
-            self._client = TrackClient(
-                site_id,
-                api_key,
-                self.track_url(),
-                timeout=self._timeout(),
-                retry_after_max_s=self.settings.retry_after_max_s,
-            )
-        return self._client
-
-    @property
-    def pipelines_client(self) -> PipelinesClient:
-        """The Pipelines API client (created on first use): the key, and the region's host or the override.
-
-        The Pipelines API has no region lookup: ``CUSTOMERIO_REGION=auto`` means US (set ``eu`` for EU).
-        """
-        if self._pipelines_client is None:
-            if self.sandbox is not None:
-                key, url = SANDBOX_PIPELINES_KEY, self.sandbox.url
-            else:
-                key = self.settings.pipelines_key()
-                url = resolve_pipelines_url(self.settings.customerio_region, self.settings.customerio_pipelines_url)
-            self._pipelines_client = PipelinesClient(
-                key,
-                url,
-                timeout=self._timeout(),
-                retry_after_max_s=self.settings.retry_after_max_s,
-            )
-        return self._pipelines_client
+    def output_config(self) -> OutputConfig:
+        """What the output is built from: credentials, addresses and deadlines (the sandbox's with ``--sandbox``)."""
+        settings = self.settings
+        sandbox_url = self.sandbox.url if self.sandbox is not None else None
+        return OutputConfig(
+            region=settings.customerio_region,
+            timeout_s=self._timeout(),
+            lookup_timeout_s=settings.customerio_timeout_s,
+            retry_after_max_s=settings.retry_after_max_s,
+            fallback_to_us=self.fallback_to_us,
+            track_credentials=self.credentials,
+            track_url=sandbox_url or settings.customerio_track_url,
+            pipelines_key=(lambda: SANDBOX_PIPELINES_KEY) if self.sandbox is not None else settings.pipelines_key,
+            pipelines_url=sandbox_url or settings.customerio_pipelines_url,
+        )
 
     def output(self) -> Output:
-        """The output API chosen by ``CUSTOMERIO_API`` (through :data:`.output.OUTPUTS`)."""
-        context = OutputContext(self.settings, lambda: self.client, lambda: self.pipelines_client)
-        return create_output(self.settings.customerio_api, context)
+        """The output API chosen by ``CUSTOMERIO_API`` (through :data:`.output.OUTPUTS`; made on first use)."""
+        if self._output is None:
+            self._output = create_output(self.settings.customerio_api, self.output_config())
+        return self._output
 
     def check_credentials(self) -> None:
         """Ask Customer.io whether the configured credentials are accepted (:class:`AuthError` if not)."""
-        if self.settings.pipelines:
-            self.pipelines_client.check()
-        else:
-            self.client.account_region()
+        self.output().check_credentials()
+
+    # -- sources ---------------------------------------------------------------------
+    def intake(self, source: str) -> Intake:
+        """Where ``source`` puts its events: the ingestor, and this process's delivery workers to wake."""
+        return Intake(self.ingestor, source, self._wake_delivery)
+
+    def _wake_delivery(self) -> None:
+        """Wake the delivery workers if this process started them."""
+        if self._deliverer is not None:
+            self._deliverer.notify()
 
     @property
     def current_deliverer(self) -> Deliverer | None:
@@ -168,26 +128,26 @@ class Runtime:
         """The delivery workers (one set per data directory: takes the delivery lock)."""
         if self._deliverer is None:
             # SQLite: one deliverer per file (a lock file); PostgreSQL: leases, no lock
-            self._lock_file = self.db.hold_delivery(Path(self.settings.posthog_customerio_data_dir))
+            self._lock_file = self.db.take_delivery_lock(Path(self.settings.posthog_customerio_data_dir))
+            output = self.output()
             self._deliverer = Deliverer(
                 self.outbox,
-                self.output(),
+                output,
                 pacer=self._shared_pacer(),
                 concurrency=self.settings.delivery_concurrency,
                 max_rps=self.settings.customerio_max_rps,
                 pause_on_auth_error=pause_on_auth_error,
                 auth_retry_s=self.settings.auth_retry_s,
-                linger_s=self._linger_s(),
+                linger_s=self._linger_s(output),
                 on_delivered=on_delivered,
             )
         return self._deliverer
 
-    def _linger_s(self) -> float:
-        """``DELIVERY_LINGER_S``, else the output's default: with Pipelines every event rides in the batches,
-        so a longer wait for a fuller batch saves requests (at most that much latency)."""
+    def _linger_s(self, output: Output) -> float:
+        """``DELIVERY_LINGER_S``, else the output's default."""
         if self.settings.delivery_linger_s is not None:
             return self.settings.delivery_linger_s
-        return 1.0 if self.settings.pipelines else 0.1
+        return output.linger_s
 
     def _shared_pacer(self) -> Pacer | None:
         """With PostgreSQL, the rate limit and pauses shared by all replicas of the workspace."""
@@ -195,12 +155,7 @@ class Runtime:
 
     def _pacing_workspace(self) -> str:
         """The key of the workspace whose replicas share one pace (credentials and API address)."""
-        if self.settings.pipelines:
-            client = self.pipelines_client
-            return workspace_key(
-                SANDBOX_PIPELINES_KEY if self.sandbox else self.settings.pipelines_key(), client.base_url
-            )
-        return workspace_key(self.credentials()[0], self.client.base_url)
+        return workspace_key(*self.output().workspace)
 
     # -- lifecycle -------------------------------------------------------------------
     def close(self, grace_s: float = 10.0) -> None:
@@ -210,10 +165,8 @@ class Runtime:
         self._closed = True
         if self._deliverer is not None:
             self._deliverer.stop(grace_s)
-        if self._client is not None:
-            self._client.close()
-        if self._pipelines_client is not None:
-            self._pipelines_client.close()
+        if self._output is not None:
+            self._output.close()
         if self._lock_file is not None:
             self._lock_file.close()
         self.db.close()

@@ -11,48 +11,26 @@ on credentials / halve and retry), without I/O: the delivery workers apply it.
   which is dead-lettered (Track API: "At least one object in the batch was invalid");
 * a refused request (400/404/413/422, ...): halved to isolate the bad operation, which
   is dead-lettered with the response;
-* network errors, 408, 429, 5xx: released, every worker pauses (exponential backoff
-  with jitter, or ``Retry-After`` when Customer.io sends it);
+* network errors, 408, 429, 5xx: released, every worker pauses (:class:`~.backoff.Backoff`:
+  exponential with jitter, or ``Retry-After`` when Customer.io sends it);
 * 401/403: released, delivery pauses until the credentials are accepted.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import random
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .outbox import Claimed
+from .backoff import Backoff
+from .operations import Claimed
 from .output.base import Outcome, SendResult, Unit
 
-__all__ = ["Backoff", "DeadLetterEntry", "Settlement", "Verdict"]
+__all__ = ["DeadLetterEntry", "Settlement", "Verdict"]
 
 #: what the outbox records for a dead letter: (item, reason, status, response)
 DeadLetterEntry = tuple[Claimed, str, int | None, str | None]
-
-
-@dataclass(slots=True)
-class Backoff:
-    """Exponential backoff with jitter: ``base * 2**n`` capped, randomised in [½, 1]."""
-
-    base: float = 0.5
-    cap: float = 60.0
-    failures: int = 0
-
-    def next_delay(self, retry_after: float | None = None) -> float:
-        """Delay after one more failure; ``Retry-After`` wins when given."""
-        self.failures += 1
-        if retry_after is not None and math.isfinite(retry_after):
-            return max(0.0, retry_after)
-        ceiling = min(self.cap, self.base * 2.0 ** (self.failures - 1))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
-
-    def reset(self) -> None:
-        """A success: start over."""
-        self.failures = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +43,7 @@ class Verdict:
     #: why released (stored as the rows' last error)
     reason: str = ""
     #: every worker pauses this long (transient failure)
-    hold_s: float | None = None
+    pause_s: float | None = None
     #: the credentials were rejected: delivery pauses (or stops) with this message
     auth_error: str | None = None
     #: a refused batch: send these two halves, in order, the second only if the first went through
@@ -102,7 +80,7 @@ class Settlement:
             return Verdict(release=items, reason=result.describe(), auth_error=message, errors=(message,))
         with self._lock:
             delay = self.backoff.next_delay(result.retry_after)
-        return Verdict(release=items, reason=result.describe(), hold_s=delay, errors=(message,))
+        return Verdict(release=items, reason=result.describe(), pause_s=delay, errors=(message,))
 
     @staticmethod
     def _refused(items: Sequence[Claimed], described: str, result: SendResult) -> Verdict:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .storage import Transaction
+if TYPE_CHECKING:
+    from .storage import PersonRow, Transaction
 
 __all__ = ["PersonState", "count_persons", "load_states", "save_states"]
 
@@ -98,7 +99,7 @@ class PersonState:
         return json.dumps(extra, separators=(",", ":"), sort_keys=True)
 
 
-def _from_row(row: tuple[Any, ...]) -> PersonState:
+def _from_row(row: PersonRow) -> PersonState:
     distinct_id, identified, email, created, email_sent, digests, merged_into, extra = row
     more = json.loads(extra) if extra and extra != "{}" else {}
     return PersonState(
@@ -133,7 +134,7 @@ def load_states(conn: Transaction, distinct_ids: Iterable[str]) -> dict[str, Per
         if not missing:
             break
         for row in conn.select_persons(missing):
-            found[row[0]] = _from_row(row)
+            found[row.distinct_id] = _from_row(row)
         linked = (link for state in found.values() for link in (state.merged_into, state.claimed_by) if link)
         wanted = [link for link in linked if link not in found]
     return found
@@ -141,8 +142,10 @@ def load_states(conn: Transaction, distinct_ids: Iterable[str]) -> dict[str, Per
 
 def save_states(conn: Transaction, states: Iterable[PersonState]) -> None:
     """Insert or replace the given states (inside the caller's transaction)."""
+    from .storage.rows import PersonRow  # here, not at the top: the mapping (which needs PersonState) loads no storage
+
     conn.upsert_persons(
-        (
+        PersonRow(
             s.distinct_id,
             int(s.identified),
             s.email,

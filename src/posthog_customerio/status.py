@@ -311,7 +311,7 @@ def save_snapshot(runtime: Runtime, status: dict[str, Any]) -> None:
 def load_snapshot(runtime: Runtime) -> tuple[dict[str, Any], float] | None:
     """The last snapshot a service saved, and when; ``None`` if there is none."""
     row = runtime.db.load_status(_SNAPSHOT_KEY)
-    return (json.loads(row[0]), row[1]) if row else None
+    return (json.loads(row.value), row.updated_at) if row else None
 
 
 def offline_status(runtime: Runtime) -> dict[str, Any]:
@@ -352,7 +352,10 @@ def read_replicas(runtime: Runtime) -> list[Replica]:
     """Every replica remembered, oldest start first."""
     with runtime.db.reading() as tx:
         rows = tx.replica_rows()
-    return [Replica(str(r[0]), float(r[1]), float(r[2]), bool(r[3]), json.loads(r[4])) for r in rows]
+    return [
+        Replica(str(r.replica), float(r.started_at), float(r.seen_at), bool(r.stopped), json.loads(r.status))
+        for r in rows
+    ]
 
 
 def _counted(replicas: list[Replica], now: float) -> list[Replica]:

@@ -67,13 +67,13 @@ def test_retry_after_max_s_defaults_to_the_backoff_cap(monkeypatch: pytest.Monke
     assert load_settings().retry_after_max_s == 2.5
 
 
-def test_a_non_finite_hold_never_overflows_a_wait() -> None:
+def test_a_non_finite_pause_never_overflows_a_wait() -> None:
     limiter = RateLimiter(10)
-    limiter.hold_for(float("inf"))
-    assert 0 < limiter.hold_remaining() <= 3600
-    threading.Event().wait(min(limiter.hold_remaining(), 0.001))  # would raise OverflowError with inf
-    limiter.hold_for(float("nan"))
-    assert limiter.hold_remaining() <= 3600
+    limiter.pause_for(float("inf"))
+    assert 0 < limiter.pause_remaining() <= 3600
+    threading.Event().wait(min(limiter.pause_remaining(), 0.001))  # would raise OverflowError with inf
+    limiter.pause_for(float("nan"))
+    assert limiter.pause_remaining() <= 3600
 
 
 @pytest.mark.parametrize("header", ["inf", "1e9", "86400", "nan", "-5", FAR_DATE, "garbage"])

@@ -18,13 +18,16 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from posthog_customerio.config import Settings
-from posthog_customerio.pipeline import GroupCommitter
+from posthog_customerio.ingestion import GroupCommitter
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.service import ingest_routes
 from posthog_customerio.sources import TooManyEvents, loads_strict, parse_payload
+from posthog_customerio.sources.json_bounded import loads_bounded
 
 from ..helpers import free_port, make_settings, wait_for, wait_serving
 from ..service import running_service
@@ -119,6 +122,42 @@ def test_bounded_parsing_stops_at_one_element_past_the_limit() -> None:
     # a million elements: refused at element 6 although the rest is not even valid JSON
     with pytest.raises(TooManyEvents):
         loads_strict(b"[" + b"{}," * 1_000_000 + b"broken", 5)
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    max_leaves=12,
+)
+_DOCUMENTS = _JSON_VALUES | st.dictionaries(
+    st.sampled_from(["batch", "api_key", "x"]), st.lists(_JSON_VALUES, max_size=5), max_size=3
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    _DOCUMENTS,
+    st.sampled_from(["", " ", "\n\t", " \r\n "]),
+    st.integers(0, 40),
+    st.sampled_from(["", ",", "]", "}", ":", '"', "x", " 1"]),
+)
+def test_the_bounded_decoder_is_the_standard_decoder_with_a_count(value: Any, space: str, cut: int, junk: str) -> None:
+    """Valid or broken, a text gives what ``json.JSONDecoder`` gives: the same value, or the same error and position."""
+    text = json.dumps(value, separators=(f"{space},{space}", f"{space}:{space}"))
+    text = f"{space}{text}{space}"
+    if junk:  # break it somewhere
+        at = min(cut, len(text))
+        text = text[:at] + junk + text[at:]
+    decoder = json.JSONDecoder()
+    try:
+        expected: Any = decoder.decode(text)
+    except json.JSONDecodeError as exc:
+        expected = (exc.msg, exc.pos)
+    try:
+        got: Any = loads_bounded(text, 1_000, decoder)
+    except json.JSONDecodeError as exc:
+        got = (exc.msg, exc.pos)
+    assert got == expected
 
 
 # -- credentials first, work off the event loop ----------------------------------------------

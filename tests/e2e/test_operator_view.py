@@ -21,7 +21,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from posthog_customerio.cli import _delivering_progress, _status_text
+from posthog_customerio.cli.render import delivering_progress, status_text
 from posthog_customerio.config import ConfigError, load_settings
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
@@ -272,7 +272,7 @@ def test_status_received_counts_like_send_events_read() -> None:
         "service": {"snapshot_age_s": 1.0},
         "dead_letters": [],
     }
-    assert "received           1000 events (3 invalid)" in _status_text(report).splitlines()
+    assert "received           1000 events (3 invalid)" in status_text(report).splitlines()
 
 
 def test_the_delivering_percentage_never_goes_backwards(env: dict[str, str], tmp_path: Path) -> None:
@@ -292,7 +292,7 @@ def test_the_delivering_percentage_never_goes_backwards(env: dict[str, str], tmp
         send_file(runtime, lines, chunk_events=3, on_progress=on_progress)
     percentages = []
     for where in seen:
-        total, completed = _delivering_progress(where)
+        total, completed = delivering_progress(where)
         if total:
             percentages.append(completed / total)
     assert percentages and percentages[-1] == 1.0

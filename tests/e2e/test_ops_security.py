@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from posthog_customerio.cli import _unauthenticated_host
+from posthog_customerio.cli.serve import unauthenticated_host
 from posthog_customerio.config import load_settings
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
@@ -224,7 +224,7 @@ def test_serve_refuses_a_reachable_host_without_any_token(
     ],
 )
 def test_which_hosts_need_a_token(host: str, config: dict[str, str], refused: bool) -> None:
-    assert (_unauthenticated_host(load_settings(config), host) is not None) is refused
+    assert (unauthenticated_host(load_settings(config), host) is not None) is refused
 
 
 # -- configuration errors ----------------------------------------------------------------------

@@ -110,10 +110,10 @@ def test_pacing_row_is_per_workspace_and_a_pause_reaches_every_replica(pg_url: s
         first = PostgresPacer(db, "workspace-1", rate=1000)
         other = PostgresPacer(db, "workspace-2", rate=1000)
         twin = PostgresPacer(db, "workspace-1", rate=1000)  # another replica of workspace 1
-        first.hold_for(float("inf"))  # clamped, never an OverflowError
+        first.pause_for(float("inf"))  # clamped, never an OverflowError
         stop = threading.Event()
-        assert not twin.take(stop) and 0 < twin.hold_remaining() <= 3600
-        assert other.take(stop) and other.hold_remaining() == 0
+        assert not twin.take(stop) and 0 < twin.pause_remaining() <= 3600
+        assert other.take(stop) and other.pause_remaining() == 0
         with db.reading() as conn:
             rows = conn.execute("SELECT workspace FROM delivery_pacing ORDER BY workspace").fetchall()
         assert [row[0] for row in rows] == ["workspace-1", "workspace-2"]

@@ -193,3 +193,24 @@ def test_api_people_is_never_forwarded_to_posthog() -> None:
     for path in ("/api/people/ann", "/api/people/ann%40example.com", "/api/dead-letters/3/retry"):
         assert is_ops_path(path, proxying=True) and not is_posthog_path(path), path
     assert is_posthog_path("/api/projects/1") and not is_ops_path("/api/projects/1", proxying=True)
+
+
+def test_unsuppress_and_delete_person_go_by_the_merged_person(sandbox: SandboxServer, data_dir: Path) -> None:
+    """The operator's actions on one person (the CLI's delete-person and unsuppress) follow merges:
+    asked for a merged distinct_id, they go by the person it belongs to, with every identifier known."""
+    from posthog_customerio import people
+    from posthog_customerio.state import load_states
+
+    with make_runtime(sandbox, data_dir, anonymous_hold_s=0) as runtime:
+        sent = people.unsuppress(runtime, "anon-77")
+        assert sent == [{"id": "ann"}, {"id": "anon-77"}, {"email": "Ann@Example.com"}]
+        with runtime.db.reading() as tx:
+            ann = load_states(tx, ["ann"])["ann"]
+        assert (ann.created, ann.email_sent, ann.digests) == (False, None, {})  # its next event creates it again
+        with runtime.db.reading() as tx:
+            queued = [json.loads(row.payload) for row in tx.queued_of(["ann"], 50)]
+        assert [q["identifiers"] for q in queued if q.get("action") == "unsuppress"] == sent
+        deletion = people.delete_person(runtime, "anon-77")
+        assert deletion.identifiers == sent and deletion.unknown  # not created since the unsuppress
+        drain(runtime)
+    assert sandbox.state.person("ann") is None

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from psycopg.conninfo import conninfo_to_dict
 
-from posthog_customerio.cli import _unauthenticated_host
+from posthog_customerio.cli.serve import unauthenticated_host
 from posthog_customerio.config import load_settings
 from posthog_customerio.sandbox import SandboxServer
 
@@ -105,7 +105,7 @@ def test_the_readme_scale_out_steps_work_as_typed(sandbox: SandboxServer, tmp_pa
     )
     env = dict(item.split("=", 1) for item in printed.stdout.split("\0") if "=" in item)
     env["CUSTOMERIO_TRACK_URL"] = sandbox.url  # the sandbox stands in for Customer.io
-    assert _unauthenticated_host(load_settings({"webhook_token": env["WEBHOOK_TOKEN"]}), "0.0.0.0") is None
+    assert unauthenticated_host(load_settings({"webhook_token": env["WEBHOOK_TOKEN"]}), "0.0.0.0") is None
 
     processes: list[tuple[str, str, subprocess.Popen[bytes]]] = []
     try:

@@ -64,8 +64,9 @@ def test_held_anonymous_rows_are_not_claimed_and_do_not_block_other_people(backe
     assert names(first) == ["a:e1", "b:e1"]
     outbox.ack(first)
     assert outbox.claim(10, 100_000, 32_000) == []
-    assert outbox.is_empty(held_ok=True) and not outbox.is_empty()
-    outbox.anonymous_hold_s = 0.0  # what ``send`` does once its input is read
+    assert outbox.is_drained() and not outbox.is_empty()
+    outbox.input_finished()  # what ``send`` does once its input is read
+    assert not outbox.is_drained()
     assert names(outbox.claim(10, 100_000, 32_000)) == ["v:e1", "v:e2"]
 
 
@@ -225,3 +226,22 @@ def test_send_adopts_within_the_file_and_does_not_wait_for_the_hold_at_the_end(
     assert paths(sandbox).count("/api/v1/events") == 1  # anon-b never identified: one anonymous event
     assert [event["name"] for event in sandbox.state.anonymous_events()] == ["https://x.io/b"]
     assert "https://x.io/a" in [event["name"] for event in sandbox.state.events("user-a")]
+
+
+# -- the policy object ---------------------------------------------------------------------------
+def test_the_hold_rule_holds_recent_anonymous_rows_until_the_input_is_finished() -> None:
+    from posthog_customerio.outbox import AnonymousHold
+    from posthog_customerio.storage import CandidateRow
+
+    def row(kind: str, enqueued_at: float) -> CandidateRow:
+        return CandidateRow(1, "k", 10, 0, enqueued_at, None, None, None, kind)  # type: ignore[arg-type]
+
+    hold = AnonymousHold(60)
+    assert hold.is_held(row("anonymous", 950.0), now=1000.0)
+    assert not hold.is_held(row("anonymous", 940.0), now=1000.0)  # exactly the hold: released
+    assert not hold.is_held(row("person", 999.0), now=1000.0)
+    assert hold.held_after(1000.0) == 940.0
+    hold.finish()
+    assert not hold.active and hold.held_after(1000.0) is None
+    assert not hold.is_held(row("anonymous", 999.0), now=1000.0)
+    assert not AnonymousHold(0).active

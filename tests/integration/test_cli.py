@@ -435,3 +435,67 @@ def test_every_configuration_variable_is_a_flag_as_the_readme_table_says() -> No
         assert named, f"{variable} has no flag in the configuration reference"
         for flag in named:
             assert flag in flags, f"{variable}: {flag} is not a flag of any command"
+
+
+# -- optional dependencies: [postgres], [kafka] ---------------------------------------------------
+@pytest.mark.parametrize("module", ["psycopg", "psycopg_pool"])
+def test_postgres_outbox_without_the_postgres_extra_says_what_to_install(
+    cli: Cli, env: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module: str
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    path = write_jsonl(tmp_path / "events.jsonl", [event("clicked", "u1", 0)])
+    result = cli("send", str(path), env={**env, "OUTBOX_URL": "postgresql://user:pw-1234@127.0.0.1:9/db"})
+    assert result.exit_code == 2, result.output
+    assert result.stderr == (
+        f"error: OUTBOX_URL: a postgresql:// URL needs {module}: install posthog-customerio[postgres]\n"
+    )
+    assert "pw-1234" not in result.output
+
+
+def test_consume_without_the_kafka_extra_says_what_to_install(
+    cli: Cli, env: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "confluent_kafka", None)  # as if not installed
+    result = cli("consume", "--kafka-bootstrap", "127.0.0.1:9", "--topic", "events", env=env)
+    assert result.exit_code == 2, result.output
+    assert result.stderr == "error: consume needs confluent_kafka: install posthog-customerio[kafka]\n"
+
+
+def test_consume_names_the_missing_kafka_settings(cli: Cli, env: dict) -> None:
+    result = cli("consume", "--topic", "events", env=env)
+    assert (result.exit_code, result.stderr) == (2, "error: KAFKA_BOOTSTRAP_SERVERS is required (--kafka-bootstrap)\n")
+    result = cli("consume", env={**env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"})
+    assert (result.exit_code, result.stderr) == (2, "error: KAFKA_TOPIC is required (--topic)\n")
+
+
+def test_setting_options_are_generated_from_the_settings() -> None:
+    """One declaration per setting: its flag, help, variable and default come from its Settings field."""
+    import typer.main
+
+    from posthog_customerio.cli import app
+    from posthog_customerio.cli.options import setting_options
+    from posthog_customerio.config import STORE
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    keep_alive = next(p for p in commands["serve"].params if "--timeout-keep-alive" in p.opts)
+    assert keep_alive.help == (
+        "Close idle keep-alive connections after this many seconds [env HTTP_KEEP_ALIVE_S; default 5]"
+    )
+    suppress = next(p for p in commands["delete-person"].params if "--suppress" in p.opts)
+    assert suppress.secondary_opts == ["--no-suppress"] and "[env SUPPRESS_ON_DELETE; default false]" in suppress.help
+    assert not [p for p in commands["status"].params if "--plugin-config" in p.opts]
+
+    def clashing(flags, lease_s=1.0):  # type: ignore[no-untyped-def]  # a setting's name as its own parameter
+        return None
+
+    with pytest.raises(TypeError, match="lease_s"):
+        setting_options(STORE)(clashing)
+
+
+def test_every_setting_is_a_flag_of_some_command() -> None:
+    from posthog_customerio.cli import setting_commands
+
+    used = setting_commands()
+    assert not [name for name, commands in used.items() if not commands]
+    assert used["suppress_on_delete"] == ["send", "delete-person", "serve", "consume"]  # --suppress on delete-person
+    assert used["kafka_topic"] == ["consume"] and "check" not in used["delivery_linger_s"]

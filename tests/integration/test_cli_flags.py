@@ -43,6 +43,7 @@ import pytest
 import typer
 
 from posthog_customerio import cli as cli_module
+from posthog_customerio.cli import options as cli_options
 from posthog_customerio.config import Settings
 from posthog_customerio.output import pipelines as pipelines_output
 from posthog_customerio.output import track as track_output
@@ -417,14 +418,14 @@ def kept_logging() -> Iterator[None]:
 def settings_seen(monkeypatch: pytest.MonkeyPatch) -> list[Settings]:
     """The :class:`Settings` every in-process command built from its flags, in order."""
     seen: list[Settings] = []
-    real = cli_module.load_settings
+    real = cli_options.load_settings
 
     def recording(*args: Any, **kwargs: Any) -> Settings:
         settings = real(*args, **kwargs)
         seen.append(settings)
         return settings
 
-    monkeypatch.setattr(cli_module, "load_settings", recording)
+    monkeypatch.setattr(cli_options, "load_settings", recording)
     return seen
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from posthog_customerio.delivery import Backoff
+from posthog_customerio.backoff import Backoff
 from posthog_customerio.output.base import AuthError
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
@@ -86,7 +86,7 @@ def test_each_persons_events_arrive_in_order(sandbox: SandboxServer, tmp_path: P
 def test_500s_are_retried_and_nothing_is_lost_or_duplicated(sandbox: SandboxServer, tmp_path: Path) -> None:
     sandbox.state.add_fault(status=500, count=3)
     with make_runtime(sandbox, tmp_path / "data") as runtime:
-        runtime.deliverer().backoff = Backoff(base=0.05, cap=0.2)
+        runtime.deliverer().settlement.backoff = Backoff(base=0.05, cap=0.2)
         deliverer = deliver(runtime, events_for(people=3, per_person=4))
     statuses = [r["status"] for r in sandbox.state.requests()]
     assert statuses[:3] == [500, 500, 500] and statuses[-1] == 200

@@ -81,9 +81,9 @@ def test_a_postgresql_data_error_is_a_4xx_naming_the_problem_not_a_503(
     sandbox: SandboxServer, tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Should a value PostgreSQL refuses get past the edge, the request is refused (4xx), never retried forever."""
-    from posthog_customerio.sources import events as events_module
+    from posthog_customerio.sources import json_strict
 
-    monkeypatch.setattr(events_module, "replace_nul", lambda obj: obj)  # an edge that failed to clean
+    monkeypatch.setattr(json_strict, "replace_nul", lambda obj: obj)  # an edge that failed to clean
     secret = "marker-9f3e@example.com"
     bad = ev("signed_up", "pg-1", top={"$set": {"email": f"{secret}{NUL}"}})
     with running_service(make_runtime(sandbox, tmp_path / "data", outbox_url=pg_url)) as url:

@@ -19,9 +19,9 @@ import psycopg
 import pytest
 
 from posthog_customerio import outbox as outbox_module
-from posthog_customerio.operations import Operation
-from posthog_customerio.outbox import Claimed, Outbox
-from posthog_customerio.storage import PostgresStorage, SqliteStorage, Storage
+from posthog_customerio.operations import Claimed, Operation
+from posthog_customerio.outbox import Outbox
+from posthog_customerio.storage import CandidateRow, PostgresStorage, SqliteStorage, Storage
 
 from ..helpers import wait_for
 
@@ -50,7 +50,7 @@ def between_reads(monkeypatch: pytest.MonkeyPatch, after_rows: int, action: Call
     original = outbox_module._select
     done = threading.Event()
 
-    def hooked_rows(rows: Iterable[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+    def hooked_rows(rows: Iterable[CandidateRow]) -> Iterator[CandidateRow]:
         iterator = iter(rows)
         for count in range(1 << 30):
             if count == after_rows and not done.is_set():
@@ -61,7 +61,7 @@ def between_reads(monkeypatch: pytest.MonkeyPatch, after_rows: int, action: Call
                 return
             yield row
 
-    def select(rows: Iterable[tuple[Any, ...]], *args: Any) -> Any:
+    def select(rows: Iterable[CandidateRow], *args: Any) -> Any:
         return original(hooked_rows(rows), *args)
 
     monkeypatch.setattr(outbox_module, "_select", select)
@@ -228,9 +228,9 @@ def test_a_row_that_could_not_be_leased_holds_back_the_later_rows_of_its_keys() 
     chosen row of its person, or waiting on it, out of the claim."""
     from posthog_customerio.storage.postgres import _in_order
 
-    def row(seq: int, person: str, after: list[str] | None = None) -> tuple[Any, ...]:
-        return (seq, person, 10, 0, 0.0, json.dumps(after) if after else None, None, None, "person")
+    def row(seq: int, person: str, after: list[str] | None = None) -> CandidateRow:
+        return CandidateRow(seq, person, 10, 0, 0.0, json.dumps(after) if after else None, None, None, "person")
 
     chosen = [row(1, "a"), row(2, "b"), row(3, "a"), row(4, "c", ["a"]), row(5, "c"), row(6, "d")]
-    assert [r[0] for r in _in_order(chosen, {2, 3, 4, 5, 6})] == [2, 6]
-    assert [r[0] for r in _in_order(chosen, {1, 2, 3, 4, 5, 6})] == [1, 2, 3, 4, 5, 6]
+    assert [r.seq for r in _in_order(chosen, {2, 3, 4, 5, 6})] == [2, 6]
+    assert [r.seq for r in _in_order(chosen, {1, 2, 3, 4, 5, 6})] == [1, 2, 3, 4, 5, 6]

@@ -231,6 +231,26 @@ def test_client_too_large_call_is_reported_not_sent(pipes: SandboxServer) -> Non
     assert "call_too_large" in refused.body
 
 
+def test_pipelines_faults_are_the_track_apis_fault_rules(pipes: SandboxServer) -> None:
+    """Timed and delayed rules, listing and clearing, as ``/_sandbox/faults``; an injected answer applies nothing."""
+    url = pipes.url + "/_sandbox/pipelines/faults"
+    assert httpx.post(url, json={"status": 503, "duration_s": 60}, timeout=30).status_code == 200
+    assert httpx.post(url, json={"delay_s": 0.3}, timeout=30).status_code == 200
+    assert [rule["status"] for rule in httpx.get(url, timeout=30).json()] == [503, None]
+    for _ in range(3):
+        answer = _post(pipes, "/v1/track", {"userId": "u1", "event": "E"})
+        assert answer.status_code == 503 and answer.json() == {"code": "injected", "message": "sandbox fault"}
+    assert httpx.delete(url, timeout=30).status_code == 200 and httpx.get(url, timeout=30).json() == []
+    httpx.post(url, json={"delay_s": 0.3}, timeout=30)
+    answer = _post(pipes, "/v1/track", {"userId": "u1", "event": "E"})
+    assert answer.status_code == 200 and answer.elapsed.total_seconds() >= 0.3
+    assert len(_view(pipes, "events")) == 1
+    assert httpx.post(url, json={"count": 1}, timeout=30).status_code == 400  # neither a status nor a delay
+    pipes.pipelines.add_fault(429, retry_after=2)
+    pipes.pipelines.reset()
+    assert pipes.pipelines.fault_rules.views() == []
+
+
 def test_client_classifies_auth_and_transient(pipes: SandboxServer) -> None:
     with pl.PipelinesClient("wrong", pipes.url) as client:
         result = client.send_call(pl.track("E", user_id="u1"))

@@ -10,8 +10,7 @@ import httpx
 import pytest
 
 from posthog_customerio.config import ConfigError, load_settings
-from posthog_customerio.operations import Operation, encode_payload
-from posthog_customerio.outbox import Claimed
+from posthog_customerio.operations import Claimed, Operation, encode_payload
 from posthog_customerio.output import pipelines as pl
 from posthog_customerio.output.base import Outcome
 from posthog_customerio.runtime import Runtime
@@ -293,7 +292,7 @@ def test_region_and_url_choose_the_pipelines_host(tmp_path: Path) -> None:
             }
         )
         with Runtime(settings) as runtime:
-            return runtime.pipelines_client.base_url
+            return runtime.output().workspace.base_url
 
     assert url() == "https://cdp.customer.io"  # auto: the Pipelines API has no region lookup
     assert url(customerio_region="eu") == "https://cdp-eu.customer.io"

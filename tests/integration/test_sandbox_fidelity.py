@@ -1,4 +1,4 @@
-"""Customer.io semantics the sandbox reproduces (each rule cites the Track API spec in sandbox/workspace.py)."""
+"""Customer.io semantics the sandbox reproduces (each rule cites the Track API spec in sandbox/workspace/)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from posthog_customerio.pipeline import IngestReport
+from posthog_customerio.ingestion import IngestReport
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.sources import ParsedItem, PostHogEvent, parse_event

@@ -71,7 +71,7 @@ def test_wide_event_data_is_fitted_outside_the_write_transaction(
         fitted_inside.append(inside.is_set())
         return real_prefit(event, config)
 
-    monkeypatch.setattr("posthog_customerio.pipeline.prefit_event", spy)
+    monkeypatch.setattr("posthog_customerio.ingestion.prefit_event", spy)
     with make_runtime(sandbox, tmp_path / "data", anonymous_hold_s=0) as runtime:
         real_transaction = runtime.db.transaction
 

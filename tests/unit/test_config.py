@@ -299,3 +299,56 @@ def test_plugin_file_errors(tmp_path: Path, content: str | None, fragment: str |
 def test_plugin_file_is_a_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         plugin_config_values(tmp_path)
+
+
+# -- the settings as the single source of the CLI and the documentation ---------------------
+def test_every_setting_has_a_description_a_group_and_a_flag() -> None:
+    from posthog_customerio.config import GROUPS, settings_reference
+
+    docs = settings_reference()
+    assert {doc.name for doc in docs} == set(Settings.model_fields)
+    for doc in docs:
+        assert doc.description.strip(), f"{doc.env} has no description"
+        assert doc.group in GROUPS and doc.flags and doc.flags[0].startswith("--") and doc.type
+    flags = [flag for doc in docs for flag in doc.flags]
+    assert len(flags) == len(set(flags)), "two settings share a flag"
+
+
+def test_settings_reference_rows() -> None:
+    from posthog_customerio.config import settings_reference
+
+    rows = {doc.env: doc for doc in settings_reference()}
+    assert rows["CUSTOMERIO_SITE_ID"].flags == ("--site-id",) and rows["CUSTOMERIO_SITE_ID"].secret
+    assert rows["IDENTIFY_BY_EMAIL"].flags == ("--identify-by-email", "--no-identify-by-email")
+    assert (rows["IDENTIFY_BY_EMAIL"].type, rows["IDENTIFY_BY_EMAIL"].default) == ("boolean", "false")
+    assert rows["HTTP_KEEP_ALIVE_S"].flags == ("--timeout-keep-alive",)
+    assert rows["DELIVERY_CONCURRENCY"].type == "integer (≥ 1, ≤ 64)" and rows["DELIVERY_CONCURRENCY"].default == "4"
+    assert rows["CUSTOMERIO_REGION"].type == "us | eu | auto" and not rows["CUSTOMERIO_REGION"].secret
+    assert rows["KAFKA_GROUP_ID"].default == "posthog-customerio" and rows["KAFKA_TOPIC"].default == ""
+
+
+def test_kafka_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "broker:9092")
+    monkeypatch.setenv("KAFKA_TOPIC", "events")
+    s = load_settings({"kafka_group_id": "mine"})
+    assert (s.kafka_bootstrap_servers, s.kafka_topic, s.kafka_group_id, s.kafka_config_file) == (
+        "broker:9092",
+        "events",
+        "mine",
+        None,
+    )
+
+
+def test_plugin_config_is_a_settings_source(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from posthog_customerio.config import PluginConfigSource
+
+    path = _plugin_file(tmp_path, {"eventsToSend": "plugin", "identifyByEmail": "no"})
+    assert PluginConfigSource(Settings, path)() == {"events_to_send": "plugin", "identify_by_email": False}
+    assert PluginConfigSource(Settings, None)() == {}
+    monkeypatch.setenv("EVENTS_TO_SEND", "env")
+    monkeypatch.setenv("CONVERT_DATES", "false")
+    s = load_settings({"identify_by_email": True}, plugin_config=path)
+    assert (s.events_to_send, s.identify_by_email, s.convert_dates) == ("plugin", True, False)
+    # what was given (flags, plugin, environment) is told apart from the defaults
+    assert {"events_to_send", "identify_by_email", "convert_dates"} <= s.model_fields_set
+    assert "posthog_customerio_data_dir" not in s.model_fields_set

@@ -12,8 +12,11 @@ from urllib.parse import quote
 
 import lzstring
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from posthog_customerio.sources.decoding import MAX_GZIP_MEMBERS, DecodeError, decode_body
+from posthog_customerio.sources.lz64 import LZStringError, LZStringTooLarge, decompress_from_base64
 
 LIMIT = 1_000_000
 FORM = {"content-type": "application/x-www-form-urlencoded"}
@@ -130,3 +133,53 @@ def test_an_lz64_bomb_stops_at_the_limit() -> None:
     assert len(bomb) < 4_000
     error = rejected(FORM, {"compression": "lz64"}, b"data=" + bomb.encode())
     assert error.status == 413
+
+
+#: what the ``lzstring`` package's compressor round-trips: UTF-16 code units (no surrogates; a
+#: character beyond U+FFFF is no single unit in the JavaScript strings LZString works on)
+BMP_TEXT = st.text(st.characters(max_codepoint=0xFFFF, exclude_categories=("Cs",)), min_size=1, max_size=400)
+
+
+@settings(max_examples=300, deadline=None)
+@given(BMP_TEXT)
+def test_our_lz64_decoder_reads_what_lzstring_compresses(text: str) -> None:
+    packed = lzstring.LZString.compressToBase64(text)
+    assert decompress_from_base64(packed, len(text)) == text
+    if len(text) > 1:
+        with pytest.raises(LZStringTooLarge):
+            decompress_from_base64(packed, len(text) - 1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=", min_size=1, max_size=40))
+def test_our_lz64_decoder_agrees_with_lzstring_on_arbitrary_data(data: str) -> None:
+    """Whatever lzstring's decompressor makes of base64 data, ours makes the same or refuses it as it does."""
+    try:
+        theirs = lzstring.LZString.decompressFromBase64(data)
+    except Exception:
+        theirs = None
+    try:
+        ours: str | None = decompress_from_base64(data, 1_000_000)
+    except LZStringTooLarge:  # pragma: no cover - 40 characters decode to far less
+        raise
+    except LZStringError:
+        ours = None
+    assert (ours or None) == (theirs or None)
+
+
+def test_an_lz64_bomb_is_stopped_as_it_grows() -> None:
+    bomb = lzstring.LZString.compressToBase64("a" * 2_000_000)
+    started = time.monotonic()
+    with pytest.raises(LZStringTooLarge):
+        decompress_from_base64(bomb, 10_000)
+    assert time.monotonic() - started < 1  # it stopped near 10,000 characters, not after 2,000,000
+    assert decompress_from_base64(bomb, 2_000_000) == "a" * 2_000_000
+
+
+def test_lz64_errors_name_the_problem() -> None:
+    packed = lzstring.LZString.compressToBase64("hello, hello, hello")
+    with pytest.raises(LZStringError, match="truncated"):
+        decompress_from_base64(packed[:3], 100)
+    with pytest.raises(LZStringError, match="outside base64 at 1"):
+        decompress_from_base64(packed[0] + "*" + packed[2:], 100)
+    assert decompress_from_base64(lzstring.LZString.compressToBase64(""), 100) == ""

@@ -10,10 +10,10 @@ import httpx
 import pytest
 
 from posthog_customerio.mapping import MappingConfig, adopted_events, map_event
-from posthog_customerio.operations import Kind, Operation, encode_payload
-from posthog_customerio.outbox import Claimed
-from posthog_customerio.output import OUTPUTS, OutputContext, create_output
+from posthog_customerio.operations import Claimed, Kind, Operation, encode_payload
+from posthog_customerio.output import OUTPUTS, OutputConfig, create_output
 from posthog_customerio.output.base import Outcome
+from posthog_customerio.output.pipelines import PipelinesOutput
 from posthog_customerio.output.track import TrackClient, TrackV1Output, TrackV2Output
 from posthog_customerio.output.track_v1 import v1_request
 from posthog_customerio.output.track_v2 import batch_body, batch_item
@@ -234,22 +234,38 @@ def test_v1_output_sends_one_request_per_operation_and_objects_as_a_batch_of_one
     assert output.claim_size(1000, 0.01) == 500  # five seconds of requests at 100/s
 
 
-@pytest.mark.parametrize(("api", "kind"), [("v1", TrackV1Output), ("v2", TrackV2Output)])
-def test_the_registry_chooses_the_output_by_customerio_api(api: str, kind: type) -> None:
-    made: list[TrackClient] = []
+@pytest.mark.parametrize(
+    ("api", "kind", "linger_s"),
+    [("v1", TrackV1Output, 0.1), ("v2", TrackV2Output, 0.1), ("pipelines", PipelinesOutput, 1.0)],
+)
+def test_the_registry_chooses_the_output_by_customerio_api(api: str, kind: type, linger_s: float) -> None:
+    config = OutputConfig(
+        region="eu",
+        track_credentials=lambda: ("site", "key"),
+        pipelines_key=lambda: "pk",
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, json={})),
+    )
+    output = create_output(api, config)
+    try:
+        assert type(output) is kind and output.name == api and output.linger_s == linger_s
+        assert output.workspace.base_url in ("https://track-eu.customer.io", "https://cdp-eu.customer.io")
+    finally:
+        output.close()
+    assert list(OUTPUTS) == ["v1", "v2", "pipelines"]
 
-    def track_client() -> TrackClient:
-        made.append(_client([]))
-        return made[-1]
 
-    output = create_output(api, OutputContext(settings=None, track_client=track_client))
-    assert type(output) is kind and output.name == api and len(made) == 1
-    assert set(OUTPUTS) >= {"v1", "v2"}
+def test_an_output_reads_only_its_own_credentials() -> None:
+    def no_track_credentials() -> tuple[str, str]:
+        raise AssertionError("the Pipelines output asked for the Track credentials")
+
+    output = create_output("pipelines", OutputConfig(track_credentials=no_track_credentials, pipelines_key=lambda: "k"))
+    assert output.workspace == ("k", "https://cdp.customer.io")  # auto: the Pipelines API has no region lookup
+    output.close()
 
 
 def test_an_unknown_output_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown CUSTOMERIO_API 'smoke'"):
-        create_output("smoke", OutputContext(settings=None, track_client=lambda: _client([])))
+        create_output("smoke", OutputConfig())  # one of v1, v2, pipelines
 
 
 def test_mapping_gives_every_operation_its_kind() -> None:

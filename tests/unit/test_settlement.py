@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
-from posthog_customerio.outbox import Claimed
+from posthog_customerio.backoff import Backoff
+from posthog_customerio.operations import Claimed
 from posthog_customerio.output.base import Outcome, SendResult, Unit
-from posthog_customerio.settlement import Backoff, Settlement, Verdict
+from posthog_customerio.settlement import Settlement, Verdict
 
 
 def items(count: int) -> list[Claimed]:
@@ -26,11 +27,11 @@ def summary(verdict: Verdict) -> dict[str, Any]:
         "release": seqs(verdict.release),
         "halves": None if verdict.halves is None else [seqs(half) for half in verdict.halves],
         "auth": verdict.auth_error,
-        "held": verdict.hold_s is not None,
+        "paused": verdict.pause_s is not None,
     }
 
 
-NONE: dict[str, Any] = {"ack": [], "dead": [], "release": [], "halves": None, "auth": None, "held": False}
+NONE: dict[str, Any] = {"ack": [], "dead": [], "release": [], "halves": None, "auth": None, "paused": False}
 
 #: (case, unit size, answer, expected verdict)
 CASES: list[tuple[str, int, SendResult, dict[str, Any]]] = [
@@ -77,12 +78,12 @@ CASES: list[tuple[str, int, SendResult, dict[str, Any]]] = [
         SendResult(Outcome.PERMANENT, 422, "no"),
         {**NONE, "dead": [(0, "HTTP 422: no", 422)]},
     ),
-    ("5xx releases and pauses", 2, SendResult(Outcome.TRANSIENT, 503), {**NONE, "release": [0, 1], "held": True}),
+    ("5xx releases and pauses", 2, SendResult(Outcome.TRANSIENT, 503), {**NONE, "release": [0, 1], "paused": True}),
     (
         "network errors release and pause",
         2,
         SendResult(Outcome.TRANSIENT, error="ConnectError: refused"),
-        {**NONE, "release": [0, 1], "held": True},
+        {**NONE, "release": [0, 1], "paused": True},
     ),
     (
         "401 releases and pauses on credentials",
@@ -102,12 +103,12 @@ def test_settlement(case: str, size: int, result: SendResult, expected: dict[str
 
 def test_a_transient_failure_backs_off_and_retry_after_wins() -> None:
     settlement = Settlement(Backoff(base=1.0, cap=8.0))
-    delays = [settlement.settle(Unit(items(1)), SendResult(Outcome.TRANSIENT, 500)).hold_s for _ in range(5)]
+    delays = [settlement.settle(Unit(items(1)), SendResult(Outcome.TRANSIENT, 500)).pause_s for _ in range(5)]
     bounds = [(0.5, 1), (1, 2), (2, 4), (4, 8), (4, 8)]  # doubling, capped, jittered in [1/2, 1]
     assert None not in delays
     assert all(low <= delay <= high for delay, (low, high) in zip(delays, bounds, strict=True))  # type: ignore[operator]
     told = settlement.settle(Unit(items(1)), SendResult(Outcome.TRANSIENT, 429, retry_after=7.0))
-    assert told.hold_s == 7.0 and told.reason == "HTTP 429"
+    assert told.pause_s == 7.0 and told.reason == "HTTP 429"
 
 
 def test_a_success_resets_the_backoff() -> None:
@@ -118,7 +119,7 @@ def test_a_success_resets_the_backoff() -> None:
     assert backoff.failures == 4
     settlement.settle(Unit(items(1)), SendResult(Outcome.OK, 200))
     assert backoff.failures == 0
-    first = settlement.settle(Unit(items(1)), SendResult(Outcome.TRANSIENT, 500)).hold_s
+    first = settlement.settle(Unit(items(1)), SendResult(Outcome.TRANSIENT, 500)).pause_s
     assert first is not None and 0.5 <= first <= 1.0
 
 

@@ -1,9 +1,14 @@
-"""What every output API shares: classified results and the protocol delivery drives.
+"""The output plug-in point: the protocol delivery drives, the registry, and the classified results.
 
 An output turns claimed neutral operations (:mod:`..operations`, stored by the
 outbox) into requests of one Customer.io API. Delivery asks it to split a claim into
 :class:`Unit` s (one request each), sends them in order, and hands every
 :class:`SendResult` to the settlement policy (:mod:`..settlement`).
+
+Outputs are declared in :data:`OUTPUTS`, keyed by their ``CUSTOMERIO_API`` value (each implementation
+module registers its classes with :func:`register`); the runtime builds the chosen one with
+:func:`create_output` from an :class:`OutputConfig` and never looks inside. What differs between outputs
+(how to reach the API, the default delivery linger, the pacing workspace) is on the output.
 """
 
 from __future__ import annotations
@@ -13,23 +18,28 @@ import enum
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import httpx
 
-from ..outbox import Claimed
+from ..operations import Claimed
 
 __all__ = [
+    "OUTPUTS",
     "RETRY_AFTER_MAX_S",
     "AuthError",
     "Outcome",
     "Output",
+    "OutputConfig",
     "SendResult",
     "Unit",
+    "Workspace",
     "classify",
+    "create_output",
     "parse_retry_after",
+    "register",
 ]
 
 TRANSIENT_STATUSES = frozenset({408, 425, 429})
@@ -83,14 +93,59 @@ class Unit:
     batch: bool = True
 
 
+def _not_configured() -> Any:
+    raise ValueError("this output's credentials were not given")
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConfig:
+    """What an output is built from: made by the runtime from the settings (outputs never see the settings).
+
+    Credentials are callables, read only by the output that needs them (a missing one raises the
+    configuration error then, so the Track credentials are not required with the Pipelines API).
+    """
+
+    #: ``us``, ``eu`` or ``auto`` (``CUSTOMERIO_REGION``)
+    region: str = "auto"
+    #: the deadline of one request (already bounded by the claims' lease)
+    timeout_s: float = 30.0
+    #: the deadline of a region lookup (``CUSTOMERIO_TIMEOUT_S``)
+    lookup_timeout_s: float = 30.0
+    retry_after_max_s: float = RETRY_AFTER_MAX_S
+    #: a failed region lookup logs a warning and uses the US host instead of raising (the service)
+    fallback_to_us: bool = False
+    #: Track API: ``(site_id, api_key)``, and a base URL that replaces the region's (``CUSTOMERIO_TRACK_URL``)
+    track_credentials: Callable[[], tuple[str, str]] = _not_configured
+    track_url: str | None = None
+    #: Pipelines API: the source key, and a base URL that replaces the region's (``CUSTOMERIO_PIPELINES_URL``)
+    pipelines_key: Callable[[], str] = _not_configured
+    pipelines_url: str | None = None
+    #: an HTTP transport in place of the network (tests)
+    transport: httpx.BaseTransport | None = None
+
+
+class Workspace(NamedTuple):
+    """Who an output sends as: replicas sending as the same workspace share one pace."""
+
+    account: str
+    base_url: str
+
+
 class Output(Protocol):
-    """One output API, as delivery drives it (:mod:`.track_v1`, :mod:`.track_v2`)."""
+    """One output API, as delivery drives it (:mod:`.track`, :mod:`.pipelines`)."""
 
     #: the ``CUSTOMERIO_API`` value that selects it
     name: str
     #: the most bytes of operations one request may carry, and one operation may be
     max_batch_bytes: int
     max_op_bytes: int
+    #: seconds delivery waits for a fuller claim unless ``DELIVERY_LINGER_S`` says otherwise
+    linger_s: float
+
+    @property
+    def workspace(self) -> Workspace:
+        """The account and API address requests go to (the key of the pace replicas share)."""
+        ...
 
     def claim_size(self, max_items: int, interval: float) -> int:
         """How many operations to claim at once, given the seconds between request slots."""
@@ -107,6 +162,41 @@ class Output(Protocol):
     def check_credentials(self) -> None:
         """Raise :class:`AuthError` while the credentials are rejected (other errors: try later)."""
         ...
+
+    def close(self) -> None:
+        """Close its connections."""
+        ...
+
+
+class OutputFactory(Protocol):
+    """An output class as the registry holds it: its name and how to build it from an :class:`OutputConfig`."""
+
+    name: str
+
+    def create(self, config: OutputConfig) -> Output:
+        """The output, connected as ``config`` says (may ask Customer.io for the region)."""
+        ...
+
+
+#: ``CUSTOMERIO_API`` value -> the output class it selects (filled by :func:`register`)
+OUTPUTS: dict[str, OutputFactory] = {}
+
+_F = TypeVar("_F", bound=OutputFactory)
+
+
+def register(factory: _F) -> _F:
+    """Class decorator: declare an output under its ``name`` (its ``CUSTOMERIO_API`` value)."""
+    OUTPUTS[factory.name] = factory
+    return factory
+
+
+def create_output(api: str, config: OutputConfig) -> Output:
+    """The output for ``CUSTOMERIO_API`` (ValueError for an unknown one)."""
+    try:
+        factory = OUTPUTS[api]
+    except KeyError:
+        raise ValueError(f"unknown CUSTOMERIO_API {api!r} (one of {', '.join(OUTPUTS)})") from None
+    return factory.create(config)
 
 
 def parse_retry_after(value: str | None, now: float | None = None, limit: float = RETRY_AFTER_MAX_S) -> float | None:

@@ -11,20 +11,33 @@ express (objects, relationships) as a v2 batch of one. The encoders are
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
 from .. import __version__
-from ..operations import MAX_BATCH_BYTES, MAX_OP_BYTES, Kind
-from ..outbox import Claimed
-from .base import AUTH_STATUSES, RETRY_AFTER_MAX_S, AuthError, Outcome, SendResult, Unit, classify
+from ..operations import MAX_BATCH_BYTES, MAX_OP_BYTES, Claimed, Kind
+from .base import (
+    AUTH_STATUSES,
+    RETRY_AFTER_MAX_S,
+    AuthError,
+    Outcome,
+    OutputConfig,
+    SendResult,
+    Unit,
+    Workspace,
+    classify,
+    register,
+)
 from .deadline import DeadlineClient
 from .track_v1 import has_v1_equivalent, v1_body_text, v1_request
 from .track_v2 import BATCH_ENVELOPE, BATCH_PATH, batch_body, batch_item, has_v2_equivalent
 
 __all__ = ["REGION_URLS", "TrackClient", "TrackOutput", "TrackV1Output", "TrackV2Output", "resolve_track_url"]
+
+log = logging.getLogger(__name__)
 
 REGION_URLS = {"us": "https://track.customer.io", "eu": "https://track-eu.customer.io"}
 
@@ -42,6 +55,7 @@ class TrackClient:
         transport: httpx.BaseTransport | None = None,
         retry_after_max_s: float = RETRY_AFTER_MAX_S,
     ) -> None:
+        self.site_id = site_id
         self.base_url = base_url.rstrip("/")
         self.retry_after_max_s = retry_after_max_s
         self._http = DeadlineClient(
@@ -105,9 +119,34 @@ class TrackOutput:
     name = "track"
     max_batch_bytes = MAX_BATCH_BYTES - BATCH_ENVELOPE
     max_op_bytes = MAX_OP_BYTES
+    #: a claim is sent as soon as it is there (a short wait lets a burst fill it)
+    linger_s = 0.1
 
     def __init__(self, client: TrackClient) -> None:
         self.client = client
+
+    @classmethod
+    def create(cls, config: OutputConfig) -> Self:
+        """The output with a client for the configured workspace (asks Customer.io for an ``auto`` region)."""
+        site_id, api_key = config.track_credentials()
+        client = TrackClient(
+            site_id,
+            api_key,
+            track_url(config),
+            timeout=config.timeout_s,
+            transport=config.transport,
+            retry_after_max_s=config.retry_after_max_s,
+        )
+        return cls(client)
+
+    @property
+    def workspace(self) -> Workspace:
+        """The Site ID and the Track API address."""
+        return Workspace(self.client.site_id, self.client.base_url)
+
+    def close(self) -> None:
+        """Close the client's connections."""
+        self.client.close()
 
     def claim_size(self, max_items: int, interval: float) -> int:
         """A full batch."""
@@ -162,6 +201,10 @@ class TrackV1Output(TrackOutput):
         return [Unit([item], batch=not has_v1_equivalent(item.kind)) for item in items]
 
 
+register(TrackV1Output)
+register(TrackV2Output)
+
+
 def resolve_track_url(site_id: str, api_key: str, region: str, override: str | None, *, timeout: float = 30.0) -> str:
     """The base URL to use: the override, the region's host, or (``auto``) ask Customer.io."""
     if override:
@@ -170,3 +213,19 @@ def resolve_track_url(site_id: str, api_key: str, region: str, override: str | N
         return REGION_URLS[region]
     with TrackClient(site_id, api_key, REGION_URLS["us"], timeout=timeout) as client:
         return str(client.account_region()["url"]).rstrip("/")
+
+
+def track_url(config: OutputConfig) -> str:
+    """The Track API base URL :meth:`TrackOutput.create` uses (asks Customer.io once when the region is ``auto``).
+
+    With ``fallback_to_us`` set (the service), a failed lookup logs a warning and uses the US host:
+    delivery then pauses on 401 and retries instead of the receiver refusing to start.
+    """
+    site_id, api_key = config.track_credentials()
+    try:
+        return resolve_track_url(site_id, api_key, config.region, config.track_url, timeout=config.lookup_timeout_s)
+    except (AuthError, httpx.HTTPError) as exc:
+        if not config.fallback_to_us:
+            raise
+        log.warning("region lookup failed (%s); using %s", exc, REGION_URLS["us"])
+        return REGION_URLS["us"]

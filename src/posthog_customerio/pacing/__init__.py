@@ -8,12 +8,12 @@ every replica of a workspace on a PostgreSQL row (:class:`PostgresPacer`, chosen
 
 from __future__ import annotations
 
-from .base import MAX_HOLD_S, Pacer, finite_delay
+from .base import MAX_PAUSE_S, Pacer, finite_delay
 from .local import RateLimiter
 from .postgres import PostgresPacer, shared_pacer, workspace_key
 
 __all__ = [
-    "MAX_HOLD_S",
+    "MAX_PAUSE_S",
     "Pacer",
     "PostgresPacer",
     "RateLimiter",

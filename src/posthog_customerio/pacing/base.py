@@ -12,15 +12,15 @@ import math
 import threading
 from typing import Protocol
 
-__all__ = ["MAX_HOLD_S", "Pacer", "finite_delay"]
+__all__ = ["MAX_PAUSE_S", "Pacer", "finite_delay"]
 
 #: no pause is ever longer than this, whatever computed it (a wait of ``inf`` raises OverflowError)
-MAX_HOLD_S = 3600.0
+MAX_PAUSE_S = 3600.0
 
 
 def finite_delay(seconds: float) -> float:
-    """``seconds`` within ``[0, MAX_HOLD_S]`` (``nan`` -> 0)."""
-    return 0.0 if math.isnan(seconds) else min(max(0.0, seconds), MAX_HOLD_S)
+    """``seconds`` within ``[0, MAX_PAUSE_S]`` (``nan`` -> 0)."""
+    return 0.0 if math.isnan(seconds) else min(max(0.0, seconds), MAX_PAUSE_S)
 
 
 class Pacer(Protocol):
@@ -35,11 +35,11 @@ class Pacer(Protocol):
         """Wait for a request slot; False while a pause is in force or when ``stop`` is set."""
         ...
 
-    def hold_for(self, seconds: float) -> None:
+    def pause_for(self, seconds: float) -> None:
         """No request for ``seconds`` from now (clamped by :func:`finite_delay`)."""
         ...
 
-    def hold_remaining(self) -> float:
+    def pause_remaining(self) -> float:
         """Seconds left of the current pause, as last known (0 when none)."""
         ...
 

@@ -14,14 +14,14 @@ __all__ = ["RateLimiter"]
 class RateLimiter:
     """Paces requests to at most ``rate`` per second across all workers.
 
-    ``hold_until`` makes every caller wait until a moment (used for ``Retry-After``).
+    ``pause_until`` makes every caller wait until a moment (used for ``Retry-After``).
     """
 
     def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval = 1.0 / rate
         self._clock = clock
         self._next = 0.0
-        self._hold = 0.0
+        self._pause_end = 0.0
         self._lock = threading.Lock()
 
     def reserve(self) -> float:
@@ -37,25 +37,25 @@ class RateLimiter:
         with self._lock:
             return max(0.0, self._next - self._clock())
 
-    def hold_until(self, moment: float) -> None:
+    def pause_until(self, moment: float) -> None:
         """No slot before ``moment`` (a clock value); slots already handed out are void."""
         with self._lock:
             moment = self._clock() + finite_delay(moment - self._clock())
             self._next = max(self._next, moment)
-            self._hold = max(self._hold, moment)
+            self._pause_end = max(self._pause_end, moment)
 
-    def hold_for(self, seconds: float) -> None:
+    def pause_for(self, seconds: float) -> None:
         """No slot for ``seconds`` from now."""
-        self.hold_until(self._clock() + finite_delay(seconds))
+        self.pause_until(self._clock() + finite_delay(seconds))
 
-    def held(self) -> bool:
-        """Whether a hold (``Retry-After``, back-off) is in force now."""
-        return self.hold_remaining() > 0
+    def paused(self) -> bool:
+        """Whether a pause (``Retry-After``, back-off) is in force now."""
+        return self.pause_remaining() > 0
 
-    def hold_remaining(self) -> float:
-        """Seconds until the current hold ends (0 when none)."""
+    def pause_remaining(self) -> float:
+        """Seconds until the current pause ends (0 when none)."""
         with self._lock:
-            return max(0.0, self._hold - self._clock())
+            return max(0.0, self._pause_end - self._clock())
 
     def acquire(self, stop: threading.Event | None = None) -> bool:
         """Wait for a slot; False if ``stop`` was set while waiting."""
@@ -69,6 +69,6 @@ class RateLimiter:
 
     def take(self, stop: threading.Event) -> bool:
         """A slot, unless a pause is (or comes) in force or ``stop`` is set."""
-        if self.held():
+        if self.paused():
             return False
-        return self.acquire(stop) and not self.held()
+        return self.acquire(stop) and not self.paused()

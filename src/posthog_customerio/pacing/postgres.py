@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from ..storage import Storage
 from ..storage.postgres import PostgresStorage
@@ -31,13 +32,15 @@ __all__ = ["PacingRows", "PostgresPacer", "shared_pacer", "workspace_key"]
 
 log = logging.getLogger(__name__)
 
+# the row's ``hold_until`` column is the end of the delivery pause (named before the pause was; a rename
+# would be a migration)
 _NOW = "WITH clock AS (SELECT EXTRACT(EPOCH FROM clock_timestamp())::float8 AS now) "
 _TAKE_SQL = _NOW + (
     "UPDATE delivery_pacing AS p SET next_slot = CASE WHEN p.hold_until > clock.now THEN p.next_slot"
     " ELSE GREATEST(p.next_slot, clock.now) + %s END FROM clock WHERE p.workspace = %s"
     " RETURNING p.next_slot - clock.now, p.hold_until - clock.now"
 )
-_HOLD_SQL = _NOW + (
+_PAUSE_SQL = _NOW + (
     "UPDATE delivery_pacing AS p SET hold_until = GREATEST(p.hold_until, clock.now + %s),"
     " next_slot = GREATEST(p.next_slot, clock.now + %s) FROM clock WHERE p.workspace = %s"
     " RETURNING p.hold_until - clock.now"
@@ -46,7 +49,7 @@ _DELAY_SQL = (
     "SELECT GREATEST(next_slot, hold_until) - EXTRACT(EPOCH FROM clock_timestamp())::float8"
     " FROM delivery_pacing WHERE workspace = %s"
 )
-_HELD_SQL = (
+_PAUSE_LEFT_SQL = (
     "SELECT hold_until - EXTRACT(EPOCH FROM clock_timestamp())::float8 FROM delivery_pacing WHERE workspace = %s"
 )
 _INSERT_SQL = "INSERT INTO delivery_pacing (workspace) VALUES (%s) ON CONFLICT (workspace) DO NOTHING"
@@ -65,6 +68,14 @@ def shared_pacer(storage: Storage, workspace: Callable[[], str], rate: float) ->
     return PostgresPacer(storage, workspace(), rate)
 
 
+def _seconds(row: Any) -> float | None:
+    """The one value of a pacing statement's row, in seconds (``None``: the workspace has no row)."""
+    if row is None:
+        return None
+    (seconds,) = row
+    return float(seconds)
+
+
 class PacingRows:
     """The ``delivery_pacing`` rows: per workspace the next slot and the end of a pause, in seconds
     from now on the database's clock (``None``: the workspace has no row)."""
@@ -81,25 +92,28 @@ class PacingRows:
         """Reserve a slot: ``(seconds to after the slot, seconds of pause left)``."""
         with self.db.transaction() as tx:
             row = tx.execute(_TAKE_SQL, (interval, workspace)).fetchone()
-        return None if row is None else (float(row[0]), float(row[1]))
+        if row is None:
+            return None
+        after_slot, pause_left = row
+        return float(after_slot), float(pause_left)
 
     def delay(self, workspace: str) -> float | None:
         """Seconds until the next slot or the end of the pause, whichever is later."""
         with self.db.transaction() as tx:
             row = tx.execute(_DELAY_SQL, (workspace,)).fetchone()
-        return None if row is None else float(row[0])
+        return _seconds(row)
 
-    def held(self, workspace: str) -> float | None:
+    def pause_left(self, workspace: str) -> float | None:
         """Seconds of pause left."""
         with self.db.reading() as tx:
-            row = tx.execute(_HELD_SQL, (workspace,)).fetchone()
-        return None if row is None else float(row[0])
+            row = tx.execute(_PAUSE_LEFT_SQL, (workspace,)).fetchone()
+        return _seconds(row)
 
-    def hold(self, workspace: str, seconds: float) -> float | None:
+    def pause(self, workspace: str, seconds: float) -> float | None:
         """Extend the pause to at least ``seconds``; returns the pause left."""
         with self.db.transaction() as tx:
-            row = tx.execute(_HOLD_SQL, (seconds, seconds, workspace)).fetchone()
-        return None if row is None else float(row[0])
+            row = tx.execute(_PAUSE_SQL, (seconds, seconds, workspace)).fetchone()
+        return _seconds(row)
 
 
 class PostgresPacer:
@@ -110,55 +124,55 @@ class PostgresPacer:
         self.workspace = workspace
         self.interval = 1.0 / rate
         self._lock = threading.Lock()
-        self._hold_end = 0.0  # monotonic end of the pause as last seen in the row
+        self._pause_end = 0.0  # monotonic end of the pause as last seen in the row
         self._ensure_row()
 
     def _ensure_row(self) -> None:
         self.store.ensure(self.workspace)
 
-    def _seen_hold(self, remaining: float) -> float:
+    def _seen_pause(self, remaining: float) -> float:
         remaining = finite_delay(remaining)
         with self._lock:
-            self._hold_end = max(self._hold_end, time.monotonic() + remaining) if remaining > 0 else self._hold_end
+            self._pause_end = max(self._pause_end, time.monotonic() + remaining) if remaining > 0 else self._pause_end
         return remaining
 
-    def hold_remaining(self) -> float:
+    def pause_remaining(self) -> float:
         """Seconds left of the pause as last seen (no round trip; :meth:`take` always asks the row)."""
         with self._lock:
-            return max(0.0, self._hold_end - time.monotonic())
+            return max(0.0, self._pause_end - time.monotonic())
 
     def take(self, stop: threading.Event) -> bool:
         """Reserve the next shared slot and wait for it; False while a pause is in force or on ``stop``."""
-        if self.hold_remaining() > 0:
+        if self.pause_remaining() > 0:
             return False
         row = self.store.take(self.workspace, self.interval)
         if row is None:  # the row went missing (schema recreated): make it again
             self._ensure_row()
             return False
-        after_slot, hold = row
-        if self._seen_hold(hold) > 0:
+        after_slot, pause = row
+        if self._seen_pause(pause) > 0:
             return False
         wait = finite_delay(after_slot - self.interval)
         if wait <= 0:
             return True
         if stop.wait(wait):
             return False
-        held = self.store.held(self.workspace)
-        return held is None or self._seen_hold(held) <= 0
+        left = self.store.pause_left(self.workspace)
+        return left is None or self._seen_pause(left) <= 0
 
     def reserve_delay(self) -> float:
         """Seconds until the shared next slot (or the end of the pause), without reserving it."""
         delay = self.store.delay(self.workspace)
         return 0.0 if delay is None else finite_delay(delay)
 
-    def hold_for(self, seconds: float) -> None:
+    def pause_for(self, seconds: float) -> None:
         """Pause every replica for ``seconds`` (the pause seen locally even if the database fails)."""
         seconds = finite_delay(seconds)
-        self._seen_hold(seconds)
+        self._seen_pause(seconds)
         try:
-            held = self.store.hold(self.workspace, seconds)
+            left = self.store.pause(self.workspace, seconds)
         except Exception as exc:
             log.warning("could not share the delivery pause: %s: %s", type(exc).__name__, exc)
             return
-        if held is not None:
-            self._seen_hold(held)
+        if left is not None:
+            self._seen_pause(left)

@@ -13,9 +13,10 @@ One job per module, in request order:
 * :mod:`.faults`, :mod:`.credentials`, :mod:`.requests_log` -- injected faults, accepted keys, the request log;
 * :mod:`.track_v1`, :mod:`.track_v2` -- each API's routes, parsing requests into operations;
 * :mod:`.operations` -- the operation model and the field rules both versions share;
-* :mod:`.workspace` -- the Customer.io workspace model applying operations (the rules, with their citations);
+* :mod:`.workspace` -- the Customer.io workspace model applying operations (a package: one concern a module;
+  the rules, with their citations);
 * :mod:`.state` -- :class:`SandboxState`, the parts behind one object; :mod:`.views` -- the ``/_sandbox/`` routes;
-* :mod:`.pipelines` -- the Pipelines API emulation (its own state and ``/_sandbox/pipelines/`` views);
+* :mod:`.pipelines` -- the Pipelines API emulation (calls, its own state, ``/_sandbox/pipelines/`` views);
 * :mod:`.wire` -- body parsing and JSON responses shared by the routes.
 """
 

@@ -1,7 +1,9 @@
-"""Fault injection for the sandbox's Track API: answer with a status (429/5xx/401...), a delay, or both.
+"""Fault injection for the sandbox's APIs: answer with a status (429/5xx/401...), a delay, or both.
 
 Rules apply first-in-first-out, one rule per request: a rule covers the next ``count`` requests or every
-request for ``duration_s`` seconds; a rule with neither applies once.
+request for ``duration_s`` seconds; a rule with neither applies once. The Track API (:mod:`.api`) and the
+Pipelines API (:mod:`.pipelines`) each have their own :class:`FaultRules`; an injected answer's body is the
+rule's, else the API's error shape (:func:`fault_response`).
 """
 
 from __future__ import annotations
@@ -138,11 +140,12 @@ class FaultRules:
             return chosen
 
 
-def fault_response(fault: Fault) -> Response:
-    """The injected answer: the rule's body (text or JSON), else the Track API's error shape for the status."""
+def fault_response(fault: Fault, default_body: Any = None) -> Response:
+    """The injected answer: the rule's body (text or JSON), else ``default_body``, else the Track API's error shape
+    for the status."""
     assert fault.status is not None
     headers = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
-    body = fault.body
+    body = fault.body if fault.body is not None else default_body
     if isinstance(body, str):
         return Response(body, status_code=fault.status, media_type="text/plain", headers=headers)
     if body is None:

@@ -22,10 +22,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..delivery import Deliverer
+from ..ingestion import GroupCommitter
 from ..metrics import Metrics
-from ..outbox import Claimed
+from ..operations import Claimed
 from ..output.base import AuthError
-from ..pipeline import GroupCommitter
 from ..runtime import Runtime
 from ..status import RequestLog, ThroughputSampler
 from . import apidoc
@@ -36,7 +36,6 @@ from .cors import BrowserCors
 from .health import CustomerioProbe, DeliveryWatch, Readiness, stall_after_s
 from .ingest_routes import add_ingest_routes
 from .ops_routes import add_ops_routes
-from .paths import is_ops_path
 from .posthog_routes import FORWARDED_METHODS, add_forwarding_routes, add_standalone_routes, forward
 from .proxy import PostHogProxy
 
@@ -137,7 +136,7 @@ def _drain_within(deliverer: Deliverer, seconds: float) -> bool:
     stay queued, sent again at the next start): the whole flush never outlasts ``seconds``. True if emptied."""
     deadline = time.monotonic() + seconds
     try:
-        emptied = deliverer.wait_until_empty(seconds, held_ok=True)
+        emptied = deliverer.wait_until_drained(seconds)
     except AuthError:
         emptied = False
     deliverer.stop(timeout=max(0.0, deadline - time.monotonic()))
@@ -196,7 +195,7 @@ def create_app(
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = apidoc.add_ops_security(generate_openapi(), is_ops_path)
+            app.openapi_schema = apidoc.add_request_schemas(generate_openapi())
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -9,8 +9,8 @@ from datetime import datetime
 from fastapi import Request
 
 from ..config import Settings
+from ..ingestion import IngestReport
 from ..metrics import Metrics
-from ..pipeline import IngestReport
 from ..runtime import Runtime
 from ..sources import PostHogEvent
 from ..status import RequestLog, ThroughputSampler

@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from ..pipeline import IngestReport
+from ..ingestion import IngestReport
 from ..sources import (
     EventParseError,
     PostHogEvent,
@@ -239,12 +239,17 @@ async def capture_v1(request: Request) -> Response:
 
 def add_ingest_routes(app: FastAPI) -> None:
     """The webhook, capture and capture v1 routes (each also with a trailing "/")."""
+    answers: dict[int | str, dict[str, Any]] = {
+        200: {"description": "Every event committed to the outbox"},
+        **apidoc.error_responses(400, 401, 413, 415, 503),
+    }
     app.add_api_route(
         "/webhook",
         webhook,
         methods=["POST"],
         summary="PostHog webhook / Hog destination body, plugin-style or export-style events",
-        responses=apidoc.WEBHOOK_RESPONSES,
+        response_model=apidoc.Accepted,
+        responses={**answers, **apidoc.error_responses(409)},
         openapi_extra=apidoc.INGEST_BODY,
     )
     for path in CAPTURE_PATHS:
@@ -255,7 +260,8 @@ def add_ingest_routes(app: FastAPI) -> None:
                 methods=["POST"],
                 summary="PostHog capture API",
                 include_in_schema=not variant.endswith("/"),
-                responses=apidoc.INGEST_RESPONSES,
+                response_model=apidoc.Accepted,
+                responses=answers,
                 openapi_extra=apidoc.INGEST_BODY,
             )
     for variant in (CAPTURE_V1_PATH, CAPTURE_V1_PATH + "/"):
@@ -265,6 +271,7 @@ def add_ingest_routes(app: FastAPI) -> None:
             methods=["POST"],
             include_in_schema=not variant.endswith("/"),
             summary='PostHog capture v1 (posthog-python capture_mode="v1"): {"batch": [...]}, Bearer token',
-            responses=apidoc.INGEST_RESPONSES,
+            response_model=apidoc.Accepted,
+            responses=answers,
             openapi_extra=apidoc.INGEST_V1_BODY,
         )

@@ -152,11 +152,11 @@ async def api_person(request: Request, person_id: str) -> JSONResponse:
     return JSONResponse(record)
 
 
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: apidoc.json_response("Nothing by that id", apidoc.ERROR_SCHEMA)}
-_OBJECT = {"type": "object", "additionalProperties": True}
-_ONE_LETTER_RESPONSES = {200: apidoc.json_response("The dead letter, its payload parsed", _OBJECT), **_NOT_FOUND}
-_PERSON_RESPONSES = {200: apidoc.json_response("The person's record", _OBJECT), **_NOT_FOUND}
-_RETRY_ONE_RESPONSES = {200: apidoc.RETRY_RESPONSES[200], **_NOT_FOUND}
+def _guarded(description: str, *codes: int, html: bool = False) -> dict[int | str, dict[str, Any]]:
+    """An endpoint that shows or changes people's data (``dependencies=apidoc.OPS_SECURITY``): the 200 answer's
+    description, these ``{"error": ...}`` answers and the operations token's 401."""
+    unauthorized = apidoc.OPS_HTML_RESPONSES if html else apidoc.OPS_RESPONSES
+    return {200: {"description": description}, **apidoc.error_responses(*codes), **unauthorized}
 
 
 def status_page() -> HTMLResponse:
@@ -170,14 +170,19 @@ def add_ops_routes(app: FastAPI) -> None:
         "/healthz",
         healthz,
         methods=["GET"],
-        responses=apidoc.HEALTH_RESPONSES,
+        response_model=apidoc.Health,
+        responses={200: {"description": "The process is alive"}},
         summary="Liveness, delivery state and Customer.io's state (no personal data)",
     )
     app.add_api_route(
         "/readyz",
         readyz,
         methods=["GET"],
-        responses=apidoc.READY_RESPONSES,
+        response_model=apidoc.Ready,
+        responses={
+            200: {"description": "Ready to accept events"},
+            503: {"model": apidoc.Ready, "description": "Not ready: the outbox is not writable or is full"},
+        },
         summary="Readiness: can accept events (outbox writable, below MAX_QUEUE)",
     )
     app.add_api_route(
@@ -186,51 +191,63 @@ def add_ops_routes(app: FastAPI) -> None:
         methods=["GET"],
         summary="Prometheus metrics",
         response_class=PlainTextResponse,
-        responses=apidoc.METRICS_RESPONSES,
+        responses={200: {"description": "Prometheus text exposition format"}},
     )
     app.add_api_route(
         "/api/status",
         api_status,
         methods=["GET"],
-        responses=apidoc.STATUS_RESPONSES,
+        response_model=dict[str, Any],
+        responses=_guarded("The status report"),
         summary="Throughput, queue, errors and dead letters as JSON",
+        dependencies=apidoc.OPS_SECURITY,
     )
     app.add_api_route(
         "/api/dead-letters",
         api_dead_letters,
         methods=["GET"],
         summary="Dead-lettered operations",
-        responses=apidoc.DEAD_LETTER_RESPONSES,
+        response_model=list[dict[str, Any]],
+        responses=_guarded("The oldest dead letters", 400),
         openapi_extra=apidoc.DEAD_LETTER_PARAMETERS,
+        dependencies=apidoc.OPS_SECURITY,
     )
     app.add_api_route(
         "/api/dead-letters/retry",
         api_retry,
         methods=["POST"],
-        responses=apidoc.RETRY_RESPONSES,
+        response_model=apidoc.Requeued,
+        responses=_guarded("Dead letters re-queued", 400, 413, 415),
         summary='Re-queue dead letters: {} for all, or {"ids": [...]} (JSON only)',
         openapi_extra=apidoc.RETRY_BODY,
+        dependencies=apidoc.OPS_SECURITY,
     )
     app.add_api_route(
         "/api/dead-letters/{letter_id}",
         api_dead_letter,
         methods=["GET"],
         summary="One dead letter with its payload",
-        responses=_ONE_LETTER_RESPONSES,
+        response_model=dict[str, Any],
+        responses=_guarded("The dead letter, its payload parsed", 404),
+        dependencies=apidoc.OPS_SECURITY,
     )
     app.add_api_route(
         "/api/dead-letters/{letter_id}/retry",
         api_retry_one,
         methods=["POST"],
         summary="Re-queue one dead letter",
-        responses=_RETRY_ONE_RESPONSES,
+        response_model=apidoc.Requeued,
+        responses=_guarded("Dead letters re-queued", 404),
+        dependencies=apidoc.OPS_SECURITY,
     )
     app.add_api_route(
         "/api/people/{person_id:path}",
         api_person,
         methods=["GET"],
         summary="What was sent for one person (a distinct_id or an email)",
-        responses=_PERSON_RESPONSES,
+        response_model=dict[str, Any],
+        responses=_guarded("The person's record", 404),
+        dependencies=apidoc.OPS_SECURITY,
     )
     app.add_api_route(
         "/status",
@@ -238,5 +255,6 @@ def add_ops_routes(app: FastAPI) -> None:
         methods=["GET"],
         response_class=HTMLResponse,
         summary="Status page",
-        responses=apidoc.PAGE_RESPONSES,
+        responses=_guarded("The status page", html=True),
+        dependencies=apidoc.OPS_SECURITY,
     )

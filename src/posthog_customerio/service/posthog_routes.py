@@ -183,9 +183,7 @@ def add_standalone_routes(app: FastAPI) -> None:
         methods=["GET"],
         response_class=Response,
         summary="posthog-js remote config script (standalone: every remote feature off)",
-        responses={
-            200: {"description": "A script", "content": {"application/javascript": {"schema": {"type": "string"}}}}
-        },
+        responses={200: apidoc.text_response("A script", "application/javascript")},
     )
     for path in ("/s", "/s/"):
         app.add_api_route(

@@ -1,11 +1,14 @@
 """Input sources: PostHog events in every shape, and the jobs that bring them into the outbox.
 
-* :mod:`.events` — the event model (:class:`PostHogEvent`) and the strict parsers, re-exported here;
+* :mod:`.base` — the plug-in point: a :class:`~.base.Source` reads batches, :func:`~.base.run` (the one
+  run loop) stores them through an :class:`~.base.Intake` and wakes delivery;
+* :mod:`.events` — the strict parsers (:mod:`.parsing`, :mod:`.json_strict`, :mod:`.records`) and the event
+  model (:class:`PostHogEvent`, defined in :mod:`posthog_customerio.events`), re-exported here;
 * :mod:`.sdk_time` — SDK clock correction on the capture paths (PostHog's capture rules);
 * :mod:`.decoding` — the body encodings PostHog SDKs use (gzip, base64 forms, lz64);
 * :mod:`.store` — the one policy for events that cannot be stored (HTTP, file and Kafka share it);
-* :mod:`.files` — the file job (:func:`~.files.send_file`: JSONL / JSON array → outbox → Customer.io);
-* :mod:`.kafka` — the Kafka job (:func:`~.kafka.consume`).
+* :mod:`.files` — the file source and job (:func:`~.files.send_file`: JSONL / JSON array → outbox → Customer.io);
+* :mod:`.kafka` — the Kafka source and job (:func:`~.kafka.consume`).
 
 The HTTP receivers live in :mod:`posthog_customerio.service`.
 """

@@ -12,7 +12,7 @@ so a caller may run it in a worker thread:
 - the base64 form ``data=<base64 JSON>`` (``application/x-www-form-urlencoded`` or
   ``?compression=base64``), as posthog-js's ``sendBeacon`` sends it.
 - ``?compression=lz64``: ``data=<LZString base64>``, sent by older posthog-js versions
-  (decoded with the ``lzstring`` package, the one PostHog's own capture used).
+  (decoded by :mod:`.lz64`, which stops at the size limit).
 
 Invalid input raises :class:`DecodeError` (400, or 415 for an unknown
 ``Content-Encoding``); a decoded body over ``limit`` bytes raises it with 413. Its message
@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import sys
 import zlib
 from collections.abc import Mapping
-from typing import Any
 from urllib.parse import parse_qs
+
+from .lz64 import LZStringError, LZStringTooLarge, decompress_from_base64
 
 __all__ = ["GZIP_MAGIC", "MAX_GZIP_MEMBERS", "DecodeError", "decode_body", "gunzip_all"]
 
@@ -37,7 +37,6 @@ _CHUNK = 64 * 1024
 _IN_CHUNK = 16 * 1024
 #: most gzip members in one body (400 above): SDKs send one; a few are allowed for concatenated streams
 MAX_GZIP_MEMBERS = 1_000
-_B64_ALPHABET = {c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")}
 
 
 class DecodeError(ValueError):
@@ -130,46 +129,16 @@ def _base64(text: str) -> bytes:
 
 
 def _lz64(text: str, limit: int) -> bytes:
-    """LZString ``decompressFromBase64`` with the output bounded by ``limit`` characters.
-
-    The ``lzstring`` package has no output limit and LZString output can grow
-    quadratically with its input (a "bomb"), so the character reader handed to its
-    decompressor also watches the output list the decompressor builds, and stops it
-    once the output is over the limit.
-    """
-    import lzstring
-
-    decompress: Any = getattr(lzstring, "_decompress", None)
-    if decompress is None:  # pragma: no cover - a future lzstring without the pure-Python core
-        raise DecodeError(415, "unsupported_encoding", "compression=lz64 is not supported by the installed lzstring")
+    """LZString ``decompressFromBase64`` with the output bounded by ``limit`` (:mod:`.lz64`)."""
     compact = text.strip()
     if not compact:
         raise DecodeError(400, "bad_lz64", "data= is empty")
-    watch: dict[str, Any] = {"result": None, "counted": 0, "size": 0}
-
-    def next_value(index: int) -> int:
-        result = watch["result"]
-        if result is None:  # first call: the decompressor's output list already exists
-            watch["result"] = result = sys._getframe(1).f_locals.get("result")
-        if isinstance(result, list):
-            for piece in result[watch["counted"] :]:
-                watch["size"] += len(piece)
-            watch["counted"] = len(result)
-            if watch["size"] > limit:
-                raise _too_large(limit)
-        if index >= len(compact):
-            raise DecodeError(400, "bad_lz64", "lz64 data is truncated")
-        value = _B64_ALPHABET.get(compact[index])
-        if value is None:
-            raise DecodeError(400, "bad_lz64", f"lz64 data has a character outside base64 at {index}")
-        return value
-
     try:
-        decoded = decompress(len(compact), 32, next_value)
-    except DecodeError:
-        raise
-    except Exception as exc:
-        raise DecodeError(400, "bad_lz64", f"lz64 data is corrupt ({type(exc).__name__})") from None
+        decoded = decompress_from_base64(compact, limit)
+    except LZStringTooLarge:
+        raise _too_large(limit) from None
+    except LZStringError as exc:
+        raise DecodeError(400, "bad_lz64", str(exc)) from None
     if not decoded:
         raise DecodeError(400, "bad_lz64", "lz64 data is corrupt or truncated")
     try:

@@ -1,10 +1,10 @@
 """The file job: PostHog events from a JSONL or JSON-array stream through the outbox to Customer.io.
 
-:func:`send_file` reads the events, stores them in chunks under the shared policy
-(:mod:`.store`: an event that cannot be stored is reported and counted, the rest delivered),
-delivers with this process's workers, waits until the outbox is empty (or ``timeout``) and
-returns a :class:`Summary`. Rendering progress and the summary is the caller's job
-(``posthog-customerio send`` draws progress bars from :class:`FileProgress`).
+:func:`send_file` reads the events in chunks (:class:`FileSource`), which the shared run loop
+(:func:`.base.run`) stores under the shared policy (:mod:`.store`: an event that cannot be stored
+is reported and counted, the rest delivered); it delivers with this process's workers, waits until
+the outbox is empty (or ``timeout``) and returns a :class:`Summary`. Rendering progress and the
+summary is the caller's job (``posthog-customerio send`` draws progress bars from :class:`FileProgress`).
 """
 
 from __future__ import annotations
@@ -14,14 +14,15 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..pipeline import IngestReport
+from ..ingestion import IngestReport
+from .base import Batch, Source, run
 from .events import ParsedItem, PostHogEvent, read_events
-from .store import store_events
+from .store import Stored
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
-__all__ = ["CHUNK_EVENTS", "FileProgress", "Summary", "send_file"]
+__all__ = ["CHUNK_EVENTS", "FileProgress", "FileSource", "Summary", "send_file"]
 
 #: events stored per transaction
 CHUNK_EVENTS = 2000
@@ -79,6 +80,54 @@ class _CountingLines:
             yield line
 
 
+@dataclass(slots=True)
+class Chunk(Batch):
+    """Events read from the file; ``full``: a whole chunk (the last one may be short, or empty)."""
+
+    full: bool = False
+
+
+class FileSource(Source[Chunk]):
+    """JSONL or JSON-array lines, in chunks of ``chunk_events``; what cannot be parsed or stored is
+    passed to ``left_out``, the running totals are kept in :attr:`report`."""
+
+    name = "file"
+
+    def __init__(
+        self,
+        lines: Iterable[str],
+        chunk_events: int = CHUNK_EVENTS,
+        left_out: Callable[[ParsedItem], None] = lambda item: None,
+        on_chunk: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.lines = _CountingLines(lines)
+        self.chunk_events = chunk_events
+        self.left_out = left_out
+        self.on_chunk = on_chunk
+        self.report = IngestReport()
+
+    def batches(self) -> Iterator[Chunk]:
+        """Full chunks as they fill, then the rest; an unparsable item goes to ``left_out`` as it is read."""
+        chunk: list[PostHogEvent] = []
+        for item in read_events(self.lines):
+            if item.event is None:
+                self.left_out(item)
+                continue
+            chunk.append(item.event)
+            if len(chunk) >= self.chunk_events:
+                yield Chunk(chunk, full=True)
+                chunk = []
+        yield Chunk(chunk)
+
+    def stored(self, batch: Chunk, stored: Stored) -> None:
+        """Add to the totals, pass on the events that could not be stored, report progress after a full chunk."""
+        self.report.add(stored.report)
+        for rejected in stored.rejected:
+            self.left_out(ParsedItem(rejected.label, error=rejected.error))
+        if batch.full:
+            self.on_chunk()
+
+
 def send_file(
     runtime: Runtime,
     lines: Iterable[str],
@@ -100,17 +149,14 @@ def send_file(
     backlog = runtime.outbox.depth()
     dead_before = runtime.outbox.dead_letter_count()
     deliverer.start()
-    report, invalid = IngestReport(), 0
-    counting = _CountingLines(lines)
-    chunk: list[PostHogEvent] = []
+    invalid = 0
     stop_within = 10.0  # in-flight requests finish
 
     def progress(done_reading: bool = False) -> None:
         if on_progress is not None:
+            report, delivered = source.report, deliverer.stats.delivered
             on_progress(
-                FileProgress(
-                    counting.read, report.events, backlog + report.operations, deliverer.stats.delivered, done_reading
-                )
+                FileProgress(source.lines.read, report.events, backlog + report.operations, delivered, done_reading)
             )
 
     def left_out(item: ParsedItem) -> None:
@@ -119,26 +165,11 @@ def send_file(
         if on_invalid is not None:
             on_invalid(item, invalid)
 
-    def flush() -> None:
-        stored = store_events(runtime.ingestor.ingest, chunk, "file", count_invalid=runtime.ingestor.count_invalid)
-        report.add(stored.report)
-        for rejected in stored.rejected:
-            left_out(ParsedItem(rejected.label, error=rejected.error))
-        chunk.clear()
-        deliverer.notify()
-
+    source = FileSource(lines, chunk_events, left_out, progress)
     try:
-        for item in read_events(counting):
-            if item.event is None:
-                left_out(item)
-                continue
-            chunk.append(item.event)
-            if len(chunk) >= chunk_events:
-                flush()
-                progress()
-        flush()
+        run(source, runtime.intake(source.name))
         # all read: no identify can come to adopt what ANONYMOUS_HOLD_S holds; holding on would only delay the end
-        runtime.outbox.anonymous_hold_s = 0.0
+        runtime.outbox.input_finished()
         deliverer.notify()
         progress(done_reading=True)
         finished = deliverer.wait_until_empty(timeout, tick=lambda: progress(done_reading=True))
@@ -147,7 +178,7 @@ def send_file(
         raise
     finally:
         deliverer.stop(stop_within)
-    stats = deliverer.stats
+    stats, report = deliverer.stats, source.report
     return Summary(
         read=report.events + invalid,
         invalid=invalid,

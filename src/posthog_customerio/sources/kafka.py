@@ -35,24 +35,24 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from ..pipeline import IngestReport
+from ..backoff import Backoff
+from ..ingestion import IngestReport
+from .base import Batch, Intake, IntakeProvider, Source, run
 from .events import EventParseError, PostHogEvent, loads_strict, parse_payload
-from .store import database_problem, store_events
-
-if TYPE_CHECKING:
-    from ..runtime import Runtime
+from .store import Stored, database_problem
 
 __all__ = [
     "BatchResult",
     "ConsumeReport",
     "KafkaConsumeError",
+    "KafkaSource",
     "consume",
     "consumer_config",
     "decode_message",
@@ -112,6 +112,8 @@ _FIXED = {"enable.auto.commit": False, "enable.auto.offset.store": False}
 
 _COMMIT_ATTEMPTS = 3
 _MAX_BACKOFF_S = 10.0
+#: a retriable commit failure is retried after 0.1 s, then 0.2 s (``_COMMIT_ATTEMPTS`` in all)
+_COMMIT_BACKOFF = Backoff(base=0.1, cap=1.0, jitter=0.0)
 
 
 class KafkaConsumeError(RuntimeError):
@@ -285,7 +287,7 @@ def consumer_config(bootstrap: str, group: str, extra: Mapping[str, Any] | None 
 
 # -- the consumer loop -----------------------------------------------------------------------------------
 def consume(
-    runtime: Runtime,
+    runtime: IntakeProvider,
     bootstrap: str,
     topic: str,
     group: str,
@@ -301,11 +303,12 @@ def consume(
 ) -> ConsumeReport:
     """Read PostHog events from ``topic`` as member of consumer group ``group`` until stopped.
 
-    Each batch (up to ``batch_size`` messages, waiting at most ``poll_timeout_s``) is parsed,
-    ingested in one transaction (``runtime.ingestor.ingest(..., source="kafka")``), the
-    delivery workers are woken if this process runs them, and only then are the batch's
-    offsets committed synchronously. Invalid messages are counted, logged with partition and
-    offset, and skipped (their offsets are committed with the batch).
+    Each batch (up to ``batch_size`` messages, waiting at most ``poll_timeout_s``) is parsed
+    (:class:`KafkaSource`) and, by the shared run loop (:func:`.base.run`), ingested in one
+    transaction through ``runtime.intake("kafka")``; the delivery workers are woken if this
+    process runs them, and only then are the batch's offsets committed synchronously. Invalid
+    messages are counted, logged with partition and offset, and skipped (their offsets are
+    committed with the batch).
 
     Stops when ``stop`` is set (after finishing the batch in hand: set it from a SIGTERM
     handler) or once ``max_messages`` messages were read. A failed ingest (database error)
@@ -340,23 +343,18 @@ def consume(
             ),
         )
         log.info("kafka: consuming %s as group %s from %s", topic, group, bootstrap)
-        while not stop.is_set():
-            wanted = batch_size
-            if max_messages is not None:
-                wanted = min(batch_size, max_messages - report.messages)
-                if wanted <= 0:
-                    report.stopped_by = "max_messages"
-                    break
-            try:
-                messages = consumer.consume(num_messages=wanted, timeout=poll_timeout_s)
-            except KafkaException as exc:
-                raise KafkaConsumeError(f"Kafka consumer failed: {_kafka_message(exc)}") from exc
-            if messages:
-                result = _process_batch(runtime, consumer, messages, report, stop, ingest_retries, retry_backoff_s)
-                if result is not None and on_batch is not None:
-                    on_batch(result)
-        else:
-            report.stopped_by = "stop"
+        source = KafkaSource(
+            consumer,
+            report,
+            stop,
+            batch_size=batch_size,
+            poll_timeout_s=poll_timeout_s,
+            max_messages=max_messages,
+            on_batch=on_batch,
+            ingest_retries=ingest_retries,
+            retry_backoff_s=retry_backoff_s,
+        )
+        run(source, runtime.intake(SOURCE))
     finally:
         report.seconds = round(time.monotonic() - started, 3)
         try:
@@ -366,18 +364,82 @@ def consume(
     return report
 
 
-def _process_batch(
-    runtime: Runtime,
-    consumer: Consumer,
-    messages: Sequence[Message],
-    report: ConsumeReport,
-    stop: threading.Event,
-    ingest_retries: int,
-    retry_backoff_s: float,
-) -> BatchResult | None:
-    events: list[PostHogEvent] = []
-    next_offsets: dict[tuple[str, int], int] = {}
-    read = invalid = 0
+@dataclass(slots=True)
+class Polled(Batch):
+    """One polled batch: its events, the messages read, and the next offset per ``(topic, partition)``."""
+
+    read: int = 0
+    next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+class KafkaSource(Source[Polled]):
+    """A subscribed consumer's batches; offsets are committed once a batch is stored (:func:`consume`)."""
+
+    name = SOURCE
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        report: ConsumeReport,
+        stop: threading.Event,
+        *,
+        batch_size: int,
+        poll_timeout_s: float,
+        max_messages: int | None,
+        on_batch: Callable[[BatchResult], None] | None,
+        ingest_retries: int,
+        retry_backoff_s: float,
+    ) -> None:
+        self.consumer = consumer
+        self.report = report
+        self.stop = stop
+        self.batch_size = batch_size
+        self.poll_timeout_s = poll_timeout_s
+        self.max_messages = max_messages
+        self.on_batch = on_batch
+        self.ingest_retries = ingest_retries
+        self.retry_backoff_s = retry_backoff_s
+
+    def batches(self) -> Iterator[Polled]:
+        """Poll until stopped or ``max_messages`` were read; batches holding no fetched message are skipped."""
+        report = self.report
+        while not self.stop.is_set():
+            wanted = self.batch_size
+            if self.max_messages is not None:
+                wanted = min(self.batch_size, self.max_messages - report.messages)
+                if wanted <= 0:
+                    report.stopped_by = "max_messages"
+                    return
+            try:
+                messages = self.consumer.consume(num_messages=wanted, timeout=self.poll_timeout_s)
+            except KafkaException as exc:
+                raise KafkaConsumeError(f"Kafka consumer failed: {_kafka_message(exc)}") from exc
+            if messages:
+                batch = _decode_batch(messages, report)
+                if batch is not None:
+                    yield batch
+        report.stopped_by = "stop"
+
+    def store(self, intake: Intake, batch: Polled) -> Stored:
+        """Store with retries: a database error is retried, then stops consuming without a commit."""
+        return _ingest(intake, batch.events, self.report, self.stop, self.ingest_retries, self.retry_backoff_s)
+
+    def stored(self, batch: Polled, stored: Stored) -> None:
+        """Count the batch, commit its offsets, tell ``on_batch``."""
+        report, ingested, unstorable = self.report, stored.report, len(stored.rejected)
+        report.invalid += unstorable
+        report.events += ingested.events
+        report.ingest.add(ingested)
+        committed = _commit(self.consumer, batch.next_offsets, report)
+        if self.on_batch is not None:
+            self.on_batch(
+                BatchResult(batch.read, ingested.events, batch.invalid + unstorable, ingested.operations, committed)
+            )
+
+
+def _decode_batch(messages: Sequence[Message], report: ConsumeReport) -> Polled | None:
+    """The events of the fetched messages (an invalid one is logged and counted); None when none was fetched."""
+    batch = Polled()
     for message in messages:
         error = message.error()
         if error is not None:
@@ -386,30 +448,19 @@ def _process_batch(
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         if topic is None or partition is None or offset is None:  # not a fetched message
             continue
-        read += 1
-        next_offsets[(topic, partition)] = offset + 1
+        batch.read += 1
+        batch.next_offsets[(topic, partition)] = offset + 1
         try:
-            events.extend(decode_message(message.value()))
+            batch.events.extend(decode_message(message.value()))
         except EventParseError as exc:
-            invalid += 1
+            batch.invalid += 1
             log.warning("kafka: skipped the message at %s[%d] offset %d: %s", topic, partition, offset, exc)
-    if not read:
+    if not batch.read:
         return None
-    report.messages += read
-    report.invalid += invalid
+    report.messages += batch.read
+    report.invalid += batch.invalid
     report.batches += 1
-    if invalid:
-        runtime.ingestor.count_invalid(SOURCE, invalid)
-    ingested, unstorable = _ingest(runtime, events, report, stop, ingest_retries, retry_backoff_s)
-    invalid += unstorable
-    report.invalid += unstorable
-    report.events += ingested.events
-    report.ingest.add(ingested)
-    deliverer = runtime.current_deliverer
-    if deliverer is not None and ingested.operations:
-        deliverer.notify()
-    committed = _commit(consumer, next_offsets, report)
-    return BatchResult(read, ingested.events, invalid, ingested.operations, committed)
+    return batch
 
 
 def _broker_error(error: KafkaError, report: ConsumeReport) -> None:
@@ -422,20 +473,20 @@ def _broker_error(error: KafkaError, report: ConsumeReport) -> None:
 
 
 def _ingest(
-    runtime: Runtime,
+    intake: Intake,
     events: list[PostHogEvent],
     report: ConsumeReport,
     stop: threading.Event,
     retries: int,
     backoff_s: float,
-) -> tuple[IngestReport, int]:
-    """Store ``events`` under the shared policy; the report and how many events could not be stored."""
+) -> Stored:
+    """Store ``events`` under the shared policy (what was stored, and the events that could not be)."""
     if not events:
-        return IngestReport(), 0
+        return Stored()
     attempt = 0
     while True:
         try:
-            stored = store_events(runtime.ingestor.ingest, events, SOURCE, count_invalid=runtime.ingestor.count_invalid)
+            stored = intake.store(events)
         except Exception as exc:  # database errors: retried (a replay of stored events is harmless)
             report.ingest_failures += 1
             attempt += 1
@@ -444,7 +495,7 @@ def _ingest(
                     f"could not store {len(events)} events from Kafka: {database_problem(exc)}"
                     " (offsets not committed: the messages will be read again)"
                 ) from exc
-            delay = min(_MAX_BACKOFF_S, backoff_s * 2 ** (attempt - 1))
+            delay = Backoff(base=backoff_s, cap=_MAX_BACKOFF_S, jitter=0.0).delay(attempt)
             log.warning(
                 "kafka: storing %d events failed (%s); retry %d/%d in %.1fs",
                 len(events),
@@ -457,7 +508,7 @@ def _ingest(
             continue
         for rejected in stored.rejected:
             log.warning("kafka: skipped %s: it cannot be stored (%s)", rejected.label, rejected.error)
-        return stored.report, len(stored.rejected)
+        return stored
 
 
 def _commit(
@@ -472,7 +523,7 @@ def _commit(
             if error is not None and error.fatal():
                 raise KafkaConsumeError(f"Kafka offset commit failed: {error.str()}") from exc
             if error is not None and error.retriable() and attempt < _COMMIT_ATTEMPTS:
-                time.sleep(0.1 * attempt)
+                time.sleep(_COMMIT_BACKOFF.delay(attempt))
                 continue
             report.commit_failures += 1
             log.warning(

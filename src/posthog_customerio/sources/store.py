@@ -19,7 +19,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from ..pipeline import IngestReport
+from ..ingestion import IngestReport
 from .events import PostHogEvent
 
 __all__ = [

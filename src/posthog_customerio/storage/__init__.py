@@ -14,18 +14,44 @@ from pathlib import Path
 from .base import Claims, DeliveryLockError, Storage, StorageSnapshot, Transaction
 from .migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
 from .postgres import DatabaseUnreachable, PostgresStorage, check_reachable
+from .rows import (
+    CandidateRow,
+    DeadLetterRow,
+    DeliveryRow,
+    NewDeadLetter,
+    NewOperation,
+    PayloadRow,
+    PersonRow,
+    QueuedRow,
+    QueueEntryRow,
+    ReplicaRow,
+    RequeueRow,
+    StoredStatus,
+)
 from .sqlite import SqliteStorage
 
 __all__ = [
     "POSTGRES_MIGRATIONS",
     "SQLITE_MIGRATIONS",
+    "CandidateRow",
     "Claims",
     "DatabaseUnreachable",
+    "DeadLetterRow",
     "DeliveryLockError",
+    "DeliveryRow",
+    "NewDeadLetter",
+    "NewOperation",
+    "PayloadRow",
+    "PersonRow",
     "PostgresStorage",
+    "QueueEntryRow",
+    "QueuedRow",
+    "ReplicaRow",
+    "RequeueRow",
     "SqliteStorage",
     "Storage",
     "StorageSnapshot",
+    "StoredStatus",
     "Transaction",
     "open_storage",
 ]

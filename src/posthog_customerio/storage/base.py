@@ -16,20 +16,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from .rows import (
+    CandidateRow,
+    DeadLetterRow,
+    DeliveryRow,
+    NewDeadLetter,
+    NewOperation,
+    PayloadRow,
+    PersonRow,
+    QueuedRow,
+    QueueEntryRow,
+    ReplicaRow,
+    RequeueRow,
+    StoredStatus,
+)
+
 __all__ = [
     "Claims",
     "DeliveryLockError",
     "Picker",
-    "Row",
     "Storage",
     "StorageSnapshot",
     "Transaction",
 ]
 
-#: one database row, columns in the order the method documents
-Row = tuple[Any, ...]
 #: picks deliverable candidates given a "taken" test: ``(chosen, oversized)`` (see :mod:`..outbox`)
-Picker = Callable[[Iterable[Row], Callable[[Row], bool]], tuple[list[Row], list[Row]]]
+Picker = Callable[
+    [Iterable[CandidateRow], Callable[[CandidateRow], bool]], tuple[list[CandidateRow], list[CandidateRow]]
+]
 
 
 class DeliveryLockError(RuntimeError):
@@ -46,8 +60,8 @@ class StorageSnapshot:
     oldest_enqueued_at: float | None
     #: operations in the dead-letter table
     dead_letters: int
-    #: the oldest dead letters (columns of :meth:`Transaction.dead_letter_rows`)
-    dead_letter_rows: list[Row]
+    #: the oldest dead letters (:meth:`Transaction.dead_letter_rows`)
+    dead_letter_rows: list[DeadLetterRow]
     #: distinct_ids remembered, when asked for (counting a big table takes a while)
     persons: int | None
 
@@ -59,10 +73,10 @@ class Transaction(Protocol):
         """Run backend-native SQL (its own placeholders); for tests and tools, not the service."""
 
     # -- person state (columns: see ``PERSON_COLUMNS`` in :mod:`.sql`) --
-    def select_persons(self, distinct_ids: Sequence[str]) -> list[Row]:
+    def select_persons(self, distinct_ids: Sequence[str]) -> list[PersonRow]:
         """The stored rows of these distinct_ids (any order; unknown ones are absent)."""
 
-    def upsert_persons(self, rows: Iterable[Row]) -> None:
+    def upsert_persons(self, rows: Iterable[PersonRow]) -> None:
         """Insert or replace person rows."""
 
     def count_persons(self) -> int:
@@ -75,22 +89,20 @@ class Transaction(Protocol):
         """
 
     # -- outbox --
-    def insert_operations(self, rows: Iterable[Row]) -> None:
-        """Append ``(person_key, payload, size, enqueued_at, after_keys)`` rows at the back of the queue."""
+    def insert_operations(self, rows: Iterable[NewOperation]) -> None:
+        """Append operations at the back of the queue."""
 
-    def queued_rows(self, person_key: str, kind: str) -> list[Row]:
-        """``(seq, payload, enqueued_at, lease_until, after_keys)`` of a key's queued operations of
-        ``kind``, in queue order."""
+    def queued_rows(self, person_key: str, kind: str) -> list[QueuedRow]:
+        """A key's queued operations of ``kind``, in queue order."""
 
     def delete_operations(self, seqs: Iterable[int]) -> None:
         """Remove operations from the queue."""
 
-    def candidates(self, after_seq: int, limit: int) -> list[Row]:
-        """Queue rows after ``after_seq`` in order, without payloads:
-        ``(seq, person_key, size, attempts, enqueued_at, after_keys, lease_owner, lease_until)``."""
+    def candidates(self, after_seq: int, limit: int) -> list[CandidateRow]:
+        """Queue rows after ``after_seq`` in order, without payloads."""
 
-    def payloads(self, seqs: Sequence[int]) -> dict[int, tuple[str, str]]:
-        """``(payload, kind)`` of these queued operations (gone ones are absent)."""
+    def payloads(self, seqs: Sequence[int]) -> dict[int, PayloadRow]:
+        """The payload and kind of these queued operations (gone ones are absent)."""
 
     def release_operations(self, error: str, seqs: Iterable[int], owner: str | None = None) -> None:
         """Count a failed attempt with its error and drop the lease, on rows unleased or leased by ``owner``
@@ -99,26 +111,25 @@ class Transaction(Protocol):
     def outbox_depth(self) -> int:
         """How many operations wait."""
 
-    def outbox_empty(self, held_before: float | None = None) -> bool:
-        """Whether nothing waits (no count); with ``held_before``, anonymous operations enqueued after it
+    def outbox_empty(self, held_after: float | None = None) -> bool:
+        """Whether nothing waits (no count); with ``held_after``, anonymous operations enqueued after it
         (still held by ``ANONYMOUS_HOLD_S``) do not count."""
 
     def oldest_enqueued_at(self) -> float | None:
         """Enqueue time of the first operation in the queue."""
 
     # -- dead letters --
-    def insert_dead_letters(self, rows: Iterable[Row]) -> None:
-        """``(seq, person_key, payload, reason, status, response, attempts, enqueued_at, failed_at, after_keys)``."""
+    def insert_dead_letters(self, rows: Iterable[NewDeadLetter]) -> None:
+        """Add dead letters."""
 
-    def dead_letter_rows(self, limit: int | None) -> list[Row]:
-        """Oldest first: ``(id, seq, person_key, payload, reason, status, response, attempts, enqueued_at,
-        failed_at)``."""
+    def dead_letter_rows(self, limit: int | None) -> list[DeadLetterRow]:
+        """Dead letters, oldest first."""
 
     def dead_letter_count(self) -> int:
         """How many operations are dead-lettered."""
 
-    def requeue_rows(self, ids: Sequence[int] | None) -> list[Row]:
-        """``(id, person_key, payload, after_keys)`` of these dead letters (all when ``None``), by id."""
+    def requeue_rows(self, ids: Sequence[int] | None) -> list[RequeueRow]:
+        """What re-queueing these dead letters (all when ``None``) needs, by id."""
 
     def delete_dead_letters(self, ids: Iterable[int]) -> None:
         """Remove dead letters."""
@@ -127,35 +138,35 @@ class Transaction(Protocol):
     def dead_letter_ids(self, seqs: Sequence[int]) -> dict[int, int]:
         """seq -> dead-letter id of the dead letters of these operations."""
 
-    def dead_letter_row(self, letter_id: int) -> Row | None:
-        """One dead letter (columns of :meth:`dead_letter_rows`), ``None`` when there is none."""
+    def dead_letter_row(self, letter_id: int) -> DeadLetterRow | None:
+        """One dead letter, ``None`` when there is none."""
 
     def save_replica(self, replica: str, started_at: float, seen_at: float, stopped: bool, status: str) -> None:
         """Insert or update one replica's heartbeat and counters (a JSON document)."""
 
-    def replica_rows(self) -> list[Row]:
-        """``(replica, started_at, seen_at, stopped, status)`` of every replica remembered."""
+    def replica_rows(self) -> list[ReplicaRow]:
+        """Every replica remembered."""
 
     def prune_replicas(self, seen_before: float) -> None:
         """Forget replicas not seen since ``seen_before``."""
 
-    def record_deliveries(self, rows: Sequence[Row], keep: int) -> None:
-        """Append ``(person_key, seq, kind, action, name, outcome, at)`` rows; keep each person's newest ``keep``."""
+    def record_deliveries(self, rows: Sequence[DeliveryRow], keep: int) -> None:
+        """Append settled operations; keep each person's newest ``keep``."""
 
-    def deliveries_of(self, keys: Sequence[str], limit: int) -> list[Row]:
-        """Newest first: ``(person_key, seq, kind, action, name, outcome, at)`` of these person keys."""
+    def deliveries_of(self, keys: Sequence[str], limit: int) -> list[DeliveryRow]:
+        """The settled operations of these person keys, newest first."""
 
-    def persons_by_email(self, email: str, limit: int) -> list[Row]:
+    def persons_by_email(self, email: str, limit: int) -> list[PersonRow]:
         """Person rows whose email is ``email`` (case-insensitive)."""
 
-    def persons_merged_into(self, keys: Sequence[str]) -> list[Row]:
+    def persons_merged_into(self, keys: Sequence[str]) -> list[PersonRow]:
         """Person rows merged into one of these distinct_ids."""
 
-    def queued_of(self, keys: Sequence[str], limit: int) -> list[Row]:
-        """Queue order: ``(seq, person_key, kind, payload, enqueued_at, attempts, last_error, lease_until)``."""
+    def queued_of(self, keys: Sequence[str], limit: int) -> list[QueueEntryRow]:
+        """The queued operations of these person keys, in queue order."""
 
-    def dead_letters_of(self, keys: Sequence[str], limit: int) -> list[Row]:
-        """Newest first, columns of :meth:`dead_letter_rows`, of these person keys."""
+    def dead_letters_of(self, keys: Sequence[str], limit: int) -> list[DeadLetterRow]:
+        """The dead letters of these person keys, newest first."""
 
 
 class Claims(ABC):
@@ -167,7 +178,9 @@ class Claims(ABC):
     renewal_fresh_s: float = math.inf
 
     @abstractmethod
-    def claim(self, pick: Picker, in_flight: Set[int]) -> tuple[list[Row], list[Row], dict[int, tuple[str, str]]]:
+    def claim(
+        self, pick: Picker, in_flight: Set[int]
+    ) -> tuple[list[CandidateRow], list[CandidateRow], dict[int, PayloadRow]]:
         """Run ``pick`` over the queue's candidates; returns ``(chosen, oversized, payloads)``.
 
         ``in_flight`` are the seqs this process has handed out and not settled.
@@ -192,7 +205,7 @@ class Storage(ABC):
 
     #: ``"sqlite"`` or ``"postgresql"``
     dialect: str
-    #: concurrent ingestions gain from sharing one commit (:class:`~..pipeline.GroupCommitter`)
+    #: concurrent ingestions gain from sharing one commit (:class:`~..ingestion.GroupCommitter`)
     group_commit: bool
     #: tables this backend has that the other does not
     own_tables: frozenset[str] = frozenset()
@@ -215,7 +228,7 @@ class Storage(ABC):
         """This backend's claim strategy (``lease_s``: how long a claim lasts where claims expire)."""
 
     @abstractmethod
-    def hold_delivery(self, data_dir: Path) -> IO[str] | None:
+    def take_delivery_lock(self, data_dir: Path) -> IO[str] | None:
         """Become the one deliverer where only one may run (raises :class:`DeliveryLockError`); the
         handle is held until closed. ``None`` where any number may deliver."""
 
@@ -241,7 +254,7 @@ class Storage(ABC):
         """Store a status document under ``key``."""
 
     @abstractmethod
-    def load_status(self, key: str) -> tuple[str, float] | None:
+    def load_status(self, key: str) -> StoredStatus | None:
         """A stored status document and when it was stored."""
 
     @abstractmethod
@@ -253,7 +266,9 @@ class Storage(ABC):
 SCAN_LIMIT = 50_000
 
 
-def pages(fetch: Callable[[int, int], list[Row]], page: int = 1000, scan_limit: int = SCAN_LIMIT) -> Iterator[Row]:
+def pages(
+    fetch: Callable[[int, int], list[CandidateRow]], page: int = 1000, scan_limit: int = SCAN_LIMIT
+) -> Iterator[CandidateRow]:
     """Candidate rows in queue order, ``page`` at a time, up to ``scan_limit`` rows (``fetch(after, limit)``)."""
     last = 0
     for _ in range(0, scan_limit, page):
@@ -261,4 +276,4 @@ def pages(fetch: Callable[[int, int], list[Row]], page: int = 1000, scan_limit: 
         yield from rows
         if len(rows) < page:
             return
-        last = rows[-1][0]
+        last = rows[-1].seq

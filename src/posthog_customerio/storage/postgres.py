@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import socket
@@ -20,8 +19,9 @@ from collections.abc import Iterable, Iterator, Sequence, Set
 from pathlib import Path
 from typing import IO, Any
 
-from .base import SCAN_LIMIT, Claims, Picker, Row, Transaction
+from .base import SCAN_LIMIT, Claims, Picker, Transaction
 from .migrations import POSTGRES_MIGRATIONS, POSTGRES_ONLY_TABLES
+from .rows import CandidateRow, DeliveryRow, PayloadRow, QueuedRow
 from .sql import SqlStorage, SqlTransaction, Statements
 
 __all__ = [
@@ -52,24 +52,19 @@ def key_lock_id(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
 
 
-def _fetched(cursor: Any, page: int) -> Iterator[Row]:
-    """Rows of an open server-side cursor, ``page`` at a time."""
+def _fetched(cursor: Any, page: int) -> Iterator[CandidateRow]:
+    """Candidate rows of an open server-side cursor, ``page`` at a time."""
     while rows := cursor.fetchmany(page):
-        yield from rows
+        yield from map(CandidateRow._make, rows)
 
 
-def _row_keys(row: Row) -> set[str]:
-    """A candidate row's ordering keys: its person's, and those it waits on."""
-    return {row[1], *(json.loads(row[5]) if row[5] else ())}
-
-
-def _in_order(chosen: Sequence[Row], leased: Set[int]) -> list[Row]:
+def _in_order(chosen: Sequence[CandidateRow], leased: Set[int]) -> list[CandidateRow]:
     """The leased rows of ``chosen`` that no unleased row before them shares a key with (queue order)."""
-    kept: list[Row] = []
+    kept: list[CandidateRow] = []
     blocked: set[str] = set()
     for row in chosen:
-        keys = _row_keys(row)
-        if row[0] not in leased or keys & blocked:
+        keys = set(row.keys)
+        if row.seq not in leased or keys & blocked:
             blocked |= keys
         else:
             kept.append(row)
@@ -96,7 +91,7 @@ class PostgresTransaction(SqlTransaction):
         return True
 
     @contextlib.contextmanager
-    def snapshot_candidates(self, page: int = 1000, scan_limit: int = SCAN_LIMIT) -> Iterator[Iterator[Row]]:
+    def snapshot_candidates(self, page: int = 1000, scan_limit: int = SCAN_LIMIT) -> Iterator[Iterator[CandidateRow]]:
         """Candidate rows in queue order from one snapshot: a server-side cursor, read ``page`` rows at a time.
 
         Separate reads would each see the commits made since the last one: a person's earlier operation,
@@ -106,10 +101,11 @@ class PostgresTransaction(SqlTransaction):
             cursor.execute(self.sql.snapshot_candidates, (scan_limit,))
             yield _fetched(cursor, page)
 
-    def queued_rows(self, person_key: str, kind: str) -> list[Row]:
+    def queued_rows(self, person_key: str, kind: str) -> list[QueuedRow]:
         """As :meth:`SqlTransaction.queued_rows`, the rows locked until the transaction ends: a claim
         does not lease them while they are being replaced."""
-        return list(self.conn.execute(self.sql.queued + " FOR UPDATE", (person_key, kind)).fetchall())
+        rows = self.conn.execute(self.sql.queued + " FOR UPDATE", (person_key, kind)).fetchall()
+        return [QueuedRow._make(row) for row in rows]
 
     def lease(self, owner: str, until: float, seqs: Sequence[int]) -> set[int]:
         """Mark operations as claimed by ``owner`` until ``until`` (epoch seconds); returns the seqs
@@ -119,7 +115,7 @@ class PostgresTransaction(SqlTransaction):
             " (SELECT seq FROM outbox WHERE seq = ANY(%s) FOR UPDATE SKIP LOCKED) RETURNING seq",
             (owner, until, list(seqs)),
         ).fetchall()
-        return {int(row[0]) for row in rows}
+        return {int(seq) for (seq,) in rows}
 
     def unlease(self, owner: str, seqs: Sequence[int]) -> None:
         """Drop ``owner``'s leases of these operations (a lease another replica holds now is left alone)."""
@@ -134,9 +130,9 @@ class PostgresTransaction(SqlTransaction):
             "UPDATE outbox SET lease_until = %s WHERE seq = ANY(%s) AND lease_owner = %s RETURNING seq",
             (until, list(seqs), owner),
         ).fetchall()
-        return {int(row[0]) for row in rows}
+        return {int(seq) for (seq,) in rows}
 
-    def record_deliveries(self, rows: Sequence[Row], keep: int) -> None:
+    def record_deliveries(self, rows: Sequence[DeliveryRow], keep: int) -> None:
         """As SQLite's, the pruning in one statement: each key's cut-off found once by index (not per row)."""
         if not rows:
             return
@@ -149,7 +145,7 @@ class PostgresTransaction(SqlTransaction):
             "DELETE FROM deliveries AS d USING (SELECT k, (SELECT id FROM deliveries WHERE person_key = k"
             " ORDER BY id DESC OFFSET %s LIMIT 1) AS cutoff FROM unnest(%s::text[]) AS k) AS c"
             " WHERE d.person_key = c.k AND d.id <= c.cutoff",
-            (keep, list(dict.fromkeys(str(row[0]) for row in rows))),
+            (keep, list(dict.fromkeys(str(row.person_key) for row in rows))),
         )
 
 
@@ -168,7 +164,9 @@ class LeaseClaims(Claims):
         #: a request starts at most this long after its lease was renewed: it keeps half the margin
         self.renewal_fresh_s = lease_margin(lease_s) / 2
 
-    def claim(self, pick: Picker, in_flight: Set[int]) -> tuple[list[Row], list[Row], dict[int, tuple[str, str]]]:
+    def claim(
+        self, pick: Picker, in_flight: Set[int]
+    ) -> tuple[list[CandidateRow], list[CandidateRow], dict[int, PayloadRow]]:
         """Pick from one snapshot of the queue (taken after the claim lock), then lease what was chosen.
 
         A row counts as taken while leased (here or by a replica) or in flight in this process, even
@@ -180,13 +178,16 @@ class LeaseClaims(Claims):
             tx.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
             now = time.time()
             with tx.snapshot_candidates() as rows:
-                chosen, oversized = pick(rows, lambda row: row[0] in in_flight or (row[7] is not None and row[7] > now))
-            payloads = tx.payloads([row[0] for row in (*chosen, *oversized)]) if chosen or oversized else {}
-            leased = tx.lease(self.owner, now + self.lease_s, [row[0] for row in chosen if row[0] in payloads])
+                chosen, oversized = pick(
+                    rows,
+                    lambda row: row.seq in in_flight or (row.lease_until is not None and row.lease_until > now),
+                )
+            payloads = tx.payloads([row.seq for row in (*chosen, *oversized)]) if chosen or oversized else {}
+            leased = tx.lease(self.owner, now + self.lease_s, [row.seq for row in chosen if row.seq in payloads])
             kept = _in_order(chosen, leased)
             if len(kept) < len(leased):
-                tx.unlease(self.owner, sorted(leased - {row[0] for row in kept}))
-        kept_seqs = {row[0] for row in (*kept, *oversized)}
+                tx.unlease(self.owner, sorted(leased - {row.seq for row in kept}))
+        kept_seqs = {row.seq for row in (*kept, *oversized)}
         return kept, oversized, {seq: value for seq, value in payloads.items() if seq in kept_seqs}
 
     def give_back(self, seqs: Sequence[int]) -> None:
@@ -257,7 +258,7 @@ class PostgresStorage(SqlStorage):
                     "CREATE TABLE IF NOT EXISTS schema_migrations"
                     " (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
                 )
-                done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+                done = {version for (version,) in conn.execute("SELECT version FROM schema_migrations")}
                 for number, script in enumerate(POSTGRES_MIGRATIONS, start=1):
                     if number in done:
                         continue
@@ -293,7 +294,7 @@ class PostgresStorage(SqlStorage):
     def claims(self, lease_s: float) -> Claims:
         return LeaseClaims(self, lease_s)
 
-    def hold_delivery(self, data_dir: Path) -> IO[str] | None:
+    def take_delivery_lock(self, data_dir: Path) -> IO[str] | None:
         """Any number of replicas deliver (leases keep them apart)."""
         return None
 

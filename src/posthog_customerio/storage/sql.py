@@ -10,7 +10,21 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .base import Row, Storage, StorageSnapshot
+from .base import Storage, StorageSnapshot
+from .rows import (
+    CandidateRow,
+    DeadLetterRow,
+    DeliveryRow,
+    NewDeadLetter,
+    NewOperation,
+    PayloadRow,
+    PersonRow,
+    QueuedRow,
+    QueueEntryRow,
+    ReplicaRow,
+    RequeueRow,
+    StoredStatus,
+)
 
 __all__ = ["PERSON_COLUMNS", "SqlStorage", "SqlTransaction", "Statements"]
 
@@ -90,9 +104,9 @@ class SqlTransaction:
         if rows:
             self.conn.executemany(sql, rows)
 
-    def _in(self, select: str, values: Sequence[Any]) -> list[Row]:
-        """``select`` ending in ``IN`` run over ``values`` a chunk at a time."""
-        found: list[Row] = []
+    def _in(self, select: str, values: Sequence[Any]) -> list[Any]:
+        """``select`` ending in ``IN`` run over ``values`` a chunk at a time (the rows as the driver gives them)."""
+        found: list[Any] = []
         for start in range(0, len(values), CHUNK):
             chunk = list(values[start : start + CHUNK])
             found.extend(self.conn.execute(f"{select} ({self.sql.marks(len(chunk))})", chunk).fetchall())
@@ -102,10 +116,11 @@ class SqlTransaction:
         return self.conn.execute(sql, params).fetchone()
 
     # -- person state --
-    def select_persons(self, distinct_ids: Sequence[str]) -> list[Row]:
-        return self._in(f"SELECT {self.sql.person_columns} FROM persons WHERE distinct_id IN", distinct_ids)
+    def select_persons(self, distinct_ids: Sequence[str]) -> list[PersonRow]:
+        select = f"SELECT {self.sql.person_columns} FROM persons WHERE distinct_id IN"
+        return [PersonRow._make(row) for row in self._in(select, distinct_ids)]
 
-    def upsert_persons(self, rows: Iterable[Row]) -> None:
+    def upsert_persons(self, rows: Iterable[PersonRow]) -> None:
         self._many(self.sql.upsert_person, rows)
 
     def count_persons(self) -> int:
@@ -115,21 +130,21 @@ class SqlTransaction:
         return False
 
     # -- outbox --
-    def insert_operations(self, rows: Iterable[Row]) -> None:
+    def insert_operations(self, rows: Iterable[NewOperation]) -> None:
         self._many(self.sql.insert_operation, rows)
 
-    def queued_rows(self, person_key: str, kind: str) -> list[Row]:
-        return list(self.conn.execute(self.sql.queued, (person_key, kind)).fetchall())
+    def queued_rows(self, person_key: str, kind: str) -> list[QueuedRow]:
+        return [QueuedRow._make(row) for row in self.conn.execute(self.sql.queued, (person_key, kind)).fetchall()]
 
     def delete_operations(self, seqs: Iterable[int]) -> None:
         self._many(self.sql.delete_operation, [(seq,) for seq in seqs])
 
-    def candidates(self, after_seq: int, limit: int) -> list[Row]:
-        return list(self.conn.execute(self.sql.candidates, (after_seq, limit)).fetchall())
+    def candidates(self, after_seq: int, limit: int) -> list[CandidateRow]:
+        return [CandidateRow._make(row) for row in self.conn.execute(self.sql.candidates, (after_seq, limit))]
 
-    def payloads(self, seqs: Sequence[int]) -> dict[int, tuple[str, str]]:
+    def payloads(self, seqs: Sequence[int]) -> dict[int, PayloadRow]:
         rows = self._in("SELECT seq, payload, kind FROM outbox WHERE seq IN", seqs)
-        return {row[0]: (row[1], row[2]) for row in rows}
+        return {seq: PayloadRow(payload, kind) for seq, payload, kind in rows}
 
     def release_operations(self, error: str, seqs: Iterable[int], owner: str | None = None) -> None:
         self._many(self.sql.release, [(error, seq, owner) for seq in seqs])
@@ -137,44 +152,46 @@ class SqlTransaction:
     def outbox_depth(self) -> int:
         return int(self._one("SELECT COUNT(*) FROM outbox")[0])
 
-    def outbox_empty(self, held_before: float | None = None) -> bool:
-        if held_before is None:
+    def outbox_empty(self, held_after: float | None = None) -> bool:
+        if held_after is None:
             return self._one("SELECT seq FROM outbox LIMIT 1") is None
-        # anonymous operations enqueued after ``held_before`` are still held: they do not count
+        # anonymous operations enqueued after ``held_after`` are still held: they do not count
         sql = f"SELECT seq FROM outbox WHERE kind <> 'anonymous' OR enqueued_at <= {self.sql.mark} LIMIT 1"
-        return self._one(sql, (held_before,)) is None
+        return self._one(sql, (held_after,)) is None
 
     def oldest_enqueued_at(self) -> float | None:
         row = self._one("SELECT enqueued_at FROM outbox ORDER BY seq LIMIT 1")
-        return None if row is None else float(row[0])
+        return None if row is None else float(row[0])  # one column
 
     # -- dead letters --
-    def insert_dead_letters(self, rows: Iterable[Row]) -> None:
+    def insert_dead_letters(self, rows: Iterable[NewDeadLetter]) -> None:
         self._many(self.sql.insert_dead_letter, rows)
 
-    def dead_letter_rows(self, limit: int | None) -> list[Row]:
-        return list(self.conn.execute(self.sql.dead_letters, (1 << 62 if limit is None else limit,)).fetchall())
+    def dead_letter_rows(self, limit: int | None) -> list[DeadLetterRow]:
+        rows = self.conn.execute(self.sql.dead_letters, (1 << 62 if limit is None else limit,)).fetchall()
+        return [DeadLetterRow._make(row) for row in rows]
 
     def dead_letter_count(self) -> int:
         return int(self._one("SELECT COUNT(*) FROM dead_letters")[0])
 
-    def requeue_rows(self, ids: Sequence[int] | None) -> list[Row]:
+    def requeue_rows(self, ids: Sequence[int] | None) -> list[RequeueRow]:
         select = "SELECT id, person_key, payload, after_keys, kind FROM dead_letters"
         if ids is None:
-            return list(self.conn.execute(f"{select} ORDER BY id").fetchall())
-        return sorted(self._in(f"{select} WHERE id IN", ids), key=lambda row: int(row[0]))
+            return [RequeueRow._make(row) for row in self.conn.execute(f"{select} ORDER BY id").fetchall()]
+        return sorted((RequeueRow._make(row) for row in self._in(f"{select} WHERE id IN", ids)), key=lambda row: row.id)
 
     def delete_dead_letters(self, ids: Iterable[int]) -> None:
         self._many(self.sql.delete_dead_letter, [(id_,) for id_ in ids])
 
     # -- the operator's view --
     def dead_letter_ids(self, seqs: Sequence[int]) -> dict[int, int]:
-        return {int(row[0]): int(row[1]) for row in self._in("SELECT seq, id FROM dead_letters WHERE seq IN", seqs)}
+        rows = self._in("SELECT seq, id FROM dead_letters WHERE seq IN", seqs)
+        return {int(seq): int(letter_id) for seq, letter_id in rows}
 
-    def dead_letter_row(self, letter_id: int) -> Row | None:
+    def dead_letter_row(self, letter_id: int) -> DeadLetterRow | None:
         sql = f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = {self.sql.mark}"
         row = self._one(sql, (letter_id,))
-        return None if row is None else tuple(row)
+        return None if row is None else DeadLetterRow._make(row)
 
     def save_replica(self, replica: str, started_at: float, seen_at: float, stopped: bool, status: str) -> None:
         self.conn.execute(
@@ -184,14 +201,14 @@ class SqlTransaction:
             (replica, started_at, seen_at, int(stopped), status),
         )
 
-    def replica_rows(self) -> list[Row]:
+    def replica_rows(self) -> list[ReplicaRow]:
         sql = "SELECT replica, started_at, seen_at, stopped, status FROM replicas ORDER BY started_at, replica"
-        return [tuple(row) for row in self.conn.execute(sql).fetchall()]
+        return [ReplicaRow._make(row) for row in self.conn.execute(sql).fetchall()]
 
     def prune_replicas(self, seen_before: float) -> None:
         self.conn.execute(f"DELETE FROM replicas WHERE seen_at < {self.sql.mark}", (seen_before,))
 
-    def record_deliveries(self, rows: Sequence[Row], keep: int) -> None:
+    def record_deliveries(self, rows: Sequence[DeliveryRow], keep: int) -> None:
         if not rows:
             return
         self._many(
@@ -199,7 +216,7 @@ class SqlTransaction:
             rows,
         )
         mark = self.sql.mark
-        keys = list(dict.fromkeys(str(row[0]) for row in rows))
+        keys = list(dict.fromkeys(str(row.person_key) for row in rows))
         for start in range(0, len(keys), CHUNK):
             chunk = keys[start : start + CHUNK]
             self.conn.execute(
@@ -209,36 +226,36 @@ class SqlTransaction:
                 [*chunk, keep],
             )
 
-    def deliveries_of(self, keys: Sequence[str], limit: int) -> list[Row]:
+    def deliveries_of(self, keys: Sequence[str], limit: int) -> list[DeliveryRow]:
         select = "SELECT person_key, seq, kind, action, name, outcome, at, id FROM deliveries WHERE person_key IN"
-        return [row[:7] for row in self._ordered(select, keys, limit, "id DESC", 7)]
+        return [DeliveryRow._make(row[:7]) for row in self._ordered(select, keys, limit, "id DESC", 7)]
 
-    def persons_by_email(self, email: str, limit: int) -> list[Row]:
+    def persons_by_email(self, email: str, limit: int) -> list[PersonRow]:
         sql = (
             f"SELECT {self.sql.person_columns} FROM persons WHERE email IS NOT NULL"
             f" AND lower(email) = lower({self.sql.mark}) ORDER BY distinct_id LIMIT {self.sql.mark}"
         )
-        return [tuple(row) for row in self.conn.execute(sql, (email, limit)).fetchall()]
+        return [PersonRow._make(row) for row in self.conn.execute(sql, (email, limit)).fetchall()]
 
-    def persons_merged_into(self, keys: Sequence[str]) -> list[Row]:
+    def persons_merged_into(self, keys: Sequence[str]) -> list[PersonRow]:
         select = f"SELECT {self.sql.person_columns} FROM persons WHERE merged_into IS NOT NULL AND merged_into IN"
-        return [tuple(row) for row in self._in(select, keys)]
+        return [PersonRow._make(row) for row in self._in(select, keys)]
 
-    def queued_of(self, keys: Sequence[str], limit: int) -> list[Row]:
+    def queued_of(self, keys: Sequence[str], limit: int) -> list[QueueEntryRow]:
         select = (
             "SELECT seq, person_key, kind, payload, enqueued_at, attempts, last_error, lease_until"
             " FROM outbox WHERE person_key IN"
         )
-        return self._ordered(select, keys, limit, "seq", 0)
+        return [QueueEntryRow._make(row) for row in self._ordered(select, keys, limit, "seq", 0)]
 
-    def dead_letters_of(self, keys: Sequence[str], limit: int) -> list[Row]:
+    def dead_letters_of(self, keys: Sequence[str], limit: int) -> list[DeadLetterRow]:
         select = f"SELECT {_DEAD_LETTER_COLUMNS} FROM dead_letters WHERE person_key IN"
-        return self._ordered(select, keys, limit, "id DESC", 0)
+        return [DeadLetterRow._make(row) for row in self._ordered(select, keys, limit, "id DESC", 0)]
 
-    def _ordered(self, select: str, keys: Sequence[str], limit: int, order: str, id_at: int) -> list[Row]:
+    def _ordered(self, select: str, keys: Sequence[str], limit: int, order: str, id_at: int) -> list[tuple[Any, ...]]:
         """The first ``limit`` rows of ``select`` (ending in ``IN``) for these keys, by ``order`` (an id
-        column at ``id_at``, ascending or ``DESC``)."""
-        found: list[Row] = []
+        column at ``id_at``, ascending or ``DESC``), as the driver gives them."""
+        found: list[tuple[Any, ...]] = []
         for start in range(0, len(keys), CHUNK):
             chunk = list(keys[start : start + CHUNK])
             sql = f"{select} ({self.sql.marks(len(chunk))}) ORDER BY {order} LIMIT {self.sql.mark}"
@@ -266,10 +283,13 @@ class SqlStorage(Storage):
         with self.transaction() as tx:
             tx.execute(self.sql.save_status, (key, value, at))
 
-    def load_status(self, key: str) -> tuple[str, float] | None:
+    def load_status(self, key: str) -> StoredStatus | None:
         with self.reading() as tx:
             row = tx.execute(self.sql.load_status, (key,)).fetchone()
-        return None if row is None else (str(row[0]), float(row[1]))
+        if row is None:
+            return None
+        value, updated_at = row
+        return StoredStatus(str(value), float(updated_at))
 
     def probe_write(self) -> None:
         with self.transaction() as tx:

@@ -16,8 +16,9 @@ from collections.abc import Iterator, Set
 from pathlib import Path
 from typing import IO
 
-from .base import Claims, DeliveryLockError, Picker, Row, Transaction, pages
+from .base import Claims, DeliveryLockError, Picker, Transaction, pages
 from .migrations import SQLITE_MIGRATIONS
+from .rows import CandidateRow, PayloadRow
 from .sql import SqlStorage, SqlTransaction, Statements
 
 __all__ = ["SqliteClaims", "SqliteStorage"]
@@ -31,14 +32,16 @@ class SqliteClaims(Claims):
     def __init__(self, db: SqliteStorage) -> None:
         self.db = db
 
-    def _fetch(self, after: int, limit: int) -> list[Row]:
+    def _fetch(self, after: int, limit: int) -> list[CandidateRow]:
         with self.db.reading() as tx:
             return tx.candidates(after, limit)
 
-    def claim(self, pick: Picker, in_flight: Set[int]) -> tuple[list[Row], list[Row], dict[int, tuple[str, str]]]:
-        chosen, oversized = pick(pages(self._fetch), lambda row: row[0] in in_flight)
+    def claim(
+        self, pick: Picker, in_flight: Set[int]
+    ) -> tuple[list[CandidateRow], list[CandidateRow], dict[int, PayloadRow]]:
+        chosen, oversized = pick(pages(self._fetch), lambda row: row.seq in in_flight)
         with self.db.reading() as tx:
-            payloads = tx.payloads([row[0] for row in (*chosen, *oversized)]) if chosen or oversized else {}
+            payloads = tx.payloads([row.seq for row in (*chosen, *oversized)]) if chosen or oversized else {}
         return chosen, oversized, payloads
 
 
@@ -118,7 +121,7 @@ class SqliteStorage(SqlStorage):
     def claims(self, lease_s: float) -> Claims:
         return SqliteClaims(self)
 
-    def hold_delivery(self, data_dir: Path) -> IO[str] | None:
+    def take_delivery_lock(self, data_dir: Path) -> IO[str] | None:
         """Take ``delivery.lock`` in the data directory (``flock``; it holds the pid)."""
         path = Path(data_dir) / "delivery.lock"
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
@@ -142,13 +145,17 @@ class SqliteStorage(SqlStorage):
     def schema(self) -> dict[str, dict[str, str]]:
         with self.reading() as tx:
             tables = [
-                row[0]
-                for row in tx.execute(
+                name
+                for (name,) in tx.execute(
                     "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
                 ).fetchall()
             ]
+            # PRAGMA table_info: (cid, name, type, notnull, dflt_value, pk)
             return {
-                table: {row[1]: str(row[2]) for row in tx.execute(f'PRAGMA table_info("{table}")').fetchall()}
+                table: {
+                    name: str(declared)
+                    for _, name, declared, *_ in tx.execute(f'PRAGMA table_info("{table}")').fetchall()
+                }
                 for table in tables
             }
 

@@ -1,8 +1,8 @@
 """Ingestion: parsed events -> mapping -> person state + outbox, in one transaction.
 
-Used by every source (the ``send`` command, the HTTP receiver). A batch of events
-either lands completely (state changes and operations committed together) or not
-at all.
+Used by every source (the file and Kafka jobs through :mod:`.sources.base`, the HTTP
+receivers). A batch of events either lands completely (state changes and operations
+committed together) or not at all.
 """
 
 from __future__ import annotations
@@ -13,18 +13,21 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .mapping import MappingConfig, adopted_events, involved_distinct_ids, map_event, prefit_event
 from .operations import Operation
 from .outbox import Outbox
-from .sources import PostHogEvent
 from .state import PersonState, load_states, save_states
 from .storage import Storage
 
 __all__ = ["GroupCommitter", "IngestReport", "Ingestor"]
 
-#: one waiting ingestion: its events, its source, and the future its caller waits on
-_Request = tuple[Sequence[PostHogEvent], int, str, "Future[IngestReport]"]
+if TYPE_CHECKING:  # sources build on ingestion, not the other way round
+    from .sources.events import PostHogEvent
+
+    #: one waiting ingestion: its events, its source, and the future its caller waits on
+    _Request = tuple[Sequence[PostHogEvent], int, str, Future["IngestReport"]]
 
 
 @dataclass(slots=True)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from posthog_customerio.ingestion import GroupCommitter, Ingestor
 from posthog_customerio.mapping import MappingConfig
 from posthog_customerio.outbox import Outbox
-from posthog_customerio.pipeline import GroupCommitter, Ingestor
 from posthog_customerio.sources import PostHogEvent
 from posthog_customerio.storage import SqliteStorage
 

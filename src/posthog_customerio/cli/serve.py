@@ -1,0 +1,104 @@
+"""``serve``: the HTTP service (PostHog webhook and capture receivers), delivery in the background."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import shutil
+from typing import Annotated
+
+import typer
+
+from ..config import CUSTOMERIO, DELIVERY, HTTP, IDENTITY, MAPPING, PACING, SERVICE, STORE, ConfigError, Settings
+from ..runtime import DeliveryLockError, Runtime
+from .lifecycle import (
+    EXIT_CONFIG,
+    check_port,
+    exits,
+    fail,
+    listen,
+    run_until_signalled,
+    server_marking_shutdown,
+)
+from .options import Sandbox, SettingFlags, sandbox_data_dir, setting_options
+
+_LOOPBACK_NAMES = ("localhost", "localhost.", "ip6-localhost")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``--host`` only accepts connections from this machine."""
+    import ipaddress
+
+    name = host.strip().strip("[]").lower()
+    if name in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def unauthenticated_host(settings: Settings, host: str) -> str | None:
+    """Why ``serve`` must not start: a non-loopback host with no token at all (``None`` when fine)."""
+    configured = any(
+        secret is not None and secret.get_secret_value().strip()
+        for secret in (settings.ops_token, settings.webhook_token, settings.webhook_signing_secret)
+    )
+    if configured or settings.allow_unauthenticated or is_loopback(host):
+        return None
+    return (
+        f"--host {host} is reachable from other machines and no OPS_TOKEN, WEBHOOK_TOKEN or"
+        " WEBHOOK_SIGNING_SECRET is set; set one, or ALLOW_UNAUTHENTICATED=true to serve people's data to anyone"
+    )
+
+
+@setting_options(CUSTOMERIO, IDENTITY, MAPPING, PACING, DELIVERY, STORE, SERVICE, HTTP, plugin_config=True)
+def serve(
+    flags: SettingFlags,
+    host: Annotated[str, typer.Option("--host", help="Interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port")] = 8080,
+    sandbox: Sandbox = False,
+    role: Annotated[str, typer.Option("--role", help="all, ingest (receivers only) or deliver (workers only)")] = "all",
+) -> None:
+    """Run the HTTP service: PostHog webhook + capture receivers, delivery in the background."""
+    if role not in ("all", "ingest", "deliver"):
+        raise fail("--role must be all, ingest or deliver", EXIT_CONFIG)
+    check_port(port)
+
+    from ..logs import configure_logging
+    from ..service import create_app
+    from ..service.http_timeouts import uvicorn_config
+
+    with exits():
+        settings, throwaway = sandbox_data_dir(sandbox, flags.settings())
+        refusal = unauthenticated_host(settings, host)
+        if refusal is not None:
+            raise ConfigError(refusal)
+        if not sandbox:
+            settings.require_credentials()
+        listening = listen(host, port, throwaway)
+        configure_logging(settings.log_format, settings.log_level, settings.secret_values())
+        runtime = Runtime(settings, sandbox=sandbox, fallback_to_us=True)
+    try:
+        with exits((DeliveryLockError, "{exc}")):
+            application = create_app(runtime, deliver=role in ("all", "deliver"), ingest=role in ("all", "ingest"))
+            if runtime.sandbox is not None:
+                where = settings.posthog_customerio_data_dir
+                kept = "throwaway, deleted on stop" if throwaway is not None else "kept"
+                logging.getLogger(__name__).info(
+                    "sandbox Customer.io at %s/_sandbox/people; data dir %s (%s; `posthog-customerio status"
+                    " --data-dir %s` reads it)",
+                    runtime.sandbox.url,
+                    where,
+                    kept,
+                    shlex.quote(str(where)),
+                )
+            config = uvicorn_config(
+                application, host, port, settings, timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s))
+            )
+            run_until_signalled(server_marking_shutdown(config, application), [listening])
+    finally:
+        listening.close()
+        runtime.close(grace_s=0)
+        if throwaway is not None:
+            shutil.rmtree(throwaway, ignore_errors=True)

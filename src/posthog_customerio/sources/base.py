@@ -1,0 +1,102 @@
+"""The source plug-in point: what a source is given (:class:`Intake`) and the one run loop (:func:`run`).
+
+A source brings PostHog events from somewhere into the outbox. A pulling source (the file job, the
+Kafka consumer; the PostHog API and export readers to come) is a :class:`Source`: it reads its input
+in batches, and :func:`run` does the rest the same way for all of them: it counts what the source
+refused, stores the batch under the shared policy (:mod:`.store`), wakes the delivery workers when
+operations were enqueued, and hands the result back (the source then commits its offsets, reports
+progress ...).
+
+A source never sees the runtime: it gets an :class:`Intake`, made by
+:meth:`posthog_customerio.runtime.Runtime.intake`. The HTTP receivers (:mod:`posthog_customerio.service`)
+store each request all or nothing through the group committer, answering the request, so they call
+:func:`.store.store_events` themselves.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+
+from .events import PostHogEvent
+from .store import Stored, store_events
+
+if TYPE_CHECKING:
+    from ..ingestion import Ingestor
+
+__all__ = ["Batch", "Intake", "IntakeProvider", "Source", "run"]
+
+
+def _nobody() -> None:
+    """No delivery workers to wake."""
+
+
+@dataclass(slots=True)
+class Intake:
+    """Where a source puts its events: the ingestor (mapping + outbox) and the delivery workers to wake."""
+
+    ingestor: Ingestor
+    #: the source's name in counters and logs (``file``, ``kafka`` ...)
+    source: str
+    #: wakes the delivery workers (does nothing when this process runs none)
+    wake: Callable[[], None] = _nobody
+
+    def count_invalid(self, count: int) -> None:
+        """Record input the source refused before storing (unparsable messages ...)."""
+        if count:
+            self.ingestor.count_invalid(self.source, count)
+
+    def store(self, events: Sequence[PostHogEvent]) -> Stored:
+        """Map and store ``events`` under the shared policy (:func:`.store.store_events`): an event that
+        cannot be stored is left out and counted; database errors propagate."""
+        return store_events(self.ingestor.ingest, events, self.source, count_invalid=self.ingestor.count_invalid)
+
+
+class IntakeProvider(Protocol):
+    """What a source job needs of the process (the runtime is one): an :class:`Intake` per source."""
+
+    def intake(self, source: str) -> Intake:
+        """Where ``source`` puts its events."""
+        ...
+
+
+@dataclass(slots=True)
+class Batch:
+    """What a source read in one go: the parsed events, and how much input it refused (to be counted)."""
+
+    events: list[PostHogEvent] = field(default_factory=list)
+    invalid: int = 0
+
+
+B = TypeVar("B", bound=Batch)
+
+
+class Source(ABC, Generic[B]):
+    """A source that pulls its events in batches; :func:`run` drives it."""
+
+    #: the source's name in counters and logs
+    name: str
+
+    @abstractmethod
+    def batches(self) -> Iterator[B]:
+        """Read the input, one batch at a time, until it ends or the source is stopped."""
+
+    def store(self, intake: Intake, batch: B) -> Stored:
+        """Store one batch (a source that retries database errors overrides this)."""
+        return intake.store(batch.events)
+
+    def stored(self, batch: B, stored: Stored) -> None:
+        """Called once a batch is stored and the delivery workers woken (commit offsets, report progress)."""
+
+
+def run(source: Source[B], intake: Intake) -> None:
+    """The one loop of every pulling source: for each batch, count what the source refused, store the
+    events, wake the delivery workers if operations were enqueued, and hand the result back."""
+    for batch in source.batches():
+        intake.count_invalid(batch.invalid)
+        stored = source.store(intake, batch)
+        if stored.report.operations:
+            intake.wake()
+        source.stored(batch, stored)

@@ -1,0 +1,170 @@
+"""Typed rows: what a :class:`~.base.Transaction` reads and writes, one ``NamedTuple`` per shape.
+
+Each is a tuple in its table's column order (the SQL passes them as parameters as they are and
+builds them from fetched rows with ``_make``), read by name everywhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from ..operations import Kind, ordering_keys
+
+__all__ = [
+    "CandidateRow",
+    "DeadLetterRow",
+    "DeliveryRow",
+    "NewDeadLetter",
+    "NewOperation",
+    "PayloadRow",
+    "PersonRow",
+    "QueueEntryRow",
+    "QueuedRow",
+    "ReplicaRow",
+    "RequeueRow",
+    "StoredStatus",
+]
+
+
+class PersonRow(NamedTuple):
+    """One ``persons`` row (see :mod:`..state` for ``digests`` and ``extra``)."""
+
+    distinct_id: str
+    identified: int
+    email: str | None
+    created: int
+    email_sent: Any
+    digests: str
+    merged_into: str | None
+    extra: str | None
+
+
+class NewOperation(NamedTuple):
+    """An operation to append to the ``outbox`` (its ``seq`` is assigned by the database)."""
+
+    person_key: str
+    payload: str
+    size: int
+    enqueued_at: float
+    after_keys: str | None
+    kind: Kind
+
+
+class CandidateRow(NamedTuple):
+    """A queued operation as a claim sees it: no payload."""
+
+    seq: int
+    person_key: str
+    size: int
+    attempts: int
+    enqueued_at: float
+    after_keys: str | None
+    lease_owner: str | None
+    lease_until: float | None
+    kind: Kind
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every ordering key: the person's, then those it waits on."""
+        return ordering_keys(self.person_key, self.after_keys)
+
+
+class PayloadRow(NamedTuple):
+    """The stored text and kind of a queued operation."""
+
+    payload: str
+    kind: Kind
+
+
+class QueuedRow(NamedTuple):
+    """A queued operation of one person key and kind, read to be replaced (:meth:`~..outbox.Outbox.queued`)."""
+
+    seq: int
+    payload: str
+    enqueued_at: float
+    lease_until: float | None
+    after_keys: str | None
+
+
+class QueueEntryRow(NamedTuple):
+    """A queued operation as the operator's person view shows it."""
+
+    seq: int
+    person_key: str
+    kind: Kind
+    payload: str
+    enqueued_at: float
+    attempts: int
+    last_error: str | None
+    lease_until: float | None
+
+
+class NewDeadLetter(NamedTuple):
+    """An operation to move to ``dead_letters`` (its ``id`` is assigned by the database)."""
+
+    seq: int
+    person_key: str
+    payload: str
+    reason: str
+    status: int | None
+    response: str | None
+    attempts: int
+    enqueued_at: float
+    failed_at: float
+    after_keys: str | None
+    kind: Kind
+
+
+class DeadLetterRow(NamedTuple):
+    """One ``dead_letters`` row (the columns of :class:`~..outbox.DeadLetter`)."""
+
+    id: int
+    seq: int
+    person_key: str
+    payload: str
+    reason: str
+    status: int | None
+    response: str | None
+    attempts: int
+    enqueued_at: float
+    failed_at: float
+    kind: Kind
+
+
+class RequeueRow(NamedTuple):
+    """What re-queueing a dead letter needs."""
+
+    id: int
+    person_key: str
+    payload: str
+    after_keys: str | None
+    kind: Kind
+
+
+class DeliveryRow(NamedTuple):
+    """One settled operation in a person's recent history (``deliveries``; never attributes)."""
+
+    person_key: str
+    seq: int
+    kind: Kind
+    action: str | None
+    name: str | None
+    outcome: str
+    at: float
+
+
+class ReplicaRow(NamedTuple):
+    """One replica's heartbeat (``status`` is a JSON document)."""
+
+    replica: str
+    started_at: float
+    seen_at: float
+    stopped: int
+    status: str
+
+
+class StoredStatus(NamedTuple):
+    """A status document and when it was stored."""
+
+    value: str
+    updated_at: float
