@@ -2,7 +2,7 @@
 
 A database records how many scripts of its list it has run (SQLite: ``PRAGMA user_version``;
 PostgreSQL: ``schema_migrations``) and runs the rest in order at start. Never edit or reorder an
-entry: append a new one (to both lists when the change applies to both). ``tests/test_storage.py``
+entry: append a new one (to both lists when the change applies to both). ``tests/integration/test_storage.py``
 checks that both lists end with the same tables and columns.
 """
 
