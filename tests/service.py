@@ -48,7 +48,8 @@ def running_service(
         create_app(runtime, deliver=deliver, ingest=ingest, clock=clock),
         "127.0.0.1",
         port,
-        runtime.settings,
+        read_timeout_s=runtime.settings.http_read_timeout_s,
+        keep_alive_s=runtime.settings.http_keep_alive_s,
         lifespan="on",
     )
     server = uvicorn.Server(config)

@@ -10,7 +10,9 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+from pydantic import SecretStr
 
 from .config import ConfigError, Settings
 from .delivery import Deliverer
@@ -21,6 +23,9 @@ from .output import Output, OutputConfig, create_output
 from .pacing import Pacer, shared_pacer, workspace_key
 from .sources.base import Intake
 from .storage import DatabaseUnreachable, DeliveryLockError, open_storage
+
+if TYPE_CHECKING:
+    from .service.config import ServiceConfig
 
 __all__ = ["SANDBOX_CREDENTIALS", "SANDBOX_PIPELINES_KEY", "DeliveryLockError", "Runtime"]
 
@@ -87,6 +92,26 @@ class Runtime:
             track_url=sandbox_url or settings.customerio_track_url,
             pipelines_key=(lambda: SANDBOX_PIPELINES_KEY) if self.sandbox is not None else settings.pipelines_key,
             pipelines_url=sandbox_url or settings.customerio_pipelines_url,
+        )
+
+    def service_config(self) -> ServiceConfig:
+        """What the HTTP service reads of the settings."""
+        from .service.config import ServiceConfig
+        from .service.health import stall_after_s
+
+        settings = self.settings
+        return ServiceConfig(
+            max_body_bytes=settings.max_body_bytes,
+            max_events_per_request=settings.max_events_per_request,
+            max_queue=settings.max_queue,
+            shutdown_grace_s=settings.shutdown_grace_s,
+            cors_origins=settings.cors_origin_list,
+            posthog_host=settings.posthog_host,
+            posthog_timeout_s=settings.posthog_timeout_s,
+            stall_after_s=stall_after_s(settings.customerio_timeout_s, settings.anonymous_hold_s),
+            webhook_token=settings.webhook_token or SecretStr(""),
+            webhook_signing_secret=settings.webhook_signing_secret or SecretStr(""),
+            ops_token=SecretStr(settings.ops_secret),
         )
 
     def output(self) -> Output:

@@ -352,3 +352,40 @@ def test_plugin_config_is_a_settings_source(monkeypatch: pytest.MonkeyPatch, tmp
     # what was given (flags, plugin, environment) is told apart from the defaults
     assert {"events_to_send", "identify_by_email", "convert_dates"} <= s.model_fields_set
     assert "posthog_customerio_data_dir" not in s.model_fields_set
+
+
+def test_the_service_gets_a_small_config_from_the_runtime_not_the_settings(tmp_path: Path) -> None:
+    import ast
+
+    from posthog_customerio.runtime import Runtime
+
+    from ..helpers import make_settings
+
+    settings = make_settings(
+        tmp_path / "data",
+        webhook_token="hook-token",
+        max_queue=7,
+        cors_origins="https://a.example,https://b.example",
+        customerio_timeout_s=3,
+        anonymous_hold_s=2,
+    )
+    with Runtime(settings) as runtime:
+        config = runtime.service_config()
+    assert (config.max_queue, config.cors_origins, config.stall_after_s) == (
+        7,
+        ["https://a.example", "https://b.example"],
+        5,
+    )
+    # OPS_TOKEN unset: the operations token is the webhook token; secrets stay out of the repr
+    assert config.ops_token.get_secret_value() == config.webhook_token.get_secret_value() == "hook-token"
+    assert "hook-token" not in repr(config)
+    # no module of the service imports Settings: what it reads comes through ServiceConfig
+    service_dir = Path(__file__).resolve().parents[2] / "src" / "posthog_customerio" / "service"
+    for module in service_dir.glob("*.py"):
+        names = {
+            alias.name
+            for node in ast.walk(ast.parse(module.read_text()))
+            if isinstance(node, ast.ImportFrom)
+            for alias in node.names
+        }
+        assert "Settings" not in names, module.name

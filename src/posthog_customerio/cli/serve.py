@@ -94,7 +94,12 @@ def serve(
                     shlex.quote(str(where)),
                 )
             config = uvicorn_config(
-                application, host, port, settings, timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s))
+                application,
+                host,
+                port,
+                read_timeout_s=settings.http_read_timeout_s,
+                keep_alive_s=settings.http_keep_alive_s,
+                timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s)),
             )
             run_until_signalled(server_marking_shutdown(config, application), [listening])
     finally:

@@ -33,7 +33,7 @@ from .auth import Authenticator, OpsGuard
 from .bodies import HttpError
 from .context import Service
 from .cors import BrowserCors
-from .health import CustomerioProbe, DeliveryWatch, Readiness, stall_after_s
+from .health import CustomerioProbe, DeliveryWatch, Readiness
 from .ingest_routes import add_ingest_routes
 from .ops_routes import add_ops_routes
 from .posthog_routes import FORWARDED_METHODS, add_forwarding_routes, add_standalone_routes, forward
@@ -49,30 +49,30 @@ def _utc_now() -> datetime:
 
 
 def _service(runtime: Runtime, deliver: bool, clock: Callable[[], datetime]) -> Service:
-    settings = runtime.settings
+    config = runtime.service_config()
     requests_log = RequestLog()
     sampler = ThroughputSampler(runtime)
     sampler.requests = requests_log
-    auth = Authenticator(settings)
+    auth = Authenticator(config)
     proxy = None
-    if settings.posthog_host:
+    if config.posthog_host:
         proxy = PostHogProxy(
-            settings.posthog_host, timeout_s=settings.posthog_timeout_s, drop_authorization=auth.token or None
+            config.posthog_host, timeout_s=config.posthog_timeout_s, drop_authorization=auth.token or None
         )
     # SQLite: concurrent requests share one commit; PostgreSQL commits them side by side
     commit_events = GroupCommitter(runtime.ingestor).ingest if runtime.db.group_commit else runtime.ingestor.ingest
     return Service(
         runtime=runtime,
-        settings=settings,
+        config=config,
         requests_log=requests_log,
         metrics=Metrics(runtime, requests_log),
         sampler=sampler,
         auth=auth,
         proxy=proxy,
         commit_events=commit_events,
-        readiness=Readiness(runtime),
+        readiness=Readiness(runtime, config.max_queue),
         probe=CustomerioProbe(runtime),
-        watch=DeliveryWatch(stall_after_s(settings.customerio_timeout_s, settings.anonymous_hold_s)),
+        watch=DeliveryWatch(config.stall_after_s),
         deliver=deliver,
         clock=clock,
     )
@@ -81,7 +81,7 @@ def _service(runtime: Runtime, deliver: bool, clock: Callable[[], datetime]) -> 
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     service: Service = app.state.service
-    runtime, settings = service.runtime, service.settings
+    runtime, config = service.runtime, service.config
     if service.deliver:
         observe, probe = service.metrics.observe_delivered, service.probe
 
@@ -100,7 +100,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         deliverer = runtime.current_deliverer
         if deliverer is not None:
-            left = _grace_left(app, settings.shutdown_grace_s)
+            left = _grace_left(app, config.shutdown_grace_s)
             log.info("shutting down: flushing for up to %.0fs", left)
             emptied = await run_in_threadpool(_drain_within, deliverer, left)
             kept = "outbox empty" if emptied else f"{runtime.outbox.depth()} operations kept for the next start"
@@ -178,7 +178,7 @@ def create_app(
     app.state.runtime = runtime
     app.state.metrics = service.metrics
     app.state.requests = service.requests_log
-    app.add_middleware(BrowserCors, origins=service.settings.cors_origin_list, proxying=proxying)
+    app.add_middleware(BrowserCors, origins=service.config.cors_origins, proxying=proxying)
     app.add_middleware(OpsGuard, auth=auth, proxying=proxying)
     app.add_exception_handler(HttpError, _http_error)
     app.add_exception_handler(StarletteHTTPException, _starlette_error)

@@ -12,8 +12,8 @@ from standardwebhooks.webhooks import Webhook
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..config import Settings
 from .bodies import HttpError
+from .config import ServiceConfig
 from .paths import is_ops_path
 from .replay import ReplayGuard
 
@@ -25,14 +25,14 @@ OPS_REALM = "posthog-customerio operations"
 class Authenticator:
     """``WEBHOOK_TOKEN`` (Bearer) and ``WEBHOOK_SIGNING_SECRET`` (Standard Webhooks) checks."""
 
-    def __init__(self, settings: Settings) -> None:
-        token = settings.webhook_token.get_secret_value() if settings.webhook_token else ""
-        secret = settings.webhook_signing_secret.get_secret_value() if settings.webhook_signing_secret else ""
+    def __init__(self, config: ServiceConfig) -> None:
+        token = config.webhook_token.get_secret_value()
+        secret = config.webhook_signing_secret.get_secret_value()
         self.token = token.encode()
         self.verifier = Webhook(secret) if secret else None
         #: ``webhook-id``s of signed webhooks already stored (one process, for the timestamp tolerance)
         self.replays = ReplayGuard() if secret else None
-        self.ops_token = settings.ops_secret.encode()
+        self.ops_token = config.ops_token.get_secret_value().encode()
         #: the operations endpoints need a token once any credential is configured
         self.ops_guarded = bool(self.ops_token) or self.enabled
 

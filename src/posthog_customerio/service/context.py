@@ -8,13 +8,13 @@ from datetime import datetime
 
 from fastapi import Request
 
-from ..config import Settings
 from ..ingestion import IngestReport
 from ..metrics import Metrics
 from ..runtime import Runtime
 from ..sources import PostHogEvent
 from ..status import RequestLog, ThroughputSampler
 from .auth import Authenticator
+from .config import ServiceConfig
 from .health import CustomerioProbe, DeliveryWatch, Readiness
 from .proxy import PostHogProxy
 
@@ -26,7 +26,8 @@ class Service:
     """The runtime and the collaborators the handlers use (built once by ``create_app``)."""
 
     runtime: Runtime
-    settings: Settings
+    #: what the service reads of the settings
+    config: ServiceConfig
     requests_log: RequestLog
     metrics: Metrics
     sampler: ThroughputSampler

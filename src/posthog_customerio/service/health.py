@@ -74,8 +74,9 @@ class Readiness:
     WAIT_S = 2.0
     STUCK_S = 5.0
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, max_queue: int) -> None:
         self.runtime = runtime
+        self.max_queue = max_queue
         self.problems: list[str] = ["not checked yet"]
         #: age of the oldest queued operation at the last check (for :class:`DeliveryWatch`)
         self.oldest_age_s = 0.0
@@ -87,7 +88,7 @@ class Readiness:
             self.runtime.db.probe_write()
             depth = self.runtime.outbox.depth(max_age_s=1.0)
             self.oldest_age_s = self.runtime.outbox.oldest_age() if depth else 0.0
-            limit = self.runtime.settings.max_queue
+            limit = self.max_queue
             if depth >= limit:
                 problems.append(f"outbox holds {depth} operations (MAX_QUEUE {limit})")
         except Exception as exc:  # sqlite3 or psycopg errors alike

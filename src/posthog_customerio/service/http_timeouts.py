@@ -26,7 +26,6 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ..config import Settings
 
 __all__ = ["MAX_HEADERS", "MAX_HEAD_BYTES", "ReadDeadlineProtocol", "uvicorn_config"]
 
@@ -184,15 +183,17 @@ class ReadDeadlineProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def uvicorn_config(app: Any, host: str, port: int, settings: Settings, **options: Any) -> uvicorn.Config:
-    """The uvicorn config ``serve`` runs with: keep-alive and read timeouts from ``settings``."""
-    protocol = type("ReadDeadline", (ReadDeadlineProtocol,), {"read_timeout_s": settings.http_read_timeout_s})
+def uvicorn_config(
+    app: Any, host: str, port: int, *, read_timeout_s: float, keep_alive_s: float, **options: Any
+) -> uvicorn.Config:
+    """The uvicorn config ``serve`` runs with: ``HTTP_READ_TIMEOUT_S`` and ``HTTP_KEEP_ALIVE_S``."""
+    protocol = type("ReadDeadline", (ReadDeadlineProtocol,), {"read_timeout_s": read_timeout_s})
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         http=protocol,
-        timeout_keep_alive=settings.http_keep_alive_s,  # type: ignore[arg-type]
+        timeout_keep_alive=keep_alive_s,  # type: ignore[arg-type]
         log_config=None,
         access_log=False,
         **options,

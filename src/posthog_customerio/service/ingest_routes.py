@@ -42,7 +42,7 @@ _MAX_CAPTURE_ANSWER = 1_000_000
 
 
 def _check_queue(service: Service, depth: int) -> None:
-    limit = service.settings.max_queue
+    limit = service.config.max_queue
     if depth >= limit:
         raise HttpError(503, f"outbox holds {depth} operations (MAX_QUEUE {limit}); retry later", {"Retry-After": "30"})
 
@@ -81,25 +81,25 @@ def parse_events(
     ``received_at``: the receive time of a capture request (SDK clocks are corrected against it).
     """
     service = service_of(request)
-    settings, auth = service.settings, service.auth
-    body = decode_body(request, raw, settings.max_body_bytes)
+    config, auth = service.config, service.auth
+    body = decode_body(request, raw, config.max_body_bytes)
     if not header_ok:
         auth.check_token_present(body)
-    payload = parse_json(body, settings.max_events_per_request)
+    payload = parse_json(body, config.max_events_per_request)
     if not header_ok:
         auth.check_capture(request, payload)
     _check_api_keys(payload)
     events = _parse(service, request, payload, v1, source, received_at)
-    if len(events) > settings.max_events_per_request:
-        raise HttpError(413, too_many(settings.max_events_per_request), reason="too_many_events")
+    if len(events) > config.max_events_per_request:
+        raise HttpError(413, too_many(config.max_events_per_request), reason="too_many_events")
     return events
 
 
 def parse_capture(request: Request, raw: bytes, v1: bool, received_at: datetime) -> list[PostHogEvent]:
     """Decode, authenticate and parse a proxied capture body (run in a worker thread)."""
     service = service_of(request)
-    settings = service.settings
-    payload = parse_json(decode_body(request, raw, settings.max_body_bytes), settings.max_events_per_request)
+    config = service.config
+    payload = parse_json(decode_body(request, raw, config.max_body_bytes), config.max_events_per_request)
     service.auth.check_capture(request, payload)
     return _parse(service, request, payload, v1, "capture", received_at)
 
@@ -133,7 +133,7 @@ async def proxy_capture(request: Request, v1: bool = False) -> Response:
     service = service_of(request)
     proxy, requests_log = service.proxy, service.requests_log
     assert proxy is not None
-    raw = await read_body(request, service.settings.max_body_bytes)
+    raw = await read_body(request, service.config.max_body_bytes)
     received_at = service.clock()  # before forwarding: as close to PostHog's own receive time as we get
     try:
         upstream = await proxy.fetch(request, raw, _MAX_CAPTURE_ANSWER)
@@ -204,7 +204,7 @@ async def receive(request: Request, source: str, capture: bool, v1: bool = False
         header_ok = True
     depth = await run_in_threadpool(service.runtime.outbox.depth, 1.0)  # may wait for the database lock
     _check_queue(service, depth)
-    raw = await read_body(request, service.settings.max_body_bytes)
+    raw = await read_body(request, service.config.max_body_bytes)
     received_at = service.clock() if capture else None  # PostHog's capture takes its "now" after the body too
     guard = None
     if not capture and auth.verifier is not None:

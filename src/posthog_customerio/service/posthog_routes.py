@@ -70,7 +70,7 @@ def _script_json(value: Any) -> str:
 
 
 async def _drain(request: Request) -> None:
-    await read_body(request, service_of(request).settings.max_body_bytes)
+    await read_body(request, service_of(request).config.max_body_bytes)
 
 
 # route handlers carry no docstring: FastAPI would publish it as the OpenAPI description
@@ -129,7 +129,7 @@ async def forward(request: Request) -> Response:
         return JSONResponse({"error": "not found"}, status_code=404)
     try:
         proxy.check_path(request)  # forwarded exactly as sent, or not at all
-        body = b"" if request.method in ("GET", "HEAD") else await read_body(request, service.settings.max_body_bytes)
+        body = b"" if request.method in ("GET", "HEAD") else await read_body(request, service.config.max_body_bytes)
         response = await proxy.stream(request, body)
     except PathRefused as exc:
         raise HttpError(400, str(exc), reason="dot_segment") from None
