@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -283,6 +284,13 @@ def npm_install(directory: Path, package: str | None, *args: str, timeout: float
     npm = shutil.which("npm")
     if npm is None or shutil.which("node") is None:
         unavailable(f"node and npm are needed for the tests in {directory.name}/ (apt-get install nodejs npm)")
+    # one install per directory at a time, also across parallel test processes (pytest -n)
+    with (directory / ".npm-install.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _npm_install_locked(npm, directory, package, args, timeout)
+
+
+def _npm_install_locked(npm: str, directory: Path, package: str | None, args: tuple[str, ...], timeout: float) -> Path:
     if package is not None:
         wanted = json.loads((directory / "package.json").read_text())["dependencies"][package]
         installed = directory / "node_modules" / package / "package.json"
