@@ -47,7 +47,7 @@ def test_every_gzip_member_is_decoded() -> None:
     assert decode_body({}, {}, gzip.compress(first) + gzip.compress(second), LIMIT) == first + second
 
 
-@pytest.mark.parametrize("tail", [b"x", b"\x00\x00", b"\x1f\x8bgarbage", gzip.compress(b"ok")[:-4]])
+@pytest.mark.parametrize("tail", [b"x", b"\x00\x00", b"\x1f\x8bgarbage", gzip.compress(b"ok", mtime=0)[:-4]])
 def test_trailing_bytes_after_gzip_are_a_400(tail: bytes) -> None:
     error = rejected({"content-type": "text/plain"}, {}, gzip.compress(b"[]") + tail)
     assert error.status == 400 and error.reason == "bad_gzip"
