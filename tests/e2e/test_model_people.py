@@ -7,7 +7,8 @@ Customer.io's end state in the sandbox (which profiles exist, their identifiers,
 value, which events are on whom, which stay anonymous) with an independent reference model written from
 the documented rules below. It runs in Track v2 and Pipelines mode, with ``IDENTIFY_BY_EMAIL`` off and on.
 ``MODEL_TEST_EXAMPLES`` (default 25) sets the number of examples per mode; e.g. ``MODEL_TEST_EXAMPLES=500``
-for a long run.
+for a long run. The examples are the same on every run (``derandomize``); ``MODEL_TEST_RANDOM=1`` explores
+new streams (how the disagreement in :func:`test_alias_of_a_deleted_users_id_to_an_identified_person` was found).
 
 Behaviours generated (shapes as the SDKs send them; ``tests/e2e/test_real_people.py`` has one test per shape):
 
@@ -125,6 +126,8 @@ KEYS = ("plan", "name")
 VALUES = ("free", "pro", "team")
 FORWARDED_NOT = frozenset({"$set", "$set_once", "$create_alias", "$delete_person"})
 EXAMPLES = int(os.environ.get("MODEL_TEST_EXAMPLES", "25"))
+#: the same examples on every run (CI judges one fixed set); ``MODEL_TEST_RANDOM=1`` explores new streams
+DERANDOMIZE = os.environ.get("MODEL_TEST_RANDOM", "0") != "1"
 #: ``MODEL_TEST_SHRINK=0`` reports the first failing stream as found (faster while debugging)
 PHASES = tuple(p for p in Phase if p is not Phase.shrink or os.environ.get("MODEL_TEST_SHRINK", "1") != "0")
 
@@ -585,9 +588,34 @@ def test_people_match_the_model(_sandbox_server: SandboxServer, api: str, identi
         machine,
         settings=settings(
             max_examples=EXAMPLES,
+            derandomize=DERANDOMIZE,
             stateful_step_count=12,
             deadline=None,
             phases=PHASES,
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
         ),
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: a random run found this stream (on the code before and after the issue-17 restructuring):"
+    " after u1's person is deleted, posthog-js's alias(u2) from u1 adds u1 to u2's identified person; the"
+    " model renames that person's profile to u1 (rule 8: both sides identified, so the event's distinct_id),"
+    " the mapping keeps the profile it has (d1). Which one Customer.io should end with is to be decided",
+)
+def test_alias_of_a_deleted_users_id_to_an_identified_person(_sandbox_server: SandboxServer) -> None:
+    machine = type(
+        "PeopleMachine_v2", (PeopleMachine,), {"sandbox": _sandbox_server, "api": "v2", "identify_by_email": False}
+    )
+    state = machine()
+    state.batches_stay_small()
+    state.js_alias(device="d2", to="crm-1")
+    state.python_alias(previous="d1", user="u2")
+    state.identify(device="d2", email=0, user="u1")
+    state.js_alias(device="d1", to="crm-1")
+    state.js_alias(device="d2", to="crm-1")
+    state.identify(device="d1", email=0, user="u1")
+    state.delete(who="u1")
+    state.js_alias(device="d2", to="u2")
+    state.teardown()
