@@ -26,7 +26,6 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-
 __all__ = ["MAX_HEADERS", "MAX_HEAD_BYTES", "ReadDeadlineProtocol", "uvicorn_config"]
 
 #: largest request head (request line and header fields) in bytes; 431 above
