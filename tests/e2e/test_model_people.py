@@ -600,9 +600,12 @@ def test_people_match_the_model(_sandbox_server: SandboxServer, api: str, identi
 @pytest.mark.xfail(
     strict=True,
     reason="open: a random run found this stream (on the code before and after the issue-17 restructuring):"
-    " after u1's person is deleted, posthog-js's alias(u2) from u1 adds u1 to u2's identified person; the"
-    " model renames that person's profile to u1 (rule 8: both sides identified, so the event's distinct_id),"
-    " the mapping keeps the profile it has (d1). Which one Customer.io should end with is to be decided",
+    " after u1's person is deleted, posthog-js's alias(u2) from u1 -- PostHog adds u1 to u2's identified person"
+    " (only one side has a person, so nothing is refused) and the model, by the documented survivor rule (both"
+    " sides identified, u1 never seen as an anonymous visitor), renames that person's profile to u1; the mapping"
+    " refuses the merge because u2's person is identified (merge_identities), as it refuses an $identify taking"
+    " over an identified person (issue 15, item 5), and keeps profile d1. Which one Customer.io should end with"
+    " is to be decided",
 )
 def test_alias_of_a_deleted_users_id_to_an_identified_person(_sandbox_server: SandboxServer) -> None:
     machine = type(
