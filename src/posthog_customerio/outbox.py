@@ -25,7 +25,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from .operations import Claimed, Kind, Operation, encode_payload
-from .storage import CandidateRow, DeliveryRow, NewDeadLetter, NewOperation, PayloadRow, Storage, Transaction
+from .storage import (
+    CandidateRow,
+    DeadLetterRow,
+    DeliveryRow,
+    NewDeadLetter,
+    NewOperation,
+    PayloadRow,
+    Storage,
+    Transaction,
+)
 
 __all__ = ["DELIVERIES_KEPT", "AnonymousHold", "DeadLetter", "LeaseLost", "Outbox", "Queued"]
 
@@ -188,37 +197,14 @@ def _log_dead_letter(item: Claimed, reason: str, status: int | None, letter_id: 
     )
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """An operation Customer.io rejected for good, with why."""
+class DeadLetter(DeadLetterRow):
+    """An operation Customer.io rejected for good, with why (a ``dead_letters`` row)."""
 
-    id: int
-    seq: int
-    person_key: str
-    payload: str
-    reason: str
-    status: int | None
-    response: str | None
-    attempts: int
-    enqueued_at: float
-    failed_at: float
-    kind: Kind = "person"
+    __slots__ = ()
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-friendly form (for ``dead-letters --json`` and the HTTP API)."""
-        return {
-            "id": self.id,
-            "seq": self.seq,
-            "person_key": self.person_key,
-            "payload": self.payload,
-            "reason": self.reason,
-            "status": self.status,
-            "response": self.response,
-            "attempts": self.attempts,
-            "enqueued_at": self.enqueued_at,
-            "failed_at": self.failed_at,
-            "kind": self.kind,
-        }
+        return dict(self._asdict())
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,7 +462,7 @@ class Outbox:
         """Dead-lettered operations, oldest first."""
         with self.db.reading() as conn:
             rows = conn.dead_letter_rows(limit)
-        return [DeadLetter(**row._asdict()) for row in rows]
+        return [DeadLetter(*row) for row in rows]
 
     def retry_dead_letters(self, ids: Iterable[int] | None = None) -> int:
         """Re-queue dead-lettered operations (all, or the given ids); returns how many.
