@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .backoff import Backoff
+from .latency import LatencyWindow
 from .operations import Claimed
 from .outbox import LeaseLost, Outbox
 from .output.base import AuthError, Output, SendResult, Unit
@@ -100,6 +101,8 @@ class Deliverer:
         #: held by the one worker that lingers for the next request slot
         self._slot_turn = threading.Lock()
         self.stats = DeliveryStats()
+        #: enqueue -> accepted of person work (every kind but anonymous events), the last minutes
+        self.person_latency = LatencyWindow()
         self.auth_error: str | None = None
         self._stats_lock = threading.Lock()
         #: held by the one worker that re-checks rejected credentials
@@ -389,6 +392,8 @@ class Deliverer:
             self.outbox.dead_letter(verdict.dead)
         if verdict.ack:
             self.outbox.ack(verdict.ack)
+            now = time.time()
+            self.person_latency.observe(now - item.enqueued_at for item in verdict.ack if item.kind != "anonymous")
             if self.on_delivered is not None:
                 self.on_delivered(verdict.ack)
             with self._stats_lock:

@@ -453,6 +453,11 @@ class Outbox:
         with self._claim_lock:
             return len(self._in_flight)
 
+    def in_flight_seqs(self) -> frozenset[int]:
+        """The seqs of the operations this process's workers hold now."""
+        with self._claim_lock:
+            return frozenset(self._in_flight)
+
     def dead_letter_count(self) -> int:
         """How many operations are dead-lettered."""
         with self.db.reading() as conn:
