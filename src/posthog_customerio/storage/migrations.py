@@ -112,6 +112,13 @@ SQLITE_MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS persons_email ON persons (lower(email)) WHERE email IS NOT NULL;
     CREATE INDEX IF NOT EXISTS persons_merged_into ON persons (merged_into) WHERE merged_into IS NOT NULL;
     """,
+    # 9: two lanes in queue order: person work (every kind but anonymous events) and anonymous events
+    # (delivery claims person work first); leased rows found without a scan (PostgreSQL replicas)
+    """
+    CREATE INDEX IF NOT EXISTS outbox_person_lane ON outbox (seq) WHERE kind <> 'anonymous';
+    CREATE INDEX IF NOT EXISTS outbox_anonymous_lane ON outbox (seq) WHERE kind = 'anonymous';
+    CREATE INDEX IF NOT EXISTS outbox_leased ON outbox (seq) WHERE lease_until IS NOT NULL
+    """,
 ]
 
 POSTGRES_MIGRATIONS: list[str] = [
@@ -203,6 +210,13 @@ POSTGRES_MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS deliveries_person ON deliveries (person_key, id);
     CREATE INDEX IF NOT EXISTS persons_email ON persons (lower(email)) WHERE email IS NOT NULL;
     CREATE INDEX IF NOT EXISTS persons_merged_into ON persons (merged_into) WHERE merged_into IS NOT NULL
+    """,
+    # 6: as SQLite's 9: two lanes in queue order, person work and anonymous events
+    # (delivery claims person work first); leased rows found without a scan (PostgreSQL replicas)
+    """
+    CREATE INDEX IF NOT EXISTS outbox_person_lane ON outbox (seq) WHERE kind <> 'anonymous';
+    CREATE INDEX IF NOT EXISTS outbox_anonymous_lane ON outbox (seq) WHERE kind = 'anonymous';
+    CREATE INDEX IF NOT EXISTS outbox_leased ON outbox (seq) WHERE lease_until IS NOT NULL
     """,
 ]
 
