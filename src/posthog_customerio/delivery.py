@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 #: at the rate limit a batch lingers at most this long (or ``DELIVERY_LINGER_S`` if longer), at most ten slots
 RATE_LINGER_MAX_S = 2.0
-#: after a pause, anonymous events wait this much longer than person work (at least this, at most the pause again)
+#: after a pause, anonymous events wait as long again as person work does, at least this much longer
 ANONYMOUS_EXTRA_PAUSE_S = 1.0
 #: after ``n`` worker restarts within a minute the supervisor waits ``2**(n-1)`` s (1, 2, 4, 8, then 10 s)
 #: before restarting dead workers again
@@ -441,7 +441,7 @@ class Deliverer:
                 self.stats.retries += len(verdict.release)
             self.limiter.pause_for(verdict.pause_s)
             # anonymous events slow first: after the pause, person work has the slots to itself a while
-            extra = min(max(ANONYMOUS_EXTRA_PAUSE_S, verdict.pause_s), verdict.pause_s + ANONYMOUS_EXTRA_PAUSE_S)
+            extra = max(ANONYMOUS_EXTRA_PAUSE_S, verdict.pause_s)
             self._anonymous_resume_at = max(self._anonymous_resume_at, time.monotonic() + verdict.pause_s + extra)
         if verdict.dead:
             self.outbox.dead_letter(verdict.dead)

@@ -10,6 +10,7 @@ a backlog loses nothing and keeps each person's order. Request counts, not durat
 
 from __future__ import annotations
 
+import time
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from posthog_customerio.delivery import Deliverer
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.sources import PostHogEvent
@@ -27,6 +29,8 @@ pytestmark = pytest.mark.e2e
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 V1_EVENTS = "/api/v1/events"
+#: operations per claim in these tests
+CLAIM = 100
 
 
 def visit(visitor: str, n: int) -> PostHogEvent:
@@ -56,15 +60,24 @@ def carries(entry: dict[str, Any], ref: str) -> bool:
     return f"'ref': '{ref}'" in str(entry["body"])
 
 
-def anonymous_requests_before(sandbox: SandboxServer, ref: str) -> int:
-    """How many anonymous-event requests the sandbox answered before the one carrying event ``ref``."""
+def anonymous_requests_before(sandbox: SandboxServer, ref: str, since: float = 0.0) -> int:
+    """How many anonymous-event requests the sandbox received after ``since`` (epoch seconds) and before the
+    one carrying event ``ref``."""
     count = 0
     for entry in sorted(sandbox.state.requests(), key=lambda entry: entry["time"]):
         if carries(entry, ref):
             return count
-        if entry["path"] == V1_EVENTS and entry["status"] == 200:
+        if entry["path"] == V1_EVENTS and entry["status"] == 200 and entry["time"] >= since:
             count += 1
     raise AssertionError(f"{ref} never reached the sandbox")
+
+
+def start_small_claims(rt: Runtime) -> Deliverer:
+    """Start delivery with claims of 100 operations: a backlog of 1,200 is more than its four workers hold."""
+    deliverer = rt.deliverer()
+    deliverer.max_batch_items = CLAIM
+    deliverer.start()
+    return deliverer
 
 
 def delivered(sandbox: SandboxServer, ref: str) -> bool:
@@ -76,20 +89,21 @@ def refs(events: list[dict[str, Any]]) -> list[str]:
 
 
 def test_a_customers_event_overtakes_a_backlog_of_anonymous_events(sandbox: SandboxServer, tmp_path: Path) -> None:
-    backlog = [visit(f"visitor-{n}", n) for n in range(1_200)]  # more than one claim (1,000)
     with runtime(sandbox, tmp_path / "data") as rt:
         rt.ingestor.ingest([purchase("alice", 0)])  # alice is a known customer
-        rt.ingestor.ingest(backlog)
-        rt.ingestor.ingest([purchase("alice", 1)])
-        deliverer = rt.deliverer()
-        deliverer.start()
+        rt.ingestor.ingest([visit(f"visitor-{n}", n) for n in range(1_200)])
+        deliverer = start_small_claims(rt)
         try:
-            wait_for(lambda: delivered(sandbox, "alice-purchase-1"), "alice's purchase in Customer.io", timeout=60)
+            wait_for(lambda: sandbox.state.stats()["requests"] >= 5, "delivery under way")
+            ingested_at = time.time()
+            rt.ingestor.ingest([purchase("alice", 1)])  # behind 1,200 anonymous events in the queue
+            deliverer.notify()
+            wait_for(lambda: delivered(sandbox, "alice-purchase-1"), "alice's purchase in Customer.io", timeout=90)
         finally:
             deliverer.stop()
-    # without priority the first claim's 1,000 anonymous events (50 s at 20/s) go first
-    assert anonymous_requests_before(sandbox, "alice-purchase-1") <= 30
-    assert len(sandbox.state.anonymous_events()) < 200
+    # in queue order it would wait for ~1,100 anonymous requests (55 s at 20/s)
+    assert anonymous_requests_before(sandbox, "alice-purchase-1", since=ingested_at) <= 30
+    assert len(sandbox.state.anonymous_events()) < 600
     assert [event["name"] for event in sandbox.state.events("alice")] == ["purchase", "purchase"]
 
 
@@ -102,8 +116,7 @@ def test_a_waiting_visitor_who_identifies_is_adopted_not_sent_anonymously(
     with runtime(sandbox, tmp_path / "data") as rt:
         rt.ingestor.ingest([visit(f"visitor-{n}", n) for n in range(300)])
         rt.ingestor.ingest([visit("carol-device", 1_000 + n) for n in range(3)])  # behind the backlog
-        deliverer = rt.deliverer()
-        deliverer.start()
+        deliverer = start_small_claims(rt)
         try:
             wait_for(lambda: sandbox.state.stats()["requests"] >= 5, "delivery under way")
             report = rt.ingestor.ingest([identify("carol", "carol-device", 2_000)])
@@ -120,9 +133,8 @@ def test_a_waiting_visitor_who_identifies_is_adopted_not_sent_anonymously(
 def test_a_429_slows_anonymous_events_first(sandbox: SandboxServer, tmp_path: Path) -> None:
     with runtime(sandbox, tmp_path / "data", customerio_max_rps=50) as rt:
         rt.ingestor.ingest([purchase("alice", 0)])
-        rt.ingestor.ingest([visit(f"visitor-{n}", n) for n in range(600)])
-        deliverer = rt.deliverer()
-        deliverer.start()
+        rt.ingestor.ingest([visit(f"visitor-{n}", n) for n in range(1_200)])
+        deliverer = start_small_claims(rt)
         try:
             wait_for(lambda: len(sandbox.state.events("alice")) == 1, "alice known in Customer.io")
             sandbox.state.add_fault(status=429, count=1, retry_after="2")
@@ -163,18 +175,20 @@ def test_replicas_share_the_budget_and_both_put_people_first(
         ]
         replicas[0].ingestor.ingest([purchase("alice", 0)])
         replicas[0].ingestor.ingest([visit(f"visitor-{n}", n) for n in range(1_100)])
-        replicas[0].ingestor.ingest([purchase("alice", 1)])
-        deliverers = [replica.deliverer() for replica in replicas]
-        for deliverer in deliverers:
-            deliverer.start()
+        deliverers = [start_small_claims(replica) for replica in replicas]
         try:
-            wait_for(lambda: delivered(sandbox, "alice-purchase-1"), "alice's purchase", timeout=60)
+            wait_for(lambda: sandbox.state.stats()["requests"] >= 5, "delivery under way")
+            ingested_at = time.time()
+            replicas[1].ingestor.ingest([purchase("alice", 1)])
+            for deliverer in deliverers:
+                deliverer.notify()
+            wait_for(lambda: delivered(sandbox, "alice-purchase-1"), "alice's purchase", timeout=90)
             wait_for(lambda: sandbox.state.stats()["requests"] >= 40, "anonymous events under way", timeout=60)
         finally:
             for deliverer in deliverers:
                 deliverer.stop()
         sent = [deliverer.stats.requests for deliverer in deliverers]
-    assert anonymous_requests_before(sandbox, "alice-purchase-1") <= 15
+    assert anonymous_requests_before(sandbox, "alice-purchase-1", since=ingested_at) <= 15
     times = sorted(entry["time"] for entry in sandbox.state.requests())
     span = times[-1] - times[0]
     # slots are 1/rps apart on the database's clock; a request can be late (load), never early
