@@ -455,11 +455,13 @@ class Outbox:
         with self.db.reading() as conn:
             return conn.outbox_empty(self.anonymous_hold.held_after(time.time()))
 
-    def oldest_age(self, now: float | None = None) -> float:
-        """Seconds since the oldest waiting operation was enqueued (0 if empty)."""
+    def oldest_age(self, now: float | None = None, claimable: bool = False) -> float:
+        """Seconds since the oldest waiting operation was enqueued (0 if empty); with ``claimable``, of the
+        oldest one the anonymous hold does not keep (work delivery could take now)."""
+        now = now or time.time()
         with self.db.reading() as conn:
-            oldest = conn.oldest_enqueued_at()
-        return 0.0 if oldest is None else max(0.0, (now or time.time()) - oldest)
+            oldest = conn.oldest_enqueued_at(self.anonymous_hold.held_after(now) if claimable else None)
+        return 0.0 if oldest is None else max(0.0, now - oldest)
 
     def in_flight(self) -> int:
         """Operations currently claimed by workers."""

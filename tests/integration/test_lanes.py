@@ -135,3 +135,17 @@ def test_a_spare_slot_is_shared_by_replicas(pg_url: str) -> None:
         with db.transaction() as conn:
             conn.execute("DELETE FROM delivery_pacing WHERE workspace LIKE 'spare-%%'")
         db.close()
+
+
+def test_held_anonymous_events_are_not_waiting_work_for_the_health_check(db: Storage) -> None:
+    outbox = Outbox(db, anonymous_hold_s=600)  # a long hold: /healthz must not call its rows a stall
+    now = 1_000_000.0
+    with db.transaction() as conn:
+        Outbox.enqueue(conn, [anonymous("v1", 1)], now=now - 300)
+    assert outbox.oldest_age(now) == 300
+    assert outbox.oldest_age(now, claimable=True) == 0
+    with db.transaction() as conn:
+        Outbox.enqueue(conn, [person("alice", 1)], now=now - 100)
+    assert outbox.oldest_age(now, claimable=True) == 100
+    outbox.input_finished()
+    assert outbox.oldest_age(now, claimable=True) == 300

@@ -120,8 +120,9 @@ class Transaction(Protocol):
         """Whether nothing waits (no count); with ``held_after``, anonymous operations enqueued after it
         (still held by ``ANONYMOUS_HOLD_S``) do not count."""
 
-    def oldest_enqueued_at(self) -> float | None:
-        """Enqueue time of the first operation in the queue."""
+    def oldest_enqueued_at(self, held_after: float | None = None) -> float | None:
+        """Enqueue time of the first operation in the queue; with ``held_after``, of the first one not held
+        (anonymous operations enqueued after it are still held by ``ANONYMOUS_HOLD_S``)."""
 
     # -- dead letters --
     def insert_dead_letters(self, rows: Iterable[NewDeadLetter]) -> None:

@@ -180,8 +180,12 @@ class SqlTransaction:
         sql = f"SELECT seq FROM outbox WHERE kind <> 'anonymous' OR enqueued_at <= {self.sql.mark} LIMIT 1"
         return self._one(sql, (held_after,)) is None
 
-    def oldest_enqueued_at(self) -> float | None:
-        row = self._one("SELECT enqueued_at FROM outbox ORDER BY seq LIMIT 1")
+    def oldest_enqueued_at(self, held_after: float | None = None) -> float | None:
+        if held_after is None:
+            row = self._one("SELECT enqueued_at FROM outbox ORDER BY seq LIMIT 1")
+        else:
+            sql = "SELECT enqueued_at FROM outbox WHERE kind <> 'anonymous' OR enqueued_at <= {} ORDER BY seq LIMIT 1"
+            row = self._one(sql.format(self.sql.mark), (held_after,))
         return None if row is None else float(row[0])  # one column
 
     # -- dead letters --
