@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 #: at the rate limit a batch lingers at most this long (or ``DELIVERY_LINGER_S`` if longer), at most ten slots
 RATE_LINGER_MAX_S = 2.0
+#: a claim of anonymous events sent one request each (Track API) holds at most this many: a visitor who
+#: identifies meanwhile waits for at most this many requests of one worker, and the rest stay adoptable
+ANONYMOUS_BURST = 10
 #: after a pause, anonymous events wait as long again as person work does, at least this much longer
 ANONYMOUS_EXTRA_PAUSE_S = 1.0
 #: after ``n`` worker restarts within a minute the supervisor waits ``2**(n-1)`` s (1, 2, 4, 8, then 10 s)
@@ -111,6 +114,8 @@ class Deliverer:
         self._person_work_seen = True
         #: anonymous events wait until this monotonic time (set by a pause: person work goes first after it)
         self._anonymous_resume_at = 0.0
+        #: per worker: whether its last batched claim of anonymous events was given back to linger
+        self._local = threading.local()
         #: held by the one worker that lingers for the next request slot
         self._slot_turn = threading.Lock()
         self.stats = DeliveryStats()
@@ -169,14 +174,15 @@ class Deliverer:
             return sum(thread.is_alive() for thread in self._threads)
 
     def _spawn(self, number: int) -> threading.Thread:
-        thread = threading.Thread(target=self._run_worker, name=f"delivery-{number}", daemon=True)
+        thread = threading.Thread(target=self._run_worker, args=(number,), name=f"delivery-{number}", daemon=True)
         thread.start()
         return thread
 
-    def _run_worker(self) -> None:
-        """A worker's whole life: whatever kills it is recorded (the supervisor restarts it)."""
+    def _run_worker(self, number: int = 0) -> None:
+        """A worker's whole life: whatever kills it is recorded (the supervisor restarts it). With more than
+        one worker, worker 0 sends person work only: it is never busy with anonymous events when some comes."""
         try:
-            self._work()
+            self._work(anonymous=number > 0 or self.concurrency == 1)
         except BaseException as exc:
             log.error(
                 "delivery worker %s died: %s: %s",
@@ -276,7 +282,7 @@ class Deliverer:
     def _claim_size(self) -> int:
         return self.output.claim_size(self.max_batch_items, self.limiter.interval)
 
-    def _work(self) -> None:
+    def _work(self, anonymous: bool = True) -> None:
         lingered = False
         while not self._stop.is_set():
             if self.auth_error:
@@ -293,7 +299,7 @@ class Deliverer:
             )
             items = self._claim_at_slot() if reserved else self._claim_person_work()
             if not items:
-                wait = self._send_anonymous()
+                wait = self._send_anonymous() if anonymous else self.idle_poll_s
                 if wait is not None:
                     with self._wake:
                         self._wake.wait(wait)
@@ -335,9 +341,10 @@ class Deliverer:
         was made (look for person work again at once), else how long to wait before looking again.
 
         The slot must be free now (nobody reserved it, no pause): anonymous events use only the budget
-        person work leaves. A claim is one request's worth (one event on the Track API), taken only
-        when a slot looks free and sent at once, so an identify never waits long for a visitor's
-        events in flight, and the ones still waiting stay adoptable.
+        person work leaves. A claim is one request's worth when the output batches them (Pipelines), else
+        at most :data:`ANONYMOUS_BURST` events, taken only when a slot looks free and sent in the spare
+        slots that follow (:meth:`_send_spare`), so an identify never waits long for a visitor's events
+        in flight, and the ones still waiting stay adoptable.
         """
         cooldown = self._anonymous_resume_at - time.monotonic()
         if cooldown > 0:
@@ -345,18 +352,51 @@ class Deliverer:
         delay = self.limiter.reserve_delay()
         if delay > 0:
             return min(self.idle_poll_s, delay)
-        size = self._claim_size() if self.output.batches_anonymous else 1
+        batched = self.output.batches_anonymous
+        size = self._claim_size() if batched else ANONYMOUS_BURST
         items = self.outbox.claim(size, self.max_batch_bytes, self.max_op_bytes, lane="anonymous")
         if not items:
             return self.idle_poll_s
+        if batched and self.linger_s and len(items) < size // 4 and not getattr(self._local, "lingered", False):
+            # a trickle: as for person work, let a fuller batch build up first
+            self.outbox.unclaim(items)
+            self._local.lingered = True
+            return self.linger_s
+        self._local.lingered = False
         if not self.limiter.take_spare():  # person work (or another replica) took the slot meanwhile
             self.outbox.unclaim(items)
             return min(self.idle_poll_s, self.limiter.interval)
         try:
-            self._deliver(items, reserved=True)
+            self._send_spare(items)
         except Exception as exc:  # as for person work: keep the rows, back off
             self._recover(items, exc)
         return None
+
+    def _send_spare(self, items: list[Claimed]) -> None:
+        """Send a claim of anonymous events, the first request in the spare slot just taken, each next one
+        only in a spare slot coming within two intervals; once none comes, the rest is given back untouched."""
+        units = self.output.units(items)
+        try:
+            for position, unit in enumerate(units):
+                rest = [item for later in units[position + 1 :] for item in later.items]
+                if position and not self._spare_slot_soon():
+                    self.outbox.unclaim([*unit.items, *rest])
+                    return
+                if not self._send(unit, rest, reserved=True):
+                    self.outbox.release(rest, "held back: the request before it was not delivered")
+                    return
+        except LeaseLost as exc:  # the claim is dropped: whoever holds these operations now sends them
+            log.warning("delivery: %s", exc)
+            self._note_error(str(exc))
+
+    def _spare_slot_soon(self) -> bool:
+        """Wait for the next request slot if it is at most two intervals away and take it if still spare."""
+        if self._anonymous_resume_at > time.monotonic():
+            return False
+        delay = self.limiter.reserve_delay()
+        if delay > 2 * self.limiter.interval or (delay > 0 and self._stop.wait(delay)):
+            return False
+        return self.limiter.take_spare()
 
     def _claim_at_slot(self) -> list[Claimed]:
         """At the rate limit: linger without a claim until the next slot (longer while batches stay small),
