@@ -335,36 +335,35 @@ def build_plan(rate: float, duration: float, seed: int, customers: int) -> list[
             props.update({"feature": rng.choice(_FEATURES), "duration_ms": rng.randint(200, 90_000)})
         attrs = {key: value for key, value in person.items() if key != "id"}
         plan.append(Planned(offset, "person", body(offset, name, person["id"], props, attrs)))
-    # visitors: ~4 page views each, 2-20 s apart; 30% identify after a log-uniform 2-180 s delay
+    # visitors: ~4 page views each, 2-20 s apart, arriving from before the run (a steady state) until its end,
+    # until their events in the run make ~45% of it; 30% identify after a log-uniform 2-180 s delay
     mean_views = 4.0
-    visitors = int(0.45 * rate * duration / mean_views)
-    for v in range(visitors):
-        start = rng.uniform(-10.0, duration)
+    target = int(0.45 * rate * duration)
+    in_run = 0
+    v = 0
+    while in_run < target:
+        v += 1
+        start = rng.uniform(-40.0, duration)
         anon = _uuid7(base_ms + int(start * 1000), rng)
         session = _uuid7(base_ms + int(start * 1000), rng)
         views = max(1, min(8, round(rng.expovariate(1 / mean_views))))
         identify_at = start + math.exp(rng.uniform(math.log(2.0), math.log(180.0))) if rng.random() < 0.30 else None
         user = {"id": f"visitor-{seed}-{v:07d}", "email": f"visitor{v}@example.com", "name": f"Visitor {v}"}
+        attrs = {key: value for key, value in user.items() if key != "id"}
         t = start
         for _ in range(views):
             identified = identify_at is not None and t >= identify_at
             if 0 <= t < duration:
+                in_run += 1
                 props = web(anon, session, identified, rng.choice(_APP_PAGES if identified else _PAGES))
-                attrs = {key: value for key, value in user.items() if key != "id"}
                 distinct = user["id"] if identified else anon
-                plan.append(
-                    Planned(
-                        t,
-                        "person" if identified else "anonymous",
-                        body(t, "$pageview", distinct, props, attrs if identified else None),
-                    )
-                )
+                kind = "person" if identified else "anonymous"
+                plan.append(Planned(t, kind, body(t, "$pageview", distinct, props, attrs if identified else None)))
             t += rng.uniform(2.0, 20.0)
         if identify_at is not None and 0 <= identify_at < duration:
             props = web(anon, session, True, "/onboarding")
             props["$anon_distinct_id"] = anon
             props["$set"] = {"email": user["email"], "name": user["name"]}
-            attrs = {key: value for key, value in user.items() if key != "id"}
             plan.append(Planned(identify_at, "identify", body(identify_at, "$identify", user["id"], props, attrs)))
     plan.sort(key=lambda p: p.offset)
     for number, planned in enumerate(plan):
@@ -517,6 +516,7 @@ def run_arm(arm: Arm, plan: list[Planned], plan_file: Path, workdir: Path, args:
                 break
             time.sleep(2.0)
         result["drain_s"] = time.monotonic() - started
+        result["drain_deadline_s"] = args.drain
         result["accepted"] = accepted
         result["standin"] = box.get("/_bench/stats")
         result["status_end"] = service.get("/api/status")
@@ -558,8 +558,9 @@ def figures(result: dict[str, Any], plan: list[Planned], duration: float) -> dic
     stats = result["standin"]
     ok = sum(count for key, count in stats["requests"].items() if key.startswith("200 "))
     out["requests accepted / 1,000 events"] = f"{1000 * ok / max(1, len(sent)):.1f} ({ok})"
-    by_status = (result["status_end"].get("delivery") or {}).get("requests_by_status") or {}
-    out["429s (stand-in answered / service counted)"] = f"{stats['throttled']} / {by_status.get('429', 'n/a')}"
+    by_status = (result["status_end"].get("delivery") or {}).get("requests_by_status")
+    counted = by_status.get("429", 0) if isinstance(by_status, dict) else "n/a"
+    out["429s (stand-in answered / service counted)"] = f"{stats['throttled']} / {counted}"
     # visitors' events, `settle` s after the load: what the stand-in saw
     as_anon = sum(1 for p in anonymous if settle.get(p.bench_id, (0, ""))[1] == "anonymous")
     adopted = sum(1 for p in anonymous if settle.get(p.bench_id, (0, ""))[1] == "person")
@@ -588,10 +589,12 @@ def figures(result: dict[str, Any], plan: list[Planned], duration: float) -> dic
         f"{outbox.get('depth', 'n/a')} / {outbox.get('oldest_age_s', 'n/a')}"
     )
     metric_lines = [line for line in result["metrics"].splitlines() if "anonymous" in line and not line.startswith("#")]
-    out["metrics lines with 'anonymous'"] = str(len(metric_lines)) if metric_lines else "n/a"
+    out["/metrics series naming 'anonymous' (printed above)"] = str(len(metric_lines)) if metric_lines else "n/a"
     lost = sum(1 for p in persons if p.bench_id not in accepted)
-    out["person events sent / accepted / NOT delivered"] = f"{len(persons)} / {len(persons) - lost} / {lost}"
-    out["drain (s)"] = f"{result['drain_s']:.0f}"
+    out["person events sent / accepted / NOT accepted by the drain's end"] = (
+        f"{len(persons)} / {len(persons) - lost} / {lost}"
+    )
+    out["drain (s, deadline --drain)"] = f"{result['drain_s']:.0f} ({result['drain_deadline_s']:.0f})"
     out["duplicate acceptances"] = str(stats["duplicates"])
     return out
 
@@ -673,6 +676,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {rate_text}/s, {arm.name} ...", flush=True)
                 result = run_arm(arm, plan, plan_file, workdir, args)
                 tables[rate_text][arm.name] = figures(result, plan, args.duration)
+                label = arm.name.replace(" ", "_").replace("=", "")
+                (workdir / f"result-{rate_text}-{label}.json").write_text(json.dumps(result, default=str))
+                for line in result["metrics"].splitlines():
+                    if "anonymous" in line and not line.startswith("#"):
+                        print(f"    /metrics: {line}", flush=True)
                 for key, value in tables[rate_text][arm.name].items():
                     if key.startswith(("person latency p50 / p99 s, whole", "requests", "person events")):
                         print(f"    {key}: {value}", flush=True)
@@ -683,6 +691,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     print()
     print(f"machine: {machine()}")
+    print("person latency: planned send -> accepted by the stand-in, person events sent in that fifth of the run")
     for rate_text, by_arm in tables.items():
         names = list(by_arm)
         keys = list(next(iter(by_arm.values()))) if by_arm else []
