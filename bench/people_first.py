@@ -367,7 +367,7 @@ def build_plan(rate: float, duration: float, seed: int, customers: int) -> list[
             plan.append(Planned(identify_at, "identify", body(identify_at, "$identify", user["id"], props, attrs)))
     plan.sort(key=lambda p: p.offset)
     for number, planned in enumerate(plan):
-        planned.bench_id = f"b{number}"
+        planned.bench_id = f"r{rate:g}-{number}"  # unique across rates too
         planned.body["event"]["properties"]["bench_id"] = planned.bench_id
     return plan
 
@@ -451,6 +451,10 @@ class Arm:
     src: Path
     env: dict[str, str]
 
+    def label(self, run: str) -> str:
+        """A file-name-safe name of this arm in one run (``run``: e.g. the plan's name)."""
+        return f"{run}-" + "".join(c if c.isalnum() or c in "-." else "_" for c in self.name)
+
 
 class Service:
     """``python -m posthog_customerio serve`` from a given ``src/`` (``PYTHONPATH``), on a free loopback port."""
@@ -480,7 +484,7 @@ class Service:
 
 
 def run_arm(arm: Arm, plan: list[Planned], plan_file: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    label = arm.name.replace(" ", "_").replace("=", "")
+    label = arm.label(plan_file.stem)  # a fresh data dir per arm and rate: nothing carried over between runs
     box = StandInProcess.start(args.standin_rps)
     env = base_env(box, workdir / f"data-{label}", SQLITE_SYNCHRONOUS="NORMAL", **arm.env)  # type: ignore[arg-type]
     env["CUSTOMERIO_MAX_RPS"] = str(args.max_rps)
@@ -702,8 +706,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {rate_text}/s, {arm.name} ...", flush=True)
                 result = run_arm(arm, plan, plan_file, workdir, args)
                 tables[rate_text][arm.name] = figures(result, plan, args.duration)
-                label = arm.name.replace(" ", "_").replace("=", "")
-                (workdir / f"result-{rate_text}-{label}.json").write_text(json.dumps(result, default=str))
+                (workdir / f"result-{arm.label(plan_file.stem)}.json").write_text(json.dumps(result, default=str))
                 for line in result["metrics"].splitlines():
                     if "anonymous" in line and not line.startswith("#"):
                         print(f"    /metrics: {line}", flush=True)
