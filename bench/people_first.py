@@ -270,7 +270,7 @@ class Planned:
 def build_plan(rate: float, duration: float, seed: int, customers: int) -> list[Planned]:
     """The seeded stream: ~55% customers' events, ~45% visitors' (30% of visitors identify later)."""
     rng = random.Random(f"people-first:{seed}:{rate}:{duration}")
-    base_ms = int(time.time() * 1000)
+    base_ms = int(time.time() * 1000)  # a few seconds before the load starts, as a webhook lags its events
     plan: list[Planned] = []
 
     def body(
@@ -698,12 +698,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"before = {args.before} (exported), after = {args.after_src}; work dir {workdir}", flush=True)
         for rate_text in [r.strip() for r in args.rates.split(",") if r.strip()]:
             rate = float(rate_text)
-            plan = build_plan(rate, args.duration, args.seed, args.customers)
             plan_file = workdir / f"plan-{rate_text}.tsv"
-            write_plan(plan, plan_file)
             tables[rate_text] = {}
             for arm in chosen:
                 print(f"  {rate_text}/s, {arm.name} ...", flush=True)
+                # the same seeded stream for every arm, its event timestamps (and uuids) from now: an arm run
+                # minutes after the first must not see its events as minutes old (age-based rules, ordering)
+                plan = build_plan(rate, args.duration, args.seed, args.customers)
+                write_plan(plan, plan_file)
                 result = run_arm(arm, plan, plan_file, workdir, args)
                 tables[rate_text][arm.name] = figures(result, plan, args.duration)
                 (workdir / f"result-{arm.label(plan_file.stem)}.json").write_text(json.dumps(result, default=str))
