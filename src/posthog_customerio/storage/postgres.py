@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 _STATEMENTS = Statements("%s")
 _MIGRATION_LOCK = 7_274_135_001  # pg_advisory_lock key: one replica migrates at a time
 _CLAIM_LOCK = 7_274_135_002  # pg_advisory_xact_lock key: one claimer at a time across replicas
+_EXPIRY_LOCK = 7_274_135_003  # pg_advisory_xact_lock key: one expiry of anonymous events at a time
 
 
 def lease_margin(lease_s: float) -> float:
@@ -147,6 +148,11 @@ class PostgresTransaction(SqlTransaction):
             " WHERE d.person_key = c.k AND d.id <= c.cutoff",
             (keep, list(dict.fromkeys(str(row.person_key) for row in rows))),
         )
+
+    def lock_expiry(self) -> None:
+        """One replica expires anonymous events at a time (until this transaction ends): the next one
+        counts the backlog after the first committed, so two never drop the same excess twice."""
+        self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_EXPIRY_LOCK,))
 
 
 class LeaseClaims(Claims):
