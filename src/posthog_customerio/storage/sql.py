@@ -81,6 +81,8 @@ class Statements:
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
         )
         self.load_status = f"SELECT value, updated_at FROM status_snapshot WHERE key = {mark}"
+        #: how many anonymous events wait (SQLite names its index: its planner may scan the table instead)
+        self.anonymous_count = "SELECT COUNT(*) FROM outbox WHERE kind = 'anonymous'"
         self.touch_status = (
             f"INSERT INTO status_snapshot (key, value, updated_at) VALUES ({mark}, '{{}}', {mark})"
             " ON CONFLICT (key) DO UPDATE SET updated_at = excluded.updated_at"
@@ -269,7 +271,7 @@ class SqlTransaction:
     # -- the anonymous backlog (:mod:`...backlog`) --
     def anonymous_backlog(self) -> tuple[int, float | None]:
         # both read the partial index outbox_anonymous_lane (kind = 'anonymous', by seq)
-        count = int(self._one("SELECT COUNT(*) FROM outbox WHERE kind = 'anonymous'")[0])
+        count = int(self._one(self.sql.anonymous_count)[0])
         first = self._one("SELECT enqueued_at FROM outbox WHERE kind = 'anonymous' ORDER BY seq LIMIT 1")
         return count, None if first is None else float(first[0])
 
@@ -295,7 +297,7 @@ class SqlTransaction:
             expired["age"] = self._delete_anonymous(chosen, now)
         left = limit - len(expired["age"])
         if keep is not None and left > 0:
-            excess = int(self._one("SELECT COUNT(*) FROM outbox WHERE kind = 'anonymous'")[0]) - keep
+            excess = int(self._one(self.sql.anonymous_count)[0]) - keep
             if excess > 0:
                 chosen = []
                 for page in self._lane_pages():
