@@ -117,7 +117,7 @@ class AnonymousBacklog:
                 self.expired[reason] += dropped[reason]
         if any(dropped.values()):
             log.warning(
-                "dropped %d queued anonymous events: %d older than ANONYMOUS_MAX_AGE_S=%g,"
+                "dropped %d queued anonymous events: %d older than ANONYMOUS_MAX_AGE_S=%.0f,"
                 " %d beyond ANONYMOUS_BACKLOG_MAX=%d (oldest first)",
                 sum(dropped.values()),
                 dropped["age"],
