@@ -23,11 +23,13 @@ next one counts the backlog after the first committed and never drops the same e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Set
+from contextlib import AbstractContextManager
 from typing import Any
 
 from .storage import EXPIRED_KEY, DeliveryRow, ExpiredRow, Storage
@@ -70,8 +72,11 @@ def _history(rows: Iterable[ExpiredRow], now: float) -> list[DeliveryRow]:
 class AnonymousBacklog:
     """Enforces both bounds of the anonymous backlog in one :meth:`enforce` pass; counts what it dropped.
 
-    ``exclude`` gives the seqs this process's workers hold now (never dropped, even past their lease);
-    ``clock`` is epoch seconds. Deletes go ``batch`` rows per transaction, so a big first pass never
+    ``exclude`` opens a block in which this process makes no claim and gives the seqs its workers hold
+    (never dropped, even past their lease): :meth:`~.outbox.Outbox.claims_held`; each batch runs inside
+    it, so a row cannot be claimed between that read and its delete (SQLite claims have no lease; with
+    PostgreSQL a claim made elsewhere leases the row, and a leased row is never deleted). ``clock`` is
+    epoch seconds. Deletes go ``batch`` rows per transaction, so a big first pass never
     holds the database for long and each person's history is pruned a batch at a time.
     """
 
@@ -81,7 +86,7 @@ class AnonymousBacklog:
         max_age_s: float,
         max_rows: int,
         *,
-        exclude: Callable[[], Set[int]] = frozenset,
+        exclude: Callable[[], AbstractContextManager[Set[int]]] = lambda: contextlib.nullcontext(frozenset()),
         clock: Callable[[], float] = time.time,
         batch: int = 2_000,
     ) -> None:
@@ -103,8 +108,9 @@ class AnonymousBacklog:
             before = self.clock() - self.max_age_s
             while True:
                 now = self.clock()
-                with self.db.transaction() as tx:
-                    gone = tx.expire_anonymous(before, self.max_rows, now, self.exclude(), self.batch)
+                # lock order as a claim's: the claim book, then the database (no deadlock)
+                with self.exclude() as in_flight, self.db.transaction() as tx:
+                    gone = tx.expire_anonymous(before, self.max_rows, now, in_flight, self.batch)
                     rows = [row for reason in REASONS for row in gone.get(reason, [])]
                     if rows:
                         tx.record_deliveries(_history(rows, now), _DELIVERIES_KEPT)

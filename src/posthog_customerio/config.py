@@ -192,7 +192,7 @@ class Settings(BaseSettings):
         " anonymous activity 30 days)",
     )
     anonymous_backlog_max: Annotated[int, Cli(PACING)] = Field(
-        1_000_000,
+        100_000,
         ge=0,
         description="Keep at most this many anonymous events queued: the oldest beyond it are dropped",
     )

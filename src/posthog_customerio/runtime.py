@@ -67,7 +67,7 @@ class Runtime:
             self.db,
             settings.anonymous_max_age_s,
             settings.anonymous_backlog_max,
-            exclude=self.outbox.in_flight_seqs,
+            exclude=self.outbox.claims_held,
         )
         self.backlog_keeper: BacklogKeeper | None = None
         self.sandbox = None

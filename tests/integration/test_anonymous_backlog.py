@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def test_leased_and_in_flight_rows_are_never_expired(open_db: Callable[[], Stora
         tx.execute(f"UPDATE outbox SET lease_owner = 'other', lease_until = {NOW + 10} WHERE seq = {seqs[0]}")
         tx.execute(f"UPDATE outbox SET lease_owner = 'gone', lease_until = {NOW - 10} WHERE seq = {seqs[1]}")
     in_flight = frozenset({seqs[2]})  # held by this process's workers
-    backlog = AnonymousBacklog(db, 30 * DAY, 0, exclude=lambda: in_flight, clock=lambda: NOW)
+    backlog = AnonymousBacklog(db, 30 * DAY, 0, exclude=lambda: contextlib.nullcontext(in_flight), clock=lambda: NOW)
     assert backlog.enforce() == {"age": 4, "count": 0}
     assert [key for _, key in queued(db)] == ["v0", "v2"]
     # once settled elsewhere or released, they expire like the others (the count bound: keep 1 of 2)
@@ -182,3 +183,17 @@ def test_concurrent_expiries_on_postgresql_count_each_row_once(pg_url: str) -> N
     finally:
         for db in dbs:
             db.close()
+
+
+def test_what_the_outbox_has_claimed_is_never_expired(open_db: Callable[[], Storage]) -> None:
+    """Wired as the runtime wires it: the outbox's claim book (SQLite: the only protection; PostgreSQL: a lease too)."""
+    db = open_db()
+    enqueue(db, [anonymous(f"v{n}", n) for n in range(5)], time.time() - 40 * DAY)
+    outbox = Outbox(db, lease_s=3600)
+    claimed = outbox.claim(2, 100_000, 32_000)
+    assert [item.person_key for item in claimed] == ["v0", "v1"]
+    backlog = AnonymousBacklog(db, 30 * DAY, 0, exclude=outbox.claims_held)
+    assert backlog.enforce() == {"age": 3, "count": 0}
+    assert [key for _, key in queued(db)] == ["v0", "v1"]
+    outbox.ack(claimed)  # sent after all: delivered, never expired
+    assert history(db, "v0") == [("viewed 0", "delivered")]
