@@ -351,10 +351,11 @@ class SqlTransaction:
         )
 
     def counters(self, key: str) -> dict[str, int]:
-        # the keys "key:..." sort between "key:" and "key;" (";" follows ":")
-        sql = f"SELECT key, value FROM status_snapshot WHERE key > {self.sql.mark} AND key < {self.sql.mark}"
-        rows = self.conn.execute(sql, (f"{key}:", f"{key};")).fetchall()
-        return {str(name)[len(key) + 1 :]: int(value) for name, value in rows}
+        # a prefix test, not a range: a collation may order ":" and ";" as it likes (and LIKE treats "_" as a wildcard)
+        prefix = f"{key}:"
+        sql = f"SELECT key, value FROM status_snapshot WHERE substr(key, 1, {len(prefix)}) = {self.sql.mark}"
+        rows = self.conn.execute(sql, (prefix,)).fetchall()
+        return {str(name)[len(prefix) :]: int(value) for name, value in rows}
 
 
 class SqlStorage(Storage):
