@@ -150,3 +150,15 @@ def test_send_enforces_the_bounds_before_it_delivers(
         *((f"new{n}", "expired") for n in range(3)),
         ("new3", "delivered"),
     ]
+
+
+def test_the_person_view_shows_an_expired_event(sandbox: SandboxServer, tmp_path: Path) -> None:
+    from posthog_customerio.people import lookup_person
+
+    with make_runtime(sandbox, tmp_path / "data", anonymous_backlog_max=0) as runtime:
+        runtime.ingestor.ingest(browsing("visitor-q", 2))
+        runtime.deliverer()  # the first pass: ANONYMOUS_BACKLOG_MAX=0 keeps none
+        found = lookup_person(runtime, "visitor-q")
+        assert found is not None
+        assert [(d["kind"], d["outcome"]) for d in found["deliveries"]] == [("anonymous", "expired")] * 2
+        assert found["queued"] == []
