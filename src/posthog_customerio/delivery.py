@@ -1,7 +1,7 @@
 """Delivery workers: outbox -> Customer.io, with batching, retries and rate limiting.
 
 A :class:`Deliverer` is the worker pool: each worker claims the oldest deliverable
-operations (per-person order is kept by the outbox), lets the configured output
+person work (per-person order is kept by the outbox), lets the configured output
 (:mod:`.output`, ``CUSTOMERIO_API``) split them into requests, sends those in order
 and applies what the settlement policy (:mod:`.settlement`) decides for each answer:
 acknowledge, dead-letter, halve and retry, or release and pause every worker
@@ -9,6 +9,13 @@ acknowledge, dead-letter, halve and retry, or release and pause every worker
 the rate limit are shared by every replica, :mod:`.pacing`). On 401/403 delivery
 stops (``send``) or pauses and one worker re-checks the credentials (``serve``);
 nothing is dropped.
+
+People first: person work (identifies, events of known people, merges, deletes, objects...) is
+claimed from its own lane of the outbox and never waits behind anonymous events. Only when a
+worker finds no person work does it send anonymous events, and only in a request slot nobody
+reserved (:meth:`~.pacing.Pacer.take_spare`): they use the request budget person work leaves,
+and after a pause (``Retry-After``, back-off) they wait longer than person work does. While they
+wait they stay adoptable: an identify turns a visitor's waiting events into batched person events.
 
 A supervisor thread restarts a worker that dies for any reason (counted, reported
 by ``/healthz`` and ``/metrics``).
@@ -37,6 +44,11 @@ log = logging.getLogger(__name__)
 
 #: at the rate limit a batch lingers at most this long (or ``DELIVERY_LINGER_S`` if longer), at most ten slots
 RATE_LINGER_MAX_S = 2.0
+#: a claim of anonymous events sent one request each (Track API) holds at most this many: a visitor who
+#: identifies meanwhile waits for at most this many requests of one worker, and the rest stay adoptable
+ANONYMOUS_BURST = 10
+#: after a pause, anonymous events wait as long again as person work does, at least this much longer
+ANONYMOUS_EXTRA_PAUSE_S = 1.0
 #: after ``n`` worker restarts within a minute the supervisor waits ``2**(n-1)`` s (1, 2, 4, 8, then 10 s)
 #: before restarting dead workers again
 _RESTART_BACKOFF = Backoff(base=1.0, cap=10.0, jitter=0.0)
@@ -98,6 +110,12 @@ class Deliverer:
         #: at the rate limit, batches wait longer and grow instead of queueing small ones (see ``_claim_at_slot``)
         self.adapt_to_rate = adapt_to_rate
         self._rate_linger = 0.0  # the current wait at the rate limit (0 = below it)
+        #: whether the last claim of person work found any (the rate-limit linger is for person work only)
+        self._person_work_seen = True
+        #: anonymous events wait until this monotonic time (set by a pause: person work goes first after it)
+        self._anonymous_resume_at = 0.0
+        #: per worker: whether its last batched claim of anonymous events was given back to linger
+        self._local = threading.local()
         #: held by the one worker that lingers for the next request slot
         self._slot_turn = threading.Lock()
         self.stats = DeliveryStats()
@@ -156,14 +174,15 @@ class Deliverer:
             return sum(thread.is_alive() for thread in self._threads)
 
     def _spawn(self, number: int) -> threading.Thread:
-        thread = threading.Thread(target=self._run_worker, name=f"delivery-{number}", daemon=True)
+        thread = threading.Thread(target=self._run_worker, args=(number,), name=f"delivery-{number}", daemon=True)
         thread.start()
         return thread
 
-    def _run_worker(self) -> None:
-        """A worker's whole life: whatever kills it is recorded (the supervisor restarts it)."""
+    def _run_worker(self, number: int = 0) -> None:
+        """A worker's whole life: whatever kills it is recorded (the supervisor restarts it). With more than
+        one worker, worker 0 sends person work only: it is never busy with anonymous events when some comes."""
         try:
-            self._work()
+            self._work(anonymous=number > 0 or self.concurrency == 1)
         except BaseException as exc:
             log.error(
                 "delivery worker %s died: %s: %s",
@@ -263,7 +282,7 @@ class Deliverer:
     def _claim_size(self) -> int:
         return self.output.claim_size(self.max_batch_items, self.limiter.interval)
 
-    def _work(self) -> None:
+    def _work(self, anonymous: bool = True) -> None:
         lingered = False
         while not self._stop.is_set():
             if self.auth_error:
@@ -275,14 +294,15 @@ class Deliverer:
             if pause > 0:
                 self._stop.wait(finite_delay(pause))
                 continue
-            reserved = self.adapt_to_rate and (self._rate_linger > 0 or self.limiter.reserve_delay() > 0)
-            if reserved:
-                items = self._claim_at_slot()
-            else:
-                items = self.outbox.claim(self._claim_size(), self.max_batch_bytes, self.max_op_bytes)
+            reserved = self.adapt_to_rate and (
+                self._rate_linger > 0 or (self._person_work_seen and self.limiter.reserve_delay() > 0)
+            )
+            items = self._claim_at_slot() if reserved else self._claim_person_work()
             if not items:
-                with self._wake:
-                    self._wake.wait(self.idle_poll_s)
+                wait = self._send_anonymous() if anonymous else self.idle_poll_s
+                if wait is not None:
+                    with self._wake:
+                        self._wake.wait(wait)
                 continue
             try:
                 if reserved:
@@ -298,13 +318,85 @@ class Deliverer:
                 lingered = False
                 self._deliver(items)
             except Exception as exc:  # a bug or a full disk: keep the claim's rows, back off, go on
-                log.error("delivery worker error: %s: %s", type(exc).__name__, exc)
-                self._note_error(f"internal error: {type(exc).__name__}: {exc}")
-                try:
-                    self.outbox.release(items, f"internal error: {type(exc).__name__}")
-                except Exception:  # the database itself failed: forget the claim in memory only
-                    self.outbox.forget_claims(items)
-                self._stop.wait(1.0)
+                self._recover(items, exc)
+
+    def _recover(self, items: list[Claimed], exc: Exception) -> None:
+        """After an unexpected error with a claim: keep its rows queued (counting the attempt), back off."""
+        log.error("delivery worker error: %s: %s", type(exc).__name__, exc)
+        self._note_error(f"internal error: {type(exc).__name__}: {exc}")
+        try:
+            self.outbox.release(items, f"internal error: {type(exc).__name__}")
+        except Exception:  # the database itself failed: forget the claim in memory only
+            self.outbox.forget_claims(items)
+        self._stop.wait(1.0)
+
+    def _claim_person_work(self) -> list[Claimed]:
+        """The oldest deliverable person work (every kind but anonymous events), a claim's worth."""
+        items = self.outbox.claim(self._claim_size(), self.max_batch_bytes, self.max_op_bytes, lane="person")
+        self._person_work_seen = bool(items)
+        return items
+
+    def _send_anonymous(self) -> float | None:
+        """With no person work to send: anonymous events in a spare request slot. ``None`` when a request
+        was made (look for person work again at once), else how long to wait before looking again.
+
+        The slot must be free now (nobody reserved it, no pause): anonymous events use only the budget
+        person work leaves. A claim is one request's worth when the output batches them (Pipelines), else
+        at most :data:`ANONYMOUS_BURST` events, taken only when a slot looks free and sent in the spare
+        slots that follow (:meth:`_send_spare`), so an identify never waits long for a visitor's events
+        in flight, and the ones still waiting stay adoptable.
+        """
+        cooldown = self._anonymous_resume_at - time.monotonic()
+        if cooldown > 0:
+            return min(self.idle_poll_s, cooldown)
+        delay = self.limiter.reserve_delay()
+        if delay > 0:
+            return min(self.idle_poll_s, delay)
+        batched = self.output.batches_anonymous
+        size = self._claim_size() if batched else ANONYMOUS_BURST
+        items = self.outbox.claim(size, self.max_batch_bytes, self.max_op_bytes, lane="anonymous")
+        if not items:
+            return self.idle_poll_s
+        if batched and self.linger_s and len(items) < size // 4 and not getattr(self._local, "lingered", False):
+            # a trickle: as for person work, let a fuller batch build up first
+            self.outbox.unclaim(items)
+            self._local.lingered = True
+            return self.linger_s
+        self._local.lingered = False
+        if not self.limiter.take_spare():  # person work (or another replica) took the slot meanwhile
+            self.outbox.unclaim(items)
+            return min(self.idle_poll_s, self.limiter.interval)
+        try:
+            self._send_spare(items)
+        except Exception as exc:  # as for person work: keep the rows, back off
+            self._recover(items, exc)
+        return None
+
+    def _send_spare(self, items: list[Claimed]) -> None:
+        """Send a claim of anonymous events, the first request in the spare slot just taken, each next one
+        only in a spare slot coming within two intervals; once none comes, the rest is given back untouched."""
+        units = self.output.units(items)
+        try:
+            for position, unit in enumerate(units):
+                rest = [item for later in units[position + 1 :] for item in later.items]
+                if position and not self._spare_slot_soon():
+                    self.outbox.unclaim([*unit.items, *rest])
+                    return
+                if not self._send(unit, rest, reserved=True):
+                    self.outbox.release(rest, "held back: the request before it was not delivered")
+                    return
+        except LeaseLost as exc:  # the claim is dropped: whoever holds these operations now sends them
+            log.warning("delivery: %s", exc)
+            self._note_error(str(exc))
+
+    def _spare_slot_soon(self) -> bool:
+        """Wait for the next request slot if it is at most two intervals away and take it if still spare."""
+        if self._anonymous_resume_at > time.monotonic():
+            return False
+        delay = self.limiter.reserve_delay()
+        if delay > 2 * self.limiter.interval or (delay > 0 and self._stop.wait(delay)):
+            return False
+        return self.limiter.take_spare()
 
     def _claim_at_slot(self) -> list[Claimed]:
         """At the rate limit: linger without a claim until the next slot (longer while batches stay small),
@@ -324,7 +416,7 @@ class Deliverer:
             self._rate_linger = min(cap, max(interval, self._rate_linger * 2))
             if self._stop.wait(finite_delay(max(self.limiter.reserve_delay(), self._rate_linger))):
                 return []
-            items = self.outbox.claim(self._claim_size(), self.max_batch_bytes, self.max_op_bytes)
+            items = self._claim_person_work()
             if not items or len(items) >= self._claim_size() // 4:
                 self._rate_linger = 0.0
             if items and not self.limiter.take(self._stop):
@@ -388,6 +480,9 @@ class Deliverer:
             with self._stats_lock:
                 self.stats.retries += len(verdict.release)
             self.limiter.pause_for(verdict.pause_s)
+            # anonymous events slow first: after the pause, person work has the slots to itself a while
+            extra = max(ANONYMOUS_EXTRA_PAUSE_S, verdict.pause_s)
+            self._anonymous_resume_at = max(self._anonymous_resume_at, time.monotonic() + verdict.pause_s + extra)
         if verdict.dead:
             self.outbox.dead_letter(verdict.dead)
         if verdict.ack:

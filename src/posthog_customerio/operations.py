@@ -25,6 +25,7 @@ __all__ = [
     "MAX_OP_BYTES",
     "Claimed",
     "Kind",
+    "Lane",
     "Operation",
     "encode_payload",
     "ordering_keys",
@@ -38,6 +39,9 @@ MAX_BATCH_BYTES = 500_000
 #: what an operation is about: an identified person, an anonymous visitor, or an object (group)
 Kind = Literal["person", "anonymous", "object"]
 KINDS: Final[tuple[Kind, ...]] = ("person", "anonymous", "object")
+#: the part of the queue a claim reads: person work (every kind but anonymous events, claimed first)
+#: or anonymous events (sent with the request budget person work leaves); ``None`` is the whole queue
+Lane = Literal["person", "anonymous"]
 
 
 @dataclass(frozen=True, slots=True)

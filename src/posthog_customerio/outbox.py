@@ -15,6 +15,7 @@ backend's claims strategy (:meth:`~.storage.Storage.claims`); the SQL is the bac
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .operations import Claimed, Kind, Operation, encode_payload
+from .operations import Claimed, Kind, Lane, Operation, encode_payload
 from .storage import (
     CandidateRow,
     DeadLetterRow,
@@ -278,24 +279,36 @@ class Outbox:
             return self.enqueue(conn, operations)
 
     # -- claiming --------------------------------------------------------------
-    def claim(self, max_items: int, max_bytes: int, max_op_bytes: int) -> list[Claimed]:
-        """Hand out the oldest deliverable operations, in order, within the limits.
+    def claim(self, max_items: int, max_bytes: int, max_op_bytes: int, lane: Lane | None = None) -> list[Claimed]:
+        """Hand out the oldest deliverable operations of the queue (or of one ``lane``), in order, within the
+        limits.
 
         Operations bigger than ``max_op_bytes`` are dead-lettered on the way (they
         can never be accepted). A person with an operation in flight (here, or
         leased by another replica), or whose earlier operation did not fit this
         claim, gets nothing more this time. Anonymous operations still held
-        (:attr:`anonymous_hold`) are not handed out and block only their own keys.
+        (:attr:`anonymous_hold`) are not handed out and block only their own keys;
+        in the anonymous lane (in enqueue order) the first one held ends the scan:
+        those after it were enqueued later.
         """
         with self._claim_lock:
             leased_at = time.monotonic()
             held = self.anonymous_hold.rule(time.time())
-            chosen, too_big, payloads = self.claims.claim(
-                lambda rows, taken: _select(
-                    rows, lambda row: taken(row) or held(row), max_items, max_bytes, max_op_bytes
-                ),
-                self._in_flight,
-            )
+            busy = self._busy_persons
+
+            def taken_here(row: CandidateRow) -> bool:  # a key in flight here (the other lane's work too)
+                return any(key in busy for key in row.keys)
+
+            def pick(
+                rows: Iterable[CandidateRow], taken: Callable[[CandidateRow], bool]
+            ) -> tuple[list[CandidateRow], list[CandidateRow]]:
+                if lane == "anonymous":
+                    rows = itertools.takewhile(lambda row: not held(row), rows)
+                return _select(
+                    rows, lambda row: taken(row) or taken_here(row) or held(row), max_items, max_bytes, max_op_bytes
+                )
+
+            chosen, too_big, payloads = self.claims.claim(pick, self._in_flight, lane)
             claimed, oversized = _hydrate(chosen, payloads), _hydrate(too_big, payloads)
             for item in claimed:
                 self._in_flight.add(item.seq)
@@ -443,11 +456,13 @@ class Outbox:
         with self.db.reading() as conn:
             return conn.outbox_empty(self.anonymous_hold.held_after(time.time()))
 
-    def oldest_age(self, now: float | None = None) -> float:
-        """Seconds since the oldest waiting operation was enqueued (0 if empty)."""
+    def oldest_age(self, now: float | None = None, claimable: bool = False) -> float:
+        """Seconds since the oldest waiting operation was enqueued (0 if empty); with ``claimable``, of the
+        oldest one the anonymous hold does not keep (work delivery could take now)."""
+        now = now or time.time()
         with self.db.reading() as conn:
-            oldest = conn.oldest_enqueued_at()
-        return 0.0 if oldest is None else max(0.0, (now or time.time()) - oldest)
+            oldest = conn.oldest_enqueued_at(self.anonymous_hold.held_after(now) if claimable else None)
+        return 0.0 if oldest is None else max(0.0, now - oldest)
 
     def in_flight(self) -> int:
         """Operations currently claimed by workers."""

@@ -117,7 +117,7 @@ class Runtime:
             cors_origins=settings.cors_origin_list,
             posthog_host=settings.posthog_host,
             posthog_timeout_s=settings.posthog_timeout_s,
-            stall_after_s=stall_after_s(settings.customerio_timeout_s, settings.anonymous_hold_s),
+            stall_after_s=stall_after_s(settings.customerio_timeout_s),
             webhook_token=settings.webhook_token or SecretStr(""),
             webhook_signing_secret=settings.webhook_signing_secret or SecretStr(""),
             ops_token=SecretStr(settings.ops_secret),

@@ -141,6 +141,8 @@ class Output(Protocol):
     max_op_bytes: int
     #: seconds delivery waits for a fuller claim unless ``DELIVERY_LINGER_S`` says otherwise
     linger_s: float
+    #: whether one request carries many anonymous events (else: one request each)
+    batches_anonymous: bool
 
     @property
     def workspace(self) -> Workspace:

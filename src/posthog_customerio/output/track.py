@@ -121,6 +121,8 @@ class TrackOutput:
     max_op_bytes = MAX_OP_BYTES
     #: a claim is sent as soon as it is there (a short wait lets a burst fill it)
     linger_s = 0.1
+    #: an anonymous event is one v1 request
+    batches_anonymous = False
 
     def __init__(self, client: TrackClient) -> None:
         self.client = client

@@ -46,3 +46,8 @@ class Pacer(Protocol):
     def reserve_delay(self) -> float:
         """Seconds until the next request slot is free, without reserving it (0 = free now)."""
         ...
+
+    def take_spare(self) -> bool:
+        """The request slot of now if nobody reserved it and no pause is in force (never waits): what
+        anonymous events send with, so they only use the budget person work leaves."""
+        ...

@@ -37,6 +37,15 @@ class RateLimiter:
         with self._lock:
             return max(0.0, self._next - self._clock())
 
+    def take_spare(self) -> bool:
+        """Take the slot of now if it is free and no pause is in force; never waits."""
+        with self._lock:
+            now = self._clock()
+            if self._next > now or self._pause_end > now:
+                return False
+            self._next = now + self.interval
+            return True
+
     def pause_until(self, moment: float) -> None:
         """No slot before ``moment`` (a clock value); slots already handed out are void."""
         with self._lock:

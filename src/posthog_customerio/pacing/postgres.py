@@ -40,6 +40,11 @@ _TAKE_SQL = _NOW + (
     " ELSE GREATEST(p.next_slot, clock.now) + %s END FROM clock WHERE p.workspace = %s"
     " RETURNING p.next_slot - clock.now, p.hold_until - clock.now"
 )
+#: the slot of now, only if nobody reserved it and no pause is in force (one statement: replicas race fairly)
+_SPARE_SQL = _NOW + (
+    "UPDATE delivery_pacing AS p SET next_slot = clock.now + %s FROM clock WHERE p.workspace = %s"
+    " AND p.next_slot <= clock.now AND p.hold_until <= clock.now RETURNING p.next_slot"
+)
 _PAUSE_SQL = _NOW + (
     "UPDATE delivery_pacing AS p SET hold_until = GREATEST(p.hold_until, clock.now + %s),"
     " next_slot = GREATEST(p.next_slot, clock.now + %s) FROM clock WHERE p.workspace = %s"
@@ -96,6 +101,11 @@ class PacingRows:
             return None
         after_slot, pause_left = row
         return float(after_slot), float(pause_left)
+
+    def take_spare(self, workspace: str, interval: float) -> bool:
+        """Take the slot of now if it is free and no pause is in force (never waits)."""
+        with self.db.transaction() as tx:
+            return tx.execute(_SPARE_SQL, (interval, workspace)).fetchone() is not None
 
     def delay(self, workspace: str) -> float | None:
         """Seconds until the next slot or the end of the pause, whichever is later."""
@@ -159,6 +169,12 @@ class PostgresPacer:
             return False
         left = self.store.pause_left(self.workspace)
         return left is None or self._seen_pause(left) <= 0
+
+    def take_spare(self) -> bool:
+        """The shared slot of now, if no replica reserved it and no pause is in force (never waits)."""
+        if self.pause_remaining() > 0:
+            return False
+        return self.store.take_spare(self.workspace, self.interval)
 
     def reserve_delay(self) -> float:
         """Seconds until the shared next slot (or the end of the pause), without reserving it."""

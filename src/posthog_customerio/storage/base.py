@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from ..operations import Lane
 from .rows import (
     CandidateRow,
     DeadLetterRow,
@@ -110,8 +111,12 @@ class Transaction(Protocol):
     def delete_operations(self, seqs: Iterable[int]) -> None:
         """Remove operations from the queue."""
 
-    def candidates(self, after_seq: int, limit: int) -> list[CandidateRow]:
-        """Queue rows after ``after_seq`` in order, without payloads."""
+    def candidates(self, after_seq: int, limit: int, lane: Lane | None = None) -> list[CandidateRow]:
+        """Queue rows after ``after_seq`` in order, without payloads: of the whole queue, or of one lane
+        (an anonymous event is left out of its lane while person work of its key is queued before it)."""
+
+    def leased_anonymous_keys(self, now: float) -> set[str]:
+        """The person keys of anonymous events leased at ``now`` (PostgreSQL replicas; none on SQLite)."""
 
     def payloads(self, seqs: Sequence[int]) -> dict[int, PayloadRow]:
         """The payload and kind of these queued operations (gone ones are absent)."""
@@ -127,8 +132,9 @@ class Transaction(Protocol):
         """Whether nothing waits (no count); with ``held_after``, anonymous operations enqueued after it
         (still held by ``ANONYMOUS_HOLD_S``) do not count."""
 
-    def oldest_enqueued_at(self) -> float | None:
-        """Enqueue time of the first operation in the queue."""
+    def oldest_enqueued_at(self, held_after: float | None = None) -> float | None:
+        """Enqueue time of the first operation in the queue; with ``held_after``, of the first one not held
+        (anonymous operations enqueued after it are still held by ``ANONYMOUS_HOLD_S``)."""
 
     # -- dead letters --
     def insert_dead_letters(self, rows: Iterable[NewDeadLetter]) -> None:
@@ -213,11 +219,13 @@ class Claims(ABC):
 
     @abstractmethod
     def claim(
-        self, pick: Picker, in_flight: Set[int]
+        self, pick: Picker, in_flight: Set[int], lane: Lane | None = None
     ) -> tuple[list[CandidateRow], list[CandidateRow], dict[int, PayloadRow]]:
-        """Run ``pick`` over the queue's candidates; returns ``(chosen, oversized, payloads)``.
+        """Run ``pick`` over the candidates of the queue or of one ``lane``; returns ``(chosen, oversized,
+        payloads)``.
 
-        ``in_flight`` are the seqs this process has handed out and not settled.
+        ``in_flight`` are the seqs this process has handed out and not settled. In the person lane, work
+        waiting on an anonymous event leased by another process counts as taken.
         """
 
     def give_back(self, seqs: Sequence[int]) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, Sequence, Set
 from pathlib import Path
 from typing import IO, Any
 
+from ..operations import Lane
 from .base import SCAN_LIMIT, Claims, Picker, Transaction
 from .migrations import POSTGRES_MIGRATIONS, POSTGRES_ONLY_TABLES
 from .rows import CandidateRow, DeliveryRow, PayloadRow, QueuedRow
@@ -92,14 +93,17 @@ class PostgresTransaction(SqlTransaction):
         return True
 
     @contextlib.contextmanager
-    def snapshot_candidates(self, page: int = 1000, scan_limit: int = SCAN_LIMIT) -> Iterator[Iterator[CandidateRow]]:
-        """Candidate rows in queue order from one snapshot: a server-side cursor, read ``page`` rows at a time.
+    def snapshot_candidates(
+        self, lane: Lane | None = None, page: int = 1000, scan_limit: int = SCAN_LIMIT
+    ) -> Iterator[Iterator[CandidateRow]]:
+        """Candidate rows of the queue (or a lane) in order from one snapshot: a server-side cursor, read ``page``
+        rows at a time.
 
         Separate reads would each see the commits made since the last one: a person's earlier operation,
         committed after the first read, would be hidden while a later one shows up in the next read.
         """
         with self.conn.cursor(name=f"claim_{uuid.uuid4().hex[:12]}") as cursor:
-            cursor.execute(self.sql.snapshot_candidates, (scan_limit,))
+            cursor.execute(self.sql.snapshot_candidates[lane], (scan_limit,))
             yield _fetched(cursor, page)
 
     def queued_rows(self, person_key: str, kind: str) -> list[QueuedRow]:
@@ -171,7 +175,7 @@ class LeaseClaims(Claims):
         self.renewal_fresh_s = lease_margin(lease_s) / 2
 
     def claim(
-        self, pick: Picker, in_flight: Set[int]
+        self, pick: Picker, in_flight: Set[int], lane: Lane | None = None
     ) -> tuple[list[CandidateRow], list[CandidateRow], dict[int, PayloadRow]]:
         """Pick from one snapshot of the queue (taken after the claim lock), then lease what was chosen.
 
@@ -183,11 +187,15 @@ class LeaseClaims(Claims):
         with self.db._transaction() as tx:
             tx.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
             now = time.time()
-            with tx.snapshot_candidates() as rows:
-                chosen, oversized = pick(
-                    rows,
-                    lambda row: row.seq in in_flight or (row.lease_until is not None and row.lease_until > now),
-                )
+            # person work waiting on an anonymous event another replica sends now waits for it
+            waiting_on = tx.leased_anonymous_keys(now) if lane == "person" else set()
+
+            def taken(row: CandidateRow) -> bool:
+                leased = row.lease_until is not None and row.lease_until > now
+                return row.seq in in_flight or leased or (bool(waiting_on) and not waiting_on.isdisjoint(row.keys))
+
+            with tx.snapshot_candidates(lane) as rows:
+                chosen, oversized = pick(rows, taken)
             payloads = tx.payloads([row.seq for row in (*chosen, *oversized)]) if chosen or oversized else {}
             leased = tx.lease(self.owner, now + self.lease_s, [row.seq for row in chosen if row.seq in payloads])
             kept = _in_order(chosen, leased)

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterable, Sequence, Set
 from typing import Any
 
+from ..operations import Lane
 from .base import EXPIRED_KEY, Storage, StorageSnapshot
 from .rows import (
     CandidateRow,
@@ -40,6 +41,16 @@ _DEAD_LETTER_COLUMNS = "id, seq, person_key, payload, reason, status, response, 
 CHUNK = 500
 #: anonymous rows read per page while choosing which to expire (the ``outbox_anonymous_lane`` index, in seq order)
 _LANE_PAGE = 1_000
+#: the condition of each lane (:data:`~..operations.Lane`; ``None``: the whole queue), after a ``WHERE``.
+#: An anonymous event waits in its lane behind any earlier person work of its key (kept in order).
+_LANES: dict[Lane | None, str] = {
+    None: "",
+    "person": " AND kind <> 'anonymous'",
+    "anonymous": (
+        " AND kind = 'anonymous' AND NOT EXISTS (SELECT 1 FROM outbox AS earlier"
+        " WHERE earlier.person_key = outbox.person_key AND earlier.kind <> 'anonymous' AND earlier.seq < outbox.seq)"
+    ),
+}
 
 
 class Statements:
@@ -60,14 +71,20 @@ class Statements:
             f" WHERE person_key = {mark} AND kind = {mark} ORDER BY seq"
         )
         self.delete_operation = f"DELETE FROM outbox WHERE seq = {mark}"
-        self.candidates = (
-            "SELECT seq, person_key, size, attempts, enqueued_at, after_keys, lease_owner, lease_until, kind"
-            f" FROM outbox WHERE seq > {mark} ORDER BY seq LIMIT {mark}"
-        )
-        #: the whole queue in order, up to a limit (PostgreSQL reads it through one server-side cursor)
-        self.snapshot_candidates = (
-            "SELECT seq, person_key, size, attempts, enqueued_at, after_keys, lease_owner, lease_until, kind"
-            f" FROM outbox ORDER BY seq LIMIT {mark}"
+        candidate = "SELECT seq, person_key, size, attempts, enqueued_at, after_keys, lease_owner, lease_until, kind"
+        #: queue rows after a seq, in order: of the whole queue (``None``) or of one lane
+        self.candidates = {
+            lane: f"{candidate} FROM outbox WHERE seq > {mark}{_LANES[lane]} ORDER BY seq LIMIT {mark}"
+            for lane in _LANES
+        }
+        #: the queue (or a lane) in order, up to a limit (PostgreSQL reads it through one server-side cursor)
+        self.snapshot_candidates = {
+            lane: f"{candidate} FROM outbox WHERE TRUE{_LANES[lane]} ORDER BY seq LIMIT {mark}" for lane in _LANES
+        }
+        #: the keys of anonymous events leased now (by any replica): person work waiting on them waits
+        self.leased_anonymous_keys = (
+            "SELECT DISTINCT person_key FROM outbox"
+            f" WHERE lease_until IS NOT NULL AND lease_until > {mark} AND kind = 'anonymous'"
         )
         self.release = (
             f"UPDATE outbox SET attempts = attempts + 1, last_error = {mark}, lease_owner = NULL,"
@@ -144,8 +161,12 @@ class SqlTransaction:
     def delete_operations(self, seqs: Iterable[int]) -> None:
         self._many(self.sql.delete_operation, [(seq,) for seq in seqs])
 
-    def candidates(self, after_seq: int, limit: int) -> list[CandidateRow]:
-        return [CandidateRow._make(row) for row in self.conn.execute(self.sql.candidates, (after_seq, limit))]
+    def candidates(self, after_seq: int, limit: int, lane: Lane | None = None) -> list[CandidateRow]:
+        rows = self.conn.execute(self.sql.candidates[lane], (after_seq, limit))
+        return [CandidateRow._make(row) for row in rows]
+
+    def leased_anonymous_keys(self, now: float) -> set[str]:
+        return {str(key) for (key,) in self.conn.execute(self.sql.leased_anonymous_keys, (now,)).fetchall()}
 
     def payloads(self, seqs: Sequence[int]) -> dict[int, PayloadRow]:
         rows = self._in("SELECT seq, payload, kind FROM outbox WHERE seq IN", seqs)
@@ -164,8 +185,12 @@ class SqlTransaction:
         sql = f"SELECT seq FROM outbox WHERE kind <> 'anonymous' OR enqueued_at <= {self.sql.mark} LIMIT 1"
         return self._one(sql, (held_after,)) is None
 
-    def oldest_enqueued_at(self) -> float | None:
-        row = self._one("SELECT enqueued_at FROM outbox ORDER BY seq LIMIT 1")
+    def oldest_enqueued_at(self, held_after: float | None = None) -> float | None:
+        if held_after is None:
+            row = self._one("SELECT enqueued_at FROM outbox ORDER BY seq LIMIT 1")
+        else:
+            sql = "SELECT enqueued_at FROM outbox WHERE kind <> 'anonymous' OR enqueued_at <= {} ORDER BY seq LIMIT 1"
+            row = self._one(sql.format(self.sql.mark), (held_after,))
         return None if row is None else float(row[0])  # one column
 
     # -- dead letters --

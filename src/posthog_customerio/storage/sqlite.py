@@ -16,6 +16,7 @@ from collections.abc import Iterator, Set
 from pathlib import Path
 from typing import IO
 
+from ..operations import Lane
 from .base import Claims, DeliveryLockError, Picker, Transaction, pages
 from .migrations import SQLITE_MIGRATIONS
 from .rows import CandidateRow, PayloadRow
@@ -35,14 +36,14 @@ class SqliteClaims(Claims):
     def __init__(self, db: SqliteStorage) -> None:
         self.db = db
 
-    def _fetch(self, after: int, limit: int) -> list[CandidateRow]:
-        with self.db.reading() as tx:
-            return tx.candidates(after, limit)
-
     def claim(
-        self, pick: Picker, in_flight: Set[int]
+        self, pick: Picker, in_flight: Set[int], lane: Lane | None = None
     ) -> tuple[list[CandidateRow], list[CandidateRow], dict[int, PayloadRow]]:
-        chosen, oversized = pick(pages(self._fetch), lambda row: row.seq in in_flight)
+        def fetch(after: int, limit: int) -> list[CandidateRow]:
+            with self.db.reading() as tx:
+                return tx.candidates(after, limit, lane)
+
+        chosen, oversized = pick(pages(fetch), lambda row: row.seq in in_flight)
         with self.db.reading() as tx:
             payloads = tx.payloads([row.seq for row in (*chosen, *oversized)]) if chosen or oversized else {}
         return chosen, oversized, payloads

@@ -44,6 +44,8 @@ class PipelinesOutput:
 
     #: every event rides in the batches, so a longer wait for a fuller one saves requests (at most that latency)
     linger_s = 1.0
+    #: anonymous events go in the same ``/v1/batch`` requests as everything else
+    batches_anonymous = True
 
     def __init__(self, client: PipelinesClient) -> None:
         self.client = client
