@@ -14,8 +14,9 @@ increment of the totals commit in one transaction, and the totals grow by the ro
 ``DELETE ... RETURNING`` really removed: a row another replica deleted first is neither returned nor
 counted, and the increment is an atomic ``INSERT ... ON CONFLICT DO UPDATE SET value = value + n`` (a
 concurrent increment waits for the row lock and adds to the committed value; none is lost). With
-PostgreSQL, one replica expires at a time (an advisory lock held by each batch's transaction), so the
-next one counts the backlog after the first committed and never drops the same excess again.
+PostgreSQL, one replica expires at a time (an advisory lock taken without waiting by each batch's
+transaction: a replica that finds it taken leaves the pass to the one holding it), so two replicas never
+drop the same excess twice.
 
 :class:`BacklogKeeper` runs a pass at start and about every second, in every process that delivers
 (:meth:`~.runtime.Runtime.deliverer`).

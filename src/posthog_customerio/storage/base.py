@@ -197,8 +197,9 @@ class Transaction(Protocol):
         (reason ``"age"``), then all but the newest ``keep`` (reason ``"count"``); ``None`` skips a bound.
 
         Never a row leased at ``now`` nor one whose seq is in ``exclude``, never another kind. Returns the
-        rows really deleted by this transaction, by reason: with PostgreSQL one replica expires at a time
-        (the others wait) and a row another transaction deleted first is not returned.
+        rows really deleted by this transaction, by reason: a row another transaction deleted first is not
+        returned, and with PostgreSQL one replica expires at a time (while another does, nothing is deleted
+        here: that one enforces the bounds).
         """
 
     def add_counters(self, key: str, counts: dict[str, int], at: float) -> None:

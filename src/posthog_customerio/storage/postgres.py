@@ -153,10 +153,11 @@ class PostgresTransaction(SqlTransaction):
             (keep, list(dict.fromkeys(str(row.person_key) for row in rows))),
         )
 
-    def lock_expiry(self) -> None:
-        """One replica expires anonymous events at a time (until this transaction ends): the next one
-        counts the backlog after the first committed, so two never drop the same excess twice."""
-        self.conn.execute("SELECT pg_advisory_xact_lock(%s)", (_EXPIRY_LOCK,))
+    def lock_expiry(self) -> bool:
+        """One replica expires anonymous events at a time (the lock lasts until this transaction ends), so
+        two never drop the same excess twice. Never waited for: the expiry runs with the replica's claims
+        held, and the replica expiring now enforces the same bounds."""
+        return bool(self.conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_EXPIRY_LOCK,)).fetchone()[0])
 
 
 class LeaseClaims(Claims):

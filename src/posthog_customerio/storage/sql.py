@@ -300,14 +300,16 @@ class SqlTransaction:
         first = self._one("SELECT enqueued_at FROM outbox WHERE kind = 'anonymous' ORDER BY seq LIMIT 1")
         return count, None if first is None else float(first[0])
 
-    def lock_expiry(self) -> None:
-        """Serialise expiries until the transaction ends (SQLite: its write transaction already does)."""
+    def lock_expiry(self) -> bool:
+        """Whether this transaction may expire anonymous events (SQLite: its write transaction is exclusive)."""
+        return True
 
     def expire_anonymous(
         self, before: float | None, keep: int | None, now: float, exclude: Set[int], limit: int
     ) -> dict[str, list[ExpiredRow]]:
-        self.lock_expiry()
         expired: dict[str, list[ExpiredRow]] = {"age": [], "count": []}
+        if not self.lock_expiry():  # another replica is expiring now
+            return expired
 
         def free(lease_until: float | None, seq: int) -> bool:
             return (lease_until is None or lease_until <= now) and seq not in exclude
