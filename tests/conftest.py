@@ -94,6 +94,8 @@ CONFIG_ENV = (
     "CUSTOMERIO_PIPELINES_API_KEY",
     "CUSTOMERIO_PIPELINES_URL",
     "ANONYMOUS_HOLD_S",
+    "ANONYMOUS_MAX_AGE_S",
+    "ANONYMOUS_BACKLOG_MAX",
 )
 SAMPLE_FILE = Path(__file__).resolve().parents[1] / "src" / "posthog_customerio" / "data" / "sample_events.jsonl"
 

@@ -184,6 +184,18 @@ class Settings(BaseSettings):
         description="Hold a visitor's anonymous events this long for an identify to adopt them"
         " (batched person events); 0 = off",
     )
+    anonymous_max_age_s: Annotated[float, Cli(PACING)] = Field(
+        2_592_000.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Drop anonymous events still queued after this long (Customer.io keeps unmerged"
+        " anonymous activity 30 days)",
+    )
+    anonymous_backlog_max: Annotated[int, Cli(PACING)] = Field(
+        100_000,
+        ge=0,
+        description="Keep at most this many anonymous events queued: the oldest beyond it are dropped",
+    )
     delivery_linger_s: Annotated[float | None, Cli(DELIVERY, default="0.1 (Pipelines: 1)")] = Field(
         None, ge=0, le=10, description="Wait this long for a fuller batch"
     )

@@ -101,6 +101,37 @@ class _RuntimeCollector(Collector):
         )
         alive = deliverer.alive_workers() if deliverer is not None else 0
         yield _gauge("delivery_workers_alive", "Delivery worker threads running now", alive)
+        # anonymous events apart from person work
+        yield _gauge("anonymous_backlog", "Anonymous events waiting in the outbox", snap.anonymous_backlog)
+        yield _gauge(
+            "anonymous_backlog_oldest_age_seconds",
+            "Age of the oldest anonymous event waiting (0 when none waits)",
+            snap.anonymous_oldest_age_s,
+        )
+        yield _gauge("person_work_depth", "Operations waiting that are not anonymous events", snap.person_work_depth)
+        yield _counter(
+            "anonymous_events_adopted",
+            "Queued anonymous events an identify turned into the person's events",
+            ingestor.totals.notes.get("anonymous_events_adopted", 0),
+        )
+        yield _labelled(
+            "anonymous_events_expired",
+            "Queued anonymous events this process dropped (ANONYMOUS_MAX_AGE_S, ANONYMOUS_BACKLOG_MAX), by reason",
+            "reason",
+            self.runtime.backlog.expired,
+        )
+        latency = GaugeMetricFamily(
+            f"{_PREFIX}_person_latency_seconds",
+            "Enqueue-to-accepted latency of person work over the last 5 minutes (no sample before any)",
+            labels=["quantile"],
+        )
+        if deliverer is not None:
+            observed = deliverer.person_latency.percentiles()
+            for quantile, key in (("0.5", "p50_s"), ("0.99", "p99_s")):
+                value = observed.get(key)
+                if value is not None:
+                    latency.add_metric([quantile], float(value))
+        yield latency
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

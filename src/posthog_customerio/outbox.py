@@ -14,6 +14,7 @@ backend's claims strategy (:meth:`~.storage.Storage.claims`); the SQL is the bac
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -21,7 +22,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -472,6 +473,14 @@ class Outbox:
         """The seqs of the operations this process's workers hold now."""
         with self._claim_lock:
             return frozenset(self._in_flight)
+
+    @contextlib.contextmanager
+    def claims_held(self) -> Iterator[frozenset[int]]:
+        """While open, this process hands out no claim; yields the seqs its workers hold now. A change of the
+        queue made inside (the anonymous backlog's expiry, :mod:`.backlog`) cannot race a claim being made:
+        with SQLite a claim has no lease, only this in-process book (lock order: this, then the database)."""
+        with self._claim_lock:
+            yield frozenset(self._in_flight)
 
     def dead_letter_count(self) -> int:
         """How many operations are dead-lettered."""

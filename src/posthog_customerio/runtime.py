@@ -14,6 +14,7 @@ from typing import IO, TYPE_CHECKING
 
 from pydantic import SecretStr
 
+from .backlog import AnonymousBacklog, BacklogKeeper
 from .config import ConfigError, Settings
 from .delivery import Deliverer
 from .ingestion import Ingestor
@@ -61,6 +62,14 @@ class Runtime:
             _private_files(sqlite_path)  # the -wal / -shm files SQLite just created
         self.outbox = Outbox(self.db, lease_s=settings.lease_s, anonymous_hold_s=settings.anonymous_hold_s)
         self.ingestor = Ingestor(self.db, self.outbox, settings.mapping_config())
+        #: the anonymous backlog's bounds; enforced by :attr:`backlog_keeper` in a process that delivers
+        self.backlog = AnonymousBacklog(
+            self.db,
+            settings.anonymous_max_age_s,
+            settings.anonymous_backlog_max,
+            exclude=self.outbox.claims_held,
+        )
+        self.backlog_keeper: BacklogKeeper | None = None
         self.sandbox = None
         self._output: Output | None = None
         self._deliverer: Deliverer | None = None
@@ -166,6 +175,10 @@ class Runtime:
                 linger_s=self._linger_s(output),
                 on_delivered=on_delivered,
             )
+            # the backlog's bounds, wherever delivery runs (serve, consume, send...): a pass now, before
+            # the workers start, then about every second
+            self.backlog_keeper = BacklogKeeper(self.backlog)
+            self.backlog_keeper.start()
         return self._deliverer
 
     def _linger_s(self, output: Output) -> float:
@@ -188,6 +201,8 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
+        if self.backlog_keeper is not None:
+            self.backlog_keeper.stop()
         if self._deliverer is not None:
             self._deliverer.stop(grace_s)
         if self._output is not None:

@@ -20,10 +20,11 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
+from .backlog import REASONS
 from .outbox import DeadLetter
 from .runtime import Runtime
 
@@ -40,13 +41,24 @@ __all__ = [
 ]
 
 _SNAPSHOT_KEY = "service"
+#: the window of person work's latency percentiles (:attr:`~.delivery.Deliverer.person_latency`)
+PERSON_LATENCY_WINDOW_S = 300.0
 _DEAD_LETTERS_SHOWN = 50
 #: a replica whose last heartbeat is older than this is not counted (it saves every 5 s)
 REPLICA_STALE_S = 30.0
 #: replicas not seen for this long are forgotten
 _REPLICA_FORGOTTEN_S = 7 * 86_400.0
 #: per-replica figures in its heartbeat (the rest of a status report is read from the database)
-_REPLICA_FIGURES = ("version", "uptime_s", "throughput", "ingest", "delivery", "recent_errors", "requests_rejected")
+_REPLICA_FIGURES = (
+    "version",
+    "uptime_s",
+    "throughput",
+    "ingest",
+    "delivery",
+    "recent_errors",
+    "requests_rejected",
+    "person_work",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +75,17 @@ class Snapshot:
     dead_lettered_total: int
     #: distinct_ids known (``None`` when not asked for)
     persons: int | None
+    #: anonymous events waiting (part of ``depth``)
+    anonymous_backlog: int = 0
+    #: age of the first anonymous event in the queue (0 when none waits)
+    anonymous_oldest_age_s: float = 0.0
+    #: anonymous events dropped by the backlog bounds, every replica, all time: reason -> count
+    anonymous_expired: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def person_work_depth(self) -> int:
+        """Operations waiting that are not anonymous events (people's and objects')."""
+        return max(0, self.depth - self.anonymous_backlog)
 
 
 #: per runtime: (monotonic time of the last full count, the count, persons_added then)
@@ -88,15 +111,18 @@ def take_snapshot(
         known = stored.persons
     elif persons and cached is not None:
         known = cached[1] + added - cached[2]
-    oldest = stored.oldest_enqueued_at
+    oldest, anonymous_oldest, now = stored.oldest_enqueued_at, stored.anonymous_oldest_enqueued_at, time.time()
     return Snapshot(
         depth=stored.depth,
         in_flight=runtime.outbox.in_flight(),
-        oldest_age_s=0.0 if oldest is None else max(0.0, time.time() - oldest),
+        oldest_age_s=0.0 if oldest is None else max(0.0, now - oldest),
         dead_letters=stored.dead_letters,
         dead_letter_rows=[DeadLetter(*row) for row in stored.dead_letter_rows],
         dead_lettered_total=runtime.outbox.dead_lettered_total,
         persons=known,
+        anonymous_backlog=stored.anonymous_backlog,
+        anonymous_oldest_age_s=0.0 if anonymous_oldest is None else max(0.0, now - anonymous_oldest),
+        anonymous_expired={reason: stored.anonymous_expired.get(reason, 0) for reason in REASONS},
     )
 
 
@@ -212,8 +238,18 @@ def build_status(
     status = _own_status(runtime, sampler, snapshot)
     if replicas and sampler is not None:
         own = Replica(sampler.replica, sampler.started_at, time.time(), False, _figures(status))
-        status.update(aggregate(read_replicas(runtime), own))
+        _apply(status, aggregate(read_replicas(runtime), own))
     return status
+
+
+def _apply(status: dict[str, Any], summed: dict[str, Any]) -> None:
+    """Put the replicas' summed figures in a status report: adopted events summed; person work's latency the
+    slowest replica's (the queue figures are the database's, the same for all)."""
+    latency = summed.pop("person_work_latency", None)
+    status.update(summed)
+    status["anonymous"]["adopted"] = int((status.get("ingest") or {}).get("anonymous_events_adopted") or 0)
+    if latency is not None:
+        status["person_work"].update(latency)
 
 
 def _own_status(runtime: Runtime, sampler: ThroughputSampler | None, snapshot: Snapshot | None) -> dict[str, Any]:
@@ -221,6 +257,8 @@ def _own_status(runtime: Runtime, sampler: ThroughputSampler | None, snapshot: S
     deliverer = runtime.current_deliverer
     stats = deliverer.stats if deliverer is not None else None
     ingestor = runtime.ingestor
+    adopted = int(ingestor.totals.notes.get("anonymous_events_adopted", 0))
+    latency = deliverer.person_latency.percentiles() if deliverer is not None else {}
     return {
         "version": __version__,
         "generated_at": time.time(),
@@ -232,6 +270,7 @@ def _own_status(runtime: Runtime, sampler: ThroughputSampler | None, snapshot: S
             "events_filtered": dict(ingestor.totals.skipped),
             "operations_enqueued": ingestor.totals.operations,
             "by_source": dict(ingestor.received_by_source),
+            "anonymous_events_adopted": adopted,
         },
         "delivery": {
             "state": deliverer.state if deliverer else "stopped",
@@ -255,6 +294,19 @@ def _own_status(runtime: Runtime, sampler: ThroughputSampler | None, snapshot: S
         },
         "persons": snap.persons,
         "dead_letters": _summarise(snap.dead_letter_rows),
+        # anonymous events apart from person work: they wait in their own lane and may be dropped
+        "anonymous": {
+            "backlog": snap.anonymous_backlog,
+            "oldest_age_s": round(snap.anonymous_oldest_age_s, 3),
+            "adopted": adopted,
+            "expired": dict(snap.anonymous_expired),
+        },
+        "person_work": {
+            "depth": snap.person_work_depth,
+            "latency_p50_s": latency.get("p50_s"),
+            "latency_p99_s": latency.get("p99_s"),
+            "window_s": latency.get("window_s", PERSON_LATENCY_WINDOW_S),
+        },
     }
 
 
@@ -320,7 +372,7 @@ def offline_status(runtime: Runtime) -> dict[str, Any]:
     status["service"] = None
     known = read_replicas(runtime)
     if known:
-        status.update(aggregate(known))
+        _apply(status, aggregate(known))
         newest = max(replica.seen_at for replica in known)
         status["service"] = {"snapshot_at": newest, "snapshot_age_s": round(time.time() - newest, 1)}
         return status
@@ -380,6 +432,7 @@ def aggregate(replicas: Iterable[Replica], own: Replica | None = None) -> dict[s
     summed["requests_rejected"] = _sum_maps(r.figures.get("requests_rejected") for r in counted)
     errors = [error for r in counted for error in r.figures.get("recent_errors") or ()]
     summed["recent_errors"] = sorted(errors, key=lambda error: float(error.get("at") or 0))[-20:]
+    summed["person_work_latency"] = _slowest_latency([r.figures.get("person_work") for r in counted])
     ids = {r.id for r in counted}
     summed["replicas"] = [_listed(r, now, r.id in ids) for r in sorted(known, key=lambda r: (r.started_at, r.id))]
     if own is not None:
@@ -409,6 +462,16 @@ def _sum_section(parts: list[dict[str, Any]], base: Replica | None, section: str
         elif values and all(isinstance(v, dict) and all(isinstance(n, int) for n in v.values()) for v in values):
             merged[key] = _sum_maps(values)
     return merged
+
+
+def _slowest_latency(parts: Iterable[dict[str, Any] | None]) -> dict[str, Any]:
+    """Person work's p50 and p99 of the slowest replica that delivered any (``None`` when none did)."""
+    given = [part for part in parts if part and part.get("latency_p99_s") is not None]
+    return {
+        "latency_p50_s": max((float(part["latency_p50_s"]) for part in given), default=None),
+        "latency_p99_s": max((float(part["latency_p99_s"]) for part in given), default=None),
+        "window_s": max((float(part.get("window_s") or 0) for part in given), default=PERSON_LATENCY_WINDOW_S),
+    }
 
 
 def _sum_maps(maps: Iterable[dict[str, Any] | None]) -> dict[str, int]:

@@ -109,6 +109,11 @@ def test_status_page_shows_figures_and_requeues_dead_letters(browser: Any, tmp_p
         expect(page.locator("#outbox-depth")).to_have_text("0")
         expect(page.locator("#dead-letter-count")).to_have_text("1")
         expect(page.locator("#delivery-state")).to_have_text("running")
+        # person work apart from anonymous events: these people's events were delivered, nothing anonymous
+        expect(page.locator("#person-work-depth")).to_have_text("0")
+        expect(page.locator("#person-latency")).to_contain_text(" s / ")
+        expect(page.locator("#anonymous-backlog")).to_have_text("0")
+        expect(page.locator("#anonymous-expired")).to_have_text("0 by age / 0 by count")
         rows = page.locator("#dead-letters tr")
         expect(rows).to_have_count(1)
         expect(rows.first).to_contain_text(letter["reason"])

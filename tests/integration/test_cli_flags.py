@@ -123,6 +123,8 @@ COVERAGE: dict[str, dict[str, str]] = {
         "--retry-after-max-s": "test_send_delivery_timing_flags",
         "--anonymous-hold-s": "test_anonymous_hold.py::"
         "test_send_adopts_within_the_file_and_does_not_wait_for_the_hold_at_the_end",
+        "--anonymous-max-age-s": _SETTINGS,
+        "--anonymous-backlog-max": "test_anonymous_status.py::test_send_enforces_the_bounds_before_it_delivers",
         "--outbox-url": _SEND_OFF,
         "--lease-s": _SETTINGS,
         "--sqlite-synchronous": _SETTINGS,
@@ -220,6 +222,8 @@ COVERAGE: dict[str, dict[str, str]] = {
         "--customerio-timeout-s": _SETTINGS,
         "--retry-after-max-s": _SETTINGS,
         "--anonymous-hold-s": _SETTINGS,
+        "--anonymous-max-age-s": _SETTINGS,
+        "--anonymous-backlog-max": _SETTINGS,
         "--lease-s": _SETTINGS,
         "--sqlite-synchronous": _SETTINGS,
         "--auth-retry-s": _SERVE_ON,
@@ -270,6 +274,8 @@ COVERAGE: dict[str, dict[str, str]] = {
         "--customerio-timeout-s": _CONSUME,
         "--retry-after-max-s": _CONSUME,
         "--anonymous-hold-s": _CONSUME,
+        "--anonymous-max-age-s": _CONSUME,
+        "--anonymous-backlog-max": _CONSUME,
         "--outbox-url": _CONSUME,
         "--lease-s": _CONSUME,
         "--sqlite-synchronous": _CONSUME,
@@ -968,6 +974,7 @@ PLUMBING: dict[tuple[str, ...], list[tuple[str, str, str, Any, str, str]]] = {
     ("check", "--sandbox"): [("--retry-after-max-s", "7", "retry_after_max_s", 7.0, "4000", "RETRY_AFTER_MAX_S")],
     ("send", "{empty}"): [
         ("--concurrency", "3", "delivery_concurrency", 3, "65", "DELIVERY_CONCURRENCY"),
+        ("--anonymous-max-age-s", "7", "anonymous_max_age_s", 7.0, "-5.5", "ANONYMOUS_MAX_AGE_S"),
         ("--lease-s", "7", "lease_s", 7.0, "1.5", "LEASE_S"),
         ("--sqlite-synchronous", "normal", "sqlite_synchronous", "NORMAL", "sometimes", "SQLITE_SYNCHRONOUS"),
     ],
@@ -986,6 +993,8 @@ PLUMBING: dict[tuple[str, ...], list[tuple[str, str, str, Any, str, str]]] = {
         ("--customerio-timeout-s", "7", "customerio_timeout_s", 7.0, "-7.5", "CUSTOMERIO_TIMEOUT_S"),
         ("--retry-after-max-s", "7", "retry_after_max_s", 7.0, "inf", "RETRY_AFTER_MAX_S"),
         ("--anonymous-hold-s", "7", "anonymous_hold_s", 7.0, "-1", "ANONYMOUS_HOLD_S"),
+        ("--anonymous-max-age-s", "7", "anonymous_max_age_s", 7.0, "-5.5", "ANONYMOUS_MAX_AGE_S"),
+        ("--anonymous-backlog-max", "7", "anonymous_backlog_max", 7, "-3", "ANONYMOUS_BACKLOG_MAX"),
         ("--lease-s", "7", "lease_s", 7.0, "1.5", "LEASE_S"),
         ("--sqlite-synchronous", "normal", "sqlite_synchronous", "NORMAL", "sometimes", "SQLITE_SYNCHRONOUS"),
     ],
@@ -1008,6 +1017,7 @@ def test_flags_without_a_visible_effect_reach_the_settings(
     flags = PLUMBING[command]
     env = {**env, "DELIVERY_LINGER_S": "5", "CUSTOMERIO_TIMEOUT_S": "20", "RETRY_AFTER_MAX_S": "20"}
     env |= {"ANONYMOUS_HOLD_S": "20", "LEASE_S": "20", "DELIVERY_CONCURRENCY": "8", "SQLITE_SYNCHRONOUS": "FULL"}
+    env |= {"ANONYMOUS_MAX_AGE_S": "20", "ANONYMOUS_BACKLOG_MAX": "20"}
     with kept_logging():
         result = cli(*args, *(part for flag, value, *_ in flags for part in (flag, value)), env=env)
     assert settings_seen, result.output
@@ -1362,6 +1372,7 @@ def test_consume_mapping_and_kafka_flags(
     env |= {"LOG_FORMAT": "text", "LOG_LEVEL": "ERROR"} if on else {"LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}
     settings = ("--shutdown-grace-s", "20", "--concurrency", "1", "--delivery-linger-s", "0")
     settings += ("--customerio-timeout-s", "7", "--retry-after-max-s", "7", "--anonymous-hold-s", "0")
+    settings += ("--anonymous-max-age-s", "86400", "--anonymous-backlog-max", "100000")
     settings += ("--lease-s", "7", "--sqlite-synchronous", "normal", "--auth-retry-s", "7", *logs)
     kafka_settings = {**kafka_broker.consumer_settings, "sasl.password": KAFKA_SECRET}
     data, outbox = tmp_path / "data", tmp_path / "outbox.sqlite"

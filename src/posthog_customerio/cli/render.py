@@ -39,6 +39,7 @@ def status_text(report: dict[str, Any]) -> str:
         f"dead letters       {outbox['dead_letters']}",
         f"people known       {report['persons']}",
     ]
+    lines += work_lines(report)
     if service:
         rates = report.get("throughput") or {}
         lines += [
@@ -62,6 +63,24 @@ def status_text(report: dict[str, Any]) -> str:
             f"  #{letter['id']} {letter['person_key']} {letter['action']} {letter['name'] or ''}: {letter['reason']}"
         )
     return "\n".join(lines)
+
+
+def work_lines(report: dict[str, Any]) -> list[str]:
+    """Person work and the anonymous backlog, apart (either may be missing from an older snapshot)."""
+    lines = []
+    work, anonymous = report.get("person_work"), report.get("anonymous")
+    if work:
+        p50, p99 = work.get("latency_p50_s"), work.get("latency_p99_s")
+        latency = "no delivery seen" if p99 is None else f"p50 {p50:.3f}s, p99 {p99:.3f}s"
+        lines.append(f"person work        {work['depth']} queued; latency {latency} (last {work['window_s']:.0f}s)")
+    if anonymous:
+        expired = anonymous.get("expired") or {}
+        lines.append(
+            f"anonymous events   {anonymous['backlog']} queued, oldest {anonymous['oldest_age_s']:.0f}s;"
+            f" {anonymous.get('adopted', 0)} adopted; expired {expired.get('age', 0)} by age,"
+            f" {expired.get('count', 0)} by count"
+        )
+    return lines
 
 
 def replica_lines(replicas: list[dict[str, Any]]) -> list[str]:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import Claims, DeliveryLockError, Storage, StorageSnapshot, Transaction
+from .base import EXPIRED_KEY, Claims, DeliveryLockError, Storage, StorageSnapshot, Transaction
 from .migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
 from .postgres import DatabaseUnreachable, PostgresStorage, check_reachable
 from .rows import (
     CandidateRow,
     DeadLetterRow,
     DeliveryRow,
+    ExpiredRow,
     NewDeadLetter,
     NewOperation,
     PayloadRow,
@@ -31,6 +32,7 @@ from .rows import (
 from .sqlite import SqliteStorage
 
 __all__ = [
+    "EXPIRED_KEY",
     "POSTGRES_MIGRATIONS",
     "SQLITE_MIGRATIONS",
     "CandidateRow",
@@ -39,6 +41,7 @@ __all__ = [
     "DeadLetterRow",
     "DeliveryLockError",
     "DeliveryRow",
+    "ExpiredRow",
     "NewDeadLetter",
     "NewOperation",
     "PayloadRow",

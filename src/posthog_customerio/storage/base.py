@@ -12,7 +12,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence, Set
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -21,6 +21,7 @@ from .rows import (
     CandidateRow,
     DeadLetterRow,
     DeliveryRow,
+    ExpiredRow,
     NewDeadLetter,
     NewOperation,
     PayloadRow,
@@ -33,6 +34,7 @@ from .rows import (
 )
 
 __all__ = [
+    "EXPIRED_KEY",
     "Claims",
     "DeliveryLockError",
     "Picker",
@@ -45,6 +47,10 @@ __all__ = [
 Picker = Callable[
     [Iterable[CandidateRow], Callable[[CandidateRow], bool]], tuple[list[CandidateRow], list[CandidateRow]]
 ]
+
+
+#: the ``status_snapshot`` counters of the anonymous events expired (``anonymous_expired:age``, ``...:count``)
+EXPIRED_KEY = "anonymous_expired"
 
 
 class DeliveryLockError(RuntimeError):
@@ -65,6 +71,12 @@ class StorageSnapshot:
     dead_letter_rows: list[DeadLetterRow]
     #: distinct_ids remembered, when asked for (counting a big table takes a while)
     persons: int | None
+    #: anonymous events waiting (part of ``depth``)
+    anonymous_backlog: int = 0
+    #: enqueue time of the first anonymous event in the queue (``None`` when there is none)
+    anonymous_oldest_enqueued_at: float | None = None
+    #: anonymous events dropped by the backlog bounds, all replicas, all time: reason -> count
+    anonymous_expired: dict[str, int] = field(default_factory=dict)
 
 
 class Transaction(Protocol):
@@ -173,6 +185,29 @@ class Transaction(Protocol):
 
     def dead_letters_of(self, keys: Sequence[str], limit: int) -> list[DeadLetterRow]:
         """The dead letters of these person keys, newest first."""
+
+    # -- the anonymous backlog (:mod:`..backlog`) --
+    def anonymous_backlog(self) -> tuple[int, float | None]:
+        """How many anonymous events wait, and the enqueue time of the first in the queue (``None``: none)."""
+
+    def expire_anonymous(
+        self, before: float | None, keep: int | None, now: float, exclude: Set[int], limit: int
+    ) -> dict[str, list[ExpiredRow]]:
+        """Delete up to ``limit`` queued anonymous events, oldest first: those enqueued before ``before``
+        (reason ``"age"``), then all but the newest ``keep`` (reason ``"count"``); ``None`` skips a bound.
+
+        Never a row leased at ``now`` nor one whose seq is in ``exclude``, never another kind. Returns the
+        rows really deleted by this transaction, by reason: a row another transaction deleted first is not
+        returned, and with PostgreSQL one replica expires at a time (while another does, nothing is deleted
+        here: that one enforces the bounds).
+        """
+
+    def add_counters(self, key: str, counts: dict[str, int], at: float) -> None:
+        """Add ``counts`` (name -> n) to the counters stored in ``status_snapshot`` as ``key:name``: one
+        atomic increment each, committed with this transaction (concurrent adds are never lost)."""
+
+    def counters(self, key: str) -> dict[str, int]:
+        """The counters :meth:`add_counters` stored under ``key``: name -> n (empty when none)."""
 
 
 class Claims(ABC):

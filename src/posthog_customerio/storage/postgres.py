@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 _STATEMENTS = Statements("%s")
 _MIGRATION_LOCK = 7_274_135_001  # pg_advisory_lock key: one replica migrates at a time
 _CLAIM_LOCK = 7_274_135_002  # pg_advisory_xact_lock key: one claimer at a time across replicas
+_EXPIRY_LOCK = 7_274_135_003  # pg_advisory_xact_lock key: one expiry of anonymous events at a time
 
 
 def lease_margin(lease_s: float) -> float:
@@ -151,6 +152,12 @@ class PostgresTransaction(SqlTransaction):
             " WHERE d.person_key = c.k AND d.id <= c.cutoff",
             (keep, list(dict.fromkeys(str(row.person_key) for row in rows))),
         )
+
+    def lock_expiry(self) -> bool:
+        """One replica expires anonymous events at a time (the lock lasts until this transaction ends), so
+        two never drop the same excess twice. Never waited for: the expiry runs with the replica's claims
+        held, and the replica expiring now enforces the same bounds."""
+        return bool(self.conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (_EXPIRY_LOCK,)).fetchone()[0])
 
 
 class LeaseClaims(Claims):

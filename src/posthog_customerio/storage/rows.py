@@ -14,6 +14,7 @@ __all__ = [
     "CandidateRow",
     "DeadLetterRow",
     "DeliveryRow",
+    "ExpiredRow",
     "NewDeadLetter",
     "NewOperation",
     "PayloadRow",
@@ -168,3 +169,12 @@ class StoredStatus(NamedTuple):
 
     value: str
     updated_at: float
+
+
+class ExpiredRow(NamedTuple):
+    """A queued anonymous event dropped by the backlog bounds (``ANONYMOUS_MAX_AGE_S``, ``ANONYMOUS_BACKLOG_MAX``)."""
+
+    seq: int
+    person_key: str
+    kind: Kind
+    payload: str

@@ -7,15 +7,16 @@ runs them on a DB-API connection; :class:`SqlStorage` adds what a backend does t
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 from typing import Any
 
 from ..operations import Lane
-from .base import Storage, StorageSnapshot
+from .base import EXPIRED_KEY, Storage, StorageSnapshot
 from .rows import (
     CandidateRow,
     DeadLetterRow,
     DeliveryRow,
+    ExpiredRow,
     NewDeadLetter,
     NewOperation,
     PayloadRow,
@@ -38,6 +39,8 @@ _DEAD_LETTER_INSERT = (
 _DEAD_LETTER_COLUMNS = "id, seq, person_key, payload, reason, status, response, attempts, enqueued_at, failed_at, kind"
 #: rows per ``IN (...)`` list
 CHUNK = 500
+#: anonymous rows read per page while choosing which to expire (the ``outbox_anonymous_lane`` index, in seq order)
+_LANE_PAGE = 1_000
 #: the condition of each lane (:data:`~..operations.Lane`; ``None``: the whole queue), after a ``WHERE``.
 #: An anonymous event waits in its lane behind any earlier person work of its key (kept in order).
 _LANES: dict[Lane | None, str] = {
@@ -95,6 +98,8 @@ class Statements:
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at"
         )
         self.load_status = f"SELECT value, updated_at FROM status_snapshot WHERE key = {mark}"
+        #: how many anonymous events wait (SQLite names its index: its planner may scan the table instead)
+        self.anonymous_count = "SELECT COUNT(*) FROM outbox WHERE kind = 'anonymous'"
         self.touch_status = (
             f"INSERT INTO status_snapshot (key, value, updated_at) VALUES ({mark}, '{{}}', {mark})"
             " ON CONFLICT (key) DO UPDATE SET updated_at = excluded.updated_at"
@@ -288,6 +293,97 @@ class SqlTransaction:
         found.sort(key=lambda row: int(row[id_at]), reverse=order.endswith("DESC"))
         return found[:limit]
 
+    # -- the anonymous backlog (:mod:`...backlog`) --
+    def anonymous_backlog(self) -> tuple[int, float | None]:
+        # both read the partial index outbox_anonymous_lane (kind = 'anonymous', by seq)
+        count = int(self._one(self.sql.anonymous_count)[0])
+        first = self._one("SELECT enqueued_at FROM outbox WHERE kind = 'anonymous' ORDER BY seq LIMIT 1")
+        return count, None if first is None else float(first[0])
+
+    def lock_expiry(self) -> bool:
+        """Whether this transaction may expire anonymous events (SQLite: its write transaction is exclusive)."""
+        return True
+
+    def expire_anonymous(
+        self, before: float | None, keep: int | None, now: float, exclude: Set[int], limit: int
+    ) -> dict[str, list[ExpiredRow]]:
+        expired: dict[str, list[ExpiredRow]] = {"age": [], "count": []}
+        if not self.lock_expiry():  # another replica is expiring now
+            return expired
+
+        def free(lease_until: float | None, seq: int) -> bool:
+            return (lease_until is None or lease_until <= now) and seq not in exclude
+
+        if before is not None and limit > 0:
+            chosen: list[int] = []
+            for page in self._lane_pages():
+                old = [(seq, lease_until) for seq, enqueued_at, lease_until in page if enqueued_at < before]
+                chosen += [seq for seq, lease_until in old if free(lease_until, seq)][: limit - len(chosen)]
+                if not old or len(chosen) >= limit:  # past the old rows (queue order is enqueue order)
+                    break
+            expired["age"] = self._delete_anonymous(chosen, now)
+        left = limit - len(expired["age"])
+        if keep is not None and left > 0:
+            excess = int(self._one(self.sql.anonymous_count)[0]) - keep
+            if excess > 0:
+                chosen = []
+                for page in self._lane_pages():
+                    chosen += [seq for seq, _, lease_until in page if free(lease_until, seq)][
+                        : min(excess, left) - len(chosen)
+                    ]
+                    if len(chosen) >= min(excess, left):
+                        break
+                expired["count"] = self._delete_anonymous(chosen, now)
+        return expired
+
+    def _lane_pages(self) -> Iterable[list[tuple[int, float, float | None]]]:
+        """The anonymous rows in queue order, a page at a time: (seq, enqueued_at, lease_until)."""
+        sql = (
+            "SELECT seq, enqueued_at, lease_until FROM outbox WHERE kind = 'anonymous'"
+            f" AND seq > {self.sql.mark} ORDER BY seq LIMIT {self.sql.mark}"
+        )
+        last = 0
+        while True:
+            page = [
+                (int(seq), float(at), None if until is None else float(until))
+                for seq, at, until in self.conn.execute(sql, (last, _LANE_PAGE)).fetchall()
+            ]
+            if page:
+                yield page
+            if len(page) < _LANE_PAGE:
+                return
+            last = page[-1][0]
+
+    def _delete_anonymous(self, seqs: Sequence[int], now: float) -> list[ExpiredRow]:
+        """Delete these anonymous rows unless leased now; the rows this statement really deleted."""
+        mark = self.sql.mark
+        deleted: list[ExpiredRow] = []
+        for start in range(0, len(seqs), CHUNK):
+            chunk = list(seqs[start : start + CHUNK])
+            rows = self.conn.execute(
+                f"DELETE FROM outbox WHERE seq IN ({self.sql.marks(len(chunk))}) AND kind = 'anonymous'"
+                f" AND (lease_until IS NULL OR lease_until <= {mark}) RETURNING seq, person_key, kind, payload",
+                [*chunk, now],
+            ).fetchall()
+            deleted += sorted((ExpiredRow(int(seq), key, kind, payload) for seq, key, kind, payload in rows))
+        return deleted
+
+    def add_counters(self, key: str, counts: dict[str, int], at: float) -> None:
+        mark = self.sql.mark
+        self._many(
+            f"INSERT INTO status_snapshot (key, value, updated_at) VALUES ({mark}, {mark}, {mark})"
+            " ON CONFLICT (key) DO UPDATE SET value = CAST(CAST(status_snapshot.value AS BIGINT)"
+            " + CAST(excluded.value AS BIGINT) AS TEXT), updated_at = excluded.updated_at",
+            [(f"{key}:{name}", str(int(count)), at) for name, count in sorted(counts.items()) if count],
+        )
+
+    def counters(self, key: str) -> dict[str, int]:
+        # a prefix test, not a range: a collation may order ":" and ";" as it likes (and LIKE treats "_" as a wildcard)
+        prefix = f"{key}:"
+        sql = f"SELECT key, value FROM status_snapshot WHERE substr(key, 1, {len(prefix)}) = {self.sql.mark}"
+        rows = self.conn.execute(sql, (prefix,)).fetchall()
+        return {str(name)[len(prefix) :]: int(value) for name, value in rows}
+
 
 class SqlStorage(Storage):
     """The parts of a :class:`~.base.Storage` made of shared statements."""
@@ -296,12 +392,16 @@ class SqlStorage(Storage):
 
     def snapshot(self, dead_letters: int, persons: bool) -> StorageSnapshot:
         with self.reading() as tx:
+            anonymous, anonymous_oldest = tx.anonymous_backlog()
             return StorageSnapshot(
                 depth=tx.outbox_depth(),
                 oldest_enqueued_at=tx.oldest_enqueued_at(),
                 dead_letters=tx.dead_letter_count(),
                 dead_letter_rows=tx.dead_letter_rows(dead_letters) if dead_letters > 0 else [],
                 persons=tx.count_persons() if persons else None,
+                anonymous_backlog=anonymous,
+                anonymous_oldest_enqueued_at=anonymous_oldest,
+                anonymous_expired=tx.counters(EXPIRED_KEY),
             )
 
     def save_status(self, key: str, value: str, at: float) -> None:

@@ -25,6 +25,9 @@ from .sql import SqlStorage, SqlTransaction, Statements
 __all__ = ["SqliteClaims", "SqliteStorage"]
 
 _STATEMENTS = Statements("?")
+# the partial index answers the count without reading a row; with ANALYZE statistics saying most rows are
+# anonymous, SQLite's planner would read the whole table instead (x20 at 200,000 rows: bench/RESULTS.md)
+_STATEMENTS.anonymous_count = "SELECT COUNT(*) FROM outbox INDEXED BY outbox_anonymous_lane WHERE kind = 'anonymous'"
 
 
 class SqliteClaims(Claims):
