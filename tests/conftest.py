@@ -1,7 +1,8 @@
-"""Shared fixtures: a Customer.io sandbox on loopback, a data dir, a CLI runner."""
+"""Shared fixtures: a Customer.io sandbox on loopback, a data dir, a CLI runner, PostgreSQL, both storage backends."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 from posthog_customerio.cli import app
 from posthog_customerio.config import Settings
 from posthog_customerio.sandbox import SandboxServer
+from posthog_customerio.storage import PostgresStorage, SqliteStorage, Storage
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -196,3 +198,25 @@ def pg_url() -> Iterator[str]:
     finally:
         admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
         admin.close()
+
+
+# -- both storage backends ---------------------------------------------------------------
+@pytest.fixture(params=["sqlite", "postgresql"])
+def open_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Storage]]:
+    """Opens the backend under test (SQLite in ``tmp_path``, or PostgreSQL in a fresh schema); calling it
+    again opens the same data once more. Everything opened is closed at the end."""
+    opened: list[Storage] = []
+
+    def make() -> Storage:
+        db: Storage
+        if request.param == "sqlite":
+            db = SqliteStorage(tmp_path / "db.sqlite")
+        else:
+            db = PostgresStorage(request.getfixturevalue("pg_url"))
+        opened.append(db)
+        return db
+
+    yield make
+    for db in opened:
+        with contextlib.suppress(Exception):  # already closed by the test
+            db.close()

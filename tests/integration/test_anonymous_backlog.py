@@ -6,15 +6,14 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
 from posthog_customerio.backlog import AnonymousBacklog
 from posthog_customerio.operations import Kind, Operation
 from posthog_customerio.outbox import Outbox
-from posthog_customerio.storage import PostgresStorage, SqliteStorage, Storage
+from posthog_customerio.storage import PostgresStorage, Storage
 
 DAY = 86_400.0
 NOW = 1_800_000_000.0
@@ -28,26 +27,6 @@ def anonymous(visitor: str, n: int) -> Operation:
 def person(key: str, n: int, kind: Kind = "person") -> Operation:
     payload = {"type": kind, "identifiers": {"id": key}, "action": "event", "name": f"bought {n}"}
     return Operation(key, payload, kind=kind)
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def open_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Storage]]:
-    """Opens the backend under test; calling it again opens the same data once more."""
-    opened: list[Storage] = []
-
-    def make() -> Storage:
-        db: Storage
-        if request.param == "sqlite":
-            db = SqliteStorage(tmp_path / "db.sqlite")
-        else:
-            db = PostgresStorage(request.getfixturevalue("pg_url"))
-        opened.append(db)
-        return db
-
-    yield make
-    for db in opened:
-        with contextlib.suppress(Exception):  # already closed by the test
-            db.close()
 
 
 def enqueue(db: Storage, operations: list[Operation], at: float) -> None:

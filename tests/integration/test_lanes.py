@@ -8,33 +8,20 @@ anonymous-lane scan. Request slots: a spare slot is only one nobody reserved.
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from posthog_customerio.operations import Operation
 from posthog_customerio.outbox import Outbox
 from posthog_customerio.pacing import PostgresPacer, RateLimiter
 from posthog_customerio.storage import PostgresStorage, SqliteStorage, Storage
 
+from .test_anonymous_hold import anonymous, names, person
+
 BACKENDS = ["sqlite", "postgresql"]
 LIMITS = (100, 500_000, 32_000)
-
-
-def anonymous(visitor: str, n: int) -> Operation:
-    payload = {"type": "anonymous", "action": "event", "anonymous_id": visitor, "name": f"e{n}", "id": f"{visitor}-{n}"}
-    return Operation(visitor, payload, kind="anonymous")
-
-
-def person(key: str, n: int, after: tuple[str, ...] = ()) -> Operation:
-    return Operation(key, {"type": "person", "identifiers": {"id": key}, "action": "event", "name": f"e{n}"}, after)
-
-
-def names(items: Any) -> list[str]:
-    return [f"{item.person_key}:{json.loads(item.payload)['name']}" for item in items]
 
 
 @pytest.fixture(params=BACKENDS)

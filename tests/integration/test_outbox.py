@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-from pathlib import Path
-
 import pytest
 
 from posthog_customerio.operations import Operation
 from posthog_customerio.outbox import Outbox
 from posthog_customerio.state import PersonState, load_states, save_states
-from posthog_customerio.storage import PostgresStorage, SqliteStorage
+from posthog_customerio.storage import PostgresStorage
 
 
 def op(person: str, n: int, pad: int = 0) -> Operation:
@@ -24,25 +21,6 @@ def op(person: str, n: int, pad: int = 0) -> Operation:
             "attributes": {"pad": "x" * pad},
         },
     )
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def open_db(request: pytest.FixtureRequest, tmp_path: Path):
-    """Opens the backend under test; calling it again reopens the same data."""
-    opened = []
-
-    def make():
-        if request.param == "sqlite":
-            db = SqliteStorage(tmp_path / "db.sqlite")
-        else:
-            db = PostgresStorage(request.getfixturevalue("pg_url"))
-        opened.append(db)
-        return db
-
-    yield make
-    for db in opened:
-        with contextlib.suppress(Exception):  # already closed by the test
-            db.close()
 
 
 @pytest.fixture
