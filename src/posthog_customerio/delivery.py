@@ -350,8 +350,10 @@ class Deliverer:
         if cooldown > 0:
             return min(self.idle_poll_s, cooldown)
         delay = self.limiter.reserve_delay()
-        if delay > 0:
+        if delay > 2 * self.limiter.interval:  # person work reserved the slots ahead (or a pause)
             return min(self.idle_poll_s, delay)
+        if delay > 0 and self._stop.wait(delay):
+            return None
         batched = self.output.batches_anonymous
         size = self._claim_size() if batched else ANONYMOUS_BURST
         items = self.outbox.claim(size, self.max_batch_bytes, self.max_op_bytes, lane="anonymous")
@@ -363,7 +365,7 @@ class Deliverer:
             self._local.lingered = True
             return self.linger_s
         self._local.lingered = False
-        if not self.limiter.take_spare():  # person work (or another replica) took the slot meanwhile
+        if not self._spare_slot_soon():  # person work (or another worker) took the slots meanwhile
             self.outbox.unclaim(items)
             return min(self.idle_poll_s, self.limiter.interval)
         try:
@@ -374,7 +376,8 @@ class Deliverer:
 
     def _send_spare(self, items: list[Claimed]) -> None:
         """Send a claim of anonymous events, the first request in the spare slot just taken, each next one
-        only in a spare slot coming within two intervals; once none comes, the rest is given back untouched."""
+        only in a spare slot coming soon (:meth:`_spare_slot_soon`); once none comes, the rest is given back
+        untouched."""
         units = self.output.units(items)
         try:
             for position, unit in enumerate(units):
@@ -389,14 +392,18 @@ class Deliverer:
             log.warning("delivery: %s", exc)
             self._note_error(str(exc))
 
-    def _spare_slot_soon(self) -> bool:
-        """Wait for the next request slot if it is at most two intervals away and take it if still spare."""
-        if self._anonymous_resume_at > time.monotonic():
-            return False
-        delay = self.limiter.reserve_delay()
-        if delay > 2 * self.limiter.interval or (delay > 0 and self._stop.wait(delay)):
-            return False
-        return self.limiter.take_spare()
+    def _spare_slot_soon(self, tries: int = 3) -> bool:
+        """Take a spare request slot: the next one, when it is at most two intervals away, waiting for it
+        (another worker may take it first: then the one after it, ``tries`` times in all)."""
+        for _ in range(tries):
+            if self._anonymous_resume_at > time.monotonic():
+                return False
+            delay = self.limiter.reserve_delay()
+            if delay > 2 * self.limiter.interval or (delay > 0 and self._stop.wait(delay)):
+                return False
+            if self.limiter.take_spare():
+                return True
+        return False
 
     def _claim_at_slot(self) -> list[Claimed]:
         """At the rate limit: linger without a claim until the next slot (longer while batches stay small),
@@ -408,7 +415,7 @@ class Deliverer:
         ``linger_s``) and ten slots, so batches grow and fewer requests than the limit are made; a big
         claim (a backlog) or an empty one ends it (full batches at the full rate again).
         """
-        if not self._slot_turn.acquire(timeout=self.idle_poll_s):
+        if not self._slot_turn.acquire(blocking=False):  # another worker waits for the slot: this one is free
             return []
         try:
             interval = self.limiter.interval
