@@ -9,6 +9,8 @@
 * :mod:`.store` — the one policy for events that cannot be stored (HTTP, file and Kafka share it);
 * :mod:`.files` — the file source and job (:func:`~.files.send_file`: JSONL / JSON array → outbox → Customer.io);
 * :mod:`.kafka` — the Kafka source and job (:func:`~.kafka.consume`).
+* :mod:`.posthog_api` — reading every person of a project from PostHog's private API, paced and
+  retried, with a resumable checkpoint (groundwork for ``sync-persons``).
 
 The HTTP receivers live in :mod:`posthog_customerio.service`.
 """
