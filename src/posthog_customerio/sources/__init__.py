@@ -9,6 +9,8 @@
 * :mod:`.store` — the one policy for events that cannot be stored (HTTP, file and Kafka share it);
 * :mod:`.files` — the file source and job (:func:`~.files.send_file`: JSONL / JSON array → outbox → Customer.io);
 * :mod:`.kafka` — the Kafka source and job (:func:`~.kafka.consume`).
+* :mod:`.batch_exports` — the files of a PostHog batch export (JSON Lines or Parquet, persons and events models),
+  read into :class:`~.batch_exports.ExportedPerson` and :class:`PostHogEvent` (the ``exports`` extra for Parquet/zstd).
 
 The HTTP receivers live in :mod:`posthog_customerio.service`.
 """
