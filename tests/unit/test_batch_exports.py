@@ -509,3 +509,30 @@ def test_a_missing_extra_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(MissingExtra, match="needs the zstandard package"):
         list(read_rows(zst))
     assert list(read_rows(write(tmp_path, "jsonl-gzip", [person_row("ada", P1)])))  # gzip needs nothing more
+
+
+class _PostHogJsonType(pa.ExtensionType):
+    """The shape of PostHog's ``JsonType`` (``products/batch_exports/backend/temporal/utils.py``): JSON text stored as
+    an Arrow string under the extension name ``json``. Never registered here, as in a reader's process."""
+
+    def __init__(self) -> None:
+        super().__init__(pa.string(), "json")
+
+    def __arrow_ext_serialize__(self) -> bytes:
+        return b""
+
+    @classmethod
+    def __arrow_ext_deserialize__(cls, storage_type: pa.DataType, serialized: bytes) -> _PostHogJsonType:
+        return cls()
+
+
+def test_parquet_json_columns_of_posthogs_extension_type_are_read_as_json(tmp_path: Path) -> None:
+    """``cast_record_batch_json_columns`` casts the JSON columns before the Parquet writer: stored as strings."""
+    table = pq.read_table(write_parquet(tmp_path / "plain.parquet", [person_row("ada", P1)]))
+    index = table.schema.get_field_index("properties")
+    json_column = pa.ExtensionArray.from_storage(_PostHogJsonType(), table.column(index).combine_chunks())
+    table = table.set_column(index, pa.field("properties", _PostHogJsonType()), json_column)
+    path = tmp_path / "ext.parquet.zst"
+    pq.write_table(table, path, compression="zstd")
+
+    assert next(read_rows(path))["properties"] == {"email": "ada@example.com"}
