@@ -413,6 +413,15 @@ def test_a_malformed_person_row_names_file_and_line(tmp_path: Path, change: dict
     assert str(raised.value).startswith(f"{path}: line 2: ")
 
 
+def test_rows_of_two_projects_are_refused(tmp_path: Path) -> None:
+    write(tmp_path, "jsonl", [person_row("ada", P1)], name="a")
+    write(tmp_path, "parquet", [person_row("bob", P2), {**person_row("eve", P3), "team_id": 2}], name="b")
+
+    with pytest.raises(BatchExportError, match=r"b\.parquet: row 2: team_id int 2 differs from") as raised:
+        read_persons(tmp_path)
+    assert "from team_id int 1 (" in str(raised.value) and "a.jsonl: line 1)" in str(raised.value)
+
+
 def test_a_missing_column_in_parquet_names_file_and_row(tmp_path: Path) -> None:
     schema = pa.schema([field for field in PERSONS_SCHEMA if field.name != "person_distinct_id_version"])
     path = write_parquet(tmp_path / "p.parquet", [person_row("ada", P1), person_row("bob", P2)], schema)

@@ -20,8 +20,10 @@ asking PostHog's API. What PostHog writes, from its source (PostHog/posthog, rea
   ``properties``, ``person_properties``, ``set`` and ``set_once`` columns are cast to a JSON type first
   (``cast_record_batch_json_columns``, ``JsonType`` in ``products/batch_exports/backend/temporal/utils.py``), so
   they are JSON *objects* in a line; timestamps are ISO 8601 strings.
-* **Parquet** — the same record batches through ``pyarrow.parquet.ParquetWriter``: the JSON columns keep their
-  *string* storage (JSON text), timestamps are Arrow timestamps, versions 64-bit integers, ``is_deleted`` a bool.
+* **Parquet** — the same record batches through ``pyarrow.parquet.ParquetWriter`` (``ParquetStreamTransformer``;
+  earlier ``ParquetBatchExportWriter`` in ``products/batch_exports/backend/temporal/temporary_file.py``): the JSON
+  columns keep their *string* storage (JSON text, under the extension name ``json``), timestamps are Arrow
+  timestamps, versions 64-bit integers, ``is_deleted`` a bool.
 * **Persons model** — ``products/batch_exports/backend/temporal/sql/persons.py`` (``SELECT_FROM_PERSONS``,
   ``SELECT_FROM_PERSONS_BACKFILL``): one row per distinct_id with ``team_id``, ``distinct_id``, ``person_id``
   (``toString`` of the UUID), ``properties``, ``person_distinct_id_version``, ``person_version``, ``created_at``,
@@ -373,7 +375,8 @@ class _Version:
 def read_persons(paths: str | Path | Iterable[str | Path]) -> list[ExportedPerson]:
     """The persons of a persons-model export, collapsed: one :class:`ExportedPerson` per person, sorted by id.
 
-    ``paths``: one path or several, each a file, a manifest or a directory (:func:`export_files`). Every row is
+    ``paths``: one path or several, each a file, a manifest or a directory (:func:`export_files`), all of one
+    project (rows of two ``team_id`` values are refused: distinct_ids are per project). Every row is
     checked (``distinct_id``, ``person_id``, ``person_distinct_id_version`` and ``person_version`` present and of
     their types; ``properties`` an object or null; ``is_deleted`` a bool or 0/1; times ISO 8601 or timestamps): the
     first bad row raises :class:`BatchExportError` naming the file and the line or row.
@@ -391,10 +394,19 @@ def read_persons(paths: str | Path | Iterable[str | Path]) -> list[ExportedPerso
     """
     owners: dict[str, tuple[tuple[int, int, datetime], str]] = {}
     newest: dict[str, _Version] = {}
+    team: tuple[Any, str] | None = None
     for where, row in _rows(paths):
         missing = [name for name in _PERSON_REQUIRED if row.get(name) is None]
         if missing:
             raise BatchExportError(f"{where}: a persons row needs {', '.join(missing)} (missing or null)")
+        if row.get("team_id") is not None:  # distinct_ids are per project: two projects' rows must not collapse
+            if team is None:
+                team = (row["team_id"], where)
+            elif row["team_id"] != team[0]:
+                raise BatchExportError(
+                    f"{where}: team_id {_shown(row['team_id'])} differs from team_id {_shown(team[0])} ({team[1]}):"
+                    " read one project's export at a time"
+                )
         try:
             distinct_id = _distinct_id(row["distinct_id"])
         except EventParseError as exc:
