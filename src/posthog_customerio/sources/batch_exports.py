@@ -59,10 +59,13 @@ from .parsing import EventParseError, _distinct_id, parse_event
 
 __all__ = [
     "EXTRA_HINT",
+    "JSON_COLUMNS",
+    "PARQUET_BATCH_ROWS",
     "BatchExportError",
     "ExportFile",
     "ExportedPerson",
     "MissingExtra",
+    "classify",
     "export_files",
     "read_events",
     "read_persons",
