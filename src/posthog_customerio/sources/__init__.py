@@ -11,6 +11,8 @@
 * :mod:`.kafka` — the Kafka source and job (:func:`~.kafka.consume`).
 * :mod:`.posthog_api` — reading every person of a project from PostHog's private API, paced and
   retried, with a resumable checkpoint (groundwork for ``sync-persons``).
+* :mod:`.batch_exports` — the files of a PostHog batch export (JSON Lines or Parquet, persons and events models),
+  read into :class:`~.batch_exports.ExportedPerson` and :class:`PostHogEvent` (the ``exports`` extra for Parquet/zstd).
 
 The HTTP receivers live in :mod:`posthog_customerio.service`.
 """
