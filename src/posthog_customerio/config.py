@@ -78,7 +78,8 @@ STORE = "Storage"
 SERVICE = "Service"
 HTTP = "HTTP service"
 KAFKA = "Kafka"
-GROUPS = (CUSTOMERIO, IDENTITY, MAPPING, PACING, DELIVERY, STORE, SERVICE, HTTP, KAFKA)
+POSTHOG_API = "PostHog API"
+GROUPS = (CUSTOMERIO, IDENTITY, MAPPING, PACING, DELIVERY, STORE, SERVICE, HTTP, KAFKA, POSTHOG_API)
 
 
 @dataclass(frozen=True)
@@ -271,6 +272,22 @@ class Settings(BaseSettings):
     kafka_config_file: Annotated[Path | None, Cli(KAFKA)] = Field(
         None, description="File of key=value librdkafka settings, keeps sasl.password off the command line"
     )
+    # -- PostHog's private API (sync-persons) --
+    posthog_api_host: Annotated[str | None, Cli(POSTHOG_API)] = Field(
+        None, description="PostHog's private API, e.g. https://us.posthog.com, https://eu.posthog.com"
+    )
+    posthog_project_id: Annotated[str | None, Cli(POSTHOG_API)] = Field(
+        None, description="The PostHog project (its id, in the project's settings and URLs)"
+    )
+    posthog_personal_api_key: Annotated[SecretStr | None, Cli(POSTHOG_API)] = Field(
+        None, description="A PostHog personal API key with the person:read scope"
+    )
+    posthog_api_max_per_minute: Annotated[int, Cli(POSTHOG_API)] = Field(
+        200, ge=1, description="Requests a minute to PostHog's API (PostHog allows 240 per project)"
+    )
+    person_sync_interval_s: Annotated[float | None, Cli(SERVICE)] = Field(
+        None, gt=0, description="serve: sync PostHog's persons this often, in seconds (unset: never)"
+    )
 
     @classmethod
     def settings_customise_sources(
@@ -437,6 +454,7 @@ class Settings(BaseSettings):
             self.webhook_signing_secret,
             self.ops_token,
             self.customerio_pipelines_api_key,
+            self.posthog_personal_api_key,
         )
         values = [s.get_secret_value() for s in secrets if s is not None and len(s.get_secret_value()) >= 4]
         if self.outbox_url:  # a PostgreSQL password inside OUTBOX_URL

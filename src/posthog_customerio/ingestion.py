@@ -10,18 +10,29 @@ from __future__ import annotations
 import queue
 import threading
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
-from .mapping import MappingConfig, adopted_events, involved_distinct_ids, map_event, prefit_event
+from .mapping import (
+    Mapped,
+    MappingConfig,
+    PersonSnapshot,
+    adopted_events,
+    involved_distinct_ids,
+    map_event,
+    map_person,
+    prefit_event,
+)
 from .operations import Operation
 from .outbox import Outbox
 from .state import PersonState, load_states, save_states
 from .storage import Storage
 
 __all__ = ["GroupCommitter", "IngestReport", "Ingestor"]
+
+_Item = TypeVar("_Item")
 
 if TYPE_CHECKING:  # sources build on ingestion, not the other way round
     from .sources.events import PostHogEvent
@@ -91,12 +102,29 @@ class Ingestor:
         return [event for event, _ in fitted], sum(cuts for _, cuts in fitted)
 
     def _ingest(self, events: Sequence[PostHogEvent], cuts: int = 0) -> IngestReport:
-        report = IngestReport(events=len(events))
-        if not events:
-            return report
+        report = self._apply(events, involved_distinct_ids, map_event)
         report.notes["limits_truncated"] += cuts
+        return report
+
+    def ingest_persons(self, persons: Sequence[PersonSnapshot], source: str = "persons") -> IngestReport:
+        """Map and enqueue PostHog persons (``sync-persons``) atomically, as :meth:`ingest` does events;
+        ``events`` in the report counts persons, ``skipped`` why a person sent nothing."""
+        report = self._apply(persons, lambda person: list(person.distinct_ids), map_person)
+        self.record(report, source)
+        return report
+
+    def _apply(
+        self,
+        items: Sequence[_Item],
+        involved: Callable[[_Item], list[str]],
+        mapper: Callable[[_Item, Mapping[str, PersonState], MappingConfig], Mapped],
+    ) -> IngestReport:
+        """Map ``items`` (events or persons) against the stored states and store the result in one transaction."""
+        report = IngestReport(events=len(items))
+        if not items:
+            return report
         with self.db.transaction() as conn:
-            wanted = [distinct_id for event in events for distinct_id in involved_distinct_ids(event)]
+            wanted = [distinct_id for item in items for distinct_id in involved(item)]
             states: dict[str, PersonState] = load_states(conn, wanted)
             if conn.lock_keys({*wanted, *states}):  # replicas: these people (and whom they merged into) locked
                 states = load_states(conn, wanted)  # re-read what another replica may have written
@@ -104,8 +132,8 @@ class Ingestor:
             changed: dict[str, PersonState] = {}
             operations: list[Operation] = []
             all_operations: list[Operation] = []
-            for event in events:
-                mapped = map_event(event, states, self.config)
+            for item in items:
+                mapped = mapper(item, states, self.config)
                 states.update(mapped.states)
                 changed.update(mapped.states)
                 operations.extend(mapped.operations)
@@ -124,8 +152,7 @@ class Ingestor:
             save_states(conn, changed.values())
             report.operations += self.outbox.enqueue(conn, operations)
             all_operations.extend(operations)
-        operations = all_operations
-        for operation in operations:
+        for operation in all_operations:
             report.actions[operation.action] += 1
         return report
 

@@ -58,6 +58,8 @@ class PersonState:
     #: one of those events was processed for a person (not ``$process_person_profile: false``): PostHog has a
     #: person for this distinct_id
     processed: bool = False
+    #: fingerprint of the PostHog person ``sync-persons`` last brought here (unchanged: nothing to do)
+    synced: str | None = None
 
     def copy(self) -> PersonState:
         """An independent copy (the mapping never mutates its inputs)."""
@@ -96,6 +98,8 @@ class PersonState:
             extra["v"] = 0  # rows written before this field existed were all seen
         if self.processed != self.seen:
             extra["P"] = int(self.processed)  # rows written before this field existed: as seen
+        if self.synced is not None:
+            extra["y"] = self.synced
         return json.dumps(extra, separators=(",", ":"), sort_keys=True)
 
 
@@ -122,6 +126,7 @@ def _from_row(row: PersonRow) -> PersonState:
         more.get("c"),
         bool(more.get("v", 1)),
         bool(more.get("P", more.get("v", 1))),
+        more.get("y"),
     )
 
 

@@ -497,5 +497,11 @@ def test_every_setting_is_a_flag_of_some_command() -> None:
 
     used = setting_commands()
     assert not [name for name, commands in used.items() if not commands]
-    assert used["suppress_on_delete"] == ["send", "delete-person", "serve", "consume"]  # --suppress on delete-person
+    assert used["suppress_on_delete"] == [
+        "send",
+        "sync-persons",
+        "delete-person",
+        "serve",
+        "consume",
+    ]  # --suppress on delete-person
     assert used["kafka_topic"] == ["consume"] and "check" not in used["delivery_linger_s"]

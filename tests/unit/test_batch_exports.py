@@ -321,7 +321,16 @@ def test_a_newer_person_version_supersedes_across_files(tmp_path: Path) -> None:
 
     (person,) = read_persons(tmp_path)
 
-    assert person == ExportedPerson(P1, ("ada", "ada-phone"), {"plan": "pro"}, T0, False, 3)
+    assert person == ExportedPerson(P1, ("ada", "ada-phone"), {"plan": "pro"}, T0, False, 3, inserted_at=T0)
+
+
+def test_an_is_identified_column_is_read_when_the_export_has_one(tmp_path: Path) -> None:
+    rows = [{**person_row("ada", P1), "is_identified": 1}, person_row("bob", P2)]
+    write(tmp_path, "jsonl", rows)
+
+    ada, bob = read_persons(tmp_path)
+
+    assert (ada.is_identified, bob.is_identified) == (True, None)
 
 
 def test_inserted_at_breaks_a_version_tie(tmp_path: Path) -> None:

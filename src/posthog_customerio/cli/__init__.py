@@ -1,8 +1,8 @@
 """The ``posthog-customerio`` command line (typer).
 
-One module per command or group of commands: :mod:`.check`, :mod:`.send`, :mod:`.serve`,
-:mod:`.consume`, :mod:`.store` (status, person, dead letters), :mod:`.people` (delete-person,
-unsuppress), :mod:`.sandbox`; registered below, in the order ``--help`` lists them. Their settings
+One module per command or group of commands: :mod:`.check`, :mod:`.send`, :mod:`.persons`
+(sync-persons), :mod:`.serve`, :mod:`.consume`, :mod:`.store` (status, person, dead letters), :mod:`.people`
+(delete-person, unsuppress), :mod:`.sandbox`; registered below, in the order ``--help`` lists them. Their settings
 options come from :mod:`.options`; what they print from :mod:`.render`; exits, signals and listening
 from :mod:`.lifecycle`.
 """
@@ -16,7 +16,7 @@ import typer
 import typer.main
 
 from .. import __version__
-from . import check, consume, people, sandbox, send, serve, store
+from . import check, consume, people, persons, sandbox, send, serve, store
 from .lifecycle import EXIT_OK
 
 __all__ = ["app", "main", "setting_commands"]
@@ -31,6 +31,7 @@ app = typer.Typer(
 )
 app.command()(check.check)
 app.command()(send.send)
+app.command("sync-persons")(persons.sync_persons_command)
 app.command("delete-person")(people.delete_person)
 app.command()(people.unsuppress)
 app.command()(serve.serve)

@@ -38,7 +38,8 @@ The package is split along these concerns (each name is re-exported here):
 * :mod:`.profiles` — identifies and deletes;
 * :mod:`.devices` — push devices;
 * :mod:`.groups` — groups as objects and relationships;
-* :mod:`.events` — event operations, limits, adopted anonymous events.
+* :mod:`.events` — event operations, limits, adopted anonymous events;
+* :mod:`.persons` — a PostHog person read by ``sync-persons`` (:func:`map_person`).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ from .events import (
 from .groups import INTERNAL_KEY_PREFIX
 from .identifiers import is_email, known_identifiers, person_identifiers
 from .identity import ALIAS_EVENTS, IDENTIFYING_EVENTS, ILLEGAL_DISTINCT_IDS
+from .persons import PersonSnapshot, map_person
 
 __all__ = [
     "ALIAS_EVENTS",
@@ -76,6 +78,7 @@ __all__ = [
     "AnonymousMode",
     "Mapped",
     "MappingConfig",
+    "PersonSnapshot",
     "adopted_events",
     "convert_dates",
     "involved_distinct_ids",
@@ -83,6 +86,7 @@ __all__ = [
     "iso_datetime_seconds",
     "known_identifiers",
     "map_event",
+    "map_person",
     "page_name",
     "person_identifiers",
     "prefit_event",

@@ -359,6 +359,10 @@ class ExportedPerson:
     is_deleted: bool
     #: the person's newest version
     person_version: int
+    #: ``_inserted_at`` of that version: when these values were PostHog's (``None`` when not exported)
+    inserted_at: datetime | None = None
+    #: ``is_identified`` when the export has that column (PostHog's persons model does not: ``None``)
+    is_identified: bool | None = None
 
 
 _PERSON_REQUIRED = ("distinct_id", "person_id", "person_distinct_id_version", "person_version")
@@ -373,6 +377,7 @@ class _Version:
     properties: dict[str, Any]
     created_at: datetime | None
     is_deleted: bool
+    is_identified: bool | None = None
 
 
 def read_persons(paths: str | Path | Iterable[str | Path]) -> list[ExportedPerson]:
@@ -425,6 +430,9 @@ def read_persons(paths: str | Path | Iterable[str | Path]) -> list[ExportedPerso
             raise BatchExportError(f"{where}: properties must be a JSON object, got {type(properties).__name__}")
         is_deleted = _flag(row.get("is_deleted"), "is_deleted", where)
         created_at = _moment(row.get("created_at"), "created_at", where)
+        is_identified = (
+            None if row.get("is_identified") is None else _flag(row["is_identified"], "is_identified", where)
+        )
 
         ownership = (distinct_version, person_version, inserted_at)
         held = owners.get(distinct_id)
@@ -433,7 +441,7 @@ def read_persons(paths: str | Path | Iterable[str | Path]) -> list[ExportedPerso
         key = (person_version, inserted_at)
         version = newest.get(person_id)
         if version is None or key >= version.key:
-            newest[person_id] = _Version(key, properties, created_at, is_deleted)
+            newest[person_id] = _Version(key, properties, created_at, is_deleted, is_identified)
 
     distinct_ids: dict[str, list[str]] = {}
     for distinct_id, (_, person_id) in owners.items():
@@ -446,6 +454,8 @@ def read_persons(paths: str | Path | Iterable[str | Path]) -> list[ExportedPerso
             created_at=version.created_at,
             is_deleted=version.is_deleted,
             person_version=version.key[0],
+            inserted_at=None if version.key[1] == _OLDEST else version.key[1],
+            is_identified=version.is_identified,
         )
         for person_id, version in sorted(newest.items())
         if person_id in distinct_ids
