@@ -94,6 +94,25 @@ def test_every_identified_person_becomes_one_profile_and_a_second_run_sends_noth
     assert requests(sandbox) == sent
 
 
+def test_a_few_thousand_persons_across_thirty_pages_with_a_429_and_a_5xx_on_the_way(
+    cli: Cli, env: dict[str, str], sandbox: SandboxServer
+) -> None:
+    many = PersonsStandin(3000)
+    many.rate_limit_next(1, retry_after="0")
+    with running_persons_standin(many) as url:
+        api = {"POSTHOG_API_HOST": url, "POSTHOG_PROJECT_ID": "1", "POSTHOG_PERSONAL_API_KEY": STANDIN_KEY}
+        api["POSTHOG_API_MAX_PER_MINUTE"] = "100000"
+        first = sync(cli, {**env, **api})
+        many.fail_next(1)
+        second = sync(cli, {**env, **api})
+
+    identified = [i for i in range(3000) if i % 3 != 0]
+    assert first["read"] == 3000 and first["actions"] == {"identify": len(identified)}
+    assert sorted(by_id(sandbox)) == sorted(f"user-{i}" for i in identified)
+    assert second["read"] == 3000 and second["operations_enqueued"] == 0
+    assert sum(1 for seen in many.requests if seen.status == 200) == 60  # 30 pages, read once per run
+
+
 def test_a_run_after_changes_sends_only_the_changed_attributes_of_the_changed_people(
     cli: Cli, api_env: dict[str, str], sandbox: SandboxServer, standin: tuple[PersonsStandin, str]
 ) -> None:
