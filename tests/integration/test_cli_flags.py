@@ -1019,6 +1019,12 @@ def test_sync_persons_restart_and_dry_run_flags(
     summary = json.loads(resumed.stdout)
     assert (summary["read"], summary["resumed_after"]) == (API_PERSONS - API_PAGE, API_PAGE)
     assert posthog_api.reads() == every_page[1:]
+    # an unreadable checkpoint stops a run (exit 1, naming it); --restart starts over without it
+    checkpoint.write_text("{not json")
+    unreadable = cli("sync-persons", env=env)
+    assert unreadable.exit_code == 1 and unreadable.stderr.startswith(f"error: the checkpoint {checkpoint} ")
+    assert cli("sync-persons", "--restart", env=env).exit_code == 0
+    assert json.loads(checkpoint.read_text())["persons"] == API_PERSONS
     no_secrets(dry.output + stopped.output + restarted.output + resumed.output, STANDIN_KEY)
     assert sorted(p["id"] for p in profiles(sandbox)) == sorted(f"user-{i}" for i in API_IDENTIFIED)
 
