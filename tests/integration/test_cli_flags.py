@@ -755,13 +755,6 @@ class PostHogApi:
     standin: PersonsStandin
     url: str
 
-    def flags(self, key: str = STANDIN_KEY) -> tuple[str, ...]:
-        """Every PostHog API flag, pointing at the stand-in (``--posthog-api-max-per-minute`` 1000)."""
-        return (
-            *("--posthog-api-host", self.url, "--posthog-project-id", "1"),
-            *("--posthog-personal-api-key", key, "--posthog-api-max-per-minute", "1000"),
-        )
-
     def wrong_env(self) -> dict[str, str]:
         """The PostHog API settings each flag overrides: another path, project and key; 1 request a minute."""
         return {
