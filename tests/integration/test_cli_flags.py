@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,8 @@ from posthog_customerio.output import track as track_output
 from posthog_customerio.sandbox import SandboxServer
 
 from ..conftest import API_KEY, SITE_ID, Cli, write_jsonl
-from ..helpers import ev, free_port, wait_for, wait_serving
+from ..helpers import ev, free_port, profiles, wait_for, wait_serving
+from ..posthog_api_standin import STANDIN_KEY, PersonsStandin, running_persons_standin
 
 TESTS = Path(__file__).resolve().parents[1]
 SRC = TESTS.parent / "src"
@@ -73,6 +75,11 @@ _SERVE_EDGE = "test_serve_ingest_role_auth_limits_and_connections"
 _SERVE_ON = "test_serve_mapping_delivery_and_logging_flags"
 _SERVE_OFF = "test_serve_negated_flags_proxy_and_shutdown"
 _CONSUME = "test_consume_mapping_and_kafka_flags"
+_PERSONS = "test_sync_persons_mapping_and_delivery_flags"
+_PERSONS_RESTART = "test_sync_persons_restart_and_dry_run_flags"
+_PERSONS_TIMING = "test_sync_persons_delivery_timing_flags"
+_PERSONS_EVENT_FLAGS = "test_sync_persons_event_flags_leave_persons_alone"
+_POSTHOG_API = "test_sync_persons_posthog_api_flags"
 COVERAGE: dict[str, dict[str, str]] = {
     "posthog-customerio": {"--version": "test_cli.py::test_version_prints_the_version"},
     "check": {
@@ -130,6 +137,55 @@ COVERAGE: dict[str, dict[str, str]] = {
         "--sqlite-synchronous": _SETTINGS,
         "--customerio-pipelines-api-key": "test_send_pipelines_flags",
         "--customerio-pipelines-url": "test_send_pipelines_flags",
+    },
+    "sync-persons": {
+        "--from": _PERSONS,
+        "--restart": _PERSONS_RESTART,
+        "--dry-run": _PERSONS_RESTART,
+        "--sandbox": "test_sync_persons_sandbox_and_timeout_flags",
+        "--timeout": "test_sync_persons_sandbox_and_timeout_flags",
+        "--json": _PERSONS,
+        "--site-id": _PERSONS,
+        "--api-key": _PERSONS,
+        "--region": "test_sync_persons_region_flag",
+        "--track-url": _PERSONS,
+        "--api": _PERSONS,
+        "--customerio-pipelines-api-key": "test_sync_persons_pipelines_flags",
+        "--customerio-pipelines-url": "test_sync_persons_pipelines_flags",
+        "--customerio-timeout-s": _PERSONS_TIMING,
+        "--retry-after-max-s": _PERSONS_TIMING,
+        "--delivery-linger-s": _PERSONS_TIMING,
+        "--identify-by-email": _PERSONS,
+        "--no-identify-by-email": _PERSONS,
+        "--send-events-from-anonymous-users": _PERSONS,
+        "--events-to-send": _PERSONS_EVENT_FLAGS,
+        "--events-to-skip": _PERSONS_EVENT_FLAGS,
+        "--convert-dates": _PERSONS,
+        "--no-convert-dates": _PERSONS,
+        "--merge-people": _PERSONS,
+        "--no-merge-people": _PERSONS,
+        "--anonymous-events": _PERSONS,
+        "--group-type-map": _PERSONS_EVENT_FLAGS,
+        "--suppress-on-delete": _PERSONS,
+        "--no-suppress-on-delete": _PERSONS,
+        "--limits": _PERSONS,
+        "--properties-to-exclude": _PERSONS,
+        "--properties-to-include": _PERSONS,
+        "--event-name-map": _PERSONS_EVENT_FLAGS,
+        "--max-rps": _PERSONS,
+        "--concurrency": _SETTINGS,
+        "--anonymous-hold-s": _SETTINGS,
+        "--anonymous-max-age-s": _SETTINGS,
+        "--anonymous-backlog-max": _SETTINGS,
+        "--data-dir": _PERSONS,
+        "--outbox-url": _PERSONS,
+        "--lease-s": _SETTINGS,
+        "--sqlite-synchronous": _SETTINGS,
+        "--posthog-api-host": _POSTHOG_API,
+        "--posthog-project-id": _POSTHOG_API,
+        "--posthog-personal-api-key": _POSTHOG_API,
+        "--posthog-api-max-per-minute": _POSTHOG_API,
+        "--plugin-config": _PERSONS,
     },
     "delete-person": {
         "--site-id": _DELETE,
@@ -229,6 +285,7 @@ COVERAGE: dict[str, dict[str, str]] = {
         "--auth-retry-s": _SERVE_ON,
         "--log-level": _SERVE_ON,
         "--posthog-timeout-s": _SERVE_OFF,
+        "--person-sync-interval-s": _SETTINGS,  # read by nothing yet
         "--customerio-pipelines-api-key": _SERVE_EDGE,
         "--customerio-pipelines-url": _SERVE_EDGE,
     },
@@ -281,6 +338,7 @@ COVERAGE: dict[str, dict[str, str]] = {
         "--sqlite-synchronous": _CONSUME,
         "--auth-retry-s": _CONSUME,
         "--log-level": _CONSUME,
+        "--person-sync-interval-s": _CONSUME,  # read by nothing yet
         "--customerio-pipelines-api-key": "test_consume_sandbox_data_dir_and_pipelines_flags",
         "--customerio-pipelines-url": "test_consume_sandbox_data_dir_and_pipelines_flags",
     },
@@ -681,6 +739,392 @@ def test_send_delivery_timing_flags(cli: Cli, env: dict[str, str], sandbox: Sand
     assert summary["retries"] >= 1 and summary["operations_delivered"] == 2 and seconds < 5
 
 
+# -- sync-persons ----------------------------------------------------------------------------------
+#: persons the PostHog stand-in serves, 10 a page: a third anonymous (``anon-i``), the rest identified
+#: (``anon-i`` and ``user-i``, ``user{i}@example.com``, plan free or pro)
+API_PERSONS, API_PAGE = 30, 10
+API_IDENTIFIED = [i for i in range(API_PERSONS) if i % 3]
+#: a personal API key given where the flag's must win (never valid at the stand-in)
+ENV_POSTHOG_KEY = "phx_env_key_never_valid_41c7"
+
+
+@dataclass
+class PostHogApi:
+    """The PostHog stand-in of this module (its persons list) and its base URL."""
+
+    standin: PersonsStandin
+    url: str
+
+    def wrong_env(self) -> dict[str, str]:
+        """The PostHog API settings each flag overrides: another path, project and key; 1 request a minute."""
+        return {
+            "POSTHOG_API_HOST": f"{self.url}/elsewhere",
+            "POSTHOG_PROJECT_ID": "2",
+            "POSTHOG_PERSONAL_API_KEY": ENV_POSTHOG_KEY,
+            "POSTHOG_API_MAX_PER_MINUTE": "1",
+        }
+
+    def reads(self) -> list[str]:
+        """The query of each request the stand-in answered 200 (``""``: the first page)."""
+        with self.standin.lock:
+            return [seen.query for seen in self.standin.requests if seen.status == 200]
+
+
+@pytest.fixture(scope="module")
+def _posthog_standin() -> Iterator[PostHogApi]:
+    standin = PersonsStandin(API_PERSONS, default_limit=API_PAGE)
+    with running_persons_standin(standin) as url:
+        yield PostHogApi(standin, url)
+
+
+@pytest.fixture
+def posthog_api(_posthog_standin: PostHogApi) -> PostHogApi:
+    """The PostHog stand-in, its request log emptied for this test."""
+    with _posthog_standin.standin.lock:
+        _posthog_standin.standin.requests.clear()
+    return _posthog_standin
+
+
+def person_row(
+    distinct_id: str,
+    person: str,
+    properties: dict[str, Any],
+    *,
+    day: int = 1,
+    distinct_id_version: int = 0,
+    deleted: bool = False,
+) -> dict[str, Any]:
+    """A row of a PostHog persons export (``sources/batch_exports.py`` ``read_persons``), as of March ``day``."""
+    return {
+        "team_id": 1,
+        "distinct_id": distinct_id,
+        "person_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"person:{person}")),
+        "properties": properties,
+        "person_distinct_id_version": distinct_id_version,
+        "person_version": day,
+        "created_at": "2024-01-01T00:00:00Z",
+        "_inserted_at": f"2024-03-{day:02d}T00:00:00Z",
+        "is_deleted": deleted,
+    }
+
+
+#: a visitor PostHog never identified (an SDK-made id, no email, one distinct_id)
+VISITOR = "0190a8f2-5b1c-7d3e-9f4a-1b2c3d4e5f60"
+ANN = {"email": "ann@example.com", "signup_at": "2024-02-01T10:00:00Z", "plan": "pro", "bio": "b" * 1500}
+ANN |= {"keep_a": 1, "keep_secret": 2, "drop_attr": "x"}
+#: identified persons besides ann, bob and carol (enough v1 requests to measure --max-rps)
+OTHERS = 12
+
+
+def persons_exports(tmp_path: Path) -> tuple[Path, Path]:
+    """Two persons exports of one project: the first as of March 1; the second (March 2) links bob's
+    distinct_id to ann's person (PostHog merged them), deletes carol and has the visitor unchanged."""
+    first = [
+        person_row("ann", "ann", ANN),
+        person_row("bob", "bob", {"email": "bob@example.com"}),
+        person_row("carol", "carol", {"email": "carol@example.com"}),
+        person_row(VISITOR, "visitor", {}),
+        *(person_row(f"p{n}", f"p{n}", {"email": f"p{n}@example.com"}) for n in range(OTHERS)),
+    ]
+    second = [
+        person_row("ann", "ann", ANN, day=2),
+        person_row("bob", "ann", ANN, day=2, distinct_id_version=1),
+        person_row("carol", "carol", {"email": "carol@example.com"}, day=2, deleted=True),
+        person_row(VISITOR, "visitor", {}, day=2),
+    ]
+    return write_jsonl(tmp_path / "persons-1.jsonl", first), write_jsonl(tmp_path / "persons-2.jsonl", second)
+
+
+#: the mapping and pacing flags of the persons scenario (both runs); :func:`scenario_env` says otherwise
+PERSONS_FLAGS = (
+    *("--send-events-from-anonymous-users", "all"),
+    *("--anonymous-events", "person"),
+    *("--limits", "truncate"),
+    *("--properties-to-include", "keep_*,signup_at,plan,bio"),
+    *("--properties-to-exclude", "keep_secret"),
+    *("--max-rps", str(SCENARIO_RPS)),
+)
+
+
+@pytest.mark.parametrize("on", [True, False], ids=["flags", "negated-flags"])
+def test_sync_persons_mapping_and_delivery_flags(
+    cli: Cli, sandbox: SandboxServer, tmp_path: Path, plugin_config: Path, on: bool
+) -> None:
+    """Two persons exports (``--from``) synced in turn, each flag against :func:`scenario_env`."""
+    exports = persons_exports(tmp_path)
+    env = {**scenario_env(on), "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "env-data")}
+    data, outbox = tmp_path / "mine", tmp_path / "outbox.sqlite"
+    if on:
+        where = ("--site-id", SITE_ID, "--api-key", API_KEY, "--track-url", sandbox.url, "--data-dir", str(data))
+        flags = (*where, *PERSONS_FLAGS, *SCENARIO_ON)
+    else:
+        where = ("--plugin-config", str(plugin_config), "--track-url", sandbox.url)
+        where += ("--outbox-url", f"sqlite:///{outbox}")
+        flags = (*where, *PERSONS_FLAGS, *SCENARIO_OFF)
+    summaries = []
+    for export in exports:
+        result = cli("sync-persons", "--from", str(export), "--json", *flags, env=env)
+        assert result.exit_code == 0, result.output
+        no_secrets(result.output, SITE_ID, API_KEY)
+        summaries.append(json.loads(result.stdout))  # --json
+    first, second = summaries
+    # --from: every person of each export, the second's unchanged visitor not sent again
+    assert (first["read"], first["skipped"], first["actions"]) == (4 + OTHERS, {}, {"identify": 4 + OTHERS})
+    assert (second["read"], second["skipped"]) == (3, {"unchanged": 1}) and second["dead_lettered"] == 0
+    found = {person["email"] or person["id"]: person for person in profiles(sandbox)}
+    ann = found["ann@example.com"]
+    # --properties-to-include / --properties-to-exclude (env: plan / keep_a); --limits truncate (env: dead-letter):
+    # the 1,500-byte bio is cut to Customer.io's 1,000, not dead-lettered
+    assert set(ann["attributes"]) == {"signup_at", "plan", "bio", "keep_a"}, ann
+    assert ann["attributes"]["bio"] == "b" * 1000 and ann["attributes"]["keep_a"] == 1
+    # --anonymous-events person, --send-events-from-anonymous-users all (env: anonymous, identified): the
+    # visitor PostHog never identified is a profile too
+    assert found[VISITOR]["id"] == VISITOR
+    others = [found[f"p{n}@example.com"] for n in range(OTHERS)]
+    requests = sandbox.state.requests()
+    if on:
+        assert all(person["id"] is None for person in others)  # --identify-by-email: addressed by email only
+        assert ann["attributes"]["signup_at"] == 1_706_781_600  # --convert-dates
+        # --merge-people: PostHog merged bob into ann's person, so bob's profile was merged into one with ann's
+        assert second["actions"] == {"identify": 2, "merge": 1, "suppress": 2}
+        assert "bob@example.com" not in found and len(found) == OTHERS + 2
+        # --suppress-on-delete: carol, deleted in PostHog, is suppressed by her id and email
+        assert sandbox.state.suppressions() == [{"id": "carol"}, {"email": "carol@example.com"}]
+        assert all(entry["path"].startswith("/api/v1/") for entry in requests)  # --api v1
+        gaps = request_gaps(sandbox)  # --max-rps (env: 100000): requests spaced 1/40 s apart
+        assert len(gaps) >= 10 and sum(gaps) / len(gaps) >= 0.8 / SCENARIO_RPS, gaps
+        # --data-dir: the state and outbox live there, and it is kept
+        assert (data / "posthog-customerio.sqlite").is_file() and not (tmp_path / "env-data").exists()
+    else:
+        assert [person["id"] for person in others] == [f"p{n}" for n in range(OTHERS)]  # --no-identify-by-email
+        assert ann["attributes"]["signup_at"] == "2024-02-01T10:00:00Z"  # --no-convert-dates
+        # --no-merge-people: bob's profile stays beside ann's
+        assert "merge" not in second["actions"] and found["bob@example.com"]["id"] == "bob"
+        assert not [entry for entry in requests if "merge" in entry["path"]]
+        # --no-suppress-on-delete: carol is deleted, not suppressed
+        assert second["actions"]["delete"] == 2 and sandbox.state.suppressions() == []
+        assert "carol@example.com" not in found and len(found) == OTHERS + 3
+        assert {entry["path"] for entry in requests} == {"/api/v2/batch"}  # --api v2
+        # --outbox-url: the database is that file, not one in the data dir; --plugin-config gave the credentials
+        # (the sandbox refuses the environment's) and its identifyByEmail Yes lost to --no-identify-by-email
+        assert outbox.is_file() and not (tmp_path / "env-data" / "posthog-customerio.sqlite").exists()
+
+
+def test_sync_persons_posthog_api_flags(
+    cli: Cli, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path, posthog_api: PostHogApi
+) -> None:
+    """The stand-in's persons through the PostHog API flags, over an environment with another host path, project
+    and key, and 1 request a minute (the three pages would take two minutes)."""
+    url = posthog_api.url
+    api = ("--posthog-api-host", url, "--posthog-project-id", "1", "--posthog-personal-api-key", STANDIN_KEY)
+    api += ("--posthog-api-max-per-minute", "1000")
+    env = {**env, **posthog_api.wrong_env(), "IDENTIFY_BY_EMAIL": "false"}
+    env |= {"ANONYMOUS_EVENTS": "anonymous", "SEND_EVENTS_FROM_ANONYMOUS_USERS": "all"}
+    mapping = ("--anonymous-events", "person", "--send-events-from-anonymous-users", "with_email")
+    started = time.monotonic()
+    result = cli("sync-persons", *api, *mapping, "--identify-by-email", "--json", env=env)
+    assert result.exit_code == 0, result.output
+    no_secrets(result.output, STANDIN_KEY, ENV_POSTHOG_KEY, SITE_ID, API_KEY)
+    assert time.monotonic() - started < 30  # --posthog-api-max-per-minute 1000 (env: 1)
+    # --posthog-api-host, --posthog-project-id, --posthog-personal-api-key: the three pages, each accepted
+    assert posthog_api.reads() == ["", "limit=10&offset=10", "limit=10&offset=20"]
+    assert [(seen.path, seen.authorized) for seen in posthog_api.standin.requests] == [
+        ("/api/projects/1/persons/", True)
+    ] * 3
+    summary = json.loads(result.stdout)
+    # --anonymous-events person (env: anonymous) made the anonymous persons candidates (else "anonymous_person"),
+    # --send-events-from-anonymous-users with_email (env: all) left them out: they have no email
+    assert (summary["read"], summary["skipped"]) == (API_PERSONS, {"anonymous_user": API_PERSONS - len(API_IDENTIFIED)})
+    people = profiles(sandbox)
+    assert sorted(person["email"] for person in people) == sorted(f"user{i}@example.com" for i in API_IDENTIFIED)
+    assert {person["id"] for person in people} == {None}  # --identify-by-email (env: false)
+    # each flag wins over a right environment: the wrong flag is the one used (fresh data dirs: a checkpoint is
+    # of one host and project)
+    right = {**env, "POSTHOG_API_HOST": url, "POSTHOG_PROJECT_ID": "1", "POSTHOG_PERSONAL_API_KEY": STANDIN_KEY}
+    right["POSTHOG_API_MAX_PER_MINUTE"] = "1000"
+    wrong_key = "phx_flag_key_wrong_9d2e"
+    for flags, refusal in (
+        (("--posthog-personal-api-key", wrong_key), "error: PostHog refused the key: "),
+        (("--posthog-project-id", "2"), "error: PostHog refused the key: PostHog refused access (HTTP 403 "),
+        (("--posthog-api-host", f"{url}/elsewhere"), f"error: HTTP 404 from {url}/elsewhere/api/projects/1/"),
+    ):
+        data = ("--data-dir", str(tmp_path / flags[0]))
+        refused = cli("sync-persons", *flags, *data, env=right)
+        assert refused.exit_code == 1 and refused.stderr.startswith(refusal), refused.output
+        no_secrets(refused.output, wrong_key, STANDIN_KEY)
+    bad = cli("sync-persons", "--posthog-api-max-per-minute", "0", env=right)
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: POSTHOG_API_MAX_PER_MINUTE: "), bad.output
+
+
+@contextlib.contextmanager
+def revoked_after_the_first_page(monkeypatch: pytest.MonkeyPatch, api: PostHogApi) -> Iterator[None]:
+    """The stand-in refuses the key for every page after the first (the key was revoked mid-run)."""
+    answer = api.standin.answer
+
+    def revoking(base_url: str, path: str, query: str, authorization: str | None) -> Any:
+        return answer(base_url, path, query, None if "offset=" in query else authorization)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(api.standin, "answer", revoking)
+        yield
+
+
+def test_sync_persons_restart_and_dry_run_flags(
+    cli: Cli,
+    env: dict[str, str],
+    sandbox: SandboxServer,
+    tmp_path: Path,
+    posthog_api: PostHogApi,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = {**env, "POSTHOG_API_HOST": posthog_api.url, "POSTHOG_PROJECT_ID": "1"}
+    env |= {"POSTHOG_PERSONAL_API_KEY": STANDIN_KEY, "POSTHOG_API_MAX_PER_MINUTE": "1000"}
+    checkpoint = tmp_path / "data" / "posthog-persons.checkpoint"
+    every_page = ["", "limit=10&offset=10", "limit=10&offset=20"]
+    # --dry-run: every person read and mapped, what would be sent shown; nothing stored, sent or checkpointed
+    dry = cli("sync-persons", "--dry-run", env=env)
+    assert dry.exit_code == 0, dry.output
+    assert f"persons read       {API_PERSONS}\n" in dry.stdout
+    assert f"operations         {len(API_IDENTIFIED)} would be sent: identify {len(API_IDENTIFIED)}" in dry.stdout
+    assert "dry run            nothing was stored or sent; examples:" in dry.stdout
+    assert posthog_api.reads() == every_page
+    assert sandbox.state.requests() == [] and not checkpoint.exists()
+    status = json.loads(cli("status", "--json", env=env).stdout)
+    assert (status["persons"], status["outbox"]["depth"]) == (0, 0), status  # no state stored either
+    # a run PostHog stops after its first page: that page is stored and checkpointed
+    with revoked_after_the_first_page(monkeypatch, posthog_api):
+        stopped = cli("sync-persons", env=env)
+    assert stopped.exit_code == 1 and stopped.stderr.startswith("error: PostHog refused the key: "), stopped.output
+    assert json.loads(checkpoint.read_text())["persons"] == API_PAGE
+    # --restart: the read starts over from the first page, not where the checkpoint says
+    posthog_api.standin.requests.clear()
+    restarted = cli("sync-persons", "--restart", "--json", env=env)
+    assert restarted.exit_code == 0, restarted.output
+    summary = json.loads(restarted.stdout)
+    assert (summary["read"], summary["resumed_after"]) == (API_PERSONS, 0)
+    assert posthog_api.reads() == every_page
+    # without --restart, a run stopped after its first page is resumed from the second
+    with revoked_after_the_first_page(monkeypatch, posthog_api):
+        assert cli("sync-persons", env=env).exit_code == 1
+    posthog_api.standin.requests.clear()
+    resumed = cli("sync-persons", "--json", env=env)
+    assert resumed.exit_code == 0, resumed.output
+    summary = json.loads(resumed.stdout)
+    assert (summary["read"], summary["resumed_after"]) == (API_PERSONS - API_PAGE, API_PAGE)
+    assert posthog_api.reads() == every_page[1:]
+    # an unreadable checkpoint stops a run (exit 1, naming it); --restart starts over without it
+    checkpoint.write_text("{not json")
+    unreadable = cli("sync-persons", env=env)
+    assert unreadable.exit_code == 1 and unreadable.stderr.startswith(f"error: the checkpoint {checkpoint} ")
+    assert cli("sync-persons", "--restart", env=env).exit_code == 0
+    assert json.loads(checkpoint.read_text())["persons"] == API_PERSONS
+    no_secrets(dry.output + stopped.output + restarted.output + resumed.output, STANDIN_KEY)
+    assert sorted(p["id"] for p in profiles(sandbox)) == sorted(f"user-{i}" for i in API_IDENTIFIED)
+
+
+def test_sync_persons_sandbox_and_timeout_flags(
+    cli: Cli, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    export, _ = persons_exports(tmp_path)
+    identified = 3 + OTHERS  # the visitor stays out (ANONYMOUS_EVENTS anonymous, the default)
+    # --sandbox: no Customer.io settings at all; the in-process sandbox receives them, the summary lists them
+    result = cli("sync-persons", "--from", str(export), "--sandbox", env={})
+    assert result.exit_code == 0, result.output
+    assert f"sandbox            {identified} people identified," in result.stdout
+    assert "  ann  ann@example.com\n" in result.stdout and sandbox.state.requests() == []
+    # --timeout: Customer.io answers 503; the wait for delivery ends after 0.5 s, the rest stays queued (exit 1)
+    sandbox.state.add_fault(status=503, duration_s=60)
+    started = time.monotonic()
+    result = cli("sync-persons", "--from", str(export), "--timeout", "0.5", env=env)
+    assert result.exit_code == 1, result.output
+    assert time.monotonic() - started < 10
+    assert f"still queued       {identified} (timed out; run sync-persons again to deliver)" in result.stdout
+    status = cli("status", "--json", env=env)
+    assert json.loads(status.stdout)["outbox"]["depth"] == identified
+
+
+def test_sync_persons_region_flag(cli: Cli, regions: SandboxServer, tmp_path: Path) -> None:
+    """``--region eu`` sends to the EU host (here the sandbox); the environment's ``us`` would not answer."""
+    export, _ = persons_exports(tmp_path)
+    env = {"CUSTOMERIO_SITE_ID": SITE_ID, "CUSTOMERIO_API_KEY": API_KEY, "CUSTOMERIO_REGION": "us"}
+    env["POSTHOG_CUSTOMERIO_DATA_DIR"] = str(tmp_path / "data")
+    result = cli("sync-persons", "--from", str(export), "--region", "eu", "--timeout", "20", env=env)
+    assert result.exit_code == 0, result.output
+    assert regions.state.person("ann@example.com") is not None
+    result = cli("sync-persons", "--from", str(export), "--region", "mars", env=env)
+    assert result.exit_code == 2 and result.stderr.startswith("error: CUSTOMERIO_REGION:"), result.output
+
+
+def test_sync_persons_pipelines_flags(cli: Cli, sandbox: SandboxServer, tmp_path: Path, pipelines_key: str) -> None:
+    export = write_jsonl(tmp_path / "persons.jsonl", [person_row("u1", "u1", {"email": "u1@example.com"})])
+    env = {
+        "CUSTOMERIO_API": "v2",
+        "CUSTOMERIO_PIPELINES_API_KEY": "env-pipelines-key",
+        "CUSTOMERIO_PIPELINES_URL": DEAD_URL,
+        "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data"),
+    }
+    pipelines = ("--api", "pipelines", "--customerio-pipelines-url", sandbox.url, "--delivery-linger-s", "0")
+    key = ("--customerio-pipelines-api-key", pipelines_key)
+    result = cli("sync-persons", "--from", str(export), *pipelines, *key, env=env)
+    assert result.exit_code == 0, result.output
+    no_secrets(result.output, pipelines_key)
+    assert [(person["userId"], person["email"]) for person in sandbox.pipelines.people()] == [("u1", "u1@example.com")]
+    assert sandbox.state.requests() == []  # nothing went to the Track API
+    wrong = ("--customerio-pipelines-api-key", "wrong-pipelines-key", "--data-dir", str(tmp_path / "other"))
+    env["CUSTOMERIO_PIPELINES_API_KEY"] = pipelines_key
+    result = cli("sync-persons", "--from", str(export), *pipelines, *wrong, env=env)
+    assert result.exit_code == 1 and "stays queued" in result.stderr, result.output
+    no_secrets(result.output, "wrong-pipelines-key", pipelines_key)
+
+
+def test_sync_persons_delivery_timing_flags(
+    cli: Cli, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """``--delivery-linger-s`` waits for a fuller batch, ``--customerio-timeout-s`` gives up on a slow
+    answer (and retries), ``--retry-after-max-s`` cuts a Retry-After (each against the environment's value)."""
+    export = write_jsonl(tmp_path / "persons.jsonl", [person_row("u1", "u1", {"email": "u1@example.com"})])
+
+    def sync(*flags: str, **extra: str) -> tuple[float, dict[str, Any]]:
+        started = time.monotonic()
+        data = ("--data-dir", str(tmp_path / str(len(os.listdir(tmp_path)))))  # a fresh one: u1 is new again
+        result = cli("sync-persons", "--from", str(export), "--json", *data, *flags, env={**env, **extra})
+        assert result.exit_code == 0, result.output
+        return time.monotonic() - started, json.loads(result.stdout)
+
+    seconds, _ = sync("--delivery-linger-s", "0.5", DELIVERY_LINGER_S="0")
+    assert seconds >= 0.5  # a trickle (one person) waited for more
+    sandbox.state.reset()
+    sandbox.state.add_fault(delay_s=SLOW_S, count=1)
+    seconds, summary = sync("--customerio-timeout-s", "0.2", CUSTOMERIO_TIMEOUT_S="30")
+    assert summary["retries"] >= 1 and summary["operations_delivered"] == 1  # given up on, sent again
+    wait_logged(sandbox, 2)
+    sandbox.state.add_fault(status=429, retry_after=3600, count=1)
+    seconds, summary = sync("--retry-after-max-s", "0.2", RETRY_AFTER_MAX_S="3600")
+    assert summary["retries"] >= 1 and summary["operations_delivered"] == 1 and seconds < 5
+
+
+def test_sync_persons_event_flags_leave_persons_alone(
+    cli: Cli, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path, settings_seen: list[Settings]
+) -> None:
+    """``--events-to-send``, ``--events-to-skip``, ``--event-name-map`` and ``--group-type-map`` shape events;
+    a person is no event: it is synced whatever they say (as ``send`` applies a ``$set`` whatever they say).
+    They reach the settings; a bad map stops the command naming its variable."""
+    export, _ = persons_exports(tmp_path)
+    flags = ("--events-to-send", "clicked", "--events-to-skip", "*", "--event-name-map", "clicked=Clicked It")
+    flags += ("--group-type-map", "company=1")
+    env = {**env, "EVENT_NAME_MAP": "clicked=Other", "GROUP_TYPE_MAP": "company=9"}
+    result = cli("sync-persons", "--from", str(export), "--json", *flags, env=env)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["actions"] == {"identify": 3 + OTHERS}
+    assert len(profiles(sandbox)) == 3 + OTHERS
+    config = settings_seen[-1].mapping_config()
+    assert (config.events_to_send, config.events_to_skip) == (frozenset({"clicked"}), ("*",))
+    assert (config.event_name_map, config.group_type_map) == ({"clicked": "Clicked It"}, {"company": "1"})
+    for flag, variable in (("--event-name-map", "EVENT_NAME_MAP"), ("--group-type-map", "GROUP_TYPE_MAP")):
+        bad = cli("sync-persons", "--from", str(export), flag, "nonsense", env=env)
+        assert bad.exit_code == 2 and bad.stderr.startswith(f"error: {variable}: "), bad.output
+
+
 # -- check -----------------------------------------------------------------------------------------
 def test_check_credentials_flags(cli: Cli, sandbox: SandboxServer) -> None:
     env = {"CUSTOMERIO_SITE_ID": "env-site", "CUSTOMERIO_API_KEY": "env-key", "CUSTOMERIO_TRACK_URL": DEAD_URL}
@@ -978,6 +1422,14 @@ PLUMBING: dict[tuple[str, ...], list[tuple[str, str, str, Any, str, str]]] = {
         ("--lease-s", "7", "lease_s", 7.0, "1.5", "LEASE_S"),
         ("--sqlite-synchronous", "normal", "sqlite_synchronous", "NORMAL", "sometimes", "SQLITE_SYNCHRONOUS"),
     ],
+    ("sync-persons", "--from", "{empty}"): [
+        ("--concurrency", "3", "delivery_concurrency", 3, "65", "DELIVERY_CONCURRENCY"),
+        ("--anonymous-hold-s", "7", "anonymous_hold_s", 7.0, "-1", "ANONYMOUS_HOLD_S"),
+        ("--anonymous-max-age-s", "7", "anonymous_max_age_s", 7.0, "-5.5", "ANONYMOUS_MAX_AGE_S"),
+        ("--anonymous-backlog-max", "7", "anonymous_backlog_max", 7, "-3", "ANONYMOUS_BACKLOG_MAX"),
+        ("--lease-s", "7", "lease_s", 7.0, "1.5", "LEASE_S"),
+        ("--sqlite-synchronous", "normal", "sqlite_synchronous", "NORMAL", "sometimes", "SQLITE_SYNCHRONOUS"),
+    ],
     ("delete-person", "nobody"): [
         ("--delivery-linger-s", "0.3", "delivery_linger_s", 0.3, "11", "DELIVERY_LINGER_S"),
         ("--lease-s", "7", "lease_s", 7.0, "1.5", "LEASE_S"),
@@ -997,6 +1449,8 @@ PLUMBING: dict[tuple[str, ...], list[tuple[str, str, str, Any, str, str]]] = {
         ("--anonymous-backlog-max", "7", "anonymous_backlog_max", 7, "-3", "ANONYMOUS_BACKLOG_MAX"),
         ("--lease-s", "7", "lease_s", 7.0, "1.5", "LEASE_S"),
         ("--sqlite-synchronous", "normal", "sqlite_synchronous", "NORMAL", "sometimes", "SQLITE_SYNCHRONOUS"),
+        # read by nothing yet (serve does not sync persons on a timer): the setting only
+        ("--person-sync-interval-s", "7", "person_sync_interval_s", 7.0, "-7", "PERSON_SYNC_INTERVAL_S"),
     ],
 }
 
@@ -1017,7 +1471,7 @@ def test_flags_without_a_visible_effect_reach_the_settings(
     flags = PLUMBING[command]
     env = {**env, "DELIVERY_LINGER_S": "5", "CUSTOMERIO_TIMEOUT_S": "20", "RETRY_AFTER_MAX_S": "20"}
     env |= {"ANONYMOUS_HOLD_S": "20", "LEASE_S": "20", "DELIVERY_CONCURRENCY": "8", "SQLITE_SYNCHRONOUS": "FULL"}
-    env |= {"ANONYMOUS_MAX_AGE_S": "20", "ANONYMOUS_BACKLOG_MAX": "20"}
+    env |= {"ANONYMOUS_MAX_AGE_S": "20", "ANONYMOUS_BACKLOG_MAX": "20", "PERSON_SYNC_INTERVAL_S": "20"}
     with kept_logging():
         result = cli(*args, *(part for flag, value, *_ in flags for part in (flag, value)), env=env)
     assert settings_seen, result.output
@@ -1374,6 +1828,7 @@ def test_consume_mapping_and_kafka_flags(
     settings += ("--customerio-timeout-s", "7", "--retry-after-max-s", "7", "--anonymous-hold-s", "0")
     settings += ("--anonymous-max-age-s", "86400", "--anonymous-backlog-max", "100000")
     settings += ("--lease-s", "7", "--sqlite-synchronous", "normal", "--auth-retry-s", "7", *logs)
+    settings += ("--person-sync-interval-s", "7")  # read by nothing yet: the setting only
     kafka_settings = {**kafka_broker.consumer_settings, "sasl.password": KAFKA_SECRET}
     data, outbox = tmp_path / "data", tmp_path / "outbox.sqlite"
     if on:  # the Kafka settings from a file; credentials as flags; --region eu is the sandbox
@@ -1396,7 +1851,7 @@ def test_consume_mapping_and_kafka_flags(
     ran = settings_seen[-1]
     assert (ran.delivery_concurrency, ran.delivery_linger_s, ran.customerio_timeout_s) == (1, 0.0, 7.0)
     assert (ran.retry_after_max_s, ran.anonymous_hold_s, ran.lease_s, ran.auth_retry_s) == (7.0, 0.0, 7.0, 7.0)
-    assert (ran.sqlite_synchronous, ran.shutdown_grace_s) == ("NORMAL", 20)
+    assert (ran.sqlite_synchronous, ran.shutdown_grace_s, ran.person_sync_interval_s) == ("NORMAL", 20, 7.0)
     if on:  # --log-format json, --log-level INFO (env: text, ERROR)
         lines = [json.loads(line) for line in log.splitlines() if line.strip()]
         assert f"kafka: consuming {topic} as group {group} from {kafka_broker.bootstrap}" in [
