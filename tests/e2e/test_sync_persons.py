@@ -332,3 +332,12 @@ def test_seed_options_identify_by_email_and_anonymous_filters_apply_to_persons(
     assert sorted(by_email) == sorted(f"user{i}@example.com" for i in IDENTIFIED)
     assert by_email["user1@example.com"]["id"] is None  # addressed by email: no id given
     assert make_person(0)["distinct_ids"] == ["anon-0"] and "anon-0" in by_id(sandbox)
+
+
+def test_restart_with_an_export_is_refused_as_meaningless(cli: Cli, env: dict[str, str], tmp_path: Path) -> None:
+    export = tmp_path / "persons.jsonl"
+    export.write_text(json.dumps(export_row("ann", ADA, 1, plan="pro")) + "\n")
+
+    result = cli("sync-persons", "--from", str(export), "--restart", env=env)
+
+    assert result.exit_code == 2 and "--from reads the whole export every time" in result.output

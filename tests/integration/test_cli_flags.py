@@ -886,7 +886,7 @@ def test_sync_persons_mapping_and_delivery_flags(
         assert all(person["id"] is None for person in others)  # --identify-by-email: addressed by email only
         assert ann["attributes"]["signup_at"] == 1_706_781_600  # --convert-dates
         # --merge-people: PostHog merged bob into ann's person, so bob's profile was merged into one with ann's
-        assert second["actions"] == {"identify": 2, "merge": 1, "suppress": 2}
+        assert second["actions"] == {"merge": 1, "suppress": 2}  # ann keeps her profile: nothing else changed
         assert "bob@example.com" not in found and len(found) == OTHERS + 2
         # --suppress-on-delete: carol, deleted in PostHog, is suppressed by her id and email
         assert sandbox.state.suppressions() == [{"id": "carol"}, {"email": "carol@example.com"}]
@@ -901,6 +901,7 @@ def test_sync_persons_mapping_and_delivery_flags(
         # --no-merge-people: bob's profile stays beside ann's
         assert "merge" not in second["actions"] and found["bob@example.com"]["id"] == "bob"
         assert not [entry for entry in requests if "merge" in entry["path"]]
+        assert not sandbox.state.attribute_update_failures()  # ann's email stays on ann's profile only
         # --no-suppress-on-delete: carol is deleted, not suppressed
         assert second["actions"]["delete"] == 2 and sandbox.state.suppressions() == []
         assert "carol@example.com" not in found and len(found) == OTHERS + 3
@@ -1016,6 +1017,7 @@ def test_sync_persons_restart_and_dry_run_flags(
     checkpoint.write_text("{not json")
     unreadable = cli("sync-persons", env=env)
     assert unreadable.exit_code == 1 and unreadable.stderr.startswith(f"error: the checkpoint {checkpoint} ")
+    assert "(or run sync-persons --restart)" in unreadable.stderr
     assert cli("sync-persons", "--restart", env=env).exit_code == 0
     assert json.loads(checkpoint.read_text())["persons"] == API_PERSONS
     no_secrets(dry.output + stopped.output + restarted.output + resumed.output, STANDIN_KEY)

@@ -77,7 +77,7 @@ def sync_persons_command(
         if source is None:
             client = _client(settings)
         else:
-            _check_path(source)
+            _check_path(source, restart)
     with removed(throwaway):
         try:
             with (
@@ -90,7 +90,10 @@ def sync_persons_command(
                 ),
                 Runtime(settings, sandbox=sandbox) as runtime,
             ):
-                with exits((MissingExtra, f"{{exc}} ({EXTRA_HINT})"), (CheckpointError, "{exc}")):
+                with exits(
+                    (MissingExtra, f"{{exc}} ({EXTRA_HINT})"),
+                    (CheckpointError, "{exc} (or run sync-persons --restart)"),
+                ):
                     batches = _batches(runtime, settings, source, restart, dry_run, client if source is None else None)
                 try:
                     summary = _run(runtime, batches, timeout, dry_run)
@@ -130,7 +133,9 @@ def _client(settings: Settings) -> PostHogPersonsClient:
         raise ConfigError(str(exc)) from None
 
 
-def _check_path(source: str) -> None:
+def _check_path(source: str, restart: bool) -> None:
+    if restart:
+        raise ConfigError("--restart starts an API read over; --from reads the whole export every time")
     if not Path(source).exists():
         raise ConfigError(f"--from {source}: no such file or directory")
 

@@ -106,18 +106,38 @@ def primary_distinct_id(snapshot: PersonSnapshot, book: Book) -> str:
     events or an earlier sync made it); then the identified, the email-shaped, the ones no SDK generated, and
     PostHog's newest link (the API lists a person's distinct_ids oldest first).
     """
+    email = _email(snapshot)
     candidates: dict[str, tuple[int, PersonState]] = {}
     for index, distinct_id in enumerate(snapshot.distinct_ids):
         if distinct_id.strip():
             root = book.person(distinct_id)
             candidates[root.distinct_id] = (index, root)
 
-    def rank(item: tuple[str, tuple[int, PersonState]]) -> tuple[bool, bool, bool, bool, bool, int]:
+    def rank(item: tuple[str, tuple[int, PersonState]]) -> tuple[bool, bool, bool, bool, bool, bool, int]:
         distinct_id, (index, state) = item
         legal = distinct_id.strip().lower() not in ILLEGAL_DISTINCT_IDS
-        return legal, state.created, state.identified, is_email(distinct_id), not looks_generated(distinct_id), index
+        holds_email = email is not None and (state.email_sent or "").lower() == email
+        generated = looks_generated(distinct_id)
+        return legal, state.created, holds_email, state.identified, is_email(distinct_id), not generated, index
 
     return max(candidates.items(), key=rank)[0]
+
+
+def _email(snapshot: PersonSnapshot) -> str | None:
+    """The person's email property, lower-cased (``None`` when it has no email-shaped one)."""
+    email = snapshot.properties.get("email")
+    return email.strip().lower() if isinstance(email, str) and is_email(email) else None
+
+
+def _emails_of_other_profiles(snapshot: PersonSnapshot, person: PersonState, book: Book) -> set[str]:
+    """Emails that other profiles of the person's distinct_ids hold (lower-cased): with ``MERGE_PEOPLE`` off
+    they stay apart, and Customer.io refuses an identifier another profile has."""
+    held = set()
+    for distinct_id in snapshot.distinct_ids:
+        other = book.person(distinct_id) if distinct_id.strip() else person
+        if other is not person and other.created and other.email_sent:
+            held.add(other.email_sent.lower())
+    return held
 
 
 def map_person(snapshot: PersonSnapshot, states: Mapping[str, PersonState], config: MappingConfig) -> Mapped:
@@ -172,6 +192,9 @@ def _sync(snapshot: PersonSnapshot, primary_id: str, book: Book, config: Mapping
         return False
     as_of = snapshot.as_of_s
     fresh = {key: value for key, value in snapshot.properties.items() if person.stamps.get(key, as_of) <= as_of}
+    if not config.merge_people and _email(snapshot) in _emails_of_other_profiles(snapshot, person, book):
+        fresh.pop("email", None)  # another profile of this person keeps it (no merge): Customer.io would refuse
+        result.notes["email_held_by_another_profile"] += 1
     stamp = max([as_of, *person.stamps.values()])
     event = PostHogEvent(
         "$set",
