@@ -341,3 +341,30 @@ def test_restart_with_an_export_is_refused_as_meaningless(cli: Cli, env: dict[st
     result = cli("sync-persons", "--from", str(export), "--restart", env=env)
 
     assert result.exit_code == 2 and "--from reads the whole export every time" in result.output
+
+
+def test_a_malformed_row_or_a_missing_extra_stops_before_anything_is_sent(
+    cli: Cli, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    export = tmp_path / "persons.jsonl"
+    export.write_text(json.dumps(export_row("ann", ADA, 1)) + "\n" + json.dumps({"distinct_id": "bob"}) + "\n")
+
+    result = cli("sync-persons", "--from", str(export), env=env)
+
+    assert result.exit_code == 1
+    assert f"{export}: line 2: a persons row needs person_id" in result.output
+    assert requests(sandbox) == 0
+
+    from posthog_customerio.sources import batch_exports
+
+    def no_pyarrow() -> None:
+        raise batch_exports.MissingExtra(f"reading Parquet files needs the pyarrow package: {batch_exports.EXTRA_HINT}")
+
+    monkeypatch.setattr(batch_exports, "_parquet", no_pyarrow)
+    parquet = tmp_path / "parquet"
+    parquet.mkdir()
+    write_export(parquet, [export_row("ann", ADA, 1)], "a", "parquet")
+
+    result = cli("sync-persons", "--from", str(parquet), env=env)
+
+    assert result.exit_code == 2 and "pip install 'posthog-customerio[exports]'" in result.output

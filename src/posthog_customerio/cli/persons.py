@@ -22,7 +22,7 @@ from rich.text import Text
 from ..config import CUSTOMERIO, DELIVERY, IDENTITY, MAPPING, PACING, POSTHOG_API, STORE, ConfigError, Settings
 from ..output.base import AuthError
 from ..runtime import DeliveryLockError, Runtime
-from ..sources.batch_exports import EXTRA_HINT, BatchExportError, MissingExtra, export_files
+from ..sources.batch_exports import BatchExportError, MissingExtra, export_files, require_extras
 from ..sources.persons import CHECKPOINT_FILE, Batches, SyncProgress, api_batches, export_batches, sync_persons
 from ..sources.posthog_api import (
     CheckpointError,
@@ -90,10 +90,7 @@ def sync_persons_command(
                 ),
                 Runtime(settings, sandbox=sandbox) as runtime,
             ):
-                with exits(
-                    (MissingExtra, f"{{exc}} ({EXTRA_HINT})"),
-                    (CheckpointError, "{exc} (or run sync-persons --restart)"),
-                ):
+                with exits((CheckpointError, "{exc} (or run sync-persons --restart)")):
                     batches = _batches(runtime, settings, source, restart, dry_run, client if source is None else None)
                 try:
                     summary = _run(runtime, batches, timeout, dry_run)
@@ -149,7 +146,10 @@ def _batches(
     client: PostHogPersonsClient | None,
 ) -> Batches:
     if source is not None:
-        export_files(source)  # a path with no export file in it fails here, before anything is read
+        try:  # a path with no export file in it, or a missing extra, fails here, before anything is read
+            require_extras(export_files(source))
+        except MissingExtra as exc:
+            raise ConfigError(str(exc)) from None
         return export_batches(source)
     assert client is not None
     checkpoint = PersonsCheckpoint(settings.posthog_customerio_data_dir / CHECKPOINT_FILE, scope=client.scope)

@@ -70,6 +70,7 @@ __all__ = [
     "read_events",
     "read_persons",
     "read_rows",
+    "require_extras",
 ]
 
 #: how to install what Parquet and zstd files need
@@ -192,6 +193,15 @@ def _resolve_key(manifest: Path, key: str) -> Path:
 
 
 # ------------------------------------------------------------------------------------------------- reading rows
+
+
+def require_extras(files: Iterable[Path]) -> None:
+    """Raise :class:`MissingExtra` now, before anything is read, when a file needs a package not installed."""
+    for file in map(classify, files):
+        if file.format == "parquet":
+            _parquet()
+        elif file.compression == "zstd":
+            _zstandard()
 
 
 def _zstandard() -> Any:

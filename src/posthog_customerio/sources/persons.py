@@ -124,15 +124,19 @@ class Batches:
 
 
 def export_batches(paths: str | Path | Iterable[str | Path], chunk: int = CHUNK_PERSONS) -> Batches:
-    """The persons of export files (read and collapsed in full first: no person is final before the last row)."""
-    now = datetime.now(UTC)
-    people = read_exported_persons(paths)
+    """The persons of export files, read and collapsed in full when the first batch is asked for (inside the
+    run's time; no person is final before the last row is read); ``total`` is known from then on."""
+    batches = Batches(iter(()), source=str(paths))
 
     def chunks() -> Iterator[list[PersonSnapshot]]:
+        now = datetime.now(UTC)
+        people = read_exported_persons(paths)
+        batches.total = len(people)
         for start in range(0, len(people), chunk):
             yield [from_export(person, now) for person in people[start : start + chunk]]
 
-    return Batches(chunks(), total=len(people), source=str(paths))
+    batches.batches = chunks()
+    return batches
 
 
 def api_batches(client: PostHogPersonsClient, checkpoint: PersonsCheckpoint | None) -> Batches:
