@@ -10,12 +10,15 @@
 - :func:`posthog_js_event` / :func:`posthog_js_capture_body` / :func:`server_sdk_batch` — capture bodies
   shaped as posthog-js and posthog-python/posthog-node send them (with their ``sent_at``);
 - :func:`in_ci` / :func:`unavailable` — a missing external thing skips outside CI and fails in CI;
-- :func:`npm_install` — install a ``tests/<dir>/package.json``'s pinned packages once.
+- :func:`npm_install` — install a ``tests/<dir>/package.json``'s pinned packages once;
+- :func:`write_export_jsonl` / :func:`write_export_parquet` — PostHog batch-export files, written as PostHog's S3
+  exporter writes them (:func:`export_schema`: the Arrow types of its persons and events models).
 """
 
 from __future__ import annotations
 
 import fcntl
+import gzip
 import json
 import os
 import shutil
@@ -512,3 +515,102 @@ def drain(runtime: Runtime, timeout: float = 60.0) -> None:
         assert deliverer.wait_until_empty(timeout), "the outbox did not empty"
     finally:
         deliverer.stop()
+
+
+# -- PostHog batch-export files ----------------------------------------------------------------------------------
+# As PostHog's S3 exporter writes them (PostHog/posthog, ``products/batch_exports/backend/temporal/pipeline/
+# transformer.py``): JSON Lines by ``dump_record_batch`` (one ``orjson.dumps`` object per line, each line
+# gzip-compressed on its own, the JSON columns as objects); Parquet by ``ParquetStreamTransformer`` (the JSON
+# columns as JSON text, the chosen codec inside the file).
+
+#: the columns PostHog writes as JSON (``cast_record_batch_json_columns``)
+EXPORT_JSON_COLUMNS = ("properties", "person_properties", "set", "set_once")
+
+
+def export_schema(model: str) -> Any:
+    """The ``pyarrow.Schema`` of PostHog's ``"persons"`` or ``"events"`` model as it reaches the Parquet writer."""
+    import pyarrow as pa
+
+    moment = pa.timestamp("us", tz="UTC")
+    if model == "persons":
+        return pa.schema(
+            [
+                ("team_id", pa.int64()),
+                ("distinct_id", pa.string()),
+                ("person_id", pa.string()),
+                ("properties", pa.string()),
+                ("person_distinct_id_version", pa.int64()),
+                ("person_version", pa.int64()),
+                ("created_at", moment),
+                ("_inserted_at", moment),
+                ("is_deleted", pa.bool_()),
+            ]
+        )
+    assert model == "events", model
+    return pa.schema(
+        [
+            ("uuid", pa.string()),
+            ("event", pa.string()),
+            ("distinct_id", pa.string()),
+            ("person_id", pa.string()),
+            ("properties", pa.string()),
+            ("person_properties", pa.string()),
+            ("elements_chain", pa.string()),
+            ("timestamp", moment),
+            ("created_at", moment),
+            ("_inserted_at", moment),
+        ]
+    )
+
+
+def export_line(row: dict[str, Any]) -> bytes:
+    """One JSON Lines row as ``dump_dict`` writes it: the other columns, then the JSON columns
+    (``cast_record_batch_json_columns`` appends them), compact, datetimes in ISO 8601."""
+    ordered = {k: v for k, v in row.items() if k not in EXPORT_JSON_COLUMNS} | {
+        k: v for k, v in row.items() if k in EXPORT_JSON_COLUMNS
+    }
+    return json.dumps(ordered, separators=(",", ":"), default=lambda value: value.isoformat()).encode() + b"\n"
+
+
+def write_export_jsonl(path: Path, rows: list[dict[str, Any]], compression: str | None = None) -> Path:
+    """JSON Lines, plain or ``"gzip"`` (a gzip member per line) or ``"zstd"`` (a frame per two lines: a reader
+    must go across frames)."""
+    lines = [export_line(row) for row in rows]
+    if compression == "gzip":
+        data = b"".join(gzip.compress(line) for line in lines)
+    elif compression == "zstd":
+        import zstandard
+
+        compressor = zstandard.ZstdCompressor()
+        data = b"".join(compressor.compress(b"".join(lines[i : i + 2])) for i in range(0, len(lines), 2))
+    else:
+        data = b"".join(lines)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def write_export_parquet(
+    path: Path,
+    rows: list[dict[str, Any]],
+    schema: Any = "persons",
+    compression: str | None = None,
+    row_group_size: int | None = None,
+) -> Path:
+    """Parquet with ``schema`` (a ``pyarrow.Schema``, or a model's name for :func:`export_schema`): the JSON columns
+    as JSON text, ``compression`` (a codec: ``"zstd"``, ``"gzip"`` ...) inside the file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = export_schema(schema) if isinstance(schema, str) else schema
+    columns = {
+        field.name: [
+            json.dumps(row[field.name]) if field.name in EXPORT_JSON_COLUMNS else row[field.name] for row in rows
+        ]
+        for field in schema
+    }
+    table = pa.table(columns, schema=schema)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pq.ParquetWriter(path, schema, compression="none" if compression is None else compression) as writer:
+        writer.write_table(table, row_group_size=row_group_size)
+    return path

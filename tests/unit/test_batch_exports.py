@@ -1,11 +1,12 @@
 """Reading PostHog batch-export files (sources/batch_exports.py): formats, manifests, persons, events.
 
-The fixture files are written here the way PostHog's S3 exporter writes them (PostHog/posthog,
-``products/batch_exports/backend/temporal/pipeline/transformer.py``: ``dump_record_batch`` writes one
-``orjson.dumps`` object per line, each line gzip-compressed on its own, the JSON columns as objects;
-``ParquetStreamTransformer`` hands the record batches, JSON columns as JSON text, to ``pyarrow.parquet.ParquetWriter``
-with the chosen codec; ``destinations/s3_batch_export.py``: the names ``{start}-{end}[-{n}].jsonl.gz`` /
-``.parquet.zst`` and ``{start}-{end}_manifest.json`` holding ``{"files": [key, ...]}``).
+The fixture files are written (``write_export_jsonl``, ``write_export_parquet`` in ``tests/helpers.py``) the way
+PostHog's S3 exporter writes them (PostHog/posthog, ``products/batch_exports/backend/temporal/pipeline/transformer.py``:
+``dump_record_batch`` writes one ``orjson.dumps`` object per line, each line gzip-compressed on its own, the JSON
+columns as objects; ``ParquetStreamTransformer`` hands the record batches, JSON columns as JSON text, to
+``pyarrow.parquet.ParquetWriter`` with the chosen codec; ``destinations/s3_batch_export.py``: the names
+``{start}-{end}[-{n}].jsonl.gz`` / ``.parquet.zst`` and ``{start}-{end}_manifest.json`` holding
+``{"files": [key, ...]}``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import zstandard
 
 from posthog_customerio.sources.batch_exports import (
     EXTRA_HINT,
@@ -34,6 +34,8 @@ from posthog_customerio.sources.batch_exports import (
     read_rows,
 )
 
+from ..helpers import export_line, export_schema, write_export_jsonl, write_export_parquet
+
 START, END = "2024-01-01T00:00:00+00:00", "2024-01-01T01:00:00+00:00"
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
 P1, P2, P3 = (
@@ -42,35 +44,7 @@ P1, P2, P3 = (
     "018c5f6e-0000-7000-8000-000000000003",
 )
 
-# the Arrow types of PostHog's persons and events models as they reach the writer (ClickHouse ArrowStream)
-PERSONS_SCHEMA = pa.schema(
-    [
-        ("team_id", pa.int64()),
-        ("distinct_id", pa.string()),
-        ("person_id", pa.string()),
-        ("properties", pa.string()),
-        ("person_distinct_id_version", pa.int64()),
-        ("person_version", pa.int64()),
-        ("created_at", pa.timestamp("us", tz="UTC")),
-        ("_inserted_at", pa.timestamp("us", tz="UTC")),
-        ("is_deleted", pa.bool_()),
-    ]
-)
-EVENTS_SCHEMA = pa.schema(
-    [
-        ("uuid", pa.string()),
-        ("event", pa.string()),
-        ("distinct_id", pa.string()),
-        ("person_id", pa.string()),
-        ("properties", pa.string()),
-        ("person_properties", pa.string()),
-        ("elements_chain", pa.string()),
-        ("timestamp", pa.timestamp("us", tz="UTC")),
-        ("created_at", pa.timestamp("us", tz="UTC")),
-        ("_inserted_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
-JSON_COLUMNS = ("properties", "person_properties", "set", "set_once")
+PERSONS_SCHEMA = export_schema("persons")
 
 
 def person_row(
@@ -114,56 +88,14 @@ def event_row(uuid: str, distinct_id: str = "user-1", **overrides: Any) -> dict[
     }
 
 
-def _jsonl_line(row: dict[str, Any]) -> bytes:
-    """One line as ``dump_dict`` writes it: the non-JSON columns, then the JSON columns
-    (``cast_record_batch_json_columns`` appends them), compact, datetimes in ISO 8601."""
-    ordered = {k: v for k, v in row.items() if k not in JSON_COLUMNS} | {
-        k: v for k, v in row.items() if k in JSON_COLUMNS
-    }
-    return json.dumps(ordered, separators=(",", ":"), default=lambda value: value.isoformat()).encode() + b"\n"
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]], compression: str | None = None) -> Path:
-    lines = [_jsonl_line(row) for row in rows]
-    if compression == "gzip":  # every line its own gzip member, as dump_record_batch does
-        data = b"".join(gzip.compress(line) for line in lines)
-    elif compression == "zstd":  # frames of a few lines each: a reader must go across frames
-        compressor = zstandard.ZstdCompressor()
-        data = b"".join(compressor.compress(b"".join(lines[i : i + 2])) for i in range(0, len(lines), 2))
-    else:
-        data = b"".join(lines)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path
-
-
-def write_parquet(
-    path: Path,
-    rows: list[dict[str, Any]],
-    schema: pa.Schema = PERSONS_SCHEMA,
-    compression: str | None = None,
-    row_group_size: int | None = None,
-) -> Path:
-    """As ``ParquetStreamTransformer``: JSON columns as JSON text, the codec inside the file."""
-    columns = {
-        field.name: [json.dumps(row[field.name]) if field.name in JSON_COLUMNS else row[field.name] for row in rows]
-        for field in schema
-    }
-    table = pa.table(columns, schema=schema)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with pq.ParquetWriter(path, schema, compression="none" if compression is None else compression) as writer:
-        writer.write_table(table, row_group_size=row_group_size)
-    return path
-
-
 WRITERS: dict[str, tuple[str, Callable[[Path, list[dict[str, Any]]], Path]]] = {
-    "jsonl": (".jsonl", lambda path, rows: write_jsonl(path, rows)),
-    "jsonl-gzip": (".jsonl.gz", lambda path, rows: write_jsonl(path, rows, "gzip")),
-    "jsonl-zstd": (".jsonl.zst", lambda path, rows: write_jsonl(path, rows, "zstd")),
-    "parquet": (".parquet", lambda path, rows: write_parquet(path, rows)),
-    "parquet-zstd": (".parquet.zst", lambda path, rows: write_parquet(path, rows, compression="zstd")),
-    "parquet-gzip": (".parquet.gz", lambda path, rows: write_parquet(path, rows, compression="gzip")),
-    "parquet-snappy": (".parquet.sz", lambda path, rows: write_parquet(path, rows, compression="snappy")),
+    "jsonl": (".jsonl", lambda path, rows: write_export_jsonl(path, rows)),
+    "jsonl-gzip": (".jsonl.gz", lambda path, rows: write_export_jsonl(path, rows, "gzip")),
+    "jsonl-zstd": (".jsonl.zst", lambda path, rows: write_export_jsonl(path, rows, "zstd")),
+    "parquet": (".parquet", lambda path, rows: write_export_parquet(path, rows)),
+    "parquet-zstd": (".parquet.zst", lambda path, rows: write_export_parquet(path, rows, compression="zstd")),
+    "parquet-gzip": (".parquet.gz", lambda path, rows: write_export_parquet(path, rows, compression="gzip")),
+    "parquet-snappy": (".parquet.sz", lambda path, rows: write_export_parquet(path, rows, compression="snappy")),
 }
 
 
@@ -203,7 +135,7 @@ def test_json_string_properties_in_json_lines_are_decoded(tmp_path: Path) -> Non
 
 
 def test_an_empty_properties_string_is_no_properties(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "p.jsonl", [{**person_row("ada", P1), "properties": ""}])
+    path = write_export_jsonl(tmp_path / "p.jsonl", [{**person_row("ada", P1), "properties": ""}])
 
     assert read_persons(path)[0].properties == {}
 
@@ -240,7 +172,7 @@ def test_a_parquet_name_on_another_file_is_refused(tmp_path: Path) -> None:
 
 def test_a_broken_archive_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "x.jsonl.gz"
-    path.write_bytes(gzip.compress(_jsonl_line(person_row("ada", P1)))[:-12])
+    path.write_bytes(gzip.compress(export_line(person_row("ada", P1)))[:-12])
 
     with pytest.raises(BatchExportError, match=r"x\.jsonl\.gz: line 1: cannot read the file"):
         list(read_rows(path))
@@ -393,7 +325,7 @@ def test_several_paths_are_read_as_one_export(tmp_path: Path) -> None:
 
 def test_clickhouse_style_quoted_integers_and_int_flags(tmp_path: Path) -> None:
     row = {**person_row("ada", P1), "person_version": "7", "person_distinct_id_version": "0", "is_deleted": 1}
-    path = write_jsonl(tmp_path / "p.jsonl", [row])
+    path = write_export_jsonl(tmp_path / "p.jsonl", [row])
 
     (person,) = read_persons(path)
     assert person.person_version == 7 and person.is_deleted
@@ -415,7 +347,7 @@ def test_clickhouse_style_quoted_integers_and_int_flags(tmp_path: Path) -> None:
     ],
 )
 def test_a_malformed_person_row_names_file_and_line(tmp_path: Path, change: dict[str, Any], message: str) -> None:
-    path = write_jsonl(tmp_path / "persons.jsonl", [person_row("ada", P1), {**person_row("bob", P2), **change}])
+    path = write_export_jsonl(tmp_path / "persons.jsonl", [person_row("ada", P1), {**person_row("bob", P2), **change}])
 
     with pytest.raises(BatchExportError, match=message) as raised:
         read_persons(path)
@@ -433,7 +365,7 @@ def test_rows_of_two_projects_are_refused(tmp_path: Path) -> None:
 
 def test_a_missing_column_in_parquet_names_file_and_row(tmp_path: Path) -> None:
     schema = pa.schema([field for field in PERSONS_SCHEMA if field.name != "person_distinct_id_version"])
-    path = write_parquet(tmp_path / "p.parquet", [person_row("ada", P1), person_row("bob", P2)], schema)
+    path = write_export_parquet(tmp_path / "p.parquet", [person_row("ada", P1), person_row("bob", P2)], schema)
 
     with pytest.raises(BatchExportError, match=r"p\.parquet: row 1: a persons row needs person_distinct_id_version"):
         read_persons(path)
@@ -444,7 +376,7 @@ def test_a_missing_column_in_parquet_names_file_and_row(tmp_path: Path) -> None:
 )
 def test_a_bad_line_names_file_and_line(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "p.jsonl"
-    path.write_bytes(_jsonl_line(person_row("ada", P1)) + b"\n" + text.encode())
+    path.write_bytes(export_line(person_row("ada", P1)) + b"\n" + text.encode())
 
     with pytest.raises(BatchExportError, match=rf"p\.jsonl: line 3: {message}"):
         list(read_rows(path))
@@ -462,7 +394,7 @@ U1, U2, U3 = (
 @pytest.mark.parametrize("kind", ["jsonl-gzip", "parquet-zstd"])
 def test_events_become_typed_events(tmp_path: Path, kind: str) -> None:
     if kind.startswith("parquet"):
-        path = write_parquet(tmp_path / "e.parquet.zst", [event_row(U1)], EVENTS_SCHEMA, compression="zstd")
+        path = write_export_parquet(tmp_path / "e.parquet.zst", [event_row(U1)], "events", compression="zstd")
     else:
         path = write(tmp_path, kind, [event_row(U1)])
 
@@ -476,17 +408,17 @@ def test_events_become_typed_events(tmp_path: Path, kind: str) -> None:
 
 def test_events_duplicated_by_a_backfill_are_read_once(tmp_path: Path) -> None:
     write(tmp_path, "jsonl", [event_row(U1), event_row(U2), event_row(U1)], name="run")
-    write_parquet(tmp_path / "backfill.parquet", [event_row(U2.upper()), event_row(U3)], EVENTS_SCHEMA)
+    write_export_parquet(tmp_path / "backfill.parquet", [event_row(U2.upper()), event_row(U3)], "events")
 
     assert [event.uuid for event in read_events(tmp_path)] == [U2.upper(), U3, U1]  # "backfill" sorts first
 
 
 def test_an_event_row_without_uuid_or_a_bad_one_names_file_and_line(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "e.jsonl", [event_row(U1), {**event_row(U2), "uuid": None}])
+    path = write_export_jsonl(tmp_path / "e.jsonl", [event_row(U1), {**event_row(U2), "uuid": None}])
     with pytest.raises(BatchExportError, match=r"e\.jsonl: line 2: an events row needs uuid"):
         list(read_events(path))
 
-    path = write_jsonl(tmp_path / "f.jsonl", [{**event_row(U1), "timestamp": "soon"}])
+    path = write_export_jsonl(tmp_path / "f.jsonl", [{**event_row(U1), "timestamp": "soon"}])
     with pytest.raises(BatchExportError, match=r"f\.jsonl: line 1: timestamp is not ISO 8601"):
         list(read_events(path))
 
@@ -497,7 +429,7 @@ def test_an_event_row_without_uuid_or_a_bad_one_names_file_and_line(tmp_path: Pa
 def test_a_large_parquet_file_is_read_a_batch_at_a_time(tmp_path: Path) -> None:
     """Many row groups: the Arrow memory in use while reading stays a small part of the whole table's."""
     rows = [person_row(f"user-{n}", P1, properties={"bio": "x" * 500, "n": n}) for n in range(20_000)]
-    path = write_parquet(tmp_path / "big.parquet.zst", rows, compression="zstd", row_group_size=500)
+    path = write_export_parquet(tmp_path / "big.parquet.zst", rows, compression="zstd", row_group_size=500)
     whole = pq.read_table(path).nbytes
     assert pq.ParquetFile(path).num_row_groups == 40
     del rows
@@ -546,7 +478,7 @@ class _PostHogJsonType(pa.ExtensionType):
 
 def test_parquet_json_columns_of_posthogs_extension_type_are_read_as_json(tmp_path: Path) -> None:
     """``cast_record_batch_json_columns`` casts the JSON columns before the Parquet writer: stored as strings."""
-    table = pq.read_table(write_parquet(tmp_path / "plain.parquet", [person_row("ada", P1)]))
+    table = pq.read_table(write_export_parquet(tmp_path / "plain.parquet", [person_row("ada", P1)]))
     index = table.schema.get_field_index("properties")
     json_column = pa.ExtensionArray.from_storage(_PostHogJsonType(), table.column(index).combine_chunks())
     table = table.set_column(index, pa.field("properties", _PostHogJsonType()), json_column)
