@@ -29,9 +29,11 @@ from posthog_customerio.sources.batch_exports import (
     ExportedPerson,
     MissingExtra,
     export_files,
+    is_export,
     read_events,
     read_persons,
     read_rows,
+    require_extras,
 )
 
 from ..helpers import export_line, export_schema, write_export_jsonl, write_export_parquet
@@ -155,6 +157,27 @@ def test_unknown_names_are_refused(tmp_path: Path, name: str, message: str) -> N
     with pytest.raises(BatchExportError, match=message) as raised:
         export_files(path)
     assert name in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "export"),
+    [
+        ("e.parquet", True),
+        ("E.PARQUET.ZST", True),
+        ("e.parquet.sz", True),
+        ("e.jsonl.gz", True),
+        ("e.jsonl.zst", True),
+        ("e.jsonl.br", True),  # refused by the export reader, with its reason
+        ("x_manifest.json", True),
+        ("manifest.json", True),
+        ("e.jsonl", False),  # any JSON Lines file: read as one
+        ("e.json", False),
+        ("e.txt", False),
+    ],
+)
+def test_which_paths_are_exports(tmp_path: Path, name: str, export: bool) -> None:
+    assert is_export(tmp_path / name) is export  # by the name: the file need not exist
+    assert is_export(tmp_path)  # a directory
 
 
 def test_a_missing_path_is_named(tmp_path: Path) -> None:
@@ -409,8 +432,12 @@ def test_events_become_typed_events(tmp_path: Path, kind: str) -> None:
 def test_events_duplicated_by_a_backfill_are_read_once(tmp_path: Path) -> None:
     write(tmp_path, "jsonl", [event_row(U1), event_row(U2), event_row(U1)], name="run")
     write_export_parquet(tmp_path / "backfill.parquet", [event_row(U2.upper()), event_row(U3)], "events")
+    duplicates: list[str] = []
 
-    assert [event.uuid for event in read_events(tmp_path)] == [U2.upper(), U3, U1]  # "backfill" sorts first
+    events = list(read_events(tmp_path, on_duplicate=duplicates.append))
+
+    assert [event.uuid for event in events] == [U2.upper(), U3, U1]  # "backfill" sorts first
+    assert duplicates == [f"{tmp_path / 'run.jsonl'}: line 2", f"{tmp_path / 'run.jsonl'}: line 3"]
 
 
 def test_an_event_row_without_uuid_or_a_bad_one_names_file_and_line(tmp_path: Path) -> None:
@@ -459,6 +486,24 @@ def test_a_missing_extra_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(MissingExtra, match="needs the zstandard package"):
         list(read_rows(zst))
     assert list(read_rows(write(tmp_path, "jsonl-gzip", [person_row("ada", P1)])))  # gzip needs nothing more
+
+
+def test_require_extras_names_the_missing_module_before_any_file_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gz = write(tmp_path, "jsonl-gzip", [person_row("ada", P1)])
+    parquet = write(tmp_path, "parquet", [person_row("ada", P1)])
+    zst = write(tmp_path, "jsonl-zstd", [person_row("ada", P1)])
+    require_extras([gz, parquet, zst])  # all installed: nothing to say
+    monkeypatch.setitem(sys.modules, "zstandard", None)
+
+    require_extras([gz, parquet])
+    with pytest.raises(MissingExtra, match="needs the zstandard package") as raised:
+        require_extras([gz, parquet, zst])
+    assert EXTRA_HINT in str(raised.value)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(MissingExtra, match="needs the pyarrow package"):
+        require_extras([gz, parquet])
 
 
 class _PostHogJsonType(pa.ExtensionType):

@@ -34,10 +34,11 @@ asking PostHog's API. What PostHog writes, from its source (PostHog/posthog, rea
   ``created_at``, ``event``, ``properties``, ``distinct_id``, ``elements_chain``, ``person_properties``,
   ``person_id`` (no ``team_id``, ``set``, ``set_once`` by default).
 
-Public API: :func:`export_files`, :func:`read_rows`, :func:`read_persons` (:class:`ExportedPerson`),
-:func:`read_events`; every problem with the input is a :class:`BatchExportError` naming the file (and the line
-or row). Parquet needs ``pyarrow`` and zstd needs ``zstandard``: the ``exports`` extra
-(``pip install 'posthog-customerio[exports]'``), imported only when such a file is read.
+Public API: :func:`is_export`, :func:`export_files`, :func:`require_extras`, :func:`read_rows`, :func:`read_persons`
+(:class:`ExportedPerson`), :func:`read_events`; every problem with the input is a :class:`BatchExportError` naming
+the file (and the line or row). Parquet needs ``pyarrow`` and zstd needs ``zstandard``: the ``exports`` extra
+(``pip install 'posthog-customerio[exports]'``), imported only when such a file is read (:func:`require_extras`
+checks ahead).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import io
 import json
 import re
 import uuid as uuid_module
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,6 +68,7 @@ __all__ = [
     "MissingExtra",
     "classify",
     "export_files",
+    "is_export",
     "read_events",
     "read_persons",
     "read_rows",
@@ -124,6 +126,16 @@ def classify(path: Path) -> ExportFile:
             " or no compression for the export"
         )
     raise BatchExportError(f"{path}: not a batch-export data file (expected a name ending in {_KNOWN})")
+
+
+#: names only an export's data files have (a plain ``.jsonl`` is any JSON Lines file); ``.jsonl.br`` to refuse it
+_EXPORT_ONLY_ENDINGS = (*(end for end, packed in _JSONL_ENDINGS.items() if packed), ".jsonl.br", *_PARQUET_ENDINGS)
+
+
+def is_export(path: Path) -> bool:
+    """Whether ``path`` is read as a batch export (by ``send``): a directory, a manifest, or a file whose name
+    only an export's data files have (compressed JSON Lines, Parquet). A plain ``.jsonl`` or ``.json`` is not."""
+    return path.is_dir() or _is_manifest(path) or path.name.lower().endswith(_EXPORT_ONLY_ENDINGS)
 
 
 def _is_manifest(path: Path) -> bool:
@@ -523,7 +535,9 @@ def _shown(value: Any) -> str:
 _EVENT_REQUIRED = ("uuid", "event", "distinct_id", "timestamp")
 
 
-def read_events(paths: str | Path | Iterable[str | Path]) -> Iterator[PostHogEvent]:
+def read_events(
+    paths: str | Path | Iterable[str | Path], on_duplicate: Callable[[str], None] | None = None
+) -> Iterator[PostHogEvent]:
     """The events of an events-model export as the repo's :class:`PostHogEvent`, in file order, each uuid once.
 
     ``paths`` as for :func:`read_persons`. A row is parsed by the same strict parser as every other input
@@ -533,7 +547,8 @@ def read_events(paths: str | Path | Iterable[str | Path]) -> Iterator[PostHogEve
     ``event``, ``distinct_id`` and ``timestamp`` are required: a row without one, or that the parser refuses, raises
     :class:`BatchExportError` naming the file and the line or row.
 
-    A uuid seen before in this read is dropped (backfills are not deduplicated against earlier runs); the uuids
+    A uuid seen before in this read is dropped (backfills are not deduplicated against earlier runs), and
+    ``on_duplicate`` called with where the row was read (``"<file>: line N"`` or ``"<file>: row N"``); the uuids
     seen are kept as 128-bit integers (the text itself when it is no UUID), so memory grows by about 100 bytes per
     event, not by the events.
     """
@@ -553,6 +568,8 @@ def read_events(paths: str | Path | Iterable[str | Path]) -> Iterator[PostHogEve
         assert event.uuid is not None  # required above
         identity = _uuid_key(event.uuid)
         if identity in seen:
+            if on_duplicate is not None:
+                on_duplicate(where)
             continue
         seen.add(identity)
         yield event
