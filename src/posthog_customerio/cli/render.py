@@ -124,6 +124,20 @@ def progress() -> Progress:
     )
 
 
+def reading_progress(where: FileProgress, total: int | None, files: bool) -> tuple[int, int | None, str]:
+    """The reading bar's completed, total and detail: characters of a stream out of its size in bytes (``total``,
+    ``None`` when unknown), or, with ``files``, data files of an export read out of their number, and the events
+    stored so far. Once all is read the bar is full."""
+    if files:
+        detail = f"{where.read:,}/{total or 0:,} files, {where.events:,} events stored"
+    else:
+        detail = f"{where.events:,} events"
+    if where.done_reading:
+        done = total or where.read
+        return done, done, detail
+    return where.read, total, detail
+
+
 def delivering_progress(where: FileProgress) -> tuple[int | None, int]:
     """The delivering bar's total and completed: no total (no percentage) while reading adds operations,
     so the percentage shown never goes backwards; then all operations, delivered ones capped at it."""
@@ -154,8 +168,10 @@ def print_send_summary(summary: dict[str, Any], as_json: bool) -> None:
         return
     skipped = summary["skipped"]
     skipped_text = ", ".join(f"{reason} {count}" for reason, count in sorted(skipped.items())) or "none"
+    count = summary.get("duplicates", 0)
+    duplicates = f", {count} duplicate uuid{'s' if count != 1 else ''}" if count else ""
     lines = [
-        f"events read        {summary['read']} ({summary['invalid']} invalid)",
+        f"events read        {summary['read']} ({summary['invalid']} invalid{duplicates})",
         f"skipped by filter  {sum(skipped.values())} ({skipped_text})",
         f"operations         {summary['operations_enqueued']} enqueued"
         + (f" (+{summary['backlog_before']} already queued)" if summary["backlog_before"] else ""),

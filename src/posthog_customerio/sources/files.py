@@ -1,28 +1,45 @@
-"""The file job: PostHog events from a JSONL or JSON-array stream through the outbox to Customer.io.
+"""The file job: PostHog events from a file through the outbox to Customer.io.
 
-:func:`send_file` reads the events in chunks (:class:`FileSource`), which the shared run loop
-(:func:`.base.run`) stores under the shared policy (:mod:`.store`: an event that cannot be stored
-is reported and counted, the rest delivered); it delivers with this process's workers, waits until
-the outbox is empty (or ``timeout``) and returns a :class:`Summary`. Rendering progress and the
-summary is the caller's job (``posthog-customerio send`` draws progress bars from :class:`FileProgress`).
+:func:`send_file` reads a JSONL or JSON-array stream (:class:`FileSource`: a bad line is reported and
+passed over), :func:`send_export` the data files of a PostHog batch export (:class:`ExportSource`, through
+:func:`.batch_exports.read_events`: each uuid once; a malformed row stops the reading, the events before it
+go on). Both read in chunks, which the shared run loop (:func:`.base.run`) stores under the shared policy
+(:mod:`.store`: an event that cannot be stored is reported and counted, the rest delivered); then they deliver
+with this process's workers, wait until the outbox is empty (or ``timeout``) and return a :class:`Summary`.
+Rendering progress and the summary is the caller's job (``posthog-customerio send`` draws progress bars from
+:class:`FileProgress`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from abc import abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..ingestion import IngestReport
 from .base import Batch, Source, run
+from .batch_exports import BatchExportError
+from .batch_exports import read_events as read_export_events
 from .events import ParsedItem, PostHogEvent, read_events
 from .store import Stored
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
-__all__ = ["CHUNK_EVENTS", "FileProgress", "FileSource", "Summary", "send_file"]
+__all__ = [
+    "CHUNK_EVENTS",
+    "ChunkedSource",
+    "ExportSource",
+    "FileProgress",
+    "FileSource",
+    "Summary",
+    "send_export",
+    "send_file",
+    "send_source",
+]
 
 #: events stored per transaction
 CHUNK_EVENTS = 2000
@@ -30,9 +47,9 @@ CHUNK_EVENTS = 2000
 
 @dataclass(slots=True)
 class FileProgress:
-    """Where a :func:`send_file` run is (passed to ``on_progress``)."""
+    """Where a :func:`send_file` or :func:`send_export` run is (passed to ``on_progress``)."""
 
-    #: characters of the input read so far
+    #: how much of the input is read: characters of a stream, data files of an export (read to their end)
     read: int
     #: events stored so far
     events: int
@@ -46,9 +63,11 @@ class FileProgress:
 
 @dataclass(slots=True)
 class Summary:
-    """What one :func:`send_file` run did."""
+    """What one :func:`send_file` or :func:`send_export` run did."""
 
+    #: events read: stored, invalid, and duplicates passed over
     read: int = 0
+    #: lines or rows that are no event, and events that could not be stored (a malformed export row included)
     invalid: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     operations_enqueued: int = 0
@@ -61,6 +80,10 @@ class Summary:
     #: operations still in the outbox when waiting stopped (0 = everything delivered or dead-lettered)
     queued: int = 0
     seconds: float = 0.0
+    #: events of an export passed over because their uuid came earlier in the same export
+    duplicates: int = 0
+    #: what stopped the reading (a malformed export row: ``"<file>: row N: <problem>"``); ``None``: all was read
+    stopped: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly summary (the ``send --json`` output)."""
@@ -87,33 +110,41 @@ class Chunk(Batch):
     full: bool = False
 
 
-class FileSource(Source[Chunk]):
-    """JSONL or JSON-array lines, in chunks of ``chunk_events``; what cannot be parsed or stored is
-    passed to ``left_out``, the running totals are kept in :attr:`report`."""
+class ChunkedSource(Source[Chunk]):
+    """Events of one input in chunks of ``chunk_events``; what cannot be read or stored is passed to ``left_out``
+    (:func:`send_file` and :func:`send_export` set it and ``on_chunk``), the running totals kept in :attr:`report`."""
 
     name = "file"
 
     def __init__(
         self,
-        lines: Iterable[str],
         chunk_events: int = CHUNK_EVENTS,
         left_out: Callable[[ParsedItem], None] = lambda item: None,
         on_chunk: Callable[[], None] = lambda: None,
     ) -> None:
-        self.lines = _CountingLines(lines)
         self.chunk_events = chunk_events
         self.left_out = left_out
         self.on_chunk = on_chunk
         self.report = IngestReport()
+        #: events passed over as duplicates of one read before
+        self.duplicates = 0
+        #: what stopped the reading before the input's end (``None``: it was read to its end)
+        self.stopped: str | None = None
+
+    @property
+    @abstractmethod
+    def position(self) -> int:
+        """How much of the input is read (:attr:`FileProgress.read`)."""
+
+    @abstractmethod
+    def events(self) -> Iterator[PostHogEvent]:
+        """The input's events in order; what is no event goes to ``left_out`` as it is read."""
 
     def batches(self) -> Iterator[Chunk]:
-        """Full chunks as they fill, then the rest; an unparsable item goes to ``left_out`` as it is read."""
+        """Full chunks as they fill, then the rest."""
         chunk: list[PostHogEvent] = []
-        for item in read_events(self.lines):
-            if item.event is None:
-                self.left_out(item)
-                continue
-            chunk.append(item.event)
+        for event in self.events():
+            chunk.append(event)
             if len(chunk) >= self.chunk_events:
                 yield Chunk(chunk, full=True)
                 chunk = []
@@ -126,6 +157,74 @@ class FileSource(Source[Chunk]):
             self.left_out(ParsedItem(rejected.label, error=rejected.error))
         if batch.full:
             self.on_chunk()
+
+
+class FileSource(ChunkedSource):
+    """JSONL or JSON-array lines; a line that is no event goes to ``left_out`` and the reading goes on."""
+
+    def __init__(
+        self,
+        lines: Iterable[str],
+        chunk_events: int = CHUNK_EVENTS,
+        left_out: Callable[[ParsedItem], None] = lambda item: None,
+        on_chunk: Callable[[], None] = lambda: None,
+    ) -> None:
+        super().__init__(chunk_events, left_out, on_chunk)
+        self.lines = _CountingLines(lines)
+
+    @property
+    def position(self) -> int:
+        """Characters read."""
+        return self.lines.read
+
+    def events(self) -> Iterator[PostHogEvent]:
+        for item in read_events(self.lines):
+            if item.event is None:
+                self.left_out(item)
+            else:
+                yield item.event
+
+
+class ExportSource(ChunkedSource):
+    """The data files of a batch export (:func:`.batch_exports.export_files`), in order, each uuid once.
+
+    A row that cannot be read stops the reading (:attr:`stopped` says where and why): the events read before it
+    are still stored, nothing after it is read.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[Path],
+        chunk_events: int = CHUNK_EVENTS,
+        left_out: Callable[[ParsedItem], None] = lambda item: None,
+        on_chunk: Callable[[], None] = lambda: None,
+    ) -> None:
+        super().__init__(chunk_events, left_out, on_chunk)
+        self.files = list(files)
+        self.files_read = 0
+
+    @property
+    def position(self) -> int:
+        """Data files read to their end."""
+        return self.files_read
+
+    def events(self) -> Iterator[PostHogEvent]:
+        try:
+            yield from read_export_events(self._counted_files(), on_duplicate=self._duplicate)
+        except BatchExportError as exc:
+            self.stopped = str(exc)
+        except OSError as exc:  # a file that went away or cannot be opened while reading
+            self.stopped = f"{exc.filename}: {exc.strerror}" if exc.filename else str(exc)
+
+    def _counted_files(self) -> Iterator[Path]:
+        """The files, counting each one read to its end (the reader asks for the next one then)."""
+        for number, path in enumerate(self.files):
+            self.files_read = number
+            yield path
+        self.files_read = len(self.files)
+
+    def _duplicate(self, where: str) -> None:
+        self.duplicates += 1
 
 
 def send_file(
@@ -144,6 +243,36 @@ def send_file(
     waiting for delivery. Waiting stops after ``timeout`` seconds (``None``: no limit); what is
     not delivered stays queued. Database errors propagate.
     """
+    return send_source(runtime, FileSource(lines, chunk_events), timeout, on_invalid, on_progress)
+
+
+def send_export(
+    runtime: Runtime,
+    files: Sequence[Path],
+    *,
+    timeout: float | None = None,
+    chunk_events: int = CHUNK_EVENTS,
+    on_invalid: Callable[[ParsedItem, int], None] | None = None,
+    on_progress: Callable[[FileProgress], None] | None = None,
+) -> Summary:
+    """:func:`send_file` for the data files of a batch export (:func:`.batch_exports.export_files`).
+
+    Each uuid is sent once (:attr:`Summary.duplicates` counts the others). A row that cannot be read stops the
+    reading: it is counted invalid and named in :attr:`Summary.stopped`; the events read before it are stored,
+    delivered and waited for all the same. ``on_invalid`` is called for events that cannot be stored.
+    """
+    return send_source(runtime, ExportSource(files, chunk_events), timeout, on_invalid, on_progress)
+
+
+def send_source(
+    runtime: Runtime,
+    source: ChunkedSource,
+    timeout: float | None = None,
+    on_invalid: Callable[[ParsedItem, int], None] | None = None,
+    on_progress: Callable[[FileProgress], None] | None = None,
+) -> Summary:
+    """Store what ``source`` reads, deliver it and wait (see :func:`send_file`); ``source``'s ``left_out`` and
+    ``on_chunk`` are set here."""
     started = time.monotonic()
     deliverer = runtime.deliverer()
     backlog = runtime.outbox.depth()
@@ -156,7 +285,7 @@ def send_file(
         if on_progress is not None:
             report, delivered = source.report, deliverer.stats.delivered
             on_progress(
-                FileProgress(source.lines.read, report.events, backlog + report.operations, delivered, done_reading)
+                FileProgress(source.position, report.events, backlog + report.operations, delivered, done_reading)
             )
 
     def left_out(item: ParsedItem) -> None:
@@ -165,7 +294,7 @@ def send_file(
         if on_invalid is not None:
             on_invalid(item, invalid)
 
-    source = FileSource(lines, chunk_events, left_out, progress)
+    source.left_out, source.on_chunk = left_out, progress
     try:
         run(source, runtime.intake(source.name))
         # all read: no identify can come to adopt what ANONYMOUS_HOLD_S holds; holding on would only delay the end
@@ -179,8 +308,10 @@ def send_file(
     finally:
         deliverer.stop(stop_within)
     stats, report = deliverer.stats, source.report
+    if source.stopped is not None:  # the row that stopped the reading
+        invalid += 1
     return Summary(
-        read=report.events + invalid,
+        read=report.events + invalid + source.duplicates,
         invalid=invalid,
         skipped=dict(report.skipped),
         operations_enqueued=report.operations,
@@ -192,4 +323,6 @@ def send_file(
         dead_lettered=runtime.outbox.dead_letter_count() - dead_before,
         queued=0 if finished else runtime.outbox.depth(),
         seconds=round(time.monotonic() - started, 3),
+        duplicates=source.duplicates,
+        stopped=source.stopped,
     )
