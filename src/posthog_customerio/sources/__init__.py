@@ -7,7 +7,8 @@
 * :mod:`.sdk_time` — SDK clock correction on the capture paths (PostHog's capture rules);
 * :mod:`.decoding` — the body encodings PostHog SDKs use (gzip, base64 forms, lz64);
 * :mod:`.store` — the one policy for events that cannot be stored (HTTP, file and Kafka share it);
-* :mod:`.files` — the file source and job (:func:`~.files.send_file`: JSONL / JSON array → outbox → Customer.io);
+* :mod:`.files` — the file sources and job (:func:`~.files.send_file`: JSONL / JSON array, :func:`~.files.send_export`:
+  an events batch export → outbox → Customer.io);
 * :mod:`.kafka` — the Kafka source and job (:func:`~.kafka.consume`).
 * :mod:`.posthog_api` — reading every person of a project from PostHog's private API, paced and
   retried, with a resumable checkpoint (groundwork for ``sync-persons``).
