@@ -4,7 +4,6 @@ they hold, and what a second run, a change, a kill -9 and live events do next.""
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import signal
@@ -21,7 +20,7 @@ import pytest
 from posthog_customerio.sandbox import SandboxServer
 
 from ..conftest import Cli, write_jsonl
-from ..helpers import ev, profiles, wait_for
+from ..helpers import ev, profiles, wait_for, write_export_jsonl, write_export_parquet
 from ..posthog_api_standin import STANDIN_KEY, PersonsStandin, make_person, running_persons_standin
 
 PERSONS = 300  # three pages of PostHog's default 100
@@ -230,11 +229,11 @@ def export_row(distinct_id: str, person: str, version: int, deleted: bool = Fals
         "team_id": 1,
         "distinct_id": distinct_id,
         "person_id": person,
-        "properties": json.dumps(properties),  # ClickHouse's JSON export: properties as a JSON string
+        "properties": properties,
         "person_distinct_id_version": 0,
         "person_version": version,
-        "created_at": "2026-01-01T00:00:00Z",
-        "_inserted_at": f"2026-11-{version:02d}T00:00:00Z",
+        "created_at": datetime(2026, 1, 1, tzinfo=UTC),
+        "_inserted_at": datetime(2026, 11, version, tzinfo=UTC),
         "is_deleted": deleted,
     }
 
@@ -245,22 +244,11 @@ ADA_DEVICE = "0192f0c4-1c2d-7e3f-8a4b-5c6d7e8f9a0b"
 
 
 def write_export(directory: Path, rows: list[dict[str, Any]], name: str, compression: str) -> str:
-    text = "".join(json.dumps(row) + "\n" for row in rows).encode()
-    if compression == "gzip":
-        path = directory / f"{name}.jsonl.gz"
-        path.write_bytes(gzip.compress(text))
-    elif compression == "zstd":
-        import zstandard
-
-        path = directory / f"{name}.jsonl.zst"
-        path.write_bytes(zstandard.ZstdCompressor().compress(text))
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        path = directory / f"{name}.parquet"
-        pq.write_table(pa.Table.from_pylist(rows), path, compression="zstd")
-    return path.name
+    """An export data file in ``directory`` (``gzip``/``zstd`` JSON Lines, else zstd Parquet); its name."""
+    if compression in ("gzip", "zstd"):
+        ending = {"gzip": ".jsonl.gz", "zstd": ".jsonl.zst"}[compression]
+        return write_export_jsonl(directory / f"{name}{ending}", rows, compression).name
+    return write_export_parquet(directory / f"{name}.parquet", rows, "persons", compression="zstd").name
 
 
 def test_an_export_in_every_format_with_superseded_versions_and_deletes(
@@ -336,7 +324,7 @@ def test_seed_options_identify_by_email_and_anonymous_filters_apply_to_persons(
 
 def test_restart_with_an_export_is_refused_as_meaningless(cli: Cli, env: dict[str, str], tmp_path: Path) -> None:
     export = tmp_path / "persons.jsonl"
-    export.write_text(json.dumps(export_row("ann", ADA, 1, plan="pro")) + "\n")
+    write_export_jsonl(export, [export_row("ann", ADA, 1, plan="pro")])
 
     result = cli("sync-persons", "--from", str(export), "--restart", env=env)
 
@@ -347,7 +335,7 @@ def test_a_malformed_row_or_a_missing_extra_stops_before_anything_is_sent(
     cli: Cli, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     export = tmp_path / "persons.jsonl"
-    export.write_text(json.dumps(export_row("ann", ADA, 1)) + "\n" + json.dumps({"distinct_id": "bob"}) + "\n")
+    write_export_jsonl(export, [export_row("ann", ADA, 1), {"distinct_id": "bob"}])
 
     result = cli("sync-persons", "--from", str(export), env=env)
 

@@ -148,7 +148,7 @@ def _batches(
     if source is not None:
         try:  # a path with no export file in it, or a missing extra, fails here, before anything is read
             require_extras(export_files(source))
-        except MissingExtra as exc:
+        except (MissingExtra, BatchExportError) as exc:  # as send: an unusable path is a usage error (exit 2)
             raise ConfigError(str(exc)) from None
         return export_batches(source)
     assert client is not None
