@@ -18,7 +18,15 @@ import typer
 
 from ..config import ENV_NAMES, Settings, cli_of, default_text, flag_of, load_settings, value_type
 
-__all__ = ["PluginConfig", "Sandbox", "SettingFlags", "sandbox_data_dir", "setting_options"]
+__all__ = [
+    "AsJson",
+    "DeliveryTimeout",
+    "PluginConfig",
+    "Sandbox",
+    "SettingFlags",
+    "sandbox_data_dir",
+    "setting_options",
+]
 
 #: the keyword argument a decorated command receives its :class:`SettingFlags` in
 _PARAMETER = "flags"
@@ -43,6 +51,17 @@ PluginConfig = Annotated[
 Sandbox = Annotated[
     bool, typer.Option("--sandbox", help="Use an in-process Customer.io sandbox instead of Customer.io")
 ]
+#: ``--timeout`` of the jobs that deliver and wait (``send``, ``sync-persons``)
+DeliveryTimeout = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        help="Give up waiting for delivery after this many seconds (the rest stays queued)",
+        show_default=False,
+    ),
+]
+#: ``--json`` of the commands that print a summary
+AsJson = Annotated[bool, typer.Option("--json", help="Print the summary as JSON")]
 
 
 def _option(name: str, flag: str | None = None) -> Any:

@@ -32,7 +32,7 @@ from ..sources.posthog_api import (
     PostHogPersonsClient,
 )
 from .lifecycle import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UNREACHABLE, exits, removed
-from .options import Sandbox, SettingFlags, sandbox_data_dir, setting_options
+from .options import AsJson, DeliveryTimeout, Sandbox, SettingFlags, sandbox_data_dir, setting_options
 from .render import err, sandbox_lines, sandbox_summary, sent_line, show, show_json
 
 __all__ = ["sync_persons_command"]
@@ -56,15 +56,8 @@ def sync_persons_command(
         bool, typer.Option("--dry-run", help="Print what would be sent (counts and examples); send nothing")
     ] = False,
     sandbox: Sandbox = False,
-    timeout: Annotated[
-        float | None,
-        typer.Option(
-            "--timeout",
-            help="Give up waiting for delivery after this many seconds (the rest stays queued)",
-            show_default=False,
-        ),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
+    timeout: DeliveryTimeout = None,
+    as_json: AsJson = False,
 ) -> None:
     """Bring Customer.io up to date with every person of a PostHog project.
 

@@ -17,7 +17,7 @@ from ..runtime import DeliveryLockError, Runtime
 from ..sources.batch_exports import BatchExportError, MissingExtra, export_files, is_export, require_extras
 from ..sources.files import FileProgress, Summary, send_export, send_file
 from .lifecycle import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UNREACHABLE, exits, removed
-from .options import Sandbox, SettingFlags, sandbox_data_dir, setting_options
+from .options import AsJson, DeliveryTimeout, Sandbox, SettingFlags, sandbox_data_dir, setting_options
 from .render import (
     delivering_progress,
     err,
@@ -40,15 +40,8 @@ def send(
     ],
     flags: SettingFlags,
     sandbox: Sandbox = False,
-    timeout: Annotated[
-        float | None,
-        typer.Option(
-            "--timeout",
-            help="Give up waiting for delivery after this many seconds (the rest stays queued)",
-            show_default=False,
-        ),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON")] = False,
+    timeout: DeliveryTimeout = None,
+    as_json: AsJson = False,
 ) -> None:
     """Read events, map, enqueue, deliver, and wait until the outbox is empty.
 

@@ -12,7 +12,6 @@ Rendering progress and the summary is the caller's job (``posthog-customerio sen
 
 from __future__ import annotations
 
-import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from .base import Batch, Source, run
 from .batch_exports import BatchExportError
 from .batch_exports import read_events as read_export_events
 from .events import ParsedItem, PostHogEvent, read_events
+from .jobs import delivering
 from .store import Stored
 
 if TYPE_CHECKING:
@@ -273,20 +273,13 @@ def send_source(
 ) -> Summary:
     """Store what ``source`` reads, deliver it and wait (see :func:`send_file`); ``source``'s ``left_out`` and
     ``on_chunk`` are set here."""
-    started = time.monotonic()
-    deliverer = runtime.deliverer()
-    backlog = runtime.outbox.depth()
-    dead_before = runtime.outbox.dead_letter_count()
-    deliverer.start()
     invalid = 0
-    stop_within = 10.0  # in-flight requests finish
 
     def progress(done_reading: bool = False) -> None:
-        if on_progress is not None:
-            report, delivered = source.report, deliverer.stats.delivered
-            on_progress(
-                FileProgress(source.position, report.events, backlog + report.operations, delivered, done_reading)
-            )
+        if on_progress is not None:  # ``delivery``: the job's, bound by the ``with`` below before any call
+            report = source.report
+            operations = delivery.backlog_before + report.operations
+            on_progress(FileProgress(source.position, report.events, operations, delivery.delivered, done_reading))
 
     def left_out(item: ParsedItem) -> None:
         nonlocal invalid
@@ -295,19 +288,9 @@ def send_source(
             on_invalid(item, invalid)
 
     source.left_out, source.on_chunk = left_out, progress
-    try:
+    with delivering(runtime, timeout, tick=lambda: progress(done_reading=True)) as delivery:
         run(source, runtime.intake(source.name))
-        # all read: no identify can come to adopt what ANONYMOUS_HOLD_S holds; holding on would only delay the end
-        runtime.outbox.input_finished()
-        deliverer.notify()
-        progress(done_reading=True)
-        finished = deliverer.wait_until_empty(timeout, tick=lambda: progress(done_reading=True))
-    except KeyboardInterrupt:  # Ctrl-C: stop now; a request still open is abandoned (its operations stay queued)
-        stop_within = 1.0
-        raise
-    finally:
-        deliverer.stop(stop_within)
-    stats, report = deliverer.stats, source.report
+    report = source.report
     if source.stopped is not None:  # the row that stopped the reading
         invalid += 1
     return Summary(
@@ -315,14 +298,7 @@ def send_source(
         invalid=invalid,
         skipped=dict(report.skipped),
         operations_enqueued=report.operations,
-        backlog_before=backlog,
-        operations_delivered=stats.delivered,
-        requests=stats.requests,
-        requests_by_status=dict(stats.requests_by_status),
-        retries=stats.retries,
-        dead_lettered=runtime.outbox.dead_letter_count() - dead_before,
-        queued=0 if finished else runtime.outbox.depth(),
-        seconds=round(time.monotonic() - started, 3),
         duplicates=source.duplicates,
         stopped=source.stopped,
+        **delivery.figures(),
     )

@@ -29,6 +29,7 @@ from ..operations import Operation
 from ..state import PersonState, load_states
 from .batch_exports import ExportedPerson
 from .batch_exports import read_persons as read_exported_persons
+from .jobs import delivering
 from .posthog_api import PersonsCheckpoint, PersonsProgress, PostHogPerson, PostHogPersonsClient
 
 if TYPE_CHECKING:
@@ -184,38 +185,20 @@ def sync_persons(
     started = time.monotonic()
     if dry_run:
         return _preview(runtime, source, started, on_progress)
-    deliverer = runtime.deliverer()
-    backlog = runtime.outbox.depth()
-    dead_before = runtime.outbox.dead_letter_count()
     report = IngestReport()
-    deliverer.start()
-    stop_within = 10.0
 
     def progress(done_reading: bool = False) -> None:
-        if on_progress is not None:
-            on_progress(
-                SyncProgress(
-                    report.events, source.total, backlog + report.operations, deliverer.stats.delivered, done_reading
-                )
-            )
+        if on_progress is not None:  # ``delivery``: the job's, bound by the ``with`` below before any call
+            operations = delivery.backlog_before + report.operations
+            on_progress(SyncProgress(report.events, source.total, operations, delivery.delivered, done_reading))
 
-    try:
+    with delivering(runtime, timeout, tick=lambda: progress(done_reading=True)) as delivery:
         for batch in source.batches:
             stored = runtime.ingestor.ingest_persons(batch)
             report.add(stored)
             if stored.operations:
-                deliverer.notify()
+                delivery.deliverer.notify()
             progress()
-        runtime.outbox.input_finished()
-        deliverer.notify()
-        progress(done_reading=True)
-        finished = deliverer.wait_until_empty(timeout, tick=lambda: progress(done_reading=True))
-    except KeyboardInterrupt:
-        stop_within = 1.0
-        raise
-    finally:
-        deliverer.stop(stop_within)
-    stats = deliverer.stats
     return SyncSummary(
         source=source.source,
         read=report.events,
@@ -223,14 +206,7 @@ def sync_persons(
         skipped=dict(report.skipped),
         actions=dict(report.actions),
         operations_enqueued=report.operations,
-        backlog_before=backlog,
-        operations_delivered=stats.delivered,
-        requests=stats.requests,
-        requests_by_status=dict(stats.requests_by_status),
-        retries=stats.retries,
-        dead_lettered=runtime.outbox.dead_letter_count() - dead_before,
-        queued=0 if finished else runtime.outbox.depth(),
-        seconds=round(time.monotonic() - started, 3),
+        **delivery.figures(),
     )
 
 

@@ -1,0 +1,75 @@
+"""What the one-shot jobs (``send``, ``sync-persons``) share: deliver with this process's workers while the
+input is read and stored, then wait until the outbox is empty (or a timeout), and report the delivery."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..delivery import Deliverer
+    from ..runtime import Runtime
+
+__all__ = ["Delivery", "delivering"]
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A job's delivery: live while it runs (:attr:`deliverer`), its figures once :func:`delivering` ended."""
+
+    deliverer: Deliverer
+    #: operations already queued when the job started
+    backlog_before: int
+    started: float = field(default_factory=time.monotonic)
+    finished: bool = False
+    dead_lettered: int = 0
+    #: operations still queued when waiting stopped (0: everything delivered or dead-lettered)
+    queued: int = 0
+
+    @property
+    def delivered(self) -> int:
+        """Operations delivered so far."""
+        return self.deliverer.stats.delivered
+
+    def figures(self) -> dict[str, Any]:
+        """The summary fields every job reports about delivery."""
+        stats = self.deliverer.stats
+        return {
+            "backlog_before": self.backlog_before,
+            "operations_delivered": stats.delivered,
+            "requests": stats.requests,
+            "requests_by_status": dict(stats.requests_by_status),
+            "retries": stats.retries,
+            "dead_lettered": self.dead_lettered,
+            "queued": self.queued,
+            "seconds": round(time.monotonic() - self.started, 3),
+        }
+
+
+@contextmanager
+def delivering(runtime: Runtime, timeout: float | None, tick: Callable[[], None]) -> Iterator[Delivery]:
+    """Start delivering; the block reads and stores the input. When it ends, the input is declared finished
+    (nothing held for an identify to adopt any more), and this waits until the outbox is empty or ``timeout``
+    seconds passed (``tick`` is called while waiting); the workers stop (within 1 s on Ctrl-C: a request still
+    open is abandoned and its operations stay queued)."""
+    deliverer = runtime.deliverer()
+    dead_before = runtime.outbox.dead_letter_count()
+    delivery = Delivery(deliverer, runtime.outbox.depth())
+    deliverer.start()
+    stop_within = 10.0  # in-flight requests finish
+    try:
+        yield delivery
+        runtime.outbox.input_finished()
+        deliverer.notify()
+        tick()
+        delivery.finished = deliverer.wait_until_empty(timeout, tick=tick)
+    except KeyboardInterrupt:
+        stop_within = 1.0
+        raise
+    finally:
+        deliverer.stop(stop_within)
+    delivery.dead_lettered = runtime.outbox.dead_letter_count() - dead_before
+    delivery.queued = 0 if delivery.finished else runtime.outbox.depth()
