@@ -56,6 +56,9 @@ API_SETTINGS = ("POSTHOG_API_HOST", "POSTHOG_PROJECT_ID", "POSTHOG_PERSONAL_API_
 OUTCOMES = ("ok", "failed", "skipped")
 #: the ``status_snapshot`` row holding the last pass (shared by replicas)
 SCHEDULE_KEY = "person_sync"
+#: tries of one request within a pass (a few seconds of back-off): past them the pass fails, and the next
+#: one, an interval later, resumes from the checkpoint
+PASS_ATTEMPTS = 3
 
 
 # -- settings ----------------------------------------------------------------------------------------
@@ -73,9 +76,11 @@ def missing_api_settings(settings: Settings) -> list[str]:
     return [name for name, value in _api_values(settings).items() if not value]
 
 
-def persons_client(settings: Settings, *, sleep: Callable[[float], None] = time.sleep) -> PostHogPersonsClient:
+def persons_client(
+    settings: Settings, *, sleep: Callable[[float], None] = time.sleep, max_attempts: int = 8
+) -> PostHogPersonsClient:
     """The persons list reader the settings describe (:class:`ConfigError` when one is missing or malformed;
-    the message never holds the key)."""
+    the message never holds the key). ``max_attempts``: tries of a request before the read fails."""
     missing = missing_api_settings(settings)
     if missing:
         raise ConfigError(f"set {', '.join(missing)}")
@@ -86,6 +91,7 @@ def persons_client(settings: Settings, *, sleep: Callable[[float], None] = time.
             values["POSTHOG_PROJECT_ID"],
             values["POSTHOG_PERSONAL_API_KEY"],
             max_per_minute=settings.posthog_api_max_per_minute,
+            max_attempts=max_attempts,
             sleep=sleep,
         )
     except ValueError as exc:
@@ -168,7 +174,9 @@ class PersonSync:
         self.interval_s = interval_s
         self.clock = clock
         self._stop = threading.Event()
-        self.client = client if client is not None else persons_client(runtime.settings, sleep=self._pause)
+        if client is None:
+            client = persons_client(runtime.settings, sleep=self._pause, max_attempts=PASS_ATTEMPTS)
+        self.client = client
         path = runtime.settings.posthog_customerio_data_dir / CHECKPOINT_FILE
         self.checkpoint = PersonsCheckpoint(path, scope=self.client.scope)
         self._lock = threading.Lock()
