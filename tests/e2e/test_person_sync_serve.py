@@ -5,6 +5,7 @@ two replicas on one PostgreSQL outbox never run passes at the same time."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -133,6 +134,17 @@ def test_serve_syncs_people_on_its_schedule_only_what_changed_and_survives_posth
         wait_for(lambda: person_sync(url)["passes"]["ok"] > ok, "a pass succeeding again", 30)
     text = log.read_text()
     assert "the pass failed" in text and STANDIN_KEY not in text
+    # `status` shows the same from the data dir, the service stopped (its last heartbeat)
+    env = sync_env(sandbox, posthog_url, tmp_path / "data")
+    offline = subprocess.run(
+        [str(SCRIPT), "status", "--json"], env={**os.environ, **env}, capture_output=True, text=True, timeout=30
+    )
+    shown = json.loads(offline.stdout)["person_sync"]
+    assert shown["passes"]["ok"] > ok and shown["passes"]["failed"] >= 1 and shown["interval_s"] == 1.0
+    words = subprocess.run(
+        [str(SCRIPT), "status"], env={**os.environ, **env}, capture_output=True, text=True, timeout=30
+    ).stdout
+    assert "person sync        every 1s;" in words and "  last pass        " in words, words
 
 
 def webhook_event() -> dict[str, Any]:
