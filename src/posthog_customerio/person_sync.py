@@ -217,7 +217,7 @@ class PersonSync:
         try:
             return self.turn()
         except Exception as exc:  # the database is down: try again later, keep serving
-            log.warning("person sync: could not check the schedule: %s (retrying in %.0fs)", exc, self.interval_s)
+            log.warning("person sync: could not check the schedule: %s (retrying in %gs)", exc, self.interval_s)
             return self.interval_s
 
     # -- one turn --
@@ -335,7 +335,7 @@ class PersonSync:
             self.last_error, self.last_error_at = record.error, record.ended_at
             self.turns["failed"] += 1
         log.warning(
-            "person sync: the pass failed after %d persons: %s (retrying in %.0fs)",
+            "person sync: the pass failed after %d persons: %s (retrying in %gs)",
             record.persons_read,
             record.error,
             self.interval_s,

@@ -97,7 +97,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     target = runtime.sandbox.url if runtime.sandbox else "Customer.io"
     log.info("serving; delivery %s to %s", "on" if service.deliver else "off", target)
     if syncing:
-        log.info("person sync: a pass of PostHog's persons every %.0fs", runtime.settings.person_sync_interval_s)
+        log.info("person sync: a pass of PostHog's persons every %gs", runtime.settings.person_sync_interval_s)
     try:
         yield
     finally:
