@@ -285,8 +285,12 @@ class Settings(BaseSettings):
     posthog_api_max_per_minute: Annotated[int, Cli(POSTHOG_API)] = Field(
         200, ge=1, description="Requests a minute to PostHog's API (PostHog allows 240 per project)"
     )
-    person_sync_interval_s: Annotated[float | None, Cli(SERVICE)] = Field(
-        None, gt=0, description="serve: sync PostHog's persons this often, in seconds (unset: never)"
+    # serve only (the HTTP service's group): consume deployments run sync-persons on their own schedule
+    person_sync_interval_s: Annotated[float | None, Cli(HTTP)] = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="serve: sync PostHog's persons this often, in seconds, from the end of one pass (unset: never)",
     )
 
     @classmethod

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -132,6 +132,34 @@ class _RuntimeCollector(Collector):
                 if value is not None:
                     latency.add_metric([quantile], float(value))
         yield latency
+        if self.runtime.person_sync is not None:
+            yield from _person_sync(self.runtime.person_sync.status())
+
+
+def _person_sync(status: dict[str, Any]) -> Iterator[Metric]:
+    """``PERSON_SYNC_INTERVAL_S``: this process's passes of PostHog's persons list."""
+    yield _labelled(
+        "person_sync_passes",
+        "Person sync turns, by outcome (skipped: another replica was running a pass)",
+        "outcome",
+        status["passes"],
+    )
+    yield _counter(
+        "person_sync_persons_read", "Persons read from PostHog's API by the person sync", status["persons_read"]
+    )
+    yield _counter(
+        "person_sync_operations_enqueued",
+        "Operations the person sync enqueued (people that changed)",
+        status["operations_enqueued"],
+    )
+    yield _gauge(
+        "person_sync_running", "1 while this process runs a person sync pass", 1.0 if status["running"] else 0.0
+    )
+    yield _gauge(
+        "person_sync_last_success_timestamp_seconds",
+        "When the last person sync pass that read the whole list ended, any replica (Unix time; 0 before one)",
+        status["last_ok_at"] or 0.0,
+    )
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

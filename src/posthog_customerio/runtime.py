@@ -26,6 +26,7 @@ from .sources.base import Intake
 from .storage import DatabaseUnreachable, DeliveryLockError, open_storage
 
 if TYPE_CHECKING:
+    from .person_sync import PersonSync
     from .service.config import ServiceConfig
 
 __all__ = ["SANDBOX_CREDENTIALS", "SANDBOX_PIPELINES_KEY", "DeliveryLockError", "Runtime"]
@@ -70,6 +71,8 @@ class Runtime:
             exclude=self.outbox.claims_held,
         )
         self.backlog_keeper: BacklogKeeper | None = None
+        #: ``PERSON_SYNC_INTERVAL_S``: the passes of PostHog's persons list (started by the service)
+        self.person_sync: PersonSync | None = None
         self.sandbox = None
         self._output: Output | None = None
         self._deliverer: Deliverer | None = None
@@ -195,12 +198,25 @@ class Runtime:
         """The key of the workspace whose replicas share one pace (credentials and API address)."""
         return workspace_key(*self.output().workspace)
 
+    def start_person_sync(self) -> PersonSync | None:
+        """With ``PERSON_SYNC_INTERVAL_S``: sync PostHog's persons on that schedule in a background thread
+        (delivered by this process's workers, if any); ``None`` when it is not set."""
+        interval = self.settings.person_sync_interval_s
+        if interval is not None and self.person_sync is None:
+            from .person_sync import PersonSync
+
+            self.person_sync = PersonSync(self, interval)
+            self.person_sync.start()
+        return self.person_sync
+
     # -- lifecycle -------------------------------------------------------------------
     def close(self, grace_s: float = 10.0) -> None:
         """Stop workers, close connections and the sandbox (once: a second call does nothing)."""
         if self._closed:
             return
         self._closed = True
+        if self.person_sync is not None:
+            self.person_sync.stop(timeout=1.0)  # the service's shutdown stopped it already
         if self.backlog_keeper is not None:
             self.backlog_keeper.stop()
         if self._deliverer is not None:

@@ -58,6 +58,7 @@ _REPLICA_FIGURES = (
     "recent_errors",
     "requests_rejected",
     "person_work",
+    "person_sync",
 )
 
 
@@ -307,6 +308,8 @@ def _own_status(runtime: Runtime, sampler: ThroughputSampler | None, snapshot: S
             "latency_p99_s": latency.get("p99_s"),
             "window_s": latency.get("window_s", PERSON_LATENCY_WINDOW_S),
         },
+        # PERSON_SYNC_INTERVAL_S: this process's passes of PostHog's persons (None: not syncing)
+        "person_sync": runtime.person_sync.status() if runtime.person_sync is not None else None,
     }
 
 
@@ -433,6 +436,7 @@ def aggregate(replicas: Iterable[Replica], own: Replica | None = None) -> dict[s
     errors = [error for r in counted for error in r.figures.get("recent_errors") or ()]
     summed["recent_errors"] = sorted(errors, key=lambda error: float(error.get("at") or 0))[-20:]
     summed["person_work_latency"] = _slowest_latency([r.figures.get("person_work") for r in counted])
+    summed["person_sync"] = _merge_person_sync([r.figures.get("person_sync") for r in counted])
     ids = {r.id for r in counted}
     summed["replicas"] = [_listed(r, now, r.id in ids) for r in sorted(known, key=lambda r: (r.started_at, r.id))]
     if own is not None:
@@ -471,6 +475,33 @@ def _slowest_latency(parts: Iterable[dict[str, Any] | None]) -> dict[str, Any]:
         "latency_p50_s": max((float(part["latency_p50_s"]) for part in given), default=None),
         "latency_p99_s": max((float(part["latency_p99_s"]) for part in given), default=None),
         "window_s": max((float(part.get("window_s") or 0) for part in given), default=PERSON_LATENCY_WINDOW_S),
+    }
+
+
+def _merge_person_sync(parts: Iterable[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The replicas' person sync sections as one: counts summed, the newest pass, error and success, running if
+    any replica is (None when no replica syncs)."""
+    given = [part for part in parts if part]
+    if not given:
+        return None
+
+    def newest(key: str, at: str) -> Any:
+        dated = [part for part in given if part.get(key) and part[key].get(at) is not None]
+        return max(dated, key=lambda part: float(part[key][at]))[key] if dated else None
+
+    erred = [part for part in given if part.get("last_error_at") is not None]
+    last_error = max(erred, key=lambda part: float(part["last_error_at"])) if erred else {}
+    return {
+        "interval_s": max(float(part.get("interval_s") or 0) for part in given),
+        "running": any(part.get("running") for part in given),
+        "passes": _sum_maps(part.get("passes") for part in given),
+        "persons_read": sum(int(part.get("persons_read") or 0) for part in given),
+        "operations_enqueued": sum(int(part.get("operations_enqueued") or 0) for part in given),
+        "current_pass": newest("current_pass", "started_at"),
+        "last_pass": newest("last_pass", "started_at"),
+        "last_ok_at": max((float(p["last_ok_at"]) for p in given if p.get("last_ok_at") is not None), default=None),
+        "last_error": last_error.get("last_error"),
+        "last_error_at": last_error.get("last_error_at"),
     }
 
 

@@ -208,3 +208,39 @@ def test_status_page_behind_the_ops_token_with_basic_auth(browser: Any, tmp_path
         expect(page.locator("#outbox-depth")).to_have_text("0")
         assert ("/api/status", 200) in statuses  # the page's own requests carry the credentials
         context.close()
+
+
+def test_status_page_shows_the_person_sync(browser: Any, tmp_path: Path) -> None:
+    """``PERSON_SYNC_INTERVAL_S``: the service's passes of PostHog's persons (the stand-in) in their own panel."""
+    from playwright.sync_api import expect
+
+    from ..posthog_api_standin import STANDIN_KEY, PersonsStandin, running_persons_standin
+
+    standin = PersonsStandin(12, default_limit=5)
+    with running_persons_standin(standin) as posthog_url:
+        settings = make_settings(
+            tmp_path / "data",
+            shutdown_grace_s=0,
+            person_sync_interval_s=3600,
+            posthog_api_host=posthog_url,
+            posthog_project_id="1",
+            posthog_personal_api_key=STANDIN_KEY,
+        )
+        runtime = Runtime(settings, sandbox=True)
+        with running_service(runtime) as url:
+            status = wait_for_status(url, lambda s: s["person_sync"]["passes"]["ok"] == 1, "the first pass")
+            last = status["person_sync"]["last_pass"]
+            assert last["persons_read"] == 12 and last["operations_enqueued"] > 0
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            console_errors: list[str] = []
+            page.on("console", lambda message: console_errors.append(message.text) if message.type == "error" else None)
+            page.goto(f"{url}/status")
+            expect(page.locator("#person-sync-panel")).to_be_visible()
+            expect(page.locator("#person-sync-interval")).to_have_text("1 h 00 m")
+            expect(page.locator("#person-sync-passes")).to_have_text("1 ok / 0 failed / 0 skipped")
+            expect(page.locator("#person-sync-read")).to_have_text("12")
+            expect(page.locator("#person-sync-last")).to_contain_text("ok, 12 persons in ")
+            expect(page.locator("#person-sync-error")).to_have_text("none")
+            page.screenshot(path=str(tmp_path / "status-person-sync.png"), full_page=True)
+            page.close()
+    assert not console_errors, console_errors

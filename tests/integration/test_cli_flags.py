@@ -288,6 +288,11 @@ COVERAGE: dict[str, dict[str, str]] = {
         "--person-sync-interval-s": _SETTINGS,  # read by nothing yet
         "--customerio-pipelines-api-key": _SERVE_EDGE,
         "--customerio-pipelines-url": _SERVE_EDGE,
+        "--person-sync-interval-s": "test_serve_person_sync_flags",
+        "--posthog-api-host": "test_serve_person_sync_flags",
+        "--posthog-project-id": "test_serve_person_sync_flags",
+        "--posthog-personal-api-key": "test_serve_person_sync_flags",
+        "--posthog-api-max-per-minute": "test_serve_person_sync_flags",
     },
     "consume": {
         "--kafka-bootstrap": _CONSUME,
@@ -1889,3 +1894,64 @@ def test_consume_sandbox_data_dir_and_pipelines_flags(
     assert json.loads(result.stdout)["queued"] == 0
     assert {person["userId"] for person in sandbox.pipelines.people()} >= {"ann", "bob"}
     no_secrets(result.output, pipelines_key)
+
+
+# -- serve: keeping people in sync (PERSON_SYNC_INTERVAL_S) -------------------------------------------------
+def test_serve_person_sync_flags(sandbox: SandboxServer, tmp_path: Path) -> None:
+    """The schedule and PostHog's API as flags over an environment that would fail (another host, project and
+    key; an interval of 10 minutes): the persons become profiles at once and a pass follows 0.5 s later, paced by
+    ``--posthog-api-max-per-minute 4`` (the fifth request waits a minute; SIGTERM ends that wait at once)."""
+    from ..helpers import profiles
+    from ..posthog_api_standin import STANDIN_KEY, PersonsStandin, running_persons_standin
+
+    standin = PersonsStandin(30, default_limit=10)  # three pages a pass
+    env = {"CUSTOMERIO_SITE_ID": SITE_ID, "CUSTOMERIO_API_KEY": API_KEY, "CUSTOMERIO_TRACK_URL": sandbox.url}
+    env |= {"POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data"), "LOG_FORMAT": "json"}
+    env |= {"PERSON_SYNC_INTERVAL_S": "600", "POSTHOG_API_HOST": DEAD_URL, "POSTHOG_PROJECT_ID": "2"}
+    env |= {"POSTHOG_PERSONAL_API_KEY": "phx_env_key_that_is_refused", "POSTHOG_API_MAX_PER_MINUTE": "200"}
+    with running_persons_standin(standin) as posthog_url:
+        flags = ("--person-sync-interval-s", "0.5", "--posthog-api-host", posthog_url, "--posthog-project-id", "1")
+        flags += ("--posthog-personal-api-key", STANDIN_KEY, "--posthog-api-max-per-minute", "4")
+        with serving(tmp_path, *flags, env=env) as served:
+            wait_for(lambda: len(profiles(sandbox)) == 20, "the identified persons as profiles", 30)
+
+            def second_pass_paced() -> bool:
+                sync = served.status()["person_sync"]
+                return bool(sync["passes"]["ok"] == 1 and sync["running"] and sync["current_pass"]["persons_read"])
+
+            wait_for(second_pass_paced, "the next pass, 0.5 s later, held after its first page", 30)
+            sync = served.status()["person_sync"]
+            assert sync["interval_s"] == 0.5 and sync["passes"] == {"ok": 1, "failed": 0, "skipped": 0}
+            for _ in range(10):  # the fifth request in a minute waits (without the pace: ten passes by now)
+                assert [seen.status for seen in standin.requests] == [200] * 4
+                time.sleep(0.1)
+            code, seconds = served.stop()
+    assert code == 0 and seconds < 10  # the pass's wait ended with the stop
+    assert all(seen.authorized and seen.path == "/api/projects/1/persons/" for seen in standin.requests)
+    no_secrets(served.output(), STANDIN_KEY, "phx_env_key_that_is_refused")
+
+
+def test_serve_person_sync_needs_the_posthog_api_settings(cli: Cli, env: dict[str, str], taken_port: str) -> None:
+    """``--person-sync-interval-s`` without PostHog's API settings stops ``serve`` at once (exit 2, one line naming
+    what is missing); without the interval they are not needed. ``consume`` has no schedule (run ``sync-persons``)."""
+    serve = ("serve", "--port", taken_port)
+    with kept_logging():
+        nothing = cli(*serve, "--person-sync-interval-s", "5", env=env)
+        no_key = cli(*serve, "--person-sync-interval-s", "5", "--posthog-api-host", "https://eu.posthog.com", env=env)
+        bad_host = cli(*serve, "--person-sync-interval-s", "5", env={**env, **api_env("ftp://eu.posthog.com")})
+        zero = cli(*serve, "--person-sync-interval-s", "0", env={**env, **api_env("https://eu.posthog.com")})
+        unscheduled = cli(*serve, env=env)
+        consume = cli("consume", "--person-sync-interval-s", "5", env=env)
+    assert nothing.exit_code == 2 and nothing.stderr.count("\n") == 1, nothing.output
+    assert nothing.stderr.startswith("error: PERSON_SYNC_INTERVAL_S is set, so serve reads PostHog's persons API:")
+    assert "set POSTHOG_API_HOST, POSTHOG_PROJECT_ID, POSTHOG_PERSONAL_API_KEY" in nothing.stderr
+    assert no_key.exit_code == 2 and "set POSTHOG_PROJECT_ID, POSTHOG_PERSONAL_API_KEY\n" in no_key.stderr
+    assert bad_host.exit_code == 2 and "must be an http(s) URL" in bad_host.stderr, bad_host.output
+    no_secrets(bad_host.output, "phx_flag_test_key")
+    assert zero.exit_code == 2 and zero.stderr.startswith("error: PERSON_SYNC_INTERVAL_S: "), zero.output
+    assert unscheduled.exit_code == 1 and "the port is already in use" in unscheduled.stderr, unscheduled.output
+    assert consume.exit_code == 2 and "--person-sync-interval-s" in consume.output
+
+
+def api_env(host: str) -> dict[str, str]:
+    return {"POSTHOG_API_HOST": host, "POSTHOG_PROJECT_ID": "1", "POSTHOG_PERSONAL_API_KEY": "phx_flag_test_key"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from posthog_customerio.storage import PostgresStorage, SqliteStorage, Storage
@@ -101,3 +102,19 @@ def test_status_and_metrics_come_from_one_snapshot_read(tmp_path: Path) -> None:
         text = Metrics(runtime).render().decode()
         assert reads[0] == 3, "a metrics scrape is one read"
         assert "posthog_customerio_outbox_depth 2.0" in text and "posthog_customerio_dead_letters 1.0" in text
+
+
+def test_one_holder_of_the_person_sync_lock_at_a_time(open_db: Callable[[], Storage]) -> None:
+    """Two openings of one database (two replicas, or two processes on one SQLite file): while one holds the
+    person sync lock the other is refused at once; released at the end of the block, it can be taken again."""
+    first, second = open_db(), open_db()
+    with first.person_sync_lock() as held:
+        assert held
+        with second.person_sync_lock() as other:
+            assert not other
+    with second.person_sync_lock() as again:
+        assert again
+        with first.person_sync_lock() as other:
+            assert not other
+    with first.person_sync_lock() as held, first.transaction() as tx:  # the pool stays usable while it is held
+        assert held and tx.outbox_depth() == 0

@@ -21,6 +21,7 @@ from rich.text import Text
 
 from ..config import CUSTOMERIO, DELIVERY, IDENTITY, MAPPING, PACING, POSTHOG_API, STORE, ConfigError, Settings
 from ..output.base import AuthError
+from ..person_sync import missing_api_settings, persons_client
 from ..runtime import DeliveryLockError, Runtime
 from ..sources.batch_exports import BatchExportError, MissingExtra, export_files, require_extras
 from ..sources.persons import CHECKPOINT_FILE, Batches, SyncProgress, api_batches, export_batches, sync_persons
@@ -101,26 +102,12 @@ def sync_persons_command(
 
 def _client(settings: Settings) -> PostHogPersonsClient:
     """The persons reader the settings describe; a clear error naming what is missing."""
-    key = settings.posthog_personal_api_key.get_secret_value().strip() if settings.posthog_personal_api_key else ""
-    given = {
-        "POSTHOG_API_HOST": (settings.posthog_api_host or "").strip(),
-        "POSTHOG_PROJECT_ID": (settings.posthog_project_id or "").strip(),
-        "POSTHOG_PERSONAL_API_KEY": key,
-    }
-    missing = [name for name, value in given.items() if not value]
+    missing = missing_api_settings(settings)
     if missing:
         raise ConfigError(
             f"sync-persons reads PostHog's API: set {', '.join(missing)} (or read an export with --from PATH)"
         )
-    try:
-        return PostHogPersonsClient(
-            given["POSTHOG_API_HOST"],
-            given["POSTHOG_PROJECT_ID"],
-            key,
-            max_per_minute=settings.posthog_api_max_per_minute,
-        )
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    return persons_client(settings)
 
 
 def _check_path(source: str, restart: bool) -> None:

@@ -53,6 +53,7 @@ def status_text(report: dict[str, Any]) -> str:
         ]
         if delivery.get("auth_error"):
             lines.append(f"PAUSED             {delivery['auth_error']}")
+        lines += person_sync_lines(report.get("person_sync"))
         lines += replica_lines(report.get("replicas") or [])
     else:
         lines.append("service            no snapshot (the service has not run with this data dir)")
@@ -80,6 +81,29 @@ def work_lines(report: dict[str, Any]) -> list[str]:
             f" {anonymous.get('adopted', 0)} adopted; expired {expired.get('age', 0)} by age,"
             f" {expired.get('count', 0)} by count"
         )
+    return lines
+
+
+def person_sync_lines(sync: dict[str, Any] | None) -> list[str]:
+    """``PERSON_SYNC_INTERVAL_S``: the passes (all replicas'), the last one, the last error (none when not syncing)."""
+    if not sync:
+        return []
+    passes = sync.get("passes") or {}
+    lines = [
+        f"person sync        every {sync['interval_s']:g}s; {passes.get('ok', 0)} passes ok,"
+        f" {passes.get('failed', 0)} failed, {passes.get('skipped', 0)} skipped (another replica's turn);"
+        f" {sync.get('persons_read', 0)} persons read, {sync.get('operations_enqueued', 0)} operations"
+        + ("; running now" if sync.get("running") else "")
+    ]
+    last = sync.get("last_pass")
+    if last:
+        at = time.strftime("%H:%M:%S", time.localtime(last["started_at"]))
+        lines.append(
+            f"  last pass        {at} {last['outcome']}: {last['persons_read']} persons,"
+            f" {last['operations_enqueued']} operations in {last.get('duration_s') or 0:.1f}s"
+        )
+    if sync.get("last_error"):
+        lines.append(f"  last error       {sync['last_error']}")
     return lines
 
 

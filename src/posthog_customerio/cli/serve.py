@@ -9,7 +9,19 @@ from typing import Annotated
 
 import typer
 
-from ..config import CUSTOMERIO, DELIVERY, HTTP, IDENTITY, MAPPING, PACING, SERVICE, STORE, ConfigError, Settings
+from ..config import (
+    CUSTOMERIO,
+    DELIVERY,
+    HTTP,
+    IDENTITY,
+    MAPPING,
+    PACING,
+    POSTHOG_API,
+    SERVICE,
+    STORE,
+    ConfigError,
+    Settings,
+)
 from ..runtime import DeliveryLockError, Runtime
 from .lifecycle import (
     EXIT_CONFIG,
@@ -52,7 +64,20 @@ def unauthenticated_host(settings: Settings, host: str) -> str | None:
     )
 
 
-@setting_options(CUSTOMERIO, IDENTITY, MAPPING, PACING, DELIVERY, STORE, SERVICE, HTTP, plugin_config=True)
+def check_person_sync(settings: Settings) -> None:
+    """With ``PERSON_SYNC_INTERVAL_S``, PostHog's API settings are needed: a :class:`ConfigError` naming the
+    missing (or malformed) ones."""
+    if settings.person_sync_interval_s is None:
+        return
+    from ..person_sync import persons_client
+
+    try:
+        persons_client(settings).close()
+    except ConfigError as exc:
+        raise ConfigError(f"PERSON_SYNC_INTERVAL_S is set, so serve reads PostHog's persons API: {exc}") from None
+
+
+@setting_options(CUSTOMERIO, IDENTITY, MAPPING, PACING, DELIVERY, STORE, SERVICE, HTTP, POSTHOG_API, plugin_config=True)
 def serve(
     flags: SettingFlags,
     host: Annotated[str, typer.Option("--host", help="Interface to bind")] = "127.0.0.1",
@@ -76,6 +101,7 @@ def serve(
             raise ConfigError(refusal)
         if not sandbox:
             settings.require_credentials()
+        check_person_sync(settings)
         listening = listen(host, port, throwaway)
         configure_logging(settings.log_format, settings.log_level, settings.secret_values())
         runtime = Runtime(settings, sandbox=sandbox, fallback_to_us=True)

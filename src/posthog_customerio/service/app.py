@@ -90,14 +90,19 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             probe.note_delivered()
 
         runtime.deliverer(pause_on_auth_error=True, on_delivered=on_delivered).start()
+    syncing = runtime.start_person_sync() is not None
     service.sampler.start()
     await service.readiness.current()
     service.probe.view()
     target = runtime.sandbox.url if runtime.sandbox else "Customer.io"
     log.info("serving; delivery %s to %s", "on" if service.deliver else "off", target)
+    if syncing:
+        log.info("person sync: a pass of PostHog's persons every %gs", runtime.settings.person_sync_interval_s)
     try:
         yield
     finally:
+        if runtime.person_sync is not None:  # first: nothing more is stored while the outbox drains
+            await run_in_threadpool(runtime.person_sync.stop, min(5.0, config.shutdown_grace_s))
         deliverer = runtime.current_deliverer
         if deliverer is not None:
             left = _grace_left(app, config.shutdown_grace_s)

@@ -276,6 +276,11 @@ class Storage(ABC):
         handle is held until closed. ``None`` where any number may deliver."""
 
     @abstractmethod
+    def person_sync_lock(self) -> AbstractContextManager[bool]:
+        """Try to become, for the block, the one process running a person sync pass on this database (never
+        waits): the block gets True when this process holds the lock, False when another one does."""
+
+    @abstractmethod
     def schema(self) -> dict[str, dict[str, str]]:
         """Table -> column -> declared type, as migrated (backend bookkeeping tables left out)."""
 

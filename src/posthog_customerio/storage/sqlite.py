@@ -146,6 +146,22 @@ class SqliteStorage(SqlStorage):
         handle.flush()
         return handle
 
+    @contextlib.contextmanager
+    def person_sync_lock(self) -> Iterator[bool]:
+        """``flock`` on ``<database>.person-sync.lock`` without waiting: processes sharing the file (``serve
+        --role ingest`` beside ``--role deliver``) take turns; released when the block ends (or the process dies)."""
+        path = self.path.with_name(self.path.name + ".person-sync.lock")
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(descriptor)  # closing the last descriptor releases the lock
+
     def schema(self) -> dict[str, dict[str, str]]:
         with self.reading() as tx:
             tables = [
