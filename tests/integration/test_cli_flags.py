@@ -285,7 +285,6 @@ COVERAGE: dict[str, dict[str, str]] = {
         "--auth-retry-s": _SERVE_ON,
         "--log-level": _SERVE_ON,
         "--posthog-timeout-s": _SERVE_OFF,
-        "--person-sync-interval-s": _SETTINGS,  # read by nothing yet
         "--customerio-pipelines-api-key": _SERVE_EDGE,
         "--customerio-pipelines-url": _SERVE_EDGE,
         "--person-sync-interval-s": "test_serve_person_sync_flags",
@@ -343,7 +342,6 @@ COVERAGE: dict[str, dict[str, str]] = {
         "--sqlite-synchronous": _CONSUME,
         "--auth-retry-s": _CONSUME,
         "--log-level": _CONSUME,
-        "--person-sync-interval-s": _CONSUME,  # read by nothing yet
         "--customerio-pipelines-api-key": "test_consume_sandbox_data_dir_and_pipelines_flags",
         "--customerio-pipelines-url": "test_consume_sandbox_data_dir_and_pipelines_flags",
     },
@@ -1456,8 +1454,6 @@ PLUMBING: dict[tuple[str, ...], list[tuple[str, str, str, Any, str, str]]] = {
         ("--anonymous-backlog-max", "7", "anonymous_backlog_max", 7, "-3", "ANONYMOUS_BACKLOG_MAX"),
         ("--lease-s", "7", "lease_s", 7.0, "1.5", "LEASE_S"),
         ("--sqlite-synchronous", "normal", "sqlite_synchronous", "NORMAL", "sometimes", "SQLITE_SYNCHRONOUS"),
-        # read by nothing yet (serve does not sync persons on a timer): the setting only
-        ("--person-sync-interval-s", "7", "person_sync_interval_s", 7.0, "-7", "PERSON_SYNC_INTERVAL_S"),
     ],
 }
 
@@ -1478,7 +1474,7 @@ def test_flags_without_a_visible_effect_reach_the_settings(
     flags = PLUMBING[command]
     env = {**env, "DELIVERY_LINGER_S": "5", "CUSTOMERIO_TIMEOUT_S": "20", "RETRY_AFTER_MAX_S": "20"}
     env |= {"ANONYMOUS_HOLD_S": "20", "LEASE_S": "20", "DELIVERY_CONCURRENCY": "8", "SQLITE_SYNCHRONOUS": "FULL"}
-    env |= {"ANONYMOUS_MAX_AGE_S": "20", "ANONYMOUS_BACKLOG_MAX": "20", "PERSON_SYNC_INTERVAL_S": "20"}
+    env |= {"ANONYMOUS_MAX_AGE_S": "20", "ANONYMOUS_BACKLOG_MAX": "20"}
     with kept_logging():
         result = cli(*args, *(part for flag, value, *_ in flags for part in (flag, value)), env=env)
     assert settings_seen, result.output
@@ -1835,7 +1831,6 @@ def test_consume_mapping_and_kafka_flags(
     settings += ("--customerio-timeout-s", "7", "--retry-after-max-s", "7", "--anonymous-hold-s", "0")
     settings += ("--anonymous-max-age-s", "86400", "--anonymous-backlog-max", "100000")
     settings += ("--lease-s", "7", "--sqlite-synchronous", "normal", "--auth-retry-s", "7", *logs)
-    settings += ("--person-sync-interval-s", "7")  # read by nothing yet: the setting only
     kafka_settings = {**kafka_broker.consumer_settings, "sasl.password": KAFKA_SECRET}
     data, outbox = tmp_path / "data", tmp_path / "outbox.sqlite"
     if on:  # the Kafka settings from a file; credentials as flags; --region eu is the sandbox
@@ -1858,7 +1853,7 @@ def test_consume_mapping_and_kafka_flags(
     ran = settings_seen[-1]
     assert (ran.delivery_concurrency, ran.delivery_linger_s, ran.customerio_timeout_s) == (1, 0.0, 7.0)
     assert (ran.retry_after_max_s, ran.anonymous_hold_s, ran.lease_s, ran.auth_retry_s) == (7.0, 0.0, 7.0, 7.0)
-    assert (ran.sqlite_synchronous, ran.shutdown_grace_s, ran.person_sync_interval_s) == ("NORMAL", 20, 7.0)
+    assert (ran.sqlite_synchronous, ran.shutdown_grace_s) == ("NORMAL", 20)
     if on:  # --log-format json, --log-level INFO (env: text, ERROR)
         lines = [json.loads(line) for line in log.splitlines() if line.strip()]
         assert f"kafka: consuming {topic} as group {group} from {kafka_broker.bootstrap}" in [
