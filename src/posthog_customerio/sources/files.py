@@ -16,14 +16,14 @@ from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..ingestion import IngestReport
 from .base import Batch, Source, run
 from .batch_exports import BatchExportError
 from .batch_exports import read_events as read_export_events
 from .events import ParsedItem, PostHogEvent, read_events
-from .jobs import delivering
+from .jobs import JobSummary, delivering
 from .store import Stored
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class FileProgress:
 
 
 @dataclass(slots=True)
-class Summary:
+class Summary(JobSummary):
     """What one :func:`send_file` or :func:`send_export` run did."""
 
     #: events read: stored, invalid, and duplicates passed over
@@ -71,23 +71,10 @@ class Summary:
     invalid: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     operations_enqueued: int = 0
-    backlog_before: int = 0
-    operations_delivered: int = 0
-    requests: int = 0
-    requests_by_status: dict[str, int] = field(default_factory=dict)
-    retries: int = 0
-    dead_lettered: int = 0
-    #: operations still in the outbox when waiting stopped (0 = everything delivered or dead-lettered)
-    queued: int = 0
-    seconds: float = 0.0
     #: events of an export passed over because their uuid came earlier in the same export
     duplicates: int = 0
     #: what stopped the reading (a malformed export row: ``"<file>: row N: <problem>"``); ``None``: all was read
     stopped: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-friendly summary (the ``send --json`` output)."""
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
 class _CountingLines:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from ..delivery import Deliverer
     from ..runtime import Runtime
 
-__all__ = ["Delivery", "delivering"]
+__all__ = ["Delivery", "JobSummary", "delivering"]
 
 
 @dataclass(slots=True)
@@ -47,6 +47,25 @@ class Delivery:
             "queued": self.queued,
             "seconds": round(time.monotonic() - self.started, 3),
         }
+
+
+@dataclass(slots=True)
+class JobSummary:
+    """The delivery half of a job's summary (:meth:`Delivery.figures`); each job adds what it read."""
+
+    backlog_before: int = 0
+    operations_delivered: int = 0
+    requests: int = 0
+    requests_by_status: dict[str, int] = field(default_factory=dict)
+    retries: int = 0
+    dead_lettered: int = 0
+    #: operations still in the outbox when waiting stopped (0 = everything delivered or dead-lettered)
+    queued: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-friendly summary (the command's ``--json`` output)."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from ..operations import Operation
 from ..state import PersonState, load_states
 from .batch_exports import ExportedPerson
 from .batch_exports import read_persons as read_exported_persons
-from .jobs import delivering
+from .jobs import JobSummary, delivering
 from .posthog_api import PersonsCheckpoint, PersonsProgress, PostHogPerson, PostHogPersonsClient
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ class SyncProgress:
 
 
 @dataclass(slots=True)
-class SyncSummary:
+class SyncSummary(JobSummary):
     """What one :func:`sync_persons` run did (the ``sync-persons --json`` output)."""
 
     source: str = ""
@@ -98,20 +98,9 @@ class SyncSummary:
     #: operations by action (identify, merge, delete ...)
     actions: dict[str, int] = field(default_factory=dict)
     operations_enqueued: int = 0
-    backlog_before: int = 0
-    operations_delivered: int = 0
-    requests: int = 0
-    requests_by_status: dict[str, int] = field(default_factory=dict)
-    retries: int = 0
-    dead_lettered: int = 0
-    queued: int = 0
-    seconds: float = 0.0
     dry_run: bool = False
     #: ``--dry-run``: a few of the operations that would be sent
     examples: list[dict[str, Any]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__}
 
 
 @dataclass(slots=True)
