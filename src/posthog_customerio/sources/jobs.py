@@ -85,6 +85,7 @@ def delivering(runtime: Runtime, timeout: float | None, tick: Callable[[], None]
         deliverer.notify()
         tick()
         delivery.finished = deliverer.wait_until_empty(timeout, tick=tick)
+        tick()  # the waiting's last tick may precede the last delivery: show where it ended
     except KeyboardInterrupt:
         stop_within = 1.0
         raise
