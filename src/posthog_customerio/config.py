@@ -79,7 +79,8 @@ SERVICE = "Service"
 HTTP = "HTTP service"
 KAFKA = "Kafka"
 POSTHOG_API = "PostHog API"
-GROUPS = (CUSTOMERIO, IDENTITY, MAPPING, PACING, DELIVERY, STORE, SERVICE, HTTP, KAFKA, POSTHOG_API)
+COHORTS = "PostHog cohorts"
+GROUPS = (CUSTOMERIO, IDENTITY, MAPPING, PACING, DELIVERY, STORE, SERVICE, HTTP, KAFKA, POSTHOG_API, COHORTS)
 
 
 @dataclass(frozen=True)
@@ -285,6 +286,23 @@ class Settings(BaseSettings):
     posthog_api_max_per_minute: Annotated[int, Cli(POSTHOG_API)] = Field(
         200, ge=1, description="Requests a minute to PostHog's API (PostHog allows 240 per project)"
     )
+    # -- PostHog cohorts (sync-cohorts, serve) --
+    cohort_segments: Annotated[str, Cli(COHORTS)] = Field(
+        "", description="Mirror cohorts into manual segments: cohort=segment pairs, e.g. 7=12,9=14 (Track API)"
+    )
+    cohort_attributes: Annotated[str, Cli(COHORTS)] = Field(
+        "", description="Cohorts kept as a true/removed person attribute, e.g. 7,9 (every API)"
+    )
+    cohort_attribute_prefix: Annotated[str, Cli(COHORTS)] = Field(
+        "posthog_cohort_", description="The attribute of COHORT_ATTRIBUTES: this prefix + the cohort name as a slug"
+    )
+    # serve only (the HTTP service's group): sync-cohorts is one pass
+    cohort_sync_interval_s: Annotated[float, Cli(HTTP)] = Field(
+        3600.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="serve: sync the cohorts this often, in seconds, from the end of one pass",
+    )
     # serve only (the HTTP service's group): consume deployments run sync-persons on their own schedule
     person_sync_interval_s: Annotated[float | None, Cli(HTTP)] = Field(
         None,
@@ -393,6 +411,35 @@ class Settings(BaseSettings):
     def _pairs(cls, value: str) -> str:
         parse_pairs(value)
         return value
+
+    @field_validator("cohort_segments")
+    @classmethod
+    def _cohort_segments(cls, value: str) -> str:
+        parse_cohort_segments(value)
+        return value
+
+    @field_validator("cohort_attributes")
+    @classmethod
+    def _cohort_attributes(cls, value: str) -> str:
+        parse_cohort_ids(value)
+        return value
+
+    @field_validator("cohort_attribute_prefix")
+    @classmethod
+    def _cohort_attribute_prefix(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty (the attribute would be the cohort name alone)")
+        return value.strip()
+
+    @property
+    def cohort_segment_map(self) -> dict[str, str]:
+        """``COHORT_SEGMENTS`` as cohort id -> manual segment id."""
+        return parse_cohort_segments(self.cohort_segments)
+
+    @property
+    def cohort_attribute_ids(self) -> list[str]:
+        """``COHORT_ATTRIBUTES`` as cohort ids."""
+        return parse_cohort_ids(self.cohort_attributes)
 
     @property
     def allowlist(self) -> frozenset[str]:
@@ -528,6 +575,41 @@ def parse_pairs(text: str) -> dict[str, str]:
             raise ValueError(f"expected name=value pairs separated by commas (item {number} is not one)")
         pairs[key.strip()] = value.strip()
     return pairs
+
+
+def _numeric_id(text: str, what: str, number: int) -> str:
+    if not text.isdigit() or int(text) == 0:
+        raise ValueError(f"item {number}: a {what} is a positive whole number, not {text!r}")
+    return str(int(text))
+
+
+def parse_cohort_segments(text: str) -> dict[str, str]:
+    """``"7=12, 9=14"`` -> ``{"7": "12", "9": "14"}`` (PostHog cohort id -> Customer.io manual segment id);
+    raises ValueError for a malformed pair, a cohort given twice, or two cohorts sharing a segment (a member
+    leaving one would be removed while still in the other)."""
+    pairs: dict[str, str] = {}
+    for number, part in enumerate(filter(None, (p.strip() for p in text.split(","))), 1):
+        cohort, sep, segment = (piece.strip() for piece in part.partition("="))
+        if not sep:
+            raise ValueError(f"expected cohort=segment pairs separated by commas, e.g. 7=12,9=14 (item {number})")
+        cohort, segment = _numeric_id(cohort, "cohort id", number), _numeric_id(segment, "segment id", number)
+        if cohort in pairs:
+            raise ValueError(f"cohort {cohort} is given twice")
+        if segment in pairs.values():
+            raise ValueError(f"segment {segment} is given to two cohorts: give each cohort its own manual segment")
+        pairs[cohort] = segment
+    return pairs
+
+
+def parse_cohort_ids(text: str) -> list[str]:
+    """``"7, 9"`` -> ``["7", "9"]`` (PostHog cohort ids, each once); raises ValueError for anything else."""
+    ids: list[str] = []
+    for number, part in enumerate(filter(None, (p.strip() for p in text.split(","))), 1):
+        cohort = _numeric_id(part, "cohort id", number)
+        if cohort in ids:
+            raise ValueError(f"cohort {cohort} is given twice")
+        ids.append(cohort)
+    return ids
 
 
 def _globs(text: str) -> tuple[str, ...]:

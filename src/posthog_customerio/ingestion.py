@@ -28,7 +28,7 @@ from .mapping import (
 from .operations import Operation
 from .outbox import Outbox
 from .state import PersonState, load_states, save_states
-from .storage import Storage
+from .storage import Storage, Transaction
 
 __all__ = ["GroupCommitter", "IngestReport", "Ingestor"]
 
@@ -120,38 +120,51 @@ class Ingestor:
         mapper: Callable[[_Item, Mapping[str, PersonState], MappingConfig], Mapped],
     ) -> IngestReport:
         """Map ``items`` (events or persons) against the stored states and store the result in one transaction."""
+        if not items:
+            return IngestReport()
+        with self.db.transaction() as conn:
+            return self.apply_in(conn, items, involved, mapper)
+
+    def apply_in(
+        self,
+        conn: Transaction,
+        items: Sequence[_Item],
+        involved: Callable[[_Item], list[str]],
+        mapper: Callable[[_Item, Mapping[str, PersonState], MappingConfig], Mapped],
+    ) -> IngestReport:
+        """:meth:`_apply` inside the caller's transaction ``conn`` (``sync-cohorts`` stores its membership rows
+        and progress in the same one); nothing is added to the running totals."""
         report = IngestReport(events=len(items))
         if not items:
             return report
-        with self.db.transaction() as conn:
-            wanted = [distinct_id for item in items for distinct_id in involved(item)]
-            states: dict[str, PersonState] = load_states(conn, wanted)
-            if conn.lock_keys({*wanted, *states}):  # replicas: these people (and whom they merged into) locked
-                states = load_states(conn, wanted)  # re-read what another replica may have written
-            known = set(states)
-            changed: dict[str, PersonState] = {}
-            operations: list[Operation] = []
-            all_operations: list[Operation] = []
-            for item in items:
-                mapped = mapper(item, states, self.config)
-                states.update(mapped.states)
-                changed.update(mapped.states)
-                operations.extend(mapped.operations)
-                if mapped.skipped:
-                    report.skipped[mapped.skipped] += 1
-                report.notes.update(mapped.notes)
-                if mapped.adopt:  # queue what came before, then move the visitor's events behind it
-                    report.operations += self.outbox.enqueue(conn, operations)
-                    all_operations.extend(operations)
-                    operations = []
-                    for anonymous_id, identifiers, person_key in mapped.adopt:
-                        queued = self.outbox.queued(conn, anonymous_id, "anonymous")
-                        adopted = adopted_events([row.operation for row in queued], identifiers, person_key)
-                        report.notes["anonymous_events_adopted"] += self.outbox.replace(conn, queued, adopted)
-            report.persons_added = sum(1 for key in changed if key not in known)
-            save_states(conn, changed.values())
-            report.operations += self.outbox.enqueue(conn, operations)
-            all_operations.extend(operations)
+        wanted = [distinct_id for item in items for distinct_id in involved(item)]
+        states: dict[str, PersonState] = load_states(conn, wanted)
+        if conn.lock_keys({*wanted, *states}):  # replicas: these people (and whom they merged into) locked
+            states = load_states(conn, wanted)  # re-read what another replica may have written
+        known = set(states)
+        changed: dict[str, PersonState] = {}
+        operations: list[Operation] = []
+        all_operations: list[Operation] = []
+        for item in items:
+            mapped = mapper(item, states, self.config)
+            states.update(mapped.states)
+            changed.update(mapped.states)
+            operations.extend(mapped.operations)
+            if mapped.skipped:
+                report.skipped[mapped.skipped] += 1
+            report.notes.update(mapped.notes)
+            if mapped.adopt:  # queue what came before, then move the visitor's events behind it
+                report.operations += self.outbox.enqueue(conn, operations)
+                all_operations.extend(operations)
+                operations = []
+                for anonymous_id, identifiers, person_key in mapped.adopt:
+                    queued = self.outbox.queued(conn, anonymous_id, "anonymous")
+                    adopted = adopted_events([row.operation for row in queued], identifiers, person_key)
+                    report.notes["anonymous_events_adopted"] += self.outbox.replace(conn, queued, adopted)
+        report.persons_added = sum(1 for key in changed if key not in known)
+        save_states(conn, changed.values())
+        report.operations += self.outbox.enqueue(conn, operations)
+        all_operations.extend(operations)
         for operation in all_operations:
             report.actions[operation.action] += 1
         return report

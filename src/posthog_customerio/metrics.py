@@ -134,6 +134,8 @@ class _RuntimeCollector(Collector):
         yield latency
         if self.runtime.person_sync is not None:
             yield from _person_sync(self.runtime.person_sync.status())
+        if self.runtime.cohort_sync is not None:
+            yield from _cohort_sync(self.runtime.cohort_sync.status())
 
 
 def _person_sync(status: dict[str, Any]) -> Iterator[Metric]:
@@ -158,6 +160,41 @@ def _person_sync(status: dict[str, Any]) -> Iterator[Metric]:
     yield _gauge(
         "person_sync_last_success_timestamp_seconds",
         "When the last person sync pass that read the whole list ended, any replica (Unix time; 0 before one)",
+        status["last_ok_at"] or 0.0,
+    )
+
+
+def _cohort_sync(status: dict[str, Any]) -> Iterator[Metric]:
+    """``COHORT_SEGMENTS`` / ``COHORT_ATTRIBUTES``: this process's passes of PostHog's cohorts."""
+    yield _labelled(
+        "cohort_sync_passes",
+        "Cohort sync turns, by outcome (failed: a cohort could not be read, or the pass failed; skipped: another"
+        " process was running a pass)",
+        "outcome",
+        status["passes"],
+    )
+    yield _counter("cohort_sync_members_added", "Cohort members added to their segments or attributes", status["adds"])
+    yield _counter(
+        "cohort_sync_members_removed", "Cohort members removed from their segments or attributes", status["removes"]
+    )
+    yield _counter(
+        "cohort_sync_operations_enqueued",
+        "Operations the cohort sync enqueued (profiles created, members added and removed)",
+        status["operations_enqueued"],
+    )
+    yield _labelled(
+        "cohort_sync_cohort_failures",
+        "Cohorts whose pass changed nothing, by outcome (failed: PostHog could not serve it; not_found, deleted;"
+        " suspicious_empty: read as empty while it had members)",
+        "outcome",
+        status["cohort_failures"],
+    )
+    yield _gauge(
+        "cohort_sync_running", "1 while this process runs a cohort sync pass", 1.0 if status["running"] else 0.0
+    )
+    yield _gauge(
+        "cohort_sync_last_success_timestamp_seconds",
+        "When the last cohort sync pass that read every cohort ended, any replica (Unix time; 0 before one)",
         status["last_ok_at"] or 0.0,
     )
 

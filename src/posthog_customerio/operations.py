@@ -36,9 +36,11 @@ MAX_OP_BYTES = 32_000
 #: Customer.io's per-request limit for ``/api/v2/batch`` (bytes of the whole body).
 MAX_BATCH_BYTES = 500_000
 
-#: what an operation is about: an identified person, an anonymous visitor, or an object (group)
-Kind = Literal["person", "anonymous", "object"]
-KINDS: Final[tuple[Kind, ...]] = ("person", "anonymous", "object")
+#: what an operation is about: an identified person, an anonymous visitor, an object (group), or a person's
+#: membership of a manual segment (``sync-cohorts``: ``{"type": "segment", "action": "add"|"remove",
+#: "segment_id": ..., "identifiers": {...}}``, sent by the Track outputs as ``add_customers``/``remove_customers``)
+Kind = Literal["person", "anonymous", "object", "segment"]
+KINDS: Final[tuple[Kind, ...]] = ("person", "anonymous", "object", "segment")
 #: the part of the queue a claim reads: person work (every kind but anonymous events, claimed first)
 #: or anonymous events (sent with the request budget person work leaves); ``None`` is the whole queue
 Lane = Literal["person", "anonymous"]

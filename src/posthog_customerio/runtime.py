@@ -26,6 +26,7 @@ from .sources.base import Intake
 from .storage import DatabaseUnreachable, DeliveryLockError, open_storage
 
 if TYPE_CHECKING:
+    from .cohort_sync import CohortSync
     from .person_sync import PersonSync
     from .service.config import ServiceConfig
 
@@ -73,6 +74,8 @@ class Runtime:
         self.backlog_keeper: BacklogKeeper | None = None
         #: ``PERSON_SYNC_INTERVAL_S``: the passes of PostHog's persons list (started by the service)
         self.person_sync: PersonSync | None = None
+        #: ``COHORT_SEGMENTS`` / ``COHORT_ATTRIBUTES``: the passes of PostHog's cohorts (started by the service)
+        self.cohort_sync: CohortSync | None = None
         self.sandbox = None
         self._output: Output | None = None
         self._deliverer: Deliverer | None = None
@@ -209,6 +212,19 @@ class Runtime:
             self.person_sync.start()
         return self.person_sync
 
+    def start_cohort_sync(self) -> CohortSync | None:
+        """With cohorts configured (``COHORT_SEGMENTS``, ``COHORT_ATTRIBUTES``): sync them every
+        ``COHORT_SYNC_INTERVAL_S`` in a background thread (delivered by this process's workers, if any); ``None``
+        when no cohort is configured."""
+        from .sources.cohorts import configured_cohorts
+
+        if configured_cohorts(self.settings) and self.cohort_sync is None:
+            from .cohort_sync import CohortSync
+
+            self.cohort_sync = CohortSync(self, self.settings.cohort_sync_interval_s)
+            self.cohort_sync.start()
+        return self.cohort_sync
+
     # -- lifecycle -------------------------------------------------------------------
     def close(self, grace_s: float = 10.0) -> None:
         """Stop workers, close connections and the sandbox (once: a second call does nothing)."""
@@ -217,6 +233,8 @@ class Runtime:
         self._closed = True
         if self.person_sync is not None:
             self.person_sync.stop(timeout=1.0)  # the service's shutdown stopped it already
+        if self.cohort_sync is not None:
+            self.cohort_sync.stop(timeout=1.0)
         if self.backlog_keeper is not None:
             self.backlog_keeper.stop()
         if self._deliverer is not None:

@@ -71,10 +71,10 @@ class Settlement:
             self._reset()
             if result.status == 207 and not any(0 <= index < len(items) for index in result.item_errors):
                 described = f"HTTP 207 without a readable list of rejected items: {result.body[:300]}"
-                return self._refused(items, described, result)
+                return self._refused(items, described, result, halve=unit.batch)
             return self._accepted(items, result)
         if result.outcome is Outcome.PERMANENT:
-            return self._refused(items, result.describe(), result)
+            return self._refused(items, result.describe(), result, halve=unit.batch)
         message = result.error or result.describe()
         if result.outcome is Outcome.AUTH:
             return Verdict(release=items, reason=result.describe(), auth_error=message, errors=(message,))
@@ -83,9 +83,10 @@ class Settlement:
         return Verdict(release=items, reason=result.describe(), pause_s=delay, errors=(message,))
 
     @staticmethod
-    def _refused(items: Sequence[Claimed], described: str, result: SendResult) -> Verdict:
-        """Some operation of ``items`` was refused: halve a batch, dead-letter a single operation."""
-        if len(items) > 1:
+    def _refused(items: Sequence[Claimed], described: str, result: SendResult, halve: bool = True) -> Verdict:
+        """Some operation of ``items`` was refused: halve a batch, dead-letter a single operation (and every
+        operation of a request that is not a batch: a segment change refused is refused for all its ids)."""
+        if len(items) > 1 and halve:
             middle = len(items) // 2
             return Verdict(halves=(items[:middle], items[middle:]))
         return Verdict(

@@ -59,6 +59,7 @@ _REPLICA_FIGURES = (
     "requests_rejected",
     "person_work",
     "person_sync",
+    "cohort_sync",
 )
 
 
@@ -216,7 +217,8 @@ class ThroughputSampler:
     def save(self, stopped: bool = False) -> None:
         """Store this replica's heartbeat and counters (``status`` sums the replicas')."""
         now = time.time()
-        status = build_status(self.runtime, self, take_snapshot(self.runtime, dead_letters=0, persons=False))
+        snapshot = take_snapshot(self.runtime, dead_letters=0, persons=False)
+        status = build_status(self.runtime, self, snapshot, cohorts=False)
         figures = json.dumps({key: status[key] for key in _REPLICA_FIGURES})
         with self.runtime.db.transaction() as tx:
             tx.save_replica(self.replica, self.started_at, now, stopped, figures)
@@ -233,14 +235,50 @@ def build_status(
     snapshot: Snapshot | None = None,
     *,
     replicas: bool = False,
+    cohorts: bool = True,
 ) -> dict[str, Any]:
     """The live status of this process's runtime (from ``snapshot``, or one taken now); with
-    ``replicas`` (and a sampler) the counters are summed with the other live replicas'."""
+    ``replicas`` (and a sampler) the counters are summed with the other live replicas'. With ``cohorts`` and
+    cohorts configured, ``cohort_sync`` lists the synced cohorts as the database keeps them (else it holds the
+    counters only; without cohorts configured, a status from a snapshot reads nothing more)."""
+    from .sources.cohorts import configured_cohorts
+
     status = _own_status(runtime, sampler, snapshot)
     if replicas and sampler is not None:
         own = Replica(sampler.replica, sampler.started_at, time.time(), False, _figures(status))
         _apply(status, aggregate(read_replicas(runtime), own))
+    if cohorts and configured_cohorts(runtime.settings):
+        _add_cohorts(runtime, status)
     return status
+
+
+def _add_cohorts(runtime: Runtime, status: dict[str, Any]) -> None:
+    """``cohort_sync``: the counters (this process's, or the replicas' summed) and each synced cohort from the
+    database (any replica's or ``sync-cohorts``' passes); ``None`` when nothing syncs cohorts and none was."""
+    counters, synced = status.get("cohort_sync"), synced_cohorts(runtime)
+    if counters is None and not synced:
+        return
+    status["cohort_sync"] = {**(counters or _NO_COHORT_SYNC), "cohorts": synced}
+
+
+def synced_cohorts(runtime: Runtime) -> list[dict[str, Any]]:
+    """Each synced cohort (:func:`~.sources.cohorts.cohort_status`) with ``members``: target -> the members it has
+    now, as the database keeps them (what Customer.io was told)."""
+    from .mapping import CohortTarget
+    from .sources.cohorts import cohort_status
+
+    synced = cohort_status(runtime)
+    with runtime.db.reading() as conn:
+        for cohort in synced:
+            members = {}
+            for described in cohort["targets"]:
+                kind, _, value = described.partition(" ")
+                target = CohortTarget(
+                    cohort["cohort_id"], **{"segment_id" if kind == "segment" else "attribute": value}
+                )
+                members[described] = conn.count_cohort_members(cohort["cohort_id"], target.key)
+            cohort["members"] = members
+    return synced
 
 
 def _apply(status: dict[str, Any], summed: dict[str, Any]) -> None:
@@ -310,7 +348,26 @@ def _own_status(runtime: Runtime, sampler: ThroughputSampler | None, snapshot: S
         },
         # PERSON_SYNC_INTERVAL_S: this process's passes of PostHog's persons (None: not syncing)
         "person_sync": runtime.person_sync.status() if runtime.person_sync is not None else None,
+        # COHORT_SEGMENTS / COHORT_ATTRIBUTES: this process's passes of PostHog's cohorts (None: not syncing)
+        "cohort_sync": runtime.cohort_sync.status() if runtime.cohort_sync is not None else None,
     }
+
+
+#: ``cohort_sync``'s counters when no live process syncs cohorts (the cohorts are listed all the same)
+_NO_COHORT_SYNC: dict[str, Any] = {
+    "interval_s": None,
+    "running": False,
+    "passes": {"ok": 0, "failed": 0, "skipped": 0},
+    "adds": 0,
+    "removes": 0,
+    "operations_enqueued": 0,
+    "cohort_failures": {},
+    "current_pass": None,
+    "last_pass": None,
+    "last_ok_at": None,
+    "last_error": None,
+    "last_error_at": None,
+}
 
 
 def _recent_errors(stats: Any, requests: RequestLog | None) -> list[dict[str, Any]]:
@@ -370,14 +427,16 @@ def load_snapshot(runtime: Runtime) -> tuple[dict[str, Any], float] | None:
 
 
 def offline_status(runtime: Runtime) -> dict[str, Any]:
-    """Status from the data directory alone: live queue figures + the replicas' last heartbeats, summed."""
-    status = build_status(runtime)
+    """Status from the data directory alone: live queue figures + the replicas' last heartbeats, summed; the
+    synced cohorts from the database."""
+    status = build_status(runtime, cohorts=False)
     status["service"] = None
     known = read_replicas(runtime)
     if known:
         _apply(status, aggregate(known))
         newest = max(replica.seen_at for replica in known)
         status["service"] = {"snapshot_at": newest, "snapshot_age_s": round(time.time() - newest, 1)}
+        _add_cohorts(runtime, status)
         return status
     snapshot = load_snapshot(runtime)  # written by versions before the replicas table
     if snapshot is not None:
@@ -385,6 +444,7 @@ def offline_status(runtime: Runtime) -> dict[str, Any]:
         for key in ("uptime_s", "throughput", "ingest", "delivery", "recent_errors", "requests_rejected"):
             status[key] = saved.get(key)
         status["service"] = {"snapshot_at": updated_at, "snapshot_age_s": round(time.time() - updated_at, 1)}
+    _add_cohorts(runtime, status)
     return status
 
 
@@ -437,6 +497,7 @@ def aggregate(replicas: Iterable[Replica], own: Replica | None = None) -> dict[s
     summed["recent_errors"] = sorted(errors, key=lambda error: float(error.get("at") or 0))[-20:]
     summed["person_work_latency"] = _slowest_latency([r.figures.get("person_work") for r in counted])
     summed["person_sync"] = _merge_person_sync([r.figures.get("person_sync") for r in counted])
+    summed["cohort_sync"] = _merge_cohort_sync([r.figures.get("cohort_sync") for r in counted])
     ids = {r.id for r in counted}
     summed["replicas"] = [_listed(r, now, r.id in ids) for r in sorted(known, key=lambda r: (r.started_at, r.id))]
     if own is not None:
@@ -481,6 +542,19 @@ def _slowest_latency(parts: Iterable[dict[str, Any] | None]) -> dict[str, Any]:
 def _merge_person_sync(parts: Iterable[dict[str, Any] | None]) -> dict[str, Any] | None:
     """The replicas' person sync sections as one: counts summed, the newest pass, error and success, running if
     any replica is (None when no replica syncs)."""
+    return _merge_sync(parts, ("persons_read", "operations_enqueued"), ("passes",))
+
+
+def _merge_cohort_sync(parts: Iterable[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The replicas' cohort sync counters as one, as :func:`_merge_person_sync` (the cohorts are the database's)."""
+    return _merge_sync(parts, ("adds", "removes", "operations_enqueued"), ("passes", "cohort_failures"))
+
+
+def _merge_sync(
+    parts: Iterable[dict[str, Any] | None], counts: tuple[str, ...], maps: tuple[str, ...]
+) -> dict[str, Any] | None:
+    """Sync sections as one: ``counts`` and ``maps`` of counts summed, the newest pass, error and success, running
+    if any replica is (None when no replica syncs)."""
     given = [part for part in parts if part]
     if not given:
         return None
@@ -494,9 +568,8 @@ def _merge_person_sync(parts: Iterable[dict[str, Any] | None]) -> dict[str, Any]
     return {
         "interval_s": max(float(part.get("interval_s") or 0) for part in given),
         "running": any(part.get("running") for part in given),
-        "passes": _sum_maps(part.get("passes") for part in given),
-        "persons_read": sum(int(part.get("persons_read") or 0) for part in given),
-        "operations_enqueued": sum(int(part.get("operations_enqueued") or 0) for part in given),
+        **{key: _sum_maps(part.get(key) for part in given) for key in maps},
+        **{key: sum(int(part.get(key) or 0) for part in given) for key in counts},
         "current_pass": newest("current_pass", "started_at"),
         "last_pass": newest("last_pass", "started_at"),
         "last_ok_at": max((float(p["last_ok_at"]) for p in given if p.get("last_ok_at") is not None), default=None),

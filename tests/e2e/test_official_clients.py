@@ -170,6 +170,58 @@ def test_python_client_batch_and_errors(cio: CustomerIO, views: Any) -> None:
         wrong.identify("b1", x=1)
 
 
+def segment(cio: CustomerIO, segment_id: str, ids: list[Any], *, add: bool = True, id_type: str | None = None) -> None:
+    """customerio-python's ``add_to_segment`` / ``remove_from_segment`` as the client last shipped them (0.x; its
+    CHANGELOG, 1.0.0: "Removed - Manual segmentation functions"): ``POST {base_url}/segments/{id}/add_customers``
+    (``remove_customers``) with ``{"ids": [...]}``, the ids made strings by the client's own ``_stringify_list``
+    (still in the pinned client), sent by the pinned client's ``send_request`` (basic auth, JSON; a non-2xx raises
+    ``CustomerIOException("<status>: ...")``). ``id_type``, which those methods never sent, goes in the query
+    string as the Track API describes it (default ``id``)."""
+    action = "add_customers" if add else "remove_customers"
+    query = f"?id_type={id_type}" if id_type is not None else ""
+    ids = cio._stringify_list(ids)
+    cio.send_request("POST", f"{cio.base_url}/segments/{segment_id}/{action}{query}", {"ids": ids})
+
+
+def test_python_client_manual_segments(cio: CustomerIO, views: Any) -> None:
+    # the pinned client has no segment calls (removed in 1.0.0): if they come back, call them instead of segment()
+    assert not hasattr(cio, "add_to_segment") and not hasattr(cio, "remove_from_segment")
+    cio.identify("main", plan="pro")
+    cio.identify(1001, plan="numeric")
+    cio.identify("e@x.com", plan="email only")  # an email as the identifier: a person with no id
+    cio.identify("other", email="o@x.com")
+    people = by_id(views("people"))
+    main, numeric, email_only, other = (people[key]["cio_id"] for key in ("main", "1001", "e@x.com", "other"))
+    assert people["e@x.com"]["id"] is None
+
+    segment(cio, "42", ["main", 1001, "ghost"])  # by id (the default); 1001 sent as "1001"; unknown people ignored
+    assert views("segments") == {"42": [main, numeric]}
+    segment(cio, "42", ["e@x.com", "not-an-email", "nobody@x.com"], id_type="email")  # mismatched values ignored
+    segment(cio, "42", [other], id_type="cio_id")
+    assert views("segments") == {"42": [main, numeric, email_only, other]}
+    segment(cio, "42", ["main", "ghost"], add=False)
+    segment(cio, "42", ["o@x.com"], add=False, id_type="email")
+    assert views("segments") == {"42": [numeric, email_only]}
+    segment(cio, "7", ["main"])
+    assert views("segments") == {"42": [numeric, email_only], "7": [main]}
+
+    # 1 to 1,000 ids a request (the old client sent any number; the API refuses past 1,000)
+    segment(cio, "42", ["main", *(f"ghost-{i}" for i in range(999))])
+    assert views("segments")["42"] == [numeric, email_only, main]
+    for ids in ([f"ghost-{i}" for i in range(1001)], []):
+        with pytest.raises(CustomerIOException, match="^400: .*ids must be a list of 1 to 1000 identifiers"):
+            segment(cio, "42", ids)
+    with pytest.raises(CustomerIOException, match="^400: .*id_type must be id, email or cio_id"):
+        segment(cio, "42", ["main"], id_type="phone")
+    wrong = CustomerIO(SITE_ID, "wrong", host="127.0.0.1", port=cio.port, retries=0)
+    with pytest.raises(CustomerIOException, match="^401"):
+        segment(wrong, "42", ["1001"], add=False)
+    assert views("segments")["42"] == [numeric, email_only, main]
+
+    cio.delete("main")  # a deleted person leaves every segment
+    assert views("segments") == {"42": [numeric, email_only], "7": []}
+
+
 # --------------------------------------------------------------------------- npm customerio-node
 
 

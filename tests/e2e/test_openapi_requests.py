@@ -111,3 +111,52 @@ def test_the_validator_accepts_valid_requests() -> None:
         )
         == []
     )
+
+
+@pytest.mark.parametrize("api", ["v2", "v1"])
+@pytest.mark.parametrize("identify_by_email", [False, True])
+def test_segment_changes_validate_against_the_official_spec(
+    sandbox: SandboxServer, tmp_path: Path, api: str, identify_by_email: bool
+) -> None:
+    """``sync-cohorts``' manual segment requests (``add_customers``/``remove_customers``, ids by ``id`` or by
+    ``email``), sent through the outbox and the Track outputs, are what the Track API description allows."""
+    from posthog_customerio.mapping import CohortTarget, member_joined, member_left
+    from posthog_customerio.mapping.persons import PersonSnapshot
+
+    settings = make_settings(
+        tmp_path, sandbox, customerio_api=api, identify_by_email=identify_by_email, customerio_max_rps=10_000
+    )
+    target = CohortTarget("7", segment_id="12")
+    people = [
+        PersonSnapshot(f"p{i}", (f"user-{i}",), {"email": f"u{i}@example.com"}, is_identified=True) for i in range(3)
+    ]
+    with Runtime(settings) as runtime:
+        runtime.ingestor.ingest_persons(people)
+        with runtime.db.transaction() as conn:
+            runtime.ingestor.apply_in(
+                conn, people, lambda p: list(p.distinct_ids), lambda p, s, c: member_joined(p, target, s, c, 0)[0]
+            )
+            runtime.ingestor.apply_in(
+                conn,
+                people[:1],
+                lambda p: list(p.distinct_ids),
+                lambda p, s, c: member_left(p.distinct_ids[0], target, s, c, 0),
+            )
+        deliverer = runtime.deliverer()
+        deliverer.start()
+        assert deliverer.wait_until_empty(60)
+        deliverer.stop()
+        assert runtime.outbox.dead_letter_count() == 0
+    requests = [r for r in sandbox.state.requests() if "/segments/" in r["path"]]
+    assert [r["path"].split("/")[-1] for r in requests] == ["add_customers", "remove_customers"]
+    validator = get_validator()
+    assert not {
+        r["path"]: validator.validate(r["method"], r["path"], r["body"])
+        for r in requests
+        if validator.validate(r["method"], r["path"], r["body"])
+    }
+    expected = ["u1@example.com", "u2@example.com"] if identify_by_email else ["user-1", "user-2"]
+    assert sandbox.state.segments()["12"] and len(sandbox.state.segments()["12"]) == 2
+    assert requests[0]["body"]["ids"][1:] == expected
+    id_type = "email" if identify_by_email else "id"
+    assert all(r["query"] == f"id_type={id_type}" for r in requests), [r["query"] for r in requests]

@@ -500,6 +500,7 @@ def test_every_setting_is_a_flag_of_some_command() -> None:
     assert used["suppress_on_delete"] == [
         "send",
         "sync-persons",
+        "sync-cohorts",
         "delete-person",
         "serve",
         "consume",

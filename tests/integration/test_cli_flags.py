@@ -80,6 +80,11 @@ _PERSONS_RESTART = "test_sync_persons_restart_and_dry_run_flags"
 _PERSONS_TIMING = "test_sync_persons_delivery_timing_flags"
 _PERSONS_EVENT_FLAGS = "test_sync_persons_event_flags_leave_persons_alone"
 _POSTHOG_API = "test_sync_persons_posthog_api_flags"
+_COHORTS = "test_sync_cohorts_mapping_and_delivery_flags"
+_COHORTS_DRY = "test_sync_cohorts_dry_run_allow_empty_and_json_flags"
+_COHORTS_TIMING = "test_sync_cohorts_delivery_timing_flags"
+_COHORTS_SETTINGS = "test_sync_cohorts_flags_without_a_visible_effect_reach_the_settings"
+_COHORTS_API = "test_sync_cohorts_posthog_api_flags"
 COVERAGE: dict[str, dict[str, str]] = {
     "posthog-customerio": {"--version": "test_cli.py::test_version_prints_the_version"},
     "check": {
@@ -187,6 +192,57 @@ COVERAGE: dict[str, dict[str, str]] = {
         "--posthog-api-max-per-minute": _POSTHOG_API,
         "--plugin-config": _PERSONS,
     },
+    "sync-cohorts": {
+        "--dry-run": _COHORTS_DRY,
+        "--allow-empty": _COHORTS_DRY,
+        "--json": _COHORTS_DRY,
+        "--sandbox": "test_sync_cohorts_sandbox_and_timeout_flags",
+        "--timeout": "test_sync_cohorts_sandbox_and_timeout_flags",
+        "--site-id": _COHORTS,
+        "--api-key": _COHORTS,
+        "--region": "test_sync_cohorts_region_flag",
+        "--track-url": _COHORTS,
+        "--api": _COHORTS,
+        "--customerio-pipelines-api-key": "test_sync_cohorts_pipelines_flags",
+        "--customerio-pipelines-url": "test_sync_cohorts_pipelines_flags",
+        "--customerio-timeout-s": _COHORTS_TIMING,
+        "--retry-after-max-s": _COHORTS_TIMING,
+        "--delivery-linger-s": _COHORTS_TIMING,
+        "--identify-by-email": _COHORTS,
+        "--no-identify-by-email": _COHORTS,
+        "--send-events-from-anonymous-users": _COHORTS,
+        "--events-to-send": _COHORTS_SETTINGS,
+        "--events-to-skip": _COHORTS_SETTINGS,
+        "--convert-dates": _COHORTS,
+        "--no-convert-dates": _COHORTS,
+        "--merge-people": _COHORTS,
+        "--no-merge-people": _COHORTS,
+        "--anonymous-events": _COHORTS,
+        "--group-type-map": _COHORTS_SETTINGS,
+        "--suppress-on-delete": _COHORTS,
+        "--no-suppress-on-delete": _COHORTS,
+        "--limits": _COHORTS,
+        "--properties-to-exclude": _COHORTS,
+        "--properties-to-include": _COHORTS,
+        "--event-name-map": _COHORTS_SETTINGS,
+        "--max-rps": _COHORTS,
+        "--concurrency": _COHORTS_SETTINGS,
+        "--anonymous-hold-s": _COHORTS_SETTINGS,
+        "--anonymous-max-age-s": _COHORTS_SETTINGS,
+        "--anonymous-backlog-max": _COHORTS_SETTINGS,
+        "--data-dir": _COHORTS,
+        "--outbox-url": _COHORTS,
+        "--lease-s": _COHORTS_SETTINGS,
+        "--sqlite-synchronous": _COHORTS_SETTINGS,
+        "--posthog-api-host": _COHORTS_API,
+        "--posthog-project-id": _COHORTS_API,
+        "--posthog-personal-api-key": _COHORTS_API,
+        "--posthog-api-max-per-minute": _COHORTS_API,
+        "--cohort-segments": _COHORTS,
+        "--cohort-attributes": _COHORTS,
+        "--cohort-attribute-prefix": _COHORTS,
+        "--plugin-config": _COHORTS,
+    },
     "delete-person": {
         "--site-id": _DELETE,
         "--api-key": _DELETE,
@@ -292,6 +348,10 @@ COVERAGE: dict[str, dict[str, str]] = {
         "--posthog-project-id": "test_serve_person_sync_flags",
         "--posthog-personal-api-key": "test_serve_person_sync_flags",
         "--posthog-api-max-per-minute": "test_serve_person_sync_flags",
+        "--cohort-segments": "test_serve_cohort_sync_flags",
+        "--cohort-attributes": "test_serve_cohort_sync_flags",
+        "--cohort-attribute-prefix": "test_serve_cohort_sync_flags",
+        "--cohort-sync-interval-s": "test_serve_cohort_sync_flags",
     },
     "consume": {
         "--kafka-bootstrap": _CONSUME,
@@ -1130,6 +1190,374 @@ def test_sync_persons_event_flags_leave_persons_alone(
         assert bad.exit_code == 2 and bad.stderr.startswith(f"error: {variable}: "), bad.output
 
 
+# -- sync-cohorts ----------------------------------------------------------------------------------
+#: the cohort the sync-cohorts tests mirror (cohort 7): ann (every kind of property), the visitor PostHog never
+#: identified, and OTHERS identified persons (enough v1 requests to measure --max-rps); five members a page
+COHORT_PAGE = 5
+COHORT_NAME = "Power users (EU)"
+#: --cohort-attribute-prefix ph_ + the slug of the cohort's name
+COHORT_ATTRIBUTE = "ph_power_users_eu"
+#: the cohort flags of the scenario; the environment says otherwise (another segment, cohort and prefix)
+COHORT_FLAGS = ("--cohort-segments", "7=12", "--cohort-attributes", "7", "--cohort-attribute-prefix", "ph_")
+COHORT_ENV = {"COHORT_SEGMENTS": "7=99", "COHORT_ATTRIBUTES": "8", "COHORT_ATTRIBUTE_PREFIX": "env_"}
+
+
+def cohort_member(distinct_ids: list[str], properties: dict[str, Any], identified: bool = True) -> dict[str, Any]:
+    """A member as PostHog's persons of a cohort list it."""
+    person = str(uuid.uuid5(uuid.NAMESPACE_URL, f"member:{distinct_ids[-1]}"))
+    return {
+        "id": person,
+        "uuid": person,
+        "name": properties.get("email", person),
+        "distinct_ids": distinct_ids,
+        "properties": properties,
+        "created_at": "2024-01-01T00:00:00Z",
+        "is_identified": identified,
+    }
+
+
+COHORT_MEMBERS = [
+    cohort_member(["anon-ann", "ann"], ANN),
+    cohort_member([VISITOR], {}, identified=False),
+    *(cohort_member([f"p{n}"], {"email": f"p{n}@example.com"}) for n in range(OTHERS)),
+]
+#: the members that are profiles without --anonymous-events person (the visitor is not)
+COHORT_IDENTIFIED = 1 + OTHERS
+
+
+@dataclass
+class CohortApi:
+    """The PostHog stand-in serving cohort 7 (:data:`COHORT_MEMBERS`), and its base URL."""
+
+    standin: PersonsStandin
+    url: str
+
+    def env(self) -> dict[str, str]:
+        """PostHog's API settings that reach the stand-in (unpaced)."""
+        return {
+            "POSTHOG_API_HOST": self.url,
+            "POSTHOG_PROJECT_ID": "1",
+            "POSTHOG_PERSONAL_API_KEY": STANDIN_KEY,
+            "POSTHOG_API_MAX_PER_MINUTE": "100000",
+        }
+
+    def reads(self) -> list[tuple[str, str]]:
+        """(path, query) of each request the stand-in answered 200."""
+        with self.standin.lock:
+            return [(seen.path, seen.query) for seen in self.standin.requests if seen.status == 200]
+
+
+@pytest.fixture(scope="module")
+def _cohort_standin() -> Iterator[CohortApi]:
+    standin = PersonsStandin(0, cohort_default_limit=COHORT_PAGE)
+    with running_persons_standin(standin) as url:
+        yield CohortApi(standin, url)
+
+
+@pytest.fixture
+def cohort_api(_cohort_standin: CohortApi) -> CohortApi:
+    """The stand-in with cohort 7 as :data:`COHORT_MEMBERS`, no faults, its request log emptied."""
+    standin = _cohort_standin.standin
+    with standin.lock:
+        standin.requests.clear()
+        standin.path_faults.clear()
+        standin.cohorts.clear()
+    standin.add_cohort(7, name=COHORT_NAME, members=COHORT_MEMBERS)
+    return _cohort_standin
+
+
+def segment_members(sandbox: SandboxServer, segment_id: str = "12") -> list[str]:
+    """A manual segment's members, each by its id (or its email when it has none), sorted."""
+    who = {person["cio_id"]: person["id"] or person["email"] for person in sandbox.state.people()}
+    return sorted(who[cio_id] for cio_id in sandbox.state.segments().get(segment_id, []))
+
+
+def segment_calls(sandbox: SandboxServer) -> list[tuple[str, str, list[str]]]:
+    """(path, query, ids) of each segment request the sandbox accepted."""
+    return [
+        (entry["path"], entry["query"], entry["body"]["ids"])
+        for entry in sandbox.state.requests()
+        if entry["path"].startswith("/api/v1/segments/") and entry["status"] == 200
+    ]
+
+
+@pytest.mark.parametrize("on", [True, False], ids=["flags", "negated-flags"])
+def test_sync_cohorts_mapping_and_delivery_flags(
+    cli: Cli,
+    sandbox: SandboxServer,
+    tmp_path: Path,
+    plugin_config: Path,
+    cohort_api: CohortApi,
+    settings_seen: list[Settings],
+    on: bool,
+) -> None:
+    """Cohort 7 into segment 12 and an attribute, each flag against :func:`scenario_env` and :data:`COHORT_ENV`:
+    the members Customer.io does not know are created first, through the mapping flags of ``sync-persons``."""
+    env = {**scenario_env(on), **cohort_api.env(), **COHORT_ENV}
+    env["POSTHOG_CUSTOMERIO_DATA_DIR"] = str(tmp_path / "env-data")
+    data, outbox = tmp_path / "mine", tmp_path / "outbox.sqlite"
+    if on:
+        where = ("--site-id", SITE_ID, "--api-key", API_KEY, "--track-url", sandbox.url, "--data-dir", str(data))
+        flags = (*where, *PERSONS_FLAGS, *SCENARIO_ON, *COHORT_FLAGS)
+    else:
+        where = ("--plugin-config", str(plugin_config), "--track-url", sandbox.url)
+        where += ("--outbox-url", f"sqlite:///{outbox}")
+        flags = (*where, *PERSONS_FLAGS, *SCENARIO_OFF, *COHORT_FLAGS)
+    result = cli("sync-cohorts", "--json", *flags, env=env)
+    assert result.exit_code == 0, result.output
+    no_secrets(result.output, SITE_ID, API_KEY, STANDIN_KEY)
+    (report,) = json.loads(result.stdout)["cohorts"]  # --json
+    # --cohort-segments 7=12, --cohort-attributes 7, --cohort-attribute-prefix ph_ (env: 7=99, 8, env_): cohort 8
+    # is not read, segment 99 gets nobody; --anonymous-events person, --send-events-from-anonymous-users all (env:
+    # anonymous, identified): the visitor PostHog never identified is a member with a profile too
+    members = len(COHORT_MEMBERS)
+    targets = {"segment 12": members, f"attribute {COHORT_ATTRIBUTE}": members}
+    assert (report["outcome"], report["added"], report["skipped"]) == ("ok", targets, {})
+    assert report["profiles_created"] == members and json.loads(result.stdout)["dead_lettered"] == 0
+    assert {path.split("/")[5] for path, _ in cohort_api.reads()} == {"7"}
+    assert set(sandbox.state.segments()) == {"12"} and len(segment_members(sandbox)) == members
+    found = {person["email"] or person["id"]: person for person in profiles(sandbox)}
+    assert all(person["attributes"][COHORT_ATTRIBUTE] is True for person in found.values())
+    ann = found["ann@example.com"]
+    # --properties-to-include / --properties-to-exclude, --limits truncate (env: plan / keep_a, dead-letter): ann is
+    # created first from her person properties as sync-persons would, the 1,500-byte bio cut to 1,000
+    assert set(ann["attributes"]) == {"signup_at", "plan", "bio", "keep_a", COHORT_ATTRIBUTE}, ann
+    assert ann["attributes"]["bio"] == "b" * 1000
+    assert found[VISITOR]["id"] == VISITOR
+    others = [found[f"p{n}@example.com"] for n in range(OTHERS)]
+    requests = sandbox.state.requests()
+    calls = segment_calls(sandbox)
+    ran = settings_seen[-1]  # --merge-people and --suppress-on-delete shape merges and deletions: none here
+    assert (ran.merge_people, ran.suppress_on_delete) == (on, on)
+    if on:
+        assert all(person["id"] is None for person in others)  # --identify-by-email: addressed by email only
+        emails = sorted(ids for path, query, batch in calls if query == "id_type=email" for ids in batch)
+        assert emails == sorted(["ann@example.com", *(f"p{n}@example.com" for n in range(OTHERS))])
+        assert [ids for _, query, ids in calls if query == "id_type=id"] == [[VISITOR]]  # it has no email
+        assert ann["attributes"]["signup_at"] == 1_706_781_600  # --convert-dates
+        assert all(entry["path"].startswith("/api/v1/") for entry in requests)  # --api v1
+        assert "/api/v1/customers/ann%40example.com" in {entry["path"] for entry in requests}
+        gaps = request_gaps(sandbox)  # --max-rps (env: 100000): requests spaced 1/40 s apart
+        assert len(gaps) >= 10 and sum(gaps) / len(gaps) >= 0.8 / SCENARIO_RPS, gaps
+        assert (data / "posthog-customerio.sqlite").is_file() and not (tmp_path / "env-data").exists()  # --data-dir
+    else:
+        assert [person["id"] for person in others] == [f"p{n}" for n in range(OTHERS)]  # --no-identify-by-email
+        assert {query for _, query, _ in calls} == {"id_type=id"}
+        assert ann["id"] == "ann" and ann["attributes"]["signup_at"] == "2024-02-01T10:00:00Z"  # --no-convert-dates
+        # --api v2: the profiles and attributes in v2 batches; segments have only their v1 endpoints
+        assert {entry["path"] for entry in requests} == {"/api/v2/batch", "/api/v1/segments/12/add_customers"}
+        # --outbox-url: the database is that file; --plugin-config gave the credentials (the sandbox refuses the
+        # environment's), its identifyByEmail Yes lost to --no-identify-by-email
+        assert outbox.is_file() and not (tmp_path / "env-data" / "posthog-customerio.sqlite").exists()
+
+
+def test_sync_cohorts_dry_run_allow_empty_and_json_flags(
+    cli: Cli, env: dict[str, str], sandbox: SandboxServer, cohort_api: CohortApi
+) -> None:
+    env = {**env, **cohort_api.env(), "COHORT_SEGMENTS": "7=12"}
+    # --dry-run: every member read, the planned adds shown; nothing stored or sent
+    dry = cli("sync-cohorts", "--dry-run", env=env)
+    assert dry.exit_code == 0, dry.output
+    assert f"cohort 7 ({COHORT_NAME}): ok, {len(COHORT_MEMBERS)} members in PostHog" in dry.stdout
+    assert f"  would add      +{COHORT_IDENTIFIED} segment 12\n" in dry.stdout
+    assert "  e.g. add ann to segment 12\n" in dry.stdout and "dry run: nothing was stored or sent" in dry.stdout
+    assert sandbox.state.requests() == []
+    # --json: the summary as JSON; the pass is the first (the dry run remembered nothing)
+    done = cli("sync-cohorts", "--json", env=env)
+    assert done.exit_code == 0, done.output
+    (report,) = json.loads(done.stdout)["cohorts"]
+    assert (report["pass_no"], report["added"]) == (1, {"segment 12": COHORT_IDENTIFIED})
+    assert len(segment_members(sandbox)) == COHORT_IDENTIFIED
+    # the cohort reads as empty: refused (exit 1), the segment untouched; --allow-empty empties it
+    cohort_api.standin.set_cohort_members(7, [])
+    guarded = cli("sync-cohorts", "--json", env=env)
+    assert guarded.exit_code == 1, guarded.output
+    assert json.loads(guarded.stdout)["cohorts"][0]["outcome"] == "suspicious_empty"
+    assert len(segment_members(sandbox)) == COHORT_IDENTIFIED
+    allowed = cli("sync-cohorts", "--allow-empty", "--json", env=env)
+    assert allowed.exit_code == 0, allowed.output
+    (report,) = json.loads(allowed.stdout)["cohorts"]
+    assert (report["outcome"], report["removed"]) == ("ok", {"segment 12": COHORT_IDENTIFIED})
+    assert segment_members(sandbox) == []
+
+
+def test_sync_cohorts_posthog_api_flags(
+    cli: Cli, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path, cohort_api: CohortApi
+) -> None:
+    """The cohort through the PostHog API flags, over an environment with another host path, project and key, and
+    1 request a minute (the cohort and its three pages would take three minutes)."""
+    url = cohort_api.url
+    api = ("--posthog-api-host", url, "--posthog-project-id", "1", "--posthog-personal-api-key", STANDIN_KEY)
+    api += ("--posthog-api-max-per-minute", "1000")
+    wrong = PostHogApi(cohort_api.standin, url).wrong_env()
+    env = {**env, **wrong, "COHORT_SEGMENTS": "7=12"}
+    started = time.monotonic()
+    result = cli("sync-cohorts", *api, "--json", env=env)
+    assert result.exit_code == 0, result.output
+    no_secrets(result.output, STANDIN_KEY, ENV_POSTHOG_KEY, SITE_ID, API_KEY)
+    assert time.monotonic() - started < 30  # --posthog-api-max-per-minute 1000 (env: 1)
+    # --posthog-api-host, --posthog-project-id, --posthog-personal-api-key: the cohort and its pages, each accepted
+    members = "/api/projects/1/cohorts/7/persons/"
+    assert cohort_api.reads() == [
+        ("/api/projects/1/cohorts/7/", ""),
+        (members, ""),
+        (members, "offset=5"),
+        (members, "offset=10"),
+    ]
+    assert all(seen.authorized for seen in cohort_api.standin.requests)
+    assert len(segment_members(sandbox)) == COHORT_IDENTIFIED
+    # each flag wins over a right environment: the wrong flag is the one used
+    right = {**env, **cohort_api.env()}
+    wrong_key = "phx_flag_key_wrong_9d2e"
+    for flags, refusal in (
+        (("--posthog-personal-api-key", wrong_key), "error: PostHog refused the key: "),
+        (("--posthog-project-id", "2"), "error: PostHog refused the key: PostHog refused access (HTTP 403 "),
+    ):
+        refused = cli("sync-cohorts", *flags, "--data-dir", str(tmp_path / flags[0]), env=right)
+        assert refused.exit_code == 1 and refused.stderr.startswith(refusal), refused.output
+        no_secrets(refused.output, wrong_key, STANDIN_KEY)
+    elsewhere = cli("sync-cohorts", "--posthog-api-host", f"{url}/elsewhere", env=right)
+    assert elsewhere.exit_code == 1, elsewhere.output
+    assert "cohort 7: not_found, pass 0\n" in elsewhere.stdout
+    assert f"(HTTP 404 from {url}/elsewhere/api/projects/1/cohorts/7/:" in elsewhere.stdout
+    bad = cli("sync-cohorts", "--posthog-api-max-per-minute", "0", env=right)
+    assert bad.exit_code == 2 and bad.stderr.startswith("error: POSTHOG_API_MAX_PER_MINUTE: "), bad.output
+
+
+def test_sync_cohorts_sandbox_and_timeout_flags(
+    cli: Cli, env: dict[str, str], sandbox: SandboxServer, cohort_api: CohortApi
+) -> None:
+    posthog = {**cohort_api.env(), "COHORT_SEGMENTS": "7=12"}
+    # --sandbox: no Customer.io settings at all; the in-process sandbox receives them, the summary lists them
+    result = cli("sync-cohorts", "--sandbox", env=posthog)
+    assert result.exit_code == 0, result.output
+    assert f"sandbox            {COHORT_IDENTIFIED} people identified," in result.stdout
+    assert "  ann  ann@example.com\n" in result.stdout and sandbox.state.requests() == []
+    # --timeout: Customer.io answers 503; the wait for delivery ends after 0.5 s, the rest stays queued (exit 1)
+    sandbox.state.add_fault(status=503, duration_s=60)
+    started = time.monotonic()
+    result = cli("sync-cohorts", "--timeout", "0.5", env={**env, **posthog})
+    assert result.exit_code == 1, result.output
+    assert time.monotonic() - started < 10
+    queued = 2 * COHORT_IDENTIFIED  # each member's profile, then its add
+    assert f"still queued       {queued} (timed out; run sync-cohorts again to deliver)" in result.stdout
+    assert json.loads(cli("status", "--json", env=env).stdout)["outbox"]["depth"] == queued
+
+
+def test_sync_cohorts_region_flag(cli: Cli, regions: SandboxServer, tmp_path: Path, cohort_api: CohortApi) -> None:
+    """``--region eu`` sends to the EU host (here the sandbox); the environment's ``us`` would not answer."""
+    env = {"CUSTOMERIO_SITE_ID": SITE_ID, "CUSTOMERIO_API_KEY": API_KEY, "CUSTOMERIO_REGION": "us"}
+    env |= {"POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data"), **cohort_api.env(), "COHORT_SEGMENTS": "7=12"}
+    result = cli("sync-cohorts", "--region", "eu", "--timeout", "20", env=env)
+    assert result.exit_code == 0, result.output
+    assert len(segment_members(regions)) == COHORT_IDENTIFIED
+    result = cli("sync-cohorts", "--region", "mars", env=env)
+    assert result.exit_code == 2 and result.stderr.startswith("error: CUSTOMERIO_REGION:"), result.output
+
+
+def test_sync_cohorts_pipelines_flags(
+    cli: Cli, sandbox: SandboxServer, tmp_path: Path, pipelines_key: str, cohort_api: CohortApi
+) -> None:
+    env = {
+        "CUSTOMERIO_API": "v2",
+        "CUSTOMERIO_PIPELINES_API_KEY": "env-pipelines-key",
+        "CUSTOMERIO_PIPELINES_URL": DEAD_URL,
+        "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data"),
+        "COHORT_ATTRIBUTES": "7",
+        **cohort_api.env(),
+    }
+    pipelines = ("--api", "pipelines", "--customerio-pipelines-url", sandbox.url, "--delivery-linger-s", "0")
+    key = ("--customerio-pipelines-api-key", pipelines_key)
+    result = cli("sync-cohorts", *pipelines, *key, env=env)
+    assert result.exit_code == 0, result.output
+    no_secrets(result.output, pipelines_key)
+    people = sandbox.pipelines.people()
+    assert len(people) == COHORT_IDENTIFIED
+    assert all(person["attributes"]["posthog_cohort_power_users_eu"] is True for person in people)
+    assert sandbox.state.requests() == []  # nothing went to the Track API
+    # manual segments are the Track API's: refused before anything is read
+    segments = cli("sync-cohorts", *pipelines, *key, "--cohort-segments", "7=12", env=env)
+    assert segments.exit_code == 2 and "COHORT_SEGMENTS needs the Track API" in segments.stderr, segments.output
+    wrong = ("--customerio-pipelines-api-key", "wrong-pipelines-key", "--data-dir", str(tmp_path / "other"))
+    env["CUSTOMERIO_PIPELINES_API_KEY"] = pipelines_key
+    result = cli("sync-cohorts", *pipelines, *wrong, env=env)
+    assert result.exit_code == 1 and "stays queued" in result.stderr, result.output
+    no_secrets(result.output, "wrong-pipelines-key", pipelines_key)
+
+
+def test_sync_cohorts_delivery_timing_flags(
+    cli: Cli, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path, cohort_api: CohortApi
+) -> None:
+    """``--delivery-linger-s`` waits for a fuller batch, ``--customerio-timeout-s`` gives up on a slow
+    answer (and retries), ``--retry-after-max-s`` cuts a Retry-After (each against the environment's value)."""
+    cohort_api.standin.add_cohort(9, name="One", members=[COHORT_MEMBERS[2]])
+    env = {**env, **cohort_api.env(), "COHORT_SEGMENTS": "9=19"}
+
+    def sync(*flags: str, **extra: str) -> tuple[float, dict[str, Any]]:
+        started = time.monotonic()
+        data = ("--data-dir", str(tmp_path / str(len(os.listdir(tmp_path)))))  # a fresh one: p0 is new again
+        result = cli("sync-cohorts", "--json", *data, *flags, env={**env, **extra})
+        assert result.exit_code == 0, result.output
+        return time.monotonic() - started, json.loads(result.stdout)
+
+    seconds, _ = sync("--delivery-linger-s", "0.5", DELIVERY_LINGER_S="0")
+    assert seconds >= 0.5  # a trickle (one member) waited for more
+    sandbox.state.reset()
+    sandbox.state.add_fault(delay_s=SLOW_S, count=1)
+    seconds, summary = sync("--customerio-timeout-s", "0.2", CUSTOMERIO_TIMEOUT_S="30")
+    assert summary["retries"] >= 1 and summary["operations_delivered"] == 2  # given up on, sent again
+    wait_logged(sandbox, 3)
+    sandbox.state.add_fault(status=429, retry_after=3600, count=1)
+    seconds, summary = sync("--retry-after-max-s", "0.2", RETRY_AFTER_MAX_S="3600")
+    assert summary["retries"] >= 1 and summary["operations_delivered"] == 2 and seconds < 5
+    assert segment_members(sandbox, "19") == ["p0"]
+
+
+#: (flag, value, Settings field, expected, a bad value, its variable): flags a pass of cohorts has no use for
+#: (no events, no anonymous visitors) or whose effect a short test cannot see
+COHORT_PLUMBING = [
+    ("--concurrency", "3", "delivery_concurrency", 3, "65", "DELIVERY_CONCURRENCY"),
+    ("--anonymous-hold-s", "7", "anonymous_hold_s", 7.0, "-1", "ANONYMOUS_HOLD_S"),
+    ("--anonymous-max-age-s", "7", "anonymous_max_age_s", 7.0, "-5.5", "ANONYMOUS_MAX_AGE_S"),
+    ("--anonymous-backlog-max", "7", "anonymous_backlog_max", 7, "-3", "ANONYMOUS_BACKLOG_MAX"),
+    ("--lease-s", "7", "lease_s", 7.0, "1.5", "LEASE_S"),
+    ("--sqlite-synchronous", "normal", "sqlite_synchronous", "NORMAL", "sometimes", "SQLITE_SYNCHRONOUS"),
+    ("--events-to-send", "clicked", "events_to_send", "clicked", "", ""),
+    ("--events-to-skip", "*", "events_to_skip", "*", "", ""),
+    ("--event-name-map", "clicked=Clicked It", "event_name_map", "clicked=Clicked It", "nonsense", "EVENT_NAME_MAP"),
+    ("--group-type-map", "company=1", "group_type_map", "company=1", "nonsense", "GROUP_TYPE_MAP"),
+    ("--cohort-segments", "7=12", "cohort_segments", "7=12", "7=12,8=12", "COHORT_SEGMENTS"),
+    ("--cohort-attributes", "7", "cohort_attributes", "7", "seven", "COHORT_ATTRIBUTES"),
+    ("--cohort-attribute-prefix", "ph_", "cohort_attribute_prefix", "ph_", "", "COHORT_ATTRIBUTE_PREFIX"),
+]
+
+
+def test_sync_cohorts_flags_without_a_visible_effect_reach_the_settings(
+    cli: Cli, env: dict[str, str], sandbox: SandboxServer, cohort_api: CohortApi, settings_seen: list[Settings]
+) -> None:
+    """Run as typed, each flag lands in the settings the pass runs with (over its environment variable); the
+    event flags shape events, and a member is no event: it is synced whatever they say. A bad value stops the
+    command with one line naming the variable."""
+    env = {**env, **cohort_api.env(), "DELIVERY_CONCURRENCY": "8", "ANONYMOUS_HOLD_S": "20", "LEASE_S": "20"}
+    env |= {"ANONYMOUS_MAX_AGE_S": "20", "ANONYMOUS_BACKLOG_MAX": "20", "SQLITE_SYNCHRONOUS": "FULL"}
+    env |= {"EVENT_NAME_MAP": "clicked=Other", "GROUP_TYPE_MAP": "company=9", "COHORT_SEGMENTS": "7=99"}
+    result = cli(
+        "sync-cohorts", "--json", *(part for flag, value, *_ in COHORT_PLUMBING for part in (flag, value)), env=env
+    )
+    assert result.exit_code == 0, result.output
+    (report,) = json.loads(result.stdout)["cohorts"]
+    assert report["added"] == {"segment 12": COHORT_IDENTIFIED, "attribute ph_power_users_eu": COHORT_IDENTIFIED}
+    assert len(segment_members(sandbox)) == COHORT_IDENTIFIED
+    for flag, _value, field, expected, _bad, _variable in COHORT_PLUMBING:
+        assert getattr(settings_seen[-1], field) == expected, flag
+    for flag, _value, _field, _expected, bad, variable in COHORT_PLUMBING:
+        if not variable:
+            continue
+        result = cli("sync-cohorts", flag, bad, env=env)
+        assert result.exit_code == 2 and result.stderr.startswith(f"error: {variable}: "), (flag, result.output)
+        assert result.stderr.count("\n") == 1, result.stderr
+
+
 # -- check -----------------------------------------------------------------------------------------
 def test_check_credentials_flags(cli: Cli, sandbox: SandboxServer) -> None:
     env = {"CUSTOMERIO_SITE_ID": "env-site", "CUSTOMERIO_API_KEY": "env-key", "CUSTOMERIO_TRACK_URL": DEAD_URL}
@@ -1924,6 +2352,43 @@ def test_serve_person_sync_flags(sandbox: SandboxServer, tmp_path: Path) -> None
     assert code == 0 and seconds < 10  # the pass's wait ended with the stop
     assert all(seen.authorized and seen.path == "/api/projects/1/persons/" for seen in standin.requests)
     no_secrets(served.output(), STANDIN_KEY, "phx_env_key_that_is_refused")
+
+
+# -- serve: keeping cohorts in sync (COHORT_SYNC_INTERVAL_S) -------------------------------------------------
+def test_serve_cohort_sync_flags(sandbox: SandboxServer, tmp_path: Path) -> None:
+    """The cohorts and their schedule as flags over an environment that says otherwise (another segment, cohort and
+    prefix; an interval of 10 minutes): the members join segment 12 and get the ``ph_`` attribute at once, and a
+    member leaving the cohort leaves both on the next pass, 0.5 s later."""
+    from ..posthog_api_standin import STANDIN_KEY, PersonsStandin, make_person, running_persons_standin
+
+    standin = PersonsStandin(0, cohort_default_limit=5)
+    members = [index for index in range(1, 13) if index % 3]  # identified: each becomes a profile
+    standin.add_cohort(7, name=COHORT_NAME, members=[make_person(index) for index in members])
+    env = {"CUSTOMERIO_SITE_ID": SITE_ID, "CUSTOMERIO_API_KEY": API_KEY, "CUSTOMERIO_TRACK_URL": sandbox.url}
+    env |= {"POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data"), "LOG_FORMAT": "json", **COHORT_ENV}
+    env |= {"COHORT_SYNC_INTERVAL_S": "600", "POSTHOG_PROJECT_ID": "1", "POSTHOG_PERSONAL_API_KEY": STANDIN_KEY}
+    every = [f"user-{index}" for index in members]
+
+    def mirrored(expected: list[str]) -> bool:
+        attributed = sorted(p["id"] for p in profiles(sandbox) if p["attributes"].get(COHORT_ATTRIBUTE) is True)
+        return segment_members(sandbox) == sorted(expected) == attributed
+
+    with running_persons_standin(standin) as posthog_url:
+        flags = (*COHORT_FLAGS, "--cohort-sync-interval-s", "0.5")
+        with serving(tmp_path, *flags, env={**env, "POSTHOG_API_HOST": posthog_url}) as served:
+            wait_for(lambda: mirrored(every), "the members in segment 12 and with the attribute", 30)
+            sync = served.status()["cohort_sync"]
+            assert sync["interval_s"] == 0.5  # --cohort-sync-interval-s (env: 600)
+            assert [cohort["cohort_id"] for cohort in sync["cohorts"]] == ["7"]  # --cohort-attributes 7 (env: 8)
+            standin.remove_from_cohort(7, "user-1")
+            wait_for(
+                lambda: mirrored(every[1:]), "user-1 out of the segment and without the attribute, 0.5 s later", 30
+            )
+            code, seconds = served.stop()
+    assert code == 0 and seconds < 10
+    assert set(sandbox.state.segments()) == {"12"}  # --cohort-segments 7=12 (env: 7=99)
+    assert {seen.cohort_id for seen in standin.requests} == {7} and all(seen.authorized for seen in standin.requests)
+    no_secrets(served.output(), STANDIN_KEY, SITE_ID, API_KEY)
 
 
 def test_serve_person_sync_needs_the_posthog_api_settings(cli: Cli, env: dict[str, str], taken_port: str) -> None:

@@ -31,7 +31,7 @@ from posthog_customerio.sources.posthog_api import (
     read_persons,
 )
 
-from ..posthog_api_standin import STANDIN_KEY, PersonsStandin, make_person
+from ..posthog_api_standin import ROUTE_COHORT, ROUTE_COHORT_PERSONS, STANDIN_KEY, Cohort, PersonsStandin, make_person
 
 HOST = "https://ph.example"
 FIRST = f"{HOST}/api/projects/1/persons/"
@@ -576,3 +576,183 @@ def test_read_persons_every_person_once_across_an_interruption(
     requests = len(standin.requests)
     assert read_persons(client_for(standin.transport()), checkpoint, store) == final  # done: nothing read
     assert len(standin.requests) == requests
+
+
+# ------------------------------------------------------------------------------ the stand-in's cohort routes
+
+
+def ask(standin: PersonsStandin, url: str, key: str | None = STANDIN_KEY) -> httpx.Response:
+    """``GET url`` of the stand-in, in-process, with ``key`` as the bearer (None: no Authorization header)."""
+    headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+    with httpx.Client(transport=standin.transport()) as http:
+        return http.get(url, headers=headers)
+
+
+COHORT_7 = f"{HOST}/api/projects/1/cohorts/7/"
+
+
+def test_standin_cohort_persons_page_to_the_end_like_posthog() -> None:
+    standin = PersonsStandin(25, cohort_default_limit=10)
+    standin.cohorts[7] = Cohort(name="Power users", members=list(range(25)))
+    urls, pages = [f"{COHORT_7}persons/"], []
+    while urls[-1] is not None:
+        answer = ask(standin, urls[-1])
+        assert answer.status_code == 200
+        pages.append(answer.json())
+        urls.append(pages[-1]["next"])
+    # limit absent: PostHog's default page; next = the URL asked with offset set, limit never added
+    assert urls == [f"{COHORT_7}persons/", f"{COHORT_7}persons/?offset=10", f"{COHORT_7}persons/?offset=20", None]
+    assert [len(page["results"]) for page in pages] == [10, 10, 5]
+    assert all(set(page) == {"results", "next", "previous"} for page in pages)  # no count
+    # previous: PostHog's quirk, offset - limit == 0 gives back the URL asked
+    assert [page["previous"] for page in pages] == [
+        None,
+        f"{COHORT_7}persons/?offset=10",
+        f"{COHORT_7}persons/?offset=10",
+    ]
+    served = [person["uuid"] for page in pages for person in page["results"]]
+    assert served == [make_person(i)["uuid"] for i in range(25)]
+    first = pages[0]["results"][1]
+    assert first == {
+        **make_person(1),
+        "type": "person",
+        "matched_recordings": [],
+        "value_at_data_point": None,
+    }
+    assert [seen.route for seen in standin.requests] == [ROUTE_COHORT_PERSONS] * 3
+    assert len(standin.cohort_requests(7, ROUTE_COHORT_PERSONS)) == 3
+
+
+def test_standin_a_full_last_page_is_followed_by_an_empty_one() -> None:
+    standin = PersonsStandin()
+    standin.add_cohort(7, "Ten", range(10))
+    first = ask(standin, f"{COHORT_7}persons/?limit=5&format=json").json()
+    assert first["next"] == f"{COHORT_7}persons/?limit=5&format=json&offset=5"
+    second = ask(standin, first["next"]).json()
+    assert len(second["results"]) == 5 and second["next"] == f"{COHORT_7}persons/?limit=5&format=json&offset=10"
+    last = ask(standin, second["next"]).json()
+    assert last == {"results": [], "next": None, "previous": f"{COHORT_7}persons/?limit=5&format=json&offset=5"}
+    for bad in ("limit=x", "offset=-1"):
+        assert ask(standin, f"{COHORT_7}persons/?{bad}").status_code == 400
+
+
+def test_standin_cohort_members_change_between_reads() -> None:
+    standin = PersonsStandin(5)
+    email_only = {"id": "u-mail", "uuid": "u-mail", "distinct_ids": ["ann@example.com"], "properties": {}}
+    many_ids = {**make_person(40), "distinct_ids": [f"d-{i}" for i in range(12)]}
+    standin.cohorts[9] = Cohort(name="Changing", members=[1, 2, email_only])
+
+    def uuids() -> list[str]:
+        return [
+            person["uuid"] for person in ask(standin, f"{HOST}/api/projects/1/cohorts/9/persons/").json()["results"]
+        ]
+
+    assert uuids() == [make_person(1)["uuid"], make_person(2)["uuid"], "u-mail"]
+    standin.add_to_cohort(9, 3, many_ids)
+    standin.add_to_cohort(9, 0, at=0)
+    assert uuids() == [make_person(i)["uuid"] for i in (0, 1, 2)] + ["u-mail", make_person(3)["uuid"], many_ids["uuid"]]
+    assert standin.remove_from_cohort(9, 1, "ann@example.com", many_ids) == 3
+    assert standin.remove_from_cohort(9, "nobody") == 0
+    assert uuids() == [make_person(i)["uuid"] for i in (0, 2, 3)]
+    # an index is the stand-in's person: a change to it shows in the cohort
+    standin.persons[2]["properties"]["plan"] = "enterprise"
+    served = ask(standin, f"{HOST}/api/projects/1/cohorts/9/persons/").json()["results"]
+    assert served[1]["properties"]["plan"] == "enterprise"
+    standin.set_cohort_members(9, [many_ids, email_only])
+    served = ask(standin, f"{HOST}/api/projects/1/cohorts/9/persons/").json()["results"]
+    assert served[0]["distinct_ids"] == [f"d-{i}" for i in range(10)]  # PostHog serves 10 at most
+    assert served[1]["id"] == "u-mail" and served[1]["type"] == "person"
+    assert [p["uuid"] for p in standin.cohort_members(9)] == [many_ids["uuid"], "u-mail"]
+
+
+def test_standin_cohort_object_unknown_and_deleted() -> None:
+    standin = PersonsStandin()
+    standin.cohorts[7] = Cohort(name="Power users", members=[1, 2, 3], description="d")
+    body = ask(standin, COHORT_7).json()
+    assert {key: body[key] for key in ("id", "name", "description", "deleted", "is_static", "is_calculating")} == {
+        "id": 7,
+        "name": "Power users",
+        "description": "d",
+        "deleted": False,
+        "is_static": False,
+        "is_calculating": False,
+    }
+    assert body["count"] == 3 and body["errors_calculating"] == 0 and body["last_calculation"] and body["created_at"]
+    assert {"groups", "filters", "query", "created_by", "cohort_type", "experiment_set"} <= set(body)
+    standin.cohorts[7].count, standin.cohorts[7].is_calculating = 99, True  # a stale count, recalculating
+    assert (ask(standin, COHORT_7).json()["count"], ask(standin, COHORT_7).json()["is_calculating"]) == (99, True)
+    not_found = {"type": "invalid_request", "code": "not_found", "detail": "Not found.", "attr": None}
+    for url in (
+        f"{HOST}/api/projects/1/cohorts/8/",
+        f"{HOST}/api/projects/1/cohorts/8/persons/",
+        f"{HOST}/api/projects/1/cohorts/x/",
+    ):
+        answer = ask(standin, url)
+        assert (answer.status_code, answer.json()) == (404, not_found), url
+    # soft-deleted: still answered, deleted: true, its persons still served (PostHog filters deleted for list only)
+    standin.cohorts[7].deleted = True
+    assert ask(standin, COHORT_7).json()["deleted"] is True
+    assert len(ask(standin, f"{COHORT_7}persons/").json()["results"]) == 3
+    del standin.cohorts[7]
+    assert ask(standin, COHORT_7).status_code == 404
+    assert [seen.cohort_id for seen in standin.requests][-1] == 7
+    assert [seen.route for seen in standin.requests if seen.cohort_id == 8] == [ROUTE_COHORT, ROUTE_COHORT_PERSONS]
+
+
+def test_standin_cohort_routes_auth_scopes_and_environments() -> None:
+    standin = PersonsStandin(3)
+    standin.add_cohort(7, members=[0, 1])
+    for url in (COHORT_7, f"{COHORT_7}persons/"):
+        missing = ask(standin, url, key=None)
+        assert missing.status_code == 401 and missing.json()["code"] == "not_authenticated"
+        wrong = ask(standin, url, key="phx_wrong")
+        assert wrong.status_code == 401 and wrong.json() == {
+            "type": "authentication_error",
+            "code": "authentication_failed",
+            "detail": "Personal API key found in request Authorization header is invalid.",
+            "attr": None,
+        }
+        other = ask(standin, url.replace("/projects/1/", "/projects/2/"))
+        assert other.status_code == 403 and other.json()["code"] == "permission_denied"
+    assert [seen.authorized for seen in standin.requests] == [False, False, True] * 2
+    standin.scopes = {"cohort:read"}
+    assert ask(standin, COHORT_7).status_code == 200
+    refused = ask(standin, f"{COHORT_7}persons/")
+    assert refused.status_code == 403 and refused.json()["detail"] == "API key missing required scope 'person:read'"
+    standin.scopes = None
+    # cohorts live under /api/projects/ only (PostHog's router); the alias on request
+    environments = f"{HOST}/api/environments/1/cohorts/7/persons/"
+    assert ask(standin, environments).json() == {
+        "type": "invalid_request",
+        "code": "not_found",
+        "detail": "Endpoint not found.",
+        "attr": None,
+    }
+    standin.cohorts_under_environments = True
+    assert ask(standin, environments).json()["next"] is None
+    assert ask(standin, f"{HOST}/api/environments/1/persons/").status_code == 200  # the persons alias, as before
+
+
+def test_standin_fail_path_fails_one_cohorts_page_only() -> None:
+    standin = PersonsStandin(30, cohort_default_limit=5)
+    standin.add_cohort(7, members=range(30))
+    standin.add_cohort(9, members=range(30))
+    fault = standin.fail_path("/cohorts/9/persons/", 503, 2, skip=2)
+    urls = [f"{HOST}/api/projects/1/cohorts/9/persons/?limit=5&offset={at}" for at in range(0, 30, 5)]
+    assert [ask(standin, url).status_code for url in urls] == [200, 200, 503, 503, 200, 200]
+    assert (fault.hits, fault.remaining) == (2, 0)
+    assert ask(standin, urls[2]).status_code == 200  # spent
+    assert ask(standin, f"{COHORT_7}persons/?limit=5&offset=10").status_code == 200
+    assert ask(standin, f"{HOST}/api/projects/1/persons/").status_code == 200
+    assert [seen.status for seen in standin.cohort_requests(9)] == [200, 200, 503, 503, 200, 200, 200]
+    assert len(standin.cohort_requests(7)) == 1 and standin.cohort_requests(8) == []
+    # by query too, a 429 with Retry-After; the global faults count cohort requests like any other
+    standin.fail_path("offset=10", 429, retry_after="3")
+    throttled = ask(standin, f"{COHORT_7}persons/?limit=5&offset=10")
+    assert throttled.status_code == 429 and throttled.headers["retry-after"] == "3"
+    assert throttled.json()["type"] == "throttled_error"
+    standin.rate_limit_next(1, retry_after="2")
+    standin.fail_next(1, status=502)
+    assert [ask(standin, COHORT_7).status_code for _ in range(3)] == [429, 502, 200]
+    standin.path_faults.clear()
+    assert ask(standin, urls[2]).status_code == 200

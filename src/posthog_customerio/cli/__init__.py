@@ -16,7 +16,7 @@ import typer
 import typer.main
 
 from .. import __version__
-from . import check, consume, people, persons, sandbox, send, serve, store
+from . import check, cohorts, consume, people, persons, sandbox, send, serve, store
 from .lifecycle import EXIT_OK
 
 __all__ = ["app", "main", "setting_commands"]
@@ -32,6 +32,7 @@ app = typer.Typer(
 app.command()(check.check)
 app.command()(send.send)
 app.command("sync-persons")(persons.sync_persons_command)
+app.command("sync-cohorts")(cohorts.sync_cohorts_command)
 app.command("delete-person")(people.delete_person)
 app.command()(people.unsuppress)
 app.command()(serve.serve)

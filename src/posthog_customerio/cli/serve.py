@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from ..config import (
+    COHORTS,
     CUSTOMERIO,
     DELIVERY,
     HTTP,
@@ -77,7 +78,40 @@ def check_person_sync(settings: Settings) -> None:
         raise ConfigError(f"PERSON_SYNC_INTERVAL_S is set, so serve reads PostHog's persons API: {exc}") from None
 
 
-@setting_options(CUSTOMERIO, IDENTITY, MAPPING, PACING, DELIVERY, STORE, SERVICE, HTTP, POSTHOG_API, plugin_config=True)
+def check_cohort_sync(settings: Settings) -> None:
+    """With cohorts configured (``COHORT_SEGMENTS``, ``COHORT_ATTRIBUTES``), ``serve`` syncs them every
+    ``COHORT_SYNC_INTERVAL_S``: PostHog's API settings are needed (a :class:`ConfigError` naming what is missing
+    or malformed, or a target the output cannot serve)."""
+    from ..person_sync import missing_api_settings, persons_client
+    from ..sources.cohorts import configured_cohorts
+    from .cohorts import check_cohort_settings
+
+    if not configured_cohorts(settings):
+        return
+    given = [
+        name
+        for name, value in (
+            ("COHORT_SEGMENTS", settings.cohort_segments),
+            ("COHORT_ATTRIBUTES", settings.cohort_attributes),
+        )
+        if value.strip()
+    ]
+    why = f"{' and '.join(given)} {'is' if len(given) == 1 else 'are'} set, so"
+    try:
+        check_cohort_settings(settings, "serve")
+    except ConfigError as exc:
+        if missing_api_settings(settings):
+            raise ConfigError(f"{why} {exc}") from None
+        raise
+    try:
+        persons_client(settings).close()
+    except ConfigError as exc:
+        raise ConfigError(f"{why} serve reads PostHog's cohorts API: {exc}") from None
+
+
+@setting_options(
+    CUSTOMERIO, IDENTITY, MAPPING, PACING, DELIVERY, STORE, SERVICE, HTTP, POSTHOG_API, COHORTS, plugin_config=True
+)
 def serve(
     flags: SettingFlags,
     host: Annotated[str, typer.Option("--host", help="Interface to bind")] = "127.0.0.1",
@@ -102,6 +136,7 @@ def serve(
         if not sandbox:
             settings.require_credentials()
         check_person_sync(settings)
+        check_cohort_sync(settings)
         listening = listen(host, port, throwaway)
         configure_logging(settings.log_format, settings.log_level, settings.secret_values())
         runtime = Runtime(settings, sandbox=sandbox, fallback_to_us=True)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+import time
+from typing import Annotated, Any
 
 import typer
 
@@ -27,7 +28,53 @@ def status(flags: SettingFlags, as_json: Annotated[bool, typer.Option("--json", 
     if as_json:
         show_json(report)
         return
-    show(status_text(report))
+    show("\n".join([status_text(report), *cohort_sync_lines(report.get("cohort_sync"))]))
+
+
+def cohort_sync_lines(sync: dict[str, Any] | None) -> list[str]:
+    """``cohort_sync`` of the status report: the schedule's passes (when a service syncs cohorts), then one line
+    per cohort as the database keeps it (none when no cohort was ever synced)."""
+    if not sync:
+        return []
+    cohorts = sync.get("cohorts") or []
+    if sync.get("interval_s") is not None:
+        passes = sync.get("passes") or {}
+        lines = [
+            f"cohort sync        every {sync['interval_s']:g}s; {passes.get('ok', 0)} passes ok,"
+            f" {passes.get('failed', 0)} failed, {passes.get('skipped', 0)} skipped (another process's turn);"
+            f" +{sync.get('adds', 0)} members added, -{sync.get('removes', 0)} removed"
+            + ("; running now" if sync.get("running") else "")
+        ]
+        if sync.get("last_error"):
+            lines.append(f"  last error       {_when(sync.get('last_error_at'))} {sync['last_error']}")
+    else:
+        lines = [f"cohorts            {len(cohorts)} synced (no service is syncing them now)"]
+    lines += [cohort_line(cohort) for cohort in cohorts]
+    return lines
+
+
+def cohort_line(cohort: dict[str, Any]) -> str:
+    """``cohort 7 (Power users) -> segment 12: 120 members; last pass <time> ok, +3 -1; error: ...`` (the last
+    pass's adds and removals; members: what the database holds now)."""
+    title = f"cohort {cohort['cohort_id']}" + (f" ({cohort['name']})" if cohort.get("name") else "")
+    last, members = cohort.get("last_pass") or {}, cohort.get("members") or {}
+    targets = ", ".join(
+        f"{target}: {members[target]:,} members" if target in members else target for target in cohort["targets"]
+    )
+    line = f"  {title} -> {targets or 'no target yet'}"
+    if last:
+        when, outcome = _when(last.get("ended_at") or last.get("started_at")), last.get("outcome")
+        added, removed = sum((last.get("added") or {}).values()), sum((last.get("removed") or {}).values())
+        line += f"; last pass {when} {outcome}, +{added} -{removed}"
+    if cohort.get("phase") not in (None, "idle"):
+        line += f"; pass {cohort['pass']} {cohort['phase']} (an interrupted pass is resumed by the next one)"
+    if cohort.get("last_error"):
+        line += f"; error: {cohort['last_error']}"
+    return line
+
+
+def _when(at: float | None) -> str:
+    return "never" if at is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
 
 @setting_options(STORE, IDENTITY)

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 from .attributes import PUSH_SUBSCRIPTION_PREFIX, convert_dates, iso_datetime_seconds, value_digest
 from .book import Mapped
+from .cohorts import CohortTarget, ensure_profile, member_joined, member_left
 from .config import DEFAULT_EVENTS_TO_SKIP, AnonymousEvents, AnonymousMode, MappingConfig
 from .core import PERSON_UPDATE_EVENTS, involved_distinct_ids, map_event
 from .devices import DEVICE_TOKEN_PROPERTIES
@@ -76,17 +77,21 @@ __all__ = [
     "PUSH_SUBSCRIPTION_PREFIX",
     "AnonymousEvents",
     "AnonymousMode",
+    "CohortTarget",
     "Mapped",
     "MappingConfig",
     "PersonSnapshot",
     "adopted_events",
     "convert_dates",
+    "ensure_profile",
     "involved_distinct_ids",
     "is_email",
     "iso_datetime_seconds",
     "known_identifiers",
     "map_event",
     "map_person",
+    "member_joined",
+    "member_left",
     "page_name",
     "person_identifiers",
     "prefit_event",

@@ -32,8 +32,8 @@ from .base import (
     register,
 )
 from .deadline import DeadlineClient
-from .track_v1 import has_v1_equivalent, v1_body_text, v1_request
-from .track_v2 import BATCH_ENVELOPE, BATCH_PATH, batch_body, batch_item, has_v2_equivalent
+from .track_v1 import MAX_SEGMENT_IDS, has_v1_equivalent, segment_key, segment_request, v1_body_text, v1_request
+from .track_v2 import BATCH_ENVELOPE, BATCH_PATH, batch_body, batch_item
 
 __all__ = ["REGION_URLS", "TrackClient", "TrackOutput", "TrackV1Output", "TrackV2Output", "resolve_track_url"]
 
@@ -159,7 +159,14 @@ class TrackOutput:
         return [Unit(items)] if items else []
 
     def send(self, unit: Unit) -> SendResult:
-        """A batch unit as one ``/api/v2/batch``; a single one through v1 (v2 when v1 has no equivalent)."""
+        """A batch unit as one ``/api/v2/batch``; a single one through v1 (v2 when v1 has no equivalent); segment
+        changes as one ``add_customers``/``remove_customers``."""
+        if unit.items and unit.items[0].kind == "segment":
+            try:
+                verb, where, ids = segment_request([json.loads(item.payload) for item in unit.items])
+            except (ValueError, KeyError, TypeError, StopIteration) as exc:
+                return SendResult(Outcome.PERMANENT, error=f"malformed segment operation: {exc}", sent=False)
+            return self.client.request(verb, where, v1_body_text(ids))
         if unit.batch:
             return self.client.send_batch([batch_item(item.payload, item.kind) for item in unit.items])
         (item,) = unit.items
@@ -183,10 +190,21 @@ class TrackV2Output(TrackOutput):
     name = "v2"
 
     def units(self, items: Sequence[Claimed]) -> list[Unit]:
-        """The batch first, then one v1 request per anonymous event."""
-        batch = [item for item in items if has_v2_equivalent(item.kind)]
-        singles = [Unit([item], batch=False) for item in items if not has_v2_equivalent(item.kind)]
-        return [Unit(batch), *singles] if batch else singles
+        """The batch first (cut where segment changes come between, to keep each person's order), then one v1
+        request per anonymous event."""
+        units: list[Unit] = []
+        batch: list[Claimed] = []
+        for run in _segment_runs([item for item in items if item.kind != "anonymous"]):
+            if isinstance(run, Unit):
+                if batch:
+                    units.append(Unit(batch))
+                    batch = []
+                units.append(run)
+            else:
+                batch.append(run)
+        if batch:
+            units.append(Unit(batch))
+        return units + [Unit([item], batch=False) for item in items if item.kind == "anonymous"]
 
 
 class TrackV1Output(TrackOutput):
@@ -199,8 +217,39 @@ class TrackV1Output(TrackOutput):
         return max(1, min(max_items, int(5 / interval)))
 
     def units(self, items: Sequence[Claimed]) -> list[Unit]:
-        """One unit per operation, in order."""
-        return [Unit([item], batch=not has_v1_equivalent(item.kind)) for item in items]
+        """One unit per operation, in order (consecutive segment changes share one)."""
+        return [
+            run if isinstance(run, Unit) else Unit([run], batch=not has_v1_equivalent(run.kind))
+            for run in _segment_runs(items)
+        ]
+
+
+def _segment_runs(items: Sequence[Claimed]) -> list[Claimed | Unit]:
+    """``items`` in order, with each run of consecutive segment changes of one segment, action and identifier
+    type (at most :data:`MAX_SEGMENT_IDS`) as one unit: one request, not a batch (Customer.io ignores ids it
+    cannot match rather than refusing them, so a refused one is refused whole: never halved)."""
+    runs: list[Claimed | Unit] = []
+    group: list[Claimed] = []
+    key: tuple[str, str, str] | None = None
+    for item in items:
+        if item.kind != "segment":
+            if group:
+                runs.append(Unit(group, batch=False))
+                group, key = [], None
+            runs.append(item)
+            continue
+        try:
+            item_key: tuple[str, str, str] | None = segment_key(json.loads(item.payload))
+        except (ValueError, KeyError, TypeError, StopIteration):
+            item_key = None  # malformed: alone, refused by send
+        if group and (item_key is None or item_key != key or len(group) >= MAX_SEGMENT_IDS):
+            runs.append(Unit(group, batch=False))
+            group = []
+        group.append(item)
+        key = item_key
+    if group:
+        runs.append(Unit(group, batch=False))
+    return runs
 
 
 register(TrackV1Output)

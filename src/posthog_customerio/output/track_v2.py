@@ -20,8 +20,8 @@ BATCH_ENVELOPE = len('{"batch":[]}')
 
 
 def has_v2_equivalent(kind: Kind) -> bool:
-    """Whether operations of this kind can go in a v2 batch (anonymous events cannot)."""
-    return kind != "anonymous"
+    """Whether operations of this kind can go in a v2 batch (anonymous events and segment changes cannot)."""
+    return kind not in ("anonymous", "segment")
 
 
 def batch_item(text: str, kind: Kind) -> str:

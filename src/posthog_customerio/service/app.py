@@ -8,6 +8,7 @@ background threads of the same process, started and drained by the app's lifespa
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -91,6 +92,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
         runtime.deliverer(pause_on_auth_error=True, on_delivered=on_delivered).start()
     syncing = runtime.start_person_sync() is not None
+    cohorts = runtime.start_cohort_sync() is not None
     service.sampler.start()
     await service.readiness.current()
     service.probe.view()
@@ -98,11 +100,14 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     log.info("serving; delivery %s to %s", "on" if service.deliver else "off", target)
     if syncing:
         log.info("person sync: a pass of PostHog's persons every %gs", runtime.settings.person_sync_interval_s)
+    if cohorts:
+        log.info("cohort sync: a pass of PostHog's cohorts every %gs", runtime.settings.cohort_sync_interval_s)
     try:
         yield
     finally:
-        if runtime.person_sync is not None:  # first: nothing more is stored while the outbox drains
-            await run_in_threadpool(runtime.person_sync.stop, min(5.0, config.shutdown_grace_s))
+        # first, side by side: nothing more is stored while the outbox drains
+        syncs = [sync for sync in (runtime.person_sync, runtime.cohort_sync) if sync is not None]
+        await asyncio.gather(*(run_in_threadpool(sync.stop, min(5.0, config.shutdown_grace_s)) for sync in syncs))
         deliverer = runtime.current_deliverer
         if deliverer is not None:
             left = _grace_left(app, config.shutdown_grace_s)

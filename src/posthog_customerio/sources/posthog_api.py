@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
+from urllib.parse import urlencode
 
 import httpx
 
@@ -67,11 +68,14 @@ __all__ = [
     "PersonsProgress",
     "PostHogApiError",
     "PostHogAuthError",
+    "PostHogCohort",
+    "PostHogNotFound",
     "PostHogPageError",
     "PostHogPerson",
     "PostHogPersonsClient",
     "PostHogUnavailable",
     "SlidingWindowLimiter",
+    "parse_cohort",
     "parse_page",
     "parse_person",
     "read_persons",
@@ -81,6 +85,8 @@ log = logging.getLogger(__name__)
 
 #: the personal API key scope the persons list needs (https://posthog.com/docs/api/persons)
 PERSON_READ_SCOPE = "person:read"
+#: the scope reading cohorts needs (https://posthog.com/docs/api/cohorts)
+COHORT_READ_SCOPE = "cohort:read"
 #: below PostHog's 240 a minute for analytics endpoints, leaving room for the team's other callers
 DEFAULT_MAX_PER_MINUTE = 200
 #: below PostHog's 1,200 an hour for analytics endpoints (the minute budget alone would exceed it in 6 minutes)
@@ -99,6 +105,10 @@ class PostHogApiError(RuntimeError):
 
 class PostHogAuthError(PostHogApiError):
     """PostHog refused the personal API key (401) or its scopes (403): retrying cannot help."""
+
+
+class PostHogNotFound(PostHogApiError):
+    """PostHog answered 404: no such project, cohort or API path."""
 
 
 class PostHogUnavailable(PostHogApiError):
@@ -195,6 +205,47 @@ def parse_person(raw: object, where: str = "person") -> PostHogPerson:
         created_at=_text(raw.get("created_at"), f"{where}.created_at", optional=True),
         is_identified=is_identified,
         name=_text(raw.get("name"), f"{where}.name", optional=True),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PostHogCohort:
+    """A cohort as ``GET /api/projects/{project_id}/cohorts/{id}/`` returns it (https://posthog.com/docs/api/cohorts):
+    ``deleted`` is PostHog's soft delete; ``is_calculating``: a dynamic cohort being recalculated."""
+
+    id: str
+    name: str
+    deleted: bool = False
+    is_calculating: bool = False
+    is_static: bool = False
+    count: int | None = None
+    last_calculation: str | None = None
+
+
+def parse_cohort(raw: object) -> PostHogCohort:
+    """Validate a cohort object (the fields this project uses; others are ignored)."""
+    if not isinstance(raw, dict):
+        raise PostHogPageError(f"cohort: expected an object, got {_kind(raw)}")
+    raw_id = raw.get("id")
+    if isinstance(raw_id, bool) or not isinstance(raw_id, int | str):
+        raise PostHogPageError(f"cohort.id: expected a string or an integer, got {_kind(raw_id)}")
+    flags = {}
+    for name in ("deleted", "is_calculating", "is_static"):
+        value = raw.get(name, False)
+        if value is None:
+            value = False
+        if not isinstance(value, bool):
+            raise PostHogPageError(f"cohort.{name}: expected true or false, got {_kind(value)}")
+        flags[name] = value
+    count = raw.get("count")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
+        raise PostHogPageError(f"cohort.count: expected an integer, got {_kind(count)}")
+    return PostHogCohort(
+        id=str(raw_id),
+        name=_text(raw.get("name"), "cohort.name", optional=True) or "",
+        count=count,
+        last_calculation=_text(raw.get("last_calculation"), "cohort.last_calculation", optional=True),
+        **flags,
     )
 
 
@@ -347,6 +398,23 @@ class PostHogPersonsClient:
         """What a checkpoint of this client's list belongs to (host and project; no key)."""
         return f"{self.host} project {self.project_id}"
 
+    def cohort_members_url(self, cohort_id: str) -> str:
+        """The first page of a cohort's members: ``{host}/api/projects/{project_id}/cohorts/{id}/persons/``."""
+        url = f"{self.host}/api/projects/{self.project_id}/cohorts/{cohort_id}/persons/"
+        return f"{url}?limit={self.page_size}" if self.page_size else url
+
+    def person_by_distinct_id(self, distinct_id: str) -> PostHogPerson | None:
+        """The person holding ``distinct_id``, with all its distinct_ids (the persons list's ``distinct_id``
+        filter, https://posthog.com/docs/api/persons); None when PostHog has none."""
+        url = f"{self.host}/api/projects/{self.project_id}/persons/?{urlencode({'distinct_id': distinct_id})}"
+        page = parse_page(self._get_json(url), url)
+        return next((person for person in page.results if distinct_id in person.distinct_ids), None)
+
+    def cohort(self, cohort_id: str) -> PostHogCohort:
+        """``GET /api/projects/{project_id}/cohorts/{id}/`` (paced and retried like a page; 404 raises
+        :class:`PostHogNotFound`)."""
+        return parse_cohort(self._get_json(f"{self.host}/api/projects/{self.project_id}/cohorts/{cohort_id}/"))
+
     def close(self) -> None:
         """Close the connections."""
         self._http.close()
@@ -419,7 +487,7 @@ class PostHogPersonsClient:
                 break
             delay = self.backoff.next_delay(retry_after)
             log.warning(
-                "PostHog persons list: %s for %s; retrying in %.1f s (attempt %d of %d)",
+                "PostHog API: %s for %s; retrying in %.1f s (attempt %d of %d)",
                 last,
                 url,
                 delay,
@@ -429,7 +497,7 @@ class PostHogPersonsClient:
             if delay > 0:
                 self._sleep(delay)
         raise PostHogUnavailable(
-            f"PostHog persons list: {self.max_attempts} attempts in a row failed for {url} (last: {last}); giving up"
+            f"PostHog API: {self.max_attempts} attempts in a row failed for {url} (last: {last}); giving up"
         )
 
     def _decoded(self, response: httpx.Response, url: str) -> object:
@@ -451,7 +519,7 @@ class PostHogPersonsClient:
         if status == 403:
             raise PostHogAuthError(
                 f"PostHog refused access (HTTP 403 from {url}): the personal API key needs scope {PERSON_READ_SCOPE}"
-                f" and access to project {self.project_id}"
+                f" and access to project {self.project_id} (and scope {COHORT_READ_SCOPE} to read cohorts)"
             )
         if 300 <= status < 400:
             location = self._redacted(response.headers.get("location", "?"))
@@ -460,9 +528,7 @@ class PostHogPersonsClient:
                 " (https://us.posthog.com, https://eu.posthog.com or your self-hosted domain)"
             )
         if status == 404:
-            raise PostHogApiError(
-                f"HTTP 404 from {url}: no such project ({self.project_id}) or API path on {self.host}"
-            )
+            raise PostHogNotFound(f"HTTP 404 from {url}: no such project ({self.project_id}), cohort or API path")
         raise PostHogApiError(f"PostHog answered HTTP {status} for {url}: {detail!r}")
 
 

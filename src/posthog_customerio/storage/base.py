@@ -19,6 +19,8 @@ from typing import IO, Any, Protocol
 from ..operations import Lane
 from .rows import (
     CandidateRow,
+    CohortMemberRow,
+    CohortSyncRow,
     DeadLetterRow,
     DeliveryRow,
     ExpiredRow,
@@ -209,6 +211,31 @@ class Transaction(Protocol):
     def counters(self, key: str) -> dict[str, int]:
         """The counters :meth:`add_counters` stored under ``key``: name -> n (empty when none)."""
 
+    # -- PostHog cohorts (sync-cohorts) --
+    def cohort_sync(self, cohort_id: str) -> CohortSyncRow | None:
+        """A synced cohort's row (None: never synced)."""
+
+    def cohort_syncs(self) -> list[CohortSyncRow]:
+        """Every synced cohort's row, by cohort id."""
+
+    def save_cohort_sync(self, row: CohortSyncRow) -> None:
+        """Insert or replace a cohort's row."""
+
+    def cohort_members(self, cohort_id: str, target: str, person_ids: Sequence[str]) -> dict[str, CohortMemberRow]:
+        """The stored members of a cohort's target among ``person_ids``, by person id."""
+
+    def upsert_cohort_members(self, cohort_id: str, target: str, rows: Iterable[CohortMemberRow]) -> None:
+        """Insert members, or mark known ones as seen by the row's pass."""
+
+    def stale_cohort_members(self, cohort_id: str, target: str, before_pass: int, limit: int) -> list[CohortMemberRow]:
+        """Up to ``limit`` members the pass ``before_pass`` did not see (left the cohort), oldest person id first."""
+
+    def delete_cohort_members(self, cohort_id: str, target: str, person_ids: Sequence[str]) -> None:
+        """Forget members of a cohort's target."""
+
+    def count_cohort_members(self, cohort_id: str, target: str, pass_no: int | None = None) -> int:
+        """A target's stored members (those seen by ``pass_no`` when given)."""
+
 
 class Claims(ABC):
     """How one backend hands operations to delivery workers without two taking the same person."""
@@ -279,6 +306,10 @@ class Storage(ABC):
     def person_sync_lock(self) -> AbstractContextManager[bool]:
         """Try to become, for the block, the one process running a person sync pass on this database (never
         waits): the block gets True when this process holds the lock, False when another one does."""
+
+    @abstractmethod
+    def cohort_sync_lock(self) -> AbstractContextManager[bool]:
+        """As :meth:`person_sync_lock`, for a cohort sync pass (``sync-cohorts``): one process at a time."""
 
     @abstractmethod
     def schema(self) -> dict[str, dict[str, str]]:

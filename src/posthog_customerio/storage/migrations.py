@@ -119,6 +119,27 @@ SQLITE_MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS outbox_anonymous_lane ON outbox (seq) WHERE kind = 'anonymous';
     CREATE INDEX IF NOT EXISTS outbox_leased ON outbox (seq) WHERE lease_until IS NOT NULL
     """,
+    # 10: PostHog cohorts (sync-cohorts): each synced cohort's pass and progress, and the members each of its
+    # targets (a manual segment, an attribute) last had, with the pass that last saw them
+    """
+    CREATE TABLE IF NOT EXISTS cohort_syncs (
+        cohort_id TEXT PRIMARY KEY,
+        pass INTEGER NOT NULL DEFAULT 0,
+        phase TEXT NOT NULL DEFAULT 'idle',
+        next_url TEXT,
+        info TEXT NOT NULL DEFAULT '{}',
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS cohort_members (
+        cohort_id TEXT NOT NULL,
+        target TEXT NOT NULL,
+        person_id TEXT NOT NULL,
+        distinct_id TEXT NOT NULL,
+        pass INTEGER NOT NULL,
+        PRIMARY KEY (cohort_id, target, person_id)
+    );
+    CREATE INDEX IF NOT EXISTS cohort_members_pass ON cohort_members (cohort_id, target, pass);
+    """,
 ]
 
 POSTGRES_MIGRATIONS: list[str] = [
@@ -217,6 +238,26 @@ POSTGRES_MIGRATIONS: list[str] = [
     CREATE INDEX IF NOT EXISTS outbox_person_lane ON outbox (seq) WHERE kind <> 'anonymous';
     CREATE INDEX IF NOT EXISTS outbox_anonymous_lane ON outbox (seq) WHERE kind = 'anonymous';
     CREATE INDEX IF NOT EXISTS outbox_leased ON outbox (seq) WHERE lease_until IS NOT NULL
+    """,
+    # 7: as SQLite's 10: PostHog cohorts (sync-cohorts), their passes and the members each target last had
+    """
+    CREATE TABLE IF NOT EXISTS cohort_syncs (
+        cohort_id TEXT PRIMARY KEY,
+        pass BIGINT NOT NULL DEFAULT 0,
+        phase TEXT NOT NULL DEFAULT 'idle',
+        next_url TEXT,
+        info TEXT NOT NULL DEFAULT '{}',
+        updated_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS cohort_members (
+        cohort_id TEXT NOT NULL,
+        target TEXT NOT NULL,
+        person_id TEXT NOT NULL,
+        distinct_id TEXT NOT NULL,
+        pass BIGINT NOT NULL,
+        PRIMARY KEY (cohort_id, target, person_id)
+    );
+    CREATE INDEX IF NOT EXISTS cohort_members_pass ON cohort_members (cohort_id, target, pass)
     """,
 ]
 

@@ -42,6 +42,7 @@ _MIGRATION_LOCK = 7_274_135_001  # pg_advisory_lock key: one replica migrates at
 _CLAIM_LOCK = 7_274_135_002  # pg_advisory_xact_lock key: one claimer at a time across replicas
 _EXPIRY_LOCK = 7_274_135_003  # pg_advisory_xact_lock key: one expiry of anonymous events at a time
 _PERSON_SYNC_LOCK = 7_274_135_004  # pg_try_advisory_lock key (session): one person sync pass at a time
+_COHORT_SYNC_LOCK = 7_274_135_005  # the same for a cohort sync pass
 
 
 def lease_margin(lease_s: float) -> float:
@@ -314,19 +315,26 @@ class PostgresStorage(SqlStorage):
         """Any number of replicas deliver (leases keep them apart)."""
         return None
 
-    @contextlib.contextmanager
-    def person_sync_lock(self) -> Iterator[bool]:
+    def person_sync_lock(self) -> contextlib.AbstractContextManager[bool]:
         """A session-level advisory lock, tried without waiting, held on one pooled connection for the whole
         block (a pass spans many transactions). Committed at once, so the connection is never left idle in a
         transaction; released at the end, or by PostgreSQL when the replica's connection goes."""
+        return self._advisory_lock(_PERSON_SYNC_LOCK)
+
+    def cohort_sync_lock(self) -> contextlib.AbstractContextManager[bool]:
+        """As :meth:`person_sync_lock`, with the cohort sync's own key."""
+        return self._advisory_lock(_COHORT_SYNC_LOCK)
+
+    @contextlib.contextmanager
+    def _advisory_lock(self, key: int) -> Iterator[bool]:
         with self.pool.connection() as conn:
-            held = bool(conn.execute("SELECT pg_try_advisory_lock(%s)", (_PERSON_SYNC_LOCK,)).fetchone()[0])
+            held = bool(conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0])
             conn.commit()
             try:
                 yield held
             finally:
                 if held:
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (_PERSON_SYNC_LOCK,))
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
                     conn.commit()
 
     def schema(self) -> dict[str, dict[str, str]]:

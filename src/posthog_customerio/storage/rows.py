@@ -12,6 +12,8 @@ from ..operations import Kind, ordering_keys
 
 __all__ = [
     "CandidateRow",
+    "CohortMemberRow",
+    "CohortSyncRow",
     "DeadLetterRow",
     "DeliveryRow",
     "ExpiredRow",
@@ -178,3 +180,24 @@ class ExpiredRow(NamedTuple):
     person_key: str
     kind: Kind
     payload: str
+
+
+class CohortSyncRow(NamedTuple):
+    """A synced PostHog cohort (``cohort_syncs``): its pass number, where the pass is (``idle``, ``reading``
+    from ``next_url``, ``removing``), and what the last passes did (``info``, JSON)."""
+
+    cohort_id: str
+    pass_no: int
+    phase: str
+    next_url: str | None
+    info: str
+    updated_at: float
+
+
+class CohortMemberRow(NamedTuple):
+    """A member a cohort's target last had (``cohort_members``): the PostHog person, the distinct_id of the
+    profile it was added as, and the last pass that saw it in the cohort."""
+
+    person_id: str
+    distinct_id: str
+    pass_no: int

@@ -14,6 +14,8 @@ from ..operations import Lane
 from .base import EXPIRED_KEY, Storage, StorageSnapshot
 from .rows import (
     CandidateRow,
+    CohortMemberRow,
+    CohortSyncRow,
     DeadLetterRow,
     DeliveryRow,
     ExpiredRow,
@@ -37,6 +39,7 @@ _DEAD_LETTER_INSERT = (
     "seq, person_key, payload, reason, status, response, attempts, enqueued_at, failed_at, after_keys, kind"
 )
 _DEAD_LETTER_COLUMNS = "id, seq, person_key, payload, reason, status, response, attempts, enqueued_at, failed_at, kind"
+_COHORT_SYNC_COLUMNS = "cohort_id, pass, phase, next_url, info, updated_at"
 #: rows per ``IN (...)`` list
 CHUNK = 500
 #: anonymous rows read per page while choosing which to expire (the ``outbox_anonymous_lane`` index, in seq order)
@@ -383,6 +386,70 @@ class SqlTransaction:
         sql = f"SELECT key, value FROM status_snapshot WHERE substr(key, 1, {len(prefix)}) = {self.sql.mark}"
         rows = self.conn.execute(sql, (prefix,)).fetchall()
         return {str(name)[len(prefix) :]: int(value) for name, value in rows}
+
+    # -- PostHog cohorts --
+    def cohort_sync(self, cohort_id: str) -> CohortSyncRow | None:
+        mark = self.sql.mark
+        row = self._one(f"SELECT {_COHORT_SYNC_COLUMNS} FROM cohort_syncs WHERE cohort_id = {mark}", (cohort_id,))
+        return CohortSyncRow._make(row) if row is not None else None
+
+    def cohort_syncs(self) -> list[CohortSyncRow]:
+        rows = self.conn.execute(f"SELECT {_COHORT_SYNC_COLUMNS} FROM cohort_syncs ORDER BY cohort_id").fetchall()
+        return [CohortSyncRow._make(row) for row in rows]
+
+    def save_cohort_sync(self, row: CohortSyncRow) -> None:
+        self.conn.execute(
+            f"INSERT INTO cohort_syncs ({_COHORT_SYNC_COLUMNS}) VALUES ({self.sql.marks(6)})"
+            " ON CONFLICT (cohort_id) DO UPDATE SET pass = excluded.pass, phase = excluded.phase,"
+            " next_url = excluded.next_url, info = excluded.info, updated_at = excluded.updated_at",
+            tuple(row),
+        )
+
+    def cohort_members(self, cohort_id: str, target: str, person_ids: Sequence[str]) -> dict[str, CohortMemberRow]:
+        mark = self.sql.mark
+        found: dict[str, CohortMemberRow] = {}
+        select = (
+            "SELECT person_id, distinct_id, pass FROM cohort_members"
+            f" WHERE cohort_id = {mark} AND target = {mark} AND person_id IN"
+        )
+        for start in range(0, len(person_ids), CHUNK):
+            chunk = list(person_ids[start : start + CHUNK])
+            sql = f"{select} ({self.sql.marks(len(chunk))})"
+            for row in self.conn.execute(sql, [cohort_id, target, *chunk]).fetchall():
+                member = CohortMemberRow(str(row[0]), str(row[1]), int(row[2]))
+                found[member.person_id] = member
+        return found
+
+    def upsert_cohort_members(self, cohort_id: str, target: str, rows: Iterable[CohortMemberRow]) -> None:
+        self._many(
+            "INSERT INTO cohort_members (cohort_id, target, person_id, distinct_id, pass)"
+            f" VALUES ({self.sql.marks(5)}) ON CONFLICT (cohort_id, target, person_id)"
+            " DO UPDATE SET pass = excluded.pass",
+            [(cohort_id, target, *row) for row in rows],
+        )
+
+    def stale_cohort_members(self, cohort_id: str, target: str, before_pass: int, limit: int) -> list[CohortMemberRow]:
+        mark = self.sql.mark
+        rows = self.conn.execute(
+            "SELECT person_id, distinct_id, pass FROM cohort_members"
+            f" WHERE cohort_id = {mark} AND target = {mark} AND pass < {mark} ORDER BY person_id LIMIT {mark}",
+            (cohort_id, target, before_pass, limit),
+        ).fetchall()
+        return [CohortMemberRow(str(a), str(b), int(c)) for a, b, c in rows]
+
+    def delete_cohort_members(self, cohort_id: str, target: str, person_ids: Sequence[str]) -> None:
+        mark = self.sql.mark
+        self._many(
+            f"DELETE FROM cohort_members WHERE cohort_id = {mark} AND target = {mark} AND person_id = {mark}",
+            [(cohort_id, target, person_id) for person_id in person_ids],
+        )
+
+    def count_cohort_members(self, cohort_id: str, target: str, pass_no: int | None = None) -> int:
+        mark = self.sql.mark
+        sql = f"SELECT COUNT(*) FROM cohort_members WHERE cohort_id = {mark} AND target = {mark}"
+        if pass_no is None:
+            return int(self._one(sql, (cohort_id, target))[0])
+        return int(self._one(f"{sql} AND pass = {mark}", (cohort_id, target, pass_no))[0])
 
 
 class SqlStorage(Storage):

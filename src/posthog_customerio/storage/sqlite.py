@@ -146,11 +146,18 @@ class SqliteStorage(SqlStorage):
         handle.flush()
         return handle
 
-    @contextlib.contextmanager
-    def person_sync_lock(self) -> Iterator[bool]:
+    def person_sync_lock(self) -> contextlib.AbstractContextManager[bool]:
         """``flock`` on ``<database>.person-sync.lock`` without waiting: processes sharing the file (``serve
         --role ingest`` beside ``--role deliver``) take turns; released when the block ends (or the process dies)."""
-        path = self.path.with_name(self.path.name + ".person-sync.lock")
+        return self._file_lock(".person-sync.lock")
+
+    def cohort_sync_lock(self) -> contextlib.AbstractContextManager[bool]:
+        """As :meth:`person_sync_lock`, on ``<database>.cohort-sync.lock``."""
+        return self._file_lock(".cohort-sync.lock")
+
+    @contextlib.contextmanager
+    def _file_lock(self, suffix: str) -> Iterator[bool]:
+        path = self.path.with_name(self.path.name + suffix)
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:

@@ -180,6 +180,11 @@ def operation_calls(payload: dict[str, Any], kind: str, message: str) -> list[di
                 calls = [group(object_id, payload.get("attributes"), object_type_id=type_id, timestamp=when)]
             else:
                 raise UnsupportedOperation(f"no Pipelines call for object action {payload.get('action')!r}")
+        elif kind == "segment":
+            raise UnsupportedOperation(
+                "Customer.io's Pipelines API has no manual segments: use COHORT_ATTRIBUTES, or the Track API"
+                " (CUSTOMERIO_API=v2) for COHORT_SEGMENTS"
+            )
         else:
             raise UnsupportedOperation(f"unknown operation kind {kind!r}")
     except UnsupportedOperation:
