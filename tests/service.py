@@ -6,19 +6,26 @@
 
 from __future__ import annotations
 
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 
+import httpx
 import uvicorn
 from fastapi.testclient import TestClient
 
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.service import create_app
 from posthog_customerio.service.http_timeouts import uvicorn_config
+
+from .helpers import free_port, wait_serving
 
 __all__ = ["in_process_service", "running_service"]
 
@@ -93,3 +100,41 @@ def in_process_service(
         yield client
     if close_runtime:
         runtime.close()
+
+
+#: the installed ``posthog-customerio`` entry point (beside this interpreter)
+SERVE_SCRIPT = Path(sys.executable).with_name("posthog-customerio")
+
+
+@contextmanager
+def serve_process(env: dict[str, str], log: Path, *command: str) -> Iterator[str]:
+    """``command`` (default ``serve``) as a subprocess with ``env`` as its whole environment, logging to ``log``,
+    on a free port; yields its URL; SIGTERM at the end (it must exit 0)."""
+    port = free_port()
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [str(SERVE_SCRIPT), *(command or ("serve",)), "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_serving(url, process)
+        yield url
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                assert process.wait(30) == 0, log.read_text()
+            except subprocess.TimeoutExpired:
+                process.kill()
+                raise
+
+
+def metric(url: str, sample: str) -> float:
+    """The value of one sample (``name`` or ``name{label="value"}``) of a service's ``/metrics``."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    values = [line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith(f"{sample} ")]
+    assert len(values) == 1, f"{sample} in /metrics: {values}"
+    return float(values[0])

@@ -27,15 +27,15 @@ themselves come from the database, :func:`~.sources.cohorts.cohort_status`); :mo
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .person_sync import PASS_ATTEMPTS, Schedule, parse_schedule, persons_client
+from .person_sync import PASS_ATTEMPTS, persons_client
+from .schedule import OUTCOMES, Schedule, ScheduledPasses
 from .sources.cohorts import CohortReport, CohortSyncer, Stopped, configured_cohorts
 from .sources.posthog_api import PostHogPersonsClient
 
@@ -46,8 +46,6 @@ __all__ = ["COHORT_FAILURES", "OUTCOMES", "SCHEDULE_KEY", "CohortPassRecord", "C
 
 log = logging.getLogger(__name__)
 
-#: how a turn of the schedule ended: a pass done, a pass failed, or the lock held by another process
-OUTCOMES = ("ok", "failed", "skipped")
 #: how one cohort's pass can end other than ``ok`` (``stopped`` aside: the next pass resumes it)
 COHORT_FAILURES = ("suspicious_empty", "deleted", "not_found", "failed")
 #: the ``status_snapshot`` row holding the last pass (shared by replicas)
@@ -75,11 +73,15 @@ class CohortPassRecord:
         return shown
 
 
-class CohortSync:
+class CohortSync(ScheduledPasses):
     """Runs a pass over the configured cohorts every ``interval_s`` in a daemon thread (see the module's docs).
 
     ``client``: the reader (default: from the runtime's settings, its waits cut short by :meth:`stop`).
     """
+
+    name = "cohort sync"
+    schedule_key = SCHEDULE_KEY
+    stopped_error = Stopped
 
     def __init__(
         self,
@@ -89,16 +91,11 @@ class CohortSync:
         client: PostHogPersonsClient | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.runtime = runtime
-        self.interval_s = interval_s
-        self.clock = clock
-        self._stop = threading.Event()
+        super().__init__(runtime, interval_s, clock)
         if client is None:
             client = persons_client(runtime.settings, sleep=self._pause, max_attempts=PASS_ATTEMPTS)
         self.client = client
         self.cohorts = sorted(configured_cohorts(runtime.settings), key=int)
-        self._lock = threading.Lock()
-        self.turns: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         #: cohorts' passes that did not end ``ok``, by outcome (this process)
         self.cohort_failures: dict[str, int] = dict.fromkeys(COHORT_FAILURES, 0)
         self.added = 0
@@ -106,73 +103,10 @@ class CohortSync:
         self.operations_enqueued = 0
         self.current: CohortPassRecord | None = None
         self.last: CohortPassRecord | None = None
-        self.last_ok_at: float | None = None
-        self.last_error: str | None = None
-        self.last_error_at: float | None = None
-        self._thread: threading.Thread | None = None
 
-    # -- lifecycle --
-    def start(self) -> None:
-        """The first turn now (in the thread: the service answers meanwhile), then one every interval."""
-        self._thread = threading.Thread(target=self._run, name="cohort-sync", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop after the page being stored (the cohort's saved progress stays consistent); wait up to
-        ``timeout`` seconds."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        self.client.close()
-
-    def _run(self) -> None:
-        wait = 0.0
-        while not self._stop.wait(wait):
-            wait = self._turn_safely()
-
-    def _pause(self, seconds: float) -> None:
-        """The reader's sleep (pacing, back-off): cut short by :meth:`stop`, which ends the pass."""
-        if self._stop.wait(seconds):
-            raise Stopped
-
-    def _turn_safely(self) -> float:
-        try:
-            return self.turn()
-        except Exception as exc:  # the database is down: try again later, keep serving
-            log.warning("cohort sync: could not check the schedule: %s (retrying in %gs)", exc, self.interval_s)
-            return self.interval_s
-
-    # -- one turn --
-    def turn(self) -> float:
-        """A pass if one is due and no other process runs one; the seconds until the next turn."""
-        with self.runtime.db.cohort_sync_lock() as held:
-            if not held:
-                self._count("skipped")
-                log.debug("cohort sync: another process is running a pass; skipped")
-                return self.interval_s
-            schedule = self._schedule()
-            wait = schedule.due_in(self.interval_s, self.clock()) if schedule is not None else 0.0
-            if wait > 0:
-                return wait
-            self._run_pass(schedule)
-        return self.interval_s
-
-    def _schedule(self) -> Schedule | None:
-        stored = self.runtime.db.load_status(SCHEDULE_KEY)
-        schedule = parse_schedule(stored.value) if stored is not None else None
-        if schedule is not None and schedule.last_ok_at is not None:
-            with self._lock:
-                self.last_ok_at = max(self.last_ok_at or 0.0, schedule.last_ok_at)
-        return schedule
-
-    def _record(self, record: CohortPassRecord, last_ok_at: float | None) -> None:
-        value = {
-            "started_at": record.started_at,
-            "ended_at": record.ended_at,
-            "finished": record.outcome == "ok",
-            "last_ok_at": last_ok_at,
-        }
-        self.runtime.db.save_status(SCHEDULE_KEY, json.dumps(value), self.clock())
+    def lock(self) -> AbstractContextManager[bool]:
+        """:meth:`~.storage.Storage.cohort_sync_lock`."""
+        return self.runtime.db.cohort_sync_lock()
 
     # -- one pass --
     def _run_pass(self, previous: Schedule | None) -> None:
@@ -181,7 +115,7 @@ class CohortSync:
         with self._lock:
             self.current = record
         try:
-            self._record(record, last_ok)
+            self._record(record.started_at, None, False, last_ok)
             syncer = CohortSyncer(self.runtime, self.client, clock=self.clock, stop=self._stop.is_set)
             for cohort_id in self.cohorts:
                 if self._stop.is_set():
@@ -220,7 +154,7 @@ class CohortSync:
 
     def _ended(self, record: CohortPassRecord) -> None:
         record.ended_at, record.outcome = self.clock(), "ok"
-        self._record(record, record.ended_at)
+        self._record(record.started_at, record.ended_at, True, record.ended_at)
         with self._lock:
             self.current, self.last = None, record
             self.last_ok_at = record.ended_at
@@ -244,16 +178,12 @@ class CohortSync:
     def _failed(self, record: CohortPassRecord, error: str, last_ok: float | None) -> None:
         record.ended_at, record.outcome, record.error = self.clock(), "failed", error
         with contextlib.suppress(Exception):  # the database may be what failed
-            self._record(record, last_ok)
+            self._record(record.started_at, record.ended_at, False, last_ok)
         with self._lock:
             self.current, self.last = None, record
             self.last_error, self.last_error_at = error, record.ended_at
             self.turns["failed"] += 1
         log.warning("cohort sync: the pass failed: %s (retrying in %gs)", error, self.interval_s)
-
-    def _count(self, outcome: str) -> None:
-        with self._lock:
-            self.turns[outcome] += 1
 
     # -- what it shows --
     def status(self) -> dict[str, Any]:

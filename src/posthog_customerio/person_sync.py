@@ -29,31 +29,38 @@ from __future__ import annotations
 
 import calendar
 import contextlib
-import json
 import logging
 import math
-import threading
 import time
 from collections.abc import Callable, Generator
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from .config import ConfigError, Settings
 from .ingestion import IngestReport
+from .schedule import OUTCOMES, Schedule, ScheduledPasses, parse_schedule
 from .sources.persons import CHECKPOINT_FILE, Batches, api_batches
 from .sources.posthog_api import CheckpointError, PersonsCheckpoint, PersonsProgress, PostHogPersonsClient
 
 if TYPE_CHECKING:
     from .runtime import Runtime
 
-__all__ = ["API_SETTINGS", "OUTCOMES", "PassRecord", "PersonSync", "missing_api_settings", "persons_client"]
+__all__ = [
+    "API_SETTINGS",
+    "OUTCOMES",
+    "PassRecord",
+    "PersonSync",
+    "Schedule",
+    "missing_api_settings",
+    "parse_schedule",
+    "persons_client",
+]
 
 log = logging.getLogger(__name__)
 
 #: what PostHog's private API needs, by variable
 API_SETTINGS = ("POSTHOG_API_HOST", "POSTHOG_PROJECT_ID", "POSTHOG_PERSONAL_API_KEY")
-#: how a turn of the schedule ended: a pass done, a pass failed, or the lock held by another replica
-OUTCOMES = ("ok", "failed", "skipped")
 #: the ``status_snapshot`` row holding the last pass (shared by replicas)
 SCHEDULE_KEY = "person_sync"
 #: tries of one request within a pass (a few seconds of back-off): past them the pass fails, and the next
@@ -118,49 +125,20 @@ class PassRecord:
         return shown
 
 
-@dataclass(frozen=True, slots=True)
-class Schedule:
-    """The last pass of any replica, as the database keeps it."""
-
-    started_at: float
-    #: None: the pass never ended (stopped, or its process died)
-    ended_at: float | None
-    #: it read the whole list (else it failed or was stopped: the next pass resumes it)
-    finished: bool
-    #: when the newest pass that succeeded ended (None: none yet)
-    last_ok_at: float | None
-
-    def due_in(self, interval_s: float, now: float) -> float:
-        """Seconds until the next pass (0: now, also when the last one never ended)."""
-        return 0.0 if self.ended_at is None else max(0.0, self.ended_at + interval_s - now)
-
-
-def _as_float(value: object) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
-
-
-def parse_schedule(text: str) -> Schedule | None:
-    """The stored row (None when unreadable: the next pass starts at once)."""
-    with contextlib.suppress(ValueError):
-        data = json.loads(text)
-        if isinstance(data, dict) and (started := _as_float(data.get("started_at"))) is not None:
-            ended, finished = _as_float(data.get("ended_at")), data.get("finished") is True
-            return Schedule(started, ended, finished, _as_float(data.get("last_ok_at")))
-    return None
-
-
 class _Stopped(Exception):
     """Raised in the reader's waits once :meth:`PersonSync.stop` was called: the pass ends there."""
 
 
 # -- the schedule ------------------------------------------------------------------------------------------
-class PersonSync:
+class PersonSync(ScheduledPasses):
     """Runs a pass of the persons list every ``interval_s`` in a daemon thread (see the module's docs).
 
     ``client``: the reader (default: from the runtime's settings, its waits cut short by :meth:`stop`).
     """
+
+    name = "person sync"
+    schedule_key = SCHEDULE_KEY
+    stopped_error = _Stopped
 
     def __init__(
         self,
@@ -170,87 +148,20 @@ class PersonSync:
         client: PostHogPersonsClient | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.runtime = runtime
-        self.interval_s = interval_s
-        self.clock = clock
-        self._stop = threading.Event()
+        super().__init__(runtime, interval_s, clock)
         if client is None:
             client = persons_client(runtime.settings, sleep=self._pause, max_attempts=PASS_ATTEMPTS)
         self.client = client
         path = runtime.settings.posthog_customerio_data_dir / CHECKPOINT_FILE
         self.checkpoint = PersonsCheckpoint(path, scope=self.client.scope)
-        self._lock = threading.Lock()
-        self.turns: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self.persons_read = 0
         self.operations_enqueued = 0
         self.current: PassRecord | None = None
         self.last: PassRecord | None = None
-        self.last_ok_at: float | None = None
-        self.last_error: str | None = None
-        self.last_error_at: float | None = None
-        self._thread: threading.Thread | None = None
 
-    # -- lifecycle --
-    def start(self) -> None:
-        """The first turn now (in the thread: the service answers meanwhile), then one every interval."""
-        self._thread = threading.Thread(target=self._run, name="person-sync", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop after the page being stored (its checkpoint stays consistent); wait up to ``timeout`` seconds."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        self.client.close()
-
-    def _run(self) -> None:
-        wait = 0.0
-        while not self._stop.wait(wait):
-            wait = self._turn_safely()
-
-    def _pause(self, seconds: float) -> None:
-        """The reader's sleep (pacing, back-off): cut short by :meth:`stop`, which ends the pass."""
-        if self._stop.wait(seconds):
-            raise _Stopped
-
-    def _turn_safely(self) -> float:
-        try:
-            return self.turn()
-        except Exception as exc:  # the database is down: try again later, keep serving
-            log.warning("person sync: could not check the schedule: %s (retrying in %gs)", exc, self.interval_s)
-            return self.interval_s
-
-    # -- one turn --
-    def turn(self) -> float:
-        """A pass if one is due and no other process runs one; the seconds until the next turn."""
-        with self.runtime.db.person_sync_lock() as held:
-            if not held:
-                self._count("skipped")
-                log.debug("person sync: another replica is running a pass; skipped")
-                return self.interval_s
-            schedule = self._schedule()
-            wait = schedule.due_in(self.interval_s, self.clock()) if schedule is not None else 0.0
-            if wait > 0:
-                return wait
-            self._run_pass(schedule)
-        return self.interval_s
-
-    def _schedule(self) -> Schedule | None:
-        stored = self.runtime.db.load_status(SCHEDULE_KEY)
-        schedule = parse_schedule(stored.value) if stored is not None else None
-        if schedule is not None and schedule.last_ok_at is not None:
-            with self._lock:
-                self.last_ok_at = max(self.last_ok_at or 0.0, schedule.last_ok_at)
-        return schedule
-
-    def _record(self, record: PassRecord, last_ok_at: float | None) -> None:
-        value = {
-            "started_at": record.started_at,
-            "ended_at": record.ended_at,
-            "finished": record.outcome == "ok",
-            "last_ok_at": last_ok_at,
-        }
-        self.runtime.db.save_status(SCHEDULE_KEY, json.dumps(value), self.clock())
+    def lock(self) -> AbstractContextManager[bool]:
+        """:meth:`~.storage.Storage.person_sync_lock`."""
+        return self.runtime.db.person_sync_lock()
 
     # -- one pass --
     def _run_pass(self, previous: Schedule | None) -> None:
@@ -259,7 +170,7 @@ class PersonSync:
         with self._lock:
             self.current = record
         try:
-            self._record(record, last_ok)
+            self._record(record.started_at, None, False, last_ok)
             finished = self._read_pages(record, previous)
         except _Stopped:
             finished = False
@@ -309,7 +220,7 @@ class PersonSync:
         record.ended_at = self.clock()
         record.outcome = "ok" if finished else "stopped"
         if finished:
-            self._record(record, record.ended_at)
+            self._record(record.started_at, record.ended_at, True, record.ended_at)
         with self._lock:
             self.current, self.last = None, record
             if finished:
@@ -329,7 +240,7 @@ class PersonSync:
         record.ended_at, record.outcome = self.clock(), "failed"
         record.error = str(exc) or type(exc).__name__
         with contextlib.suppress(Exception):  # the database may be what failed
-            self._record(record, last_ok)
+            self._record(record.started_at, record.ended_at, False, last_ok)
         with self._lock:
             self.current, self.last = None, record
             self.last_error, self.last_error_at = record.error, record.ended_at
@@ -340,10 +251,6 @@ class PersonSync:
             record.error,
             self.interval_s,
         )
-
-    def _count(self, outcome: str) -> None:
-        with self._lock:
-            self.turns[outcome] += 1
 
     # -- what it shows --
     def status(self) -> dict[str, Any]:

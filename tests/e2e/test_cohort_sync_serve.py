@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -30,7 +29,7 @@ from posthog_customerio.sources.posthog_api import PostHogPersonsClient
 from posthog_customerio.status import build_status
 
 from ..conftest import API_KEY, SITE_ID
-from ..helpers import free_port, make_runtime, profiles, wait_for, wait_serving
+from ..helpers import free_port, make_runtime, profiles, wait_for
 from ..posthog_api_standin import (
     ROUTE_COHORT,
     ROUTE_COHORT_PERSONS,
@@ -39,6 +38,7 @@ from ..posthog_api_standin import (
     make_person,
     running_persons_standin,
 )
+from ..service import metric, serve_process
 from .test_service_process import SCRIPT
 
 pytestmark = pytest.mark.e2e
@@ -80,43 +80,14 @@ def clean_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("POSTHOG_", "COHORT_", "CUSTOMERIO_"))}
 
 
-@contextmanager
-def serving(env: dict[str, str], log: Path, *command: str) -> Iterator[str]:
-    """``command`` (default ``serve``) as a subprocess logging to ``log``, on a free port; yields its URL; SIGTERM
-    at the end (it must exit 0)."""
-    port = free_port()
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [str(SCRIPT), *(command or ("serve",)), "--port", str(port)],
-            env={**clean_environ(), **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_serving(url, process)
-        yield url
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                assert process.wait(30) == 0, log.read_text()
-            except subprocess.TimeoutExpired:
-                process.kill()
-                raise
+def serving(env: dict[str, str], log: Path, *command: str) -> AbstractContextManager[str]:
+    """``command`` (default ``serve``) with ``env`` over a clean environment (:func:`~tests.service.serve_process`)."""
+    return serve_process({**clean_environ(), **env}, log, *command)
 
 
 def cohort_sync(url: str) -> dict[str, Any]:
     section: dict[str, Any] = httpx.get(f"{url}/api/status", timeout=10).json()["cohort_sync"]
     return section
-
-
-def metric(url: str, sample: str) -> float:
-    """The value of one sample (``name`` or ``name{label="value"}``) of ``/metrics``."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    values = [line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith(f"{sample} ")]
-    assert len(values) == 1, f"{sample} in /metrics: {values}"
-    return float(values[0])
 
 
 def segment(sandbox: SandboxServer, segment_id: str = SEGMENT) -> set[str]:

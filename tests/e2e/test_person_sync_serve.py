@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -21,8 +20,9 @@ import pytest
 from posthog_customerio.sandbox import SandboxServer
 
 from ..conftest import API_KEY, SITE_ID
-from ..helpers import free_port, profiles, wait_for, wait_serving
+from ..helpers import profiles, wait_for
 from ..posthog_api_standin import STANDIN_KEY, PersonsStandin, Seen, running_persons_standin
+from ..service import metric, serve_process
 from .test_service_process import SCRIPT
 
 pytestmark = pytest.mark.e2e
@@ -55,39 +55,14 @@ def sync_env(sandbox: SandboxServer, posthog_url: str, data_dir: Path) -> dict[s
     }
 
 
-@contextmanager
-def serving(env: dict[str, str], log: Path) -> Iterator[str]:
-    """``serve`` as a subprocess logging to ``log``; yields its URL; SIGTERM at the end (it must exit 0)."""
-    port = free_port()
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [str(SCRIPT), "serve", "--port", str(port)], env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_serving(url, process)
-        yield url
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                assert process.wait(30) == 0, log.read_text()
-            except subprocess.TimeoutExpired:
-                process.kill()
-                raise
+def serving(env: dict[str, str], log: Path) -> AbstractContextManager[str]:
+    """``serve`` with ``env`` over this process's environment (:func:`~tests.service.serve_process`)."""
+    return serve_process({**os.environ, **env}, log)
 
 
 def person_sync(url: str) -> dict[str, Any]:
     section: dict[str, Any] = httpx.get(f"{url}/api/status", timeout=10).json()["person_sync"]
     return section
-
-
-def metric(url: str, sample: str) -> float:
-    """The value of one sample (``name`` or ``name{label="value"}``) of ``/metrics``."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    values = [line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith(f"{sample} ")]
-    assert len(values) == 1, f"{sample} in /metrics: {values}"
-    return float(values[0])
 
 
 def plan_of(sandbox: SandboxServer, person: str) -> Any:

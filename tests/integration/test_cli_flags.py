@@ -778,28 +778,43 @@ def test_send_pipelines_flags(cli: Cli, sandbox: SandboxServer, tmp_path: Path, 
     no_secrets(result.output, "wrong-pipelines-key")
 
 
-def test_send_delivery_timing_flags(cli: Cli, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path) -> None:
-    """``--delivery-linger-s`` waits for a fuller batch, ``--customerio-timeout-s`` gives up on a slow
-    answer (and retries), ``--retry-after-max-s`` cuts a Retry-After (each against the environment's value)."""
-    path = write_jsonl(tmp_path / "events.jsonl", [ev("clicked", "u1", 0)])
+def check_delivery_timing_flags(
+    cli: Cli,
+    env: dict[str, str],
+    sandbox: SandboxServer,
+    tmp_path: Path,
+    command: tuple[str, ...],
+    operations: int,
+    logged: int,
+    tail: tuple[str, ...] = (),
+) -> None:
+    """``--delivery-linger-s`` waits for a fuller batch, ``--customerio-timeout-s`` gives up on a slow answer (and
+    retries), ``--retry-after-max-s`` cuts a Retry-After (each against the environment's value): ``command``
+    (e.g. ``("send",)``) run with ``--json``, a fresh data dir each time, the flag and ``tail``, sending
+    ``operations`` operations; the slow answer is logged as the sandbox's ``logged``-th request."""
 
-    def send(*flags: str, **extra: str) -> tuple[float, dict[str, Any]]:
+    def run(*flags: str, **extra: str) -> tuple[float, dict[str, Any]]:
         started = time.monotonic()
-        data = ("--data-dir", str(tmp_path / str(len(os.listdir(tmp_path)))))
-        result = cli("send", "--json", *data, *flags, str(path), env={**env, **extra})
+        data = ("--data-dir", str(tmp_path / str(len(os.listdir(tmp_path)))))  # a fresh one: all is new again
+        result = cli(*command, "--json", *data, *flags, *tail, env={**env, **extra})
         assert result.exit_code == 0, result.output
         return time.monotonic() - started, json.loads(result.stdout)
 
-    seconds, _ = send("--delivery-linger-s", "0.5", DELIVERY_LINGER_S="0")
-    assert seconds >= 0.5  # a trickle (one event) waited for more
+    seconds, _ = run("--delivery-linger-s", "0.5", DELIVERY_LINGER_S="0")
+    assert seconds >= 0.5  # a trickle waited for more
     sandbox.state.reset()
     sandbox.state.add_fault(delay_s=SLOW_S, count=1)
-    seconds, summary = send("--customerio-timeout-s", "0.2", CUSTOMERIO_TIMEOUT_S="30")
-    assert summary["retries"] >= 1 and summary["operations_delivered"] == 2  # given up on, sent again
-    wait_logged(sandbox, 2)
+    seconds, summary = run("--customerio-timeout-s", "0.2", CUSTOMERIO_TIMEOUT_S="30")
+    assert summary["retries"] >= 1 and summary["operations_delivered"] == operations  # given up on, sent again
+    wait_logged(sandbox, logged)
     sandbox.state.add_fault(status=429, retry_after=3600, count=1)
-    seconds, summary = send("--retry-after-max-s", "0.2", RETRY_AFTER_MAX_S="3600")
-    assert summary["retries"] >= 1 and summary["operations_delivered"] == 2 and seconds < 5
+    seconds, summary = run("--retry-after-max-s", "0.2", RETRY_AFTER_MAX_S="3600")
+    assert summary["retries"] >= 1 and summary["operations_delivered"] == operations and seconds < 5
+
+
+def test_send_delivery_timing_flags(cli: Cli, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "events.jsonl", [ev("clicked", "u1", 0)])
+    check_delivery_timing_flags(cli, env, sandbox, tmp_path, ("send",), 2, 2, tail=(str(path),))
 
 
 # -- sync-persons ----------------------------------------------------------------------------------
@@ -1145,27 +1160,8 @@ def test_sync_persons_pipelines_flags(cli: Cli, sandbox: SandboxServer, tmp_path
 def test_sync_persons_delivery_timing_flags(
     cli: Cli, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
 ) -> None:
-    """``--delivery-linger-s`` waits for a fuller batch, ``--customerio-timeout-s`` gives up on a slow
-    answer (and retries), ``--retry-after-max-s`` cuts a Retry-After (each against the environment's value)."""
     export = write_jsonl(tmp_path / "persons.jsonl", [person_row("u1", "u1", {"email": "u1@example.com"})])
-
-    def sync(*flags: str, **extra: str) -> tuple[float, dict[str, Any]]:
-        started = time.monotonic()
-        data = ("--data-dir", str(tmp_path / str(len(os.listdir(tmp_path)))))  # a fresh one: u1 is new again
-        result = cli("sync-persons", "--from", str(export), "--json", *data, *flags, env={**env, **extra})
-        assert result.exit_code == 0, result.output
-        return time.monotonic() - started, json.loads(result.stdout)
-
-    seconds, _ = sync("--delivery-linger-s", "0.5", DELIVERY_LINGER_S="0")
-    assert seconds >= 0.5  # a trickle (one person) waited for more
-    sandbox.state.reset()
-    sandbox.state.add_fault(delay_s=SLOW_S, count=1)
-    seconds, summary = sync("--customerio-timeout-s", "0.2", CUSTOMERIO_TIMEOUT_S="30")
-    assert summary["retries"] >= 1 and summary["operations_delivered"] == 1  # given up on, sent again
-    wait_logged(sandbox, 2)
-    sandbox.state.add_fault(status=429, retry_after=3600, count=1)
-    seconds, summary = sync("--retry-after-max-s", "0.2", RETRY_AFTER_MAX_S="3600")
-    assert summary["retries"] >= 1 and summary["operations_delivered"] == 1 and seconds < 5
+    check_delivery_timing_flags(cli, env, sandbox, tmp_path, ("sync-persons", "--from", str(export)), 1, 2)
 
 
 def test_sync_persons_event_flags_leave_persons_alone(
@@ -1488,28 +1484,10 @@ def test_sync_cohorts_pipelines_flags(
 def test_sync_cohorts_delivery_timing_flags(
     cli: Cli, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path, cohort_api: CohortApi
 ) -> None:
-    """``--delivery-linger-s`` waits for a fuller batch, ``--customerio-timeout-s`` gives up on a slow
-    answer (and retries), ``--retry-after-max-s`` cuts a Retry-After (each against the environment's value)."""
     cohort_api.standin.add_cohort(9, name="One", members=[COHORT_MEMBERS[2]])
     env = {**env, **cohort_api.env(), "COHORT_SEGMENTS": "9=19"}
 
-    def sync(*flags: str, **extra: str) -> tuple[float, dict[str, Any]]:
-        started = time.monotonic()
-        data = ("--data-dir", str(tmp_path / str(len(os.listdir(tmp_path)))))  # a fresh one: p0 is new again
-        result = cli("sync-cohorts", "--json", *data, *flags, env={**env, **extra})
-        assert result.exit_code == 0, result.output
-        return time.monotonic() - started, json.loads(result.stdout)
-
-    seconds, _ = sync("--delivery-linger-s", "0.5", DELIVERY_LINGER_S="0")
-    assert seconds >= 0.5  # a trickle (one member) waited for more
-    sandbox.state.reset()
-    sandbox.state.add_fault(delay_s=SLOW_S, count=1)
-    seconds, summary = sync("--customerio-timeout-s", "0.2", CUSTOMERIO_TIMEOUT_S="30")
-    assert summary["retries"] >= 1 and summary["operations_delivered"] == 2  # given up on, sent again
-    wait_logged(sandbox, 3)
-    sandbox.state.add_fault(status=429, retry_after=3600, count=1)
-    seconds, summary = sync("--retry-after-max-s", "0.2", RETRY_AFTER_MAX_S="3600")
-    assert summary["retries"] >= 1 and summary["operations_delivered"] == 2 and seconds < 5
+    check_delivery_timing_flags(cli, env, sandbox, tmp_path, ("sync-cohorts",), 2, 3)
     assert segment_members(sandbox, "19") == ["p0"]
 
 
