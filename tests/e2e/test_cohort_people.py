@@ -119,3 +119,22 @@ def test_a_member_merged_into_another_profile_leaves_from_the_survivor(sandbox: 
     standin.add_to_cohort(7, person("p-3", "user-3"))
     cohort_pass(sandbox, data, standin)
     assert segment_ids(sandbox) == ["user-3"]  # p-2 left: removed as user-9, the profile it became
+
+
+def test_two_members_merged_into_one_person_stay_in_the_segment(sandbox: SandboxServer, tmp_path: Path) -> None:
+    """Both were members; PostHog merges them (one person leaves the list, the survivor keeps all the ids): the
+    merged person's stale row must not remove the surviving profile, which is still a member."""
+    data = tmp_path / "data"
+    standin = PersonsStandin(0)
+    standin.add_cohort(
+        7,
+        name="Active",
+        members=[person("p-a", "user-a", email="a@example.com"), person("p-b", "user-b", email="b@example.com")],
+    )
+    cohort_pass(sandbox, data, standin)
+    assert segment_ids(sandbox) == ["user-a", "user-b"]
+    deliver_events(sandbox, data, [ev("$merge_dangerously", "user-a", 10**6, alias="user-b")])
+    assert [p["id"] for p in sandbox.state.people()] == ["user-a"]
+    standin.set_cohort_members(7, [person("p-a", "user-a", "user-b", email="a@example.com")])
+    report = cohort_pass(sandbox, data, standin)
+    assert segment_ids(sandbox) == ["user-a"], report

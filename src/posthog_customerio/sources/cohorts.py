@@ -391,18 +391,44 @@ class CohortSyncer:
             conn.save_cohort_sync(row._replace(phase="idle", next_url=None, info=info.text(), updated_at=self.clock()))
 
     def _remove_chunk(self, cohort_id: str, target: CohortTarget, pass_no: int) -> tuple[IngestReport, int]:
+        """Up to :data:`REMOVE_CHUNK` members this pass did not see, in one transaction: each removed from the
+        target and forgotten -- except one whose profile is still a member's (PostHog merged it into a person
+        that is a member: its profile stays in)."""
         at = int(self.clock())
         with self.runtime.db.transaction() as conn:
             leaving = conn.stale_cohort_members(cohort_id, target.key, pass_no, REMOVE_CHUNK)
+            kept = _still_members(conn, cohort_id, target.key, pass_no, leaving)
             stored = self.runtime.ingestor.apply_in(
                 conn,
-                leaving,
+                [member for member in leaving if member.person_id not in kept],
                 lambda member: [member.distinct_id],
                 lambda member, states, config: member_left(member.distinct_id, target, states, config, at),
             )
             conn.delete_cohort_members(cohort_id, target.key, [member.person_id for member in leaving])
         stored.skipped.pop("no_profile", None)  # its profile is gone: nothing to remove, not a failure
         return stored, len(leaving)
+
+
+def _profiles(conn: Transaction, distinct_ids: list[str]) -> dict[str, str]:
+    """Each distinct_id's profile: the distinct_id it leads to, following merges."""
+    book = Book(load_states(conn, distinct_ids), Mapped())
+    return {distinct_id: book.person(distinct_id).distinct_id for distinct_id in distinct_ids}
+
+
+def _still_members(
+    conn: Transaction, cohort_id: str, target: str, pass_no: int, leaving: list[CohortMemberRow]
+) -> set[str]:
+    """The person ids of ``leaving`` whose profile is also the profile of a member this pass saw."""
+    roots = _profiles(conn, [member.distinct_id for member in leaving])
+    related, frontier = set(roots.values()), set(roots.values())
+    for _ in range(8):  # the distinct_ids merged into those profiles (a merge chain is short)
+        frontier = {row.distinct_id for row in conn.persons_merged_into(sorted(frontier))} - related
+        if not frontier:
+            break
+        related |= frontier
+    seen = conn.cohort_members_seen(cohort_id, target, pass_no, sorted(related))
+    live = set(_profiles(conn, [member.distinct_id for member in seen]).values())
+    return {member.person_id for member in leaving if roots[member.distinct_id] in live}
 
 
 def _new_row(cohort_id: str, now: float) -> CohortSyncRow:

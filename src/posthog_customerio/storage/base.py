@@ -230,6 +230,11 @@ class Transaction(Protocol):
     def stale_cohort_members(self, cohort_id: str, target: str, before_pass: int, limit: int) -> list[CohortMemberRow]:
         """Up to ``limit`` members the pass ``before_pass`` did not see (left the cohort), oldest person id first."""
 
+    def cohort_members_seen(
+        self, cohort_id: str, target: str, pass_no: int, distinct_ids: Sequence[str]
+    ) -> list[CohortMemberRow]:
+        """The members ``pass_no`` saw whose profile distinct_id is one of ``distinct_ids``."""
+
     def delete_cohort_members(self, cohort_id: str, target: str, person_ids: Sequence[str]) -> None:
         """Forget members of a cohort's target."""
 

@@ -437,6 +437,21 @@ class SqlTransaction:
         ).fetchall()
         return [CohortMemberRow(str(a), str(b), int(c)) for a, b, c in rows]
 
+    def cohort_members_seen(
+        self, cohort_id: str, target: str, pass_no: int, distinct_ids: Sequence[str]
+    ) -> list[CohortMemberRow]:
+        mark = self.sql.mark
+        found: list[CohortMemberRow] = []
+        select = (
+            "SELECT person_id, distinct_id, pass FROM cohort_members"
+            f" WHERE cohort_id = {mark} AND target = {mark} AND pass = {mark} AND distinct_id IN"
+        )
+        for start in range(0, len(distinct_ids), CHUNK):
+            chunk = list(distinct_ids[start : start + CHUNK])
+            rows = self.conn.execute(f"{select} ({self.sql.marks(len(chunk))})", [cohort_id, target, pass_no, *chunk])
+            found += [CohortMemberRow(str(a), str(b), int(c)) for a, b, c in rows.fetchall()]
+        return found
+
     def delete_cohort_members(self, cohort_id: str, target: str, person_ids: Sequence[str]) -> None:
         mark = self.sql.mark
         self._many(
