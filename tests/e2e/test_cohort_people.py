@@ -32,7 +32,9 @@ def person(uuid: str, *distinct_ids: str, **properties: Any) -> dict[str, Any]:
     }
 
 
-def cohort_pass(sandbox: SandboxServer, data_dir: Path, standin: PersonsStandin, **overrides: Any) -> CohortReport:
+def cohort_pass(
+    sandbox: SandboxServer, data_dir: Path, standin: PersonsStandin, allow_empty: bool = False, **overrides: Any
+) -> CohortReport:
     """One ``sync-cohorts`` pass of cohort 7 into segment 12, delivered to the sandbox."""
     settings = make_settings(
         data_dir,
@@ -47,7 +49,7 @@ def cohort_pass(sandbox: SandboxServer, data_dir: Path, standin: PersonsStandin,
     )
     client = PostHogPersonsClient(HOST, "1", STANDIN_KEY, transport=standin.transport(), max_per_hour=None)
     with Runtime(settings) as runtime, delivering(runtime, 60, tick=lambda: None):
-        (report,) = CohortSyncer(runtime, client).run()
+        (report,) = CohortSyncer(runtime, client, allow_empty=allow_empty).run()
     assert report.outcome == "ok", report
     return report
 

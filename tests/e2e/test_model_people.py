@@ -72,6 +72,12 @@ Customer.io's identifiers and timestamps (customerio-api-notes.md, the Track Ope
 10. ``IDENTIFY_BY_EMAIL``: emails are identifiers. A profile created while its email is known is addressed
     by email and has no ``id`` (Track); an email change keeps the one profile (docs/semantics.md,
     ``IDENTIFY_BY_EMAIL``).
+11. Cohorts (``sync-cohorts``, Track mode: a PostHog cohort mirrored into a manual segment): after a pass the
+    segment holds exactly the profiles of the cohort's members (README "Use PostHog cohorts in Customer.io");
+    between passes Customer.io's rules move membership: a merge puts the primary in every segment the
+    secondary was in, a deleted profile leaves its segments (the Track API's ``merge_customers`` and manual
+    segments). The generated cohort lists people that have a profile (creating one for a member is
+    ``sync-persons``' rule, tested apart).
 
 Generation is restricted where PostHog and Customer.io do not agree on one answer, so that a disagreement
 is always a bug on one side:
@@ -113,6 +119,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from posthog_customerio.sandbox import SandboxServer
 
 from ..helpers import deliver_events, ev
+from ..posthog_api_standin import PersonsStandin
+from .test_cohort_people import cohort_pass
 
 pytestmark = pytest.mark.e2e
 
@@ -121,6 +129,8 @@ STEP = 100  # seconds between generated events; late events go back whole steps
 DEVICES = ("d1", "d2")
 USERS = ("u1", "u2")
 CRM = "crm-1"
+COHORT, SEGMENT = 7, "12"  # rule 11: PostHog cohort 7 mirrored into manual segment 12
+POSTHOG = "https://posthog.example"
 EMAILS = {"u1": ("a1@x.io", "a2@x.io"), "u2": ("b1@x.io", "b2@x.io")}
 KEYS = ("plan", "name")
 VALUES = ("free", "pro", "team")
@@ -142,6 +152,8 @@ class Profile:
     attributes: dict[str, Any] = field(default_factory=dict)
     stamps: dict[str, int] = field(default_factory=dict)
     events: set[tuple[str, int]] = field(default_factory=set)
+    #: in the cohort's manual segment (rule 11)
+    in_segment: bool = False
 
 
 @dataclass
@@ -246,6 +258,7 @@ class Model:
                 primary.attributes[key] = value
                 primary.stamps[key] = secondary.stamps[key]
         primary.events |= secondary.events
+        primary.in_segment |= secondary.in_segment  # rule 11: the primary joins the secondary's segments
         if primary.email is None and secondary.email is not None:
             primary.email = secondary.email
             primary.stamps["email"] = secondary.stamps.get("email", 0)
@@ -310,7 +323,15 @@ class Model:
                 }
             )
         anonymous = {k: sorted(v) for k, v in self.anonymous.items() if v}
-        return {"profiles": sorted(found, key=_profile_key), "anonymous": dict(sorted(anonymous.items()))}
+        segment = sorted(
+            ([p.profile.id, p.profile.email] for p in self.people if p.profile is not None and p.profile.in_segment),
+            key=json.dumps,
+        )
+        return {
+            "profiles": sorted(found, key=_profile_key),
+            "anonymous": dict(sorted(anonymous.items())),
+            "segment": segment,
+        }
 
 
 def _write_one(profile: Profile, key: str, value: Any, when: int) -> None:
@@ -369,7 +390,11 @@ def observed(sandbox: SandboxServer, pipelines: bool) -> dict[str, Any]:
         for e in sandbox.state.anonymous_events():
             anonymous.setdefault(e["anonymous_id"], []).append(_tag(e["name"], e.get("data")))
     anonymous = {k: sorted(v) for k, v in sorted(anonymous.items())}
-    return {"profiles": sorted(found, key=_profile_key), "anonymous": anonymous}
+    people = {p["cio_id"]: p for p in sandbox.state.people()}
+    segment = sorted(
+        ([people[c]["id"], people[c]["email"]] for c in sandbox.state.segments().get(SEGMENT, [])), key=json.dumps
+    )
+    return {"profiles": sorted(found, key=_profile_key), "anonymous": anonymous, "segment": segment}
 
 
 # -- the SDKs -------------------------------------------------------------------------------------------
@@ -405,6 +430,9 @@ class PeopleMachine(RuleBasedStateMachine):
         self.clock = 10 * STEP
         self.used: set[int] = set()
         self.broken = False  # a comparison failed: teardown delivers nothing more
+        self.posthog = PersonsStandin(0)
+        self.posthog.add_cohort(COHORT, name="Model cohort", members=[])
+        self.person_uuids: list[tuple[Person, str]] = []  # PostHog's uuid of each person (rule 11)
 
     def teardown(self) -> None:
         try:
@@ -547,16 +575,63 @@ class PeopleMachine(RuleBasedStateMachine):
         """Deliver the batch through a fresh runtime on the same data dir, then compare."""
         self._deliver()
 
+    @rule(members=st.sets(st.sampled_from((*USERS, CRM))))
+    def cohort_pass(self, members: set[str]) -> None:
+        """``sync-cohorts``: the cohort now lists these people (those with a profile); one pass (rule 11)."""
+        if self.api != "v2":
+            return  # manual segments are a Track API feature
+        self._deliver()
+        listed = []
+        for who in sorted(members):
+            person = self.model.person(who)
+            if person is None or person.profile is None or any(p is person for p, _ in listed):
+                continue
+            listed.append((person, self._uuid(person)))
+        self.posthog.set_cohort_members(
+            COHORT,
+            [
+                {
+                    "id": uuid,
+                    "uuid": uuid,
+                    "distinct_ids": sorted(person.ids),
+                    "properties": {},
+                    "is_identified": person.identified,
+                    "created_at": "2026-01-01T00:00:00Z",
+                }
+                for person, uuid in listed
+            ],
+        )
+        cohort_pass(
+            self.sandbox, self.data_dir, self.posthog, allow_empty=True, identify_by_email=self.identify_by_email
+        )
+        chosen = [person for person, _ in listed]
+        for person in self.model.people:
+            if person.profile is not None:
+                person.profile.in_segment = any(person is p for p in chosen)
+        self._compare()
+
+    def _uuid(self, person: Person) -> str:
+        """A person's PostHog uuid: one per person, kept while it lives (merges keep the survivor's)."""
+        for known, uuid in self.person_uuids:
+            if known is person:
+                return uuid
+        uuid = str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"model-person/{len(self.person_uuids)}"))
+        self.person_uuids.append((person, uuid))
+        return uuid
+
+    def _compare(self) -> None:
+        expected = self.model.expected()
+        actual = observed(self.sandbox, self.api == "pipelines")
+        self.broken = actual != expected
+        assert actual == expected, _diff(actual, expected, self.sent)
+
     def _deliver(self) -> None:
         overrides: dict[str, Any] = {"identify_by_email": self.identify_by_email}
         if self.api == "pipelines":  # a shorter wait for fuller batches (1 s by default) changes no end state
             overrides |= {"api": "pipelines", "delivery_linger_s": 0.1}
         deliver_events(self.sandbox, self.data_dir, self.batch, **overrides)
         self.batch = []
-        expected = self.model.expected()
-        actual = observed(self.sandbox, self.api == "pipelines")
-        self.broken = actual != expected
-        assert actual == expected, _diff(actual, expected, self.sent)
+        self._compare()
 
     @invariant()
     def batches_stay_small(self) -> None:
