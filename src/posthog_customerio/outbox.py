@@ -249,27 +249,34 @@ class Outbox:
     def queued(self, conn: Transaction, person_key: str, kind: Kind) -> list[Queued]:
         """Inside the caller's transaction: ``person_key``'s queued operations of ``kind``
         that are neither in flight here nor leased by a replica, in queue order."""
-        now = time.time()
-        rows = conn.queued_rows(person_key, kind)
+        rows = conn.queued_rows(person_key, kind, time.time())
         found = []
         for row in rows:
-            if row.seq in self._in_flight or (row.lease_until is not None and row.lease_until > now):
+            if row.seq in self._in_flight:
                 continue
             after = tuple(json.loads(row.after_keys)) if row.after_keys else ()
             operation = Operation(person_key, json.loads(row.payload), after, row.payload, kind)
             found.append(Queued(row.seq, operation, row.enqueued_at))
         return found
 
-    @staticmethod
-    def replace(conn: Transaction, old: Sequence[Queued], new: Sequence[Operation]) -> int:
-        """Inside the caller's transaction: delete ``old`` and queue ``new`` (pairwise) at
-        the back, each keeping the enqueue time of the row it replaces; returns how many."""
+    def replace(self, conn: Transaction, old: Sequence[Queued], new: Sequence[Operation]) -> int:
+        """Inside the caller's transaction: delete ``old`` and queue ``new`` (pairwise) at the back, each
+        keeping the enqueue time of the row it replaces; returns how many were replaced.
+
+        An old row a worker took meanwhile (in flight here, or leased) stays as it is and its new operation
+        is dropped: it is sent as it was, never both sent and replaced. With SQLite a claim holds its rows
+        under the database lock this transaction holds; with PostgreSQL the rows read by :meth:`queued` are
+        locked (a claim cannot lease them) and the delete checks the lease again.
+        """
         if len(old) != len(new):
             raise ValueError("replace: one new operation per old one")
-        if not old:
+        pairs = [
+            (queued, operation) for queued, operation in zip(old, new, strict=True) if queued.seq not in self._in_flight
+        ]
+        if not pairs:
             return 0
-        rows = [_new_operation(operation, queued.enqueued_at) for queued, operation in zip(old, new, strict=True)]
-        conn.delete_operations(queued.seq for queued in old)
+        deleted = conn.delete_unleased([queued.seq for queued, _ in pairs], time.time())
+        rows = [_new_operation(operation, queued.enqueued_at) for queued, operation in pairs if queued.seq in deleted]
         conn.insert_operations(rows)
         return len(rows)
 
@@ -308,13 +315,15 @@ class Outbox:
                     rows, lambda row: taken(row) or taken_here(row) or held(row), max_items, max_bytes, max_op_bytes
                 )
 
-            chosen, too_big, payloads = self.claims.claim(pick, self._in_flight, lane)
+            def hold(rows: Sequence[CandidateRow]) -> None:  # in flight from now on (adoption leaves them)
+                for row in rows:
+                    self._in_flight.add(row.seq)
+                    self._leased_at[row.seq] = leased_at
+                    for key in row.keys:
+                        self._busy_persons[key] = self._busy_persons.get(key, 0) + 1
+
+            chosen, too_big, payloads = self.claims.claim(pick, self._in_flight, hold, lane)
             claimed, oversized = _hydrate(chosen, payloads), _hydrate(too_big, payloads)
-            for item in claimed:
-                self._in_flight.add(item.seq)
-                self._leased_at[item.seq] = leased_at
-                for key in item.keys:
-                    self._busy_persons[key] = self._busy_persons.get(key, 0) + 1
         if oversized:
             self.dead_letter(
                 [

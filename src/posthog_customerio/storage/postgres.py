@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..operations import Lane
-from .base import SCAN_LIMIT, Claims, Picker, Transaction
+from .base import SCAN_LIMIT, Claims, Hold, Picker, Transaction, in_order
 from .migrations import POSTGRES_MIGRATIONS, POSTGRES_ONLY_TABLES
 from .rows import CandidateRow, DeliveryRow, PayloadRow, QueuedRow
 from .sql import SqlStorage, SqlTransaction, Statements
@@ -62,19 +62,6 @@ def _fetched(cursor: Any, page: int) -> Iterator[CandidateRow]:
         yield from map(CandidateRow._make, rows)
 
 
-def _in_order(chosen: Sequence[CandidateRow], leased: Set[int]) -> list[CandidateRow]:
-    """The leased rows of ``chosen`` that no unleased row before them shares a key with (queue order)."""
-    kept: list[CandidateRow] = []
-    blocked: set[str] = set()
-    for row in chosen:
-        keys = set(row.keys)
-        if row.seq not in leased or keys & blocked:
-            blocked |= keys
-        else:
-            kept.append(row)
-    return kept
-
-
 class PostgresTransaction(SqlTransaction):
     """A transaction on a pooled connection; person keys locked with advisory locks."""
 
@@ -108,10 +95,11 @@ class PostgresTransaction(SqlTransaction):
             cursor.execute(self.sql.snapshot_candidates[lane], (scan_limit,))
             yield _fetched(cursor, page)
 
-    def queued_rows(self, person_key: str, kind: str) -> list[QueuedRow]:
-        """As :meth:`SqlTransaction.queued_rows`, the rows locked until the transaction ends: a claim
-        does not lease them while they are being replaced."""
-        rows = self.conn.execute(self.sql.queued + " FOR UPDATE", (person_key, kind)).fetchall()
+    def queued_rows(self, person_key: str, kind: str, now: float) -> list[QueuedRow]:
+        """As :meth:`SqlTransaction.queued_rows`, the rows locked until the transaction ends (a claim does
+        not lease them while they are being replaced); a row another transaction has locked (a claim leasing
+        it, a worker settling it) is left out, never waited for."""
+        rows = self.conn.execute(self.sql.queued + " FOR UPDATE SKIP LOCKED", (person_key, kind, now)).fetchall()
         return [QueuedRow._make(row) for row in rows]
 
     def lease(self, owner: str, until: float, seqs: Sequence[int]) -> set[int]:
@@ -178,7 +166,7 @@ class LeaseClaims(Claims):
         self.renewal_fresh_s = lease_margin(lease_s) / 2
 
     def claim(
-        self, pick: Picker, in_flight: Set[int], lane: Lane | None = None
+        self, pick: Picker, in_flight: Set[int], hold: Hold, lane: Lane | None = None
     ) -> tuple[list[CandidateRow], list[CandidateRow], dict[int, PayloadRow]]:
         """Pick from one snapshot of the queue (taken after the claim lock), then lease what was chosen.
 
@@ -201,9 +189,10 @@ class LeaseClaims(Claims):
                 chosen, oversized = pick(rows, taken)
             payloads = tx.payloads([row.seq for row in (*chosen, *oversized)]) if chosen or oversized else {}
             leased = tx.lease(self.owner, now + self.lease_s, [row.seq for row in chosen if row.seq in payloads])
-            kept = _in_order(chosen, leased)
+            kept = in_order(chosen, leased)
             if len(kept) < len(leased):
                 tx.unlease(self.owner, sorted(leased - {row.seq for row in kept}))
+        hold(kept)  # leased (committed): an adoption leaves them alone from now on
         kept_seqs = {row.seq for row in (*kept, *oversized)}
         return kept, oversized, {seq: value for seq, value in payloads.items() if seq in kept_seqs}
 
