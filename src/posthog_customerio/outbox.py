@@ -351,9 +351,13 @@ class Outbox:
     def ack(self, items: Sequence[Claimed]) -> None:
         """Customer.io accepted these: delete them."""
         if items:
-            with self.db.transaction() as conn:
+            rows = _delivery_rows(items, "delivered", time.time())
+
+            def settle(conn: Transaction) -> None:
                 conn.delete_operations(item.seq for item in items)
-                conn.record_deliveries(_delivery_rows(items, "delivered", time.time()), DELIVERIES_KEPT)
+                conn.record_deliveries(rows, DELIVERIES_KEPT)
+
+            self.db.transact(settle)
         self._unclaim(items)
 
     def forget_claims(self, items: Sequence[Claimed]) -> None:
@@ -391,8 +395,9 @@ class Outbox:
     def release(self, items: Sequence[Claimed], error: str) -> None:
         """Not delivered (transient failure): keep them queued, count the attempt."""
         if items:
-            with self.db.transaction() as conn:
-                conn.release_operations(error[:500], (item.seq for item in items), self.claims.owner)
+            self.db.transact(
+                lambda conn: conn.release_operations(error[:500], [item.seq for item in items], self.claims.owner)
+            )
         self._unclaim(items)
 
     def dead_letter(
@@ -404,7 +409,8 @@ class Outbox:
         if not failures:
             return
         now = time.time()
-        with self.db.transaction() as conn:
+
+        def settle(conn: Transaction) -> dict[int, int]:
             conn.insert_dead_letters(
                 [
                     NewDeadLetter(
@@ -426,6 +432,9 @@ class Outbox:
             conn.delete_operations(item.seq for item, *_ in failures)
             ids = conn.dead_letter_ids([item.seq for item, *_ in failures])
             conn.record_deliveries(_delivery_rows((f[0] for f in failures), "dead-lettered", now), DELIVERIES_KEPT)
+            return ids
+
+        ids = self.db.transact(settle)
         self.dead_lettered_total += len(failures)
         for item, reason, status, _ in failures:
             _log_dead_letter(item, reason, status, ids.get(item.seq))

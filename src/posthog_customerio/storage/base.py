@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence, Set
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 from ..operations import Lane
 from .rows import (
@@ -50,6 +50,8 @@ __all__ = [
 Picker = Callable[
     [Iterable[CandidateRow], Callable[[CandidateRow], bool]], tuple[list[CandidateRow], list[CandidateRow]]
 ]
+_T = TypeVar("_T")
+
 #: marks claimed rows as in flight in this process (:meth:`~..outbox.Outbox.claim`); see :meth:`Claims.claim`
 Hold = Callable[[Sequence[CandidateRow]], None]
 
@@ -293,6 +295,13 @@ class Storage(ABC):
     @abstractmethod
     def transaction(self) -> AbstractContextManager[Transaction]:
         """A write transaction, committed when the block ends without an exception."""
+
+    def transact(self, work: Callable[[Transaction], _T]) -> _T:
+        """``work`` in a :meth:`transaction`, committed; returns what it returned. Where the database may abort
+        a transaction to break a deadlock (PostgreSQL), ``work`` runs again in a new one (a few times): it
+        must have no effect outside the transaction before it returns."""
+        with self.transaction() as tx:
+            return work(tx)
 
     @abstractmethod
     def reading(self) -> AbstractContextManager[Transaction]:
