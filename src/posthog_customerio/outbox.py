@@ -38,7 +38,7 @@ from .storage import (
     Transaction,
 )
 
-__all__ = ["DELIVERIES_KEPT", "AnonymousHold", "DeadLetter", "LeaseLost", "Outbox", "Queued"]
+__all__ = ["DELIVERIES_KEPT", "AnonymousHold", "DeadLetter", "LeaseHeartbeat", "LeaseLost", "Outbox", "Queued"]
 
 log = logging.getLogger(__name__)
 #: an email address in a reason Customer.io gave (it may quote one): never logged
@@ -221,7 +221,7 @@ class Queued:
 class Outbox:
     """The outbox tables of a :class:`~.storage.Storage`, plus the in-process claim book."""
 
-    def __init__(self, db: Storage, lease_s: float = 30.0, anonymous_hold_s: float = 0.0) -> None:
+    def __init__(self, db: Storage, lease_s: float = 10.0, anonymous_hold_s: float = 0.0) -> None:
         self.db = db
         self.lease_s = lease_s
         #: anonymous operations younger than ``anonymous_hold_s`` are not claimable until :meth:`input_finished`
@@ -387,6 +387,25 @@ class Outbox:
                 if item.seq in self._in_flight:
                     self._leased_at[item.seq] = now
 
+    def renew_held(self) -> int:
+        """The heartbeat of a live replica (PostgreSQL): extend the lease of every operation this process holds
+        now, however long its worker has been waiting (a request slot, a ``Retry-After`` pause); returns how many
+        were no longer held. Those are left to the worker: its renewal before the next request finds them lost
+        (:class:`LeaseLost`) and drops the claim. Nothing to do where claims never expire."""
+        if self.claims.heartbeat_s is None:
+            return 0
+        now = time.monotonic()
+        with self._claim_lock:
+            seqs = sorted(self._in_flight)
+        if not seqs:
+            return 0
+        lost = self.claims.renew(seqs)  # one settled meanwhile is "lost" too: no longer in flight, not counted
+        with self._claim_lock:
+            for seq in seqs:
+                if seq not in lost and seq in self._in_flight:
+                    self._leased_at[seq] = now
+            return len(lost & self._in_flight)
+
     def unclaim(self, items: Sequence[Claimed]) -> None:
         """Give claimed operations back untouched (not attempted)."""
         self.claims.give_back([item.seq for item in items])
@@ -531,3 +550,52 @@ class Outbox:
             )
             conn.delete_dead_letters(row.id for row in rows)
         return [row.id for row in rows]
+
+
+class LeaseHeartbeat:
+    """The heartbeat of a live replica (PostgreSQL): a thread renewing, every ``interval_s`` (by default the
+    claims' :attr:`~.storage.Claims.heartbeat_s`, a third of ``LEASE_S``), the lease of every operation the
+    process holds (:meth:`Outbox.renew_held`).
+
+    A claim then lasts as long as its replica lives, whatever its worker waits for (a request slot, a
+    ``Retry-After`` pause, an answer within its deadline), while a replica that dies stops renewing and its
+    leases run out at most ``LEASE_S`` after the last beat. A failed renewal (the database unreachable a
+    moment) is tried again at the next beat; the workers' renewal before each request still decides
+    whether a claim is sent. Nothing runs where claims never expire (SQLite).
+    """
+
+    def __init__(self, outbox: Outbox, interval_s: float | None = None) -> None:
+        self.outbox = outbox
+        self.interval_s = interval_s if interval_s is not None else outbox.claims.heartbeat_s
+        #: renewals done (successful or not), for tests and diagnostics
+        self.beats = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start beating (idempotent; nothing where claims never expire)."""
+        if self.interval_s is None or (self._thread is not None and self._thread.is_alive()):
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, args=(self.interval_s,), name="lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop beating: from now on this process's leases run out ``LEASE_S`` after the last beat."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            try:
+                lost = self.outbox.renew_held()
+            except Exception as exc:
+                log.warning("lease heartbeat: %s: %s", type(exc).__name__, exc)
+                lost = 0
+            self.beats += 1
+            if lost:
+                log.warning(
+                    "lease heartbeat: %d claimed operations no longer held (another replica may send them)", lost
+                )

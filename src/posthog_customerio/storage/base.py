@@ -253,6 +253,8 @@ class Claims(ABC):
     owner: str | None = None
     #: a claim renewed (or made) less than this long ago needs no renewal before a request
     renewal_fresh_s: float = math.inf
+    #: while delivery runs, renew every claim this process holds this often (``None``: claims never expire)
+    heartbeat_s: float | None = None
 
     @abstractmethod
     def claim(

@@ -237,7 +237,8 @@ class LeaseClaims(Claims):
     """Claims across replicas: one claimer at a time (advisory lock), leases with expiry.
 
     A row leased by anyone (lease not expired) blocks its people, exactly like an in-flight row in
-    one process; a dead replica's leases expire after ``lease_s`` and its rows are claimed again.
+    one process. A live replica renews its leases every :attr:`heartbeat_s` (and before each request);
+    a dead replica's leases expire at most ``lease_s`` after its last renewal and its rows are claimed again.
     """
 
     def __init__(self, db: PostgresStorage, lease_s: float) -> None:
@@ -247,6 +248,9 @@ class LeaseClaims(Claims):
         self.owner: str = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         #: a request starts at most this long after its lease was renewed: it keeps half the margin
         self.renewal_fresh_s = lease_margin(lease_s) / 2
+        #: a live replica renews every lease it holds this often (:class:`~...delivery.Deliverer`'s heartbeat):
+        #: a claim outlives any wait while its replica lives; a dead replica's leases run out after ``lease_s``
+        self.heartbeat_s = lease_s / 3
 
     def claim(
         self, pick: Picker, in_flight: Set[int], hold: Hold, lane: Lane | None = None
