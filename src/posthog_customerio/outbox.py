@@ -595,7 +595,5 @@ class LeaseHeartbeat:
                 log.warning("lease heartbeat: %s: %s", type(exc).__name__, exc)
                 lost = 0
             self.beats += 1
-            if lost:
-                log.warning(
-                    "lease heartbeat: %d claimed operations no longer held (another replica may send them)", lost
-                )
+            if lost:  # settled meanwhile, or taken over: the worker's renewal before its next request says which
+                log.debug("lease heartbeat: %d claimed operations no longer held", lost)
