@@ -25,6 +25,7 @@ drop the same excess twice.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import threading
@@ -33,7 +34,7 @@ from collections.abc import Callable, Iterable, Set
 from contextlib import AbstractContextManager
 from typing import Any
 
-from .storage import EXPIRED_KEY, DeliveryRow, ExpiredRow, Storage
+from .storage import EXPIRED_KEY, DeliveryRow, ExpiredRow, Storage, Transaction
 
 __all__ = ["REASONS", "AnonymousBacklog", "BacklogKeeper"]
 
@@ -110,12 +111,10 @@ class AnonymousBacklog:
             while True:
                 now = self.clock()
                 # lock order as a claim's: the claim book, then the database (no deadlock)
-                with self.exclude() as in_flight, self.db.transaction() as tx:
-                    gone = tx.expire_anonymous(before, self.max_rows, now, in_flight, self.batch)
-                    rows = [row for reason in REASONS for row in gone.get(reason, [])]
-                    if rows:
-                        tx.record_deliveries(_history(rows, now), _DELIVERIES_KEPT)
-                        tx.add_counters(EXPIRED_KEY, {reason: len(gone.get(reason, [])) for reason in REASONS}, now)
+                with self.exclude() as in_flight:
+                    gone, rows = self.db.transact(
+                        functools.partial(self._expire, before=before, now=now, in_flight=in_flight)
+                    )
                 for reason in REASONS:
                     dropped[reason] += len(gone.get(reason, []))
                 if len(rows) < self.batch:
@@ -133,6 +132,17 @@ class AnonymousBacklog:
                 self.max_rows,
             )
         return dropped
+
+    def _expire(
+        self, tx: Transaction, before: float, now: float, in_flight: Set[int]
+    ) -> tuple[dict[str, list[ExpiredRow]], list[ExpiredRow]]:
+        """One batch of :meth:`enforce` in transaction ``tx``: the rows dropped by reason, and all of them."""
+        gone = tx.expire_anonymous(before, self.max_rows, now, in_flight, self.batch)
+        rows = [row for reason in REASONS for row in gone.get(reason, [])]
+        if rows:
+            tx.record_deliveries(_history(rows, now), _DELIVERIES_KEPT)
+            tx.add_counters(EXPIRED_KEY, {reason: len(gone.get(reason, [])) for reason in REASONS}, now)
+        return gone, rows
 
     def totals(self) -> dict[str, int]:
         """Events dropped by every replica since the database was created, by reason (stored)."""

@@ -209,7 +209,7 @@ class Settings(BaseSettings):
         None, description="sqlite:///path or postgresql://user@host/db"
     )
     lease_s: Annotated[float, Cli(STORE)] = Field(
-        30.0, ge=2, description="PostgreSQL: how long a claim on operations lasts"
+        10.0, ge=2, description="PostgreSQL: a claim's lease; renewed every third of it while the replica lives"
     )
     sqlite_synchronous: Annotated[Literal["FULL", "NORMAL"], Cli(STORE)] = Field("FULL", description="FULL or NORMAL")
     # -- long-running commands (serve, consume) --

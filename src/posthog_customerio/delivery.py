@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from .backoff import Backoff
 from .latency import LatencyWindow
 from .operations import Claimed
-from .outbox import LeaseLost, Outbox
+from .outbox import LeaseHeartbeat, LeaseLost, Outbox
 from .output.base import AuthError, Output, SendResult, Unit
 from .pacing import Pacer, RateLimiter, finite_delay
 from .settlement import Settlement, Verdict
@@ -131,6 +131,8 @@ class Deliverer:
         self._threads_lock = threading.Lock()
         self._supervisor: threading.Thread | None = None
         self.supervise_s = supervise_s
+        #: PostgreSQL: renews the leases of every claim the workers hold while delivery runs
+        self.heartbeat = LeaseHeartbeat(outbox)
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
@@ -142,6 +144,7 @@ class Deliverer:
             self._threads = [self._spawn(number) for number in range(self.concurrency)]
         self._supervisor = threading.Thread(target=self._supervise, name="delivery-supervisor", daemon=True)
         self._supervisor.start()
+        self.heartbeat.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the workers; in-flight requests finish, unsent work stays queued."""
@@ -154,6 +157,8 @@ class Deliverer:
             threads = list(self._threads)
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        # the workers' last requests are settled (or abandoned): their leases need no more renewing
+        self.heartbeat.stop(max(0.0, deadline - time.monotonic()))
         with self._threads_lock:
             self._threads = [thread for thread in self._threads if thread.is_alive()]
 

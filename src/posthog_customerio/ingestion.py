@@ -122,8 +122,7 @@ class Ingestor:
         """Map ``items`` (events or persons) against the stored states and store the result in one transaction."""
         if not items:
             return IngestReport()
-        with self.db.transaction() as conn:
-            return self.apply_in(conn, items, involved, mapper)
+        return self.db.transact(lambda conn: self.apply_in(conn, items, involved, mapper))
 
     def apply_in(
         self,

@@ -38,7 +38,7 @@ from .storage import (
     Transaction,
 )
 
-__all__ = ["DELIVERIES_KEPT", "AnonymousHold", "DeadLetter", "LeaseLost", "Outbox", "Queued"]
+__all__ = ["DELIVERIES_KEPT", "AnonymousHold", "DeadLetter", "LeaseHeartbeat", "LeaseLost", "Outbox", "Queued"]
 
 log = logging.getLogger(__name__)
 #: an email address in a reason Customer.io gave (it may quote one): never logged
@@ -221,7 +221,7 @@ class Queued:
 class Outbox:
     """The outbox tables of a :class:`~.storage.Storage`, plus the in-process claim book."""
 
-    def __init__(self, db: Storage, lease_s: float = 30.0, anonymous_hold_s: float = 0.0) -> None:
+    def __init__(self, db: Storage, lease_s: float = 10.0, anonymous_hold_s: float = 0.0) -> None:
         self.db = db
         self.lease_s = lease_s
         #: anonymous operations younger than ``anonymous_hold_s`` are not claimable until :meth:`input_finished`
@@ -249,27 +249,34 @@ class Outbox:
     def queued(self, conn: Transaction, person_key: str, kind: Kind) -> list[Queued]:
         """Inside the caller's transaction: ``person_key``'s queued operations of ``kind``
         that are neither in flight here nor leased by a replica, in queue order."""
-        now = time.time()
-        rows = conn.queued_rows(person_key, kind)
+        rows = conn.queued_rows(person_key, kind, time.time())
         found = []
         for row in rows:
-            if row.seq in self._in_flight or (row.lease_until is not None and row.lease_until > now):
+            if row.seq in self._in_flight:
                 continue
             after = tuple(json.loads(row.after_keys)) if row.after_keys else ()
             operation = Operation(person_key, json.loads(row.payload), after, row.payload, kind)
             found.append(Queued(row.seq, operation, row.enqueued_at))
         return found
 
-    @staticmethod
-    def replace(conn: Transaction, old: Sequence[Queued], new: Sequence[Operation]) -> int:
-        """Inside the caller's transaction: delete ``old`` and queue ``new`` (pairwise) at
-        the back, each keeping the enqueue time of the row it replaces; returns how many."""
+    def replace(self, conn: Transaction, old: Sequence[Queued], new: Sequence[Operation]) -> int:
+        """Inside the caller's transaction: delete ``old`` and queue ``new`` (pairwise) at the back, each
+        keeping the enqueue time of the row it replaces; returns how many were replaced.
+
+        An old row a worker took meanwhile (in flight here, or leased) stays as it is and its new operation
+        is dropped: it is sent as it was, never both sent and replaced. With SQLite a claim holds its rows
+        under the database lock this transaction holds; with PostgreSQL the rows read by :meth:`queued` are
+        locked (a claim cannot lease them) and the delete checks the lease again.
+        """
         if len(old) != len(new):
             raise ValueError("replace: one new operation per old one")
-        if not old:
+        pairs = [
+            (queued, operation) for queued, operation in zip(old, new, strict=True) if queued.seq not in self._in_flight
+        ]
+        if not pairs:
             return 0
-        rows = [_new_operation(operation, queued.enqueued_at) for queued, operation in zip(old, new, strict=True)]
-        conn.delete_operations(queued.seq for queued in old)
+        deleted = conn.delete_unleased([queued.seq for queued, _ in pairs], time.time())
+        rows = [_new_operation(operation, queued.enqueued_at) for queued, operation in pairs if queued.seq in deleted]
         conn.insert_operations(rows)
         return len(rows)
 
@@ -308,13 +315,15 @@ class Outbox:
                     rows, lambda row: taken(row) or taken_here(row) or held(row), max_items, max_bytes, max_op_bytes
                 )
 
-            chosen, too_big, payloads = self.claims.claim(pick, self._in_flight, lane)
+            def hold(rows: Sequence[CandidateRow]) -> None:  # in flight from now on (adoption leaves them)
+                for row in rows:
+                    self._in_flight.add(row.seq)
+                    self._leased_at[row.seq] = leased_at
+                    for key in row.keys:
+                        self._busy_persons[key] = self._busy_persons.get(key, 0) + 1
+
+            chosen, too_big, payloads = self.claims.claim(pick, self._in_flight, hold, lane)
             claimed, oversized = _hydrate(chosen, payloads), _hydrate(too_big, payloads)
-            for item in claimed:
-                self._in_flight.add(item.seq)
-                self._leased_at[item.seq] = leased_at
-                for key in item.keys:
-                    self._busy_persons[key] = self._busy_persons.get(key, 0) + 1
         if oversized:
             self.dead_letter(
                 [
@@ -342,9 +351,13 @@ class Outbox:
     def ack(self, items: Sequence[Claimed]) -> None:
         """Customer.io accepted these: delete them."""
         if items:
-            with self.db.transaction() as conn:
+            rows = _delivery_rows(items, "delivered", time.time())
+
+            def settle(conn: Transaction) -> None:
                 conn.delete_operations(item.seq for item in items)
-                conn.record_deliveries(_delivery_rows(items, "delivered", time.time()), DELIVERIES_KEPT)
+                conn.record_deliveries(rows, DELIVERIES_KEPT)
+
+            self.db.transact(settle)
         self._unclaim(items)
 
     def forget_claims(self, items: Sequence[Claimed]) -> None:
@@ -374,6 +387,25 @@ class Outbox:
                 if item.seq in self._in_flight:
                     self._leased_at[item.seq] = now
 
+    def renew_held(self) -> int:
+        """The heartbeat of a live replica (PostgreSQL): extend the lease of every operation this process holds
+        now, however long its worker has been waiting (a request slot, a ``Retry-After`` pause); returns how many
+        were no longer held. Those are left to the worker: its renewal before the next request finds them lost
+        (:class:`LeaseLost`) and drops the claim. Nothing to do where claims never expire."""
+        if self.claims.heartbeat_s is None:
+            return 0
+        now = time.monotonic()
+        with self._claim_lock:
+            seqs = sorted(self._in_flight)
+        if not seqs:
+            return 0
+        lost = self.claims.renew(seqs)  # one settled meanwhile is "lost" too: no longer in flight, not counted
+        with self._claim_lock:
+            for seq in seqs:
+                if seq not in lost and seq in self._in_flight:
+                    self._leased_at[seq] = now
+            return len(lost & self._in_flight)
+
     def unclaim(self, items: Sequence[Claimed]) -> None:
         """Give claimed operations back untouched (not attempted)."""
         self.claims.give_back([item.seq for item in items])
@@ -382,8 +414,9 @@ class Outbox:
     def release(self, items: Sequence[Claimed], error: str) -> None:
         """Not delivered (transient failure): keep them queued, count the attempt."""
         if items:
-            with self.db.transaction() as conn:
-                conn.release_operations(error[:500], (item.seq for item in items), self.claims.owner)
+            self.db.transact(
+                lambda conn: conn.release_operations(error[:500], [item.seq for item in items], self.claims.owner)
+            )
         self._unclaim(items)
 
     def dead_letter(
@@ -395,7 +428,8 @@ class Outbox:
         if not failures:
             return
         now = time.time()
-        with self.db.transaction() as conn:
+
+        def settle(conn: Transaction) -> dict[int, int]:
             conn.insert_dead_letters(
                 [
                     NewDeadLetter(
@@ -417,6 +451,9 @@ class Outbox:
             conn.delete_operations(item.seq for item, *_ in failures)
             ids = conn.dead_letter_ids([item.seq for item, *_ in failures])
             conn.record_deliveries(_delivery_rows((f[0] for f in failures), "dead-lettered", now), DELIVERIES_KEPT)
+            return ids
+
+        ids = self.db.transact(settle)
         self.dead_lettered_total += len(failures)
         for item, reason, status, _ in failures:
             _log_dead_letter(item, reason, status, ids.get(item.seq))
@@ -513,3 +550,50 @@ class Outbox:
             )
             conn.delete_dead_letters(row.id for row in rows)
         return [row.id for row in rows]
+
+
+class LeaseHeartbeat:
+    """The heartbeat of a live replica (PostgreSQL): a thread renewing, every ``interval_s`` (by default the
+    claims' :attr:`~.storage.Claims.heartbeat_s`, a third of ``LEASE_S``), the lease of every operation the
+    process holds (:meth:`Outbox.renew_held`).
+
+    A claim then lasts as long as its replica lives, whatever its worker waits for (a request slot, a
+    ``Retry-After`` pause, an answer within its deadline), while a replica that dies stops renewing and its
+    leases run out at most ``LEASE_S`` after the last beat. A failed renewal (the database unreachable a
+    moment) is tried again at the next beat; the workers' renewal before each request still decides
+    whether a claim is sent. Nothing runs where claims never expire (SQLite).
+    """
+
+    def __init__(self, outbox: Outbox, interval_s: float | None = None) -> None:
+        self.outbox = outbox
+        self.interval_s = interval_s if interval_s is not None else outbox.claims.heartbeat_s
+        #: renewals done (successful or not), for tests and diagnostics
+        self.beats = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start beating (idempotent; nothing where claims never expire)."""
+        if self.interval_s is None or (self._thread is not None and self._thread.is_alive()):
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, args=(self.interval_s,), name="lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop beating: from now on this process's leases run out ``LEASE_S`` after the last beat."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            try:
+                lost = self.outbox.renew_held()
+            except Exception as exc:
+                log.warning("lease heartbeat: %s: %s", type(exc).__name__, exc)
+                lost = 0
+            self.beats += 1
+            if lost:  # settled meanwhile, or taken over: the worker's renewal before its next request says which
+                log.debug("lease heartbeat: %d claimed operations no longer held", lost)

@@ -210,7 +210,7 @@ def test_a_claim_never_takes_anonymous_events_an_identify_is_adopting(pg_url: st
             thread.start()
             wait_for(lambda: not thread.is_alive() or _claim_waits_on_a_row_lock(claimer.db), "the claim to run")
             adopted = {**visit, "type": "person", "identifiers": {"id": "user-1"}}
-            Outbox.replace(tx, queued, [Operation("user-1", adopted)])
+            writer.replace(tx, queued, [Operation("user-1", adopted)])
         thread.join(30)
         assert not thread.is_alive()
         taken = [(item.person_key, item.kind) for item in claimed[0]]
@@ -226,7 +226,7 @@ def test_a_claim_never_takes_anonymous_events_an_identify_is_adopting(pg_url: st
 def test_a_row_that_could_not_be_leased_holds_back_the_later_rows_of_its_keys() -> None:
     """After the lease: a chosen row left unleased (deleted, or locked by an ingestion) keeps every later
     chosen row of its person, or waiting on it, out of the claim."""
-    from posthog_customerio.storage.postgres import _in_order
+    from posthog_customerio.storage.base import in_order as _in_order
 
     def row(seq: int, person: str, after: list[str] | None = None) -> CandidateRow:
         return CandidateRow(seq, person, 10, 0, 0.0, json.dumps(after) if after else None, None, None, "person")

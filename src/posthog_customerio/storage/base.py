@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence, Set
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeVar
 
 from ..operations import Lane
 from .rows import (
@@ -39,6 +39,7 @@ __all__ = [
     "EXPIRED_KEY",
     "Claims",
     "DeliveryLockError",
+    "Hold",
     "Picker",
     "Storage",
     "StorageSnapshot",
@@ -49,6 +50,10 @@ __all__ = [
 Picker = Callable[
     [Iterable[CandidateRow], Callable[[CandidateRow], bool]], tuple[list[CandidateRow], list[CandidateRow]]
 ]
+_T = TypeVar("_T")
+
+#: marks claimed rows as in flight in this process (:meth:`~..outbox.Outbox.claim`); see :meth:`Claims.claim`
+Hold = Callable[[Sequence[CandidateRow]], None]
 
 
 #: the ``status_snapshot`` counters of the anonymous events expired (``anonymous_expired:age``, ``...:count``)
@@ -107,11 +112,15 @@ class Transaction(Protocol):
     def insert_operations(self, rows: Iterable[NewOperation]) -> None:
         """Append operations at the back of the queue."""
 
-    def queued_rows(self, person_key: str, kind: str) -> list[QueuedRow]:
-        """A key's queued operations of ``kind``, in queue order."""
+    def queued_rows(self, person_key: str, kind: str, now: float) -> list[QueuedRow]:
+        """A key's queued operations of ``kind`` not leased at ``now``, in queue order, to be replaced in this
+        transaction (PostgreSQL: locked until it ends; a row another transaction has locked is left out)."""
 
     def delete_operations(self, seqs: Iterable[int]) -> None:
         """Remove operations from the queue."""
+
+    def delete_unleased(self, seqs: Sequence[int], now: float) -> set[int]:
+        """Remove these operations unless leased at ``now``; returns the seqs this statement really removed."""
 
     def candidates(self, after_seq: int, limit: int, lane: Lane | None = None) -> list[CandidateRow]:
         """Queue rows after ``after_seq`` in order, without payloads: of the whole queue, or of one lane
@@ -249,16 +258,20 @@ class Claims(ABC):
     owner: str | None = None
     #: a claim renewed (or made) less than this long ago needs no renewal before a request
     renewal_fresh_s: float = math.inf
+    #: while delivery runs, renew every claim this process holds this often (``None``: claims never expire)
+    heartbeat_s: float | None = None
 
     @abstractmethod
     def claim(
-        self, pick: Picker, in_flight: Set[int], lane: Lane | None = None
+        self, pick: Picker, in_flight: Set[int], hold: Hold, lane: Lane | None = None
     ) -> tuple[list[CandidateRow], list[CandidateRow], dict[int, PayloadRow]]:
         """Run ``pick`` over the candidates of the queue or of one ``lane``; returns ``(chosen, oversized,
-        payloads)``.
+        payloads)``, ``chosen`` only the rows really taken (each with its payload).
 
         ``in_flight`` are the seqs this process has handed out and not settled. In the person lane, work
-        waiting on an anonymous event leased by another process counts as taken.
+        waiting on an anonymous event leased by another process counts as taken. ``hold`` is called with
+        the rows taken once no ingestion can adopt them any more without seeing them taken (an identify
+        adopting a visitor's queued events leaves the taken ones alone: each is either adopted or sent).
         """
 
     def give_back(self, seqs: Sequence[int]) -> None:
@@ -289,6 +302,13 @@ class Storage(ABC):
     @abstractmethod
     def transaction(self) -> AbstractContextManager[Transaction]:
         """A write transaction, committed when the block ends without an exception."""
+
+    def transact(self, work: Callable[[Transaction], _T]) -> _T:
+        """``work`` in a :meth:`transaction`, committed; returns what it returned. Where the database may abort
+        a transaction to break a deadlock (PostgreSQL), ``work`` runs again in a new one (a few times): it
+        must have no effect outside the transaction before it returns."""
+        with self.transaction() as tx:
+            return work(tx)
 
     @abstractmethod
     def reading(self) -> AbstractContextManager[Transaction]:
@@ -348,6 +368,20 @@ class Storage(ABC):
 
 #: a claim looks at most this many queued rows
 SCAN_LIMIT = 50_000
+
+
+def in_order(chosen: Sequence[CandidateRow], taken: Set[int]) -> list[CandidateRow]:
+    """The rows of ``chosen`` in ``taken`` (leased, or still queued) that no row before them left out
+    shares a key with (queue order): a person's later operation never goes without an earlier one."""
+    kept: list[CandidateRow] = []
+    blocked: set[str] = set()
+    for row in chosen:
+        keys = set(row.keys)
+        if row.seq not in taken or keys & blocked:
+            blocked |= keys
+        else:
+            kept.append(row)
+    return kept
 
 
 def pages(

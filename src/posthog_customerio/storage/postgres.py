@@ -11,18 +11,19 @@ import contextlib
 import hashlib
 import logging
 import os
+import random
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence, Set
+from collections.abc import Callable, Iterable, Iterator, Sequence, Set
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from ..operations import Lane
-from .base import SCAN_LIMIT, Claims, Picker, Transaction
+from .base import SCAN_LIMIT, Claims, Hold, Picker, Transaction, in_order
 from .migrations import POSTGRES_MIGRATIONS, POSTGRES_ONLY_TABLES
-from .rows import CandidateRow, DeliveryRow, PayloadRow, QueuedRow
+from .rows import CandidateRow, DeliveryRow, ExpiredRow, PayloadRow, QueuedRow
 from .sql import SqlStorage, SqlTransaction, Statements
 
 __all__ = [
@@ -32,10 +33,12 @@ __all__ = [
     "check_reachable",
     "key_lock_id",
     "lease_margin",
+    "retry_deadlocks",
     "safe_url",
 ]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 _STATEMENTS = Statements("%s")
 _MIGRATION_LOCK = 7_274_135_001  # pg_advisory_lock key: one replica migrates at a time
@@ -43,6 +46,31 @@ _CLAIM_LOCK = 7_274_135_002  # pg_advisory_xact_lock key: one claimer at a time 
 _EXPIRY_LOCK = 7_274_135_003  # pg_advisory_xact_lock key: one expiry of anonymous events at a time
 _PERSON_SYNC_LOCK = 7_274_135_004  # pg_try_advisory_lock key (session): one person sync pass at a time
 _COHORT_SYNC_LOCK = 7_274_135_005  # the same for a cohort sync pass
+
+
+#: a transaction PostgreSQL aborted to break a deadlock runs at most this many times in all
+DEADLOCK_TRIES = 5
+
+
+def retry_deadlocks(
+    attempt: Callable[[], _T], tries: int = DEADLOCK_TRIES, pause: Callable[[float], object] = time.sleep
+) -> _T:
+    """``attempt()`` (one whole transaction), run again when PostgreSQL aborted it to break a deadlock
+    (``DeadlockDetected``): the other transaction went on, this one starts over after a short random pause,
+    up to ``tries`` times in all (then the error is raised). Nothing of an aborted transaction was written."""
+    from psycopg.errors import DeadlockDetected
+
+    for number in range(1, tries + 1):
+        try:
+            return attempt()
+        except DeadlockDetected:
+            if number >= tries:
+                raise
+            log.warning(
+                "PostgreSQL aborted a transaction to break a deadlock: running it again (%d of %d)", number + 1, tries
+            )
+            pause(random.uniform(0.005, 0.05) * number)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def lease_margin(lease_s: float) -> float:
@@ -56,23 +84,25 @@ def key_lock_id(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
 
 
+def _seqs(seqs: Iterable[int]) -> list[int]:
+    """Distinct seqs, ascending (the order their rows are locked in)."""
+    return sorted(set(seqs))
+
+
+def _rows_in_order(where: str = "", skip_locked: bool = False) -> str:
+    """A WHERE condition on ``outbox`` selecting the rows whose seq is in the array parameter (and meet
+    ``where``, its parameters after the array's), locked in seq order: one consistent order for every
+    statement that locks several rows, so two of them never wait for each other in a cycle (a deadlock).
+    With ``skip_locked``, rows another transaction has locked are left out instead of waited for."""
+    narrowing = f" AND {where}" if where else ""
+    skip = " SKIP LOCKED" if skip_locked else ""
+    return f"seq IN (SELECT seq FROM outbox WHERE seq = ANY(%s){narrowing} ORDER BY seq FOR UPDATE{skip})"
+
+
 def _fetched(cursor: Any, page: int) -> Iterator[CandidateRow]:
     """Candidate rows of an open server-side cursor, ``page`` at a time."""
     while rows := cursor.fetchmany(page):
         yield from map(CandidateRow._make, rows)
-
-
-def _in_order(chosen: Sequence[CandidateRow], leased: Set[int]) -> list[CandidateRow]:
-    """The leased rows of ``chosen`` that no unleased row before them shares a key with (queue order)."""
-    kept: list[CandidateRow] = []
-    blocked: set[str] = set()
-    for row in chosen:
-        keys = set(row.keys)
-        if row.seq not in leased or keys & blocked:
-            blocked |= keys
-        else:
-            kept.append(row)
-    return kept
 
 
 class PostgresTransaction(SqlTransaction):
@@ -108,36 +138,77 @@ class PostgresTransaction(SqlTransaction):
             cursor.execute(self.sql.snapshot_candidates[lane], (scan_limit,))
             yield _fetched(cursor, page)
 
-    def queued_rows(self, person_key: str, kind: str) -> list[QueuedRow]:
-        """As :meth:`SqlTransaction.queued_rows`, the rows locked until the transaction ends: a claim
-        does not lease them while they are being replaced."""
-        rows = self.conn.execute(self.sql.queued + " FOR UPDATE", (person_key, kind)).fetchall()
+    def queued_rows(self, person_key: str, kind: str, now: float) -> list[QueuedRow]:
+        """As :meth:`SqlTransaction.queued_rows`, the rows locked until the transaction ends (a claim does
+        not lease them while they are being replaced); a row another transaction has locked (a claim leasing
+        it, a worker settling it) is left out, never waited for."""
+        rows = self.conn.execute(self.sql.queued + " FOR UPDATE SKIP LOCKED", (person_key, kind, now)).fetchall()
         return [QueuedRow._make(row) for row in rows]
 
+    # Every statement that locks several outbox rows is one statement taking their locks in seq order
+    # (:func:`_rows_in_order`): transactions locking rows of one batch (a lease, a renewal, an acknowledgement
+    # deleting them, a release, an expiry, an adoption) wait for one another, never in a cycle.
     def lease(self, owner: str, until: float, seqs: Sequence[int]) -> set[int]:
         """Mark operations as claimed by ``owner`` until ``until`` (epoch seconds); returns the seqs
         leased: one deleted meanwhile, or locked by an ingestion replacing it, is not (never waited for)."""
         rows = self.conn.execute(
-            "UPDATE outbox SET lease_owner = %s, lease_until = %s WHERE seq IN"
-            " (SELECT seq FROM outbox WHERE seq = ANY(%s) FOR UPDATE SKIP LOCKED) RETURNING seq",
-            (owner, until, list(seqs)),
+            f"UPDATE outbox SET lease_owner = %s, lease_until = %s WHERE {_rows_in_order(skip_locked=True)}"
+            " RETURNING seq",
+            (owner, until, _seqs(seqs)),
         ).fetchall()
         return {int(seq) for (seq,) in rows}
 
     def unlease(self, owner: str, seqs: Sequence[int]) -> None:
         """Drop ``owner``'s leases of these operations (a lease another replica holds now is left alone)."""
         self.conn.execute(
-            "UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE seq = ANY(%s) AND lease_owner = %s",
-            (list(seqs), owner),
+            f"UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE {_rows_in_order('lease_owner = %s')}",
+            (_seqs(seqs), owner),
         )
 
     def renew_leases(self, owner: str, until: float, seqs: Sequence[int]) -> set[int]:
         """Extend ``owner``'s leases of these operations to ``until``; returns the seqs it still held."""
         rows = self.conn.execute(
-            "UPDATE outbox SET lease_until = %s WHERE seq = ANY(%s) AND lease_owner = %s RETURNING seq",
-            (until, list(seqs), owner),
+            f"UPDATE outbox SET lease_until = %s WHERE {_rows_in_order('lease_owner = %s')} RETURNING seq",
+            (until, _seqs(seqs), owner),
         ).fetchall()
         return {int(seq) for (seq,) in rows}
+
+    def delete_operations(self, seqs: Iterable[int]) -> None:
+        """Remove operations from the queue: one statement, rows locked in seq order."""
+        wanted = _seqs(seqs)
+        if wanted:
+            self.conn.execute(f"DELETE FROM outbox WHERE {_rows_in_order()}", (wanted,))
+
+    def delete_unleased(self, seqs: Sequence[int], now: float) -> set[int]:
+        wanted = _seqs(seqs)
+        if not wanted:
+            return set()
+        rows = self.conn.execute(
+            f"DELETE FROM outbox WHERE {_rows_in_order('(lease_until IS NULL OR lease_until <= %s)')} RETURNING seq",
+            (wanted, now),
+        ).fetchall()
+        return {int(seq) for (seq,) in rows}
+
+    def release_operations(self, error: str, seqs: Iterable[int], owner: str | None = None) -> None:
+        """As :meth:`SqlTransaction.release_operations`, in one statement, rows locked in seq order."""
+        wanted = _seqs(seqs)
+        if wanted:
+            self.conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = %s, lease_owner = NULL, lease_until = NULL"
+                f" WHERE {_rows_in_order('(lease_owner IS NULL OR lease_owner = %s::text)')}",
+                (error, wanted, owner),
+            )
+
+    def _delete_anonymous(self, seqs: Sequence[int], now: float) -> list[ExpiredRow]:
+        """As :meth:`SqlTransaction._delete_anonymous`, in one statement, rows locked in seq order."""
+        wanted = _seqs(seqs)
+        if not wanted:
+            return []
+        where = _rows_in_order("kind = 'anonymous' AND (lease_until IS NULL OR lease_until <= %s)")
+        rows = self.conn.execute(
+            f"DELETE FROM outbox WHERE {where} RETURNING seq, person_key, kind, payload", (wanted, now)
+        ).fetchall()
+        return sorted(ExpiredRow(int(seq), key, kind, payload) for seq, key, kind, payload in rows)
 
     def record_deliveries(self, rows: Sequence[DeliveryRow], keep: int) -> None:
         """As SQLite's, the pruning in one statement: each key's cut-off found once by index (not per row)."""
@@ -166,7 +237,8 @@ class LeaseClaims(Claims):
     """Claims across replicas: one claimer at a time (advisory lock), leases with expiry.
 
     A row leased by anyone (lease not expired) blocks its people, exactly like an in-flight row in
-    one process; a dead replica's leases expire after ``lease_s`` and its rows are claimed again.
+    one process. A live replica renews its leases every :attr:`heartbeat_s` (and before each request);
+    a dead replica's leases expire at most ``lease_s`` after its last renewal and its rows are claimed again.
     """
 
     def __init__(self, db: PostgresStorage, lease_s: float) -> None:
@@ -176,9 +248,12 @@ class LeaseClaims(Claims):
         self.owner: str = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         #: a request starts at most this long after its lease was renewed: it keeps half the margin
         self.renewal_fresh_s = lease_margin(lease_s) / 2
+        #: a live replica renews every lease it holds this often (:class:`~...delivery.Deliverer`'s heartbeat):
+        #: a claim outlives any wait while its replica lives; a dead replica's leases run out after ``lease_s``
+        self.heartbeat_s = lease_s / 3
 
     def claim(
-        self, pick: Picker, in_flight: Set[int], lane: Lane | None = None
+        self, pick: Picker, in_flight: Set[int], hold: Hold, lane: Lane | None = None
     ) -> tuple[list[CandidateRow], list[CandidateRow], dict[int, PayloadRow]]:
         """Pick from one snapshot of the queue (taken after the claim lock), then lease what was chosen.
 
@@ -187,30 +262,39 @@ class LeaseClaims(Claims):
         row that could not be leased (deleted since the snapshot, or locked by an ingestion adopting
         anonymous events) is left out, and so is every later chosen row sharing one of its keys.
         """
-        with self.db._transaction() as tx:
-            tx.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
-            now = time.time()
-            # person work waiting on an anonymous event another replica sends now waits for it
-            waiting_on = tx.leased_anonymous_keys(now) if lane == "person" else set()
 
-            def taken(row: CandidateRow) -> bool:
-                leased = row.lease_until is not None and row.lease_until > now
-                return row.seq in in_flight or leased or (bool(waiting_on) and not waiting_on.isdisjoint(row.keys))
+        def attempt() -> tuple[list[CandidateRow], list[CandidateRow], dict[int, PayloadRow]]:
+            with self.db._transaction() as tx:
+                tx.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
+                now = time.time()
+                # person work waiting on an anonymous event another replica sends now waits for it
+                waiting_on = tx.leased_anonymous_keys(now) if lane == "person" else set()
 
-            with tx.snapshot_candidates(lane) as rows:
-                chosen, oversized = pick(rows, taken)
-            payloads = tx.payloads([row.seq for row in (*chosen, *oversized)]) if chosen or oversized else {}
-            leased = tx.lease(self.owner, now + self.lease_s, [row.seq for row in chosen if row.seq in payloads])
-            kept = _in_order(chosen, leased)
-            if len(kept) < len(leased):
-                tx.unlease(self.owner, sorted(leased - {row.seq for row in kept}))
+                def taken(row: CandidateRow) -> bool:
+                    leased = row.lease_until is not None and row.lease_until > now
+                    return row.seq in in_flight or leased or (bool(waiting_on) and not waiting_on.isdisjoint(row.keys))
+
+                with tx.snapshot_candidates(lane) as rows:
+                    chosen, oversized = pick(rows, taken)
+                payloads = tx.payloads([row.seq for row in (*chosen, *oversized)]) if chosen or oversized else {}
+                leased = tx.lease(self.owner, now + self.lease_s, [row.seq for row in chosen if row.seq in payloads])
+                kept = in_order(chosen, leased)
+                if len(kept) < len(leased):
+                    tx.unlease(self.owner, sorted(leased - {row.seq for row in kept}))
+            return kept, oversized, payloads
+
+        kept, oversized, payloads = retry_deadlocks(attempt)
+        hold(kept)  # leased (committed): an adoption leaves them alone from now on
         kept_seqs = {row.seq for row in (*kept, *oversized)}
         return kept, oversized, {seq: value for seq, value in payloads.items() if seq in kept_seqs}
 
     def give_back(self, seqs: Sequence[int]) -> None:
-        if seqs:
+        def attempt() -> None:
             with self.db._transaction() as tx:
                 tx.unlease(self.owner, seqs)
+
+        if seqs:
+            retry_deadlocks(attempt)
 
     def renew(self, seqs: Sequence[int]) -> set[int]:
         """Lease these operations for another ``lease_s`` if this replica still holds them.
@@ -220,10 +304,13 @@ class LeaseClaims(Claims):
         """
         if not seqs:
             return set()
-        with self.db._transaction() as tx:
-            tx.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
-            held = tx.renew_leases(self.owner, time.time() + self.lease_s, seqs)
-        return set(seqs) - held
+
+        def attempt() -> set[int]:
+            with self.db._transaction() as tx:
+                tx.execute("SELECT pg_advisory_xact_lock(%s)", (_CLAIM_LOCK,))
+                return tx.renew_leases(self.owner, time.time() + self.lease_s, seqs)
+
+        return set(seqs) - retry_deadlocks(attempt)
 
     def bound_timeout(self, timeout_s: float) -> float:
         """The request deadline: at most the lease minus :func:`lease_margin` (leases are renewed right
@@ -296,6 +383,15 @@ class PostgresStorage(SqlStorage):
     def transaction(self) -> contextlib.AbstractContextManager[Transaction]:
         """A transaction on a pooled connection, committed on success."""
         return self._transaction()
+
+    def transact(self, work: Callable[[Transaction], _T]) -> _T:
+        """As :meth:`Storage.transact`: a transaction aborted by a deadlock runs again (:func:`retry_deadlocks`)."""
+
+        def attempt() -> _T:
+            with self._transaction() as tx:
+                return work(tx)
+
+        return retry_deadlocks(attempt)
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Transaction]:

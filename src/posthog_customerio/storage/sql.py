@@ -71,7 +71,8 @@ class Statements:
         self.insert_operation = f"INSERT INTO outbox ({_OPERATION_COLUMNS}) VALUES ({self.marks(6)})"
         self.queued = (
             "SELECT seq, payload, enqueued_at, lease_until, after_keys FROM outbox"
-            f" WHERE person_key = {mark} AND kind = {mark} ORDER BY seq"
+            f" WHERE person_key = {mark} AND kind = {mark} AND (lease_until IS NULL OR lease_until <= {mark})"
+            " ORDER BY seq"
         )
         self.delete_operation = f"DELETE FROM outbox WHERE seq = {mark}"
         candidate = "SELECT seq, person_key, size, attempts, enqueued_at, after_keys, lease_owner, lease_until, kind"
@@ -158,11 +159,24 @@ class SqlTransaction:
     def insert_operations(self, rows: Iterable[NewOperation]) -> None:
         self._many(self.sql.insert_operation, rows)
 
-    def queued_rows(self, person_key: str, kind: str) -> list[QueuedRow]:
-        return [QueuedRow._make(row) for row in self.conn.execute(self.sql.queued, (person_key, kind)).fetchall()]
+    def queued_rows(self, person_key: str, kind: str, now: float) -> list[QueuedRow]:
+        rows = self.conn.execute(self.sql.queued, (person_key, kind, now)).fetchall()
+        return [QueuedRow._make(row) for row in rows]
 
     def delete_operations(self, seqs: Iterable[int]) -> None:
         self._many(self.sql.delete_operation, [(seq,) for seq in seqs])
+
+    def delete_unleased(self, seqs: Sequence[int], now: float) -> set[int]:
+        deleted: set[int] = set()
+        for start in range(0, len(seqs), CHUNK):
+            chunk = list(seqs[start : start + CHUNK])
+            rows = self.conn.execute(
+                f"DELETE FROM outbox WHERE seq IN ({self.sql.marks(len(chunk))})"
+                f" AND (lease_until IS NULL OR lease_until <= {self.sql.mark}) RETURNING seq",
+                [*chunk, now],
+            ).fetchall()
+            deleted.update(int(seq) for (seq,) in rows)
+        return deleted
 
     def candidates(self, after_seq: int, limit: int, lane: Lane | None = None) -> list[CandidateRow]:
         rows = self.conn.execute(self.sql.candidates[lane], (after_seq, limit))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from ..operations import Lane
-from .base import Claims, DeliveryLockError, Picker, Transaction, pages
+from .base import Claims, DeliveryLockError, Hold, Picker, Transaction, in_order, pages
 from .migrations import SQLITE_MIGRATIONS
 from .rows import CandidateRow, PayloadRow
 from .sql import SqlStorage, SqlTransaction, Statements
@@ -37,16 +37,26 @@ class SqliteClaims(Claims):
         self.db = db
 
     def claim(
-        self, pick: Picker, in_flight: Set[int], lane: Lane | None = None
+        self, pick: Picker, in_flight: Set[int], hold: Hold, lane: Lane | None = None
     ) -> tuple[list[CandidateRow], list[CandidateRow], dict[int, PayloadRow]]:
+        """Pick from the queue read a page at a time, then, under the database lock, read the chosen rows'
+        payloads and hold them as in flight: an ingestion (its whole transaction under that lock) either
+        replaced a row before (it is gone: left out, with the later chosen rows of its keys) or sees it
+        in flight after (and leaves it alone)."""
+
         def fetch(after: int, limit: int) -> list[CandidateRow]:
             with self.db.reading() as tx:
                 return tx.candidates(after, limit, lane)
 
         chosen, oversized = pick(pages(fetch), lambda row: row.seq in in_flight)
+        if not chosen and not oversized:
+            return [], [], {}
         with self.db.reading() as tx:
-            payloads = tx.payloads([row.seq for row in (*chosen, *oversized)]) if chosen or oversized else {}
-        return chosen, oversized, payloads
+            payloads = tx.payloads([row.seq for row in (*chosen, *oversized)])
+            kept = in_order(chosen, payloads.keys())
+            hold(kept)
+        kept_seqs = {row.seq for row in (*kept, *oversized)}
+        return kept, oversized, {seq: value for seq, value in payloads.items() if seq in kept_seqs}
 
 
 class SqliteStorage(SqlStorage):
