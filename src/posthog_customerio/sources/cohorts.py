@@ -277,7 +277,8 @@ class CohortSyncer:
         at = int(self.clock())
         snapshots = self._completed(cohort_id, targets, [from_api(person, now) for person in results], now)
         ingestor = self.runtime.ingestor
-        with self.runtime.db.transaction() as conn:
+
+        def store(conn: Transaction) -> tuple[IngestReport, IngestReport, list[tuple[CohortTarget, CohortMemberRow]]]:
             row = conn.cohort_sync(cohort_id)
             assert row is not None
             joining: list[tuple[PersonSnapshot, CohortTarget]] = []
@@ -292,8 +293,6 @@ class CohortSyncer:
                 joining += [(s, target) for s in snapshots if s.person_id not in stored]
             new_people = list({s.person_id: s for s, _ in joining}.values())
             created = ingestor.apply_in(conn, new_people, _distinct_ids, ensure_profile)
-            report.profiles_created += _created_count(created)
-            self._count(report, created, skips=False)
             placed: list[tuple[CohortTarget, CohortMemberRow]] = []
 
             def join(item: tuple[PersonSnapshot, CohortTarget], states: Any, config: Any) -> Any:
@@ -306,13 +305,19 @@ class CohortSyncer:
             joined = ingestor.apply_in(conn, joining, lambda item: _distinct_ids(item[0]), join)
             for target in targets:
                 conn.upsert_cohort_members(cohort_id, target.key, [r for t, r in placed if t == target])
-                report.added[target.describe()] = report.added.get(target.describe(), 0) + sum(
-                    1 for t, _ in placed if t == target
-                )
             info = _Info.parse(row.info)
             info.members_read += len(snapshots)
             phase = "reading" if next_url is not None else "removing"
             conn.save_cohort_sync(row._replace(phase=phase, next_url=next_url, info=info.text(), updated_at=at))
+            return created, joined, placed
+
+        # a transaction PostgreSQL aborts to break a deadlock runs again: the report is written once, after it
+        created, joined, placed = self.runtime.db.transact(store)
+        report.profiles_created += _created_count(created)
+        self._count(report, created, skips=False)
+        for target in targets:
+            added = sum(1 for t, _ in placed if t == target)
+            report.added[target.describe()] = report.added.get(target.describe(), 0) + added
         report.members_read += len(snapshots)
         self._count(report, joined)
 
@@ -395,7 +400,8 @@ class CohortSyncer:
         target and forgotten -- except one whose profile is still a member's (PostHog merged it into a person
         that is a member: its profile stays in)."""
         at = int(self.clock())
-        with self.runtime.db.transaction() as conn:
+
+        def remove(conn: Transaction) -> tuple[IngestReport, list[CohortMemberRow]]:
             leaving = conn.stale_cohort_members(cohort_id, target.key, pass_no, REMOVE_CHUNK)
             kept = _still_members(conn, cohort_id, target.key, pass_no, leaving)
             stored = self.runtime.ingestor.apply_in(
@@ -405,6 +411,9 @@ class CohortSyncer:
                 lambda member, states, config: member_left(member.distinct_id, target, states, config, at),
             )
             conn.delete_cohort_members(cohort_id, target.key, [member.person_id for member in leaving])
+            return stored, leaving
+
+        stored, leaving = self.runtime.db.transact(remove)
         stored.skipped.pop("no_profile", None)  # its profile is gone: nothing to remove, not a failure
         return stored, len(leaving)
 
