@@ -21,8 +21,7 @@ import logging
 import threading
 import time
 
-from .storage import Storage
-from .storage.base import size_text
+from .storage import Storage, size_text
 
 __all__ = ["DiskFull", "SpaceKeeper", "disk_full_message", "is_disk_full", "size_text"]
 
@@ -82,6 +81,8 @@ class SpaceKeeper:
         self.budget_s = budget_s
         #: bytes this process gave back to the filesystem
         self.given_back = 0
+        #: the last pass's error (logged once until a pass succeeds: a full disk would repeat it every second)
+        self._failing: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -105,8 +106,12 @@ class SpaceKeeper:
         try:
             freed = self.db.compact(budget_s)
         except Exception as exc:  # a full disk or a busy file must not stop the keeper
-            log.warning("could not give back free space: %s: %s (will retry)", type(exc).__name__, exc)
+            failing = disk_full_message(exc) if is_disk_full(exc) else f"{type(exc).__name__}: {exc}"
+            if failing != self._failing:
+                log.warning("could not give back free database pages: %s (will retry)", failing)
+            self._failing = failing
             return 0
+        self._failing = None
         self.given_back += freed
         if freed >= 64 * 2**20:
             log.info("gave back %s of free database pages to the filesystem", size_text(freed))

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from .backlog import AnonymousBacklog, BacklogKeeper
 from .config import ConfigError, Settings
 from .delivery import Deliverer
-from .disk import SpaceKeeper
+from .disk import DiskFull, SpaceKeeper, disk_full_message, is_disk_full
 from .ingestion import Ingestor
 from .operations import Claimed
 from .outbox import Outbox
@@ -58,7 +58,11 @@ class Runtime:
             self.db = open_storage(settings.outbox_url, settings.database_path, settings.sqlite_synchronous)
         except DatabaseUnreachable as exc:  # already one line without the password
             raise ConfigError(f"OUTBOX_URL: {exc}") from None
-        except Exception as exc:  # unreachable server, bad URL: a configuration problem
+        except Exception as exc:  # unreachable server, bad URL: a configuration problem; or a full disk
+            if is_disk_full(exc):
+                raise DiskFull(
+                    f"{disk_full_message(exc)}: cannot open the database {sqlite_path or ''}".strip()
+                ) from None
             reason = _redact(f"{type(exc).__name__}: {exc}", settings.outbox_url)
             raise ConfigError(f"OUTBOX_URL: cannot open the outbox: {reason}") from None
         if sqlite_path is not None:

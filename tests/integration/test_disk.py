@@ -9,17 +9,22 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from posthog_customerio import delivery as delivery_module
+from posthog_customerio.cli.lifecycle import DISK_FULL_ADVICE
 from posthog_customerio.config import Settings
-from posthog_customerio.disk import SpaceKeeper
+from posthog_customerio.disk import DiskFull, SpaceKeeper, disk_full_message, is_disk_full
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
+from posthog_customerio.sources import parse_event
 from posthog_customerio.storage import NewOperation, PostgresStorage, SqliteStorage, Storage
 from posthog_customerio.storage import sqlite as sqlite_module
 
-from ..helpers import wait_for
+from ..conftest import write_jsonl
+from ..helpers import hog, wait_for
 
 _PAYLOAD = json.dumps({"type": "person", "action": "event", "name": "Viewed page", "attributes": {"path": "/x" * 200}})
 
@@ -223,14 +228,150 @@ def test_postgresql_outbox_is_vacuumed_as_a_queue_and_comes_back_to_its_empty_si
         empty = outbox_bytes()
         drain(db, fill(db, 50_000))
         drained = outbox_bytes()
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            conn.execute("VACUUM outbox")
-        vacuumed = outbox_bytes()
+        assert drained > 20_000_000  # the deleted rows still take their pages until a vacuum
+
+        def vacuum() -> int | None:
+            """The size after a vacuum, once it gave the space back: a vacuum keeps the rows deleted after the
+            oldest snapshot of the database's other sessions (other tests'), so it is tried until none is that old."""
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                conn.execute("VACUUM outbox")
+            size = outbox_bytes()
+            return size if size < drained / 4 else None  # the heap truncated; the indexes keep reusable pages
+
+        vacuumed = wait_for(vacuum, "a vacuum to give the outbox's space back", 60, interval=0.5)
         print(
             f"\nPostgreSQL outbox, 50,000 operations: empty {empty:,} B, drained {drained:,} B, vacuumed {vacuumed:,} B"
         )
-        assert drained > 20_000_000  # the deleted rows still take their pages until a vacuum
-        assert vacuumed < drained / 4  # the heap is truncated; the indexes keep their (reusable) pages
         assert (db.space().database_bytes or 0) >= vacuumed
     finally:
         db.close()
+
+
+# -- a full disk (SQLite's max_page_count stands for the filesystem: raising it again is space returning) -------
+def cap(db: SqliteStorage) -> Callable[[], None]:
+    """No page more than the file has now (no free page left in it either): every write that needs one fails with
+    SQLITE_FULL, "database or disk is full". Returns what gives the room back."""
+    with db.lock:
+        assert db.conn.execute("PRAGMA freelist_count").fetchone()[0] == 0
+        pages = db.conn.execute("PRAGMA page_count").fetchone()[0]
+        db.conn.execute(f"PRAGMA max_page_count={pages}")
+
+    def lift() -> None:
+        with db.lock:
+            db.conn.execute("PRAGMA max_page_count=1073741823")
+
+    return lift
+
+
+def test_a_full_database_keeps_what_was_committed_says_disk_full_and_takes_writes_again(tmp_path: Path) -> None:
+    db = SqliteStorage(tmp_path / "db.sqlite")
+    try:
+        kept = fill(db, 100)
+        assert db.disk_problem() is None
+        lift = cap(db)
+        assert (db.disk_problem() or "").startswith("disk full: ")
+        with pytest.raises(sqlite3.OperationalError) as failed:
+            fill(db, 5_000)
+        assert is_disk_full(failed.value)
+        assert disk_full_message(failed.value) == "disk full: database or disk is full (OperationalError)"
+        assert not db.conn.in_transaction  # not left inside the failed transaction
+        with db.reading() as tx:
+            assert [seq for (seq,) in tx.execute("SELECT seq FROM outbox ORDER BY seq")] == kept
+        lift()  # space returns: the same connection takes writes again
+        assert db.disk_problem() is None
+        assert len(fill(db, 5_000)) == 5_100
+    finally:
+        db.close()
+
+
+def test_a_group_commit_that_hits_a_full_disk_commits_none_of_its_requests(tmp_path: Path) -> None:
+    """SQLite rolls the whole group back on SQLITE_FULL: every request of it fails (none was stored), and the
+    next group commits."""
+    db = SqliteStorage(tmp_path / "db.sqlite")
+    try:
+        fill(db, 10)
+        lift = cap(db)
+        errors: list[BaseException] = []
+        with pytest.raises(sqlite3.OperationalError) as failed, db.group():
+            for size in (1, 5_000, 1):  # the middle one does not fit
+                try:
+                    fill(db, size)
+                except sqlite3.OperationalError as exc:
+                    errors.append(exc)
+        assert is_disk_full(failed.value)
+        assert len(errors) == 2 and all(is_disk_full(error) for error in errors)  # the last joined nothing
+        assert db.space().database_bytes and not db.conn.in_transaction
+        with db.reading() as tx:
+            assert tx.outbox_depth() == 10
+        lift()
+        with db.group():
+            fill(db, 3)
+        with db.reading() as tx:
+            assert tx.outbox_depth() == 13
+    finally:
+        db.close()
+
+
+def test_send_on_a_full_disk_stops_with_one_line_and_exit_1_then_finishes_when_there_is_room(
+    cli: Any, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events = [hog(f"user-{n}", "Signed up") for n in range(300)]
+    source = write_jsonl(tmp_path / "events.jsonl", events)
+    migrate = SqliteStorage._migrate
+
+    def full_after_migrating(self: SqliteStorage) -> None:
+        migrate(self)
+        self.conn.execute(f"PRAGMA max_page_count={self.conn.execute('PRAGMA page_count').fetchone()[0] + 2}")
+
+    monkeypatch.setattr(SqliteStorage, "_migrate", full_after_migrating)
+    result = cli("send", str(source), env=env)
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert lines == [f"error: disk full: database or disk is full (OperationalError); {DISK_FULL_ADVICE}"]
+    assert "Traceback" not in result.output
+    monkeypatch.setattr(SqliteStorage, "_migrate", migrate)  # room again
+    result = cli("send", str(source), env=env)
+    assert result.exit_code == 0, result.output
+    assert len(sandbox.state.people()) == 300
+
+
+def test_delivery_pauses_on_a_full_disk_sends_nothing_meanwhile_and_resumes_when_there_is_room(
+    settings: Callable[..., Settings], sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An acknowledgement that cannot be written: every worker waits (sending again what could not be recorded
+    would only repeat it) until the database has room; the operations stay queued; then all goes out."""
+    monkeypatch.setattr(delivery_module, "DISK_FULL_RETRY_S", 0.05)
+    with Runtime(settings(sandbox, customerio_max_rps=1000)) as runtime:
+        runtime.ingestor.ingest([parse_event(hog(f"user-{n}", "Signed up")) for n in range(20)], "test")
+        full = threading.Event()
+        full.set()
+        looked = []
+        ack = runtime.outbox.ack
+
+        def failing_ack(items: Any) -> None:
+            if full.is_set():
+                raise sqlite3.OperationalError("database or disk is full")
+            ack(items)
+
+        def problem() -> str | None:
+            looked.append(time.monotonic())
+            return "disk full: 0 B left for the database" if full.is_set() else None
+
+        monkeypatch.setattr(runtime.outbox, "ack", failing_ack)
+        monkeypatch.setattr(runtime.db, "disk_problem", problem)
+        queued = runtime.outbox.depth()
+        deliverer = runtime.deliverer()
+        deliverer.start()
+        wait_for(lambda: deliverer.state == "disk_full", "delivery to pause on the full disk")
+        sent = len(sandbox.state.requests())
+        assert sent >= 1
+        wait_for(lambda: len(looked) >= 3, "the paused workers to look for room a few times")
+        assert len(sandbox.state.requests()) == sent  # nothing sent while the disk is full
+        assert runtime.outbox.depth() == queued  # nothing lost
+        assert (deliverer.stats.last_error or "").startswith("disk full: database or disk is full")
+        with pytest.raises(DiskFull):  # a batch job (send) stops on it
+            deliverer.wait_until_empty(timeout=5)
+        full.clear()  # room again
+        wait_for(lambda: runtime.outbox.depth() == 0, "delivery to resume and drain")
+        assert deliverer.state == "running"
+        assert len(sandbox.state.people()) == 20

@@ -104,14 +104,32 @@ class SqliteStorage(SqlStorage):
         #: :meth:`compact` is giving pages back (until down to its target) / owes a checkpoint (one was busy)
         self._shrinking = False
         self._checkpoint_owed = False
-        self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0)
-        # before anything else: only a database without tables (a new file) takes it (after WAL, not even that)
-        self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
-        self.conn.execute(f"PRAGMA synchronous={synchronous}")
-        self.conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-        self._migrate()
+        with self._full_disk_said():
+            self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0)
+            # before anything else: only a database without tables (a new file) takes it (after WAL, not even that)
+            self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+            self.conn.execute(f"PRAGMA synchronous={synchronous}")
+            self.conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            self._migrate()
+
+    @contextlib.contextmanager
+    def _full_disk_said(self) -> Iterator[None]:
+        """A SQLite I/O error while the filesystem has no room left is a full disk, and is raised as one
+        (``database or disk is full``): SQLite says "disk I/O error" when it cannot grow the WAL index
+        (``SQLITE_IOERR_SHMSIZE``, e.g. when opening the file) or a write fails at some moments."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_IOERR:
+                raise
+            with contextlib.suppress(OSError):
+                stat = os.statvfs(self.path.parent)
+                if stat.f_bavail * stat.f_frsize < DISK_FULL_BELOW_BYTES:
+                    name = getattr(exc, "sqlite_errorname", "SQLITE_IOERR")
+                    raise sqlite3.OperationalError(f"database or disk is full ({name}, no space left)") from exc
+            raise
 
     def _migrate(self) -> None:
         with self.transaction():
@@ -128,15 +146,19 @@ class SqliteStorage(SqlStorage):
         Inside :meth:`group` (same thread) it is a savepoint of the group's transaction instead:
         it rolls back alone, and commits with the group.
         """
-        with self.lock:
+        with self.lock, self._full_disk_said():
             if getattr(self._local, "grouped", False):
+                if self._local.lost is not None:  # the group's transaction is gone: nothing more joins it
+                    raise self._local.lost
                 self.conn.execute("SAVEPOINT part")
                 try:
                     yield SqlTransaction(self.conn, self.sql)
-                except BaseException:
-                    if self.conn.in_transaction:  # SQLite may have rolled the whole group back already
+                except BaseException as exc:
+                    if self.conn.in_transaction:
                         self.conn.execute("ROLLBACK TO part")
                         self.conn.execute("RELEASE part")
+                    else:  # SQLite rolled the whole group back (it does on SQLITE_FULL): the group fails with it
+                        self._local.lost = exc
                     raise
                 self.conn.execute("RELEASE part")
                 return
@@ -166,9 +188,10 @@ class SqliteStorage(SqlStorage):
     @contextlib.contextmanager
     def group(self) -> Iterator[None]:
         """One transaction (one commit, one fsync) for several :meth:`transaction` blocks."""
-        with self.lock:
+        with self.lock, self._full_disk_said():
             self.conn.execute("BEGIN IMMEDIATE")
             self._local.grouped = True
+            self._local.lost = None
             try:
                 yield
             except BaseException:
@@ -176,6 +199,9 @@ class SqliteStorage(SqlStorage):
                 raise
             finally:
                 self._local.grouped = False
+            if self._local.lost is not None:  # rolled back by SQLite: none of its parts was committed
+                lost, self._local.lost = self._local.lost, None
+                raise lost
             self._commit()
 
     @contextlib.contextmanager
