@@ -375,3 +375,42 @@ def test_delivery_pauses_on_a_full_disk_sends_nothing_meanwhile_and_resumes_when
         wait_for(lambda: runtime.outbox.depth() == 0, "delivery to resume and drain")
         assert deliverer.state == "running"
         assert len(sandbox.state.people()) == 20
+
+
+# -- compact: an older or bloated file, at once ------------------------------------------------------------------
+def test_compact_converts_and_shrinks_an_older_file(cli: Any, env: dict[str, str], tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    path = data / "posthog-customerio.sqlite"
+    old_database(path)
+    db = SqliteStorage(path)
+    drain(db, fill(db, 20_000))
+    db.close()
+    before = on_disk(path)
+    store = ("--lease-s", "7", "--sqlite-synchronous", "normal")
+    held = SqliteStorage(path)  # a process delivering from that data dir: compact would hold its writes
+    lock = held.take_delivery_lock(data)
+    refused = cli("compact", "--data-dir", str(data), *store, env=env)
+    assert refused.exit_code == 1 and refused.stderr.startswith(
+        "error: another posthog-customerio process is delivering"
+    )
+    assert lock is not None
+    lock.close()
+    held.close()
+    done = cli("compact", "--data-dir", str(data), *store, env=env)
+    assert done.exit_code == 0, done.output
+    assert done.stdout.startswith(f"compacted {path}: ") and "(auto-vacuum none -> incremental:" in done.stdout
+    assert on_disk(path) < before / 5
+    reopened = SqliteStorage(path)
+    assert reopened.space().auto_vacuum == "incremental"
+    reopened.close()
+    # an OUTBOX_URL file, compacted again (nothing left to give back: it stays as small)
+    again = cli("compact", "--outbox-url", f"sqlite:///{path}", env=env)
+    assert again.exit_code == 0 and again.stdout.endswith("(auto-vacuum incremental)\n"), again.output
+    assert cli("compact", "--data-dir", str(tmp_path / "nothing"), env=env).exit_code == 1  # no data there
+
+
+def test_compact_with_postgresql_only_shows_the_sizes(cli: Any, env: dict[str, str], pg_url: str) -> None:
+    PostgresStorage(pg_url).close()
+    shown = cli("compact", "--outbox-url", pg_url, env=env)
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout.startswith("PostgreSQL: the tables take ") and "autovacuum" in shown.stdout
