@@ -59,10 +59,9 @@ class Runtime:
         except DatabaseUnreachable as exc:  # already one line without the password
             raise ConfigError(f"OUTBOX_URL: {exc}") from None
         except Exception as exc:  # unreachable server, bad URL: a configuration problem; or a full disk
-            if is_disk_full(exc):
-                raise DiskFull(
-                    f"{disk_full_message(exc)}: cannot open the database {sqlite_path or ''}".strip()
-                ) from None
+            if is_disk_full(exc):  # SQLite grows its WAL index when it opens the file
+                where = "" if sqlite_path is None else f" {sqlite_path}"
+                raise DiskFull(f"{disk_full_message(exc)}: cannot open the database{where}") from None
             reason = _redact(f"{type(exc).__name__}: {exc}", settings.outbox_url)
             raise ConfigError(f"OUTBOX_URL: cannot open the outbox: {reason}") from None
         if sqlite_path is not None:
