@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Set
 from contextlib import AbstractContextManager
 from typing import Any
 
+from .disk import disk_full_message, is_disk_full
 from .storage import EXPIRED_KEY, DeliveryRow, ExpiredRow, Storage, Transaction
 
 __all__ = ["REASONS", "AnonymousBacklog", "BacklogKeeper"]
@@ -157,6 +158,7 @@ class BacklogKeeper:
     def __init__(self, backlog: AnonymousBacklog, interval_s: float = 1.0) -> None:
         self.backlog = backlog
         self.interval_s = interval_s
+        self._disk_full = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -173,8 +175,14 @@ class BacklogKeeper:
     def _pass(self) -> None:
         try:
             self.backlog.enforce()
-        except Exception:  # a database hiccup must not stop the keeper; the next pass tries again
-            log.exception("could not enforce the anonymous backlog bounds (will retry)")
+        except Exception as exc:  # a database hiccup must not stop the keeper; the next pass tries again
+            if not is_disk_full(exc):
+                log.exception("could not enforce the anonymous backlog bounds (will retry)")
+            elif not self._disk_full:  # one line, once, not a traceback every second
+                log.warning("could not enforce the anonymous backlog bounds: %s (will retry)", disk_full_message(exc))
+            self._disk_full = is_disk_full(exc)
+        else:
+            self._disk_full = False
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread (a pass under way finishes first)."""

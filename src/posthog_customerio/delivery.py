@@ -19,6 +19,10 @@ wait they stay adoptable: an identify turns a visitor's waiting events into batc
 
 A supervisor thread restarts a worker that dies for any reason (counted, reported
 by ``/healthz`` and ``/metrics``).
+
+A full disk (an acknowledgement that cannot be written, :func:`~.disk.is_disk_full`) pauses every worker:
+the operations stay queued, and nothing is sent until the database has room again (each attempt would send
+Customer.io again what could not be recorded); ``send`` stops on it instead (:class:`~.disk.DiskFull`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .backoff import Backoff
+from .disk import DiskFull, disk_full_message, is_disk_full
 from .latency import LatencyWindow
 from .operations import Claimed
 from .outbox import LeaseHeartbeat, LeaseLost, Outbox
@@ -49,6 +54,8 @@ RATE_LINGER_MAX_S = 2.0
 ANONYMOUS_BURST = 10
 #: after a pause, anonymous events wait as long again as person work does, at least this much longer
 ANONYMOUS_EXTRA_PAUSE_S = 1.0
+#: after a write failed on a full disk, delivery waits this long, then as long again until the database has room
+DISK_FULL_RETRY_S = 5.0
 #: after ``n`` worker restarts within a minute the supervisor waits ``2**(n-1)`` s (1, 2, 4, 8, then 10 s)
 #: before restarting dead workers again
 _RESTART_BACKOFF = Backoff(base=1.0, cap=10.0, jitter=0.0)
@@ -122,7 +129,11 @@ class Deliverer:
         #: enqueue -> accepted of person work (every kind but anonymous events), the last minutes
         self.person_latency = LatencyWindow()
         self.auth_error: str | None = None
+        #: ``disk full: ...`` while delivery waits for room in the database (an acknowledgement could not be written)
+        self.disk_full: str | None = None
         self._stats_lock = threading.Lock()
+        #: held by the one worker that looks whether the database has room again
+        self._space_check = threading.Lock()
         #: held by the one worker that re-checks rejected credentials
         self._recheck = threading.Lock()
         self._stop = threading.Event()
@@ -240,11 +251,14 @@ class Deliverer:
 
     @property
     def state(self) -> str:
-        """``running``, ``paused`` (credentials rejected), ``retrying``, ``down`` (no worker alive) or ``stopped``."""
+        """``running``, ``paused`` (credentials rejected), ``disk_full`` (waiting for room in the database),
+        ``retrying``, ``down`` (no worker alive) or ``stopped``."""
         if not self._threads or self._stop.is_set():
             return "stopped"
         if self.alive_workers() == 0:
             return "down"
+        if self.disk_full:
+            return "disk_full"
         if self.auth_error:
             return "paused"
         if self.limiter.pause_remaining() > 1.0:
@@ -261,7 +275,7 @@ class Deliverer:
         their anonymous hold ends, or at once after :meth:`~.outbox.Outbox.input_finished`); False on timeout.
 
         Raises :class:`AuthError` when credentials are rejected and delivery is not
-        set to pause.
+        set to pause, and :class:`~.disk.DiskFull` on a full disk then too (a batch job stops; ``serve`` waits).
         """
         return self._wait(self.outbox.is_empty, timeout, tick)
 
@@ -277,6 +291,8 @@ class Deliverer:
                 tick()
             if self.auth_error and not self.pause_on_auth_error:
                 raise AuthError(self.auth_error)
+            if self.disk_full and not self.pause_on_auth_error:
+                raise DiskFull(self.disk_full)
             if self.outbox.in_flight() == 0 and emptied():
                 return True
             if deadline is not None and time.monotonic() >= deadline:
@@ -292,6 +308,9 @@ class Deliverer:
         while not self._stop.is_set():
             if self.auth_error:
                 self._wait_for_credentials()
+                continue
+            if self.disk_full:
+                self._wait_for_space()
                 continue
             # back off without holding a claim (with replicas, a claim is a lease: it is
             # held for the length of a request, never across a Retry-After)
@@ -326,14 +345,47 @@ class Deliverer:
                 self._recover(items, exc)
 
     def _recover(self, items: list[Claimed], exc: Exception) -> None:
-        """After an unexpected error with a claim: keep its rows queued (counting the attempt), back off."""
-        log.error("delivery worker error: %s: %s", type(exc).__name__, exc)
-        self._note_error(f"internal error: {type(exc).__name__}: {exc}")
+        """After an unexpected error with a claim: keep its rows queued (counting the attempt), back off; on a
+        full disk, pause every worker until the database has room again (:meth:`_wait_for_space`)."""
+        full = is_disk_full(exc)
+        if full:
+            message = disk_full_message(exc)
+            if self.disk_full is None:
+                log.error(
+                    "delivery paused: %s: what Customer.io accepted cannot be recorded; the operations stay queued"
+                    " (sent again once the database has room)",
+                    message,
+                )
+            self.disk_full = message
+            self._note_error(message)
+        else:
+            log.error("delivery worker error: %s: %s", type(exc).__name__, exc)
+            self._note_error(f"internal error: {type(exc).__name__}: {exc}")
         try:
-            self.outbox.release(items, f"internal error: {type(exc).__name__}")
+            self.outbox.release(items, message if full else f"internal error: {type(exc).__name__}")
         except Exception:  # the database itself failed: forget the claim in memory only
             self.outbox.forget_claims(items)
-        self._stop.wait(1.0)
+        if not full:
+            self._stop.wait(1.0)
+
+    def _wait_for_space(self) -> None:
+        """While paused on a full disk: one worker looks every :data:`DISK_FULL_RETRY_S` whether the database has
+        room again (:meth:`~.storage.Storage.disk_problem`; where it cannot tell, the next attempt does)."""
+        if not self._space_check.acquire(blocking=False):
+            self._stop.wait(self.idle_poll_s)  # another worker looks; this one waits for it
+            return
+        try:
+            if self._stop.wait(DISK_FULL_RETRY_S) or not self.disk_full:
+                return
+            try:
+                problem = self.outbox.db.disk_problem()
+            except Exception as exc:  # e.g. the database cannot be read either
+                problem = f"{type(exc).__name__}: {exc}"
+            if problem is None:
+                log.warning("the database has room again: delivery resumes")
+                self.disk_full = None
+        finally:
+            self._space_check.release()
 
     def _claim_person_work(self) -> list[Claimed]:
         """The oldest deliverable person work (every kind but anonymous events), a claim's worth."""

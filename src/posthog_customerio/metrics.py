@@ -94,6 +94,7 @@ class _RuntimeCollector(Collector):
         yield _gauge("dead_letters", "Operations currently in the dead-letter table", snap.dead_letters)
         paused = 1.0 if deliverer is not None and deliverer.auth_error else 0.0
         yield _gauge("delivery_paused", "1 while Customer.io rejects the credentials", paused)
+        yield from self._disk(deliverer)
         yield _counter(
             "delivery_worker_restarts",
             "Delivery workers that died and were restarted",
@@ -136,6 +137,27 @@ class _RuntimeCollector(Collector):
             yield from _person_sync(self.runtime.person_sync.status())
         if self.runtime.cohort_sync is not None:
             yield from _cohort_sync(self.runtime.cohort_sync.status())
+
+    def _disk(self, deliverer: Any) -> Iterator[Metric]:
+        """The database's size, the room left (SQLite) and whether the disk is full (:mod:`.disk`)."""
+        try:
+            space = self.runtime.db.space()
+        except Exception:  # a courtesy: never fail a scrape for it
+            return
+        if space.database_bytes is not None:
+            yield _gauge(
+                "database_bytes",
+                "The database on disk: SQLite's file and WAL, or this schema's PostgreSQL tables",
+                space.database_bytes,
+            )
+        if space.free_bytes is not None:
+            yield _gauge(
+                "database_free_bytes",
+                "Room left for the SQLite database: free space on its filesystem or max_page_count, plus free pages",
+                space.free_bytes,
+            )
+        full = bool(space.problem or (deliverer is not None and deliverer.disk_full))
+        yield _gauge("disk_full", "1 while the database's disk is full (or delivery waits for room in it)", float(full))
 
 
 def _person_sync(status: dict[str, Any]) -> Iterator[Metric]:

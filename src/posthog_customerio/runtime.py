@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from .backlog import AnonymousBacklog, BacklogKeeper
 from .config import ConfigError, Settings
 from .delivery import Deliverer
+from .disk import DiskFull, SpaceKeeper, disk_full_message, is_disk_full
 from .ingestion import Ingestor
 from .operations import Claimed
 from .outbox import Outbox
@@ -57,7 +58,10 @@ class Runtime:
             self.db = open_storage(settings.outbox_url, settings.database_path, settings.sqlite_synchronous)
         except DatabaseUnreachable as exc:  # already one line without the password
             raise ConfigError(f"OUTBOX_URL: {exc}") from None
-        except Exception as exc:  # unreachable server, bad URL: a configuration problem
+        except Exception as exc:  # unreachable server, bad URL: a configuration problem; or a full disk
+            if is_disk_full(exc):  # SQLite grows its WAL index when it opens the file
+                where = "" if sqlite_path is None else f" {sqlite_path}"
+                raise DiskFull(f"{disk_full_message(exc)}: cannot open the database{where}") from None
             reason = _redact(f"{type(exc).__name__}: {exc}", settings.outbox_url)
             raise ConfigError(f"OUTBOX_URL: cannot open the outbox: {reason}") from None
         if sqlite_path is not None:
@@ -72,6 +76,8 @@ class Runtime:
             exclude=self.outbox.claims_held,
         )
         self.backlog_keeper: BacklogKeeper | None = None
+        #: gives back the space the outbox freed (SQLite); run by a process that delivers
+        self.space_keeper: SpaceKeeper | None = None
         #: ``PERSON_SYNC_INTERVAL_S``: the passes of PostHog's persons list (started by the service)
         self.person_sync: PersonSync | None = None
         #: ``COHORT_SEGMENTS`` / ``COHORT_ATTRIBUTES``: the passes of PostHog's cohorts (started by the service)
@@ -185,6 +191,10 @@ class Runtime:
             # the workers start, then about every second
             self.backlog_keeper = BacklogKeeper(self.backlog)
             self.backlog_keeper.start()
+            # and the disk: an older SQLite file turned to incremental auto-vacuum (once, when quick), then
+            # the pages the outbox freed given back about every second, a bounded slice at a time
+            self.space_keeper = SpaceKeeper(self.db)
+            self.space_keeper.start()
         return self._deliverer
 
     def _linger_s(self, output: Output) -> float:
@@ -227,7 +237,8 @@ class Runtime:
 
     # -- lifecycle -------------------------------------------------------------------
     def close(self, grace_s: float = 10.0) -> None:
-        """Stop workers, close connections and the sandbox (once: a second call does nothing)."""
+        """Stop workers, give back the space the outbox freed (for at most ``grace_s``, 10 s at most), close
+        connections and the sandbox (once: a second call does nothing)."""
         if self._closed:
             return
         self._closed = True
@@ -239,6 +250,8 @@ class Runtime:
             self.backlog_keeper.stop()
         if self._deliverer is not None:
             self._deliverer.stop(grace_s)
+        if self.space_keeper is not None:
+            self.space_keeper.stop(final_budget_s=min(grace_s, 10.0))
         if self._output is not None:
             self._output.close()
         if self._lock_file is not None:

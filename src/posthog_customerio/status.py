@@ -11,6 +11,7 @@ the Prometheus metrics are built from the same object.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -34,6 +35,7 @@ __all__ = [
     "ThroughputSampler",
     "build_status",
     "dead_letter_detail",
+    "disk_status",
     "load_snapshot",
     "offline_status",
     "save_snapshot",
@@ -350,7 +352,21 @@ def _own_status(runtime: Runtime, sampler: ThroughputSampler | None, snapshot: S
         "person_sync": runtime.person_sync.status() if runtime.person_sync is not None else None,
         # COHORT_SEGMENTS / COHORT_ATTRIBUTES: this process's passes of PostHog's cohorts (None: not syncing)
         "cohort_sync": runtime.cohort_sync.status() if runtime.cohort_sync is not None else None,
+        "disk": disk_status(runtime),
     }
+
+
+def disk_status(runtime: Runtime) -> dict[str, Any]:
+    """What the database takes on disk and the room left (:class:`~.storage.StorageSpace`); ``problem`` says
+    ``disk full: ...`` when there is (nearly) none, or while delivery waits for room."""
+    try:
+        space = dataclasses.asdict(runtime.db.space())
+    except Exception as exc:  # the figures are a courtesy: never fail the status for them
+        space = {"database_bytes": None, "problem": None, "error": f"{type(exc).__name__}: {exc}"[:200]}
+    deliverer = runtime.current_deliverer
+    if not space.get("problem") and deliverer is not None and deliverer.disk_full:
+        space["problem"] = deliverer.disk_full
+    return space
 
 
 #: ``cohort_sync``'s counters when no live process syncs cohorts (the cohorts are listed all the same)

@@ -509,6 +509,111 @@ def test_delivery_resumes_when_disk_space_returns_without_a_restart(
         service.stop()
 
 
+@contextlib.contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path`` (a real filesystem that fills up: ENOSPC, statvfs); the test is
+    skipped where mounting is not allowed (needs root, or CAP_SYS_ADMIN)."""
+    path.mkdir()
+    try:
+        mounted = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        )
+    except OSError as exc:  # no mount command
+        pytest.skip(f"cannot mount a small tmpfs here: {exc}")
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode(errors='replace').strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def _fill_up(disk: Path, leave: int) -> Path:
+    """A file that takes all of ``disk``'s free space but ``leave`` bytes."""
+    filler = disk / "filler"
+    stat = os.statvfs(disk)
+    with open(filler, "wb") as out:
+        remaining = stat.f_bavail * stat.f_frsize - leave
+        while remaining > 0:
+            remaining -= out.write(b"\0" * min(remaining, 2**20))
+    return filler
+
+
+def test_a_real_full_disk_is_told_by_serve_status_and_send_and_all_resumes_when_space_returns(
+    sandbox: SandboxServer, base_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A small tmpfs holds the data dirs and fills up while Customer.io is down: the receivers answer 503 "disk
+    full", /readyz and ``status`` say it, ``send`` exits 1 with one line; once a file is deleted everything
+    answered 200 (and everything retried) reaches Customer.io exactly once, without a restart."""
+    sandbox.state.add_fault(status=503, duration_s=300)  # Customer.io down: the outbox only grows
+    bodies = webhook_bodies(4_000, people=200, seed=SEED % 1000 + 5)
+    accepted: list[list[dict[str, Any]]] = []
+    refused: list[list[dict[str, Any]]] = []
+    with small_disk(tmp_path / "disk", "24m") as disk:
+        other = disk / "other"  # a second data dir on the same disk, for send (made while there is room)
+        subprocess.run(
+            [str(SCRIPT), "send", "--data-dir", str(other), "--timeout", "0", os.devnull],
+            env={**os.environ, **base_env},
+            capture_output=True,
+        )
+        env = {**base_env, "POSTHOG_CUSTOMERIO_DATA_DIR": str(disk / "data")}
+        with serving(env, tmp_path / "serve.log") as service:
+            filler = _fill_up(disk, leave=3_000_000)
+            with httpx.Client(timeout=10) as client:
+                for post in batches(bodies, 20):
+                    answer = client.post(f"{service.url}/webhook", json=post)
+                    assert answer.status_code in (200, 503), answer.text
+                    if answer.status_code == 200:  # (one may still fit after a refusal: a smaller one)
+                        accepted.append(post)
+                        continue
+                    assert answer.headers.get("retry-after")
+                    assert "disk full" in answer.json()["error"], answer.text
+                    refused.append(post)
+                    if len(refused) >= 3:
+                        break
+            assert accepted and refused, f"{len(accepted)} accepted, {len(refused)} refused"
+
+            def readyz() -> dict[str, Any]:
+                return service.get("/readyz").json()  # type: ignore[no-any-return]
+
+            wait_for(
+                lambda: any("disk full" in p for p in readyz()["problems"]), "/readyz to say disk full", describe=readyz
+            )
+            shown = subprocess.run([str(SCRIPT), "status"], env={**os.environ, **env}, capture_output=True, text=True)
+            if shown.returncode == 0:  # the report, led by the full disk
+                assert "DISK FULL          disk full: " in shown.stdout, shown.stdout
+            else:  # SQLite could not even grow its WAL index to open the file: one line says so
+                assert shown.returncode == 1 and shown.stderr.startswith("error: disk full: "), shown.stderr
+                assert len(shown.stderr.splitlines()) == 1 and "cannot open the database" in shown.stderr
+            events = tmp_path / "events.jsonl"
+            events.write_text("".join(json.dumps(body) + "\n" for body in bodies[:200]))
+            sent = subprocess.run(
+                [str(SCRIPT), "send", "--data-dir", str(other), str(events)],
+                env={**os.environ, **base_env},
+                capture_output=True,
+                text=True,
+            )
+            assert sent.returncode == 1, sent.stderr
+            errors = [line for line in sent.stderr.splitlines() if line.startswith("error:")]
+            assert len(errors) == 1 and errors[0].startswith("error: disk full: "), sent.stderr
+            assert "Traceback" not in sent.stderr
+            # space returns (no restart): the service is ready again, takes the refused requests, delivers all
+            filler.unlink()
+            wait_for(lambda: readyz()["ready"], "/readyz to be ready again", describe=readyz)
+            for post in refused:
+                assert httpx.post(f"{service.url}/webhook", json=post, timeout=10).status_code == 200
+            sandbox.state.clear_faults()
+            wait_for(lambda: outbox_empty(service), "everything to be delivered", 60, describe=_seed)
+            assert (
+                "DISK FULL"
+                not in subprocess.run(
+                    [str(SCRIPT), "status"], env={**os.environ, **env}, capture_output=True, text=True
+                ).stdout
+            )
+        assert "Traceback" not in service.log()
+    assert_exactly_once(sandbox, Oracle([body for post in accepted + refused for body in post]))
+
+
 # -- secrets ---------------------------------------------------------------------------------------------
 def test_secrets_appear_in_no_log_error_metric_or_status_page(
     sandbox: SandboxServer, base_env: dict[str, str], tmp_path: Path

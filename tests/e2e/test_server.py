@@ -291,3 +291,40 @@ def test_dead_letter_api_lists_and_requeues_json_only(make_service, sandbox: San
         # found by schemathesis: an id past 64 bits was a 500 (SQLite cannot bind it); it names no dead letter
         assert httpx.post(f"{url}/api/dead-letters/retry", json={"ids": [1 << 64, -3]}).json() == {"requeued": 0}
         assert httpx.post(f"{url}/api/dead-letters/retry", json={"ids": [letter["id"]]}).json() == {"requeued": 1}
+
+
+def test_a_full_disk_is_told_by_every_probe_and_the_service_takes_events_again_when_there_is_room(
+    make_service, sandbox: SandboxServer
+) -> None:
+    """SQLite's max_page_count stands for a full filesystem (raising it is space returning): the receivers answer
+    503 saying "disk full", /readyz and /api/status and /metrics say it, nothing answered 200 is lost."""
+    sandbox.state.add_fault(status=503, duration_s=300)  # Customer.io down: nothing is delivered meanwhile
+    with make_service() as (url, runtime):
+        db = runtime.db
+        assert httpx.post(f"{url}/webhook", json=[hog("ann", n=n) for n in range(5)]).status_code == 200
+        with db.lock:
+            db.conn.execute(f"PRAGMA max_page_count={db.conn.execute('PRAGMA page_count').fetchone()[0]}")
+        refused = httpx.post(f"{url}/webhook", json=[hog(f"user-{n}", n=n) for n in range(200)])
+        assert refused.status_code == 503 and refused.headers["retry-after"]
+        assert refused.json()["error"] == "outbox unavailable: disk full: database or disk is full (OperationalError)"
+
+        def ready() -> dict[str, Any]:
+            return httpx.get(f"{url}/readyz").json()  # type: ignore[no-any-return]
+
+        problems = wait_for(
+            lambda: (now := ready())["problems"] and now["problems"], "/readyz to say it", describe=ready
+        )
+        assert [problem.split(" left ")[0] for problem in problems] == ["outbox not writable: disk full: 0 B"]
+        assert httpx.get(f"{url}/healthz").json()["status"] == "ok"  # alive: restarting would not free space
+        status = httpx.get(f"{url}/api/status").json()
+        assert status["disk"]["problem"].startswith("disk full: ") and status["disk"]["free_bytes"] < 2**21
+        assert "posthog_customerio_disk_full 1.0" in httpx.get(f"{url}/metrics").text
+        with db.lock:  # room again
+            db.conn.execute("PRAGMA max_page_count=1073741823")
+        wait_for(lambda: ready()["ready"], "/readyz to be ready again", describe=ready)
+        assert httpx.post(f"{url}/webhook", json=[hog(f"user-{n}", n=n) for n in range(200)]).status_code == 200
+        assert "posthog_customerio_disk_full 0.0" in httpx.get(f"{url}/metrics").text
+        sandbox.state.clear_faults()
+        wait_delivered(url)
+    assert len(sandbox.state.person("ann")["events"]) == 5
+    assert all(sandbox.state.person(f"user-{n}") for n in range(200))

@@ -412,6 +412,12 @@ COVERAGE: dict[str, dict[str, str]] = {
         "--lease-s": _READ_ONLY,
         "--sqlite-synchronous": _READ_ONLY,
     },
+    "compact": {
+        "--data-dir": "test_disk.py::test_compact_converts_and_shrinks_an_older_file",
+        "--outbox-url": "test_disk.py::test_compact_converts_and_shrinks_an_older_file",
+        "--lease-s": "test_disk.py::test_compact_converts_and_shrinks_an_older_file",
+        "--sqlite-synchronous": "test_disk.py::test_compact_converts_and_shrinks_an_older_file",
+    },
     "person": {
         "--data-dir": "test_person_view.py::test_person_flags",
         "--json": "test_person_view.py::test_person_flags",

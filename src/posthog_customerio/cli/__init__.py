@@ -1,7 +1,7 @@
 """The ``posthog-customerio`` command line (typer).
 
 One module per command or group of commands: :mod:`.check`, :mod:`.send`, :mod:`.persons`
-(sync-persons), :mod:`.serve`, :mod:`.consume`, :mod:`.store` (status, person, dead letters), :mod:`.people`
+(sync-persons), :mod:`.serve`, :mod:`.consume`, :mod:`.store` (status, person, dead letters, compact), :mod:`.people`
 (delete-person, unsuppress), :mod:`.sandbox`; registered below, in the order ``--help`` lists them. Their settings
 options come from :mod:`.options`; what they print from :mod:`.render`; exits, signals and listening
 from :mod:`.lifecycle`.
@@ -41,6 +41,7 @@ app.command()(store.status)
 app.command("person")(store.person)
 app.command("dead-letters")(store.dead_letters)
 app.command("retry-dead-letters")(store.retry_dead_letters)
+app.command()(store.compact)
 app.command("sandbox")(sandbox.sandbox_command)
 
 

@@ -15,10 +15,12 @@ import httpx
 import typer
 
 from ..config import ConfigError, Settings
+from ..disk import disk_full_message, is_disk_full
 from ..runtime import DeliveryLockError, Runtime
 from .render import err
 
 __all__ = [
+    "DISK_FULL_ADVICE",
     "EXIT_CONFIG",
     "EXIT_FAILED",
     "EXIT_INTERRUPTED",
@@ -49,9 +51,17 @@ def fail(message: str, code: int) -> typer.Exit:
     return typer.Exit(code)
 
 
+#: what a full disk stops a command with (after ``disk full: <the database's words>``)
+DISK_FULL_ADVICE = (
+    "nothing already stored is lost (what is queued stays queued); free some space for the database"
+    " (the data dir's disk, or OUTBOX_URL's server) and run it again"
+)
+
+
 @contextlib.contextmanager
 def exits(*failures: Failure, config: type[BaseException] = ConfigError) -> Iterator[None]:
-    """Expected errors as one line on stderr: ``config`` errors exit 2, each of ``failures`` exits 1."""
+    """Expected errors as one line on stderr: ``config`` errors exit 2, each of ``failures`` exits 1, and so does a
+    full disk (:func:`~..disk.is_disk_full`)."""
     try:
         yield
     except config as exc:
@@ -59,6 +69,10 @@ def exits(*failures: Failure, config: type[BaseException] = ConfigError) -> Iter
     except tuple(one for kind, _ in failures for one in (kind if isinstance(kind, tuple) else (kind,))) as exc:
         template = next(text for kind, text in failures if isinstance(exc, kind))
         raise fail(template.format(exc=exc), EXIT_FAILED) from None
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        raise fail(f"{disk_full_message(exc)}; {DISK_FULL_ADVICE}", EXIT_FAILED) from None
 
 
 @contextlib.contextmanager

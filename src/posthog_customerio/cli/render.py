@@ -12,6 +12,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 
 from ..sources import ParsedItem
 from ..sources.files import FileProgress
+from ..storage import size_text
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
@@ -40,6 +41,7 @@ def status_text(report: dict[str, Any]) -> str:
         f"people known       {report['persons']}",
     ]
     lines += work_lines(report)
+    lines += disk_lines(report.get("disk"))
     if service:
         rates = report.get("throughput") or {}
         lines += [
@@ -64,6 +66,29 @@ def status_text(report: dict[str, Any]) -> str:
             f"  #{letter['id']} {letter['person_key']} {letter['action']} {letter['name'] or ''}: {letter['reason']}"
         )
     return "\n".join(lines)
+
+
+def disk_lines(disk: dict[str, Any] | None) -> list[str]:
+    """The database's size on disk and the room left; ``DISK FULL`` first when there is none (missing from an
+    older report)."""
+    if not disk or disk.get("database_bytes") is None:
+        return []
+    lines = []
+    if disk.get("problem"):
+        lines.append(
+            f"DISK FULL          {disk['problem']}: receivers answer 503 and delivery waits until there is room;"
+            " nothing stored is lost"
+        )
+    if disk.get("outbox_bytes") is not None:  # PostgreSQL
+        text = f"database {size_text(disk['database_bytes'])}, the outbox {size_text(disk['outbox_bytes'])}"
+    else:
+        text = (
+            f"database {size_text(disk['database_bytes'])} (WAL {size_text(disk.get('wal_bytes'))},"
+            f" {size_text(disk.get('reclaimable_bytes'))} free pages); {size_text(disk.get('free_bytes'))} free"
+        )
+        if disk.get("auto_vacuum") == "none":
+            text += "; an older file: freed space is not given back until `posthog-customerio compact` converts it"
+    return [*lines, f"disk               {text}"]
 
 
 def work_lines(report: dict[str, Any]) -> list[str]:

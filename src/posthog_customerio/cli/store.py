@@ -1,4 +1,4 @@
-"""What is in the data dir: ``status``, ``person``, ``dead-letters``, ``retry-dead-letters``."""
+"""What is in the data dir: ``status``, ``person``, ``dead-letters``, ``retry-dead-letters``, ``compact``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from ..config import IDENTITY, STORE
-from ..runtime import Runtime
+from ..runtime import DeliveryLockError, Runtime
+from ..storage import SqliteStorage, size_text
 from .lifecycle import EXIT_FAILED, exits, fail, require_data
 from .options import SettingFlags, setting_options
 from .render import dead_letter_line, out, show, show_json, status_text
@@ -140,3 +141,34 @@ def retry_dead_letters(
     if unknown:
         listed = ", ".join(f"#{number}" for number in unknown)
         raise fail(f"no dead letter {listed} (see posthog-customerio dead-letters)", EXIT_FAILED)
+
+
+@setting_options(STORE)
+def compact(flags: SettingFlags) -> None:
+    """Give the space freed in the SQLite file back to the filesystem now, in one VACUUM (it also turns a file made
+    before incremental auto-vacuum to it). It rewrites the live data and holds writers meanwhile: run it while no
+    service delivers from the data dir. With PostgreSQL it shows the sizes (autovacuum gives the space back)."""
+    with exits((DeliveryLockError, "{exc}: compact holds every writer while it runs")):
+        settings = flags.settings()
+        require_data(settings)
+        with Runtime(settings) as runtime:
+            db, before = runtime.db, runtime.db.space()
+            if not isinstance(db, SqliteStorage):
+                show(
+                    f"PostgreSQL: the tables take {size_text(before.database_bytes)}, the outbox"
+                    f" {size_text(before.outbox_bytes)}; its autovacuum gives deleted rows' space back"
+                    " (docs/operations.md, Disk): nothing to do here"
+                )
+                return
+            lock = db.take_delivery_lock(settings.posthog_customerio_data_dir)  # no deliverer meanwhile
+            try:
+                db.vacuum()
+            finally:
+                if lock is not None:
+                    lock.close()
+            after = db.space()
+    mode = f"auto-vacuum {after.auto_vacuum}"
+    if before.auto_vacuum != after.auto_vacuum:
+        mode = f"auto-vacuum {before.auto_vacuum} -> {after.auto_vacuum}: from now on freed space is given back as"
+        mode += " delivery runs"
+    show(f"compacted {db.path}: {size_text(before.database_bytes)} -> {size_text(after.database_bytes)} ({mode})")

@@ -53,7 +53,7 @@ _DESCRIPTIONS = {
     413: "Body over MAX_BODY_BYTES (before or after decompression)",
     409: "A signed webhook with this webhook-id is being stored; retry after Retry-After seconds",
     415: "Unsupported Content-Encoding or content type",
-    503: "Outbox full (MAX_QUEUE) or unavailable; retry after Retry-After seconds",
+    503: "Outbox full (MAX_QUEUE), its disk full, or unavailable; retry after Retry-After seconds",
 }
 
 

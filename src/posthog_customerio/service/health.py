@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from ..disk import disk_full_message, is_disk_full
 from ..output.base import AuthError
 from ..runtime import Runtime
 
@@ -91,8 +92,13 @@ class Readiness:
             limit = self.max_queue
             if depth >= limit:
                 problems.append(f"outbox holds {depth} operations (MAX_QUEUE {limit})")
+            # a small write may still fit where events do not (SQLite: the WAL's room): the room left is checked too
+            full = self.runtime.db.disk_problem()
+            if full:
+                problems.append(f"outbox not writable: {full}")
         except Exception as exc:  # sqlite3 or psycopg errors alike
-            problems.append(f"outbox not writable: {type(exc).__name__}: {str(exc)[:200]}")
+            problem = disk_full_message(exc) if is_disk_full(exc) else f"{type(exc).__name__}: {str(exc)[:200]}"
+            problems.append(f"outbox not writable: {problem}")
         self.problems = problems
 
     async def current(self) -> list[str]:

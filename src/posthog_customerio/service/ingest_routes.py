@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from ..disk import disk_full_message, is_disk_full
 from ..ingestion import IngestReport
 from ..sources import (
     EventParseError,
@@ -117,7 +118,7 @@ async def store(service: Service, events: list[PostHogEvent], source: str, reaso
             count_invalid=runtime.ingestor.count_invalid,
         )
     except DATABASE_ERRORS as exc:
-        problem = database_problem(exc)
+        problem = disk_full_message(exc) if is_disk_full(exc) else database_problem(exc)
         log.error("cannot write to the outbox: %s", problem)
         raise HttpError(503, f"outbox unavailable: {problem}", {"Retry-After": "10"}) from None
     except UnstorableBatch as exc:  # an event that cannot be encoded

@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import EXPIRED_KEY, Claims, DeliveryLockError, Storage, StorageSnapshot, Transaction
+from .base import (
+    EXPIRED_KEY,
+    Claims,
+    DeliveryLockError,
+    Storage,
+    StorageSnapshot,
+    StorageSpace,
+    Transaction,
+    size_text,
+)
 from .migrations import POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS
 from .postgres import DatabaseUnreachable, PostgresStorage, check_reachable
 from .rows import (
@@ -54,9 +63,11 @@ __all__ = [
     "SqliteStorage",
     "Storage",
     "StorageSnapshot",
+    "StorageSpace",
     "StoredStatus",
     "Transaction",
     "open_storage",
+    "size_text",
 ]
 
 

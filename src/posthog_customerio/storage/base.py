@@ -43,7 +43,9 @@ __all__ = [
     "Picker",
     "Storage",
     "StorageSnapshot",
+    "StorageSpace",
     "Transaction",
+    "size_text",
 ]
 
 #: picks deliverable candidates given a "taken" test: ``(chosen, oversized)`` (see :mod:`..outbox`)
@@ -84,6 +86,36 @@ class StorageSnapshot:
     anonymous_oldest_enqueued_at: float | None = None
     #: anonymous events dropped by the backlog bounds, all replicas, all time: reason -> count
     anonymous_expired: dict[str, int] = field(default_factory=dict)
+
+
+def size_text(size: float | None) -> str:
+    """``1.2 MB``, ``340.0 kB``, ``12 B`` (decimal units, as ``df -H``); ``?`` for ``None``."""
+    if size is None:
+        return "?"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(size) >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{int(size)} B"
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSpace:
+    """What the database takes on disk (``status``, ``/api/status``, ``/metrics``); ``None``: not known here."""
+
+    #: the database's files (SQLite: the file and its WAL; PostgreSQL: this schema's tables with their indexes)
+    database_bytes: int | None
+    #: SQLite's write-ahead log (part of ``database_bytes``)
+    wal_bytes: int | None = None
+    #: free pages inside the SQLite file: given back to the filesystem by incremental vacuum
+    reclaimable_bytes: int | None = None
+    #: the outbox table with its indexes (PostgreSQL)
+    outbox_bytes: int | None = None
+    #: free space left to the database: SQLite's filesystem (or ``max_page_count``)
+    free_bytes: int | None = None
+    #: SQLite's ``auto_vacuum`` mode: ``incremental`` (given back as it frees), ``none`` (an older file), ``full``
+    auto_vacuum: str | None = None
+    #: ``disk full: ...`` when the database has (nearly) no room left
+    problem: str | None = None
 
 
 class Transaction(Protocol):
@@ -364,6 +396,25 @@ class Storage(ABC):
     @abstractmethod
     def probe_write(self) -> None:
         """A small write that proves the database takes writes now (readiness)."""
+
+    # -- disk (:mod:`..disk`); PostgreSQL's autovacuum gives space back itself: nothing to do by default --
+    def enable_compaction(self) -> str | None:
+        """Make sure freed space can be given back (SQLite: incremental auto-vacuum, converting an older file once
+        when that is quick); a warning to log when it cannot be done now, else ``None``."""
+        return None
+
+    def compact(self, budget_s: float) -> int:
+        """Give free space inside the database back to the filesystem, for at most about ``budget_s`` in short
+        steps (delivery goes on between them); the bytes given back."""
+        return 0
+
+    def space(self) -> StorageSpace:
+        """What the database takes on disk and, where known, the room left."""
+        return StorageSpace(database_bytes=None)
+
+    def disk_problem(self) -> str | None:
+        """``disk full: ...`` when the database has (nearly) no room left, as far as this process can see."""
+        return None
 
 
 #: a claim looks at most this many queued rows

@@ -259,6 +259,15 @@ POSTGRES_MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS cohort_members_pass ON cohort_members (cohort_id, target, pass)
     """,
+    # 8: the outbox and the delivery history are queues (every row inserted is deleted soon after): autovacuum
+    # runs on them after 1,000 dead rows plus 1 % of the table (not PostgreSQL's default 20 %), so the space of
+    # delivered operations is reused before the table grows past its largest backlog (docs/operations.md, Disk).
+    # Storage parameters only: no column changes, and an operator may ALTER them later (this runs once)
+    """
+    ALTER TABLE outbox SET (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000,
+        toast.autovacuum_vacuum_scale_factor = 0.01, toast.autovacuum_vacuum_threshold = 1000);
+    ALTER TABLE deliveries SET (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000)
+    """,
 ]
 
 #: tables only PostgreSQL has: request pacing shared by replicas (SQLite has one deliverer)

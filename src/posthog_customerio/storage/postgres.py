@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 
 from ..operations import Lane
-from .base import SCAN_LIMIT, Claims, Hold, Picker, Transaction, in_order
+from .base import SCAN_LIMIT, Claims, Hold, Picker, StorageSpace, Transaction, in_order
 from .migrations import POSTGRES_MIGRATIONS, POSTGRES_ONLY_TABLES
 from .rows import CandidateRow, DeliveryRow, ExpiredRow, PayloadRow, QueuedRow
 from .sql import SqlStorage, SqlTransaction, Statements
@@ -444,6 +444,17 @@ class PostgresStorage(SqlStorage):
         for table, column, kind in rows:
             found.setdefault(str(table), {})[str(column)] = str(kind)
         return found
+
+    def space(self) -> StorageSpace:
+        """The outbox's size and this schema's tables' (indexes and TOAST included); the server's free space is
+        not visible from here (a full disk shows as SQLSTATE 53100 on a write)."""
+        with self.reading() as tx:
+            outbox, total = tx.execute(
+                "SELECT pg_total_relation_size(to_regclass('outbox')),"
+                " (SELECT COALESCE(SUM(pg_total_relation_size(oid)), 0) FROM pg_class"
+                "  WHERE relnamespace = current_schema()::regnamespace AND relkind = 'r')"
+            ).fetchone()
+        return StorageSpace(database_bytes=int(total), outbox_bytes=None if outbox is None else int(outbox))
 
     def close(self) -> None:
         """Close the pool."""

@@ -3,26 +3,66 @@
 SQLite allows one writer at a time anyway; a single connection guarded by an ``RLock`` keeps the
 code simple (network I/O never happens under the lock). Claims are an in-process book: a row in
 flight here is taken; the runtime's delivery lock file makes this process the only deliverer.
+
+Disk: a new file is created with ``auto_vacuum=INCREMENTAL`` (it must be set before the first table);
+:meth:`SqliteStorage.compact` then gives the pages the outbox freed back to the filesystem a short
+step at a time, and truncates the WAL (``journal_size_limit`` bounds what a checkpoint leaves of it). A
+file made before that is converted once by a ``VACUUM`` (:meth:`SqliteStorage.enable_compaction`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Set
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 from ..operations import Lane
-from .base import Claims, DeliveryLockError, Hold, Picker, Transaction, in_order, pages
+from .base import Claims, DeliveryLockError, Hold, Picker, StorageSpace, Transaction, in_order, pages, size_text
 from .migrations import SQLITE_MIGRATIONS
 from .rows import CandidateRow, PayloadRow
 from .sql import SqlStorage, SqlTransaction, Statements
 
 __all__ = ["SqliteClaims", "SqliteStorage"]
+
+log = logging.getLogger(__name__)
+
+_MB = 2**20
+#: after a checkpoint the WAL file is cut back to this (``journal_size_limit``): a burst of writes, or a long
+#: read that held checkpoints back, does not leave a big ``-wal`` file behind
+WAL_LIMIT_BYTES = 8 * _MB
+#: free pages kept in the file for the next writes: this much, or a tenth of the file when that is more; beyond
+#: it incremental vacuum gives them back, down to half of it
+KEEP_FREE_BYTES = 8 * _MB
+KEEP_FREE_SHARE = 0.1
+#: pages given back per step (one short write transaction: about 10 ms for 256 pages of 4 kB)
+VACUUM_STEP_PAGES = 256
+#: a file made before incremental auto-vacuum is converted when the process that delivers starts, by one
+#: ``VACUUM``, when its live data is at most this: a few seconds (it copies the live pages and holds writers)
+CONVERT_MAX_LIVE_BYTES = 256 * _MB
+#: with less room than this left (free space on the filesystem, or ``max_page_count``) the disk is full
+DISK_FULL_BELOW_BYTES = 2 * _MB
+_BUSY_TIMEOUT_MS = 30_000
+_AUTO_VACUUM = {0: "none", 1: "full", 2: "incremental"}
+
+
+class _Pages(NamedTuple):
+    """A SQLite file's page figures (``PRAGMA``)."""
+
+    size: int
+    total: int
+    free: int
+    #: ``max_page_count``
+    most: int
+    #: ``auto_vacuum``: ``none``, ``full`` or ``incremental``
+    mode: str
+
 
 _STATEMENTS = Statements("?")
 # the partial index answers the count without reading a row; with ANALYZE statistics saying most rows are
@@ -71,11 +111,35 @@ class SqliteStorage(SqlStorage):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
         self._local = threading.local()
-        self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute(f"PRAGMA synchronous={synchronous}")
-        self.conn.execute("PRAGMA busy_timeout=30000")
-        self._migrate()
+        #: :meth:`compact` is giving pages back (until down to its target) / owes a checkpoint (one was busy)
+        self._shrinking = False
+        self._checkpoint_owed = False
+        with self._full_disk_said():
+            self.conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=30.0)
+            # before anything else: only a database without tables (a new file) takes it (after WAL, not even that)
+            self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
+            self.conn.execute(f"PRAGMA synchronous={synchronous}")
+            self.conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            self._migrate()
+
+    @contextlib.contextmanager
+    def _full_disk_said(self) -> Iterator[None]:
+        """A SQLite I/O error while the filesystem has no room left is a full disk, and is raised as one
+        (``database or disk is full``): SQLite says "disk I/O error" when it cannot grow the WAL index
+        (``SQLITE_IOERR_SHMSIZE``, e.g. when opening the file) or a write fails at some moments."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_IOERR:
+                raise
+            with contextlib.suppress(OSError):
+                stat = os.statvfs(self.path.parent)
+                if stat.f_bavail * stat.f_frsize < DISK_FULL_BELOW_BYTES:
+                    name = getattr(exc, "sqlite_errorname", "SQLITE_IOERR")
+                    raise sqlite3.OperationalError(f"database or disk is full ({name}, no space left)") from exc
+            raise
 
     def _migrate(self) -> None:
         with self.transaction():
@@ -92,14 +156,19 @@ class SqliteStorage(SqlStorage):
         Inside :meth:`group` (same thread) it is a savepoint of the group's transaction instead:
         it rolls back alone, and commits with the group.
         """
-        with self.lock:
+        with self.lock, self._full_disk_said():
             if getattr(self._local, "grouped", False):
+                if self._local.lost is not None:  # the group's transaction is gone: nothing more joins it
+                    raise self._local.lost
                 self.conn.execute("SAVEPOINT part")
                 try:
                     yield SqlTransaction(self.conn, self.sql)
-                except BaseException:
-                    self.conn.execute("ROLLBACK TO part")
-                    self.conn.execute("RELEASE part")
+                except BaseException as exc:
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK TO part")
+                        self.conn.execute("RELEASE part")
+                    else:  # SQLite rolled the whole group back (it does on SQLITE_FULL): the group fails with it
+                        self._local.lost = exc
                     raise
                 self.conn.execute("RELEASE part")
                 return
@@ -107,24 +176,43 @@ class SqliteStorage(SqlStorage):
             try:
                 yield SqlTransaction(self.conn, self.sql)
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                self._rollback()
                 raise
+            self._commit()
+
+    def _commit(self) -> None:
+        """``COMMIT``; when it fails (a full disk: SQLite writes the WAL then) the transaction is rolled back, so
+        the connection never stays inside it (every later ``BEGIN`` would fail)."""
+        try:
             self.conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        """``ROLLBACK`` unless SQLite already rolled the transaction back itself (it does on ``SQLITE_FULL``, and
+        a failing ``ROLLBACK`` would hide that error behind "no transaction is active")."""
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
 
     @contextlib.contextmanager
     def group(self) -> Iterator[None]:
         """One transaction (one commit, one fsync) for several :meth:`transaction` blocks."""
-        with self.lock:
+        with self.lock, self._full_disk_said():
             self.conn.execute("BEGIN IMMEDIATE")
             self._local.grouped = True
+            self._local.lost = None
             try:
                 yield
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                self._rollback()
                 raise
             finally:
                 self._local.grouped = False
-            self.conn.execute("COMMIT")
+            if self._local.lost is not None:  # rolled back by SQLite: none of its parts was committed
+                lost, self._local.lost = self._local.lost, None
+                raise lost
+            self._commit()
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[Transaction]:
@@ -195,6 +283,132 @@ class SqliteStorage(SqlStorage):
                 }
                 for table in tables
             }
+
+    # -- disk ----------------------------------------------------------------------------------
+    def _pages(self) -> _Pages:
+        """The file's page figures: a few header reads."""
+        with self.lock:
+            size, count, free, most, mode = (
+                int(self.conn.execute(f"PRAGMA {name}").fetchone()[0])
+                for name in ("page_size", "page_count", "freelist_count", "max_page_count", "auto_vacuum")
+            )
+        return _Pages(size, count, free, most, _AUTO_VACUUM.get(mode, str(mode)))
+
+    def _file_size(self, suffix: str = "") -> int:
+        try:
+            return self.path.with_name(self.path.name + suffix).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _room(self, pages: _Pages) -> int:
+        """Bytes the database can still grow by: the filesystem's free space (for this user), or what
+        ``max_page_count`` leaves, whichever is less."""
+        stat = os.statvfs(self.path.parent)
+        return min(stat.f_bavail * stat.f_frsize, (pages.most - pages.total) * pages.size)
+
+    def space(self) -> StorageSpace:
+        pages = self._pages()
+        wal = self._file_size("-wal")
+        room = self._room(pages) + pages.free * pages.size  # free pages inside the file take writes too
+        problem = None
+        if room < DISK_FULL_BELOW_BYTES:
+            problem = f"disk full: {size_text(room)} left for the database in {self.path.parent}"
+        return StorageSpace(
+            database_bytes=self._file_size() + wal,
+            wal_bytes=wal,
+            reclaimable_bytes=pages.free * pages.size,
+            free_bytes=room,
+            auto_vacuum=pages.mode,
+            problem=problem,
+        )
+
+    def disk_problem(self) -> str | None:
+        return self.space().problem
+
+    def enable_compaction(self) -> str | None:
+        pages = self._pages()
+        if pages.mode == "incremental":
+            return None
+        live = (pages.total - pages.free) * pages.size
+        needed = 2 * live + 16 * _MB  # the copy VACUUM builds (temp), and the WAL that carries it back
+        room = self._room(pages)
+        advice = (
+            f"{self.path} was made before incremental auto-vacuum: the space freed in it is reused but never given"
+            f" back to the filesystem ({size_text(pages.total * pages.size)}, {size_text(live)} of it live)."
+        )
+        if live > CONVERT_MAX_LIVE_BYTES:
+            return (
+                f"{advice} Converting it copies the live data and holds writers meanwhile: run"
+                " `posthog-customerio compact` once while nothing else runs on this data dir"
+                f" (it needs about {size_text(needed)} free)"
+            )
+        if room < needed:
+            return (
+                f"{advice} Converting it needs about {size_text(needed)} free, {size_text(room)} is: free some space"
+                " and restart, or run `posthog-customerio compact`"
+            )
+        started = time.monotonic()
+        before = self._file_size()
+        self.vacuum()
+        log.info(
+            "%s: turned on incremental auto-vacuum (one VACUUM, %.1f s): %s -> %s",
+            self.path,
+            time.monotonic() - started,
+            size_text(before),
+            size_text(self._file_size()),
+        )
+        return None
+
+    def vacuum(self) -> None:
+        """Rewrite the whole file with incremental auto-vacuum (``VACUUM``: it copies the live pages and holds
+        writers meanwhile), then truncate the WAL."""
+        with self.lock:
+            self.conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            self.conn.execute("VACUUM")
+            self.checkpoint(wait_ms=_BUSY_TIMEOUT_MS)
+
+    def compact(self, budget_s: float) -> int:
+        """Give free pages back (``PRAGMA incremental_vacuum``), :data:`VACUUM_STEP_PAGES` per write transaction,
+        the lock released between steps, for about ``budget_s`` (one step at least): once more than
+        :data:`KEEP_FREE_BYTES` (or :data:`KEEP_FREE_SHARE` of the file) are free, down to half of that, over as
+        many passes as it takes. Then, when done or when the WAL outgrew :data:`WAL_LIMIT_BYTES`, a ``TRUNCATE``
+        checkpoint (it does not wait for other processes' reads: a busy one is tried again next pass). The file
+        shrinks by the bytes returned once checkpointed."""
+        deadline = time.monotonic() + budget_s
+        pages = self._pages()
+        free, freed = pages.free, 0
+        keep = max(KEEP_FREE_BYTES // pages.size, int(pages.total * KEEP_FREE_SHARE))
+        target = keep // 2
+        if pages.mode == "incremental" and (free > keep or (self._shrinking and free > target)):
+            self._shrinking = True  # until down to the target, over as many passes as it takes
+            while free > target:  # one step at least, then as many as the budget allows
+                with self.lock:
+                    # a script runs the pragma to its end (execute() would give back one page)
+                    self.conn.executescript(f"PRAGMA incremental_vacuum({min(VACUUM_STEP_PAGES, free - target)});")
+                    left = int(self.conn.execute("PRAGMA freelist_count").fetchone()[0])
+                if left >= free:
+                    break
+                freed += (free - left) * pages.size
+                free = left
+                if time.monotonic() >= deadline:
+                    break
+            if free <= target:
+                self._shrinking = False
+                self._checkpoint_owed = True  # the file shrinks when the WAL is checkpointed
+        if self._checkpoint_owed or self._file_size("-wal") > WAL_LIMIT_BYTES:
+            self._checkpoint_owed = not self.checkpoint()
+        return freed
+
+    def checkpoint(self, wait_ms: int = 100) -> bool:
+        """``PRAGMA wal_checkpoint(TRUNCATE)``, waiting at most ``wait_ms`` for other connections; True when the
+        WAL was emptied and truncated."""
+        with self.lock:
+            self.conn.execute(f"PRAGMA busy_timeout={wait_ms}")
+            try:
+                busy, _, _ = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                self.conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+        return not busy
 
     def close(self) -> None:
         """Close the connection."""
