@@ -198,6 +198,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Keep at most this many anonymous events queued: the oldest beyond it are dropped",
     )
+    outbox_max_queued: Annotated[int, Cli(PACING)] = Field(
+        50_000,
+        ge=1,
+        description="At this many queued operations of person work, sources wait for delivery (send, consume,"
+        " sync-persons, sync-cohorts) and serve answers 503",
+    )
     delivery_linger_s: Annotated[float | None, Cli(DELIVERY, default="0.1 (Pipelines: 1)")] = Field(
         None, ge=0, le=10, description="Wait this long for a fuller batch"
     )
