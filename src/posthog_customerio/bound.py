@@ -4,21 +4,26 @@
 in flight included: :meth:`~.outbox.Outbox.person_work_depth`), in operations, the unit of ``MAX_QUEUE`` and
 ``ANONYMOUS_BACKLOG_MAX``. Anonymous events have their own bound, ``ANONYMOUS_BACKLOG_MAX``, which drops the oldest
 rather than holding anything back (:mod:`.backlog`): a flood of visitors' events never makes a source wait nor
-``serve`` refuse a person's events (People first). The outbox then holds at most ``OUTBOX_MAX_QUEUED`` +
-``ANONYMOUS_BACKLOG_MAX`` operations, plus one batch per source.
+``serve`` refuse a person's events (People first).
 
-**How sources wait**: at the bound a source stops reading before its next batch (:meth:`OutboxBound.wait_for_room`)
-and goes on once delivery has taken enough out: ``send`` and ``sync-persons`` between chunks and pages, ``consume``
-with its partitions paused (:mod:`.sources.kafka`: it keeps polling, so it stays in its group, and commits only what
-it stored), ``sync-cohorts`` between pages, and ``serve`` answers ``503`` with ``Retry-After`` before reading a
-request (what it acknowledged is stored: a request is refused whole or stored whole). The wait is woken by each
-delivery of this process (:meth:`~.outbox.Outbox.wait_settled`), and re-counts at least every second, as other
-processes may deliver (PostgreSQL).
+**Two levels.** Sources that can wait (``send``, ``consume``, ``sync-persons``, ``sync-cohorts``, ``serve``'s own
+syncs) wait once half the bound is queued (:attr:`OutboxBound.wait_at`): they read no further ahead of delivery
+than that, so delivery keeps pace with their reading, and the other half stays for ``serve``'s clients, which
+cannot wait (a backfill beside a live service never makes it refuse its traffic). At the bound itself ``serve``
+answers ``503`` with ``Retry-After`` before reading a request (what it acknowledged is stored: a request is refused
+whole or stored whole). The outbox then holds at most ``OUTBOX_MAX_QUEUED`` operations of person work, plus one
+batch per source, and ``ANONYMOUS_BACKLOG_MAX`` anonymous events.
+
+**How sources wait** (:meth:`OutboxBound.wait_for_room`): before their next batch; ``send`` and ``sync-persons``
+between chunks and pages, ``sync-cohorts`` between pages, ``consume`` with its partitions paused
+(:mod:`.sources.kafka`: it keeps polling, so it stays in its group, and commits only what it stored). The wait is
+woken by each delivery of this process (:meth:`~.outbox.Outbox.wait_settled`), and re-counts at least every
+second, as other processes may deliver (PostgreSQL).
 
 **Counting** costs a count of the outbox (milliseconds at the bound): between counts, the operations this process
 wrote since are added to the last count (an upper bound, as deliveries only take out), and a count is made once
-that estimate reaches the bound, or after :data:`RECOUNT_NEAR_S` (:data:`RECOUNT_FAR_S` while the estimate is
-under half the bound): what other processes enqueue shows up then.
+that estimate reaches the level asked about, or after :data:`RECOUNT_NEAR_S` (:data:`RECOUNT_FAR_S` while the
+estimate is under a quarter of the bound): what other processes enqueue shows up then.
 """
 
 from __future__ import annotations
@@ -83,7 +88,10 @@ class OutboxBound:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.outbox = outbox
+        #: ``serve`` answers 503 at this many operations of person work
         self.max_queued = max_queued
+        #: sources that can wait wait at this many (half the bound; at least 1)
+        self.wait_at = max(1, max_queued // 2)
         self.written = written
         self.recheck_s = recheck_s
         self.clock = clock
@@ -111,15 +119,22 @@ class OutboxBound:
             return None
         at, count, written = counted
         estimate = count + max(0, self.written() - written)
-        fresh_s = RECOUNT_FAR_S if estimate < self.max_queued // 2 else RECOUNT_NEAR_S
+        fresh_s = RECOUNT_FAR_S if estimate < self.max_queued // 4 else RECOUNT_NEAR_S
         return estimate if self.clock() - at < fresh_s else None
 
-    def full(self, max_age_s: float = 0.0) -> bool:
-        """Whether the outbox is at its bound (``max_age_s``: a count up to that old will do)."""
+    def _reached(self, level: int, max_age_s: float) -> bool:
         estimate = self._estimate()
-        if estimate is not None and estimate < self.max_queued:
+        if estimate is not None and estimate < level:
             return False
-        return self.queued(max_age_s) >= self.max_queued
+        return self.queued(max_age_s) >= level
+
+    def full(self, max_age_s: float = 0.0) -> bool:
+        """Whether the outbox is at its bound: ``serve`` refuses (``max_age_s``: a count up to that old will do)."""
+        return self._reached(self.max_queued, max_age_s)
+
+    def must_wait(self) -> bool:
+        """Whether a source that can wait should wait now (at :attr:`wait_at`)."""
+        return self._reached(self.wait_at, 0.0)
 
     # -- waiting --
     def wait_for_room(
@@ -131,15 +146,15 @@ class OutboxBound:
         check: Callable[[], None] | None = None,
         tick: Callable[[], None] | None = None,
     ) -> Waited:
-        """Return at once while the outbox is under its bound; else wait until it is (woken by each delivery of
-        this process, re-counting at least every :attr:`recheck_s`), until ``stop()`` says so, or ``timeout``
+        """Return at once while less than :attr:`wait_at` is queued; else wait until it is (woken by each delivery
+        of this process, re-counting at least every :attr:`recheck_s`), until ``stop()`` says so, or ``timeout``
         seconds passed. ``check`` is called before each wait (it raises to end the wait: delivery failed for good);
         ``tick`` after each (a Kafka consumer polls there). Each wait is counted for ``source``."""
-        if not self.full():
+        if not self.must_wait():
             return Waited(room=True)
         settled = self.outbox.settled_total()
-        queued = self.queued()
-        if queued < self.max_queued:
+        queued, level = self.queued(), self.wait_at
+        if queued < level:
             return Waited(room=True)
         started = self.clock()
         deadline = None if timeout is None else started + timeout
@@ -148,7 +163,7 @@ class OutboxBound:
             waits.times += 1
             waits.since = started
         log.info(
-            "%s: the outbox holds %d operations of person work (OUTBOX_MAX_QUEUED=%d): waiting for delivery",
+            "%s: the outbox holds %d operations of person work (half of OUTBOX_MAX_QUEUED=%d): waiting for delivery",
             source,
             queued,
             self.max_queued,
@@ -166,11 +181,11 @@ class OutboxBound:
                     if wait_s <= 0:
                         break
                 # until delivery here took out what is over the bound, or a recount (other processes deliver too)
-                settled = self.outbox.wait_settled(settled + queued - self.max_queued, wait_s)
+                settled = self.outbox.wait_settled(settled + queued - level, wait_s)
                 if tick is not None:
                     tick()
                 queued = self.queued()
-                if queued < self.max_queued:
+                if queued < level:
                     room = True
                     break
         finally:
@@ -188,9 +203,9 @@ class OutboxBound:
 
     # -- what it shows --
     def status(self, queued: int | None = None) -> dict[str, Any]:
-        """The ``outbox_bound`` section of the status report: the bound, what it counts now (``queued``: given by the
-        caller's snapshot, else counted), each source's waits (times, seconds, the one under way counted so far)
-        and ``serve``'s refusals."""
+        """The ``outbox_bound`` section of the status report: the bound and where sources wait, what it counts now
+        (``queued``: given by the caller's snapshot, else counted), each source's waits (times, seconds, the one
+        under way counted so far) and ``serve``'s refusals."""
         if queued is None:
             queued = self.queued(max_age_s=1.0)
         now = self.clock()
@@ -204,6 +219,7 @@ class OutboxBound:
             refused = dict(self._refused)
         return {
             "max_queued": self.max_queued,
+            "wait_at": self.wait_at,
             "queued": queued,
             "full": queued >= self.max_queued,
             "waits": waits,
@@ -240,8 +256,8 @@ class SourceRoom:
         self.timed_out = False
 
     def full(self) -> bool:
-        """Whether the outbox is at its bound now."""
-        return self.bound.full()
+        """Whether this source should wait now (half the bound is queued)."""
+        return self.bound.must_wait()
 
     def left_s(self) -> float | None:
         """What is left of the waiting budget (``None``: no limit)."""

@@ -201,8 +201,8 @@ class Settings(BaseSettings):
     outbox_max_queued: Annotated[int, Cli(PACING)] = Field(
         50_000,
         ge=1,
-        description="At this many queued operations of person work, sources wait for delivery (send, consume,"
-        " sync-persons, sync-cohorts) and serve answers 503",
+        description="Queued operations of person work at which serve answers 503; at half of it send, consume,"
+        " sync-persons and sync-cohorts wait for delivery",
     )
     delivery_linger_s: Annotated[float | None, Cli(DELIVERY, default="0.1 (Pipelines: 1)")] = Field(
         None, ge=0, le=10, description="Wait this long for a fuller batch"

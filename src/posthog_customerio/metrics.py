@@ -140,22 +140,28 @@ class _RuntimeCollector(Collector):
 
 
 def _bound(status: dict[str, Any]) -> Iterator[Metric]:
-    """``OUTBOX_MAX_QUEUED``: the bound, whether it is reached, and this process's sources' waits and refusals."""
+    """``OUTBOX_MAX_QUEUED``: the bound and where sources wait, whether it is reached, and this process's sources'
+    waits and refusals."""
     yield _gauge(
         "outbox_max_queued",
-        "OUTBOX_MAX_QUEUED: at this person_work_depth sources wait and the receivers answer 503",
+        "OUTBOX_MAX_QUEUED: at this person_work_depth the receivers answer 503",
         status["max_queued"],
+    )
+    yield _gauge(
+        "outbox_wait_at",
+        "At this person_work_depth (half of OUTBOX_MAX_QUEUED) the sources that can wait wait for delivery",
+        status["wait_at"],
     )
     yield _gauge("outbox_full", "1 while person_work_depth is at OUTBOX_MAX_QUEUED", 1.0 if status["full"] else 0.0)
     yield _labelled(
         "source_waits",
-        "Times a source waited for room in the outbox (OUTBOX_MAX_QUEUED), by source",
+        "Times a source waited for delivery at half of OUTBOX_MAX_QUEUED, by source",
         "source",
         status["waits"],
     )
     yield _labelled(
         "source_wait_seconds",
-        "Seconds sources spent waiting for room in the outbox (OUTBOX_MAX_QUEUED), by source",
+        "Seconds sources spent waiting for delivery at half of OUTBOX_MAX_QUEUED, by source",
         "source",
         status["waited_s"],
     )

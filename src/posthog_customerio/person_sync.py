@@ -186,7 +186,7 @@ class PersonSync(ScheduledPasses):
         pages = batches.batches
         room = self.runtime.room("persons", stop=self._stop.is_set)
         try:
-            if not room.wait():  # the outbox at its bound (OUTBOX_MAX_QUEUED): no page is asked for meanwhile
+            if not room.wait():  # half of OUTBOX_MAX_QUEUED queued: no page is asked for meanwhile
                 return False
             for batch in pages:
                 self._stored(record, self.runtime.ingestor.ingest_persons(batch))

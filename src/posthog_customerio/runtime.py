@@ -65,7 +65,7 @@ class Runtime:
             _private_files(sqlite_path)  # the -wal / -shm files SQLite just created
         self.outbox = Outbox(self.db, lease_s=settings.lease_s, anonymous_hold_s=settings.anonymous_hold_s)
         self.ingestor = Ingestor(self.db, self.outbox, settings.mapping_config())
-        #: ``OUTBOX_MAX_QUEUED``: where every source waits (:meth:`room`) and ``serve`` answers 503
+        #: ``OUTBOX_MAX_QUEUED``: where ``serve`` answers 503, and at half of it every other source waits (:meth:`room`)
         self.bound = OutboxBound(self.outbox, settings.outbox_max_queued, lambda: self.ingestor.operations_written)
         #: the anonymous backlog's bounds; enforced by :attr:`backlog_keeper` in a process that delivers
         self.backlog = AnonymousBacklog(

@@ -86,6 +86,18 @@ def test_the_bound_counts_person_work_only(sandbox: SandboxServer, tmp_path: Pat
         assert bound.queued() == 3 and bound.full()
         status = bound.status()
         assert status["max_queued"] == 3 and status["queued"] == 3 and status["full"] is True
+        assert status["wait_at"] == 1  # sources that can wait wait at half of it: room kept for serve's clients
+
+
+def test_sources_wait_at_half_the_bound_serve_refuses_at_all_of_it(sandbox: SandboxServer, tmp_path: Path) -> None:
+    with make_runtime(sandbox, tmp_path / "data", outbox_max_queued=10) as runtime:
+        bound = runtime.bound
+        runtime.outbox.put([person(f"p{n}", 1) for n in range(4)])
+        assert bound.queued() == 4 and not bound.must_wait() and not bound.full()
+        runtime.outbox.put([person("p5", 1)])
+        assert bound.queued() == 5 and bound.must_wait() and not bound.full()
+        runtime.outbox.put([person(f"q{n}", 1) for n in range(5)])
+        assert bound.queued() == 10 and bound.must_wait() and bound.full()
 
 
 def test_a_count_is_made_once_what_this_process_wrote_may_reach_the_bound(
@@ -115,9 +127,10 @@ def test_the_wait_is_woken_by_a_delivery_and_ends_on_stop_time_or_failure(
 ) -> None:
     with make_runtime(sandbox, tmp_path / "data", outbox_max_queued=2) as runtime:
         outbox = runtime.outbox
-        outbox.put([person("alice", 1), person("bob", 1), person("carol", 1)])
-        # no recount while waiting (an hour): only this process's delivery can end the wait in time
-        bound = OutboxBound(outbox, 2, lambda: runtime.ingestor.operations_written, recheck_s=3600)
+        outbox.put([person("alice", 1), person("bob", 1)])
+        # no recount while waiting (an hour): only this process's delivery can end the wait in time; sources wait
+        # at half the bound: 2 of 4
+        bound = OutboxBound(outbox, 4, lambda: runtime.ingestor.operations_written, recheck_s=3600)
         started = time.monotonic()
         waited = bound.wait_for_room("file", timeout=0.2)
         assert not waited.room and waited.waited and 0.2 <= time.monotonic() - started < 5
@@ -133,8 +146,8 @@ def test_the_wait_is_woken_by_a_delivery_and_ends_on_stop_time_or_failure(
         waiter = threading.Thread(target=lambda: ended.append(bound.wait_for_room("kafka")), daemon=True)
         waiter.start()
         wait_for(lambda: bound.status()["waiting"] == ["kafka"], "the wait to start", 10)
-        claimed = outbox.claim(1, 1_000_000, 1_000_000, lane="person")
-        outbox.ack(claimed)  # 2 left: still at the bound, the wait goes on
+        outbox.put([person("carol", 1)])  # 3 queued
+        outbox.ack(outbox.claim(1, 1_000_000, 1_000_000, lane="person"))  # 2 left: still waiting
         wait_for(lambda: bound.status()["waited_s"]["kafka"] > 0, "the wait to go on", 10)
         assert not ended
         outbox.ack(outbox.claim(1, 1_000_000, 1_000_000, lane="person"))  # 1 left: room
@@ -160,8 +173,8 @@ def test_send_reads_no_further_than_the_bound_delivers_while_reading_and_everyth
 
         summary = send_file(runtime, lines(events), chunk_events=chunk, on_progress=progress)
     assert summary.queued == 0 and summary.dead_lettered == 0 and summary.read == len(events)
-    # each chunk was read only once there was room: at most the bound and one chunk's operations queued
-    assert seen and max(queued for queued, _, _ in seen) < bound + 2 * chunk, seen
+    # each chunk was read only once there was room: at most half the bound and one chunk's operations queued
+    assert seen and max(queued for queued, _, _ in seen) < bound // 2 + 2 * chunk, seen
     waits = summary.outbox_waits
     assert waits["times"] >= 3 and waits["seconds"] > 0 and waits["timed_out"] is False, waits
     # delivery kept pace: most of the operations went out while the file was still being read

@@ -837,7 +837,7 @@ def test_send_outbox_max_queued_flag(cli: Cli, env: dict[str, str], sandbox: San
     env = {**env, "OUTBOX_MAX_QUEUED": "1000000"}
     result = cli("send", str(path), "--outbox-max-queued", "10", env=env)
     assert result.exit_code == 0, result.output
-    assert "reading waited     2 times, " in result.stdout and "(the outbox was at OUTBOX_MAX_QUEUED)" in result.stdout
+    assert "reading waited     2 times, " in result.stdout and "s for delivery (OUTBOX_MAX_QUEUED)\n" in result.stdout
     assert len(sandbox.state.people()) == 2_050 and len(sandbox.state.events()) == 4_100  # $identify too
     other = ("--data-dir", str(tmp_path / "other"), "--json")
     summary = json.loads(cli("send", str(path), *other, env=env).stdout)

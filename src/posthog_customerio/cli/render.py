@@ -90,10 +90,11 @@ def bound_lines(bound: dict[str, Any] | None) -> list[str]:
     (the service's, from its heartbeats; none from an older snapshot)."""
     if not bound:
         return []
-    state = "FULL: sources wait, the receivers answer 503" if bound.get("full") else "room"
+    queued, limit, wait_at = bound["queued"], bound["max_queued"], bound.get("wait_at") or bound["max_queued"]
+    state = "FULL: the receivers answer 503" if bound.get("full") else "sources wait" if queued >= wait_at else "room"
     lines = [
-        f"outbox bound       {bound['queued']} of {bound['max_queued']} operations of person work"
-        f" (OUTBOX_MAX_QUEUED): {state}"
+        f"outbox bound       {queued} of {limit} operations of person work (OUTBOX_MAX_QUEUED;"
+        f" sources wait at {wait_at}): {state}"
     ]
     waited = bound.get("waited_s") or {}
     waits = [
@@ -218,7 +219,7 @@ def waits_lines(summary: dict[str, Any]) -> list[str]:
     waits = summary.get("outbox_waits") or {}
     if not waits.get("times"):
         return []
-    line = f"reading waited     {waits['times']} times, {waits['seconds']:.1f}s (the outbox was at OUTBOX_MAX_QUEUED)"
+    line = f"reading waited     {waits['times']} times, {waits['seconds']:.1f}s for delivery (OUTBOX_MAX_QUEUED)"
     if waits.get("timed_out"):
         line += "; timed out: the rest of the input was not read"
     return [line]
@@ -259,7 +260,7 @@ def consume_text(summary: dict[str, Any]) -> str:
     if summary.get("paused"):
         text += (
             f"\npaused             {summary['paused']} times, {summary.get('paused_s', 0):.1f}s"
-            " (the outbox was at OUTBOX_MAX_QUEUED)"
+            " for delivery (OUTBOX_MAX_QUEUED)"
         )
     return text
 

@@ -7,9 +7,10 @@ refused, stores the batch under the shared policy (:mod:`.store`), wakes the del
 operations were enqueued, and hands the result back (the source then commits its offsets, reports
 progress ...).
 
-Backpressure: the intake's :class:`Room` says whether the outbox is at its bound (``OUTBOX_MAX_QUEUED``,
-:mod:`posthog_customerio.bound`); :func:`run` waits for room before each batch is read (a source that must keep
-talking to its input while it waits, as Kafka does, overrides :meth:`Source.wait_for_room`).
+Backpressure: the intake's :class:`Room` says whether the source should wait for delivery (half of
+``OUTBOX_MAX_QUEUED`` queued, :mod:`posthog_customerio.bound`); :func:`run` waits for room before each batch is
+read (a source that must keep talking to its input while it waits, as Kafka does, overrides
+:meth:`Source.wait_for_room`).
 
 A source never sees the runtime: it gets an :class:`Intake`, made by
 :meth:`posthog_customerio.runtime.Runtime.intake`. The HTTP receivers (:mod:`posthog_customerio.service`)
@@ -41,7 +42,7 @@ class Room(Protocol):
     """Room in the outbox for a source's next batch (:class:`posthog_customerio.bound.SourceRoom`)."""
 
     def full(self) -> bool:
-        """Whether the outbox is at its bound now."""
+        """Whether the source should wait now (the outbox is at the level where sources wait)."""
         ...
 
     def wait(self, tick: Callable[[], None] | None = None, stop: Callable[[], bool] | None = None) -> bool:

@@ -1,5 +1,5 @@
 """What the one-shot jobs (``send``, ``sync-persons``, ``sync-cohorts``) share: deliver with this process's workers
-while the input is read and stored, waiting for room in the outbox before each batch at its bound
+while the input is read and stored, waiting for delivery before each batch while half the outbox's bound is queued
 (``OUTBOX_MAX_QUEUED``, :attr:`Delivery.room`), then wait until the outbox is empty (or a timeout), and report the
 delivery."""
 

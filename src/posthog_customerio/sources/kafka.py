@@ -24,7 +24,7 @@ understood too:
 * ``events_plugin_ingestion`` (capture output): an envelope whose ``data`` is the event as a
   JSON string.
 
-Backpressure: while the outbox is at its bound (``OUTBOX_MAX_QUEUED``, :mod:`posthog_customerio.bound`) the
+Backpressure: while the outbox holds half its bound (``OUTBOX_MAX_QUEUED``, :mod:`posthog_customerio.bound`) the
 consumer pauses its assigned partitions and keeps polling (it stays in its group; partitions assigned meanwhile
 are paused too), commits nothing more (only what is stored is ever committed), and resumes once there is room:
 the events wait in Kafka, where they are already durable.
@@ -443,15 +443,15 @@ class KafkaSource(Source[Polled]):
             raise KafkaConsumeError(f"Kafka consumer failed: {_kafka_message(exc)}") from exc
 
     def wait_for_room(self, intake: Intake) -> bool:
-        """At the outbox's bound: pause the assigned partitions and keep polling (the consumer stays in its group,
-        nothing more is fetched, stored or committed) until there is room or :attr:`stop` is set, then resume.
-        Always True: the polling loop itself ends on a stop."""
+        """At the level where sources wait (half of ``OUTBOX_MAX_QUEUED``): pause the assigned partitions and keep
+        polling (the consumer stays in its group, nothing more is fetched, stored or committed) until there is room
+        or :attr:`stop` is set, then resume. Always True: the polling loop itself ends on a stop."""
         room = intake.room
         if self.stop.is_set() or not room.full():
             return True
         started = time.monotonic()
         self.report.paused += 1
-        log.info("kafka: the outbox is at its bound (OUTBOX_MAX_QUEUED): paused %s", _describe(self._pause()))
+        log.info("kafka: waiting for delivery (half of OUTBOX_MAX_QUEUED queued): paused %s", _describe(self._pause()))
         try:
             room.wait(tick=self._poll_paused, stop=self.stop.is_set)
         finally:

@@ -9,7 +9,7 @@ mapping (:func:`~posthog_customerio.mapping.map_person`), the outbox and deliver
   version wins, deleted persons deleted).
 
 :func:`sync_persons` stores the batches and delivers with this process's workers (before each page, it waits
-while the outbox is at its bound, ``OUTBOX_MAX_QUEUED``), waits until the outbox is empty (or ``timeout``) and
+for delivery while half of ``OUTBOX_MAX_QUEUED`` is queued), waits until the outbox is empty (or ``timeout``) and
 returns a :class:`SyncSummary`; with ``dry_run`` it maps against the remembered states without storing anything
 and lists what would be sent. Rendering is the caller's job.
 """
