@@ -597,8 +597,10 @@ def _merge_bound(parts: Iterable[dict[str, Any] | None]) -> dict[str, Any] | Non
     for part in given:
         for source, value in (part.get("waited_s") or {}).items():
             seconds[source] = round(seconds.get(source, 0.0) + float(value or 0), 3)
+    widest = max(given, key=lambda part: int(part.get("max_queued") or 0))
     return {
-        "max_queued": max(int(part.get("max_queued") or 0) for part in given),
+        "max_queued": int(widest.get("max_queued") or 0),
+        "wait_at": int(widest.get("wait_at") or 0),
         "waits": _sum_maps(part.get("waits") for part in given),
         "waited_s": seconds,
         "waiting": sorted({source for part in given for source in part.get("waiting") or ()}),
