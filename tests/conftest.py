@@ -103,6 +103,7 @@ CONFIG_ENV = (
     "ANONYMOUS_HOLD_S",
     "ANONYMOUS_MAX_AGE_S",
     "ANONYMOUS_BACKLOG_MAX",
+    "OUTBOX_MAX_QUEUED",
 )
 SAMPLE_FILE = Path(__file__).resolve().parents[1] / "src" / "posthog_customerio" / "data" / "sample_events.jsonl"
 

@@ -116,7 +116,8 @@ class CohortSync(ScheduledPasses):
             self.current = record
         try:
             self._record(record.started_at, None, False, last_ok)
-            syncer = CohortSyncer(self.runtime, self.client, clock=self.clock, stop=self._stop.is_set)
+            room = self.runtime.room("cohorts", stop=self._stop.is_set)
+            syncer = CohortSyncer(self.runtime, self.client, clock=self.clock, stop=self._stop.is_set, room=room)
             for cohort_id in self.cohorts:
                 if self._stop.is_set():
                     record.outcome = "stopped"

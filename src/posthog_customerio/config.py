@@ -198,6 +198,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Keep at most this many anonymous events queued: the oldest beyond it are dropped",
     )
+    outbox_max_queued: Annotated[int, Cli(PACING)] = Field(
+        50_000,
+        ge=1,
+        description="Queued operations of person work at which serve answers 503; at half of it send, consume,"
+        " sync-persons and sync-cohorts wait for delivery",
+    )
     delivery_linger_s: Annotated[float | None, Cli(DELIVERY, default="0.1 (Pipelines: 1)")] = Field(
         None, ge=0, le=10, description="Wait this long for a fuller batch"
     )

@@ -284,15 +284,21 @@ class Deliverer:
         that may come do not count (:meth:`~.outbox.Outbox.is_drained`): stopping leaves them queued."""
         return self._wait(self.outbox.is_drained, timeout, tick)
 
+    def check_failed(self) -> None:
+        """Raise :class:`AuthError` when the credentials were rejected (:class:`DiskFull` when the database has no
+        room left) and delivery is not set to pause (``send``): nothing will be delivered, so nothing should wait
+        for it."""
+        if self.auth_error and not self.pause_on_auth_error:
+            raise AuthError(self.auth_error)
+        if self.disk_full and not self.pause_on_auth_error:
+            raise DiskFull(self.disk_full)
+
     def _wait(self, emptied: Callable[[], bool], timeout: float | None, tick: Callable[[], None] | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if tick is not None:
                 tick()
-            if self.auth_error and not self.pause_on_auth_error:
-                raise AuthError(self.auth_error)
-            if self.disk_full and not self.pause_on_auth_error:
-                raise DiskFull(self.disk_full)
+            self.check_failed()
             if self.outbox.in_flight() == 0 and emptied():
                 return True
             if deadline is not None and time.monotonic() >= deadline:

@@ -74,6 +74,9 @@ class Ingestor:
         self.received_by_source: Counter[str] = Counter()
         self.invalid_by_source: Counter[str] = Counter()
         self._totals_lock = threading.Lock()
+        #: operations written to the outbox by this process, rolled-back transactions included (an upper bound of
+        #: what it added: the outbox's bound, :mod:`.bound`, adds it to its last count)
+        self.operations_written = 0
 
     def count_invalid(self, source: str, count: int = 1) -> None:
         """Record input that was rejected before ingestion."""
@@ -164,6 +167,8 @@ class Ingestor:
         save_states(conn, changed.values())
         report.operations += self.outbox.enqueue(conn, operations)
         all_operations.extend(operations)
+        with self._totals_lock:  # adopted events became person work too
+            self.operations_written += report.operations + report.notes["anonymous_events_adopted"]
         for operation in all_operations:
             report.actions[operation.action] += 1
         return report

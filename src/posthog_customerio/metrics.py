@@ -110,6 +110,7 @@ class _RuntimeCollector(Collector):
             snap.anonymous_oldest_age_s,
         )
         yield _gauge("person_work_depth", "Operations waiting that are not anonymous events", snap.person_work_depth)
+        yield from _bound(self.runtime.bound.status(queued=snap.person_work_depth))
         yield _counter(
             "anonymous_events_adopted",
             "Queued anonymous events an identify turned into the person's events",
@@ -158,6 +159,46 @@ class _RuntimeCollector(Collector):
             )
         full = bool(space.problem or (deliverer is not None and deliverer.disk_full))
         yield _gauge("disk_full", "1 while the database's disk is full (or delivery waits for room in it)", float(full))
+
+
+def _bound(status: dict[str, Any]) -> Iterator[Metric]:
+    """``OUTBOX_MAX_QUEUED``: the bound and where sources wait, whether it is reached, and this process's sources'
+    waits and refusals."""
+    yield _gauge(
+        "outbox_max_queued",
+        "OUTBOX_MAX_QUEUED: at this person_work_depth the receivers answer 503",
+        status["max_queued"],
+    )
+    yield _gauge(
+        "outbox_wait_at",
+        "At this person_work_depth (half of OUTBOX_MAX_QUEUED) the sources that can wait wait for delivery",
+        status["wait_at"],
+    )
+    yield _gauge("outbox_full", "1 while person_work_depth is at OUTBOX_MAX_QUEUED", 1.0 if status["full"] else 0.0)
+    yield _labelled(
+        "source_waits",
+        "Times a source waited for delivery at half of OUTBOX_MAX_QUEUED, by source",
+        "source",
+        status["waits"],
+    )
+    yield _labelled(
+        "source_wait_seconds",
+        "Seconds sources spent waiting for delivery at half of OUTBOX_MAX_QUEUED, by source",
+        "source",
+        status["waited_s"],
+    )
+    waiting = GaugeMetricFamily(
+        f"{_PREFIX}_source_waiting", "1 while the source waits for room in the outbox", labels=["source"]
+    )
+    for source in sorted(status["waits"]):
+        waiting.add_metric([source], 1.0 if source in status["waiting"] else 0.0)
+    yield waiting
+    yield _labelled(
+        "requests_refused_full",
+        "Requests the receivers answered 503 at OUTBOX_MAX_QUEUED, by source",
+        "source",
+        status["refused"],
+    )
 
 
 def _person_sync(status: dict[str, Any]) -> Iterator[Metric]:
@@ -229,7 +270,7 @@ def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(f"{_PREFIX}_{name}", doc, value=value)
 
 
-def _labelled(name: str, doc: str, label: str, values: dict[str, int]) -> CounterMetricFamily:
+def _labelled(name: str, doc: str, label: str, values: dict[str, int] | dict[str, float]) -> CounterMetricFamily:
     family = CounterMetricFamily(f"{_PREFIX}_{name}", doc, labels=[label])
     for key, value in sorted(dict(values).items()):
         family.add_metric([str(key)], value)

@@ -234,6 +234,10 @@ class Outbox:
         self._leased_at: dict[int, float] = {}
         self._busy_persons: dict[str, int] = {}
         self._depth_cache: tuple[float, int] | None = None
+        #: operations this process took out of the queue (delivered or dead-lettered), with its condition:
+        #: a source waiting for room (:mod:`.bound`) is woken by each settlement rather than polling
+        self._settled = threading.Condition()
+        self._settled_total = 0
         #: operations this process moved to the dead-letter table
         self.dead_lettered_total = 0
 
@@ -359,6 +363,7 @@ class Outbox:
 
             self.db.transact(settle)
         self._unclaim(items)
+        self._note_settled(len(items))
 
     def forget_claims(self, items: Sequence[Claimed]) -> None:
         """Drop claims from memory only (when the database cannot be written): the rows
@@ -459,6 +464,7 @@ class Outbox:
             _log_dead_letter(item, reason, status, ids.get(item.seq))
         if claimed:
             self._unclaim([item for item, *_ in failures])
+        self._note_settled(len(failures))
 
     # -- reading ---------------------------------------------------------------
     def depth(self, max_age_s: float = 0.0) -> int:
@@ -475,6 +481,30 @@ class Outbox:
             count = conn.outbox_depth()
         self._depth_cache = (now, count)
         return count
+
+    def person_work_depth(self) -> int:
+        """Operations waiting that are not anonymous events, in flight included (what ``OUTBOX_MAX_QUEUED``
+        bounds: :mod:`.bound`)."""
+        with self.db.reading() as conn:
+            return conn.person_work_depth()
+
+    def settled_total(self) -> int:
+        """Operations this process took out of the queue so far (delivered or dead-lettered)."""
+        with self._settled:
+            return self._settled_total
+
+    def wait_settled(self, beyond: int, timeout: float) -> int:
+        """Wait until this process settled more than ``beyond`` operations in all (:meth:`settled_total`), at most
+        ``timeout`` seconds; the total then."""
+        with self._settled:
+            self._settled.wait_for(lambda: self._settled_total > beyond, timeout)
+            return self._settled_total
+
+    def _note_settled(self, count: int) -> None:
+        if count:
+            with self._settled:
+                self._settled_total += count
+                self._settled.notify_all()
 
     def input_finished(self) -> None:
         """Nothing more will be ingested (``send`` read its input, a bounded ``consume`` ended): no identify

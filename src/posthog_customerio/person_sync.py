@@ -184,10 +184,14 @@ class PersonSync(ScheduledPasses):
         batches = self._batches(previous)
         record.resumed_after = batches.resumed_after
         pages = batches.batches
+        room = self.runtime.room("persons", stop=self._stop.is_set)
         try:
+            if not room.wait():  # half of OUTBOX_MAX_QUEUED queued: no page is asked for meanwhile
+                return False
             for batch in pages:
                 self._stored(record, self.runtime.ingestor.ingest_persons(batch))
-                if self._stop.is_set():  # before asking for the next page: this one's checkpoint is not saved
+                # before asking for the next page: a page not asked for has no checkpoint saved
+                if self._stop.is_set() or not room.wait():
                     return False
             return True
         finally:

@@ -15,6 +15,7 @@ from typing import IO, TYPE_CHECKING
 from pydantic import SecretStr
 
 from .backlog import AnonymousBacklog, BacklogKeeper
+from .bound import OutboxBound, SourceRoom
 from .config import ConfigError, Settings
 from .delivery import Deliverer
 from .disk import DiskFull, SpaceKeeper, disk_full_message, is_disk_full
@@ -23,7 +24,7 @@ from .operations import Claimed
 from .outbox import Outbox
 from .output import Output, OutputConfig, create_output
 from .pacing import Pacer, shared_pacer, workspace_key
-from .sources.base import Intake
+from .sources.base import Intake, Room
 from .storage import DatabaseUnreachable, DeliveryLockError, open_storage
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ class Runtime:
             _private_files(sqlite_path)  # the -wal / -shm files SQLite just created
         self.outbox = Outbox(self.db, lease_s=settings.lease_s, anonymous_hold_s=settings.anonymous_hold_s)
         self.ingestor = Ingestor(self.db, self.outbox, settings.mapping_config())
+        #: ``OUTBOX_MAX_QUEUED``: where ``serve`` answers 503, and at half of it every other source waits (:meth:`room`)
+        self.bound = OutboxBound(self.outbox, settings.outbox_max_queued, lambda: self.ingestor.operations_written)
         #: the anonymous backlog's bounds; enforced by :attr:`backlog_keeper` in a process that delivers
         self.backlog = AnonymousBacklog(
             self.db,
@@ -146,9 +149,22 @@ class Runtime:
         self.output().check_credentials()
 
     # -- sources ---------------------------------------------------------------------
-    def intake(self, source: str) -> Intake:
-        """Where ``source`` puts its events: the ingestor, and this process's delivery workers to wake."""
-        return Intake(self.ingestor, source, self._wake_delivery)
+    def intake(self, source: str, room: Room | None = None) -> Intake:
+        """Where ``source`` puts its events: the ingestor, this process's delivery workers to wake, and the room
+        it waits for (default: :meth:`room`)."""
+        return Intake(self.ingestor, source, self._wake_delivery, room if room is not None else self.room(source))
+
+    def room(
+        self, source: str, *, stop: Callable[[], bool] | None = None, timeout_s: float | None = None
+    ) -> SourceRoom:
+        """Room in the outbox for ``source`` (``OUTBOX_MAX_QUEUED``): it waits until ``stop()`` says so, or for
+        ``timeout_s`` seconds in all; when this process delivers and delivery stopped for good (credentials
+        rejected, ``send``), the wait ends with that :class:`AuthError`."""
+        return SourceRoom(self.bound, source, stop=stop, check=self._delivery_failed, timeout_s=timeout_s)
+
+    def _delivery_failed(self) -> None:
+        if self._deliverer is not None:
+            self._deliverer.check_failed()
 
     def _wake_delivery(self) -> None:
         """Wake the delivery workers if this process started them."""

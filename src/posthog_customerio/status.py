@@ -62,6 +62,7 @@ _REPLICA_FIGURES = (
     "person_work",
     "person_sync",
     "cohort_sync",
+    "outbox_bound",
 )
 
 
@@ -287,7 +288,11 @@ def _apply(status: dict[str, Any], summed: dict[str, Any]) -> None:
     """Put the replicas' summed figures in a status report: adopted events summed; person work's latency the
     slowest replica's (the queue figures are the database's, the same for all)."""
     latency = summed.pop("person_work_latency", None)
+    bound = summed.pop("outbox_bound", None)
     status.update(summed)
+    if bound is not None:  # the replicas' bound and waits; what it counts is this read's, the same for all
+        queued = status["outbox_bound"]["queued"]
+        status["outbox_bound"] = {**bound, "queued": queued, "full": queued >= bound["max_queued"]}
     status["anonymous"]["adopted"] = int((status.get("ingest") or {}).get("anonymous_events_adopted") or 0)
     if latency is not None:
         status["person_work"].update(latency)
@@ -342,6 +347,8 @@ def _own_status(runtime: Runtime, sampler: ThroughputSampler | None, snapshot: S
             "adopted": adopted,
             "expired": dict(snap.anonymous_expired),
         },
+        # OUTBOX_MAX_QUEUED: what it bounds now, and how often and how long this process's sources waited at it
+        "outbox_bound": runtime.bound.status(queued=snap.person_work_depth),
         "person_work": {
             "depth": snap.person_work_depth,
             "latency_p50_s": latency.get("p50_s"),
@@ -514,6 +521,7 @@ def aggregate(replicas: Iterable[Replica], own: Replica | None = None) -> dict[s
     summed["person_work_latency"] = _slowest_latency([r.figures.get("person_work") for r in counted])
     summed["person_sync"] = _merge_person_sync([r.figures.get("person_sync") for r in counted])
     summed["cohort_sync"] = _merge_cohort_sync([r.figures.get("cohort_sync") for r in counted])
+    summed["outbox_bound"] = _merge_bound([r.figures.get("outbox_bound") for r in counted])
     ids = {r.id for r in counted}
     summed["replicas"] = [_listed(r, now, r.id in ids) for r in sorted(known, key=lambda r: (r.started_at, r.id))]
     if own is not None:
@@ -591,6 +599,28 @@ def _merge_sync(
         "last_ok_at": max((float(p["last_ok_at"]) for p in given if p.get("last_ok_at") is not None), default=None),
         "last_error": last_error.get("last_error"),
         "last_error_at": last_error.get("last_error_at"),
+    }
+
+
+def _merge_bound(parts: Iterable[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The replicas' ``outbox_bound`` sections as one: the largest bound (the replicas' settings may differ while
+    a change rolls out), waits and refusals summed, every source waiting now (None when no replica reported one:
+    older versions)."""
+    given = [part for part in parts if part]
+    if not given:
+        return None
+    seconds: dict[str, float] = {}
+    for part in given:
+        for source, value in (part.get("waited_s") or {}).items():
+            seconds[source] = round(seconds.get(source, 0.0) + float(value or 0), 3)
+    widest = max(given, key=lambda part: int(part.get("max_queued") or 0))
+    return {
+        "max_queued": int(widest.get("max_queued") or 0),
+        "wait_at": int(widest.get("wait_at") or 0),
+        "waits": _sum_maps(part.get("waits") for part in given),
+        "waited_s": seconds,
+        "waiting": sorted({source for part in given for source in part.get("waiting") or ()}),
+        "refused": _sum_maps(part.get("refused") for part in given),
     }
 
 

@@ -137,6 +137,7 @@ COVERAGE: dict[str, dict[str, str]] = {
         "test_send_adopts_within_the_file_and_does_not_wait_for_the_hold_at_the_end",
         "--anonymous-max-age-s": _SETTINGS,
         "--anonymous-backlog-max": "test_anonymous_status.py::test_send_enforces_the_bounds_before_it_delivers",
+        "--outbox-max-queued": "test_send_outbox_max_queued_flag",
         "--outbox-url": _SEND_OFF,
         "--lease-s": _SETTINGS,
         "--sqlite-synchronous": _SETTINGS,
@@ -182,6 +183,7 @@ COVERAGE: dict[str, dict[str, str]] = {
         "--anonymous-hold-s": _SETTINGS,
         "--anonymous-max-age-s": _SETTINGS,
         "--anonymous-backlog-max": _SETTINGS,
+        "--outbox-max-queued": "test_sync_persons_outbox_max_queued_flag",
         "--data-dir": _PERSONS,
         "--outbox-url": _PERSONS,
         "--lease-s": _SETTINGS,
@@ -230,6 +232,7 @@ COVERAGE: dict[str, dict[str, str]] = {
         "--anonymous-hold-s": _COHORTS_SETTINGS,
         "--anonymous-max-age-s": _COHORTS_SETTINGS,
         "--anonymous-backlog-max": _COHORTS_SETTINGS,
+        "--outbox-max-queued": "test_sync_cohorts_outbox_max_queued_flag",
         "--data-dir": _COHORTS,
         "--outbox-url": _COHORTS,
         "--lease-s": _COHORTS_SETTINGS,
@@ -336,6 +339,7 @@ COVERAGE: dict[str, dict[str, str]] = {
         "--anonymous-hold-s": _SETTINGS,
         "--anonymous-max-age-s": _SETTINGS,
         "--anonymous-backlog-max": _SETTINGS,
+        "--outbox-max-queued": "test_serve_outbox_max_queued_flag",
         "--lease-s": _SETTINGS,
         "--sqlite-synchronous": _SETTINGS,
         "--auth-retry-s": _SERVE_ON,
@@ -397,6 +401,7 @@ COVERAGE: dict[str, dict[str, str]] = {
         "--anonymous-hold-s": _CONSUME,
         "--anonymous-max-age-s": _CONSUME,
         "--anonymous-backlog-max": _CONSUME,
+        "--outbox-max-queued": "test_consume_outbox_max_queued_flag",
         "--outbox-url": _CONSUME,
         "--lease-s": _CONSUME,
         "--sqlite-synchronous": _CONSUME,
@@ -823,6 +828,28 @@ def test_send_delivery_timing_flags(cli: Cli, env: dict[str, str], sandbox: Sand
     check_delivery_timing_flags(cli, env, sandbox, tmp_path, ("send",), 2, 2, tail=(str(path),))
 
 
+def backfill_events(people: int) -> list[dict[str, Any]]:
+    """Per person an identify with an email and a click: ``send`` reads 2,000 events a chunk."""
+    events = []
+    for n in range(people):
+        events += [ev("$identify", f"b{n}", n, top={"$set": {"email": f"b{n}@example.com"}}), ev("clicked", f"b{n}", n)]
+    return events
+
+
+def test_send_outbox_max_queued_flag(cli: Cli, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path) -> None:
+    """``--outbox-max-queued 10`` (env: a million): reading waits for delivery before each chunk after the first
+    (3 chunks of 2,000 events), and everything is delivered; with the environment's bound it never waits."""
+    path = write_jsonl(tmp_path / "events.jsonl", backfill_events(2_050))
+    env = {**env, "OUTBOX_MAX_QUEUED": "1000000"}
+    result = cli("send", str(path), "--outbox-max-queued", "10", env=env)
+    assert result.exit_code == 0, result.output
+    assert "reading waited     2 times, " in result.stdout and "s for delivery (OUTBOX_MAX_QUEUED)\n" in result.stdout
+    assert len(sandbox.state.people()) == 2_050 and len(sandbox.state.events()) == 4_100  # $identify too
+    other = ("--data-dir", str(tmp_path / "other"), "--json")
+    summary = json.loads(cli("send", str(path), *other, env=env).stdout)
+    assert summary["outbox_waits"] == {"times": 0, "seconds": 0.0, "timed_out": False} and summary["queued"] == 0
+
+
 # -- sync-persons ----------------------------------------------------------------------------------
 #: persons the PostHog stand-in serves, 10 a page: a third anonymous (``anon-i``), the rest identified
 #: (``anon-i`` and ``user-i``, ``user{i}@example.com``, plan free or pro)
@@ -1039,6 +1066,22 @@ def test_sync_persons_posthog_api_flags(
         no_secrets(refused.output, wrong_key, STANDIN_KEY)
     bad = cli("sync-persons", "--posthog-api-max-per-minute", "0", env=right)
     assert bad.exit_code == 2 and bad.stderr.startswith("error: POSTHOG_API_MAX_PER_MINUTE: "), bad.output
+
+
+def test_sync_persons_outbox_max_queued_flag(
+    cli: Cli, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path, posthog_api: PostHogApi
+) -> None:
+    """``--outbox-max-queued 1`` (env: a million): before asking for each next page the sync waits for delivery."""
+    env = {**env, **posthog_api.wrong_env(), "OUTBOX_MAX_QUEUED": "1000000"}
+    env |= {"POSTHOG_API_HOST": posthog_api.url, "POSTHOG_PROJECT_ID": "1", "POSTHOG_PERSONAL_API_KEY": STANDIN_KEY}
+    env["POSTHOG_API_MAX_PER_MINUTE"] = "1000"
+    result = cli("sync-persons", "--outbox-max-queued", "1", "--json", env=env)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["outbox_waits"]["times"] >= 2 and summary["queued"] == 0, summary  # after pages 1 and 2
+    assert len(profiles(sandbox)) == len(API_IDENTIFIED)
+    result = cli("sync-persons", "--json", "--restart", "--data-dir", str(tmp_path / "other"), env=env)
+    assert json.loads(result.stdout)["outbox_waits"]["times"] == 0, result.output
 
 
 @contextlib.contextmanager
@@ -1495,6 +1538,20 @@ def test_sync_cohorts_delivery_timing_flags(
 
     check_delivery_timing_flags(cli, env, sandbox, tmp_path, ("sync-cohorts",), 2, 3)
     assert segment_members(sandbox, "19") == ["p0"]
+
+
+def test_sync_cohorts_outbox_max_queued_flag(
+    cli: Cli, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path, cohort_api: CohortApi
+) -> None:
+    """``--outbox-max-queued 1`` (env: a million): before each next page of members the pass waits for delivery."""
+    env = {**env, **cohort_api.env(), "COHORT_SEGMENTS": "7=12", "OUTBOX_MAX_QUEUED": "1000000"}
+    result = cli("sync-cohorts", "--outbox-max-queued", "1", "--json", env=env)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["outbox_waits"]["times"] >= 2 and summary["queued"] == 0, summary  # 14 members, 5 a page
+    assert len(segment_members(sandbox)) == COHORT_IDENTIFIED
+    result = cli("sync-cohorts", "--json", "--data-dir", str(tmp_path / "other"), env=env)
+    assert json.loads(result.stdout)["outbox_waits"]["times"] == 0, result.output
 
 
 #: (flag, value, Settings field, expected, a bad value, its variable): flags a pass of cohorts has no use for
@@ -2088,6 +2145,27 @@ def test_serve_ingest_role_auth_limits_and_connections(
     no_secrets(served.output(), token, ops, secret, pipelines_key)
 
 
+def test_serve_outbox_max_queued_flag(cli: Cli, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path) -> None:
+    """``--outbox-max-queued 2`` (env: a million), ``--role ingest`` (nobody delivers): at two operations of person
+    work the receivers answer 503 with Retry-After, naming the bound; ``/readyz`` says so, ``/api/status`` counts it."""
+    env = {**env, "OUTBOX_MAX_QUEUED": "1000000"}
+    with serving(tmp_path, "--role", "ingest", "--outbox-max-queued", "2", env=env) as served:
+        answers: list[httpx.Response] = []
+
+        def refused() -> bool:  # the receivers count the outbox at most once a second
+            answers.append(post_events(served.url, [ev("clicked", f"u{len(answers)}", 0)]))
+            return answers[-1].status_code == 503
+
+        wait_for(refused, "a 503 at the bound", 15, interval=0.3)
+        assert answers[0].status_code == 200 and answers[-1].headers["retry-after"] == "10"
+        assert "(OUTBOX_MAX_QUEUED 2)" in answers[-1].json()["error"]
+        ready = httpx.get(f"{served.url}/readyz")
+        assert ready.status_code == 503 and "OUTBOX_MAX_QUEUED 2" in " ".join(ready.json()["problems"])
+        bound = served.status()["outbox_bound"]
+        assert (bound["max_queued"], bound["full"], bound["refused"]["webhook"]) == (2, True, 1), bound
+    assert bound["queued"] >= 2
+
+
 def test_serve_mapping_delivery_and_logging_flags(sandbox: SandboxServer, tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = {k: v for k, v in scenario_env(True).items() if k != "CUSTOMERIO_TRACK_URL"}
@@ -2301,6 +2379,28 @@ def test_consume_sandbox_data_dir_and_pipelines_flags(
     assert json.loads(result.stdout)["queued"] == 0
     assert {person["userId"] for person in sandbox.pipelines.people()} >= {"ann", "bob"}
     no_secrets(result.output, pipelines_key)
+
+
+@pytest.mark.skipif(kafka_broker is None, reason="confluent-kafka is not installed")
+def test_consume_outbox_max_queued_flag(
+    cli: Cli, kafka_broker: Broker, env: dict[str, str], sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """``--outbox-max-queued 1`` (env: a million): after each batch the partitions pause until delivery made room;
+    everything is stored, committed and delivered all the same."""
+    from .test_kafka_source import committed_offsets
+
+    topic, count = _scenario_topic(kafka_broker), len(scenario_events())
+    env = {**env, "OUTBOX_MAX_QUEUED": "1000000", "SHUTDOWN_GRACE_S": "20", "ANONYMOUS_HOLD_S": "0"}
+    kafka = ("--kafka-bootstrap", kafka_broker.bootstrap, "--topic", topic, "--batch-size", "3")
+    kafka += ("--max-messages", str(count), "--json")
+    kafka += tuple(f for k, v in kafka_broker.consumer_settings.items() for f in ("--kafka-config", f"{k}={v}"))
+    summary, _ = _consume(cli, *kafka, "--group", "bounded", "--outbox-max-queued", "1", env=env)
+    assert summary["paused"] >= 2 and summary["paused_s"] > 0 and summary["queued"] == 0, summary
+    assert summary["messages"] == count and summary["commits"] == summary["batches"]
+    assert committed_offsets(kafka_broker, topic, "bounded", partitions=1) == {0: count}
+    other = ("--group", "unbounded", "--data-dir", str(tmp_path / "other"))
+    summary, _ = _consume(cli, *kafka, *other, env=env)
+    assert summary["paused"] == 0 and summary["queued"] == 0, summary
 
 
 # -- serve: keeping people in sync (PERSON_SYNC_INTERVAL_S) -------------------------------------------------

@@ -601,3 +601,60 @@ def test_an_event_that_cannot_be_stored_is_skipped_and_the_rest_stored_and_commi
     assert report.invalid == 1 and report.ingest_failures == 0
     assert committed_offsets(kafka_broker, topic, "unstorable") == ends
     assert_exactly_once(sandbox, expected_event_ids([raw for raw in events if raw is not poisoned]))
+
+
+@pytest.mark.e2e
+def test_at_the_outbox_bound_the_partitions_pause_nothing_is_committed_ahead_and_the_group_is_kept(
+    kafka_broker: Broker, sandbox: SandboxServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``OUTBOX_MAX_QUEUED``: nobody delivers, so after the first batch the outbox is at its bound; the consumer
+    pauses its partitions and goes on polling (longer than ``max.poll.interval.ms``: it stays in its group), stores
+    and commits nothing more; once delivery makes room it resumes, and every event arrives once."""
+    events = sample_events(people=10, seed=9)
+    topic, group = new_topic(kafka_broker), "bounded"
+    ends = produce(kafka_broker, topic, encode(events))
+    batches: list[BatchResult] = []
+    config = {**kafka_broker.consumer_settings, "max.poll.interval.ms": "2000"}
+    reports: list[kafka_source.ConsumeReport] = []
+    caplog.set_level(logging.INFO, logger=kafka_source.log.name)
+    with make_runtime(sandbox, tmp_path / "data", outbox_max_queued=5, anonymous_hold_s=0) as runtime:
+        consuming = threading.Thread(
+            target=lambda: reports.append(
+                consume(
+                    runtime,
+                    kafka_broker.bootstrap,
+                    topic,
+                    group,
+                    batch_size=10,
+                    poll_timeout_s=0.2,
+                    max_messages=len(events),
+                    on_batch=batches.append,
+                    config=config,
+                )
+            ),
+            daemon=True,
+        )
+        consuming.start()
+        bound = runtime.bound
+        wait_for(lambda: bound.status()["waiting"] == ["kafka"], "consume to wait at the bound", 30)
+        stored, read = runtime.ingestor.received_by_source["kafka"], sum(batch.messages for batch in batches)
+        assert 0 < read < len(events) and stored > 0
+        committed = committed_offsets(kafka_broker, topic, group)
+        assert sum(committed.values()) == read  # committed exactly what was stored, nothing ahead
+        # paused longer than max.poll.interval.ms: still polling, so still a member; nothing more read or committed
+        wait_for(lambda: bound.status()["waited_s"]["kafka"] > 4, "a pause longer than max.poll.interval.ms", 30)
+        assert bound.status()["waiting"] == ["kafka"] and sum(batch.messages for batch in batches) == read
+        assert runtime.ingestor.received_by_source["kafka"] == stored
+        assert committed_offsets(kafka_broker, topic, group) == committed
+        deliver_all(runtime)  # room again: consume resumes and reads the rest
+        consuming.join(60)
+        assert not consuming.is_alive()
+        assert runtime.current_deliverer is not None and runtime.current_deliverer.wait_until_empty(30)
+    (report,) = reports
+    assert report.paused >= 1 and report.paused_s > 4 and report.broker_errors == 0, report
+    assert report.stopped_by == "max_messages" and report.messages == len(events)
+    logged = [record.getMessage() for record in caplog.records]
+    resumed = next(n for n, line in enumerate(logged) if line.startswith("kafka: room in the outbox after"))
+    assert not [line for line in logged[:resumed] if "revoked" in line or "lost" in line]  # (close() revokes)
+    assert committed_offsets(kafka_broker, topic, group) == ends
+    assert_exactly_once(sandbox, expected_event_ids(events))

@@ -196,3 +196,20 @@ def test_dead_letters_keep_their_wait_keys_when_retried(outbox: Outbox) -> None:
     outbox.dead_letter([(items[0], "nope", 400, None)])
     outbox.retry_dead_letters()
     assert outbox.claim(10, 100_000, 32_000)[0].keys == ("user", "anon")
+
+
+def test_person_work_depth_leaves_anonymous_events_out_and_settlements_wake_a_waiter(outbox: Outbox) -> None:
+    """What ``OUTBOX_MAX_QUEUED`` counts, on both backends; and the settlement count a source waits on."""
+    import threading
+
+    anonymous = [Operation(f"v{n}", {"action": "event", "name": f"a{n}"}, kind="anonymous") for n in range(3)]
+    outbox.put([op("a", 1), *anonymous, op("b", 1)])
+    assert outbox.person_work_depth() == 2 and outbox.depth() == 5
+    seen = outbox.settled_total()
+    woken: list[int] = []
+    waiter = threading.Thread(target=lambda: woken.append(outbox.wait_settled(seen, timeout=30)), daemon=True)
+    waiter.start()
+    outbox.ack(outbox.claim(1, 1_000_000, 1_000_000, lane="person"))
+    waiter.join(10)
+    assert woken == [seen + 1] and outbox.person_work_depth() == 1
+    assert outbox.wait_settled(seen + 1, timeout=0.01) == seen + 1  # nothing more settled: it times out

@@ -48,3 +48,43 @@ def test_the_bounds_parse_from_the_environment_with_their_defaults(monkeypatch: 
     monkeypatch.setenv("ANONYMOUS_BACKLOG_MAX", "5")
     settings = load_settings({})
     assert (settings.anonymous_max_age_s, settings.anonymous_backlog_max) == (3600.0, 5)
+
+
+def bounded(name: str, waits: dict[str, int], seconds: dict[str, float], **more: Any) -> Replica:
+    figures: dict[str, Any] = {
+        "delivery": {"state": "running"},
+        "outbox_bound": {"max_queued": 50_000, "wait_at": 25_000, "waits": waits, "waited_s": seconds, **more},
+    }
+    return Replica(f"host:{name}:x", time.time() - 10, time.time(), False, figures)
+
+
+def test_replicas_sum_their_waits_at_the_outbox_bound_and_the_status_text_shows_them() -> None:
+    from posthog_customerio.cli.render import bound_lines
+
+    summed = aggregate(
+        [
+            bounded("1", {"kafka": 2}, {"kafka": 1.5}, waiting=["kafka"], refused={"webhook": 3}),
+            bounded("2", {"kafka": 1, "persons": 4}, {"kafka": 0.25, "persons": 2.0}, refused={"capture": 1}),
+            Replica("host:3:x", time.time() - 10, time.time(), False, {"delivery": {"state": "running"}}),  # older
+        ]
+    )["outbox_bound"]
+    assert summed == {
+        "max_queued": 50_000,
+        "wait_at": 25_000,
+        "waits": {"kafka": 3, "persons": 4},
+        "waited_s": {"kafka": 1.75, "persons": 2.0},
+        "waiting": ["kafka"],
+        "refused": {"webhook": 3, "capture": 1},
+    }
+    report = {**summed, "queued": 26_000, "full": False}
+    assert bound_lines(report) == [
+        "outbox bound       26000 of 50000 operations of person work (OUTBOX_MAX_QUEUED; sources wait at 25000):"
+        " sources wait",
+        "  sources waited   kafka 3 times, 1.8s (waiting now); persons 4 times, 2.0s",
+        "  refused (503)    capture 1, webhook 3",
+    ]
+    assert bound_lines({"max_queued": 4, "wait_at": 2, "queued": 4, "full": True}) == [
+        "outbox bound       4 of 4 operations of person work (OUTBOX_MAX_QUEUED; sources wait at 2): FULL: the"
+        " receivers answer 503"
+    ]
+    assert bound_lines(None) == [] and aggregate([])["outbox_bound"] is None

@@ -26,7 +26,7 @@ from ..sources.jobs import delivering
 from ..sources.posthog_api import PostHogApiError, PostHogAuthError, PostHogPersonsClient
 from .lifecycle import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UNREACHABLE, exits, removed
 from .options import AsJson, DeliveryTimeout, Sandbox, SettingFlags, sandbox_data_dir, setting_options
-from .render import err, sandbox_lines, sandbox_summary, sent_line, show, show_json
+from .render import err, sandbox_lines, sandbox_summary, sent_line, show, show_json, waits_lines
 
 __all__ = ["check_cohort_settings", "sync_cohorts_command"]
 
@@ -123,8 +123,8 @@ def _run(runtime: Runtime, client: PostHogPersonsClient, allow_empty: bool, time
         if err.is_terminal:  # progress for a person at a terminal; logs and pipes get the summary only
             err.print(f"cohort {report.cohort_id}: {report.members_read:,} members read", markup=False)
 
-    with delivering(runtime, timeout, tick=lambda: None) as delivery:
-        reports = CohortSyncer(runtime, client, allow_empty=allow_empty, on_page=on_page).run()
+    with delivering(runtime, timeout, tick=lambda: None, source="cohorts") as delivery:
+        reports = CohortSyncer(runtime, client, allow_empty=allow_empty, on_page=on_page, room=delivery.room).run()
     return {"dry_run": False, "cohorts": [report.as_dict() for report in reports], **delivery.figures()}
 
 
@@ -162,7 +162,7 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     if summary["dry_run"]:
         lines.append("dry run: nothing was stored or sent")
     else:
-        lines += [sent_line(summary), f"dead-lettered      {summary['dead_lettered']}"]
+        lines += [sent_line(summary), f"dead-lettered      {summary['dead_lettered']}", *waits_lines(summary)]
         if summary["queued"]:
             lines.append(f"still queued       {summary['queued']} (timed out; run sync-cohorts again to deliver)")
         lines.append(f"time               {summary['seconds']}s")

@@ -34,7 +34,7 @@ from ..sources.posthog_api import (
 )
 from .lifecycle import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, UNREACHABLE, exits, removed
 from .options import AsJson, DeliveryTimeout, Sandbox, SettingFlags, sandbox_data_dir, setting_options
-from .render import err, sandbox_lines, sandbox_summary, sent_line, show, show_json
+from .render import err, sandbox_lines, sandbox_summary, sent_line, show, show_json, waits_lines
 
 __all__ = ["sync_persons_command"]
 
@@ -215,7 +215,7 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
         lines.append("dry run            nothing was stored or sent; examples:")
         lines += [f"  {example}" for example in summary["examples"]]
     else:
-        lines += [sent_line(summary), f"dead-lettered      {summary['dead_lettered']}"]
+        lines += [sent_line(summary), f"dead-lettered      {summary['dead_lettered']}", *waits_lines(summary)]
         if summary["queued"]:
             lines.append(f"still queued       {summary['queued']} (timed out; run sync-persons again to deliver)")
     lines.append(f"time               {summary['seconds']}s")

@@ -42,6 +42,7 @@ def status_text(report: dict[str, Any]) -> str:
     ]
     lines += work_lines(report)
     lines += disk_lines(report.get("disk"))
+    lines += bound_lines(report.get("outbox_bound"))
     if service:
         rates = report.get("throughput") or {}
         lines += [
@@ -105,6 +106,33 @@ def work_lines(report: dict[str, Any]) -> list[str]:
             f"anonymous events   {anonymous['backlog']} queued, oldest {anonymous['oldest_age_s']:.0f}s;"
             f" {anonymous.get('adopted', 0)} adopted; expired {expired.get('age', 0)} by age,"
             f" {expired.get('count', 0)} by count"
+        )
+    return lines
+
+
+def bound_lines(bound: dict[str, Any] | None) -> list[str]:
+    """``OUTBOX_MAX_QUEUED``: the bound and what it counts; the sources that waited at it and the requests refused
+    (the service's, from its heartbeats; none from an older snapshot)."""
+    if not bound:
+        return []
+    queued, limit, wait_at = bound["queued"], bound["max_queued"], bound.get("wait_at") or bound["max_queued"]
+    state = "FULL: the receivers answer 503" if bound.get("full") else "sources wait" if queued >= wait_at else "room"
+    lines = [
+        f"outbox bound       {queued} of {limit} operations of person work (OUTBOX_MAX_QUEUED;"
+        f" sources wait at {wait_at}): {state}"
+    ]
+    waited = bound.get("waited_s") or {}
+    waits = [
+        f"{source} {times} times, {float(waited.get(source) or 0):.1f}s"
+        + (" (waiting now)" if source in (bound.get("waiting") or ()) else "")
+        for source, times in sorted((bound.get("waits") or {}).items())
+    ]
+    if waits:
+        lines.append(f"  sources waited   {'; '.join(waits)}")
+    refused = bound.get("refused") or {}
+    if refused:
+        lines.append(
+            f"  refused (503)    {', '.join(f'{source} {count}' for source, count in sorted(refused.items()))}"
         )
     return lines
 
@@ -211,6 +239,17 @@ def sent_line(summary: dict[str, Any]) -> str:
     return line
 
 
+def waits_lines(summary: dict[str, Any]) -> list[str]:
+    """A job's waits for room in the outbox (``outbox_waits``): none when it never waited."""
+    waits = summary.get("outbox_waits") or {}
+    if not waits.get("times"):
+        return []
+    line = f"reading waited     {waits['times']} times, {waits['seconds']:.1f}s for delivery (OUTBOX_MAX_QUEUED)"
+    if waits.get("timed_out"):
+        line += "; timed out: the rest of the input was not read"
+    return [line]
+
+
 def print_send_summary(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         show_json(summary)
@@ -227,6 +266,7 @@ def print_send_summary(summary: dict[str, Any], as_json: bool) -> None:
         sent_line(summary),
         f"dead-lettered      {summary['dead_lettered']}",
     ]
+    lines += waits_lines(summary)
     if summary["queued"]:
         lines.append(f"still queued       {summary['queued']} (timed out; run send again to deliver)")
     lines.append(f"time               {summary['seconds']}s")
@@ -236,12 +276,18 @@ def print_send_summary(summary: dict[str, Any], as_json: bool) -> None:
 
 
 def consume_text(summary: dict[str, Any]) -> str:
-    return (
+    text = (
         f"messages read      {summary.get('messages', 0)} ({summary.get('invalid', 0)} invalid, skipped)\n"
         f"events stored      {summary.get('events', 0)}\n"
         f"offsets committed  {summary.get('commits', 0)} commits ({summary.get('commit_failures', 0)} failed)\n"
         f"operations sent    {summary['operations_delivered']}, still queued {summary['queued']}"
     )
+    if summary.get("paused"):
+        text += (
+            f"\npaused             {summary['paused']} times, {summary.get('paused_s', 0):.1f}s"
+            " for delivery (OUTBOX_MAX_QUEUED)"
+        )
+    return text
 
 
 # -- what the sandbox received (send --sandbox) --------------------------------------------------------

@@ -175,16 +175,17 @@ class _Named(TypedDict):
     name: _EventName
 
 
-#: the distinct id is ``distinct_id``, else ``properties.distinct_id`` (as posthog-js sends it)
+#: the distinct id is ``distinct_id``, else ``properties.distinct_id`` (as posthog-js sends it); a
+#: ``distinct_id`` of ``null`` counts as absent
 _SOME_DISTINCT_ID: list[JsonValue] = [
-    {"required": ["distinct_id"]},
+    {"required": ["distinct_id"], "properties": {"distinct_id": {"not": {"type": "null"}}}},
     {"required": ["properties"], "properties": {"properties": TypeAdapter(_DistinctIdInProperties).json_schema()}},
 ]
 FlatEvent = TypedDict(
     "FlatEvent",
     {
         "event": Required[_EventName],
-        "distinct_id": _DistinctId,
+        "distinct_id": _DistinctId | None,
         "uuid": str | None,
         "timestamp": _Timestamp,
         "properties": _Properties,

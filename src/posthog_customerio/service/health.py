@@ -65,7 +65,8 @@ class _SingleFlight:
 
 
 class Readiness:
-    """``/readyz``: can this process accept events? The outbox takes a write and is below ``MAX_QUEUE``.
+    """``/readyz``: can this process accept events? The outbox takes a write and is below ``MAX_QUEUE`` and
+    ``OUTBOX_MAX_QUEUED`` (the receivers answer 503 at either).
 
     Customer.io's state is not part of it (buffering while Customer.io is down is the job);
     :class:`CustomerioProbe` reports that in ``/healthz`` and ``/api/status``.
@@ -96,6 +97,12 @@ class Readiness:
             full = self.runtime.db.disk_problem()
             if full:
                 problems.append(f"outbox not writable: {full}")
+            bound = self.runtime.bound
+            if bound.full(max_age_s=1.0):
+                problems.append(
+                    f"outbox holds {bound.queued(max_age_s=1.0)} operations of person work"
+                    f" (OUTBOX_MAX_QUEUED {bound.max_queued})"
+                )
         except Exception as exc:  # sqlite3 or psycopg errors alike
             problem = disk_full_message(exc) if is_disk_full(exc) else f"{type(exc).__name__}: {str(exc)[:200]}"
             problems.append(f"outbox not writable: {problem}")

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from ..bound import RETRY_AFTER_S
 from ..disk import disk_full_message, is_disk_full
 from ..ingestion import IngestReport
 from ..sources import (
@@ -42,10 +43,24 @@ log = logging.getLogger(__name__)
 _MAX_CAPTURE_ANSWER = 1_000_000
 
 
-def _check_queue(service: Service, depth: int) -> None:
-    limit = service.config.max_queue
+def check_room(service: Service, source: str) -> None:
+    """503 with ``Retry-After`` while the outbox is full (run in the thread pool: a count may wait for the database
+    lock; each count may be up to a second old): ``MAX_QUEUE`` operations in all, or ``OUTBOX_MAX_QUEUED`` of
+    person work (anonymous events have their own bound, ``ANONYMOUS_BACKLOG_MAX``, and never make a request
+    refused). Nothing of the request is read or stored before: a request is refused whole or stored whole."""
+    runtime = service.runtime
+    depth, limit = runtime.outbox.depth(1.0), service.config.max_queue
     if depth >= limit:
         raise HttpError(503, f"outbox holds {depth} operations (MAX_QUEUE {limit}); retry later", {"Retry-After": "30"})
+    bound = runtime.bound
+    if bound.full(max_age_s=1.0):
+        bound.refused(source)
+        queued = bound.queued(max_age_s=1.0)
+        raise HttpError(
+            503,
+            f"outbox holds {queued} operations of person work (OUTBOX_MAX_QUEUED {bound.max_queued}); retry later",
+            {"Retry-After": str(RETRY_AFTER_S)},
+        )
 
 
 def _parse(
@@ -152,8 +167,7 @@ async def proxy_capture(request: Request, v1: bool = False) -> Response:
         requests_log.not_stored_event(exc.reason, message)
         log.warning("%s", message)
         return upstream.response()
-    depth = await run_in_threadpool(service.runtime.outbox.depth, 1.0)
-    _check_queue(service, depth)  # PostHog has it; the SDK's retry is deduplicated by event uuid
+    await run_in_threadpool(check_room, service, "capture")  # PostHog has it; the SDK's retry is deduplicated by uuid
     await store(service, events, "capture", reason="unencodable_event")
     return upstream.response()
 
@@ -203,8 +217,7 @@ async def receive(request: Request, source: str, capture: bool, v1: bool = False
     else:
         auth.check_webhook_header(request)
         header_ok = True
-    depth = await run_in_threadpool(service.runtime.outbox.depth, 1.0)  # may wait for the database lock
-    _check_queue(service, depth)
+    await run_in_threadpool(check_room, service, source)
     raw = await read_body(request, service.config.max_body_bytes)
     received_at = service.clock() if capture else None  # PostHog's capture takes its "now" after the body too
     guard = None

@@ -7,6 +7,11 @@ refused, stores the batch under the shared policy (:mod:`.store`), wakes the del
 operations were enqueued, and hands the result back (the source then commits its offsets, reports
 progress ...).
 
+Backpressure: the intake's :class:`Room` says whether the source should wait for delivery (half of
+``OUTBOX_MAX_QUEUED`` queued, :mod:`posthog_customerio.bound`); :func:`run` waits for room before each batch is
+read (a source that must keep talking to its input while it waits, as Kafka does, overrides
+:meth:`Source.wait_for_room`).
+
 A source never sees the runtime: it gets an :class:`Intake`, made by
 :meth:`posthog_customerio.runtime.Runtime.intake`. The HTTP receivers (:mod:`posthog_customerio.service`)
 store each request all or nothing through the group committer, answering the request, so they call
@@ -26,11 +31,39 @@ from .store import Stored, store_events
 if TYPE_CHECKING:
     from ..ingestion import Ingestor
 
-__all__ = ["Batch", "Intake", "IntakeProvider", "Source", "run"]
+__all__ = ["UNBOUNDED", "Batch", "Intake", "IntakeProvider", "Room", "Source", "run"]
 
 
 def _nobody() -> None:
     """No delivery workers to wake."""
+
+
+class Room(Protocol):
+    """Room in the outbox for a source's next batch (:class:`posthog_customerio.bound.SourceRoom`)."""
+
+    def full(self) -> bool:
+        """Whether the source should wait now (the outbox is at the level where sources wait)."""
+        ...
+
+    def wait(self, tick: Callable[[], None] | None = None, stop: Callable[[], bool] | None = None) -> bool:
+        """Block while the outbox is at its bound (``tick`` called about every second meanwhile); True when there
+        is room, False when the source should stop reading (it was stopped, by ``stop()`` or its own way, or its
+        time to wait ran out)."""
+        ...
+
+
+class _Unbounded:
+    """Always room (an intake without a bound: tests, tools)."""
+
+    def full(self) -> bool:
+        return False
+
+    def wait(self, tick: Callable[[], None] | None = None, stop: Callable[[], bool] | None = None) -> bool:
+        return True
+
+
+#: the room of an intake that has no bound
+UNBOUNDED: Room = _Unbounded()
 
 
 @dataclass(slots=True)
@@ -42,6 +75,8 @@ class Intake:
     source: str
     #: wakes the delivery workers (does nothing when this process runs none)
     wake: Callable[[], None] = _nobody
+    #: the outbox's bound as this source waits on it
+    room: Room = UNBOUNDED
 
     def count_invalid(self, count: int) -> None:
         """Record input the source refused before storing (unparsable messages ...)."""
@@ -90,13 +125,33 @@ class Source(ABC, Generic[B]):
     def stored(self, batch: B, stored: Stored) -> None:
         """Called once a batch is stored and the delivery workers woken (commit offsets, report progress)."""
 
+    def wait_for_room(self, intake: Intake) -> bool:
+        """Before reading the next batch: wait while the outbox is at its bound; False to stop reading."""
+        return intake.room.wait()
+
+    def last(self, batch: B) -> bool:
+        """Whether ``batch`` is known to be the input's last (no wait for room after it)."""
+        return False
+
 
 def run(source: Source[B], intake: Intake) -> None:
     """The one loop of every pulling source: for each batch, count what the source refused, store the
-    events, wake the delivery workers if operations were enqueued, and hand the result back."""
-    for batch in source.batches():
-        intake.count_invalid(batch.invalid)
-        stored = source.store(intake, batch)
-        if stored.report.operations:
-            intake.wake()
-        source.stored(batch, stored)
+    events, wake the delivery workers if operations were enqueued, and hand the result back; before
+    reading each batch (the first included), wait for room in the outbox (the reading stops when the
+    source's wait says so)."""
+    if not source.wait_for_room(intake):
+        return
+    batches = source.batches()
+    try:
+        for batch in batches:
+            intake.count_invalid(batch.invalid)
+            stored = source.store(intake, batch)
+            if stored.report.operations:
+                intake.wake()
+            source.stored(batch, stored)
+            if not source.last(batch) and not source.wait_for_room(intake):
+                return
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:  # a generator: its reading ends here (files closed, a consumer let go)
+            close()

@@ -49,6 +49,7 @@ from ..mapping.persons import primary_distinct_id
 from ..state import PersonState, load_states
 from ..storage import Transaction
 from ..storage.rows import CohortMemberRow, CohortSyncRow
+from .base import UNBOUNDED, Room
 from .persons import from_api
 from .posthog_api import (
     PostHogApiError,
@@ -171,6 +172,7 @@ class CohortSyncer:
         clock: Callable[[], float] = time.time,
         stop: Callable[[], bool] = lambda: False,
         on_page: Callable[[CohortReport], None] | None = None,
+        room: Room = UNBOUNDED,
     ) -> None:
         self.runtime = runtime
         self.client = client
@@ -178,6 +180,8 @@ class CohortSyncer:
         self.clock = clock
         self.stop = stop
         self.on_page = on_page
+        #: the outbox's bound (``OUTBOX_MAX_QUEUED``): waited for before each page and each chunk of removals
+        self.room = room
         self.cohorts = configured_cohorts(runtime.settings)
 
     # -- a pass --
@@ -254,13 +258,22 @@ class CohortSyncer:
         report.pass_no = row.pass_no
         if row.phase == "reading":
             start = row.next_url
+            self._wait_for_room()
             for page in self.client.pages(start or self.client.cohort_members_url(cohort.id)):
                 self._store_page(cohort.id, targets, row.pass_no, page.results, page.next_url, report)
                 if self.on_page is not None:
                     self.on_page(report)
                 if page.next_url is not None and self.stop():
                     raise Stopped
+                if page.next_url is not None:
+                    self._wait_for_room()
         self._remove_leavers(cohort.id, targets, row.pass_no, report)
+
+    def _wait_for_room(self) -> None:
+        """Wait while the outbox is at its bound; :class:`Stopped` when stopped or out of time (the pass resumes
+        where it is: the page and the phase are saved)."""
+        if not self.room.wait():
+            raise Stopped
 
     def _store_page(
         self,
@@ -368,6 +381,7 @@ class CohortSyncer:
             for target in targets:
                 removed = 0
                 while True:
+                    self._wait_for_room()
                     stored, gone = self._remove_chunk(cohort_id, target, pass_no)
                     removed += gone
                     self._count(report, stored)

@@ -137,6 +137,10 @@ class ChunkedSource(Source[Chunk]):
                 chunk = []
         yield Chunk(chunk)
 
+    def last(self, batch: Chunk) -> bool:
+        """A short chunk is the input's last: nothing more is read after it."""
+        return not batch.full
+
     def stored(self, batch: Chunk, stored: Stored) -> None:
         """Add to the totals, pass on the events that could not be stored, report progress after a full chunk."""
         self.report.add(stored.report)
@@ -275,8 +279,9 @@ def send_source(
             on_invalid(item, invalid)
 
     source.left_out, source.on_chunk = left_out, progress
-    with delivering(runtime, timeout, tick=lambda: progress(done_reading=True)) as delivery:
-        run(source, runtime.intake(source.name))
+    with delivering(runtime, timeout, tick=lambda: progress(done_reading=True), source=source.name) as delivery:
+        delivery.room.on_wait = progress  # the bars move while reading waits for room
+        run(source, runtime.intake(source.name, room=delivery.room))
     report = source.report
     if source.stopped is not None:  # the row that stopped the reading
         invalid += 1

@@ -1,5 +1,7 @@
-"""What the one-shot jobs (``send``, ``sync-persons``) share: deliver with this process's workers while the
-input is read and stored, then wait until the outbox is empty (or a timeout), and report the delivery."""
+"""What the one-shot jobs (``send``, ``sync-persons``, ``sync-cohorts``) share: deliver with this process's workers
+while the input is read and stored, waiting for delivery before each batch while half the outbox's bound is queued
+(``OUTBOX_MAX_QUEUED``, :attr:`Delivery.room`), then wait until the outbox is empty (or a timeout), and report the
+delivery."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..bound import SourceRoom
     from ..delivery import Deliverer
     from ..runtime import Runtime
 
@@ -23,6 +26,8 @@ class Delivery:
     deliverer: Deliverer
     #: operations already queued when the job started
     backlog_before: int
+    #: the job's room in the outbox: it waits there before each batch (its waiting counts against the timeout)
+    room: SourceRoom
     started: float = field(default_factory=time.monotonic)
     finished: bool = False
     dead_lettered: int = 0
@@ -46,6 +51,7 @@ class Delivery:
             "dead_lettered": self.dead_lettered,
             "queued": self.queued,
             "seconds": round(time.monotonic() - self.started, 3),
+            "outbox_waits": self.room.figures(),
         }
 
 
@@ -62,6 +68,9 @@ class JobSummary:
     #: operations still in the outbox when waiting stopped (0 = everything delivered or dead-lettered)
     queued: int = 0
     seconds: float = 0.0
+    #: reading waited for room in the outbox (``OUTBOX_MAX_QUEUED``): times, seconds, and whether the timeout ran
+    #: out while waiting (then the rest of the input was not read)
+    outbox_waits: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly summary (the command's ``--json`` output)."""
@@ -69,14 +78,17 @@ class JobSummary:
 
 
 @contextmanager
-def delivering(runtime: Runtime, timeout: float | None, tick: Callable[[], None]) -> Iterator[Delivery]:
-    """Start delivering; the block reads and stores the input. When it ends, the input is declared finished
-    (nothing held for an identify to adopt any more), and this waits until the outbox is empty or ``timeout``
-    seconds passed (``tick`` is called while waiting); the workers stop (within 1 s on Ctrl-C: a request still
-    open is abandoned and its operations stay queued)."""
+def delivering(
+    runtime: Runtime, timeout: float | None, tick: Callable[[], None], source: str = "file"
+) -> Iterator[Delivery]:
+    """Start delivering; the block reads and stores the input, waiting for room in the outbox before each batch
+    (:attr:`Delivery.room`, counted for ``source``). When it ends, the input is declared finished (nothing held for
+    an identify to adopt any more), and this waits until the outbox is empty; ``timeout`` bounds all this waiting,
+    for room and for delivery (``tick`` is called while waiting for delivery); the workers stop (within 1 s on
+    Ctrl-C: a request still open is abandoned and its operations stay queued)."""
     deliverer = runtime.deliverer()
     dead_before = runtime.outbox.dead_letter_count()
-    delivery = Delivery(deliverer, runtime.outbox.depth())
+    delivery = Delivery(deliverer, runtime.outbox.depth(), runtime.room(source, timeout_s=timeout))
     deliverer.start()
     stop_within = 10.0  # in-flight requests finish
     try:
@@ -84,7 +96,7 @@ def delivering(runtime: Runtime, timeout: float | None, tick: Callable[[], None]
         runtime.outbox.input_finished()
         deliverer.notify()
         tick()
-        delivery.finished = deliverer.wait_until_empty(timeout, tick=tick)
+        delivery.finished = deliverer.wait_until_empty(delivery.room.left_s(), tick=tick)
         tick()  # the waiting's last tick may precede the last delivery: show where it ended
     except KeyboardInterrupt:
         stop_within = 1.0

@@ -24,6 +24,11 @@ understood too:
 * ``events_plugin_ingestion`` (capture output): an envelope whose ``data`` is the event as a
   JSON string.
 
+Backpressure: while the outbox holds half its bound (``OUTBOX_MAX_QUEUED``, :mod:`posthog_customerio.bound`) the
+consumer pauses its assigned partitions and keeps polling (it stays in its group; partitions assigned meanwhile
+are paused too), commits nothing more (only what is stored is ever committed), and resumes once there is room:
+the events wait in Kafka, where they are already durable.
+
 The public entry point is :func:`consume`; the ``posthog-customerio consume`` command is a
 thin wrapper around it.
 """
@@ -150,6 +155,9 @@ class ConsumeReport:
     #: ``"stop"`` (the stop event was set) or ``"max_messages"``.
     stopped_by: str = ""
     seconds: float = 0.0
+    #: times the partitions were paused because the outbox was at its bound, and for how long in all
+    paused: int = 0
+    paused_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly summary."""
@@ -160,6 +168,7 @@ class ConsumeReport:
             "skipped": dict(self.ingest.skipped),
         }
         data["committed"] = {f"{topic}[{partition}]": offset for (topic, partition), offset in self.committed.items()}
+        data["paused_s"] = round(self.paused_s, 3)
         return data
 
 
@@ -399,26 +408,89 @@ class KafkaSource(Source[Polled]):
         self.on_batch = on_batch
         self.ingest_retries = ingest_retries
         self.retry_backoff_s = retry_backoff_s
+        #: messages a poll returned while the partitions were paused (assigned by a rebalance during the pause):
+        #: neither stored nor committed yet; they make the first batch after the pause
+        self._carried: list[Message] = []
+
+    def _wanted(self) -> int:
+        """Messages the next poll may return (``batch_size``, less near ``max_messages``)."""
+        if self.max_messages is None:
+            return self.batch_size
+        return min(self.batch_size, self.max_messages - self.report.messages - len(self._carried))
 
     def batches(self) -> Iterator[Polled]:
         """Poll until stopped or ``max_messages`` were read; batches holding no fetched message are skipped."""
         report = self.report
         while not self.stop.is_set():
-            wanted = self.batch_size
-            if self.max_messages is not None:
-                wanted = min(self.batch_size, self.max_messages - report.messages)
+            if self._carried:
+                messages, self._carried = self._carried, []
+            else:
+                wanted = self._wanted()
                 if wanted <= 0:
                     report.stopped_by = "max_messages"
                     return
-            try:
-                messages = self.consumer.consume(num_messages=wanted, timeout=self.poll_timeout_s)
-            except KafkaException as exc:
-                raise KafkaConsumeError(f"Kafka consumer failed: {_kafka_message(exc)}") from exc
+                messages = self._consume(wanted, self.poll_timeout_s)
             if messages:
                 batch = _decode_batch(messages, report)
                 if batch is not None:
                     yield batch
         report.stopped_by = "stop"
+
+    def _consume(self, wanted: int, timeout: float) -> list[Message]:
+        try:
+            return self.consumer.consume(num_messages=wanted, timeout=timeout)
+        except KafkaException as exc:
+            raise KafkaConsumeError(f"Kafka consumer failed: {_kafka_message(exc)}") from exc
+
+    def wait_for_room(self, intake: Intake) -> bool:
+        """At the level where sources wait (half of ``OUTBOX_MAX_QUEUED``): pause the assigned partitions and keep
+        polling (the consumer stays in its group, nothing more is fetched, stored or committed) until there is room
+        or :attr:`stop` is set, then resume. Always True: the polling loop itself ends on a stop."""
+        room = intake.room
+        if self.stop.is_set() or not room.full():
+            return True
+        started = time.monotonic()
+        self.report.paused += 1
+        log.info("kafka: waiting for delivery (half of OUTBOX_MAX_QUEUED queued): paused %s", _describe(self._pause()))
+        try:
+            room.wait(tick=self._poll_paused, stop=self.stop.is_set)
+        finally:
+            self.report.paused_s += time.monotonic() - started
+            resumed = self._assignment()
+            self._call(self.consumer.resume, resumed)
+            log.info(
+                "kafka: room in the outbox after %.1fs: resumed %s", time.monotonic() - started, _describe(resumed)
+            )
+        return True
+
+    def _assignment(self) -> list[TopicPartition]:
+        try:
+            return list(self.consumer.assignment())
+        except (KafkaException, RuntimeError):  # closed, or mid-rebalance: nothing to pause now
+            return []
+
+    def _call(self, action: Callable[[list[TopicPartition]], None], partitions: list[TopicPartition]) -> None:
+        """``pause`` or ``resume`` these partitions (a rebalance may have taken one: the next poll sorts it out)."""
+        if partitions:
+            try:
+                action(partitions)
+            except KafkaException as exc:
+                log.debug("kafka: %s of %s failed: %s", action.__name__, _describe(partitions), exc)
+
+    def _pause(self) -> list[TopicPartition]:
+        paused = self._assignment()
+        self._call(self.consumer.pause, paused)
+        return paused
+
+    def _poll_paused(self) -> None:
+        """While paused: pause what a rebalance assigned meanwhile, and poll (group membership, rebalances); a
+        message fetched before its partition was paused is kept for after the pause, never dropped."""
+        if self.stop.is_set():
+            return
+        self._pause()
+        wanted = self._wanted()
+        if wanted > 0:
+            self._carried.extend(self._consume(wanted, 0))
 
     def store(self, intake: Intake, batch: Polled) -> Stored:
         """Store with retries: a database error is retried, then stops consuming without a commit."""

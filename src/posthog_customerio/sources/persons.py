@@ -8,9 +8,10 @@ mapping (:func:`~posthog_customerio.mapping.map_person`), the outbox and deliver
 * **From export files** (:func:`export_batches`): :func:`~.batch_exports.read_persons` collapses the rows (newest
   version wins, deleted persons deleted).
 
-:func:`sync_persons` stores the batches and delivers with this process's workers, waits until the outbox is
-empty (or ``timeout``) and returns a :class:`SyncSummary`; with ``dry_run`` it maps against the remembered
-states without storing anything and lists what would be sent. Rendering is the caller's job.
+:func:`sync_persons` stores the batches and delivers with this process's workers (before each page, it waits
+for delivery while half of ``OUTBOX_MAX_QUEUED`` is queued), waits until the outbox is empty (or ``timeout``) and
+returns a :class:`SyncSummary`; with ``dry_run`` it maps against the remembered states without storing anything
+and lists what would be sent. Rendering is the caller's job.
 """
 
 from __future__ import annotations
@@ -181,13 +182,18 @@ def sync_persons(
             operations = delivery.backlog_before + report.operations
             on_progress(SyncProgress(report.events, source.total, operations, delivery.delivered, done_reading))
 
-    with delivering(runtime, timeout, tick=lambda: progress(done_reading=True)) as delivery:
-        for batch in source.batches:
-            stored = runtime.ingestor.ingest_persons(batch)
-            report.add(stored)
-            if stored.operations:
-                delivery.deliverer.notify()
-            progress()
+    with delivering(runtime, timeout, tick=lambda: progress(done_reading=True), source="persons") as delivery:
+        room = delivery.room
+        room.on_wait = progress
+        if room.wait():  # before each page is asked for: a page not asked for has no checkpoint saved
+            for batch in source.batches:
+                stored = runtime.ingestor.ingest_persons(batch)
+                report.add(stored)
+                if stored.operations:
+                    delivery.deliverer.notify()
+                progress()
+                if not room.wait():  # out of time: the pages not read are read by the next run
+                    break
     return SyncSummary(
         source=source.source,
         read=report.events,

@@ -171,6 +171,9 @@ class Transaction(Protocol):
     def outbox_depth(self) -> int:
         """How many operations wait."""
 
+    def person_work_depth(self) -> int:
+        """How many operations wait that are not anonymous events (what ``OUTBOX_MAX_QUEUED`` bounds)."""
+
     def outbox_empty(self, held_after: float | None = None) -> bool:
         """Whether nothing waits (no count); with ``held_after``, anonymous operations enqueued after it
         (still held by ``ANONYMOUS_HOLD_S``) do not count."""

@@ -195,6 +195,11 @@ class SqlTransaction:
     def outbox_depth(self) -> int:
         return int(self._one("SELECT COUNT(*) FROM outbox")[0])
 
+    def person_work_depth(self) -> int:
+        # all rows (a covering index) less the anonymous lane (its partial index): both counts read no row, where
+        # ``kind <> 'anonymous'`` would read every row of person work
+        return max(0, self.outbox_depth() - int(self._one(self.sql.anonymous_count)[0]))
+
     def outbox_empty(self, held_after: float | None = None) -> bool:
         if held_after is None:
             return self._one("SELECT seq FROM outbox LIMIT 1") is None
