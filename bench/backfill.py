@@ -20,7 +20,9 @@ request log would cost more than what is measured).
 ``bounded`` = ``--bound`` (default: the setting's default). While it runs, the data directory's size (every file in
 it: the database, its ``-wal`` and ``-shm``) and the process's RSS are sampled every 50 ms.
 
-Figures per arm: peak data-directory size, the file's size at the end, peak RSS (VmHWM), seconds from the process's
+Figures per arm: peak data-directory size; the person state at the end (the database's pages in use once the outbox
+is empty: people and their delivery history) and how far the peak went above it (the outbox, the WAL); the data
+directory's size at the end (free pages included: SQLite keeps them); peak RSS (VmHWM); seconds from the process's
 start to the stand-in's first request, the share of requests that arrived in the first half of the run, events/s
 (events of the file / wall time of the process, start-up and the final drain included), Customer.io requests per
 1,000 events, how often and how long reading waited for room (the summary's ``outbox_waits``), and the outbox
@@ -195,6 +197,18 @@ def dir_bytes(path: Path) -> int:
     return total
 
 
+def live_state_bytes(database: Path) -> int:
+    """Bytes of the database's pages in use at the end (the person state and delivery history once the outbox is
+    empty): its size without the free pages the outbox left."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as conn:
+        pages, free, size = (
+            conn.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_count", "freelist_count", "page_size")
+        )
+    return int((pages - free) * size)
+
+
 def run_arm(arm: str, file: Path, events: int, args: argparse.Namespace, box: StandIn, work: Path) -> dict[str, Any]:
     box.get("/_bench/reset")
     data = work / f"data-{arm}"
@@ -233,6 +247,7 @@ def run_arm(arm: str, file: Path, events: int, args: argparse.Namespace, box: St
         "events_per_s": round(events / seconds, 1),
         "peak_data_dir_mb": round(peak_dir / 1e6, 1),
         "end_data_dir_mb": round(dir_bytes(data) / 1e6, 1),
+        "state_mb": round(live_state_bytes(data / "posthog-customerio.sqlite") / 1e6, 1),
         "peak_rss_mb": round(peak_rss, 1),
         "first_request_s": round(arrivals[0] - started_wall, 2) if arrivals else None,
         "requests": len(arrivals),
@@ -252,7 +267,8 @@ def median_of(results: list[dict[str, Any]]) -> dict[str, Any]:
 
     middle = sorted(results, key=lambda result: result["events_per_s"])[len(results) // 2]
     merged = dict(middle)
-    for key in ("seconds", "events_per_s", "peak_data_dir_mb", "end_data_dir_mb", "peak_rss_mb", "first_request_s"):
+    figures = ("seconds", "events_per_s", "peak_data_dir_mb", "end_data_dir_mb", "state_mb", "peak_rss_mb")
+    for key in (*figures, "first_request_s"):
         merged[key] = statistics.median(result[key] for result in results)
     merged["arm"] = f"median of {len(results)}: {middle['arm']}"
     return merged
@@ -264,6 +280,8 @@ def _row(result: dict[str, Any]) -> list[Any]:
     return [
         f"{result['arm']} ({bound})",
         f"{result['peak_data_dir_mb']:,.1f} MB",
+        f"{result['state_mb']:,.1f} MB",
+        f"{result['peak_data_dir_mb'] - result['state_mb']:,.1f} MB",
         f"{result['end_data_dir_mb']:,.1f} MB",
         f"{result['peak_rss_mb']:.0f} MB",
         f"{result['first_request_s']:.2f}" if result["first_request_s"] is not None else "n/a",
@@ -279,6 +297,8 @@ def _row(result: dict[str, Any]) -> list[Any]:
 HEADERS = [
     "arm (OUTBOX_MAX_QUEUED)",
     "peak data dir",
+    "state at end",
+    "peak above state",
     "data dir at end",
     "peak RSS",
     "s to 1st request",
