@@ -34,7 +34,6 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .person_sync import PASS_ATTEMPTS, persons_client
 from .schedule import OUTCOMES, Schedule, ScheduledPasses
 from .sources.cohorts import CohortReport, CohortSyncer, Stopped, configured_cohorts
 from .sources.posthog_api import PostHogPersonsClient
@@ -91,10 +90,7 @@ class CohortSync(ScheduledPasses):
         client: PostHogPersonsClient | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(runtime, interval_s, clock)
-        if client is None:
-            client = persons_client(runtime.settings, sleep=self._pause, max_attempts=PASS_ATTEMPTS)
-        self.client = client
+        super().__init__(runtime, interval_s, clock, client)
         self.cohorts = sorted(configured_cohorts(runtime.settings), key=int)
         #: cohorts' passes that did not end ``ok``, by outcome (this process)
         self.cohort_failures: dict[str, int] = dict.fromkeys(COHORT_FAILURES, 0)

@@ -148,10 +148,7 @@ class PersonSync(ScheduledPasses):
         client: PostHogPersonsClient | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(runtime, interval_s, clock)
-        if client is None:
-            client = persons_client(runtime.settings, sleep=self._pause, max_attempts=PASS_ATTEMPTS)
-        self.client = client
+        super().__init__(runtime, interval_s, clock, client)
         path = runtime.settings.posthog_customerio_data_dir / CHECKPOINT_FILE
         self.checkpoint = PersonsCheckpoint(path, scope=self.client.scope)
         self.persons_read = 0

@@ -85,7 +85,15 @@ class ScheduledPasses(ABC):
     #: the PostHog reader (built by the subclass, with :meth:`_pause` as its ``sleep``)
     client: PostHogPersonsClient
 
-    def __init__(self, runtime: Runtime, interval_s: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        interval_s: float,
+        clock: Callable[[], float] = time.time,
+        client: PostHogPersonsClient | None = None,
+    ) -> None:
+        """``client``: the PostHog reader (default: from the runtime's settings, its waits cut short by :meth:`stop`,
+        a request tried a few times before the pass fails: the next one resumes)."""
         self.runtime = runtime
         self.interval_s = interval_s
         self.clock = clock
@@ -96,6 +104,11 @@ class ScheduledPasses(ABC):
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self._thread: threading.Thread | None = None
+        if client is None:
+            from .person_sync import PASS_ATTEMPTS, persons_client  # the settings' reader lives with the persons job
+
+            client = persons_client(runtime.settings, sleep=self._pause, max_attempts=PASS_ATTEMPTS)
+        self.client = client
 
     @abstractmethod
     def lock(self) -> AbstractContextManager[bool]:
