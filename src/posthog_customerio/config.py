@@ -279,6 +279,21 @@ class Settings(BaseSettings):
     kafka_config_file: Annotated[Path | None, Cli(KAFKA)] = Field(
         None, description="File of key=value librdkafka settings, keeps sasl.password off the command line"
     )
+    reorder_window_s: Annotated[float, Cli(KAFKA)] = Field(
+        5.0,
+        ge=0,
+        le=3600,
+        allow_inf_nan=False,
+        description="Event-time order: hold a consumed event until every partition was read this far past it"
+        " (absorbs events out of order within a partition; replicas delivering read it too)",
+    )
+    reorder_stale_s: Annotated[float, Cli(KAFKA)] = Field(
+        30.0,
+        gt=0,
+        le=86_400,
+        allow_inf_nan=False,
+        description="A partition nobody has read from for this long (its consumer died) stops holding delivery back",
+    )
     # -- PostHog's private API (sync-persons) --
     posthog_api_host: Annotated[str | None, Cli(POSTHOG_API)] = Field(
         None, description="PostHog's private API, e.g. https://us.posthog.com, https://eu.posthog.com"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
@@ -26,9 +27,10 @@ from .mapping import (
     prefit_event,
 )
 from .operations import Operation
+from .ordering import watermark_of
 from .outbox import Outbox
 from .state import PersonState, load_states, save_states
-from .storage import Storage, Transaction
+from .storage import Storage, StreamPosition, Transaction
 
 __all__ = ["GroupCommitter", "IngestReport", "Ingestor"]
 
@@ -39,6 +41,11 @@ if TYPE_CHECKING:  # sources build on ingestion, not the other way round
 
     #: one waiting ingestion: its events, its source, and the future its caller waits on
     _Request = tuple[Sequence[PostHogEvent], int, str, Future["IngestReport"]]
+
+
+def _event_seconds(event: PostHogEvent) -> float:
+    """An event's time in epoch seconds (its place in event-time order)."""
+    return event.timestamp.timestamp()
 
 
 @dataclass(slots=True)
@@ -109,6 +116,45 @@ class Ingestor:
         report.notes["limits_truncated"] += cuts
         return report
 
+    def ingest_stream(
+        self, events: Sequence[PostHogEvent], source: str, stream: str, places: Sequence[tuple[int, int]]
+    ) -> IngestReport:
+        """Map and enqueue events read from a partitioned stream (``consume``) atomically, in event-time order
+        (:mod:`.ordering`): ``places`` gives each event's ``(partition, position)``. An event at a position
+        already stored (a batch read again after a crash or a rebalance) is left out; the partitions' positions
+        and progress are stored in the same transaction."""
+        prepared, cuts = self.prepare(events)
+        report = self.db.transact(lambda conn: self._stream_in(conn, prepared, places, stream))
+        report.notes["limits_truncated"] += cuts
+        self.record(report, source)
+        return report
+
+    def _stream_in(
+        self, conn: Transaction, events: Sequence[PostHogEvent], places: Sequence[tuple[int, int]], stream: str
+    ) -> IngestReport:
+        stored = conn.stream_positions(stream, sorted({part for part, _ in places}))
+        fresh = [
+            event
+            for event, (part, at) in zip(events, places, strict=True)
+            if part not in stored or at >= stored[part].next_position
+        ]
+        report = self.apply_in(conn, fresh, involved_distinct_ids, map_event, order_ts=_event_seconds)
+        report.notes["stored_before"] += len(events) - len(fresh)
+        progress: dict[int, tuple[int, float]] = {}
+        for event, (part, at) in zip(events, places, strict=True):
+            next_at, newest = progress.get(part, (0, 0.0))
+            progress[part] = (max(next_at, at + 1), max(newest, _event_seconds(event)))
+        now = time.time()
+        gate = self.outbox.gate
+        if gate is not None and fresh:
+            mark = watermark_of(conn.stream_progress(now - gate.stale_s), now)
+            report.notes["reorder_late_events"] += sum(gate.late(_event_seconds(event), mark) for event in fresh)
+        conn.save_stream_positions(
+            StreamPosition(stream, part, next_at, newest, None, now)
+            for part, (next_at, newest) in sorted(progress.items())
+        )
+        return report
+
     def ingest_persons(self, persons: Sequence[PersonSnapshot], source: str = "persons") -> IngestReport:
         """Map and enqueue PostHog persons (``sync-persons``) atomically, as :meth:`ingest` does events;
         ``events`` in the report counts persons, ``skipped`` why a person sent nothing."""
@@ -133,9 +179,11 @@ class Ingestor:
         items: Sequence[_Item],
         involved: Callable[[_Item], list[str]],
         mapper: Callable[[_Item, Mapping[str, PersonState], MappingConfig], Mapped],
+        order_ts: Callable[[_Item], float] | None = None,
     ) -> IngestReport:
         """:meth:`_apply` inside the caller's transaction ``conn`` (``sync-cohorts`` stores its membership rows
-        and progress in the same one); nothing is added to the running totals."""
+        and progress in the same one); nothing is added to the running totals. With ``order_ts`` (an item's
+        event time) each person's operations are kept in event-time order (:meth:`.Outbox.reorder`)."""
         report = IngestReport(events=len(items))
         if not items:
             return report
@@ -146,27 +194,32 @@ class Ingestor:
         known = set(states)
         changed: dict[str, PersonState] = {}
         operations: list[Operation] = []
+        times: list[float | None] = []
         all_operations: list[Operation] = []
         for item in items:
             mapped = mapper(item, states, self.config)
             states.update(mapped.states)
             changed.update(mapped.states)
             operations.extend(mapped.operations)
+            times.extend([order_ts(item) if order_ts is not None else None] * len(mapped.operations))
             if mapped.skipped:
                 report.skipped[mapped.skipped] += 1
             report.notes.update(mapped.notes)
             if mapped.adopt:  # queue what came before, then move the visitor's events behind it
-                report.operations += self.outbox.enqueue(conn, operations)
+                report.operations += self.outbox.enqueue(conn, operations, order_ts=times)
                 all_operations.extend(operations)
-                operations = []
+                operations, times = [], []
                 for anonymous_id, identifiers, person_key in mapped.adopt:
                     queued = self.outbox.queued(conn, anonymous_id, "anonymous")
                     adopted = adopted_events([row.operation for row in queued], identifiers, person_key)
                     report.notes["anonymous_events_adopted"] += self.outbox.replace(conn, queued, adopted)
         report.persons_added = sum(1 for key in changed if key not in known)
         save_states(conn, changed.values())
-        report.operations += self.outbox.enqueue(conn, operations)
+        report.operations += self.outbox.enqueue(conn, operations, order_ts=times)
         all_operations.extend(operations)
+        if order_ts is not None:
+            movable = {op.person_key for op in all_operations if op.kind != "anonymous" and not op.after}
+            report.notes["reordered"] += sum(self.outbox.reorder(conn, key) for key in sorted(movable))
         with self._totals_lock:  # adopted events became person work too
             self.operations_written += report.operations + report.notes["anonymous_events_adopted"]
         for operation in all_operations:

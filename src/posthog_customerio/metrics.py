@@ -116,6 +116,24 @@ class _RuntimeCollector(Collector):
             "Queued anonymous events an identify turned into the person's events",
             ingestor.totals.notes.get("anonymous_events_adopted", 0),
         )
+        notes = ingestor.totals.notes
+        yield _counter(
+            "events_read_again",
+            "Consumed events left out because their partition position was stored before (read again after a crash"
+            " or a rebalance)",
+            notes.get("stored_before", 0),
+        )
+        yield _counter(
+            "events_reordered",
+            "Queued operations that changed places to keep a person's consumed events in event-time order",
+            notes.get("reordered", 0),
+        )
+        yield _counter(
+            "events_late",
+            "Consumed events that arrived later than REORDER_WINDOW_S behind the partitions (a later event of their"
+            " person may have gone out first)",
+            notes.get("reorder_late_events", 0),
+        )
         yield _labelled(
             "anonymous_events_expired",
             "Queued anonymous events this process dropped (ANONYMOUS_MAX_AGE_S, ANONYMOUS_BACKLOG_MAX), by reason",

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .operations import Claimed, Kind, Lane, Operation, encode_payload
+from .ordering import EventTimeGate, event_time_order
 from .storage import (
     CandidateRow,
     DeadLetterRow,
@@ -116,11 +117,11 @@ def _hydrate(rows: list[CandidateRow], payloads: dict[int, PayloadRow]) -> list[
     ]
 
 
-def _new_operation(operation: Operation, enqueued_at: float) -> NewOperation:
+def _new_operation(operation: Operation, enqueued_at: float, order_ts: float | None = None) -> NewOperation:
     """The ``outbox`` row of an operation (its text encoded now unless the mapping had it)."""
     text = operation.text or encode_payload(operation.payload)
     after = json.dumps(list(operation.after)) if operation.after else None
-    return NewOperation(operation.person_key, text, len(text.encode()), enqueued_at, after, operation.kind)
+    return NewOperation(operation.person_key, text, len(text.encode()), enqueued_at, after, operation.kind, order_ts)
 
 
 class AnonymousHold:
@@ -216,6 +217,7 @@ class Queued:
     seq: int
     operation: Operation
     enqueued_at: float
+    order_ts: float | None = None
 
 
 class Outbox:
@@ -228,6 +230,8 @@ class Outbox:
         self.anonymous_hold = AnonymousHold(anonymous_hold_s)
         #: the backend's way of keeping claims apart
         self.claims = db.claims(lease_s)
+        #: event-time order of what ``consume`` stored (:mod:`.ordering`); ``None``: arrival order only
+        self.gate: EventTimeGate | None = None
         self._claim_lock = threading.Lock()
         self._in_flight: set[int] = set()
         #: when each operation in flight was last leased (claimed or renewed), monotonic seconds
@@ -243,12 +247,31 @@ class Outbox:
 
     # -- writing ---------------------------------------------------------------
     @staticmethod
-    def enqueue(conn: Transaction, operations: Iterable[Operation], now: float | None = None) -> int:
-        """Append operations inside the caller's transaction; returns how many."""
+    def enqueue(
+        conn: Transaction,
+        operations: Sequence[Operation],
+        now: float | None = None,
+        order_ts: Sequence[float | None] | None = None,
+    ) -> int:
+        """Append operations inside the caller's transaction (with their event times, for event-time order:
+        :meth:`reorder`); returns how many."""
         stamp = now if now is not None else time.time()
-        rows = [_new_operation(operation, stamp) for operation in operations]
+        times = order_ts if order_ts is not None else [None] * len(operations)
+        rows = [_new_operation(operation, stamp, ts) for operation, ts in zip(operations, times, strict=True)]
         conn.insert_operations(rows)
         return len(rows)
+
+    def reorder(self, conn: Transaction, person_key: str) -> int:
+        """Inside the caller's transaction (which holds the person's lock): put ``person_key``'s movable
+        operations (:meth:`~.storage.Transaction.lane_rows`, less those in flight here) in event-time order,
+        each taking the place of the one it should follow; returns how many changed places. A claim reads a
+        row's operation once it holds the row (:meth:`~.storage.Claims.claim`), so what it sends is always the
+        person's earliest."""
+        rows = [row for row in conn.lane_rows(person_key, time.time()) if row.seq not in self._in_flight]
+        moves = event_time_order(rows)
+        if moves:
+            conn.rewrite_lane(moves)
+        return len(moves)
 
     def queued(self, conn: Transaction, person_key: str, kind: Kind) -> list[Queued]:
         """Inside the caller's transaction: ``person_key``'s queued operations of ``kind``
@@ -260,7 +283,7 @@ class Outbox:
                 continue
             after = tuple(json.loads(row.after_keys)) if row.after_keys else ()
             operation = Operation(person_key, json.loads(row.payload), after, row.payload, kind)
-            found.append(Queued(row.seq, operation, row.enqueued_at))
+            found.append(Queued(row.seq, operation, row.enqueued_at, row.order_ts))
         return found
 
     def replace(self, conn: Transaction, old: Sequence[Queued], new: Sequence[Operation]) -> int:
@@ -280,14 +303,18 @@ class Outbox:
         if not pairs:
             return 0
         deleted = conn.delete_unleased([queued.seq for queued, _ in pairs], time.time())
-        rows = [_new_operation(operation, queued.enqueued_at) for queued, operation in pairs if queued.seq in deleted]
+        rows = [
+            _new_operation(operation, queued.enqueued_at, queued.order_ts)
+            for queued, operation in pairs
+            if queued.seq in deleted
+        ]
         conn.insert_operations(rows)
         return len(rows)
 
     def put(self, operations: Iterable[Operation]) -> int:
         """Enqueue operations in their own transaction."""
         with self.db.transaction() as conn:
-            return self.enqueue(conn, operations)
+            return self.enqueue(conn, list(operations))
 
     # -- claiming --------------------------------------------------------------
     def claim(self, max_items: int, max_bytes: int, max_op_bytes: int, lane: Lane | None = None) -> list[Claimed]:
@@ -304,7 +331,15 @@ class Outbox:
         """
         with self._claim_lock:
             leased_at = time.monotonic()
-            held = self.anonymous_hold.rule(time.time())
+            anonymous_held = self.anonymous_hold.rule(time.time())
+            gated = self.gate.rule() if self.gate is not None else None
+
+            def held(row: CandidateRow) -> bool:  # an event time is held by the gate, by enqueue time otherwise
+                return gated(row) if gated is not None and row.order_ts is not None else anonymous_held(row)
+
+            def ends_scan(row: CandidateRow) -> bool:  # the anonymous lane is in enqueue order, not event time
+                return anonymous_held(row) and (gated is None or row.order_ts is None)
+
             busy = self._busy_persons
 
             def taken_here(row: CandidateRow) -> bool:  # a key in flight here (the other lane's work too)
@@ -314,7 +349,7 @@ class Outbox:
                 rows: Iterable[CandidateRow], taken: Callable[[CandidateRow], bool]
             ) -> tuple[list[CandidateRow], list[CandidateRow]]:
                 if lane == "anonymous":
-                    rows = itertools.takewhile(lambda row: not held(row), rows)
+                    rows = itertools.takewhile(lambda row: not ends_scan(row), rows)
                 return _select(
                     rows, lambda row: taken(row) or taken_here(row) or held(row), max_items, max_bytes, max_op_bytes
                 )
@@ -510,6 +545,8 @@ class Outbox:
         """Nothing more will be ingested (``send`` read its input, a bounded ``consume`` ended): no identify
         can come to adopt what the anonymous hold keeps, so it is released now rather than at its end."""
         self.anonymous_hold.finish()
+        if self.gate is not None:
+            self.gate.finish()
 
     def is_empty(self) -> bool:
         """Whether nothing waits at all, held anonymous operations included (cheap: no count)."""
@@ -520,15 +557,17 @@ class Outbox:
         """Whether nothing waits but anonymous operations the hold still keeps for an identify that may
         come (after :meth:`input_finished`: whether nothing waits). Those stay queued, durable, for the
         next start when delivery stops now."""
+        gated = self.gate.bounds() if self.gate is not None else None
         with self.db.reading() as conn:
-            return conn.outbox_empty(self.anonymous_hold.held_after(time.time()))
+            return conn.outbox_empty(self.anonymous_hold.held_after(time.time()), gated)
 
     def oldest_age(self, now: float | None = None, claimable: bool = False) -> float:
         """Seconds since the oldest waiting operation was enqueued (0 if empty); with ``claimable``, of the
         oldest one the anonymous hold does not keep (work delivery could take now)."""
         now = now or time.time()
+        gated = self.gate.bounds() if claimable and self.gate is not None else None
         with self.db.reading() as conn:
-            oldest = conn.oldest_enqueued_at(self.anonymous_hold.held_after(now) if claimable else None)
+            oldest = conn.oldest_enqueued_at(self.anonymous_hold.held_after(now) if claimable else None, gated)
         return 0.0 if oldest is None else max(0.0, now - oldest)
 
     def in_flight(self) -> int:

@@ -21,6 +21,7 @@ from .delivery import Deliverer
 from .disk import DiskFull, SpaceKeeper, disk_full_message, is_disk_full
 from .ingestion import Ingestor
 from .operations import Claimed
+from .ordering import EventTimeGate
 from .outbox import Outbox
 from .output import Output, OutputConfig, create_output
 from .pacing import Pacer, shared_pacer, workspace_key
@@ -68,6 +69,9 @@ class Runtime:
         if sqlite_path is not None:
             _private_files(sqlite_path)  # the -wal / -shm files SQLite just created
         self.outbox = Outbox(self.db, lease_s=settings.lease_s, anonymous_hold_s=settings.anonymous_hold_s)
+        self.outbox.gate = EventTimeGate(
+            self.db, settings.reorder_window_s, settings.anonymous_hold_s, settings.reorder_stale_s
+        )
         self.ingestor = Ingestor(self.db, self.outbox, settings.mapping_config())
         #: ``OUTBOX_MAX_QUEUED``: where ``serve`` answers 503, and at half of it every other source waits (:meth:`room`)
         self.bound = OutboxBound(self.outbox, settings.outbox_max_queued, lambda: self.ingestor.operations_written)

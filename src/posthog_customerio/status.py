@@ -317,6 +317,11 @@ def _own_status(runtime: Runtime, sampler: ThroughputSampler | None, snapshot: S
             "operations_enqueued": ingestor.totals.operations,
             "by_source": dict(ingestor.received_by_source),
             "anonymous_events_adopted": adopted,
+            "event_time_order": {
+                "read_again": int(ingestor.totals.notes.get("stored_before", 0)),
+                "reordered": int(ingestor.totals.notes.get("reordered", 0)),
+                "late": int(ingestor.totals.notes.get("reorder_late_events", 0)),
+            },
         },
         "delivery": {
             "state": deliverer.state if deliverer else "stopped",

@@ -401,6 +401,8 @@ COVERAGE: dict[str, dict[str, str]] = {
         "--anonymous-hold-s": _CONSUME,
         "--anonymous-max-age-s": _CONSUME,
         "--anonymous-backlog-max": _CONSUME,
+        "--reorder-window-s": _CONSUME,
+        "--reorder-stale-s": _CONSUME,
         "--outbox-max-queued": "test_consume_outbox_max_queued_flag",
         "--outbox-url": _CONSUME,
         "--lease-s": _CONSUME,
@@ -2321,6 +2323,8 @@ def test_consume_mapping_and_kafka_flags(
     settings += ("--customerio-timeout-s", "7", "--retry-after-max-s", "7", "--anonymous-hold-s", "0")
     settings += ("--anonymous-max-age-s", "86400", "--anonymous-backlog-max", "100000")
     settings += ("--lease-s", "7", "--sqlite-synchronous", "normal", "--auth-retry-s", "7", *logs)
+    settings += ("--reorder-window-s", "0.5", "--reorder-stale-s", "9")
+    env |= {"REORDER_WINDOW_S": "600", "REORDER_STALE_S": "3600"}  # the flags win (a 10-minute window would hold all)
     kafka_settings = {**kafka_broker.consumer_settings, "sasl.password": KAFKA_SECRET}
     data, outbox = tmp_path / "data", tmp_path / "outbox.sqlite"
     if on:  # the Kafka settings from a file; credentials as flags; --region eu is the sandbox
@@ -2344,6 +2348,7 @@ def test_consume_mapping_and_kafka_flags(
     assert (ran.delivery_concurrency, ran.delivery_linger_s, ran.customerio_timeout_s) == (1, 0.0, 7.0)
     assert (ran.retry_after_max_s, ran.anonymous_hold_s, ran.lease_s, ran.auth_retry_s) == (7.0, 0.0, 7.0, 7.0)
     assert (ran.sqlite_synchronous, ran.shutdown_grace_s) == ("NORMAL", 20)
+    assert (ran.reorder_window_s, ran.reorder_stale_s) == (0.5, 9.0)
     if on:  # --log-format json, --log-level INFO (env: text, ERROR)
         lines = [json.loads(line) for line in log.splitlines() if line.strip()]
         assert f"kafka: consuming {topic} as group {group} from {kafka_broker.bootstrap}" in [

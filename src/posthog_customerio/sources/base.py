@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from .events import PostHogEvent
-from .store import Stored, store_events
+from .store import Ingest, Stored, store_events
 
 if TYPE_CHECKING:
     from ..ingestion import Ingestor
@@ -83,10 +83,13 @@ class Intake:
         if count:
             self.ingestor.count_invalid(self.source, count)
 
-    def store(self, events: Sequence[PostHogEvent]) -> Stored:
+    def store(self, events: Sequence[PostHogEvent], ingest: Ingest | None = None) -> Stored:
         """Map and store ``events`` under the shared policy (:func:`.store.store_events`): an event that
-        cannot be stored is left out and counted; database errors propagate."""
-        return store_events(self.ingestor.ingest, events, self.source, count_invalid=self.ingestor.count_invalid)
+        cannot be stored is left out and counted; database errors propagate. ``ingest`` replaces the
+        ingestor's plain ``ingest`` (``consume`` stores positions with its events)."""
+        return store_events(
+            ingest or self.ingestor.ingest, events, self.source, count_invalid=self.ingestor.count_invalid
+        )
 
 
 class IntakeProvider(Protocol):

@@ -4,15 +4,20 @@ Works with any broker that speaks the Kafka protocol — Apache Kafka, Redpanda,
 Kafka-compatible brokers (the tests run against Tansu) — through ``confluent-kafka``
 (librdkafka).
 
-Delivery guarantee: **at least once, never lost.** Auto-commit is off. For every batch
-polled from the topic, the events are mapped and committed to the outbox in one SQLite
-transaction *first*; only then are the Kafka offsets of that batch committed
-(synchronously). A crash between the two re-reads the batch on the next start; replays are
-harmless because every Customer.io event carries a dedupe id derived from the PostHog event
-``uuid`` (and identifies are idempotent). A message that is not a valid event is counted,
-logged with its partition and offset, and skipped: it never blocks its partition. So is an
-event that parses but cannot be stored (:mod:`posthog_customerio.sources.store`): the rest of
-its batch is stored one by one.
+Delivery guarantee: **exactly once into the outbox, never lost.** Auto-commit is off. For every
+batch polled from the topic, the events are mapped and stored in the outbox in one transaction
+together with each partition's position (offset and event index, ``stream_positions``) *first*;
+only then are the Kafka offsets of that batch committed (synchronously). A crash between the two
+re-reads the batch on the next start (or by the partition's next owner): events at positions already
+stored are left out. A message that is not a valid event is counted, logged with its partition and
+offset, and skipped: it never blocks its partition. So is an event that parses but cannot be stored
+(:mod:`posthog_customerio.sources.store`): the rest of its batch is stored one by one.
+
+Event-time order (:mod:`posthog_customerio.ordering`): each event is stored with its event time, a late
+one takes its place before its person's later operations still queued, and the consumer records each
+assigned partition's progress (the newest event time stored from it, whether it is read to its end,
+refreshed about every second) so that delivery waits until every partition was read past an operation.
+At the outbox bound only the partitions the watermark waits for keep being read.
 
 Message values may hold one event or a JSON array of events, in any shape
 :func:`posthog_customerio.sources.parse_payload` accepts. PostHog's own topics are
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -49,9 +55,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from ..backoff import Backoff
 from ..ingestion import IngestReport
+from ..ordering import position
+from ..storage import StreamPosition
 from .base import Batch, Intake, IntakeProvider, Source, run
 from .events import EventParseError, PostHogEvent, loads_strict, parse_payload
-from .store import Stored, database_problem
+from .store import Ingest, Stored, database_problem
 
 __all__ = [
     "BatchResult",
@@ -115,6 +123,8 @@ SOURCE = "kafka"
 #: Settings the at-least-once guarantee depends on: a caller cannot override them.
 _FIXED = {"enable.auto.commit": False, "enable.auto.offset.store": False}
 
+#: how often a consumer refreshes its partitions' progress rows (alive; read to the end)
+BEAT_S = 1.0
 _COMMIT_ATTEMPTS = 3
 _MAX_BACKOFF_S = 10.0
 #: a retriable commit failure is retried after 0.1 s, then 0.2 s (``_COMMIT_ATTEMPTS`` in all)
@@ -166,6 +176,9 @@ class ConsumeReport:
             "events": self.ingest.events,
             "operations": self.ingest.operations,
             "skipped": dict(self.ingest.skipped),
+            "read_again": self.ingest.notes.get("stored_before", 0),
+            "reordered": self.ingest.notes.get("reordered", 0),
+            "late": self.ingest.notes.get("reorder_late_events", 0),
         }
         data["committed"] = {f"{topic}[{partition}]": offset for (topic, partition), offset in self.committed.items()}
         data["paused_s"] = round(self.paused_s, 3)
@@ -285,6 +298,8 @@ def consumer_config(bootstrap: str, group: str, extra: Mapping[str, Any] | None 
         # a refused connection is retried after 1 s, doubling up to 10 s (not every 100 ms)
         "reconnect.backoff.ms": 1000,
         "reconnect.backoff.max.ms": 10000,
+        # a partition read to its end says so: its progress is then the wall clock (event-time order)
+        "enable.partition.eof": True,
     }
     for key, value in (extra or {}).items():
         if key in _FIXED and str(value).lower() not in ("false", "0"):
@@ -352,10 +367,14 @@ def consume(
             ),
         )
         log.info("kafka: consuming %s as group %s from %s", topic, group, bootstrap)
+        intake = runtime.intake(SOURCE)
         source = KafkaSource(
             consumer,
             report,
             stop,
+            intake=intake,
+            topic=topic,
+            group=group,
             batch_size=batch_size,
             poll_timeout_s=poll_timeout_s,
             max_messages=max_messages,
@@ -363,7 +382,13 @@ def consume(
             ingest_retries=ingest_retries,
             retry_backoff_s=retry_backoff_s,
         )
-        run(source, runtime.intake(SOURCE))
+        source.register_partitions()
+        try:
+            run(source, intake)
+        finally:
+            source.last_beat()
+        if report.stopped_by == "max_messages":  # a bounded run: nothing more comes to adopt or reorder anything
+            intake.ingestor.outbox.input_finished()
     finally:
         report.seconds = round(time.monotonic() - started, 3)
         try:
@@ -379,6 +404,10 @@ class Polled(Batch):
 
     read: int = 0
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: each event's ``(partition, position)`` (:func:`~..ordering.position`), in the order of :attr:`events`
+    places: list[tuple[int, int]] = field(default_factory=list)
+    #: partitions read to their end in this poll
+    ends: set[int] = field(default_factory=set)
 
 
 class KafkaSource(Source[Polled]):
@@ -392,6 +421,9 @@ class KafkaSource(Source[Polled]):
         report: ConsumeReport,
         stop: threading.Event,
         *,
+        intake: Intake,
+        topic: str,
+        group: str,
         batch_size: int,
         poll_timeout_s: float,
         max_messages: int | None,
@@ -408,9 +440,20 @@ class KafkaSource(Source[Polled]):
         self.on_batch = on_batch
         self.ingest_retries = ingest_retries
         self.retry_backoff_s = retry_backoff_s
+        self.intake = intake
+        self.topic = topic
+        #: the stream's name in ``stream_positions`` (positions and progress per partition, :mod:`..ordering`)
+        self.stream = f"kafka:{group}:{topic}"
         #: messages a poll returned while the partitions were paused (assigned by a rebalance during the pause):
         #: neither stored nor committed yet; they make the first batch after the pause
         self._carried: list[Message] = []
+        #: per assigned partition: the newest event time stored from it (its progress), and those read to their end
+        self._progress: dict[int, float] = {}
+        #: partitions read to their end, and since when (wall clock)
+        self._at_end: dict[int, float] = {}
+        self._beat_at = -math.inf
+        #: partitions paused while only those holding the watermark back are read (:meth:`wait_for_room`)
+        self._paused_ahead: list[TopicPartition] = []
 
     def _wanted(self) -> int:
         """Messages the next poll may return (``batch_size``, less near ``max_messages``)."""
@@ -422,6 +465,7 @@ class KafkaSource(Source[Polled]):
         """Poll until stopped or ``max_messages`` were read; batches holding no fetched message are skipped."""
         report = self.report
         while not self.stop.is_set():
+            self._beat()
             if self._carried:
                 messages, self._carried = self._carried, []
             else:
@@ -433,8 +477,73 @@ class KafkaSource(Source[Polled]):
             if messages:
                 batch = _decode_batch(messages, report)
                 if batch is not None:
-                    yield batch
+                    for part in {part for part, _ in batch.places}:
+                        self._at_end.pop(part, None)
+                    for part in batch.ends:
+                        self._at_end.setdefault(part, time.time())
+                    if batch.read:
+                        yield batch
         report.stopped_by = "stop"
+
+    # -- event-time progress (:mod:`..ordering`) ----------------------------------------------------------------
+    def register_partitions(self) -> None:
+        """Before reading: a row for every partition of the topic, so the watermark waits for partitions no
+        consumer has read yet (a metadata failure is logged: the rows come as partitions are read)."""
+        try:
+            metadata = self.consumer.list_topics(self.topic, timeout=10)
+            parts = sorted(metadata.topics[self.topic].partitions)
+        except (KafkaException, KeyError, RuntimeError) as exc:
+            log.warning("kafka: could not read the partitions of %s: %s", self.topic, exc)
+            return
+        now = time.time()
+        rows = [StreamPosition(self.stream, part, 0, 0.0, None, now) for part in parts]
+        self.intake.ingestor.db.transact(lambda tx: tx.save_stream_positions(rows))
+
+    def _mine(self) -> list[int]:
+        return sorted(tp.partition for tp in self._assignment() if tp.topic == self.topic)
+
+    def _beat(self, force: bool = False) -> None:
+        """About every second: tell the other consumers this one is alive on its partitions (``updated_at``), and
+        which of them are read to their end (they hold nothing back: :func:`~..ordering.watermark_of`)."""
+        now = time.time()
+        if not force and now - self._beat_at < BEAT_S:
+            return
+        self._beat_at = now
+        mine = self._mine()
+        for kept in (self._at_end, self._progress):
+            for part in [part for part in kept if part not in mine]:
+                del kept[part]
+        rows = [StreamPosition(self.stream, part, 0, 0.0, self._at_end.get(part), now) for part in mine]
+        if rows:
+            try:
+                self.intake.ingestor.db.transact(lambda tx: tx.save_stream_positions(rows))
+            except Exception as exc:  # the next beat tries again; storing a batch reports database trouble
+                log.debug("kafka: storing partition progress failed: %s", database_problem(exc))
+
+    def last_beat(self) -> None:
+        """On the way out: record what was read to its end (the rows stay fresh a while, so a consumer taking
+        these partitions over continues in order; unclaimed, they stop holding anything after
+        ``REORDER_STALE_S``)."""
+        try:
+            self._beat(force=True)
+        except (KafkaException, RuntimeError) as exc:
+            log.debug("kafka: the last progress beat failed: %s", exc)
+
+    def _holding_back(self) -> list[TopicPartition]:
+        """This consumer's partitions that hold the watermark back while the gate holds the queue's head: read
+        them even at the outbox's bound, or nothing would be released (empty when the gate holds nothing)."""
+        gate = self.intake.ingestor.outbox.gate
+        if gate is None:
+            return []
+        mark = gate.watermark().at
+        if mark is None or not gate.holds_head():
+            return []
+        progress, ended = self._progress, self._at_end
+        return [
+            tp
+            for tp in self._assignment()
+            if tp.topic == self.topic and tp.partition not in ended and progress.get(tp.partition, 0.0) <= mark
+        ]
 
     def _consume(self, wanted: int, timeout: float) -> list[Message]:
         try:
@@ -448,13 +557,25 @@ class KafkaSource(Source[Polled]):
         or :attr:`stop` is set, then resume. Always True: the polling loop itself ends on a stop."""
         room = intake.room
         if self.stop.is_set() or not room.full():
+            if self._paused_ahead:
+                self._call(self.consumer.resume, self._paused_ahead)
+                self._paused_ahead = []
+            return True
+        laggards = self._holding_back()
+        if laggards:  # read only the partitions the gate waits for: what they store releases the rest
+            keep = {(tp.topic, tp.partition) for tp in laggards}
+            ahead = [tp for tp in self._assignment() if (tp.topic, tp.partition) not in keep]
+            self._call(self.consumer.pause, ahead)
+            self._call(self.consumer.resume, laggards)
+            self._paused_ahead = ahead
             return True
         started = time.monotonic()
         self.report.paused += 1
         log.info("kafka: waiting for delivery (half of OUTBOX_MAX_QUEUED queued): paused %s", _describe(self._pause()))
         try:
-            room.wait(tick=self._poll_paused, stop=self.stop.is_set)
+            room.wait(tick=self._poll_paused, stop=lambda: self.stop.is_set() or bool(self._holding_back()))
         finally:
+            self._paused_ahead = []
             self.report.paused_s += time.monotonic() - started
             resumed = self._assignment()
             self._call(self.consumer.resume, resumed)
@@ -487,14 +608,22 @@ class KafkaSource(Source[Polled]):
         message fetched before its partition was paused is kept for after the pause, never dropped."""
         if self.stop.is_set():
             return
+        self._beat()
         self._pause()
         wanted = self._wanted()
         if wanted > 0:
             self._carried.extend(self._consume(wanted, 0))
 
     def store(self, intake: Intake, batch: Polled) -> Stored:
-        """Store with retries: a database error is retried, then stops consuming without a commit."""
-        return _ingest(intake, batch.events, self.report, self.stop, self.ingest_retries, self.retry_backoff_s)
+        """Store with retries, each event with its partition and position (one stored before is left out): a
+        database error is retried, then stops consuming without a commit."""
+        places = {id(event): place for event, place in zip(batch.events, batch.places, strict=True)}
+        stream, ingestor = self.stream, intake.ingestor
+
+        def ingest(events: Sequence[PostHogEvent], source: str) -> IngestReport:
+            return ingestor.ingest_stream(events, source, stream, [places[id(event)] for event in events])
+
+        return _ingest(intake, batch.events, self.report, self.stop, self.ingest_retries, self.retry_backoff_s, ingest)
 
     def stored(self, batch: Polled, stored: Stored) -> None:
         """Count the batch, commit its offsets, tell ``on_batch``."""
@@ -502,6 +631,8 @@ class KafkaSource(Source[Polled]):
         report.invalid += unstorable
         report.events += ingested.events
         report.ingest.add(ingested)
+        for event, (part, _) in zip(batch.events, batch.places, strict=True):
+            self._progress[part] = max(self._progress.get(part, 0.0), event.timestamp.timestamp())
         committed = _commit(self.consumer, batch.next_offsets, report)
         if self.on_batch is not None:
             self.on_batch(
@@ -515,6 +646,9 @@ def _decode_batch(messages: Sequence[Message], report: ConsumeReport) -> Polled 
     for message in messages:
         error = message.error()
         if error is not None:
+            ended = message.partition()
+            if error.code() == KafkaError._PARTITION_EOF and ended is not None:
+                batch.ends.add(ended)
             _broker_error(error, report)
             continue
         topic, partition, offset = message.topic(), message.partition(), message.offset()
@@ -522,13 +656,16 @@ def _decode_batch(messages: Sequence[Message], report: ConsumeReport) -> Polled 
             continue
         batch.read += 1
         batch.next_offsets[(topic, partition)] = offset + 1
+        batch.ends.discard(partition)
         try:
-            batch.events.extend(decode_message(message.value()))
+            events = decode_message(message.value())
+            batch.events.extend(events)
+            batch.places.extend((partition, position(offset, index)) for index in range(len(events)))
         except EventParseError as exc:
             batch.invalid += 1
             log.warning("kafka: skipped the message at %s[%d] offset %d: %s", topic, partition, offset, exc)
     if not batch.read:
-        return None
+        return batch if batch.ends else None
     report.messages += batch.read
     report.invalid += batch.invalid
     report.batches += 1
@@ -551,6 +688,7 @@ def _ingest(
     stop: threading.Event,
     retries: int,
     backoff_s: float,
+    ingest: Ingest | None = None,
 ) -> Stored:
     """Store ``events`` under the shared policy (what was stored, and the events that could not be)."""
     if not events:
@@ -558,7 +696,7 @@ def _ingest(
     attempt = 0
     while True:
         try:
-            stored = intake.store(events)
+            stored = intake.store(events, ingest)
         except Exception as exc:  # database errors: retried (a replay of stored events is harmless)
             report.ingest_failures += 1
             attempt += 1

@@ -26,6 +26,7 @@ __all__ = [
     "DATABASE_ERRORS",
     "DATA_ERRORS",
     "UNSTORABLE_ERRORS",
+    "Ingest",
     "Rejected",
     "Stored",
     "UnstorableBatch",

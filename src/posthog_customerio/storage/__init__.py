@@ -28,6 +28,7 @@ from .rows import (
     DeadLetterRow,
     DeliveryRow,
     ExpiredRow,
+    LaneRow,
     NewDeadLetter,
     NewOperation,
     PayloadRow,
@@ -37,6 +38,7 @@ from .rows import (
     ReplicaRow,
     RequeueRow,
     StoredStatus,
+    StreamPosition,
 )
 from .sqlite import SqliteStorage
 
@@ -51,6 +53,7 @@ __all__ = [
     "DeliveryLockError",
     "DeliveryRow",
     "ExpiredRow",
+    "LaneRow",
     "NewDeadLetter",
     "NewOperation",
     "PayloadRow",
@@ -65,6 +68,7 @@ __all__ = [
     "StorageSnapshot",
     "StorageSpace",
     "StoredStatus",
+    "StreamPosition",
     "Transaction",
     "open_storage",
     "size_text",

@@ -24,6 +24,7 @@ from .rows import (
     DeadLetterRow,
     DeliveryRow,
     ExpiredRow,
+    LaneRow,
     NewDeadLetter,
     NewOperation,
     PayloadRow,
@@ -33,6 +34,7 @@ from .rows import (
     ReplicaRow,
     RequeueRow,
     StoredStatus,
+    StreamPosition,
 )
 
 __all__ = [
@@ -154,6 +156,28 @@ class Transaction(Protocol):
     def delete_unleased(self, seqs: Sequence[int], now: float) -> set[int]:
         """Remove these operations unless leased at ``now``; returns the seqs this statement really removed."""
 
+    def lane_rows(self, person_key: str, now: float) -> list[LaneRow]:
+        """A person's queued operations that may change places in this transaction (not anonymous, waiting on no
+        other key, with an event time, not leased at ``now``), in queue order (PostgreSQL: locked until it
+        ends; a row another transaction has locked is left out)."""
+
+    def rewrite_lane(self, rows: Sequence[tuple[int, LaneRow]]) -> None:
+        """Put each row's operation at the given seq (its place), keeping everything else of it."""
+
+    def stream_positions(self, stream: str, parts: Sequence[int]) -> dict[int, StreamPosition]:
+        """How far these partitions of ``stream`` were stored and read (PostgreSQL: locked until the transaction
+        ends, so two consumers of a partition during a rebalance never both store the same messages)."""
+
+    def save_stream_positions(self, rows: Iterable[StreamPosition]) -> None:
+        """Advance partitions' positions and event times (never back)."""
+
+    def head_order_ts(self) -> tuple[bool, float | None]:
+        """Whether person work is queued, and the event time of the first (``None``: it has none)."""
+
+    def stream_progress(self, fresh_after: float) -> list[tuple[float, float | None]]:
+        """Each partition updated after ``fresh_after``: the newest event time read from it, and since when it is
+        read to its end (``None``: it is not)."""
+
     def candidates(self, after_seq: int, limit: int, lane: Lane | None = None) -> list[CandidateRow]:
         """Queue rows after ``after_seq`` in order, without payloads: of the whole queue, or of one lane
         (an anonymous event is left out of its lane while person work of its key is queued before it)."""
@@ -174,13 +198,16 @@ class Transaction(Protocol):
     def person_work_depth(self) -> int:
         """How many operations wait that are not anonymous events (what ``OUTBOX_MAX_QUEUED`` bounds)."""
 
-    def outbox_empty(self, held_after: float | None = None) -> bool:
+    def outbox_empty(self, held_after: float | None = None, gated: tuple[float, float] | None = None) -> bool:
         """Whether nothing waits (no count); with ``held_after``, anonymous operations enqueued after it
-        (still held by ``ANONYMOUS_HOLD_S``) do not count."""
+        (still held by ``ANONYMOUS_HOLD_S``) do not count; with ``gated`` (person, anonymous bounds), nor do
+        operations whose event time is after their bound (held by the event-time gate, :mod:`..ordering`)."""
 
-    def oldest_enqueued_at(self, held_after: float | None = None) -> float | None:
-        """Enqueue time of the first operation in the queue; with ``held_after``, of the first one not held
-        (anonymous operations enqueued after it are still held by ``ANONYMOUS_HOLD_S``)."""
+    def oldest_enqueued_at(
+        self, held_after: float | None = None, gated: tuple[float, float] | None = None
+    ) -> float | None:
+        """Enqueue time of the first operation in the queue; with ``held_after`` / ``gated``, of the first one
+        not held (as :meth:`outbox_empty`)."""
 
     # -- dead letters --
     def insert_dead_letters(self, rows: Iterable[NewDeadLetter]) -> None:

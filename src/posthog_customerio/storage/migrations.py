@@ -140,6 +140,21 @@ SQLITE_MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS cohort_members_pass ON cohort_members (cohort_id, target, pass);
     """,
+    # 11: event-time order (consume): an operation's event time, and how far each Kafka partition was stored
+    # (the next offset to store, so a batch read again is not stored twice) and read (its newest event time; since
+    # when it is read to its end)
+    """
+    ALTER TABLE outbox ADD COLUMN order_ts REAL;
+    CREATE TABLE IF NOT EXISTS stream_positions (
+        stream TEXT NOT NULL,
+        part INTEGER NOT NULL,
+        next_position INTEGER NOT NULL DEFAULT 0,
+        event_ts REAL NOT NULL DEFAULT 0,
+        end_at REAL,
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (stream, part)
+    );
+    """,
 ]
 
 POSTGRES_MIGRATIONS: list[str] = [
@@ -267,6 +282,19 @@ POSTGRES_MIGRATIONS: list[str] = [
     ALTER TABLE outbox SET (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000,
         toast.autovacuum_vacuum_scale_factor = 0.01, toast.autovacuum_vacuum_threshold = 1000);
     ALTER TABLE deliveries SET (autovacuum_vacuum_scale_factor = 0.01, autovacuum_vacuum_threshold = 1000)
+    """,
+    # 9: as SQLite's 11: event-time order (consume), and how far each Kafka partition was stored and read
+    """
+    ALTER TABLE outbox ADD COLUMN IF NOT EXISTS order_ts DOUBLE PRECISION;
+    CREATE TABLE IF NOT EXISTS stream_positions (
+        stream TEXT NOT NULL,
+        part BIGINT NOT NULL,
+        next_position BIGINT NOT NULL DEFAULT 0,
+        event_ts DOUBLE PRECISION NOT NULL DEFAULT 0,
+        end_at DOUBLE PRECISION,
+        updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (stream, part)
+    )
     """,
 ]
 

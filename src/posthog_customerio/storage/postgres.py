@@ -23,7 +23,7 @@ from typing import IO, Any, TypeVar
 from ..operations import Lane
 from .base import SCAN_LIMIT, Claims, Hold, Picker, StorageSpace, Transaction, in_order
 from .migrations import POSTGRES_MIGRATIONS, POSTGRES_ONLY_TABLES
-from .rows import CandidateRow, DeliveryRow, ExpiredRow, PayloadRow, QueuedRow
+from .rows import CandidateRow, DeliveryRow, ExpiredRow, LaneRow, PayloadRow, QueuedRow, StreamPosition
 from .sql import SqlStorage, SqlTransaction, Statements
 
 __all__ = [
@@ -144,6 +144,18 @@ class PostgresTransaction(SqlTransaction):
         it, a worker settling it) is left out, never waited for."""
         rows = self.conn.execute(self.sql.queued + " FOR UPDATE SKIP LOCKED", (person_key, kind, now)).fetchall()
         return [QueuedRow._make(row) for row in rows]
+
+    def lane_rows(self, person_key: str, now: float) -> list[LaneRow]:
+        rows = self.conn.execute(self.sql.lane_rows + " FOR UPDATE SKIP LOCKED", (person_key, now)).fetchall()
+        return [LaneRow._make(row) for row in rows]
+
+    def stream_positions(self, stream: str, parts: Sequence[int]) -> dict[int, StreamPosition]:
+        rows = self.conn.execute(
+            "SELECT stream, part, next_position, event_ts, end_at, updated_at FROM stream_positions"
+            " WHERE stream = %s AND part = ANY(%s) ORDER BY part FOR UPDATE",
+            (stream, sorted(set(parts))),
+        ).fetchall()
+        return {int(row[1]): StreamPosition._make(row) for row in rows}
 
     # Every statement that locks several outbox rows is one statement taking their locks in seq order
     # (:func:`_rows_in_order`): transactions locking rows of one batch (a lease, a renewal, an acknowledgement
@@ -276,9 +288,11 @@ class LeaseClaims(Claims):
 
                 with tx.snapshot_candidates(lane) as rows:
                     chosen, oversized = pick(rows, taken)
-                payloads = tx.payloads([row.seq for row in (*chosen, *oversized)]) if chosen or oversized else {}
-                leased = tx.lease(self.owner, now + self.lease_s, [row.seq for row in chosen if row.seq in payloads])
-                kept = in_order(chosen, leased)
+                leased = tx.lease(self.owner, now + self.lease_s, [row.seq for row in chosen]) if chosen else set()
+                # read once leased (no ingestion changes a leased row): an operation put in event-time order since
+                # the snapshot (:meth:`~..outbox.Outbox.reorder`) is sent as it is now
+                payloads = tx.payloads([*leased, *(row.seq for row in oversized)]) if leased or oversized else {}
+                kept = in_order(chosen, leased & payloads.keys())
                 if len(kept) < len(leased):
                     tx.unlease(self.owner, sorted(leased - {row.seq for row in kept}))
             return kept, oversized, payloads

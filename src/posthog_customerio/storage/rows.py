@@ -17,6 +17,7 @@ __all__ = [
     "DeadLetterRow",
     "DeliveryRow",
     "ExpiredRow",
+    "LaneRow",
     "NewDeadLetter",
     "NewOperation",
     "PayloadRow",
@@ -26,6 +27,7 @@ __all__ = [
     "ReplicaRow",
     "RequeueRow",
     "StoredStatus",
+    "StreamPosition",
 ]
 
 
@@ -51,6 +53,9 @@ class NewOperation(NamedTuple):
     enqueued_at: float
     after_keys: str | None
     kind: Kind
+    #: the event time (epoch seconds) of an operation from a source read in event-time order (``consume``):
+    #: its person's operations go out in that order (:mod:`..ordering`); ``None`` elsewhere (arrival order)
+    order_ts: float | None = None
 
 
 class CandidateRow(NamedTuple):
@@ -65,6 +70,7 @@ class CandidateRow(NamedTuple):
     lease_owner: str | None
     lease_until: float | None
     kind: Kind
+    order_ts: float | None = None
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -87,6 +93,34 @@ class QueuedRow(NamedTuple):
     enqueued_at: float
     lease_until: float | None
     after_keys: str | None
+    order_ts: float | None = None
+
+
+class LaneRow(NamedTuple):
+    """A movable queued operation of one person, read to put the person's operations in event-time order
+    (:meth:`~..outbox.Outbox.reorder`): everything its row holds but its place."""
+
+    seq: int
+    payload: str
+    size: int
+    enqueued_at: float
+    attempts: int
+    last_error: str | None
+    kind: Kind
+    order_ts: float
+
+
+class StreamPosition(NamedTuple):
+    """How far a stream's partition was stored and read (``stream_positions``): the next position to store (a Kafka
+    offset times :data:`~..ordering.POSITION_SPAN` plus the event's index in its message), the newest event time
+    read from it (its progress, for the event-time gate), and since when it is read to its end (``None``: not)."""
+
+    stream: str
+    part: int
+    next_position: int
+    event_ts: float
+    end_at: float | None
+    updated_at: float
 
 
 class QueueEntryRow(NamedTuple):

@@ -19,6 +19,7 @@ from .rows import (
     DeadLetterRow,
     DeliveryRow,
     ExpiredRow,
+    LaneRow,
     NewDeadLetter,
     NewOperation,
     PayloadRow,
@@ -28,13 +29,14 @@ from .rows import (
     ReplicaRow,
     RequeueRow,
     StoredStatus,
+    StreamPosition,
 )
 
 __all__ = ["PERSON_COLUMNS", "SqlStorage", "SqlTransaction", "Statements"]
 
 #: columns of a person row, in order (see :mod:`..state`)
 PERSON_COLUMNS = ("distinct_id", "identified", "email", "created", "email_sent", "digests", "merged_into", "extra")
-_OPERATION_COLUMNS = "person_key, payload, size, enqueued_at, after_keys, kind"
+_OPERATION_COLUMNS = "person_key, payload, size, enqueued_at, after_keys, kind, order_ts"
 _DEAD_LETTER_INSERT = (
     "seq, person_key, payload, reason, status, response, attempts, enqueued_at, failed_at, after_keys, kind"
 )
@@ -68,14 +70,16 @@ class Statements:
             + ", ".join(f"{column} = excluded.{column}" for column in PERSON_COLUMNS[1:])
         )
         self.person_columns = columns
-        self.insert_operation = f"INSERT INTO outbox ({_OPERATION_COLUMNS}) VALUES ({self.marks(6)})"
+        self.insert_operation = f"INSERT INTO outbox ({_OPERATION_COLUMNS}) VALUES ({self.marks(7)})"
         self.queued = (
-            "SELECT seq, payload, enqueued_at, lease_until, after_keys FROM outbox"
+            "SELECT seq, payload, enqueued_at, lease_until, after_keys, order_ts FROM outbox"
             f" WHERE person_key = {mark} AND kind = {mark} AND (lease_until IS NULL OR lease_until <= {mark})"
             " ORDER BY seq"
         )
         self.delete_operation = f"DELETE FROM outbox WHERE seq = {mark}"
-        candidate = "SELECT seq, person_key, size, attempts, enqueued_at, after_keys, lease_owner, lease_until, kind"
+        candidate = (
+            "SELECT seq, person_key, size, attempts, enqueued_at, after_keys, lease_owner, lease_until, kind, order_ts"
+        )
         #: queue rows after a seq, in order: of the whole queue (``None``) or of one lane
         self.candidates = {
             lane: f"{candidate} FROM outbox WHERE seq > {mark}{_LANES[lane]} ORDER BY seq LIMIT {mark}"
@@ -108,6 +112,27 @@ class Statements:
             f"INSERT INTO status_snapshot (key, value, updated_at) VALUES ({mark}, '{{}}', {mark})"
             " ON CONFLICT (key) DO UPDATE SET updated_at = excluded.updated_at"
         )
+
+        #: a person's queued operations that may change places (event-time order, :meth:`~.outbox.Outbox.reorder`):
+        #: not anonymous, waiting on no other key, with an event time, not leased
+        self.lane_rows = (
+            "SELECT seq, payload, size, enqueued_at, attempts, last_error, kind, order_ts FROM outbox"
+            f" WHERE person_key = {mark} AND kind <> 'anonymous' AND after_keys IS NULL AND order_ts IS NOT NULL"
+            f" AND (lease_until IS NULL OR lease_until <= {mark}) ORDER BY seq"
+        )
+        self.rewrite_lane_row = (
+            f"UPDATE outbox SET payload = {mark}, size = {mark}, enqueued_at = {mark}, attempts = {mark},"
+            f" last_error = {mark}, kind = {mark}, order_ts = {mark} WHERE seq = {mark}"
+        )
+        greatest = "MAX" if mark == "?" else "GREATEST"
+        self.save_stream_position = (
+            "INSERT INTO stream_positions (stream, part, next_position, event_ts, end_at, updated_at)"
+            f" VALUES ({self.marks(6)}) ON CONFLICT (stream, part) DO UPDATE SET"
+            f" next_position = {greatest}(stream_positions.next_position, excluded.next_position),"
+            f" event_ts = {greatest}(stream_positions.event_ts, excluded.event_ts), end_at = excluded.end_at,"
+            " updated_at = excluded.updated_at"
+        )
+        self.stream_progress = f"SELECT event_ts, end_at FROM stream_positions WHERE updated_at > {mark}"
 
     def marks(self, count: int) -> str:
         """``count`` placeholders, comma-separated."""
@@ -166,6 +191,38 @@ class SqlTransaction:
     def delete_operations(self, seqs: Iterable[int]) -> None:
         self._many(self.sql.delete_operation, [(seq,) for seq in seqs])
 
+    def lane_rows(self, person_key: str, now: float) -> list[LaneRow]:
+        return [LaneRow._make(row) for row in self.conn.execute(self.sql.lane_rows, (person_key, now)).fetchall()]
+
+    def rewrite_lane(self, rows: Sequence[tuple[int, LaneRow]]) -> None:
+        self._many(
+            self.sql.rewrite_lane_row,
+            [
+                (row.payload, row.size, row.enqueued_at, row.attempts, row.last_error, row.kind, row.order_ts, seq)
+                for seq, row in rows
+            ],
+        )
+
+    def stream_positions(self, stream: str, parts: Sequence[int]) -> dict[int, StreamPosition]:
+        mark = self.sql.mark
+        sql = (
+            "SELECT stream, part, next_position, event_ts, end_at, updated_at FROM stream_positions"
+            f" WHERE stream = {mark} AND part IN ({self.sql.marks(len(parts))})"
+        )
+        rows = self.conn.execute(sql, (stream, *parts)).fetchall() if parts else []
+        return {int(row[1]): StreamPosition._make(row) for row in rows}
+
+    def save_stream_positions(self, rows: Iterable[StreamPosition]) -> None:
+        self._many(self.sql.save_stream_position, rows)
+
+    def head_order_ts(self) -> tuple[bool, float | None]:
+        row = self._one("SELECT order_ts FROM outbox WHERE kind <> 'anonymous' ORDER BY seq LIMIT 1")
+        return (False, None) if row is None else (True, None if row[0] is None else float(row[0]))
+
+    def stream_progress(self, fresh_after: float) -> list[tuple[float, float | None]]:
+        rows = self.conn.execute(self.sql.stream_progress, (fresh_after,)).fetchall()
+        return [(float(ts), None if end is None else float(end)) for ts, end in rows]
+
     def delete_unleased(self, seqs: Sequence[int], now: float) -> set[int]:
         deleted: set[int] = set()
         for start in range(0, len(seqs), CHUNK):
@@ -200,19 +257,34 @@ class SqlTransaction:
         # ``kind <> 'anonymous'`` would read every row of person work
         return max(0, self.outbox_depth() - int(self._one(self.sql.anonymous_count)[0]))
 
-    def outbox_empty(self, held_after: float | None = None) -> bool:
-        if held_after is None:
-            return self._one("SELECT seq FROM outbox LIMIT 1") is None
-        # anonymous operations enqueued after ``held_after`` are still held: they do not count
-        sql = f"SELECT seq FROM outbox WHERE kind <> 'anonymous' OR enqueued_at <= {self.sql.mark} LIMIT 1"
-        return self._one(sql, (held_after,)) is None
+    def _unheld(self, held_after: float | None, gated: tuple[float, float] | None) -> tuple[str, list[Any]]:
+        """The condition of rows neither the anonymous hold (anonymous rows enqueued after ``held_after``) nor
+        the event-time gate (rows with an event time after ``gated``'s (person, anonymous) bounds) holds."""
+        mark = self.sql.mark
+        plain, params = "TRUE", []
+        if held_after is not None:
+            plain, params = f"(kind <> 'anonymous' OR enqueued_at <= {mark})", [held_after]
+        if gated is None:
+            return plain, params
+        bound = f"CASE WHEN kind = 'anonymous' THEN {mark} ELSE {mark} END"
+        condition = f"((order_ts IS NULL AND {plain}) OR (order_ts IS NOT NULL AND order_ts <= {bound}))"
+        return condition, [*params, gated[1], gated[0]]
 
-    def oldest_enqueued_at(self, held_after: float | None = None) -> float | None:
-        if held_after is None:
+    def outbox_empty(self, held_after: float | None = None, gated: tuple[float, float] | None = None) -> bool:
+        if held_after is None and gated is None:
+            return self._one("SELECT seq FROM outbox LIMIT 1") is None
+        # operations still held (anonymous ones enqueued after ``held_after``, gated ones) do not count
+        condition, params = self._unheld(held_after, gated)
+        return self._one(f"SELECT seq FROM outbox WHERE {condition} LIMIT 1", params) is None
+
+    def oldest_enqueued_at(
+        self, held_after: float | None = None, gated: tuple[float, float] | None = None
+    ) -> float | None:
+        if held_after is None and gated is None:
             row = self._one("SELECT enqueued_at FROM outbox ORDER BY seq LIMIT 1")
         else:
-            sql = "SELECT enqueued_at FROM outbox WHERE kind <> 'anonymous' OR enqueued_at <= {} ORDER BY seq LIMIT 1"
-            row = self._one(sql.format(self.sql.mark), (held_after,))
+            condition, params = self._unheld(held_after, gated)
+            row = self._one(f"SELECT enqueued_at FROM outbox WHERE {condition} ORDER BY seq LIMIT 1", params)
         return None if row is None else float(row[0])  # one column
 
     # -- dead letters --
