@@ -414,3 +414,42 @@ def test_compact_with_postgresql_only_shows_the_sizes(cli: Any, env: dict[str, s
     shown = cli("compact", "--outbox-url", pg_url, env=env)
     assert shown.exit_code == 0, shown.output
     assert shown.stdout.startswith("PostgreSQL: the tables take ") and "autovacuum" in shown.stdout
+
+
+def test_postgresql_refusing_a_write_for_lack_of_room_keeps_readyz_unready_until_events_fit_again(
+    pg_url: str,
+) -> None:
+    """PostgreSQL says a disk is full with SQLSTATE 53100 on the write that does not fit (reproduced by hand on a
+    tablespace on a 40 MB tmpfs: ``could not extend file … No space left on device``; here a trigger raises the same
+    state). Its free space is not visible from a client, and a small probe write may still fit in a page: the
+    refused write itself keeps ``disk_problem`` (``/readyz``) saying ``disk full`` until events are queued again."""
+    db = PostgresStorage(pg_url)
+    try:
+        with db.transaction() as tx:
+            tx.execute("CREATE TABLE disk_is_full (no_room boolean)")
+            tx.execute("INSERT INTO disk_is_full VALUES (true)")
+            tx.execute(
+                "CREATE FUNCTION no_room() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                " IF (SELECT no_room FROM disk_is_full) THEN"
+                " RAISE EXCEPTION 'could not extend file: No space left on device' USING ERRCODE = '53100'; END IF;"
+                " RETURN NEW; END $$"
+            )
+            tx.execute("CREATE TRIGGER no_room BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION no_room()")
+        assert db.disk_problem() is None
+        row = NewOperation("person-1", _PAYLOAD, len(_PAYLOAD), time.time(), None, "person")
+        with pytest.raises(Exception) as refused, db.transaction() as tx:
+            tx.insert_operations([row])
+        assert getattr(refused.value, "sqlstate", None) == "53100" and is_disk_full(refused.value)
+        problem = db.disk_problem()
+        assert problem is not None and problem.startswith("disk full: could not extend file")
+        db.probe_write()  # a small write fits: not enough to say there is room for events
+        assert (db.disk_problem() or "").startswith("disk full: could not extend file")
+        with db.transaction() as tx:
+            tx.execute("UPDATE disk_is_full SET no_room = false")
+        with db.transaction() as tx:
+            tx.insert_operations([row])
+        assert db.disk_problem() is None
+        with db.reading() as tx:
+            assert tx.outbox_depth() == 1  # nothing of the refused write, the one that fitted
+    finally:
+        db.close()

@@ -23,7 +23,16 @@ from typing import IO, Any, TypeVar
 from ..operations import Lane
 from .base import SCAN_LIMIT, Claims, Hold, Picker, StorageSpace, Transaction, in_order
 from .migrations import POSTGRES_MIGRATIONS, POSTGRES_ONLY_TABLES
-from .rows import CandidateRow, DeliveryRow, ExpiredRow, LaneRow, PayloadRow, QueuedRow, StreamPosition
+from .rows import (
+    CandidateRow,
+    DeliveryRow,
+    ExpiredRow,
+    LaneRow,
+    NewOperation,
+    PayloadRow,
+    QueuedRow,
+    StreamPosition,
+)
 from .sql import SqlStorage, SqlTransaction, Statements
 
 __all__ = [
@@ -79,6 +88,12 @@ def lease_margin(lease_s: float) -> float:
     return max(1.0, lease_s / 4)
 
 
+#: PostgreSQL's SQLSTATE for a full disk
+_DISK_FULL = "53100"
+#: how long a write refused for lack of room keeps ``/readyz`` unready (unless a write succeeds meanwhile)
+DISK_FULL_MEMORY_S = 30.0
+
+
 def key_lock_id(key: str) -> int:
     """A signed 64-bit advisory-lock id for a key (stable across processes)."""
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
@@ -107,6 +122,15 @@ def _fetched(cursor: Any, page: int) -> Iterator[CandidateRow]:
 
 class PostgresTransaction(SqlTransaction):
     """A transaction on a pooled connection; person keys locked with advisory locks."""
+
+    #: whether operations were queued in it (a committed one shows the database has room for events again)
+    queued_operations = False
+
+    def insert_operations(self, rows: Iterable[NewOperation]) -> None:
+        rows = list(rows)
+        if rows:
+            self.queued_operations = True
+            super().insert_operations(rows)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run PostgreSQL SQL (``%s`` placeholders; none at all when there are no parameters)."""
@@ -361,6 +385,8 @@ class PostgresStorage(SqlStorage):
         self.url = url
         self.schema_name = schema
         self.lock = threading.RLock()  # API parity with SQLite; PostgreSQL does its own locking
+        #: when this process's last write failed for lack of room, and PostgreSQL's message (:meth:`disk_problem`)
+        self._disk_full: tuple[float, str] | None = None
         options = {"options": f"-c search_path={schema}"} if schema else {}
         self.pool: Any = ConnectionPool(url, min_size=1, max_size=pool_size, kwargs=options, open=False)
         self.pool.open(wait=True, timeout=15)
@@ -391,8 +417,18 @@ class PostgresStorage(SqlStorage):
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[PostgresTransaction]:
-        with self.pool.connection() as conn, conn.transaction():
-            yield PostgresTransaction(conn, self.sql)
+        tx: PostgresTransaction | None = None
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                tx = PostgresTransaction(conn, self.sql)
+                yield tx
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) == _DISK_FULL:  # remembered for /readyz (:meth:`disk_problem`)
+                diag = getattr(exc, "diag", None)
+                self._disk_full = (time.monotonic(), str(getattr(diag, "message_primary", None) or exc)[:200])
+            raise
+        if self._disk_full is not None and tx is not None and tx.queued_operations:  # room for events again
+            self._disk_full = None
 
     def transaction(self) -> contextlib.AbstractContextManager[Transaction]:
         """A transaction on a pooled connection, committed on success."""
@@ -420,6 +456,15 @@ class PostgresStorage(SqlStorage):
 
     def claims(self, lease_s: float) -> Claims:
         return LeaseClaims(self, lease_s)
+
+    def disk_problem(self) -> str | None:
+        """``disk full: ...`` while this process's last write failed for lack of room (SQLSTATE 53100) less than
+        :data:`DISK_FULL_MEMORY_S` ago and none succeeded since: the server's free space is not visible from
+        here, and a small probe write can still fit in a page where a batch of events does not."""
+        failed = self._disk_full
+        if failed is None or time.monotonic() - failed[0] > DISK_FULL_MEMORY_S:
+            return None
+        return f"disk full: {failed[1]} (the last write, {time.monotonic() - failed[0]:.0f} s ago)"
 
     def take_delivery_lock(self, data_dir: Path) -> IO[str] | None:
         """Any number of replicas deliver (leases keep them apart)."""
