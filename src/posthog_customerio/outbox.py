@@ -49,6 +49,8 @@ _EMAIL = re.compile(r"[^\s@\"'<>]+@[^\s@\"'<>]+")
 _FRUITLESS_ROWS = 256
 #: a claim holding something stops when less than this is left of its byte budget
 _NEARLY_FULL = 4_096
+#: a claim stops after this many rows in a row that the event-time gate holds
+_GATED_RUN = 2_000
 #: settled operations remembered per person (``posthog-customerio person``): the newest this many
 DELIVERIES_KEPT = 20
 
@@ -97,6 +99,21 @@ def _select(
         if len(chosen) >= max_items or (chosen and (nearly_full or fruitless >= _FRUITLESS_ROWS)):
             break
     return chosen, oversized
+
+
+def _until_gated_run(rows: Iterable[CandidateRow], gated: Callable[[CandidateRow], bool]) -> Iterator[CandidateRow]:
+    """``rows`` up to a run of :data:`_GATED_RUN` the event-time gate holds: a claim does not read a backlog the
+    gate holds to its end each time (the rows behind go once those before them are released, which storing
+    the slowest partitions' events does, not delivery)."""
+    run = 0
+    for row in rows:
+        if row.order_ts is not None and gated(row):
+            run += 1
+            if run > _GATED_RUN:
+                return
+        else:
+            run = 0
+        yield row
 
 
 def _hydrate(rows: list[CandidateRow], payloads: dict[int, PayloadRow]) -> list[Claimed]:
@@ -350,6 +367,8 @@ class Outbox:
             ) -> tuple[list[CandidateRow], list[CandidateRow]]:
                 if lane == "anonymous":
                     rows = itertools.takewhile(lambda row: not ends_scan(row), rows)
+                if gated is not None:
+                    rows = _until_gated_run(rows, gated)
                 return _select(
                     rows, lambda row: taken(row) or taken_here(row) or held(row), max_items, max_bytes, max_op_bytes
                 )
