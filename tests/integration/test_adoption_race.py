@@ -129,3 +129,34 @@ def test_an_adoption_while_a_claim_reads_the_queue(
     claimed = claim(outbox)
     assert reports
     settle(outbox, claimed, reports[0].notes["anonymous_events_adopted"])
+
+
+def test_another_process_adopting_leaves_the_rows_a_sqlite_deliverer_is_sending(tmp_path: Any) -> None:
+    """SQLite shared by processes (``serve --role ingest`` or ``--workers`` beside the deliverer): the identify is
+    ingested by a process that does not deliver, while the deliverer has the visitor's events in flight. The
+    deliverer's claim leased them in the file: the other process adopts none of them (each is sent once)."""
+    from posthog_customerio.storage import SqliteStorage
+
+    deliverer_db, receiver_db = SqliteStorage(tmp_path / "db.sqlite"), SqliteStorage(tmp_path / "db.sqlite")
+    try:
+        deliverer = Outbox(deliverer_db)
+        receiver = Ingestor(receiver_db, Outbox(receiver_db), MappingConfig())
+        receiver.ingest([visit(n) for n in range(VISITS)])
+        claimed = claim(deliverer)
+        assert len(claimed) == VISITS
+        report = receiver.ingest([IDENTIFY])
+        assert report.notes["anonymous_events_adopted"] == 0
+        settle(deliverer, claimed, 0)
+        # a deliverer that died with rows leased: the next one to take the delivery lock frees them
+        receiver.ingest([PostHogEvent("$pageview", "anon-2", NOW, {"$is_identified": False})])
+        assert len(claim(deliverer)) == 1
+        lock = SqliteStorage(tmp_path / "db.sqlite")
+        handle = lock.take_delivery_lock(tmp_path)
+        with lock.reading() as tx:
+            assert tx.execute("SELECT COUNT(*) FROM outbox WHERE lease_until IS NOT NULL").fetchone()[0] == 0
+        assert handle is not None
+        handle.close()
+        lock.close()
+    finally:
+        deliverer_db.close()
+        receiver_db.close()

@@ -16,10 +16,11 @@ import contextlib
 import fcntl
 import logging
 import os
+import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Set
+from collections.abc import Iterator, Sequence, Set
 from pathlib import Path
 from typing import IO, NamedTuple
 
@@ -71,18 +72,25 @@ _STATEMENTS.anonymous_count = "SELECT COUNT(*) FROM outbox INDEXED BY outbox_ano
 
 
 class SqliteClaims(Claims):
-    """Claims of the only deliverer: a row is taken while this process has it in flight."""
+    """Claims of the only deliverer: a row is taken while this process has it in flight.
+
+    The rows taken are also marked leased in the file (until settled or given back), so that another process
+    writing to it (``serve --role ingest`` or ``--workers`` beside the deliverer) sees them taken: an identify it
+    ingests adopts a visitor's queued events only where no worker is sending them. Leases left by a deliverer
+    that died are cleared when the next one takes the delivery lock (:meth:`SqliteStorage.take_delivery_lock`).
+    """
 
     def __init__(self, db: SqliteStorage) -> None:
         self.db = db
+        self.owner = f"sqlite:{socket.gethostname()}:{os.getpid()}"
 
     def claim(
         self, pick: Picker, in_flight: Set[int], hold: Hold, lane: Lane | None = None
     ) -> tuple[list[CandidateRow], list[CandidateRow], dict[int, PayloadRow]]:
-        """Pick from the queue read a page at a time, then, under the database lock, read the chosen rows'
-        payloads and hold them as in flight: an ingestion (its whole transaction under that lock) either
-        replaced a row before (it is gone: left out, with the later chosen rows of its keys) or sees it
-        in flight after (and leaves it alone)."""
+        """Pick from the queue read a page at a time, then, under the database's write lock, read the chosen
+        rows' payloads, lease them and hold them as in flight: an ingestion (its whole transaction under that
+        lock, in this process or another) either replaced a row before (it is gone: left out, with the later
+        chosen rows of its keys) or sees it taken after (and leaves it alone)."""
 
         def fetch(after: int, limit: int) -> list[CandidateRow]:
             with self.db.reading() as tx:
@@ -91,12 +99,43 @@ class SqliteClaims(Claims):
         chosen, oversized = pick(pages(fetch), lambda row: row.seq in in_flight)
         if not chosen and not oversized:
             return [], [], {}
-        with self.db.reading() as tx:
+        with self._writing() as tx:
             payloads = tx.payloads([row.seq for row in (*chosen, *oversized)])
             kept = in_order(chosen, payloads.keys())
+            if kept:
+                tx.execute(
+                    f"UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE seq IN ({','.join('?' * len(kept))})",
+                    [self.owner, _HELD_UNTIL, *(row.seq for row in kept)],
+                )
             hold(kept)
         kept_seqs = {row.seq for row in (*kept, *oversized)}
         return kept, oversized, {seq: value for seq, value in payloads.items() if seq in kept_seqs}
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Transaction]:
+        """A write transaction, or this thread's own one when it is already inside it (the lock is re-entrant:
+        while this thread holds it, an open transaction on the connection is this thread's)."""
+        with self.db.lock:
+            if self.db.conn.in_transaction:
+                yield SqlTransaction(self.db.conn, self.db.sql)
+            else:
+                with self.db.transaction() as tx:
+                    yield tx
+
+    def give_back(self, seqs: Sequence[int]) -> None:
+        """Operations handed out but not attempted: their leases dropped."""
+        if seqs:
+            self.db.transact(
+                lambda tx: tx.execute(
+                    f"UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?"
+                    f" AND seq IN ({','.join('?' * len(seqs))})",
+                    [self.owner, *seqs],
+                )
+            )
+
+
+#: a SQLite lease lasts until its operation is settled or given back (never by time: one deliverer at a time)
+_HELD_UNTIL = 1e12
 
 
 class SqliteStorage(SqlStorage):
@@ -242,6 +281,8 @@ class SqliteStorage(SqlStorage):
         handle.truncate()
         handle.write(str(os.getpid()))
         handle.flush()
+        with self.transaction() as tx:  # leases of a deliverer that is gone (this lock was free)
+            tx.execute("UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE lease_until IS NOT NULL")
         return handle
 
     def person_sync_lock(self) -> contextlib.AbstractContextManager[bool]:
