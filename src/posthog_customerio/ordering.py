@@ -13,7 +13,9 @@ Two rules put them back in the order they happened, whatever the partitioning:
   consumer and replica); an older event of the same person can then no longer come. An anonymous
   event waits for ``ANONYMOUS_HOLD_S`` of event time the same way, so an identify read later by
   another consumer still adopts it. A partition nobody has read from for ``REORDER_STALE_S`` (its
-  consumer died and the group has not given it to another yet) stops holding anything back.
+  consumer died and the group has not given it to another yet) stops holding anything back, and nothing
+  is held longer than ``REORDER_STALE_S`` after it was stored, however far behind a partition is (the
+  window is bounded: what comes later than that is sent late and counted).
 
 Each partition's progress is the newest event time read from it; a partition read to its end holds nothing
 back, and once every partition is, the stream is idle and its last events go after the window in wall-clock
@@ -117,23 +119,26 @@ class EventTimeGate:
             self._cached = (now, mark)
         return mark
 
-    def bounds(self) -> tuple[float, float] | None:
-        """The newest event time a person operation and an anonymous one may have to be handed out now
-        (``None``: nothing is held)."""
+    def bounds(self) -> tuple[float, float, float] | None:
+        """The newest event time a person operation and an anonymous one may have to be handed out now, and the
+        enqueue time before which nothing is held any more (``REORDER_STALE_S``: however far behind a partition
+        is, nothing waits longer); ``None``: nothing is held."""
         if self._finished:
             return None
         mark = self.watermark().at
-        return None if mark is None else (mark - self.window_s, mark - self.anonymous_hold_s)
+        if mark is None:
+            return None
+        return mark - self.window_s, mark - self.anonymous_hold_s, self.clock() - self.stale_s
 
     def rule(self) -> Callable[[CandidateRow], bool] | None:
         """Whether a candidate row is held now (``None``: nothing is)."""
         bounds = self.bounds()
         if bounds is None:
             return None
-        person_before, anonymous_before = bounds
+        person_before, anonymous_before, enqueued_before = bounds
 
         def held(row: CandidateRow) -> bool:
-            if row.order_ts is None:
+            if row.order_ts is None or row.enqueued_at <= enqueued_before:
                 return False
             return row.order_ts > (anonymous_before if row.kind == "anonymous" else person_before)
 

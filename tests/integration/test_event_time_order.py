@@ -216,3 +216,19 @@ def test_a_claim_stops_after_a_run_of_held_rows(
     stream.read((1, event("caught-up", 500, "user-8")), (0, event("tick", 500, "user-8")))
     outbox.gate.watermark(max_age_s=0)
     assert sorted(drain(outbox)) == sorted([*(f"ahead-{n}" for n in range(5)), "partition-1"])
+
+
+def test_nothing_is_held_longer_than_reorder_stale_s_after_it_was_stored(
+    parts: tuple[Outbox, Ingestor, Stream],
+) -> None:
+    """The window is bounded: a partition far behind (or at the outbox bound, paused) holds an operation at most
+    ``REORDER_STALE_S`` after it was stored; then it goes, in its person's order."""
+    outbox, ingestor, stream = parts
+    outbox.gate = EventTimeGate(ingestor.db, window_s=5.0, anonymous_hold_s=5.0, stale_s=60.0)
+    stream.read((0, event("first", 100)), (0, event("second", 110)))
+    stream.read((1, event("slow", 1, "user-3")))  # partition 1 holds the watermark at t=1
+    assert drain(outbox) == []
+    with ingestor.db.transaction() as tx:  # stored more than REORDER_STALE_S ago
+        tx.execute("UPDATE outbox SET enqueued_at = enqueued_at - 61")
+    sent = drain(outbox)
+    assert sorted(sent) == ["first", "second", "slow"] and sent.index("first") < sent.index("second")

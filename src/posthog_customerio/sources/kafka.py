@@ -531,9 +531,12 @@ class KafkaSource(Source[Polled]):
 
     def _holding_back(self) -> list[TopicPartition]:
         """This consumer's partitions that hold the watermark back while the gate holds the queue's head: read
-        them even at the outbox's bound, or nothing would be released (empty when the gate holds nothing)."""
+        them between the level where sources wait (half of ``OUTBOX_MAX_QUEUED``) and the bound itself, so what
+        the gate holds is released by their progress rather than by ``REORDER_STALE_S`` (empty when the gate holds
+        nothing, or at the bound)."""
         gate = self.intake.ingestor.outbox.gate
-        if gate is None:
+        bound = getattr(self.intake.room, "bound", None)
+        if gate is None or bound is None or bound.full(max_age_s=1.0):  # never past OUTBOX_MAX_QUEUED itself
             return []
         mark = gate.watermark().at
         if mark is None or not gate.holds_head():

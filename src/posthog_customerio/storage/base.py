@@ -198,13 +198,14 @@ class Transaction(Protocol):
     def person_work_depth(self) -> int:
         """How many operations wait that are not anonymous events (what ``OUTBOX_MAX_QUEUED`` bounds)."""
 
-    def outbox_empty(self, held_after: float | None = None, gated: tuple[float, float] | None = None) -> bool:
+    def outbox_empty(self, held_after: float | None = None, gated: tuple[float, float, float] | None = None) -> bool:
         """Whether nothing waits (no count); with ``held_after``, anonymous operations enqueued after it
-        (still held by ``ANONYMOUS_HOLD_S``) do not count; with ``gated`` (person, anonymous bounds), nor do
-        operations whose event time is after their bound (held by the event-time gate, :mod:`..ordering`)."""
+        (still held by ``ANONYMOUS_HOLD_S``) do not count; with ``gated`` (person and anonymous event-time bounds,
+        an enqueue time), nor do operations whose event time is after their bound and that were enqueued after
+        that time (held by the event-time gate, :mod:`..ordering`)."""
 
     def oldest_enqueued_at(
-        self, held_after: float | None = None, gated: tuple[float, float] | None = None
+        self, held_after: float | None = None, gated: tuple[float, float, float] | None = None
     ) -> float | None:
         """Enqueue time of the first operation in the queue; with ``held_after`` / ``gated``, of the first one
         not held (as :meth:`outbox_empty`)."""

@@ -257,9 +257,10 @@ class SqlTransaction:
         # ``kind <> 'anonymous'`` would read every row of person work
         return max(0, self.outbox_depth() - int(self._one(self.sql.anonymous_count)[0]))
 
-    def _unheld(self, held_after: float | None, gated: tuple[float, float] | None) -> tuple[str, list[Any]]:
+    def _unheld(self, held_after: float | None, gated: tuple[float, float, float] | None) -> tuple[str, list[Any]]:
         """The condition of rows neither the anonymous hold (anonymous rows enqueued after ``held_after``) nor
-        the event-time gate (rows with an event time after ``gated``'s (person, anonymous) bounds) holds."""
+        the event-time gate (rows with an event time after ``gated``'s (person, anonymous) bounds, enqueued after
+        its third) holds."""
         mark = self.sql.mark
         plain, params = "TRUE", []
         if held_after is not None:
@@ -267,10 +268,11 @@ class SqlTransaction:
         if gated is None:
             return plain, params
         bound = f"CASE WHEN kind = 'anonymous' THEN {mark} ELSE {mark} END"
-        condition = f"((order_ts IS NULL AND {plain}) OR (order_ts IS NOT NULL AND order_ts <= {bound}))"
-        return condition, [*params, gated[1], gated[0]]
+        released = f"(order_ts <= {bound} OR enqueued_at <= {mark})"
+        condition = f"((order_ts IS NULL AND {plain}) OR (order_ts IS NOT NULL AND {released}))"
+        return condition, [*params, gated[1], gated[0], gated[2]]
 
-    def outbox_empty(self, held_after: float | None = None, gated: tuple[float, float] | None = None) -> bool:
+    def outbox_empty(self, held_after: float | None = None, gated: tuple[float, float, float] | None = None) -> bool:
         if held_after is None and gated is None:
             return self._one("SELECT seq FROM outbox LIMIT 1") is None
         # operations still held (anonymous ones enqueued after ``held_after``, gated ones) do not count
@@ -278,7 +280,7 @@ class SqlTransaction:
         return self._one(f"SELECT seq FROM outbox WHERE {condition} LIMIT 1", params) is None
 
     def oldest_enqueued_at(
-        self, held_after: float | None = None, gated: tuple[float, float] | None = None
+        self, held_after: float | None = None, gated: tuple[float, float, float] | None = None
     ) -> float | None:
         if held_after is None and gated is None:
             row = self._one("SELECT enqueued_at FROM outbox ORDER BY seq LIMIT 1")
