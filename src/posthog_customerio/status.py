@@ -252,6 +252,9 @@ def build_status(
         _apply(status, aggregate(read_replicas(runtime), own))
     if cohorts and configured_cohorts(runtime.settings):
         _add_cohorts(runtime, status)
+    from .activity import activity_status
+
+    status["customerio_activity"] = activity_status(runtime)  # Customer.io's message activity into PostHog
     return status
 
 

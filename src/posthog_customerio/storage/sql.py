@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence, Set
 from typing import Any
 
 from ..operations import Lane
+from .activity_sql import ActivitySql
 from .base import EXPIRED_KEY, Storage, StorageSnapshot
 from .rows import (
     CandidateRow,
@@ -139,7 +140,7 @@ class Statements:
         return ",".join([self.mark] * count)
 
 
-class SqlTransaction:
+class SqlTransaction(ActivitySql):
     """:class:`~.base.Transaction` over a DB-API connection (``execute`` returns a cursor)."""
 
     def __init__(self, conn: Any, sql: Statements) -> None:
