@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from .backoff import Backoff
 from .mapping.activity import Activity, capture_event
 from .mapping.identifiers import is_email
-from .storage.activity_sql import ActivityRow, ActivitySettle
+from .storage.activity_sql import ACTIVITY_KEY, ActivityRow, ActivitySettle
 
 if TYPE_CHECKING:
     from .output.posthog_capture import PostHogCapture
@@ -44,8 +44,9 @@ __all__ = [
     "ActivityInbox",
     "ActivityRelay",
     "ActivityStats",
+    "activity_report",
     "activity_rows",
-    "activity_status",
+    "activity_section",
     "place",
     "requeue",
 ]
@@ -53,7 +54,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: the ``status_snapshot`` counters of the activity (all replicas, all time): ``customerio_activity:<name>``
-COUNTER_KEY = "customerio_activity"
+COUNTER_KEY = ACTIVITY_KEY
 #: how many merges :func:`place` follows at most
 _MAX_HOPS = 20
 _DAY = 86_400.0
@@ -348,36 +349,32 @@ def requeue(db: Storage, states: Sequence[str], event_ids: Sequence[str] | None 
 def activity_rows(db: Storage, states: Sequence[str], limit: int = 100) -> list[dict[str, Any]]:
     """Stored activities in ``states``, oldest first, as JSON (what ``activity`` lists; no message content)."""
     with db.reading() as tx:
-        rows = tx.activity_rows(states, limit)
-    listed = []
-    for row in rows:
-        activity = Activity.from_json(row.payload)
-        listed.append(
-            {
-                "event_id": row.event_id,
-                "state": row.state,
-                "object_type": activity.object_type,
-                "metric": activity.metric,
-                "identifiers": activity.identifiers,
-                "distinct_id": row.distinct_id,
-                "attempts": row.attempts,
-                "last_error": row.last_error,
-                "received_at": row.received_at,
-            }
-        )
-    return listed
+        return [_row(row) for row in tx.activity_rows(states, limit)]
 
 
-def activity_status(runtime: Runtime, listed: int = 10) -> dict[str, Any]:
-    """The ``customerio_activity`` section of the status: what is stored by state, the totals of every replica
-    (``status_snapshot`` counters), this process's counts, and the oldest unplaced and dead rows."""
-    config = runtime.activity_config()
-    with runtime.db.reading() as tx:
-        states = tx.activity_counts()
-        totals = tx.counters(COUNTER_KEY)
+def _row(row: ActivityRow) -> dict[str, Any]:
+    activity = Activity.from_json(row.payload)
+    return {
+        "event_id": row.event_id,
+        "state": row.state,
+        "object_type": activity.object_type,
+        "metric": activity.metric,
+        "identifiers": activity.identifiers,
+        "distinct_id": row.distinct_id,
+        "attempts": row.attempts,
+        "last_error": row.last_error,
+        "received_at": row.received_at,
+    }
+
+
+def activity_section(
+    runtime: Runtime, states: dict[str, int], totals: dict[str, int], waiting: Sequence[ActivityRow]
+) -> dict[str, Any]:
+    """The ``customerio_activity`` section of the status (from one storage snapshot): stored rows by state, the
+    totals of every replica (``status_snapshot`` counters), this process's counts, the oldest unplaced and dead."""
     relay = runtime.activity_relay
     return {
-        "receiving": bool(config.signing_key),
+        "receiving": bool(runtime.activity_config().signing_key),
         "capturing": relay is not None,
         "queued": states.get("queued", 0),
         "unplaced": states.get("unplaced", 0),
@@ -387,8 +384,16 @@ def activity_status(runtime: Runtime, listed: int = 10) -> dict[str, Any]:
         "this_process": runtime.activity[0].as_dict(),
         "paused_until": relay.paused_until if relay is not None and relay.paused_until > time.time() else None,
         "last_error": relay.last_error if relay is not None else None,
-        "waiting": activity_rows(runtime.db, ("unplaced", "dead"), listed),
+        "waiting": [_row(row) for row in waiting],
     }
+
+
+def activity_report(runtime: Runtime, listed: int = 100) -> dict[str, Any]:
+    """:func:`activity_section` from one read, listing up to ``listed`` unplaced and dead rows (``activity``)."""
+    with runtime.db.reading() as tx:
+        states, totals = tx.activity_counts(), tx.counters(COUNTER_KEY)
+        waiting = tx.activity_rows(("unplaced", "dead"), listed)
+    return activity_section(runtime, states, totals, waiting)
 
 
 #: the durable totals shown (``status_snapshot`` counters under :data:`COUNTER_KEY`)

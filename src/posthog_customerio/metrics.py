@@ -156,7 +156,7 @@ class _RuntimeCollector(Collector):
             yield from _person_sync(self.runtime.person_sync.status())
         if self.runtime.cohort_sync is not None:
             yield from _cohort_sync(self.runtime.cohort_sync.status())
-        yield from _activity(self.runtime)
+        yield from _activity(self.runtime, snap.activity_states)
 
     def _disk(self, deliverer: Any) -> Iterator[Metric]:
         """The database's size, the room left (SQLite) and whether the disk is full (:mod:`.disk`)."""
@@ -281,11 +281,9 @@ def _cohort_sync(status: dict[str, Any]) -> Iterator[Metric]:
     )
 
 
-def _activity(runtime: Runtime) -> Iterator[Metric]:
+def _activity(runtime: Runtime, states: dict[str, int]) -> Iterator[Metric]:
     """Customer.io's message activity into PostHog (:mod:`.activity`): this process's counts, the stored rows."""
     counts = runtime.activity[0].as_dict()
-    with runtime.db.reading() as tx:
-        states = tx.activity_counts()
     name = "customerio_activity"
     yield _counter(f"{name}_received", "Reporting webhooks received (POST /webhooks/customerio)", counts["received"])
     yield _counter(f"{name}_verified", "Reporting webhooks with a good, fresh signature", counts["verified"])

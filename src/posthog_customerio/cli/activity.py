@@ -20,13 +20,13 @@ __all__ = ["activity", "activity_lines", "activity_retry"]
 def activity(flags: SettingFlags, as_json: Annotated[bool, typer.Option("--json", help="Print JSON")] = False) -> None:
     """Customer.io's message activity (reporting webhooks) for PostHog: how much is queued, captured, unplaced (no
     known person has its profile yet) or dead (PostHog refused it), and the waiting ones with their reason."""
-    from ..activity import activity_status
+    from ..activity import activity_report
 
     with exits():
         settings = flags.settings()
         require_data(settings)
         with Runtime(settings) as runtime:
-            report = activity_status(runtime, listed=100)
+            report = activity_report(runtime, listed=100)
     if as_json:
         show_json(report)
         return

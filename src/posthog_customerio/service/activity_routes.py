@@ -9,11 +9,15 @@ stores nothing.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from ..sources.customerio_activity import ActivityError, SignatureError, parse_activity, verify_signature
+from . import apidoc
 from .bodies import HttpError, read_body
 from .context import service_of
 
@@ -22,14 +26,54 @@ __all__ = ["ACTIVITY_PATH", "add_activity_routes"]
 ACTIVITY_PATH = "/webhooks/customerio"
 
 
+class ActivityStored(BaseModel):
+    """The answer to a stored reporting webhook."""
+
+    status: str = Field(description='"ok"')
+    stored: bool = Field(description="False: this event_id was stored before (a retry); nothing stored again")
+    event_id: str = Field(description="Customer.io's event_id")
+
+
+#: the request body as declared (the handler reads the raw bytes: the signature covers them)
+_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["event_id", "object_type", "metric", "timestamp"],
+                    "properties": {
+                        "event_id": {"type": "string"},
+                        "object_type": {"type": "string"},
+                        "metric": {"type": "string"},
+                        "timestamp": {"type": "integer"},
+                        "data": {"type": "object"},
+                    },
+                }
+            }
+        },
+    },
+    "parameters": [
+        {"name": "X-CIO-Timestamp", "in": "header", "required": False, "schema": {"type": "string"}},
+        {"name": "X-CIO-Signature", "in": "header", "required": False, "schema": {"type": "string"}},
+    ],
+}
+
+
 def add_activity_routes(app: FastAPI) -> None:
     """Register the reporting webhooks' receiver."""
     app.add_api_route(
         ACTIVITY_PATH,
         receive_activity,
         methods=["POST"],
-        summary="Customer.io reporting webhook (message activity into PostHog)",
-        tags=["receivers"],
+        summary="Customer.io reporting webhook (message activity into PostHog), signed with X-CIO-Signature",
+        response_model=ActivityStored,
+        responses={
+            200: {"description": "Stored (or stored before); captured into PostHog later"},
+            **apidoc.error_responses(400, 401, 413, 503),
+        },
+        openapi_extra=_BODY,
     )
 
 

@@ -9,7 +9,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["ACTIVITY_STATES", "ActivityRow", "ActivitySettle", "ActivitySql"]
+__all__ = ["ACTIVITY_KEY", "ACTIVITY_SHOWN", "ACTIVITY_STATES", "ActivityRow", "ActivitySettle", "ActivitySql"]
+
+#: the ``status_snapshot`` counters of the activity (all replicas, all time): ``customerio_activity:<name>``
+ACTIVITY_KEY = "customerio_activity"
+#: unplaced and dead rows a storage snapshot lists
+ACTIVITY_SHOWN = 10
 
 #: queued (to capture), unplaced (its person is not known yet), dead (PostHog refused it), captured
 ACTIVITY_STATES = ("queued", "unplaced", "dead", "captured")

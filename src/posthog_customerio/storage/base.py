@@ -89,6 +89,11 @@ class StorageSnapshot:
     anonymous_oldest_enqueued_at: float | None = None
     #: anonymous events dropped by the backlog bounds, all replicas, all time: reason -> count
     anonymous_expired: dict[str, int] = field(default_factory=dict)
+    #: Customer.io's message activity (:mod:`..activity`): stored rows by state, the replicas' totals, the
+    #: oldest unplaced and dead rows
+    activity_states: dict[str, int] = field(default_factory=dict)
+    activity_totals: dict[str, int] = field(default_factory=dict)
+    activity_waiting: list[ActivityRow] = field(default_factory=list)
 
 
 def size_text(size: float | None) -> str:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence, Set
 from typing import Any
 
 from ..operations import Lane
-from .activity_sql import ActivitySql
+from .activity_sql import ACTIVITY_KEY, ACTIVITY_SHOWN, ActivitySql
 from .base import EXPIRED_KEY, Storage, StorageSnapshot
 from .rows import (
     CandidateRow,
@@ -576,6 +576,9 @@ class SqlStorage(Storage):
                 anonymous_backlog=anonymous,
                 anonymous_oldest_enqueued_at=anonymous_oldest,
                 anonymous_expired=tx.counters(EXPIRED_KEY),
+                activity_states=tx.activity_counts(),
+                activity_totals=tx.counters(ACTIVITY_KEY),
+                activity_waiting=tx.activity_rows(("unplaced", "dead"), ACTIVITY_SHOWN),
             )
 
     def save_status(self, key: str, value: str, at: float) -> None:
