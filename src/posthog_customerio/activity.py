@@ -72,8 +72,6 @@ class ActivityConfig:
     posthog_host: str | None = None
     #: ``POSTHOG_PROJECT_API_KEY`` ("": capture is off)
     project_api_key: str = ""
-    #: ``IDENTIFY_BY_EMAIL``: profiles are known to Customer.io by email
-    identify_by_email: bool = False
     max_body_bytes: int = 5_000_000
     #: a request to PostHog ends within this long (below the lease on PostgreSQL)
     timeout_s: float = 30.0
@@ -272,10 +270,10 @@ class ActivityRelay:
             return 0
         placed, settles = self._place(rows, now)
         newly_unplaced = len({s.event_id for s in settles} & {r.event_id for r in rows if r.state == "queued"})
-        errors_before = sum(self.stats.posthog_errors.values())
+        failures: list[str] = []
         if placed:
-            settles += self._send(placed)
-        self._settle(settles, newly_unplaced, sum(self.stats.posthog_errors.values()) - errors_before)
+            settles += self._send(placed, failures)
+        self._settle(settles, newly_unplaced, failures)
         return len(rows)
 
     def _place(self, rows: Sequence[ActivityRow], now: float) -> tuple[list[_Placed], list[ActivitySettle]]:
@@ -292,11 +290,14 @@ class ActivityRelay:
                 settles.append(ActivitySettle(row.event_id, "unplaced", None, row.attempts, why, retry_at, None))
         return placed, settles
 
-    def _send(self, placed: list[_Placed]) -> list[ActivitySettle]:
-        """Send the placed rows (one request; after a refusal, one at a time to find the refused ones)."""
+    def _send(self, placed: list[_Placed], failures: list[str]) -> list[ActivitySettle]:
+        """Send the placed rows (one request; after a refusal, one at a time to find the refused ones); each failed
+        request's status (``network``: no answer) is added to ``failures``."""
         result = self.capture.send([capture_event(p.activity, p.distinct_id) for p in placed])
+        if result.outcome != "ok":
+            failures.append(str(result.status) if result.status is not None else "network")
         if result.outcome == "refused" and len(placed) > 1:
-            return [settle for one in placed for settle in self._send([one])]
+            return [settle for one in placed for settle in self._send([one], failures)]
         now = self.clock()
         if result.outcome == "ok":
             self.backoff.reset()
@@ -304,7 +305,6 @@ class ActivityRelay:
                 ActivitySettle(p.row.event_id, "captured", p.distinct_id, p.row.attempts + 1, None, now, now)
                 for p in placed
             ]
-        self.stats.posthog_error(str(result.status) if result.status is not None else "network")
         self.last_error = result.error
         if result.outcome == "refused":
             log.warning("activity relay: PostHog refused an event for good (%s)", result.status)
@@ -318,7 +318,7 @@ class ActivityRelay:
             for p in placed
         ]
 
-    def _settle(self, settles: list[ActivitySettle], unplaced: int, errors: int) -> None:
+    def _settle(self, settles: list[ActivitySettle], unplaced: int, failures: list[str]) -> None:
         """Write the outcomes; count captured, dead, newly unplaced and PostHog errors (here and durably)."""
         counts = Counter(s.state for s in settles)
         named = {"captured": counts["captured"], "unplaced": unplaced, "dead": counts["dead"]}
@@ -326,12 +326,14 @@ class ActivityRelay:
 
         def work(tx: Transaction) -> None:
             tx.settle_activities(self.owner, settles)
-            tx.add_counters(COUNTER_KEY, {**named, "posthog_errors": errors}, now)
+            tx.add_counters(COUNTER_KEY, {**named, "posthog_errors": len(failures)}, now)
 
         self.db.transact(work)
         for name, count in named.items():
             if count:
                 self.stats.add(name, count)
+        for failure in failures:
+            self.stats.posthog_error(failure)
 
     def _prune(self, now: float) -> None:
         if now - self._pruned_at >= 60.0:

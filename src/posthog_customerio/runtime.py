@@ -272,7 +272,6 @@ class Runtime:
             tolerance_s=settings.customerio_webhook_tolerance_s,
             posthog_host=settings.posthog_host,
             project_api_key=_secret(settings.posthog_project_api_key),
-            identify_by_email=settings.identify_by_email,
             max_body_bytes=settings.max_body_bytes,
             timeout_s=min(settings.posthog_timeout_s, lease_bound or settings.posthog_timeout_s),
             lease_s=settings.lease_s,
