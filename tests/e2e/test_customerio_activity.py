@@ -325,3 +325,24 @@ def test_replicas_on_postgresql_capture_each_activity_once(
         section = status(first)
     assert not standin.duplicates
     assert section["totals"]["captured"] == len(bodies) and section["totals"]["duplicates"] == 40
+
+
+def test_an_ingest_role_stores_and_a_deliver_role_captures(
+    tmp_path: Path, sandbox: SandboxServer, standin: CaptureStandin
+) -> None:
+    """``serve --role ingest`` answers the webhooks and only stores; ``--role deliver`` (same data dir) captures."""
+    values: dict[str, Any] = {
+        "posthog_host": standin.url,
+        "posthog_project_api_key": PROJECT_KEY,
+        "customerio_webhook_signing_key": SIGNING_KEY,
+    }
+    ingest = Runtime(make_settings(tmp_path / "data", sandbox, **values))
+    deliver = Runtime(make_settings(tmp_path / "data", sandbox, **values))
+    with running_service(ingest, deliver=False) as url:
+        known_person(url, "u1")
+        assert post_activity(url, activity_body("01HROLE1", "email", "opened")).status_code == 200
+        assert ingest.activity_relay is None and status(url)["queued"] == 1
+        with running_service(deliver, ingest=False) as worker:
+            assert httpx.post(f"{worker}/webhooks/customerio", content=b"{}").status_code == 404  # no receivers
+            wait_for(lambda: len(standin.accepted()) == 1, "captured by the deliver role")
+    assert standin.accepted()[0]["distinct_id"] == "u1"
