@@ -88,6 +88,6 @@ def test_without_a_signing_key_the_endpoint_refuses_everything(settings: Callabl
     runtime = Runtime(settings())
     with in_process_service(runtime) as client:
         answer = client.post("/webhooks/customerio", content=BODY, headers=signed_headers(BODY))
-        assert answer.status_code == 503 and "CUSTOMERIO_WEBHOOK_SIGNING_KEY" in answer.json()["error"]
+        assert answer.status_code == 401 and "CUSTOMERIO_WEBHOOK_SIGNING_KEY" in answer.json()["error"]
         with runtime.db.reading() as tx:
             assert tx.activity_counts() == {}

@@ -71,7 +71,7 @@ def add_activity_routes(app: FastAPI) -> None:
         response_model=ActivityStored,
         responses={
             200: {"description": "Stored (or stored before); captured into PostHog later"},
-            **apidoc.error_responses(400, 401, 413, 503),
+            **apidoc.error_responses(400, 401, 413),
         },
         openapi_extra=_BODY,
     )
@@ -83,10 +83,10 @@ async def receive_activity(request: Request) -> JSONResponse:
     config = runtime.activity_config()
     stats, inbox = runtime.activity
     stats.add("received")
-    if not config.signing_key:
+    if not config.signing_key:  # nothing can be verified: refused as unauthenticated (Customer.io retries)
         stats.reject("not_configured")
         message = "reporting webhooks are off: set CUSTOMERIO_WEBHOOK_SIGNING_KEY"
-        return JSONResponse({"error": message}, status_code=503)
+        raise HttpError(401, message, reason="customerio_webhook_signing_key_unset")
     try:
         body = await read_body(request, config.max_body_bytes)
     except HttpError as exc:
