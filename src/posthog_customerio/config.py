@@ -263,6 +263,23 @@ class Settings(BaseSettings):
     posthog_timeout_s: Annotated[float, Cli(HTTP)] = Field(
         30.0, gt=0, description="With --posthog-host: timeout of each forwarded request"
     )
+    customerio_webhook_signing_key: Annotated[SecretStr | None, Cli(HTTP)] = Field(
+        None,
+        description="Verify Customer.io's reporting webhooks (POST /webhooks/customerio) with this signing key;"
+        " unset: that endpoint refuses them",
+    )
+    customerio_webhook_tolerance_s: Annotated[float, Cli(HTTP)] = Field(
+        300.0,
+        gt=0,
+        le=86_400,
+        allow_inf_nan=False,
+        description="Refuse a reporting webhook whose X-CIO-Timestamp is further than this from our clock",
+    )
+    posthog_project_api_key: Annotated[SecretStr | None, Cli(HTTP)] = Field(
+        None,
+        description="Capture Customer.io's message activity into this PostHog project (its project API key), to"
+        " POSTHOG_HOST's /batch/",
+    )
     cors_origins: Annotated[str, Cli(HTTP)] = Field(
         "*", description="Origins allowed on the browser-facing paths, comma list or *"
     )
@@ -527,6 +544,8 @@ class Settings(BaseSettings):
             self.ops_token,
             self.customerio_pipelines_api_key,
             self.posthog_personal_api_key,
+            self.customerio_webhook_signing_key,
+            self.posthog_project_api_key,
         )
         values = [s.get_secret_value() for s in secrets if s is not None and len(s.get_secret_value()) >= 4]
         if self.outbox_url:  # a PostgreSQL password inside OUTBOX_URL

@@ -156,6 +156,7 @@ class _RuntimeCollector(Collector):
             yield from _person_sync(self.runtime.person_sync.status())
         if self.runtime.cohort_sync is not None:
             yield from _cohort_sync(self.runtime.cohort_sync.status())
+        yield from _activity(self.runtime, snap.activity_states)
 
     def _disk(self, deliverer: Any) -> Iterator[Metric]:
         """The database's size, the room left (SQLite) and whether the disk is full (:mod:`.disk`)."""
@@ -278,6 +279,29 @@ def _cohort_sync(status: dict[str, Any]) -> Iterator[Metric]:
         "When the last cohort sync pass that read every cohort ended, any replica (Unix time; 0 before one)",
         status["last_ok_at"] or 0.0,
     )
+
+
+def _activity(runtime: Runtime, states: dict[str, int]) -> Iterator[Metric]:
+    """Customer.io's message activity into PostHog (:mod:`.activity`): this process's counts, the stored rows."""
+    counts = runtime.activity[0].as_dict()
+    name = "customerio_activity"
+    yield _counter(f"{name}_received", "Reporting webhooks received (POST /webhooks/customerio)", counts["received"])
+    yield _counter(f"{name}_verified", "Reporting webhooks with a good, fresh signature", counts["verified"])
+    yield _labelled(f"{name}_rejected", "Reporting webhooks refused, by reason", "reason", counts["rejected"])
+    yield _counter(
+        f"{name}_duplicates", "Reporting webhooks stored before (Customer.io's retries)", counts["duplicates"]
+    )
+    yield _counter(f"{name}_captured", "Activities captured into PostHog", counts["captured"])
+    yield _counter(f"{name}_unplaced", "Activities whose profile no known person had", counts["unplaced"])
+    yield _counter(f"{name}_dead", "Activities PostHog refused for good", counts["dead"])
+    yield _labelled(
+        f"{name}_posthog_errors",
+        "Failed capture requests, by PostHog's status (network: no answer)",
+        "status",
+        counts["posthog_errors"],
+    )
+    for state in ("queued", "unplaced", "dead"):
+        yield _gauge(f"{name}_{state}_rows", f"Activities stored as {state} now", states.get(state, 0))
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

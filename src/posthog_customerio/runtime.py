@@ -29,6 +29,7 @@ from .sources.base import Intake, Room
 from .storage import DatabaseUnreachable, DeliveryLockError, open_storage
 
 if TYPE_CHECKING:
+    from .activity import ActivityConfig, ActivityInbox, ActivityRelay, ActivityStats
     from .cohort_sync import CohortSync
     from .person_sync import PersonSync
     from .service.config import ServiceConfig
@@ -89,6 +90,10 @@ class Runtime:
         self.person_sync: PersonSync | None = None
         #: ``COHORT_SEGMENTS`` / ``COHORT_ATTRIBUTES``: the passes of PostHog's cohorts (started by the service)
         self.cohort_sync: CohortSync | None = None
+        #: Customer.io's message activity into PostHog (:mod:`.activity`): this process's counts, the receiver's
+        #: store and, in a process that delivers with capture configured, the relay
+        self._activity: tuple[ActivityStats, ActivityInbox] | None = None
+        self.activity_relay: ActivityRelay | None = None
         self.sandbox = None
         self._output: Output | None = None
         self._deliverer: Deliverer | None = None
@@ -255,6 +260,53 @@ class Runtime:
             self.cohort_sync.start()
         return self.cohort_sync
 
+    # -- Customer.io's message activity (:mod:`.activity`) ----------------------------------
+    def activity_config(self) -> ActivityConfig:
+        """What the reporting webhooks' receiver and the relay read of the settings."""
+        from .activity import ActivityConfig
+
+        settings = self.settings
+        lease_bound = settings.lease_s - max(1.0, settings.lease_s / 4) if self.db.dialect == "postgresql" else None
+        return ActivityConfig(
+            signing_key=_secret(settings.customerio_webhook_signing_key),
+            tolerance_s=settings.customerio_webhook_tolerance_s,
+            posthog_host=settings.posthog_host,
+            project_api_key=_secret(settings.posthog_project_api_key),
+            max_body_bytes=settings.max_body_bytes,
+            timeout_s=min(settings.posthog_timeout_s, lease_bound or settings.posthog_timeout_s),
+            lease_s=settings.lease_s,
+            retry_after_max_s=settings.retry_after_max_s,
+        )
+
+    @property
+    def activity(self) -> tuple[ActivityStats, ActivityInbox]:
+        """This process's activity counts and the store of verified webhooks (made on first use)."""
+        if self._activity is None:
+            from .activity import ActivityInbox, ActivityStats
+
+            stats = ActivityStats()
+            self._activity = (stats, ActivityInbox(self.db, stats))
+        return self._activity
+
+    def start_activity_relay(self) -> ActivityRelay | None:
+        """With ``POSTHOG_HOST`` and ``POSTHOG_PROJECT_API_KEY``: capture stored activity into PostHog in a
+        background thread; ``None`` when capture is not configured."""
+        config = self.activity_config()
+        if config.captures and self.activity_relay is None:
+            from .activity import ActivityRelay
+            from .output.posthog_capture import PostHogCapture
+
+            assert config.posthog_host is not None
+            capture = PostHogCapture(
+                config.posthog_host,
+                config.project_api_key,
+                timeout_s=config.timeout_s,
+                retry_after_max_s=config.retry_after_max_s,
+            )
+            self.activity_relay = ActivityRelay(self.db, capture, self.activity[0], lease_s=config.lease_s)
+            self.activity_relay.start()
+        return self.activity_relay
+
     # -- lifecycle -------------------------------------------------------------------
     def close(self, grace_s: float = 10.0) -> None:
         """Stop workers, give back the space the outbox freed (for at most ``grace_s``, 10 s at most), close
@@ -268,6 +320,8 @@ class Runtime:
             self.cohort_sync.stop(timeout=1.0)
         if self.backlog_keeper is not None:
             self.backlog_keeper.stop()
+        if self.activity_relay is not None:
+            self.activity_relay.stop()
         if self._deliverer is not None:
             self._deliverer.stop(grace_s)
         if self.space_keeper is not None:
@@ -285,6 +339,11 @@ class Runtime:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.close()
+
+
+def _secret(value: SecretStr | None) -> str:
+    """A secret setting's value, trimmed ("" when unset)."""
+    return value.get_secret_value().strip() if value is not None else ""
 
 
 def ensure_data_dir(settings: Settings) -> None:

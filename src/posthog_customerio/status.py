@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
+from .activity import activity_section
 from .backlog import REASONS
 from .outbox import DeadLetter
 from .runtime import Runtime
@@ -86,6 +87,10 @@ class Snapshot:
     anonymous_oldest_age_s: float = 0.0
     #: anonymous events dropped by the backlog bounds, every replica, all time: reason -> count
     anonymous_expired: dict[str, int] = field(default_factory=dict)
+    #: Customer.io's message activity: stored rows by state, the replicas' totals, the oldest unplaced and dead
+    activity_states: dict[str, int] = field(default_factory=dict)
+    activity_totals: dict[str, int] = field(default_factory=dict)
+    activity_waiting: list[Any] = field(default_factory=list)
 
     @property
     def person_work_depth(self) -> int:
@@ -128,6 +133,9 @@ def take_snapshot(
         anonymous_backlog=stored.anonymous_backlog,
         anonymous_oldest_age_s=0.0 if anonymous_oldest is None else max(0.0, now - anonymous_oldest),
         anonymous_expired={reason: stored.anonymous_expired.get(reason, 0) for reason in REASONS},
+        activity_states=stored.activity_states,
+        activity_totals=stored.activity_totals,
+        activity_waiting=stored.activity_waiting,
     )
 
 
@@ -365,6 +373,10 @@ def _own_status(runtime: Runtime, sampler: ThroughputSampler | None, snapshot: S
         # COHORT_SEGMENTS / COHORT_ATTRIBUTES: this process's passes of PostHog's cohorts (None: not syncing)
         "cohort_sync": runtime.cohort_sync.status() if runtime.cohort_sync is not None else None,
         "disk": disk_status(runtime),
+        # Customer.io's message activity into PostHog (activity.py)
+        "customerio_activity": activity_section(
+            runtime, snap.activity_states, snap.activity_totals, snap.activity_waiting
+        ),
     }
 
 

@@ -50,9 +50,11 @@ from posthog_customerio.output import pipelines as pipelines_output
 from posthog_customerio.output import track as track_output
 from posthog_customerio.sandbox import SandboxServer
 
+from ..activity_helpers import activity_body, post_activity
 from ..conftest import API_KEY, SITE_ID, Cli, write_jsonl
 from ..helpers import ev, free_port, profiles, wait_for, wait_serving
 from ..posthog_api_standin import STANDIN_KEY, PersonsStandin, running_persons_standin
+from ..posthog_capture_standin import running_capture_standin
 
 TESTS = Path(__file__).resolve().parents[1]
 SRC = TESTS.parent / "src"
@@ -85,6 +87,8 @@ _COHORTS_DRY = "test_sync_cohorts_dry_run_allow_empty_and_json_flags"
 _COHORTS_TIMING = "test_sync_cohorts_delivery_timing_flags"
 _COHORTS_SETTINGS = "test_sync_cohorts_flags_without_a_visible_effect_reach_the_settings"
 _COHORTS_API = "test_sync_cohorts_posthog_api_flags"
+_ACTIVITY = "test_serve_customerio_activity_flags"
+_ACTIVITY_CLI = "test_activity_commands_flags"
 COVERAGE: dict[str, dict[str, str]] = {
     "posthog-customerio": {"--version": "test_cli.py::test_version_prints_the_version"},
     "check": {
@@ -356,6 +360,9 @@ COVERAGE: dict[str, dict[str, str]] = {
         "--cohort-attributes": "test_serve_cohort_sync_flags",
         "--cohort-attribute-prefix": "test_serve_cohort_sync_flags",
         "--cohort-sync-interval-s": "test_serve_cohort_sync_flags",
+        "--customerio-webhook-signing-key": _ACTIVITY,
+        "--customerio-webhook-tolerance-s": _ACTIVITY,
+        "--posthog-project-api-key": _ACTIVITY,
     },
     "consume": {
         "--kafka-bootstrap": _CONSUME,
@@ -447,6 +454,21 @@ COVERAGE: dict[str, dict[str, str]] = {
         "--outbox-url": _READ_ONLY,
         "--lease-s": _READ_ONLY,
         "--sqlite-synchronous": _READ_ONLY,
+    },
+    "activity": {
+        "--json": _ACTIVITY_CLI,
+        "--data-dir": _ACTIVITY_CLI,
+        "--outbox-url": _ACTIVITY_CLI,
+        "--lease-s": _ACTIVITY_CLI,
+        "--sqlite-synchronous": _ACTIVITY_CLI,
+    },
+    "activity-retry": {
+        "--unplaced": _ACTIVITY_CLI,
+        "--dead": _ACTIVITY_CLI,
+        "--data-dir": _ACTIVITY_CLI,
+        "--outbox-url": _ACTIVITY_CLI,
+        "--lease-s": _ACTIVITY_CLI,
+        "--sqlite-synchronous": _ACTIVITY_CLI,
     },
     "sandbox": {
         "--port": "test_sandbox_command_flags",
@@ -2504,3 +2526,85 @@ def test_serve_person_sync_needs_the_posthog_api_settings(cli: Cli, env: dict[st
 
 def api_env(host: str) -> dict[str, str]:
     return {"POSTHOG_API_HOST": host, "POSTHOG_PROJECT_ID": "1", "POSTHOG_PERSONAL_API_KEY": "phx_flag_test_key"}
+
+
+# -- Customer.io's message activity into PostHog ------------------------------------------------------------------
+def test_serve_customerio_activity_flags(tmp_path: Path, sandbox: SandboxServer) -> None:
+    """``--customerio-webhook-signing-key`` (env: another key) verifies the webhooks, ``--posthog-project-api-key``
+    (env: another key) is the key PostHog's ``/batch/`` gets, ``--customerio-webhook-tolerance-s 5000`` (env: 60)
+    accepts a webhook signed 1,000 s ago."""
+    env = {
+        "CUSTOMERIO_SITE_ID": SITE_ID,
+        "CUSTOMERIO_API_KEY": API_KEY,
+        "CUSTOMERIO_TRACK_URL": sandbox.url,
+        "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data"),
+        "CUSTOMERIO_WEBHOOK_SIGNING_KEY": "the-environment-s-key",
+        "CUSTOMERIO_WEBHOOK_TOLERANCE_S": "60",
+        "POSTHOG_PROJECT_API_KEY": "phc_environment",
+    }
+    with running_capture_standin() as standin:
+        env["POSTHOG_HOST"] = standin.url
+        flags = ("--customerio-webhook-signing-key", "flag-key", "--posthog-project-api-key", "phc_flag")
+        with serving(tmp_path, *flags, "--customerio-webhook-tolerance-s", "5000", env=env) as served:
+            assert post_events(served.url, [ev("signed_up", "u1")]).status_code == 200
+            body = activity_body("01HFLAGS1", "email", "opened", customer_id="u1")
+            assert post_activity(served.url, body, key="the-environment-s-key").status_code == 401
+            late = post_activity(served.url, body, key="flag-key", timestamp=int(time.time()) - 1000)
+            assert late.status_code == 200, late.text
+            wait_for(lambda: len(standin.accepted()) == 1, "the activity captured", describe=standin.statuses)
+            output = served.output()
+        no_secrets(output, "flag-key", "phc_flag")
+    assert standin.api_keys == {"phc_flag"}
+    assert standin.accepted()[0]["distinct_id"] == "u1" and standin.accepted()[0]["event"] == "Email Opened"
+
+
+def test_activity_commands_flags(cli: Cli, tmp_path: Path, settings_seen: list[Settings]) -> None:
+    """``activity`` and ``activity-retry`` read the store the flags name (``--data-dir``, ``--outbox-url``,
+    ``--lease-s``, ``--sqlite-synchronous``); ``--json``; ``--unplaced`` and ``--dead`` choose what is re-queued."""
+    from posthog_customerio.activity import ActivityInbox, ActivityStats
+    from posthog_customerio.mapping.activity import Activity
+    from posthog_customerio.storage import SqliteStorage
+    from posthog_customerio.storage.activity_sql import ActivitySettle
+
+    env = {"POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "nothing-here")}
+    outbox = tmp_path / "outbox.sqlite"
+    db = SqliteStorage(outbox)
+    inbox = ActivityInbox(db, ActivityStats())
+    for n in range(3):
+        inbox.store(Activity(f"01HCLI{n}", "email", "opened", 1_704_067_200, {"id": f"nobody-{n}"}))
+    states = {"01HCLI0": "unplaced", "01HCLI1": "unplaced", "01HCLI2": "dead"}
+    db.transact(
+        lambda tx: tx.settle_activities(
+            "test", [ActivitySettle(e, s, None, 1, f"why {s}", 0.0, None) for e, s in states.items()]
+        )
+    )
+    db.close()
+    store = ("--outbox-url", f"sqlite:///{outbox}", "--lease-s", "7", "--sqlite-synchronous", "normal")
+    listed = cli("activity", *store, "--json", env=env)
+    assert listed.exit_code == 0, listed.output
+    report = json.loads(listed.stdout)
+    assert (report["unplaced"], report["dead"]) == (2, 1)
+    assert {row["event_id"]: row["last_error"] for row in report["waiting"]}["01HCLI2"] == "why dead"
+    text = cli("activity", *store, env=env).stdout
+    assert "2 unplaced, 1 dead" in text and "01HCLI0" in text
+    assert cli("activity-retry", *store, "--dead", env=env).stdout == "re-queued 1 activities\n"
+    assert cli("activity-retry", *store, "--unplaced", "01HCLI0", env=env).stdout == "re-queued 1 activities\n"
+    again = cli("activity-retry", *store, "--dead", "01HCLI1", env=env)
+    assert again.exit_code == 1 and again.stdout == "re-queued 0 activities\n"
+    report = json.loads(cli("activity", *store, "--json", env=env).stdout)
+    assert (report["queued"], report["unplaced"], report["dead"]) == (2, 1, 0)
+    seen = [(s.outbox_url, s.lease_s, s.sqlite_synchronous) for s in settings_seen]
+    assert set(seen) == {(f"sqlite:///{outbox}", 7.0, "NORMAL")}
+    # --data-dir: the environment's holds nothing; the flag's data dir does
+    data = tmp_path / "data"
+    data.mkdir()
+    SqliteStorage(data / "posthog-customerio.sqlite").close()
+    assert cli("activity", "--json", env=env).exit_code == 1
+    assert json.loads(cli("activity", "--data-dir", str(data), "--json", env=env).stdout)["queued"] == 0
+    retried = cli("activity-retry", "--data-dir", str(data), env=env)
+    assert retried.exit_code == 0 and retried.stdout == "re-queued 0 activities\n"
+    for command in ("activity", "activity-retry"):
+        bad = cli(command, "--data-dir", str(data), "--lease-s", "1", env=env)
+        assert bad.exit_code == 2 and bad.stderr.startswith("error: LEASE_S:"), bad.output
+        bad = cli(command, "--data-dir", str(data), "--sqlite-synchronous", "sometimes", env=env)
+        assert bad.exit_code == 2 and bad.stderr.startswith("error: SQLITE_SYNCHRONOUS:"), bad.output

@@ -2,9 +2,9 @@
 
 One module per command or group of commands: :mod:`.check`, :mod:`.send`, :mod:`.persons`
 (sync-persons), :mod:`.serve`, :mod:`.consume`, :mod:`.store` (status, person, dead letters, compact), :mod:`.people`
-(delete-person, unsuppress), :mod:`.sandbox`; registered below, in the order ``--help`` lists them. Their settings
-options come from :mod:`.options`; what they print from :mod:`.render`; exits, signals and listening
-from :mod:`.lifecycle`.
+(delete-person, unsuppress), :mod:`.activity` (Customer.io's message activity), :mod:`.sandbox`; registered below,
+in the order ``--help`` lists them. Their settings options come from :mod:`.options`; what they print from
+:mod:`.render`; exits, signals and listening from :mod:`.lifecycle`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import typer
 import typer.main
 
 from .. import __version__
-from . import check, cohorts, consume, people, persons, sandbox, send, serve, store
+from . import activity, check, cohorts, consume, people, persons, sandbox, send, serve, store
 from .lifecycle import EXIT_OK
 
 __all__ = ["app", "main", "setting_commands"]
@@ -42,6 +42,8 @@ app.command("person")(store.person)
 app.command("dead-letters")(store.dead_letters)
 app.command("retry-dead-letters")(store.retry_dead_letters)
 app.command()(store.compact)
+app.command()(activity.activity)
+app.command("activity-retry")(activity.activity_retry)
 app.command("sandbox")(sandbox.sandbox_command)
 
 

@@ -29,7 +29,10 @@ def status(flags: SettingFlags, as_json: Annotated[bool, typer.Option("--json", 
     if as_json:
         show_json(report)
         return
-    show("\n".join([status_text(report), *cohort_sync_lines(report.get("cohort_sync"))]))
+    from .activity import activity_lines
+
+    lines = [*cohort_sync_lines(report.get("cohort_sync")), *activity_lines(report.get("customerio_activity"))]
+    show("\n".join([status_text(report), *lines]))
 
 
 def cohort_sync_lines(sync: dict[str, Any] | None) -> list[str]:

@@ -33,6 +33,8 @@ class MappingConfig:
     event_name_map: Mapping[str, str] = field(default_factory=dict)
     events_to_skip: tuple[str, ...] = ()
     convert_dates: bool = True
+    #: leave out the message activity this service captured into PostHog (:mod:`.activity`): the loop guard
+    skip_customerio_activity: bool = True
 
     def skips(self, name: str) -> bool:
         """Whether ``EVENTS_TO_SKIP`` (names or globs) drops this event name."""

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 from ..events import PostHogEvent
 from ..state import PersonState
+from .activity import is_customerio_activity
 from .attributes import profile_attributes
 from .book import Book, Mapped
 from .config import MappingConfig
@@ -54,6 +55,9 @@ def map_event(event: PostHogEvent, states: Mapping[str, PersonState], config: Ma
     states are returned in ``Mapped.states``.
     """
     result = Mapped()
+    if config.skip_customerio_activity and is_customerio_activity(event.properties):
+        result.skipped = "customerio_activity"  # captured by us from Customer.io: never sent back (no loop)
+        return result
     book = Book(states, result)
     if event.event == "$groupidentify":
         group_identify(event, config, result)

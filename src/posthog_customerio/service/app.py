@@ -30,6 +30,7 @@ from ..output.base import AuthError
 from ..runtime import Runtime
 from ..status import RequestLog, ThroughputSampler
 from . import apidoc
+from .activity_routes import add_activity_routes
 from .auth import Authenticator, OpsGuard
 from .bodies import HttpError
 from .context import Service
@@ -92,6 +93,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
         runtime.deliverer(pause_on_auth_error=True, on_delivered=on_delivered).start()
     syncing = runtime.start_person_sync() is not None
+    if service.deliver and runtime.start_activity_relay() is not None:  # Customer.io's message activity into PostHog
+        log.info("capturing Customer.io's message activity into PostHog at %s", runtime.settings.posthog_host)
     cohorts = runtime.start_cohort_sync() is not None
     service.sampler.start()
     await service.readiness.current()
@@ -194,6 +197,7 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, _starlette_error)
     if ingest:
         add_ingest_routes(app)
+        add_activity_routes(app)
         if proxying:
             add_forwarding_routes(app)
         else:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
 
 from ..operations import Lane
+from .activity_sql import ActivityRow, ActivitySettle
 from .rows import (
     CandidateRow,
     CohortMemberRow,
@@ -88,6 +89,11 @@ class StorageSnapshot:
     anonymous_oldest_enqueued_at: float | None = None
     #: anonymous events dropped by the backlog bounds, all replicas, all time: reason -> count
     anonymous_expired: dict[str, int] = field(default_factory=dict)
+    #: Customer.io's message activity (:mod:`..activity`): stored rows by state, the replicas' totals, the
+    #: oldest unplaced and dead rows
+    activity_states: dict[str, int] = field(default_factory=dict)
+    activity_totals: dict[str, int] = field(default_factory=dict)
+    activity_waiting: list[ActivityRow] = field(default_factory=list)
 
 
 def size_text(size: float | None) -> str:
@@ -312,6 +318,34 @@ class Transaction(Protocol):
 
     def count_cohort_members(self, cohort_id: str, target: str, pass_no: int | None = None) -> int:
         """A target's stored members (those seen by ``pass_no`` when given)."""
+
+    # -- Customer.io's message activity on its way to PostHog (:mod:`..activity`; SQL in :mod:`.activity_sql`) --
+    def insert_activity(self, event_id: str, payload: str, cio_id: str | None, now: float) -> bool:
+        """Store a new activity, queued and due now; False when ``event_id`` is stored already (a retry)."""
+
+    def claim_activities(
+        self, states: Sequence[str], owner: str, now: float, lease_until: float, limit: int
+    ) -> list[ActivityRow]:
+        """Up to ``limit`` rows in ``states``, due and not leased at ``now``, oldest first, leased to ``owner``
+        until ``lease_until`` (PostgreSQL: rows another transaction is claiming are skipped)."""
+
+    def settle_activities(self, owner: str, rows: Sequence[ActivitySettle]) -> None:
+        """Write each attempt's outcome and end its lease (unless another owner leased the row since)."""
+
+    def activity_counts(self) -> dict[str, int]:
+        """Stored activities by state."""
+
+    def activity_rows(self, states: Sequence[str], limit: int) -> list[ActivityRow]:
+        """Stored activities in ``states``, oldest first."""
+
+    def requeue_activities(self, states: Sequence[str], event_ids: Sequence[str] | None, now: float) -> int:
+        """Queue again (due now) the activities in ``states``, only ``event_ids`` when given; how many."""
+
+    def prune_activities(self, settled_before: float) -> int:
+        """Forget activities captured before ``settled_before``; how many."""
+
+    def placed_by_cio_id(self, cio_id: str) -> str | None:
+        """The distinct_id an earlier activity of this Customer.io ``cio_id`` was placed on."""
 
 
 class Claims(ABC):

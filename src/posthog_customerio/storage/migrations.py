@@ -155,6 +155,27 @@ SQLITE_MIGRATIONS: list[str] = [
         PRIMARY KEY (stream, part)
     );
     """,
+    # 12: Customer.io's message activity on its way to PostHog (activity.py): one row per reporting webhook, kept by
+    # Customer.io's event_id (a retry is stored once); state queued, unplaced (its person is not known yet), dead or
+    # captured (kept a while so a late retry is still recognised); leases for PostgreSQL replicas
+    """
+    CREATE TABLE IF NOT EXISTS activity_queue (
+        event_id TEXT PRIMARY KEY,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'queued',
+        distinct_id TEXT,
+        cio_id TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        received_at REAL NOT NULL,
+        next_attempt_at REAL NOT NULL,
+        settled_at REAL,
+        lease_owner TEXT,
+        lease_until REAL
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS activity_queue_due ON activity_queue (state, next_attempt_at);
+    CREATE INDEX IF NOT EXISTS activity_queue_cio_id ON activity_queue (cio_id) WHERE cio_id IS NOT NULL;
+    """,
 ]
 
 POSTGRES_MIGRATIONS: list[str] = [
@@ -295,6 +316,25 @@ POSTGRES_MIGRATIONS: list[str] = [
         updated_at DOUBLE PRECISION NOT NULL,
         PRIMARY KEY (stream, part)
     )
+    """,
+    # 10: as SQLite's 12: Customer.io's message activity on its way to PostHog
+    """
+    CREATE TABLE IF NOT EXISTS activity_queue (
+        event_id TEXT PRIMARY KEY,
+        payload TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'queued',
+        distinct_id TEXT,
+        cio_id TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        received_at DOUBLE PRECISION NOT NULL,
+        next_attempt_at DOUBLE PRECISION NOT NULL,
+        settled_at DOUBLE PRECISION,
+        lease_owner TEXT,
+        lease_until DOUBLE PRECISION
+    );
+    CREATE INDEX IF NOT EXISTS activity_queue_due ON activity_queue (state, next_attempt_at);
+    CREATE INDEX IF NOT EXISTS activity_queue_cio_id ON activity_queue (cio_id) WHERE cio_id IS NOT NULL
     """,
 ]
 

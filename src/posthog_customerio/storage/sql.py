@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence, Set
 from typing import Any
 
 from ..operations import Lane
+from .activity_sql import ACTIVITY_KEY, ACTIVITY_SHOWN, ActivitySql
 from .base import EXPIRED_KEY, Storage, StorageSnapshot
 from .rows import (
     CandidateRow,
@@ -139,7 +140,7 @@ class Statements:
         return ",".join([self.mark] * count)
 
 
-class SqlTransaction:
+class SqlTransaction(ActivitySql):
     """:class:`~.base.Transaction` over a DB-API connection (``execute`` returns a cursor)."""
 
     def __init__(self, conn: Any, sql: Statements) -> None:
@@ -577,6 +578,9 @@ class SqlStorage(Storage):
                 anonymous_backlog=anonymous,
                 anonymous_oldest_enqueued_at=anonymous_oldest,
                 anonymous_expired=tx.counters(EXPIRED_KEY),
+                activity_states=tx.activity_counts(),
+                activity_totals=tx.counters(ACTIVITY_KEY),
+                activity_waiting=tx.activity_rows(("unplaced", "dead"), ACTIVITY_SHOWN),
             )
 
     def save_status(self, key: str, value: str, at: float) -> None:
