@@ -17,9 +17,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.errors import ServerErrorMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
 from ..delivery import Deliverer
@@ -35,10 +37,11 @@ from .bodies import HttpError
 from .context import Service
 from .cors import BrowserCors
 from .health import CustomerioProbe, DeliveryWatch, Readiness
-from .ingest_routes import add_ingest_routes
+from .ingest_routes import Receivers, add_ingest_routes, error_response
 from .ops_routes import add_ops_routes
 from .posthog_routes import FORWARDED_METHODS, add_forwarding_routes, add_standalone_routes, forward
 from .proxy import PostHogProxy
+from .room import RoomGauge
 
 __all__ = ["create_app", "mark_shutdown"]
 
@@ -61,7 +64,8 @@ def _service(runtime: Runtime, deliver: bool, clock: Callable[[], datetime]) -> 
             config.posthog_host, timeout_s=config.posthog_timeout_s, drop_authorization=auth.token or None
         )
     # SQLite: concurrent requests share one commit; PostgreSQL commits them side by side
-    commit_events = GroupCommitter(runtime.ingestor).ingest if runtime.db.group_commit else runtime.ingestor.ingest
+    group = GroupCommitter(runtime.ingestor) if runtime.db.group_commit else None
+    commit_events = group.ingest if group is not None else runtime.ingestor.ingest
     return Service(
         runtime=runtime,
         config=config,
@@ -71,6 +75,8 @@ def _service(runtime: Runtime, deliver: bool, clock: Callable[[], datetime]) -> 
         auth=auth,
         proxy=proxy,
         commit_events=commit_events,
+        group=group,
+        room=RoomGauge(runtime.outbox, runtime.bound, config.max_queue),
         readiness=Readiness(runtime, config.max_queue),
         probe=CustomerioProbe(runtime),
         watch=DeliveryWatch(config.stall_after_s),
@@ -153,13 +159,27 @@ def _drain_within(deliverer: Deliverer, seconds: float) -> bool:
     return emptied
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HttpError)
-    if 400 <= exc.status < 500:  # counted by reason, logged without the body, shown in /status
-        message = f"rejected {request.method} {request.url.path}: {exc.status} {exc.message}"[:300]
-        request.app.state.service.requests_log.rejection(exc.reason, message)
-        log.warning("%s", message)
-    return exc.response()
+    return error_response(request, exc)
+
+
+class ServiceApp(FastAPI):
+    """The FastAPI app, with the receivers' POSTs (``/webhook``, capture) answered before FastAPI's middleware
+    stack and routing: by :class:`~.ingest_routes.Receivers` behind the same CORS and the same 500, so every
+    answer is the one the routes give (they stay, for ``/openapi.json`` and the other methods)."""
+
+    #: the receivers' paths (none without ``ingest``) and the ASGI app that answers their POSTs
+    receiver_paths: frozenset[str] = frozenset()
+    receivers: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.receiver_paths:
+            assert self.receivers is not None
+            scope["app"] = self
+            await self.receivers(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -176,7 +196,7 @@ def create_app(
     auth, proxying = service.auth, service.proxy is not None
     if auth.ops_guarded and not auth.ops_token:
         log.warning("only WEBHOOK_SIGNING_SECRET is set: the operations endpoints answer 401 until OPS_TOKEN is set")
-    app = FastAPI(
+    app = ServiceApp(
         title="posthog-customerio",
         version=__version__,
         description="Receives PostHog events and keeps Customer.io in sync.",
@@ -194,6 +214,11 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, _starlette_error)
     if ingest:
         add_ingest_routes(app)
+        receivers = Receivers()
+        app.receivers = ServerErrorMiddleware(
+            BrowserCors(receivers, origins=service.config.cors_origins, proxying=proxying)
+        )
+        app.receiver_paths = frozenset(receivers.paths)
         if proxying:
             add_forwarding_routes(app)
         else:
