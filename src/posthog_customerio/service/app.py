@@ -42,6 +42,7 @@ from .ops_routes import add_ops_routes
 from .posthog_routes import FORWARDED_METHODS, add_forwarding_routes, add_standalone_routes, forward
 from .proxy import PostHogProxy
 from .room import RoomGauge
+from .workers import ToFirstProcess
 
 __all__ = ["create_app", "mark_shutdown"]
 
@@ -89,6 +90,7 @@ def _service(runtime: Runtime, deliver: bool, clock: Callable[[], datetime]) -> 
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     service: Service = app.state.service
     runtime, config = service.runtime, service.config
+    forward: ToFirstProcess | None = getattr(app, "forward", None)
     if service.deliver:
         observe, probe = service.metrics.observe_delivered, service.probe
 
@@ -97,13 +99,16 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             probe.note_delivered()
 
         runtime.deliverer(pause_on_auth_error=True, on_delivered=on_delivered).start()
-    syncing = runtime.start_person_sync() is not None
-    cohorts = runtime.start_cohort_sync() is not None
+    # a receiver worker of ``serve --workers`` only stores: the first process syncs, and answers for Customer.io
+    syncing = forward is None and runtime.start_person_sync() is not None
+    cohorts = forward is None and runtime.start_cohort_sync() is not None
     service.sampler.start()
     await service.readiness.current()
-    service.probe.view()
+    if forward is None:
+        service.probe.view()
     target = runtime.sandbox.url if runtime.sandbox else "Customer.io"
-    log.info("serving; delivery %s to %s", "on" if service.deliver else "off", target)
+    if forward is None:
+        log.info("serving; delivery %s to %s", "on" if service.deliver else "off", target)
     if syncing:
         log.info("person sync: a pass of PostHog's persons every %gs", runtime.settings.person_sync_interval_s)
     if cohorts:
@@ -124,6 +129,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.sampler.stop()
         if service.proxy is not None:
             await service.proxy.aclose()
+        if forward is not None:
+            await forward.aclose()
         service.readiness.flight.close()
         service.probe.flight.close()
 
@@ -172,25 +179,38 @@ class ServiceApp(FastAPI):
     #: the receivers' paths (none without ``ingest``) and the ASGI app that answers their POSTs
     receiver_paths: frozenset[str] = frozenset()
     receivers: ASGIApp | None = None
+    #: a receiver worker of ``serve --workers``: every other request goes to the first process
+    forward: ToFirstProcess | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.receiver_paths:
-            assert self.receivers is not None
-            scope["app"] = self
-            await self.receivers(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            if scope["method"] == "POST" and scope["path"] in self.receiver_paths:
+                assert self.receivers is not None
+                scope["app"] = self
+                await self.receivers(scope, receive, send)
+                return
+            if self.forward is not None:
+                await self.forward(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
 
 
 def create_app(
-    runtime: Runtime, *, deliver: bool = True, ingest: bool = True, clock: Callable[[], datetime] | None = None
+    runtime: Runtime,
+    *,
+    deliver: bool = True,
+    ingest: bool = True,
+    clock: Callable[[], datetime] | None = None,
+    forward_to: str | None = None,
 ) -> FastAPI:
     """The FastAPI app around a :class:`Runtime`.
 
     ``ingest``: serve the receivers (webhook, capture); ``deliver``: run the
     delivery workers. ``serve --role`` chooses (both by default). ``clock``: the
     receive time of capture requests, which SDK clocks are corrected against
-    (UTC wall time unless a test injects another).
+    (UTC wall time unless a test injects another). ``forward_to``: a receiver worker of
+    ``serve --workers`` (:mod:`.workers`): every request but the receivers' POSTs goes to
+    the first process's UNIX socket at that path.
     """
     service = _service(runtime, deliver, clock or _utc_now)
     auth, proxying = service.auth, service.proxy is not None
@@ -224,6 +244,8 @@ def create_app(
         else:
             add_standalone_routes(app)
     add_ops_routes(app)
+    if forward_to is not None:
+        app.forward = ToFirstProcess(forward_to, timeout_s=max(60.0, service.config.posthog_timeout_s))
     if ingest and proxying:  # last: this service's own /api/* routes match first
         app.add_api_route("/api/{rest:path}", forward, methods=FORWARDED_METHODS, include_in_schema=False)
     generate_openapi = app.openapi
