@@ -11,6 +11,8 @@ In one run, against the sandbox in its own process on 127.0.0.1, mode (c) (v2,
    temporary directory, run with ``PYTHONPATH``); **after**: ``serve`` of this checkout; **after,
    --workers N**: the same with ``--workers``;
 
+   **after, --role ingest**: the receivers alone (nothing delivered: what delivery takes of the process);
+
    each with single-event webhook POSTs: closed loop, 16 connections (every POST answered 200 once;
    POSTs/s), then open loop at 1,000/s and 2,000/s for ``--duration`` s (p50/p99 from each request's
    scheduled time, bench/loadgen.py), each on a fresh data dir;
@@ -226,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of each open loop (<= 120)")
     parser.add_argument("--workers", type=int, default=2, help="serve --workers N for the last variant (0: skip)")
     parser.add_argument("--people", type=int, default=2000, help="people in the generated stream")
-    parser.add_argument("--only", default="ceiling,before,after,workers,send", help="what to measure")
+    parser.add_argument(
+        "--only", default="ceiling,before,after,ingest-only,workers,send", help="what to measure (comma-separated)"
+    )
     parser.add_argument("--json", type=Path, help="also write the raw figures as JSON here")
     parser.add_argument("--bare-asgi", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -288,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
                 variants.append((f"serve before ({results['base']})", serve_start(base_src, []), True))
             if "after" in only:
                 variants.append(("serve after", serve_start(here_src, []), True))
+            if "ingest-only" in only:
+                variants.append(
+                    ("serve after, --role ingest (no delivery)", serve_start(here_src, ["--role", "ingest"]), False)
+                )
             if "workers" in only and args.workers > 1:
                 workers = serve_start(here_src, ["--workers", str(args.workers)])
                 variants.append((f"serve after, --workers {args.workers}", workers, True))

@@ -2183,25 +2183,38 @@ def _receiver_workers(pid: int) -> list[int]:
 def test_serve_workers_flag(env: dict[str, str], sandbox: SandboxServer, tmp_path: Path) -> None:
     """``--workers 3``: two receiver processes beside the first answer on the same port and store into the same
     outbox. Events posted on fresh connections (each taken by whichever process accepts it) reach the sandbox once
-    each; ``/api/status`` is the first process's whichever process took the connection, so its count of received
-    events falls short of what was posted once a worker stored some; SIGTERM stops them all."""
+    each; ``/api/status``, the first process's answer whichever process took the connection, lists the three as
+    replicas with what each received, summed; SIGTERM stops them all."""
     env = {**env, "ANONYMOUS_EVENTS": "person", "SQLITE_SYNCHRONOUS": "FULL"}
     posted: list[dict[str, Any]] = []
     with serving(tmp_path, "--workers", "3", env=env) as served:
         wait_for(lambda: len(_receiver_workers(served.process.pid)) == 2, "two receiver workers", 60)
         workers = _receiver_workers(served.process.pid)
 
-        def some_stored_by_workers() -> bool:
-            batch = [ev("clicked", f"w{len(posted) + n}", len(posted) + n) for n in range(10)]
-            for event in batch:
+        def post_some() -> None:
+            for n in range(len(posted), len(posted) + 20):
+                event = ev("clicked", f"w{n}", n)
                 with httpx.Client(timeout=30) as client:  # a new connection for each
                     answer = client.post(f"{served.url}/webhook", json=event)
-                assert answer.status_code == 200, answer.text
-                assert answer.json()["accepted"] == 1
+                assert answer.status_code == 200 and answer.json()["accepted"] == 1, answer.text
                 posted.append(event)
-            return int(served.status()["ingest"]["by_source"].get("webhook", 0)) < len(posted)
 
-        wait_for(some_stored_by_workers, "a receiver worker to store some events", 60, interval=0)
+        received: dict[int, int] = {}
+
+        def spread_over_processes() -> bool:
+            status = served.status()
+            received.clear()
+            received.update({r["pid"]: r["events_received"] for r in status["replicas"] if r["live"]})
+            if status["ingest"]["events_received"] != len(posted):  # each process's heartbeat comes every 5 s
+                return False
+            if not any(received.get(pid) for pid in workers):  # the first process took every connection so far
+                post_some()
+                return False
+            return True
+
+        post_some()
+        wait_for(spread_over_processes, "events stored by a receiver worker, counted", 60, describe=lambda: received)
+        assert set(received) == {served.process.pid, *workers}
         served.drained()
         expected = (event_ulid(parsed).upper() for event in posted for parsed in parse_payload(event))
         assert_exactly_once(sandbox, expected, "serve --workers 3")
