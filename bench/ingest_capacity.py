@@ -18,8 +18,10 @@ In one run, against the sandbox in its own process on 127.0.0.1, mode (c) (v2,
    scheduled time, bench/loadgen.py), each on a fresh data dir;
 3. ``send`` of a generated file (mode (c), one process: file -> outbox -> delivered) against its
    floor: the same file parsed (``json.loads`` per line) and its rows inserted into SQLite in
-   transactions of 2,000 (WAL, the same ``synchronous``), in this process; ``send``'s own figure
-   is from its summary (reading, mapping, storing and delivering).
+   transactions of 2,000 (WAL, the same ``synchronous``), in this process; then the steps between:
+   ``send``'s own reader instead of ``json.loads``, and its reading plus ``Ingestor.ingest`` (mapping,
+   person state, outbox) without delivery; ``send``'s own figure is from its summary (reading,
+   mapping, storing and delivering).
 
 Prints Markdown tables and the ratios the issue's targets are stated in.
 """
@@ -201,6 +203,68 @@ def floor(events_file: Path, workdir: Path, synchronous: str, chunk: int = 2000)
     return seconds
 
 
+def read_and_insert(events_file: Path, workdir: Path, synchronous: str, chunk: int = 2000) -> float:
+    """As :func:`floor`, read by ``send``'s own reader (:func:`posthog_customerio.sources.records.read_events`: the
+    strict parser, the event model); rows of (uuid, distinct_id, event)."""
+    from posthog_customerio.sources.records import read_events
+
+    path = workdir / "reader.sqlite"
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("CREATE TABLE rows (seq INTEGER PRIMARY KEY, uuid TEXT, distinct_id TEXT, event TEXT)")
+    started = time.perf_counter()
+    rows: list[tuple[Any, str, str]] = []
+
+    def flush() -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany("INSERT INTO rows (uuid, distinct_id, event) VALUES (?, ?, ?)", rows)
+        conn.execute("COMMIT")
+        rows.clear()
+
+    with open(events_file, encoding="utf-8") as lines:
+        for item in read_events(lines):
+            if item.event is not None:
+                rows.append((item.event.uuid, item.event.distinct_id, item.event.event))
+                if len(rows) >= chunk:
+                    flush()
+    if rows:
+        flush()
+    seconds = time.perf_counter() - started
+    conn.close()
+    return seconds
+
+
+def read_and_ingest(events_file: Path, workdir: Path, synchronous: str, chunk: int = 2000) -> float:
+    """``send``'s reading and storing without its delivery: the reader, then ``Ingestor.ingest`` (mapping, person
+    state, outbox) in transactions of ``chunk`` events, mode (c), into a fresh data dir."""
+    from posthog_customerio.config import Settings
+    from posthog_customerio.runtime import Runtime
+    from posthog_customerio.sources.records import read_events
+
+    settings = Settings(
+        posthog_customerio_data_dir=workdir / f"ingest-{synchronous}",
+        sqlite_synchronous=synchronous,  # type: ignore[arg-type]
+        customerio_api="v2",  # type: ignore[arg-type]
+        anonymous_events="person",  # type: ignore[arg-type]
+    )
+    with Runtime(settings) as runtime:
+        started = time.perf_counter()
+        batch = []
+        with open(events_file, encoding="utf-8") as lines:
+            for item in read_events(lines):
+                if item.event is not None:
+                    batch.append(item.event)
+                    if len(batch) >= chunk:
+                        runtime.ingestor.ingest(batch, "file")
+                        batch = []
+        if batch:
+            runtime.ingestor.ingest(batch, "file")
+        return time.perf_counter() - started
+
+
 def measure_send(box: Sandbox, events_file: Path, events: int, workdir: Path, src: Path) -> dict[str, Any]:
     results: dict[str, Any] = {"events": events}
     for sync in ("NORMAL", "FULL"):
@@ -211,9 +275,18 @@ def measure_send(box: Sandbox, events_file: Path, events: int, workdir: Path, sr
             raise RuntimeError(f"send exited {finished.returncode}: {finished.stderr[-2000:]}")
         summary = json.loads(finished.stdout)
         floor_s = floor(events_file, workdir, sync)
-        results[sync] = {"send_s": summary["seconds"], "wall_s": finished.seconds, "floor_s": floor_s}
+        reader_s = read_and_insert(events_file, workdir, sync)
+        ingest_s = read_and_ingest(events_file, workdir, sync)
+        results[sync] = {
+            "send_s": summary["seconds"],
+            "wall_s": finished.seconds,
+            "floor_s": floor_s,
+            "reader_s": reader_s,
+            "ingest_s": ingest_s,
+        }
         print(
-            f"  send {sync}: {events / summary['seconds']:.0f} events/s; floor {events / floor_s:.0f} events/s",
+            f"  send {sync}: {events / summary['seconds']:.0f} events/s; floor {events / floor_s:.0f},"
+            f" send's reader + insert {events / reader_s:.0f}, reader + ingest (no delivery) {events / ingest_s:.0f}",
             flush=True,
         )
     return results
@@ -347,12 +420,29 @@ def report(results: dict[str, Any], rates: list[float]) -> str:
         for sync in ("NORMAL", "FULL"):
             figures = send[sync]
             send_rate, floor_rate = send["events"] / figures["send_s"], send["events"] / figures["floor_s"]
+            reader_rate, ingest_rate = send["events"] / figures["reader_s"], send["events"] / figures["ingest_s"]
             ratio = send_rate / floor_rate
-            rows.append([sync, send["events"], f"{send_rate:.0f}", f"{floor_rate:.0f}", f"{ratio:.3f}"])
-        out.append(
-            "\n## send vs its floor (parse + insert in batches of 2,000)\n\n"
-            + table(["SQLITE_SYNCHRONOUS", "events", "send events/s", "floor events/s", "send / floor"], rows)
-        )
+            rows.append(
+                [
+                    sync,
+                    send["events"],
+                    f"{floor_rate:.0f}",
+                    f"{reader_rate:.0f}",
+                    f"{ingest_rate:.0f}",
+                    f"{send_rate:.0f}",
+                    f"{ratio:.3f}",
+                ]
+            )
+        headers = [
+            "SQLITE_SYNCHRONOUS",
+            "events",
+            "floor: json.loads + insert, events/s",
+            "send's reader + insert",
+            "reader + ingest (mapping, state, outbox; no delivery)",
+            "send (delivered)",
+            "send / floor",
+        ]
+        out.append("\n## send vs its floor (batches of 2,000 events a transaction)\n\n" + table(headers, rows))
     return "\n".join(out)
 
 
