@@ -128,34 +128,27 @@ def short_commit(ref: str) -> str:
 
 
 # -- measurements ---------------------------------------------------------------------------------
-def measure_http(
-    label: str,
-    start: Any,
-    single: Path,
-    latency_bodies: Path,
-    rates: list[float],
-    duration: float,
-    drain: bool,
-) -> dict[str, Any]:
-    """Closed loop then open loops, each on a fresh server (``start(name)`` is the server's context)."""
-    result: dict[str, Any] = {"label": label, "open": []}
+def measure_closed(label: str, start: Any, single: Path, drain: bool) -> dict[str, Any]:
+    """The closed loop on a fresh server (``start(name)`` is the server's context)."""
     with start("closed") as url:
         load = loadgen(url + "/webhook", single, "closed", "--connections", "16", "--batch", "1")
-        result["closed"] = load
         if drain:
             wait_delivered(_Status(url), time.monotonic())
     print(f"  {label}: closed loop {load['events'] / load['seconds']:.0f} POST/s {load['statuses']}", flush=True)
-    for rate in rates:
-        with start(f"open-{rate:.0f}") as url:
-            time.sleep(1.0)  # start-up work settles
-            load = loadgen(url + "/webhook", latency_bodies, "open", "--rate", str(rate), "--duration", str(duration))
-            result["open"].append(load)
-        print(
-            f"  {label}: open {rate:.0f}/s: achieved {load['achieved_rate']:.0f}/s,"
-            f" p50 {load['p50_ms']:.2f} ms, p99 {load['p99_ms']:.2f} ms {load['statuses']}",
-            flush=True,
-        )
-    return result
+    return dict(load)
+
+
+def measure_open(label: str, start: Any, bodies: Path, rate: float, duration: float) -> dict[str, Any]:
+    """An open loop at ``rate`` on a fresh server."""
+    with start(f"open-{rate:.0f}") as url:
+        time.sleep(1.0)  # start-up work settles
+        load = loadgen(url + "/webhook", bodies, "open", "--rate", str(rate), "--duration", str(duration))
+    print(
+        f"  {label}: open {rate:.0f}/s: achieved {load['achieved_rate']:.0f}/s,"
+        f" p50 {load['p50_ms']:.2f} ms, p99 {load['p99_ms']:.2f} ms {load['statuses']}",
+        flush=True,
+    )
+    return dict(load)
 
 
 class _Status:
@@ -297,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", help="the commit 'before' is measured on (default: where HEAD left main)")
     parser.add_argument("--events", type=int, default=20_000, help="single-event POSTs of the closed loop")
+    parser.add_argument("--repeat", type=int, default=1, help="closed loops per variant, in rounds (the median)")
     parser.add_argument("--rates", default="1000,2000", help="offered loads of the open loops, POSTs/s")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of each open loop (<= 120)")
     parser.add_argument("--workers", type=int, default=2, help="serve --workers N for the last variant (0: skip)")
@@ -317,7 +311,12 @@ def main(argv: list[str] | None = None) -> int:
         ).stdout.strip()
     rates = [float(rate) for rate in args.rates.split(",") if rate.strip()]
     here_src = ROOT / "src"
-    results: dict[str, Any] = {"machine": machine(), "base": short_commit(args.base), "http": []}
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "base": short_commit(args.base),
+        "http": [],
+        "load_at_start": os.getloadavg(),
+    }
     tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-", dir="/tmp"))
     try:
         base_src = extract_base(args.base, tmp / "base") if "before" in only else here_src
@@ -372,8 +371,19 @@ def main(argv: list[str] | None = None) -> int:
             if "workers" in only and args.workers > 1:
                 workers = serve_start(here_src, ["--workers", str(args.workers)])
                 variants.append((f"serve after, --workers {args.workers}", workers, True))
-            for label, start, drain in variants:
-                results["http"].append(measure_http(label, start, single, latency_bodies, rates, args.duration, drain))
+            runs: dict[str, dict[str, Any]] = {
+                label: {"label": label, "closed_runs": [], "open": []} for label, *_ in variants
+            }
+            for _ in range(args.repeat):  # the closed loops in rounds: each round every variant once, in turn
+                for label, start, drain in variants:
+                    runs[label]["closed_runs"].append(measure_closed(label, start, single, drain))
+            for label, start, _drain in variants:
+                for rate in rates:
+                    runs[label]["open"].append(measure_open(label, start, latency_bodies, rate, args.duration))
+            for run in runs.values():
+                ordered = sorted(run["closed_runs"], key=lambda load: load["events_per_s"])
+                run["closed"] = ordered[len(ordered) // 2]  # the median run (the upper one of two)
+                results["http"].append(run)
             if "send" in only:
                 events_file = tmp / "events.jsonl"
                 events = write_events(events_file, args.people, 1, 25)
@@ -388,14 +398,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(results: dict[str, Any], rates: list[float]) -> str:
-    out = [f"machine: {results['machine']}; load before the run: {os.getloadavg()[0]:.2f} (1 min)"]
+    started, ended = results["load_at_start"], os.getloadavg()
+    out = [
+        f"machine: {results['machine']}",
+        "load average (1, 5, 15 min) at the start: {:.2f} {:.2f} {:.2f}; at the end: {:.2f} {:.2f} {:.2f}".format(
+            *started, *ended
+        ),
+    ]
     http = results["http"]
     ceiling = next((r for r in http if r["label"].startswith("bare")), None)
     ceiling_rate = ceiling["closed"]["events_per_s"] if ceiling else None
     before = next((r for r in http if r["label"].startswith("serve before")), None)
     before_rate = before["closed"]["events_per_s"] if before else None
     if http:
-        headers = ["server", "closed loop POST/s", "of ceiling", "x before"]
+        headers = ["server", "closed loop POST/s", "runs", "of ceiling", "x before"]
         for rate in rates:
             headers += [f"{rate:.0f}/s achieved", "p50 ms", "p99 ms"]
         rows = []
@@ -404,6 +420,7 @@ def report(results: dict[str, Any], rates: list[float]) -> str:
             row = [
                 r["label"],
                 f"{closed:.0f}",
+                "/".join(f"{load['events_per_s']:.0f}" for load in r["closed_runs"]),
                 f"{closed / ceiling_rate:.3f}" if ceiling_rate else "",
                 f"{closed / before_rate:.2f}" if before_rate else "",
             ]
@@ -412,7 +429,10 @@ def report(results: dict[str, Any], rates: list[float]) -> str:
             rows.append(row)
         title = "\n## single-event webhook POSTs (closed loop 16 connections; open loops)\n\n"
         out.append(title + table(headers, rows))
-        statuses = {r["label"]: [r["closed"]["statuses"], *(load["statuses"] for load in r["open"])] for r in http}
+        statuses = {
+            r["label"]: [*(load["statuses"] for load in r["closed_runs"]), *(load["statuses"] for load in r["open"])]
+            for r in http
+        }
         out.append("\nstatuses: " + json.dumps(statuses))
     send = results.get("send")
     if send:
