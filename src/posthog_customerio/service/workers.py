@@ -58,6 +58,18 @@ class ToFirstProcess:
         query = scope.get("query_string", b"")
         target = "http://serve" + path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
         headers = [(name, value) for name, value in scope["headers"] if name not in _HOP_BY_HOP]
+        client = scope.get("client")
+        if client:  # the client's address, as the first process adds it when it forwards to PostHog itself
+            prior = [
+                hop.strip()
+                for name, value in headers
+                if name == b"x-forwarded-for"
+                for hop in value.decode("latin-1").split(",")
+                if hop.strip()
+            ]
+            headers = [(name, value) for name, value in headers if name != b"x-forwarded-for"]
+            chain = prior if prior and prior[-1] == client[0] else [*prior, client[0]]
+            headers.append((b"x-forwarded-for", ", ".join(chain).encode("latin-1")))
         request = self.client.build_request(scope["method"], target, headers=headers, content=body())
         try:
             response = await self.client.send(request, stream=True)

@@ -1,0 +1,95 @@
+"""``serve --workers N`` as a PostHog proxy: whichever process takes a connection, the answer is the same.
+
+The receiver workers proxy capture to PostHog themselves and pass everything else (flags, the operations API) to
+the first process; PostHog sees the client's address in ``X-Forwarded-For`` either way, and the events PostHog
+accepted reach the outbox once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ..conftest import API_KEY, SITE_ID
+from ..fake_posthog import FLAG_KEY, running_fake_posthog
+from ..helpers import free_port, wait_for, wait_serving
+
+pytestmark = pytest.mark.e2e
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def _workers(pid: int) -> list[int]:
+    """Receiver workers of the ``serve`` process ``pid``: its children running multiprocessing's ``spawn_main``."""
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(int(child))
+    return found
+
+
+def test_workers_proxy_and_forward_as_one_process(tmp_path: Path) -> None:
+    with running_fake_posthog() as (fake, posthog_url):
+        port = free_port()
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(SRC),
+            "CUSTOMERIO_SITE_ID": SITE_ID,
+            "CUSTOMERIO_API_KEY": API_KEY,
+            "CUSTOMERIO_TRACK_URL": "http://127.0.0.1:9",  # nothing delivered here: the outbox is what is checked
+            "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data"),
+            "POSTHOG_HOST": posthog_url,
+            "SQLITE_SYNCHRONOUS": "NORMAL",
+            "OPS_TOKEN": "ops-token",
+        }
+        command = [sys.executable, "-m", "posthog_customerio", "serve", "--port", str(port), "--workers", "2"]
+        log = tmp_path / "serve.log"
+        with open(log, "w") as output:
+            process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_serving(url, process)
+            wait_for(lambda: len(_workers(process.pid)) == 1, "a receiver worker", 60, describe=log.read_text)
+            ops = {"Authorization": "Bearer ops-token"}
+            captured = 0
+            by_process: dict[int, int] = {}
+
+            def each_process_answered() -> bool:
+                nonlocal captured
+                for _ in range(10):  # fresh connections: each taken by whichever process accepts it
+                    with httpx.Client(timeout=30) as client:
+                        flags = client.post(f"{url}/flags?v=2", json={"token": "phc_x", "distinct_id": "u1"})
+                        assert flags.status_code == 200 and FLAG_KEY in flags.json()["flags"], flags.text
+                        event: dict[str, Any] = {"event": "clicked", "distinct_id": f"u{captured}"}
+                        event["uuid"] = f"0190a0a0-0000-7000-8000-{captured:012d}"
+                        capture = client.post(f"{url}/e", json={"api_key": "phc_x", **event})
+                        assert capture.status_code == 200 and capture.json() == {"status": "Ok"}, capture.text
+                        captured += 1
+                        status = client.get(f"{url}/api/status", headers=ops)
+                        assert status.status_code == 200, status.text
+                by_process.clear()
+                by_process.update({r["pid"]: r["events_received"] for r in status.json()["replicas"] if r["live"]})
+                counted = status.json()["ingest"]["events_received"] == captured
+                return counted and len(by_process) == 2 and all(by_process.values())
+
+            wait_for(each_process_answered, "both processes to take captures, counted", 60, describe=lambda: by_process)
+            assert set(by_process) == {process.pid, *_workers(process.pid)}
+            forwarded = fake.recorded("/flags") + fake.recorded("/e")
+            assert len(forwarded) == 2 * captured
+            assert {request.headers.get("x-forwarded-for") for request in forwarded} == {"127.0.0.1"}
+            assert httpx.get(f"{url}/api/status", timeout=10).status_code == 401  # the ops guard, wherever
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(60)
+        assert process.returncode == 0, log.read_text()
