@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,28 @@ def test_workers_proxy_and_forward_as_one_process(tmp_path: Path) -> None:
                 process.send_signal(signal.SIGTERM)
                 process.wait(60)
         assert process.returncode == 0, log.read_text()
+
+
+def test_workers_stop_when_the_first_process_is_killed(tmp_path: Path) -> None:
+    """``kill -9`` of the first process: its workers stop too, and the port is free for the next start."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(SRC), "POSTHOG_CUSTOMERIO_DATA_DIR": str(tmp_path / "data")}
+    command = [sys.executable, "-m", "posthog_customerio", "serve", "--sandbox", "--port", str(port), "--workers", "3"]
+    log = tmp_path / "serve.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        wait_serving(f"http://127.0.0.1:{port}", process)
+        wait_for(lambda: len(_workers(process.pid)) == 2, "two receiver workers", 60, describe=log.read_text)
+        workers = _workers(process.pid)
+        process.kill()
+        process.wait(30)
+        wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), "the workers to stop", 30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+    with socket.socket() as sock:  # nothing listens on the port any more
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen()

@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
 import shlex
 import shutil
+import signal
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
@@ -214,6 +217,8 @@ class WorkerSpec:
     #: the first process's private UNIX socket
     first: str
     number: int
+    #: the first process's pid (a worker that outlives it stops)
+    parent: int
 
 
 def run_worker(spec: WorkerSpec) -> None:
@@ -225,6 +230,7 @@ def run_worker(spec: WorkerSpec) -> None:
 
     settings = spec.settings
     configure_logging(settings.log_format, settings.log_level, settings.secret_values())
+    threading.Thread(target=_stop_when_orphaned, args=(spec.parent,), name="orphan-watch", daemon=True).start()
     runtime = Runtime(settings)
     try:
         application = create_app(runtime, deliver=False, ingest=True, forward_to=spec.first)
@@ -240,6 +246,14 @@ def run_worker(spec: WorkerSpec) -> None:
     finally:
         spec.listening.close()
         runtime.close(grace_s=0)
+
+
+def _stop_when_orphaned(parent: int) -> None:
+    """A worker whose first process is gone (``kill -9``) stops as if signalled: it must not keep the port."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    log.error("the first serve process is gone: this receiver worker stops")
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Workers:
@@ -303,7 +317,7 @@ def receiver_workers(
     path = str(private / "serve.sock")
     first = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     first.bind(path)
-    specs = [WorkerSpec(settings, host, port, listening, path, number) for number in range(1, workers)]
+    specs = [WorkerSpec(settings, host, port, listening, path, number, os.getpid()) for number in range(1, workers)]
     started = Workers(specs, first, settings.shutdown_grace_s)
     try:
         started.start()
