@@ -83,7 +83,9 @@ def test_workers_proxy_and_forward_as_one_process(tmp_path: Path) -> None:
                 counted = status.json()["ingest"]["events_received"] == captured
                 return counted and len(by_process) == 2 and all(by_process.values())
 
-            wait_for(each_process_answered, "both processes to take captures, counted", 60, describe=lambda: by_process)
+            wait_for(
+                each_process_answered, "both processes to take captures, counted", 120, describe=lambda: by_process
+            )
             assert set(by_process) == {process.pid, *_workers(process.pid)}
             forwarded = fake.recorded("/flags") + fake.recorded("/e")
             assert len(forwarded) == 2 * captured
@@ -92,7 +94,7 @@ def test_workers_proxy_and_forward_as_one_process(tmp_path: Path) -> None:
         finally:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-                process.wait(60)
+                process.wait(120)
         assert process.returncode == 0, log.read_text()
 
 
