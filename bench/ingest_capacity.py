@@ -99,11 +99,30 @@ def server(args: list[str], env: dict[str, str], health: str = "/healthz") -> It
         [*args, "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     url = f"http://127.0.0.1:{port}"
+    PIDS[url] = process.pid
     try:
         wait_http(url + health, process, timeout=120)
         yield url
     finally:
         stop(process, timeout=60)
+
+
+#: the server process behind each URL (its CPU is measured)
+PIDS: dict[str, int] = {}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its children (``serve --workers``), while they run."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            pending += [int(child) for child in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
+    return total
 
 
 def with_path(env: dict[str, str], src: Path) -> dict[str, str]:
@@ -131,7 +150,9 @@ def short_commit(ref: str) -> str:
 def measure_closed(label: str, start: Any, single: Path, drain: bool) -> dict[str, Any]:
     """The closed loop on a fresh server (``start(name)`` is the server's context)."""
     with start("closed") as url:
+        before = cpu_seconds(PIDS[url])
         load = loadgen(url + "/webhook", single, "closed", "--connections", "16", "--batch", "1")
+        load["server_cpu_s"] = cpu_seconds(PIDS[url]) - before
         if drain:
             wait_delivered(_Status(url), time.monotonic())
     print(f"  {label}: closed loop {load['events'] / load['seconds']:.0f} POST/s {load['statuses']}", flush=True)
@@ -351,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                     stderr=subprocess.DEVNULL,
                 )
                 url = f"http://127.0.0.1:{port}"
+                PIDS[url] = process.pid
                 try:
                     wait_http(url + "/", process, timeout=60)
                     yield url
@@ -411,7 +433,7 @@ def report(results: dict[str, Any], rates: list[float]) -> str:
     before = next((r for r in http if r["label"].startswith("serve before")), None)
     before_rate = before["closed"]["events_per_s"] if before else None
     if http:
-        headers = ["server", "closed loop POST/s", "runs", "of ceiling", "x before"]
+        headers = ["server", "closed loop POST/s", "runs", "of ceiling", "x before", "server CPU µs / POST"]
         for rate in rates:
             headers += [f"{rate:.0f}/s achieved", "p50 ms", "p99 ms"]
         rows = []
@@ -423,6 +445,7 @@ def report(results: dict[str, Any], rates: list[float]) -> str:
                 "/".join(f"{load['events_per_s']:.0f}" for load in r["closed_runs"]),
                 f"{closed / ceiling_rate:.3f}" if ceiling_rate else "",
                 f"{closed / before_rate:.2f}" if before_rate else "",
+                f"{1e6 * r['closed']['server_cpu_s'] / r['closed']['events']:.0f}",
             ]
             for load in r["open"]:
                 row += [f"{load['achieved_rate']:.0f}", f"{load['p50_ms']:.2f}", f"{load['p99_ms']:.2f}"]
