@@ -172,6 +172,16 @@ def measure_open(label: str, start: Any, bodies: Path, rate: float, duration: fl
     return dict(load)
 
 
+def wait_processes(url: str, wanted: int, timeout: float = 120.0) -> None:
+    """Until ``/api/status`` lists ``wanted`` live processes (each saves a heartbeat once it serves)."""
+    status = _Status(url)
+    deadline = time.monotonic() + timeout
+    while sum(1 for replica in status.status()["replicas"] if replica["live"]) < wanted:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"fewer than {wanted} processes serving after {timeout:.0f}s")
+        time.sleep(0.2)
+
+
 class _Status:
     """What :func:`throughput.wait_delivered` reads: the service's ``/api/status``."""
 
@@ -357,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
                     env = with_path(base_env(box, data_dir, **MODE_ENV["c"]), src)
                     command = [sys.executable, "-m", "posthog_customerio", "serve", "--host", "127.0.0.1", *extra]
                     with server(command, env) as url:
+                        if "--workers" in extra:  # every process serving before the clock starts
+                            wanted = int(extra[extra.index("--workers") + 1])
+                            wait_processes(url, wanted)
                         yield url
 
                 return start
