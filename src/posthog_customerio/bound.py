@@ -132,6 +132,17 @@ class OutboxBound:
         """Whether the outbox is at its bound: ``serve`` refuses (``max_age_s``: a count up to that old will do)."""
         return self._reached(self.max_queued, max_age_s)
 
+    def full_if_known(self, max_age_s: float) -> bool | None:
+        """:meth:`full` when it needs no count (from the estimate, or a count up to ``max_age_s`` old); ``None``
+        when it does (``serve`` answers on its event loop and counts in a worker thread)."""
+        estimate = self._estimate()
+        if estimate is not None and estimate < self.max_queued:
+            return False
+        counted = self._counted
+        if counted is not None and self.clock() - counted[0] < max_age_s:
+            return counted[1] >= self.max_queued
+        return None
+
     def must_wait(self) -> bool:
         """Whether a source that can wait should wait now (at :attr:`wait_at`)."""
         return self._reached(self.wait_at, 0.0)

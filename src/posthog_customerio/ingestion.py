@@ -252,10 +252,19 @@ class GroupCommitter:
 
     def ingest(self, events: Sequence[PostHogEvent], source: str) -> IngestReport:
         """Ingest as part of the next group; raises what ingesting these events raised."""
+        return self.submit(events, source).result()
+
+    def submit(self, events: Sequence[PostHogEvent], source: str) -> Future[IngestReport]:
+        """Queue ``events`` for the next group; the future is done once the group committed (or failed).
+
+        An event loop may await it (``asyncio.wrap_future``): it is running already, so cancelling
+        a waiter never cancels it.
+        """
         future: Future[IngestReport] = Future()
+        future.set_running_or_notify_cancel()
         prepared, cuts = self.ingestor.prepare(events)  # in the caller's thread, outside the group
         self._queue.put((prepared, cuts, source, future))
-        return future.result()
+        return future
 
     def _run(self) -> None:
         while True:

@@ -46,13 +46,15 @@ import typer
 from posthog_customerio import cli as cli_module
 from posthog_customerio.cli import options as cli_options
 from posthog_customerio.config import Settings
+from posthog_customerio.ids import event_ulid
 from posthog_customerio.output import pipelines as pipelines_output
 from posthog_customerio.output import track as track_output
 from posthog_customerio.sandbox import SandboxServer
+from posthog_customerio.sources import parse_payload
 
 from ..activity_helpers import activity_body, post_activity
 from ..conftest import API_KEY, SITE_ID, Cli, write_jsonl
-from ..helpers import ev, free_port, profiles, wait_for, wait_serving
+from ..helpers import assert_exactly_once, ev, free_port, profiles, wait_for, wait_serving
 from ..posthog_api_standin import STANDIN_KEY, PersonsStandin, running_persons_standin
 from ..posthog_capture_standin import running_capture_standin
 
@@ -344,6 +346,7 @@ COVERAGE: dict[str, dict[str, str]] = {
         "--anonymous-max-age-s": _SETTINGS,
         "--anonymous-backlog-max": _SETTINGS,
         "--outbox-max-queued": "test_serve_outbox_max_queued_flag",
+        "--workers": "test_serve_workers_flag",
         "--lease-s": _SETTINGS,
         "--sqlite-synchronous": _SETTINGS,
         "--auth-retry-s": _SERVE_ON,
@@ -2188,6 +2191,62 @@ def test_serve_outbox_max_queued_flag(cli: Cli, env: dict[str, str], sandbox: Sa
         bound = served.status()["outbox_bound"]
         assert (bound["max_queued"], bound["full"], bound["refused"]["webhook"]) == (2, True, 1), bound
     assert bound["queued"] >= 2
+
+
+def _receiver_workers(pid: int) -> list[int]:
+    """The receiver workers a ``serve`` process started: its children running multiprocessing's ``spawn_main``."""
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(int(child))
+    return found
+
+
+def test_serve_workers_flag(env: dict[str, str], sandbox: SandboxServer, tmp_path: Path) -> None:
+    """``--workers 3``: two receiver processes beside the first answer on the same port and store into the same
+    outbox. Events posted on fresh connections (each taken by whichever process accepts it) reach the sandbox once
+    each; ``/api/status``, the first process's answer whichever process took the connection, lists the three as
+    replicas with what each received, summed; SIGTERM stops them all."""
+    env = {**env, "ANONYMOUS_EVENTS": "person", "SQLITE_SYNCHRONOUS": "FULL"}
+    posted: list[dict[str, Any]] = []
+    with serving(tmp_path, "--workers", "3", env=env) as served:
+        wait_for(lambda: len(_receiver_workers(served.process.pid)) == 2, "two receiver workers", 60)
+        workers = _receiver_workers(served.process.pid)
+
+        def post_some() -> None:
+            for n in range(len(posted), len(posted) + 20):
+                event = ev("clicked", f"w{n}", n)
+                with httpx.Client(timeout=30) as client:  # a new connection for each
+                    answer = client.post(f"{served.url}/webhook", json=event)
+                assert answer.status_code == 200 and answer.json()["accepted"] == 1, answer.text
+                posted.append(event)
+
+        received: dict[int, int] = {}
+
+        def spread_over_processes() -> bool:
+            status = served.status()
+            received.clear()
+            received.update({r["pid"]: r["events_received"] for r in status["replicas"] if r["live"]})
+            if status["ingest"]["events_received"] != len(posted):  # each process's heartbeat comes every 5 s
+                return False
+            if not any(received.get(pid) for pid in workers):  # the first process took every connection so far
+                post_some()
+                return False
+            return True
+
+        post_some()
+        wait_for(spread_over_processes, "events stored by a receiver worker, counted", 60, describe=lambda: received)
+        assert set(received) == {served.process.pid, *workers}
+        served.drained()
+        expected = (event_ulid(parsed).upper() for event in posted for parsed in parse_payload(event))
+        assert_exactly_once(sandbox, expected, "serve --workers 3")
+        health = httpx.get(f"{served.url}/healthz", timeout=10).json()
+        assert health["delivery"] == "running"  # the first process's answer, whoever took the connection
+        code, _ = served.stop()
+    assert code == 0
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers), "the workers to exit", 30)
 
 
 def test_serve_mapping_delivery_and_logging_flags(sandbox: SandboxServer, tmp_path: Path) -> None:

@@ -17,9 +17,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.errors import ServerErrorMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
 from ..delivery import Deliverer
@@ -36,10 +38,12 @@ from .bodies import HttpError
 from .context import Service
 from .cors import BrowserCors
 from .health import CustomerioProbe, DeliveryWatch, Readiness
-from .ingest_routes import add_ingest_routes
+from .ingest_routes import Receivers, add_ingest_routes, error_response
 from .ops_routes import add_ops_routes
 from .posthog_routes import FORWARDED_METHODS, add_forwarding_routes, add_standalone_routes, forward
 from .proxy import PostHogProxy
+from .room import RoomGauge
+from .workers import ToFirstProcess
 
 __all__ = ["create_app", "mark_shutdown"]
 
@@ -62,7 +66,8 @@ def _service(runtime: Runtime, deliver: bool, clock: Callable[[], datetime]) -> 
             config.posthog_host, timeout_s=config.posthog_timeout_s, drop_authorization=auth.token or None
         )
     # SQLite: concurrent requests share one commit; PostgreSQL commits them side by side
-    commit_events = GroupCommitter(runtime.ingestor).ingest if runtime.db.group_commit else runtime.ingestor.ingest
+    group = GroupCommitter(runtime.ingestor) if runtime.db.group_commit else None
+    commit_events = group.ingest if group is not None else runtime.ingestor.ingest
     return Service(
         runtime=runtime,
         config=config,
@@ -72,6 +77,8 @@ def _service(runtime: Runtime, deliver: bool, clock: Callable[[], datetime]) -> 
         auth=auth,
         proxy=proxy,
         commit_events=commit_events,
+        group=group,
+        room=RoomGauge(runtime.outbox, runtime.bound, config.max_queue),
         readiness=Readiness(runtime, config.max_queue),
         probe=CustomerioProbe(runtime),
         watch=DeliveryWatch(config.stall_after_s),
@@ -84,6 +91,7 @@ def _service(runtime: Runtime, deliver: bool, clock: Callable[[], datetime]) -> 
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     service: Service = app.state.service
     runtime, config = service.runtime, service.config
+    forward: ToFirstProcess | None = getattr(app, "forward", None)
     if service.deliver:
         observe, probe = service.metrics.observe_delivered, service.probe
 
@@ -92,15 +100,19 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             probe.note_delivered()
 
         runtime.deliverer(pause_on_auth_error=True, on_delivered=on_delivered).start()
-    syncing = runtime.start_person_sync() is not None
-    if service.deliver and runtime.start_activity_relay() is not None:  # Customer.io's message activity into PostHog
+    # a receiver worker of ``serve --workers`` only stores: the first process syncs, and answers for Customer.io
+    syncing = forward is None and runtime.start_person_sync() is not None
+    relaying = forward is None and service.deliver and runtime.start_activity_relay() is not None
+    if relaying:  # Customer.io's message activity into PostHog
         log.info("capturing Customer.io's message activity into PostHog at %s", runtime.settings.posthog_host)
-    cohorts = runtime.start_cohort_sync() is not None
+    cohorts = forward is None and runtime.start_cohort_sync() is not None
     service.sampler.start()
     await service.readiness.current()
-    service.probe.view()
+    if forward is None:
+        service.probe.view()
     target = runtime.sandbox.url if runtime.sandbox else "Customer.io"
-    log.info("serving; delivery %s to %s", "on" if service.deliver else "off", target)
+    if forward is None:
+        log.info("serving; delivery %s to %s", "on" if service.deliver else "off", target)
     if syncing:
         log.info("person sync: a pass of PostHog's persons every %gs", runtime.settings.person_sync_interval_s)
     if cohorts:
@@ -121,6 +133,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.sampler.stop()
         if service.proxy is not None:
             await service.proxy.aclose()
+        if forward is not None:
+            await forward.aclose()
         service.readiness.flight.close()
         service.probe.flight.close()
 
@@ -156,30 +170,57 @@ def _drain_within(deliverer: Deliverer, seconds: float) -> bool:
     return emptied
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HttpError)
-    if 400 <= exc.status < 500:  # counted by reason, logged without the body, shown in /status
-        message = f"rejected {request.method} {request.url.path}: {exc.status} {exc.message}"[:300]
-        request.app.state.service.requests_log.rejection(exc.reason, message)
-        log.warning("%s", message)
-    return exc.response()
+    return error_response(request, exc)
+
+
+class ServiceApp(FastAPI):
+    """The FastAPI app, with the receivers' POSTs (``/webhook``, capture) answered before FastAPI's middleware
+    stack and routing: by :class:`~.ingest_routes.Receivers` behind the same CORS and the same 500, so every
+    answer is the one the routes give (they stay, for ``/openapi.json`` and the other methods)."""
+
+    #: the receivers' paths (none without ``ingest``) and the ASGI app that answers their POSTs
+    receiver_paths: frozenset[str] = frozenset()
+    receivers: ASGIApp | None = None
+    #: a receiver worker of ``serve --workers``: every other request goes to the first process
+    forward: ToFirstProcess | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            if scope["method"] == "POST" and scope["path"] in self.receiver_paths:
+                assert self.receivers is not None
+                scope["app"] = self
+                await self.receivers(scope, receive, send)
+                return
+            if self.forward is not None:
+                await self.forward(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
-    runtime: Runtime, *, deliver: bool = True, ingest: bool = True, clock: Callable[[], datetime] | None = None
+    runtime: Runtime,
+    *,
+    deliver: bool = True,
+    ingest: bool = True,
+    clock: Callable[[], datetime] | None = None,
+    forward_to: str | None = None,
 ) -> FastAPI:
     """The FastAPI app around a :class:`Runtime`.
 
     ``ingest``: serve the receivers (webhook, capture); ``deliver``: run the
     delivery workers. ``serve --role`` chooses (both by default). ``clock``: the
     receive time of capture requests, which SDK clocks are corrected against
-    (UTC wall time unless a test injects another).
+    (UTC wall time unless a test injects another). ``forward_to``: a receiver worker of
+    ``serve --workers`` (:mod:`.workers`): every request but the receivers' POSTs goes to
+    the first process's UNIX socket at that path.
     """
     service = _service(runtime, deliver, clock or _utc_now)
     auth, proxying = service.auth, service.proxy is not None
     if auth.ops_guarded and not auth.ops_token:
         log.warning("only WEBHOOK_SIGNING_SECRET is set: the operations endpoints answer 401 until OPS_TOKEN is set")
-    app = FastAPI(
+    app = ServiceApp(
         title="posthog-customerio",
         version=__version__,
         description="Receives PostHog events and keeps Customer.io in sync.",
@@ -198,11 +239,18 @@ def create_app(
     if ingest:
         add_ingest_routes(app)
         add_activity_routes(app)
+        receivers = Receivers()
+        app.receivers = ServerErrorMiddleware(
+            BrowserCors(receivers, origins=service.config.cors_origins, proxying=proxying)
+        )
+        app.receiver_paths = frozenset(receivers.paths)
         if proxying:
             add_forwarding_routes(app)
         else:
             add_standalone_routes(app)
     add_ops_routes(app)
+    if forward_to is not None:
+        app.forward = ToFirstProcess(forward_to, timeout_s=max(60.0, service.config.posthog_timeout_s))
     if ingest and proxying:  # last: this service's own /api/* routes match first
         app.add_api_route("/api/{rest:path}", forward, methods=FORWARDED_METHODS, include_in_schema=False)
     generate_openapi = app.openapi

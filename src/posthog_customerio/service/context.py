@@ -8,7 +8,7 @@ from datetime import datetime
 
 from fastapi import Request
 
-from ..ingestion import IngestReport
+from ..ingestion import GroupCommitter, IngestReport
 from ..metrics import Metrics
 from ..runtime import Runtime
 from ..sources import PostHogEvent
@@ -17,6 +17,7 @@ from .auth import Authenticator
 from .config import ServiceConfig
 from .health import CustomerioProbe, DeliveryWatch, Readiness
 from .proxy import PostHogProxy
+from .room import RoomGauge
 
 __all__ = ["Service", "service_of"]
 
@@ -36,6 +37,10 @@ class Service:
     proxy: PostHogProxy | None
     #: stores parsed events in one transaction (SQLite: a shared group commit)
     commit_events: Callable[[Sequence[PostHogEvent], str], IngestReport]
+    #: SQLite: the group commit, which the receivers await on the event loop (``None``: PostgreSQL)
+    group: GroupCommitter | None
+    #: ``MAX_QUEUE`` / ``OUTBOX_MAX_QUEUED`` for the receivers, from recent counts
+    room: RoomGauge
     readiness: Readiness
     probe: CustomerioProbe
     #: whether delivery settles anything (``/healthz`` says ``retrying`` / ``stalled`` when not)

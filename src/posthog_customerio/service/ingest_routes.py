@@ -9,14 +9,15 @@ A signed webhook is stored once per ``webhook-id`` (:mod:`.replay`): a replay is
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
-from ..bound import RETRY_AFTER_S
 from ..disk import disk_full_message, is_disk_full
 from ..ingestion import IngestReport
 from ..sources import (
@@ -28,39 +29,51 @@ from ..sources import (
     parse_v1_batch,
     v1_sent_at,
 )
-from ..sources.store import DATABASE_ERRORS, UnstorableBatch, database_problem, store_events
+from ..sources.decoding import GZIP_MAGIC
+from ..sources.store import DATABASE_ERRORS, Stored, UnstorableBatch, database_problem, store_events
 from . import apidoc
 from .bodies import HttpError, decode_body, parse_json, read_body, too_many
 from .context import Service, service_of
 from .paths import CAPTURE_PATHS, CAPTURE_V1_PATH
 from .proxy import ProxyError
 from .replay import Claim, ReplayGuard
+from .wakeups import wait_for
 
-__all__ = ["add_ingest_routes", "capture", "capture_v1", "webhook"]
+__all__ = [
+    "INLINE_BODY_BYTES",
+    "Receivers",
+    "add_ingest_routes",
+    "capture",
+    "capture_v1",
+    "error_response",
+    "receiver_paths",
+    "webhook",
+]
 
 log = logging.getLogger(__name__)
 
 _MAX_CAPTURE_ANSWER = 1_000_000
+#: a body up to this size, not compressed, is decoded, verified, parsed and queued for its commit on the event
+#: loop (tens of microseconds for one event); a bigger or compressed one in a worker thread, so it never holds
+#: up the other requests
+INLINE_BODY_BYTES = 32 * 1024
+
+_T = TypeVar("_T")
 
 
-def check_room(service: Service, source: str) -> None:
-    """503 with ``Retry-After`` while the outbox is full (run in the thread pool: a count may wait for the database
-    lock; each count may be up to a second old): ``MAX_QUEUE`` operations in all, or ``OUTBOX_MAX_QUEUED`` of
-    person work (anonymous events have their own bound, ``ANONYMOUS_BACKLOG_MAX``, and never make a request
-    refused). Nothing of the request is read or stored before: a request is refused whole or stored whole."""
-    runtime = service.runtime
-    depth, limit = runtime.outbox.depth(1.0), service.config.max_queue
-    if depth >= limit:
-        raise HttpError(503, f"outbox holds {depth} operations (MAX_QUEUE {limit}); retry later", {"Retry-After": "30"})
-    bound = runtime.bound
-    if bound.full(max_age_s=1.0):
-        bound.refused(source)
-        queued = bound.queued(max_age_s=1.0)
-        raise HttpError(
-            503,
-            f"outbox holds {queued} operations of person work (OUTBOX_MAX_QUEUED {bound.max_queued}); retry later",
-            {"Retry-After": str(RETRY_AFTER_S)},
-        )
+def inline_body(request: Request, raw: bytes) -> bool:
+    """Whether ``raw`` is cheap enough to decode and parse on the event loop (small, and nothing to inflate)."""
+    return (
+        len(raw) <= INLINE_BODY_BYTES
+        and not raw.startswith(GZIP_MAGIC)
+        and b"compression" not in request.scope["query_string"]
+        and "content-encoding" not in request.headers
+    )
+
+
+async def _run(inline: bool, work: Callable[..., _T], *args: Any) -> _T:
+    """``work(*args)`` here when ``inline``, else in a worker thread."""
+    return work(*args) if inline else await run_in_threadpool(work, *args)
 
 
 def _parse(
@@ -92,7 +105,7 @@ def _check_api_keys(payload: Any) -> None:
 def parse_events(
     request: Request, raw: bytes, source: str, header_ok: bool, v1: bool, received_at: datetime | None = None
 ) -> list[PostHogEvent]:
-    """Decode, authorise by payload token if needed, parse: CPU work, run in the thread pool.
+    """Decode, authorise by payload token if needed, parse: CPU work (in a worker thread unless the body is small).
 
     ``received_at``: the receive time of a capture request (SDK clocks are corrected against it).
     """
@@ -120,18 +133,43 @@ def parse_capture(request: Request, raw: bytes, v1: bool, received_at: datetime)
     return _parse(service, request, payload, v1, "capture", received_at)
 
 
-async def store(service: Service, events: list[PostHogEvent], source: str, reason: str = "") -> IngestReport:
-    """Commit ``events`` all or nothing: 503 when the outbox cannot take them, 400 when one cannot be stored."""
+async def _commit(service: Service, events: list[PostHogEvent], source: str, inline: bool) -> Stored:
+    """:func:`store_events`, all or nothing. SQLite: queued for the next group commit and awaited here (no thread
+    waits for it); PostgreSQL: committed in a worker thread on a pooled connection."""
+    count_invalid = service.runtime.ingestor.count_invalid
+    group = service.group
+    if group is None:
+        return await run_in_threadpool(
+            store_events, service.commit_events, events, source, all_or_nothing=True, count_invalid=count_invalid
+        )
+    if not events:
+        return Stored()
+    try:
+        future = group.submit(events, source) if inline else await run_in_threadpool(group.submit, events, source)
+        report = await wait_for(future)
+    except Exception as exc:  # the same policy as a commit in this thread: store_events decides what it means
+        error = exc
+
+        def outcome(_events: Any, _source: str) -> IngestReport:
+            raise error
+
+    else:
+
+        def outcome(_events: Any, _source: str) -> IngestReport:
+            return report
+
+    return store_events(outcome, events, source, all_or_nothing=True, count_invalid=count_invalid)
+
+
+async def store(
+    service: Service, events: list[PostHogEvent], source: str, reason: str = "", inline: bool = False
+) -> IngestReport:
+    """Commit ``events`` all or nothing: 503 when the outbox cannot take them, 400 when one cannot be stored.
+
+    ``inline``: the events are few; they are mapped for the commit on the event loop."""
     runtime = service.runtime
     try:
-        stored = await run_in_threadpool(
-            store_events,
-            service.commit_events,
-            events,
-            source,
-            all_or_nothing=True,
-            count_invalid=runtime.ingestor.count_invalid,
-        )
+        stored = await _commit(service, events, source, inline)
     except DATABASE_ERRORS as exc:
         problem = disk_full_message(exc) if is_disk_full(exc) else database_problem(exc)
         log.error("cannot write to the outbox: %s", problem)
@@ -161,13 +199,13 @@ async def proxy_capture(request: Request, v1: bool = False) -> Response:
     if not 200 <= upstream.status < 300:
         return upstream.response()  # PostHog refused it: so do we
     try:
-        events = await run_in_threadpool(parse_capture, request, raw, v1, received_at)
+        events = await _run(inline_body(request, raw), parse_capture, request, raw, v1, received_at)
     except HttpError as exc:  # forwarded, PostHog decided; we cannot store it
         message = f"proxied {request.url.path} not stored for Customer.io: {exc.status} {exc.message}"[:300]
         requests_log.not_stored_event(exc.reason, message)
         log.warning("%s", message)
         return upstream.response()
-    await run_in_threadpool(check_room, service, "capture")  # PostHog has it; the SDK's retry is deduplicated by uuid
+    await service.room.check("capture")  # PostHog has it; the SDK's retry is deduplicated by uuid
     await store(service, events, "capture", reason="unencodable_event")
     return upstream.response()
 
@@ -176,14 +214,14 @@ _IN_FLIGHT_MESSAGE = "a request with this webhook-id is being stored; retry late
 
 
 async def _parse_and_store(
-    request: Request, raw: bytes, source: str, header_ok: bool, v1: bool, received_at: datetime | None
+    request: Request, raw: bytes, source: str, header_ok: bool, v1: bool, received_at: datetime | None, inline: bool
 ) -> tuple[IngestReport, list[PostHogEvent]]:
-    events = await run_in_threadpool(parse_events, request, raw, source, header_ok, v1, received_at)
-    return await store(service_of(request), events, source), events
+    events = await _run(inline, parse_events, request, raw, source, header_ok, v1, received_at)
+    return await store(service_of(request), events, source, inline=inline), events
 
 
 async def _store_once(
-    guard: ReplayGuard, request: Request, raw: bytes, source: str
+    guard: ReplayGuard, request: Request, raw: bytes, source: str, inline: bool
 ) -> tuple[IngestReport, list[PostHogEvent]] | None:
     """Parse and store a verified signed webhook unless its ``webhook-id`` was stored already (``None``).
 
@@ -197,7 +235,7 @@ async def _store_once(
     if claim is Claim.IN_FLIGHT:
         raise HttpError(409, _IN_FLIGHT_MESSAGE, {"Retry-After": "1"}, reason="webhook_in_flight")
     try:
-        stored = await _parse_and_store(request, raw, source, True, False, None)
+        stored = await _parse_and_store(request, raw, source, True, False, None, inline)
     except BaseException:
         guard.release(webhook_id)
         raise
@@ -217,18 +255,19 @@ async def receive(request: Request, source: str, capture: bool, v1: bool = False
     else:
         auth.check_webhook_header(request)
         header_ok = True
-    await run_in_threadpool(check_room, service, source)
+    await service.room.check(source)
     raw = await read_body(request, service.config.max_body_bytes)
     received_at = service.clock() if capture else None  # PostHog's capture takes its "now" after the body too
+    inline = inline_body(request, raw)
     guard = None
     if not capture and auth.verifier is not None:
-        await run_in_threadpool(auth.check_signature, request, raw)
+        await _run(inline, auth.check_signature, request, raw)
         guard = auth.replays
     stored: tuple[IngestReport, list[PostHogEvent]] | None
     if guard is None:
-        stored = await _parse_and_store(request, raw, source, header_ok, v1, received_at)
+        stored = await _parse_and_store(request, raw, source, header_ok, v1, received_at, inline)
     else:
-        stored = await _store_once(guard, request, raw, source)
+        stored = await _store_once(guard, request, raw, source, inline)
         if stored is None:
             return JSONResponse({"status": 1, "accepted": 0, "operations": 0, "replayed": True})
     report, events = stored
@@ -249,6 +288,40 @@ async def capture(request: Request) -> Response:
 
 async def capture_v1(request: Request) -> Response:
     return await receive(request, "capture", capture=True, v1=True)
+
+
+def error_response(request: Request, exc: HttpError) -> Response:
+    """The answer to an :class:`HttpError`; a 4xx is counted by reason, logged without the body, shown in /status."""
+    if 400 <= exc.status < 500:
+        message = f"rejected {request.method} {request.url.path}: {exc.status} {exc.message}"[:300]
+        service_of(request).requests_log.rejection(exc.reason, message)
+        log.warning("%s", message)
+    return exc.response()
+
+
+def receiver_paths() -> dict[str, Callable[[Request], Awaitable[Response]]]:
+    """The receivers' POST paths and their handlers (``/webhook/`` is left to FastAPI: it redirects)."""
+    paths: dict[str, Callable[[Request], Awaitable[Response]]] = {"/webhook": webhook}
+    for path in CAPTURE_PATHS:
+        paths[path] = paths[path + "/"] = capture
+    paths[CAPTURE_V1_PATH] = paths[CAPTURE_V1_PATH + "/"] = capture_v1
+    return paths
+
+
+class Receivers:
+    """The receivers' POSTs as a plain ASGI app: the same handlers and answers as the FastAPI routes, without
+    FastAPI's routing, request machinery and middleware stack (``create_app`` sends these POSTs here)."""
+
+    def __init__(self) -> None:
+        self.paths = receiver_paths()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            response = await self.paths[scope["path"]](request)
+        except HttpError as exc:
+            response = error_response(request, exc)
+        await response(scope, receive, send)
 
 
 def add_ingest_routes(app: FastAPI) -> None:
