@@ -99,14 +99,22 @@ class SqliteClaims(Claims):
         chosen, oversized = pick(pages(fetch), lambda row: row.seq in in_flight)
         if not chosen and not oversized:
             return [], [], {}
-        with self._writing() as tx:
-            payloads = tx.payloads([row.seq for row in (*chosen, *oversized)])
-            kept = in_order(chosen, payloads.keys())
-            if kept:
-                tx.execute(
-                    f"UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE seq IN ({','.join('?' * len(kept))})",
-                    [self.owner, _HELD_UNTIL, *(row.seq for row in kept)],
-                )
+        seqs = [row.seq for row in (*chosen, *oversized)]
+        with self.db.lock:  # no ingestion of this process between reading the payloads and holding the rows
+            try:
+                with self._writing() as tx:
+                    payloads = tx.payloads(seqs)
+                    kept = in_order(chosen, payloads.keys())
+                    if kept:
+                        tx.execute(
+                            "UPDATE outbox SET lease_owner = ?, lease_until = ?"
+                            f" WHERE seq IN ({','.join('?' * len(kept))})",
+                            [self.owner, _HELD_UNTIL, *(row.seq for row in kept)],
+                        )
+            except sqlite3.OperationalError:  # no room to write the leases (a full disk): nobody else can write either
+                with self.db.reading() as tx:
+                    payloads = tx.payloads(seqs)
+                kept = in_order(chosen, payloads.keys())
             hold(kept)
         kept_seqs = {row.seq for row in (*kept, *oversized)}
         return kept, oversized, {seq: value for seq, value in payloads.items() if seq in kept_seqs}
