@@ -665,3 +665,21 @@ def test_at_the_outbox_bound_the_partitions_pause_nothing_is_committed_ahead_and
     assert not [line for line in logged[:resumed] if "revoked" in line or "lost" in line]  # (close() revokes)
     assert committed_offsets(kafka_broker, topic, group) == ends
     assert_exactly_once(sandbox, expected_event_ids(events))
+
+
+def test_a_consumer_that_cannot_leave_its_group_does_not_keep_the_process_alive(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A broker stuck in a rebalance can keep ``close()`` (leaving the group) waiting: a stopping ``consume`` gives it
+    a bounded time, says so, and goes on stopping (its offsets were committed already)."""
+    release = threading.Event()
+
+    class StuckConsumer:
+        def close(self) -> None:
+            release.wait(30)
+
+    started = time.monotonic()
+    kafka_source._close(StuckConsumer(), timeout_s=0.2)  # type: ignore[arg-type]
+    release.set()
+    assert time.monotonic() - started < 5
+    assert "leaving the group did not finish within 0 s" in caplog.text

@@ -125,6 +125,8 @@ _FIXED = {"enable.auto.commit": False, "enable.auto.offset.store": False}
 
 #: how often a consumer refreshes its partitions' progress rows (alive; read to the end)
 BEAT_S = 1.0
+#: how long a stopping consumer waits to leave its group
+CLOSE_TIMEOUT_S = 10.0
 _COMMIT_ATTEMPTS = 3
 _MAX_BACKOFF_S = 10.0
 #: a retriable commit failure is retried after 0.1 s, then 0.2 s (``_COMMIT_ATTEMPTS`` in all)
@@ -391,11 +393,30 @@ def consume(
             intake.ingestor.outbox.input_finished()
     finally:
         report.seconds = round(time.monotonic() - started, 3)
+        _close(consumer)
+    return report
+
+
+def _close(consumer: Consumer, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+    """Leave the group (commits nothing: auto-commit is off), for at most ``timeout_s``: a broker that does not
+    finish a rebalance must not keep a stopping process alive. What was stored is committed already; a member that
+    did not leave is dropped by the broker after ``session.timeout.ms``, its partitions read on from the commits."""
+
+    def close() -> None:
         try:
-            consumer.close()  # leaves the group; commits nothing (auto-commit is off)
+            consumer.close()
         except (KafkaException, RuntimeError) as exc:
             log.warning("kafka: closing the consumer failed: %s", exc)
-    return report
+
+    closing = threading.Thread(target=close, name="kafka-close", daemon=True)
+    closing.start()
+    closing.join(timeout_s)
+    if closing.is_alive():
+        log.warning(
+            "kafka: leaving the group did not finish within %.0f s; stopping anyway (the broker drops this member"
+            " after session.timeout.ms; nothing stored is uncommitted)",
+            timeout_s,
+        )
 
 
 @dataclass(slots=True)
