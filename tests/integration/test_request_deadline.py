@@ -177,7 +177,9 @@ def test_stand_in_records_json(tmp_path: Path) -> None:
     """The stand-in itself: a prompt request is recorded with its body, answered."""
     with SlowCustomerio(slow=0) as server, TrackClient(SITE_ID, API_KEY, server.url) as track:
         track.send_batch([json.dumps({"type": "person", "identifiers": {"id": "x"}, "action": "identify"})])
-        assert server.requests[0]["answered"] and server.requests[0]["body"]["batch"][0]["identifiers"] == {"id": "x"}
+        # the client may read the answer before the stand-in's thread notes it answered: wait for that, bounded
+        wait_for(lambda: server.requests[0]["answered"], "the stand-in to note its answer", 10)
+        assert server.requests[0]["body"]["batch"][0]["identifiers"] == {"id": "x"}
 
 
 def test_a_late_release_never_frees_another_replicas_lease(pg_url: str) -> None:
