@@ -309,6 +309,17 @@ class Deliverer:
     def _claim_size(self) -> int:
         return self.output.claim_size(self.max_batch_items, self.limiter.interval)
 
+    def _trickle_ahead(self, lingered: bool) -> bool:
+        """Whether the person work waiting unheld is a trickle (some, under a quarter of a claim) that may
+        linger first: read with a bounded count, so that a trickle is not claimed (leases written) only to be
+        given back (written again) before the linger."""
+        if not self.linger_s or lingered:
+            return False
+        threshold = self._claim_size() // 4
+        if threshold <= 1:
+            return False
+        return 0 < self.outbox.unleased_person_work(threshold) < threshold
+
     def _work(self, anonymous: bool = True) -> None:
         lingered = False
         while not self._stop.is_set():
@@ -327,6 +338,12 @@ class Deliverer:
             reserved = self.adapt_to_rate and (
                 self._rate_linger > 0 or (self._person_work_seen and self.limiter.reserve_delay() > 0)
             )
+            if not reserved and self._trickle_ahead(lingered):
+                # a trickle: let a fuller batch build up before claiming (a claim writes its leases;
+                # one given back writes again)
+                lingered = True
+                self._stop.wait(self.linger_s)
+                continue
             items = self._claim_at_slot() if reserved else self._claim_person_work()
             if not items:
                 wait = self._send_anonymous() if anonymous else self.idle_poll_s

@@ -542,6 +542,11 @@ class Outbox:
         with self.db.reading() as conn:
             return conn.person_work_depth()
 
+    def unleased_person_work(self, up_to: int) -> int:
+        """Person work waiting that nobody holds, counted up to ``up_to`` (a read, no lease written)."""
+        with self.db.reading() as conn:
+            return conn.unleased_person_work(up_to)
+
     def settled_total(self) -> int:
         """Operations this process took out of the queue so far (delivered or dead-lettered)."""
         with self._settled:

@@ -250,3 +250,20 @@ def test_client_side_rate_limit_is_shared_by_all_workers(sandbox: SandboxServer,
     # workers pacing on their own would put 6 requests within about 0.4 s
     spans = [times[i + 5] - times[i] for i in range(len(times) - 5)]
     assert min(spans) >= 0.8, spans
+
+
+def test_a_trickle_lingers_before_it_is_claimed_not_after(sandbox: SandboxServer, tmp_path: Path) -> None:
+    """A few operations waiting (under a quarter of a claim) wait out the linger unclaimed: no claim is taken
+    and given back (each writes the rows' leases), and the batch goes once the linger is over."""
+    with make_runtime(sandbox, tmp_path / "data", delivery_linger_s=0.3) as runtime:
+        given_back: list[int] = []
+        claims = runtime.outbox.claims
+        give_back = claims.give_back
+        claims.give_back = lambda seqs: (given_back.extend(seqs), give_back(seqs))[1]  # type: ignore[method-assign]
+        started = time.monotonic()
+        deliverer = deliver(runtime, events_for(people=2, per_person=2))
+        elapsed = time.monotonic() - started
+    assert deliverer.stats.delivered == 6 and sandbox.state.stats()["events"] == 4
+    assert given_back == []
+    assert elapsed >= 0.3  # it lingered once
+    assert len(sandbox.state.requests()) == 1  # ... and sent one batch

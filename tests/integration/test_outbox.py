@@ -213,3 +213,34 @@ def test_person_work_depth_leaves_anonymous_events_out_and_settlements_wake_a_wa
     waiter.join(10)
     assert woken == [seen + 1] and outbox.person_work_depth() == 1
     assert outbox.wait_settled(seen + 1, timeout=0.01) == seen + 1  # nothing more settled: it times out
+
+
+def test_sqlite_leases_commit_unflushed_and_what_was_accepted_commits_flushed(tmp_path) -> None:
+    """A claim's leases (and giving them back) matter only while the deliverer runs: their commits do not
+    wait for the disk (``synchronous=NORMAL``); deleting what Customer.io accepted does (``FULL``)."""
+    from posthog_customerio.storage import SqliteStorage
+
+    db = SqliteStorage(tmp_path / "db.sqlite", synchronous="FULL")
+    outbox = Outbox(db)
+    outbox.put([op("a", 1), op("b", 1)])
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+
+    def level_at_each_commit() -> list[str]:
+        level, levels = "FULL", []
+        for statement in statements:
+            if statement.upper().startswith("PRAGMA SYNCHRONOUS="):
+                level = statement.split("=", 1)[1].strip().upper()
+            elif statement.upper() == "COMMIT":
+                levels.append(level)
+        return levels
+
+    first = outbox.claim(1, 100_000, 32_000)
+    outbox.unclaim(first)
+    assert level_at_each_commit() == ["NORMAL", "NORMAL"]
+    statements.clear()
+    claimed = outbox.claim(10, 100_000, 32_000)
+    outbox.ack(claimed)
+    assert level_at_each_commit() == ["NORMAL", "FULL"]
+    assert db.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+    db.close()

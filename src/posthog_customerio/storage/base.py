@@ -204,6 +204,10 @@ class Transaction(Protocol):
     def person_work_depth(self) -> int:
         """How many operations wait that are not anonymous events (what ``OUTBOX_MAX_QUEUED`` bounds)."""
 
+    def unleased_person_work(self, up_to: int) -> int:
+        """How many operations that are not anonymous events wait unleased, counted up to ``up_to`` (a cheap
+        read: whether a claim now would be a trickle)."""
+
     def outbox_empty(self, held_after: float | None = None, gated: tuple[float, float, float] | None = None) -> bool:
         """Whether nothing waits (no count); with ``held_after``, anonymous operations enqueued after it
         (still held by ``ANONYMOUS_HOLD_S``) do not count; with ``gated`` (person and anonymous event-time bounds,

@@ -253,6 +253,15 @@ class SqlTransaction(ActivitySql):
     def outbox_depth(self) -> int:
         return int(self._one("SELECT COUNT(*) FROM outbox")[0])
 
+    def unleased_person_work(self, up_to: int) -> int:
+        return int(
+            self._one(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM outbox WHERE kind <> 'anonymous' AND lease_until IS NULL"
+                f" LIMIT {self.sql.mark}) AS waiting",
+                (up_to,),
+            )[0]
+        )
+
     def person_work_depth(self) -> int:
         # all rows (a covering index) less the anonymous lane (its partial index): both counts read no row, where
         # ``kind <> 'anonymous'`` would read every row of person work

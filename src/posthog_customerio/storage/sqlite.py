@@ -127,19 +127,18 @@ class SqliteClaims(Claims):
             if self.db.conn.in_transaction:
                 yield SqlTransaction(self.db.conn, self.db.sql)
             else:
-                with self.db.transaction() as tx:
+                with self.db.unsynced(), self.db.transaction() as tx:
                     yield tx
 
     def give_back(self, seqs: Sequence[int]) -> None:
         """Operations handed out but not attempted: their leases dropped."""
         if seqs:
-            self.db.transact(
-                lambda tx: tx.execute(
+            with self.db.unsynced(), self.db.transaction() as tx:
+                tx.execute(
                     f"UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?"
                     f" AND seq IN ({','.join('?' * len(seqs))})",
                     [self.owner, *seqs],
                 )
-            )
 
 
 #: a SQLite lease lasts until its operation is settled or given back (never by time: one deliverer at a time)
@@ -158,6 +157,7 @@ class SqliteStorage(SqlStorage):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = threading.RLock()
         self._local = threading.local()
+        self.synchronous = synchronous.upper()
         #: :meth:`compact` is giving pages back (until down to its target) / owes a checkpoint (one was busy)
         self._shrinking = False
         self._checkpoint_owed = False
@@ -226,6 +226,24 @@ class SqliteStorage(SqlStorage):
                 self._rollback()
                 raise
             self._commit()
+
+    @contextlib.contextmanager
+    def unsynced(self) -> Iterator[None]:
+        """The transactions opened inside commit without waiting for the disk (``synchronous=NORMAL``: in WAL
+        mode the commit is not flushed; the next flushed commit, or a checkpoint, flushes it with it).
+
+        For writes that only matter while this process runs: a claim's leases (a power cut loses them with
+        the process that held them; the next deliverer clears leases anyway). Never for what was accepted.
+        """
+        with self.lock:
+            switch = self.synchronous in ("FULL", "EXTRA") and not self.conn.in_transaction
+            if switch:
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                yield
+            finally:
+                if switch:
+                    self.conn.execute(f"PRAGMA synchronous={self.synchronous}")
 
     def _commit(self) -> None:
         """``COMMIT``; when it fails (a full disk: SQLite writes the WAL then) the transaction is rolled back, so
