@@ -10,8 +10,9 @@ anonymous events and group relationships.
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -62,15 +63,17 @@ class PersonState:
     synced: str | None = None
 
     def copy(self) -> PersonState:
-        """An independent copy (the mapping never mutates its inputs)."""
-        return replace(
-            self,
-            digests=dict(self.digests),
-            pending_anonymous_ids=list(self.pending_anonymous_ids),
-            pending=dict(self.pending),
-            relationships=list(self.relationships),
-            stamps=dict(self.stamps),
-        )
+        """An independent copy (the mapping never mutates its inputs; one per state an event reads, so it
+        sets the slots directly rather than through ``dataclasses.replace``, four times slower)."""
+        new = object.__new__(PersonState)
+        for name, value in zip(_FIELDS, _values(self), strict=True):
+            setattr(new, name, value)
+        new.digests = dict(self.digests)
+        new.pending_anonymous_ids = list(self.pending_anonymous_ids)
+        new.pending = dict(self.pending)
+        new.relationships = list(self.relationships)
+        new.stamps = dict(self.stamps)
+        return new
 
     def _extra(self) -> str:
         extra: dict[str, Any] = {}
@@ -101,6 +104,11 @@ class PersonState:
         if self.synced is not None:
             extra["y"] = self.synced
         return json.dumps(extra, separators=(",", ":"), sort_keys=True)
+
+
+#: every field of :class:`PersonState`, and a getter of all their values at once (for :meth:`PersonState.copy`)
+_FIELDS = tuple(item.name for item in fields(PersonState))
+_values = operator.attrgetter(*_FIELDS)
 
 
 def _from_row(row: PersonRow) -> PersonState:

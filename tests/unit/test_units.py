@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from ulid import ULID
 
 from posthog_customerio import limits
@@ -112,6 +114,18 @@ def test_uuid7_maps_to_the_ulid_with_the_same_bits_and_time() -> None:
 )
 def test_other_uuids_map_losslessly_too(value: str) -> None:
     assert ULID.from_str(uuid_to_ulid(value) or "").bytes == uuidlib.UUID(value).bytes
+
+
+@given(st.integers(min_value=0, max_value=2**128 - 1), st.booleans())
+def test_our_ulid_text_is_the_ulid_librarys(bits: int, upper: bool) -> None:
+    """Our base32 is checked against python-ulid's (the reference): a dedupe id never changes."""
+    text = str(uuidlib.UUID(int=bits))
+    assert uuid_to_ulid(text.upper() if upper else text) == str(ULID.from_bytes(bits.to_bytes(16, "big")))
+
+
+def test_a_content_id_is_the_one_earlier_versions_gave() -> None:
+    """Pinned: the id of an event without a uuid, as every earlier version computed it (python-ulid's text)."""
+    assert event_ulid(parse_event(ev("x", "u", 5, uuid=None, a=1))) == "01HK1541W8HVQVBRQPWBYCMBF3"
 
 
 @pytest.mark.parametrize("value", ["", "not-a-uuid", "1234", "g" * 32])

@@ -22,6 +22,8 @@ __all__ = ["PUSH_SUBSCRIPTION_PREFIX", "convert_dates", "iso_datetime_seconds", 
 #: PostHog's own push subscriptions (``$device_push_subscription_<app id>``): its ciphertext, useless elsewhere.
 PUSH_SUBSCRIPTION_PREFIX = "$device_push_subscription_"
 #: a full ISO 8601 date-time: date, time (at least hh:mm), optional fraction and zone
+#: the shortest text :data:`_ISO_DATETIME` matches (``2024-01-01T10:00``)
+_SHORTEST_DATETIME = 16
 _ISO_DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}([.,]\d{1,9})?)?(Z|[+-]\d{2}(:?\d{2})?)?$")
 
 
@@ -83,6 +85,8 @@ def convert_dates(value: Any) -> Any:
     values of nested objects, recursively; lists are left as they are.
     """
     if isinstance(value, str):
+        if len(value) < _SHORTEST_DATETIME or value[4:5] != "-":  # most strings: surely no date-time
+            return value
         seconds = iso_datetime_seconds(value)
         return value if seconds is None else seconds
     if isinstance(value, dict):

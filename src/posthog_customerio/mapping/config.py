@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping
+import functools
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -38,12 +40,18 @@ class MappingConfig:
 
     def skips(self, name: str) -> bool:
         """Whether ``EVENTS_TO_SKIP`` (names or globs) drops this event name."""
-        return any(fnmatch.fnmatchcase(name, glob) for glob in self.events_to_skip)
+        return _matcher(self.events_to_skip)(name) is not None
 
     def keeps(self, key: str) -> bool:
         """Whether a property passes ``PROPERTIES_TO_INCLUDE`` / ``PROPERTIES_TO_EXCLUDE``."""
         if not self.properties_to_include and not self.properties_to_exclude:
             return True
-        if self.properties_to_include and not any(fnmatch.fnmatchcase(key, g) for g in self.properties_to_include):
+        if self.properties_to_include and _matcher(self.properties_to_include)(key) is None:
             return False
-        return not any(fnmatch.fnmatchcase(key, g) for g in self.properties_to_exclude)
+        return not self.properties_to_exclude or _matcher(self.properties_to_exclude)(key) is None
+
+
+@functools.lru_cache(maxsize=64)
+def _matcher(globs: tuple[str, ...]) -> Callable[[str], re.Match[str] | None]:
+    """Whether a name matches any of ``globs`` (as ``fnmatch.fnmatchcase`` would), in one compiled pattern."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in globs)).match

@@ -23,6 +23,8 @@ DEVICE_TOKEN_PROPERTIES: dict[str, str | None] = {
 
 
 def device_operations(event: PostHogEvent, person: PersonState, config: MappingConfig) -> list[Operation]:
+    if DEVICE_TOKEN_PROPERTIES.keys().isdisjoint(event.set) and DEVICE_TOKEN_PROPERTIES.keys().isdisjoint(event.unset):
+        return []  # no token set, nulled or unset (most events): nothing to do
     operations = []
     for key, platform in DEVICE_TOKEN_PROPERTIES.items():
         token = event.set.get(key)

@@ -45,9 +45,13 @@ def _event_fields(event: PostHogEvent, config: MappingConfig, result: Mapped) ->
     if config.truncate and limits.utf8_len(name) > MAX_EVENT_NAME_BYTES:
         name = limits.truncate_utf8(name, MAX_EVENT_NAME_BYTES)
         result.notes["limits_truncated"] += 1
-    data = {k: v for k, v in event.properties.items() if k not in PERSON_UPDATE_KEYS and config.keeps(k)}
+    properties = event.properties
+    if config.properties_to_include or config.properties_to_exclude:
+        properties = {k: v for k, v in properties.items() if config.keeps(k)}
     if config.convert_dates:
-        data = {k: convert_dates(v) for k, v in data.items()}
+        data = {k: convert_dates(v) for k, v in properties.items() if k not in PERSON_UPDATE_KEYS}
+    else:
+        data = {k: v for k, v in properties.items() if k not in PERSON_UPDATE_KEYS}
     return action, name, data
 
 
