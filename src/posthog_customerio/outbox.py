@@ -433,6 +433,8 @@ class Outbox:
         """
         now = time.monotonic()
         fresh_s = self.claims.renewal_fresh_s
+        if fresh_s == math.inf:  # claims that never expire (SQLite): nothing to renew
+            return
         with self._claim_lock:
             if all(now - self._leased_at.get(item.seq, -math.inf) < fresh_s for item in items):
                 return
@@ -544,7 +546,7 @@ class Outbox:
 
     def unleased_person_work(self, up_to: int) -> int:
         """Person work waiting that nobody holds, counted up to ``up_to`` (a read, no lease written)."""
-        with self.db.reading() as conn:
+        with self.db.committed_reading() as conn:
             return conn.unleased_person_work(up_to)
 
     def settled_total(self) -> int:

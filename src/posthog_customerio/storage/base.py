@@ -415,6 +415,11 @@ class Storage(ABC):
     def reading(self) -> AbstractContextManager[Transaction]:
         """A connection for reads."""
 
+    def committed_reading(self) -> AbstractContextManager[Transaction]:
+        """A connection for reads of what is committed that need not wait for a writer of this process (a claim's
+        scan of the queue); by default :meth:`reading`."""
+        return self.reading()
+
     @abstractmethod
     def group(self) -> AbstractContextManager[None]:
         """One commit for the :meth:`transaction` blocks this thread opens inside it (each rolls back alone)."""

@@ -93,7 +93,7 @@ class SqliteClaims(Claims):
         chosen rows of its keys) or sees it taken after (and leaves it alone)."""
 
         def fetch(after: int, limit: int) -> list[CandidateRow]:
-            with self.db.reading() as tx:
+            with self.db.committed_reading() as tx:
                 return tx.candidates(after, limit, lane)
 
         chosen, oversized = pick(pages(fetch), lambda row: row.seq in in_flight)
@@ -158,6 +158,9 @@ class SqliteStorage(SqlStorage):
         self.lock = threading.RLock()
         self._local = threading.local()
         self.synchronous = synchronous.upper()
+        #: a second connection for :meth:`committed_reading` (opened when first used), and its lock
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
         #: :meth:`compact` is giving pages back (until down to its target) / owes a checkpoint (one was busy)
         self._shrinking = False
         self._checkpoint_owed = False
@@ -284,6 +287,22 @@ class SqliteStorage(SqlStorage):
         """The connection, for reads, under the lock."""
         with self.lock:
             yield SqlTransaction(self.conn, self.sql)
+
+    @contextlib.contextmanager
+    def committed_reading(self) -> Iterator[Transaction]:
+        """Reads on a connection of their own: in WAL mode they see what was committed and never wait for this
+        process's writer (a group commit holds :attr:`lock` while it maps and stores a batch). A thread inside its
+        own transaction reads that one instead (on the writer's connection)."""
+        if self.lock._is_owned():  # type: ignore[attr-defined]  # this thread's transaction may be open
+            with self.reading() as tx:
+                yield tx
+            return
+        with self._reader_lock, self._full_disk_said():
+            if self._reader is None:
+                self._reader = sqlite3.connect(
+                    str(self.path), isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_MS / 1000
+                )
+            yield SqlTransaction(self._reader, self.sql)
 
     def claims(self, lease_s: float) -> Claims:
         return SqliteClaims(self)
@@ -479,6 +498,10 @@ class SqliteStorage(SqlStorage):
 
     def close(self) -> None:
         """Close the connection."""
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         with self.lock:
             self.conn.close()
 
