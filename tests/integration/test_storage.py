@@ -118,3 +118,23 @@ def test_one_holder_of_the_person_sync_lock_at_a_time(open_db: Callable[[], Stor
             assert not other
     with first.person_sync_lock() as held, first.transaction() as tx:  # the pool stays usable while it is held
         assert held and tx.outbox_depth() == 0
+
+
+def test_deliveries_keep_each_persons_newest(open_db: Callable[[], Storage]) -> None:
+    """``record_deliveries`` keeps the newest ``keep`` of each person it records for, and leaves others alone."""
+    from posthog_customerio.storage.base import DeliveryRow
+
+    db = open_db()
+
+    def row(person: str, seq: int) -> DeliveryRow:
+        return DeliveryRow(person, seq, "person", "event", f"e{seq}", "delivered", float(seq))
+
+    with db.transaction() as tx:
+        tx.record_deliveries([row("quiet", seq) for seq in range(8)], 10)
+    for first in range(0, 30, 6):  # five settlements of six, for two people
+        with db.transaction() as tx:
+            tx.record_deliveries([row(person, seq) for seq in range(first, first + 6) for person in ("a", "b")], 4)
+    with db.reading() as tx:
+        for person in ("a", "b"):
+            assert [r.seq for r in tx.deliveries_of([person], 100)] == [29, 28, 27, 26]
+        assert len(tx.deliveries_of(["quiet"], 100)) == 8

@@ -351,16 +351,14 @@ class SqlTransaction(ActivitySql):
             f"INSERT INTO deliveries (person_key, seq, kind, action, name, outcome, at) VALUES ({self.sql.marks(7)})",
             rows,
         )
+        # one statement per person, its newest ``keep`` found once (a subquery correlated with each row to delete
+        # would be run for every row of those people)
         mark = self.sql.mark
-        keys = list(dict.fromkeys(str(row.person_key) for row in rows))
-        for start in range(0, len(keys), CHUNK):
-            chunk = keys[start : start + CHUNK]
-            self.conn.execute(
-                f"DELETE FROM deliveries WHERE person_key IN ({self.sql.marks(len(chunk))}) AND id <= ("
-                "SELECT older.id FROM deliveries AS older WHERE older.person_key = deliveries.person_key"
-                f" ORDER BY older.id DESC LIMIT 1 OFFSET {mark})",
-                [*chunk, keep],
-            )
+        self._many(
+            f"DELETE FROM deliveries WHERE person_key = {mark} AND id <= (SELECT older.id FROM deliveries AS older"
+            f" WHERE older.person_key = {mark} ORDER BY older.id DESC LIMIT 1 OFFSET {mark})",
+            [(key, key, keep) for key in dict.fromkeys(str(row.person_key) for row in rows)],
+        )
 
     def deliveries_of(self, keys: Sequence[str], limit: int) -> list[DeliveryRow]:
         select = "SELECT person_key, seq, kind, action, name, outcome, at, id FROM deliveries WHERE person_key IN"
