@@ -533,7 +533,7 @@ class Outbox:
         cached = self._depth_cache
         if max_age_s > 0 and cached is not None and now - cached[0] < max_age_s:
             return cached[1]
-        with self.db.reading() as conn:
+        with self.db.committed_reading() as conn:
             count = conn.outbox_depth()
         self._depth_cache = (now, count)
         return count
@@ -541,7 +541,7 @@ class Outbox:
     def person_work_depth(self) -> int:
         """Operations waiting that are not anonymous events, in flight included (what ``OUTBOX_MAX_QUEUED``
         bounds: :mod:`.bound`)."""
-        with self.db.reading() as conn:
+        with self.db.committed_reading() as conn:
             return conn.person_work_depth()
 
     def unleased_person_work(self, up_to: int) -> int:
@@ -576,7 +576,7 @@ class Outbox:
 
     def is_empty(self) -> bool:
         """Whether nothing waits at all, held anonymous operations included (cheap: no count)."""
-        with self.db.reading() as conn:
+        with self.db.committed_reading() as conn:
             return conn.outbox_empty()
 
     def is_drained(self) -> bool:
@@ -584,7 +584,7 @@ class Outbox:
         come (after :meth:`input_finished`: whether nothing waits). Those stay queued, durable, for the
         next start when delivery stops now."""
         gated = self.gate.bounds() if self.gate is not None else None
-        with self.db.reading() as conn:
+        with self.db.committed_reading() as conn:
             return conn.outbox_empty(self.anonymous_hold.held_after(time.time()), gated)
 
     def oldest_age(self, now: float | None = None, claimable: bool = False) -> float:
@@ -592,7 +592,7 @@ class Outbox:
         oldest one the anonymous hold does not keep (work delivery could take now)."""
         now = now or time.time()
         gated = self.gate.bounds() if claimable and self.gate is not None else None
-        with self.db.reading() as conn:
+        with self.db.committed_reading() as conn:
             oldest = conn.oldest_enqueued_at(self.anonymous_hold.held_after(now) if claimable else None, gated)
         return 0.0 if oldest is None else max(0.0, now - oldest)
 
