@@ -13,6 +13,7 @@ import pytest
 
 from posthog_customerio.backoff import Backoff
 from posthog_customerio.output.base import AuthError
+from posthog_customerio.output.track import TrackClient
 from posthog_customerio.runtime import Runtime
 from posthog_customerio.sandbox import SandboxServer
 from posthog_customerio.sources import parse_event
@@ -239,15 +240,26 @@ def test_client_side_rate_limit_is_shared_by_all_workers(sandbox: SandboxServer,
         for i in range(12)
     ]
     # anonymous events: one request each; 12 requests at 5 per second need at least ~2.2 s
-    with make_runtime(sandbox, tmp_path / "data", customerio_max_rps=5, delivery_concurrency=4) as runtime:
+    made: list[float] = []  # when each request left the client (the sandbox's clock adds its own scheduling)
+    request = TrackClient.request
+
+    def timed(self: TrackClient, method: str, path: str, body: str | None) -> Any:
+        made.append(time.monotonic())
+        return request(self, method, path, body)
+
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        make_runtime(sandbox, tmp_path / "data", customerio_max_rps=5, delivery_concurrency=4) as runtime,
+    ):
+        patch.setattr(TrackClient, "request", timed)
         started = time.monotonic()
         deliver(runtime, events)
         elapsed = time.monotonic() - started
-    times = sorted(r["time"] for r in sandbox.state.requests())
-    assert len(times) == 12 and elapsed >= 2.0
-    # shared pacing: any 6 consecutive requests span at least 5 slots of 0.2 s (measured where the sandbox
-    # received them, so one request's network/scheduling delay may shift an end by up to 0.2 s); four
-    # workers pacing on their own would put 6 requests within about 0.4 s
+    times = sorted(made)
+    assert len(sandbox.state.requests()) == 12 and len(times) == 12 and elapsed >= 2.0
+    # shared pacing: any 6 consecutive requests span at least 5 slots of 0.2 s (less a little: a worker
+    # may be scheduled late after its slot, the next one on time); four workers pacing on their own would
+    # put 6 requests within about 0.4 s
     spans = [times[i + 5] - times[i] for i in range(len(times) - 5)]
     assert min(spans) >= 0.8, spans
 
