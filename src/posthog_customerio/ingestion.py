@@ -185,53 +185,94 @@ class Ingestor:
         and progress in the same one); nothing is added to the running totals. With ``order_ts`` (an item's
         event time) each person's operations are kept in event-time order (:meth:`.Outbox.reorder`)."""
         report = IngestReport(events=len(items))
-        if not items:
-            return report
+        if items:
+            self._apply_credited(conn, items, [report] * len(items), involved, mapper, order_ts)
+        return report
+
+    def ingest_requests(self, requests: Sequence[tuple[Sequence[PostHogEvent], int]]) -> list[IngestReport]:
+        """Several requests' prepared events ``(events, cuts)`` mapped and stored together in one transaction
+        (one read of their people, one write of each table), all or nothing; a report for each request."""
+        reports = [IngestReport(events=len(events)) for events, _ in requests]
+        items = [event for events, _ in requests for event in events]
+        credit = [report for report, (events, _) in zip(reports, requests, strict=True) for _ in events]
+        if items:
+            self.db.transact(lambda conn: self._apply_credited(conn, items, credit, involved_distinct_ids, map_event))
+        for report, (_, cuts) in zip(reports, requests, strict=True):
+            report.notes["limits_truncated"] += cuts
+        return reports
+
+    def _apply_credited(
+        self,
+        conn: Transaction,
+        items: Sequence[_Item],
+        credit: Sequence[IngestReport],
+        involved: Callable[[_Item], list[str]],
+        mapper: Callable[[_Item, Mapping[str, PersonState], MappingConfig], Mapped],
+        order_ts: Callable[[_Item], float] | None = None,
+    ) -> None:
+        """Map ``items`` in order against their people's states and store the operations and states in ``conn``;
+        what each item produced is added to its report (``credit``, one per item; the same one for all of them
+        where a single report is wanted)."""
         wanted = [distinct_id for item in items for distinct_id in involved(item)]
         states: dict[str, PersonState] = load_states(conn, wanted)
         if conn.lock_keys({*wanted, *states}):  # replicas: these people (and whom they merged into) locked
             states = load_states(conn, wanted)  # re-read what another replica may have written
         known = set(states)
         changed: dict[str, PersonState] = {}
+        added: dict[str, IngestReport] = {}  # each person stored for the first time, by whose item added them
         operations: list[Operation] = []
         times: list[float | None] = []
-        all_operations: list[Operation] = []
-        for item in items:
+        written = adopted = 0
+        movable: set[str] = set()  # people whose operations may change places (event-time order)
+        for item, report in zip(items, credit, strict=True):
             mapped = mapper(item, states, self.config)
+            for key in mapped.states:
+                if key not in known:
+                    added.setdefault(key, report)
             states.update(mapped.states)
             changed.update(mapped.states)
             operations.extend(mapped.operations)
             times.extend([order_ts(item) if order_ts is not None else None] * len(mapped.operations))
+            report.operations += len(mapped.operations)
+            report.actions.update(operation.action for operation in mapped.operations)
             if mapped.skipped:
                 report.skipped[mapped.skipped] += 1
             report.notes.update(mapped.notes)
             if mapped.adopt:  # queue what came before, then move the visitor's events behind it
-                report.operations += self.outbox.enqueue(conn, operations, order_ts=times)
-                all_operations.extend(operations)
+                written += self.outbox.enqueue(conn, operations, order_ts=times)
+                if order_ts is not None:
+                    movable.update(_movable_keys(operations))
                 operations, times = [], []
                 for anonymous_id, identifiers, person_key in mapped.adopt:
                     queued = self.outbox.queued(conn, anonymous_id, "anonymous")
-                    adopted = adopted_events([row.operation for row in queued], identifiers, person_key)
-                    report.notes["anonymous_events_adopted"] += self.outbox.replace(conn, queued, adopted)
-        report.persons_added = sum(1 for key in changed if key not in known)
+                    replaced = self.outbox.replace(
+                        conn, queued, adopted_events([row.operation for row in queued], identifiers, person_key)
+                    )
+                    report.notes["anonymous_events_adopted"] += replaced
+                    adopted += replaced
+        for report in added.values():
+            report.persons_added += 1
         save_states(conn, changed.values())
-        report.operations += self.outbox.enqueue(conn, operations, order_ts=times)
-        all_operations.extend(operations)
+        written += self.outbox.enqueue(conn, operations, order_ts=times)
         if order_ts is not None:
-            movable = {op.person_key for op in all_operations if op.kind != "anonymous" and not op.after}
-            report.notes["reordered"] += sum(self.outbox.reorder(conn, key) for key in sorted(movable))
+            movable.update(_movable_keys(operations))
+            credit[-1].notes["reordered"] += sum(self.outbox.reorder(conn, key) for key in sorted(movable))
         with self._totals_lock:  # adopted events became person work too
-            self.operations_written += report.operations + report.notes["anonymous_events_adopted"]
-        for operation in all_operations:
-            report.actions[operation.action] += 1
-        return report
+            self.operations_written += written + adopted
+
+
+def _movable_keys(operations: Sequence[Operation]) -> set[str]:
+    """The people of ``operations`` that may change places in the queue (not anonymous, waiting on no other key)."""
+    return {operation.person_key for operation in operations if operation.kind != "anonymous" and not operation.after}
 
 
 class GroupCommitter:
     """Concurrent ingestions share one transaction: one commit (one fsync) for many.
 
-    Each request still lands all or nothing (its own savepoint), and its caller is
-    answered only after the group committed. Used where the storage says commits are
+    The group's requests are mapped and stored together (one read of their people, one write of each
+    table: :meth:`Ingestor.ingest_requests`); when that fails, because one of them cannot be stored, each
+    is stored again on its own savepoint, so every request still lands all or nothing and a bad one fails
+    alone. A caller is answered only after the group committed. Used where the storage says commits are
     worth sharing (:attr:`~.storage.Storage.group_commit`: SQLite); with PostgreSQL,
     requests commit side by side on their own pooled connections.
 
@@ -301,11 +342,18 @@ class GroupCommitter:
         outcomes: list[tuple[Future[IngestReport], str, IngestReport | None, BaseException | None]] = []
         try:
             with self.ingestor.db.group():
-                for events, cuts, source, future in group:
-                    try:
-                        outcomes.append((future, source, self.ingestor._ingest(events, cuts), None))
-                    except Exception as exc:  # this request's savepoint was rolled back
-                        outcomes.append((future, source, None, exc))
+                try:  # the requests together: one read of their people, one write of each table
+                    reports = self.ingestor.ingest_requests([(events, cuts) for events, cuts, _, _ in group])
+                    outcomes.extend(
+                        (future, source, report, None)
+                        for (_, _, source, future), report in zip(group, reports, strict=True)
+                    )
+                except Exception:  # one of them cannot be stored (rolled back): each on its own, as alone
+                    for events, cuts, source, future in group:
+                        try:
+                            outcomes.append((future, source, self.ingestor._ingest(events, cuts), None))
+                        except Exception as exc:  # this request's savepoint was rolled back
+                            outcomes.append((future, source, None, exc))
         except BaseException as exc:  # the commit failed: every request of the group fails
             for _, _, _, future in group:
                 future.set_exception(exc)

@@ -104,3 +104,44 @@ def test_queued_anonymous_events_become_the_identified_persons_events(tmp_path: 
         ("user-1", "person", {"id": "user-1"}, "https://x.io/2"),
     ]
     assert "anonymous_id" not in adopted[0][1]
+
+
+@pytest.mark.parametrize("anonymous_events", ["anonymous", "person"])
+def test_grouped_requests_store_and_report_what_each_alone_would(tmp_path: Path, anonymous_events: str) -> None:
+    """The group commit maps its requests together (:meth:`Ingestor.ingest_requests`): the queue, the people
+    and every request's report are what ingesting the requests one after the other gives."""
+    import itertools
+    import json
+
+    from posthog_customerio.samples import iter_stream
+    from posthog_customerio.sources import parse_event
+
+    events = [parse_event(raw) for raw in iter_stream(30, seed=3, events_per_person=6)]
+    sizes = itertools.cycle([1, 3, 1, 2, 5])
+    requests, at = [], 0
+    while at < len(events):
+        size = next(sizes)
+        requests.append(events[at : at + size])
+        at += size
+    config = MappingConfig(anonymous_events=anonymous_events)  # type: ignore[arg-type]
+
+    def stored(db: SqliteStorage) -> tuple[list[tuple[str, str]], dict[str, str]]:
+        with db.reading() as conn:
+            queue = [
+                (str(key), str(payload))
+                for key, payload in conn.execute("SELECT person_key, payload FROM outbox ORDER BY seq")
+            ]
+            people = {str(row[0]): json.dumps(row[1:]) for row in conn.execute("SELECT * FROM persons")}
+        return queue, people
+
+    alone_db = SqliteStorage(tmp_path / "alone.sqlite", synchronous="OFF")
+    alone = Ingestor(alone_db, Outbox(alone_db), config)
+    expected = [alone.ingest(request, "webhook") for request in requests]
+
+    grouped_db = SqliteStorage(tmp_path / "grouped.sqlite", synchronous="OFF")
+    grouped = Ingestor(grouped_db, Outbox(grouped_db), config)
+    with grouped_db.group():
+        reports = grouped.ingest_requests([(request, 0) for request in requests])
+    assert reports == expected
+    assert stored(grouped_db) == stored(alone_db)
+    assert sum(report.notes["anonymous_events_adopted"] for report in reports) > 0 or anonymous_events == "person"

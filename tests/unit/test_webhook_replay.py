@@ -84,14 +84,14 @@ def test_a_replay_while_the_first_is_being_stored_is_answered_409(
     raw, headers = _signed([hog("ann", n=1)], "msg_in_flight")
     entered, release = threading.Event(), threading.Event()
     with _service(settings) as (client, runtime):
-        real = runtime.ingestor._ingest
+        real = runtime.ingestor.ingest_requests  # how the group commit stores its requests
 
         def held(*args: Any, **kwargs: Any) -> Any:
             entered.set()
             assert release.wait(30)
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(runtime.ingestor, "_ingest", held)
+        monkeypatch.setattr(runtime.ingestor, "ingest_requests", held)
         first: list[httpx.Response] = []
         thread = threading.Thread(target=lambda: first.append(client.post("/webhook", content=raw, headers=headers)))
         thread.start()
