@@ -45,7 +45,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, Sandbox, base_env, free_port, machine, run_measured, sandbox_process, stop, table, wait_http
+from _common import (
+    ROOT,
+    Sandbox,
+    base_env,
+    machine,
+    process_cpu_s,
+    run_measured,
+    running_server,
+    sandbox_process,
+    table,
+)
 from _common import write_stream as write_events
 from requests_per_event import MODE_ENV
 from throughput import loadgen, wait_delivered, write_bodies
@@ -94,17 +104,9 @@ def run_bare(port: int) -> None:
 @contextlib.contextmanager
 def server(args: list[str], env: dict[str, str], health: str = "/healthz") -> Iterator[str]:
     """A server subprocess on a free loopback port: its URL while the block runs."""
-    port = free_port()
-    process = subprocess.Popen(
-        [*args, "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    PIDS[url] = process.pid
-    try:
-        wait_http(url + health, process, timeout=120)
+    with running_server(args, health, env=env, timeout=120, stop_timeout=60) as (url, process):
+        PIDS[url] = process.pid
         yield url
-    finally:
-        stop(process, timeout=60)
 
 
 #: the server process behind each URL (its CPU is measured)
@@ -113,14 +115,12 @@ PIDS: dict[str, int] = {}
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of ``pid`` and its children (``serve --workers``), while they run."""
-    tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     pending = [pid]
     while pending:
         current = pending.pop()
         with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            total += process_cpu_s(current)
             pending += [int(child) for child in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
     return total
 
@@ -376,21 +376,11 @@ def main(argv: list[str] | None = None) -> int:
 
             @contextlib.contextmanager
             def bare_start(name: str) -> Iterator[str]:
-                port = free_port()
                 env = with_path(dict(os.environ), here_src)
-                process = subprocess.Popen(
-                    [sys.executable, __file__, "--bare-asgi", str(port)],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                url = f"http://127.0.0.1:{port}"
-                PIDS[url] = process.pid
-                try:
-                    wait_http(url + "/", process, timeout=60)
+                command = [sys.executable, __file__]
+                with running_server(command, "/", port_flag="--bare-asgi", env=env, timeout=60) as (url, process):
+                    PIDS[url] = process.pid
                     yield url
-                finally:
-                    stop(process)
 
             variants: list[tuple[str, Any, bool]] = []
             if "ceiling" in only:
