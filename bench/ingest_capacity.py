@@ -39,7 +39,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -194,37 +194,52 @@ class _Status:
         return httpx.get(self.url + "/api/status", timeout=60).json()
 
 
-def floor(events_file: Path, workdir: Path, synchronous: str, chunk: int = 2000) -> float:
-    """Seconds to parse ``events_file`` (one ``json.loads`` per line) and insert each event as a row (uuid, payload
-    text) into a fresh SQLite file in WAL mode, ``chunk`` rows per transaction: reading plus storing, nothing else."""
-    path = workdir / "floor.sqlite"
+def timed_inserts(
+    path: Path, synchronous: str, columns: dict[str, str], rows: Iterable[tuple[Any, ...]], chunk: int
+) -> float:
+    """Seconds to draw ``rows`` (a lazy iterable: its reading is timed too) and insert them into table ``rows`` (``seq
+    INTEGER PRIMARY KEY`` and ``columns``: name -> type) of a fresh SQLite file at ``path`` in WAL mode with the given
+    ``synchronous``, ``chunk`` rows per transaction."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     conn = sqlite3.connect(str(path), isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("CREATE TABLE rows (seq INTEGER PRIMARY KEY, uuid TEXT, payload TEXT NOT NULL)")
+    conn.execute(f"CREATE TABLE rows (seq INTEGER PRIMARY KEY, {', '.join(f'{n} {t}' for n, t in columns.items())})")
+    insert = f"INSERT INTO rows ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
     started = time.perf_counter()
-    rows: list[tuple[Any, str]] = []
+    batch: list[tuple[Any, ...]] = []
 
     def flush() -> None:
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany("INSERT INTO rows (uuid, payload) VALUES (?, ?)", rows)
+        conn.executemany(insert, batch)
         conn.execute("COMMIT")
-        rows.clear()
+        batch.clear()
 
-    with open(events_file, encoding="utf-8") as lines:
-        for line in lines:
-            if line.strip():
-                event = json.loads(line)
-                rows.append((event.get("uuid"), json.dumps(event, separators=(",", ":"))))
-                if len(rows) >= chunk:
-                    flush()
-    if rows:
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= chunk:
+            flush()
+    if batch:
         flush()
     seconds = time.perf_counter() - started
     conn.close()
     return seconds
+
+
+def floor(events_file: Path, workdir: Path, synchronous: str, chunk: int = 2000) -> float:
+    """Seconds to parse ``events_file`` (one ``json.loads`` per line) and insert each event as a row (uuid, payload
+    text) into a fresh SQLite file in WAL mode, ``chunk`` rows per transaction: reading plus storing, nothing else."""
+
+    def rows() -> Iterator[tuple[Any, str]]:
+        with open(events_file, encoding="utf-8") as lines:
+            for line in lines:
+                if line.strip():
+                    event = json.loads(line)
+                    yield event.get("uuid"), json.dumps(event, separators=(",", ":"))
+
+    columns = {"uuid": "TEXT", "payload": "TEXT NOT NULL"}
+    return timed_inserts(workdir / "floor.sqlite", synchronous, columns, rows(), chunk)
 
 
 def read_and_insert(events_file: Path, workdir: Path, synchronous: str, chunk: int = 2000) -> float:
@@ -232,33 +247,14 @@ def read_and_insert(events_file: Path, workdir: Path, synchronous: str, chunk: i
     strict parser, the event model); rows of (uuid, distinct_id, event)."""
     from posthog_customerio.sources.records import read_events
 
-    path = workdir / "reader.sqlite"
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    conn = sqlite3.connect(str(path), isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("CREATE TABLE rows (seq INTEGER PRIMARY KEY, uuid TEXT, distinct_id TEXT, event TEXT)")
-    started = time.perf_counter()
-    rows: list[tuple[Any, str, str]] = []
+    def rows() -> Iterator[tuple[Any, str, str]]:
+        with open(events_file, encoding="utf-8") as lines:
+            for item in read_events(lines):
+                if item.event is not None:
+                    yield item.event.uuid, item.event.distinct_id, item.event.event
 
-    def flush() -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany("INSERT INTO rows (uuid, distinct_id, event) VALUES (?, ?, ?)", rows)
-        conn.execute("COMMIT")
-        rows.clear()
-
-    with open(events_file, encoding="utf-8") as lines:
-        for item in read_events(lines):
-            if item.event is not None:
-                rows.append((item.event.uuid, item.event.distinct_id, item.event.event))
-                if len(rows) >= chunk:
-                    flush()
-    if rows:
-        flush()
-    seconds = time.perf_counter() - started
-    conn.close()
-    return seconds
+    columns = {"uuid": "TEXT", "distinct_id": "TEXT", "event": "TEXT"}
+    return timed_inserts(workdir / "reader.sqlite", synchronous, columns, rows(), chunk)
 
 
 def read_and_ingest(events_file: Path, workdir: Path, synchronous: str, chunk: int = 2000) -> float:
