@@ -12,16 +12,19 @@ import contextlib
 import json
 import os
 import platform
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, NamedTuple
 
 import httpx
 
@@ -111,18 +114,130 @@ class Sandbox:
 
 @contextlib.contextmanager
 def sandbox_process() -> Iterator[Sandbox]:
+    command = [str(CLI), "sandbox", "--host", "127.0.0.1", "--site-id", SITE_ID, "--api-key", API_KEY]
+    with running_server(command, "/_sandbox/stats") as (url, process):
+        yield Sandbox(url, process)
+
+
+# -- a script's own Customer.io stand-in (its own process) ----------------------------------------
+@dataclass
+class StandIn:
+    """A bench script's own Customer.io stand-in, in its own process (``python SCRIPT _standin ... --port P``, served
+    with :func:`serve_json`); a ``with`` block or :meth:`close` stops it."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(cls, script: Path, *args: str) -> StandIn:
+        """``python SCRIPT _standin ARGS --port P`` on a free port, once its ``/_bench/stats`` answers."""
+        url, process = start_server([sys.executable, str(script), "_standin", *args], "/_bench/stats")
+        return cls(url, process)
+
+    def get(self, path: str) -> Any:
+        response = httpx.get(self.url + path, timeout=60)
+        response.raise_for_status()
+        return response.json()
+
+    def close(self) -> None:
+        stop(self.process, timeout=10)
+
+    def __enter__(self) -> StandIn:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Reply(NamedTuple):
+    """A stand-in's answer to one request: its status, a payload sent as JSON, and headers besides the usual."""
+
+    status: int
+    payload: Any
+    headers: dict[str, str] | None = None
+
+
+def serve_json(port: int, route: Callable[[str, str, bytes], Reply]) -> None:
+    """Serve a stand-in on 127.0.0.1:``port`` until the process is stopped: HTTP/1.1, a (daemon) thread per
+    connection, a listen backlog of 256, no request log. Every request's body is read whole; the region lookup
+    (``/api/v1/accounts/region``: not made with a URL override) is answered with this server's URL, any other request
+    with ``route(method, path without its query, body)``, the payload as compact JSON."""
+    region = Reply(200, {"url": f"http://127.0.0.1:{port}", "region": "us"})
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _handle(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            path = self.path.split("?", 1)[0]
+            status, payload, headers = region if path == "/api/v1/accounts/region" else route(self.command, path, raw)
+            data = json.dumps(payload, separators=(",", ":")).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_POST = do_PUT = do_GET = do_DELETE = _handle
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+        request_queue_size = 256
+
+    Server(("127.0.0.1", port), Handler).serve_forever()
+
+
+# -- server processes on a free loopback port -------------------------------------------------------
+def start_server(
+    command: list[str],
+    health: str,
+    *,
+    port_flag: str = "--port",
+    env: dict[str, str] | None = None,
+    output: IO[bytes] | None = None,
+    timeout: float = 30.0,
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """Start ``command port_flag PORT`` on a free 127.0.0.1 port, its stdout and stderr to ``output`` (default:
+    discarded): (its base URL, the process) once ``GET health`` answers 200 within ``timeout`` (see
+    :func:`wait_http`). A process that does not is stopped."""
     port = free_port()
     process = subprocess.Popen(
-        [str(CLI), "sandbox", "--host", "127.0.0.1", "--port", str(port), "--site-id", SITE_ID, "--api-key", API_KEY],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [*command, port_flag, str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL if output is None else output,
+        stderr=subprocess.DEVNULL if output is None else subprocess.STDOUT,
     )
-    box = Sandbox(f"http://127.0.0.1:{port}", process)
+    url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(box.url + "/_sandbox/stats", process)
-        yield box
-    finally:
+        wait_http(url + health, process, timeout=timeout)
+    except BaseException:
         stop(process)
+        raise
+    return url, process
+
+
+@contextlib.contextmanager
+def running_server(
+    command: list[str],
+    health: str,
+    *,
+    port_flag: str = "--port",
+    env: dict[str, str] | None = None,
+    timeout: float = 30.0,
+    stop_timeout: float = 30.0,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """:func:`start_server` for the length of a ``with`` block, then :func:`stop` (``stop_timeout``)."""
+    url, process = start_server(command, health, port_flag=port_flag, env=env, timeout=timeout)
+    try:
+        yield url, process
+    finally:
+        stop(process, timeout=stop_timeout)
 
 
 def wait_http(url: str, process: subprocess.Popen[Any], timeout: float = 30.0) -> None:
@@ -148,7 +263,10 @@ def stop(process: subprocess.Popen[Any], timeout: float = 30.0) -> None:
             process.wait(5)
 
 
-def base_env(sandbox: Sandbox, data_dir: Path, **extra: str) -> dict[str, str]:
+def base_env(sandbox: Sandbox | StandIn, data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a child under test: this one without the product's settings, then Customer.io (Track and
+    Pipelines) at ``sandbox`` (the sandbox or a script's stand-in: only its URL is read), ``data_dir``, JSON logs,
+    ``MAX_RPS``; then ``extra``."""
     env = {
         key: value
         for key, value in os.environ.items()
@@ -226,12 +344,101 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+#: clock ticks per second, the unit of /proc's CPU times
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system: ``utime`` + ``stime`` of ``/proc/PID/stat``) process ``pid`` has used so far, its
+    children not included. ``OSError`` once the process is gone."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 def send(file: Path, env: dict[str, str], timeout: float = 1800.0) -> tuple[dict[str, Any], Finished]:
     """``posthog-customerio send FILE --json``: (summary, process figures)."""
     finished = run_measured([*cli_command(), "send", str(file), "--json"], env, timeout)
     if finished.returncode != 0:
         raise RuntimeError(f"send exited {finished.returncode}: {finished.stderr[-2000:]}")
     return json.loads(finished.stdout), finished
+
+
+# -- py-spy profiles ------------------------------------------------------------------------------------
+def find_py_spy() -> str | None:
+    """The py-spy executable (on ``PATH`` or beside this Python), or ``None``: a profiling tool, not a dependency."""
+    found = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return found if Path(found).exists() else None
+
+
+def py_spy_attach(spy: str, pid: int, rate: int, seconds: int, output: Path) -> subprocess.CompletedProcess[str]:
+    """``py-spy record --nonblocking`` attached to the running process ``pid`` for ``seconds`` at ``rate`` samples
+    a second, its raw (collapsed) stacks written to ``output``."""
+    return subprocess.run(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--rate",
+            str(rate),
+            "--duration",
+            str(seconds),
+            "--format",
+            "raw",
+            "--output",
+            str(output),
+            "--nonblocking",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
+
+
+_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]+)(?::(?P<line>\d+))?\)$")
+
+
+def short_frame(frame: str) -> str:
+    """``function (file)`` of a py-spy frame, its line number dropped and its path cut after ``site-packages/``,
+    ``src/`` or ``lib/python3``."""
+    match = _FRAME.match(frame.strip())
+    if not match:
+        return frame.strip()
+    path = match["file"]
+    for marker in ("site-packages/", "src/", "lib/python3"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    return f"{match['func']} ({path})"
+
+
+#: leaf frames (:func:`short_frame`) of a thread waiting: py-spy's idle detection misses some of them. ``Runner.run``
+#: as a leaf is the event loop's C code (uvloop).
+WAITING_FRAMES = (
+    "Condition.wait ",
+    "Event.wait ",
+    "Queue.get ",
+    "sleep ",
+    "select ",
+    "Runner.run ",
+    "SyncStream.read ",
+    "is_socket_readable ",
+    "BaseSelector",
+    "EpollSelector.select ",
+    "_worker ",
+)
+
+
+def raw_stacks(raw: Path) -> Iterator[tuple[list[str], int]]:
+    """(frames, outermost first, each :func:`short_frame`; samples) of every stack in a py-spy raw file, its process
+    and thread frames left out (a stack of nothing else too)."""
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        frames = [short_frame(f) for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
+        if frames:
+            yield frames, int(count_text)
 
 
 # -- the event stream ---------------------------------------------------------------------------

@@ -43,14 +43,12 @@ import threading
 import time
 import uuid as uuidlib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, base_env, free_port, machine, peak_rss_mb, stop, table, wait_http
+from _common import ROOT, Reply, StandIn, base_env, machine, peak_rss_mb, serve_json, table
 
 SCRIPT = Path(__file__).resolve()
 ARMS = ("off", "bounded")
@@ -112,78 +110,26 @@ def serve_standin(port: int) -> None:
     arrivals: list[float] = []
     items = [0]
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _answer(self, status: int, payload: Any) -> None:
-            data = json.dumps(payload, separators=(",", ":")).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _handle(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            path = self.path.split("?", 1)[0]
-            if path == "/_bench/stats":
-                with lock:
-                    return self._answer(200, {"arrivals": list(arrivals), "items": items[0]})
-            if path == "/_bench/reset":
-                with lock:
-                    arrivals.clear()
-                    items[0] = 0
-                return self._answer(200, {})
-            if path == "/api/v1/accounts/region":  # the region lookup (not with a URL override)
-                return self._answer(200, {"url": f"http://127.0.0.1:{port}", "region": "us"})
-            now = time.time()
-            count = 1
-            if path in ("/api/v2/batch", "/v1/batch"):
-                with contextlib.suppress(ValueError, AttributeError):
-                    count = len(json.loads(raw).get("batch") or [])
+    def route(method: str, path: str, raw: bytes) -> Reply:
+        if path == "/_bench/stats":
             with lock:
-                arrivals.append(now)
-                items[0] += count
-            self._answer(200, {})
+                return Reply(200, {"arrivals": list(arrivals), "items": items[0]})
+        if path == "/_bench/reset":
+            with lock:
+                arrivals.clear()
+                items[0] = 0
+            return Reply(200, {})
+        now = time.time()
+        count = 1
+        if path in ("/api/v2/batch", "/v1/batch"):
+            with contextlib.suppress(ValueError, AttributeError):
+                count = len(json.loads(raw).get("batch") or [])
+        with lock:
+            arrivals.append(now)
+            items[0] += count
+        return Reply(200, {})
 
-        do_POST = do_PUT = do_GET = do_DELETE = _handle
-
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True
-        request_queue_size = 256
-
-    Server(("127.0.0.1", port), Handler).serve_forever()
-
-
-@dataclass
-class StandIn:
-    url: str
-    process: subprocess.Popen[bytes]
-
-    def get(self, path: str) -> Any:
-        import httpx
-
-        return httpx.get(self.url + path, timeout=60).json()
-
-
-@contextlib.contextmanager
-def standin() -> Iterator[StandIn]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "_standin", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    box = StandIn(f"http://127.0.0.1:{port}", process)
-    try:
-        wait_http(box.url + "/_bench/stats", process)
-        yield box
-    finally:
-        stop(process, timeout=10)
+    serve_json(port, route)
 
 
 # -- one arm ----------------------------------------------------------------------------------------
@@ -214,7 +160,7 @@ def run_arm(arm: str, file: Path, events: int, args: argparse.Namespace, box: St
     data = work / f"data-{arm}"
     shutil.rmtree(data, ignore_errors=True)  # a fresh data directory: every person is new
     bound = UNBOUNDED if arm == "off" else args.bound
-    env = base_env(box, data)  # type: ignore[arg-type]  # a stand-in has the url base_env reads
+    env = base_env(box, data)
     env["PYTHONPATH"] = str(ROOT / "src")
     if bound is not None:
         env["OUTBOX_MAX_QUEUED"] = str(bound)
@@ -341,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"machine: {machine()}", file=sys.stderr)
         print(f"file: {events:,} events, {file.stat().st_size / 1e6:,.1f} MB", file=sys.stderr)
         results = []
-        box = stack.enter_context(standin())
+        box = stack.enter_context(StandIn.start(SCRIPT))
         for _ in range(args.repeat):  # the arms alternate: a change of the machine's load hits each alike
             for arm in arms:
                 results.append(run_arm(arm, file, events, args, box, work))

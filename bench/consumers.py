@@ -68,7 +68,6 @@ import importlib.resources
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -80,13 +79,28 @@ import uuid as uuidlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import MAX_RPS, Sandbox, base_env, free_port, machine, stop, table, wait_http
+from _common import (
+    CLK_TCK,
+    MAX_RPS,
+    WAITING_FRAMES,
+    Reply,
+    StandIn,
+    base_env,
+    find_py_spy,
+    free_port,
+    machine,
+    process_cpu_s,
+    py_spy_attach,
+    raw_stacks,
+    serve_json,
+    stop,
+    table,
+)
 
 SCRIPT = Path(__file__).resolve()
 CLI = [sys.executable, "-m", "posthog_customerio"]
@@ -99,7 +113,6 @@ PLANS = ("trial", "starter", "pro", "team", "business", "enterprise")
 #: the fixture's consumer settings for Tansu (it completes a group join after about half the session timeout)
 TANSU_CONSUMER = {"session.timeout.ms": "1000", "heartbeat.interval.ms": "200"}
 SAMPLE_S = 0.25
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 # -- the stream -------------------------------------------------------------------------------------------------
@@ -380,84 +393,28 @@ def serve_standin(port: int) -> None:
             ids.update(found)
         return items
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    def route(method: str, path: str, raw: bytes) -> Reply:
+        if path == "/_bench/stats":
+            with lock:
+                return Reply(200, {**counts, "event_ids": len(ids)})
+        if path == "/_bench/reset":
+            with lock:
+                ids.clear()
+                counts.update(requests=0, items=0)
+            return Reply(200, {})
+        record(path, raw)
+        return Reply(200, {})
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _answer(self, status: int, payload: Any) -> None:
-            data = json.dumps(payload, separators=(",", ":")).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _handle(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            path = self.path.split("?", 1)[0]
-            if path == "/_bench/stats":
-                with lock:
-                    return self._answer(200, {**counts, "event_ids": len(ids)})
-            if path == "/_bench/reset":
-                with lock:
-                    ids.clear()
-                    counts.update(requests=0, items=0)
-                return self._answer(200, {})
-            if path == "/api/v1/accounts/region":  # the region lookup (not with a URL override)
-                return self._answer(200, {"url": f"http://127.0.0.1:{port}", "region": "us"})
-            record(path, raw)
-            self._answer(200, {})
-
-        do_POST = do_PUT = do_GET = do_DELETE = _handle
-
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True
-        request_queue_size = 256
-
-    Server(("127.0.0.1", port), Handler).serve_forever()
-
-
-@dataclass
-class StandIn:
-    url: str
-    process: subprocess.Popen[bytes]
-
-    def call(self, path: str) -> dict[str, Any]:
-        import httpx
-
-        response = httpx.post(self.url + path, timeout=30)
-        response.raise_for_status()
-        result: dict[str, Any] = response.json()
-        return result
-
-
-@contextlib.contextmanager
-def standin() -> Iterator[StandIn]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "_standin", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    box = StandIn(f"http://127.0.0.1:{port}", process)
-    try:
-        wait_http(box.url + "/_bench/stats", process)
-        yield box
-    finally:
-        stop(process, timeout=10)
+    serve_json(port, route)
 
 
 # -- CPU accounting -------------------------------------------------------------------------------------------------
 def cpu_s(pid: int) -> float | None:
-    """utime + stime of a process (``/proc/PID/stat``), or ``None`` once it is gone."""
+    """:func:`_common.process_cpu_s`, or ``None`` once the process is gone."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return process_cpu_s(pid)
     except (OSError, IndexError):
         return None
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def machine_busy_s() -> float:
@@ -611,7 +568,6 @@ class Setup:
 
 
 def start_consumers(setup: Setup, count: int, outbox_url: str, group: str, tag: str) -> list[Consumer]:
-    sandbox = Sandbox(setup.box.url, setup.box.process)  # base_env reads only its url
     args = ["--batch-size", str(setup.batch_size), "--json"]
     for key, value in TANSU_CONSUMER.items():
         args += ["--kafka-config", f"{key}={value}"]
@@ -622,7 +578,7 @@ def start_consumers(setup: Setup, count: int, outbox_url: str, group: str, tag: 
     for n in range(count):
         name = f"{tag}-{n}"
         env = base_env(
-            sandbox,
+            setup.box,
             setup.workdir / name,
             CUSTOMERIO_MAX_RPS=MAX_RPS,
             OUTBOX_URL=outbox_url,
@@ -656,7 +612,7 @@ def stop_consumers(consumers: list[Consumer]) -> None:
 
 
 def run(setup: Setup, count: int, deadline_s: float) -> dict[str, Any]:
-    setup.box.call("/_bench/reset")
+    setup.box.get("/_bench/reset")
     tag = f"k{count}-{uuidlib.uuid4().hex[:4]}"
     application_name = f"bench-consumers-{tag}"
     schema, outbox_url = fresh_schema(setup.postgres_url, application_name)
@@ -681,7 +637,7 @@ def run(setup: Setup, count: int, deadline_s: float) -> dict[str, Any]:
                     consumer.assigned_at = now
             if stored_s is None and offsets.committed() == setup.ends:
                 stored_s = time.monotonic() - started
-            stats = setup.box.call("/_bench/stats")
+            stats = setup.box.get("/_bench/stats")
             if stored_s is not None and stats["event_ids"] >= setup.expected and outbox_depth(outbox_url) == 0:
                 delivered_s = time.monotonic() - started
                 break
@@ -695,7 +651,7 @@ def run(setup: Setup, count: int, deadline_s: float) -> dict[str, Any]:
             time.sleep(0.25)
         cpu = meter.finish()
         wall = time.monotonic() - started
-        stats = setup.box.call("/_bench/stats")
+        stats = setup.box.get("/_bench/stats")
     finally:
         stop_consumers(consumers)
         offsets.close()
@@ -741,44 +697,13 @@ def run(setup: Setup, count: int, deadline_s: float) -> dict[str, Any]:
 
 
 # -- the profile --------------------------------------------------------------------------------------------------
-def py_spy() -> str | None:
-    found = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    return found if Path(found).exists() else None
-
-
-def _short(frame: str) -> str:
-    match = re.match(r"^(?P<func>.*?) \((?P<file>[^:()]+)(?::(?P<line>\d+))?\)$", frame.strip())
-    if not match:
-        return frame.strip()
-    path = match["file"]
-    for marker in ("site-packages/", "src/", "lib/python3"):
-        if marker in path:
-            path = path.split(marker, 1)[1]
-            break
-    return f"{match['func']} ({path})"
-
-
-#: leaf frames of a thread waiting (py-spy's idle detection misses some; as bench/profile_hot_path.py)
-WAITING = (
-    "Condition.wait ",
-    "Event.wait ",
-    "Queue.get ",
-    "sleep ",
-    "select ",
-    "Runner.run ",
-    "SyncStream.read ",
-    "is_socket_readable ",
-    "BaseSelector",
-    "EpollSelector.select ",
-    "_worker ",
-)
 #: leaf frames of a thread waiting for PostgreSQL's answer (psycopg blocks in C there; py-spy sees it as busy)
 WAITING_POSTGRES = ("Connection.wait (psycopg/", "wait_c (psycopg", "wait_epoll (psycopg/", "wait (psycopg/")
 
 
 def profile(setup: Setup, seconds: float, rate: int) -> dict[str, Any]:
     """One consumer under ``py-spy record --nonblocking`` while it reads the backlog; not in the table."""
-    spy = py_spy()
+    spy = find_py_spy()
     if spy is None:
         return {"skipped": "py-spy is not installed (pip install py-spy)"}
     tag = f"profile-{uuidlib.uuid4().hex[:4]}"
@@ -793,26 +718,7 @@ def profile(setup: Setup, seconds: float, rate: int) -> dict[str, Any]:
                 return {"skipped": "the consumer was not assigned partitions within 60 s"}
             time.sleep(0.1)
         before = cpu_s(consumers[0].process.pid) or 0.0
-        done = subprocess.run(
-            [
-                spy,
-                "record",
-                "--pid",
-                str(consumers[0].process.pid),
-                "--rate",
-                str(rate),
-                "--duration",
-                str(int(seconds)),
-                "--format",
-                "raw",
-                "--output",
-                str(raw),
-                "--nonblocking",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=seconds + 60,
-        )
+        done = py_spy_attach(spy, consumers[0].process.pid, rate, int(seconds), raw)
         used = (cpu_s(consumers[0].process.pid) or 0.0) - before
         if not raw.exists():
             return {"skipped": f"py-spy failed: {done.stderr[-500:]}"}
@@ -825,15 +731,8 @@ def profile(setup: Setup, seconds: float, rate: int) -> dict[str, Any]:
     parts: collections.Counter[str] = collections.Counter()
     within: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     total = waiting = postgres_wait = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = [_short(f) for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
-        if not frames:
-            continue
-        if frames[-1].startswith(WAITING):
+    for frames, count in raw_stacks(raw):
+        if frames[-1].startswith(WAITING_FRAMES):
             waiting += count
             continue
         if frames[-1].startswith(WAITING_POSTGRES):
@@ -920,7 +819,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"produced to {args.partitions} partitions in {produce_s:.1f}s: end offsets {ends}", flush=True)
         if sum(ends.values()) != len(messages):
             raise SystemExit(f"end offsets {ends} do not add up to {len(messages)} messages")
-        with standin() as box:
+        with StandIn.start(SCRIPT) as box:
             setup = Setup(
                 bootstrap, broker, box, topic, args.partitions, ends, events, expected, args.postgres_url,
                 args.batch_size, Path(tmp),

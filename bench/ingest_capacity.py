@@ -39,13 +39,23 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, Sandbox, base_env, free_port, machine, run_measured, sandbox_process, stop, table, wait_http
+from _common import (
+    ROOT,
+    Sandbox,
+    base_env,
+    machine,
+    process_cpu_s,
+    run_measured,
+    running_server,
+    sandbox_process,
+    table,
+)
 from _common import write_stream as write_events
 from requests_per_event import MODE_ENV
 from throughput import loadgen, wait_delivered, write_bodies
@@ -94,17 +104,9 @@ def run_bare(port: int) -> None:
 @contextlib.contextmanager
 def server(args: list[str], env: dict[str, str], health: str = "/healthz") -> Iterator[str]:
     """A server subprocess on a free loopback port: its URL while the block runs."""
-    port = free_port()
-    process = subprocess.Popen(
-        [*args, "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    PIDS[url] = process.pid
-    try:
-        wait_http(url + health, process, timeout=120)
+    with running_server(args, health, env=env, timeout=120, stop_timeout=60) as (url, process):
+        PIDS[url] = process.pid
         yield url
-    finally:
-        stop(process, timeout=60)
 
 
 #: the server process behind each URL (its CPU is measured)
@@ -113,14 +115,12 @@ PIDS: dict[str, int] = {}
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of ``pid`` and its children (``serve --workers``), while they run."""
-    tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
     pending = [pid]
     while pending:
         current = pending.pop()
         with contextlib.suppress(OSError):
-            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
+            total += process_cpu_s(current)
             pending += [int(child) for child in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
     return total
 
@@ -194,37 +194,52 @@ class _Status:
         return httpx.get(self.url + "/api/status", timeout=60).json()
 
 
-def floor(events_file: Path, workdir: Path, synchronous: str, chunk: int = 2000) -> float:
-    """Seconds to parse ``events_file`` (one ``json.loads`` per line) and insert each event as a row (uuid, payload
-    text) into a fresh SQLite file in WAL mode, ``chunk`` rows per transaction: reading plus storing, nothing else."""
-    path = workdir / "floor.sqlite"
+def timed_inserts(
+    path: Path, synchronous: str, columns: dict[str, str], rows: Iterable[tuple[Any, ...]], chunk: int
+) -> float:
+    """Seconds to draw ``rows`` (a lazy iterable: its reading is timed too) and insert them into table ``rows`` (``seq
+    INTEGER PRIMARY KEY`` and ``columns``: name -> type) of a fresh SQLite file at ``path`` in WAL mode with the given
+    ``synchronous``, ``chunk`` rows per transaction."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
     conn = sqlite3.connect(str(path), isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("CREATE TABLE rows (seq INTEGER PRIMARY KEY, uuid TEXT, payload TEXT NOT NULL)")
+    conn.execute(f"CREATE TABLE rows (seq INTEGER PRIMARY KEY, {', '.join(f'{n} {t}' for n, t in columns.items())})")
+    insert = f"INSERT INTO rows ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
     started = time.perf_counter()
-    rows: list[tuple[Any, str]] = []
+    batch: list[tuple[Any, ...]] = []
 
     def flush() -> None:
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany("INSERT INTO rows (uuid, payload) VALUES (?, ?)", rows)
+        conn.executemany(insert, batch)
         conn.execute("COMMIT")
-        rows.clear()
+        batch.clear()
 
-    with open(events_file, encoding="utf-8") as lines:
-        for line in lines:
-            if line.strip():
-                event = json.loads(line)
-                rows.append((event.get("uuid"), json.dumps(event, separators=(",", ":"))))
-                if len(rows) >= chunk:
-                    flush()
-    if rows:
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= chunk:
+            flush()
+    if batch:
         flush()
     seconds = time.perf_counter() - started
     conn.close()
     return seconds
+
+
+def floor(events_file: Path, workdir: Path, synchronous: str, chunk: int = 2000) -> float:
+    """Seconds to parse ``events_file`` (one ``json.loads`` per line) and insert each event as a row (uuid, payload
+    text) into a fresh SQLite file in WAL mode, ``chunk`` rows per transaction: reading plus storing, nothing else."""
+
+    def rows() -> Iterator[tuple[Any, str]]:
+        with open(events_file, encoding="utf-8") as lines:
+            for line in lines:
+                if line.strip():
+                    event = json.loads(line)
+                    yield event.get("uuid"), json.dumps(event, separators=(",", ":"))
+
+    columns = {"uuid": "TEXT", "payload": "TEXT NOT NULL"}
+    return timed_inserts(workdir / "floor.sqlite", synchronous, columns, rows(), chunk)
 
 
 def read_and_insert(events_file: Path, workdir: Path, synchronous: str, chunk: int = 2000) -> float:
@@ -232,33 +247,14 @@ def read_and_insert(events_file: Path, workdir: Path, synchronous: str, chunk: i
     strict parser, the event model); rows of (uuid, distinct_id, event)."""
     from posthog_customerio.sources.records import read_events
 
-    path = workdir / "reader.sqlite"
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    conn = sqlite3.connect(str(path), isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("CREATE TABLE rows (seq INTEGER PRIMARY KEY, uuid TEXT, distinct_id TEXT, event TEXT)")
-    started = time.perf_counter()
-    rows: list[tuple[Any, str, str]] = []
+    def rows() -> Iterator[tuple[Any, str, str]]:
+        with open(events_file, encoding="utf-8") as lines:
+            for item in read_events(lines):
+                if item.event is not None:
+                    yield item.event.uuid, item.event.distinct_id, item.event.event
 
-    def flush() -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.executemany("INSERT INTO rows (uuid, distinct_id, event) VALUES (?, ?, ?)", rows)
-        conn.execute("COMMIT")
-        rows.clear()
-
-    with open(events_file, encoding="utf-8") as lines:
-        for item in read_events(lines):
-            if item.event is not None:
-                rows.append((item.event.uuid, item.event.distinct_id, item.event.event))
-                if len(rows) >= chunk:
-                    flush()
-    if rows:
-        flush()
-    seconds = time.perf_counter() - started
-    conn.close()
-    return seconds
+    columns = {"uuid": "TEXT", "distinct_id": "TEXT", "event": "TEXT"}
+    return timed_inserts(workdir / "reader.sqlite", synchronous, columns, rows(), chunk)
 
 
 def read_and_ingest(events_file: Path, workdir: Path, synchronous: str, chunk: int = 2000) -> float:
@@ -376,21 +372,11 @@ def main(argv: list[str] | None = None) -> int:
 
             @contextlib.contextmanager
             def bare_start(name: str) -> Iterator[str]:
-                port = free_port()
                 env = with_path(dict(os.environ), here_src)
-                process = subprocess.Popen(
-                    [sys.executable, __file__, "--bare-asgi", str(port)],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                url = f"http://127.0.0.1:{port}"
-                PIDS[url] = process.pid
-                try:
-                    wait_http(url + "/", process, timeout=60)
+                command = [sys.executable, __file__]
+                with running_server(command, "/", port_flag="--bare-asgi", env=env, timeout=60) as (url, process):
+                    PIDS[url] = process.pid
                     yield url
-                finally:
-                    stop(process)
 
             variants: list[tuple[str, Any, bool]] = []
             if "ceiling" in only:

@@ -51,20 +51,19 @@ import time
 import uuid as uuidlib
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, base_env, free_port, machine, stop, table, wait_http
+from _common import ROOT, Reply, StandIn, base_env, machine, serve_json, start_server, stop, table
 
 SCRIPT = Path(__file__).resolve()
 DEFAULT_BEFORE = "9ed8b57"
 
 
 # -- the Customer.io stand-in (its own process) ---------------------------------------------------
-class StandIn:
+class StandInState:
     """What the stand-in has seen: accepted events (first acceptance per bench_id), requests, 429s.
 
     Customer.io's Track API documents a fair-use limit of about 100 requests per second and answers
@@ -158,87 +157,34 @@ def parse_events(method: str, path: str, body: Any) -> list[tuple[str, str]]:
 
 
 def serve_standin(port: int, rps: int) -> None:
-    state = StandIn(rps)
+    state = StandInState(rps)
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-        def _answer(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(payload, separators=(",", ":")).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-
-        def _handle(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            path = self.path.split("?", 1)[0]
-            if path.startswith("/_bench/"):
-                if path == "/_bench/stats":
-                    return self._answer(200, state.stats())
-                if path == "/_bench/accepted":
-                    with state.lock:
-                        accepted = dict(state.accepted)
-                    return self._answer(200, accepted)
-                return self._answer(404, {})
-            if path == "/api/v1/accounts/region":  # the region lookup (not with a URL override)
-                return self._answer(200, {"url": f"http://127.0.0.1:{port}", "region": "us"})
-            route = path
-            if path.startswith("/api/v1/customers/"):
-                route = "/api/v1/customers/…" + ("/events" if path.endswith("/events") else "")
-            if not state.admit(time.monotonic()):
-                state.count(f"429 {self.command} {route}")
-                return self._answer(429, {"meta": {"error": "rate limited"}}, {"Retry-After": "1"})
-            state.count(f"200 {self.command} {route}")
-            try:
-                body = json.loads(raw) if raw.strip() else None
-            except ValueError:
+    def route(method: str, path: str, raw: bytes) -> Reply:
+        if path.startswith("/_bench/"):
+            if path == "/_bench/stats":
+                return Reply(200, state.stats())
+            if path == "/_bench/accepted":
                 with state.lock:
-                    state.unparsed += 1
-                body = None
-            state.record(parse_events(self.command, path, body))
-            self._answer(200, {})  # the sandbox's answer to a v2 batch without errors, and to v1 / Pipelines
+                    accepted = dict(state.accepted)
+                return Reply(200, accepted)
+            return Reply(404, {})
+        key = path
+        if path.startswith("/api/v1/customers/"):
+            key = "/api/v1/customers/…" + ("/events" if path.endswith("/events") else "")
+        if not state.admit(time.monotonic()):
+            state.count(f"429 {method} {key}")
+            return Reply(429, {"meta": {"error": "rate limited"}}, {"Retry-After": "1"})
+        state.count(f"200 {method} {key}")
+        try:
+            body = json.loads(raw) if raw.strip() else None
+        except ValueError:
+            with state.lock:
+                state.unparsed += 1
+            body = None
+        state.record(parse_events(method, path, body))
+        return Reply(200, {})  # the sandbox's answer to a v2 batch without errors, and to v1 / Pipelines
 
-        do_POST = do_PUT = do_GET = do_DELETE = _handle
-
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True
-        request_queue_size = 256
-
-    Server(("127.0.0.1", port), Handler).serve_forever()
-
-
-@dataclass
-class StandInProcess:
-    url: str
-    process: subprocess.Popen[bytes]
-
-    @classmethod
-    def start(cls, rps: int) -> StandInProcess:
-        port = free_port()
-        process = subprocess.Popen(
-            [sys.executable, str(SCRIPT), "_standin", "--port", str(port), "--rps", str(rps)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        box = cls(f"http://127.0.0.1:{port}", process)
-        wait_http(box.url + "/_bench/stats", process)
-        return box
-
-    def get(self, path: str) -> Any:
-        import httpx
-
-        return httpx.get(self.url + path, timeout=60).json()
-
-    def close(self) -> None:
-        stop(self.process, timeout=10)
+    serve_json(port, route)
 
 
 # -- the event plan ---------------------------------------------------------------------------------------
@@ -460,17 +406,10 @@ class Service:
     """``python -m posthog_customerio serve`` from a given ``src/`` (``PYTHONPATH``), on a free loopback port."""
 
     def __init__(self, src: Path, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         env = {**env, "PYTHONPATH": str(src)}
         self.log = open(log, "wb")  # noqa: SIM115 (closed in close())
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "posthog_customerio", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_http(self.url + "/healthz", self.process, timeout=120)
+        command = [sys.executable, "-m", "posthog_customerio", "serve", "--host", "127.0.0.1"]
+        self.url, self.process = start_server(command, "/healthz", env=env, output=self.log, timeout=120)
 
     def get(self, path: str) -> Any:
         import httpx
@@ -485,8 +424,8 @@ class Service:
 
 def run_arm(arm: Arm, plan: list[Planned], plan_file: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
     label = arm.label(plan_file.stem)  # a fresh data dir per arm and rate: nothing carried over between runs
-    box = StandInProcess.start(args.standin_rps)
-    env = base_env(box, workdir / f"data-{label}", SQLITE_SYNCHRONOUS="NORMAL", **arm.env)  # type: ignore[arg-type]
+    box = StandIn.start(SCRIPT, "--rps", str(args.standin_rps))
+    env = base_env(box, workdir / f"data-{label}", SQLITE_SYNCHRONOUS="NORMAL", **arm.env)
     env["CUSTOMERIO_MAX_RPS"] = str(args.max_rps)
     env["CUSTOMERIO_PIPELINES_API_KEY"] = "bench"
     service = Service(arm.src, env, workdir / f"serve-{label}.log")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -31,61 +30,37 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import base_env, cli_command, free_port, machine, sandbox_process, stop, wait_http, write_stream
+from _common import (
+    WAITING_FRAMES,
+    base_env,
+    cli_command,
+    find_py_spy,
+    machine,
+    process_cpu_s,
+    py_spy_attach,
+    raw_stacks,
+    running_server,
+    sandbox_process,
+    write_stream,
+)
 from requests_per_event import MODE_ENV
 
 LOADGEN = Path(__file__).resolve().parent / "loadgen.py"
-_FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]+)(?::(?P<line>\d+))?\)$")
 
 
 def py_spy() -> str:
-    found = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    if not Path(found).exists():
+    found = find_py_spy()
+    if found is None:
         raise SystemExit("py-spy is not installed: pip install py-spy")
     return found
-
-
-def short(frame: str) -> str:
-    match = _FRAME.match(frame.strip())
-    if not match:
-        return frame.strip()
-    path = match["file"]
-    for marker in ("site-packages/", "src/", "lib/python3"):
-        if marker in path:
-            path = path.split(marker, 1)[1]
-            break
-    return f"{match['func']} ({path})"
-
-
-#: leaf frames that are a thread waiting (py-spy's idle detection misses some of them)
-WAITING = (
-    "Condition.wait ",
-    "Event.wait ",
-    "Queue.get ",
-    "sleep ",
-    "select ",
-    "Runner.run ",
-    "SyncStream.read ",
-    "is_socket_readable ",
-    "BaseSelector",
-    "EpollSelector.select ",
-    "_worker ",
-)
 
 
 def summarize(raw: Path, top: int = 25) -> str:
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     total = waiting = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = [short(f) for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
-        if not frames:
-            continue
-        if frames[-1].startswith(WAITING):  # Runner.run as a leaf: the event loop's C code (uvloop)
+    for frames, count in raw_stacks(raw):
+        if frames[-1].startswith(WAITING_FRAMES):  # Runner.run as a leaf: the event loop's C code (uvloop)
             waiting += count
             continue
         total += count
@@ -102,14 +77,6 @@ def summarize(raw: Path, top: int = 25) -> str:
     lines += ["", "inclusive time:"]
     lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in inclusive.most_common(top + 15)]
     return "\n".join(lines)
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a running process, from /proc."""
-    import os
-
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def record(output: Path, args: list[str], env: dict[str, str], rate: int) -> subprocess.Popen[bytes]:
@@ -174,23 +141,16 @@ def main(argv: list[str] | None = None) -> int:
                 bodies = tmp / "bodies.jsonl"
                 count = write_bodies(bodies, args.people, 2, args.events_per_person, limit=args.serve_events)
                 box.reset()
-                port = free_port()
                 raw = args.out / "serve.txt"
                 env = base_env(box, tmp / "serve-data", SQLITE_SYNCHRONOUS="NORMAL", **MODE_ENV["c"])
-                process = subprocess.Popen(
-                    [*cli_command(), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                try:
-                    wait_http(f"http://127.0.0.1:{port}/healthz", process, timeout=60)
+                command = [*cli_command(), "serve", "--host", "127.0.0.1"]
+                with running_server(command, "/healthz", env=env, timeout=60, stop_timeout=60) as (url, process):
                     load_process = subprocess.Popen(
                         [
                             sys.executable,
                             str(LOADGEN),
                             "--url",
-                            f"http://127.0.0.1:{port}/webhook",
+                            url + "/webhook",
                             "--bodies",
                             str(bodies),
                             "closed",
@@ -202,33 +162,12 @@ def main(argv: list[str] | None = None) -> int:
                         text=True,
                     )
                     time.sleep(1.0)  # past connection set-up
-                    spy = subprocess.run(
-                        [
-                            py_spy(),
-                            "record",
-                            "--pid",
-                            str(process.pid),
-                            "--rate",
-                            str(args.rate),
-                            "--duration",
-                            str(args.serve_seconds),
-                            "--format",
-                            "raw",
-                            "--output",
-                            str(raw),
-                            "--nonblocking",
-                        ],
-                        capture_output=True,
-                        text=True,
-                        timeout=args.serve_seconds + 60,
-                    )
+                    spy = py_spy_attach(py_spy(), process.pid, args.rate, args.serve_seconds, raw)
                     out, err = load_process.communicate(timeout=900)
                     load = json.loads(out)
-                    cpu_s = cpu_seconds(process.pid)
+                    cpu_s = process_cpu_s(process.pid)
                     if not raw.exists():
                         raise SystemExit(f"py-spy failed: {spy.stderr[-2000:]}")
-                finally:
-                    stop(process, timeout=60)
                 report += [
                     "",
                     f"## serve: {count} single-event webhook POSTs, {load['events_per_s']:.0f}/s accepted"

@@ -44,14 +44,13 @@ from _common import (
     Sandbox,
     base_env,
     cli_command,
-    free_port,
     machine,
     peak_rss_mb,
     sandbox_process,
     send,
+    start_server,
     stop,
     table,
-    wait_http,
     write_stream,
 )
 from requests_per_event import MODE_ENV, prepare_seed_outbox
@@ -80,15 +79,8 @@ class Service:
     """``posthog-customerio serve`` as a subprocess on a free loopback port."""
 
     def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [*cli_command(), "serve", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_http(self.url + "/healthz", self.process, timeout=120)
+        command = [*cli_command(), "serve", "--host", "127.0.0.1"]
+        self.url, self.process = start_server(command, "/healthz", env=env, timeout=120)
 
     def status(self) -> dict[str, Any]:
         import httpx
