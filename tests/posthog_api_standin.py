@@ -68,6 +68,7 @@ import uuid as uuidlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -146,8 +147,12 @@ class Cohort:
     ``id``, ``uuid`` and ``distinct_ids``), or indexes: ``i`` is ``standin.persons[i]`` when the stand-in has that
     many persons (so a change to that person shows in the cohort too), else ``make_person(i)``. Served in this
     order. ``count``: what the cohort object says (None: the number of members; PostHog's is the count of the
-    last calculation, so a test may make it stale). ``deleted``: PostHog's soft delete (the cohort is still
-    answered, ``"deleted": true``; to make it unknown, 404, remove it from ``standin.cohorts``).
+    last calculation, so a test may make it stale). ``last_calculation``: set to the time of each change made
+    through :meth:`PersonsStandin.add_to_cohort`, :meth:`~PersonsStandin.remove_from_cohort` (but a static
+    cohort's) and :meth:`~PersonsStandin.set_cohort_members`, as PostHog does: a dynamic cohort's members change
+    only by a recalculation, which sets it with ``count``; a static cohort's insert sets both, its removal of a
+    person only ``count`` (``posthog/models/cohort/cohort.py``). ``deleted``: PostHog's soft delete (the cohort
+    is still answered, ``"deleted": true``; to make it unknown, 404, remove it from ``standin.cohorts``).
     """
 
     name: str = "Cohort"
@@ -160,6 +165,14 @@ class Cohort:
     errors_calculating: int = 0
     last_calculation: str | None = "2024-01-01T00:00:00Z"
     created_at: str = "2024-01-01T00:00:00Z"
+
+
+def _recalculated(cohort: Cohort) -> None:
+    """The cohort's members changed: ``last_calculation`` is now (later than the one before, whatever the clock)."""
+    at = datetime.now(UTC)
+    if cohort.last_calculation is not None:
+        at = max(at, datetime.fromisoformat(cohort.last_calculation) + timedelta(microseconds=1))
+    cohort.last_calculation = at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass
@@ -309,6 +322,7 @@ class PersonsStandin:
             cohort = self.cohorts[cohort_id]
             position = len(cohort.members) if at is None else at
             cohort.members[position:position] = list(members)
+            _recalculated(cohort)
 
     def remove_from_cohort(self, cohort_id: int, *who: dict[str, Any] | int | str) -> int:
         """Remove from the cohort every member that is one of ``who`` — an index (that person), a person dict (by
@@ -330,12 +344,15 @@ class PersonsStandin:
                     kept.append(member)
             removed = len(cohort.members) - len(kept)
             cohort.members = kept
+            if not cohort.is_static:  # PostHog's static cohort: a removal changes the count only
+                _recalculated(cohort)
             return removed
 
     def set_cohort_members(self, cohort_id: int, members: Iterable[dict[str, Any] | int]) -> None:
         """Replace the cohort's members."""
         with self.lock:
             self.cohorts[cohort_id].members = list(members)
+            _recalculated(self.cohorts[cohort_id])
 
     def cohort_members(self, cohort_id: int) -> list[dict[str, Any]]:
         """The cohort's members as person dicts (as the persons list has them), in the order served."""

@@ -12,7 +12,7 @@ import os
 import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -325,10 +325,13 @@ INTERVAL = 60.0
 BASE = "http://posthog.test"
 
 
-def scheduled(runtime: Runtime, standin: PersonsStandin, clock: Clock) -> CohortSync:
-    """A schedule on ``runtime`` reading the stand-in in-process, one try per request, no waiting."""
+def scheduled(
+    runtime: Runtime, standin: PersonsStandin, clock: Clock, transport: httpx.BaseTransport | None = None
+) -> CohortSync:
+    """A schedule on ``runtime`` reading the stand-in in-process (through ``transport`` if given), one try per
+    request, no waiting."""
     client = PostHogPersonsClient(
-        BASE, "1", STANDIN_KEY, transport=standin.transport(), max_attempts=1, sleep=lambda _: None
+        BASE, "1", STANDIN_KEY, transport=transport or standin.transport(), max_attempts=1, sleep=lambda _: None
     )
     sync = CohortSync(runtime, INTERVAL, client=client, clock=clock)
     runtime.cohort_sync = sync  # what Runtime.start_cohort_sync does, without the thread
@@ -405,3 +408,67 @@ def test_stop_ends_the_pass_at_once_and_the_next_start_resumes_it(sandbox: Sandb
             wait_for(lambda: again.status()["passes"]["ok"] == 1, "the next start resuming the pass at once")
             (cohort,) = build_status(runtime)["cohort_sync"]["cohorts"]
             assert cohort["last_pass"]["resumed"] and cohort["members"] == {TARGET: len(MEMBERS)}
+
+
+class ChangeAfterFirstPage(httpx.BaseTransport):
+    """The stand-in in-process; once armed, ``change`` runs right after the next first page of the cohort's
+    members is answered: the cohort changes in PostHog while a pass reads it, between two of its pages."""
+
+    def __init__(self, standin: PersonsStandin, change: Callable[[], object]) -> None:
+        self.inner = standin.transport()
+        self.change = change
+        self.armed = False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        first_page = request.url.path.endswith(f"/cohorts/{COHORT}/persons/") and b"offset" not in request.url.query
+        if self.armed and first_page:
+            self.armed = False
+            self.change()
+        return response
+
+
+@pytest.mark.parametrize("joining", [[40, 41], [40]], ids=["count-changes", "count-unchanged"])
+def test_a_member_leaving_while_a_pass_reads_the_cohort_removes_nobody_else(
+    sandbox: SandboxServer, tmp_path: Path, joining: list[int]
+) -> None:
+    """PostHog pages a cohort's members by offset: the first member leaving once the pass has read the first page
+    moves every later member one place up, so the one that opened the second page is not listed by this pass
+    (what the two replicas' test once saw under load: user-8 removed, then added again). A pass the cohort changed
+    under (its ``count`` or ``last_calculation`` differ once its pages are read) removes nobody; the next pass,
+    reading the cohort as it is, removes who left. Nothing is added or removed twice, nobody wrongly."""
+    standin = PersonsStandin(0, cohort_default_limit=PAGE)
+    standin.add_cohort(COHORT, name=NAME, members=[make_person(index) for index in MEMBERS])
+    settings = {"cohort_segments": f"{COHORT}={SEGMENT}", "posthog_api_host": BASE, "posthog_project_id": "1"}
+    settings |= {"posthog_personal_api_key": STANDIN_KEY}
+
+    def change() -> None:
+        standin.remove_from_cohort(COHORT, make_person(MEMBERS[0]))
+        standin.add_to_cohort(COHORT, *(make_person(index) for index in joining))
+
+    transport = ChangeAfterFirstPage(standin, change)
+    clock = Clock()
+    with make_runtime(sandbox, tmp_path / "data", **settings) as runtime:
+        deliverer = runtime.deliverer()
+        deliverer.start()
+        sync = scheduled(runtime, standin, clock, transport)
+        assert sync.turn() == INTERVAL
+        wait_for(lambda: segment(sandbox) == users(MEMBERS), "every member in the segment")
+
+        transport.armed = True
+        clock.now += INTERVAL
+        assert sync.turn() == INTERVAL and not transport.armed  # the cohort changed between the pass's pages
+        assert deliverer.wait_until_empty(30)
+        assert segment_requests(sandbox, "remove_customers") == []  # MEMBERS[5] was not listed: it did not leave
+        assert segment(sandbox) == users([*MEMBERS, *joining])  # who joined is in (listed on the last page)
+        assert sync.status()["last_pass"]["outcome"] == "ok" and sync.status()["removes"] == 0
+
+        clock.now += INTERVAL  # the next pass reads the cohort as it is: who left leaves
+        assert sync.turn() == INTERVAL
+        now = [*MEMBERS[1:], *joining]
+        wait_for(lambda: segment(sandbox) == users(now), "the member who left out of the segment")
+        assert deliverer.wait_until_empty(30)
+        assert once_each(segment_requests(sandbox, "add_customers"))
+        assert sorted(segment_requests(sandbox, "add_customers")) == sorted(users([*MEMBERS, *joining]))
+        assert segment_requests(sandbox, "remove_customers") == [f"user-{MEMBERS[0]}"]
+        assert sync.status()["removes"] == 1 and sync.status()["passes"] == {"ok": 3, "failed": 0, "skipped": 0}

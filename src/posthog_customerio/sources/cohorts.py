@@ -19,7 +19,11 @@ sending anything twice):
 3. When the last page is stored: the members a target has that this pass did not see have left: removed
    (a thousand per transaction) and forgotten. **Empty-cohort guard**: when the whole cohort read as empty
    while a target had members, nothing is removed and the cohort is reported ``suspicious_empty``
-   (``--allow-empty`` removes them).
+   (``--allow-empty`` removes them). **Changed while read**: PostHog pages members by offset, so a member
+   leaving after the pass read a page moves the later ones up, and the member that opened the next page is
+   listed by neither. Before removing anyone, the cohort is read again: when its ``count`` or
+   ``last_calculation`` (which every change of its members sets) differ from the pass's start, nobody is removed
+   by this pass (``removals_deferred``); the next pass, reading the cohort as it is, removes those that left.
 
 The operations go through the outbox like every other (per-person order: a member's create goes out before
 its add); the Track outputs send consecutive segment changes of one segment as one request of up to 1,000 ids.
@@ -123,6 +127,8 @@ class CohortReport:
     profiles_created: int = 0
     #: members that could not be added (no profile: anonymous, filtered), by reason
     skipped: dict[str, int] = field(default_factory=dict)
+    #: members this pass did not list, left in place: the cohort changed while it was read (the next pass decides)
+    removals_deferred: int = 0
     operations_enqueued: int = 0
     error: str | None = None
     started_at: float = 0.0
@@ -141,6 +147,8 @@ class _Info:
     attribute: str | None = None
     targets: list[str] = field(default_factory=list)
     members_read: int = 0
+    #: the cohort as this pass's read began (:func:`_version`): its members are removed only if it is still so
+    read_of: list[Any] | None = None
     last_pass: dict[str, Any] | None = None
     last_ok_at: float | None = None
     last_error: str | None = None
@@ -252,6 +260,7 @@ class CohortSyncer:
             if row.phase == "idle" or stale:  # a new pass (an old unfinished read starts over: see RESUME_WITHIN_S)
                 row = row._replace(pass_no=row.pass_no + 1, phase="reading", next_url=None)
                 info.members_read = 0
+                info.read_of = _version(cohort)
             else:
                 report.resumed = True
             conn.save_cohort_sync(row._replace(info=info.text(), updated_at=self.clock()))
@@ -376,8 +385,17 @@ class CohortSyncer:
             assert row is not None
             info = _Info.parse(row.info)
             before = {t.key: conn.count_cohort_members(cohort_id, t.key) for t in targets}
+            unseen = sum(before[t.key] - conn.count_cohort_members(cohort_id, t.key, pass_no) for t in targets)
         held = info.members_read == 0 and any(before.values()) and not self.allow_empty
-        if not held:
+        if not held and unseen and self._changed_since_read(cohort_id, info):
+            report.removals_deferred = unseen
+            log.info(
+                "cohort sync: cohort %s changed in PostHog while this pass read it: the %d members it did not list"
+                " stay until a pass reads it unchanged",
+                cohort_id,
+                unseen,
+            )
+        elif not held:
             for target in targets:
                 removed = 0
                 while True:
@@ -408,6 +426,12 @@ class CohortSyncer:
                 info.last_ok_at = report.ended_at
                 info.last_error = None
             conn.save_cohort_sync(row._replace(phase="idle", next_url=None, info=info.text(), updated_at=self.clock()))
+
+    def _changed_since_read(self, cohort_id: str, info: _Info) -> bool:
+        """Whether the cohort (read again now) changed since this pass's read began: its pages may have shifted
+        under the read, so a member it did not list may not have left."""
+        now = self.client.cohort(cohort_id)
+        return now.deleted or info.read_of is None or _version(now) != info.read_of
 
     def _remove_chunk(self, cohort_id: str, target: CohortTarget, pass_no: int) -> tuple[IngestReport, int]:
         """Up to :data:`REMOVE_CHUNK` members this pass did not see, in one transaction: each removed from the
@@ -452,6 +476,12 @@ def _still_members(
     seen = conn.cohort_members_seen(cohort_id, target, pass_no, sorted(related))
     live = set(_profiles(conn, [member.distinct_id for member in seen]).values())
     return {member.person_id for member in leaving if roots[member.distinct_id] in live}
+
+
+def _version(cohort: PostHogCohort) -> list[Any]:
+    """What changes with a cohort's members in PostHog: a recalculation sets ``count`` and ``last_calculation``,
+    a static cohort's insert both, its removal of a person ``count`` (a list: kept as JSON in ``_Info``)."""
+    return [cohort.count, cohort.last_calculation]
 
 
 def _new_row(cohort_id: str, now: float) -> CohortSyncRow:
