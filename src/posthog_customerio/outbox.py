@@ -253,6 +253,8 @@ class Outbox:
         self._in_flight: set[int] = set()
         #: when each operation in flight was last leased (claimed or renewed), monotonic seconds
         self._leased_at: dict[int, float] = {}
+        #: seqs of claims dropped from memory only (:meth:`forget_claims`), whose leases are to be given back
+        self._forgotten: set[int] = set()
         self._busy_persons: dict[str, int] = {}
         self._depth_cache: tuple[float, int] | None = None
         #: operations this process took out of the queue (delivered or dead-lettered), with its condition:
@@ -347,6 +349,10 @@ class Outbox:
         those after it were enqueued later.
         """
         with self._claim_lock:
+            if self._forgotten:  # leases of claims dropped while the database could not be written
+                with contextlib.suppress(Exception):  # still not writable: tried again at the next claim
+                    self.claims.give_back(sorted(self._forgotten))
+                    self._forgotten.clear()
             leased_at = time.monotonic()
             anonymous_held = self.anonymous_hold.rule(time.time())
             gated = self.gate.rule() if self.gate is not None else None
@@ -420,9 +426,12 @@ class Outbox:
         self._note_settled(len(items))
 
     def forget_claims(self, items: Sequence[Claimed]) -> None:
-        """Drop claims from memory only (when the database cannot be written): the rows
-        stay queued, and with PostgreSQL their leases expire."""
+        """Drop claims from memory only (when the database cannot be written): the rows stay queued, and with
+        PostgreSQL their leases expire; their leases are given back before the next claim (with SQLite a lease
+        never expires, and a claim's scan leaves leased rows out)."""
         self._unclaim(items)
+        with self._claim_lock:
+            self._forgotten.update(item.seq for item in items)
 
     def renew(self, items: Sequence[Claimed]) -> None:
         """Before a request: extend the claim on ``items`` (PostgreSQL: their leases), unless every one

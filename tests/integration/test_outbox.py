@@ -99,7 +99,7 @@ def test_retry_dead_letters_requeues_them(outbox: Outbox) -> None:
     assert names(outbox.claim(10, 100_000, 32_000)) == ["a:e1", "b:e1"]
 
 
-def test_operations_survive_reopening_the_database(open_db) -> None:
+def test_operations_survive_reopening_the_database(open_db, tmp_path) -> None:
     import time
 
     first = Outbox(open_db(), lease_s=6)
@@ -118,7 +118,11 @@ def test_operations_survive_reopening_the_database(open_db) -> None:
             again = reopened.claim(10, 100_000, 32_000)
         assert time.monotonic() - claimed_at >= 6 and names(again) == ["a:e1", "a:e2"]
         return
+    # SQLite: the next deliverer takes the delivery lock (as every one does), which drops the dead one's leases
+    lock = reopened.db.take_delivery_lock(tmp_path)
+    assert lock is not None
     assert names(reopened.claim(10, 100_000, 32_000)) == ["a:e1", "a:e2"]
+    lock.close()
 
 
 def test_state_and_operations_commit_together_or_not_at_all(open_db) -> None:
@@ -244,3 +248,40 @@ def test_sqlite_leases_commit_unflushed_and_what_was_accepted_commits_flushed(tm
     assert level_at_each_commit() == ["NORMAL", "FULL"]
     assert db.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
     db.close()
+
+
+def test_a_sqlite_claim_does_not_read_the_rows_in_flight_again(tmp_path) -> None:
+    """The rows this process's workers hold are leased in the file: a claim's scan leaves them out (a backlog's
+    head in flight was read again by every claim), and what follows them for their people still waits."""
+    from posthog_customerio.storage import SqliteStorage
+    from posthog_customerio.storage.sql import SqlTransaction
+
+    db = SqliteStorage(tmp_path / "db.sqlite")
+    outbox = Outbox(db)
+    outbox.put([op(f"p{n}", 1) for n in range(50)] + [op("p0", 2)] + [op(f"q{n}", 1) for n in range(10)])
+    first = outbox.claim(50, 1_000_000, 32_000)
+    assert len(first) == 50
+    read: list[int] = []
+    candidates = SqlTransaction.candidates
+
+    def counted(self: SqlTransaction, *args: object, **kwargs: object) -> object:
+        rows = candidates(self, *args, **kwargs)  # type: ignore[arg-type]
+        read.extend(row.seq for row in rows)
+        return rows
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SqlTransaction, "candidates", counted)
+        second = outbox.claim(50, 1_000_000, 32_000)
+    assert names(second) == [f"q{n}:e1" for n in range(10)]  # p0's second waits for its first
+    assert not {item.seq for item in first} & set(read)  # the 50 in flight were not read again
+    outbox.ack(first)
+    assert names(outbox.claim(50, 1_000_000, 32_000)) == ["p0:e2"]
+    db.close()
+
+
+def test_claims_forgotten_while_the_database_failed_are_claimable_again(open_db) -> None:
+    outbox = Outbox(open_db(), lease_s=60)
+    outbox.put([op("a", 1), op("b", 1)])
+    claimed = outbox.claim(10, 100_000, 32_000)
+    outbox.forget_claims(claimed)  # e.g. the release failed: the rows keep their leases in the database
+    assert names(outbox.claim(10, 100_000, 32_000)) == ["a:e1", "b:e1"]

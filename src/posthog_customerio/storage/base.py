@@ -184,9 +184,12 @@ class Transaction(Protocol):
         """Each partition updated after ``fresh_after``: the newest event time read from it, and since when it is
         read to its end (``None``: it is not)."""
 
-    def candidates(self, after_seq: int, limit: int, lane: Lane | None = None) -> list[CandidateRow]:
+    def candidates(
+        self, after_seq: int, limit: int, lane: Lane | None = None, unleased: bool = False
+    ) -> list[CandidateRow]:
         """Queue rows after ``after_seq`` in order, without payloads: of the whole queue, or of one lane
-        (an anonymous event is left out of its lane while person work of its key is queued before it)."""
+        (an anonymous event is left out of its lane while person work of its key is queued before it);
+        ``unleased``: less the rows leased now."""
 
     def leased_anonymous_keys(self, now: float) -> set[str]:
         """The person keys of anonymous events leased at ``now`` (PostgreSQL replicas; none on SQLite)."""

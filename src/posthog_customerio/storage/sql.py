@@ -86,6 +86,12 @@ class Statements:
             lane: f"{candidate} FROM outbox WHERE seq > {mark}{_LANES[lane]} ORDER BY seq LIMIT {mark}"
             for lane in _LANES
         }
+        #: the same, less the rows leased (SQLite: those this process's workers hold, or forgot, :meth:`give_back`)
+        self.unleased_candidates = {
+            lane: f"{candidate} FROM outbox WHERE seq > {mark} AND lease_until IS NULL{_LANES[lane]} ORDER BY seq"
+            f" LIMIT {mark}"
+            for lane in _LANES
+        }
         #: the queue (or a lane) in order, up to a limit (PostgreSQL reads it through one server-side cursor)
         self.snapshot_candidates = {
             lane: f"{candidate} FROM outbox WHERE TRUE{_LANES[lane]} ORDER BY seq LIMIT {mark}" for lane in _LANES
@@ -236,8 +242,11 @@ class SqlTransaction(ActivitySql):
             deleted.update(int(seq) for (seq,) in rows)
         return deleted
 
-    def candidates(self, after_seq: int, limit: int, lane: Lane | None = None) -> list[CandidateRow]:
-        rows = self.conn.execute(self.sql.candidates[lane], (after_seq, limit))
+    def candidates(
+        self, after_seq: int, limit: int, lane: Lane | None = None, unleased: bool = False
+    ) -> list[CandidateRow]:
+        statements = self.sql.unleased_candidates if unleased else self.sql.candidates
+        rows = self.conn.execute(statements[lane], (after_seq, limit))
         return [CandidateRow._make(row) for row in rows]
 
     def leased_anonymous_keys(self, now: float) -> set[str]:

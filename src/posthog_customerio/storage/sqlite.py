@@ -93,8 +93,10 @@ class SqliteClaims(Claims):
         chosen rows of its keys) or sees it taken after (and leaves it alone)."""
 
         def fetch(after: int, limit: int) -> list[CandidateRow]:
+            # the rows leased are this process's (one deliverer): in flight, their keys are busy here (what
+            # follows them waits just the same), so the scan does not read them again at every claim
             with self.db.committed_reading() as tx:
-                return tx.candidates(after, limit, lane)
+                return tx.candidates(after, limit, lane, unleased=True)
 
         chosen, oversized = pick(pages(fetch), lambda row: row.seq in in_flight)
         if not chosen and not oversized:
