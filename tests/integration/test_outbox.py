@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from posthog_customerio.operations import Operation
@@ -285,3 +287,34 @@ def test_claims_forgotten_while_the_database_failed_are_claimable_again(open_db)
     claimed = outbox.claim(10, 100_000, 32_000)
     outbox.forget_claims(claimed)  # e.g. the release failed: the rows keep their leases in the database
     assert names(outbox.claim(10, 100_000, 32_000)) == ["a:e1", "b:e1"]
+
+
+def test_unleased_person_work_is_counted_up_to_a_bound(open_db) -> None:
+    """Delivery's trickle check: person work nobody holds, anonymous events and claimed rows left out."""
+    outbox = Outbox(open_db(), lease_s=60)
+    anonymous = Operation("v", {"type": "anonymous", "action": "event", "name": "x"}, kind="anonymous")
+    outbox.put([op("a", 1), op("b", 1), op("c", 1), anonymous])
+    assert outbox.unleased_person_work(10) == 3 and outbox.unleased_person_work(2) == 2
+    outbox.claim(1, 100_000, 32_000, lane="person")
+    assert outbox.unleased_person_work(10) == 2
+
+
+def test_sqlite_committed_reads_see_commits_and_a_threads_own_open_transaction(tmp_path) -> None:
+    """:meth:`SqliteStorage.committed_reading` reads on a second connection (what is committed), except inside the
+    reading thread's own open transaction, whose writes it then sees."""
+    from posthog_customerio.storage import SqliteStorage
+
+    db = SqliteStorage(tmp_path / "db.sqlite")
+    outbox = Outbox(db)
+    outbox.put([op("a", 1)])
+    assert outbox.depth() == 1
+    with db.transaction() as tx:
+        outbox.enqueue(tx, [op("b", 1)])
+        assert outbox.depth() == 2  # this thread's transaction, read where it is open
+        seen_elsewhere: list[int] = []
+        reader = threading.Thread(target=lambda: seen_elsewhere.append(Outbox(db).depth()))
+        reader.start()
+        reader.join(10)
+        assert seen_elsewhere == [1]  # another thread reads what is committed, without waiting for the writer
+    assert outbox.depth() == 2
+    db.close()
