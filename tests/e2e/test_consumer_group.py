@@ -34,7 +34,9 @@ for tens of seconds). Then the checks (all of them reported together, with numbe
 
 (a) nothing missing: every event id a clean single pass of the product's mapping sends reached the sandbox;
 (b) no duplicate: no event id was accepted twice, counted in the sandbox's raw request log (its workspace
-    dedupes), an anonymous and a person copy of one event counting as the same id;
+    dedupes), an anonymous and a person copy of one event counting as the same id -- except, once more, an event
+    the killed consumer's workers held at the kill (sent or about to be, not yet settled: at-least-once delivery;
+    the child writes their ids before it kills itself);
 (c) no order inversion: for each identified person, its identified events in order of first arrival at the
     sandbox are in timestamp order;
 (d) every person's final attributes (and email) are the newest PostHog set;
@@ -637,8 +639,11 @@ def test_a_consumer_group_on_one_postgresql_outbox_delivers_everything_once_in_o
     if extra:
         problems.append(f"(a) {len(extra)} event ids a clean run does not send, e.g. {sorted(extra)[:EXAMPLES]}")
 
-    # (b) no duplicate, in any form
-    twice = {event_id: n for event_id, n in counts.items() if n > 1}
+    # (b) no duplicate, in any form -- but what the killed consumer's workers held at the kill may arrive again: its
+    # leases run out and another consumer sends it (at-least-once; the workspace dedupes it), once more at most
+    in_flight_at_kill = Path(f"{kill_file}.in-flight")  # written by the killed consumer (consumer_group_child.py)
+    held_at_kill = set(json.loads(in_flight_at_kill.read_text())) if in_flight_at_kill.exists() else set()
+    twice = {event_id: n for event_id, n in counts.items() if n > 1 and not (event_id in held_at_kill and n == 2)}
     if twice:
         forms: Counter[str] = Counter()
         for event_id in twice:
