@@ -261,6 +261,7 @@ def base_env(sandbox: SandboxServer, tmp_path: Path) -> dict[str, str]:
 
 
 # -- crash safety ---------------------------------------------------------------------------------
+@pytest.mark.timeout(300)  # its own deadlines (posting 100 s, draining 90 s, six restarts) outlast the default 120 s
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(
     sandbox: SandboxServer, base_env: dict[str, str], tmp_path: Path
 ) -> None:
